@@ -1,0 +1,3 @@
+module rainforest
+
+go 1.26
