@@ -1,0 +1,422 @@
+// Package vmm runs one subOS: a KVM virtual machine whose vCPUs are threads
+// pinned one-to-one to exclusive host cores, whose RAM is pre-faulted
+// hugepage memory on the cores' NUMA node, and whose devices are the models
+// under vmm/ (serial, ACPI platform registers, PCI with virtio devices).
+//
+// Layering: vmm/kvm issues ioctls and holds no policy; device models know
+// guest memory and buses but not KVM; this package wires the two together
+// (memory slots, exit dispatch, ioeventfd/irqfd plumbing, vCPU threads).
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	gokvm "github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/bus"
+	"rainforest/vmm/guestmem"
+	"rainforest/vmm/hostcpu"
+	"rainforest/vmm/kvm"
+	"rainforest/vmm/ram"
+)
+
+// Guest physical layout shared with the boot, ACPI and PCI code.
+const (
+	LowMemEnd    = 3 << 30     // RAM above this moves to HighMemStart
+	HighMemStart = 4 << 30     // start of RAM above the 32-bit hole
+	PCIMMIOStart = 0xC000_0000 // PCI BAR window
+	PCIMMIOEnd   = 0xE000_0000
+	IOAPICAddr   = 0xFEC0_0000
+	LAPICAddr    = 0xFEE0_0000
+	tssAddr      = 0xFFFB_D000 // three pages KVM needs on Intel
+	identityMap  = 0xFFFB_C000
+	firstFreeGSI = 24 // GSIs above the IOAPIC pins are free for MSI routes
+	maxGSI       = 1024
+	kickSignal   = unix.SIGURG // interrupts KVM_RUN; the Go runtime ignores it
+)
+
+// ErrEmulatedKVM means the host's KVM interprets guest kernel code and so
+// cannot boot a Linux kernel.
+var ErrEmulatedKVM = errors.New("this host's /dev/kvm emulates guest kernel code (kvm_pvm, no VT-x/AMD-V): it cannot boot Linux; run inside the nested layer (make e2e) or on a host with hardware virtualization")
+
+// ExitReason says why a machine stopped.
+type ExitReason string
+
+// Exit reasons.
+const (
+	ExitPowerOff    ExitReason = "power-off"
+	ExitReboot      ExitReason = "reboot"
+	ExitTripleFault ExitReason = "triple-fault"
+	ExitHalt        ExitReason = "halt"
+	ExitStopped     ExitReason = "stopped" // the context was cancelled
+	ExitError       ExitReason = "error"
+)
+
+// Exit is how a machine ended.
+type Exit struct {
+	Reason ExitReason
+	// Status is the guest's exit status: what it wrote to the status port
+	// before powering off (0 when it wrote nothing), 1 after a crash.
+	Status int
+	Err    error
+}
+
+// Config is the part of a machine's configuration that does not depend on
+// what it boots.
+type Config struct {
+	Name      string
+	MemSize   uint64
+	PageSize  ram.PageSize
+	HostCores []int // one vCPU per core, in order
+	Profile   CPUProfile
+	Logger    *slog.Logger
+	SysRoot   string // sysfs root, "/sys" when empty
+	KVMPath   string // "/dev/kvm" when empty
+}
+
+// Machine is one VM with its memory, buses and vCPUs.
+type Machine struct {
+	cfg  Config
+	log  *slog.Logger
+	sys  *kvm.System
+	vm   *kvm.VM
+	ram  *ram.RAM
+	Mem  *guestmem.Memory
+	PIO  bus.Bus
+	MMIO bus.Bus
+
+	vcpus []*vcpu
+
+	routeMu sync.Mutex
+	routes  map[uint32]kvm.Route // MSI routes by GSI
+	nextGSI uint32
+
+	stopping atomic.Bool
+	exitOnce sync.Once
+	exit     Exit
+	exitCh   chan struct{}
+
+	closers []func() error // run in reverse by Close
+}
+
+type vcpu struct {
+	cpu  *kvm.VCPU
+	core int
+	tid  atomic.Int32
+}
+
+// New creates the VM, its memory and its vCPUs; nothing runs yet. On error
+// everything made so far is released.
+func New(cfg Config) (m *Machine, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Profile == "" {
+		cfg.Profile = ProfileHost
+	}
+	if cfg.PageSize == 0 {
+		cfg.PageSize = ram.Page2M
+	}
+	node, err := hostcpu.Topology{Root: cfg.SysRoot}.Check(cfg.HostCores)
+	if err != nil {
+		return nil, err
+	}
+	if len(cfg.HostCores) > 254 {
+		return nil, fmt.Errorf("%d vCPUs: at most 254 are supported", len(cfg.HostCores))
+	}
+	memOpts := ram.Options{Name: "rf-" + cfg.Name, Size: cfg.MemSize, PageSize: cfg.PageSize, Node: node, Prefault: true, SysRoot: cfg.SysRoot}
+	if err := ram.Check(memOpts); err != nil {
+		return nil, err
+	}
+	m = &Machine{cfg: cfg, log: cfg.Logger, routes: map[uint32]kvm.Route{}, nextGSI: firstFreeGSI, exitCh: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	path := cfg.KVMPath
+	if path == "" {
+		path = "/dev/kvm"
+	}
+	if m.sys, err = kvm.OpenPath(path); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, m.sys.Close)
+	if m.vm, err = m.sys.CreateVM(); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, m.vm.Close)
+	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetIdentityMapAddr(identityMap); err != nil {
+		return nil, err
+	}
+	if err = m.vm.CreateIRQChip(); err != nil {
+		return nil, err
+	}
+	if err = m.vm.CreatePIT2(); err != nil {
+		return nil, err
+	}
+	if err = m.vm.SetGSIRouting(kvm.DefaultRoutes()); err != nil {
+		return nil, err
+	}
+	if m.ram, err = ram.Allocate(memOpts); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, m.ram.Close)
+	var regions []guestmem.Region
+	low := min(cfg.MemSize, LowMemEnd)
+	regions = append(regions, guestmem.Region{GPA: 0, Data: m.ram.Data[:low]})
+	if cfg.MemSize > LowMemEnd {
+		regions = append(regions, guestmem.Region{GPA: HighMemStart, Data: m.ram.Data[low:]})
+	}
+	for i, r := range regions {
+		if err = m.vm.SetMemory(uint32(i), r.GPA, r.Data, false); err != nil {
+			return nil, err
+		}
+	}
+	if m.Mem, err = guestmem.New(regions...); err != nil {
+		return nil, err
+	}
+	supported, err := m.sys.SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	deadline := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
+	for i, core := range cfg.HostCores {
+		c, err := m.vm.CreateVCPU(i)
+		if err != nil {
+			return nil, err
+		}
+		m.closers = append(m.closers, c.Close)
+		if err := c.SetCPUID(BuildCPUID(supported, i, len(cfg.HostCores), cfg.Profile, deadline)); err != nil {
+			return nil, fmt.Errorf("vcpu %d: %w", i, err)
+		}
+		if err := setupLAPIC(c); err != nil {
+			return nil, fmt.Errorf("vcpu %d: %w", i, err)
+		}
+		m.vcpus = append(m.vcpus, &vcpu{cpu: c, core: core})
+	}
+	m.log.Debug("machine created", "vcpus", len(m.vcpus), "memory", cfg.MemSize, "pagesize", cfg.PageSize.String(), "node", node)
+	return m, nil
+}
+
+// setupLAPIC puts LINT0 in ExtINT and LINT1 in NMI delivery mode, as PC
+// firmware leaves them.
+func setupLAPIC(c *kvm.VCPU) error {
+	l, err := c.LAPIC()
+	if err != nil {
+		return err
+	}
+	const lint0, lint1 = 0x350, 0x360
+	set := func(off int, mode uint32) {
+		v := uint32(l.Regs[off]) | uint32(l.Regs[off+1])<<8 | uint32(l.Regs[off+2])<<16 | uint32(l.Regs[off+3])<<24
+		v = v&^(7<<8) | mode<<8
+		l.Regs[off], l.Regs[off+1], l.Regs[off+2], l.Regs[off+3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+	}
+	set(lint0, 7) // ExtINT
+	set(lint1, 4) // NMI
+	return c.SetLAPIC(l)
+}
+
+// VM returns the KVM VM handle (for device plumbing in this package's users
+// such as tests).
+func (m *Machine) VM() *kvm.VM { return m.vm }
+
+// NumVCPUs returns the number of vCPUs.
+func (m *Machine) NumVCPUs() int { return len(m.vcpus) }
+
+// VCPU returns vCPU i.
+func (m *Machine) VCPU(i int) *kvm.VCPU { return m.vcpus[i].cpu }
+
+// SetBootState loads the registers of vCPU i.
+func (m *Machine) SetBootState(i int, regs *gokvm.Regs, sregs *gokvm.Sregs) error {
+	c := m.vcpus[i].cpu
+	if sregs != nil {
+		if err := c.SetSregs(sregs); err != nil {
+			return err
+		}
+	}
+	if regs != nil {
+		if err := c.SetRegs(regs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddCloser registers f to run when the machine is closed (in reverse order).
+func (m *Machine) AddCloser(f func() error) { m.closers = append(m.closers, f) }
+
+// Close releases everything. It must be called after Run has returned.
+func (m *Machine) Close() error {
+	var errs []error
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		errs = append(errs, m.closers[i]())
+	}
+	m.closers = nil
+	return errors.Join(errs...)
+}
+
+// Stop ends the machine with the given exit; the first call wins.
+func (m *Machine) Stop(e Exit) {
+	m.exitOnce.Do(func() {
+		m.exit = e
+		m.stopping.Store(true)
+		close(m.exitCh)
+		m.kickAll()
+	})
+}
+
+// Done is closed once the machine has been told to stop.
+func (m *Machine) Done() <-chan struct{} { return m.exitCh }
+
+func (m *Machine) kickAll() {
+	pid := os.Getpid()
+	for _, v := range m.vcpus {
+		v.cpu.SetImmediateExit(true)
+		if tid := v.tid.Load(); tid != 0 {
+			_ = unix.Tgkill(pid, int(tid), kickSignal)
+		}
+	}
+}
+
+// Run starts one thread per vCPU, pinned to its host core, and blocks until
+// the guest powers off or reboots, a vCPU fails, or ctx is cancelled.
+func (m *Machine) Run(ctx context.Context) Exit {
+	var wg sync.WaitGroup
+	for i, v := range m.vcpus {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.runVCPU(i, v); err != nil {
+				m.Stop(Exit{Reason: ExitError, Status: 1, Err: err})
+			}
+		}()
+	}
+	stopWatch := make(chan struct{})
+	go func() {
+		select {
+		case <-ctx.Done():
+			m.Stop(Exit{Reason: ExitStopped, Err: ctx.Err()})
+		case <-stopWatch:
+		case <-m.exitCh:
+		}
+	}()
+	// A vCPU may miss a kick sent between its stop check and its thread id
+	// being published; kick until all are out.
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	<-m.exitCh
+	for {
+		select {
+		case <-done:
+			close(stopWatch)
+			return m.exit
+		default:
+			m.kickAll()
+			runtime.Gosched()
+			select {
+			case <-done:
+			case <-afterMillis(5):
+			}
+		}
+	}
+}
+
+// runVCPU is vCPU i's thread. It never unlocks the OS thread: the thread's
+// affinity was changed, so Go discards it when the goroutine ends.
+func (m *Machine) runVCPU(i int, v *vcpu) error {
+	runtime.LockOSThread()
+	var set unix.CPUSet
+	set.Set(v.core)
+	if err := unix.SchedSetaffinity(0, &set); err != nil {
+		return fmt.Errorf("vcpu %d: pin to core %d: %w", i, v.core, err)
+	}
+	v.tid.Store(int32(unix.Gettid()))
+	log := m.log.With("vcpu", i)
+	for !m.stopping.Load() {
+		reason, err := v.cpu.Run()
+		if errors.Is(err, kvm.ErrInterrupted) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := m.handleExit(i, v.cpu, reason, log); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *Machine) handleExit(i int, c *kvm.VCPU, reason uint32, log *slog.Logger) error {
+	switch reason {
+	case kvm.ExitIO:
+		port, size, write, data, err := c.IO()
+		if err != nil {
+			return err
+		}
+		for off := 0; off+size <= len(data); off += size {
+			if write {
+				m.PIO.Write(uint64(port), data[off:off+size])
+			} else {
+				m.PIO.Read(uint64(port), data[off:off+size])
+			}
+		}
+	case kvm.ExitMMIO:
+		addr, write, data := c.MMIO()
+		if write {
+			m.MMIO.Write(addr, data)
+		} else {
+			m.MMIO.Read(addr, data)
+		}
+	case kvm.ExitHLT:
+		m.Stop(Exit{Reason: ExitHalt})
+	case kvm.ExitShutdown:
+		m.Stop(Exit{Reason: ExitTripleFault, Status: 1, Err: fmt.Errorf("vcpu %d: guest triple fault (%s)", i, regsSummary(c))})
+	case kvm.ExitSystemEvent:
+		switch c.SystemEvent() {
+		case kvm.SystemEventShutdown:
+			m.Stop(Exit{Reason: ExitPowerOff})
+		case kvm.SystemEventReset:
+			m.Stop(Exit{Reason: ExitReboot})
+		default:
+			m.Stop(Exit{Reason: ExitError, Status: 1, Err: fmt.Errorf("vcpu %d: guest crash event %d", i, c.SystemEvent())})
+		}
+	case kvm.ExitInternalError:
+		sub, data := c.InternalError()
+		if sub == 1 {
+			return fmt.Errorf("vcpu %d: KVM could not emulate an instruction at %s: this KVM cannot execute guest kernel code natively (%w)", i, regsSummary(c), ErrEmulatedKVM)
+		}
+		return fmt.Errorf("vcpu %d: KVM internal error %d %x at %s", i, sub, data, regsSummary(c))
+	case kvm.ExitFailEntry:
+		return fmt.Errorf("vcpu %d: KVM could not enter the guest (hardware reason %#x)", i, c.FailEntry())
+	case kvm.ExitIntr, kvm.ExitIRQWindowOpen:
+	default:
+		log.Warn("unhandled vcpu exit", "reason", reason)
+		return fmt.Errorf("vcpu %d: unhandled exit reason %d at %s", i, reason, regsSummary(c))
+	}
+	return nil
+}
+
+func regsSummary(c *kvm.VCPU) string {
+	r, err := c.Regs()
+	if err != nil {
+		return "unknown RIP"
+	}
+	s, err := c.Sregs()
+	if err != nil {
+		return fmt.Sprintf("RIP %#x", r.RIP)
+	}
+	return fmt.Sprintf("RIP %#x CS %#x CR0 %#x", r.RIP, s.CS.Selector, s.CR0)
+}

@@ -1,0 +1,222 @@
+// Package ram allocates guest RAM: a memfd backed by hugepages (2 MiB or
+// 1 GiB) or by ordinary pages, bound to a NUMA node and pre-faulted, so that
+// a short hugepage pool is reported before boot and never becomes a SIGBUS
+// inside a running guest. The memfd can be shared with other processes.
+package ram
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrHugePages means the hugepage pool cannot hold the requested memory.
+var ErrHugePages = errors.New("not enough free hugepages")
+
+// ErrSize means the size is zero or not a multiple of the page size.
+var ErrSize = errors.New("bad memory size")
+
+// PageSize is the backing page size.
+type PageSize uint64
+
+// Supported page sizes.
+const (
+	Page4K PageSize = 4 << 10
+	Page2M PageSize = 2 << 20
+	Page1G PageSize = 1 << 30
+)
+
+// ParsePageSize parses "4k", "2m"/"2M"/"2MiB", "1g"/"1G"/"1GiB".
+func ParsePageSize(s string) (PageSize, error) {
+	switch strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "ib") {
+	case "4k", "4096", "none":
+		return Page4K, nil
+	case "2m", "2048k":
+		return Page2M, nil
+	case "1g", "1024m":
+		return Page1G, nil
+	}
+	return 0, fmt.Errorf("unsupported page size %q (use 4k, 2M or 1G)", s)
+}
+
+func (p PageSize) String() string {
+	switch p {
+	case Page4K:
+		return "4 KiB"
+	case Page2M:
+		return "2 MiB"
+	case Page1G:
+		return "1 GiB"
+	}
+	return fmt.Sprintf("%d B", uint64(p))
+}
+
+// Huge reports whether p is a hugepage size.
+func (p PageSize) Huge() bool { return p == Page2M || p == Page1G }
+
+// Options says what to allocate.
+type Options struct {
+	Name     string   // memfd name, for /proc/PID/fd
+	Size     uint64   // bytes, a multiple of PageSize
+	PageSize PageSize // Page4K, Page2M or Page1G
+	Node     int      // NUMA node to bind to, or -1 for none
+	Prefault bool     // fault every page in now
+	SysRoot  string   // sysfs root for pool checks ("/sys" when empty)
+}
+
+// RAM is an allocated, mapped memory region.
+type RAM struct {
+	Data     []byte
+	File     *os.File // the memfd, for sharing
+	PageSize PageSize
+}
+
+// Check verifies opts against the hugepage pool without allocating.
+func Check(opts Options) error {
+	if opts.Size == 0 || opts.Size%uint64(opts.PageSize) != 0 {
+		return fmt.Errorf("%w: %d bytes is not a positive multiple of the %s page size", ErrSize, opts.Size, opts.PageSize)
+	}
+	if !opts.PageSize.Huge() {
+		if opts.PageSize != Page4K {
+			return fmt.Errorf("%w: unsupported page size %d", ErrSize, opts.PageSize)
+		}
+		return nil
+	}
+	need := opts.Size / uint64(opts.PageSize)
+	free, where, err := FreeHugePages(opts.SysRoot, opts.PageSize, opts.Node)
+	if err != nil {
+		return err
+	}
+	if free < need {
+		return fmt.Errorf("%w: need %d %s pages on %s, %d free (raise %s)", ErrHugePages, need, opts.PageSize, where, free,
+			filepath.Join("/sys/kernel/mm/hugepages", poolDir(opts.PageSize), "nr_hugepages"))
+	}
+	return nil
+}
+
+func poolDir(p PageSize) string { return fmt.Sprintf("hugepages-%dkB", uint64(p)>>10) }
+
+// FreeHugePages returns the pages of size p that a new mapping can take, on
+// node (or machine-wide when node < 0), and a description of where.
+func FreeHugePages(sysRoot string, p PageSize, node int) (uint64, string, error) {
+	if sysRoot == "" {
+		sysRoot = "/sys"
+	}
+	global := filepath.Join(sysRoot, "kernel/mm/hugepages", poolDir(p))
+	free, err := readUint(filepath.Join(global, "free_hugepages"))
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: the host has no %s hugepage pool (%v)", ErrHugePages, p, err)
+	}
+	resv, _ := readUint(filepath.Join(global, "resv_hugepages"))
+	avail := uint64(0)
+	if free > resv {
+		avail = free - resv
+	}
+	if node < 0 {
+		return avail, "the host", nil
+	}
+	nf, err := readUint(filepath.Join(sysRoot, fmt.Sprintf("devices/system/node/node%d/hugepages", node), poolDir(p), "free_hugepages"))
+	if err != nil {
+		// No per-node information (no NUMA): the global pool is all there is.
+		return avail, fmt.Sprintf("node %d", node), nil
+	}
+	return min(nf, avail), fmt.Sprintf("node %d", node), nil
+}
+
+func readUint(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// Allocate creates and maps the memory. On error nothing is left behind.
+func Allocate(opts Options) (r *RAM, err error) {
+	if err := Check(opts); err != nil {
+		return nil, err
+	}
+	flags := unix.MFD_CLOEXEC
+	switch opts.PageSize {
+	case Page2M:
+		flags |= unix.MFD_HUGETLB | unix.MFD_HUGE_2MB
+	case Page1G:
+		flags |= unix.MFD_HUGETLB | unix.MFD_HUGE_1GB
+	}
+	name := opts.Name
+	if name == "" {
+		name = "rf-guest-ram"
+	}
+	fd, err := unix.MemfdCreate(name, flags)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create(%s pages): %w", opts.PageSize, err)
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	if err := f.Truncate(int64(opts.Size)); err != nil {
+		return nil, fmt.Errorf("size guest memory to %d bytes: %w", opts.Size, err)
+	}
+	data, err := unix.Mmap(fd, 0, int(opts.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		if errors.Is(err, unix.ENOMEM) && opts.PageSize.Huge() {
+			return nil, fmt.Errorf("%w: mapping %d bytes of %s pages: %v", ErrHugePages, opts.Size, opts.PageSize, err)
+		}
+		return nil, fmt.Errorf("mmap guest memory: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			unix.Munmap(data)
+		}
+	}()
+	if opts.Node >= 0 {
+		if err := bindNode(data, opts.Node); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Prefault {
+		if err := populate(data); err != nil {
+			return nil, err
+		}
+	}
+	return &RAM{Data: data, File: f, PageSize: opts.PageSize}, nil
+}
+
+// populate faults every page in. MADV_POPULATE_WRITE reports a short pool as
+// an error rather than a SIGBUS.
+func populate(data []byte) error {
+	err := unix.Madvise(data, unix.MADV_POPULATE_WRITE)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, unix.ENOMEM) || errors.Is(err, unix.EFAULT) || errors.Is(err, unix.EHWPOISON) {
+		return fmt.Errorf("%w: pre-faulting guest memory: %v", ErrHugePages, err)
+	}
+	if !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("pre-fault guest memory: %w", err)
+	}
+	// Kernels before 5.14: touch each 4 KiB page (a hugepage is touched
+	// several times, which is harmless).
+	for i := 0; i < len(data); i += 4096 {
+		data[i] = 0
+	}
+	return nil
+}
+
+// Close unmaps the memory and closes the memfd.
+func (r *RAM) Close() error {
+	if r == nil || r.Data == nil {
+		return nil
+	}
+	err := unix.Munmap(r.Data)
+	r.Data = nil
+	return errors.Join(err, r.File.Close())
+}

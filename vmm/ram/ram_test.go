@@ -1,0 +1,59 @@
+package ram
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func pool(t *testing.T, free, resv string) string {
+	root := t.TempDir()
+	d := filepath.Join(root, "kernel/mm/hugepages/hugepages-2048kB")
+	os.MkdirAll(d, 0o755)
+	os.WriteFile(filepath.Join(d, "free_hugepages"), []byte(free), 0o644)
+	os.WriteFile(filepath.Join(d, "resv_hugepages"), []byte(resv), 0o644)
+	return root
+}
+
+func TestCheck(t *testing.T) {
+	root := pool(t, "10\n", "2\n")
+	if err := Check(Options{Size: 16 << 20, PageSize: Page2M, Node: -1, SysRoot: root}); err != nil {
+		t.Errorf("8 pages of 8 available: %v", err)
+	}
+	err := Check(Options{Size: 18 << 20, PageSize: Page2M, Node: -1, SysRoot: root})
+	if !errors.Is(err, ErrHugePages) {
+		t.Errorf("9 pages of 8 available: %v", err)
+	}
+	if err := Check(Options{Size: 3 << 20, PageSize: Page2M, Node: -1, SysRoot: root}); !errors.Is(err, ErrSize) {
+		t.Errorf("3 MiB with 2 MiB pages: %v", err)
+	}
+	if err := Check(Options{Size: 1 << 30, PageSize: Page1G, Node: -1, SysRoot: root}); !errors.Is(err, ErrHugePages) {
+		t.Errorf("no 1G pool: %v", err)
+	}
+	if err := Check(Options{Size: 0, PageSize: Page4K}); !errors.Is(err, ErrSize) {
+		t.Errorf("zero size: %v", err)
+	}
+}
+
+func TestParsePageSize(t *testing.T) {
+	for in, want := range map[string]PageSize{"4k": Page4K, "2M": Page2M, "2MiB": Page2M, "1G": Page1G, "1gib": Page1G} {
+		if got, err := ParsePageSize(in); err != nil || got != want {
+			t.Errorf("ParsePageSize(%q) = %v, %v", in, got, err)
+		}
+	}
+	if _, err := ParsePageSize("3M"); err == nil {
+		t.Error("3M accepted")
+	}
+}
+
+func TestAllocate4K(t *testing.T) {
+	r, err := Allocate(Options{Size: 8 << 20, PageSize: Page4K, Node: -1, Prefault: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Data[len(r.Data)-1] = 1
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
