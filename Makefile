@@ -1,0 +1,49 @@
+# RainForest build, test and benchmark entry points. See README.md.
+SHELL := /bin/bash
+export PATH := $(PATH):/usr/local/go/bin
+GO ?= go
+IMAGES ?= build/images
+BIN := bin
+
+.PHONY: all setup build image run test unit kvm e2e bench vet clean
+
+all: build
+
+setup:
+	./scripts/setup.sh
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfm ./cmd/rfm
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfimage ./cmd/rfimage
+
+image: build
+	$(BIN)/rfimage -out $(IMAGES)
+
+# Set up, build, and boot the default subOS with its console on this terminal.
+run: setup image
+	./scripts/hugepages.sh 600
+	$(BIN)/rfm run
+
+vet:
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) vet ./...
+
+# All three tiers: unit, KVM (this host's /dev/kvm with the test guest) and
+# end-to-end (real Debian subOSes, nested under QEMU where the host's KVM
+# cannot run Linux natively).
+test: setup image vet
+	./scripts/hugepages.sh 600
+	RF_REQUIRE_KVM=1 RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -race -count=1 -timeout 60m ./...
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+e2e: setup image
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -v -timeout 60m ./e2e/...
+
+bench: setup image
+	./scripts/hugepages.sh 600
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
+
+clean:
+	rm -rf $(BIN) build

@@ -1,0 +1,244 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	gokvm "github.com/bobuhiro11/gokvm/kvm"
+
+	"rainforest/vmm/acpi"
+	"rainforest/vmm/boot"
+	"rainforest/vmm/platform"
+	"rainforest/vmm/serial"
+)
+
+// Disk is a raw image file given to the guest as a virtio-blk device.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+}
+
+// LinuxConfig is a subOS booting a Linux kernel.
+type LinuxConfig struct {
+	Config
+	Kernel  string // PVH ELF vmlinux or bzImage
+	Initrd  string // optional
+	Cmdline string
+	Disks   []Disk
+	// Console is where the serial console's output goes (nil: discarded);
+	// ConsoleIn, when set, is read for console input.
+	Console   io.Writer
+	ConsoleIn io.Reader
+	// AllowEmulatedKVM boots even on a KVM that emulates guest kernel code
+	// (it will fail at the first instruction the emulator lacks).
+	AllowEmulatedKVM bool
+}
+
+// CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
+// kernel code natively (the paravirtual kvm_pvm back end).
+func CheckNativeKVM(sysRoot string) error {
+	if sysRoot == "" {
+		sysRoot = "/sys"
+	}
+	if _, err := os.Stat(filepath.Join(sysRoot, "module/kvm_pvm")); err == nil {
+		return ErrEmulatedKVM
+	}
+	return nil
+}
+
+// checkFiles validates the kernel, initrd and disks before anything is made.
+func (c *LinuxConfig) checkFiles() error {
+	if c.Kernel == "" {
+		return errors.New("no kernel given")
+	}
+	for _, f := range []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}} {
+		if f.path == "" {
+			continue
+		}
+		st, err := os.Stat(f.path)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.what, err)
+		}
+		if !st.Mode().IsRegular() || st.Size() == 0 {
+			return fmt.Errorf("%s %s: not a non-empty regular file", f.what, f.path)
+		}
+	}
+	for _, d := range c.Disks {
+		st, err := os.Stat(d.Path)
+		if err != nil {
+			return fmt.Errorf("disk: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return fmt.Errorf("disk %s: not a regular file", d.Path)
+		}
+	}
+	return nil
+}
+
+// BootLinux creates a machine for cfg, loads the kernel, builds the platform
+// and runs the guest until it powers off or ctx ends. Configuration errors
+// come back as err before anything runs; how the guest ended is the Exit.
+func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
+	if err := cfg.checkFiles(); err != nil {
+		return Exit{}, err
+	}
+	if !cfg.AllowEmulatedKVM {
+		if err := CheckNativeKVM(cfg.SysRoot); err != nil {
+			return Exit{}, err
+		}
+	}
+	m, err := New(cfg.Config)
+	if err != nil {
+		return Exit{}, err
+	}
+	defer m.Close()
+	status, err := m.setupLinux(ctx, &cfg)
+	if err != nil {
+		return Exit{}, err
+	}
+	e := m.Run(ctx)
+	if e.Reason == ExitPowerOff {
+		if code, ok := status.Last(); ok {
+			e.Status = int(code)
+		}
+	}
+	return e, nil
+}
+
+func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.GuestStatus, error) {
+	tables, rsdp, err := acpi.Build(acpi.Config{NumCPUs: len(cfg.HostCores)}, acpi.DefaultBase)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.Mem.WriteAt(tables, acpi.DefaultBase); err != nil {
+		return nil, fmt.Errorf("write ACPI tables: %w", err)
+	}
+	kernel, err := os.Open(cfg.Kernel)
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	defer kernel.Close()
+	kst, err := kernel.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("kernel: %w", err)
+	}
+	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: cfg.Cmdline, RAMSize: cfg.MemSize, RSDPAddr: rsdp}
+	if cfg.Initrd != "" {
+		initrd, err := os.Open(cfg.Initrd)
+		if err != nil {
+			return nil, fmt.Errorf("initrd: %w", err)
+		}
+		defer initrd.Close()
+		ist, err := initrd.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("initrd: %w", err)
+		}
+		p.Initrd, p.InitrdSize = initrd, ist.Size()
+	}
+	res, err := boot.Load(m.Mem, p)
+	if err != nil {
+		return nil, fmt.Errorf("load kernel %s: %w", cfg.Kernel, err)
+	}
+	m.log.Info("kernel loaded", "format", res.Format.String(), "entry", fmt.Sprintf("%#x", res.Entry), "initrd", res.InitrdSize)
+	regs, sregs, err := bootRegisters(m.VCPU(0), res.CPU)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.SetBootState(0, regs, sregs); err != nil {
+		return nil, err
+	}
+
+	// Legacy platform: COM1, ACPI PM registers, reset and status ports.
+	uart := serial.New(cfg.Console, m.IRQLine(acpi.COM1IRQ), 0)
+	status := platform.NewGuestStatus()
+	devs := []struct {
+		base, size uint64
+		dev        interface {
+			Read(uint64, []byte)
+			Write(uint64, []byte)
+		}
+	}{
+		{acpi.COM1Port, 8, uart},
+		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event()},
+		{acpi.PM1aControlPort, acpi.PM1aControlLen, platform.NewPM1Control(func() { m.Stop(Exit{Reason: ExitPowerOff}) })},
+		{acpi.PMTimerPort, acpi.PMTimerLen, platform.NewPMTimer(nil)},
+		{acpi.ResetPort, 1, platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })},
+		{platform.GuestStatusPort, 1, status},
+	}
+	for _, d := range devs {
+		if err := m.PIO.Insert(d.dev, d.base, d.size); err != nil {
+			return nil, err
+		}
+	}
+	if err := m.setupPCI(ctx, cfg); err != nil {
+		return nil, err
+	}
+	if cfg.ConsoleIn != nil {
+		go pumpInput(m.Done(), cfg.ConsoleIn, uart)
+	}
+	return status, nil
+}
+
+// pumpInput copies console input into the UART until the machine stops or
+// the input ends. The reader may stay blocked after the machine stops (a
+// terminal); it then exits on its next read.
+func pumpInput(done <-chan struct{}, in io.Reader, uart *serial.UART) {
+	buf := make([]byte, 256)
+	for {
+		n, err := in.Read(buf)
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if n > 0 {
+			uart.Enqueue(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// bootRegisters converts the boot CPU state into KVM registers.
+func bootRegisters(c interface {
+	Sregs() (*gokvm.Sregs, error)
+}, st boot.CPUState) (*gokvm.Regs, *gokvm.Sregs, error) {
+	s, err := c.Sregs()
+	if err != nil {
+		return nil, nil, err
+	}
+	seg := func(b boot.Segment) gokvm.Segment {
+		return gokvm.Segment{Base: b.Base, Limit: b.Limit, Selector: b.Selector, Typ: b.Type,
+			Present: bit(b.Present), DPL: b.DPL, DB: bit(b.DB), S: bit(b.S), L: bit(b.L), G: bit(b.G), AVL: bit(b.AVL)}
+	}
+	s.CS, s.DS, s.ES, s.FS, s.GS, s.SS = seg(st.CS), seg(st.DS), seg(st.ES), seg(st.FS), seg(st.GS), seg(st.SS)
+	s.TR, s.LDT = seg(st.TR), seg(st.LDT)
+	s.GDT = gokvm.Descriptor{Base: st.GDT.Base, Limit: st.GDT.Limit}
+	s.IDT = gokvm.Descriptor{Base: st.IDT.Base, Limit: st.IDT.Limit}
+	s.CR0, s.CR3, s.CR4, s.EFER = st.CR0, st.CR3, st.CR4, st.EFER
+	flags := st.RFLAGS
+	if flags == 0 {
+		flags = 2
+	}
+	r := &gokvm.Regs{RIP: st.RIP, RSP: st.RSP, RSI: st.RSI, RBX: st.RBX, RFLAGS: flags}
+	return r, s, nil
+}
+
+func bit(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// DefaultCmdline is the kernel command line for a subOS on this VMM.
+func DefaultCmdline(extra ...string) string {
+	base := []string{"console=ttyS0", "reboot=acpi", "panic=-1", "quiet"}
+	return strings.Join(append(base, extra...), " ")
+}
