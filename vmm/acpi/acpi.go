@@ -1,0 +1,377 @@
+// Package acpi builds the ACPI tables a RainForest guest boots with.
+//
+// Build lays out, contiguously from a base guest physical address, an RSDP
+// (revision 2), a FACS, an XSDT, a FADT (revision 6, not hardware-reduced),
+// a MADT and a DSDT. The MADT is what lets an SMP Linux without MP-table
+// support bring up its APs; the FADT points Linux at the PM registers the
+// vmm/platform devices emulate (power-off through PM1a_CNT and _S5, reboot
+// through the reset register at 0xCF9, the 32-bit PM timer); the DSDT, in
+// AML written by this package's own encoder, describes the PCI root bridge
+// and COM1.
+package acpi
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Guest physical layout and I/O ports the tables describe.
+const (
+	// DefaultBase is where the tables go (and so the RSDP), inside the
+	// reserved BIOS area.
+	DefaultBase = 0xE0000
+	// MaxSize is the room reserved for the tables at DefaultBase
+	// (0xE0000..0xFFFFF).
+	MaxSize = 0x20000
+
+	LocalAPICAddress = 0xFEE00000
+	IOAPICAddress    = 0xFEC00000
+
+	PM1aEventPort   = 0x600 // PM1a_EVT_BLK: status (2 bytes) + enable (2 bytes)
+	PM1aEventLen    = 4
+	PM1aControlPort = 0x604 // PM1a_CNT_BLK
+	PM1aControlLen  = 2
+	PMTimerPort     = 0x608 // PM_TMR_BLK, 32-bit timer (TMR_VAL_EXT)
+	PMTimerLen      = 4
+	ResetPort       = 0xCF9 // RESET_REG (system I/O)
+	ResetValue      = 0x06  // RESET_VALUE
+	SCIIRQ          = 9     // SCI_INT
+
+	// SleepTypeSoftOff is the SLP_TYP value _S5 advertises.
+	SleepTypeSoftOff = 5
+
+	COM1Port = 0x3F8
+	COM1IRQ  = 4
+
+	PCIConfigPort   = 0xCF8
+	PCIMMIOBase     = 0xC0000000
+	PCIMMIOLast     = 0xDFFFFFFF
+	MaxCPUs         = 254
+	tableHeaderSize = 36
+)
+
+// ErrInvalidConfig is returned (wrapped) when Config or base is unusable.
+var ErrInvalidConfig = errors.New("acpi: invalid configuration")
+
+// ErrTooLarge is returned (wrapped) when the tables would not fit in MaxSize
+// or below 4 GiB.
+var ErrTooLarge = errors.New("acpi: tables too large")
+
+// Config says what the tables describe.
+type Config struct {
+	// NumCPUs is the number of vCPUs, 1..MaxCPUs. vCPU i gets local APIC
+	// id i and ACPI processor UID i; the IOAPIC gets id NumCPUs.
+	NumCPUs int
+}
+
+// Table identification written into every header.
+const (
+	oemID       = "RNFRST"   // 6 bytes
+	oemTableID  = "RAINFRST" // 8 bytes
+	creatorID   = "RNFT"     // 4 bytes
+	hypervisor  = "RAINFRST" // 8 bytes, FADT Hypervisor Vendor Identity
+	oemRevision = 1
+)
+
+// Build returns the tables laid out for guest physical address base, and the
+// GPA of the RSDP (which is base). base must be 16-byte aligned and the
+// tables must end below 4 GiB (the FADT's 32-bit pointers are filled too).
+func Build(cfg Config, base uint64) (tables []byte, rsdp uint64, err error) {
+	if cfg.NumCPUs < 1 || cfg.NumCPUs > MaxCPUs {
+		return nil, 0, fmt.Errorf("%w: NumCPUs %d not in 1..%d", ErrInvalidConfig, cfg.NumCPUs, MaxCPUs)
+	}
+	if base%16 != 0 {
+		return nil, 0, fmt.Errorf("%w: base %#x not 16-byte aligned", ErrInvalidConfig, base)
+	}
+	dsdt, err := buildDSDT(cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	madt := buildMADT(cfg)
+
+	// Layout: RSDP, FACS (64-byte aligned), XSDT, FADT, MADT, DSDT.
+	const rsdpOff = 0
+	const facsOff = 64
+	const facsLen = 64
+	const xsdtOff = facsOff + facsLen
+	const xsdtLen = tableHeaderSize + 2*8
+	fadtOff := align16(xsdtOff + xsdtLen)
+	madtOff := align16(fadtOff + fadtLen)
+	dsdtOff := align16(madtOff + len(madt))
+	total := dsdtOff + len(dsdt)
+	if total > MaxSize {
+		return nil, 0, fmt.Errorf("%w: %d bytes, room for %d", ErrTooLarge, total, MaxSize)
+	}
+	if base > 1<<32-uint64(total) {
+		return nil, 0, fmt.Errorf("%w: %d bytes at %#x cross 4 GiB", ErrTooLarge, total, base)
+	}
+
+	buf := make([]byte, total)
+	gpa := func(off int) uint64 { return base + uint64(off) }
+
+	copy(buf[facsOff:], buildFACS())
+	copy(buf[fadtOff:], buildFADT(gpa(facsOff), gpa(dsdtOff)))
+	copy(buf[madtOff:], madt)
+	copy(buf[dsdtOff:], dsdt)
+	copy(buf[xsdtOff:], buildXSDT(gpa(fadtOff), gpa(madtOff)))
+	copy(buf[rsdpOff:], buildRSDP(gpa(xsdtOff)))
+	return buf, base, nil
+}
+
+func align16(n int) int { return (n + 15) &^ 15 }
+
+// checksum returns the byte that makes b sum to zero.
+func checksum(b []byte) byte {
+	var s byte
+	for _, x := range b {
+		s += x
+	}
+	return -s
+}
+
+// header fills the standard 36-byte description header at the start of t
+// (whose final length is len(t)) and its checksum, which must come last.
+func header(t []byte, sig string, revision byte) {
+	copy(t[0:4], sig)
+	binary.LittleEndian.PutUint32(t[4:], uint32(len(t)))
+	t[8] = revision
+	t[9] = 0
+	copy(t[10:16], oemID)
+	copy(t[16:24], oemTableID)
+	binary.LittleEndian.PutUint32(t[24:], oemRevision)
+	copy(t[28:32], creatorID)
+	binary.LittleEndian.PutUint32(t[32:], 1)
+	t[9] = checksum(t)
+}
+
+// RSDP layout (ACPI 6.x, 5.2.5.3).
+const (
+	rsdpLen         = 36
+	rsdpV1Len       = 20
+	rsdpChecksumOff = 8
+	rsdpRevisionOff = 15
+	rsdpRSDTOff     = 16
+	rsdpLengthOff   = 20
+	rsdpXSDTOff     = 24
+	rsdpExtCksumOff = 32
+)
+
+func buildRSDP(xsdt uint64) []byte {
+	r := make([]byte, rsdpLen)
+	copy(r, "RSD PTR ")
+	copy(r[9:15], oemID)
+	r[rsdpRevisionOff] = 2
+	binary.LittleEndian.PutUint32(r[rsdpRSDTOff:], 0)
+	binary.LittleEndian.PutUint32(r[rsdpLengthOff:], rsdpLen)
+	binary.LittleEndian.PutUint64(r[rsdpXSDTOff:], xsdt)
+	r[rsdpChecksumOff] = checksum(r[:rsdpV1Len])
+	r[rsdpExtCksumOff] = checksum(r)
+	return r
+}
+
+func buildXSDT(entries ...uint64) []byte {
+	t := make([]byte, tableHeaderSize+8*len(entries))
+	for i, e := range entries {
+		binary.LittleEndian.PutUint64(t[tableHeaderSize+8*i:], e)
+	}
+	header(t, "XSDT", 1)
+	return t
+}
+
+// buildFACS returns a 64-byte FACS, version 2, no global lock, no waking
+// vector (the guest has no sleep states but S5).
+func buildFACS() []byte {
+	f := make([]byte, 64)
+	copy(f, "FACS")
+	binary.LittleEndian.PutUint32(f[4:], 64)
+	f[32] = 2 // Version
+	return f
+}
+
+// FADT layout (ACPI 6.x, table 5.9): byte offsets of the fields set here.
+const (
+	fadtLen              = 276
+	fadtFirmwareCtrl     = 36
+	fadtDSDT             = 40
+	fadtSCIInt           = 46
+	fadtSMICmd           = 48
+	fadtPM1aEvtBlk       = 56
+	fadtPM1aCntBlk       = 64
+	fadtPMTmrBlk         = 76
+	fadtPM1EvtLen        = 88
+	fadtPM1CntLen        = 89
+	fadtPMTmrLen         = 91
+	fadtPLvl2Lat         = 96
+	fadtPLvl3Lat         = 98
+	fadtIAPCBootArch     = 109
+	fadtFlags            = 112
+	fadtResetReg         = 116
+	fadtResetValue       = 128
+	fadtMinorVersion     = 131
+	fadtXFirmwareCtrl    = 132
+	fadtXDSDT            = 140
+	fadtXPM1aEvtBlk      = 148
+	fadtXPM1aCntBlk      = 172
+	fadtXPMTmrBlk        = 208
+	fadtHypervisorVendor = 268
+)
+
+// FADT flags (ACPI 6.x, table 5.10).
+const (
+	FADTFlagWBINVD      = 1 << 0
+	FADTFlagProcC1      = 1 << 2
+	FADTFlagPwrButton   = 1 << 4 // set: no fixed-feature power button
+	FADTFlagSlpButton   = 1 << 5 // set: no fixed-feature sleep button
+	FADTFlagTmrValExt   = 1 << 8 // set: PM timer is 32 bits wide
+	FADTFlagResetRegSup = 1 << 10
+	FADTFlagHWReduced   = 1 << 20
+)
+
+// IA-PC boot architecture flags (ACPI 6.x, table 5.11).
+const (
+	BootArchVGANotPresent     = 1 << 2
+	BootArchCMOSRTCNotPresent = 1 << 5
+)
+
+// Generic Address Structure address space ids and access sizes.
+const (
+	gasSystemIO   = 1
+	gasAccessByte = 1
+)
+
+// putGAS writes a 12-byte Generic Address Structure.
+func putGAS(b []byte, space, bitWidth, access byte, addr uint64) {
+	b[0] = space
+	b[1] = bitWidth
+	b[2] = 0
+	b[3] = access
+	binary.LittleEndian.PutUint64(b[4:], addr)
+}
+
+func buildFADT(facs, dsdt uint64) []byte {
+	t := make([]byte, fadtLen)
+	le := binary.LittleEndian
+	le.PutUint32(t[fadtFirmwareCtrl:], uint32(facs))
+	le.PutUint32(t[fadtDSDT:], uint32(dsdt))
+	le.PutUint16(t[fadtSCIInt:], SCIIRQ)
+	le.PutUint32(t[fadtSMICmd:], 0) // no SMI command port: ACPI mode always on
+	le.PutUint32(t[fadtPM1aEvtBlk:], PM1aEventPort)
+	le.PutUint32(t[fadtPM1aCntBlk:], PM1aControlPort)
+	le.PutUint32(t[fadtPMTmrBlk:], PMTimerPort)
+	t[fadtPM1EvtLen] = PM1aEventLen
+	t[fadtPM1CntLen] = PM1aControlLen
+	t[fadtPMTmrLen] = PMTimerLen
+	le.PutUint16(t[fadtPLvl2Lat:], 101)  // > 100: C2 not supported
+	le.PutUint16(t[fadtPLvl3Lat:], 1001) // > 1000: C3 not supported
+	le.PutUint16(t[fadtIAPCBootArch:], BootArchVGANotPresent|BootArchCMOSRTCNotPresent)
+	le.PutUint32(t[fadtFlags:], FADTFlagWBINVD|FADTFlagProcC1|FADTFlagPwrButton|
+		FADTFlagSlpButton|FADTFlagTmrValExt|FADTFlagResetRegSup)
+	putGAS(t[fadtResetReg:], gasSystemIO, 8, gasAccessByte, ResetPort)
+	t[fadtResetValue] = ResetValue
+	t[fadtMinorVersion] = 0
+	// X_FIRMWARE_CTRL stays 0: ACPI allows only one FACS pointer to be
+	// non-zero, and the FACS lies below 4 GiB.
+	le.PutUint64(t[fadtXDSDT:], dsdt)
+	putGAS(t[fadtXPM1aEvtBlk:], gasSystemIO, 8*PM1aEventLen, 0, PM1aEventPort)
+	putGAS(t[fadtXPM1aCntBlk:], gasSystemIO, 8*PM1aControlLen, 0, PM1aControlPort)
+	putGAS(t[fadtXPMTmrBlk:], gasSystemIO, 8*PMTimerLen, 0, PMTimerPort)
+	copy(t[fadtHypervisorVendor:], hypervisor)
+	header(t, "FACP", 6)
+	return t
+}
+
+// MADT layout (ACPI 6.x, 5.2.12).
+const (
+	madtLocalAPICAddr = 36
+	madtFlags         = 40
+	madtEntriesOff    = 44
+	madtPCATCompat    = 1
+
+	madtTypeLocalAPIC      = 0
+	madtTypeIOAPIC         = 1
+	madtTypeSourceOverride = 2
+	madtTypeLocalAPICNMI   = 4
+
+	madtLocalAPICLen      = 8
+	madtIOAPICLen         = 12
+	madtSourceOverrideLen = 10
+	madtLocalAPICNMILen   = 6
+
+	madtLAPICEnabled = 1
+	// MPS INTI flags: polarity bits 0-1, trigger mode bits 2-3.
+	mpsActiveHigh   = 0x1
+	mpsLevelTrigger = 0xC
+	allProcessors   = 0xFF
+)
+
+func buildMADT(cfg Config) []byte {
+	le := binary.LittleEndian
+	t := make([]byte, madtEntriesOff)
+	le.PutUint32(t[madtLocalAPICAddr:], LocalAPICAddress)
+	le.PutUint32(t[madtFlags:], madtPCATCompat)
+	for i := 0; i < cfg.NumCPUs; i++ {
+		// Type, length, ACPI processor UID, APIC id, flags.
+		t = append(t, madtTypeLocalAPIC, madtLocalAPICLen, byte(i), byte(i))
+		t = le.AppendUint32(t, madtLAPICEnabled)
+	}
+	t = append(t, madtTypeIOAPIC, madtIOAPICLen, byte(cfg.NumCPUs), 0)
+	t = le.AppendUint32(t, IOAPICAddress)
+	t = le.AppendUint32(t, 0) // GSI base
+	override := func(irq byte, gsi uint32, flags uint16) {
+		t = append(t, madtTypeSourceOverride, madtSourceOverrideLen, 0 /* ISA */, irq)
+		t = le.AppendUint32(t, gsi)
+		t = le.AppendUint16(t, flags)
+	}
+	override(0, 2, 0)
+	override(SCIIRQ, SCIIRQ, mpsActiveHigh|mpsLevelTrigger)
+	t = append(t, madtTypeLocalAPICNMI, madtLocalAPICNMILen, allProcessors)
+	t = le.AppendUint16(t, 0) // flags: conforms to bus
+	t = append(t, 1)          // LINT1
+	header(t, "APIC", 5)
+	return t
+}
+
+// buildDSDT returns the DSDT: _S5, \_SB.PCI0, \_SB.COM1 and one processor
+// device per vCPU.
+func buildDSDT(cfg Config) ([]byte, error) {
+	var e amlEncoder
+	pci := e.device("PCI0",
+		e.name("_HID", e.eisaIDValue("PNP0A08")),
+		e.name("_CID", e.eisaIDValue("PNP0A03")),
+		e.name("_SEG", e.integer(0)),
+		e.name("_BBN", e.integer(0)),
+		e.name("_UID", e.integer(0)),
+		e.name("_CRS", e.resourceTemplate(
+			resWordBusNumber(0, 0),
+			resIO(PCIConfigPort, PCIConfigPort, 1, 8),
+			resWordIO(0x0000, 0x0CF7),
+			resWordIO(0x0D00, 0xFFFF),
+			resDWordMemory(PCIMMIOBase, PCIMMIOLast),
+		)),
+	)
+	com1 := e.device("COM1",
+		e.name("_HID", e.eisaIDValue("PNP0501")),
+		e.name("_UID", e.integer(0)),
+		e.name("_CRS", e.resourceTemplate(
+			resIO(COM1Port, COM1Port, 1, 8),
+			resIRQNoFlags(COM1IRQ),
+		)),
+	)
+	sb := [][]byte{pci, com1}
+	for i := 0; i < cfg.NumCPUs; i++ {
+		sb = append(sb, e.device(fmt.Sprintf("C%03X", i),
+			e.name("_HID", e.str("ACPI0007")),
+			e.name("_UID", e.integer(uint64(i))),
+		))
+	}
+	body := e.name("_S5", e.pack(e.integer(SleepTypeSoftOff), e.integer(SleepTypeSoftOff), e.integer(0), e.integer(0)))
+	body = append(body, e.scope(`\_SB`, sb...)...)
+	if e.err != nil {
+		return nil, e.err
+	}
+	t := make([]byte, tableHeaderSize, tableHeaderSize+len(body))
+	t = append(t, body...)
+	header(t, "DSDT", 2)
+	return t, nil
+}
