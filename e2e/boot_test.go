@@ -1,0 +1,128 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bootScript boots the default image several ways in one session; each part
+// ends with "RF-STATUS <vmm exit status>".
+const bootScript = `
+boot() { name=$1; shift; echo "== $name"; "$RFM" vmm --name "$name" --initrd "$L2/initramfs.cpio.gz" --console stdio "$@"; echo "RF-STATUS $?"; }
+boot pvh --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
+boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
+boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append "rf.cmd=exit\ 3 rf.poweroff=1"
+boot badcores --kernel "$L2/vmlinux" --cpus 0,0 --memory 256M
+boot nokernel --kernel "$L2/missing" --cpus 0 --memory 256M
+echo "== hugepages-left"
+echo "RF-FREE $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages) RF-TOTAL $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)"
+`
+
+func repoRoot(t *testing.T) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(wd)
+}
+
+func imagesDir(t *testing.T) string {
+	if d := os.Getenv("RF_IMAGES"); d != "" {
+		return d
+	}
+	return filepath.Join(repoRoot(t), "build", "images")
+}
+
+// TestBootDebian boots the unmodified Debian cloud kernel (as PVH vmlinux
+// and as bzImage) with 2 vCPUs and 512 MiB, checks that it sees both CPUs
+// and its memory, reads a file from the virtio-blk disk and powers off with
+// the VMM exiting 0; that the guest's exit status becomes the VMM's; and that
+// bad input fails with one clear line.
+func TestBootDebian(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("RF_REQUIRE_KVM") == "1" {
+			t.Fatal("end-to-end tests need root")
+		}
+		t.Skip("end-to-end tests need root (KVM, hugepages, nested QEMU)")
+	}
+	if _, err := os.Stat(filepath.Join(imagesDir(t), "vmlinux")); err != nil && os.Getenv("RF_REQUIRE_KVM") != "1" {
+		t.Skipf("no image in %s (make image): %v", imagesDir(t), err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), testWriter{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("nested=%v %s", h.Nested, h.Why)
+	start := time.Now()
+	out, status, err := h.Run(ctx, bootScript, 20*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("session took %v, script status %d", time.Since(start).Round(time.Second), status)
+	secs := Sections(out)
+	for _, name := range []string{"pvh", "bzimage"} {
+		s := secs[name]
+		t.Run(name, func(t *testing.T) {
+			if !strings.Contains(s, "RF-INIT-REACHED") {
+				t.Fatalf("guest never reached /init:\n%s", s)
+			}
+			if got := Field(s, "RF-CPUS"); got != "2 2" {
+				t.Errorf("guest CPUs = %q, want \"2 2\"", got)
+			}
+			kb, _ := strconv.Atoi(Field(s, "RF-MEMTOTAL-KB"))
+			if kb < 400<<10 || kb > 512<<10 {
+				t.Errorf("guest MemTotal = %d kB, want between 400 and 512 MiB", kb)
+			}
+			if !strings.Contains(s, "hello from virtio-blk") {
+				t.Errorf("file from the virtio-blk disk not read:\n%s", s)
+			}
+			if got := Field(s, "RF-STATUS"); got != "0" {
+				t.Errorf("VMM exit status %q, want 0", got)
+			}
+		})
+	}
+	t.Run("guest-exit-status", func(t *testing.T) {
+		if got := Field(secs["status"], "RF-STATUS"); got != "3" {
+			t.Errorf("VMM exit status %q, want the guest's 3:\n%s", got, secs["status"])
+		}
+	})
+	for name, want := range map[string]string{"badcores": "core 0 listed twice", "nokernel": "kernel:"} {
+		t.Run(name, func(t *testing.T) {
+			s := secs[name]
+			if got := Field(s, "RF-STATUS"); got != "2" {
+				t.Errorf("VMM exit status %q, want 2:\n%s", got, s)
+			}
+			if !strings.Contains(s, want) {
+				t.Errorf("error does not say %q:\n%s", want, s)
+			}
+		})
+	}
+	t.Run("nothing-left-behind", func(t *testing.T) {
+		s := secs["hugepages-left"]
+		var free, total int
+		f := strings.Fields(s)
+		if len(f) == 4 {
+			free, _ = strconv.Atoi(f[1])
+			total, _ = strconv.Atoi(f[3])
+		}
+		if free != total || total == 0 {
+			t.Errorf("hugepages after all VMMs exited: %q (want all free)", strings.TrimSpace(s))
+		}
+	})
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	if os.Getenv("RF_E2E_VERBOSE") != "" {
+		w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+	}
+	return len(p), nil
+}

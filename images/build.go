@@ -1,0 +1,565 @@
+// Package images builds, reproducibly and from Debian packages, the boot
+// artifacts of the default subOS ("L2") image: the Debian 12 cloud kernel
+// (bzImage and the uncompressed PVH vmlinux cut out of it), a busybox
+// initramfs with the virtio modules the VMM's devices need, and a small
+// ext2 test disk. Outputs are cached in a directory and rebuilt only when
+// the package versions or inputs change.
+//
+// The package also provides the deterministic newc cpio writer (Archive)
+// and the kernel module resolver (ModuleIndex) that other image builders,
+// such as the nested test layer, reuse.
+//
+// # The L2 /init
+//
+// The init script reads these kernel command line parameters:
+//
+//	rf.cat=/path      after mounting /dev/vda read-only on /mnt, print /mnt/path
+//	rf.cmd=CMD        run CMD with sh -c (quote it: rf.cmd="echo a b"),
+//	                  then print "RF-CMD-EXIT <status>"
+//	rf.poweroff=1     power off after rf.cmd instead of starting a shell
+//
+// Before powering off it writes a non-zero exit status of rf.cmd (or of the
+// shell) to I/O port 0x501, which the VMM makes its own exit status.
+//	rf.agent=0        do not start /usr/bin/rf-agent
+//
+// It prints "RF-INIT-REACHED" right after mounting /proc (for boot timing),
+// then "RF-CPUS <n>" and "RF-MEMTOTAL-KB <n>".
+//
+// # The in-guest agent slot
+//
+// When Options.InputDir contains usr/bin/rf-agent, that file is placed at
+// /usr/bin/rf-agent (mode 0755) in the initramfs, and /init starts it in the
+// background (output on the console) before running rf.cmd or the shell.
+package images
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// DefaultOutDir is where Build caches its outputs when Options.OutDir is
+// empty (relative to the current directory; the repository's build/images).
+const DefaultOutDir = "build/images"
+
+// DefaultKernelPackage is the Debian 12 cloud kernel meta-package.
+const DefaultKernelPackage = "linux-image-cloud-amd64"
+
+// DefaultBusyboxPackage provides the static busybox.
+const DefaultBusyboxPackage = "busybox-static"
+
+// DiskText is the content of /hello.txt on the test disk (and of its first
+// sector when mkfs.ext2 is unavailable).
+const DiskText = "hello from virtio-blk\n"
+
+// InitReachedMarker is printed by the L2 /init right after /proc is mounted.
+const InitReachedMarker = "RF-INIT-REACHED"
+
+// Output file names inside the output directory.
+const (
+	VmlinuxName   = "vmlinux"
+	BzImageName   = "bzImage"
+	InitramfsName = "initramfs.cpio.gz"
+	DiskName      = "disk.img"
+	stampName     = "build.stamp"
+	cacheDirName  = "cache"
+	agentPath     = "usr/bin/rf-agent"
+	// stampFormat changes whenever the layout of the outputs changes.
+	stampFormat = 1
+)
+
+// DefaultModules returns the modules the L2 image loads, in load order
+// (their dependencies are added automatically). Modules that the kernel
+// does not have (virtio_pci_legacy_dev on some configs) are skipped.
+func DefaultModules() []string {
+	return []string{
+		"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+		"virtio_pci", "virtio_blk", "virtio_console", "uio", "uio_pci_generic",
+	}
+}
+
+// ErrNoKernel means the kernel package did not contain /boot/vmlinuz-*.
+var ErrNoKernel = errors.New("images: kernel package has no /boot/vmlinuz")
+
+// Options configure Build. The zero value builds the default image.
+type Options struct {
+	// OutDir holds the outputs and the download cache (default
+	// DefaultOutDir).
+	OutDir string
+	// KernelPackage is the kernel package or meta-package (default
+	// DefaultKernelPackage).
+	KernelPackage string
+	// BusyboxPackage is the static busybox package (default
+	// DefaultBusyboxPackage).
+	BusyboxPackage string
+	// Modules overrides DefaultModules.
+	Modules []string
+	// InputDir optionally holds extra inputs; currently usr/bin/rf-agent.
+	InputDir string
+	// Log receives progress (apt output, steps); nil discards it.
+	Log io.Writer
+	// Force rebuilds even when the stamp matches.
+	Force bool
+}
+
+// Image is a built L2 image.
+type Image struct {
+	// Kernel is the uncompressed ELF vmlinux with the PVH entry note.
+	Kernel string
+	// BzImage is the Debian /boot/vmlinuz-* (LZ4 bzImage).
+	BzImage string
+	// Initramfs is the gzip-compressed newc initramfs.
+	Initramfs string
+	// Disk is the raw test disk (ext2 with /hello.txt, or a raw image
+	// whose first sector holds DiskText when mkfs.ext2 is missing).
+	Disk string
+	// KernelVersion is the kernel release (uname -r), e.g.
+	// "6.1.0-56-cloud-amd64".
+	KernelVersion string
+	// KernelPackage and KernelPackageVersion name the Debian package used.
+	KernelPackage        string
+	KernelPackageVersion string
+	// ModulesDir is the unpacked lib/modules/<release> tree on the host,
+	// for builders that need other modules of the same kernel.
+	ModulesDir string
+	// Busybox is the unpacked static busybox binary on the host.
+	Busybox string
+	// Modules are the modules in the initramfs, in load order.
+	Modules []Module
+}
+
+type stamp struct {
+	Format         int      `json:"format"`
+	KernelPackage  string   `json:"kernel_package"`
+	KernelVersion  string   `json:"kernel_package_version"`
+	Release        string   `json:"release"`
+	BusyboxPackage string   `json:"busybox_package"`
+	BusyboxVersion string   `json:"busybox_version"`
+	Modules        []Module `json:"modules"`
+	AgentSHA256    string   `json:"agent_sha256,omitempty"`
+	DiskKind       string   `json:"disk_kind"`
+}
+
+// Build produces the L2 image in opts.OutDir, reusing the outputs when a
+// previous build used the same package versions and inputs.
+func Build(ctx context.Context, opts Options) (*Image, error) {
+	if opts.OutDir == "" {
+		opts.OutDir = DefaultOutDir
+	}
+	if opts.KernelPackage == "" {
+		opts.KernelPackage = DefaultKernelPackage
+	}
+	if opts.BusyboxPackage == "" {
+		opts.BusyboxPackage = DefaultBusyboxPackage
+	}
+	if opts.Modules == nil {
+		opts.Modules = DefaultModules()
+	}
+	log := opts.Log
+	if log == nil {
+		log = io.Discard
+	}
+	out, err := filepath.Abs(opts.OutDir)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	deb := &debTools{log: log, cacheDir: filepath.Join(out, cacheDirName)}
+
+	kroot, kpkg, kver, err := deb.fetch(ctx, opts.KernelPackage, true)
+	if err != nil {
+		return nil, err
+	}
+	broot, bpkg, bver, err := deb.fetch(ctx, opts.BusyboxPackage, false)
+	if err != nil {
+		return nil, err
+	}
+	vmlinuz, release, err := findKernel(kroot)
+	if err != nil {
+		return nil, err
+	}
+	busybox := filepath.Join(broot, "bin", "busybox")
+	if _, err := os.Stat(busybox); err != nil {
+		return nil, fmt.Errorf("images: %s has no bin/busybox: %w", bpkg, err)
+	}
+	modDir := filepath.Join(kroot, "lib", "modules", release)
+	ix, err := loadAndCacheModuleIndex(modDir)
+	if err != nil {
+		return nil, err
+	}
+	var want []string
+	for _, m := range opts.Modules {
+		if ix.Has(m) {
+			want = append(want, m)
+		} else {
+			fmt.Fprintf(log, "images: kernel %s has no module %s, skipped\n", release, m)
+		}
+	}
+	mods, err := ix.Resolve(want...)
+	if err != nil {
+		return nil, err
+	}
+	var agent string
+	var agentSum string
+	if opts.InputDir != "" {
+		p := filepath.Join(opts.InputDir, filepath.FromSlash(agentPath))
+		if data, err := os.ReadFile(p); err == nil {
+			sum := sha256.Sum256(data)
+			agent, agentSum = p, hex.EncodeToString(sum[:])
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("images: agent: %w", err)
+		}
+	}
+	mkfs := findMkfs()
+	diskKind := "raw"
+	if mkfs != "" {
+		diskKind = "ext2"
+	}
+	st := stamp{
+		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
+		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, AgentSHA256: agentSum,
+		DiskKind: diskKind,
+	}
+	img := &Image{
+		Kernel:               filepath.Join(out, VmlinuxName),
+		BzImage:              filepath.Join(out, BzImageName),
+		Initramfs:            filepath.Join(out, InitramfsName),
+		Disk:                 filepath.Join(out, DiskName),
+		KernelVersion:        release,
+		KernelPackage:        kpkg,
+		KernelPackageVersion: kver,
+		ModulesDir:           modDir,
+		Busybox:              busybox,
+		Modules:              mods,
+	}
+	stampData, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	stampPath := filepath.Join(out, stampName)
+	if !opts.Force && upToDate(stampPath, stampData, img) {
+		fmt.Fprintf(log, "images: %s is up to date (%s %s)\n", out, kpkg, kver)
+		return img, nil
+	}
+	os.Remove(stampPath)
+
+	fmt.Fprintf(log, "images: kernel %s (%s %s)\n", release, kpkg, kver)
+	bz, err := os.ReadFile(vmlinuz)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	if err := writeFileAtomic(img.BzImage, bz, 0o644); err != nil {
+		return nil, err
+	}
+	vmlinux, err := extractVmlinux(bz)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(img.Kernel, vmlinux, 0o644); err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(log, "images: initramfs with %d modules\n", len(mods))
+	a := NewArchive()
+	if err := AddBusybox(ctx, a, busybox); err != nil {
+		return nil, err
+	}
+	if err := AddModules(a, modDir, mods, "lib/modules"); err != nil {
+		return nil, err
+	}
+	if agent != "" {
+		if err := a.AddHostFile(agentPath, 0o755, agent); err != nil {
+			return nil, err
+		}
+	}
+	if err := a.AddFile("init", 0o755, []byte(l2Init(mods))); err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if err := WriteGzip(&buf, a); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(img.Initramfs, buf.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+
+	fmt.Fprintf(log, "images: test disk (%s)\n", diskKind)
+	if err := buildDisk(ctx, mkfs, img.Disk); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(stampPath, stampData, 0o644); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// loadAndCacheModuleIndex indexes an unpacked kernel's modules and, the
+// first time, stores the index as modules.dep in that (cache) directory.
+func loadAndCacheModuleIndex(modDir string) (*ModuleIndex, error) {
+	depFile := filepath.Join(modDir, "modules.dep")
+	_, statErr := os.Stat(depFile)
+	ix, err := LoadModuleIndex(modDir)
+	if err != nil || statErr == nil {
+		return ix, err
+	}
+	var buf bytes.Buffer
+	if err := ix.WriteModulesDep(&buf); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(depFile, buf.Bytes(), 0o644); err != nil {
+		return nil, err
+	}
+	return ix, nil
+}
+
+func upToDate(stampPath string, want []byte, img *Image) bool {
+	have, err := os.ReadFile(stampPath)
+	if err != nil || !bytes.Equal(have, want) {
+		return false
+	}
+	for _, p := range []string{img.Kernel, img.BzImage, img.Initramfs, img.Disk} {
+		if _, err := os.Stat(p); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// findKernel returns the vmlinuz file and the kernel release of an
+// unpacked kernel package.
+func findKernel(root string) (string, string, error) {
+	matches, _ := filepath.Glob(filepath.Join(root, "boot", "vmlinuz-*"))
+	sort.Strings(matches)
+	if len(matches) == 0 {
+		return "", "", fmt.Errorf("%w (in %s)", ErrNoKernel, root)
+	}
+	p := matches[len(matches)-1]
+	return p, strings.TrimPrefix(filepath.Base(p), "vmlinuz-"), nil
+}
+
+// WriteGzip writes the archive gzip-compressed with a deterministic gzip
+// header (no name, mtime 0).
+func WriteGzip(w io.Writer, a *Archive) error {
+	zw, err := gzip.NewWriterLevel(w, gzip.BestCompression)
+	if err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	if _, err := a.WriteTo(zw); err != nil {
+		return err
+	}
+	if err := zw.Close(); err != nil {
+		return fmt.Errorf("images: gzip: %w", err)
+	}
+	return nil
+}
+
+func writeFileAtomic(path string, data []byte, perm fs.FileMode) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, perm); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	return nil
+}
+
+// fallbackApplets returns the applets linked when the busybox binary cannot
+// list its applets on this host.
+func fallbackApplets() []string {
+	return []string{
+		"cat", "cut", "dmesg", "echo", "grep", "head", "insmod", "ls", "lsmod",
+		"mkdir", "mount", "nproc", "poweroff", "ps", "reboot", "sed", "setsid",
+		"sh", "sleep", "tail", "tr", "umount", "wc", "cttyhack", "mknod", "free",
+		"dd", "hexdump", "uname", "test", "[", "true", "false", "timeout",
+	}
+}
+
+// AddBusybox adds the static busybox binary as /bin/busybox with a /bin
+// symlink for every applet, /sbin and /usr/sbin as links to /bin, and the
+// usual empty directories (/proc, /sys, /dev, /tmp, /mnt, /usr/bin, /etc).
+func AddBusybox(ctx context.Context, a *Archive, busybox string) error {
+	if err := a.AddHostFile("bin/busybox", 0o755, busybox); err != nil {
+		return err
+	}
+	applets := fallbackApplets()
+	if out, err := exec.CommandContext(ctx, busybox, "--list").Output(); err == nil {
+		if list := strings.Fields(string(out)); len(list) > 0 {
+			applets = list
+		}
+	}
+	for _, name := range applets {
+		if name == "busybox" || strings.Contains(name, "/") {
+			continue
+		}
+		if err := a.AddSymlink("bin/"+name, "busybox"); err != nil {
+			return err
+		}
+	}
+	if err := a.AddSymlink("sbin", "bin"); err != nil {
+		return err
+	}
+	if err := a.AddSymlink("usr/sbin", "../bin"); err != nil {
+		return err
+	}
+	for _, d := range []string{"proc", "sys", "dev", "tmp", "mnt", "run", "etc", "root", "usr/bin", "lib/modules"} {
+		if err := a.AddDir(d, 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddModules adds the resolved modules from modDir to the archive as
+// guestDir/<name>.ko, in the order given (which /init keeps).
+func AddModules(a *Archive, modDir string, mods []Module, guestDir string) error {
+	for _, m := range mods {
+		if err := a.AddHostFile(guestDir+"/"+m.Name+".ko", 0o644, filepath.Join(modDir, filepath.FromSlash(m.Path))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// InsmodLines returns shell lines that load the modules from guestDir in
+// order, reporting failures without stopping.
+func InsmodLines(mods []Module, guestDir string) string {
+	var b strings.Builder
+	for _, m := range mods {
+		fmt.Fprintf(&b, "insmod %s/%s.ko || echo \"RF-INSMOD-FAILED %s\"\n", guestDir, m.Name, m.Name)
+	}
+	return b.String()
+}
+
+// l2Init renders the L2 /init script.
+func l2Init(mods []Module) string {
+	return `#!/bin/sh
+export PATH=/bin:/usr/bin
+mount -t proc proc /proc
+echo ` + InitReachedMarker + `
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /tmp
+cmdline=$(cat /proc/cmdline)
+# param NAME prints the value of NAME=VALUE or NAME="VALUE WITH SPACES".
+param() {
+	case " $cmdline " in
+	*" $1=\""*) v=${cmdline#*$1=\"}; echo "${v%%\"*}" ;;
+	*" $1="*) v=" $cmdline "; v=${v#* $1=}; echo "${v%% *}" ;;
+	esac
+}
+` + InsmodLines(mods, "/lib/modules") + `echo "RF-CPUS $(nproc) $(grep -c ^processor /proc/cpuinfo)"
+echo "RF-MEMTOTAL-KB $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
+if [ -b /dev/vda ]; then
+	mount -o ro /dev/vda /mnt || echo "RF-MOUNT-FAILED /dev/vda"
+fi
+cat_path=$(param rf.cat)
+if [ -n "$cat_path" ]; then
+	cat "/mnt$cat_path"
+fi
+if [ -x /usr/bin/rf-agent ] && [ "$(param rf.agent)" != 0 ]; then
+	/usr/bin/rf-agent &
+fi
+status=0
+cmd=$(param rf.cmd)
+if [ -n "$cmd" ]; then
+	sh -c "$cmd"
+	status=$?
+	echo "RF-CMD-EXIT $status"
+fi
+if [ "$(param rf.poweroff)" != 1 ]; then
+	setsid cttyhack sh
+	status=$?
+fi
+# The VMM's exit status is the byte written to I/O port 0x501 (1281).
+if [ "$status" != 0 ]; then
+	printf "\\$(printf %o $((status & 255)))" | dd of=/dev/port bs=1 seek=1281 count=1 2>/dev/null
+fi
+poweroff -f
+`
+}
+
+// findMkfs returns the mkfs.ext2 path or "".
+func findMkfs() string {
+	for _, p := range []string{"mkfs.ext2", "/sbin/mkfs.ext2", "/usr/sbin/mkfs.ext2"} {
+		if lp, err := exec.LookPath(p); err == nil {
+			return lp
+		}
+	}
+	return ""
+}
+
+// buildDisk writes the test disk: a 4 MiB ext2 with /hello.txt built
+// reproducibly (fixed UUID, hash seed and time, 128-byte inodes without
+// creation times) when mkfs is set, otherwise a 1 MiB raw image whose
+// first sector starts with DiskText.
+func buildDisk(ctx context.Context, mkfs, dst string) error {
+	tmp := dst + ".tmp"
+	os.Remove(tmp)
+	if mkfs == "" {
+		data := make([]byte, 1<<20)
+		copy(data, DiskText)
+		return writeFileAtomic(dst, data, 0o644)
+	}
+	src, err := os.MkdirTemp("", "rf-disk-")
+	if err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	defer os.RemoveAll(src)
+	hello := filepath.Join(src, "hello.txt")
+	if err := os.WriteFile(hello, []byte(DiskText), 0o644); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	for _, p := range []string{hello, src} {
+		if err := os.Chtimes(p, time.Unix(0, 0), time.Unix(0, 0)); err != nil {
+			return fmt.Errorf("images: %w", err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, mkfs, "-q", "-F", "-b", "1024", "-I", "128", "-L", "rfdisk",
+		"-U", "52460000-0000-4000-8000-000000000001",
+		"-E", "hash_seed=52460000-0000-4000-8000-000000000002,root_owner=0:0",
+		"-d", src, tmp, "4M")
+	cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1", "LC_ALL=C")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("images: %s: %w: %s", mkfs, err, strings.TrimSpace(string(out)))
+	}
+	// mkfs -d copies the source files' ctimes, which cannot be set; reset
+	// every timestamp with debugfs so that the image is reproducible.
+	if debugfs, err := exec.LookPath(filepath.Join(filepath.Dir(mkfs), "debugfs")); err == nil {
+		var script strings.Builder
+		for _, p := range []string{"/", "/hello.txt", "/lost+found"} {
+			for _, f := range []string{"atime", "ctime", "mtime"} {
+				fmt.Fprintf(&script, "sif %s %s 0\n", p, f)
+			}
+		}
+		cmd := exec.CommandContext(ctx, debugfs, "-w", "-f", "-", tmp)
+		cmd.Env = append(os.Environ(), "E2FSPROGS_FAKE_TIME=1", "LC_ALL=C")
+		cmd.Stdin = strings.NewReader(script.String())
+		if out, err := cmd.CombinedOutput(); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("images: %s: %w: %s", debugfs, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if err := os.Rename(tmp, dst); err != nil {
+		return fmt.Errorf("images: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,283 @@
+package nested
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"rainforest/images"
+)
+
+func writeFile(t *testing.T, p, content string, perm os.FileMode) string {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), perm); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestNeeded(t *testing.T) {
+	dir := t.TempDir()
+	kvm := writeFile(t, filepath.Join(dir, "kvm"), "", 0o644)
+	pvm := filepath.Join(dir, "kvm_pvm")
+	withSVM := writeFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
+	noVirt := writeFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
+
+	if n, why := needed(pvm, withSVM, kvm); n {
+		t.Errorf("svm host: needed = true (%s)", why)
+	}
+	if n, _ := needed(pvm, noVirt, kvm); !n {
+		t.Error("no vmx/svm: needed = false")
+	}
+	if n, _ := needed(pvm, withSVM, filepath.Join(dir, "missing")); !n {
+		t.Error("no /dev/kvm: needed = false")
+	}
+	if err := os.Mkdir(pvm, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if n, why := needed(pvm, withSVM, kvm); !n || !strings.Contains(why, "kvm_pvm") {
+		t.Errorf("kvm_pvm: needed = %v (%s)", n, why)
+	}
+	// The real host: only check it does not panic.
+	n, why := Needed()
+	t.Logf("Needed() = %v: %s", n, why)
+}
+
+func TestParseOutput(t *testing.T) {
+	serial := "boot noise\r\n" + BeginMarker + "\r\nline 1\r\nline 2\r\n" + ExitMarker + " 3\r\n[ 1.0] reboot: Power down\r\n"
+	res, ok := parseOutput(normalize(serial))
+	if !ok {
+		t.Fatal("no result")
+	}
+	if res.ExitStatus != 3 || res.Output != "line 1\nline 2\n" {
+		t.Errorf("got %d %q", res.ExitStatus, res.Output)
+	}
+	if _, ok := parseOutput("no markers\n"); ok {
+		t.Error("parsed output without markers")
+	}
+	if _, ok := parseOutput(BeginMarker + "\n" + ExitMarker + " x\n"); ok {
+		t.Error("parsed a non-numeric status")
+	}
+	res, ok = parseOutput(BeginMarker + "\n" + ExitMarker + " 0\n")
+	if !ok || res.Output != "" || res.ExitStatus != 0 {
+		t.Errorf("empty output: %+v %v", res, ok)
+	}
+}
+
+// fakeImage returns an Image whose modules directory has a modules.dep and
+// empty module files, and a busybox that is not executable.
+func fakeImage(t *testing.T) *images.Image {
+	dir := t.TempDir()
+	mods := filepath.Join(dir, "lib/modules/6.1.0-test")
+	writeFile(t, filepath.Join(mods, "modules.dep"),
+		"kernel/virt/lib/irqbypass.ko:\n"+
+			"kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"+
+			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
+			"kernel/drivers/crypto/ccp/ccp.ko:\n", 0o644)
+	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko"} {
+		writeFile(t, filepath.Join(mods, m), "module "+m, 0o644)
+	}
+	return &images.Image{
+		BzImage:    writeFile(t, filepath.Join(dir, "bzImage"), "kernel", 0o644),
+		ModulesDir: mods,
+		Busybox:    writeFile(t, filepath.Join(dir, "busybox"), "busybox", 0o644),
+	}
+}
+
+func TestBuildInitramfs(t *testing.T) {
+	img := fakeImage(t)
+	dir := t.TempDir()
+	tool := writeFile(t, filepath.Join(dir, "rfm"), "#!/bin/true\n", 0o755)
+	cfg := Config{
+		L1Kernel:   img,
+		ExtraFiles: map[string]string{"/bin/rfm": tool, "l2/vmlinux": img.BzImage},
+		Script:     "echo hi\n",
+		HugePages:  64,
+	}
+	var buf bytes.Buffer
+	if err := BuildInitramfs(context.Background(), cfg, &buf); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := images.ReadArchive(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byPath := map[string]*images.Entry{}
+	for _, e := range entries {
+		byPath[e.Path] = e
+	}
+	for _, p := range []string{"init", "test.sh", "bin/busybox", "bin/sh", "bin/rfm", "l2/vmlinux", "lib/modules/kvm_amd.ko", "lib/modules/ccp.ko"} {
+		if byPath[p] == nil {
+			t.Errorf("missing %s", p)
+		}
+	}
+	if e := byPath["bin/rfm"]; e != nil && e.Mode&0o111 == 0 {
+		t.Errorf("bin/rfm lost its exec bits: %o", e.Mode)
+	}
+	init := string(byPath["init"].Data)
+	order := []string{"irqbypass.ko", "kvm.ko", "ccp.ko", "kvm_amd.ko", "echo 64 > /sys/kernel/mm/hugepages", BeginMarker, "sh /test.sh", ExitMarker, "poweroff -f"}
+	last := -1
+	for _, s := range order {
+		i := strings.Index(init, s)
+		if i <= last {
+			t.Fatalf("init: %q missing or out of order:\n%s", s, init)
+		}
+		last = i
+	}
+
+	cfg.ExtraFiles = map[string]string{"/init": tool}
+	if err := BuildInitramfs(context.Background(), cfg, &bytes.Buffer{}); !errors.Is(err, ErrBadConfig) {
+		t.Errorf("replacing /init: err = %v", err)
+	}
+}
+
+// fakeQEMU writes a shell script standing in for qemu-system-x86_64.
+func fakeQEMU(t *testing.T, body string) string {
+	if _, err := exec.LookPath("sh"); err != nil {
+		t.Skip("no sh")
+	}
+	return writeFile(t, filepath.Join(t.TempDir(), "qemu"), "#!/bin/sh\n"+body, 0o755)
+}
+
+func TestRunErrors(t *testing.T) {
+	img := fakeImage(t)
+	ctx := context.Background()
+
+	_, err := Run(ctx, Config{L1Kernel: img, QEMU: filepath.Join(t.TempDir(), "no-qemu")})
+	if !errors.Is(err, ErrQEMUNotFound) {
+		t.Errorf("missing qemu: err = %v", err)
+	}
+	_, err = Run(ctx, Config{})
+	if !errors.Is(err, ErrBadConfig) {
+		t.Errorf("no kernel: err = %v", err)
+	}
+
+	var log bytes.Buffer
+	q := fakeQEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
+	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Log: &log})
+	if !errors.Is(err, ErrNoExitMarker) || !strings.Contains(err.Error(), "partial") {
+		t.Errorf("no marker: err = %v", err)
+	}
+	if !strings.Contains(log.String(), "booting") {
+		t.Errorf("log did not stream: %q", log.String())
+	}
+
+	q = fakeQEMU(t, "echo waiting; exec sleep 30\n")
+	start := time.Now()
+	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Timeout: 300 * time.Millisecond})
+	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "waiting") {
+		t.Errorf("timeout: err = %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("timeout took %v", d)
+	}
+}
+
+func TestSessionStop(t *testing.T) {
+	img := fakeImage(t)
+	q := fakeQEMU(t, "echo up; exec sleep 30\n")
+	s, err := Start(context.Background(), Config{L1Kernel: img, QEMU: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := s.Wait(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Wait with expired ctx: err = %v", err)
+	}
+	s, err = Start(context.Background(), Config{L1Kernel: img, QEMU: q})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Stop()
+	if _, err := s.Wait(context.Background()); err == nil {
+		t.Error("Wait after Stop: no error")
+	}
+}
+
+func TestRunFakeQEMU(t *testing.T) {
+	img := fakeImage(t)
+	// The fake checks its arguments and prints a framed result.
+	q := fakeQEMU(t, `case "$*" in
+*"-cpu EPYC,+svm"*"-smp 3 -m 1024"*"-initrd "*) ;;
+*) echo "bad args: $*"; exit 2 ;;
+esac
+printf 'noise\r\n`+BeginMarker+`\r\nok\r\n`+ExitMarker+` 7\r\n'
+`)
+	res, err := Run(context.Background(), Config{L1Kernel: img, QEMU: q, CPUs: 3, MemoryMiB: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitStatus != 7 || res.Output != "ok\n" || res.Duration <= 0 {
+		t.Errorf("result %+v", res)
+	}
+}
+
+// TestL1KVM boots a real L1 guest and checks that /dev/kvm appears in it.
+// It needs qemu-system-x86_64 and apt (to build the image); set
+// RF_IMAGES_OUT to reuse an image cache (default: the repository's
+// build/images).
+func TestL1KVM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("short mode")
+	}
+	if _, err := exec.LookPath(DefaultQEMU); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	out := os.Getenv("RF_IMAGES_OUT")
+	if out == "" {
+		out = filepath.Join("..", "..", images.DefaultOutDir)
+	}
+	ctx := context.Background()
+	buildStart := time.Now()
+	img, err := images.Build(ctx, images.Options{OutDir: out})
+	if errors.Is(err, images.ErrAptUnavailable) {
+		t.Skipf("cannot build the image: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("image ready in %v", time.Since(buildStart))
+	var log bytes.Buffer
+	res, err := Run(ctx, Config{
+		L1Kernel: img,
+		// The L2 artifacts travel along, as they will for end-to-end tests.
+		ExtraFiles: map[string]string{
+			"/l2/vmlinux":           img.Kernel,
+			"/l2/initramfs.cpio.gz": img.Initramfs,
+			"/l2/disk.img":          img.Disk,
+		},
+		Script:    "ls -l /dev/kvm && grep -c svm /proc/cpuinfo && test -s /l2/vmlinux\n",
+		HugePages: 16,
+		Timeout:   5 * time.Minute,
+		Log:       &log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("L1 run took %v; output:\n%s", res.Duration, res.Output)
+	if testing.Verbose() {
+		t.Logf("serial:\n%s", tail(res.Serial))
+	}
+	if res.ExitStatus != 0 {
+		t.Fatalf("exit status %d; serial:\n%s", res.ExitStatus, res.Serial)
+	}
+	if !strings.Contains(res.Output, "/dev/kvm") {
+		t.Errorf("no /dev/kvm in output")
+	}
+	if strings.Contains(res.Serial, "RF-INSMOD-FAILED") {
+		t.Errorf("a module failed to load; serial:\n%s", tail(res.Serial))
+	}
+	if !strings.Contains(res.Serial, "RF-NESTED-HUGEPAGES 16") {
+		t.Errorf("hugepages not reserved; serial:\n%s", tail(res.Serial))
+	}
+}
