@@ -16,7 +16,7 @@ const bootScript = `
 boot() { name=$1; shift; echo "== $name"; "$RFM" vmm --name "$name" --initrd "$L2/initramfs.cpio.gz" --console stdio "$@"; echo "RF-STATUS $?"; }
 boot pvh --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
 boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
-boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append "rf.cmd=exit\ 3 rf.poweroff=1"
+boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
 boot badcores --kernel "$L2/vmlinux" --cpus 0,0 --memory 256M
 boot nokernel --kernel "$L2/missing" --cpus 0 --memory 256M
 echo "== hugepages-left"

@@ -17,10 +17,10 @@
 //	rf.cmd=CMD        run CMD with sh -c (quote it: rf.cmd="echo a b"),
 //	                  then print "RF-CMD-EXIT <status>"
 //	rf.poweroff=1     power off after rf.cmd instead of starting a shell
+//	rf.agent=0        do not start /usr/bin/rf-agent
 //
 // Before powering off it writes a non-zero exit status of rf.cmd (or of the
 // shell) to I/O port 0x501, which the VMM makes its own exit status.
-//	rf.agent=0        do not start /usr/bin/rf-agent
 //
 // It prints "RF-INIT-REACHED" right after mounting /proc (for boot timing),
 // then "RF-CPUS <n>" and "RF-MEMTOTAL-KB <n>".
