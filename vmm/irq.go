@@ -144,6 +144,7 @@ func (l *IRQLine) SetLevel(high bool) {
 type Doorbell struct {
 	Addr uint64
 	PIO  bool
+	n    uint32
 	ev   *EventFD
 }
 
@@ -167,14 +168,15 @@ func (m *Machine) NewDoorbell(addr uint64, n uint32, pio bool, ev *EventFD) (*Do
 		}
 		return nil, err
 	}
+	d := &Doorbell{Addr: addr, PIO: pio, n: n, ev: ev}
 	m.AddCloser(func() error {
-		err := m.vm.RemoveIOEventFD(ev.Fd(), addr, n, pio)
+		err := m.vm.RemoveIOEventFD(ev.Fd(), d.Addr, n, pio)
 		if own {
 			err = errors.Join(err, ev.Close())
 		}
 		return err
 	})
-	return &Doorbell{Addr: addr, PIO: pio, ev: ev}, nil
+	return d, nil
 }
 
 // WaitEvents blocks until one of evs is signalled, ctx ends, or stop fires,
@@ -209,4 +211,20 @@ func WaitEvents(ctx context.Context, stop *EventFD, evs []*EventFD) ([]int, erro
 			return ready, nil
 		}
 	}
+}
+
+// Move re-registers the doorbell's ioeventfd at a new address (after the
+// guest moved the BAR holding it).
+func (d *Doorbell) Move(m *Machine, addr uint64) error {
+	if addr == d.Addr {
+		return nil
+	}
+	if err := m.vm.RemoveIOEventFD(d.ev.Fd(), d.Addr, d.n, d.PIO); err != nil {
+		return err
+	}
+	if err := m.vm.IOEventFD(d.ev.Fd(), addr, d.n, d.PIO); err != nil {
+		return err
+	}
+	d.Addr = addr
+	return nil
 }

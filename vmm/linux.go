@@ -153,7 +153,8 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		return nil, err
 	}
 
-	// Legacy platform: COM1, ACPI PM registers, reset and status ports.
+	// Legacy platform: COM1, ACPI PM registers and the status port. The reset
+	// register shares the PCI configuration ports (setupPCI).
 	uart := serial.New(cfg.Console, m.IRQLine(acpi.COM1IRQ), 0)
 	status := platform.NewGuestStatus()
 	devs := []struct {
@@ -167,7 +168,6 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event()},
 		{acpi.PM1aControlPort, acpi.PM1aControlLen, platform.NewPM1Control(func() { m.Stop(Exit{Reason: ExitPowerOff}) })},
 		{acpi.PMTimerPort, acpi.PMTimerLen, platform.NewPMTimer(nil)},
-		{acpi.ResetPort, 1, platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })},
 		{platform.GuestStatusPort, 1, status},
 	}
 	for _, d := range devs {

@@ -25,6 +25,7 @@ import (
 	"rainforest/vmm/guestmem"
 	"rainforest/vmm/hostcpu"
 	"rainforest/vmm/kvm"
+	"rainforest/vmm/pci"
 	"rainforest/vmm/ram"
 )
 
@@ -104,6 +105,12 @@ type Machine struct {
 	exit     Exit
 	exitCh   chan struct{}
 
+	pci       *pci.Bus
+	functions []*virtioFunction
+
+	stopEv *EventFD       // signalled (and never drained) once stopping
+	wg     sync.WaitGroup // device goroutines, waited for by Close
+
 	closers []func() error // run in reverse by Close
 }
 
@@ -142,6 +149,10 @@ func New(cfg Config) (m *Machine, err error) {
 			m.Close()
 		}
 	}()
+	if m.stopEv, err = NewEventFD(); err != nil {
+		return nil, err
+	}
+	m.closers = append(m.closers, m.stopEv.Close)
 	path := cfg.KVMPath
 	if path == "" {
 		path = "/dev/kvm"
@@ -257,8 +268,21 @@ func (m *Machine) SetBootState(i int, regs *gokvm.Regs, sregs *gokvm.Sregs) erro
 // AddCloser registers f to run when the machine is closed (in reverse order).
 func (m *Machine) AddCloser(f func() error) { m.closers = append(m.closers, f) }
 
-// Close releases everything. It must be called after Run has returned.
+// goroutine runs f on a goroutine that Close waits for; f must return once
+// the machine stops (stopEv is signalled).
+func (m *Machine) goroutine(f func()) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		f()
+	}()
+}
+
+// Close stops the machine if it runs, waits for its goroutines and releases
+// everything.
 func (m *Machine) Close() error {
+	m.Stop(Exit{Reason: ExitStopped})
+	m.wg.Wait()
 	var errs []error
 	for i := len(m.closers) - 1; i >= 0; i-- {
 		errs = append(errs, m.closers[i]())
@@ -273,6 +297,9 @@ func (m *Machine) Stop(e Exit) {
 		m.exit = e
 		m.stopping.Store(true)
 		close(m.exitCh)
+		if m.stopEv != nil {
+			_ = m.stopEv.Signal()
+		}
 		m.kickAll()
 	})
 }

@@ -1,0 +1,172 @@
+package vmm
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"rainforest/vmm/bus"
+	"rainforest/vmm/pci"
+	"rainforest/vmm/platform"
+	"rainforest/vmm/virtio"
+	"rainforest/vmm/virtio/blk"
+	"rainforest/vmm/virtio/console"
+)
+
+// setupPCI creates PCI bus 0 (config mechanism #1, whose port range also
+// holds the 0xCF9 reset register) with a virtio-blk function per disk and a
+// virtio-console.
+func (m *Machine) setupPCI(ctx context.Context, cfg *LinuxConfig) error {
+	pbus := pci.NewBus(nil)
+	reset := platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })
+	pbus.SetResetHandler(func(v byte) { reset.Write(0, []byte{v}) })
+	if err := m.PIO.Insert(pbus, pci.ConfigPortBase, pci.ConfigPortSize); err != nil {
+		return err
+	}
+	m.pci = pbus
+	pbus.SetBARMoveHandler(m.moveBAR)
+	for i, d := range cfg.Disks {
+		flag := os.O_RDWR
+		if d.ReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(d.Path, flag, 0)
+		if err != nil {
+			return fmt.Errorf("disk %d: %w", i, err)
+		}
+		m.AddCloser(f.Close)
+		model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: fmt.Sprintf("rf-disk%d", i)})
+		if err != nil {
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+		if err := m.AddVirtio(ctx, model); err != nil {
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+	}
+	out := cfg.Console
+	if out == nil {
+		out = io.Discard
+	}
+	return m.AddVirtio(ctx, console.New(out, console.Options{}))
+}
+
+// virtioFunction is a virtio-pci function on the machine's PCI bus with the
+// doorbells of its queues.
+type virtioFunction struct {
+	dev   *virtio.PCIDevice
+	mu    sync.Mutex
+	bells []*Doorbell
+}
+
+// AddVirtio puts a virtio device model on the PCI bus: its BARs on the MMIO
+// bus, an ioeventfd doorbell per queue notify register (served by a
+// goroutine owned by the machine) and MSI-X vectors as irqfds.
+func (m *Machine) AddVirtio(ctx context.Context, model virtio.DeviceModel) error {
+	router := &msiRouter{m: m}
+	dev, err := virtio.NewPCIDevice(model, m.Mem, router)
+	if err != nil {
+		return err
+	}
+	slot, bars, err := m.pci.Add(-1, dev)
+	if err != nil {
+		return err
+	}
+	for _, b := range bars {
+		if err := m.MMIO.Insert(pci.BARRegion(dev, b.Index), b.Addr, b.Size); err != nil {
+			return fmt.Errorf("slot %d BAR %d: %w", slot, b.Index, err)
+		}
+	}
+	fn := &virtioFunction{dev: dev}
+	evs := make([]*EventFD, 0, dev.NumQueues())
+	for _, addr := range dev.NotifyAddrs() {
+		db, err := m.NewDoorbell(addr, 2, false, nil)
+		if err != nil {
+			return err
+		}
+		fn.bells = append(fn.bells, db)
+		evs = append(evs, db.EventFD())
+	}
+	m.functions = append(m.functions, fn)
+	m.goroutine(func() {
+		for {
+			ready, err := WaitEvents(ctx, m.stopEv, evs)
+			if err != nil {
+				return
+			}
+			for _, q := range ready {
+				dev.QueueNotify(q)
+			}
+		}
+	})
+	m.log.Debug("pci device", "slot", slot, "type", model.Type())
+	return nil
+}
+
+// moveBAR follows a guest BAR reprogramming: the MMIO range and the queue
+// doorbells move to the new address.
+func (m *Machine) moveBAR(slot int, dev pci.Device, b pci.BAR, oldAddr uint64) {
+	if oldAddr != 0 {
+		m.MMIO.Remove(oldAddr)
+	}
+	if b.Addr != 0 {
+		if err := m.MMIO.Insert(pci.BARRegion(dev, b.Index), b.Addr, b.Size); err != nil {
+			m.log.Warn("guest moved a BAR onto another device", "slot", slot, "bar", b.Index, "addr", fmt.Sprintf("%#x", b.Addr), "err", err)
+		}
+	}
+	for _, fn := range m.functions {
+		if pci.Device(fn.dev) != dev || b.Index != virtio.BARIndex {
+			continue
+		}
+		fn.mu.Lock()
+		for q, addr := range fn.dev.NotifyAddrs() {
+			if err := fn.bells[q].Move(m, addr); err != nil {
+				m.log.Warn("move queue doorbell", "slot", slot, "queue", q, "err", err)
+			}
+		}
+		fn.mu.Unlock()
+	}
+}
+
+// msiRouter delivers one PCI function's MSI-X vectors through irqfds: each
+// vector gets a GSI routed to its current message, created on first use.
+type msiRouter struct {
+	m       *Machine
+	mu      sync.Mutex
+	vectors map[int]*MSIVector
+}
+
+var _ pci.MSIRouter = (*msiRouter)(nil)
+
+func (r *msiRouter) Route(vector int, msg pci.MSIMessage, masked bool) error {
+	if masked {
+		return nil // the device holds pending bits while masked
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if v, ok := r.vectors[vector]; ok {
+		return r.m.RouteMSI(v, msg.Addr, msg.Data)
+	}
+	v, err := r.m.NewMSIVector(msg.Addr, msg.Data)
+	if err != nil {
+		return err
+	}
+	if r.vectors == nil {
+		r.vectors = map[int]*MSIVector{}
+	}
+	r.vectors[vector] = v
+	return nil
+}
+
+func (r *msiRouter) Fire(vector int) error {
+	r.mu.Lock()
+	v, ok := r.vectors[vector]
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("MSI-X vector %d fired before the guest programmed it", vector)
+	}
+	return v.Fire()
+}
+
+var _ bus.Device = (*pci.Bus)(nil)

@@ -1,0 +1,359 @@
+package pci
+
+import (
+	"fmt"
+	"sync"
+
+	"rainforest/vmm/bus"
+)
+
+// Guest physical window for BARs and the config mechanism #1 ports.
+const (
+	MMIOWindowBase = 0xC000_0000
+	MMIOWindowEnd  = 0xE000_0000 // exclusive
+
+	// ConfigPortBase is where Bus is inserted on the port I/O bus;
+	// ConfigPortSize covers 0xCF8..0xCFF (address at 0xCF8, data at
+	// 0xCFC..0xCFF, and the reset control byte at 0xCF9).
+	ConfigPortBase = 0xCF8
+	ConfigPortSize = 8
+
+	// NumSlots is the number of device slots on bus 0.
+	NumSlots = 32
+
+	// HostBridgeVendorID and HostBridgeDeviceID identify the host bridge
+	// at slot 0.
+	HostBridgeVendorID = 0x8086
+	HostBridgeDeviceID = 0x0d57
+)
+
+// Device is a PCI function (function 0 of a slot on bus 0). Offsets passed
+// to the config methods are 0..255; widths 1, 2 or 4. Implementations must
+// tolerate any offset and width.
+type Device interface {
+	ReadConfig(offset int, data []byte)
+	WriteConfig(offset int, data []byte)
+	// BARs returns the memory BARs with their currently programmed
+	// addresses.
+	BARs() []BAR
+	// ReadBAR and WriteBAR access offset bytes into BAR bar.
+	ReadBAR(bar int, offset uint64, data []byte)
+	WriteBAR(bar int, offset uint64, data []byte)
+}
+
+// BARMoveHandler is told that the guest moved BAR bar.Index of dev (at
+// slot) from oldAddr to bar.Addr while memory decode is on. It runs on the
+// vCPU thread doing the config write, with config accesses serialized; it
+// may call Bus.Device and Bus.BARs but not Bus.Read/Write/Add.
+type BARMoveHandler func(slot int, dev Device, bar BAR, oldAddr uint64)
+
+// Allocator hands out naturally aligned ranges from [base, end).
+type Allocator struct {
+	mu   sync.Mutex
+	next uint64
+	end  uint64
+}
+
+// NewAllocator returns an allocator over [base, end).
+func NewAllocator(base, end uint64) *Allocator {
+	return &Allocator{next: base, end: end}
+}
+
+// Alloc returns the address of a size-aligned range of size bytes (size a
+// power of two).
+func (a *Allocator) Alloc(size uint64) (uint64, error) {
+	if size == 0 || size&(size-1) != 0 {
+		return 0, fmt.Errorf("%w: size %#x not a power of two", ErrBadBAR, size)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	addr := (a.next + size - 1) &^ (size - 1)
+	if addr < a.next || addr+size < addr || addr+size > a.end {
+		return 0, fmt.Errorf("%w: %#x bytes in MMIO window", ErrNoSpace, size)
+	}
+	a.next = addr + size
+	return addr, nil
+}
+
+// Bus is PCI bus 0 behind configuration mechanism #1. It is a bus.Device
+// for ports ConfigPortBase..+ConfigPortSize. Slot 0 holds a host bridge.
+// Only function 0 of each slot exists; other functions, other buses and
+// empty slots read as all ones.
+type Bus struct {
+	mu      sync.Mutex // serializes config transactions; guards addr and handlers
+	addr    uint32
+	onMove  BARMoveHandler
+	onReset func(value byte)
+	alloc   *Allocator
+
+	devMu  sync.RWMutex // guards devs and mapped
+	devs   [NumSlots]Device
+	mapped [NumSlots][NumBARs]uint64
+}
+
+var _ bus.Device = (*Bus)(nil)
+
+// NewBus returns a root bus with a host bridge at slot 0 whose BARs are
+// assigned from alloc (nil: the standard MMIO window).
+func NewBus(alloc *Allocator) *Bus {
+	if alloc == nil {
+		alloc = NewAllocator(MMIOWindowBase, MMIOWindowEnd)
+	}
+	b := &Bus{alloc: alloc}
+	b.devs[0] = NewHostBridge()
+	return b
+}
+
+// SetBARMoveHandler installs the handler told about guest BAR moves.
+func (b *Bus) SetBARMoveHandler(h BARMoveHandler) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onMove = h
+}
+
+// SetResetHandler installs the handler for byte writes to port 0xCF9 (the
+// reset control register; 0x06 requests a reset).
+func (b *Bus) SetResetHandler(h func(value byte)) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.onReset = h
+}
+
+// Add places dev at slot (1..31, or -1 for the first free slot), assigns
+// each of its BARs an address from the allocator, programs the BARs and
+// turns memory decode on, as firmware would. It returns the slot and the
+// BARs; the VMM puts BARRegion(dev, bar.Index) on its MMIO bus at each
+// bar.Addr for bar.Size bytes.
+func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.devMu.Lock()
+	defer b.devMu.Unlock()
+	if slot == -1 {
+		for s := 1; s < NumSlots; s++ {
+			if b.devs[s] == nil {
+				slot = s
+				break
+			}
+		}
+		if slot == -1 {
+			return 0, nil, fmt.Errorf("%w: no free slot", ErrNoSpace)
+		}
+	}
+	if slot < 1 || slot >= NumSlots {
+		return 0, nil, fmt.Errorf("%w: %d", ErrBadSlot, slot)
+	}
+	if b.devs[slot] != nil {
+		return 0, nil, fmt.Errorf("%w: %d", ErrSlotInUse, slot)
+	}
+	bars := dev.BARs()
+	for i := range bars {
+		addr, err := b.alloc.Alloc(bars[i].Size)
+		if err != nil {
+			return 0, nil, fmt.Errorf("pci: slot %d BAR %d: %w", slot, bars[i].Index, err)
+		}
+		if !bars[i].Is64 && addr>>32 != 0 {
+			return 0, nil, fmt.Errorf("%w: 32-bit BAR above 4 GiB", ErrNoSpace)
+		}
+		bars[i].Addr = addr
+		var lo [4]byte
+		putLE32(lo[:], uint32(addr))
+		dev.WriteConfig(RegBAR0+4*bars[i].Index, lo[:])
+		if bars[i].Is64 {
+			var hi [4]byte
+			putLE32(hi[:], uint32(addr>>32))
+			dev.WriteConfig(RegBAR0+4*bars[i].Index+4, hi[:])
+		}
+	}
+	var cmd [2]byte
+	dev.ReadConfig(RegCommand, cmd[:])
+	cmd[0] |= CommandMemory
+	dev.WriteConfig(RegCommand, cmd[:])
+	b.devs[slot] = dev
+	b.mapped[slot] = [NumBARs]uint64{}
+	cur := dev.BARs()
+	for _, bar := range cur {
+		if bar.Index >= 0 && bar.Index < NumBARs {
+			b.mapped[slot][bar.Index] = bar.Addr
+		}
+	}
+	return slot, cur, nil
+}
+
+// Device returns the function at slot, or nil.
+func (b *Bus) Device(slot int) Device {
+	b.devMu.RLock()
+	defer b.devMu.RUnlock()
+	if slot < 0 || slot >= NumSlots {
+		return nil
+	}
+	return b.devs[slot]
+}
+
+// BARs returns the BARs of the function at slot as the VMM has them
+// mapped (the addresses last reported by Add or the move handler).
+func (b *Bus) BARs(slot int) []BAR {
+	b.devMu.RLock()
+	defer b.devMu.RUnlock()
+	if slot < 0 || slot >= NumSlots || b.devs[slot] == nil {
+		return nil
+	}
+	bars := b.devs[slot].BARs()
+	for i := range bars {
+		if bars[i].Index >= 0 && bars[i].Index < NumBARs {
+			bars[i].Addr = b.mapped[slot][bars[i].Index]
+		}
+	}
+	return bars
+}
+
+func putLE32(p []byte, v uint32) {
+	p[0], p[1], p[2], p[3] = byte(v), byte(v>>8), byte(v>>16), byte(v>>24)
+}
+
+func le32(p []byte) uint32 {
+	return uint32(p[0]) | uint32(p[1])<<8 | uint32(p[2])<<16 | uint32(p[3])<<24
+}
+
+// target decodes the address register; ok is false when it selects
+// nothing that exists.
+func (b *Bus) targetLocked() (Device, int, int, bool) {
+	a := b.addr
+	if a&(1<<31) == 0 {
+		return nil, 0, 0, false
+	}
+	busNo := (a >> 16) & 0xFF
+	slot := int((a >> 11) & 0x1F)
+	fn := (a >> 8) & 0x7
+	reg := int(a & 0xFC)
+	ext := (a >> 24) & 0xF // AMD extended register bits: no extended space here
+	dev := b.Device(slot)
+	if ext != 0 || busNo != 0 || fn != 0 || dev == nil {
+		return nil, 0, 0, false
+	}
+	return dev, slot, reg, true
+}
+
+// Read handles a port read at offset from ConfigPortBase.
+func (b *Bus) Read(offset uint64, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i := range data {
+		data[i] = 0xFF
+	}
+	switch {
+	case offset == 1 && len(data) == 1: // reset control register
+		data[0] = 0
+	case offset < 4:
+		var a [4]byte
+		putLE32(a[:], b.addr)
+		for i := range data {
+			if o := offset + uint64(i); o < 4 {
+				data[i] = a[o]
+			}
+		}
+	case offset < 8:
+		k := int(offset - 4)
+		if k+len(data) > 4 {
+			return
+		}
+		dev, _, reg, ok := b.targetLocked()
+		if !ok {
+			return
+		}
+		dev.ReadConfig(reg+k, data)
+	}
+}
+
+// Write handles a port write at offset from ConfigPortBase.
+func (b *Bus) Write(offset uint64, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	switch {
+	case offset == 0 && len(data) == 4:
+		b.addr = le32(data) & 0x8FFF_FFFC
+	case offset == 1 && len(data) == 1:
+		if b.onReset != nil {
+			b.onReset(data[0])
+		}
+	case offset >= 4 && offset < 8:
+		k := int(offset - 4)
+		if k+len(data) > 4 {
+			return
+		}
+		dev, slot, reg, ok := b.targetLocked()
+		if !ok {
+			return
+		}
+		dev.WriteConfig(reg+k, data)
+		b.checkMovesLocked(slot, dev)
+	}
+}
+
+// checkMovesLocked reports BARs whose programmed address differs from the
+// mapped one while memory decode is on.
+func (b *Bus) checkMovesLocked(slot int, dev Device) {
+	var cmd [2]byte
+	dev.ReadConfig(RegCommand, cmd[:])
+	if cmd[0]&CommandMemory == 0 {
+		return
+	}
+	for _, bar := range dev.BARs() {
+		if bar.Index < 0 || bar.Index >= NumBARs {
+			continue
+		}
+		b.devMu.Lock()
+		old := b.mapped[slot][bar.Index]
+		b.mapped[slot][bar.Index] = bar.Addr
+		b.devMu.Unlock()
+		if bar.Addr != old && b.onMove != nil {
+			b.onMove(slot, dev, bar, old)
+		}
+	}
+}
+
+// HostBridge is the host bridge function at slot 0: identity only.
+type HostBridge struct {
+	cfg *ConfigSpace
+}
+
+// NewHostBridge returns a host bridge (class 0x060000).
+func NewHostBridge() *HostBridge {
+	return &HostBridge{cfg: NewConfigSpace(Header{
+		VendorID: HostBridgeVendorID,
+		DeviceID: HostBridgeDeviceID,
+		Class:    0x060000,
+	})}
+}
+
+// ReadConfig implements Device.
+func (h *HostBridge) ReadConfig(offset int, data []byte) { h.cfg.Read(offset, data) }
+
+// WriteConfig implements Device.
+func (h *HostBridge) WriteConfig(offset int, data []byte) { h.cfg.Write(offset, data) }
+
+// BARs implements Device: the host bridge has none.
+func (h *HostBridge) BARs() []BAR { return nil }
+
+// ReadBAR implements Device.
+func (h *HostBridge) ReadBAR(bar int, offset uint64, data []byte) {
+	for i := range data {
+		data[i] = 0xFF
+	}
+}
+
+// WriteBAR implements Device.
+func (h *HostBridge) WriteBAR(bar int, offset uint64, data []byte) {}
+
+// BARRegion adapts BAR bar of dev to a bus.Device for the VMM's MMIO bus.
+func BARRegion(dev Device, bar int) bus.Device {
+	return barRegion{dev: dev, bar: bar}
+}
+
+type barRegion struct {
+	dev Device
+	bar int
+}
+
+func (r barRegion) Read(offset uint64, data []byte)  { r.dev.ReadBAR(r.bar, offset, data) }
+func (r barRegion) Write(offset uint64, data []byte) { r.dev.WriteBAR(r.bar, offset, data) }

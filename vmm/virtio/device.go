@@ -1,0 +1,89 @@
+// Package virtio implements the device side of virtio 1.x: split
+// virtqueues on guest memory (Queue) and the modern virtio-pci transport
+// (PCIDevice), which turns any DeviceModel into a pci.Device. Device types
+// live in subpackages (blk, console); each implements DeviceModel.
+//
+// Everything the guest writes is untrusted: malformed rings break the
+// queue (ErrMalformed) and the transport sets DEVICE_NEEDS_RESET; nothing
+// panics or loops unboundedly on guest values.
+package virtio
+
+import "rainforest/vmm/guestmem"
+
+// Feature bits the transport handles (device-independent).
+const (
+	FeatureIndirectDesc uint64 = 1 << 28
+	FeatureEventIdx     uint64 = 1 << 29
+	FeatureVersion1     uint64 = 1 << 32
+
+	// TransportFeatures are offered for every device.
+	TransportFeatures = FeatureIndirectDesc | FeatureEventIdx | FeatureVersion1
+)
+
+// Device status bits.
+const (
+	StatusAcknowledge      = 1
+	StatusDriver           = 2
+	StatusDriverOK         = 4
+	StatusFeaturesOK       = 8
+	StatusDeviceNeedsReset = 64
+	StatusFailed           = 128
+)
+
+// Virtio device type IDs.
+const (
+	TypeNet     uint16 = 1
+	TypeBlock   uint16 = 2
+	TypeConsole uint16 = 3
+	TypeVsock   uint16 = 19
+	TypeFS      uint16 = 26
+)
+
+// Interrupts is how an active device model signals the driver. Its
+// methods may be called from any goroutine and never block on the
+// transport's lock.
+type Interrupts interface {
+	// UsedBuffer signals a used-buffer notification for queue q (call it
+	// when Queue.NeedsNotify reports true).
+	UsedBuffer(q int) error
+	// ConfigChanged bumps config_generation and signals a configuration
+	// change.
+	ConfigChanged() error
+	// NeedsReset sets DEVICE_NEEDS_RESET and signals a configuration
+	// change (after a malformed queue, for example).
+	NeedsReset()
+}
+
+// Activation is what a device model gets when the driver sets DRIVER_OK.
+type Activation struct {
+	Mem      *guestmem.Memory
+	Features uint64   // negotiated features
+	Queues   []*Queue // by queue index; nil where the driver did not enable one
+	IRQ      Interrupts
+}
+
+// DeviceModel is one virtio device type. The transport never runs
+// Activate, Reset, ReadConfig or WriteConfig concurrently with any model
+// method; QueueNotify calls may run concurrently with each other (vCPU and
+// ioeventfd threads, possibly for the same queue) and with the model's own
+// entry points (console input, for example), so models keep their own lock.
+// Models must not call PCIDevice methods other than through Interrupts.
+type DeviceModel interface {
+	// Type returns the virtio device ID (TypeBlock, ...).
+	Type() uint16
+	// Features returns the device-specific feature bits offered.
+	Features() uint64
+	// NumQueues returns the number of virtqueues.
+	NumQueues() int
+	// QueueMax returns queue q's maximum size (power of two, <= 256).
+	QueueMax(q int) uint16
+	// ReadConfig and WriteConfig access the device-specific config space.
+	ReadConfig(offset uint64, data []byte)
+	WriteConfig(offset uint64, data []byte)
+	// Activate starts the device; an error sets DEVICE_NEEDS_RESET.
+	Activate(a Activation) error
+	// QueueNotify processes the driver's notification of queue q.
+	QueueNotify(q int)
+	// Reset stops the device and forgets its queues.
+	Reset()
+}
