@@ -13,7 +13,7 @@ import (
 // bootScript boots the default image several ways in one session; each part
 // ends with "RF-STATUS <vmm exit status>".
 const bootScript = `
-boot() { name=$1; shift; echo "== $name"; "$RFM" vmm --name "$name" --initrd "$L2/initramfs.cpio.gz" --console stdio "$@"; echo "RF-STATUS $?"; }
+boot() { name=$1; shift; echo "== $name"; timeout 180 "$RFM" vmm --name "$name" --initrd "$L2/initramfs.cpio.gz" --console stdio --log-level info "$@"; echo "RF-STATUS $?"; }
 boot pvh --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
 boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
 boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
@@ -55,13 +55,20 @@ func TestBootDebian(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), testWriter{t})
+	logPath := filepath.Join(repoRoot(t), "build", "e2e", t.Name()+".log")
+	log, err := createLog(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	t.Logf("console log: %s", logPath)
+	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("nested=%v %s", h.Nested, h.Why)
 	start := time.Now()
-	out, status, err := h.Run(ctx, bootScript, 20*time.Minute)
+	out, status, err := h.Run(ctx, bootScript, 12*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,11 +125,9 @@ func TestBootDebian(t *testing.T) {
 	})
 }
 
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	if os.Getenv("RF_E2E_VERBOSE") != "" {
-		w.t.Logf("%s", strings.TrimRight(string(p), "\n"))
+func createLog(path string) (*os.File, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
 	}
-	return len(p), nil
+	return os.Create(path)
 }

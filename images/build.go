@@ -20,7 +20,9 @@
 //	rf.agent=0        do not start /usr/bin/rf-agent
 //
 // Before powering off it writes a non-zero exit status of rf.cmd (or of the
-// shell) to I/O port 0x501, which the VMM makes its own exit status.
+// shell) to the VMM's status register (port 0x501, memory-mapped at
+// 0xFEB00000, written with busybox devmem), which the VMM makes its own exit
+// status.
 //
 // It prints "RF-INIT-REACHED" right after mounting /proc (for boot timing),
 // then "RF-CPUS <n>" and "RF-MEMTOTAL-KB <n>".
@@ -151,6 +153,8 @@ type stamp struct {
 	Modules        []Module `json:"modules"`
 	AgentSHA256    string   `json:"agent_sha256,omitempty"`
 	DiskKind       string   `json:"disk_kind"`
+	// InitSHA256 changes with the /init script, so editing it rebuilds.
+	InitSHA256 string `json:"init_sha256"`
 }
 
 // Build produces the L2 image in opts.OutDir, reusing the outputs when a
@@ -233,7 +237,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	st := stamp{
 		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
 		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, AgentSHA256: agentSum,
-		DiskKind: diskKind,
+		DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods)))),
 	}
 	img := &Image{
 		Kernel:               filepath.Join(out, VmlinuxName),
@@ -488,9 +492,10 @@ if [ "$(param rf.poweroff)" != 1 ]; then
 	setsid cttyhack sh
 	status=$?
 fi
-# The VMM's exit status is the byte written to I/O port 0x501 (1281).
+# The VMM's exit status is the byte written to its status register (I/O
+# port 0x501, memory-mapped at 0xFEB00000; this kernel has no /dev/port).
 if [ "$status" != 0 ]; then
-	printf "\\$(printf %o $((status & 255)))" | dd of=/dev/port bs=1 seek=1281 count=1 2>/dev/null
+	devmem 0xFEB00000 8 $((status & 255))
 fi
 poweroff -f
 `

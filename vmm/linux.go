@@ -175,6 +175,11 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 			return nil, err
 		}
 	}
+	// The status register is also memory-mapped, for guests whose kernel
+	// has no /dev/port (Debian's cloud flavour): busybox devmem reaches it.
+	if err := m.MMIO.Insert(status, GuestStatusMMIO, 0x1000); err != nil {
+		return nil, err
+	}
 	if err := m.setupPCI(ctx, cfg); err != nil {
 		return nil, err
 	}

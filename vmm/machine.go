@@ -36,12 +36,15 @@ const (
 	PCIMMIOStart = 0xC000_0000 // PCI BAR window
 	PCIMMIOEnd   = 0xE000_0000
 	IOAPICAddr   = 0xFEC0_0000
-	LAPICAddr    = 0xFEE0_0000
-	tssAddr      = 0xFFFB_D000 // three pages KVM needs on Intel
-	identityMap  = 0xFFFB_C000
-	firstFreeGSI = 24 // GSIs above the IOAPIC pins are free for MSI routes
-	maxGSI       = 1024
-	kickSignal   = unix.SIGURG // interrupts KVM_RUN; the Go runtime ignores it
+	// GuestStatusMMIO is the memory-mapped alias of the guest status port
+	// (0x501): the byte written there becomes the VMM's exit status.
+	GuestStatusMMIO = 0xFEB0_0000
+	LAPICAddr       = 0xFEE0_0000
+	tssAddr         = 0xFFFB_D000 // three pages KVM needs on Intel
+	identityMap     = 0xFFFB_C000
+	firstFreeGSI    = 24 // GSIs above the IOAPIC pins are free for MSI routes
+	maxGSI          = 1024
+	kickSignal      = unix.SIGURG // interrupts KVM_RUN; the Go runtime ignores it
 )
 
 // ErrEmulatedKVM means the host's KVM interprets guest kernel code and so
@@ -122,7 +125,7 @@ type vcpu struct {
 
 // New creates the VM, its memory and its vCPUs; nothing runs yet. On error
 // everything made so far is released.
-func New(cfg Config) (m *Machine, err error) {
+func New(cfg Config) (_ *Machine, err error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -143,7 +146,7 @@ func New(cfg Config) (m *Machine, err error) {
 	if err := ram.Check(memOpts); err != nil {
 		return nil, err
 	}
-	m = &Machine{cfg: cfg, log: cfg.Logger, routes: map[uint32]kvm.Route{}, nextGSI: firstFreeGSI, exitCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, log: cfg.Logger, routes: map[uint32]kvm.Route{}, nextGSI: firstFreeGSI, exitCh: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			m.Close()

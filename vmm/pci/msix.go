@@ -13,8 +13,9 @@ type MSIMessage struct {
 }
 
 // MSIRouter delivers a function's MSI-X interrupts. The VMM implements one
-// per PCI function (vector numbers are per function). Its methods are called
-// with the MSI-X state locked: they must not call back into the device.
+// per PCI function (vector numbers are per function). Until its first Route
+// call a vector is masked with a zero message. Its methods are called with
+// the MSI-X state locked: they must not call back into the device.
 type MSIRouter interface {
 	// Route is called when an entry's message or mask changes, or MSI-X is
 	// enabled/disabled (masked=true when not deliverable).

@@ -101,12 +101,7 @@ func NewQueue(mem *guestmem.Memory, cfg QueueConfig, features uint64) (*Queue, e
 		eventIdx: features&FeatureEventIdx != 0,
 		indirect: features&FeatureIndirectDesc != 0,
 	}
-	// Pick up where the rings are (zero after a driver reset).
-	var err error
-	if q.usedIdx, err = mem.Uint16(cfg.Device + 2); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
-	}
-	q.lastAvail, q.signalled = q.usedIdx, q.usedIdx
+	// A newly enabled queue starts at index 0 on both rings.
 	return q, nil
 }
 
