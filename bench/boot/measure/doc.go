@@ -1,0 +1,7 @@
+// Package measure times a VMM from process start to the guest's /init and
+// samples its memory at that moment. Measure starts the VMM, scans its
+// stdout (the guest console) for a marker, reads /proc/PID/status (VmRSS,
+// VmHWM, HugetlbPages) as soon as the marker appears, and waits for the
+// VMM to exit. Results travel as one text line per run (FormatLine,
+// ParseLine), so that they survive a serial console.
+package measure

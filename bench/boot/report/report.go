@@ -1,0 +1,215 @@
+// Package report summarizes boot benchmark samples: per VMM median, min
+// and max of the time to /init and of the memory overhead, the ratios
+// between two VMMs, a text table and a JSON document.
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"rainforest/bench/boot/measure"
+)
+
+// Reference targets on real KVM hardware.
+const (
+	TargetInit        = 125 * time.Millisecond
+	TargetOverheadMiB = 5.0
+)
+
+// OverheadNote states how the overhead is measured.
+const OverheadNote = "overhead = VmRSS at /init: both VMMs back guest RAM with 2 MiB hugetlb pages, " +
+	"which VmRSS does not count (they show as HugetlbPages), so VmRSS is the VMM's own memory; VmHWM is its peak"
+
+// Stats are the median, minimum and maximum of N values.
+type Stats struct {
+	N      int     `json:"n"`
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+// StatsOf computes Stats; the median of an even count is the mean of the
+// two middle values. Empty input gives the zero Stats.
+func StatsOf(v []float64) Stats {
+	if len(v) == 0 {
+		return Stats{}
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Stats{N: len(s), Median: m, Min: s[0], Max: s[len(s)-1]}
+}
+
+// Summary aggregates the successful samples of one VMM.
+type Summary struct {
+	VMM    string `json:"vmm"`
+	OK     int    `json:"ok"`
+	Failed int    `json:"failed"`
+	// InitMS is the time from VMM start to the /init marker, ms.
+	InitMS Stats `json:"init_ms"`
+	// OverheadMiB is VmRSS at the marker, MiB.
+	OverheadMiB Stats `json:"overhead_mib"`
+	// HWMMiB is VmHWM at the marker, MiB.
+	HWMMiB Stats `json:"vmhwm_mib"`
+	// AnonMiB and MappedMiB split the overhead into anonymous memory and
+	// mapped files plus shared memory (RssFile + RssShmem), MiB.
+	AnonMiB   Stats `json:"rss_anon_mib"`
+	MappedMiB Stats `json:"rss_file_shmem_mib"`
+	// HugetlbMiB is the hugetlb memory mapped at the marker (guest RAM), MiB.
+	HugetlbMiB Stats `json:"hugetlb_mib"`
+}
+
+// Summarize groups samples by VMM, in the order of vmms (VMMs not listed
+// follow in order of first appearance).
+func Summarize(samples []measure.Sample, vmms ...string) []Summary {
+	order := slices.Clone(vmms)
+	for _, s := range samples {
+		if !slices.Contains(order, s.VMM) {
+			order = append(order, s.VMM)
+		}
+	}
+	out := make([]Summary, 0, len(order))
+	for _, name := range order {
+		sum := Summary{VMM: name}
+		var initMS, over, hwm, anon, mapped, huge []float64
+		for _, s := range samples {
+			if s.VMM != name {
+				continue
+			}
+			if !s.OK() {
+				sum.Failed++
+				continue
+			}
+			sum.OK++
+			initMS = append(initMS, float64(s.Init)/float64(time.Millisecond))
+			over = append(over, kibToMiB(s.Status.VmRSS))
+			hwm = append(hwm, kibToMiB(s.Status.VmHWM))
+			anon = append(anon, kibToMiB(s.Status.RssAnon))
+			mapped = append(mapped, kibToMiB(s.Status.RssFile+s.Status.RssShmem))
+			huge = append(huge, kibToMiB(s.Status.HugetlbPages))
+		}
+		sum.InitMS, sum.OverheadMiB, sum.HWMMiB = StatsOf(initMS), StatsOf(over), StatsOf(hwm)
+		sum.AnonMiB, sum.MappedMiB, sum.HugetlbMiB = StatsOf(anon), StatsOf(mapped), StatsOf(huge)
+		out = append(out, sum)
+	}
+	return out
+}
+
+func kibToMiB(k uint64) float64 { return float64(k) / 1024 }
+
+// Ratios compares the medians of two VMMs: Num / Den. A ratio is 0 when
+// the denominator is 0.
+type Ratios struct {
+	Num      string  `json:"num"`
+	Den      string  `json:"den"`
+	Init     float64 `json:"init"`
+	Overhead float64 `json:"overhead"`
+	HWM      float64 `json:"vmhwm"`
+}
+
+// RatiosOf computes num/den from two summaries.
+func RatiosOf(num, den Summary) Ratios {
+	div := func(a, b float64) float64 {
+		if b == 0 {
+			return 0
+		}
+		return a / b
+	}
+	return Ratios{
+		Num: num.VMM, Den: den.VMM,
+		Init:     div(num.InitMS.Median, den.InitMS.Median),
+		Overhead: div(num.OverheadMiB.Median, den.OverheadMiB.Median),
+		HWM:      div(num.HWMMiB.Median, den.HWMMiB.Median),
+	}
+}
+
+// Report is the outcome of one benchmark run.
+type Report struct {
+	// Setting names where the VMMs ran, e.g. the nested-layer line.
+	Setting string `json:"setting"`
+	// Nested tells whether they ran inside the nested L1 guest.
+	Nested bool `json:"nested"`
+	// HostReason is nested.Needed's explanation.
+	HostReason string `json:"host_reason"`
+	Runs       int    `json:"runs"`
+	CPUs       int    `json:"cpus"`
+	MemoryMiB  int    `json:"memory_mib"`
+	Cmdline    string `json:"cmdline"`
+	// Commands are the VMM command lines, by VMM name.
+	Commands  map[string]string `json:"commands"`
+	Samples   []measure.Sample  `json:"samples"`
+	Summaries []Summary         `json:"summaries"`
+	Ratios    *Ratios           `json:"ratios,omitempty"`
+	// TargetInitMS and TargetOverheadMiB are the real-KVM targets.
+	TargetInitMS      float64  `json:"target_init_ms"`
+	TargetOverheadMiB float64  `json:"target_overhead_mib"`
+	Notes             []string `json:"notes,omitempty"`
+	Date              string   `json:"date"`
+}
+
+// maxErrorInTable bounds a failed run's error in the table (the JSON has
+// all of it).
+const maxErrorInTable = 600
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "... (full error in the JSON)"
+}
+
+// WriteJSON writes r as indented JSON.
+func WriteJSON(w io.Writer, r *Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
+}
+
+// WriteTable writes r as a text table with its notes.
+func WriteTable(w io.Writer, r *Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "Boot to /init and VMM memory overhead: %d run(s) per VMM, %d vCPUs, %d MiB guest RAM on 2 MiB hugepages\n",
+		r.Runs, r.CPUs, r.MemoryMiB)
+	fmt.Fprintf(&b, "%s\n\n", r.Setting)
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "VMM\tok\tinit ms med\tmin\tmax\toverhead MiB med\tmin\tmax\tVmHWM MiB med\tanon\tfile+shmem\thugetlb MiB\t")
+	for _, s := range r.Summaries {
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.0f\t\n",
+			s.VMM, s.OK, s.OK+s.Failed,
+			s.InitMS.Median, s.InitMS.Min, s.InitMS.Max,
+			s.OverheadMiB.Median, s.OverheadMiB.Min, s.OverheadMiB.Max,
+			s.HWMMiB.Median, s.AnonMiB.Median, s.MappedMiB.Median, s.HugetlbMiB.Median)
+	}
+	if r.Ratios != nil {
+		fmt.Fprintf(tw, "%s/%s\t\t%.2fx\t\t\t%.2fx\t\t\t%.2fx\t\t\t\t\n",
+			r.Ratios.Num, r.Ratios.Den, r.Ratios.Init, r.Ratios.Overhead, r.Ratios.HWM)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	fmt.Fprintf(&b, "\n%s. anon and file+shmem (medians) split VmRSS into RssAnon and RssFile+RssShmem.\n", OverheadNote)
+	fmt.Fprintf(&b, "Targets on real KVM: start to /init < %.0f ms, overhead < %.0f MiB.\n", r.TargetInitMS, r.TargetOverheadMiB)
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "Note: %s\n", n)
+	}
+	for _, s := range r.Samples {
+		if !s.OK() {
+			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.VMM, s.Run, shorten(s.Error, maxErrorInTable))
+		}
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,140 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"rainforest/bench/boot/measure"
+)
+
+func TestStatsOf(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want Stats
+	}{
+		{nil, Stats{}},
+		{[]float64{5}, Stats{N: 1, Median: 5, Min: 5, Max: 5}},
+		{[]float64{3, 1, 2}, Stats{N: 3, Median: 2, Min: 1, Max: 3}},
+		{[]float64{4, 1, 3, 2}, Stats{N: 4, Median: 2.5, Min: 1, Max: 4}},
+	} {
+		if got := StatsOf(c.in); got != c.want {
+			t.Errorf("StatsOf(%v) = %+v, want %+v", c.in, got, c.want)
+		}
+	}
+	in := []float64{3, 1, 2}
+	StatsOf(in)
+	if in[0] != 3 {
+		t.Error("StatsOf reordered its input")
+	}
+}
+
+func sample(vmm string, run int, initMS int, rssKiB uint64, errText string) measure.Sample {
+	return measure.Sample{VMM: vmm, Run: run, Init: time.Duration(initMS) * time.Millisecond, Error: errText,
+		Status: measure.ProcStatus{VmRSS: rssKiB, VmHWM: rssKiB + 1024, RssAnon: rssKiB / 2, RssFile: rssKiB / 4,
+			RssShmem: rssKiB / 4, HugetlbPages: 512 * 1024}}
+}
+
+func testSamples() []measure.Sample {
+	return []measure.Sample{
+		sample("qemu", 1, 100, 80*1024, ""),
+		sample("rfm", 1, 40, 4*1024, ""),
+		sample("rfm", 2, 60, 6*1024, ""),
+		sample("qemu", 2, 120, 82*1024, ""),
+		sample("rfm", 3, 0, 0, "marker not seen"),
+		sample("qemu", 3, 110, 81*1024, ""),
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	sums := Summarize(testSamples(), "rfm", "qemu", "absent")
+	if len(sums) != 3 {
+		t.Fatalf("got %d summaries", len(sums))
+	}
+	rfm, qemu := sums[0], sums[1]
+	if rfm.VMM != "rfm" || rfm.OK != 2 || rfm.Failed != 1 {
+		t.Fatalf("rfm %+v", rfm)
+	}
+	if rfm.InitMS != (Stats{N: 2, Median: 50, Min: 40, Max: 60}) || rfm.OverheadMiB != (Stats{N: 2, Median: 5, Min: 4, Max: 6}) {
+		t.Fatalf("rfm stats %+v", rfm)
+	}
+	if rfm.HWMMiB.Median != 6 || rfm.HugetlbMiB.Median != 512 || rfm.AnonMiB.Median != 2.5 || rfm.MappedMiB.Median != 2.5 {
+		t.Fatalf("rfm hwm/hugetlb %+v", rfm)
+	}
+	if qemu.InitMS.Median != 110 || qemu.OverheadMiB.Median != 81 {
+		t.Fatalf("qemu %+v", qemu)
+	}
+	if sums[2].OK != 0 || sums[2].InitMS != (Stats{}) {
+		t.Fatalf("absent %+v", sums[2])
+	}
+	r := RatiosOf(rfm, qemu)
+	if r.Num != "rfm" || r.Den != "qemu" || r.Init != 50.0/110 || r.Overhead != 5.0/81 || r.HWM != 6.0/82 {
+		t.Fatalf("ratios %+v", r)
+	}
+	if z := RatiosOf(rfm, sums[2]); z.Init != 0 || z.Overhead != 0 {
+		t.Fatalf("division by zero: %+v", z)
+	}
+	// VMMs not named come after the named ones.
+	if got := Summarize(testSamples(), "rfm"); len(got) != 2 || got[1].VMM != "qemu" {
+		t.Fatalf("order %+v", got)
+	}
+}
+
+func testReport() *Report {
+	s := testSamples()
+	sums := Summarize(s, "rfm", "qemu")
+	r := RatiosOf(sums[0], sums[1])
+	return &Report{Setting: "nested: test", Nested: true, Runs: 3, CPUs: 2, MemoryMiB: 512,
+		Samples: s, Summaries: sums, Ratios: &r, TargetInitMS: 125, TargetOverheadMiB: 5,
+		Notes: []string{"a note"}}
+}
+
+func TestWriteTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteTable(&b, testReport()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"3 run(s) per VMM, 2 vCPUs, 512 MiB", "nested: test",
+		"rfm  2/3", "qemu  3/3", "rfm/qemu", "0.45x", "0.06x",
+		"hugetlb pages", "< 125 ms", "< 5 MiB", "Note: a note", "FAILED rfm run 3: marker not seen",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	// Columns line up: the header and each data row have the same width.
+	lines := strings.Split(out, "\n")
+	if len(lines[3]) != len(lines[4]) || len(lines[4]) != len(lines[5]) {
+		t.Errorf("rows not aligned:\n%s\n%s\n%s", lines[3], lines[4], lines[5])
+	}
+}
+
+func TestWriteTableShortensErrors(t *testing.T) {
+	r := testReport()
+	r.Samples[4].Error = strings.Repeat("x", 5000)
+	var b bytes.Buffer
+	if err := WriteTable(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), strings.Repeat("x", maxErrorInTable+1)) || !strings.Contains(b.String(), "full error in the JSON") {
+		t.Fatal("long error not shortened")
+	}
+}
+
+func TestWriteJSON(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, testReport()); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Samples) != 6 || back.Summaries[0].InitMS.Median != 50 || back.Ratios == nil || back.Samples[1].Init != 40*time.Millisecond {
+		t.Fatalf("round trip %+v", back)
+	}
+}
