@@ -13,7 +13,9 @@ import (
 
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
+	"rainforest/vmm/hostcpu"
 	"rainforest/vmm/platform"
+	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
 )
 
@@ -51,7 +53,36 @@ func CheckNativeKVM(sysRoot string) error {
 	return nil
 }
 
-// checkFiles validates the kernel, initrd and disks before anything is made.
+// Check validates the configuration without making anything: files,
+// kernel format, host cores and the hugepage pool.
+func (c *LinuxConfig) Check() error {
+	if err := c.checkFiles(); err != nil {
+		return err
+	}
+	k, err := os.Open(c.Kernel)
+	if err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	defer k.Close()
+	st, err := k.Stat()
+	if err != nil {
+		return fmt.Errorf("kernel: %w", err)
+	}
+	if _, err := boot.Validate(k, st.Size()); err != nil {
+		return fmt.Errorf("kernel %s: %w", c.Kernel, err)
+	}
+	node, err := hostcpu.Topology{Root: c.SysRoot}.Check(c.HostCores)
+	if err != nil {
+		return err
+	}
+	ps := c.PageSize
+	if ps == 0 {
+		ps = ram.Page2M
+	}
+	return ram.Check(ram.Options{Size: c.MemSize, PageSize: ps, Node: node, SysRoot: c.SysRoot})
+}
+
+// checkFiles validates the kernel, initrd and disks.
 func (c *LinuxConfig) checkFiles() error {
 	if c.Kernel == "" {
 		return errors.New("no kernel given")
@@ -84,7 +115,7 @@ func (c *LinuxConfig) checkFiles() error {
 // and runs the guest until it powers off or ctx ends. Configuration errors
 // come back as err before anything runs; how the guest ended is the Exit.
 func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
-	if err := cfg.checkFiles(); err != nil {
+	if err := cfg.Check(); err != nil {
 		return Exit{}, err
 	}
 	if !cfg.AllowEmulatedKVM {

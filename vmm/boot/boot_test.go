@@ -558,3 +558,11 @@ func TestDetectAndTruncated(t *testing.T) {
 		t.Errorf("DetectFormat(pvh) = %v, %v", f, err)
 	}
 }
+
+func TestValidateRejectsGarbage(t *testing.T) {
+	for _, b := range [][]byte{nil, []byte("garbage"), append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 200)...)} {
+		if _, err := Validate(bytes.NewReader(b), int64(len(b))); err == nil {
+			t.Errorf("Validate(%q...) accepted", b[:min(len(b), 8)])
+		}
+	}
+}

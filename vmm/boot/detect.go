@@ -84,3 +84,28 @@ func DetectFormat(r io.ReaderAt, size int64) (Format, error) {
 func le16(b []byte, off int) uint16 { return binary.LittleEndian.Uint16(b[off:]) }
 func le32(b []byte, off int) uint32 { return binary.LittleEndian.Uint32(b[off:]) }
 func le64(b []byte, off int) uint64 { return binary.LittleEndian.Uint64(b[off:]) }
+
+// Validate checks a kernel image as far as can be done without guest
+// memory: its format, and for PVH the ELF headers and entry note, for a
+// bzImage the setup header. It returns the format.
+func Validate(r io.ReaderAt, size int64) (Format, error) {
+	f, err := DetectFormat(r, size)
+	if err != nil {
+		return FormatUnknown, err
+	}
+	switch f {
+	case FormatPVH:
+		ef, err := openELF(r, size)
+		if err != nil {
+			return f, err
+		}
+		if _, err := pvhEntry(ef); err != nil {
+			return f, err
+		}
+	case FormatBzImage:
+		if _, err := parseSetupHeader(r, size); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}

@@ -1,0 +1,136 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// rfmBinary builds rfm once for the tests that run it as a user would.
+func rfmBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "rfm")
+	cmd := exec.Command("go", "build", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build rfm: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func realKernel() string {
+	dir := os.Getenv("RF_IMAGES")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "build", "images")
+	}
+	k := filepath.Join(dir, "vmlinux")
+	if _, err := os.Stat(k); err != nil {
+		return ""
+	}
+	return k
+}
+
+func freeHugePages() string {
+	b, _ := os.ReadFile("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+	return strings.TrimSpace(string(b))
+}
+
+// Every bad input gets exit status 2 and one line naming the problem, and
+// leaves no hugepages taken.
+func TestVMMBadInput(t *testing.T) {
+	bin := rfmBinary(t)
+	dir := t.TempDir()
+	garbage := filepath.Join(dir, "garbage")
+	os.WriteFile(garbage, []byte(strings.Repeat("not a kernel ", 100)), 0o644)
+	empty := filepath.Join(dir, "empty")
+	os.WriteFile(empty, nil, 0o644)
+	elfNoNote := filepath.Join(dir, "elf")
+	os.WriteFile(elfNoNote, append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 200)...), 0o644)
+	kernel := realKernel()
+
+	cases := []struct {
+		name      string
+		args      []string
+		want      string
+		needsReal bool
+	}{
+		{"no kernel flag", []string{"--cpus", "0"}, "--kernel is required", false},
+		{"missing kernel", []string{"--kernel", filepath.Join(dir, "nope"), "--cpus", "0"}, "no such file", false},
+		{"empty kernel", []string{"--kernel", empty, "--cpus", "0"}, "not a non-empty regular file", false},
+		{"garbage kernel", []string{"--kernel", garbage, "--cpus", "0"}, "kernel " + garbage, false},
+		{"truncated ELF", []string{"--kernel", elfNoNote, "--cpus", "0"}, "kernel " + elfNoNote, false},
+		{"missing initrd", []string{"--kernel", garbage, "--initrd", filepath.Join(dir, "nope"), "--cpus", "0"}, "initrd", false},
+		{"no cpus", []string{"--kernel", garbage}, "--cpus is required", false},
+		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "core 0 listed twice", false},
+		{"bad cpu list", []string{"--kernel", garbage, "--cpus", "0-x"}, "--cpus", false},
+		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory", false},
+		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
+		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
+		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
+		{"offline core", []string{"--kernel", kernel, "--cpus", "4095"}, "core 4095 is not online", true},
+		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "not a positive multiple", true},
+		{"too few hugepages", []string{"--kernel", kernel, "--cpus", "0", "--memory", "4000G"}, "not enough free hugepages", true},
+		{"missing disk", []string{"--kernel", kernel, "--cpus", "0", "--disk", filepath.Join(dir, "nope.img")}, "disk:", true},
+	}
+	before := freeHugePages()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.needsReal && kernel == "" {
+				if os.Getenv("RF_REQUIRE_KVM") == "1" {
+					t.Fatal("no image built (make image)")
+				}
+				t.Skip("no image built (make image)")
+			}
+			cmd := exec.Command(bin, append([]string{"vmm", "--console", "none"}, c.args...)...)
+			out, err := cmd.CombinedOutput()
+			ee, ok := err.(*exec.ExitError)
+			if !ok || ee.ExitCode() != 2 {
+				t.Fatalf("exit: %v, want status 2; output:\n%s", err, out)
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "rfm: ") {
+				t.Errorf("want one line starting with \"rfm: \", got:\n%s", out)
+			}
+			if !strings.Contains(string(out), c.want) {
+				t.Errorf("error does not mention %q:\n%s", c.want, out)
+			}
+		})
+	}
+	if after := freeHugePages(); after != before {
+		t.Errorf("free 2 MiB hugepages %s before, %s after", before, after)
+	}
+}
+
+// On a host whose KVM emulates guest kernel code, booting Linux is refused
+// in one line instead of hanging.
+func TestVMMRefusesEmulatedKVM(t *testing.T) {
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err != nil {
+		t.Skip("host KVM is not the emulating kvm_pvm back end")
+	}
+	kernel := realKernel()
+	if kernel == "" {
+		t.Skip("no image built (make image)")
+	}
+	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", kernel, "--cpus", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want 2:\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "emulates guest kernel code") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("want one line about the emulating KVM, got:\n%s", out)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"512M": 512 << 20, "2G": 2 << 30, "1GiB": 1 << 30, "4096": 4096, "64k": 64 << 10} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "0", "-1M", "1T", "x"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
