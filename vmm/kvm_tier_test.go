@@ -292,3 +292,41 @@ func TestKVMHugePages(t *testing.T) {
 		t.Errorf("hugepage memory read %d", v)
 	}
 }
+
+// Pause kicks every vCPU out of the guest and holds it; Resume lets it go on.
+func TestKVMPauseResume(t *testing.T) {
+	needKVM(t)
+	m := newTestMachine(t, onlineCores(t, 2), ram.Page4K, testguest.MinMemory)
+	var c testguest.Code
+	c.MovRAX(testguest.DataAddr)
+	top := c.Len()
+	c.IncMem() // inc qword [rax]
+	c.JumpTo(top)
+	_, stop := startGuest(t, m, c.Bytes())
+	read := func() uint64 { v, _ := m.Mem.Uint64(testguest.DataAddr); return v }
+	waitAbove := func(min uint64) {
+		deadline := time.Now().Add(10 * time.Second)
+		for read() <= min {
+			if time.Now().After(deadline) {
+				t.Fatalf("counter stuck at %d", read())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitAbove(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c1 := read()
+	time.Sleep(50 * time.Millisecond)
+	if c2 := read(); c2 != c1 {
+		t.Errorf("guest ran while paused: %d -> %d", c1, c2)
+	}
+	m.Resume()
+	waitAbove(c1)
+	if e := stop(); e.Reason != ExitStopped {
+		t.Errorf("exit %+v", e)
+	}
+}

@@ -104,6 +104,10 @@ type Machine struct {
 	nextGSI uint32
 
 	stopping atomic.Bool
+	pauseMu  sync.Mutex
+	pauseCnd *sync.Cond // signalled when paused or parked change
+	paused   bool
+	parked   int // vCPU threads waiting while paused
 	exitOnce sync.Once
 	exit     Exit
 	exitCh   chan struct{}
@@ -147,6 +151,7 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m := &Machine{cfg: cfg, log: cfg.Logger, routes: map[uint32]kvm.Route{}, nextGSI: firstFreeGSI, exitCh: make(chan struct{})}
+	m.pauseCnd = sync.NewCond(&m.pauseMu)
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -303,6 +308,9 @@ func (m *Machine) Stop(e Exit) {
 		if m.stopEv != nil {
 			_ = m.stopEv.Signal()
 		}
+		m.pauseMu.Lock()
+		m.pauseCnd.Broadcast()
+		m.pauseMu.Unlock()
 		m.kickAll()
 	})
 }
@@ -375,6 +383,7 @@ func (m *Machine) runVCPU(i int, v *vcpu) error {
 	v.tid.Store(int32(unix.Gettid()))
 	log := m.log.With("vcpu", i)
 	for !m.stopping.Load() {
+		m.park(v)
 		reason, err := v.cpu.Run()
 		if errors.Is(err, kvm.ErrInterrupted) {
 			continue
@@ -387,6 +396,61 @@ func (m *Machine) runVCPU(i int, v *vcpu) error {
 		}
 	}
 	return nil
+}
+
+// Pause stops every vCPU outside KVM_RUN (kicking them with immediate_exit
+// and a signal) and returns once all are parked, or ctx ends.
+func (m *Machine) Pause(ctx context.Context) error {
+	m.pauseMu.Lock()
+	m.paused = true
+	m.pauseMu.Unlock()
+	stop := context.AfterFunc(ctx, func() {
+		m.pauseMu.Lock()
+		m.pauseCnd.Broadcast()
+		m.pauseMu.Unlock()
+	})
+	defer stop()
+	for {
+		m.kickAll()
+		m.pauseMu.Lock()
+		done := m.parked == len(m.vcpus) || m.stopping.Load()
+		m.pauseMu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.exitCh:
+			return nil
+		case <-afterMillis(1):
+		}
+	}
+}
+
+// Resume lets paused vCPUs run again.
+func (m *Machine) Resume() {
+	m.pauseMu.Lock()
+	m.paused = false
+	m.pauseCnd.Broadcast()
+	m.pauseMu.Unlock()
+}
+
+// park holds vCPU v's thread while the machine is paused.
+func (m *Machine) park(v *vcpu) {
+	m.pauseMu.Lock()
+	defer m.pauseMu.Unlock()
+	if !m.paused {
+		return
+	}
+	m.parked++
+	for m.paused && !m.stopping.Load() {
+		m.pauseCnd.Wait()
+	}
+	m.parked--
+	if !m.stopping.Load() {
+		v.cpu.SetImmediateExit(false)
+	}
 }
 
 func (m *Machine) handleExit(i int, c *kvm.VCPU, reason uint32, log *slog.Logger) error {

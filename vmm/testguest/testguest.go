@@ -233,3 +233,12 @@ func EnableLAPIC(c LAPIC) error {
 	l.Regs[svr+1] |= 1 // APIC software enable (bit 8)
 	return c.SetLAPIC(l)
 }
+
+// IncMem increments the qword at [RAX].
+func (c *Code) IncMem() *Code { c.b = append(c.b, 0x48, 0xFF, 0x00); return c }
+
+// JumpTo jumps back to offset target (a short jump).
+func (c *Code) JumpTo(target int) *Code {
+	c.b = append(c.b, 0xEB, byte(target-(len(c.b)+2)))
+	return c
+}
