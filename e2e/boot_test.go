@@ -19,6 +19,18 @@ boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.im
 boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
 boot badcores --kernel "$L2/vmlinux" --cpus 0,0 --memory 256M
 boot nokernel --kernel "$L2/missing" --cpus 0 --memory 256M
+echo "== attach"
+timeout 180 "$RFM" vmm --name attach --kernel "$L2/vmlinux" --initrd "$L2/initramfs.cpio.gz" --cpus 0 --memory 256M --console none --console-socket /tmp/c.sock &
+vmm=$!
+i=0; while [ ! -S /tmp/c.sock ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+"$RFM" console /tmp/c.sock </dev/null >/tmp/attach.out &
+i=0; while ! grep -q RF-MEMTOTAL /tmp/attach.out && [ $i -lt 180 ]; do sleep 1; i=$((i+1)); done
+sleep 2
+printf 'echo RF-ATTACHED-$((6*7))\npoweroff -f\n' | "$RFM" console /tmp/c.sock >/dev/null
+wait $vmm
+echo "RF-STATUS $?"
+sleep 1
+cat /tmp/attach.out
 echo "== hugepages-left"
 echo "RF-FREE $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages) RF-TOTAL $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)"
 `
@@ -111,6 +123,15 @@ func TestBootDebian(t *testing.T) {
 			}
 		})
 	}
+	t.Run("console-attach", func(t *testing.T) {
+		s := secs["attach"]
+		if !strings.Contains(s, "RF-ATTACHED-42") {
+			t.Errorf("input typed through rfm console did not reach the guest shell:\n%s", s)
+		}
+		if got := Field(s, "RF-STATUS"); got != "0" {
+			t.Errorf("VMM exit status %q, want 0", got)
+		}
+	})
 	t.Run("nothing-left-behind", func(t *testing.T) {
 		s := secs["hugepages-left"]
 		var free, total int

@@ -8,11 +8,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
+	"rainforest/vmm/consolesock"
 	"rainforest/vmm/hostcpu"
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
@@ -36,6 +38,9 @@ type LinuxConfig struct {
 	// ConsoleIn, when set, is read for console input.
 	Console   io.Writer
 	ConsoleIn io.Reader
+	// ConsoleSocket, when set, serves the console on a Unix socket there
+	// (rfm console attaches to it).
+	ConsoleSocket string
 	// AllowEmulatedKVM boots even on a KVM that emulates guest kernel code
 	// (it will fail at the first instruction the emulator lacks).
 	AllowEmulatedKVM bool
@@ -186,7 +191,26 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 
 	// Legacy platform: COM1, ACPI PM registers and the status port. The reset
 	// register shares the PCI configuration ports (setupPCI).
-	uart := serial.New(cfg.Console, m.IRQLine(acpi.COM1IRQ), 0)
+	out := cfg.Console
+	var uartp atomic.Pointer[serial.UART]
+	if cfg.ConsoleSocket != "" {
+		sock, err := consolesock.Listen(ctx, cfg.ConsoleSocket, func(b []byte) {
+			if u := uartp.Load(); u != nil {
+				u.Enqueue(b)
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+		m.AddCloser(sock.Close)
+		if out == nil {
+			out = sock
+		} else {
+			out = io.MultiWriter(out, sock)
+		}
+	}
+	uart := serial.New(out, m.IRQLine(acpi.COM1IRQ), 0)
+	uartp.Store(uart)
 	status := platform.NewGuestStatus()
 	devs := []struct {
 		base, size uint64

@@ -32,7 +32,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(vmmCommand(), runCommand())
+	root.AddCommand(vmmCommand(), runCommand(), consoleCommand())
 	err := root.ExecuteContext(ctx)
 	stop()
 	var ee exitError

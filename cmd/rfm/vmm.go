@@ -21,6 +21,7 @@ type vmmFlags struct {
 	name, kernel, initrd, cmdline, appendArgs string
 	cpus, memory, pageSize, console, profile  string
 	disks                                     []string
+	consoleSocket                             string
 	allowEmulated                             bool
 	logLevel                                  string
 }
@@ -60,6 +61,7 @@ power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 	fl.StringVar(&f.pageSize, "page-size", "2M", "backing page size: 2M, 1G or 4k")
 	fl.StringArrayVar(&f.disks, "disk", nil, "raw disk image as virtio-blk, PATH[,ro]; repeatable")
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, none, or a file path for the log")
+	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
@@ -104,6 +106,7 @@ func (f *vmmFlags) linuxConfig(logOut io.Writer) (vmm.LinuxConfig, func(), error
 	cfg := vmm.LinuxConfig{
 		Config: vmm.Config{Name: f.name, MemSize: mem, PageSize: ps, HostCores: cores, Profile: profile, Logger: log},
 		Kernel: f.kernel, Initrd: f.initrd, Cmdline: cmdline, AllowEmulatedKVM: f.allowEmulated,
+		ConsoleSocket: f.consoleSocket,
 	}
 	for _, d := range f.disks {
 		path, opt, _ := strings.Cut(d, ",")
