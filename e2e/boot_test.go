@@ -17,6 +17,7 @@ boot() { name=$1; shift; echo "== $name"; timeout 180 "$RFM" vmm --name "$name" 
 boot pvh --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
 boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
 boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
+boot reboot --kernel "$L2/vmlinux" --cpus 0 --memory 256M --append 'rf.cmd="echo RF-HVC-$((2*3)) >/dev/hvc0; reboot -f"'
 boot badcores --kernel "$L2/vmlinux" --cpus 0,0 --memory 256M
 boot nokernel --kernel "$L2/missing" --cpus 0 --memory 256M
 echo "== attach"
@@ -110,6 +111,18 @@ func TestBootDebian(t *testing.T) {
 	t.Run("guest-exit-status", func(t *testing.T) {
 		if got := Field(secs["status"], "RF-STATUS"); got != "3" {
 			t.Errorf("VMM exit status %q, want the guest's 3:\n%s", got, secs["status"])
+		}
+	})
+	t.Run("reboot-and-virtio-console", func(t *testing.T) {
+		s := secs["reboot"]
+		if !strings.Contains(s, "reason=reboot") {
+			t.Errorf("guest reboot did not end the VMM as a reboot:\n%s", s)
+		}
+		if got := Field(s, "RF-STATUS"); got != "0" {
+			t.Errorf("VMM exit status %q after reboot, want 0", got)
+		}
+		if !strings.Contains(s, "RF-HVC-6") {
+			t.Errorf("output written to the virtio-console (hvc0) did not reach the console:\n%s", s)
 		}
 	})
 	for name, want := range map[string]string{"badcores": "core 0 listed twice", "nokernel": "kernel:"} {
