@@ -1,0 +1,157 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"rainforest/partitioner"
+)
+
+// fakeActuator records what it was asked to do.
+type fakeActuator struct {
+	mu      sync.Mutex
+	groups  map[string][]int
+	pages   int64
+	failOn  string // operation to fail
+	removed []string
+}
+
+type fakeGroup struct {
+	name string
+	a    *fakeActuator
+}
+
+func (g fakeGroup) Path() string { return "/fake/" + g.name }
+func (g fakeGroup) AddProcess(pid int) error {
+	if g.a.failOn == "addprocess" {
+		return errors.New("fake: cannot move process")
+	}
+	return nil
+}
+
+func (a *fakeActuator) CreateGroup(name string, cores, nodes []int) (Group, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.failOn == "cgroup" {
+		return nil, errors.New("fake: cgroup refused")
+	}
+	if a.groups == nil {
+		a.groups = map[string][]int{}
+	}
+	a.groups[name] = cores
+	return fakeGroup{name, a}, nil
+}
+
+func (a *fakeActuator) RemoveGroup(name string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.groups, name)
+	a.removed = append(a.removed, name)
+	return nil
+}
+
+func (a *fakeActuator) EnsureHugePages(node int, ps, pages uint64) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.failOn == "hugepages" {
+		return 0, errors.New("fake: hugepages short")
+	}
+	a.pages += int64(pages)
+	return pages, nil
+}
+
+func (a *fakeActuator) ReleaseHugePages(node int, ps, pages uint64) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.pages -= int64(pages)
+	return nil
+}
+
+// fakeLauncher runs no process: each Start gives a fakeProcess that "exits"
+// when killed.
+type fakeLauncher struct {
+	mu    sync.Mutex
+	next  int
+	procs map[int]*fakeProcess
+	fail  bool
+	argv  [][]string
+}
+
+type fakeProcess struct {
+	pid  int
+	once sync.Once
+	done chan struct{}
+}
+
+func (p *fakeProcess) PID() int              { return p.pid }
+func (p *fakeProcess) StartTime() uint64     { return uint64(p.pid) * 10 }
+func (p *fakeProcess) Done() <-chan struct{} { return p.done }
+func (p *fakeProcess) Signal(syscall.Signal) error {
+	p.exit()
+	return nil
+}
+func (p *fakeProcess) exit() { p.once.Do(func() { close(p.done) }) }
+
+func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string) (Process, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.fail {
+		return nil, errors.New("fake: VMM exited before running")
+	}
+	if l.procs == nil {
+		l.procs = map[int]*fakeProcess{}
+	}
+	l.next++
+	p := &fakeProcess{pid: 1000 + l.next, done: make(chan struct{})}
+	l.procs[p.pid] = p
+	l.argv = append(l.argv, argv)
+	os.WriteFile(logPath, []byte("RF-INIT-REACHED\n"), 0o600)
+	return p, nil
+}
+
+func (l *fakeLauncher) Adopt(pid int, start uint64) (Process, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	p, ok := l.procs[pid]
+	if !ok || p.StartTime() != start {
+		return nil, fmt.Errorf("fake: no process %d", pid)
+	}
+	select {
+	case <-p.done:
+		return nil, fmt.Errorf("fake: process %d exited", pid)
+	default:
+	}
+	return p, nil
+}
+
+// testInventory is a 1-node, 4-core machine with a 64-page 2 MiB pool.
+func testInventory() *partitioner.Inventory {
+	inv := &partitioner.Inventory{}
+	for i := 0; i < 4; i++ {
+		inv.CPUs = append(inv.CPUs, partitioner.CPU{ID: i, Online: true, Core: i, Node: 0, Siblings: []int{i}})
+	}
+	inv.Nodes = []partitioner.Node{{ID: 0, CPUs: []int{0, 1, 2, 3}, MemTotal: 8 << 30, MemFree: 6 << 30,
+		HugePages: []partitioner.HugePool{{PageSize: 2 << 20, Total: 64, Free: 64}}}}
+	return inv
+}
+
+func newTestSupervisor(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher) *Supervisor {
+	t.Helper()
+	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func testSpec(t *testing.T, name string, cpus int) Spec {
+	k := filepath.Join(t.TempDir(), "vmlinux")
+	os.WriteFile(k, []byte("kernel"), 0o644)
+	return Spec{Name: name, CPUs: cpus, Memory: 32 << 20, Kernel: k}
+}

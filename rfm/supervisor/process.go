@@ -1,0 +1,218 @@
+package supervisor
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Process is a running VMM process.
+type Process interface {
+	PID() int
+	StartTime() uint64
+	// Done is closed once the process has exited.
+	Done() <-chan struct{}
+	Signal(sig syscall.Signal) error
+}
+
+// Launcher starts VMM processes and re-attaches to running ones.
+type Launcher interface {
+	// Start runs argv (the VMM command line without the binary), in its own
+	// session so that it outlives the supervisor, with output appended to
+	// logPath, and returns once the VMM reports it is running; a VMM that
+	// exits first is an error carrying the tail of its log.
+	Start(ctx context.Context, argv []string, logPath string) (Process, error)
+	// Adopt attaches to a VMM started by an earlier supervisor; it fails
+	// when pid no longer is that process (start time differs).
+	Adopt(pid int, startTime uint64) (Process, error)
+}
+
+// ExecLauncher runs `RFM vmm ...` processes.
+type ExecLauncher struct {
+	RFM      string // path of the rfm binary
+	ProcRoot string // "/proc" when empty
+}
+
+// Start implements Launcher.
+func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string) (Process, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("subOS log: %w", err)
+	}
+	defer logf.Close()
+	rd, wr, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	cmd := exec.Command(l.RFM, append(argv, "--ready-fd", "3")...)
+	cmd.Stdin = nil
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{wr}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		wr.Close()
+		return nil, fmt.Errorf("start VMM: %w", err)
+	}
+	wr.Close()
+	p := &childProcess{cmd: cmd, done: make(chan struct{})}
+	go func() { // owner: the process; ends when it exits
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	st, err := procStartTime(l.procRoot(), cmd.Process.Pid)
+	if err == nil {
+		p.start = st
+	}
+	ready := make(chan error, 1)
+	go func() { // ends when the pipe yields a line or EOF (the VMM exited)
+		line, err := bufio.NewReader(rd).ReadString('\n')
+		if strings.TrimSpace(line) == "ready" {
+			ready <- nil
+			return
+		}
+		ready <- fmt.Errorf("VMM exited before running (%v)", err)
+	}()
+	select {
+	case err = <-ready:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	if err != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		return nil, fmt.Errorf("%w: %s", err, logTail(logPath, 3))
+	}
+	return p, nil
+}
+
+func (l ExecLauncher) procRoot() string {
+	if l.ProcRoot == "" {
+		return "/proc"
+	}
+	return l.ProcRoot
+}
+
+// Adopt implements Launcher with a pidfd, which works for processes that
+// are not our children.
+func (l ExecLauncher) Adopt(pid int, startTime uint64) (Process, error) {
+	st, err := procStartTime(l.procRoot(), pid)
+	if err != nil {
+		return nil, fmt.Errorf("process %d: %w", pid, err)
+	}
+	if st != startTime {
+		return nil, fmt.Errorf("process %d is not the recorded VMM (start time %d, recorded %d)", pid, st, startTime)
+	}
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
+	}
+	p := &adoptedProcess{pid: pid, start: st, fd: fd, done: make(chan struct{})}
+	go p.watch()
+	return p, nil
+}
+
+type childProcess struct {
+	cmd   *exec.Cmd
+	start uint64
+	done  chan struct{}
+}
+
+func (p *childProcess) PID() int                        { return p.cmd.Process.Pid }
+func (p *childProcess) StartTime() uint64               { return p.start }
+func (p *childProcess) Done() <-chan struct{}           { return p.done }
+func (p *childProcess) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
+
+type adoptedProcess struct {
+	pid   int
+	start uint64
+	fd    int
+	once  sync.Once
+	done  chan struct{}
+}
+
+func (p *adoptedProcess) PID() int              { return p.pid }
+func (p *adoptedProcess) StartTime() uint64     { return p.start }
+func (p *adoptedProcess) Done() <-chan struct{} { return p.done }
+
+func (p *adoptedProcess) Signal(sig syscall.Signal) error {
+	select {
+	case <-p.done:
+		return os.ErrProcessDone
+	default:
+	}
+	return unix.PidfdSendSignal(p.fd, sig, nil, 0)
+}
+
+// watch is the process's own goroutine: it ends when the process exits (a
+// pidfd becomes readable then).
+func (p *adoptedProcess) watch() {
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(fds, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil || n > 0 {
+			break
+		}
+	}
+	unix.Close(p.fd)
+	close(p.done)
+}
+
+// procStartTime reads field 22 (starttime) of /proc/PID/stat.
+func procStartTime(procRoot string, pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	// After the comm: state is field 3, so starttime (22) is index 19.
+	if len(f) < 20 {
+		return 0, fmt.Errorf("malformed /proc/%d/stat", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// logTail returns the last n lines of a log file, joined with " | ".
+func logTail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no log)"
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// stopProcess asks a VMM to stop (SIGTERM: it powers the guest off hard and
+// releases everything), then kills it after grace.
+func stopProcess(p Process, grace time.Duration) {
+	_ = p.Signal(syscall.SIGTERM)
+	select {
+	case <-p.Done():
+		return
+	case <-time.After(grace):
+	}
+	_ = p.Signal(syscall.SIGKILL)
+	<-p.Done()
+}

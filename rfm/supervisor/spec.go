@@ -1,0 +1,66 @@
+package supervisor
+
+import (
+	"time"
+
+	"rainforest/ledger"
+)
+
+// Spec is a request to create a subOS (the API's POST /v1/subos body).
+type Spec struct {
+	Name          string `json:"name"`
+	CPUs          int    `json:"cpus,omitempty"`
+	Cores         []int  `json:"cores,omitempty"`
+	Node          *int   `json:"node,omitempty"`
+	Memory        uint64 `json:"memory"`              // bytes
+	PageSize      uint64 `json:"page_size,omitempty"` // bytes; 2 MiB by default
+	Kernel        string `json:"kernel"`
+	Initrd        string `json:"initrd,omitempty"`
+	CmdlineAppend string `json:"cmdline_append,omitempty"`
+	Disks         []Disk `json:"disks,omitempty"`
+	Devices       []string `json:"devices,omitempty"`
+}
+
+// Disk is a raw image given to a subOS as virtio-blk.
+type Disk struct {
+	Path     string `json:"path"`
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// Request converts the spec to a ledger request.
+func (s Spec) Request() ledger.Request {
+	node := -1
+	if s.Node != nil {
+		node = *s.Node
+	}
+	ps := s.PageSize
+	if ps == 0 {
+		ps = 2 << 20
+	}
+	return ledger.Request{Name: s.Name, CPUs: s.CPUs, Cores: s.Cores, Node: node, Memory: s.Memory, PageSize: ps, Devices: s.Devices}
+}
+
+// State is a subOS's lifecycle state.
+type State string
+
+// States.
+const (
+	StateStarting State = "starting"
+	StateRunning  State = "running"
+	StateStopping State = "stopping"
+)
+
+// Info describes a subOS (GET /v1/subos/{name}).
+type Info struct {
+	Name          string            `json:"name"`
+	State         State             `json:"state"`
+	PID           int               `json:"pid"`
+	Allocation    ledger.Allocation `json:"allocation"`
+	Spec          Spec              `json:"spec"`
+	Created       time.Time         `json:"created"`
+	ConsoleSocket string            `json:"console_socket"`
+	Log           string            `json:"log"`
+	Cgroup        string            `json:"cgroup"`
+	Adopted       bool              `json:"adopted"` // re-adopted after a supervisor restart
+}
+

@@ -1,0 +1,412 @@
+// Package supervisor is RainForest's supervisor: it owns the machine's
+// resource ledger, creates and destroys subOSes (one `rfm vmm` process each,
+// in its own cgroup with exclusive cores and hugepages reserved before it
+// starts), records every adjustment in an append-only audit log, and
+// re-adopts running subOSes after a restart. The ledger decides; the
+// Actuator applies; the Launcher runs VMM processes.
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"rainforest/ledger"
+	"rainforest/ledger/store"
+	"rainforest/partitioner"
+	"rainforest/vmm/hostcpu"
+)
+
+// Sentinel errors the API maps to status codes.
+var (
+	ErrInvalid  = errors.New("invalid request")
+	ErrExists   = errors.New("subOS already exists")
+	ErrNotFound = errors.New("no such subOS")
+)
+
+// Group is a subOS's cgroup.
+type Group interface {
+	Path() string
+	AddProcess(pid int) error
+}
+
+// Actuator applies allocations to the host (rfm/actuator in production).
+type Actuator interface {
+	CreateGroup(name string, cores []int, memNodes []int) (Group, error)
+	RemoveGroup(name string) error
+	EnsureHugePages(node int, pageSize uint64, pages uint64) (added uint64, err error)
+	ReleaseHugePages(node int, pageSize uint64, pages uint64) error
+}
+
+// Config configures a Supervisor.
+type Config struct {
+	StateDir     string // holds ledger.db
+	RunDir       string // holds subOS logs and console sockets
+	Housekeeping []int  // cores kept for the host (default: the first online core)
+	Inventory    *partitioner.Inventory
+	Actuator     Actuator
+	Launcher     Launcher
+	Logger       *slog.Logger
+	Who          string // recorded as the actor of audit events
+}
+
+// Supervisor manages subOSes.
+type Supervisor struct {
+	cfg    Config
+	log    *slog.Logger
+	ledger *ledger.Ledger
+	store  *store.Store
+
+	mu    sync.Mutex // serializes lifecycle operations and guards subos
+	subos map[string]*subOS
+	wg    sync.WaitGroup // watchers
+}
+
+type subOS struct {
+	info    Info
+	proc    Process
+	added   uint64 // hugepages the actuator added for this subOS
+	stopped chan struct{}
+}
+
+// persisted is what the store keeps beside the allocation.
+type persisted struct {
+	Spec       Spec   `json:"spec"`
+	AddedPages uint64 `json:"added_pages"`
+	Cgroup     string `json:"cgroup"`
+}
+
+// New opens the ledger store, rebuilds the ledger from it and re-adopts the
+// subOSes whose VMM still runs; the others are reclaimed (resources freed,
+// event logged).
+func New(cfg Config) (*Supervisor, error) {
+	if cfg.Inventory == nil || cfg.Actuator == nil || cfg.Launcher == nil {
+		return nil, fmt.Errorf("%w: supervisor needs an inventory, an actuator and a launcher", ErrInvalid)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Who == "" {
+		cfg.Who = "supervisor"
+	}
+	for _, d := range []string{cfg.StateDir, cfg.RunDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	l, err := ledger.New(cfg.Inventory, cfg.Housekeeping)
+	if err != nil {
+		return nil, err
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "ledger.db"))
+	if err != nil {
+		return nil, err
+	}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{}}
+	if err := s.readopt(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close stops watching subOSes (they keep running) and closes the store.
+func (s *Supervisor) Close() error {
+	s.mu.Lock()
+	for _, so := range s.subos {
+		close(so.stopped)
+	}
+	s.subos = map[string]*subOS{}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return s.store.Close()
+}
+
+// Ledger exposes the ledger (read-only use).
+func (s *Supervisor) Ledger() *ledger.Ledger { return s.ledger }
+
+// Inventory returns the discovered machine.
+func (s *Supervisor) Inventory() *partitioner.Inventory { return s.cfg.Inventory }
+
+func (s *Supervisor) consolePath(name string) string {
+	return filepath.Join(s.cfg.RunDir, name+".sock")
+}
+
+func (s *Supervisor) logPath(name string) string { return filepath.Join(s.cfg.RunDir, name+".log") }
+
+// readopt rebuilds state from the store after a (re)start.
+func (s *Supervisor) readopt() error {
+	recs, err := s.store.Records()
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		var p persisted
+		if err := json.Unmarshal(r.Spec, &p); err != nil {
+			s.log.Warn("unreadable record", "subos", r.Allocation.Name, "err", err)
+		}
+		if err := s.ledger.Adopt(r.Allocation); err != nil {
+			return fmt.Errorf("re-adopt %s: %w", r.Allocation.Name, err)
+		}
+		info := Info{Name: r.Allocation.Name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
+			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true}
+		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
+		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
+		if err != nil {
+			s.log.Warn("VMM of a recorded subOS is gone; reclaiming", "subos", info.Name, "err", err)
+			s.reclaim(so, fmt.Sprintf("VMM gone at supervisor start: %v", err))
+			continue
+		}
+		so.proc = proc
+		s.subos[info.Name] = so
+		s.watch(so)
+		s.event("adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, hostcpu.FormatList(r.Allocation.Cores)))
+	}
+	return s.ledger.Verify()
+}
+
+// event appends to the audit log; a failing log write is reported, never
+// fatal to the operation already done.
+func (s *Supervisor) event(what, name string, d time.Duration, detail string) {
+	if _, err := s.store.Append(store.Event{Time: time.Now().UTC(), Who: s.cfg.Who, What: what, Name: name, Duration: d, Detail: detail}); err != nil {
+		s.log.Error("audit log", "err", err)
+	}
+}
+
+// watch reclaims a subOS's resources when its VMM exits on its own.
+func (s *Supervisor) watch(so *subOS) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		select {
+		case <-so.proc.Done():
+		case <-so.stopped:
+			return
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if cur, ok := s.subos[so.info.Name]; !ok || cur != so || so.info.State == StateStopping {
+			return
+		}
+		delete(s.subos, so.info.Name)
+		s.reclaim(so, "VMM exited: "+logTail(so.info.Log, 1))
+	}()
+}
+
+// reclaim frees everything a subOS held and removes its record.
+func (s *Supervisor) reclaim(so *subOS, why string) {
+	start := time.Now()
+	a := so.info.Allocation
+	if err := s.cfg.Actuator.RemoveGroup(a.Name); err != nil {
+		s.log.Warn("remove cgroup", "subos", a.Name, "err", err)
+	}
+	if so.added > 0 {
+		if err := s.cfg.Actuator.ReleaseHugePages(a.Node, a.PageSize, so.added); err != nil {
+			s.log.Warn("release hugepages", "subos", a.Name, "err", err)
+		}
+	}
+	if _, err := s.ledger.Release(a.Name); err != nil && !errors.Is(err, ledger.ErrNotFound) {
+		s.log.Warn("ledger release", "subos", a.Name, "err", err)
+	}
+	if err := s.store.Delete(a.Name); err != nil {
+		s.log.Error("store delete", "subos", a.Name, "err", err)
+	}
+	os.Remove(s.consolePath(a.Name))
+	s.event("reclaim", a.Name, time.Since(start), why)
+}
+
+// Check lists everything wrong with spec, changing nothing.
+func (s *Supervisor) Check(spec Spec) []ledger.Problem {
+	probs := checkFiles(spec)
+	return append(probs, s.ledger.Check(spec.Request())...)
+}
+
+func checkFiles(spec Spec) []ledger.Problem {
+	var probs []ledger.Problem
+	check := func(field, path string, required bool) {
+		if path == "" {
+			if required {
+				probs = append(probs, ledger.Problem{Field: field, Message: "required"})
+			}
+			return
+		}
+		if st, err := os.Stat(path); err != nil {
+			probs = append(probs, ledger.Problem{Field: field, Message: err.Error()})
+		} else if !st.Mode().IsRegular() {
+			probs = append(probs, ledger.Problem{Field: field, Message: path + " is not a regular file"})
+		}
+	}
+	check("kernel", spec.Kernel, true)
+	check("initrd", spec.Initrd, false)
+	for i, d := range spec.Disks {
+		check("disks["+strconv.Itoa(i)+"].path", d.Path, true)
+	}
+	return probs
+}
+
+// Create reserves resources for spec, applies them and starts its VMM. It
+// is all-or-nothing: on any failure every step is undone.
+func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err error) {
+	start := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+			s.event("create-failed", spec.Name, time.Since(start), err.Error())
+		}
+	}()
+	if _, ok := s.subos[spec.Name]; ok {
+		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
+	}
+	if probs := checkFiles(spec); len(probs) > 0 {
+		return Info{}, &ProblemsError{Problems: probs}
+	}
+	alloc, err := s.ledger.Reserve(spec.Request())
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
+	added, err := s.cfg.Actuator.EnsureHugePages(alloc.Node, alloc.PageSize, alloc.Pages)
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, func() {
+		if added > 0 {
+			_ = s.cfg.Actuator.ReleaseHugePages(alloc.Node, alloc.PageSize, added)
+		}
+	})
+	group, err := s.cfg.Actuator.CreateGroup(spec.Name, alloc.Cores, []int{alloc.Node})
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, func() { _ = s.cfg.Actuator.RemoveGroup(spec.Name) })
+	logPath := s.logPath(spec.Name)
+	os.Remove(s.consolePath(spec.Name))
+	proc, err := s.cfg.Launcher.Start(ctx, vmmArgs(spec, alloc, s.consolePath(spec.Name)), logPath)
+	if err != nil {
+		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
+	}
+	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
+	if err := group.AddProcess(proc.PID()); err != nil {
+		return Info{}, err
+	}
+	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
+		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path()}
+	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path()})
+	if err != nil {
+		return Info{}, err
+	}
+	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created}); err != nil {
+		return Info{}, err
+	}
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
+	s.subos[spec.Name] = so
+	s.watch(so)
+	s.event("create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
+	return info, nil
+}
+
+// vmmArgs is the VMM command line for a subOS.
+func vmmArgs(spec Spec, a ledger.Allocation, console string) []string {
+	args := []string{"vmm", "--name", spec.Name, "--kernel", spec.Kernel,
+		"--cpus", hostcpu.FormatList(a.Cores), "--memory", strconv.FormatUint(a.Memory, 10),
+		"--page-size", pageSizeName(a.PageSize), "--console", "stdio", "--console-socket", console, "--log-level", "info"}
+	if spec.Initrd != "" {
+		args = append(args, "--initrd", spec.Initrd)
+	}
+	if spec.CmdlineAppend != "" {
+		args = append(args, "--append", spec.CmdlineAppend)
+	}
+	for _, d := range spec.Disks {
+		v := d.Path
+		if d.ReadOnly {
+			v += ",ro"
+		}
+		args = append(args, "--disk", v)
+	}
+	return args
+}
+
+func pageSizeName(ps uint64) string {
+	if ps == 1<<30 {
+		return "1G"
+	}
+	return "2M"
+}
+
+// Destroy stops a subOS's VMM and frees everything it held.
+func (s *Supervisor) Destroy(ctx context.Context, name string) error {
+	start := time.Now()
+	s.mu.Lock()
+	so, ok := s.subos[name]
+	if !ok {
+		s.mu.Unlock()
+		return fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	so.info.State = StateStopping
+	s.mu.Unlock()
+	stopProcess(so.proc, 10*time.Second)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.subos, name)
+	close(so.stopped)
+	s.reclaim(so, "destroyed")
+	s.event("destroy", name, time.Since(start), "")
+	return nil
+}
+
+// List returns all subOSes, sorted by name.
+func (s *Supervisor) List() []Info {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]Info, 0, len(s.subos))
+	for _, so := range s.subos {
+		out = append(out, so.info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get returns one subOS.
+func (s *Supervisor) Get(name string) (Info, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	so, ok := s.subos[name]
+	if !ok {
+		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	return so.info, nil
+}
+
+// Events returns audit events after seq since.
+func (s *Supervisor) Events(since uint64, limit int) ([]store.Event, error) {
+	return s.store.Events(since, limit)
+}
+
+// ProblemsError carries every problem found in a request.
+type ProblemsError struct{ Problems []ledger.Problem }
+
+func (e *ProblemsError) Error() string {
+	msg := ""
+	for i, p := range e.Problems {
+		if i > 0 {
+			msg += "; "
+		}
+		msg += p.Error()
+	}
+	return msg
+}
+
+func (e *ProblemsError) Unwrap() error { return ErrInvalid }

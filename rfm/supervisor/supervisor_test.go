@@ -1,0 +1,167 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"rainforest/ledger"
+)
+
+func TestCreateDestroy(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	s := newTestSupervisor(t, t.TempDir(), act, l)
+	defer s.Close()
+	ctx := context.Background()
+	a, err := s.Create(ctx, testSpec(t, "a", 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a.Allocation.Cores) != 2 || a.Allocation.Cores[0] == 0 {
+		t.Errorf("cores %v: want two, never the housekeeping core 0", a.Allocation.Cores)
+	}
+	if act.pages != 16 || len(act.groups["a"]) != 2 {
+		t.Errorf("actuator: pages %d groups %v", act.pages, act.groups)
+	}
+	if _, err := s.Create(ctx, testSpec(t, "a", 1)); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate name: %v", err)
+	}
+	if _, err := s.Create(ctx, testSpec(t, "b", 2)); !errors.Is(err, ledger.ErrNoCores) {
+		t.Errorf("only one core left, asked two: %v", err)
+	}
+	if err := s.Destroy(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if act.pages != 0 || len(act.groups) != 0 || len(s.ledger.Allocations()) != 0 {
+		t.Errorf("after destroy: pages %d groups %v ledger %v", act.pages, act.groups, s.ledger.Allocations())
+	}
+	if err := s.Destroy(ctx, "a"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("destroy twice: %v", err)
+	}
+	ev, _ := s.Events(0, 100)
+	var whats []string
+	for _, e := range ev {
+		whats = append(whats, e.What)
+	}
+	want := []string{"create", "create-failed", "create-failed", "reclaim", "destroy"}
+	if fmt.Sprint(whats) != fmt.Sprint(want) {
+		t.Errorf("events %v, want %v", whats, want)
+	}
+}
+
+// A create that fails half-way rolls back every reservation.
+func TestCreateRollsBack(t *testing.T) {
+	for _, fail := range []string{"hugepages", "cgroup", "launch", "addprocess"} {
+		t.Run(fail, func(t *testing.T) {
+			act, l := &fakeActuator{failOn: fail}, &fakeLauncher{fail: fail == "launch"}
+			s := newTestSupervisor(t, t.TempDir(), act, l)
+			defer s.Close()
+			if _, err := s.Create(context.Background(), testSpec(t, "a", 1)); err == nil {
+				t.Fatal("create succeeded")
+			}
+			if act.pages != 0 || len(act.groups) != 0 || len(s.ledger.Allocations()) != 0 || len(s.List()) != 0 {
+				t.Errorf("left behind: pages %d groups %v ledger %v", act.pages, act.groups, s.ledger.Allocations())
+			}
+			if err := s.ledger.Verify(); err != nil {
+				t.Error(err)
+			}
+			recs, _ := s.store.Records()
+			if len(recs) != 0 {
+				t.Errorf("records left: %v", recs)
+			}
+		})
+	}
+}
+
+// A restarted supervisor re-adopts live VMMs with the same allocations and
+// reclaims the resources of dead ones.
+func TestRestartReadopts(t *testing.T) {
+	dir := t.TempDir()
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	s := newTestSupervisor(t, dir, act, l)
+	ctx := context.Background()
+	a, err := s.Create(ctx, testSpec(t, "a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.Create(ctx, testSpec(t, "b", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close() // the supervisor goes away; the VMMs keep running
+	l.procs[b.PID].exit()
+	s2 := newTestSupervisor(t, dir, act, l)
+	defer s2.Close()
+	list := s2.List()
+	if len(list) != 1 || list[0].Name != "a" || list[0].PID != a.PID || !list[0].Adopted ||
+		fmt.Sprint(list[0].Allocation) != fmt.Sprint(a.Allocation) {
+		t.Fatalf("after restart: %+v; want a as before", list)
+	}
+	if _, ok := s2.ledger.Get("b"); ok {
+		t.Error("dead b still in the ledger")
+	}
+	// A VMM dying under a running supervisor is reclaimed too.
+	l.procs[a.PID].exit()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s2.List()) != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a not reclaimed after its VMM exited")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if act.pages != 0 || len(act.groups) != 0 {
+		t.Errorf("left: pages %d groups %v", act.pages, act.groups)
+	}
+}
+
+// Concurrent creates never double-allocate.
+func TestConcurrentCreates(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	s := newTestSupervisor(t, t.TempDir(), act, l)
+	defer s.Close()
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Create(context.Background(), testSpec(t, fmt.Sprintf("s%d", i), 1))
+		}()
+	}
+	wg.Wait()
+	seen := map[int]string{}
+	for _, i := range s.List() {
+		for _, c := range i.Allocation.Cores {
+			if o, dup := seen[c]; dup {
+				t.Errorf("core %d given to %s and %s", c, o, i.Name)
+			}
+			seen[c] = i.Name
+		}
+	}
+	if len(s.List()) != 3 {
+		t.Errorf("%d subOSes on 3 free cores", len(s.List()))
+	}
+}
+
+func TestVMMArgs(t *testing.T) {
+	spec := Spec{Name: "a", Kernel: "/k", Initrd: "/i", CmdlineAppend: "x=1", Disks: []Disk{{Path: "/d", ReadOnly: true}}}
+	args := fmt.Sprint(vmmArgs(spec, ledger.Allocation{Cores: []int{2, 3}, Memory: 64 << 20, PageSize: 2 << 20}, "/run/a.sock"))
+	for _, want := range []string{"--cpus 2-3", "--memory 67108864", "--page-size 2M", "--disk /d,ro", "--append x=1", "--console-socket /run/a.sock"} {
+		if !contains(args, want) {
+			t.Errorf("vmm args %s lack %q", args, want)
+		}
+	}
+}
+
+func contains(s, sub string) bool { return len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0) }
+
+func indexOf(s, sub string) int {
+	for i := 0; i+len(sub) <= len(s); i++ {
+		if s[i:i+len(sub)] == sub {
+			return i
+		}
+	}
+	return -1
+}
