@@ -30,6 +30,8 @@ type Host struct {
 	img    *images.Image
 	rfm    string
 	log    io.Writer
+	// CPUs of the L1 guest (nested only; default 2).
+	CPUs int
 	// Retried, when set, is told when a nested session had to be rerun
 	// because the L1 guest died.
 	Retried func(error)
@@ -64,7 +66,7 @@ func (h *Host) Run(ctx context.Context, script string, timeout time.Duration) (s
 			"/l2/disk.img":          h.img.Disk,
 		}
 		cfg := nested.Config{
-			L1Kernel: h.img, ExtraFiles: files, CPUs: 2, MemoryMiB: 3072, HugePages: 600,
+			L1Kernel: h.img, ExtraFiles: files, CPUs: max(h.CPUs, 2), MemoryMiB: 3072, HugePages: 600,
 			Script: "export RFM=/bin/rfm L2=/l2\n" + script, Timeout: timeout, Log: h.log,
 		}
 		res, err := nested.Run(ctx, cfg)

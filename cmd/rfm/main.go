@@ -1,7 +1,9 @@
 // Command rfm is RainForest's management tool: it runs subOSes (each an
 // unmodified Linux in a KVM VM on exclusive cores and hugepage memory).
 //
-//	rfm run            boot the default subOS with its console on this terminal
+//	rfm run [LAYOUT]   supervisor in the foreground with a layout's subOSes
+//	rfm serve          the supervisor daemon (API on a Unix socket)
+//	rfm create/destroy/ps/inspect/console/logs/events/check
 //	rfm vmm [flags]    run one subOS in the foreground (the VMM process)
 //
 // The CLI uses github.com/spf13/cobra: the de-facto standard for Go
@@ -17,6 +19,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"rainforest/rfm/api"
 )
 
 // exitError carries a process exit status out of a command.
@@ -32,7 +36,11 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(vmmCommand(), runCommand(), consoleCommand())
+	g := &globalFlags{}
+	root.PersistentFlags().StringVar(&g.socket, "socket", api.DefaultSocket, "supervisor API socket")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "", "output format: table or json")
+	root.AddCommand(vmmCommand(), runCommand(g), consoleCommand(g), serveCommand(g), createCommand(g),
+		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g))
 	err := root.ExecuteContext(ctx)
 	stop()
 	var ee exitError

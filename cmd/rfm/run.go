@@ -1,19 +1,26 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"rainforest/images"
 	"rainforest/internal/nested"
-	"rainforest/vmm"
-	"rainforest/vmm/hostcpu"
+	"rainforest/partitioner"
+	"rainforest/rfm/api"
+	"rainforest/rfm/layout"
+	"rainforest/rfm/supervisor"
 )
 
 // defaultImagesDir is where `make image` puts the default subOS image.
@@ -24,19 +31,23 @@ func defaultImagesDir() string {
 	return images.DefaultOutDir
 }
 
-func runCommand() *cobra.Command {
-	var imagesDir, memory string
-	var nestedMode string
+func runCommand(g *globalFlags) *cobra.Command {
+	var f supervisorFlags
+	var imagesDir, nestedMode, appendArgs string
 	cmd := &cobra.Command{
-		Use:   "run",
-		Short: "Boot the default subOS and show its console",
-		Long: `Boot the default subOS (the Debian cloud kernel with the RainForest
-initramfs and a test disk) on host cores the machine can spare, with its
-serial console on this terminal. Where this host's KVM cannot run Linux
-natively (no VT-x/AMD-V, or the kvm_pvm back end), the subOS runs inside the
-nested layer: a QEMU guest with an emulated AMD-V CPU, where rfm vmm boots it.`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "run [LAYOUT.yaml]",
+		Short: "Run the supervisor in the foreground with a layout's subOSes and their consoles",
+		Long: `Run the supervisor in the foreground, create the layout's subOSes (with no
+file: the built-in default layout, two subOSes splitting the cores the host
+can spare and booting the default image) and show their consoles, each line
+prefixed with the subOS's name. Ctrl-C destroys them all; rfm run also ends
+once every subOS has ended on its own. While it runs, the API is served on
+--socket, so rfm ps and friends work from another terminal.
+
+Where this host's KVM cannot run Linux natively, the whole run happens inside
+the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: cmd.ErrOrStderr()})
 			if err != nil {
@@ -46,71 +57,226 @@ nested layer: a QEMU guest with an emulated AMD-V CPU, where rfm vmm boots it.`,
 			if nestedMode == "auto" {
 				need, why := nested.Needed()
 				if need {
-					fmt.Fprintf(cmd.ErrOrStderr(), "rfm: %s; booting the subOS inside the nested QEMU layer (slow: about a minute)\n", why)
+					fmt.Fprintf(cmd.ErrOrStderr(), "rfm: %s; running the layout inside the nested QEMU layer (slow: a minute or two)\n", why)
 				}
 				useNested = need
 			}
 			if useNested {
-				return runNested(ctx, img, memory, cmd.OutOrStdout())
+				return runNested(ctx, img, args, appendArgs, cmd.OutOrStdout())
 			}
-			cores, err := defaultCores()
-			if err != nil {
-				return err
-			}
-			f := vmmFlags{name: "default", kernel: img.Kernel, initrd: img.Initramfs, cpus: hostcpu.FormatList(cores),
-				memory: memory, pageSize: "2M", console: "stdio", profile: "host", logLevel: "warn",
-				disks: []string{img.Disk + ",ro"}, appendArgs: "rf.cat=/hello.txt"}
-			cfg, restore, err := f.linuxConfig(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer restore()
-			e, err := vmm.BootLinux(ctx, cfg)
-			if err != nil {
-				return err
-			}
-			return exitFor(cfg.Logger, e)
+			return runLayout(ctx, g, &f, img, args, appendArgs, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
+	f.add(cmd)
 	cmd.Flags().StringVar(&imagesDir, "images", defaultImagesDir(), "directory of the default subOS image (built by make image)")
-	cmd.Flags().StringVar(&memory, "memory", "512M", "guest RAM of the default subOS")
 	cmd.Flags().StringVar(&nestedMode, "nested", "auto", "run inside the nested QEMU layer: auto, always or never")
+	cmd.Flags().StringVar(&appendArgs, "append", "", "extra kernel command line for every subOS")
 	return cmd
 }
 
-// defaultCores leaves core 0 to the host when there is more than one, and
-// gives the subOS up to two of the rest.
-func defaultCores() ([]int, error) {
-	online, err := hostcpu.Topology{}.Online()
+// loadLayout reads the layout file, or builds the default one.
+func loadLayout(inv *partitioner.Inventory, img *images.Image, args []string) (*layout.Layout, error) {
+	if len(args) == 0 {
+		return layout.Default(inv, filepath.Dir(img.Kernel)), nil
+	}
+	f, err := os.Open(args[0])
 	if err != nil {
 		return nil, err
 	}
-	if len(online) > 1 {
-		online = online[1:]
+	defer f.Close()
+	l, err := layout.Parse(f, layout.DefaultMaxBytes)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", args[0], err)
 	}
-	return online[:min(2, len(online))], nil
+	l.ResolvePaths(filepath.Dir(args[0]))
+	return l, nil
 }
 
-// runNested boots L1 (QEMU, software CPU with emulated AMD-V) with this rfm
-// binary and the image, and runs the default subOS in it with rfm vmm.
-func runNested(ctx context.Context, img *images.Image, memory string, out io.Writer) error {
+// runLayout is rfm run on a host whose KVM runs Linux natively.
+func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, img *images.Image, args []string, appendArgs string, out, errOut io.Writer) error {
+	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	inv, err := partitioner.Discover(partitioner.Roots{})
+	if err != nil {
+		return err
+	}
+	l, err := loadLayout(inv, img, args)
+	if err != nil {
+		return err
+	}
+	if f.housekeeping == "" && len(l.Supervisor.Cores) > 0 {
+		f.housekeeping = formatCores(l.Supervisor.Cores)
+	}
+	sup, err := f.open(log)
+	if err != nil {
+		return err
+	}
+	defer sup.Close()
+	scratch, err := layout.Scratch(inv, sup.Ledger())
+	if err != nil {
+		return err
+	}
+	if probs := l.Check(inv, scratch); len(probs) > 0 {
+		return problemsError(probs)
+	}
+	if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {
+		return err
+	}
+	ln, err := api.Listen(g.socket)
+	if err != nil {
+		return err
+	}
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- api.Serve(serveCtx, ln, sup) }()
+	defer func() { stopServe(); <-served }()
+
+	var created []string
+	destroyAll := func() {
+		for i := len(created) - 1; i >= 0; i-- {
+			if err := sup.Destroy(context.Background(), created[i]); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+				fmt.Fprintf(errOut, "rfm: destroy %s: %v\n", created[i], err)
+			}
+		}
+	}
+	tails := &consoleTails{out: out}
+	defer tails.stop()
+	for _, so := range l.SubOSes {
+		spec := specFromLayout(so, appendArgs)
+		info, err := sup.Create(ctx, spec)
+		if err != nil {
+			destroyAll()
+			return fmt.Errorf("subOS %s: %w", so.Name, err)
+		}
+		created = append(created, so.Name)
+		fmt.Fprintf(errOut, "rfm: %s running on cores %s, %d MiB on node %d (pid %d)\n", so.Name, formatCores(info.Allocation.Cores), info.Allocation.Memory>>20, info.Allocation.Node, info.PID)
+		tails.follow(so.Name, info.Log)
+	}
+	// Wait for Ctrl-C or for every subOS to end on its own.
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(errOut, "\nrfm: stopping every subOS")
+			destroyAll()
+			return nil
+		case <-tick.C:
+			if len(sup.List()) == 0 {
+				time.Sleep(300 * time.Millisecond) // let the tails print the last lines
+				return nil
+			}
+		}
+	}
+}
+
+func specFromLayout(so layout.SubOS, appendArgs string) supervisor.Spec {
+	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, Memory: so.Memory, PageSize: so.PageSize,
+		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
+	if so.Node >= 0 {
+		n := so.Node
+		spec.Node = &n
+	}
+	for _, d := range so.Disks {
+		spec.Disks = append(spec.Disks, supervisor.Disk{Path: d.Path, ReadOnly: d.ReadOnly})
+	}
+	return spec
+}
+
+func problemsError(probs []layout.Problem) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "layout has %d problem(s):", len(probs))
+	for _, p := range probs {
+		b.WriteString("\n  " + p.Error())
+	}
+	return errors.New(b.String())
+}
+
+func formatCores(c []int) string {
+	s := make([]string, len(c))
+	for i, v := range c {
+		s[i] = fmt.Sprint(v)
+	}
+	return strings.Join(s, ",")
+}
+
+// consoleTails prints subOS console logs as they grow, each line prefixed
+// with the subOS's name.
+type consoleTails struct {
+	out  io.Writer
+	mu   sync.Mutex // serializes lines from several subOSes
+	wg   sync.WaitGroup
+	done chan struct{}
+	once sync.Once
+}
+
+func (t *consoleTails) follow(name, path string) {
+	t.once.Do(func() { t.done = make(chan struct{}) })
+	t.wg.Add(1)
+	go func() {
+		defer t.wg.Done()
+		var f *os.File
+		for f == nil {
+			var err error
+			if f, err = os.Open(path); err != nil {
+				select {
+				case <-t.done:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+			}
+		}
+		defer f.Close()
+		r := bufio.NewReader(f)
+		var partial string
+		for {
+			line, err := r.ReadString('\n')
+			partial += line
+			if err == nil {
+				t.mu.Lock()
+				fmt.Fprintf(t.out, "%-8s| %s", name, partial)
+				t.mu.Unlock()
+				partial = ""
+				continue
+			}
+			select {
+			case <-t.done:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}()
+}
+
+func (t *consoleTails) stop() {
+	t.once.Do(func() { t.done = make(chan struct{}) })
+	close(t.done)
+	t.wg.Wait()
+}
+
+// runNested runs rfm run inside the nested layer, with this rfm binary and
+// the image copied in.
+func runNested(ctx context.Context, img *images.Image, args []string, appendArgs string, out io.Writer) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	files := map[string]string{
-		"/bin/rfm":              self,
-		"/l2/vmlinux":           img.Kernel,
-		"/l2/initramfs.cpio.gz": img.Initramfs,
-		"/l2/disk.img":          img.Disk,
+	dir := filepath.Dir(img.Kernel)
+	files := map[string]string{"/bin/rfm": self}
+	for _, n := range []string{"vmlinux", "initramfs.cpio.gz", "disk.img", "bzImage"} {
+		files["/l2/"+n] = filepath.Join(dir, n)
 	}
-	script := strings.Join([]string{
-		"/bin/rfm vmm --name default --kernel /l2/vmlinux --initrd /l2/initramfs.cpio.gz --disk /l2/disk.img,ro",
-		"--cpus 0-1 --memory " + memory + " --console stdio --append 'rf.cat=/hello.txt rf.poweroff=1'",
-	}, " ")
+	layoutArg := ""
+	if len(args) == 1 {
+		files["/l2/layout.yaml"] = args[0]
+		layoutArg = "/l2/layout.yaml"
+	}
+	// The nested run is not interactive: the subOSes power off after /init.
+	appendArgs = strings.TrimSpace("rf.poweroff=1 rf.cat=/hello.txt " + appendArgs)
+	script := "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n" +
+		"RF_IMAGES=/l2 /bin/rfm run --nested never --append '" + appendArgs + "' " + layoutArg + "\n"
 	res, err := nested.Run(ctx, nested.Config{
-		L1Kernel: img, ExtraFiles: files, Script: script + "\n", CPUs: 2, MemoryMiB: 2048,
-		HugePages: 300, Timeout: 15 * time.Minute, Log: out,
+		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: 3, MemoryMiB: 3072,
+		HugePages: 600, Timeout: 15 * time.Minute, Log: out,
 	})
 	if err != nil {
 		return err

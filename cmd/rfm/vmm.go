@@ -22,6 +22,7 @@ type vmmFlags struct {
 	cpus, memory, pageSize, console, profile  string
 	disks                                     []string
 	consoleSocket                             string
+	readyFD                                   int
 	allowEmulated                             bool
 	logLevel                                  string
 }
@@ -63,6 +64,7 @@ power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, none, or a file path for the log")
 	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
+	fl.IntVar(&f.readyFD, "ready-fd", -1, "write \"ready\" to this inherited file descriptor once the subOS runs")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
 	return cmd
@@ -114,6 +116,16 @@ func (f *vmmFlags) linuxConfig(logOut io.Writer) (vmm.LinuxConfig, func(), error
 			return vmm.LinuxConfig{}, nil, fmt.Errorf("--disk %q: unknown option %q (only ro)", d, opt)
 		}
 		cfg.Disks = append(cfg.Disks, vmm.Disk{Path: path, ReadOnly: opt == "ro"})
+	}
+	if f.readyFD >= 0 {
+		ready := os.NewFile(uintptr(f.readyFD), "ready")
+		if ready == nil {
+			return vmm.LinuxConfig{}, nil, fmt.Errorf("--ready-fd %d: not a file descriptor", f.readyFD)
+		}
+		cfg.Ready = func() {
+			fmt.Fprintln(ready, "ready")
+			ready.Close()
+		}
 	}
 	closer := func() {}
 	switch f.console {

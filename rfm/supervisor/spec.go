@@ -8,16 +8,16 @@ import (
 
 // Spec is a request to create a subOS (the API's POST /v1/subos body).
 type Spec struct {
-	Name          string `json:"name"`
-	CPUs          int    `json:"cpus,omitempty"`
-	Cores         []int  `json:"cores,omitempty"`
-	Node          *int   `json:"node,omitempty"`
-	Memory        uint64 `json:"memory"`              // bytes
-	PageSize      uint64 `json:"page_size,omitempty"` // bytes; 2 MiB by default
-	Kernel        string `json:"kernel"`
-	Initrd        string `json:"initrd,omitempty"`
-	CmdlineAppend string `json:"cmdline_append,omitempty"`
-	Disks         []Disk `json:"disks,omitempty"`
+	Name          string   `json:"name"`
+	CPUs          int      `json:"cpus,omitempty"`
+	Cores         []int    `json:"cores,omitempty"`
+	Node          *int     `json:"node,omitempty"`
+	Memory        uint64   `json:"memory"`              // bytes
+	PageSize      uint64   `json:"page_size,omitempty"` // bytes; 2 MiB by default
+	Kernel        string   `json:"kernel"`
+	Initrd        string   `json:"initrd,omitempty"`
+	CmdlineAppend string   `json:"cmdline_append,omitempty"`
+	Disks         []Disk   `json:"disks,omitempty"`
 	Devices       []string `json:"devices,omitempty"`
 }
 
@@ -63,4 +63,3 @@ type Info struct {
 	Cgroup        string            `json:"cgroup"`
 	Adopted       bool              `json:"adopted"` // re-adopted after a supervisor restart
 }
-

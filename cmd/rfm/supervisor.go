@@ -1,0 +1,302 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"rainforest/partitioner"
+	"rainforest/rfm/actuator"
+	"rainforest/rfm/api"
+	"rainforest/rfm/supervisor"
+	"rainforest/vmm/hostcpu"
+)
+
+// globalFlags are shared by the client commands.
+type globalFlags struct {
+	socket string
+	output string
+}
+
+func (g *globalFlags) client() *api.Client { return api.NewClient(g.socket) }
+
+// print writes v as JSON with -o json, else calls table.
+func (g *globalFlags) print(w io.Writer, v any, table func(w io.Writer)) error {
+	switch g.output {
+	case "json":
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	case "", "table":
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		table(tw)
+		return tw.Flush()
+	}
+	return fmt.Errorf("-o %q: use table or json", g.output)
+}
+
+// supervisorFlags configure rfm serve and rfm run.
+type supervisorFlags struct {
+	stateDir, runDir, cgroupRoot, housekeeping string
+}
+
+func (f *supervisorFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.stateDir, "state-dir", "/var/lib/rainforest", "ledger database directory")
+	cmd.Flags().StringVar(&f.runDir, "run-dir", "/run/rainforest", "directory for subOS logs and console sockets")
+	cmd.Flags().StringVar(&f.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup filesystem root")
+	cmd.Flags().StringVar(&f.housekeeping, "housekeeping", "", "host cores kept for the supervisor and the host (default: the first online core)")
+}
+
+// open discovers the machine and opens the supervisor.
+func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error) {
+	inv, err := partitioner.Discover(partitioner.Roots{})
+	if err != nil {
+		return nil, err
+	}
+	hk, err := hostcpu.ParseList(f.housekeeping)
+	if err != nil {
+		return nil, fmt.Errorf("--housekeeping: %w", err)
+	}
+	act, err := actuator.New(actuator.Config{CgroupRoot: f.cgroupRoot})
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return supervisor.New(supervisor.Config{
+		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
+		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
+	})
+}
+
+// actuatorAdapter gives *actuator.Actuator the supervisor's interface.
+type actuatorAdapter struct{ a *actuator.Actuator }
+
+func (a actuatorAdapter) CreateGroup(name string, cores, nodes []int) (supervisor.Group, error) {
+	return a.a.CreateGroup(name, cores, nodes)
+}
+func (a actuatorAdapter) RemoveGroup(name string) error { return a.a.RemoveGroup(name) }
+func (a actuatorAdapter) EnsureHugePages(node int, ps, pages uint64) (uint64, error) {
+	return a.a.EnsureHugePages(node, ps, pages)
+}
+func (a actuatorAdapter) ReleaseHugePages(node int, ps, pages uint64) error {
+	return a.a.ReleaseHugePages(node, ps, pages)
+}
+
+func serveCommand(g *globalFlags) *cobra.Command {
+	var f supervisorFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the supervisor daemon (API on a Unix socket)",
+		Long: `Run the supervisor: it discovers the machine, keeps the resource ledger,
+and serves the API on --socket (mode 0600). SubOSes keep running when it
+stops or dies; a restarted supervisor re-adopts them.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			s, err := f.open(log)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {
+				return err
+			}
+			ln, err := api.Listen(g.socket)
+			if err != nil {
+				return err
+			}
+			log.Info("serving", "socket", g.socket, "subos", len(s.List()))
+			return api.Serve(cmd.Context(), ln, s)
+		},
+	}
+	f.add(cmd)
+	return cmd
+}
+
+func createCommand(g *globalFlags) *cobra.Command {
+	var spec supervisor.Spec
+	var memory, pageSize, cores string
+	var disks []string
+	var node int
+	cmd := &cobra.Command{
+		Use:   "create NAME",
+		Short: "Create a subOS",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			spec.Name = args[0]
+			var err error
+			if spec.Memory, err = parseSize(memory); err != nil {
+				return fmt.Errorf("--memory: %w", err)
+			}
+			if spec.PageSize, err = parseSize(pageSize); err != nil {
+				return fmt.Errorf("--page-size: %w", err)
+			}
+			if spec.Cores, err = hostcpu.ParseList(cores); err != nil {
+				return fmt.Errorf("--cores: %w", err)
+			}
+			if node >= 0 {
+				spec.Node = &node
+			}
+			for _, d := range disks {
+				p, opt, _ := strings.Cut(d, ",")
+				spec.Disks = append(spec.Disks, supervisor.Disk{Path: abs(p), ReadOnly: opt == "ro"})
+			}
+			spec.Kernel, spec.Initrd = abs(spec.Kernel), abs(spec.Initrd)
+			info, err := g.client().Create(cmd.Context(), spec)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), info, func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
+		},
+	}
+	img := defaultImagesDir()
+	fl := cmd.Flags()
+	fl.IntVar(&spec.CPUs, "cpus", 1, "number of cores")
+	fl.StringVar(&cores, "cores", "", "explicit host cores (overrides --cpus)")
+	fl.IntVar(&node, "node", -1, "NUMA node for memory (default: the cores' node)")
+	fl.StringVar(&memory, "memory", "512M", "guest RAM")
+	fl.StringVar(&pageSize, "page-size", "2M", "hugepage size: 2M or 1G")
+	fl.StringVar(&spec.Kernel, "kernel", filepath.Join(img, "vmlinux"), "kernel")
+	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
+	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
+	fl.StringArrayVar(&disks, "disk", nil, "raw disk image PATH[,ro]; repeatable")
+	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through; repeatable")
+	return cmd
+}
+
+func abs(p string) string {
+	if p == "" {
+		return ""
+	}
+	if a, err := filepath.Abs(p); err == nil {
+		return a
+	}
+	return p
+}
+
+func destroyCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "destroy NAME...",
+		Short: "Destroy subOSes and free their resources",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			for _, n := range args {
+				if err := g.client().Destroy(cmd.Context(), n); err != nil {
+					return fmt.Errorf("%s: %w", n, err)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+func psTable(w io.Writer, list []supervisor.Info) {
+	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tDEVICES\tCREATED")
+	for _, i := range list {
+		a := i.Allocation
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%s\t%s\n", i.Name, i.State, i.PID, hostcpu.FormatList(a.Cores), a.Node,
+			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), strings.Join(a.Devices, ","), i.Created.Local().Format(time.DateTime))
+	}
+}
+
+func pageSizeLabel(ps uint64) string {
+	if ps == 1<<30 {
+		return "1G"
+	}
+	return "2M"
+}
+
+func psCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ps",
+		Short: "List subOSes with their cores and memory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			list, err := g.client().List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), list, func(w io.Writer) { psTable(w, list) })
+		},
+	}
+}
+
+func inspectCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect NAME",
+		Short: "Show everything about a subOS",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			info, err := g.client().Get(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if g.output == "" {
+				g.output = "json"
+			}
+			return g.print(cmd.OutOrStdout(), info, func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
+		},
+	}
+}
+
+func logsCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a subOS's console and VMM log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client().Log(cmd.Context(), args[0], cmd.OutOrStdout())
+		},
+	}
+}
+
+func eventsCommand(g *globalFlags) *cobra.Command {
+	var since uint64
+	var limit int
+	cmd := &cobra.Command{
+		Use:   "events",
+		Short: "Print the audit log of every adjustment",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ev, err := g.client().Events(cmd.Context(), since, limit)
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), ev, func(w io.Writer) {
+				fmt.Fprintln(w, "SEQ\tTIME\tWHO\tWHAT\tNAME\tTOOK\tDETAIL")
+				for _, e := range ev {
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Who, e.What, e.Name, e.Duration.Round(time.Microsecond), e.Detail)
+				}
+			})
+		},
+	}
+	cmd.Flags().Uint64Var(&since, "since", 0, "only events after this sequence number")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many events")
+	return cmd
+}
+
+// waitSocket waits until the API answers (used by rfm run).
+func waitSocket(ctx context.Context, c *api.Client) error {
+	for {
+		if _, err := c.List(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

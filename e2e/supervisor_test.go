@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// supervisorScript exercises the supervisor in one session: two subOSes on
+// disjoint cores, kill -9 of the supervisor and a restart that re-adopts
+// them, kill -9 of one VMM and its reclamation, destroy, and rfm run with
+// the default layout.
+const supervisorScript = `
+set -u
+mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hp=/sys/kernel/mm/hugepages/hugepages-2048kB
+export RF_IMAGES="$L2"
+sock=/run/rainforest/rfm.sock
+serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; }
+free_before=$(cat $hp/free_hugepages)
+serve
+echo "== create"
+"$RFM" create a --cores 1 --memory 256M --disk "$L2/disk.img,ro" --append rf.cat=/hello.txt; echo "RF-STATUS $?"
+"$RFM" create b --cores 2 --memory 256M; echo "RF-STATUS-B $?"
+"$RFM" create c --cores 2 --memory 256M; echo "RF-STATUS-OVERLAP $?"
+echo "== ps-before"
+"$RFM" ps -o json
+echo "== restart"
+kill -9 $(cat /tmp/serve.pid); sleep 1
+serve
+echo "== ps-after"
+"$RFM" ps -o json
+echo "== kill-vmm"
+kill -9 $("$RFM" inspect b -o json | sed -n 's/^  "pid": \([0-9]*\),/\1/p')
+i=0; while "$RFM" inspect b >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+"$RFM" ps
+echo "== logs"
+i=0; while ! "$RFM" logs a | grep -q "hello from" && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); done
+"$RFM" logs a | grep -E "RF-CPUS|hello from|RF-INIT"
+echo "== destroy"
+"$RFM" destroy a; echo "RF-STATUS $?"
+"$RFM" ps -o json
+echo "== events"
+"$RFM" events
+kill $(cat /tmp/serve.pid)
+echo "== hugepages"
+echo "RF-FREE-BEFORE $free_before"
+echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
+echo "== run"
+timeout 300 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt'; echo "RF-STATUS $?"
+`
+
+type psEntry struct {
+	Name       string `json:"name"`
+	PID        int    `json:"pid"`
+	Adopted    bool   `json:"adopted"`
+	Allocation struct {
+		Cores  []int  `json:"cores"`
+		Memory uint64 `json:"memory"`
+	} `json:"allocation"`
+}
+
+func parsePS(t *testing.T, s string) []psEntry {
+	t.Helper()
+	i := strings.Index(s, "[")
+	j := strings.LastIndex(s, "]")
+	var ps []psEntry
+	if i < 0 || j < i || json.Unmarshal([]byte(s[i:j+1]), &ps) != nil {
+		t.Fatalf("rfm ps -o json output not parsable:\n%s", s)
+	}
+	return ps
+}
+
+// TestSupervisor boots subOSes through the supervisor and checks the
+// ledger, crash re-adoption, reclamation and destroy.
+func TestSupervisor(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("RF_REQUIRE_KVM") == "1" {
+			t.Fatal("end-to-end tests need root")
+		}
+		t.Skip("end-to-end tests need root")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	logPath := filepath.Join(repoRoot(t), "build", "e2e", t.Name()+".log")
+	log, err := createLog(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	t.Logf("console log: %s", logPath)
+	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.CPUs = 3 // one housekeeping core and one for each of two subOSes
+	h.Retried = func(err error) { t.Logf("NOTE: the nested L1 guest died and the session was rerun: %v", err) }
+	out, _, err := h.Run(ctx, supervisorScript, 20*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs := Sections(out)
+	if Field(secs["create"], "RF-STATUS") != "0" || Field(secs["create"], "RF-STATUS-B") != "0" {
+		t.Fatalf("create failed:\n%s", secs["create"])
+	}
+	if Field(secs["create"], "RF-STATUS-OVERLAP") == "0" || !strings.Contains(secs["create"], "core 2") {
+		t.Errorf("a subOS on a core another one owns was not refused with a message naming the core:\n%s", secs["create"])
+	}
+	before, after := parsePS(t, secs["ps-before"]), parsePS(t, secs["ps-after"])
+	if len(before) != 2 || len(after) != 2 {
+		t.Fatalf("ps before restart %v, after %v; want a and b", before, after)
+	}
+	for i := range before {
+		b, a := before[i], after[i]
+		if b.Name != a.Name || b.PID != a.PID || b.Allocation.Memory != a.Allocation.Memory || len(b.Allocation.Cores) != 1 || len(a.Allocation.Cores) != 1 || b.Allocation.Cores[0] != a.Allocation.Cores[0] {
+			t.Errorf("subOS changed across the supervisor's kill -9: before %+v after %+v", b, a)
+		}
+		if !a.Adopted {
+			t.Errorf("%s not marked adopted after restart", a.Name)
+		}
+	}
+	if before[0].Allocation.Cores[0] == before[1].Allocation.Cores[0] {
+		t.Errorf("subOSes share a core: %+v", before)
+	}
+	if strings.Contains(secs["kill-vmm"], "\nb ") {
+		t.Errorf("b still listed after its VMM was killed:\n%s", secs["kill-vmm"])
+	}
+	if !strings.Contains(secs["logs"], "hello from virtio-blk") {
+		t.Errorf("subOS a did not boot and read its disk:\n%s", secs["logs"])
+	}
+	if Field(secs["destroy"], "RF-STATUS") != "0" || len(parsePS(t, secs["destroy"])) != 0 {
+		t.Errorf("destroy:\n%s", secs["destroy"])
+	}
+	ev := secs["events"]
+	for _, want := range []string{"create", "create-failed", "adopt", "reclaim", "destroy"} {
+		if !strings.Contains(ev, " "+want+" ") {
+			t.Errorf("audit log lacks a %q event:\n%s", want, ev)
+		}
+	}
+	hp := secs["hugepages"]
+	if b, a := Field(hp, "RF-FREE-BEFORE"), Field(hp, "RF-FREE-AFTER"); b == "" || a != b {
+		t.Errorf("hugepages free before %q after %q", b, a)
+	}
+	run := secs["run"]
+	if Field(run, "RF-STATUS") != "0" || strings.Count(run, "hello from virtio-blk") != 2 {
+		t.Errorf("rfm run with the default layout did not boot two subOSes to their disks and exit 0:\n%s", run)
+	}
+}

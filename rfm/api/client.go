@@ -1,0 +1,138 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"rainforest/ledger/store"
+	"rainforest/partitioner"
+	"rainforest/rfm/supervisor"
+)
+
+// DefaultSocket is where rfm serve listens.
+const DefaultSocket = "/run/rainforest/rfm.sock"
+
+// Client talks to a supervisor over its Unix socket.
+type Client struct {
+	http *http.Client
+}
+
+// NewClient returns a client for the API socket at path.
+func NewClient(path string) *Client {
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}}
+	return &Client{http: &http.Client{Transport: tr}}
+}
+
+// APIError is a non-2xx answer.
+type APIError struct {
+	Status int
+	Body   ErrorBody
+}
+
+func (e *APIError) Error() string {
+	if len(e.Body.Problems) == 0 {
+		return e.Body.Error
+	}
+	s := e.Body.Error
+	for _, p := range e.Body.Problems {
+		s += "\n  " + p.Error()
+	}
+	return s
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://rfm"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("supervisor not reachable (is rfm serve running?): %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		e := &APIError{Status: resp.StatusCode}
+		if err := json.NewDecoder(resp.Body).Decode(&e.Body); err != nil {
+			e.Body.Error = resp.Status
+		}
+		return e
+	}
+	if out == nil {
+		return nil
+	}
+	if w, ok := out.(io.Writer); ok {
+		_, err := io.Copy(w, resp.Body)
+		return err
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Create creates a subOS.
+func (c *Client) Create(ctx context.Context, spec supervisor.Spec) (supervisor.Info, error) {
+	var info supervisor.Info
+	err := c.do(ctx, http.MethodPost, "/v1/subos", spec, &info)
+	return info, err
+}
+
+// Destroy destroys a subOS.
+func (c *Client) Destroy(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodDelete, "/v1/subos/"+url.PathEscape(name), nil, nil)
+}
+
+// List lists subOSes.
+func (c *Client) List(ctx context.Context) ([]supervisor.Info, error) {
+	var out []supervisor.Info
+	err := c.do(ctx, http.MethodGet, "/v1/subos", nil, &out)
+	return out, err
+}
+
+// Get inspects a subOS.
+func (c *Client) Get(ctx context.Context, name string) (supervisor.Info, error) {
+	var info supervisor.Info
+	err := c.do(ctx, http.MethodGet, "/v1/subos/"+url.PathEscape(name), nil, &info)
+	return info, err
+}
+
+// Log copies a subOS's console log to w.
+func (c *Client) Log(ctx context.Context, name string, w io.Writer) error {
+	return c.do(ctx, http.MethodGet, "/v1/subos/"+url.PathEscape(name)+"/log", nil, w)
+}
+
+// Events returns audit events after since.
+func (c *Client) Events(ctx context.Context, since uint64, limit int) ([]store.Event, error) {
+	var ev []store.Event
+	err := c.do(ctx, http.MethodGet, "/v1/events?since="+strconv.FormatUint(since, 10)+"&limit="+strconv.Itoa(limit), nil, &ev)
+	return ev, err
+}
+
+// Check validates a spec against the supervisor's ledger.
+func (c *Client) Check(ctx context.Context, spec supervisor.Spec) (CheckResult, error) {
+	var r CheckResult
+	err := c.do(ctx, http.MethodPost, "/v1/check", spec, &r)
+	return r, err
+}
+
+// Inventory returns the discovered machine.
+func (c *Client) Inventory(ctx context.Context) (*partitioner.Inventory, error) {
+	var inv partitioner.Inventory
+	err := c.do(ctx, http.MethodGet, "/v1/inventory", nil, &inv)
+	return &inv, err
+}

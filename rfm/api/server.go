@@ -1,0 +1,234 @@
+// Package api is the supervisor's HTTP/JSON API, served on a Unix socket
+// (mode 0600, root only; no network listener), and its client. The API is
+// described by the OpenAPI document served at /openapi.json.
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"rainforest/ledger"
+	"rainforest/ledger/store"
+	"rainforest/partitioner"
+	"rainforest/rfm/supervisor"
+)
+
+// MaxBody bounds request bodies.
+const MaxBody = 64 << 10
+
+//go:embed openapi.json
+var openAPI []byte
+
+// Backend is what the API serves (a *supervisor.Supervisor, or a fake in
+// tests).
+type Backend interface {
+	Create(ctx context.Context, spec supervisor.Spec) (supervisor.Info, error)
+	Destroy(ctx context.Context, name string) error
+	List() []supervisor.Info
+	Get(name string) (supervisor.Info, error)
+	Events(since uint64, limit int) ([]store.Event, error)
+	Check(spec supervisor.Spec) []ledger.Problem
+	Inventory() *partitioner.Inventory
+}
+
+// ErrorBody is every error response's body.
+type ErrorBody struct {
+	Error    string           `json:"error"`
+	Problems []ledger.Problem `json:"problems,omitempty"`
+}
+
+// CheckResult is POST /v1/check's response.
+type CheckResult struct {
+	OK       bool             `json:"ok"`
+	Problems []ledger.Problem `json:"problems"`
+}
+
+// Handler returns the API's HTTP handler.
+func Handler(b Backend) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(openAPI)
+	})
+	mux.HandleFunc("GET /v1/subos", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, b.List()) })
+	mux.HandleFunc("POST /v1/subos", func(w http.ResponseWriter, r *http.Request) {
+		var spec supervisor.Spec
+		if !decode(w, r, &spec) {
+			return
+		}
+		info, err := b.Create(r.Context(), spec)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusCreated, info)
+	})
+	mux.HandleFunc("GET /v1/subos/{name}", func(w http.ResponseWriter, r *http.Request) {
+		info, err := b.Get(r.PathValue("name"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, info)
+	})
+	mux.HandleFunc("DELETE /v1/subos/{name}", func(w http.ResponseWriter, r *http.Request) {
+		if err := b.Destroy(r.Context(), r.PathValue("name")); err != nil {
+			fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/subos/{name}/log", func(w http.ResponseWriter, r *http.Request) {
+		info, err := b.Get(r.PathValue("name"))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		f, err := os.Open(info.Log)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		defer f.Close()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.Copy(w, f)
+	})
+	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
+		since, err1 := uintParam(r, "since", 0)
+		limit, err2 := uintParam(r, "limit", 1000)
+		if err := errors.Join(err1, err2); err != nil {
+			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+			return
+		}
+		ev, err := b.Events(since, int(min(limit, 10000)))
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, ev)
+	})
+	mux.HandleFunc("POST /v1/check", func(w http.ResponseWriter, r *http.Request) {
+		var spec supervisor.Spec
+		if !decode(w, r, &spec) {
+			return
+		}
+		probs := b.Check(spec)
+		reply(w, http.StatusOK, CheckResult{OK: len(probs) == 0, Problems: probs})
+	})
+	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, b.Inventory()) })
+	return mux
+}
+
+func uintParam(r *http.Request, name string, def uint64) (uint64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("query parameter %s: %q is not a non-negative integer", name, v)
+	}
+	return n, nil
+}
+
+// decode reads a strict JSON body: bounded, no unknown fields, one value.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			reply(w, http.StatusRequestEntityTooLarge, ErrorBody{Error: fmt.Sprintf("request body larger than %d bytes", MaxBody)})
+			return false
+		}
+		reply(w, http.StatusBadRequest, ErrorBody{Error: "malformed request body: " + err.Error()})
+		return false
+	}
+	if dec.More() {
+		reply(w, http.StatusBadRequest, ErrorBody{Error: "malformed request body: more than one JSON value"})
+		return false
+	}
+	return true
+}
+
+func reply(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// fail maps errors to status codes.
+func fail(w http.ResponseWriter, err error) {
+	body := ErrorBody{Error: err.Error()}
+	var pe *supervisor.ProblemsError
+	if errors.As(err, &pe) {
+		body.Problems = pe.Problems
+	}
+	var lp *ledger.RequestError
+	if errors.As(err, &lp) {
+		body.Problems = lp.Problems
+	}
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
+		code = http.StatusNotFound
+	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists):
+		code = http.StatusConflict
+	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory):
+		code = http.StatusInsufficientStorage
+	case errors.Is(err, supervisor.ErrInvalid), errors.Is(err, ledger.ErrInvalid), errors.Is(err, ledger.ErrDevice):
+		code = http.StatusUnprocessableEntity
+	}
+	reply(w, code, body)
+}
+
+// Listen creates the API socket at path with mode 0600.
+func Listen(path string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("API socket %s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("another supervisor is serving %s", path)
+		}
+		os.Remove(path)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("API socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// Serve serves the API on ln until ctx ends.
+func Serve(ctx context.Context, ln net.Listener, b Backend) error {
+	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	})
+	defer stop()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

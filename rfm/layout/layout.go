@@ -1,0 +1,171 @@
+// Package layout reads a layout file, the YAML that says which subOSes the
+// supervisor runs and with what resources (cores, hugepage memory, disks,
+// PCI devices, kernel and initrd), and checks a layout against the machine's
+// inventory and the ledger (`rfm check`), listing every problem it finds
+// rather than stopping at the first. It also builds the built-in default
+// layout for a machine.
+//
+// A layout file looks like this:
+//
+//	supervisor:
+//	  cores: [0]           # housekeeping cores (default: first online core)
+//	defaults:
+//	  kernel: build/images/vmlinux
+//	  initrd: build/images/initramfs.cpio.gz
+//	  page_size: 2M
+//	subos:
+//	  - name: web
+//	    cpus: 2            # or cores: [2,3] for explicit placement
+//	    memory: 512M
+//	    node: 0            # optional
+//	    disks: [{path: build/images/disk.img, readonly: true}]
+//	    devices: ["0000:00:1f.2"]
+//	    cmdline_append: "rf.cat=/hello.txt"
+//
+// Sizes are integers of bytes with an optional binary unit: K, M, G, T (or
+// Ki/KiB, Mi/MiB, ...), all powers of 1024. "MB" and friends are refused as
+// ambiguous. Relative paths are relative to the supervisor's working
+// directory unless ResolvePaths rebases them.
+package layout
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"rainforest/ledger"
+)
+
+// DefaultMaxBytes is the size limit Parse applies when given maxBytes <= 0.
+const DefaultMaxBytes = 1 << 20
+
+// Hugepage sizes a subOS's memory can be backed by.
+const (
+	PageSize2M = ledger.PageSize2M
+	PageSize1G = ledger.PageSize1G
+)
+
+// DefaultPageSize is the page size of a subOS whose layout names none.
+const DefaultPageSize = PageSize2M
+
+// MaxCmdlineAppend is the longest cmdline_append accepted. The guest's whole
+// command line (the VMM's own arguments plus this) must fit in 4 KiB.
+const MaxCmdlineAppend = 2048
+
+// Layout is a parsed layout file: the supervisor's housekeeping cores, the
+// defaults, and the subOSes in file order. Defaults are already applied to
+// each SubOS by Parse.
+type Layout struct {
+	Supervisor Supervisor
+	Defaults   Defaults
+	SubOSes    []SubOS
+}
+
+// Supervisor holds the supervisor's own resources.
+type Supervisor struct {
+	// Cores are the housekeeping cores, owned by the supervisor; nil means
+	// the first online core (see Layout.Housekeeping).
+	Cores []int
+}
+
+// Defaults are the values a subOS gets when it does not name its own.
+type Defaults struct {
+	Kernel   string // path of the kernel (PVH vmlinux or bzImage)
+	Initrd   string // path of the initrd; "" = none
+	PageSize uint64 // bytes; 0 when the file names none (DefaultPageSize applies)
+}
+
+// SubOS is one subOS of a layout, with defaults applied.
+type SubOS struct {
+	Name string
+	// CPUs is the number of cores wanted when Cores is empty. When both
+	// are given they must agree.
+	CPUs int
+	// Cores are explicit host CPUs (explicit placement).
+	Cores []int
+	// Node is the NUMA node of the memory; -1 means the node of the cores.
+	Node int
+	// Memory is the guest RAM in bytes, a multiple of PageSize.
+	Memory uint64
+	// PageSize is the hugepage size backing Memory (PageSize2M or
+	// PageSize1G).
+	PageSize uint64
+	Kernel   string
+	Initrd   string // "" = none
+	Disks    []Disk
+	// Devices are PCI addresses (domain:bus:slot.function, lower case)
+	// passed through, each with its whole IOMMU group.
+	Devices []string
+	// CmdlineAppend is appended to the guest kernel command line.
+	CmdlineAppend string
+}
+
+// Disk is a disk image (or block device) given to a subOS as virtio-blk.
+type Disk struct {
+	Path     string
+	ReadOnly bool
+}
+
+// Request is the ledger request for the subOS's resources.
+func (s SubOS) Request() ledger.Request {
+	return ledger.Request{
+		Name:     s.Name,
+		CPUs:     s.CPUs,
+		Cores:    append([]int(nil), s.Cores...),
+		Node:     s.Node,
+		Memory:   s.Memory,
+		PageSize: s.PageSize,
+		Devices:  append([]string(nil), s.Devices...),
+	}
+}
+
+// ResolvePaths makes the relative kernel, initrd and disk paths of l
+// relative to dir (normally the layout file's directory) instead of the
+// working directory.
+func (l *Layout) ResolvePaths(dir string) {
+	rebase := func(p string) string {
+		if p == "" || filepath.IsAbs(p) {
+			return p
+		}
+		return filepath.Join(dir, p)
+	}
+	l.Defaults.Kernel = rebase(l.Defaults.Kernel)
+	l.Defaults.Initrd = rebase(l.Defaults.Initrd)
+	for i := range l.SubOSes {
+		s := &l.SubOSes[i]
+		s.Kernel = rebase(s.Kernel)
+		s.Initrd = rebase(s.Initrd)
+		for j := range s.Disks {
+			s.Disks[j].Path = rebase(s.Disks[j].Path)
+		}
+	}
+}
+
+// Problem is one thing wrong with a layout. Its Error is one line, e.g.
+//
+//	subos "web": cores: core 0 is the supervisor's housekeeping core
+type Problem struct {
+	// Index is the subOS's position in Layout.SubOSes; -1 for a problem
+	// of the layout as a whole (supervisor, defaults).
+	Index int
+	// SubOS is the subOS's name ("" when it has none or Index is -1).
+	SubOS string
+	// Field is the layout field at fault, e.g. "cores", "disks[1].path",
+	// "supervisor.cores".
+	Field   string
+	Message string
+}
+
+func (p Problem) Error() string {
+	var who string
+	switch {
+	case p.Index < 0:
+	case p.SubOS != "":
+		who = fmt.Sprintf("subos %q: ", p.SubOS)
+	default:
+		who = fmt.Sprintf("subos[%d]: ", p.Index)
+	}
+	if p.Field == "" {
+		return who + p.Message
+	}
+	return who + p.Field + ": " + p.Message
+}

@@ -1,0 +1,239 @@
+package layout
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+)
+
+const goodLayout = `# rfm layout
+supervisor:
+  cores: [0]           # housekeeping cores
+defaults:
+  kernel: build/images/vmlinux
+  initrd: build/images/initramfs.cpio.gz
+  page_size: 2M
+subos:
+  - name: web
+    cpus: 2
+    memory: 512M
+    node: 0
+    disks: [{path: build/images/disk.img, readonly: true}]
+    devices: ["0000:00:1F.2"]
+    cmdline_append: "rf.cat=/hello.txt"
+  - name: db
+    cores: "2-3,5"
+    memory: 1GiB
+    page_size: 1G
+    kernel: other/vmlinux
+    initrd: ""
+    disks:
+      - path: data.img
+`
+
+func TestParseGood(t *testing.T) {
+	l, err := Parse(strings.NewReader(goodLayout), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(l.Supervisor.Cores, []int{0}) {
+		t.Errorf("supervisor cores = %v", l.Supervisor.Cores)
+	}
+	wantDefaults := Defaults{Kernel: "build/images/vmlinux", Initrd: "build/images/initramfs.cpio.gz", PageSize: 2 << 20}
+	if l.Defaults != wantDefaults {
+		t.Errorf("defaults = %+v", l.Defaults)
+	}
+	if len(l.SubOSes) != 2 {
+		t.Fatalf("%d subOSes", len(l.SubOSes))
+	}
+	web, db := l.SubOSes[0], l.SubOSes[1]
+	if web.Name != "web" || web.CPUs != 2 || web.Cores != nil || web.Node != 0 || web.Memory != 512<<20 ||
+		web.PageSize != 2<<20 || web.Kernel != "build/images/vmlinux" || web.Initrd != "build/images/initramfs.cpio.gz" ||
+		web.CmdlineAppend != "rf.cat=/hello.txt" {
+		t.Errorf("web = %+v", web)
+	}
+	if !slices.Equal(web.Disks, []Disk{{Path: "build/images/disk.img", ReadOnly: true}}) {
+		t.Errorf("web disks = %+v", web.Disks)
+	}
+	if !slices.Equal(web.Devices, []string{"0000:00:1f.2"}) {
+		t.Errorf("web devices = %v (want lower case)", web.Devices)
+	}
+	if db.Name != "db" || db.CPUs != 0 || !slices.Equal(db.Cores, []int{2, 3, 5}) || db.Node != -1 ||
+		db.Memory != 1<<30 || db.PageSize != 1<<30 || db.Kernel != "other/vmlinux" || db.Initrd != "" {
+		t.Errorf("db = %+v", db)
+	}
+	if !slices.Equal(db.Disks, []Disk{{Path: "data.img"}}) {
+		t.Errorf("db disks = %+v", db.Disks)
+	}
+	req := web.Request()
+	if req.Name != "web" || req.CPUs != 2 || req.Node != 0 || req.Memory != 512<<20 || req.PageSize != 2<<20 ||
+		!slices.Equal(req.Devices, []string{"0000:00:1f.2"}) {
+		t.Errorf("request = %+v", req)
+	}
+}
+
+func TestParseDefaultsAfterSubOS(t *testing.T) {
+	l, err := Parse(strings.NewReader("subos:\n- {name: a, cpus: 1, memory: 64M}\ndefaults: {kernel: k, page_size: 1G}\n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := l.SubOSes[0]; s.Kernel != "k" || s.PageSize != 1<<30 {
+		t.Errorf("defaults not applied: %+v", s)
+	}
+}
+
+func TestParseMinimal(t *testing.T) {
+	l, err := Parse(strings.NewReader("subos:\n  - name: a\n    cpus: 1\n    memory: 268435456\n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := l.SubOSes[0]
+	if s.PageSize != DefaultPageSize || s.Memory != 256<<20 || s.Node != -1 || l.Supervisor.Cores != nil {
+		t.Errorf("got %+v, supervisor %+v", s, l.Supervisor)
+	}
+	// A layout of the supervisor alone is a layout.
+	l, err = Parse(strings.NewReader("supervisor: {cores: [1]}\n"), 0)
+	if err != nil || len(l.SubOSes) != 0 {
+		t.Errorf("supervisor-only layout: %+v, %v", l, err)
+	}
+}
+
+func TestParseUnknownFieldsAllReported(t *testing.T) {
+	in := `supervisor:
+  cores: [0]
+  threads: 2
+subos:
+  - name: web
+    cpu: 2
+    memory: 512M
+    disks: [{path: d.img, read_only: true}]
+`
+	_, err := Parse(strings.NewReader(in), 0)
+	if !errors.Is(err, ErrSyntax) {
+		t.Fatalf("err = %v, want ErrSyntax", err)
+	}
+	for _, want := range []string{
+		`line 3: supervisor: unknown field "threads" (known: cores)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append)`,
+		`line 8: subos[0].disks[0]: unknown field "read_only" (known: path, readonly)`,
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+	var pe *ParseError
+	if !errors.As(err, &pe) || pe.Line != 3 {
+		t.Errorf("first ParseError = %+v", pe)
+	}
+}
+
+func TestParseErrors(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"empty", "", "the file is empty"},
+		{"comment only", "# nothing\n", "the file is empty"},
+		{"not a mapping", "- a\n- b\n", `want a mapping of fields, got a list`},
+		{"yaml syntax", "subos: [\n", "yaml:"},
+		{"two documents", "subos: []\n---\nsubos: []\n", "line 2: more than one YAML document"},
+		{"repeated field", "subos:\n- name: a\n  name: b\n", `line 3: subos[0]: field "name" repeated (first on line 2)`},
+		{"alias", "defaults: &d {kernel: k}\nsubos:\n- *d\n", "anchors and aliases are not supported"},
+		{"ambiguous unit", "subos:\n- memory: 512MB\n", `line 2: subos[0].memory: invalid size: "512MB" is ambiguous: write 512M or 512MiB`},
+		{"fraction", "subos:\n- memory: 1.5G\n", `line 2: subos[0].memory: invalid size: "1.5G": unknown unit ".5G"`},
+		{"no number", "subos:\n- memory: lots\n", `subos[0].memory: invalid size: "lots"`},
+		{"bad page size", "defaults: {page_size: huge}\n", `line 1: defaults.page_size: invalid size`},
+		{"cpus not a number", "subos:\n- cpus: two\n", `line 2: subos[0].cpus: want a whole number, got "two"`},
+		{"negative node", "subos:\n- node: -1\n", `line 2: subos[0].node: want a node number (0 or more), got -1`},
+		{"bad cpulist", "subos:\n- cores: 3-1\n", `line 2: subos[0].cores: want a list of CPUs like [2, 3] or "2-5,8", got "3-1"`},
+		{"cpu out of range", "subos:\n- cores: 0-99999999\n", `line 2: subos[0].cores: cpu 99999999 is out of range (0 to 8191)`},
+		{"cpu out of range in list", "subos:\n- cores: [1, 8192]\n", `line 2: subos[0].cores[1]: cpu 8192 is out of range (0 to 8191)`},
+		{"negative cpu", "subos:\n- cores: [-1]\n", `subos[0].cores[0]: cpu -1 is out of range`},
+		{"too many cpus", "subos:\n" + strings.Repeat("- cores: 0-8191\n", 3), `line 4: subos[2].cores: too many CPUs listed in the layout (more than 16384)`},
+		{"too many subOSes", "subos:\n" + strings.Repeat("- {}\n", MaxSubOSes+1), `line 1026: subos[1024]: more than 1024 subOSes`},
+		{"bad core", "subos:\n- cores: [1, x]\n", `line 2: subos[0].cores[1]: want a whole number, got "x"`},
+		{"bad bool", "subos:\n- disks: [{path: a, readonly: yes}]\n", `subos[0].disks[0].readonly: want true or false, got "yes"`},
+		{"disks not a list", "subos:\n- disks: a.img\n", `line 2: subos[0].disks: want a list, got "a.img"`},
+		{"disk is a string", "subos:\n- disks: [a.img]\n", `subos[0].disks[0]: want a mapping of fields, got "a.img"`},
+		{"null name", "subos:\n- name:\n", `line 2: subos[0].name: want a value, got nothing`},
+		{"name is a list", "subos:\n- name: [a]\n", `subos[0].name: want a value, got a list`},
+		{"empty entry", "subos:\n-\n", `subos[0]: empty subos entry`},
+		{"subos is a mapping", "subos: {name: a}\n", `line 1: subos: want a list, got a mapping`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l, err := Parse(strings.NewReader(tc.in), 0)
+			if err == nil {
+				t.Fatalf("no error; got %+v", l)
+			}
+			if !errors.Is(err, ErrSyntax) {
+				t.Errorf("error does not match ErrSyntax: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q\nlacks %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParseTooLarge(t *testing.T) {
+	in := "subos: []\n" + strings.Repeat("# padding\n", 100)
+	if _, err := Parse(strings.NewReader(in), int64(len(in))); err != nil {
+		t.Errorf("exactly the limit: %v", err)
+	}
+	_, err := Parse(strings.NewReader(in), int64(len(in)-1))
+	if !errors.Is(err, ErrTooLarge) {
+		t.Errorf("one byte over: err = %v, want ErrTooLarge", err)
+	}
+	big := strings.NewReader(strings.Repeat("#", DefaultMaxBytes+1))
+	if _, err := Parse(big, 0); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("default limit: err = %v, want ErrTooLarge", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want uint64
+	}{
+		{"0", 0}, {"4096", 4096}, {"4k", 4 << 10}, {"4K", 4 << 10}, {"512M", 512 << 20}, {"512m", 512 << 20},
+		{"2G", 2 << 30}, {"1GiB", 1 << 30}, {"1Gi", 1 << 30}, {"1gib", 1 << 30}, {"3T", 3 << 40}, {" 2M ", 2 << 20},
+	} {
+		got, err := ParseSize(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "M", "-1M", "1.5G", "2MB", "2gb", "2P", "2Mx", "99999999999999999999", "16777216T", "1 G"} {
+		if got, err := ParseSize(in); !errors.Is(err, ErrSize) {
+			t.Errorf("ParseSize(%q) = %d, %v; want ErrSize", in, got, err)
+		}
+	}
+	for n, want := range map[uint64]string{0: "0", 1: "1", 4096: "4K", 2 << 20: "2M", 3 << 30: "3G", 1<<40 + 1<<30: "1025G", 1536: "1536"} {
+		if got := FormatSize(n); got != want {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+func TestResolvePaths(t *testing.T) {
+	l, err := Parse(strings.NewReader(goodLayout), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SubOSes[1].Kernel = "/abs/vmlinux"
+	l.ResolvePaths("/etc/rfm")
+	if l.Defaults.Kernel != "/etc/rfm/build/images/vmlinux" || l.SubOSes[0].Disks[0].Path != "/etc/rfm/build/images/disk.img" ||
+		l.SubOSes[1].Kernel != "/abs/vmlinux" || l.SubOSes[1].Initrd != "" {
+		t.Errorf("resolved: %+v", l)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add(goodLayout)
+	f.Add("subos:\n- {name: a, cores: \"1-3\", memory: 1G}\n")
+	f.Add("a: &x [*x]\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		l, err := Parse(strings.NewReader(in), 1<<16)
+		if err == nil {
+			_ = l.Check(nil, nil)
+		}
+	})
+}
