@@ -1,0 +1,185 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"rainforest/ledger"
+	"rainforest/ledger/store"
+	"rainforest/partitioner"
+	"rainforest/rfm/supervisor"
+)
+
+// fakeBackend is a Backend with canned answers.
+type fakeBackend struct {
+	mu      sync.Mutex
+	subos   map[string]supervisor.Info
+	creates int
+}
+
+func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.creates++
+	if s.Name == "bad" {
+		return supervisor.Info{}, &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "cores", Message: "core 0 is the supervisor's"}}}
+	}
+	if _, ok := f.subos[s.Name]; ok {
+		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrExists, s.Name)
+	}
+	i := supervisor.Info{Name: s.Name, State: supervisor.StateRunning, Spec: s}
+	f.subos[s.Name] = i
+	return i, nil
+}
+
+func (f *fakeBackend) Destroy(ctx context.Context, name string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subos[name]; !ok {
+		return fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	}
+	delete(f.subos, name)
+	return nil
+}
+
+func (f *fakeBackend) List() []supervisor.Info {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []supervisor.Info
+	for _, i := range f.subos {
+		out = append(out, i)
+	}
+	return out
+}
+
+func (f *fakeBackend) Get(name string) (supervisor.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	i, ok := f.subos[name]
+	if !ok {
+		return i, fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	}
+	return i, nil
+}
+
+func (f *fakeBackend) Events(since uint64, limit int) ([]store.Event, error) {
+	return []store.Event{{Seq: since + 1, What: "create"}}, nil
+}
+
+func (f *fakeBackend) Check(s supervisor.Spec) []ledger.Problem {
+	if s.Memory == 0 {
+		return []ledger.Problem{{Field: "memory", Message: "must be more than 0"}}
+	}
+	return nil
+}
+
+func (f *fakeBackend) Inventory() *partitioner.Inventory { return &partitioner.Inventory{} }
+
+func startServer(t *testing.T) (*Client, *fakeBackend) {
+	t.Helper()
+	b := &fakeBackend{subos: map[string]supervisor.Info{}}
+	path := filepath.Join(t.TempDir(), "rfm.sock")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- Serve(ctx, ln, b) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	return NewClient(path), b
+}
+
+func TestClientServer(t *testing.T) {
+	c, _ := startServer(t)
+	ctx := context.Background()
+	if _, err := c.Create(ctx, supervisor.Spec{Name: "a", Memory: 1}); err != nil {
+		t.Fatal(err)
+	}
+	var ae *APIError
+	if _, err := c.Create(ctx, supervisor.Spec{Name: "a"}); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
+		t.Errorf("duplicate create: %v", err)
+	}
+	if _, err := c.Create(ctx, supervisor.Spec{Name: "bad"}); !errors.As(err, &ae) || ae.Status != http.StatusUnprocessableEntity || len(ae.Body.Problems) != 1 {
+		t.Errorf("refused create: %v", err)
+	}
+	list, err := c.List(ctx)
+	if err != nil || len(list) != 1 {
+		t.Errorf("list %v %v", list, err)
+	}
+	if _, err := c.Get(ctx, "nope"); !errors.As(err, &ae) || ae.Status != http.StatusNotFound {
+		t.Errorf("get missing: %v", err)
+	}
+	if r, err := c.Check(ctx, supervisor.Spec{Name: "x"}); err != nil || r.OK || len(r.Problems) != 1 {
+		t.Errorf("check %+v %v", r, err)
+	}
+	if ev, err := c.Events(ctx, 4, 10); err != nil || len(ev) != 1 || ev[0].Seq != 5 {
+		t.Errorf("events %v %v", ev, err)
+	}
+	if err := c.Destroy(ctx, "a"); err != nil {
+		t.Error(err)
+	}
+}
+
+// Malformed, oversized and unknown-field bodies get a 4xx and change nothing.
+func TestBadRequests(t *testing.T) {
+	b := &fakeBackend{subos: map[string]supervisor.Info{}}
+	h := Handler(b)
+	cases := []struct {
+		method, path, body string
+		code               int
+	}{
+		{"POST", "/v1/subos", `{"name": "a", "memory": 1, "colour": "red"}`, 400},
+		{"POST", "/v1/subos", `{"name": "a"`, 400},
+		{"POST", "/v1/subos", `{"name": "a"} {"name": "b"}`, 400},
+		{"POST", "/v1/subos", `{"name": 7}`, 400},
+		{"POST", "/v1/subos", `{"name": "a", "cmdline_append": "` + strings.Repeat("x", MaxBody) + `"}`, 413},
+		{"POST", "/v1/check", `[]`, 400},
+		{"GET", "/v1/events?since=-1", ``, 400},
+		{"DELETE", "/v1/subos/none", ``, 404},
+		{"PUT", "/v1/subos", `{}`, 405},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest(c.method, c.path, strings.NewReader(c.body))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != c.code {
+			t.Errorf("%s %s %.40q: %d, want %d (%s)", c.method, c.path, c.body, w.Code, c.code, w.Body.String())
+		}
+	}
+	if b.creates != 0 {
+		t.Errorf("bad requests reached the backend %d times", b.creates)
+	}
+}
+
+func TestOpenAPIServed(t *testing.T) {
+	w := httptest.NewRecorder()
+	Handler(&fakeBackend{}).ServeHTTP(w, httptest.NewRequest("GET", "/openapi.json", nil))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"openapi": "3.0.3"`) {
+		t.Errorf("openapi.json: %d %.80s", w.Code, w.Body.String())
+	}
+}
+
+func TestListenRefusesLiveSocket(t *testing.T) {
+	startServerPath := filepath.Join(t.TempDir(), "s.sock")
+	ln, err := Listen(startServerPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if _, err := Listen(startServerPath); err == nil || !strings.Contains(err.Error(), "another supervisor") {
+		t.Errorf("second Listen: %v", err)
+	}
+}
