@@ -16,7 +16,7 @@ import (
 // the default layout.
 const supervisorScript = `
 set -u
-mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hp=/sys/kernel/mm/hugepages/hugepages-2048kB
 export RF_IMAGES="$L2"
 sock=/run/rainforest/rfm.sock
@@ -50,6 +50,8 @@ kill $(cat /tmp/serve.pid)
 echo "== hugepages"
 echo "RF-FREE-BEFORE $free_before"
 echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
+echo "== vmm-logs"
+tail -n 20 /run/rainforest/*.log /tmp/serve.log
 echo "== run"
 timeout 300 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt'; echo "RF-STATUS $?"
 `

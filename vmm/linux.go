@@ -41,6 +41,9 @@ type LinuxConfig struct {
 	// ConsoleSocket, when set, serves the console on a Unix socket there
 	// (rfm console attaches to it).
 	ConsoleSocket string
+	// Ready, when set, is called once the machine is built and about to run
+	// (a supervisor waits for it to know the subOS started).
+	Ready func()
 	// AllowEmulatedKVM boots even on a KVM that emulates guest kernel code
 	// (it will fail at the first instruction the emulator lacks).
 	AllowEmulatedKVM bool
@@ -136,6 +139,9 @@ func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
 	status, err := m.setupLinux(ctx, &cfg)
 	if err != nil {
 		return Exit{}, err
+	}
+	if cfg.Ready != nil {
+		cfg.Ready()
 	}
 	e := m.Run(ctx)
 	if e.Reason == ExitPowerOff {

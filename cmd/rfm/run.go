@@ -49,10 +49,6 @@ the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: cmd.ErrOrStderr()})
-			if err != nil {
-				return fmt.Errorf("default image: %w", err)
-			}
 			useNested := nestedMode == "always"
 			if nestedMode == "auto" {
 				need, why := nested.Needed()
@@ -62,9 +58,13 @@ the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
 				useNested = need
 			}
 			if useNested {
+				img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: cmd.ErrOrStderr()})
+				if err != nil {
+					return fmt.Errorf("default image: %w", err)
+				}
 				return runNested(ctx, img, args, appendArgs, cmd.OutOrStdout())
 			}
-			return runLayout(ctx, g, &f, img, args, appendArgs, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			return runLayout(ctx, g, &f, imagesDir, args, appendArgs, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
 	f.add(cmd)
@@ -75,9 +75,13 @@ the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
 }
 
 // loadLayout reads the layout file, or builds the default one.
-func loadLayout(inv *partitioner.Inventory, img *images.Image, args []string) (*layout.Layout, error) {
+func loadLayout(inv *partitioner.Inventory, imagesDir string, args []string) (*layout.Layout, error) {
 	if len(args) == 0 {
-		return layout.Default(inv, filepath.Dir(img.Kernel)), nil
+		dir, err := filepath.Abs(imagesDir)
+		if err != nil {
+			return nil, err
+		}
+		return layout.Default(inv, dir), nil
 	}
 	f, err := os.Open(args[0])
 	if err != nil {
@@ -93,13 +97,13 @@ func loadLayout(inv *partitioner.Inventory, img *images.Image, args []string) (*
 }
 
 // runLayout is rfm run on a host whose KVM runs Linux natively.
-func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, img *images.Image, args []string, appendArgs string, out, errOut io.Writer) error {
+func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDir string, args []string, appendArgs string, out, errOut io.Writer) error {
 	log := slog.New(slog.NewTextHandler(errOut, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	inv, err := partitioner.Discover(partitioner.Roots{})
 	if err != nil {
 		return err
 	}
-	l, err := loadLayout(inv, img, args)
+	l, err := loadLayout(inv, imagesDir, args)
 	if err != nil {
 		return err
 	}
@@ -272,8 +276,8 @@ func runNested(ctx context.Context, img *images.Image, args []string, appendArgs
 	}
 	// The nested run is not interactive: the subOSes power off after /init.
 	appendArgs = strings.TrimSpace("rf.poweroff=1 rf.cat=/hello.txt " + appendArgs)
-	script := "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n" +
-		"RF_IMAGES=/l2 /bin/rfm run --nested never --append '" + appendArgs + "' " + layoutArg + "\n"
+	script := "grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n" +
+		"/bin/rfm run --images /l2 --nested never --append '" + appendArgs + "' " + layoutArg + "\n"
 	res, err := nested.Run(ctx, nested.Config{
 		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: 3, MemoryMiB: 3072,
 		HugePages: 600, Timeout: 15 * time.Minute, Log: out,

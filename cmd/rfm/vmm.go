@@ -22,7 +22,7 @@ type vmmFlags struct {
 	cpus, memory, pageSize, console, profile  string
 	disks                                     []string
 	consoleSocket                             string
-	readyFD                                   int
+	readyFD, waitFD                           int
 	allowEmulated                             bool
 	logLevel                                  string
 }
@@ -39,6 +39,9 @@ wrote to the status port (0x501) before powering off, 0 for a plain
 power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.waitGo(); err != nil {
+				return err
+			}
 			cfg, closeConsole, err := f.linuxConfig(cmd.ErrOrStderr())
 			if err != nil {
 				return err
@@ -65,6 +68,7 @@ power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "write \"ready\" to this inherited file descriptor once the subOS runs")
+	fl.IntVar(&f.waitFD, "wait-fd", -1, "before anything else, wait for a line \"go\" on this inherited file descriptor")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
 	return cmd
@@ -147,6 +151,24 @@ func (f *vmmFlags) linuxConfig(logOut io.Writer) (vmm.LinuxConfig, func(), error
 		closer = func() { lf.Close() }
 	}
 	return cfg, closer, nil
+}
+
+// waitGo blocks until the supervisor says "go" on --wait-fd (it first moves
+// this process into the subOS's cgroup).
+func (f *vmmFlags) waitGo() error {
+	if f.waitFD < 0 {
+		return nil
+	}
+	w := os.NewFile(uintptr(f.waitFD), "wait")
+	if w == nil {
+		return fmt.Errorf("--wait-fd %d: not a file descriptor", f.waitFD)
+	}
+	defer w.Close()
+	buf := make([]byte, 3)
+	if n, _ := io.ReadFull(w, buf); n < 2 || string(buf[:2]) != "go" {
+		return fmt.Errorf("--wait-fd: the supervisor went away before starting this subOS")
+	}
+	return nil
 }
 
 // exitFor turns a guest exit into the process exit status.

@@ -98,7 +98,7 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 }
 func (p *fakeProcess) exit() { p.once.Do(func() { close(p.done) }) }
 
-func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string) (Process, error) {
+func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(int) error) (Process, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.fail {
@@ -109,6 +109,9 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string)
 	}
 	l.next++
 	p := &fakeProcess{pid: 1000 + l.next, done: make(chan struct{})}
+	if err := prepare(p.pid); err != nil {
+		return nil, err
+	}
 	l.procs[p.pid] = p
 	l.argv = append(l.argv, argv)
 	os.WriteFile(logPath, []byte("RF-INIT-REACHED\n"), 0o600)

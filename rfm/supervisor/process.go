@@ -30,9 +30,11 @@ type Process interface {
 type Launcher interface {
 	// Start runs argv (the VMM command line without the binary), in its own
 	// session so that it outlives the supervisor, with output appended to
-	// logPath, and returns once the VMM reports it is running; a VMM that
-	// exits first is an error carrying the tail of its log.
-	Start(ctx context.Context, argv []string, logPath string) (Process, error)
+	// logPath. The VMM waits before doing anything until prepare(pid) has
+	// returned (the supervisor moves it into its cgroup there); Start
+	// returns once the VMM reports it is running. A VMM that exits first,
+	// or a failing prepare, is an error carrying the tail of its log.
+	Start(ctx context.Context, argv []string, logPath string, prepare func(pid int) error) (Process, error)
 	// Adopt attaches to a VMM started by an earlier supervisor; it fails
 	// when pid no longer is that process (start time differs).
 	Adopt(pid int, startTime uint64) (Process, error)
@@ -45,27 +47,34 @@ type ExecLauncher struct {
 }
 
 // Start implements Launcher.
-func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string) (Process, error) {
+func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(pid int) error) (Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("subOS log: %w", err)
 	}
 	defer logf.Close()
-	rd, wr, err := os.Pipe()
+	rd, wr, err := os.Pipe() // VMM -> supervisor: "ready"
 	if err != nil {
 		return nil, err
 	}
 	defer rd.Close()
-	cmd := exec.Command(l.RFM, append(argv, "--ready-fd", "3")...)
+	goRd, goWr, err := os.Pipe() // supervisor -> VMM: "go"
+	if err != nil {
+		wr.Close()
+		return nil, err
+	}
+	defer goWr.Close()
+	cmd := exec.Command(l.RFM, append(argv, "--ready-fd", "3", "--wait-fd", "4")...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{wr}
+	cmd.ExtraFiles = []*os.File{wr, goRd}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		wr.Close()
+	err = cmd.Start()
+	wr.Close()
+	goRd.Close()
+	if err != nil {
 		return nil, fmt.Errorf("start VMM: %w", err)
 	}
-	wr.Close()
 	p := &childProcess{cmd: cmd, done: make(chan struct{})}
 	go func() { // owner: the process; ends when it exits
 		_ = cmd.Wait()
@@ -74,6 +83,18 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string) 
 	st, err := procStartTime(l.procRoot(), cmd.Process.Pid)
 	if err == nil {
 		p.start = st
+	}
+	if prepare != nil {
+		if err := prepare(cmd.Process.Pid); err != nil {
+			_ = cmd.Process.Kill()
+			<-p.done
+			return nil, err
+		}
+	}
+	if _, err := goWr.Write([]byte("go\n")); err != nil {
+		_ = cmd.Process.Kill()
+		<-p.done
+		return nil, fmt.Errorf("VMM exited before starting: %s", logTail(logPath, 3))
 	}
 	ready := make(chan error, 1)
 	go func() { // ends when the pipe yields a line or EOF (the VMM exited)

@@ -294,14 +294,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	undo = append(undo, func() { _ = s.cfg.Actuator.RemoveGroup(spec.Name) })
 	logPath := s.logPath(spec.Name)
 	os.Remove(s.consolePath(spec.Name))
-	proc, err := s.cfg.Launcher.Start(ctx, vmmArgs(spec, alloc, s.consolePath(spec.Name)), logPath)
+	proc, err := s.cfg.Launcher.Start(ctx, vmmArgs(spec, alloc, s.consolePath(spec.Name)), logPath, group.AddProcess)
 	if err != nil {
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
-	if err := group.AddProcess(proc.PID()); err != nil {
-		return Info{}, err
-	}
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
 		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path()}
 	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path()})

@@ -1,0 +1,58 @@
+package supervisor
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func TestExecLauncher(t *testing.T) {
+	l := ExecLauncher{RFM: "/bin/sh"}
+	log := filepath.Join(t.TempDir(), "vmm.log")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var prepared int
+	p, err := l.Start(ctx, []string{"-c", `read x <&4; [ "$x" = go ] || exit 9; echo ready >&3; exec sleep 30`}, log,
+		func(pid int) error { prepared = pid; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if prepared != p.PID() || p.StartTime() == 0 {
+		t.Errorf("prepare got pid %d, process %d start %d", prepared, p.PID(), p.StartTime())
+	}
+	// A second supervisor can adopt it by pid and start time, not by pid alone.
+	if _, err := l.Adopt(p.PID(), p.StartTime()+1); err == nil {
+		t.Error("adopted with the wrong start time")
+	}
+	a, err := l.Adopt(p.PID(), p.StartTime())
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopProcess(p, 5*time.Second)
+	select {
+	case <-a.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("adopted process not seen exiting")
+	}
+	if err := a.Signal(syscall.SIGTERM); err == nil {
+		t.Error("signal to an exited adopted process succeeded")
+	}
+}
+
+// A VMM that exits before it runs is an error carrying its log.
+func TestExecLauncherEarlyExit(t *testing.T) {
+	l := ExecLauncher{RFM: "/bin/sh"}
+	log := filepath.Join(t.TempDir(), "vmm.log")
+	_, err := l.Start(context.Background(), []string{"-c", `read x <&4; echo "rfm: no hugepages" >&2; exit 2`}, log, nil)
+	if err == nil || !strings.Contains(err.Error(), "no hugepages") {
+		t.Errorf("early exit: %v", err)
+	}
+	_, err = l.Start(context.Background(), []string{"-c", `read x <&4; exec sleep 30`}, log, func(int) error { return os.ErrPermission })
+	if err == nil {
+		t.Error("failing prepare did not fail Start")
+	}
+}
