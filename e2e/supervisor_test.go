@@ -109,7 +109,7 @@ func TestSupervisor(t *testing.T) {
 	if Field(secs["create"], "RF-STATUS") != "0" || Field(secs["create"], "RF-STATUS-B") != "0" {
 		t.Fatalf("create failed:\n%s", secs["create"])
 	}
-	if Field(secs["create"], "RF-STATUS-OVERLAP") == "0" || !strings.Contains(secs["create"], "core 2") {
+	if Field(secs["create"], "RF-STATUS-OVERLAP") == "0" || !strings.Contains(secs["create"], "cpu 2 is owned by subOS \"b\"") {
 		t.Errorf("a subOS on a core another one owns was not refused with a message naming the core:\n%s", secs["create"])
 	}
 	before, after := parsePS(t, secs["ps-before"]), parsePS(t, secs["ps-after"])

@@ -39,16 +39,7 @@ type APIError struct {
 	Body   ErrorBody
 }
 
-func (e *APIError) Error() string {
-	if len(e.Body.Problems) == 0 {
-		return e.Body.Error
-	}
-	s := e.Body.Error
-	for _, p := range e.Body.Problems {
-		s += "\n  " + p.Error()
-	}
-	return s
-}
+func (e *APIError) Error() string { return e.Body.Error }
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
