@@ -134,3 +134,55 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// rfm check lists every problem of a bad layout, one line each, and exits 1.
+func TestCheckLayout(t *testing.T) {
+	bin := rfmBinary(t)
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o644)
+		return p
+	}
+	bad := write("bad.yaml", `
+supervisor:
+  cores: [0]
+defaults:
+  kernel: vmlinux
+subos:
+  - name: web
+    cores: [0]
+    memory: 3M
+  - name: web
+    cores: [4095]
+    memory: 64M
+  - name: db
+    cpus: 1
+    memory: 64M
+    page_size: 4k
+    disks: [{path: nope.img}]
+`)
+	out, err := exec.Command(bin, "check", bad).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+		t.Fatalf("exit %v, want 1:\n%s", err, out)
+	}
+	for _, want := range []string{
+		`supervisor's housekeeping core`, `not a multiple`, `also the name`, `core 4095 does not exist`, `4K pages are not supported`, `nope.img does not exist`,
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("rfm check output lacks %q:\n%s", want, out)
+		}
+	}
+	unknown := write("unknown.yaml", "subos:\n  - name: a\n    cpu: 1\n")
+	out, err = exec.Command(bin, "check", unknown).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), `unknown field "cpu"`) || !strings.Contains(string(out), "line 3") {
+		t.Errorf("unknown field: %v\n%s", err, out)
+	}
+	good := write("good.yaml", "defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cpus: 1\n    memory: 2M\n")
+	out, err = exec.Command(bin, "check", good).CombinedOutput()
+	if err != nil && !strings.Contains(string(out), "hugepage") && !strings.Contains(string(out), "memory") {
+		t.Errorf("good layout: %v\n%s", err, out)
+	}
+}
