@@ -47,6 +47,7 @@ func (g *globalFlags) print(w io.Writer, v any, table func(w io.Writer)) error {
 // supervisorFlags configure rfm serve and rfm run.
 type supervisorFlags struct {
 	stateDir, runDir, cgroupRoot, housekeeping string
+	steerIRQs                                  bool
 }
 
 func (f *supervisorFlags) add(cmd *cobra.Command) {
@@ -54,6 +55,7 @@ func (f *supervisorFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.runDir, "run-dir", "/run/rainforest", "directory for subOS logs and console sockets")
 	cmd.Flags().StringVar(&f.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup filesystem root")
 	cmd.Flags().StringVar(&f.housekeeping, "housekeeping", "", "host cores kept for the supervisor and the host (default: the first online core)")
+	cmd.Flags().BoolVar(&f.steerIRQs, "steer-irqs", false, "keep host interrupts off subOS cores")
 }
 
 // open discovers the machine and opens the supervisor.
@@ -74,10 +76,14 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	if err != nil {
 		return nil, err
 	}
-	return supervisor.New(supervisor.Config{
+	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
-	})
+	}
+	if f.steerIRQs {
+		cfg.SteerIRQs = act.SteerIRQs
+	}
+	return supervisor.New(cfg)
 }
 
 // actuatorAdapter gives *actuator.Actuator the supervisor's interface.

@@ -56,6 +56,10 @@ type Config struct {
 	Launcher     Launcher
 	Logger       *slog.Logger
 	Who          string // recorded as the actor of audit events
+	// SteerIRQs, when set, keeps host interrupts off subOS cores: it is
+	// called with every core subOSes own after each change, and returns a
+	// function undoing its previous call (rfm/actuator's SteerIRQs).
+	SteerIRQs func(avoid []int) (restore func() error, err error)
 }
 
 // Supervisor manages subOSes.
@@ -65,9 +69,10 @@ type Supervisor struct {
 	ledger *ledger.Ledger
 	store  *store.Store
 
-	mu    sync.Mutex // serializes lifecycle operations and guards subos
-	subos map[string]*subOS
-	wg    sync.WaitGroup // watchers
+	mu         sync.Mutex // serializes lifecycle operations and guards subos
+	subos      map[string]*subOS
+	restoreIRQ func() error   // undoes the last IRQ steering
+	wg         sync.WaitGroup // watchers
 }
 
 type subOS struct {
@@ -170,6 +175,7 @@ func (s *Supervisor) readopt() error {
 		s.watch(so)
 		s.event("adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, hostcpu.FormatList(r.Allocation.Cores)))
 	}
+	s.steerIRQs()
 	return s.ledger.Verify()
 }
 
@@ -220,7 +226,35 @@ func (s *Supervisor) reclaim(so *subOS, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	s.steerIRQs()
 	s.event("reclaim", a.Name, time.Since(start), why)
+}
+
+// steerIRQs moves host interrupts off the cores subOSes own now (when
+// configured). Failures are logged: steering is an optimisation.
+func (s *Supervisor) steerIRQs() {
+	if s.cfg.SteerIRQs == nil {
+		return
+	}
+	if s.restoreIRQ != nil {
+		if err := s.restoreIRQ(); err != nil {
+			s.log.Warn("restore IRQ affinity", "err", err)
+		}
+		s.restoreIRQ = nil
+	}
+	var avoid []int
+	for _, a := range s.ledger.Allocations() {
+		avoid = append(avoid, a.Cores...)
+	}
+	if len(avoid) == 0 {
+		return
+	}
+	restore, err := s.cfg.SteerIRQs(avoid)
+	if err != nil {
+		s.log.Warn("steer IRQs off subOS cores", "err", err)
+		return
+	}
+	s.restoreIRQ = restore
 }
 
 // Check lists everything wrong with spec, changing nothing.
@@ -311,6 +345,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
 	s.subos[spec.Name] = so
 	s.watch(so)
+	s.steerIRQs()
 	s.event("create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
 	return info, nil
 }

@@ -165,3 +165,29 @@ func indexOf(s, sub string) int {
 	}
 	return -1
 }
+
+// With IRQ steering on, host interrupts avoid exactly the cores subOSes own.
+func TestSteerIRQs(t *testing.T) {
+	var calls [][]int
+	restores := 0
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	s, err := New(Config{StateDir: t.TempDir(), RunDir: t.TempDir(), Inventory: testInventory(), Actuator: act, Launcher: l,
+		SteerIRQs: func(avoid []int) (func() error, error) {
+			calls = append(calls, append([]int(nil), avoid...))
+			return func() error { restores++; return nil }, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Create(ctx, testSpec(t, "a", 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Destroy(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) != 1 || len(calls[0]) != 2 || restores != 1 {
+		t.Errorf("steering calls %v, restores %d; want one call with a's 2 cores, undone at destroy", calls, restores)
+	}
+}
