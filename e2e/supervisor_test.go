@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -66,12 +67,22 @@ type psEntry struct {
 	} `json:"allocation"`
 }
 
+// kernelLine matches a kernel message on the console ("[   12.34] ...").
+var kernelLine = regexp.MustCompile(`^\[\s*\d+\.\d+\]`)
+
 func parsePS(t *testing.T, s string) []psEntry {
 	t.Helper()
-	i := strings.Index(s, "[")
-	j := strings.LastIndex(s, "]")
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if !kernelLine.MatchString(l) {
+			lines = append(lines, l)
+		}
+	}
+	text := strings.Join(lines, "\n")
+	i := strings.Index(text, "[")
+	j := strings.LastIndex(text, "]")
 	var ps []psEntry
-	if i < 0 || j < i || json.Unmarshal([]byte(s[i:j+1]), &ps) != nil {
+	if i < 0 || j < i || json.Unmarshal([]byte(text[i:j+1]), &ps) != nil {
 		t.Fatalf("rfm ps -o json output not parsable:\n%s", s)
 	}
 	return ps

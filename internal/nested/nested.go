@@ -415,6 +415,8 @@ func l1Init(mods []images.Module, hugePages int) string {
 	return `#!/bin/sh
 export PATH=/bin:/usr/bin
 mount -t proc proc /proc
+# Kernel messages would interleave with the script's output on the console.
+dmesg -n 1
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm /dev/hugepages
