@@ -228,3 +228,14 @@ func (d *Doorbell) Move(m *Machine, addr uint64) error {
 	d.Addr = addr
 	return nil
 }
+
+// NewDoorbellMatch registers an ioeventfd for writes of exactly value (n
+// bytes) at addr, signalling ev: a doorbell register shared by several
+// targets, each value its own eventfd (typically another VM's irqfd).
+func (m *Machine) NewDoorbellMatch(addr uint64, n uint32, value uint64, ev *EventFD) error {
+	if err := m.vm.IOEventFDMatch(ev.Fd(), addr, n, false, value); err != nil {
+		return err
+	}
+	m.AddCloser(func() error { return m.vm.RemoveIOEventFDMatch(ev.Fd(), addr, n, false, value) })
+	return nil
+}

@@ -99,6 +99,9 @@ type Machine struct {
 
 	vcpus []*vcpu
 
+	slotMu   sync.Mutex
+	nextSlot uint32 // next free KVM memory slot
+
 	routeMu sync.Mutex
 	routes  map[uint32]kvm.Route // MSI routes by GSI
 	nextGSI uint32
@@ -203,6 +206,7 @@ func New(cfg Config) (_ *Machine, err error) {
 			return nil, err
 		}
 	}
+	m.nextSlot = uint32(len(regions))
 	if m.Mem, err = guestmem.New(regions...); err != nil {
 		return nil, err
 	}
@@ -245,6 +249,30 @@ func setupLAPIC(c *kvm.VCPU) error {
 	set(lint0, 7) // ExtINT
 	set(lint1, 4) // NMI
 	return c.SetLAPIC(l)
+}
+
+// AddMemory maps host memory (e.g. a shared memfd mapping) into the guest
+// at gpa, read-only when readOnly (guest writes then exit as MMIO). It must
+// not overlap guest RAM or another mapping. The caller keeps mem mapped for
+// the machine's lifetime.
+func (m *Machine) AddMemory(gpa uint64, mem []byte, readOnly bool) error {
+	if len(mem) == 0 || len(mem)%4096 != 0 || gpa%4096 != 0 {
+		return fmt.Errorf("shared memory at %#x: %d bytes: must be non-empty and page-aligned", gpa, len(mem))
+	}
+	for _, r := range m.Mem.Regions() {
+		if gpa < r.End() && r.GPA < gpa+uint64(len(mem)) {
+			return fmt.Errorf("shared memory at %#x+%#x overlaps guest RAM at %#x", gpa, len(mem), r.GPA)
+		}
+	}
+	m.slotMu.Lock()
+	slot := m.nextSlot
+	m.nextSlot++
+	m.slotMu.Unlock()
+	if err := m.vm.SetMemory(slot, gpa, mem, readOnly); err != nil {
+		return err
+	}
+	m.AddCloser(func() error { return m.vm.SetMemory(slot, gpa, nil, false) })
+	return nil
 }
 
 // VM returns the KVM VM handle (for device plumbing in this package's users

@@ -48,6 +48,32 @@ func (vm *VM) IOEventFD(fd int, addr uint64, n uint32, pio bool) error {
 	return vm.ioeventfd(fd, addr, n, pio, 0)
 }
 
+// IOEventFDMatch is IOEventFD for writes of exactly value only (datamatch):
+// several eventfds can share one address, one per value, e.g. a doorbell
+// register whose value names the target.
+func (vm *VM) IOEventFDMatch(fd int, addr uint64, n uint32, pio bool, value uint64) error {
+	a := ioeventfdArgs{Addr: addr, Len: n, FD: int32(fd), Flags: ioeventfdDatamatch, Datamatch: value}
+	if pio {
+		a.Flags |= ioeventfdPIO
+	}
+	if err := ioctl(vm.fd, iow(0x79, unsafe.Sizeof(a)), unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD at %#x value %#x: %w", addr, value, err)
+	}
+	return nil
+}
+
+// RemoveIOEventFDMatch undoes IOEventFDMatch.
+func (vm *VM) RemoveIOEventFDMatch(fd int, addr uint64, n uint32, pio bool, value uint64) error {
+	a := ioeventfdArgs{Addr: addr, Len: n, FD: int32(fd), Flags: ioeventfdDatamatch | ioeventfdDeassign, Datamatch: value}
+	if pio {
+		a.Flags |= ioeventfdPIO
+	}
+	if err := ioctl(vm.fd, iow(0x79, unsafe.Sizeof(a)), unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IOEVENTFD deassign at %#x value %#x: %w", addr, value, err)
+	}
+	return nil
+}
+
 // RemoveIOEventFD undoes IOEventFD.
 func (vm *VM) RemoveIOEventFD(fd int, addr uint64, n uint32, pio bool) error {
 	return vm.ioeventfd(fd, addr, n, pio, ioeventfdDeassign)
