@@ -44,6 +44,7 @@ e2e: setup image
 bench: setup image
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
 
 clean:
 	rm -rf $(BIN) build

@@ -1,0 +1,223 @@
+// Command lifecycle is RainForest's subOS lifecycle benchmark (make bench):
+// it measures subOS create and destroy latency through the supervisor's
+// API over repeated cycles, and, side by side in the same session, LXC
+// container create and destroy latency on the same machine.
+//
+// rfm: `rfm serve` runs with the measurer rflifecycle
+// (bench/lifecycle/cmd/rflifecycle) as its API client. Where this host's
+// KVM cannot run Linux guests (nested.Needed), both run inside one nested
+// L1 guest (3 vCPUs: core 0 housekeeping, subOSes on the others) and the
+// measurer's result lines are parsed from L1's console; otherwise they run
+// on this host.
+//
+// LXC: always on this host (L0), with lxc-create -t busybox, lxc-start,
+// lxc-attach, lxc-stop and lxc-destroy (bench/lifecycle/lxc). LXC is not
+// run inside L1: that would need LXC's userspace, templates and cgroup
+// setup in the L1 initramfs.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"rainforest/bench/lifecycle/lxc"
+	"rainforest/bench/lifecycle/report"
+	"rainforest/bench/lifecycle/sample"
+	"rainforest/bench/lifecycle/subos"
+	"rainforest/images"
+)
+
+// options are the command-line settings.
+type options struct {
+	runs       int
+	jsonPath   string
+	imagesDir  string
+	nestedMode string
+	lxc        bool
+	qemu       string
+	memoryMiB  int
+	timeout    time.Duration
+	runTimeout time.Duration
+	verbose    bool
+}
+
+func main() {
+	var o options
+	imagesDir := os.Getenv("RF_IMAGES")
+	if imagesDir == "" {
+		imagesDir = images.DefaultOutDir
+	}
+	flag.IntVar(&o.runs, "n", 5, "create/destroy cycles per system")
+	flag.StringVar(&o.jsonPath, "json", "build/bench/lifecycle.json", "write the results as JSON to this file (empty: do not)")
+	flag.StringVar(&o.imagesDir, "images", imagesDir, "directory of the default subOS image (built by make image)")
+	flag.StringVar(&o.nestedMode, "nested", "auto", "run rfm inside the nested QEMU layer: auto, always or never")
+	flag.BoolVar(&o.lxc, "lxc", true, "measure LXC containers too")
+	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary running the nested L1 guest")
+	flag.IntVar(&o.memoryMiB, "memory-mib", 256, "subOS RAM, MiB (2 MiB hugepages)")
+	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole nested session (default 5m + 2m per cycle)")
+	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one cycle's waits")
+	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console to stderr")
+	flag.Parse()
+	if o.runs < 1 || o.memoryMiB < 2 || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "usage: lifecycle [-n runs] [-json file] [flags]")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, o, os.Stderr)
+	if rep != nil {
+		if werr := report.WriteTable(os.Stdout, rep); werr != nil && err == nil {
+			err = werr
+		}
+		if o.jsonPath != "" {
+			if werr := writeJSON(o.jsonPath, rep); werr != nil && err == nil {
+				err = werr
+			} else if werr == nil {
+				fmt.Printf("JSON: %s\n", o.jsonPath)
+			}
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench/lifecycle:", err)
+		os.Exit(1)
+	}
+}
+
+// run measures LXC and then rfm and returns the report. A report with
+// failed samples comes with an error.
+func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
+	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
+	if err != nil {
+		return nil, fmt.Errorf("image: %w", err)
+	}
+	need, why := needNested(o.nestedMode)
+	work, err := os.MkdirTemp("", "rf-bench-lifecycle-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	bins, err := buildBinaries(ctx, work)
+	if err != nil {
+		return nil, err
+	}
+	rep := &report.Report{
+		Settings: map[string]string{}, Nested: need, HostReason: why, Runs: o.runs,
+		Guest: fmt.Sprintf("subOS: 1 core, %d MiB on 2 MiB hugepages, default image (kernel %s); "+
+			"container: busybox template, no network", o.memoryMiB, img.KernelVersion),
+		Commands: map[string]map[string]string{}, Skipped: map[string]string{},
+		References: []report.Reference{report.PaperTable4()}, Date: time.Now().UTC().Format(time.RFC3339),
+	}
+
+	// LXC first: it takes seconds, and then the machine is left to L1.
+	if o.lxc {
+		rep.Settings[lxc.System] = "natively on this host (L0); LXC is not run inside the nested L1 guest " +
+			"(that would need LXC's userspace, templates and cgroup setup in L1's initramfs)"
+		samples, cmds, err := runLXC(ctx, o, work, log)
+		if err != nil {
+			rep.Skipped[lxc.System] = err.Error()
+			fmt.Fprintf(log, "bench/lifecycle: LXC skipped: %v\n", err)
+		}
+		rep.Samples = append(rep.Samples, samples...)
+		if cmds != nil {
+			rep.Commands[lxc.System] = cmds
+		}
+	} else {
+		rep.Skipped[lxc.System] = "-lxc=false"
+	}
+
+	plan := &rfmPlan{runs: o.runs, memoryMiB: o.memoryMiB, runTimeout: o.runTimeout}
+	var output string
+	if need {
+		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm inside the nested L1 guest\n", why)
+		rep.Settings[subos.System] = nestedSetting
+		output, err = runNested(ctx, o, plan, img, bins, log)
+	} else {
+		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm directly on this host\n", why)
+		rep.Settings[subos.System] = "directly on this host: " + why
+		output, err = runDirect(ctx, o, plan, img, bins, work, log)
+	}
+	rep.Commands[subos.System] = plan.commands
+	rfmSamples, perrs := sample.ParseOutput(output)
+	rep.Samples = append(rfmSamples, rep.Samples...)
+	for _, e := range perrs {
+		rep.Notes = append(rep.Notes, "unparsed result line: "+e.Error())
+	}
+	fillReport(rep)
+	if err != nil {
+		return rep, fmt.Errorf("rfm: %w", err)
+	}
+	if len(rfmSamples) != o.runs {
+		return rep, fmt.Errorf("rfm: got %d results, want %d", len(rfmSamples), o.runs)
+	}
+	for _, s := range rep.Samples {
+		if !s.OK() {
+			return rep, fmt.Errorf("%s run %d failed", s.System, s.Run)
+		}
+	}
+	return rep, nil
+}
+
+// fillReport adds summaries and notes.
+func fillReport(rep *report.Report) {
+	rep.Summaries = report.Summarize(rep.Samples, subos.System, lxc.System)
+	rep.Notes = append(rep.Notes,
+		"rfm create->init: POST /v1/subos until RF-INIT-REACHED (the guest's /init) is in the subOS log; "+
+			"create return: until the API call returned (the VMM runs); destroy: DELETE until the supervisor lists no subOS "+
+			"(its cores are free in the ledger); destroy return: until the DELETE returned",
+		"lxc create->init: lxc-create -t busybox + lxc-start -d until lxc-attach -- true succeeds; create return: until "+
+			"lxc-start -d returned; destroy: lxc-stop -k + lxc-destroy; destroy return: until lxc-stop -k returned")
+	if rep.Nested {
+		rep.Notes = append(rep.Notes, "rfm runs in the nested layer here (L1 = QEMU TCG with emulated AMD-V, every guest "+
+			"instruction emulated in software) while LXC runs natively on this host, so the rfm/LXC comparison is only "+
+			"indicative on this machine; absolute rfm times here are not those of real VT-x/AMD-V hardware")
+	}
+}
+
+func writeJSON(p string, rep *report.Report) error {
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	f, err := os.Create(p)
+	if err != nil {
+		return err
+	}
+	if err := report.WriteJSON(f, rep); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// lineFilter passes the lines containing sample.LinePrefix to w (progress
+// while L1 runs) and drops the rest.
+type lineFilter struct {
+	w       io.Writer
+	partial []byte
+}
+
+func (f *lineFilter) Write(p []byte) (int, error) {
+	f.partial = append(f.partial, p...)
+	for {
+		i := strings.IndexByte(string(f.partial), '\n')
+		if i < 0 {
+			break
+		}
+		line := string(f.partial[:i+1])
+		f.partial = f.partial[i+1:]
+		if strings.Contains(line, sample.LinePrefix) {
+			io.WriteString(f.w, strings.TrimLeft(line, "\r"))
+		}
+	}
+	if len(f.partial) > 1<<16 {
+		f.partial = nil
+	}
+	return len(p), nil
+}

@@ -1,0 +1,179 @@
+// Package report summarizes subOS and container lifecycle samples: per
+// system the median, minimum and maximum of the create and destroy
+// latencies, a text table with the paper's reference line, and a JSON
+// document.
+package report
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	bootreport "rainforest/bench/boot/report"
+	"rainforest/bench/lifecycle/sample"
+)
+
+// Stats are the median, minimum and maximum of N values (ms here).
+type Stats = bootreport.Stats
+
+// Reference is a published result the table quotes.
+type Reference struct {
+	Source    string  `json:"source"`
+	System    string  `json:"system"`
+	CreateMS  float64 `json:"create_ms"`
+	DestroyMS float64 `json:"destroy_ms"`
+	Remark    string  `json:"remark,omitempty"`
+}
+
+// PaperTable4 is the RainForest paper's Table 4 line for RainForest.
+func PaperTable4() Reference {
+	return Reference{Source: "paper Table 4", System: "RainForest", CreateMS: 6100, DestroyMS: 0, Remark: "create 6.1 s, destroy ~0"}
+}
+
+// Summary aggregates the successful samples of one system.
+type Summary struct {
+	System string `json:"system"`
+	OK     int    `json:"ok"`
+	Failed int    `json:"failed"`
+	// CreateInitMS: create request to the guest's init, ms.
+	CreateInitMS Stats `json:"create_init_ms"`
+	// CreateReturnMS: create request until it returned, ms.
+	CreateReturnMS Stats `json:"create_return_ms"`
+	// DestroyReturnMS: destroy request until it returned, ms.
+	DestroyReturnMS Stats `json:"destroy_return_ms"`
+	// DestroyMS: destroy request until everything is free, ms.
+	DestroyMS Stats `json:"destroy_ms"`
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// Summarize groups samples by system, in the order of systems (systems not
+// listed follow in order of first appearance).
+func Summarize(samples []sample.Sample, systems ...string) []Summary {
+	order := slices.Clone(systems)
+	for _, s := range samples {
+		if !slices.Contains(order, s.System) {
+			order = append(order, s.System)
+		}
+	}
+	out := make([]Summary, 0, len(order))
+	for _, name := range order {
+		sum := Summary{System: name}
+		var ci, cr, dr, d []float64
+		for _, s := range samples {
+			if s.System != name {
+				continue
+			}
+			if !s.OK() {
+				sum.Failed++
+				continue
+			}
+			sum.OK++
+			ci, cr = append(ci, ms(s.CreateInit)), append(cr, ms(s.CreateReturn))
+			dr, d = append(dr, ms(s.DestroyReturn)), append(d, ms(s.Destroy))
+		}
+		sum.CreateInitMS, sum.CreateReturnMS = bootreport.StatsOf(ci), bootreport.StatsOf(cr)
+		sum.DestroyReturnMS, sum.DestroyMS = bootreport.StatsOf(dr), bootreport.StatsOf(d)
+		out = append(out, sum)
+	}
+	return out
+}
+
+// Report is the outcome of one benchmark run.
+type Report struct {
+	// Settings says where each system ran, by system name.
+	Settings map[string]string `json:"settings"`
+	// Nested tells whether rfm ran inside the nested L1 guest.
+	Nested bool `json:"nested"`
+	// HostReason is nested.Needed's explanation.
+	HostReason string `json:"host_reason"`
+	Runs       int    `json:"runs"`
+	// Guest describes the subOS (cores, memory, image).
+	Guest string `json:"guest"`
+	// Commands are the measured operations, by system and step.
+	Commands map[string]map[string]string `json:"commands"`
+	// Skipped says why a system was not measured, by system name.
+	Skipped    map[string]string `json:"skipped,omitempty"`
+	Samples    []sample.Sample   `json:"samples"`
+	Summaries  []Summary         `json:"summaries"`
+	References []Reference       `json:"references"`
+	Notes      []string          `json:"notes,omitempty"`
+	Date       string            `json:"date"`
+}
+
+// WriteJSON writes r as indented JSON.
+func WriteJSON(w io.Writer, r *Report) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(r); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
+}
+
+// maxErrorInTable bounds a failed run's error in the table (the JSON has
+// all of it).
+const maxErrorInTable = 600
+
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "... (full error in the JSON)"
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// WriteTable writes r as a text table with the reference line and notes.
+func WriteTable(w io.Writer, r *Report) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "SubOS / container lifecycle: %d create+destroy cycle(s) per system; %s\n", r.Runs, r.Guest)
+	for _, k := range sortedKeys(r.Settings) {
+		fmt.Fprintf(&b, "  %s: %s\n", k, r.Settings[k])
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\tok\tcreate->init ms med\tmin\tmax\tcreate return ms med\tmin\tmax\tdestroy ms med\tmin\tmax\tdestroy return ms med\t")
+	for _, s := range r.Summaries {
+		fmt.Fprintf(tw, "%s\t%d/%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n",
+			s.System, s.OK, s.OK+s.Failed,
+			s.CreateInitMS.Median, s.CreateInitMS.Min, s.CreateInitMS.Max,
+			s.CreateReturnMS.Median, s.CreateReturnMS.Min, s.CreateReturnMS.Max,
+			s.DestroyMS.Median, s.DestroyMS.Min, s.DestroyMS.Max, s.DestroyReturnMS.Median)
+	}
+	for _, ref := range r.References {
+		fmt.Fprintf(tw, "%s (%s)\t\t%.0f\t\t\t\t\t\t%.0f\t\t\t\t\n", ref.System, ref.Source, ref.CreateMS, ref.DestroyMS)
+	}
+	if err := tw.Flush(); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	for _, ref := range r.References {
+		fmt.Fprintf(&b, "Reference: %s, %s: %s.\n", ref.Source, ref.System, ref.Remark)
+	}
+	for _, k := range sortedKeys(r.Skipped) {
+		fmt.Fprintf(&b, "SKIPPED %s: %s\n", k, r.Skipped[k])
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(&b, "Note: %s\n", n)
+	}
+	for _, s := range r.Samples {
+		if !s.OK() {
+			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.System, s.Run, shorten(s.Error, maxErrorInTable))
+		}
+	}
+	if _, err := io.WriteString(w, b.String()); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return nil
+}

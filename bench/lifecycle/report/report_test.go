@@ -1,0 +1,108 @@
+package report
+
+import (
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"rainforest/bench/lifecycle/sample"
+)
+
+func samples() []sample.Sample {
+	ms := time.Millisecond
+	return []sample.Sample{
+		{System: "lxc", Run: 1, CreateReturn: 340 * ms, CreateInit: 350 * ms, DestroyReturn: 5 * ms, Destroy: 15 * ms},
+		{System: "rfm", Run: 1, CreateReturn: 600 * ms, CreateInit: 3000 * ms, DestroyReturn: 70 * ms, Destroy: 80 * ms},
+		{System: "rfm", Run: 2, CreateReturn: 800 * ms, CreateInit: 3400 * ms, DestroyReturn: 90 * ms, Destroy: 100 * ms},
+		{System: "rfm", Run: 3, CreateReturn: 700 * ms, CreateInit: 3200 * ms, DestroyReturn: 80 * ms, Destroy: 90 * ms},
+		{System: "rfm", Run: 4, Error: "create lc-4: no hugepages"},
+	}
+}
+
+func TestSummarize(t *testing.T) {
+	sums := Summarize(samples(), "rfm", "lxc", "absent")
+	if len(sums) != 3 || sums[0].System != "rfm" || sums[1].System != "lxc" || sums[2].System != "absent" {
+		t.Fatalf("order %+v", sums)
+	}
+	r := sums[0]
+	if r.OK != 3 || r.Failed != 1 {
+		t.Errorf("ok %d failed %d", r.OK, r.Failed)
+	}
+	if r.CreateInitMS != (Stats{N: 3, Median: 3200, Min: 3000, Max: 3400}) ||
+		r.CreateReturnMS.Median != 700 || r.DestroyMS != (Stats{N: 3, Median: 90, Min: 80, Max: 100}) || r.DestroyReturnMS.Max != 90 {
+		t.Errorf("rfm summary %+v", r)
+	}
+	if sums[1].CreateInitMS.Median != 350 || sums[2].OK != 0 || sums[2].CreateInitMS != (Stats{}) {
+		t.Errorf("summaries %+v", sums)
+	}
+	// Systems not named follow in order of appearance.
+	if got := Summarize(samples()); got[0].System != "lxc" || got[1].System != "rfm" {
+		t.Errorf("default order %+v", got)
+	}
+}
+
+func testReport() *Report {
+	s := samples()
+	return &Report{
+		Settings: map[string]string{"rfm": "nested L1", "lxc": "natively on this host"}, Nested: true, Runs: 4,
+		Guest: "subOS: 1 core", Skipped: map[string]string{"other": "not installed"},
+		Samples: s, Summaries: Summarize(s, "rfm", "lxc"), References: []Reference{PaperTable4()},
+		Notes: []string{"rfm runs in the nested layer; only indicative"}, Date: "2026-11-26T00:00:00Z",
+	}
+}
+
+func TestWriteTable(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteTable(&b, testReport()); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, want := range []string{
+		"4 create+destroy cycle(s)", "rfm: nested L1", "lxc: natively on this host",
+		"create->init ms med", "destroy ms med", "3/4", "3200.0", "3000.0", "3400.0", "350.0",
+		"RainForest (paper Table 4)", "6100", "create 6.1 s, destroy ~0",
+		"SKIPPED other: not installed", "Note: rfm runs in the nested layer; only indicative",
+		"FAILED rfm run 4: create lc-4: no hugepages",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Index(out, "\n rfm") > strings.Index(out, " lxc ") {
+		t.Errorf("rfm row not before lxc row:\n%s", out)
+	}
+}
+
+func TestWriteTableShortensErrors(t *testing.T) {
+	r := testReport()
+	r.Samples = append(r.Samples, sample.Sample{System: "rfm", Run: 9, Error: strings.Repeat("e", 5000)})
+	var b bytes.Buffer
+	if err := WriteTable(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(b.String(), strings.Repeat("e", maxErrorInTable+1)) || !strings.Contains(b.String(), "full error in the JSON") {
+		t.Error("long error not shortened")
+	}
+}
+
+func TestWriteJSON(t *testing.T) {
+	var b bytes.Buffer
+	if err := WriteJSON(&b, testReport()); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+		t.Fatal(err)
+	}
+	if len(back.Samples) != 5 || back.Samples[1].CreateInit != 3*time.Second || back.Summaries[0].CreateInitMS.Median != 3200 ||
+		back.References[0].CreateMS != 6100 || back.Settings["rfm"] != "nested L1" {
+		t.Errorf("round trip %+v", back)
+	}
+	for _, key := range []string{`"create_init_ms"`, `"create_return_ms"`, `"destroy_ms"`, `"create_init_ns"`, `"references"`} {
+		if !strings.Contains(b.String(), key) {
+			t.Errorf("JSON lacks %s", key)
+		}
+	}
+}
