@@ -41,7 +41,7 @@ unit:
 e2e: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -v -timeout 60m ./e2e/...
 
-bench: image
+bench: setup image
 	./scripts/setup.sh lxc
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
