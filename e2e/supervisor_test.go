@@ -42,6 +42,12 @@ i=0; while "$RFM" inspect b >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$(
 echo "== logs"
 i=0; while ! "$RFM" logs a | grep -q "hello from" && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); done
 "$RFM" logs a | grep -E "RF-CPUS|hello from|RF-INIT"
+echo "== console"
+printf 'echo RF-CONSOLE-$((3*3))\n' | "$RFM" console a >/dev/null &
+cpid=$!
+i=0; while ! "$RFM" logs a | grep -q RF-CONSOLE-9 && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+kill $cpid 2>/dev/null
+"$RFM" logs a | grep RF-CONSOLE-9
 echo "== destroy"
 "$RFM" destroy a; echo "RF-STATUS $?"
 "$RFM" ps -o json
@@ -55,6 +61,14 @@ echo "== vmm-logs"
 tail -n 20 /run/rainforest/*.log /tmp/serve.log
 echo "== run"
 timeout 300 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt'; echo "RF-STATUS $?"
+echo "== run-interrupt"
+"$RFM" run --nested never > /tmp/run2.out 2>&1 &
+rpid=$!
+i=0; while [ $(grep -c "RF-CPUS" /tmp/run2.out) -lt 2 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+kill -INT $rpid; wait $rpid; echo "RF-STATUS $?"
+echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
+echo "RF-FREE-BEFORE $free_before"
+"$RFM" ps 2>&1 | head -3
 `
 
 type psEntry struct {
@@ -157,6 +171,13 @@ func TestSupervisor(t *testing.T) {
 	hp := secs["hugepages"]
 	if b, a := Field(hp, "RF-FREE-BEFORE"), Field(hp, "RF-FREE-AFTER"); b == "" || a != b {
 		t.Errorf("hugepages free before %q after %q", b, a)
+	}
+	if !strings.Contains(secs["console"], "RF-CONSOLE-9") {
+		t.Errorf("input typed through rfm console NAME did not reach subOS a:\n%s", secs["console"])
+	}
+	ri := secs["run-interrupt"]
+	if Field(ri, "RF-STATUS") != "0" || Field(ri, "RF-FREE-AFTER") != Field(ri, "RF-FREE-BEFORE") {
+		t.Errorf("Ctrl-C on rfm run did not destroy everything cleanly:\n%s", ri)
 	}
 	run := secs["run"]
 	if Field(run, "RF-STATUS") != "0" || strings.Count(run, "hello from virtio-blk") != 2 {
