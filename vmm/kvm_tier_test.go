@@ -279,7 +279,7 @@ func TestKVMHugePages(t *testing.T) {
 		}
 		t.Skipf("no free 2 MiB hugepages (%v)", err)
 	}
-	_, err = New(Config{Name: "toobig", MemSize: (free + 1) * uint64(ram.Page2M), PageSize: ram.Page2M, HostCores: onlineCores(t, 1)})
+	_, err = New(Config{Name: "toobig", MemSize: (free + 100000) * uint64(ram.Page2M), PageSize: ram.Page2M, HostCores: onlineCores(t, 1)})
 	if !errors.Is(err, ram.ErrHugePages) {
 		t.Errorf("oversized hugepage request: %v", err)
 	}
