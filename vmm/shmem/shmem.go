@@ -1,0 +1,309 @@
+// Package shmem is the inter-subOS shared-memory PCI device, in the spirit of
+// ivshmem v2 (Jailhouse): a register BAR (identity, peer count, interrupt
+// control, doorbell, state), an MSI-X BAR, and a memory BAR holding a
+// read-only state table, an optional shared read-write section, and one
+// output section per peer, writable only by its owner.
+//
+// The model holds no memory and knows nothing of KVM: the VMM maps the
+// memory BAR's sections into the guest (this peer's output section
+// read-write, the state table and the other peers' sections read-only) and
+// wires the doorbell register to the targets' interrupts (ioeventfd to
+// irqfd), so a doorbell normally never reaches this model. Writes that do
+// reach it (no ioeventfd matched: an unknown peer or vector) go to the
+// Doorbell interface, which drops what it cannot deliver.
+//
+// Register BAR (BAR 0, 4 KiB), all 32-bit:
+//
+//	0x00 ID          read-only: this peer's id
+//	0x04 MAX_PEERS   read-only: number of peers
+//	0x08 INT_CONTROL bit 0: interrupts enabled
+//	0x0C DOORBELL    write-only: bits 31:16 target peer, 15:0 vector
+//	0x10 STATE       this peer's state; mirrored into the state table
+//
+// Memory BAR (BAR 2) layout, each part page-aligned (see Layout):
+// state table (one uint32 per peer), read-write section, output sections of
+// peers 0..N-1. The sizes are also in a vendor-specific capability: u32
+// state table size at +4, u64 read-write section size at +8, u64 output
+// section size at +16 from the capability's offset.
+package shmem
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+
+	"rainforest/vmm/pci"
+)
+
+// PCI identity: the ivshmem v2 IDs, so that drivers written for that layout
+// recognise the device, with the protocol in the class code's low byte.
+const (
+	VendorID = 0x110A
+	DeviceID = 0x4106
+	// ClassUndefined is class "other", subclass 0; the low byte names the
+	// protocol spoken over the memory (ProtocolFICM here).
+	ClassOther   = 0xFF0000
+	ProtocolFICM = 0x01
+)
+
+// BARs.
+const (
+	RegBAR  = 0
+	MSIXBAR = 1
+	MemBAR  = 2
+	regSize = 0x1000
+)
+
+// Register offsets in the register BAR.
+const (
+	RegID         = 0x00
+	RegMaxPeers   = 0x04
+	RegIntControl = 0x08
+	RegDoorbell   = 0x0C
+	RegState      = 0x10
+)
+
+// MaxPeers bounds the number of peers (doorbell target field is 16 bits).
+const MaxPeers = 1 << 12
+
+const pageSize = 4096
+
+// ErrLayout means a Layout cannot be built.
+var ErrLayout = errors.New("bad shared-memory layout")
+
+// Layout sizes the memory BAR.
+type Layout struct {
+	Peers      int
+	RWSize     uint64 // shared read-write section, may be 0
+	OutputSize uint64 // per peer
+}
+
+func alignUp(v uint64) uint64 { return (v + pageSize - 1) &^ (pageSize - 1) }
+
+// Validate checks the layout.
+func (l Layout) Validate() error {
+	switch {
+	case l.Peers < 1 || l.Peers > MaxPeers:
+		return fmt.Errorf("%w: %d peers (1..%d)", ErrLayout, l.Peers, MaxPeers)
+	case l.OutputSize == 0 || l.OutputSize%pageSize != 0 || l.RWSize%pageSize != 0:
+		return fmt.Errorf("%w: sections must be page multiples (output %d, rw %d)", ErrLayout, l.OutputSize, l.RWSize)
+	case l.OutputSize > 1<<40 || l.RWSize > 1<<40:
+		return fmt.Errorf("%w: sections larger than 1 TiB", ErrLayout)
+	}
+	return nil
+}
+
+// StateTableSize is the size of the state table part.
+func (l Layout) StateTableSize() uint64 { return alignUp(uint64(l.Peers) * 4) }
+
+// RWOffset is the offset of the read-write section in the memory BAR.
+func (l Layout) RWOffset() uint64 { return l.StateTableSize() }
+
+// OutputOffset is the offset of peer's output section.
+func (l Layout) OutputOffset(peer int) uint64 {
+	return l.RWOffset() + l.RWSize + uint64(peer)*l.OutputSize
+}
+
+// Size is the bytes used in the memory BAR.
+func (l Layout) Size() uint64 { return l.OutputOffset(l.Peers) }
+
+// BARSize is the memory BAR's size: Size rounded up to a power of two.
+func (l Layout) BARSize() uint64 {
+	s := uint64(pageSize)
+	for s < l.Size() {
+		s <<= 1
+	}
+	return s
+}
+
+// Doorbell delivers doorbells that reach the model and state changes.
+type Doorbell interface {
+	// Ring signals vector of peer; it fails (and the doorbell is dropped)
+	// for a peer or vector that does not exist.
+	Ring(peer, vector int) error
+	// StateChanged tells that this peer's state register changed (the VMM
+	// notifies the other peers).
+	StateChanged(state uint32)
+}
+
+// Device is one peer's shared-memory PCI function.
+type Device struct {
+	id     int
+	layout Layout
+	cfg    *pci.ConfigSpace
+	msix   *pci.MSIX
+	bell   Doorbell
+	state  []byte // the state table (host memory shared by all peers)
+
+	mu         sync.Mutex
+	intEnabled bool
+	myState    uint32
+	dropped    uint64 // doorbells that could not be delivered
+	roWrites   uint64 // guest writes to read-only memory that trapped
+}
+
+// New builds peer id's device. stateTable is the shared state table memory
+// (at least layout.StateTableSize() bytes); the model writes this peer's
+// entry in it. vectors is the number of MSI-X vectors.
+func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell) (*Device, error) {
+	if err := layout.Validate(); err != nil {
+		return nil, err
+	}
+	if id < 0 || id >= layout.Peers {
+		return nil, fmt.Errorf("%w: peer id %d of %d peers", ErrLayout, id, layout.Peers)
+	}
+	if uint64(len(stateTable)) < layout.StateTableSize() {
+		return nil, fmt.Errorf("%w: state table of %d bytes, need %d", ErrLayout, len(stateTable), layout.StateTableSize())
+	}
+	if vectors < 1 || vectors > 64 {
+		return nil, fmt.Errorf("%w: %d MSI-X vectors (1..64)", ErrLayout, vectors)
+	}
+	cfg := pci.NewConfigSpace(pci.Header{VendorID: VendorID, DeviceID: DeviceID, Class: ClassOther | ProtocolFICM,
+		SubsystemVendorID: VendorID, SubsystemID: DeviceID, Revision: 2})
+	if err := cfg.AddMemBAR(RegBAR, regSize, false, false); err != nil {
+		return nil, err
+	}
+	if err := cfg.AddMemBAR(MSIXBAR, regSize, false, false); err != nil {
+		return nil, err
+	}
+	if err := cfg.AddMemBAR(MemBAR, layout.BARSize(), true, true); err != nil {
+		return nil, err
+	}
+	// Vendor capability: id, next, length, reserved, then (from the
+	// capability's offset) u32 state table size at +4, u64 read-write
+	// section size at +8, u64 output section size at +16.
+	body := make([]byte, 22)
+	body[0] = 24
+	binary.LittleEndian.PutUint32(body[2:], uint32(layout.StateTableSize()))
+	binary.LittleEndian.PutUint64(body[6:], layout.RWSize)
+	binary.LittleEndian.PutUint64(body[14:], layout.OutputSize)
+	if _, err := cfg.AddVendorCapability(body, make([]byte, len(body))); err != nil {
+		return nil, err
+	}
+	msix, err := pci.NewMSIX(cfg, vectors, MSIXBAR, 0, regSize/2, router)
+	if err != nil {
+		return nil, err
+	}
+	return &Device{id: id, layout: layout, cfg: cfg, msix: msix, bell: bell, state: stateTable}, nil
+}
+
+// Layout returns the memory layout.
+func (d *Device) Layout() Layout { return d.layout }
+
+// ID returns this peer's id.
+func (d *Device) ID() int { return d.id }
+
+// Signal raises vector in this guest (the VMM's fallback path when a peer's
+// doorbell reached userspace); it respects INT_CONTROL and MSI-X masking.
+func (d *Device) Signal(vector int) error {
+	d.mu.Lock()
+	on := d.intEnabled
+	d.mu.Unlock()
+	if !on {
+		return nil
+	}
+	return d.msix.Signal(vector)
+}
+
+// Stats returns the dropped doorbells and trapped read-only writes.
+func (d *Device) Stats() (dropped, roWrites uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dropped, d.roWrites
+}
+
+// ReadConfig implements pci.Device.
+func (d *Device) ReadConfig(offset int, data []byte) { d.cfg.Read(offset, data) }
+
+// WriteConfig implements pci.Device.
+func (d *Device) WriteConfig(offset int, data []byte) {
+	d.cfg.Write(offset, data)
+	_ = d.msix.ControlWritten() // a router error leaves a vector unrouted; nothing to tell the guest
+}
+
+// BARs implements pci.Device.
+func (d *Device) BARs() []pci.BAR { return d.cfg.BARs() }
+
+// ReadBAR implements pci.Device.
+func (d *Device) ReadBAR(bar int, offset uint64, data []byte) {
+	clear(data)
+	switch bar {
+	case RegBAR:
+		if len(data) != 4 || offset%4 != 0 {
+			return
+		}
+		var v uint32
+		d.mu.Lock()
+		switch offset {
+		case RegID:
+			v = uint32(d.id)
+		case RegMaxPeers:
+			v = uint32(d.layout.Peers)
+		case RegIntControl:
+			if d.intEnabled {
+				v = 1
+			}
+		case RegState:
+			v = d.myState
+		}
+		d.mu.Unlock()
+		binary.LittleEndian.PutUint32(data, v)
+	case MSIXBAR:
+		if offset < regSize/2 {
+			d.msix.ReadTable(offset, data)
+		} else {
+			d.msix.ReadPBA(offset-regSize/2, data)
+		}
+	case MemBAR:
+		// Mapped as memory by the VMM; a read that traps is outside the
+		// used part of the BAR.
+		for i := range data {
+			data[i] = 0xFF
+		}
+	}
+}
+
+// WriteBAR implements pci.Device.
+func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
+	switch bar {
+	case RegBAR:
+		if len(data) != 4 || offset%4 != 0 {
+			return
+		}
+		v := binary.LittleEndian.Uint32(data)
+		switch offset {
+		case RegIntControl:
+			d.mu.Lock()
+			d.intEnabled = v&1 != 0
+			d.mu.Unlock()
+		case RegDoorbell:
+			peer, vector := int(v>>16), int(v&0xFFFF)
+			if err := d.bell.Ring(peer, vector); err != nil {
+				d.mu.Lock()
+				d.dropped++
+				d.mu.Unlock()
+			}
+		case RegState:
+			d.mu.Lock()
+			d.myState = v
+			binary.LittleEndian.PutUint32(d.state[4*d.id:], v)
+			d.mu.Unlock()
+			d.bell.StateChanged(v)
+		}
+	case MSIXBAR:
+		if offset < regSize/2 {
+			_ = d.msix.WriteTable(offset, data)
+		} else {
+			d.msix.WritePBA(offset-regSize/2, data)
+		}
+	case MemBAR:
+		// A write to a read-only section (another peer's output, the state
+		// table) traps here: drop it.
+		d.mu.Lock()
+		d.roWrites++
+		d.mu.Unlock()
+	}
+}
+
+var _ pci.Device = (*Device)(nil)

@@ -1,0 +1,183 @@
+package shmem
+
+import (
+	"encoding/binary"
+	"errors"
+	"math/rand"
+	"sync"
+	"testing"
+
+	"rainforest/vmm/pci"
+)
+
+type fakeBell struct {
+	mu     sync.Mutex
+	peers  int
+	rings  [][2]int
+	states []uint32
+}
+
+func (b *fakeBell) Ring(peer, vector int) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if peer >= b.peers || vector >= 4 {
+		return errors.New("no such target")
+	}
+	b.rings = append(b.rings, [2]int{peer, vector})
+	return nil
+}
+
+func (b *fakeBell) StateChanged(s uint32) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.states = append(b.states, s)
+}
+
+type fakeRouter struct {
+	mu    sync.Mutex
+	fired []int
+}
+
+func (r *fakeRouter) Route(int, pci.MSIMessage, bool) error { return nil }
+func (r *fakeRouter) Fire(v int) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.fired = append(r.fired, v)
+	return nil
+}
+
+func newTestDevice(t *testing.T) (*Device, *fakeBell, *fakeRouter, []byte) {
+	t.Helper()
+	l := Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
+	table := make([]byte, l.StateTableSize())
+	bell, router := &fakeBell{peers: 3}, &fakeRouter{}
+	d, err := New(1, l, 4, table, router, bell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d, bell, router, table
+}
+
+func reg(d *Device, off uint64) uint32 {
+	b := make([]byte, 4)
+	d.ReadBAR(RegBAR, off, b)
+	return binary.LittleEndian.Uint32(b)
+}
+
+func writeReg(d *Device, off uint64, v uint32) {
+	b := make([]byte, 4)
+	binary.LittleEndian.PutUint32(b, v)
+	d.WriteBAR(RegBAR, off, b)
+}
+
+func TestLayout(t *testing.T) {
+	l := Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
+	if l.StateTableSize() != 4096 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(2) != 8192+2*8192 || l.Size() != 8192+3*8192 {
+		t.Errorf("layout offsets: st %d rw %d out0 %d out2 %d size %d", l.StateTableSize(), l.RWOffset(), l.OutputOffset(0), l.OutputOffset(2), l.Size())
+	}
+	if l.BARSize() != 32768 {
+		t.Errorf("BAR size %d", l.BARSize())
+	}
+	for _, bad := range []Layout{{Peers: 0, OutputSize: 4096}, {Peers: 2, OutputSize: 100}, {Peers: 2, OutputSize: 4096, RWSize: 10}, {Peers: MaxPeers + 1, OutputSize: 4096}} {
+		if err := bad.Validate(); !errors.Is(err, ErrLayout) {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+	if _, err := New(3, l, 4, make([]byte, 4096), &fakeRouter{}, &fakeBell{}); !errors.Is(err, ErrLayout) {
+		t.Errorf("peer id out of range accepted: %v", err)
+	}
+	if _, err := New(0, l, 4, make([]byte, 4), &fakeRouter{}, &fakeBell{}); !errors.Is(err, ErrLayout) {
+		t.Errorf("short state table accepted: %v", err)
+	}
+}
+
+func TestRegisters(t *testing.T) {
+	d, bell, router, table := newTestDevice(t)
+	if reg(d, RegID) != 1 || reg(d, RegMaxPeers) != 3 || reg(d, RegIntControl) != 0 {
+		t.Errorf("id %d peers %d int %d", reg(d, RegID), reg(d, RegMaxPeers), reg(d, RegIntControl))
+	}
+	writeReg(d, RegDoorbell, 2<<16|3)
+	writeReg(d, RegDoorbell, 7<<16|0) // no such peer: dropped
+	writeReg(d, RegDoorbell, 0<<16|9) // no such vector: dropped
+	if len(bell.rings) != 1 || bell.rings[0] != [2]int{2, 3} {
+		t.Errorf("rings %v", bell.rings)
+	}
+	if dropped, _ := d.Stats(); dropped != 2 {
+		t.Errorf("dropped %d, want 2", dropped)
+	}
+	writeReg(d, RegState, 0xABCD)
+	if binary.LittleEndian.Uint32(table[4:]) != 0xABCD || reg(d, RegState) != 0xABCD || len(bell.states) != 1 {
+		t.Errorf("state not mirrored: table %x states %v", table[:12], bell.states)
+	}
+	writeReg(d, RegID, 9) // read-only
+	if reg(d, RegID) != 1 {
+		t.Error("ID is writable")
+	}
+	// Interrupts are delivered only when enabled (and MSI-X is on).
+	if err := d.Signal(0); err != nil || len(router.fired) != 0 {
+		t.Errorf("signal with interrupts off: %v %v", err, router.fired)
+	}
+	writeReg(d, RegIntControl, 1)
+	if reg(d, RegIntControl) != 1 {
+		t.Error("INT_CONTROL not set")
+	}
+	// Writes to read-only memory that trap are counted and dropped.
+	d.WriteBAR(MemBAR, 8192, []byte{1, 2, 3, 4})
+	if _, ro := d.Stats(); ro != 1 {
+		t.Errorf("read-only writes %d", ro)
+	}
+}
+
+func TestConfigSpace(t *testing.T) {
+	d, _, _, _ := newTestDevice(t)
+	b := make([]byte, 4)
+	d.ReadConfig(0, b)
+	if binary.LittleEndian.Uint16(b) != VendorID || binary.LittleEndian.Uint16(b[2:]) != DeviceID {
+		t.Errorf("ids %x", b)
+	}
+	bars := d.BARs()
+	if len(bars) != 3 || bars[2].Index != MemBAR || bars[2].Size != d.Layout().BARSize() || !bars[2].Is64 {
+		t.Errorf("BARs %+v", bars)
+	}
+	// Walk the capability list to the vendor capability with the sizes.
+	d.ReadConfig(0x34, b[:1])
+	found := false
+	for off := int(b[0]); off != 0; {
+		hdr := make([]byte, 2)
+		d.ReadConfig(off, hdr)
+		if hdr[0] == 0x09 {
+			body := make([]byte, 24)
+			d.ReadConfig(off, body)
+			st := binary.LittleEndian.Uint32(body[4:])
+			rw := binary.LittleEndian.Uint64(body[8:])
+			out := binary.LittleEndian.Uint64(body[16:])
+			if body[2] != 24 || st != 4096 || rw != 4096 || out != 8192 {
+				t.Errorf("vendor cap: state table %d output %d (%x)", st, out, body)
+			}
+			found = true
+		}
+		off = int(hdr[1])
+	}
+	if !found {
+		t.Error("no vendor capability")
+	}
+}
+
+// Garbage from the guest at any offset and width never panics.
+func TestGarbage(t *testing.T) {
+	d, _, _, _ := newTestDevice(t)
+	r := rand.New(rand.NewSource(1))
+	for i := 0; i < 20000; i++ {
+		n := []int{1, 2, 4, 8}[r.Intn(4)]
+		data := make([]byte, n)
+		r.Read(data)
+		bar := r.Intn(5)
+		off := uint64(r.Intn(1 << 16))
+		if r.Intn(2) == 0 {
+			d.WriteBAR(bar, off, data)
+		} else {
+			d.ReadBAR(bar, off, data)
+		}
+		d.WriteConfig(r.Intn(256), data[:min(n, 4)])
+	}
+}
