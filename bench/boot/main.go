@@ -20,13 +20,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"rainforest/bench/boot/measure"
 	"rainforest/bench/boot/report"
+	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
 )
 
@@ -77,22 +76,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := run(ctx, o, os.Stderr)
-	if rep != nil {
-		if werr := report.WriteTable(os.Stdout, rep); werr != nil && err == nil {
-			err = werr
-		}
-		if o.jsonPath != "" {
-			if werr := writeJSON(o.jsonPath, rep); werr != nil && err == nil {
-				err = werr
-			} else if werr == nil {
-				fmt.Printf("JSON: %s\n", o.jsonPath)
-			}
-		}
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench/boot:", err)
-		os.Exit(1)
-	}
+	os.Exit(benchkit.Finish(os.Stdout, os.Stderr, "bench/boot", rep, err, report.WriteTable, o.jsonPath))
 }
 
 // run builds what the benchmark needs, runs it (nested or directly) and
@@ -102,16 +86,13 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	if err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
-	need, why := needNested(o.nestedMode)
-	work, err := os.MkdirTemp("", "rf-bench-boot-")
+	need, why := benchkit.NeedNested(o.nestedMode)
+	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-boot-", "rainforest/cmd/rfm", "rainforest/bench/boot/cmd/rfbench")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
-	bins, err := buildBinaries(ctx, work)
-	if err != nil {
-		return nil, err
-	}
+	defer ws.Remove()
+	bins := binaries{rfm: ws.Binaries[0], rfbench: ws.Binaries[1]}
 	plan := &benchPlan{runs: o.runs, runTimeout: o.runTimeout, qemuCPU: o.qemuCPU, verbose: o.verbose}
 	rep := &report.Report{
 		Nested: need, HostReason: why, Runs: o.runs, CPUs: guestCPUs, MemoryMiB: guestMemoryMiB,
@@ -171,45 +152,4 @@ func fillReport(rep *report.Report, output string) {
 		rep.Notes = append(rep.Notes, "QEMU, its libraries and firmware run inside L1 (copied into L1's initramfs); "+
 			"files there live on L1's tmpfs root, so mapped binaries count as RssShmem rather than RssFile")
 	}
-}
-
-func writeJSON(p string, rep *report.Report) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(p)
-	if err != nil {
-		return err
-	}
-	if err := report.WriteJSON(f, rep); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// lineFilter passes the lines containing measure.LinePrefix to w (progress
-// while L1 runs) and drops the rest.
-type lineFilter struct {
-	w       io.Writer
-	partial []byte
-}
-
-func (f *lineFilter) Write(p []byte) (int, error) {
-	f.partial = append(f.partial, p...)
-	for {
-		i := strings.IndexByte(string(f.partial), '\n')
-		if i < 0 {
-			break
-		}
-		line := string(f.partial[:i+1])
-		f.partial = f.partial[i+1:]
-		if strings.Contains(line, measure.LinePrefix) {
-			io.WriteString(f.w, strings.TrimLeft(line, "\r"))
-		}
-	}
-	if len(f.partial) > 1<<16 {
-		f.partial = nil
-	}
-	return len(p), nil
 }

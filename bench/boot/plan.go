@@ -12,7 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"rainforest/bench/boot/measure"
 	"rainforest/bench/boot/qemubundle"
+	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
 	"rainforest/internal/nested"
 )
@@ -51,33 +53,6 @@ type vmmPaths struct {
 // binaries are the static programs built for the session.
 type binaries struct{ rfm, rfbench string }
 
-func needNested(mode string) (bool, string) {
-	switch mode {
-	case "always":
-		return true, "nested mode forced (-nested always)"
-	case "never":
-		return false, "nested mode off (-nested never)"
-	}
-	return nested.Needed()
-}
-
-// buildBinaries builds rfm and rfbench statically into dir.
-func buildBinaries(ctx context.Context, dir string) (binaries, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return binaries{}, fmt.Errorf("the go tool is needed to build rfm and rfbench: %w", err)
-	}
-	b := binaries{rfm: filepath.Join(dir, "rfm"), rfbench: filepath.Join(dir, "rfbench")}
-	for out, pkg := range map[string]string{b.rfm: "rainforest/cmd/rfm", b.rfbench: "rainforest/bench/boot/cmd/rfbench"} {
-		cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			return binaries{}, fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
-		}
-	}
-	return b, nil
-}
-
 // argv returns the command lines of both VMMs.
 func (p *benchPlan) argv(paths vmmPaths) map[string][]string {
 	mem := strconv.Itoa(guestMemoryMiB) + "M"
@@ -99,14 +74,14 @@ func (p *benchPlan) script(paths vmmPaths) string {
 	argv := p.argv(paths)
 	p.commands = map[string]string{}
 	for name, a := range argv {
-		p.commands[name] = shellJoin(a)
+		p.commands[name] = benchkit.ShellJoin(a)
 	}
 	var b strings.Builder
 	b.WriteString("echo \"RF-BENCH-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
 	if paths.libraryPath != "" {
-		b.WriteString("export LD_LIBRARY_PATH=" + shellQuote(paths.libraryPath) + "\n")
+		b.WriteString("export LD_LIBRARY_PATH=" + benchkit.ShellQuote(paths.libraryPath) + "\n")
 	}
-	b.WriteString(shellQuote(paths.qemu) + " --version | head -n 1\n")
+	b.WriteString(benchkit.ShellQuote(paths.qemu) + " --version | head -n 1\n")
 	for i := 1; i <= p.runs; i++ {
 		order := []string{vmmRFM, vmmQEMU}
 		if i%2 == 0 {
@@ -114,7 +89,7 @@ func (p *benchPlan) script(paths vmmPaths) string {
 		}
 		for _, name := range order {
 			fmt.Fprintf(&b, "%s -vmm %s -run %d -timeout %s -echo=%t -marker %s -- %s\n",
-				shellQuote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
+				benchkit.ShellQuote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
 		}
 	}
 	b.WriteString("true\n")
@@ -145,10 +120,7 @@ func runNested(ctx context.Context, o options, p *benchPlan, img *images.Image, 
 	if timeout <= 0 {
 		timeout = 5*time.Minute + time.Duration(2*p.runs)*3*time.Minute
 	}
-	var logW io.Writer = &lineFilter{w: log}
-	if o.verbose {
-		logW = log
-	}
+	logW := benchkit.ProgressWriter(log, measure.LinePrefix, o.verbose)
 	res, err := nested.Run(ctx, nested.Config{
 		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB,
 		HugePages: nestedHugePages, Timeout: timeout, Log: logW, QEMU: qemu,
@@ -179,10 +151,7 @@ func runDirect(ctx context.Context, o options, p *benchPlan, img *images.Image, 
 	})
 	cmd := exec.CommandContext(ctx, "sh", "-c", script)
 	var out bytes.Buffer
-	var progress io.Writer = &lineFilter{w: log}
-	if o.verbose {
-		progress = log
-	}
+	progress := benchkit.ProgressWriter(log, measure.LinePrefix, o.verbose)
 	cmd.Stdout = io.MultiWriter(&out, progress)
 	cmd.Stderr = log
 	if err := cmd.Run(); err != nil {
@@ -204,27 +173,4 @@ func checkHugetlbfs(dir string) error {
 		}
 	}
 	return fmt.Errorf("%s is not a hugetlbfs mount (mount -t hugetlbfs none %s)", dir, dir)
-}
-
-func shellJoin(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = shellQuote(a)
-	}
-	return strings.Join(q, " ")
-}
-
-// shellQuote quotes s for sh unless it consists of safe characters only.
-func shellQuote(s string) string {
-	safe := s != ""
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,+@%", r)) {
-			safe = false
-			break
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

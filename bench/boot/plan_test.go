@@ -1,29 +1,10 @@
 package main
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 )
-
-func TestShellQuoteRoundTrip(t *testing.T) {
-	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
-	}
-	args := []string{"plain", "console=ttyS0 quiet", "it's", "", "a\"b$c`d\\", "-M", "microvm,acpi=on"}
-	out, err := exec.Command("sh", "-c", "for a in "+shellJoin(args)+`; do printf '<%s>' "$a"; done`).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := ""
-	for _, a := range args {
-		want += "<" + a + ">"
-	}
-	if string(out) != want {
-		t.Fatalf("got %s, want %s", out, want)
-	}
-}
 
 func TestScript(t *testing.T) {
 	p := &benchPlan{runs: 2, runTimeout: time.Minute, qemuCPU: "host"}
@@ -61,16 +42,5 @@ func TestScript(t *testing.T) {
 		if !strings.Contains(p.commands[vmmQEMU], want) {
 			t.Errorf("qemu command lacks %q", want)
 		}
-	}
-}
-
-func TestLineFilter(t *testing.T) {
-	var b strings.Builder
-	f := &lineFilter{w: &b}
-	for _, chunk := range []string{"noise\r\nRF-BE", "NCH vmm=rfm run=1\r\n[rfm#1] x\n", "RF-BENCH-INFO a\n", "partial RF-BENCH"} {
-		f.Write([]byte(chunk))
-	}
-	if b.String() != "RF-BENCH vmm=rfm run=1\r\nRF-BENCH-INFO a\n" {
-		t.Fatalf("got %q", b.String())
 	}
 }

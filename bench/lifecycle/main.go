@@ -23,11 +23,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
+	"rainforest/bench/internal/benchkit"
 	"rainforest/bench/lifecycle/lxc"
 	"rainforest/bench/lifecycle/report"
 	"rainforest/bench/lifecycle/sample"
@@ -73,22 +72,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := run(ctx, o, os.Stderr)
-	if rep != nil {
-		if werr := report.WriteTable(os.Stdout, rep); werr != nil && err == nil {
-			err = werr
-		}
-		if o.jsonPath != "" {
-			if werr := writeJSON(o.jsonPath, rep); werr != nil && err == nil {
-				err = werr
-			} else if werr == nil {
-				fmt.Printf("JSON: %s\n", o.jsonPath)
-			}
-		}
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "bench/lifecycle:", err)
-		os.Exit(1)
-	}
+	os.Exit(benchkit.Finish(os.Stdout, os.Stderr, "bench/lifecycle", rep, err, report.WriteTable, o.jsonPath))
 }
 
 // run measures LXC and then rfm and returns the report. A report with
@@ -98,16 +82,13 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	if err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
-	need, why := needNested(o.nestedMode)
-	work, err := os.MkdirTemp("", "rf-bench-lifecycle-")
+	need, why := benchkit.NeedNested(o.nestedMode)
+	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-lifecycle-", "rainforest/cmd/rfm", "rainforest/bench/lifecycle/cmd/rflifecycle")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
-	bins, err := buildBinaries(ctx, work)
-	if err != nil {
-		return nil, err
-	}
+	defer ws.Remove()
+	bins := binaries{rfm: ws.Binaries[0], measurer: ws.Binaries[1]}
 	rep := &report.Report{
 		Settings: map[string]string{}, Nested: need, HostReason: why, Runs: o.runs,
 		Guest: fmt.Sprintf("subOS: 1 core, %d MiB on 2 MiB hugepages, default image (kernel %s); "+
@@ -120,7 +101,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	if o.lxc {
 		rep.Settings[lxc.System] = "natively on this host (L0); LXC is not run inside the nested L1 guest " +
 			"(that would need LXC's userspace, templates and cgroup setup in L1's initramfs)"
-		samples, cmds, err := runLXC(ctx, o, work, log)
+		samples, cmds, err := runLXC(ctx, o, ws.Dir, log)
 		if err != nil {
 			rep.Skipped[lxc.System] = err.Error()
 			fmt.Fprintf(log, "bench/lifecycle: LXC skipped: %v\n", err)
@@ -142,7 +123,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	} else {
 		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm directly on this host\n", why)
 		rep.Settings[subos.System] = "directly on this host: " + why
-		output, err = runDirect(ctx, o, plan, img, bins, work, log)
+		output, err = runDirect(ctx, o, plan, img, bins, ws.Dir, log)
 	}
 	rep.Commands[subos.System] = plan.commands
 	rfmSamples, perrs := sample.ParseOutput(output)
@@ -179,45 +160,4 @@ func fillReport(rep *report.Report) {
 			"instruction emulated in software) while LXC runs natively on this host, so the rfm/LXC comparison is only "+
 			"indicative on this machine; absolute rfm times here are not those of real VT-x/AMD-V hardware")
 	}
-}
-
-func writeJSON(p string, rep *report.Report) error {
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		return err
-	}
-	f, err := os.Create(p)
-	if err != nil {
-		return err
-	}
-	if err := report.WriteJSON(f, rep); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-// lineFilter passes the lines containing sample.LinePrefix to w (progress
-// while L1 runs) and drops the rest.
-type lineFilter struct {
-	w       io.Writer
-	partial []byte
-}
-
-func (f *lineFilter) Write(p []byte) (int, error) {
-	f.partial = append(f.partial, p...)
-	for {
-		i := strings.IndexByte(string(f.partial), '\n')
-		if i < 0 {
-			break
-		}
-		line := string(f.partial[:i+1])
-		f.partial = f.partial[i+1:]
-		if strings.Contains(line, sample.LinePrefix) {
-			io.WriteString(f.w, strings.TrimLeft(line, "\r"))
-		}
-	}
-	if len(f.partial) > 1<<16 {
-		f.partial = nil
-	}
-	return len(p), nil
 }

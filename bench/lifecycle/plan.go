@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"rainforest/bench/internal/benchkit"
 	"rainforest/bench/lifecycle/lxc"
 	"rainforest/bench/lifecycle/sample"
 	"rainforest/images"
@@ -35,33 +36,6 @@ const (
 // binaries are the static programs built for the session.
 type binaries struct{ rfm, measurer string }
 
-func needNested(mode string) (bool, string) {
-	switch mode {
-	case "always":
-		return true, "nested mode forced (-nested always)"
-	case "never":
-		return false, "nested mode off (-nested never)"
-	}
-	return nested.Needed()
-}
-
-// buildBinaries builds rfm and rflifecycle statically into dir.
-func buildBinaries(ctx context.Context, dir string) (binaries, error) {
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		return binaries{}, fmt.Errorf("the go tool is needed to build rfm and rflifecycle: %w", err)
-	}
-	b := binaries{rfm: filepath.Join(dir, "rfm"), measurer: filepath.Join(dir, "rflifecycle")}
-	for out, pkg := range map[string]string{b.rfm: "rainforest/cmd/rfm", b.measurer: "rainforest/bench/lifecycle/cmd/rflifecycle"} {
-		cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			return binaries{}, fmt.Errorf("go build %s: %w\n%s", pkg, err, msg)
-		}
-	}
-	return b, nil
-}
-
 // rfmPlan is the rfm half of a session.
 type rfmPlan struct {
 	runs       int
@@ -82,7 +56,7 @@ func (p *rfmPlan) record(step string, argv []string) []string {
 	if p.commands == nil {
 		p.commands = map[string]string{}
 	}
-	p.commands[step] = shellJoin(argv)
+	p.commands[step] = benchkit.ShellJoin(argv)
 	return argv
 }
 
@@ -108,14 +82,14 @@ func (p *rfmPlan) script(paths rfmPaths) string {
 	var b strings.Builder
 	b.WriteString("grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n")
 	b.WriteString("echo \"RF-LIFECYCLE-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
-	fmt.Fprintf(&b, "mkdir -p %s\n", shellQuote(filepath.Dir(paths.socket)))
-	fmt.Fprintf(&b, "%s >/tmp/rf-serve.log 2>&1 &\n", shellJoin(p.serveArgv(paths)))
+	fmt.Fprintf(&b, "mkdir -p %s\n", benchkit.ShellQuote(filepath.Dir(paths.socket)))
+	fmt.Fprintf(&b, "%s >/tmp/rf-serve.log 2>&1 &\n", benchkit.ShellJoin(p.serveArgv(paths)))
 	b.WriteString("serve=$!\n")
-	fmt.Fprintf(&b, "%s\n", shellJoin(p.measurerArgv(paths)))
+	fmt.Fprintf(&b, "%s\n", benchkit.ShellJoin(p.measurerArgv(paths)))
 	b.WriteString("st=$?\n")
 	b.WriteString("kill $serve; wait $serve\n")
 	fmt.Fprintf(&b, "if [ $st -ne 0 ]; then echo '== supervisor log'; tail -n 40 /tmp/rf-serve.log; echo '== subOS logs'; tail -n 20 %s/*.log; fi\n",
-		shellQuote(paths.runDir))
+		benchkit.ShellQuote(paths.runDir))
 	b.WriteString("exit $st\n")
 	return b.String()
 }
@@ -136,10 +110,7 @@ func runNested(ctx context.Context, o options, p *rfmPlan, img *images.Image, bi
 	if timeout <= 0 {
 		timeout = 5*time.Minute + time.Duration(p.runs)*2*time.Minute
 	}
-	var logW io.Writer = &lineFilter{w: log}
-	if o.verbose {
-		logW = log
-	}
+	logW := benchkit.ProgressWriter(log, sample.LinePrefix, o.verbose)
 	res, err := nested.Run(ctx, nested.Config{
 		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB,
 		HugePages: nestedHugePages, Timeout: timeout, Log: logW, QEMU: o.qemu,
@@ -179,10 +150,7 @@ func runDirect(ctx context.Context, o options, p *rfmPlan, img *images.Image, bi
 	mArgv := p.measurerArgv(paths)
 	m := exec.CommandContext(ctx, mArgv[0], mArgv[1:]...)
 	var out bytes.Buffer
-	var progress io.Writer = &lineFilter{w: log}
-	if o.verbose {
-		progress = log
-	}
+	progress := benchkit.ProgressWriter(log, sample.LinePrefix, o.verbose)
 	m.Stdout = io.MultiWriter(&out, progress)
 	m.Stderr = log
 	merr := m.Run()
@@ -235,27 +203,4 @@ func tail(s string, n int) string {
 		return "..." + s[len(s)-n:]
 	}
 	return s
-}
-
-func shellJoin(args []string) string {
-	q := make([]string, len(args))
-	for i, a := range args {
-		q[i] = shellQuote(a)
-	}
-	return strings.Join(q, " ")
-}
-
-// shellQuote quotes s for sh unless it consists of safe characters only.
-func shellQuote(s string) string {
-	safe := s != ""
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,+@%", r)) {
-			safe = false
-			break
-		}
-	}
-	if safe {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

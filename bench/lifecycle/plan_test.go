@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 	"time"
@@ -31,33 +30,6 @@ func TestScript(t *testing.T) {
 	}
 	if p.commands["serve"] == "" || p.commands["measure"] == "" {
 		t.Errorf("commands not recorded: %v", p.commands)
-	}
-}
-
-func TestNeedNestedModes(t *testing.T) {
-	if need, _ := needNested("always"); !need {
-		t.Error("always")
-	}
-	if need, _ := needNested("never"); need {
-		t.Error("never")
-	}
-}
-
-func TestShellQuote(t *testing.T) {
-	for in, want := range map[string]string{"/bin/rfm": "/bin/rfm", "a b": "'a b'", "it's": `'it'\''s'`, "": "''"} {
-		if got := shellQuote(in); got != want {
-			t.Errorf("shellQuote(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
-func TestLineFilter(t *testing.T) {
-	var b bytes.Buffer
-	f := &lineFilter{w: &b}
-	f.Write([]byte("[ 1.0] noise\r\n\rRF-LIFECYCLE system=rfm run=1"))
-	f.Write([]byte(" destroy_us=5\r\nmore noise\n"))
-	if got := b.String(); got != "RF-LIFECYCLE system=rfm run=1 destroy_us=5\r\n" {
-		t.Errorf("filtered %q", got)
 	}
 }
 

@@ -4,8 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
+
+	"rainforest/bench/internal/benchkit"
 )
 
 // LinePrefix starts every result line the measurer prints.
@@ -37,52 +38,30 @@ type Sample struct {
 func (s Sample) OK() bool { return s.Error == "" }
 
 // FormatLine renders s as one line: LinePrefix followed by key=value
-// fields; values that need it are Go-quoted.
+// fields; values that need it are Go-quoted (benchkit.FormatLine).
 func FormatLine(s Sample) string {
-	kv := []struct {
-		k, v string
-	}{
-		{"vmm", s.VMM},
-		{"run", strconv.Itoa(s.Run)},
-		{"init_us", strconv.FormatInt(s.Init.Microseconds(), 10)},
-		{"exit_us", strconv.FormatInt(s.Exit.Microseconds(), 10)},
-		{"exit_code", strconv.Itoa(s.ExitCode)},
-		{"vmrss_kib", strconv.FormatUint(s.Status.VmRSS, 10)},
-		{"vmhwm_kib", strconv.FormatUint(s.Status.VmHWM, 10)},
-		{"rss_anon_kib", strconv.FormatUint(s.Status.RssAnon, 10)},
-		{"rss_file_kib", strconv.FormatUint(s.Status.RssFile, 10)},
-		{"rss_shmem_kib", strconv.FormatUint(s.Status.RssShmem, 10)},
-		{"hugetlb_kib", strconv.FormatUint(s.Status.HugetlbPages, 10)},
-	}
-	var b strings.Builder
-	b.WriteString(LinePrefix)
-	for _, f := range kv {
-		b.WriteString(" " + f.k + "=" + quoteValue(f.v))
-	}
-	if s.Error != "" {
-		b.WriteString(" error=" + strconv.Quote(s.Error))
-	}
-	return b.String()
-}
-
-func quoteValue(v string) string {
-	if v == "" || strings.ContainsAny(v, " \t\"=\\\r\n") || !strconv.CanBackquote(v) {
-		return strconv.Quote(v)
-	}
-	return v
+	return benchkit.FormatLine(LinePrefix, []benchkit.Field{
+		{Key: "vmm", Value: s.VMM},
+		{Key: "run", Value: strconv.Itoa(s.Run)},
+		{Key: "init_us", Value: strconv.FormatInt(s.Init.Microseconds(), 10)},
+		{Key: "exit_us", Value: strconv.FormatInt(s.Exit.Microseconds(), 10)},
+		{Key: "exit_code", Value: strconv.Itoa(s.ExitCode)},
+		{Key: "vmrss_kib", Value: strconv.FormatUint(s.Status.VmRSS, 10)},
+		{Key: "vmhwm_kib", Value: strconv.FormatUint(s.Status.VmHWM, 10)},
+		{Key: "rss_anon_kib", Value: strconv.FormatUint(s.Status.RssAnon, 10)},
+		{Key: "rss_file_kib", Value: strconv.FormatUint(s.Status.RssFile, 10)},
+		{Key: "rss_shmem_kib", Value: strconv.FormatUint(s.Status.RssShmem, 10)},
+		{Key: "hugetlb_kib", Value: strconv.FormatUint(s.Status.HugetlbPages, 10)},
+	}, s.Error)
 }
 
 // ParseLine parses a result line. ok is false when the line carries no
 // result (no LinePrefix followed by a space); text before the prefix, such
 // as console noise on the same line, is skipped.
 func ParseLine(line string) (s Sample, ok bool, err error) {
-	i := strings.Index(line, LinePrefix+" ")
-	if i < 0 {
-		return Sample{}, false, nil
-	}
-	fields, err := splitFields(strings.TrimRight(line[i+len(LinePrefix)+1:], "\r\n"))
-	if err != nil {
-		return Sample{}, true, fmt.Errorf("%w: %v: %q", ErrBadLine, err, line)
+	fields, ok, err := benchkit.LineFields(line, LinePrefix, ErrBadLine)
+	if !ok || err != nil {
+		return Sample{}, ok, err
 	}
 	ints := map[string]*int64{}
 	var initUS, exitUS, exitCode, run int64
@@ -93,22 +72,22 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 	}
 	for _, f := range fields {
 		switch {
-		case f.key == "vmm":
-			s.VMM = f.value
-		case f.key == "error":
-			s.Error = f.value
-		case ints[f.key] != nil:
-			n, err := strconv.ParseInt(f.value, 10, 64)
+		case f.Key == "vmm":
+			s.VMM = f.Value
+		case f.Key == benchkit.ErrorKey:
+			s.Error = f.Value
+		case ints[f.Key] != nil:
+			n, err := strconv.ParseInt(f.Value, 10, 64)
 			if err != nil {
-				return Sample{}, true, fmt.Errorf("%w: %s: %v", ErrBadLine, f.key, err)
+				return Sample{}, true, fmt.Errorf("%w: %s: %v", ErrBadLine, f.Key, err)
 			}
-			*ints[f.key] = n
-		case uints[f.key] != nil:
-			n, err := strconv.ParseUint(f.value, 10, 64)
+			*ints[f.Key] = n
+		case uints[f.Key] != nil:
+			n, err := strconv.ParseUint(f.Value, 10, 64)
 			if err != nil {
-				return Sample{}, true, fmt.Errorf("%w: %s: %v", ErrBadLine, f.key, err)
+				return Sample{}, true, fmt.Errorf("%w: %s: %v", ErrBadLine, f.Key, err)
 			}
-			*uints[f.key] = n
+			*uints[f.Key] = n
 		}
 	}
 	if s.VMM == "" {
@@ -126,51 +105,5 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 // layer's console output). Lines that fail to parse are reported in errs
 // and skipped.
 func ParseOutput(text string) (samples []Sample, errs []error) {
-	for _, line := range strings.Split(text, "\n") {
-		s, ok, err := ParseLine(line)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case ok:
-			samples = append(samples, s)
-		}
-	}
-	return samples, errs
-}
-
-type field struct{ key, value string }
-
-// splitFields splits `k=v k2="quoted v"` into fields.
-func splitFields(s string) ([]field, error) {
-	var out []field
-	for {
-		s = strings.TrimLeft(s, " \t")
-		if s == "" {
-			return out, nil
-		}
-		eq := strings.IndexByte(s, '=')
-		if eq <= 0 || strings.ContainsAny(s[:eq], " \t\"") {
-			return nil, fmt.Errorf("field without key=value at %q", s)
-		}
-		key := s[:eq]
-		s = s[eq+1:]
-		var val string
-		if strings.HasPrefix(s, `"`) {
-			q, err := strconv.QuotedPrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("bad quoted value for %s: %w", key, err)
-			}
-			if val, err = strconv.Unquote(q); err != nil {
-				return nil, fmt.Errorf("bad quoted value for %s: %w", key, err)
-			}
-			s = s[len(q):]
-		} else {
-			end := strings.IndexAny(s, " \t")
-			if end < 0 {
-				end = len(s)
-			}
-			val, s = s[:end], s[end:]
-		}
-		out = append(out, field{key, val})
-	}
+	return benchkit.ParseLines(text, ParseLine)
 }

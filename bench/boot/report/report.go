@@ -1,18 +1,18 @@
 // Package report summarizes boot benchmark samples: per VMM median, min
 // and max of the time to /init and of the memory overhead, the ratios
-// between two VMMs, a text table and a JSON document.
+// between two VMMs, and a text table; the Report is also the JSON document
+// (benchkit.WriteJSONFile).
 package report
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"rainforest/bench/boot/measure"
+	"rainforest/bench/internal/benchkit"
 )
 
 // Reference targets on real KVM hardware.
@@ -25,70 +25,34 @@ const (
 const OverheadNote = "overhead = VmRSS at /init: both VMMs back guest RAM with 2 MiB hugetlb pages, " +
 	"which VmRSS does not count (they show as HugetlbPages), so VmRSS is the VMM's own memory; VmHWM is its peak"
 
-// Stats are the median, minimum and maximum of N values.
-type Stats struct {
-	N      int     `json:"n"`
-	Median float64 `json:"median"`
-	Min    float64 `json:"min"`
-	Max    float64 `json:"max"`
-}
-
-// StatsOf computes Stats; the median of an even count is the mean of the
-// two middle values. Empty input gives the zero Stats.
-func StatsOf(v []float64) Stats {
-	if len(v) == 0 {
-		return Stats{}
-	}
-	s := slices.Clone(v)
-	slices.Sort(s)
-	m := s[len(s)/2]
-	if len(s)%2 == 0 {
-		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return Stats{N: len(s), Median: m, Min: s[0], Max: s[len(s)-1]}
-}
-
 // Summary aggregates the successful samples of one VMM.
 type Summary struct {
 	VMM    string `json:"vmm"`
 	OK     int    `json:"ok"`
 	Failed int    `json:"failed"`
 	// InitMS is the time from VMM start to the /init marker, ms.
-	InitMS Stats `json:"init_ms"`
+	InitMS benchkit.Stats `json:"init_ms"`
 	// OverheadMiB is VmRSS at the marker, MiB.
-	OverheadMiB Stats `json:"overhead_mib"`
+	OverheadMiB benchkit.Stats `json:"overhead_mib"`
 	// HWMMiB is VmHWM at the marker, MiB.
-	HWMMiB Stats `json:"vmhwm_mib"`
+	HWMMiB benchkit.Stats `json:"vmhwm_mib"`
 	// AnonMiB and MappedMiB split the overhead into anonymous memory and
 	// mapped files plus shared memory (RssFile + RssShmem), MiB.
-	AnonMiB   Stats `json:"rss_anon_mib"`
-	MappedMiB Stats `json:"rss_file_shmem_mib"`
+	AnonMiB   benchkit.Stats `json:"rss_anon_mib"`
+	MappedMiB benchkit.Stats `json:"rss_file_shmem_mib"`
 	// HugetlbMiB is the hugetlb memory mapped at the marker (guest RAM), MiB.
-	HugetlbMiB Stats `json:"hugetlb_mib"`
+	HugetlbMiB benchkit.Stats `json:"hugetlb_mib"`
 }
 
 // Summarize groups samples by VMM, in the order of vmms (VMMs not listed
 // follow in order of first appearance).
 func Summarize(samples []measure.Sample, vmms ...string) []Summary {
-	order := slices.Clone(vmms)
-	for _, s := range samples {
-		if !slices.Contains(order, s.VMM) {
-			order = append(order, s.VMM)
-		}
-	}
-	out := make([]Summary, 0, len(order))
-	for _, name := range order {
-		sum := Summary{VMM: name}
+	groups := benchkit.GroupSamples(samples, func(s measure.Sample) string { return s.VMM }, measure.Sample.OK, vmms...)
+	out := make([]Summary, 0, len(groups))
+	for _, g := range groups {
+		sum := Summary{VMM: g.Name, OK: len(g.OK), Failed: g.Failed}
 		var initMS, over, hwm, anon, mapped, huge []float64
-		for _, s := range samples {
-			if s.VMM != name {
-				continue
-			}
-			if !s.OK() {
-				sum.Failed++
-				continue
-			}
-			sum.OK++
+		for _, s := range g.OK {
 			initMS = append(initMS, float64(s.Init)/float64(time.Millisecond))
 			over = append(over, kibToMiB(s.Status.VmRSS))
 			hwm = append(hwm, kibToMiB(s.Status.VmHWM))
@@ -96,8 +60,8 @@ func Summarize(samples []measure.Sample, vmms ...string) []Summary {
 			mapped = append(mapped, kibToMiB(s.Status.RssFile+s.Status.RssShmem))
 			huge = append(huge, kibToMiB(s.Status.HugetlbPages))
 		}
-		sum.InitMS, sum.OverheadMiB, sum.HWMMiB = StatsOf(initMS), StatsOf(over), StatsOf(hwm)
-		sum.AnonMiB, sum.MappedMiB, sum.HugetlbMiB = StatsOf(anon), StatsOf(mapped), StatsOf(huge)
+		sum.InitMS, sum.OverheadMiB, sum.HWMMiB = benchkit.StatsOf(initMS), benchkit.StatsOf(over), benchkit.StatsOf(hwm)
+		sum.AnonMiB, sum.MappedMiB, sum.HugetlbMiB = benchkit.StatsOf(anon), benchkit.StatsOf(mapped), benchkit.StatsOf(huge)
 		out = append(out, sum)
 	}
 	return out
@@ -155,27 +119,6 @@ type Report struct {
 	Date              string   `json:"date"`
 }
 
-// maxErrorInTable bounds a failed run's error in the table (the JSON has
-// all of it).
-const maxErrorInTable = 600
-
-func shorten(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "... (full error in the JSON)"
-}
-
-// WriteJSON writes r as indented JSON.
-func WriteJSON(w io.Writer, r *Report) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		return fmt.Errorf("report: %w", err)
-	}
-	return nil
-}
-
 // WriteTable writes r as a text table with its notes.
 func WriteTable(w io.Writer, r *Report) error {
 	var b strings.Builder
@@ -205,7 +148,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	}
 	for _, s := range r.Samples {
 		if !s.OK() {
-			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.VMM, s.Run, shorten(s.Error, maxErrorInTable))
+			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.VMM, s.Run, benchkit.ShortenError(s.Error))
 		}
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {

@@ -8,28 +8,8 @@ import (
 	"time"
 
 	"rainforest/bench/boot/measure"
+	"rainforest/bench/internal/benchkit"
 )
-
-func TestStatsOf(t *testing.T) {
-	for _, c := range []struct {
-		in   []float64
-		want Stats
-	}{
-		{nil, Stats{}},
-		{[]float64{5}, Stats{N: 1, Median: 5, Min: 5, Max: 5}},
-		{[]float64{3, 1, 2}, Stats{N: 3, Median: 2, Min: 1, Max: 3}},
-		{[]float64{4, 1, 3, 2}, Stats{N: 4, Median: 2.5, Min: 1, Max: 4}},
-	} {
-		if got := StatsOf(c.in); got != c.want {
-			t.Errorf("StatsOf(%v) = %+v, want %+v", c.in, got, c.want)
-		}
-	}
-	in := []float64{3, 1, 2}
-	StatsOf(in)
-	if in[0] != 3 {
-		t.Error("StatsOf reordered its input")
-	}
-}
 
 func sample(vmm string, run int, initMS int, rssKiB uint64, errText string) measure.Sample {
 	return measure.Sample{VMM: vmm, Run: run, Init: time.Duration(initMS) * time.Millisecond, Error: errText,
@@ -57,7 +37,7 @@ func TestSummarize(t *testing.T) {
 	if rfm.VMM != "rfm" || rfm.OK != 2 || rfm.Failed != 1 {
 		t.Fatalf("rfm %+v", rfm)
 	}
-	if rfm.InitMS != (Stats{N: 2, Median: 50, Min: 40, Max: 60}) || rfm.OverheadMiB != (Stats{N: 2, Median: 5, Min: 4, Max: 6}) {
+	if rfm.InitMS != (benchkit.Stats{N: 2, Median: 50, Min: 40, Max: 60}) || rfm.OverheadMiB != (benchkit.Stats{N: 2, Median: 5, Min: 4, Max: 6}) {
 		t.Fatalf("rfm stats %+v", rfm)
 	}
 	if rfm.HWMMiB.Median != 6 || rfm.HugetlbMiB.Median != 512 || rfm.AnonMiB.Median != 2.5 || rfm.MappedMiB.Median != 2.5 {
@@ -66,7 +46,7 @@ func TestSummarize(t *testing.T) {
 	if qemu.InitMS.Median != 110 || qemu.OverheadMiB.Median != 81 {
 		t.Fatalf("qemu %+v", qemu)
 	}
-	if sums[2].OK != 0 || sums[2].InitMS != (Stats{}) {
+	if sums[2].OK != 0 || sums[2].InitMS != (benchkit.Stats{}) {
 		t.Fatalf("absent %+v", sums[2])
 	}
 	r := RatiosOf(rfm, qemu)
@@ -115,23 +95,24 @@ func TestWriteTable(t *testing.T) {
 
 func TestWriteTableShortensErrors(t *testing.T) {
 	r := testReport()
-	r.Samples[4].Error = strings.Repeat("x", 5000)
+	long := strings.Repeat("x", 5000)
+	r.Samples[4].Error = long
 	var b bytes.Buffer
 	if err := WriteTable(&b, r); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Contains(b.String(), strings.Repeat("x", maxErrorInTable+1)) || !strings.Contains(b.String(), "full error in the JSON") {
-		t.Fatal("long error not shortened")
+	if out := b.String(); strings.Contains(out, long) || !strings.Contains(out, "FAILED rfm run 3: "+benchkit.ShortenError(long)+"\n") {
+		t.Fatalf("long error not shortened:\n%s", out)
 	}
 }
 
-func TestWriteJSON(t *testing.T) {
-	var b bytes.Buffer
-	if err := WriteJSON(&b, testReport()); err != nil {
+func TestJSONRoundTrip(t *testing.T) {
+	data, err := json.Marshal(testReport())
+	if err != nil {
 		t.Fatal(err)
 	}
 	var back Report
-	if err := json.Unmarshal(b.Bytes(), &back); err != nil {
+	if err := json.Unmarshal(data, &back); err != nil {
 		t.Fatal(err)
 	}
 	if len(back.Samples) != 6 || back.Summaries[0].InitMS.Median != 50 || back.Ratios == nil || back.Samples[1].Init != 40*time.Millisecond {

@@ -1,11 +1,10 @@
 // Package report summarizes subOS and container lifecycle samples: per
 // system the median, minimum and maximum of the create and destroy
-// latencies, a text table with the paper's reference line, and a JSON
-// document.
+// latencies, and a text table with the paper's reference line; the Report
+// is also the JSON document (benchkit.WriteJSONFile).
 package report
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"slices"
@@ -13,12 +12,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	bootreport "rainforest/bench/boot/report"
+	"rainforest/bench/internal/benchkit"
 	"rainforest/bench/lifecycle/sample"
 )
-
-// Stats are the median, minimum and maximum of N values (ms here).
-type Stats = bootreport.Stats
 
 // Reference is a published result the table quotes.
 type Reference struct {
@@ -40,13 +36,13 @@ type Summary struct {
 	OK     int    `json:"ok"`
 	Failed int    `json:"failed"`
 	// CreateInitMS: create request to the guest's init, ms.
-	CreateInitMS Stats `json:"create_init_ms"`
+	CreateInitMS benchkit.Stats `json:"create_init_ms"`
 	// CreateReturnMS: create request until it returned, ms.
-	CreateReturnMS Stats `json:"create_return_ms"`
+	CreateReturnMS benchkit.Stats `json:"create_return_ms"`
 	// DestroyReturnMS: destroy request until it returned, ms.
-	DestroyReturnMS Stats `json:"destroy_return_ms"`
+	DestroyReturnMS benchkit.Stats `json:"destroy_return_ms"`
 	// DestroyMS: destroy request until everything is free, ms.
-	DestroyMS Stats `json:"destroy_ms"`
+	DestroyMS benchkit.Stats `json:"destroy_ms"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -54,30 +50,17 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 // Summarize groups samples by system, in the order of systems (systems not
 // listed follow in order of first appearance).
 func Summarize(samples []sample.Sample, systems ...string) []Summary {
-	order := slices.Clone(systems)
-	for _, s := range samples {
-		if !slices.Contains(order, s.System) {
-			order = append(order, s.System)
-		}
-	}
-	out := make([]Summary, 0, len(order))
-	for _, name := range order {
-		sum := Summary{System: name}
+	groups := benchkit.GroupSamples(samples, func(s sample.Sample) string { return s.System }, sample.Sample.OK, systems...)
+	out := make([]Summary, 0, len(groups))
+	for _, g := range groups {
+		sum := Summary{System: g.Name, OK: len(g.OK), Failed: g.Failed}
 		var ci, cr, dr, d []float64
-		for _, s := range samples {
-			if s.System != name {
-				continue
-			}
-			if !s.OK() {
-				sum.Failed++
-				continue
-			}
-			sum.OK++
+		for _, s := range g.OK {
 			ci, cr = append(ci, ms(s.CreateInit)), append(cr, ms(s.CreateReturn))
 			dr, d = append(dr, ms(s.DestroyReturn)), append(d, ms(s.Destroy))
 		}
-		sum.CreateInitMS, sum.CreateReturnMS = bootreport.StatsOf(ci), bootreport.StatsOf(cr)
-		sum.DestroyReturnMS, sum.DestroyMS = bootreport.StatsOf(dr), bootreport.StatsOf(d)
+		sum.CreateInitMS, sum.CreateReturnMS = benchkit.StatsOf(ci), benchkit.StatsOf(cr)
+		sum.DestroyReturnMS, sum.DestroyMS = benchkit.StatsOf(dr), benchkit.StatsOf(d)
 		out = append(out, sum)
 	}
 	return out
@@ -103,27 +86,6 @@ type Report struct {
 	References []Reference       `json:"references"`
 	Notes      []string          `json:"notes,omitempty"`
 	Date       string            `json:"date"`
-}
-
-// WriteJSON writes r as indented JSON.
-func WriteJSON(w io.Writer, r *Report) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(r); err != nil {
-		return fmt.Errorf("report: %w", err)
-	}
-	return nil
-}
-
-// maxErrorInTable bounds a failed run's error in the table (the JSON has
-// all of it).
-const maxErrorInTable = 600
-
-func shorten(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n] + "... (full error in the JSON)"
 }
 
 func sortedKeys[V any](m map[string]V) []string {
@@ -169,7 +131,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	}
 	for _, s := range r.Samples {
 		if !s.OK() {
-			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.System, s.Run, shorten(s.Error, maxErrorInTable))
+			fmt.Fprintf(&b, "FAILED %s run %d: %s\n", s.System, s.Run, benchkit.ShortenError(s.Error))
 		}
 	}
 	if _, err := io.WriteString(w, b.String()); err != nil {

@@ -9,8 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
+
+	"rainforest/bench/internal/benchkit"
 )
 
 // LinePrefix starts every result line.
@@ -64,24 +65,11 @@ func durationFields(s *Sample) []struct {
 // FormatLine renders s as one line: LinePrefix followed by key=value
 // fields; durations are whole microseconds.
 func FormatLine(s Sample) string {
-	var b strings.Builder
-	b.WriteString(LinePrefix)
-	b.WriteString(" system=" + quoteValue(s.System))
-	b.WriteString(" run=" + strconv.Itoa(s.Run))
+	fields := []benchkit.Field{{Key: "system", Value: s.System}, {Key: "run", Value: strconv.Itoa(s.Run)}}
 	for _, f := range durationFields(&s) {
-		b.WriteString(" " + f.key + "=" + strconv.FormatInt(f.d.Microseconds(), 10))
+		fields = append(fields, benchkit.Field{Key: f.key, Value: strconv.FormatInt(f.d.Microseconds(), 10)})
 	}
-	if s.Error != "" {
-		b.WriteString(" error=" + strconv.Quote(s.Error))
-	}
-	return b.String()
-}
-
-func quoteValue(v string) string {
-	if v == "" || strings.ContainsAny(v, " \t\"=\\\r\n") || !strconv.CanBackquote(v) {
-		return strconv.Quote(v)
-	}
-	return v
+	return benchkit.FormatLine(LinePrefix, fields, s.Error)
 }
 
 // maxMicros bounds a duration field (about 292 years in ns would overflow
@@ -92,13 +80,9 @@ const maxMicros = int64(24 * time.Hour / time.Microsecond)
 // result (no LinePrefix followed by a space); text before the prefix, such
 // as console noise on the same line, is skipped. Unknown keys are ignored.
 func ParseLine(line string) (s Sample, ok bool, err error) {
-	i := strings.Index(line, LinePrefix+" ")
-	if i < 0 {
-		return Sample{}, false, nil
-	}
-	fields, err := splitFields(strings.TrimRight(line[i+len(LinePrefix)+1:], "\r\n"))
-	if err != nil {
-		return Sample{}, true, fmt.Errorf("%w: %v: %q", ErrBadLine, err, line)
+	fields, ok, err := benchkit.LineFields(line, LinePrefix, ErrBadLine)
+	if !ok || err != nil {
+		return Sample{}, ok, err
 	}
 	durs := map[string]*time.Duration{}
 	for _, f := range durationFields(&s) {
@@ -107,22 +91,22 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 	haveRun := false
 	for _, f := range fields {
 		switch {
-		case f.key == "system":
-			s.System = f.value
-		case f.key == "error":
-			s.Error = f.value
-		case f.key == "run":
-			n, err := strconv.Atoi(f.value)
+		case f.Key == "system":
+			s.System = f.Value
+		case f.Key == benchkit.ErrorKey:
+			s.Error = f.Value
+		case f.Key == "run":
+			n, err := strconv.Atoi(f.Value)
 			if err != nil || n < 0 || n > 1<<30 {
-				return Sample{}, true, fmt.Errorf("%w: run %q: %q", ErrBadLine, f.value, line)
+				return Sample{}, true, fmt.Errorf("%w: run %q: %q", ErrBadLine, f.Value, line)
 			}
 			s.Run, haveRun = n, true
-		case durs[f.key] != nil:
-			n, err := strconv.ParseInt(f.value, 10, 64)
+		case durs[f.Key] != nil:
+			n, err := strconv.ParseInt(f.Value, 10, 64)
 			if err != nil || n < 0 || n > maxMicros {
-				return Sample{}, true, fmt.Errorf("%w: %s %q: %q", ErrBadLine, f.key, f.value, line)
+				return Sample{}, true, fmt.Errorf("%w: %s %q: %q", ErrBadLine, f.Key, f.Value, line)
 			}
-			*durs[f.key] = time.Duration(n) * time.Microsecond
+			*durs[f.Key] = time.Duration(n) * time.Microsecond
 		}
 	}
 	if s.System == "" || !haveRun {
@@ -134,51 +118,5 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 // ParseOutput parses every result line in text. Lines that fail to parse
 // are reported in errs and skipped.
 func ParseOutput(text string) (samples []Sample, errs []error) {
-	for _, line := range strings.Split(text, "\n") {
-		s, ok, err := ParseLine(line)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case ok:
-			samples = append(samples, s)
-		}
-	}
-	return samples, errs
-}
-
-type field struct{ key, value string }
-
-// splitFields splits `k=v k2="quoted v"` into fields.
-func splitFields(s string) ([]field, error) {
-	var out []field
-	for {
-		s = strings.TrimLeft(s, " \t")
-		if s == "" {
-			return out, nil
-		}
-		eq := strings.IndexByte(s, '=')
-		if eq <= 0 || strings.ContainsAny(s[:eq], " \t\"") {
-			return nil, fmt.Errorf("field without key=value at %q", s)
-		}
-		key := s[:eq]
-		s = s[eq+1:]
-		var val string
-		if strings.HasPrefix(s, `"`) {
-			q, err := strconv.QuotedPrefix(s)
-			if err != nil {
-				return nil, fmt.Errorf("bad quoted value for %s: %w", key, err)
-			}
-			if val, err = strconv.Unquote(q); err != nil {
-				return nil, fmt.Errorf("bad quoted value for %s: %w", key, err)
-			}
-			s = s[len(q):]
-		} else {
-			end := strings.IndexAny(s, " \t")
-			if end < 0 {
-				end = len(s)
-			}
-			val, s = s[:end], s[end:]
-		}
-		out = append(out, field{key, val})
-	}
+	return benchkit.ParseLines(text, ParseLine)
 }
