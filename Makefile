@@ -46,6 +46,7 @@ bench: setup image
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
+	$(GO) run ./bench/ficm
 
 clean:
 	rm -rf $(BIN) build

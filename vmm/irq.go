@@ -233,9 +233,18 @@ func (d *Doorbell) Move(m *Machine, addr uint64) error {
 // bytes) at addr, signalling ev: a doorbell register shared by several
 // targets, each value its own eventfd (typically another VM's irqfd).
 func (m *Machine) NewDoorbellMatch(addr uint64, n uint32, value uint64, ev *EventFD) error {
-	if err := m.vm.IOEventFDMatch(ev.Fd(), addr, n, false, value); err != nil {
+	// Keep our own reference: the eventfd usually belongs to another VM,
+	// which may be closed first.
+	fd, err := unix.FcntlInt(uintptr(ev.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("dup doorbell eventfd: %w", err)
+	}
+	if err := m.vm.IOEventFDMatch(fd, addr, n, false, value); err != nil {
+		unix.Close(fd)
 		return err
 	}
-	m.AddCloser(func() error { return m.vm.RemoveIOEventFDMatch(ev.Fd(), addr, n, false, value) })
+	m.AddCloser(func() error {
+		return errors.Join(m.vm.RemoveIOEventFDMatch(fd, addr, n, false, value), unix.Close(fd))
+	})
 	return nil
 }

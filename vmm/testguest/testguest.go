@@ -242,3 +242,182 @@ func (c *Code) JumpTo(target int) *Code {
 	c.b = append(c.b, 0xEB, byte(target-(len(c.b)+2)))
 	return c
 }
+
+// Reg is an x86-64 general-purpose register, numbered as in the encoding.
+type Reg byte
+
+// General-purpose registers.
+const (
+	RAX Reg = iota
+	RCX
+	RDX
+	RBX
+	RSP
+	RBP
+	RSI
+	RDI
+	R8
+	R9
+	R10
+	R11
+	R12
+	R13
+	R14
+	R15
+)
+
+// Cond is the condition of a conditional jump (the low nibble of Jcc).
+type Cond byte
+
+// Jump conditions after Cmp: unsigned comparisons and equality.
+const (
+	Below      Cond = 0x2
+	AboveEqual Cond = 0x3
+	Equal      Cond = 0x4
+	NotEqual   Cond = 0x5
+	BelowEqual Cond = 0x6
+	Above      Cond = 0x7
+)
+
+// rexW emits a REX.W prefix for a ModRM with reg and rm.
+func (c *Code) rexW(reg, rm Reg) {
+	c.b = append(c.b, 0x48|byte(reg>>3)<<2|byte(rm>>3))
+}
+
+// modRMReg emits a register-direct ModRM byte.
+func (c *Code) modRMReg(reg, rm Reg) { c.b = append(c.b, 0xC0|byte(reg&7)<<3|byte(rm&7)) }
+
+// modRMMem emits a ModRM (and SIB where needed) for [base+disp32].
+func (c *Code) modRMMem(reg, base Reg, disp int32) {
+	c.b = append(c.b, 0x80|byte(reg&7)<<3|byte(base&7))
+	if base&7 == 4 {
+		c.b = append(c.b, 0x24)
+	}
+	c.b = binary.LittleEndian.AppendUint32(c.b, uint32(disp))
+}
+
+// MovImm loads a 64-bit immediate into r.
+func (c *Code) MovImm(r Reg, v uint64) *Code {
+	c.b = append(c.b, 0x48|byte(r>>3), 0xB8|byte(r&7))
+	c.b = binary.LittleEndian.AppendUint64(c.b, v)
+	return c
+}
+
+// MovReg copies src into dst.
+func (c *Code) MovReg(dst, src Reg) *Code {
+	c.rexW(src, dst)
+	c.b = append(c.b, 0x89)
+	c.modRMReg(src, dst)
+	return c
+}
+
+// Load loads the qword at [base+disp] into dst.
+func (c *Code) Load(dst, base Reg, disp int32) *Code {
+	c.rexW(dst, base)
+	c.b = append(c.b, 0x8B)
+	c.modRMMem(dst, base, disp)
+	return c
+}
+
+// Store stores src as a qword at [base+disp].
+func (c *Code) Store(base Reg, disp int32, src Reg) *Code {
+	c.rexW(src, base)
+	c.b = append(c.b, 0x89)
+	c.modRMMem(src, base, disp)
+	return c
+}
+
+// StoreDword stores the low 32 bits of src at [base+disp].
+func (c *Code) StoreDword(base Reg, disp int32, src Reg) *Code {
+	if src >= R8 || base >= R8 {
+		c.b = append(c.b, 0x40|byte(src>>3)<<2|byte(base>>3))
+	}
+	c.b = append(c.b, 0x89)
+	c.modRMMem(src, base, disp)
+	return c
+}
+
+// group1 emits an 0x81 /op instruction with a 32-bit immediate on r.
+func (c *Code) group1(op byte, r Reg, imm int32) *Code {
+	c.rexW(0, r)
+	c.b = append(c.b, 0x81, 0xC0|op<<3|byte(r&7))
+	c.b = binary.LittleEndian.AppendUint32(c.b, uint32(imm))
+	return c
+}
+
+// AddImm adds a sign-extended 32-bit immediate to r.
+func (c *Code) AddImm(r Reg, imm int32) *Code { return c.group1(0, r, imm) }
+
+// AndImm ands r with a sign-extended 32-bit immediate.
+func (c *Code) AndImm(r Reg, imm int32) *Code { return c.group1(4, r, imm) }
+
+// CmpImm compares r with a sign-extended 32-bit immediate (r - imm).
+func (c *Code) CmpImm(r Reg, imm int32) *Code { return c.group1(7, r, imm) }
+
+// AddReg adds src to dst.
+func (c *Code) AddReg(dst, src Reg) *Code {
+	c.rexW(src, dst)
+	c.b = append(c.b, 0x01)
+	c.modRMReg(src, dst)
+	return c
+}
+
+// SubReg subtracts src from dst.
+func (c *Code) SubReg(dst, src Reg) *Code {
+	c.rexW(src, dst)
+	c.b = append(c.b, 0x29)
+	c.modRMReg(src, dst)
+	return c
+}
+
+// Cmp compares a with b (a - b) for a following JumpIf.
+func (c *Code) Cmp(a, b Reg) *Code {
+	c.rexW(b, a)
+	c.b = append(c.b, 0x39)
+	c.modRMReg(b, a)
+	return c
+}
+
+// ShlImm shifts r left by n bits.
+func (c *Code) ShlImm(r Reg, n byte) *Code {
+	c.rexW(0, r)
+	c.b = append(c.b, 0xC1, 0xE0|byte(r&7), n)
+	return c
+}
+
+// Inc increments r.
+func (c *Code) Inc(r Reg) *Code {
+	c.rexW(0, r)
+	c.b = append(c.b, 0xFF, 0xC0|byte(r&7))
+	return c
+}
+
+// Pause emits PAUSE (a spin-loop hint).
+func (c *Code) Pause() *Code { c.b = append(c.b, 0xF3, 0x90); return c }
+
+// JumpIf jumps to offset target when cc holds (near jump, any distance).
+func (c *Code) JumpIf(cc Cond, target int) *Code {
+	c.b = append(c.b, 0x0F, 0x80|byte(cc))
+	c.b = binary.LittleEndian.AppendUint32(c.b, uint32(int32(target-(len(c.b)+4))))
+	return c
+}
+
+// Jump jumps to offset target (near jump, any distance).
+func (c *Code) Jump(target int) *Code {
+	c.b = append(c.b, 0xE9)
+	c.b = binary.LittleEndian.AppendUint32(c.b, uint32(int32(target-(len(c.b)+4))))
+	return c
+}
+
+// JumpIfForward emits a conditional jump whose target is not known yet and
+// returns a fixup to pass to Land once it is.
+func (c *Code) JumpIfForward(cc Cond) int {
+	c.b = append(c.b, 0x0F, 0x80|byte(cc), 0, 0, 0, 0)
+	return len(c.b) - 4
+}
+
+// Land points the forward jump with fixup at the current offset.
+func (c *Code) Land(fixup int) *Code {
+	binary.LittleEndian.PutUint32(c.b[fixup:], uint32(int32(len(c.b)-(fixup+4))))
+	return c
+}
