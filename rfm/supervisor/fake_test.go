@@ -96,7 +96,8 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 	p.exit()
 	return nil
 }
-func (p *fakeProcess) exit() { p.once.Do(func() { close(p.done) }) }
+func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
+func (p *fakeProcess) Release() {}
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(int) error) (Process, error) {
 	l.mu.Lock()

@@ -24,6 +24,9 @@ type Process interface {
 	// Done is closed once the process has exited.
 	Done() <-chan struct{}
 	Signal(sig syscall.Signal) error
+	// Release stops watching the process (which keeps running); Done is
+	// not closed by a later exit.
+	Release()
 }
 
 // Launcher starts VMM processes and re-attaches to running ones.
@@ -139,7 +142,12 @@ func (l ExecLauncher) Adopt(pid int, startTime uint64) (Process, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pidfd_open %d: %w", pid, err)
 	}
-	p := &adoptedProcess{pid: pid, start: st, fd: fd, done: make(chan struct{})}
+	r, w, err := os.Pipe()
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	p := &adoptedProcess{pid: pid, start: st, fd: fd, stop: r, stopW: w, done: make(chan struct{})}
 	go p.watch()
 	return p, nil
 }
@@ -155,12 +163,18 @@ func (p *childProcess) StartTime() uint64               { return p.start }
 func (p *childProcess) Done() <-chan struct{}           { return p.done }
 func (p *childProcess) Signal(sig syscall.Signal) error { return p.cmd.Process.Signal(sig) }
 
+// Release implements Process. A child's waiter goroutine must reap it, so it
+// ends only when the child exits (at the latest with the supervisor).
+func (p *childProcess) Release() {}
+
 type adoptedProcess struct {
-	pid   int
-	start uint64
-	fd    int
-	once  sync.Once
-	done  chan struct{}
+	pid     int
+	start   uint64
+	fd      int
+	stop    *os.File // closing the write end ends watch
+	stopW   *os.File
+	release sync.Once
+	done    chan struct{}
 }
 
 func (p *adoptedProcess) PID() int              { return p.pid }
@@ -176,22 +190,30 @@ func (p *adoptedProcess) Signal(sig syscall.Signal) error {
 	return unix.PidfdSendSignal(p.fd, sig, nil, 0)
 }
 
-// watch is the process's own goroutine: it ends when the process exits (a
-// pidfd becomes readable then).
+// watch is the process's own goroutine: it ends when the process exits (its
+// pidfd becomes readable) or Release is called.
 func (p *adoptedProcess) watch() {
-	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}}
+	fds := []unix.PollFd{{Fd: int32(p.fd), Events: unix.POLLIN}, {Fd: int32(p.stop.Fd()), Events: unix.POLLIN}}
+	exited := false
 	for {
 		n, err := unix.Poll(fds, -1)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
-		if err != nil || n > 0 {
-			break
+		if err == nil && n > 0 {
+			exited = fds[0].Revents != 0
 		}
+		break
 	}
 	unix.Close(p.fd)
-	close(p.done)
+	p.stop.Close()
+	if exited {
+		close(p.done)
+	}
 }
+
+// Release implements Process.
+func (p *adoptedProcess) Release() { p.release.Do(func() { p.stopW.Close() }) }
 
 // procStartTime reads field 22 (starttime) of /proc/PID/stat.
 func procStartTime(procRoot string, pid int) (uint64, error) {

@@ -32,6 +32,12 @@ func TestExecLauncher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A released watcher stops watching; a second adoption still sees the exit.
+	released, err := l.Adopt(p.PID(), p.StartTime())
+	if err != nil {
+		t.Fatal(err)
+	}
+	released.Release()
 	stopProcess(p, 5*time.Second)
 	select {
 	case <-a.Done():

@@ -128,6 +128,7 @@ func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	for _, so := range s.subos {
 		close(so.stopped)
+		so.proc.Release()
 	}
 	s.subos = map[string]*subOS{}
 	s.mu.Unlock()
