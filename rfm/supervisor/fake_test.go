@@ -81,6 +81,7 @@ type fakeLauncher struct {
 	procs map[int]*fakeProcess
 	fail  bool
 	argv  [][]string
+	gate  chan struct{} // when set, Start waits for it (a slow VMM start)
 }
 
 type fakeProcess struct {
@@ -100,6 +101,9 @@ func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
 func (p *fakeProcess) Release() {}
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(int) error) (Process, error) {
+	if l.gate != nil {
+		<-l.gate
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.fail {

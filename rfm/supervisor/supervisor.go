@@ -69,9 +69,13 @@ type Supervisor struct {
 	ledger *ledger.Ledger
 	store  *store.Store
 
-	mu         sync.Mutex // serializes lifecycle operations and guards subos
+	// opMu serializes lifecycle operations (create, destroy, reclaim);
+	// mu guards subos only and is held briefly, so listing never waits for
+	// a VMM to start.
+	opMu       sync.Mutex
+	mu         sync.Mutex
 	subos      map[string]*subOS
-	restoreIRQ func() error   // undoes the last IRQ steering
+	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
 }
 
@@ -128,7 +132,9 @@ func (s *Supervisor) Close() error {
 	s.mu.Lock()
 	for _, so := range s.subos {
 		close(so.stopped)
-		so.proc.Release()
+		if so.proc != nil {
+			so.proc.Release()
+		}
 	}
 	s.subos = map[string]*subOS{}
 	s.mu.Unlock()
@@ -198,13 +204,23 @@ func (s *Supervisor) watch(so *subOS) {
 		case <-so.stopped:
 			return
 		}
+		s.opMu.Lock()
+		defer s.opMu.Unlock()
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		if cur, ok := s.subos[so.info.Name]; !ok || cur != so || so.info.State == StateStopping {
+		cur, ok := s.subos[so.info.Name]
+		mine := ok && cur == so && so.info.State != StateStopping
+		if mine {
+			so.info.State = StateStopping
+		}
+		s.mu.Unlock()
+		if !mine {
 			return
 		}
-		delete(s.subos, so.info.Name)
+		// Listed (as stopping) until its resources are free.
 		s.reclaim(so, "VMM exited: "+logTail(so.info.Log, 1))
+		s.mu.Lock()
+		delete(s.subos, so.info.Name)
+		s.mu.Unlock()
 	}()
 }
 
@@ -291,8 +307,8 @@ func checkFiles(spec Spec) []ledger.Problem {
 // is all-or-nothing: on any failure every step is undone.
 func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err error) {
 	start := time.Now()
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	var undo []func()
 	defer func() {
 		if err != nil {
@@ -302,7 +318,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 			s.event("create-failed", spec.Name, time.Since(start), err.Error())
 		}
 	}()
-	if _, ok := s.subos[spec.Name]; ok {
+	s.mu.Lock()
+	_, exists := s.subos[spec.Name]
+	s.mu.Unlock()
+	if exists {
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
 	if probs := checkFiles(spec); len(probs) > 0 {
@@ -313,6 +332,15 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, err
 	}
 	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
+	// Listed as starting while the slow steps run.
+	s.mu.Lock()
+	s.subos[spec.Name] = &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{})}
+	s.mu.Unlock()
+	undo = append(undo, func() {
+		s.mu.Lock()
+		delete(s.subos, spec.Name)
+		s.mu.Unlock()
+	})
 	added, err := s.cfg.Actuator.EnsureHugePages(alloc.Node, alloc.PageSize, alloc.Pages)
 	if err != nil {
 		return Info{}, err
@@ -344,7 +372,9 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, err
 	}
 	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
+	s.mu.Lock()
 	s.subos[spec.Name] = so
+	s.mu.Unlock()
 	s.watch(so)
 	s.steerIRQs()
 	s.event("create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
@@ -382,20 +412,23 @@ func pageSizeName(ps uint64) string {
 // Destroy stops a subOS's VMM and frees everything it held.
 func (s *Supervisor) Destroy(ctx context.Context, name string) error {
 	start := time.Now()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
 	s.mu.Lock()
 	so, ok := s.subos[name]
+	if ok {
+		so.info.State = StateStopping
+	}
+	s.mu.Unlock()
 	if !ok {
-		s.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	so.info.State = StateStopping
-	s.mu.Unlock()
 	stopProcess(so.proc, 10*time.Second)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.subos, name)
 	close(so.stopped)
 	s.reclaim(so, "destroyed")
+	s.mu.Lock()
+	delete(s.subos, name)
+	s.mu.Unlock()
 	s.event("destroy", name, time.Since(start), "")
 	return nil
 }

@@ -191,3 +191,34 @@ func TestSteerIRQs(t *testing.T) {
 		t.Errorf("steering calls %v, restores %d; want one call with a's 2 cores, undone at destroy", calls, restores)
 	}
 }
+
+// Listing does not wait for a VMM that is slow to start; the subOS shows as
+// starting meanwhile.
+func TestListDuringSlowCreate(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{gate: make(chan struct{})}
+	s := newTestSupervisor(t, t.TempDir(), act, l)
+	defer s.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Create(context.Background(), testSpec(t, "slow", 1))
+		done <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		list := s.List()
+		if len(list) == 1 && list[0].State == StateStarting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("list during create: %+v", list)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(l.gate)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if list := s.List(); len(list) != 1 || list[0].State != StateRunning {
+		t.Errorf("after create: %+v", list)
+	}
+}
