@@ -149,7 +149,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 		info, err := sup.Create(ctx, spec)
 		if err != nil {
 			destroyAll()
-			return fmt.Errorf("subOS %s: %w", so.Name, err)
+			return err // names the subOS already
 		}
 		created = append(created, so.Name)
 		fmt.Fprintf(errOut, "rfm: %s running on cores %s, %d MiB on node %d (pid %d)\n", so.Name, formatCores(info.Allocation.Cores), info.Allocation.Memory>>20, info.Allocation.Node, info.PID)
