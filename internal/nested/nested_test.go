@@ -281,3 +281,13 @@ func TestL1KVM(t *testing.T) {
 		t.Errorf("hugepages not reserved; serial:\n%s", tail(res.Serial))
 	}
 }
+
+func TestTCGWarningFilter(t *testing.T) {
+	var out strings.Builder
+	f := &tcgWarningFilter{w: &out}
+	f.Write([]byte("qemu-system-x86_64: warning: TCG doesn't support requested feature: CPUID.07H:EBX.rdseed [bit 18]\nreal "))
+	f.Write([]byte("line\n"))
+	if out.String() != "real line\n" {
+		t.Errorf("filtered output %q", out.String())
+	}
+}
