@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 
+	"rainforest/vmm/acpi"
 	"rainforest/vmm/bus"
 	"rainforest/vmm/pci"
 	"rainforest/vmm/platform"
@@ -17,7 +19,9 @@ import (
 
 // setupPCI creates PCI bus 0 (config mechanism #1, whose port range also
 // holds the 0xCF9 reset register) with a virtio-blk function per disk and a
-// virtio-console.
+// virtio-console. Functions with an interrupt pin get their INTx line wired
+// to the IOAPIC as the ACPI _PRT describes it (acpi.PCIINTxGSI: INTA# of
+// slot S is GSI 16 + S%8, level-triggered), driven with KVM_IRQ_LINE.
 func (m *Machine) setupPCI(ctx context.Context, cfg *LinuxConfig) error {
 	pbus := pci.NewBus(nil)
 	reset := platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })
@@ -27,6 +31,7 @@ func (m *Machine) setupPCI(ctx context.Context, cfg *LinuxConfig) error {
 	}
 	m.pci = pbus
 	pbus.SetBARMoveHandler(m.moveBAR)
+	pbus.SetINTxRouter(newPCIINTxLines(m.vm.IRQLine, m.log).route)
 	for i, d := range cfg.Disks {
 		flag := os.O_RDWR
 		if d.ReadOnly {
@@ -62,7 +67,8 @@ type virtioFunction struct {
 
 // AddVirtio puts a virtio device model on the PCI bus: its BARs on the MMIO
 // bus, an ioeventfd doorbell per queue notify register (served by a
-// goroutine owned by the machine) and MSI-X vectors as irqfds.
+// goroutine owned by the machine), MSI-X vectors as irqfds and INTA# as a
+// level-triggered IOAPIC input (used when the guest leaves MSI-X off).
 func (m *Machine) AddVirtio(ctx context.Context, model virtio.DeviceModel) error {
 	router := &msiRouter{m: m}
 	dev, err := virtio.NewPCIDevice(model, m.Mem, router)
@@ -167,6 +173,65 @@ func (r *msiRouter) Fire(vector int) error {
 		return fmt.Errorf("MSI-X vector %d fired before the guest programmed it", vector)
 	}
 	return v.Fire()
+}
+
+// pciINTxLines are the PCI INTx inputs of the IOAPIC (GSIs
+// acpi.PCIINTxGSIBase..+PCIINTxGSICount). Several functions may share a
+// GSI; the line is the wired OR of their levels, so KVM_IRQ_LINE is issued
+// only when the number of asserting functions goes from 0 to 1 or back.
+//
+// KVM_IRQ_LINE keeps the level in the kernel until changed, which gives
+// level-triggered semantics (re-delivery after EOI while still asserted)
+// without an irqfd; a resampling irqfd (KVM_IRQFD_FLAG_RESAMPLE) would save
+// the ioctl on the vCPU thread but is not used.
+type pciINTxLines struct {
+	setLine   func(gsi uint32, high bool) error // kvm.VM.IRQLine
+	log       *slog.Logger
+	mu        sync.Mutex
+	asserting map[uint32]int // GSI -> functions driving it high
+}
+
+func newPCIINTxLines(setLine func(gsi uint32, high bool) error, log *slog.Logger) *pciINTxLines {
+	return &pciINTxLines{setLine: setLine, log: log, asserting: map[uint32]int{}}
+}
+
+// route implements pci.INTxRouter.
+func (l *pciINTxLines) route(slot, pin int) (pci.INTx, uint8, error) {
+	gsi, ok := acpi.PCIINTxGSI(slot, pin)
+	if !ok {
+		return nil, 0, fmt.Errorf("no INTx route for slot %d pin %d", slot, pin)
+	}
+	return &pciINTxLine{lines: l, gsi: gsi}, uint8(gsi), nil
+}
+
+// pciINTxLine is one function's INTx output onto a shared GSI.
+type pciINTxLine struct {
+	lines *pciINTxLines
+	gsi   uint32
+	high  bool // guarded by lines.mu
+}
+
+// SetLevel implements pci.INTx.
+func (f *pciINTxLine) SetLevel(high bool) {
+	l := f.lines
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if f.high == high {
+		return
+	}
+	f.high = high
+	n := l.asserting[f.gsi]
+	if high {
+		n++
+	} else {
+		n--
+	}
+	l.asserting[f.gsi] = n
+	if (high && n == 1) || (!high && n == 0) {
+		if err := l.setLine(f.gsi, high); err != nil {
+			l.log.Warn("PCI INTx line", "gsi", f.gsi, "err", err)
+		}
+	}
 }
 
 var _ bus.Device = (*pci.Bus)(nil)

@@ -7,7 +7,8 @@
 // vmm/platform devices emulate (power-off through PM1a_CNT and _S5, reboot
 // through the reset register at 0xCF9, the 32-bit PM timer); the DSDT, in
 // AML written by this package's own encoder, describes the PCI root bridge
-// and COM1.
+// and COM1, with a _PRT that routes every slot's INTx pins to IOAPIC inputs
+// PCIINTxGSIBase.. (see PCIINTxGSI).
 package acpi
 
 import (
@@ -45,11 +46,34 @@ const (
 	COM1IRQ  = 4
 
 	PCIConfigPort   = 0xCF8
+	PCISlots        = 32 // device slots on bus 0, all described by _PRT
 	PCIMMIOBase     = 0xC0000000
 	PCIMMIOLast     = 0xDFFFFFFF
 	MaxCPUs         = 254
 	tableHeaderSize = 36
 )
+
+// Legacy PCI interrupt routing described by \_SB.PCI0._PRT. Pin p of slot
+// s (p = 1 for INTA# .. 4 for INTD#, as in the Interrupt Pin register) is
+// wired to GSI PCIINTxGSIBase + (s + p - 1) % PCIINTxGSICount: INTA# of slot
+// s goes to GSI 16 + s%8, and INTB#..INTD# follow the usual swizzle. These
+// GSIs are IOAPIC inputs 16..23; _PRT entries naming a GSI directly mean
+// level-triggered, active-low, shareable, which the guest programs into
+// the IOAPIC (KVM's IOAPIC treats a KVM_IRQ_LINE level of 1 as asserted
+// whatever the polarity bit says).
+const (
+	PCIINTxGSIBase  = 16
+	PCIINTxGSICount = 8
+)
+
+// PCIINTxGSI returns the GSI that interrupt pin pin (1..4, INTA#..INTD#)
+// of slot is wired to, or 0 and false for a slot or pin out of range.
+func PCIINTxGSI(slot, pin int) (uint32, bool) {
+	if slot < 0 || slot >= PCISlots || pin < 1 || pin > 4 {
+		return 0, false
+	}
+	return uint32(PCIINTxGSIBase + (slot+pin-1)%PCIINTxGSICount), true
+}
 
 // ErrInvalidConfig is returned (wrapped) when Config or base is unusable.
 var ErrInvalidConfig = errors.New("acpi: invalid configuration")
@@ -332,6 +356,25 @@ func buildMADT(cfg Config) []byte {
 	return t
 }
 
+// buildPRT returns the PCI routing table package: for every slot and pin,
+// Package(){slot<<16 | 0xFFFF, pin (0 = INTA#), 0, GSI} (no link device:
+// the source index is the GSI itself).
+func buildPRT(e *amlEncoder) []byte {
+	var entries [][]byte
+	for slot := 0; slot < PCISlots; slot++ {
+		for pin := 1; pin <= 4; pin++ {
+			gsi, _ := PCIINTxGSI(slot, pin)
+			entries = append(entries, e.pack(
+				e.integer(uint64(slot)<<16|0xFFFF),
+				e.integer(uint64(pin-1)),
+				e.integer(0),
+				e.integer(uint64(gsi)),
+			))
+		}
+	}
+	return e.pack(entries...)
+}
+
 // buildDSDT returns the DSDT: _S5, \_SB.PCI0, \_SB.COM1 and one processor
 // device per vCPU.
 func buildDSDT(cfg Config) ([]byte, error) {
@@ -342,6 +385,7 @@ func buildDSDT(cfg Config) ([]byte, error) {
 		e.name("_SEG", e.integer(0)),
 		e.name("_BBN", e.integer(0)),
 		e.name("_UID", e.integer(0)),
+		e.name("_PRT", buildPRT(&e)),
 		e.name("_CRS", e.resourceTemplate(
 			resWordBusNumber(0, 0),
 			resIO(PCIConfigPort, PCIConfigPort, 1, 8),

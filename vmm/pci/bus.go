@@ -84,6 +84,7 @@ type Bus struct {
 	addr    uint32
 	onMove  BARMoveHandler
 	onReset func(value byte)
+	intx    INTxRouter
 	alloc   *Allocator
 
 	devMu  sync.RWMutex // guards devs and mapped
@@ -119,9 +120,21 @@ func (b *Bus) SetResetHandler(h func(value byte)) {
 	b.onReset = h
 }
 
+// SetINTxRouter installs the router that Add asks for the legacy interrupt
+// line of every INTxDevice whose Interrupt Pin register is non-zero.
+// Without one such devices stay unconnected (their INTx never reaches the
+// guest).
+func (b *Bus) SetINTxRouter(r INTxRouter) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.intx = r
+}
+
 // Add places dev at slot (1..31, or -1 for the first free slot), assigns
 // each of its BARs an address from the allocator, programs the BARs and
-// turns memory decode on, as firmware would. It returns the slot and the
+// turns memory decode on, as firmware would. An INTxDevice with an
+// interrupt pin is connected to the line the INTx router gives and its
+// Interrupt Line register set to the router's IRQ. It returns the slot and the
 // BARs; the VMM puts BARRegion(dev, bar.Index) on its MMIO bus at each
 // bar.Addr for bar.Size bytes.
 func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
@@ -165,6 +178,9 @@ func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
 			dev.WriteConfig(RegBAR0+4*bars[i].Index+4, hi[:])
 		}
 	}
+	if err := b.connectINTxLocked(slot, dev); err != nil {
+		return 0, nil, err
+	}
 	var cmd [2]byte
 	dev.ReadConfig(RegCommand, cmd[:])
 	cmd[0] |= CommandMemory
@@ -178,6 +194,31 @@ func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
 		}
 	}
 	return slot, cur, nil
+}
+
+// connectINTxLocked wires dev's interrupt pin, if it has one, through the
+// INTx router.
+func (b *Bus) connectINTxLocked(slot int, dev Device) error {
+	idev, ok := dev.(INTxDevice)
+	if !ok || b.intx == nil {
+		return nil
+	}
+	var p [1]byte
+	dev.ReadConfig(RegInterruptPin, p[:])
+	pin := int(p[0])
+	if pin == PinNone {
+		return nil
+	}
+	if pin > PinD {
+		return fmt.Errorf("pci: slot %d: %w: %d", slot, ErrBadPin, pin)
+	}
+	line, irq, err := b.intx(slot, pin)
+	if err != nil {
+		return fmt.Errorf("pci: slot %d INTx: %w", slot, err)
+	}
+	idev.ConnectINTx(line)
+	dev.WriteConfig(RegInterruptLine, []byte{irq})
+	return nil
 }
 
 // Device returns the function at slot, or nil.

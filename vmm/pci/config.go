@@ -3,7 +3,10 @@
 // configuration space helper with per-byte write masks, memory BARs and a
 // capability list, a BAR address allocator over the MMIO window, and MSI-X
 // (capability, table and pending-bit array) delivering interrupts through an
-// MSIRouter that the VMM implements.
+// MSIRouter that the VMM implements, and legacy INTx: an INTxSource keeps a
+// function's INTA# line, Interrupt Pin register, INTx-disable bit and
+// Interrupt Status bit consistent, and Bus.Add connects INTxDevices to the
+// line an INTxRouter (the VMM) names for their slot.
 //
 // Nothing here knows about KVM: the VMM learns where BARs are (Bus.Add,
 // Bus.BARs), puts BARRegion adapters on its MMIO bus, and is told through a

@@ -74,15 +74,19 @@ type queueState struct {
 }
 
 // PCIDevice is the modern virtio-pci transport for one DeviceModel. It
-// implements pci.Device; everything is in BAR 0 (see the *Offset
-// constants). Queue notifications arrive either as MMIO writes to the
-// notify area or, when the VMM registered ioeventfds at NotifyAddrs, as
-// calls to QueueNotify from the VMM's ioeventfd goroutine.
+// implements pci.Device and pci.INTxDevice; everything is in BAR 0 (see the
+// *Offset constants). Interrupts go out as MSI-X messages while the driver
+// has MSI-X enabled, otherwise on INTA#: the line is asserted while the ISR
+// status is non-zero, and reading the ISR clears it and lowers the line.
+// Queue notifications arrive either as MMIO writes to the notify area or,
+// when the VMM registered ioeventfds at NotifyAddrs, as calls to
+// QueueNotify from the VMM's ioeventfd goroutine.
 type PCIDevice struct {
 	model DeviceModel
 	mem   *guestmem.Memory
 	cfg   *pci.ConfigSpace
 	msix  *pci.MSIX
+	intx  *pci.INTxSource
 	// pciCfgCap is the offset of the VIRTIO_PCI_CAP_PCI_CFG capability,
 	// a window into BAR 0 through config space.
 	pciCfgCap int
@@ -96,12 +100,13 @@ type PCIDevice struct {
 	queues       []*queueState
 	active       bool
 	configVector atomic.Uint32
-	isr          atomic.Uint32
+	isrMu        sync.Mutex // orders ISR changes with the INTx level
+	isr          uint8
 	generation   atomic.Uint32
 	needsReset   atomic.Bool
 }
 
-var _ pci.Device = (*PCIDevice)(nil)
+var _ pci.INTxDevice = (*PCIDevice)(nil)
 
 // NewPCIDevice wraps model in the virtio-pci transport. mem is guest
 // memory for the virtqueues; router delivers this function's MSI-X
@@ -173,6 +178,7 @@ func NewPCIDevice(model DeviceModel, mem *guestmem.Memory, router pci.MSIRouter)
 		return nil, err
 	}
 	d.msix = msix
+	d.intx = pci.NewINTxSource(d.cfg, msix)
 	d.resetLocked()
 	return d, nil
 }
@@ -235,7 +241,14 @@ func (d *PCIDevice) WriteConfig(offset int, data []byte) {
 	}
 	d.cfg.Write(offset, data)
 	_ = d.msix.ControlWritten() // a router error leaves the vector unrouted; nothing to tell the guest
+	d.intx.Update()
 }
+
+// ConnectINTx implements pci.INTxDevice: line is the function's INTA#.
+func (d *PCIDevice) ConnectINTx(line pci.INTx) { d.intx.Connect(line) }
+
+// INTxAsserted reports whether the function drives INTA# high.
+func (d *PCIDevice) INTxAsserted() bool { return d.intx.Asserted() }
 
 // pciCfgWindow reports whether an access of n bytes at offset is to
 // pci_cfg_data of the PCI_CFG capability with the programmed length, and
@@ -272,7 +285,7 @@ func (d *PCIDevice) ReadBAR(bar int, offset uint64, data []byte) {
 		copyOut(data, img[:], offset)
 	case offset < DeviceCfgOffset:
 		if offset == ISROffset && len(data) > 0 {
-			data[0] = byte(d.isr.Swap(0))
+			data[0] = d.takeISR()
 		}
 	case offset < NotifyOffset:
 		d.mu.Lock()
@@ -534,7 +547,10 @@ func (d *PCIDevice) resetLocked() {
 	d.status = 0
 	d.queueSel = 0
 	d.needsReset.Store(false)
-	d.isr.Store(0)
+	d.isrMu.Lock()
+	d.isr = 0
+	d.intx.SetPending(false)
+	d.isrMu.Unlock()
 	d.configVector.Store(NoVector)
 	for _, qs := range d.queues {
 		qs.size = qs.max
@@ -550,29 +566,53 @@ func (d *PCIDevice) UsedBuffer(q int) error {
 	if q < 0 || q >= len(d.queues) {
 		return fmt.Errorf("%w: queue %d", ErrBadModel, q)
 	}
-	d.isr.Or(isrQueue)
+	d.raiseISR(isrQueue)
 	return d.signal(d.queues[q].vector.Load())
 }
 
 // ConfigChanged implements Interrupts.
 func (d *PCIDevice) ConfigChanged() error {
 	d.generation.Add(1)
-	d.isr.Or(isrConfig)
+	d.raiseISR(isrConfig)
 	return d.signal(d.configVector.Load())
 }
 
 // NeedsReset implements Interrupts.
 func (d *PCIDevice) NeedsReset() {
 	d.needsReset.Store(true)
-	d.isr.Or(isrConfig)
+	d.raiseISR(isrConfig)
 	_ = d.signal(d.configVector.Load()) // best effort: the status bit is set either way
 }
 
+// raiseISR sets ISR bits; the INTx condition is "ISR non-zero".
+func (d *PCIDevice) raiseISR(bits uint8) {
+	d.isrMu.Lock()
+	defer d.isrMu.Unlock()
+	d.isr |= bits
+	d.intx.SetPending(true)
+}
+
+// takeISR returns and clears the ISR status, lowering INTA#.
+func (d *PCIDevice) takeISR() uint8 {
+	d.isrMu.Lock()
+	defer d.isrMu.Unlock()
+	v := d.isr
+	d.isr = 0
+	d.intx.SetPending(false)
+	return v
+}
+
+// signal sends vector's MSI-X message when MSI-X is enabled. With MSI-X
+// disabled the interrupt went out on INTA# (raiseISR) and vector is
+// ignored; with MSI-X enabled and vector NoVector nothing is sent.
 func (d *PCIDevice) signal(vector uint32) error {
-	if vector == NoVector {
+	if vector == NoVector || !d.msix.Enabled() {
 		return nil
 	}
 	if err := d.msix.Signal(int(vector)); err != nil {
+		if errors.Is(err, pci.ErrMSIXDisabled) {
+			return nil // disabled since the check: INTA# carries it
+		}
 		return fmt.Errorf("virtio: interrupt: %w", err)
 	}
 	return nil
