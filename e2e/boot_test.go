@@ -62,30 +62,9 @@ func imagesDir(t *testing.T) string {
 // INTx interrupts (pci=nomsi); that the guest's exit status becomes the VMM's; and that
 // bad input fails with one clear line.
 func TestBootDebian(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("RF_REQUIRE_KVM") == "1" {
-			t.Fatal("end-to-end tests need root")
-		}
-		t.Skip("end-to-end tests need root (KVM, hugepages, nested QEMU)")
-	}
-	if _, err := os.Stat(filepath.Join(imagesDir(t), "vmlinux")); err != nil && os.Getenv("RF_REQUIRE_KVM") != "1" {
-		t.Skipf("no image in %s (make image): %v", imagesDir(t), err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	logPath := filepath.Join(repoRoot(t), "build", "e2e", t.Name()+".log")
-	log, err := createLog(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	t.Logf("console log: %s", logPath)
-	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("nested=%v %s", h.Nested, h.Why)
-	h.Retried = func(err error) { t.Logf("NOTE: the nested L1 guest died and the session was rerun: %v", err) }
+	h := newTestHost(ctx, t, 2)
 	start := time.Now()
 	out, status, err := h.Run(ctx, bootScript, 12*time.Minute)
 	if err != nil {
@@ -186,6 +165,37 @@ func TestBootDebian(t *testing.T) {
 			t.Errorf("free 2 MiB hugepages before the VMMs ran %q, after they all exited %q", before, after)
 		}
 	})
+}
+
+// newTestHost prepares the end-to-end host for test t (skipping where it
+// cannot run, failing instead under RF_REQUIRE_KVM=1), with the console log
+// in build/e2e/<test>.log and an L1 of cpus vCPUs where nested.
+func newTestHost(ctx context.Context, t *testing.T, cpus int) *Host {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("RF_REQUIRE_KVM") == "1" {
+			t.Fatal("end-to-end tests need root")
+		}
+		t.Skip("end-to-end tests need root (KVM, hugepages, nested QEMU)")
+	}
+	if _, err := os.Stat(filepath.Join(imagesDir(t), "vmlinux")); err != nil && os.Getenv("RF_REQUIRE_KVM") != "1" {
+		t.Skipf("no image in %s (make image): %v", imagesDir(t), err)
+	}
+	logPath := filepath.Join(repoRoot(t), "build", "e2e", t.Name()+".log")
+	log, err := createLog(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { log.Close() })
+	t.Logf("console log: %s", logPath)
+	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.CPUs = cpus
+	h.Retried = func(err error) { t.Logf("NOTE: the nested L1 guest died and the session was rerun: %v", err) }
+	t.Logf("nested=%v %s", h.Nested, h.Why)
+	return h
 }
 
 func createLog(path string) (*os.File, error) {

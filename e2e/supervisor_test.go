@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -105,27 +103,9 @@ func parsePS(t *testing.T, s string) []psEntry {
 // TestSupervisor boots subOSes through the supervisor and checks the
 // ledger, crash re-adoption, reclamation and destroy.
 func TestSupervisor(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("RF_REQUIRE_KVM") == "1" {
-			t.Fatal("end-to-end tests need root")
-		}
-		t.Skip("end-to-end tests need root")
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	logPath := filepath.Join(repoRoot(t), "build", "e2e", t.Name()+".log")
-	log, err := createLog(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer log.Close()
-	t.Logf("console log: %s", logPath)
-	h, err := NewHost(ctx, repoRoot(t), imagesDir(t), t.TempDir(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.CPUs = 3 // one housekeeping core and one for each of two subOSes
-	h.Retried = func(err error) { t.Logf("NOTE: the nested L1 guest died and the session was rerun: %v", err) }
+	h := newTestHost(ctx, t, 3) // one housekeeping core and one for each of two subOSes
 	out, _, err := h.Run(ctx, supervisorScript, 20*time.Minute)
 	if err != nil {
 		t.Fatal(err)
