@@ -11,7 +11,6 @@ import (
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/bus"
 	"rainforest/vmm/pci"
-	"rainforest/vmm/platform"
 	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
 	"rainforest/vmm/virtio/console"
@@ -23,15 +22,9 @@ import (
 // to the IOAPIC as the ACPI _PRT describes it (acpi.PCIINTxGSI: INTA# of
 // slot S is GSI 16 + S%8, level-triggered), driven with KVM_IRQ_LINE.
 func (m *Machine) setupPCI(ctx context.Context, cfg *LinuxConfig) error {
-	pbus := pci.NewBus(nil)
-	reset := platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })
-	pbus.SetResetHandler(func(v byte) { reset.Write(0, []byte{v}) })
-	if err := m.PIO.Insert(pbus, pci.ConfigPortBase, pci.ConfigPortSize); err != nil {
+	if err := m.EnsurePCI(); err != nil {
 		return err
 	}
-	m.pci = pbus
-	pbus.SetBARMoveHandler(m.moveBAR)
-	pbus.SetINTxRouter(newPCIINTxLines(m.vm.IRQLine, m.log).route)
 	for i, d := range cfg.Disks {
 		flag := os.O_RDWR
 		if d.ReadOnly {

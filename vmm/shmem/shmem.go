@@ -19,6 +19,12 @@
 //	0x08 INT_CONTROL bit 0: interrupts enabled
 //	0x0C DOORBELL    write-only: bits 31:16 target peer, 15:0 vector
 //	0x10 STATE       this peer's state; mirrored into the state table
+//	0x14 INT_STATUS  read-to-clear: bit v set when vector v (v >= 31:
+//	                 bit 31) was signalled through INTx; reading returns
+//	                 and clears the bits and lowers INTx
+//
+// Interrupts: MSI-X when the guest enables it, otherwise INTA# (level,
+// pending while INT_STATUS is non-zero). Signal raises a vector either way.
 //
 // Memory BAR (BAR 2) layout, each part page-aligned (see Layout):
 // state table (one uint32 per peer), read-write section, output sections of
@@ -62,6 +68,7 @@ const (
 	RegIntControl = 0x08
 	RegDoorbell   = 0x0C
 	RegState      = 0x10
+	RegIntStatus  = 0x14
 )
 
 // MaxPeers bounds the number of peers (doorbell target field is 16 bits).
@@ -133,12 +140,14 @@ type Device struct {
 	layout Layout
 	cfg    *pci.ConfigSpace
 	msix   *pci.MSIX
+	intx   *pci.INTxSource
 	bell   Doorbell
 	state  []byte // the state table (host memory shared by all peers)
 
 	mu         sync.Mutex
 	intEnabled bool
 	myState    uint32
+	intStatus  uint32 // INT_STATUS: vectors signalled through INTx
 	dropped    uint64 // doorbells that could not be delivered
 	roWrites   uint64 // guest writes to read-only memory that trapped
 }
@@ -185,7 +194,7 @@ func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRo
 	if err != nil {
 		return nil, err
 	}
-	return &Device{id: id, layout: layout, cfg: cfg, msix: msix, bell: bell, state: stateTable}, nil
+	return &Device{id: id, layout: layout, cfg: cfg, msix: msix, intx: pci.NewINTxSource(cfg, msix), bell: bell, state: stateTable}, nil
 }
 
 // Layout returns the memory layout.
@@ -195,16 +204,35 @@ func (d *Device) Layout() Layout { return d.layout }
 func (d *Device) ID() int { return d.id }
 
 // Signal raises vector in this guest (the VMM's fallback path when a peer's
-// doorbell reached userspace); it respects INT_CONTROL and MSI-X masking.
+// doorbell reached userspace); it respects INT_CONTROL. With MSI-X enabled
+// the vector's message is sent (or latched in the PBA while masked);
+// otherwise the vector's INT_STATUS bit is set and INTA# asserted.
 func (d *Device) Signal(vector int) error {
+	if vector < 0 || vector >= d.msix.Vectors() {
+		return fmt.Errorf("%w: %d of %d", pci.ErrBadVector, vector, d.msix.Vectors())
+	}
 	d.mu.Lock()
 	on := d.intEnabled
 	d.mu.Unlock()
 	if !on {
 		return nil
 	}
-	return d.msix.Signal(vector)
+	err := d.msix.Signal(vector)
+	if !errors.Is(err, pci.ErrMSIXDisabled) {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.intStatus |= 1 << min(vector, 31)
+	d.intx.SetPending(true)
+	return nil
 }
+
+// ConnectINTx implements pci.INTxDevice.
+func (d *Device) ConnectINTx(line pci.INTx) { d.intx.Connect(line) }
+
+// INTxAsserted reports whether INTA# is driven high.
+func (d *Device) INTxAsserted() bool { return d.intx.Asserted() }
 
 // Stats returns the dropped doorbells and trapped read-only writes.
 func (d *Device) Stats() (dropped, roWrites uint64) {
@@ -220,6 +248,7 @@ func (d *Device) ReadConfig(offset int, data []byte) { d.cfg.Read(offset, data) 
 func (d *Device) WriteConfig(offset int, data []byte) {
 	d.cfg.Write(offset, data)
 	_ = d.msix.ControlWritten() // a router error leaves a vector unrouted; nothing to tell the guest
+	d.intx.Update()
 }
 
 // BARs implements pci.Device.
@@ -246,6 +275,10 @@ func (d *Device) ReadBAR(bar int, offset uint64, data []byte) {
 			}
 		case RegState:
 			v = d.myState
+		case RegIntStatus:
+			v = d.intStatus
+			d.intStatus = 0
+			d.intx.SetPending(false)
 		}
 		d.mu.Unlock()
 		binary.LittleEndian.PutUint32(data, v)
@@ -306,4 +339,4 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 	}
 }
 
-var _ pci.Device = (*Device)(nil)
+var _ pci.INTxDevice = (*Device)(nil)

@@ -181,3 +181,126 @@ func TestGarbage(t *testing.T) {
 		d.WriteConfig(r.Intn(256), data[:min(n, 4)])
 	}
 }
+
+type fakeLine struct {
+	mu     sync.Mutex
+	high   bool
+	raises int
+}
+
+func (l *fakeLine) SetLevel(high bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if high && !l.high {
+		l.raises++
+	}
+	l.high = high
+}
+
+func (l *fakeLine) level() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.high
+}
+
+// With MSI-X disabled, Signal sets the vector's INT_STATUS bit and asserts
+// INTA#; reading INT_STATUS returns and clears the bits and lowers the line.
+func TestINTx(t *testing.T) {
+	d, _, router, _ := newTestDevice(t)
+	var pin [1]byte
+	d.ReadConfig(pci.RegInterruptPin, pin[:])
+	if pin[0] != pci.PinA {
+		t.Fatalf("interrupt pin %d, want INTA#", pin[0])
+	}
+	line := &fakeLine{}
+	d.ConnectINTx(line)
+	if err := d.Signal(1); err != nil || line.level() {
+		t.Fatalf("signal with INT_CONTROL off: %v, line %v", err, line.level())
+	}
+	writeReg(d, RegIntControl, 1)
+	if err := d.Signal(1); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Signal(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Signal(4); !errors.Is(err, pci.ErrBadVector) {
+		t.Errorf("signal of vector 4 of 4: %v", err)
+	}
+	if err := d.Signal(-1); !errors.Is(err, pci.ErrBadVector) {
+		t.Errorf("signal of vector -1: %v", err)
+	}
+	if !line.level() || !d.INTxAsserted() || line.raises != 1 {
+		t.Fatalf("line high %v asserted %v raises %d", line.level(), d.INTxAsserted(), line.raises)
+	}
+	var st [2]byte
+	d.ReadConfig(pci.RegStatus, st[:])
+	if st[0]&pci.StatusInterrupt == 0 {
+		t.Error("Status.Interrupt clear while INTx pending")
+	}
+	if v := reg(d, RegIntStatus); v != 1<<1|1<<3 {
+		t.Errorf("INT_STATUS %#x, want %#x", v, 1<<1|1<<3)
+	}
+	if line.level() {
+		t.Error("line still high after INT_STATUS read")
+	}
+	if v := reg(d, RegIntStatus); v != 0 {
+		t.Errorf("INT_STATUS %#x after read-to-clear", v)
+	}
+	writeReg(d, RegIntStatus, 0xFFFF) // read-only
+	if v := reg(d, RegIntStatus); v != 0 {
+		t.Errorf("INT_STATUS writable: %#x", v)
+	}
+	// INTx-disable in the Command register keeps the line low, though the
+	// condition is latched.
+	var cmd [2]byte
+	d.ReadConfig(pci.RegCommand, cmd[:])
+	cmd[1] |= pci.CommandINTxDisable >> 8
+	d.WriteConfig(pci.RegCommand, cmd[:])
+	_ = d.Signal(0)
+	if line.level() {
+		t.Error("line high with INTx disabled")
+	}
+	cmd[1] &^= pci.CommandINTxDisable >> 8
+	d.WriteConfig(pci.RegCommand, cmd[:])
+	if !line.level() {
+		t.Error("line low after INTx re-enabled with a pending condition")
+	}
+	_ = reg(d, RegIntStatus)
+	// With MSI-X enabled the vector goes to MSI-X, not INTx.
+	enableMSIX(t, d)
+	if err := d.Signal(2); err != nil {
+		t.Fatal(err)
+	}
+	if line.level() || reg(d, RegIntStatus) != 0 {
+		t.Error("INTx used while MSI-X is enabled")
+	}
+	router.mu.Lock()
+	defer router.mu.Unlock()
+	if len(router.fired) != 1 || router.fired[0] != 2 {
+		t.Errorf("MSI-X fired %v, want [2]", router.fired)
+	}
+}
+
+// enableMSIX unmasks every table entry and sets MSI-X Enable.
+func enableMSIX(t *testing.T, d *Device) {
+	t.Helper()
+	for v := 0; v < 4; v++ {
+		d.WriteBAR(MSIXBAR, uint64(v*pci.MSIXEntrySize+12), []byte{0, 0, 0, 0})
+	}
+	var p [1]byte
+	d.ReadConfig(pci.RegCapPointer, p[:])
+	for off := int(p[0]); off != 0; {
+		var hdr [2]byte
+		d.ReadConfig(off, hdr[:])
+		if hdr[0] == pci.CapIDMSIX {
+			var ctrl [2]byte
+			d.ReadConfig(off+2, ctrl[:])
+			ctrl[1] |= 0x80
+			d.WriteConfig(off+2, ctrl[:])
+			return
+		}
+		off = int(hdr[1])
+	}
+	t.Fatal("no MSI-X capability")
+}

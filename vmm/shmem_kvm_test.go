@@ -1,0 +1,313 @@
+package vmm
+
+import (
+	"encoding/binary"
+	"errors"
+	"testing"
+	"time"
+
+	"rainforest/vmm/pci"
+	"rainforest/vmm/ram"
+	"rainforest/vmm/shmem"
+	"rainforest/vmm/testguest"
+)
+
+// Shared-memory device tests: two test-guest VMs, each with a shmem PCI
+// function over one memfd, ring each other through the DOORBELL register
+// (ioeventfd in the sender wired to the receiver's irqfd).
+
+const shmemTestVector = 0x42
+
+// pciConfigWrite writes data at reg of slot's config space through the
+// configuration ports, as a guest would.
+func pciConfigWrite(m *Machine, slot, reg int, data []byte) {
+	var a [4]byte
+	binary.LittleEndian.PutUint32(a[:], 1<<31|uint32(slot)<<11|uint32(reg&^3))
+	m.PIO.Write(pci.ConfigPortBase, a[:])
+	m.PIO.Write(pci.ConfigPortBase+4+uint64(reg&3), data)
+}
+
+func pciConfigRead(m *Machine, slot, reg int, data []byte) {
+	var a [4]byte
+	binary.LittleEndian.PutUint32(a[:], 1<<31|uint32(slot)<<11|uint32(reg&^3))
+	m.PIO.Write(pci.ConfigPortBase, a[:])
+	m.PIO.Read(pci.ConfigPortBase+4+uint64(reg&3), data)
+}
+
+// programMSIX points MSI-X entry 0 of sm at the boot CPU's local APIC with
+// vector, unmasks it and enables MSI-X, as a driver would.
+func programMSIX(t *testing.T, m *Machine, sm *SharedMemory, vector uint32) {
+	t.Helper()
+	table := sm.BARAddr(shmem.MSIXBAR)
+	put := func(off uint64, v uint32) {
+		var b [4]byte
+		binary.LittleEndian.PutUint32(b[:], v)
+		if !m.MMIO.Write(table+off, b[:]) {
+			t.Fatalf("MSI-X table write at %#x reached nothing", table+off)
+		}
+	}
+	put(0, 0xFEE00000)
+	put(4, 0)
+	put(8, vector)
+	put(12, 0) // unmasked
+	var p [1]byte
+	pciConfigRead(m, sm.Slot(), pci.RegCapPointer, p[:])
+	for off := int(p[0]); off != 0; {
+		var hdr [2]byte
+		pciConfigRead(m, sm.Slot(), off, hdr[:])
+		if hdr[0] == pci.CapIDMSIX {
+			var ctrl [2]byte
+			pciConfigRead(m, sm.Slot(), off+2, ctrl[:])
+			ctrl[1] |= 0x80 // MSI-X Enable
+			pciConfigWrite(m, sm.Slot(), off+2, ctrl[:])
+			return
+		}
+		off = int(hdr[1])
+	}
+	t.Fatal("no MSI-X capability")
+}
+
+// shmemPair makes machines A (peer 0) and B (peer 1), each with a shared
+// memory function over one region and connected to the other.
+func shmemPair(t *testing.T, l shmem.Layout) (a, b *Machine, sa, sb *SharedMemory, region []byte) {
+	t.Helper()
+	needKVM(t)
+	cores := onlineCores(t, 2)
+	region = sharedPage(t, int(l.Size()))
+	b = newTestMachine(t, cores[1:2], ram.Page4K, testguest.MinMemory)
+	a = newTestMachine(t, cores[:1], ram.Page4K, testguest.MinMemory)
+	var err error
+	if sa, err = a.AddSharedMemory(SharedMemoryConfig{ID: 0, Layout: l, Region: region, Vectors: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if sb, err = b.AddSharedMemory(SharedMemoryConfig{ID: 1, Layout: l, Region: region, Vectors: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sa.ConnectPeer(PeerDoorbells{Peer: 1, Vectors: []*EventFD{sb.Vector(0)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sb.ConnectPeer(PeerDoorbells{Peer: 0, Vectors: []*EventFD{sa.Vector(0)}}); err != nil {
+		t.Fatal(err)
+	}
+	return a, b, sa, sb, region
+}
+
+// A writes a message into its output section and rings peer 1 vector 0
+// through its DOORBELL register: B takes interrupt 0x42 with no exit to A's
+// VMM, and reads the message from A's section (mapped read-only in B). B's
+// write into A's section traps, is dropped and counted. Doorbells to a peer
+// or vector that does not exist are dropped and counted in A.
+func TestKVMSharedMemoryDevice(t *testing.T) {
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	a, b, sa, sb, region := shmemPair(t, l)
+	if err := sa.ConnectPeer(PeerDoorbells{Peer: 1, Vectors: []*EventFD{sb.Vector(0)}}); !errors.Is(err, ErrSharedMemory) {
+		t.Errorf("second connection of peer 1: %v", err)
+	}
+	if err := sa.ConnectPeer(PeerDoorbells{Peer: 2, Vectors: []*EventFD{sb.Vector(0)}}); !errors.Is(err, ErrSharedMemory) {
+		t.Errorf("connection of peer 2 of 2: %v", err)
+	}
+	programMSIX(t, b, sb, shmemTestVector)
+
+	const msg = 0x1122334455667788
+	aBell := sa.BARAddr(shmem.RegBAR) + shmem.RegDoorbell
+	aOut := sa.BARAddr(shmem.MemBAR) + l.OutputOffset(0)
+	bAOut := sb.BARAddr(shmem.MemBAR) + l.OutputOffset(0) // A's section as B sees it
+	if aBell == shmem.RegDoorbell || aOut == l.OutputOffset(0) || bAOut == l.OutputOffset(0) {
+		t.Fatalf("BARs not assigned: A %#x/%#x B %#x", aBell, aOut, bAOut)
+	}
+
+	var cb testguest.Code
+	cb.MovRBX(1).Report(0) // ready
+	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
+	cb.MovRAX(bAOut).Load64() // A's message
+	cb.MovRAX(testguest.DataAddr).Store64()
+	cb.MovRBX(2).Report(0)
+	cb.MovRAX(bAOut + 8).MovRBX(0xBAD).Store64() // read-only: traps
+	cb.MovRBX(3).Report(0).Spin()
+
+	var ca testguest.Code
+	ca.MovRAX(aOut).MovRBX(msg).Store64()
+	ca.MovRAX(aBell).MovRBX(1 << 16).Store32() // peer 1, vector 0
+	ca.MovRBX(1).Report(0)
+	ca.WaitNonZero(testguest.DataAddr)
+	ca.MovRAX(aBell).MovRBX(7 << 16).Store32()   // no such peer
+	ca.MovRAX(aBell).MovRBX(1<<16 | 5).Store32() // no such vector
+	ca.MovRBX(2).Report(0).Spin()
+
+	recB, _ := startGuest(t, b, cb.Bytes())
+	recB.wait(t, 1)
+	recA, _ := startGuest(t, a, ca.Bytes())
+	recA.wait(t, 1)
+	ws := recB.wait(t, 3)
+	if ws[1].value != 2 || ws[2].value != 3 {
+		t.Fatalf("B reported %+v", ws)
+	}
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 1 {
+		t.Errorf("B handled vector %#x %d times, want 1", shmemTestVector, n)
+	}
+	if got, _ := b.Mem.Uint64(testguest.DataAddr); got != msg {
+		t.Errorf("B read %#x from A's output section, want %#x", got, msg)
+	}
+	if st := sa.Stats(); st != (SharedMemoryStats{}) {
+		t.Errorf("A's doorbell reached A's VMM: %+v", st)
+	}
+	off := l.OutputOffset(0)
+	if got := binary.LittleEndian.Uint64(region[off:]); got != msg {
+		t.Errorf("A's output section holds %#x", got)
+	}
+	if got := binary.LittleEndian.Uint64(region[off+8:]); got != 0 {
+		t.Errorf("B's write into A's read-only section landed: %#x", got)
+	}
+	if st := sb.Stats(); st.ROWrites != 1 || st.Dropped != 0 {
+		t.Errorf("B's stats %+v, want one trapped read-only write", st)
+	}
+
+	if err := a.Mem.PutUint64(testguest.DataAddr, 1); err != nil {
+		t.Fatal(err)
+	}
+	recA.wait(t, 2)
+	time.Sleep(100 * time.Millisecond)
+	if st := sa.Stats(); st.Dropped != 2 || st.Fallback != 0 {
+		t.Errorf("A's stats %+v, want 2 dropped doorbells", st)
+	}
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 1 {
+		t.Errorf("dropped doorbells raised vector %#x in B: %d times", shmemTestVector, n)
+	}
+}
+
+// A signal of a vector while the guest has it masked is kept and
+// delivered when the guest unmasks it.
+func TestKVMSharedMemoryPendingUntilUnmasked(t *testing.T) {
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	_, b, _, sb, _ := shmemPair(t, l)
+	var cb testguest.Code
+	cb.MovRBX(1).Report(0)
+	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
+	cb.MovRBX(2).Report(0).Spin()
+	recB, _ := startGuest(t, b, cb.Bytes())
+	recB.wait(t, 1)
+	if err := sb.Vector(0).Signal(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 0 {
+		t.Fatalf("masked vector delivered %d times", n)
+	}
+	programMSIX(t, b, sb, shmemTestVector)
+	recB.wait(t, 2)
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 1 {
+		t.Errorf("vector delivered %d times after unmask, want 1", n)
+	}
+}
+
+// The guest moves A's register and memory BARs: the doorbell ioeventfds
+// and the memory slots follow, so the same exchange works at the new
+// addresses.
+func TestKVMSharedMemoryBARMove(t *testing.T) {
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	a, b, sa, sb, region := shmemPair(t, l)
+	programMSIX(t, b, sb, shmemTestVector)
+	const newReg, newMem = 0xC100_0000, 0xC200_0000
+	var v [4]byte
+	binary.LittleEndian.PutUint32(v[:], newReg)
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.RegBAR, v[:])
+	binary.LittleEndian.PutUint32(v[:], newMem|0xC) // flags are read-only
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.MemBAR, v[:])
+	if got := sa.BARAddr(shmem.RegBAR); got != newReg {
+		t.Fatalf("register BAR at %#x after move", got)
+	}
+	if got := sa.BARAddr(shmem.MemBAR); got != newMem {
+		t.Fatalf("memory BAR at %#x after move", got)
+	}
+	const msg = 0x5555AAAA
+	var cb testguest.Code
+	cb.MovRBX(1).Report(0)
+	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
+	cb.MovRBX(2).Report(0).Spin()
+	var ca testguest.Code
+	ca.MovRAX(newMem + l.OutputOffset(0)).MovRBX(msg).Store64()
+	ca.MovRAX(newReg + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	ca.MovRBX(1).Report(0).Spin()
+	recB, _ := startGuest(t, b, cb.Bytes())
+	recB.wait(t, 1)
+	recA, _ := startGuest(t, a, ca.Bytes())
+	recA.wait(t, 1)
+	recB.wait(t, 2)
+	if got := binary.LittleEndian.Uint64(region[l.OutputOffset(0):]); got != msg {
+		t.Errorf("store at the moved memory BAR: section holds %#x", got)
+	}
+	if st := sa.Stats(); st != (SharedMemoryStats{}) {
+		t.Errorf("A's stats %+v after the moved doorbell", st)
+	}
+}
+
+// The memory BAR is split into slots by access: state table read-only,
+// read-write section, own output read-write, others read-only, adjacent
+// runs merged.
+func TestSharedMemorySlots(t *testing.T) {
+	l := shmem.Layout{Peers: 4, RWSize: 8192, OutputSize: 4096}
+	s := &SharedMemory{layout: l, id: 2}
+	got := s.pieces()
+	want := []sharedMemorySlot{
+		{offset: 0, size: 4096, readOnly: true},
+		{offset: 4096, size: 8192},
+		{offset: l.OutputOffset(0), size: 2 * 4096, readOnly: true},
+		{offset: l.OutputOffset(2), size: 4096},
+		{offset: l.OutputOffset(3), size: 4096, readOnly: true},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("slots %+v, want %+v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("slot %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	s = &SharedMemory{layout: shmem.Layout{Peers: 2, OutputSize: 4096}, id: 0}
+	if got := s.pieces(); len(got) != 3 || got[1].readOnly || got[1].size != 4096 {
+		t.Errorf("peer 0 of 2: %+v", got)
+	}
+}
+
+// A doorbell to the guest's own peer id exits to the VMM (no ioeventfd is
+// registered for it) and is delivered by the model when INT_CONTROL is on.
+func TestKVMSharedMemorySelfDoorbell(t *testing.T) {
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	_, b, _, sb, _ := shmemPair(t, l)
+	programMSIX(t, b, sb, shmemTestVector)
+	regs := sb.BARAddr(shmem.RegBAR)
+	var cb testguest.Code
+	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32() // interrupts off: nothing
+	cb.MovRAX(regs + shmem.RegIntControl).MovRBX(1).Store32()
+	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
+	cb.MovRBX(1).Report(0).Spin()
+	recB, _ := startGuest(t, b, cb.Bytes())
+	recB.wait(t, 1)
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 1 {
+		t.Errorf("self doorbell delivered %d times, want 1", n)
+	}
+	if st := sb.Stats(); st.Fallback != 2 || st.Dropped != 0 {
+		t.Errorf("stats %+v, want two doorbells handled by the VMM", st)
+	}
+}
+
+// Bad configurations are refused with ErrSharedMemory.
+func TestKVMSharedMemoryConfigErrors(t *testing.T) {
+	needKVM(t)
+	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	region := make([]byte, l.Size())
+	for _, c := range []SharedMemoryConfig{
+		{ID: 0, Layout: shmem.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
+		{ID: 0, Layout: l, Region: region[:4096], Vectors: 1},
+		{ID: 0, Layout: l, Region: region, Vectors: 0},
+		{ID: 0, Layout: l, Region: region, Vectors: 65},
+		{ID: 2, Layout: l, Region: region, Vectors: 1},
+		{ID: 0, Layout: l, Region: region, Vectors: 1, Peers: []PeerDoorbells{{Peer: 1, Vectors: []*EventFD{nil}}}},
+	} {
+		if _, err := m.AddSharedMemory(c); !errors.Is(err, ErrSharedMemory) {
+			t.Errorf("%+v: %v, want ErrSharedMemory", c.Layout, err)
+		}
+	}
+}
