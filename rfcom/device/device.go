@@ -1,0 +1,427 @@
+// Package device is the guest-side access, for programs in a subOS, to the
+// inter-subOS shared-memory PCI device (vendor 0x110A, device 0x4106; see
+// rainforest/vmm/shmem for the device model and its register and memory
+// layout).
+//
+// Find scans sysfs for the device; Open binds it to uio_pci_generic if no
+// driver has it, reads the sizes from its vendor capability, maps the
+// register BAR (resource0) and the memory BAR (resource2) and enables
+// interrupts (INTx through /dev/uioN). Layout, StateTable, RW and Output give
+// views of the memory BAR; Ring and SetState write the doorbell and state
+// registers; Wait blocks until an interrupt. EndpointConfig and NewEndpoint
+// run a rainforest/ficm/endpoint over the device.
+//
+// The memory BAR is mapped read-write as a whole, but only this peer's
+// output section and the read-write section may be written: the VMM maps
+// the state table and the other peers' sections read-only and drops writes
+// to them. Every size and count read from the device (capability, MAX_PEERS,
+// ID) is validated against the BAR before any slicing.
+//
+// A Device's views are invalid after Close; Close must not run concurrently
+// with other methods. Wait must be used by one goroutine at a time.
+package device
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// PCI identity and protocol (mirrors rainforest/vmm/shmem).
+const (
+	VendorID     = 0x110A
+	DeviceID     = 0x4106
+	ProtocolFICM = 0x01
+)
+
+// Register offsets in the register BAR (resource0).
+const (
+	RegID         = 0x00
+	RegMaxPeers   = 0x04
+	RegIntControl = 0x08
+	RegDoorbell   = 0x0C
+	RegState      = 0x10
+	RegIntStatus  = 0x14
+	// RegBARSize is the size of the register BAR mapped by Open.
+	RegBARSize = 0x1000
+)
+
+// Limits.
+const (
+	// MaxPeers bounds MAX_PEERS (as the VMM does).
+	MaxPeers = 1 << 12
+	// MaxVector is the largest doorbell vector (16-bit field).
+	MaxVector = 0xFFFF
+	// PageSize is the granule of the memory BAR's sections.
+	PageSize = 4096
+)
+
+// PCI config space offsets used here.
+const (
+	cfgVendor     = 0x00
+	cfgDevice     = 0x02
+	cfgCommand    = 0x04
+	cfgStatus     = 0x06
+	cfgCapPtr     = 0x34
+	statusCapList = 1 << 4
+	cmdINTxOff    = 1 << 10
+	capIDVendor   = 0x09
+	vendorCapLen  = 24
+	maxCaps       = 48
+)
+
+var (
+	// ErrCapability means the vendor capability is missing or malformed.
+	ErrCapability = errors.New("device: bad vendor capability")
+	// ErrLayout means the sizes, peer count or id do not fit the BARs.
+	ErrLayout = errors.New("device: bad shared-memory layout")
+	// ErrDriver means the device could not be used through uio_pci_generic.
+	ErrDriver = errors.New("device: driver")
+	// ErrNoPeer is returned for a peer id out of range.
+	ErrNoPeer = errors.New("device: no such peer")
+	// ErrVector is returned for a doorbell vector out of range.
+	ErrVector = errors.New("device: bad vector")
+	// ErrProtocol means the device does not speak the requested protocol.
+	ErrProtocol = errors.New("device: wrong protocol")
+)
+
+// Layout is the memory BAR layout: state table, read-write section and one
+// output section per peer, back to back from offset 0, each a page multiple.
+type Layout struct {
+	Peers          int
+	StateTableSize uint64
+	RWSize         uint64
+	OutputSize     uint64
+}
+
+// StateTableOffset is the offset of the state table (always 0).
+func (l Layout) StateTableOffset() uint64 { return 0 }
+
+// RWOffset is the offset of the read-write section.
+func (l Layout) RWOffset() uint64 { return l.StateTableSize }
+
+// OutputOffset is the offset of peer's output section.
+func (l Layout) OutputOffset(peer int) uint64 {
+	return l.StateTableSize + l.RWSize + uint64(peer)*l.OutputSize
+}
+
+// Size is the number of bytes of the memory BAR used by the layout.
+func (l Layout) Size() uint64 { return l.OutputOffset(l.Peers) }
+
+// validate checks l against a memory BAR of barSize bytes without
+// overflowing.
+func (l Layout) validate(barSize uint64) error {
+	const limit = 1 << 46
+	switch {
+	case l.Peers < 1 || l.Peers > MaxPeers:
+		return fmt.Errorf("%w: MAX_PEERS %d (1..%d)", ErrLayout, l.Peers, MaxPeers)
+	case l.OutputSize == 0:
+		return fmt.Errorf("%w: empty output section", ErrLayout)
+	case l.StateTableSize%PageSize != 0 || l.RWSize%PageSize != 0 || l.OutputSize%PageSize != 0:
+		return fmt.Errorf("%w: sizes not page multiples (state %d, rw %d, output %d)", ErrLayout, l.StateTableSize, l.RWSize, l.OutputSize)
+	case l.StateTableSize < uint64(l.Peers)*4:
+		return fmt.Errorf("%w: state table of %d bytes for %d peers", ErrLayout, l.StateTableSize, l.Peers)
+	case l.StateTableSize > limit || l.RWSize > limit || l.OutputSize > limit:
+		return fmt.Errorf("%w: section larger than %d bytes", ErrLayout, uint64(limit))
+	}
+	// Each term is < 2^46 and Peers <= 2^12, so the sum cannot overflow.
+	if l.Size() > barSize {
+		return fmt.Errorf("%w: layout needs %d bytes, memory BAR has %d", ErrLayout, l.Size(), barSize)
+	}
+	return nil
+}
+
+// Device is an open shared-memory PCI function.
+type Device struct {
+	info   Info
+	layout Layout
+	id     int
+	uio    string
+
+	config *os.File // sysfs config space, read-write
+	uioFD  int      // /dev/uioN, non-blocking; -1 when closed
+	regs   []byte   // register BAR mapping
+	mem    []byte   // memory BAR mapping
+	closed atomic.Bool
+}
+
+// parseCapability finds the vendor capability in config space bytes and
+// returns the state table, read-write and output sizes.
+func parseCapability(cfg []byte) (state, rw, out uint64, err error) {
+	if len(cfg) < 0x40 {
+		return 0, 0, 0, fmt.Errorf("%w: config space of %d bytes", ErrCapability, len(cfg))
+	}
+	if v, d := binary.LittleEndian.Uint16(cfg[cfgVendor:]), binary.LittleEndian.Uint16(cfg[cfgDevice:]); v != VendorID || d != DeviceID {
+		return 0, 0, 0, fmt.Errorf("%w: device %04x:%04x is not %04x:%04x", ErrCapability, v, d, VendorID, DeviceID)
+	}
+	if binary.LittleEndian.Uint16(cfg[cfgStatus:])&statusCapList == 0 {
+		return 0, 0, 0, fmt.Errorf("%w: no capability list", ErrCapability)
+	}
+	ptr := int(cfg[cfgCapPtr]) &^ 3
+	for range maxCaps {
+		if ptr == 0 {
+			break
+		}
+		if ptr < 0x40 || ptr+2 > len(cfg) {
+			return 0, 0, 0, fmt.Errorf("%w: capability pointer %#x outside %d-byte config space", ErrCapability, ptr, len(cfg))
+		}
+		if cfg[ptr] == capIDVendor {
+			if ptr+vendorCapLen > len(cfg) {
+				return 0, 0, 0, fmt.Errorf("%w: vendor capability at %#x truncated", ErrCapability, ptr)
+			}
+			if n := int(cfg[ptr+2]); n < vendorCapLen {
+				return 0, 0, 0, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, vendorCapLen)
+			}
+			state = uint64(binary.LittleEndian.Uint32(cfg[ptr+4:]))
+			rw = binary.LittleEndian.Uint64(cfg[ptr+8:])
+			out = binary.LittleEndian.Uint64(cfg[ptr+16:])
+			return state, rw, out, nil
+		}
+		ptr = int(cfg[ptr+1]) &^ 3
+	}
+	return 0, 0, 0, fmt.Errorf("%w: no vendor capability", ErrCapability)
+}
+
+// Open binds the device described by info to uio_pci_generic if no driver
+// has it (waiting, bounded by ctx, for <devRoot>/uioN), reads its vendor
+// capability, maps its BARs, validates the layout and enables interrupts.
+// sysRoot and devRoot are normally "/sys" and "/dev".
+func Open(ctx context.Context, sysRoot, devRoot string, info Info) (d *Device, err error) {
+	if info.Path == "" {
+		info.Path = filepath.Join(sysRoot, "bus", "pci", "devices", info.Address)
+	}
+	dev := &Device{info: info, uioFD: -1}
+	defer func() {
+		if err != nil {
+			_ = dev.release()
+			d = nil
+		}
+	}()
+	d = dev
+	if d.config, err = os.OpenFile(info.ConfigPath, os.O_RDWR, 0); err != nil {
+		return nil, fmt.Errorf("open config space: %w", err)
+	}
+	cfg, err := io.ReadAll(io.LimitReader(d.config, 4096))
+	if err != nil {
+		return nil, fmt.Errorf("read config space: %w", err)
+	}
+	state, rw, out, err := parseCapability(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if d.uio, err = bindUIO(ctx, sysRoot, devRoot, info.Path, info.Address); err != nil {
+		return nil, err
+	}
+	if d.regs, err = mapPath(info.Resource0, RegBARSize, RegBARSize); err != nil {
+		return nil, fmt.Errorf("register BAR: %w", err)
+	}
+	d.id = int(load32(d.regs, RegID))
+	d.layout = Layout{Peers: int(load32(d.regs, RegMaxPeers)), StateTableSize: state, RWSize: rw, OutputSize: out}
+	memSize, err := fileSize(info.Resource2)
+	if err != nil {
+		return nil, fmt.Errorf("memory BAR: %w", err)
+	}
+	if err := d.layout.validate(uint64(memSize)); err != nil {
+		return nil, err
+	}
+	if d.id < 0 || d.id >= d.layout.Peers {
+		return nil, fmt.Errorf("%w: ID %d of %d peers", ErrLayout, d.id, d.layout.Peers)
+	}
+	if d.mem, err = mapPath(info.Resource2, memSize, int64(d.layout.Size())); err != nil {
+		return nil, fmt.Errorf("memory BAR: %w", err)
+	}
+	uioPath := filepath.Join(devRoot, d.uio)
+	if d.uioFD, err = unix.Open(uioPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
+		d.uioFD = -1
+		return nil, fmt.Errorf("%w: open %s: %w", ErrDriver, uioPath, err)
+	}
+	if err := d.unmaskINTx(); err != nil {
+		return nil, err
+	}
+	store32(d.regs, RegIntControl, 1)
+	return d, nil
+}
+
+func fileSize(path string) (int64, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
+}
+
+// mapPath maps size bytes of the file at path, which must hold at least
+// need bytes.
+func mapPath(path string, size, need int64) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if st.Size() < need || size < need || size <= 0 || int64(int(size)) != size {
+		return nil, fmt.Errorf("%w: %s is %d bytes, need %d", ErrLayout, path, st.Size(), need)
+	}
+	return mapFile(f, int(size))
+}
+
+// unmaskINTx clears the INTx-disable bit of the command register, which
+// uio_pci_generic sets on every interrupt.
+func (d *Device) unmaskINTx() error {
+	var b [2]byte
+	if _, err := d.config.ReadAt(b[:], cfgCommand); err != nil {
+		return fmt.Errorf("read command register: %w", err)
+	}
+	cmd := binary.LittleEndian.Uint16(b[:])
+	if cmd&cmdINTxOff == 0 {
+		return nil
+	}
+	binary.LittleEndian.PutUint16(b[:], cmd&^cmdINTxOff)
+	if _, err := d.config.WriteAt(b[:], cfgCommand); err != nil {
+		return fmt.Errorf("write command register: %w", err)
+	}
+	return nil
+}
+
+// Info returns what Find reported for the device.
+func (d *Device) Info() Info { return d.info }
+
+// UIO returns the name of the uio device ("uio0").
+func (d *Device) UIO() string { return d.uio }
+
+// ID returns this peer's id.
+func (d *Device) ID() int { return d.id }
+
+// Peers returns the number of peers.
+func (d *Device) Peers() int { return d.layout.Peers }
+
+// Layout returns the memory BAR layout.
+func (d *Device) Layout() Layout { return d.layout }
+
+// Memory returns the used part of the memory BAR (Layout().Size() bytes).
+// Only the read-write section and this peer's output section may be
+// written.
+func (d *Device) Memory() []byte { return d.section(0, d.layout.Size()) }
+
+// section returns mem[off:off+size]; nil on a closed Device. Open checked
+// that the layout lies inside the mapping.
+func (d *Device) section(off, size uint64) []byte {
+	if d.mem == nil {
+		return nil
+	}
+	return d.mem[off : off+size : off+size]
+}
+
+// StateTable returns the state table (read-only: the VMM writes it).
+func (d *Device) StateTable() []byte { return d.section(0, d.layout.StateTableSize) }
+
+// RW returns the shared read-write section (possibly empty).
+func (d *Device) RW() []byte { return d.section(d.layout.RWOffset(), d.layout.RWSize) }
+
+// Output returns peer's output section; only Output(ID()) may be written.
+func (d *Device) Output(peer int) ([]byte, error) {
+	if peer < 0 || peer >= d.layout.Peers {
+		return nil, fmt.Errorf("%w: %d of %d", ErrNoPeer, peer, d.layout.Peers)
+	}
+	return d.section(d.layout.OutputOffset(peer), d.layout.OutputSize), nil
+}
+
+// Outputs returns every peer's output section, indexed by peer id.
+func (d *Device) Outputs() [][]byte {
+	s := make([][]byte, d.layout.Peers)
+	for p := range s {
+		s[p] = d.section(d.layout.OutputOffset(p), d.layout.OutputSize)
+	}
+	return s
+}
+
+// Ring rings vector of peer through the DOORBELL register.
+func (d *Device) Ring(peer, vector int) error {
+	if d.regs == nil {
+		return ErrClosed
+	}
+	if peer < 0 || peer >= d.layout.Peers {
+		return fmt.Errorf("%w: %d of %d", ErrNoPeer, peer, d.layout.Peers)
+	}
+	if vector < 0 || vector > MaxVector {
+		return fmt.Errorf("%w: %d", ErrVector, vector)
+	}
+	store32(d.regs, RegDoorbell, uint32(peer)<<16|uint32(vector))
+	return nil
+}
+
+// SetState writes this peer's STATE register (the VMM mirrors it into the
+// state table and tells the other peers).
+// It does nothing on a closed Device.
+func (d *Device) SetState(state uint32) {
+	if d.regs != nil {
+		store32(d.regs, RegState, state)
+	}
+}
+
+// State returns peer's entry of the state table.
+func (d *Device) State(peer int) (uint32, error) {
+	if d.mem == nil {
+		return 0, ErrClosed
+	}
+	if peer < 0 || peer >= d.layout.Peers {
+		return 0, fmt.Errorf("%w: %d of %d", ErrNoPeer, peer, d.layout.Peers)
+	}
+	return load32(d.mem, 4*peer), nil
+}
+
+// SetInterrupts enables or disables the device's interrupts (INT_CONTROL).
+// It does nothing on a closed Device.
+func (d *Device) SetInterrupts(on bool) {
+	if d.regs == nil {
+		return
+	}
+	var v uint32
+	if on {
+		v = 1
+	}
+	store32(d.regs, RegIntControl, v)
+}
+
+func (d *Device) release() error {
+	var errs []error
+	if d.regs != nil {
+		errs = append(errs, unmap(d.regs))
+		d.regs = nil
+	}
+	if d.mem != nil {
+		errs = append(errs, unmap(d.mem))
+		d.mem = nil
+	}
+	if d.uioFD >= 0 {
+		errs = append(errs, unix.Close(d.uioFD))
+		d.uioFD = -1
+	}
+	if d.config != nil {
+		errs = append(errs, d.config.Close())
+		d.config = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Close disables interrupts, unmaps the BARs and closes the files. The
+// views returned by the Device are invalid afterwards.
+func (d *Device) Close() error {
+	if d.closed.Swap(true) {
+		return nil
+	}
+	if d.regs != nil {
+		store32(d.regs, RegIntControl, 0)
+	}
+	return d.release()
+}

@@ -1,0 +1,73 @@
+package device
+
+import (
+	"fmt"
+
+	"rainforest/ficm/endpoint"
+)
+
+// EndpointOptions selects how a ficm endpoint runs on a Device.
+type EndpointOptions struct {
+	// Slots is the slot count of every ring (a power of two).
+	Slots int
+	// Vector is the doorbell vector rung on peers (0 normally).
+	Vector int
+	// PollRounds is passed to endpoint.Config.
+	PollRounds int
+	// UseStateTable makes the endpoint honour the device's state table
+	// (bit 0 of a peer's STATE: alive); otherwise every peer is alive.
+	UseStateTable bool
+	// RequireFICM refuses a device whose class protocol byte is not
+	// ProtocolFICM.
+	RequireFICM bool
+}
+
+// doorbell rings peers' vector on a Device.
+type doorbell struct {
+	dev    *Device
+	vector int
+}
+
+func (b doorbell) Ring(peer int) error { return b.dev.Ring(peer, b.vector) }
+
+// EndpointConfig returns the endpoint.Config of a FICM group over d: one
+// output section per peer, doorbells through Ring(peer, opts.Vector), and
+// Wait as the Waiter.
+func (d *Device) EndpointConfig(opts EndpointOptions) (endpoint.Config, error) {
+	if opts.RequireFICM && d.info.Protocol() != ProtocolFICM {
+		return endpoint.Config{}, fmt.Errorf("%w: protocol %#x, want %#x", ErrProtocol, d.info.Protocol(), ProtocolFICM)
+	}
+	if opts.Vector < 0 || opts.Vector > MaxVector {
+		return endpoint.Config{}, fmt.Errorf("%w: %d", ErrVector, opts.Vector)
+	}
+	l, err := endpoint.NewLayout(d.Peers(), opts.Slots)
+	if err != nil {
+		return endpoint.Config{}, err
+	}
+	if uint64(l.SectionSize()) > d.layout.OutputSize {
+		return endpoint.Config{}, fmt.Errorf("%w: FICM section of %d bytes (%d peers, %d slots) exceeds output section of %d", ErrLayout, l.SectionSize(), d.Peers(), opts.Slots, d.layout.OutputSize)
+	}
+	cfg := endpoint.Config{
+		Self:       d.id,
+		Layout:     l,
+		Sections:   d.Outputs(),
+		Doorbell:   doorbell{dev: d, vector: opts.Vector},
+		Waiter:     d,
+		PollRounds: opts.PollRounds,
+	}
+	if opts.UseStateTable {
+		if cfg.State, err = endpoint.NewStateTable(d.StateTable(), d.Peers()); err != nil {
+			return endpoint.Config{}, err
+		}
+	}
+	return cfg, nil
+}
+
+// NewEndpoint returns a FICM endpoint running on d (see EndpointConfig).
+func (d *Device) NewEndpoint(opts EndpointOptions) (*endpoint.Endpoint, error) {
+	cfg, err := d.EndpointConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	return endpoint.New(cfg)
+}

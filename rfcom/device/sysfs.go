@@ -1,0 +1,148 @@
+package device
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Info describes one shared-memory PCI function found in sysfs.
+type Info struct {
+	Address       string // PCI address, e.g. "0000:00:04.0"
+	Path          string // <sys>/bus/pci/devices/<Address>
+	ConfigPath    string // sysfs config space file
+	Resource0     string // sysfs file of the register BAR
+	Resource2     string // sysfs file of the memory BAR
+	Resource2Size int64  // size of the memory BAR
+	Class         uint32 // 24-bit class code; low byte is the protocol
+}
+
+// Protocol returns the protocol byte of the class code.
+func (i Info) Protocol() uint8 { return uint8(i.Class) }
+
+func readHex(path string) (uint64, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	s := strings.TrimPrefix(strings.TrimSpace(string(b)), "0x")
+	v, err := strconv.ParseUint(s, 16, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return v, nil
+}
+
+// Find lists the shared-memory PCI functions (vendor 0x110a, device 0x4106)
+// under sysRoot (normally "/sys"), sorted by address. No device is not an
+// error.
+func Find(sysRoot string) ([]Info, error) {
+	dir := filepath.Join(sysRoot, "bus", "pci", "devices")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("scan PCI devices: %w", err)
+	}
+	var out []Info
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		vendor, err := readHex(filepath.Join(p, "vendor"))
+		if err != nil || vendor != VendorID {
+			continue
+		}
+		dev, err := readHex(filepath.Join(p, "device"))
+		if err != nil || dev != DeviceID {
+			continue
+		}
+		class, err := readHex(filepath.Join(p, "class"))
+		if err != nil {
+			return nil, fmt.Errorf("device %s: %w", e.Name(), err)
+		}
+		info := Info{
+			Address:    e.Name(),
+			Path:       p,
+			ConfigPath: filepath.Join(p, "config"),
+			Resource0:  filepath.Join(p, "resource0"),
+			Resource2:  filepath.Join(p, "resource2"),
+			Class:      uint32(class),
+		}
+		st, err := os.Stat(info.Resource2)
+		if err != nil {
+			return nil, fmt.Errorf("device %s: memory BAR: %w", e.Name(), err)
+		}
+		info.Resource2Size = st.Size()
+		out = append(out, info)
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Address < out[b].Address })
+	return out, nil
+}
+
+// bindTimeout bounds the wait for uio_pci_generic to take the device.
+const bindTimeout = 5 * time.Second
+
+// DriverName is the kernel driver the device is used through.
+const DriverName = "uio_pci_generic"
+
+// bindUIO makes sure uio_pci_generic drives the device at devPath and
+// returns the name of its uio device ("uio0") once <devRoot>/uioN exists.
+func bindUIO(ctx context.Context, sysRoot, devRoot, devPath, address string) (string, error) {
+	link, err := os.Readlink(filepath.Join(devPath, "driver"))
+	switch {
+	case err == nil:
+		if name := filepath.Base(link); name != DriverName {
+			return "", fmt.Errorf("%w: %s is bound to %s", ErrDriver, address, name)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		drv := filepath.Join(sysRoot, "bus", "pci", "drivers", DriverName)
+		werr := os.WriteFile(filepath.Join(drv, "new_id"), []byte(fmt.Sprintf("%04x %04x", VendorID, DeviceID)), 0)
+		if werr != nil {
+			// The id may already be known (EEXIST); bind by address.
+			if berr := os.WriteFile(filepath.Join(drv, "bind"), []byte(address), 0); berr != nil {
+				return "", fmt.Errorf("%w: bind %s to %s: %w", ErrDriver, address, DriverName, errors.Join(werr, berr))
+			}
+		}
+	default:
+		return "", fmt.Errorf("%w: %s: %w", ErrDriver, address, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, bindTimeout)
+	defer cancel()
+	for {
+		name, err := findUIO(devPath)
+		if err == nil {
+			if _, err = os.Stat(filepath.Join(devRoot, name)); err == nil {
+				return name, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("%w: no uio device for %s: %w", ErrDriver, address, errors.Join(err, ctx.Err()))
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// findUIO returns the uioN entry of <devPath>/uio.
+func findUIO(devPath string) (string, error) {
+	ents, err := os.ReadDir(filepath.Join(devPath, "uio"))
+	if err != nil {
+		return "", err
+	}
+	for _, e := range ents {
+		n := e.Name()
+		if rest, ok := strings.CutPrefix(n, "uio"); ok && rest != "" {
+			if _, err := strconv.Atoi(rest); err == nil {
+				return n, nil
+			}
+		}
+	}
+	return "", fmt.Errorf("no uioN in %s/uio", devPath)
+}
