@@ -30,6 +30,15 @@ func NewEventFD() (*EventFD, error) {
 // Fd returns the descriptor.
 func (e *EventFD) Fd() int { return e.fd }
 
+// Dup returns a second EventFD for the same counter, closed independently.
+func (e *EventFD) Dup() (*EventFD, error) {
+	fd, err := unix.FcntlInt(uintptr(e.fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dup eventfd: %w", err)
+	}
+	return &EventFD{fd: fd}, nil
+}
+
 // Signal adds 1 to the counter.
 func (e *EventFD) Signal() error {
 	var b [8]byte

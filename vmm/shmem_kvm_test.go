@@ -311,3 +311,42 @@ func TestKVMSharedMemoryConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// A channel's eventfds can be made before any peer's VMM (as a supervisor
+// would) and handed to the device as its incoming vectors: signalling the
+// original eventfd interrupts the guest.
+func TestKVMSharedMemoryIncomingEventFDs(t *testing.T) {
+	needKVM(t)
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	ev, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	b := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
+	region := sharedPage(t, int(l.Size()))
+	if _, err := b.AddSharedMemory(SharedMemoryConfig{ID: 1, Layout: l, Region: region, Vectors: 2, Incoming: []*EventFD{ev}}); !errors.Is(err, ErrSharedMemory) {
+		t.Errorf("one eventfd for two vectors: %v", err)
+	}
+	sb, err := b.AddSharedMemory(SharedMemoryConfig{ID: 1, Layout: l, Region: region, Vectors: 1, Incoming: []*EventFD{ev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sb.Vector(0).Fd() == ev.Fd() {
+		t.Error("incoming eventfd not duplicated")
+	}
+	var cb testguest.Code
+	cb.MovRBX(1).Report(0)
+	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
+	cb.MovRBX(2).Report(0).Spin()
+	recB, _ := startGuest(t, b, cb.Bytes())
+	recB.wait(t, 1)
+	programMSIX(t, b, sb, shmemTestVector)
+	if err := ev.Signal(); err != nil {
+		t.Fatal(err)
+	}
+	recB.wait(t, 2)
+	if n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector)); n != 1 {
+		t.Errorf("vector delivered %d times, want 1", n)
+	}
+}

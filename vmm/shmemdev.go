@@ -32,6 +32,11 @@ type SharedMemoryConfig struct {
 	Region  []byte
 	Vectors int             // this peer's MSI-X vectors (1..64)
 	Peers   []PeerDoorbells // may be empty: see ConnectPeer
+	// Incoming, when set, gives the eventfds of this peer's vectors (one
+	// per vector, e.g. created by the supervisor for a channel before any
+	// peer's VMM starts, so every peer can be wired at start); they are
+	// duplicated. Otherwise the device creates its own.
+	Incoming []*EventFD
 }
 
 // PeerDoorbells are the incoming vectors of one peer: Vectors[v] is an
@@ -164,7 +169,10 @@ func (m *Machine) AddSharedMemory(cfg SharedMemoryConfig) (*SharedMemory, error)
 	sm := &SharedMemory{m: m, id: cfg.ID, layout: l, region: cfg.Region[:l.Size()], peers: map[int][]*EventFD{}}
 	sm.router = &sharedMemoryRouter{m: m}
 	m.AddCloser(sm.close)
-	if err := sm.router.allocate(cfg.Vectors); err != nil {
+	if len(cfg.Incoming) != 0 && len(cfg.Incoming) != cfg.Vectors {
+		return nil, fmt.Errorf("%w: %d incoming eventfds for %d vectors", ErrSharedMemory, len(cfg.Incoming), cfg.Vectors)
+	}
+	if err := sm.router.allocate(cfg.Vectors, cfg.Incoming); err != nil {
 		return nil, err
 	}
 	dev, err := shmem.New(cfg.ID, l, cfg.Vectors, sm.region[:l.StateTableSize()], sm.router, sharedMemoryBell{sm})
@@ -472,11 +480,17 @@ type sharedVector struct {
 
 var _ pci.MSIRouter = (*sharedMemoryRouter)(nil)
 
-func (r *sharedMemoryRouter) allocate(n int) error {
+func (r *sharedMemoryRouter) allocate(n int, incoming []*EventFD) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for range n {
-		ev, err := NewEventFD()
+	for i := range n {
+		var ev *EventFD
+		var err error
+		if i < len(incoming) {
+			ev, err = incoming[i].Dup()
+		} else {
+			ev, err = NewEventFD()
+		}
 		if err != nil {
 			return err
 		}
