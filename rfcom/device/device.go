@@ -32,23 +32,23 @@ import (
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/shmem"
 )
 
-// PCI identity and protocol (mirrors rainforest/vmm/shmem).
+// PCI identity, protocol and register offsets: the device model's wire ABI
+// (rainforest/vmm/shmem is its one definition; that package is pure Go and
+// knows nothing of KVM).
 const (
-	VendorID     = 0x110A
-	DeviceID     = 0x4106
-	ProtocolFICM = 0x01
-)
-
-// Register offsets in the register BAR (resource0).
-const (
-	RegID         = 0x00
-	RegMaxPeers   = 0x04
-	RegIntControl = 0x08
-	RegDoorbell   = 0x0C
-	RegState      = 0x10
-	RegIntStatus  = 0x14
+	VendorID      = shmem.VendorID
+	DeviceID      = shmem.DeviceID
+	ProtocolFICM  = shmem.ProtocolFICM
+	RegID         = shmem.RegID
+	RegMaxPeers   = shmem.RegMaxPeers
+	RegIntControl = shmem.RegIntControl
+	RegDoorbell   = shmem.RegDoorbell
+	RegState      = shmem.RegState
+	RegIntStatus  = shmem.RegIntStatus
 	// RegBARSize is the size of the register BAR mapped by Open.
 	RegBARSize = 0x1000
 )
@@ -56,7 +56,7 @@ const (
 // Limits.
 const (
 	// MaxPeers bounds MAX_PEERS (as the VMM does).
-	MaxPeers = 1 << 12
+	MaxPeers = shmem.MaxPeers
 	// MaxVector is the largest doorbell vector (16-bit field).
 	MaxVector = 0xFFFF
 	// PageSize is the granule of the memory BAR's sections.
@@ -73,7 +73,6 @@ const (
 	statusCapList = 1 << 4
 	cmdINTxOff    = 1 << 10
 	capIDVendor   = 0x09
-	vendorCapLen  = 24
 	maxCaps       = 48
 )
 
@@ -173,15 +172,15 @@ func parseCapability(cfg []byte) (state, rw, out uint64, err error) {
 			return 0, 0, 0, fmt.Errorf("%w: capability pointer %#x outside %d-byte config space", ErrCapability, ptr, len(cfg))
 		}
 		if cfg[ptr] == capIDVendor {
-			if ptr+vendorCapLen > len(cfg) {
+			if ptr+shmem.CapLength > len(cfg) {
 				return 0, 0, 0, fmt.Errorf("%w: vendor capability at %#x truncated", ErrCapability, ptr)
 			}
-			if n := int(cfg[ptr+2]); n < vendorCapLen {
-				return 0, 0, 0, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, vendorCapLen)
+			if n := int(cfg[ptr+2]); n < shmem.CapLength {
+				return 0, 0, 0, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, shmem.CapLength)
 			}
-			state = uint64(binary.LittleEndian.Uint32(cfg[ptr+4:]))
-			rw = binary.LittleEndian.Uint64(cfg[ptr+8:])
-			out = binary.LittleEndian.Uint64(cfg[ptr+16:])
+			state = uint64(binary.LittleEndian.Uint32(cfg[ptr+shmem.CapStateTableSize:]))
+			rw = binary.LittleEndian.Uint64(cfg[ptr+shmem.CapRWSize:])
+			out = binary.LittleEndian.Uint64(cfg[ptr+shmem.CapOutputSize:])
 			return state, rw, out, nil
 		}
 		ptr = int(cfg[ptr+1]) &^ 3

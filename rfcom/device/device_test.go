@@ -1,6 +1,8 @@
 package device
 
 import (
+	"rainforest/vmm/shmem"
+
 	"context"
 	"encoding/binary"
 	"errors"
@@ -50,7 +52,7 @@ func buildConfig(state, rw, out uint64) []byte {
 	cfg[cfgCapPtr] = 0x40
 	// MSI-X capability first, then the vendor capability.
 	cfg[0x40], cfg[0x41] = 0x11, 0x50
-	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, vendorCapLen
+	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, shmem.CapLength
 	binary.LittleEndian.PutUint32(cfg[0x54:], uint32(state))
 	binary.LittleEndian.PutUint64(cfg[0x58:], rw)
 	binary.LittleEndian.PutUint64(cfg[0x60:], out)

@@ -74,6 +74,14 @@ const (
 // MaxPeers bounds the number of peers (doorbell target field is 16 bits).
 const MaxPeers = 1 << 12
 
+// Vendor capability layout (offsets from the capability's start).
+const (
+	CapStateTableSize = 4  // u32
+	CapRWSize         = 8  // u64
+	CapOutputSize     = 16 // u64
+	CapLength         = 24
+)
+
 const pageSize = 4096
 
 // ErrLayout means a Layout cannot be built.
@@ -182,11 +190,12 @@ func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRo
 	// Vendor capability: id, next, length, reserved, then (from the
 	// capability's offset) u32 state table size at +4, u64 read-write
 	// section size at +8, u64 output section size at +16.
-	body := make([]byte, 22)
-	body[0] = 24
-	binary.LittleEndian.PutUint32(body[2:], uint32(layout.StateTableSize()))
-	binary.LittleEndian.PutUint64(body[6:], layout.RWSize)
-	binary.LittleEndian.PutUint64(body[14:], layout.OutputSize)
+	// body starts after the ID and next-pointer bytes.
+	body := make([]byte, CapLength-2)
+	body[0] = CapLength
+	binary.LittleEndian.PutUint32(body[CapStateTableSize-2:], uint32(layout.StateTableSize()))
+	binary.LittleEndian.PutUint64(body[CapRWSize-2:], layout.RWSize)
+	binary.LittleEndian.PutUint64(body[CapOutputSize-2:], layout.OutputSize)
 	if _, err := cfg.AddVendorCapability(body, make([]byte, len(body))); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,43 @@
+package device
+
+import (
+	"testing"
+
+	"rainforest/vmm/pci"
+	"rainforest/vmm/shmem"
+)
+
+type nopRouter struct{}
+
+func (nopRouter) Route(int, pci.MSIMessage, bool) error { return nil }
+func (nopRouter) Fire(int) error                        { return nil }
+
+type nopBell struct{}
+
+func (nopBell) Ring(int, int) error { return nil }
+func (nopBell) StateChanged(uint32) {}
+
+// The guest side parses exactly the config space the VMM's device model
+// presents: the two ends of the ABI cannot drift apart.
+func TestCapabilityMatchesDeviceModel(t *testing.T) {
+	l := shmem.Layout{Peers: 3, RWSize: 8192, OutputSize: 16384}
+	dev, err := shmem.New(1, l, 2, make([]byte, l.StateTableSize()), nopRouter{}, nopBell{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := make([]byte, 256)
+	dev.ReadConfig(0, cfg)
+	state, rw, out, err := parseCapability(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if state != l.StateTableSize() || rw != l.RWSize || out != l.OutputSize {
+		t.Errorf("parsed state %d rw %d out %d, device model has %d %d %d", state, rw, out, l.StateTableSize(), l.RWSize, l.OutputSize)
+	}
+	g := Layout{Peers: l.Peers, StateTableSize: state, RWSize: rw, OutputSize: out}
+	for p := 0; p < l.Peers; p++ {
+		if g.OutputOffset(p) != l.OutputOffset(p) {
+			t.Errorf("peer %d output offset: guest %d, VMM %d", p, g.OutputOffset(p), l.OutputOffset(p))
+		}
+	}
+}
