@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -291,18 +290,4 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 	cmd.Flags().Uint64Var(&since, "since", 0, "only events after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many events")
 	return cmd
-}
-
-// waitSocket waits until the API answers (used by rfm run).
-func waitSocket(ctx context.Context, c *api.Client) error {
-	for {
-		if _, err := c.List(ctx); err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
 }

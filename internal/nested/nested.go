@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"rainforest/images"
+	"rainforest/vmm"
 )
 
 // Markers printed by the L1 /init around the caller's script.
@@ -219,9 +220,6 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	}()
 	return s, nil
 }
-
-// Serial returns the serial output received so far.
-func (s *Session) Serial() string { return s.serial.String() }
 
 // Stop kills QEMU; Wait then returns an error.
 func (s *Session) Stop() { s.cancel() }
@@ -470,14 +468,14 @@ poweroff -f
 // when /dev/kvm is missing, served by the paravirtual kvm_pvm back end, or
 // the CPU has neither vmx nor svm. The string says why.
 func Needed() (bool, string) {
-	return needed("/sys/module/kvm_pvm", "/proc/cpuinfo", "/dev/kvm")
+	return needed("/sys", "/proc/cpuinfo", "/dev/kvm")
 }
 
-func needed(pvmModule, cpuinfo, devKVM string) (bool, string) {
+func needed(sysRoot, cpuinfo, devKVM string) (bool, string) {
 	if _, err := os.Stat(devKVM); err != nil {
 		return true, fmt.Sprintf("%s is not available: %v", devKVM, err)
 	}
-	if _, err := os.Stat(pvmModule); err == nil {
+	if vmm.CheckNativeKVM(sysRoot) != nil {
 		return true, "/dev/kvm is served by the paravirtual kvm_pvm back end, which cannot run guest kernels"
 	}
 	f, err := os.Open(cpuinfo)

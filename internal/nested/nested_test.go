@@ -28,23 +28,23 @@ func writeFile(t *testing.T, p, content string, perm os.FileMode) string {
 func TestNeeded(t *testing.T) {
 	dir := t.TempDir()
 	kvm := writeFile(t, filepath.Join(dir, "kvm"), "", 0o644)
-	pvm := filepath.Join(dir, "kvm_pvm")
+	pvm := filepath.Join(dir, "module", "kvm_pvm")
 	withSVM := writeFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
 	noVirt := writeFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
 
-	if n, why := needed(pvm, withSVM, kvm); n {
+	if n, why := needed(dir, withSVM, kvm); n {
 		t.Errorf("svm host: needed = true (%s)", why)
 	}
-	if n, _ := needed(pvm, noVirt, kvm); !n {
+	if n, _ := needed(dir, noVirt, kvm); !n {
 		t.Error("no vmx/svm: needed = false")
 	}
-	if n, _ := needed(pvm, withSVM, filepath.Join(dir, "missing")); !n {
+	if n, _ := needed(dir, withSVM, filepath.Join(dir, "missing")); !n {
 		t.Error("no /dev/kvm: needed = false")
 	}
-	if err := os.Mkdir(pvm, 0o755); err != nil {
+	if err := os.MkdirAll(pvm, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if n, why := needed(pvm, withSVM, kvm); !n || !strings.Contains(why, "kvm_pvm") {
+	if n, why := needed(dir, withSVM, kvm); !n || !strings.Contains(why, "kvm_pvm") {
 		t.Errorf("kvm_pvm: needed = %v (%s)", n, why)
 	}
 	// The real host: only check it does not panic.

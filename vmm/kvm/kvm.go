@@ -70,11 +70,6 @@ type System struct {
 	f *os.File
 }
 
-// Open opens /dev/kvm and checks the API version.
-func Open() (*System, error) {
-	return OpenPath("/dev/kvm")
-}
-
 // OpenPath opens a KVM device node at path.
 func OpenPath(path string) (*System, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)

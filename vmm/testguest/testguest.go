@@ -327,16 +327,6 @@ func (c *Code) Store(base Reg, disp int32, src Reg) *Code {
 	return c
 }
 
-// StoreDword stores the low 32 bits of src at [base+disp].
-func (c *Code) StoreDword(base Reg, disp int32, src Reg) *Code {
-	if src >= R8 || base >= R8 {
-		c.b = append(c.b, 0x40|byte(src>>3)<<2|byte(base>>3))
-	}
-	c.b = append(c.b, 0x89)
-	c.modRMMem(src, base, disp)
-	return c
-}
-
 // group1 emits an 0x81 /op instruction with a 32-bit immediate on r.
 func (c *Code) group1(op byte, r Reg, imm int32) *Code {
 	c.rexW(0, r)
