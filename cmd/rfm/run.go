@@ -134,10 +134,14 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	go func() { served <- api.Serve(serveCtx, ln, sup) }()
 	defer func() { stopServe(); <-served }()
 
+	// The audit log names this command as the actor; destroying uses a
+	// context that Ctrl-C has not cancelled.
+	who := fmt.Sprintf("rfm run (uid %d pid %d)", os.Getuid(), os.Getpid())
+	ctx = supervisor.WithActor(ctx, who)
 	var created []string
 	destroyAll := func() {
 		for i := len(created) - 1; i >= 0; i-- {
-			if err := sup.Destroy(context.Background(), created[i]); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
+			if err := sup.Destroy(supervisor.WithActor(context.Background(), who), created[i]); err != nil && !errors.Is(err, supervisor.ErrNotFound) {
 				fmt.Fprintf(errOut, "rfm: destroy %s: %v\n", created[i], err)
 			}
 		}

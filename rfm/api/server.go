@@ -14,7 +14,10 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"rainforest/ledger"
 	"rainforest/ledger/store"
@@ -219,7 +222,11 @@ func Listen(path string) (net.Listener, error) {
 
 // Serve serves the API on ln until ctx ends.
 func Serve(ctx context.Context, ln net.Listener, b Backend) error {
-	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second,
+		// The audit log names who asked: the client's credentials.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return supervisor.WithActor(ctx, PeerName(c))
+		}}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -231,4 +238,30 @@ func Serve(ctx context.Context, ln net.Listener, b Backend) error {
 		return nil
 	}
 	return err
+}
+
+// PeerName describes the process at the other end of a Unix socket
+// connection from its kernel-checked credentials, e.g. "uid 0 pid 4242
+// (rfm)"; "api" when they cannot be read.
+func PeerName(c net.Conn) string {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return "api"
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return "api"
+	}
+	var cred *unix.Ucred
+	var credErr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || credErr != nil {
+		return "api"
+	}
+	name := fmt.Sprintf("uid %d pid %d", cred.Uid, cred.Pid)
+	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cred.Pid)); err == nil {
+		name += " (" + strings.TrimSpace(string(comm)) + ")"
+	}
+	return name
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -22,12 +23,14 @@ type fakeBackend struct {
 	mu      sync.Mutex
 	subos   map[string]supervisor.Info
 	creates int
+	actors  []string
 }
 
 func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor.Info, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.creates++
+	f.actors = append(f.actors, supervisor.Actor(ctx))
 	if s.Name == "bad" {
 		return supervisor.Info{}, &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "cores", Message: "core 0 is the supervisor's"}}}
 	}
@@ -103,7 +106,7 @@ func startServer(t *testing.T) (*Client, *fakeBackend) {
 }
 
 func TestClientServer(t *testing.T) {
-	c, _ := startServer(t)
+	c, b := startServer(t)
 	ctx := context.Background()
 	if _, err := c.Create(ctx, supervisor.Spec{Name: "a", Memory: 1}); err != nil {
 		t.Fatal(err)
@@ -130,6 +133,13 @@ func TestClientServer(t *testing.T) {
 	}
 	if err := c.Destroy(ctx, "a"); err != nil {
 		t.Error(err)
+	}
+	// The backend learns who asked from the socket's peer credentials.
+	want := fmt.Sprintf("uid %d pid %d", os.Getuid(), os.Getpid())
+	for _, a := range b.actors {
+		if !strings.HasPrefix(a, want) {
+			t.Errorf("actor %q, want %q...", a, want)
+		}
 	}
 }
 

@@ -174,22 +174,44 @@ func (s *Supervisor) readopt() error {
 		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
 		if err != nil {
 			s.log.Warn("VMM of a recorded subOS is gone; reclaiming", "subos", info.Name, "err", err)
-			s.reclaim(so, fmt.Sprintf("VMM gone at supervisor start: %v", err))
+			s.reclaim(so, s.cfg.Who, fmt.Sprintf("VMM gone at supervisor start: %v", err))
 			continue
 		}
 		so.proc = proc
 		s.subos[info.Name] = so
 		s.watch(so)
-		s.event("adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, hostcpu.FormatList(r.Allocation.Cores)))
+		s.event(s.cfg.Who, "adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, hostcpu.FormatList(r.Allocation.Cores)))
 	}
 	s.steerIRQs()
 	return s.ledger.Verify()
 }
 
+type actorKey struct{}
+
+// WithActor records in ctx who asks for an operation (the API puts the
+// client's credentials there); the audit log names them.
+func WithActor(ctx context.Context, who string) context.Context {
+	return context.WithValue(ctx, actorKey{}, who)
+}
+
+// Actor returns who ctx says is asking, or "" when it does not say.
+func Actor(ctx context.Context) string {
+	who, _ := ctx.Value(actorKey{}).(string)
+	return who
+}
+
+// who is the actor recorded for an operation made with ctx.
+func (s *Supervisor) who(ctx context.Context) string {
+	if w := Actor(ctx); w != "" {
+		return w
+	}
+	return s.cfg.Who
+}
+
 // event appends to the audit log; a failing log write is reported, never
 // fatal to the operation already done.
-func (s *Supervisor) event(what, name string, d time.Duration, detail string) {
-	if _, err := s.store.Append(store.Event{Time: time.Now().UTC(), Who: s.cfg.Who, What: what, Name: name, Duration: d, Detail: detail}); err != nil {
+func (s *Supervisor) event(who, what, name string, d time.Duration, detail string) {
+	if _, err := s.store.Append(store.Event{Time: time.Now().UTC(), Who: who, What: what, Name: name, Duration: d, Detail: detail}); err != nil {
 		s.log.Error("audit log", "err", err)
 	}
 }
@@ -217,7 +239,7 @@ func (s *Supervisor) watch(so *subOS) {
 			return
 		}
 		// Listed (as stopping) until its resources are free.
-		s.reclaim(so, "VMM exited: "+logTail(so.info.Log, 1))
+		s.reclaim(so, s.cfg.Who, "VMM exited: "+logTail(so.info.Log, 1))
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
@@ -225,7 +247,7 @@ func (s *Supervisor) watch(so *subOS) {
 }
 
 // reclaim frees everything a subOS held and removes its record.
-func (s *Supervisor) reclaim(so *subOS, why string) {
+func (s *Supervisor) reclaim(so *subOS, who, why string) {
 	start := time.Now()
 	a := so.info.Allocation
 	if err := s.cfg.Actuator.RemoveGroup(a.Name); err != nil {
@@ -244,7 +266,7 @@ func (s *Supervisor) reclaim(so *subOS, why string) {
 	}
 	os.Remove(s.consolePath(a.Name))
 	s.steerIRQs()
-	s.event("reclaim", a.Name, time.Since(start), why)
+	s.event(who, "reclaim", a.Name, time.Since(start), why)
 }
 
 // steerIRQs moves host interrupts off the cores subOSes own now (when
@@ -315,7 +337,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 			for i := len(undo) - 1; i >= 0; i-- {
 				undo[i]()
 			}
-			s.event("create-failed", spec.Name, time.Since(start), err.Error())
+			s.event(s.who(ctx), "create-failed", spec.Name, time.Since(start), err.Error())
 		}
 	}()
 	s.mu.Lock()
@@ -377,7 +399,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	s.mu.Unlock()
 	s.watch(so)
 	s.steerIRQs()
-	s.event("create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
+	s.event(s.who(ctx), "create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
 	return info, nil
 }
 
@@ -425,11 +447,11 @@ func (s *Supervisor) Destroy(ctx context.Context, name string) error {
 	}
 	stopProcess(so.proc, 10*time.Second)
 	close(so.stopped)
-	s.reclaim(so, "destroyed")
+	s.reclaim(so, s.who(ctx), "destroyed")
 	s.mu.Lock()
 	delete(s.subos, name)
 	s.mu.Unlock()
-	s.event("destroy", name, time.Since(start), "")
+	s.event(s.who(ctx), "destroy", name, time.Since(start), "")
 	return nil
 }
 

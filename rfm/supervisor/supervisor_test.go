@@ -50,6 +50,13 @@ func TestCreateDestroy(t *testing.T) {
 	if fmt.Sprint(whats) != fmt.Sprint(want) {
 		t.Errorf("events %v, want %v", whats, want)
 	}
+	if _, err := s.Create(WithActor(ctx, "uid 7 pid 9 (rfm)"), testSpec(t, "c", 1)); err != nil {
+		t.Fatal(err)
+	}
+	ev, _ = s.Events(0, 100)
+	if last := ev[len(ev)-1]; last.What != "create" || last.Who != "uid 7 pid 9 (rfm)" || ev[0].Who != "supervisor" {
+		t.Errorf("actors: last %+v, first %+v", last, ev[0])
+	}
 }
 
 // A create that fails half-way rolls back every reservation.
