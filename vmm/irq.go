@@ -27,6 +27,11 @@ func NewEventFD() (*EventFD, error) {
 	return &EventFD{fd: fd}, nil
 }
 
+// BorrowEventFD wraps an eventfd descriptor the caller keeps owning (for
+// APIs that duplicate what they keep, such as SharedMemoryConfig.Incoming
+// and ConnectPeer); do not Close the result.
+func BorrowEventFD(fd int) *EventFD { return &EventFD{fd: fd} }
+
 // Fd returns the descriptor.
 func (e *EventFD) Fd() int { return e.fd }
 

@@ -47,6 +47,9 @@ type LinuxConfig struct {
 	// AllowEmulatedKVM boots even on a KVM that emulates guest kernel code
 	// (it will fail at the first instruction the emulator lacks).
 	AllowEmulatedKVM bool
+	// SharedMemory lists shared-memory PCI functions to add (regions the
+	// supervisor made this subOS a member of).
+	SharedMemory []SharedMemoryConfig
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -243,6 +246,11 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	}
 	if err := m.setupPCI(ctx, cfg); err != nil {
 		return nil, err
+	}
+	for _, sc := range cfg.SharedMemory {
+		if _, err := m.AddSharedMemory(sc); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.ConsoleIn != nil {
 		go pumpInput(m.Done(), cfg.ConsoleIn, uart)

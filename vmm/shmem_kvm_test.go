@@ -350,3 +350,67 @@ func TestKVMSharedMemoryIncomingEventFDs(t *testing.T) {
 		t.Errorf("vector delivered %d times, want 1", n)
 	}
 }
+
+// With MSI-X off (a guest using uio_pci_generic), a peer's doorbell is
+// bridged into the model: INT_STATUS bit and INTA# asserted, read-to-clear
+// lowers the line. Once the guest enables MSI-X the bridge lets go and the
+// eventfd is KVM's again.
+func TestKVMSharedMemoryINTxBridge(t *testing.T) {
+	needKVM(t)
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	ev, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	b := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
+	region := sharedPage(t, int(l.Size()))
+	sb, err := b.AddSharedMemory(SharedMemoryConfig{ID: 1, Layout: l, Region: region, Vectors: 1, Incoming: []*EventFD{ev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := sb.BARAddr(shmem.RegBAR)
+	var w [4]byte
+	binary.LittleEndian.PutUint32(w[:], 1)
+	b.MMIO.Write(regs+shmem.RegIntControl, w[:])
+	if err := ev.Signal(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !sb.Device().INTxAsserted() {
+		if time.Now().After(deadline) {
+			t.Fatal("doorbell never raised INTx")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	var st [2]byte
+	pciConfigRead(b, sb.Slot(), pci.RegStatus, st[:])
+	if binary.LittleEndian.Uint16(st[:])&pci.StatusInterrupt == 0 {
+		t.Error("PCI Interrupt Status bit clear while INTx is pending")
+	}
+	var r [4]byte
+	b.MMIO.Read(regs+shmem.RegIntStatus, r[:])
+	if v := binary.LittleEndian.Uint32(r[:]); v != 1 {
+		t.Errorf("INT_STATUS %#x, want 1", v)
+	}
+	if sb.Device().INTxAsserted() {
+		t.Error("INTx still asserted after INT_STATUS was read")
+	}
+	programMSIX(t, b, sb, shmemTestVector)
+	if err := ev.Signal(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if sb.Device().INTxAsserted() {
+		t.Error("doorbell bridged to INTx while MSI-X is on")
+	}
+}
+
+// A segment granted read-only maps its read-write section read-only, and
+// the guest sees the region's name and protocol.
+func TestSharedMemoryIdentity(t *testing.T) {
+	s := &SharedMemory{layout: shmem.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}, id: 0, rwReadOnly: true}
+	if got := s.pieces(); len(got) != 3 || !got[0].readOnly || got[0].size != 4096+8192 || got[1].readOnly {
+		t.Errorf("read-only segment pieces %+v", got)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -37,6 +38,10 @@ type SharedMemoryConfig struct {
 	// peer's VMM starts, so every peer can be wired at start); they are
 	// duplicated. Otherwise the device creates its own.
 	Incoming []*EventFD
+	// Identity names the region and its protocol for the guest (class
+	// code and vendor capability); RWReadOnly also maps the read-write
+	// section read-only for this peer.
+	Identity shmem.Identity
 }
 
 // PeerDoorbells are the incoming vectors of one peer: Vectors[v] is an
@@ -82,6 +87,13 @@ type SharedMemory struct {
 	layout shmem.Layout
 	region []byte
 	router *sharedMemoryRouter
+	// rwReadOnly maps the read-write section read-only.
+	rwReadOnly bool
+	// bridgeWake wakes the INTx bridge (mode change or stop); bridgeDone
+	// is closed when it has ended.
+	bridgeWake *EventFD
+	bridgeStop atomic.Bool
+	bridgeDone chan struct{}
 
 	mu       sync.Mutex
 	closed   bool
@@ -175,11 +187,15 @@ func (m *Machine) AddSharedMemory(cfg SharedMemoryConfig) (*SharedMemory, error)
 	if err := sm.router.allocate(cfg.Vectors, cfg.Incoming); err != nil {
 		return nil, err
 	}
-	dev, err := shmem.New(cfg.ID, l, cfg.Vectors, sm.region[:l.StateTableSize()], sm.router, sharedMemoryBell{sm})
+	sm.rwReadOnly = cfg.Identity.RWReadOnly
+	dev, err := shmem.NewWithIdentity(cfg.ID, l, cfg.Vectors, sm.region[:l.StateTableSize()], sm.router, sharedMemoryBell{sm}, cfg.Identity)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSharedMemory, err)
 	}
 	sm.dev = dev
+	if err := sm.startBridge(); err != nil {
+		return nil, err
+	}
 	fn := &sharedMemoryFunction{Device: dev, sm: sm}
 	slot, bars, err := m.pci.Add(-1, fn)
 	if err != nil {
@@ -350,7 +366,7 @@ func (s *SharedMemory) pieces() []sharedMemorySlot {
 	l := s.layout
 	parts := []sharedMemorySlot{{offset: 0, size: l.StateTableSize(), readOnly: true}}
 	if l.RWSize > 0 {
-		parts = append(parts, sharedMemorySlot{offset: l.RWOffset(), size: l.RWSize})
+		parts = append(parts, sharedMemorySlot{offset: l.RWOffset(), size: l.RWSize, readOnly: s.rwReadOnly})
 	}
 	for p := 0; p < l.Peers; p++ {
 		parts = append(parts, sharedMemorySlot{offset: l.OutputOffset(p), size: l.OutputSize, readOnly: p != s.id})
@@ -419,6 +435,7 @@ func (s *SharedMemory) close() error {
 		return nil
 	}
 	s.closed = true
+	s.stopBridge()
 	errs := []error{s.moveBellsLocked(0), s.unmapLocked()}
 	for _, evs := range s.peers {
 		for _, ev := range evs {
@@ -462,6 +479,10 @@ func (b sharedMemoryBell) Ring(peer, vector int) error {
 // memory, so peers see the new state without a notification.
 func (b sharedMemoryBell) StateChanged(uint32) {}
 
+// InterruptControl implements shmem.ControlNotifier: INT_CONTROL decides
+// whether the INTx bridge delivers.
+func (b sharedMemoryBell) InterruptControl(bool) { b.s.router.wakeBridge() }
+
 // sharedMemoryRouter is the device's pci.MSIRouter. Unlike msiRouter its
 // vectors exist from the start (peers need their eventfds before the guest
 // programs MSI-X): each has an eventfd and a GSI, and the eventfd is bound
@@ -470,6 +491,21 @@ type sharedMemoryRouter struct {
 	m       *Machine
 	mu      sync.Mutex
 	vectors []*sharedVector // fixed after allocate
+	wake    *EventFD        // the INTx bridge's; nil before it starts
+}
+
+// wakeBridge tells the INTx bridge that vectors' routing or the interrupt
+// control changed.
+func (r *sharedMemoryRouter) wakeBridge() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.wakeBridgeLocked()
+}
+
+func (r *sharedMemoryRouter) wakeBridgeLocked() {
+	if r.wake != nil {
+		_ = r.wake.Signal()
+	}
 }
 
 type sharedVector struct {
@@ -516,6 +552,7 @@ func (r *sharedMemoryRouter) Route(vector int, msg pci.MSIMessage, masked bool) 
 		return fmt.Errorf("%w: %d", pci.ErrBadVector, vector)
 	}
 	v := r.vectors[vector]
+	defer r.wakeBridgeLocked()
 	if masked {
 		if !v.bound {
 			return nil

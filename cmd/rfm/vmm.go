@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"log/slog"
@@ -22,7 +23,7 @@ type vmmFlags struct {
 	cpus, memory, pageSize, console, profile  string
 	disks                                     []string
 	consoleSocket                             string
-	readyFD, waitFD                           int
+	readyFD, waitFD, controlFD                int
 	allowEmulated                             bool
 	logLevel                                  string
 }
@@ -39,6 +40,14 @@ wrote to the status port (0x501) before powering off, 0 for a plain
 power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ctl *controlSocket
+			if f.controlFD >= 0 {
+				var err error
+				if ctl, err = openControlSocket(f.controlFD); err != nil {
+					return err
+				}
+				defer ctl.ln.Close()
+			}
 			if err := f.waitGo(); err != nil {
 				return err
 			}
@@ -47,6 +56,21 @@ power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 				return err
 			}
 			defer closeConsole()
+			if ctl != nil {
+				rm, sm, err := ctl.attach()
+				if err != nil {
+					return err
+				}
+				defer rm.close()
+				cfg.SharedMemory = sm
+				ctx, cancel := context.WithCancel(cmd.Context())
+				served := make(chan struct{})
+				go func() { // ends with ctx
+					defer close(served)
+					ctl.serve(ctx, cfg.Logger, rm)
+				}()
+				defer func() { cancel(); <-served }()
+			}
 			e, err := vmm.BootLinux(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -69,6 +93,7 @@ power-off or reboot, 1 for a crash, 2 for a configuration error.`,
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "write \"ready\" to this inherited file descriptor once the subOS runs")
 	fl.IntVar(&f.waitFD, "wait-fd", -1, "before anything else, wait for a line \"go\" on this inherited file descriptor")
+	fl.IntVar(&f.controlFD, "control-fd", -1, "inherited listening control socket of the supervisor (shared-memory regions arrive there before boot)")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
 	return cmd

@@ -30,13 +30,16 @@
 // state table (one uint32 per peer), read-write section, output sections of
 // peers 0..N-1. The sizes are also in a vendor-specific capability: u32
 // state table size at +4, u64 read-write section size at +8, u64 output
-// section size at +16 from the capability's offset.
+// section size at +16 from the capability's offset, then u32 flags at +24
+// (bit 0: the read-write section is read-only for this peer) and the
+// region's name at +28 (32 bytes, NUL-padded).
 package shmem
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"rainforest/vmm/pci"
@@ -51,6 +54,9 @@ const (
 	// protocol spoken over the memory (ProtocolFICM here).
 	ClassOther   = 0xFF0000
 	ProtocolFICM = 0x01
+	// ProtocolSegment is a shared segment: only the read-write section is
+	// used, by the programs the supervisor granted it to.
+	ProtocolSegment = 0x02
 )
 
 // BARs.
@@ -79,7 +85,13 @@ const (
 	CapStateTableSize = 4  // u32
 	CapRWSize         = 8  // u64
 	CapOutputSize     = 16 // u64
-	CapLength         = 24
+	CapFlags          = 24 // u32, CapFlag*
+	CapName           = 28 // [NameSize]byte, NUL-padded
+	CapLength         = CapName + NameSize
+	// CapFlagRWReadOnly: this peer may only read the read-write section.
+	CapFlagRWReadOnly = 1 << 0
+	// NameSize bounds a region's name.
+	NameSize = 32
 )
 
 const pageSize = 4096
@@ -142,6 +154,12 @@ type Doorbell interface {
 	StateChanged(state uint32)
 }
 
+// ControlNotifier is optionally implemented by a Doorbell that wants to know
+// when the guest turns the device's interrupts (INT_CONTROL) on or off.
+type ControlNotifier interface {
+	InterruptControl(enabled bool)
+}
+
 // Device is one peer's shared-memory PCI function.
 type Device struct {
 	id     int
@@ -160,10 +178,23 @@ type Device struct {
 	roWrites   uint64 // guest writes to read-only memory that trapped
 }
 
-// New builds peer id's device. stateTable is the shared state table memory
-// (at least layout.StateTableSize() bytes); the model writes this peer's
-// entry in it. vectors is the number of MSI-X vectors.
+// Identity is what a function tells the guest about its region besides the
+// layout.
+type Identity struct {
+	Protocol   uint8  // class code low byte (ProtocolFICM when 0)
+	Name       string // up to NameSize bytes, no NUL
+	RWReadOnly bool   // the read-write section is mapped read-only for this peer
+}
+
+// New builds peer id's device for a FICM group (see NewWithIdentity).
 func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell) (*Device, error) {
+	return NewWithIdentity(id, layout, vectors, stateTable, router, bell, Identity{})
+}
+
+// NewWithIdentity builds peer id's device. stateTable is the shared state
+// table memory (at least layout.StateTableSize() bytes); the model writes
+// this peer's entry in it. vectors is the number of MSI-X vectors.
+func NewWithIdentity(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell, ident Identity) (*Device, error) {
 	if err := layout.Validate(); err != nil {
 		return nil, err
 	}
@@ -176,7 +207,13 @@ func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRo
 	if vectors < 1 || vectors > 64 {
 		return nil, fmt.Errorf("%w: %d MSI-X vectors (1..64)", ErrLayout, vectors)
 	}
-	cfg := pci.NewConfigSpace(pci.Header{VendorID: VendorID, DeviceID: DeviceID, Class: ClassOther | ProtocolFICM,
+	if len(ident.Name) > NameSize || strings.IndexByte(ident.Name, 0) >= 0 {
+		return nil, fmt.Errorf("%w: region name %q (at most %d bytes, no NUL)", ErrLayout, ident.Name, NameSize)
+	}
+	if ident.Protocol == 0 {
+		ident.Protocol = ProtocolFICM
+	}
+	cfg := pci.NewConfigSpace(pci.Header{VendorID: VendorID, DeviceID: DeviceID, Class: ClassOther | uint32(ident.Protocol),
 		SubsystemVendorID: VendorID, SubsystemID: DeviceID, Revision: 2})
 	if err := cfg.AddMemBAR(RegBAR, regSize, false, false); err != nil {
 		return nil, err
@@ -187,15 +224,17 @@ func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRo
 	if err := cfg.AddMemBAR(MemBAR, layout.BARSize(), true, true); err != nil {
 		return nil, err
 	}
-	// Vendor capability: id, next, length, reserved, then (from the
-	// capability's offset) u32 state table size at +4, u64 read-write
-	// section size at +8, u64 output section size at +16.
-	// body starts after the ID and next-pointer bytes.
+	// Vendor capability: id, next, length, reserved, then the fields at
+	// the Cap* offsets (see the package documentation); body starts after the ID and next-pointer bytes.
 	body := make([]byte, CapLength-2)
 	body[0] = CapLength
 	binary.LittleEndian.PutUint32(body[CapStateTableSize-2:], uint32(layout.StateTableSize()))
 	binary.LittleEndian.PutUint64(body[CapRWSize-2:], layout.RWSize)
 	binary.LittleEndian.PutUint64(body[CapOutputSize-2:], layout.OutputSize)
+	if ident.RWReadOnly {
+		binary.LittleEndian.PutUint32(body[CapFlags-2:], CapFlagRWReadOnly)
+	}
+	copy(body[CapName-2:], ident.Name)
 	if _, err := cfg.AddVendorCapability(body, make([]byte, len(body))); err != nil {
 		return nil, err
 	}
@@ -239,6 +278,17 @@ func (d *Device) Signal(vector int) error {
 
 // ConnectINTx implements pci.INTxDevice.
 func (d *Device) ConnectINTx(line pci.INTx) { d.intx.Connect(line) }
+
+// InterruptsEnabled reports INT_CONTROL bit 0.
+func (d *Device) InterruptsEnabled() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.intEnabled
+}
+
+// INTxActive reports whether the function signals through INTx now (MSI-X
+// disabled).
+func (d *Device) INTxActive() bool { return d.intx.Active() }
 
 // INTxAsserted reports whether INTA# is driven high.
 func (d *Device) INTxAsserted() bool { return d.intx.Asserted() }
@@ -319,6 +369,9 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 			d.mu.Lock()
 			d.intEnabled = v&1 != 0
 			d.mu.Unlock()
+			if n, ok := d.bell.(ControlNotifier); ok {
+				n.InterruptControl(v&1 != 0)
+			}
 		case RegDoorbell:
 			peer, vector := int(v>>16), int(v&0xFFFF)
 			if err := d.bell.Ring(peer, vector); err != nil {

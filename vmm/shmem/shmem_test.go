@@ -146,12 +146,12 @@ func TestConfigSpace(t *testing.T) {
 		hdr := make([]byte, 2)
 		d.ReadConfig(off, hdr)
 		if hdr[0] == 0x09 {
-			body := make([]byte, 24)
+			body := make([]byte, CapLength)
 			d.ReadConfig(off, body)
 			st := binary.LittleEndian.Uint32(body[4:])
 			rw := binary.LittleEndian.Uint64(body[8:])
 			out := binary.LittleEndian.Uint64(body[16:])
-			if body[2] != 24 || st != 4096 || rw != 4096 || out != 8192 {
+			if body[2] != CapLength || st != 4096 || rw != 4096 || out != 8192 {
 				t.Errorf("vendor cap: state table %d output %d (%x)", st, out, body)
 			}
 			found = true
