@@ -32,6 +32,14 @@
 // When Options.InputDir contains usr/bin/rf-agent, that file is placed at
 // /usr/bin/rf-agent (mode 0755) in the initramfs, and /init starts it in the
 // background (output on the console) before running rf.cmd or the shell.
+//
+// # Guest tools
+//
+// The static programs in Options.ToolsDir (default <OutDir>/tools; `make
+// image` builds the rfcom tool there) are placed at /usr/bin/<name> (mode
+// 0755); the stamp records their digests, so a changed tool rebuilds the
+// initramfs, and every caller building into the same OutDir gets the same
+// image.
 package images
 
 import (
@@ -48,6 +56,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"time"
@@ -96,6 +105,45 @@ func DefaultModules() []string {
 // ErrNoKernel means the kernel package did not contain /boot/vmlinuz-*.
 var ErrNoKernel = errors.New("images: kernel package has no /boot/vmlinuz")
 
+// toolName is what a guest tool may be called.
+var toolName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]*$`)
+
+// ToolsDirName is the default tools directory under OutDir.
+const ToolsDirName = "tools"
+
+// findTools lists the programs in dir (def when dir is empty; a missing
+// default is empty) with their digests.
+func findTools(dir, def string) (paths, sums map[string]string, err error) {
+	explicit := dir != ""
+	if !explicit {
+		dir = def
+	}
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) && !explicit {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("images: tools: %w", err)
+	}
+	paths, sums = map[string]string{}, map[string]string{}
+	for _, e := range ents {
+		if !e.Type().IsRegular() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if !toolName.MatchString(e.Name()) {
+			return nil, nil, fmt.Errorf("images: tool %s: want a name of a-z, 0-9 and '-'", filepath.Join(dir, e.Name()))
+		}
+		p := filepath.Join(dir, e.Name())
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("images: tool: %w", err)
+		}
+		sum := sha256.Sum256(data)
+		paths[e.Name()], sums[e.Name()] = p, hex.EncodeToString(sum[:])
+	}
+	return paths, sums, nil
+}
+
 // Options configure Build. The zero value builds the default image.
 type Options struct {
 	// OutDir holds the outputs and the download cache (default
@@ -111,6 +159,9 @@ type Options struct {
 	Modules []string
 	// InputDir optionally holds extra inputs; currently usr/bin/rf-agent.
 	InputDir string
+	// ToolsDir holds static programs for /usr/bin (see the package doc);
+	// default <OutDir>/tools, which may be missing.
+	ToolsDir string
 	// Log receives progress (apt output, steps); nil discards it.
 	Log io.Writer
 	// Force rebuilds even when the stamp matches.
@@ -152,7 +203,9 @@ type stamp struct {
 	BusyboxVersion string   `json:"busybox_version"`
 	Modules        []Module `json:"modules"`
 	AgentSHA256    string   `json:"agent_sha256,omitempty"`
-	DiskKind       string   `json:"disk_kind"`
+	// Tools maps each guest tool's name to its SHA-256.
+	Tools    map[string]string `json:"tools,omitempty"`
+	DiskKind string            `json:"disk_kind"`
 	// InitSHA256 changes with the /init script, so editing it rebuilds.
 	InitSHA256 string `json:"init_sha256"`
 }
@@ -229,6 +282,10 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 			return nil, fmt.Errorf("images: agent: %w", err)
 		}
 	}
+	tools, toolSums, err := findTools(opts.ToolsDir, filepath.Join(out, ToolsDirName))
+	if err != nil {
+		return nil, err
+	}
 	mkfs := findMkfs()
 	diskKind := "raw"
 	if mkfs != "" {
@@ -237,7 +294,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	st := stamp{
 		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
 		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, AgentSHA256: agentSum,
-		DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods)))),
+		Tools: toolSums, DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods)))),
 	}
 	img := &Image{
 		Kernel:               filepath.Join(out, VmlinuxName),
@@ -288,6 +345,16 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	if agent != "" {
 		if err := a.AddHostFile(agentPath, 0o755, agent); err != nil {
+			return nil, err
+		}
+	}
+	names := make([]string, 0, len(tools))
+	for n := range tools {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		if err := a.AddHostFile("usr/bin/"+n, 0o755, tools[n]); err != nil {
 			return nil, err
 		}
 	}

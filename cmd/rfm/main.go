@@ -40,7 +40,8 @@ func main() {
 	root.PersistentFlags().StringVar(&g.socket, "socket", api.DefaultSocket, "supervisor API socket")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "", "output format: table or json")
 	root.AddCommand(vmmCommand(), runCommand(g), consoleCommand(g), serveCommand(g), createCommand(g),
-		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g))
+		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
+		messageCommand(g), boardCommand(g))
 	err := root.ExecuteContext(ctx)
 	stop()
 	var ee exitError

@@ -148,8 +148,9 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	}
 	tails := &consoleTails{out: out}
 	defer tails.stop()
+	sizes := l.SegmentSizes()
 	for _, so := range l.SubOSes {
-		spec := specFromLayout(so, appendArgs)
+		spec := specFromLayout(so, appendArgs, sizes)
 		info, err := sup.Create(ctx, spec)
 		if err != nil {
 			destroyAll()
@@ -177,7 +178,9 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	}
 }
 
-func specFromLayout(so layout.SubOS, appendArgs string) supervisor.Spec {
+// specFromLayout converts a layout's subOS; sizes gives every segment's size
+// (any grant may be the first to reach the supervisor).
+func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64) supervisor.Spec {
 	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, Memory: so.Memory, PageSize: so.PageSize,
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
 	if so.Node >= 0 {
@@ -186,6 +189,9 @@ func specFromLayout(so layout.SubOS, appendArgs string) supervisor.Spec {
 	}
 	for _, d := range so.Disks {
 		spec.Disks = append(spec.Disks, supervisor.Disk{Path: d.Path, ReadOnly: d.ReadOnly})
+	}
+	for _, g := range so.Segments {
+		spec.Segments = append(spec.Segments, supervisor.SegmentGrant{Name: g.Name, Size: sizes[g.Name], ReadOnly: g.ReadOnly})
 	}
 	return spec
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"rainforest/ficm/board"
 	"rainforest/partitioner"
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
@@ -133,7 +134,7 @@ stops or dies; a restarted supervisor re-adopts them.`,
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
 	var memory, pageSize, cores string
-	var disks []string
+	var disks, segments []string
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -158,6 +159,13 @@ func createCommand(g *globalFlags) *cobra.Command {
 				p, opt, _ := strings.Cut(d, ",")
 				spec.Disks = append(spec.Disks, supervisor.Disk{Path: abs(p), ReadOnly: opt == "ro"})
 			}
+			for _, sg := range segments {
+				grant, err := parseSegment(sg)
+				if err != nil {
+					return err
+				}
+				spec.Segments = append(spec.Segments, grant)
+			}
 			spec.Kernel, spec.Initrd = abs(spec.Kernel), abs(spec.Initrd)
 			info, err := g.client().Create(cmd.Context(), spec)
 			if err != nil {
@@ -178,7 +186,65 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
 	fl.StringArrayVar(&disks, "disk", nil, "raw disk image PATH[,ro]; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through; repeatable")
+	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	return cmd
+}
+
+// parseSegment parses --segment NAME[,size=SIZE][,ro].
+func parseSegment(v string) (supervisor.SegmentGrant, error) {
+	parts := strings.Split(v, ",")
+	g := supervisor.SegmentGrant{Name: parts[0]}
+	for _, p := range parts[1:] {
+		switch k, val, _ := strings.Cut(p, "="); {
+		case p == "ro":
+			g.ReadOnly = true
+		case k == "size":
+			n, err := parseSize(val)
+			if err != nil {
+				return g, fmt.Errorf("--segment %q: %w", v, err)
+			}
+			g.Size = n
+		default:
+			return g, fmt.Errorf("--segment %q: unknown option %q (size=SIZE or ro)", v, p)
+		}
+	}
+	return g, nil
+}
+
+func messageCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "message NAME TEXT...",
+		Short: "Send a control message to a subOS over FICM (read there with rfcom control)",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.client().Message(cmd.Context(), args[0], strings.Join(args[1:], " "))
+		},
+	}
+}
+
+func boardCommand(g *globalFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "board",
+		Short: "Show the published board: each subOS's FICM peer id and cores",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			bd, err := g.client().Board(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return g.print(cmd.OutOrStdout(), bd, func(w io.Writer) {
+				fmt.Fprintln(w, "PEER\tNAME\tSTATE\tCORES")
+				fmt.Fprintf(w, "%d\t(supervisor)\t\t\n", bd.Supervisor)
+				for _, e := range bd.Entries {
+					st := "running"
+					if e.State == board.StateStopping {
+						st = "stopping"
+					}
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", e.Peer, e.Name, st, hostcpu.FormatList(e.CommCores))
+				}
+			})
+		},
+	}
 }
 
 func abs(p string) string {
@@ -208,11 +274,11 @@ func destroyCommand(g *globalFlags) *cobra.Command {
 }
 
 func psTable(w io.Writer, list []supervisor.Info) {
-	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tDEVICES\tCREATED")
+	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tCREATED")
 	for _, i := range list {
 		a := i.Allocation
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%s\t%s\n", i.Name, i.State, i.PID, hostcpu.FormatList(a.Cores), a.Node,
-			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), strings.Join(a.Devices, ","), i.Created.Local().Format(time.DateTime))
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\n", i.Name, i.State, i.PID, hostcpu.FormatList(a.Cores), a.Node,
+			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), i.Peer, strings.Join(a.Devices, ","), i.Created.Local().Format(time.DateTime))
 	}
 }
 

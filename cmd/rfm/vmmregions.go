@@ -112,18 +112,26 @@ func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership,
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: %w", r.Name, err)
 		}
+		memFD, err := vmmctl.FD(mems[i])
+		if err != nil {
+			rm.close()
+			return nil, nil, err
+		}
 		var st unix.Stat_t
-		if err := unix.Fstat(int(mems[i].Fd()), &st); err != nil || uint64(st.Size) < l.Size() {
+		if err := unix.Fstat(memFD, &st); err != nil || uint64(st.Size) < l.Size() {
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: memory of %d bytes, layout needs %d (%v)", r.Name, st.Size, l.Size(), err)
 		}
-		m, err := unix.Mmap(int(mems[i].Fd()), 0, int(l.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		m, err := unix.Mmap(memFD, 0, int(l.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: map memory: %w", r.Name, err)
 		}
 		rm.maps = append(rm.maps, m)
-		ev := func(peer, v int) *vmm.EventFD { return vmm.BorrowEventFD(int(bells[i][peer*r.Vectors+v].Fd())) }
+		ev := func(peer, v int) *vmm.EventFD {
+			fd, _ := vmmctl.FD(bells[i][peer*r.Vectors+v]) // open files: cannot fail
+			return vmm.BorrowEventFD(fd)
+		}
 		cfg := vmm.SharedMemoryConfig{ID: r.Self, Layout: l, Region: m, Vectors: r.Vectors,
 			Identity: shmem.Identity{Protocol: r.Protocol, Name: r.Name, RWReadOnly: r.RWReadOnly}}
 		for v := range r.Vectors {

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 
+	"rainforest/ficm/board"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
 	"rainforest/rfm/supervisor"
@@ -126,4 +127,16 @@ func (c *Client) Inventory(ctx context.Context) (*partitioner.Inventory, error) 
 	var inv partitioner.Inventory
 	err := c.do(ctx, http.MethodGet, "/v1/inventory", nil, &inv)
 	return &inv, err
+}
+
+// Message sends a control text message to a subOS over FICM.
+func (c *Client) Message(ctx context.Context, name, text string) error {
+	return c.do(ctx, http.MethodPost, "/v1/subos/"+url.PathEscape(name)+"/message", MessageRequest{Text: text}, nil)
+}
+
+// Board returns the supervisor's published board.
+func (c *Client) Board(ctx context.Context) (board.Board, error) {
+	var b board.Board
+	err := c.do(ctx, http.MethodGet, "/v1/board", nil, &b)
+	return b, err
 }

@@ -19,6 +19,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rainforest/ficm/board"
+	"rainforest/ficm/control"
+	"rainforest/ficm/endpoint"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
@@ -41,6 +44,13 @@ type Backend interface {
 	Events(since uint64, limit int) ([]store.Event, error)
 	Check(spec supervisor.Spec) []ledger.Problem
 	Inventory() *partitioner.Inventory
+	Message(ctx context.Context, name, text string) error
+	Board() (board.Board, error)
+}
+
+// MessageRequest is POST /v1/subos/{name}/message's body.
+type MessageRequest struct {
+	Text string `json:"text"`
 }
 
 // ErrorBody is every error response's body.
@@ -128,6 +138,25 @@ func Handler(b Backend) http.Handler {
 		reply(w, http.StatusOK, CheckResult{OK: len(probs) == 0, Problems: probs})
 	})
 	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, b.Inventory()) })
+	mux.HandleFunc("POST /v1/subos/{name}/message", func(w http.ResponseWriter, r *http.Request) {
+		var m MessageRequest
+		if !decode(w, r, &m) {
+			return
+		}
+		if err := b.Message(r.Context(), r.PathValue("name"), m.Text); err != nil {
+			fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /v1/board", func(w http.ResponseWriter, r *http.Request) {
+		bd, err := b.Board()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusOK, bd)
+	})
 	return mux
 }
 
@@ -187,11 +216,12 @@ func fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
 		code = http.StatusNotFound
-	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists):
+	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, endpoint.ErrFull):
 		code = http.StatusConflict
-	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory):
+	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory), errors.Is(err, supervisor.ErrNoPeerSlot):
 		code = http.StatusInsufficientStorage
-	case errors.Is(err, supervisor.ErrInvalid), errors.Is(err, ledger.ErrInvalid), errors.Is(err, ledger.ErrDevice):
+	case errors.Is(err, supervisor.ErrInvalid), errors.Is(err, ledger.ErrInvalid), errors.Is(err, ledger.ErrDevice),
+		errors.Is(err, control.ErrTooLong), errors.Is(err, control.ErrMalformed):
 		code = http.StatusUnprocessableEntity
 	}
 	reply(w, code, body)

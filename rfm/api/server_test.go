@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 
+	"rainforest/ficm/board"
+	"rainforest/ficm/control"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
@@ -20,10 +22,11 @@ import (
 
 // fakeBackend is a Backend with canned answers.
 type fakeBackend struct {
-	mu      sync.Mutex
-	subos   map[string]supervisor.Info
-	creates int
-	actors  []string
+	mu       sync.Mutex
+	subos    map[string]supervisor.Info
+	creates  int
+	actors   []string
+	messages []string
 }
 
 func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor.Info, error) {
@@ -84,6 +87,61 @@ func (f *fakeBackend) Check(s supervisor.Spec) []ledger.Problem {
 }
 
 func (f *fakeBackend) Inventory() *partitioner.Inventory { return &partitioner.Inventory{} }
+
+func (f *fakeBackend) Message(ctx context.Context, name, text string) error {
+	if _, err := f.Get(name); err != nil {
+		return err
+	}
+	if name == "deaf" {
+		return fmt.Errorf("%w: %q", supervisor.ErrNotListening, name)
+	}
+	if _, err := control.Text(text); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.messages = append(f.messages, name+": "+text)
+	return nil
+}
+
+func (f *fakeBackend) Board() (board.Board, error) {
+	return board.Board{Seq: 2, Entries: []board.Entry{{Peer: 1, State: board.StateRunning, CommCores: []int{1}, Name: "a"}}}, nil
+}
+
+// Control messages: delivered, or 404 / 409 / 422 naming what is wrong.
+func TestMessageAndBoard(t *testing.T) {
+	c, b := startServer(t)
+	ctx := context.Background()
+	for _, n := range []string{"a", "deaf"} {
+		if _, err := c.Create(ctx, supervisor.Spec{Name: n, Memory: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Message(ctx, "a", "hello"); err != nil {
+		t.Fatal(err)
+	}
+	var ae *APIError
+	for _, tc := range []struct {
+		name, text string
+		code       int
+	}{
+		{"nobody", "hi", http.StatusNotFound},
+		{"deaf", "hi", http.StatusConflict},
+		{"a", strings.Repeat("x", 63), http.StatusUnprocessableEntity},
+		{"a", "", http.StatusUnprocessableEntity},
+	} {
+		if err := c.Message(ctx, tc.name, tc.text); !errors.As(err, &ae) || ae.Status != tc.code {
+			t.Errorf("message %q to %s: %v, want %d", tc.text, tc.name, err, tc.code)
+		}
+	}
+	if len(b.messages) != 1 || b.messages[0] != "a: hello" {
+		t.Errorf("messages %v", b.messages)
+	}
+	bd, err := c.Board(ctx)
+	if err != nil || len(bd.Entries) != 1 || bd.Entries[0].Name != "a" {
+		t.Errorf("board %+v, %v", bd, err)
+	}
+}
 
 func startServer(t *testing.T) (*Client, *fakeBackend) {
 	t.Helper()

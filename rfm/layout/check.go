@@ -332,6 +332,23 @@ func (ck *checker) subOS(i int) {
 	if s.Initrd != ck.l.Defaults.Initrd {
 		ck.file(i, s.Name, "initrd", s.Initrd, false)
 	}
+	segs := map[string]int{}
+	for j, g := range s.Segments {
+		field := fmt.Sprintf("segments[%d]", j)
+		switch {
+		case g.Name == "":
+			add(field+".name", "missing")
+		case !namePattern.MatchString(g.Name):
+			add(field+".name", "%q is not a valid name: use 1 to 32 of a-z, 0-9 and '-', not starting with '-'", g.Name)
+		}
+		if k, dup := segs[g.Name]; dup && g.Name != "" {
+			add(field+".name", "%q is also segments[%d]", g.Name, k)
+		}
+		segs[g.Name] = j
+		if g.Size%4096 != 0 || g.Size > MaxSegmentSize {
+			add(field+".size", "%s: want a multiple of 4 KiB up to %s", FormatSize(g.Size), FormatSize(MaxSegmentSize))
+		}
+	}
 	disks := map[string]int{}
 	for j, d := range s.Disks {
 		field := fmt.Sprintf("disks[%d].path", j)
@@ -392,6 +409,39 @@ func (ck *checker) crossSubOS() {
 			return fmt.Sprintf("subos %q", n)
 		}
 		return fmt.Sprintf("subos[%d]", i)
+	}
+	type segUse struct {
+		index, grants int
+		size          uint64
+	}
+	segs := map[string]*segUse{}
+	for i, s := range ck.l.SubOSes {
+		add := func(field, format string, args ...any) { ck.add(i, s.Name, field, format, args...) }
+		for j, g := range s.Segments {
+			u := segs[g.Name]
+			if u == nil {
+				u = &segUse{index: i}
+				segs[g.Name] = u
+			}
+			u.grants++
+			if u.grants > MaxSegmentGrants {
+				add(fmt.Sprintf("segments[%d].name", j), "segment %q is granted to more than %d subOSes", g.Name, MaxSegmentGrants)
+			}
+			switch {
+			case g.Size == 0:
+			case u.size == 0:
+				u.size, u.index = g.Size, i
+			case u.size != g.Size:
+				add(fmt.Sprintf("segments[%d].size", j), "%s, but %s gives segment %q %s", FormatSize(g.Size), label(u.index), g.Name, FormatSize(u.size))
+			}
+		}
+	}
+	for i, s := range ck.l.SubOSes {
+		for j, g := range s.Segments {
+			if u := segs[g.Name]; g.Size == 0 && u.size == 0 && g.Name != "" {
+				ck.add(i, s.Name, fmt.Sprintf("segments[%d].size", j), "no subOS gives segment %q a size", g.Name)
+			}
+		}
 	}
 	for i, s := range ck.l.SubOSes {
 		add := func(field, format string, args ...any) { ck.add(i, s.Name, field, format, args...) }

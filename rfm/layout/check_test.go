@@ -106,6 +106,23 @@ func TestCheckProblems(t *testing.T) {
 		}, `supervisor.cores: core 7 is offline`},
 		{"supervisor core twice", func(e *checkEnv, f *fakeChecker) { e.layout.Supervisor.Cores = []int{1, 1} },
 			`supervisor.cores: core 1 is listed twice`},
+		{"segment bad name", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[1].Segments = []Segment{{Name: "Big_One", Size: 4096}}
+		},
+			`subos "db": segments[0].name: "Big_One" is not a valid name`},
+		{"segment bad size", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Segments = []Segment{{Name: "s", Size: 1000}} },
+			`subos "db": segments[0].size: 1000: want a multiple of 4 KiB up to 1G`},
+		{"segment twice", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[1].Segments = []Segment{{Name: "s", Size: 4096}, {Name: "s"}}
+		}, `subos "db": segments[1].name: "s" is also segments[0]`},
+		{"segment sizes disagree", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[0].Segments = []Segment{{Name: "s", Size: 4096}}
+			e.layout.SubOSes[1].Segments = []Segment{{Name: "s", Size: 8192}}
+		}, `subos "db": segments[0].size: 8K, but subos "web" gives segment "s" 4K`},
+		{"segment without size", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[0].Segments = []Segment{{Name: "s"}}
+			e.layout.SubOSes[1].Segments = []Segment{{Name: "s", ReadOnly: true}}
+		}, `subos "web": segments[0].size: no subOS gives segment "s" a size`},
 		{"disk not a file", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Disks[0].Path = "/dev/null" },
 			`subos "db": disks[0].path: /dev/null is not a regular file`},
 		{"cpus and cores disagree", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].CPUs = 3 },

@@ -70,10 +70,17 @@ func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 			Kernel:   l.Defaults.Kernel,
 			Initrd:   l.Defaults.Initrd,
 			Disks:    []Disk{{Path: filepath.Join(imagesDir, images.DiskName), ReadOnly: true}},
+			Segments: []Segment{{Name: DefaultSegment, Size: DefaultSegmentSize}},
 		})
 	}
 	return l
 }
+
+// The default layout's subOSes share one segment.
+const (
+	DefaultSegment     = "shared"
+	DefaultSegmentSize = 1 << 20
+)
 
 // physCore is a physical core's free threads.
 type physCore struct {

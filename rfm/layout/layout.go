@@ -97,7 +97,39 @@ type SubOS struct {
 	Devices []string
 	// CmdlineAppend is appended to the guest kernel command line.
 	CmdlineAppend string
+	// Segments are shared-memory segments this subOS is granted (the
+	// supervisor creates a segment with its first grant).
+	Segments []Segment
 }
+
+// Segment is a grant of a named shared-memory segment.
+type Segment struct {
+	Name string
+	// Size in bytes, a multiple of 4 KiB; 0 takes the size another grant
+	// names.
+	Size     uint64
+	ReadOnly bool
+}
+
+// SegmentSizes returns each segment's size, from whichever grant names it.
+func (l *Layout) SegmentSizes() map[string]uint64 {
+	sizes := map[string]uint64{}
+	for _, s := range l.SubOSes {
+		for _, g := range s.Segments {
+			if g.Size != 0 {
+				sizes[g.Name] = g.Size
+			}
+		}
+	}
+	return sizes
+}
+
+// Segment limits: the largest segment and how many subOSes may share one
+// (the supervisor's segment regions have that many peer slots).
+const (
+	MaxSegmentSize   = 1 << 30
+	MaxSegmentGrants = 16
+)
 
 // Disk is a disk image (or block device) given to a subOS as virtio-blk.
 type Disk struct {

@@ -427,6 +427,17 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 			})
 		}},
 		{"cmdline_append", func(v *yaml.Node, path string) { p.str(v, path, &s.CmdlineAppend) }},
+		{"segments", func(v *yaml.Node, path string) {
+			p.sequence(v, path, func(item *yaml.Node, ip string) {
+				var g Segment
+				p.mapping(item, ip, []field{
+					{"name", func(v *yaml.Node, path string) { p.str(v, path, &g.Name) }},
+					{"size", func(v *yaml.Node, path string) { p.size(v, path, &g.Size) }},
+					{"readonly", func(v *yaml.Node, path string) { p.boolean(v, path, &g.ReadOnly) }},
+				})
+				s.Segments = append(s.Segments, g)
+			})
+		}},
 	})
 	return s
 }

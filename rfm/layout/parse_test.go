@@ -30,6 +30,10 @@ subos:
     initrd: ""
     disks:
       - path: data.img
+    segments:
+      - {name: cache, size: 2M}
+      - name: config
+        readonly: true
 `
 
 func TestParseGood(t *testing.T) {
@@ -62,6 +66,9 @@ func TestParseGood(t *testing.T) {
 	if db.Name != "db" || db.CPUs != 0 || !slices.Equal(db.Cores, []int{2, 3, 5}) || db.Node != -1 ||
 		db.Memory != 1<<30 || db.PageSize != 1<<30 || db.Kernel != "other/vmlinux" || db.Initrd != "" {
 		t.Errorf("db = %+v", db)
+	}
+	if !slices.Equal(db.Segments, []Segment{{Name: "cache", Size: 2 << 20}, {Name: "config", ReadOnly: true}}) {
+		t.Errorf("db segments = %+v", db.Segments)
 	}
 	if !slices.Equal(db.Disks, []Disk{{Path: "data.img"}}) {
 		t.Errorf("db disks = %+v", db.Disks)
@@ -115,7 +122,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append, segments)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: path, readonly)`,
 	} {
 		if !strings.Contains(err.Error(), want) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"testing"
 
 	"rainforest/partitioner"
+	"rainforest/rfm/vmmctl"
 )
 
 // fakeActuator records what it was asked to do.
@@ -85,9 +87,11 @@ type fakeLauncher struct {
 }
 
 type fakeProcess struct {
-	pid  int
-	once sync.Once
-	done chan struct{}
+	pid     int
+	once    sync.Once
+	done    chan struct{}
+	regions []vmmctl.Region
+	files   []*os.File
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -100,7 +104,7 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
 func (p *fakeProcess) Release() {}
 
-func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(int) error) (Process, error) {
+func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(int) error) (Process, error) {
 	if l.gate != nil {
 		<-l.gate
 	}
@@ -117,10 +121,64 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string,
 	if err := prepare(p.pid); err != nil {
 		return nil, err
 	}
+	if len(files) > 0 {
+		if err := p.attach(files[0]); err != nil {
+			return nil, err
+		}
+	}
 	l.procs[p.pid] = p
 	l.argv = append(l.argv, argv)
 	os.WriteFile(logPath, []byte("RF-INIT-REACHED\n"), 0o600)
 	return p, nil
+}
+
+// attach plays the VMM's side of the control socket: it takes the attach
+// message and then answers exports until the process exits.
+func (p *fakeProcess) attach(lnFile *os.File) error {
+	l, err := net.FileListener(lnFile)
+	if err != nil {
+		return err
+	}
+	ln := l.(*net.UnixListener)
+	ln.SetUnlinkOnClose(false)
+	c, err := ln.AcceptUnix()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	m, files, err := vmmctl.Recv(c)
+	if err == nil {
+		_, _, err = vmmctl.SplitFiles(m.Regions, files)
+	}
+	if err != nil {
+		c.Close()
+		ln.Close()
+		return err
+	}
+	p.regions, p.files = m.Regions, files
+	vmmctl.Send(c, vmmctl.Message{}, nil)
+	c.Close()
+	go func() { // ends when the process exits
+		<-p.done
+		ln.Close()
+		for _, f := range p.files {
+			f.Close()
+		}
+	}()
+	go func() { // ends when the listener is closed
+		for {
+			c, err := ln.AcceptUnix()
+			if err != nil {
+				return
+			}
+			if _, fs, err := vmmctl.Recv(c); err == nil {
+				closeFiles(fs)
+				vmmctl.Send(c, vmmctl.Message{Regions: p.regions}, p.files)
+			}
+			c.Close()
+		}
+	}()
+	return nil
 }
 
 func (l *fakeLauncher) Adopt(pid int, start uint64) (Process, error) {

@@ -33,15 +33,19 @@ type Process interface {
 type Launcher interface {
 	// Start runs argv (the VMM command line without the binary), in its own
 	// session so that it outlives the supervisor, with output appended to
-	// logPath. The VMM waits before doing anything until prepare(pid) has
+	// logPath and files inherited as descriptors FirstExtraFD, +1, .... The VMM waits before doing anything until prepare(pid) has
 	// returned (the supervisor moves it into its cgroup there); Start
 	// returns once the VMM reports it is running. A VMM that exits first,
 	// or a failing prepare, is an error carrying the tail of its log.
-	Start(ctx context.Context, argv []string, logPath string, prepare func(pid int) error) (Process, error)
+	Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(pid int) error) (Process, error)
 	// Adopt attaches to a VMM started by an earlier supervisor; it fails
 	// when pid no longer is that process (start time differs).
 	Adopt(pid int, startTime uint64) (Process, error)
 }
+
+// FirstExtraFD is the descriptor number of the first file a Launcher passes
+// (0-2 are stdio, 3 and 4 the ready and wait pipes).
+const FirstExtraFD = 5
 
 // ExecLauncher runs `RFM vmm ...` processes.
 type ExecLauncher struct {
@@ -50,7 +54,7 @@ type ExecLauncher struct {
 }
 
 // Start implements Launcher.
-func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, prepare func(pid int) error) (Process, error) {
+func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(pid int) error) (Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("subOS log: %w", err)
@@ -70,7 +74,7 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, 
 	cmd := exec.Command(l.RFM, append(argv, "--ready-fd", "3", "--wait-fd", "4")...)
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.ExtraFiles = []*os.File{wr, goRd}
+	cmd.ExtraFiles = append([]*os.File{wr, goRd}, files...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	err = cmd.Start()
 	wr.Close()

@@ -16,7 +16,7 @@ func TestExecLauncher(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var prepared int
-	p, err := l.Start(ctx, []string{"-c", `read x <&4; [ "$x" = go ] || exit 9; echo ready >&3; exec sleep 30`}, log,
+	p, err := l.Start(ctx, []string{"-c", `read x <&4; [ "$x" = go ] || exit 9; echo ready >&3; exec sleep 30`}, log, nil,
 		func(pid int) error { prepared = pid; return nil })
 	if err != nil {
 		t.Fatal(err)
@@ -53,11 +53,11 @@ func TestExecLauncher(t *testing.T) {
 func TestExecLauncherEarlyExit(t *testing.T) {
 	l := ExecLauncher{RFM: "/bin/sh"}
 	log := filepath.Join(t.TempDir(), "vmm.log")
-	_, err := l.Start(context.Background(), []string{"-c", `read x <&4; echo "rfm: no hugepages" >&2; exit 2`}, log, nil)
+	_, err := l.Start(context.Background(), []string{"-c", `read x <&4; echo "rfm: no hugepages" >&2; exit 2`}, log, nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "no hugepages") {
 		t.Errorf("early exit: %v", err)
 	}
-	_, err = l.Start(context.Background(), []string{"-c", `read x <&4; exec sleep 30`}, log, func(int) error { return os.ErrPermission })
+	_, err = l.Start(context.Background(), []string{"-c", `read x <&4; exec sleep 30`}, log, nil, func(int) error { return os.ErrPermission })
 	if err == nil {
 		t.Error("failing prepare did not fail Start")
 	}

@@ -19,6 +19,8 @@ type Spec struct {
 	CmdlineAppend string   `json:"cmdline_append,omitempty"`
 	Disks         []Disk   `json:"disks,omitempty"`
 	Devices       []string `json:"devices,omitempty"`
+	// Segments are shared segments granted to the subOS.
+	Segments []SegmentGrant `json:"segments,omitempty"`
 }
 
 // Disk is a raw image given to a subOS as virtio-blk.
@@ -62,4 +64,8 @@ type Info struct {
 	Log           string            `json:"log"`
 	Cgroup        string            `json:"cgroup"`
 	Adopted       bool              `json:"adopted"` // re-adopted after a supervisor restart
+	// Peer is the subOS's peer id in the FICM group (0: not a member).
+	Peer int `json:"ficm_peer,omitempty"`
+	// SegmentPeers maps each granted segment to the subOS's slot in it.
+	SegmentPeers map[string]int `json:"segment_peers,omitempty"`
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/hostcpu"
 )
 
@@ -60,6 +62,9 @@ type Config struct {
 	// called with every core subOSes own after each change, and returns a
 	// function undoing its previous call (rfm/actuator's SteerIRQs).
 	SteerIRQs func(avoid []int) (restore func() error, err error)
+	// FICMPeers is the FICM group's size, the supervisor included
+	// (DefaultFICMPeers when 0).
+	FICMPeers int
 }
 
 // Supervisor manages subOSes.
@@ -77,6 +82,7 @@ type Supervisor struct {
 	subos      map[string]*subOS
 	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
+	share      sharing        // regions; under opMu
 }
 
 type subOS struct {
@@ -88,9 +94,11 @@ type subOS struct {
 
 // persisted is what the store keeps beside the allocation.
 type persisted struct {
-	Spec       Spec   `json:"spec"`
-	AddedPages uint64 `json:"added_pages"`
-	Cgroup     string `json:"cgroup"`
+	Spec         Spec           `json:"spec"`
+	AddedPages   uint64         `json:"added_pages"`
+	Cgroup       string         `json:"cgroup"`
+	Peer         int            `json:"ficm_peer,omitempty"`
+	SegmentPeers map[string]int `json:"segment_peers,omitempty"`
 }
 
 // New opens the ledger store, rebuilds the ledger from it and re-adopts the
@@ -105,6 +113,9 @@ func New(cfg Config) (*Supervisor, error) {
 	}
 	if cfg.Who == "" {
 		cfg.Who = "supervisor"
+	}
+	if cfg.FICMPeers == 0 {
+		cfg.FICMPeers = DefaultFICMPeers
 	}
 	for _, d := range []string{cfg.StateDir, cfg.RunDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -124,6 +135,10 @@ func New(cfg Config) (*Supervisor, error) {
 		st.Close()
 		return nil, err
 	}
+	if err := s.startSharing(); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("FICM group: %w", err)
+	}
 	return s, nil
 }
 
@@ -139,6 +154,9 @@ func (s *Supervisor) Close() error {
 	s.subos = map[string]*subOS{}
 	s.mu.Unlock()
 	s.wg.Wait()
+	s.opMu.Lock()
+	s.stopSharing()
+	s.opMu.Unlock()
 	return s.store.Close()
 }
 
@@ -169,7 +187,8 @@ func (s *Supervisor) readopt() error {
 			return fmt.Errorf("re-adopt %s: %w", r.Allocation.Name, err)
 		}
 		info := Info{Name: r.Allocation.Name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
-			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true}
+			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true,
+			Peer: p.Peer, SegmentPeers: p.SegmentPeers}
 		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
 		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
 		if err != nil {
@@ -243,6 +262,7 @@ func (s *Supervisor) watch(so *subOS) {
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
+		s.publish()
 	}()
 }
 
@@ -265,6 +285,7 @@ func (s *Supervisor) reclaim(so *subOS, who, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	s.leave(so.info)
 	s.steerIRQs()
 	s.event(who, "reclaim", a.Name, time.Since(start), why)
 }
@@ -377,16 +398,51 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, err
 	}
 	undo = append(undo, func() { _ = s.cfg.Actuator.RemoveGroup(spec.Name) })
+	member, err := s.join(spec.Name, spec.Segments)
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, member.undo)
+	ctlPath := s.ctlPath(spec.Name)
+	ln, err := vmmctl.Listen(ctlPath)
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, func() { os.Remove(ctlPath) })
+	lnFile, err := ln.File()
+	ln.Close()
+	if err != nil {
+		return Info{}, fmt.Errorf("control socket: %w", err)
+	}
+	defer lnFile.Close()
+	var ctl *net.UnixConn
+	defer func() {
+		if ctl != nil {
+			ctl.Close()
+		}
+	}()
+	prepare := func(pid int) error {
+		if err := group.AddProcess(pid); err != nil {
+			return err
+		}
+		// The VMM reads this after "go", before its guest boots.
+		var err error
+		if ctl, err = vmmctl.Dial(ctlPath); err != nil {
+			return err
+		}
+		return vmmctl.Send(ctl, member.attach, member.files)
+	}
 	logPath := s.logPath(spec.Name)
 	os.Remove(s.consolePath(spec.Name))
-	proc, err := s.cfg.Launcher.Start(ctx, vmmArgs(spec, alloc, s.consolePath(spec.Name)), logPath, group.AddProcess)
+	args := append(vmmArgs(spec, alloc, s.consolePath(spec.Name)), "--control-fd", strconv.Itoa(FirstExtraFD))
+	proc, err := s.cfg.Launcher.Start(ctx, args, logPath, []*os.File{lnFile}, prepare)
 	if err != nil {
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
-		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path()}
-	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path()})
+		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
+	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers})
 	if err != nil {
 		return Info{}, err
 	}
@@ -399,6 +455,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	s.mu.Unlock()
 	s.watch(so)
 	s.steerIRQs()
+	s.publish()
 	s.event(s.who(ctx), "create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
 	return info, nil
 }
@@ -451,6 +508,7 @@ func (s *Supervisor) Destroy(ctx context.Context, name string) error {
 	s.mu.Lock()
 	delete(s.subos, name)
 	s.mu.Unlock()
+	s.publish()
 	s.event(s.who(ctx), "destroy", name, time.Since(start), "")
 	return nil
 }

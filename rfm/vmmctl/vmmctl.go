@@ -117,7 +117,9 @@ func Send(c *net.UnixConn, m Message, files []*os.File) error {
 	if len(files) > 0 {
 		fds := make([]int, len(files))
 		for i, f := range files {
-			fds[i] = int(f.Fd())
+			if fds[i], err = FD(f); err != nil {
+				return err
+			}
 		}
 		oob = unix.UnixRights(fds...)
 	}
@@ -129,6 +131,21 @@ func Send(c *net.UnixConn, m Message, files []*os.File) error {
 		return fmt.Errorf("vmmctl send: short write")
 	}
 	return nil
+}
+
+// FD returns f's descriptor, valid while f is open, without the side effect
+// of os.File.Fd (which puts the shared open file description, here also the
+// peer's eventfd, in blocking mode).
+func FD(f *os.File) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return -1, err
+	}
+	return fd, nil
 }
 
 // Recv reads one message and the descriptors that came with it (owned by
