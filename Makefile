@@ -16,7 +16,9 @@ build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfm ./cmd/rfm
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfimage ./cmd/rfimage
 
+# The image carries the rfcom tool, built static and reproducible.
 image: build
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -buildid=' -o $(IMAGES)/tools/rfcom ./cmd/rfcom
 	$(BIN)/rfimage -out $(IMAGES)
 
 # Set up, build, and boot the default subOS with its console on this terminal.

@@ -8,6 +8,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -40,19 +41,57 @@ type Host struct {
 // NewHost prepares a host: it builds a static rfm into workDir and finds
 // the image in imagesDir (building it if needed).
 func NewHost(ctx context.Context, repoRoot, imagesDir, workDir string, log io.Writer) (*Host, error) {
+	// The image's rfcom tool, built as `make image` does (reproducibly, so
+	// an image made by make stays up to date).
+	rfcom := filepath.Join(workDir, "rfcom")
+	if err := goBuild(ctx, repoRoot, rfcom, "./cmd/rfcom", "-trimpath", "-ldflags=-s -w -buildid="); err != nil {
+		return nil, err
+	}
+	if err := installTool(rfcom, filepath.Join(imagesDir, images.ToolsDirName, "rfcom")); err != nil {
+		return nil, err
+	}
 	img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
 	rfm := filepath.Join(workDir, "rfm")
-	build := exec.CommandContext(ctx, "go", "build", "-o", rfm, "./cmd/rfm")
-	build.Dir = repoRoot
-	build.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build rfm: %v\n%s", err, out)
+	if err := goBuild(ctx, repoRoot, rfm, "./cmd/rfm"); err != nil {
+		return nil, err
 	}
 	need, why := nested.Needed()
 	return &Host{Nested: need, Why: why, img: img, rfm: rfm, log: log}, nil
+}
+
+// goBuild builds a static binary of pkg.
+func goBuild(ctx context.Context, repoRoot, out, pkg string, flags ...string) error {
+	args := append(append([]string{"build"}, flags...), "-o", out, pkg)
+	build := exec.CommandContext(ctx, "go", args...)
+	build.Dir = repoRoot
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		return fmt.Errorf("build %s: %v\n%s", pkg, err, out)
+	}
+	return nil
+}
+
+// installTool puts a guest tool into the image's tools directory, replacing
+// it atomically only when it differs (other tests may be reading it).
+func installTool(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if old, err := os.ReadFile(dst); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp") // hidden: images skips it
+	if err := os.WriteFile(tmp, data, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(tmp, dst)
 }
 
 // Run executes script (sh) and returns its output and exit status.

@@ -21,15 +21,33 @@ func (nopBell) StateChanged(uint32) {}
 // presents: the two ends of the ABI cannot drift apart.
 func TestCapabilityMatchesDeviceModel(t *testing.T) {
 	l := shmem.Layout{Peers: 3, RWSize: 8192, OutputSize: 16384}
-	dev, err := shmem.New(1, l, 2, make([]byte, l.StateTableSize()), nopRouter{}, nopBell{})
+	ident := shmem.Identity{Protocol: shmem.ProtocolSegment, Name: "seg.shared-1", RWReadOnly: true}
+	dev, err := shmem.NewWithIdentity(1, l, 2, make([]byte, l.StateTableSize()), nopRouter{}, nopBell{}, ident)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := make([]byte, 256)
 	dev.ReadConfig(0, cfg)
-	state, rw, out, err := parseCapability(cfg)
+	c, err := parseCapability(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	state, rw, out := c.state, c.rw, c.out
+	if c.name != ident.Name || c.flags != CapFlagRWReadOnly {
+		t.Errorf("parsed name %q flags %#x, device model has %q read-only", c.name, c.flags, ident.Name)
+	}
+	if cfg[0x09] != shmem.ProtocolSegment {
+		t.Errorf("class protocol byte %#x", cfg[0x09])
+	}
+	// A longest name fills the field with no NUL.
+	ident.Name = "abcdefghijklmnopqrstuvwxyz012345"
+	full, err := shmem.NewWithIdentity(0, l, 1, make([]byte, l.StateTableSize()), nopRouter{}, nopBell{}, ident)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full.ReadConfig(0, cfg)
+	if c, err := parseCapability(cfg); err != nil || c.name != ident.Name {
+		t.Errorf("32-byte name parsed as %q, %v", c.name, err)
 	}
 	if state != l.StateTableSize() || rw != l.RWSize || out != l.OutputSize {
 		t.Errorf("parsed state %d rw %d out %d, device model has %d %d %d", state, rw, out, l.StateTableSize(), l.RWSize, l.OutputSize)

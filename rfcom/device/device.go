@@ -6,10 +6,14 @@
 // Find scans sysfs for the device; Open binds it to uio_pci_generic if no
 // driver has it, reads the sizes from its vendor capability, maps the
 // register BAR (resource0) and the memory BAR (resource2) and enables
-// interrupts (INTx through /dev/uioN). Layout, StateTable, RW and Output give
+// interrupts (INTx through /dev/uioN); with WithoutInterrupts it only maps
+// the BARs (enough for a shared segment). The vendor capability also names
+// the region (Name) and says whether the read-write section is read-only
+// here (RWReadOnly). Layout, StateTable, RW and Output give
 // views of the memory BAR; Ring and SetState write the doorbell and state
 // registers; Wait blocks until an interrupt. EndpointConfig and NewEndpoint
-// run a rainforest/ficm/endpoint over the device.
+// run a rainforest/ficm/endpoint over the device, optionally at an offset
+// in every output section (EndpointOptions.SectionOffset).
 //
 // The memory BAR is mapped read-write as a whole, but only this peer's
 // output section and the read-write section may be written: the VMM maps
@@ -22,6 +26,7 @@
 package device
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -40,15 +45,19 @@ import (
 // (rainforest/vmm/shmem is its one definition; that package is pure Go and
 // knows nothing of KVM).
 const (
-	VendorID      = shmem.VendorID
-	DeviceID      = shmem.DeviceID
-	ProtocolFICM  = shmem.ProtocolFICM
-	RegID         = shmem.RegID
-	RegMaxPeers   = shmem.RegMaxPeers
-	RegIntControl = shmem.RegIntControl
-	RegDoorbell   = shmem.RegDoorbell
-	RegState      = shmem.RegState
-	RegIntStatus  = shmem.RegIntStatus
+	VendorID     = shmem.VendorID
+	DeviceID     = shmem.DeviceID
+	ProtocolFICM = shmem.ProtocolFICM
+	// ProtocolSegment is a named shared segment (only RW is used).
+	ProtocolSegment = shmem.ProtocolSegment
+	// CapFlagRWReadOnly: the read-write section is read-only here.
+	CapFlagRWReadOnly = shmem.CapFlagRWReadOnly
+	RegID             = shmem.RegID
+	RegMaxPeers       = shmem.RegMaxPeers
+	RegIntControl     = shmem.RegIntControl
+	RegDoorbell       = shmem.RegDoorbell
+	RegState          = shmem.RegState
+	RegIntStatus      = shmem.RegIntStatus
 	// RegBARSize is the size of the register BAR mapped by Open.
 	RegBARSize = 0x1000
 )
@@ -143,6 +152,9 @@ type Device struct {
 	layout Layout
 	id     int
 	uio    string
+	flags  uint32
+	name   string
+	irq    bool // interrupts enabled through uio
 
 	config *os.File // sysfs config space, read-write
 	uioFD  int      // /dev/uioN, non-blocking; -1 when closed
@@ -151,17 +163,35 @@ type Device struct {
 	closed atomic.Bool
 }
 
+// capability is the content of the vendor capability.
+type capability struct {
+	state, rw, out uint64
+	flags          uint32
+	name           string
+}
+
+// validName reports whether a region name read from the device is printable
+// ASCII (names are chosen by the supervisor; anything else is corrupt).
+func validName(b []byte) bool {
+	for _, c := range b {
+		if c < 0x21 || c > 0x7E {
+			return false
+		}
+	}
+	return true
+}
+
 // parseCapability finds the vendor capability in config space bytes and
-// returns the state table, read-write and output sizes.
-func parseCapability(cfg []byte) (state, rw, out uint64, err error) {
+// returns its sizes, flags and name.
+func parseCapability(cfg []byte) (capability, error) {
 	if len(cfg) < 0x40 {
-		return 0, 0, 0, fmt.Errorf("%w: config space of %d bytes", ErrCapability, len(cfg))
+		return capability{}, fmt.Errorf("%w: config space of %d bytes", ErrCapability, len(cfg))
 	}
 	if v, d := binary.LittleEndian.Uint16(cfg[cfgVendor:]), binary.LittleEndian.Uint16(cfg[cfgDevice:]); v != VendorID || d != DeviceID {
-		return 0, 0, 0, fmt.Errorf("%w: device %04x:%04x is not %04x:%04x", ErrCapability, v, d, VendorID, DeviceID)
+		return capability{}, fmt.Errorf("%w: device %04x:%04x is not %04x:%04x", ErrCapability, v, d, VendorID, DeviceID)
 	}
 	if binary.LittleEndian.Uint16(cfg[cfgStatus:])&statusCapList == 0 {
-		return 0, 0, 0, fmt.Errorf("%w: no capability list", ErrCapability)
+		return capability{}, fmt.Errorf("%w: no capability list", ErrCapability)
 	}
 	ptr := int(cfg[cfgCapPtr]) &^ 3
 	for range maxCaps {
@@ -169,30 +199,71 @@ func parseCapability(cfg []byte) (state, rw, out uint64, err error) {
 			break
 		}
 		if ptr < 0x40 || ptr+2 > len(cfg) {
-			return 0, 0, 0, fmt.Errorf("%w: capability pointer %#x outside %d-byte config space", ErrCapability, ptr, len(cfg))
+			return capability{}, fmt.Errorf("%w: capability pointer %#x outside %d-byte config space", ErrCapability, ptr, len(cfg))
 		}
 		if cfg[ptr] == capIDVendor {
 			if ptr+shmem.CapLength > len(cfg) {
-				return 0, 0, 0, fmt.Errorf("%w: vendor capability at %#x truncated", ErrCapability, ptr)
+				return capability{}, fmt.Errorf("%w: vendor capability at %#x truncated", ErrCapability, ptr)
 			}
 			if n := int(cfg[ptr+2]); n < shmem.CapLength {
-				return 0, 0, 0, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, shmem.CapLength)
+				return capability{}, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, shmem.CapLength)
 			}
-			state = uint64(binary.LittleEndian.Uint32(cfg[ptr+shmem.CapStateTableSize:]))
-			rw = binary.LittleEndian.Uint64(cfg[ptr+shmem.CapRWSize:])
-			out = binary.LittleEndian.Uint64(cfg[ptr+shmem.CapOutputSize:])
-			return state, rw, out, nil
+			c := capability{
+				state: uint64(binary.LittleEndian.Uint32(cfg[ptr+shmem.CapStateTableSize:])),
+				rw:    binary.LittleEndian.Uint64(cfg[ptr+shmem.CapRWSize:]),
+				out:   binary.LittleEndian.Uint64(cfg[ptr+shmem.CapOutputSize:]),
+				flags: binary.LittleEndian.Uint32(cfg[ptr+shmem.CapFlags:]),
+			}
+			name := cfg[ptr+shmem.CapName : ptr+shmem.CapName+shmem.NameSize]
+			if i := bytes.IndexByte(name, 0); i >= 0 {
+				if !allZero(name[i:]) {
+					return capability{}, fmt.Errorf("%w: region name not NUL-padded", ErrCapability)
+				}
+				name = name[:i]
+			}
+			if !validName(name) {
+				return capability{}, fmt.Errorf("%w: region name %q not printable", ErrCapability, name)
+			}
+			c.name = string(name)
+			return c, nil
 		}
 		ptr = int(cfg[ptr+1]) &^ 3
 	}
-	return 0, 0, 0, fmt.Errorf("%w: no vendor capability", ErrCapability)
+	return capability{}, fmt.Errorf("%w: no vendor capability", ErrCapability)
 }
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// OpenOption changes how Open sets the device up.
+type OpenOption func(*openConfig)
+
+type openConfig struct {
+	noInterrupts bool
+}
+
+// WithoutInterrupts opens the device without binding it to uio_pci_generic
+// and without enabling its interrupts (INT_CONTROL stays as it is): enough
+// for a shared segment, whose memory is all that is used. Wait and
+// WaitStatus then fail with ErrNoInterrupts.
+func WithoutInterrupts() OpenOption { return func(c *openConfig) { c.noInterrupts = true } }
 
 // Open binds the device described by info to uio_pci_generic if no driver
 // has it (waiting, bounded by ctx, for <devRoot>/uioN), reads its vendor
-// capability, maps its BARs, validates the layout and enables interrupts.
-// sysRoot and devRoot are normally "/sys" and "/dev".
-func Open(ctx context.Context, sysRoot, devRoot string, info Info) (d *Device, err error) {
+// capability, maps its BARs, validates the layout and enables interrupts
+// (unless WithoutInterrupts is given). sysRoot and devRoot are normally
+// "/sys" and "/dev".
+func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenOption) (d *Device, err error) {
+	var oc openConfig
+	for _, o := range opts {
+		o(&oc)
+	}
 	if info.Path == "" {
 		info.Path = filepath.Join(sysRoot, "bus", "pci", "devices", info.Address)
 	}
@@ -211,18 +282,22 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info) (d *Device, e
 	if err != nil {
 		return nil, fmt.Errorf("read config space: %w", err)
 	}
-	state, rw, out, err := parseCapability(cfg)
+	c, err := parseCapability(cfg)
 	if err != nil {
 		return nil, err
 	}
-	if d.uio, err = bindUIO(ctx, sysRoot, devRoot, info.Path, info.Address); err != nil {
-		return nil, err
+	d.flags, d.name = c.flags, c.name
+	d.info.Name, d.info.Flags = c.name, c.flags
+	if !oc.noInterrupts {
+		if d.uio, err = bindUIO(ctx, sysRoot, devRoot, info.Path, info.Address); err != nil {
+			return nil, err
+		}
 	}
 	if d.regs, err = mapPath(info.Resource0, RegBARSize, RegBARSize); err != nil {
 		return nil, fmt.Errorf("register BAR: %w", err)
 	}
 	d.id = int(load32(d.regs, RegID))
-	d.layout = Layout{Peers: int(load32(d.regs, RegMaxPeers)), StateTableSize: state, RWSize: rw, OutputSize: out}
+	d.layout = Layout{Peers: int(load32(d.regs, RegMaxPeers)), StateTableSize: c.state, RWSize: c.rw, OutputSize: c.out}
 	memSize, err := fileSize(info.Resource2)
 	if err != nil {
 		return nil, fmt.Errorf("memory BAR: %w", err)
@@ -236,6 +311,9 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info) (d *Device, e
 	if d.mem, err = mapPath(info.Resource2, memSize, int64(d.layout.Size())); err != nil {
 		return nil, fmt.Errorf("memory BAR: %w", err)
 	}
+	if oc.noInterrupts {
+		return d, nil
+	}
 	uioPath := filepath.Join(devRoot, d.uio)
 	if d.uioFD, err = unix.Open(uioPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
 		d.uioFD = -1
@@ -245,6 +323,7 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info) (d *Device, e
 		return nil, err
 	}
 	store32(d.regs, RegIntControl, 1)
+	d.irq = true
 	return d, nil
 }
 
@@ -295,7 +374,19 @@ func (d *Device) unmaskINTx() error {
 // Info returns what Find reported for the device.
 func (d *Device) Info() Info { return d.info }
 
-// UIO returns the name of the uio device ("uio0").
+// Name returns the region's name from the vendor capability ("ficm" for
+// the FICM group, the segment's name for a segment).
+func (d *Device) Name() string { return d.name }
+
+// Flags returns the vendor capability's flags (shmem.CapFlag*).
+func (d *Device) Flags() uint32 { return d.flags }
+
+// RWReadOnly reports whether the read-write section is mapped read-only
+// for this peer (CapFlagRWReadOnly): writing to RW() then faults.
+func (d *Device) RWReadOnly() bool { return d.flags&CapFlagRWReadOnly != 0 }
+
+// UIO returns the name of the uio device ("uio0"; "" when opened
+// WithoutInterrupts).
 func (d *Device) UIO() string { return d.uio }
 
 // ID returns this peer's id.
@@ -419,7 +510,7 @@ func (d *Device) Close() error {
 	if d.closed.Swap(true) {
 		return nil
 	}
-	if d.regs != nil {
+	if d.regs != nil && d.irq {
 		store32(d.regs, RegIntControl, 0)
 	}
 	return d.release()

@@ -31,6 +31,9 @@ type fakeSpec struct {
 	noUIO            bool
 	config           []byte // overrides the built config space
 	vendor, deviceID string
+	class            string // "" for a FICM device
+	name             string // region name in the capability
+	flags            uint32 // capability flags
 }
 
 func defaultSpec(id uint32) fakeSpec {
@@ -44,6 +47,10 @@ type fakeTree struct {
 }
 
 func buildConfig(state, rw, out uint64) []byte {
+	return buildCapConfig(state, rw, out, 0, "ficm")
+}
+
+func buildCapConfig(state, rw, out uint64, flags uint32, name string) []byte {
 	cfg := make([]byte, 256)
 	binary.LittleEndian.PutUint16(cfg[cfgVendor:], VendorID)
 	binary.LittleEndian.PutUint16(cfg[cfgDevice:], DeviceID)
@@ -56,6 +63,8 @@ func buildConfig(state, rw, out uint64) []byte {
 	binary.LittleEndian.PutUint32(cfg[0x54:], uint32(state))
 	binary.LittleEndian.PutUint64(cfg[0x58:], rw)
 	binary.LittleEndian.PutUint64(cfg[0x60:], out)
+	binary.LittleEndian.PutUint32(cfg[0x50+shmem.CapFlags:], flags)
+	copy(cfg[0x50+shmem.CapName:], name)
 	return cfg
 }
 
@@ -82,10 +91,16 @@ func newFakeTree(t *testing.T, s fakeSpec) *fakeTree {
 	}
 	writeFile(t, filepath.Join(p, "vendor"), []byte(s.vendor))
 	writeFile(t, filepath.Join(p, "device"), []byte(s.deviceID))
-	writeFile(t, filepath.Join(p, "class"), []byte("0xff0001\n"))
+	if s.class == "" {
+		s.class = "0xff0001\n"
+	}
+	writeFile(t, filepath.Join(p, "class"), []byte(s.class))
 	cfg := s.config
 	if cfg == nil {
-		cfg = buildConfig(s.state, s.rw, s.out)
+		if s.name == "" {
+			s.name = "ficm"
+		}
+		cfg = buildCapConfig(s.state, s.rw, s.out, s.flags, s.name)
 	}
 	writeFile(t, filepath.Join(p, "config"), cfg)
 	regs := make([]byte, RegBARSize)
@@ -256,6 +271,9 @@ func TestOpenValidation(t *testing.T) {
 	shortCap[0x52] = 8
 	wrongID := buildConfig(4096, 0, 4096)
 	wrongID[0] = 0xF4
+	badName := buildCapConfig(4096, 0, 4096, 0, "a\nb")
+	unpadded := buildCapConfig(4096, 0, 4096, 0, "ab")
+	unpadded[0x50+shmem.CapName+5] = 'x'
 	cases := []struct {
 		name string
 		mod  func(*fakeSpec)
@@ -278,6 +296,8 @@ func TestOpenValidation(t *testing.T) {
 		{"short capability", func(s *fakeSpec) { s.config = shortCap }, ErrCapability},
 		{"truncated config", func(s *fakeSpec) { s.config = buildConfig(4096, 0, 4096)[:0x30] }, ErrCapability},
 		{"wrong device", func(s *fakeSpec) { s.config = wrongID }, ErrCapability},
+		{"unprintable name", func(s *fakeSpec) { s.config = badName }, ErrCapability},
+		{"name not NUL-padded", func(s *fakeSpec) { s.config = unpadded }, ErrCapability},
 		{"other driver", func(s *fakeSpec) { s.driver = "virtio-pci" }, ErrDriver},
 	}
 	for _, c := range cases {
@@ -579,5 +599,73 @@ func TestEndpointConfigErrors(t *testing.T) {
 	}
 	if err := cfg.Doorbell.Ring(1); err != nil || fileU32(t, ft.info.Resource0, RegDoorbell) != 0x0001_0000 {
 		t.Fatalf("doorbell = %v", err)
+	}
+}
+
+func TestNameFlagsAndNoInterrupts(t *testing.T) {
+	s := defaultSpec(1)
+	s.driver = ""
+	s.noUIO = true
+	s.class = "0xff0002\n"
+	s.name = "shared.seg-1"
+	s.flags = CapFlagRWReadOnly
+	ft := newFakeTree(t, s)
+	if ft.info.Name != "shared.seg-1" || !ft.info.RWReadOnly() || ft.info.Protocol() != ProtocolSegment {
+		t.Fatalf("Find info = %+v", ft.info)
+	}
+	d, err := Open(context.Background(), ft.sys, ft.dev, ft.info, WithoutInterrupts())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if d.Name() != "shared.seg-1" || !d.RWReadOnly() || d.Flags() != CapFlagRWReadOnly || d.UIO() != "" || d.Info().Name != d.Name() {
+		t.Fatalf("Name %q RWReadOnly %v UIO %q", d.Name(), d.RWReadOnly(), d.UIO())
+	}
+	if len(d.RW()) != 4096 {
+		t.Fatalf("RW %d bytes", len(d.RW()))
+	}
+	// No driver was bound and interrupts were left alone.
+	b, err := os.ReadFile(filepath.Join(ft.sys, "bus", "pci", "drivers", DriverName, "new_id"))
+	if err != nil || len(b) != 0 {
+		t.Fatalf("new_id = %q, %v", b, err)
+	}
+	if fileU32(t, ft.info.Resource0, RegIntControl) != 0 {
+		t.Fatal("INT_CONTROL set")
+	}
+	if err := d.Wait(context.Background()); !errors.Is(err, ErrNoInterrupts) {
+		t.Fatalf("Wait = %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Wait(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait after Close = %v", err)
+	}
+}
+
+func TestEndpointSectionOffset(t *testing.T) {
+	ft := newFakeTree(t, defaultSpec(0))
+	d := ft.open(t)
+	cfg, err := d.EndpointConfig(EndpointOptions{Slots: 8, SectionOffset: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out0, _ := d.Output(0)
+	out1, _ := d.Output(1)
+	if len(cfg.Sections) != 2 || &cfg.Sections[0][0] != &out0[4096] || &cfg.Sections[1][0] != &out1[4096] || len(cfg.Sections[1]) != len(out1)-4096 {
+		t.Fatal("sections not at the offset")
+	}
+	for _, off := range []int{-64, 100, 16384 + 64} {
+		if _, err := d.EndpointConfig(EndpointOptions{Slots: 8, SectionOffset: off}); !errors.Is(err, ErrLayout) {
+			t.Errorf("offset %d = %v", off, err)
+		}
+	}
+	// 2 peers, 16 slots: an 8 KiB section fits the 16 KiB output after
+	// 8192 bytes, but not after 12288.
+	if _, err := d.EndpointConfig(EndpointOptions{Slots: 16, SectionOffset: 8192}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.EndpointConfig(EndpointOptions{Slots: 16, SectionOffset: 12288}); !errors.Is(err, ErrLayout) {
+		t.Fatalf("offset 12288 = %v", err)
 	}
 }

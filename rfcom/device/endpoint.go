@@ -20,6 +20,11 @@ type EndpointOptions struct {
 	// RequireFICM refuses a device whose class protocol byte is not
 	// ProtocolFICM.
 	RequireFICM bool
+	// SectionOffset is where the endpoint's section starts in every
+	// peer's output section (4096 in the FICM group, after the info
+	// page): the endpoint's Sections[i] = Output(i)[SectionOffset:]. A
+	// multiple of 64.
+	SectionOffset int
 }
 
 // doorbell rings peers' vector on a Device.
@@ -44,13 +49,22 @@ func (d *Device) EndpointConfig(opts EndpointOptions) (endpoint.Config, error) {
 	if err != nil {
 		return endpoint.Config{}, err
 	}
-	if uint64(l.SectionSize()) > d.layout.OutputSize {
-		return endpoint.Config{}, fmt.Errorf("%w: FICM section of %d bytes (%d peers, %d slots) exceeds output section of %d", ErrLayout, l.SectionSize(), d.Peers(), opts.Slots, d.layout.OutputSize)
+	if opts.SectionOffset < 0 || opts.SectionOffset%64 != 0 || uint64(opts.SectionOffset) > d.layout.OutputSize {
+		return endpoint.Config{}, fmt.Errorf("%w: section offset %d (a multiple of 64 inside the %d-byte output section)", ErrLayout, opts.SectionOffset, d.layout.OutputSize)
+	}
+	if uint64(l.SectionSize()) > d.layout.OutputSize-uint64(opts.SectionOffset) {
+		return endpoint.Config{}, fmt.Errorf("%w: FICM section of %d bytes (%d peers, %d slots) at offset %d exceeds output section of %d", ErrLayout, l.SectionSize(), d.Peers(), opts.Slots, opts.SectionOffset, d.layout.OutputSize)
+	}
+	sections := d.Outputs()
+	for i := range sections {
+		if sections[i] != nil {
+			sections[i] = sections[i][opts.SectionOffset:]
+		}
 	}
 	cfg := endpoint.Config{
 		Self:       d.id,
 		Layout:     l,
-		Sections:   d.Outputs(),
+		Sections:   sections,
 		Doorbell:   doorbell{dev: d, vector: opts.Vector},
 		Waiter:     d,
 		PollRounds: opts.PollRounds,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -22,10 +23,36 @@ type Info struct {
 	Resource2     string // sysfs file of the memory BAR
 	Resource2Size int64  // size of the memory BAR
 	Class         uint32 // 24-bit class code; low byte is the protocol
+	// Name and Flags come from the vendor capability (region name,
+	// shmem.CapFlag*). Find fills them when the config space can be read
+	// (it needs root) and parses; otherwise they are zero until Open.
+	Name  string
+	Flags uint32
 }
 
 // Protocol returns the protocol byte of the class code.
 func (i Info) Protocol() uint8 { return uint8(i.Class) }
+
+// RWReadOnly reports whether the read-write section is read-only for this
+// peer (CapFlagRWReadOnly in Flags).
+func (i Info) RWReadOnly() bool { return i.Flags&CapFlagRWReadOnly != 0 }
+
+// readCapability fills info's Name and Flags from its config space, if it
+// can be read and parsed.
+func readCapability(info *Info) {
+	f, err := os.Open(info.ConfigPath)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	cfg, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return
+	}
+	if c, err := parseCapability(cfg); err == nil {
+		info.Name, info.Flags = c.name, c.flags
+	}
+}
 
 func readHex(path string) (uint64, error) {
 	b, err := os.ReadFile(path)
@@ -80,6 +107,7 @@ func Find(sysRoot string) ([]Info, error) {
 			return nil, fmt.Errorf("device %s: memory BAR: %w", e.Name(), err)
 		}
 		info.Resource2Size = st.Size()
+		readCapability(&info)
 		out = append(out, info)
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Address < out[b].Address })

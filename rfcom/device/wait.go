@@ -13,8 +13,13 @@ import (
 // checked again.
 const pollSlice = 20 * time.Millisecond
 
-// ErrClosed is returned by Wait on a closed Device.
-var ErrClosed = errors.New("device: closed")
+var (
+	// ErrClosed is returned by Wait on a closed Device.
+	ErrClosed = errors.New("device: closed")
+	// ErrNoInterrupts is returned by Wait on a Device opened
+	// WithoutInterrupts.
+	ErrNoInterrupts = errors.New("device: opened without interrupts")
+)
 
 // Wait blocks until the device interrupts (spurious returns are possible)
 // or ctx is done, in which case it returns ctx's error. It implements
@@ -29,8 +34,11 @@ func (d *Device) Wait(ctx context.Context) error {
 // INT_STATUS, which lowers INTx, and clears the INTx-disable bit that
 // uio_pci_generic set, so that the next interrupt can be delivered.
 func (d *Device) WaitStatus(ctx context.Context) (uint32, error) {
-	if d.closed.Load() || d.uioFD < 0 {
+	if d.closed.Load() {
 		return 0, ErrClosed
+	}
+	if d.uioFD < 0 {
+		return 0, ErrNoInterrupts
 	}
 	fd := d.uioFD
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}

@@ -1,0 +1,41 @@
+// Command rfcom is the RFcom tool for programs and people inside a subOS:
+// it lists the FICM device, the segments granted and the board, sends and
+// receives frames over RFcom channels, benchmarks 64-byte messages, maps
+// shared segments and prints the supervisor's control messages.
+//
+// Usage:
+//
+//	rfcom ls
+//	rfcom send (--to NAME | --peer N) [--port P] [--timeout D] [MSG...]
+//	rfcom recv [--port P] [--count N] [--timeout D]
+//	rfcom bench (--to NAME | --peer N) [--n N] [--mode poll|irq] [--timeout D]
+//	rfcom bench --serve [--mode poll|irq] [--timeout D]
+//	rfcom map NAME [--write TEXT] [--offset N] [--read N]
+//	rfcom control [--count N] [--timeout D]
+//	rfcom board
+//
+// Exit status: 0 on success, 1 on failure (one line "rfcom: ..." on
+// stderr), 2 on a usage error. The environment variables RFCOM_SYS_ROOT
+// and RFCOM_DEV_ROOT replace /sys and /dev (for tests).
+package main
+
+import (
+	"io"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+}
+
+// env is what a command runs with.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	sys, dev       string
+}
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, sys: getenv("RFCOM_SYS_ROOT"), dev: getenv("RFCOM_DEV_ROOT")}
+	return e.main(args)
+}

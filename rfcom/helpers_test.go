@@ -1,0 +1,161 @@
+package rfcom
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"rainforest/ficm/board"
+	"rainforest/ficm/endpoint"
+	"rainforest/ficm/queue"
+	"rainforest/ficm/ring"
+)
+
+// fakeInterrupts stands in for ioeventfd -> irqfd: ringing peer p posts to
+// p's one-deep pending-interrupt channel, which p's Waiter takes.
+type fakeInterrupts struct {
+	pending []chan struct{}
+	rung    []atomic.Int64
+}
+
+func newFakeInterrupts(peers int) *fakeInterrupts {
+	f := &fakeInterrupts{pending: make([]chan struct{}, peers), rung: make([]atomic.Int64, peers)}
+	for i := range f.pending {
+		f.pending[i] = make(chan struct{}, 1)
+	}
+	return f
+}
+
+func (f *fakeInterrupts) Ring(peer int) error {
+	if peer < 0 || peer >= len(f.pending) {
+		return fmt.Errorf("no doorbell for peer %d", peer)
+	}
+	f.rung[peer].Add(1)
+	select {
+	case f.pending[peer] <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+type fakeWaiter chan struct{}
+
+func (w fakeWaiter) Wait(ctx context.Context) error {
+	select {
+	case <-w:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// group is a FICM group on plain memory: peer 0 (the supervisor) and the
+// peers in raw are bare endpoints driven by the test, the others Nodes.
+type group struct {
+	layout endpoint.Layout
+	outs   [][]byte // whole output sections: info page + endpoint section
+	state  *endpoint.StateTable
+	irq    *fakeInterrupts
+	eps    []*endpoint.Endpoint
+	nodes  []*Node // nil for raw peers
+	board  *board.Writer
+}
+
+func newGroup(t testing.TB, peers int, raw []int, opts Options) *group {
+	t.Helper()
+	l, err := endpoint.NewLayout(peers, Slots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &group{layout: l, irq: newFakeInterrupts(peers)}
+	sections := make([][]byte, peers)
+	for p := range peers {
+		out := ring.AlignedBytes(InfoPageSize + l.SectionSize())
+		g.outs = append(g.outs, out)
+		sections[p] = out[SectionOffset:]
+	}
+	if g.state, err = endpoint.NewStateTable(ring.AlignedBytes(endpoint.StateTableSize(peers)), peers); err != nil {
+		t.Fatal(err)
+	}
+	if g.board, err = board.NewWriter(g.outs[0][:InfoPageSize]); err != nil {
+		t.Fatal(err)
+	}
+	for p := range peers {
+		g.state.SetAlive(p, true)
+		e, err := endpoint.New(endpoint.Config{
+			Self: p, Layout: l, Sections: sections, State: g.state,
+			Doorbell: g.irq, Waiter: fakeWaiter(g.irq.pending[p]), PollRounds: 4,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.eps = append(g.eps, e)
+	}
+	g.nodes = make([]*Node, peers)
+	for p := 1; p < peers; p++ {
+		if contains(raw, p) {
+			continue
+		}
+		n, err := NewNode(g.eps[p], g.outs[0][:InfoPageSize], g.state, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.nodes[p] = n
+		t.Cleanup(func() { n.Close() })
+	}
+	return g
+}
+
+// send sends m from raw peer `from`, retrying while the ring is full.
+func (g *group) send(t testing.TB, from, to int, m queue.Message) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		err := g.eps[from].Send(to, m)
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("raw send %d->%d: %v", from, to, err)
+		}
+		time.Sleep(10 * time.Microsecond)
+	}
+}
+
+// recv receives the next message at raw peer `at`.
+func (g *group) recv(t testing.TB, at int) (int, queue.Message) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	from, m, err := g.eps[at].RecvWait(ctx)
+	if err != nil {
+		t.Fatalf("raw recv at %d: %v", at, err)
+	}
+	return from, m
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitStats polls until cond holds on n's stats.
+func waitStats(t *testing.T, n *Node, what string, cond func(Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond(n.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: stats %+v", what, n.Stats())
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (n *Node) channelCount() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return len(n.channels)
+}
