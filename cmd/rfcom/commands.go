@@ -245,7 +245,7 @@ func (e *env) recv(args []string) error {
 
 func (e *env) control(args []string) error {
 	fs := newFlags("control")
-	count := fs.Int("count", 0, "stop after this many messages (0: never)")
+	count := fs.Int("count", 0, "stop after this many text messages (0: never); board changes are printed, not counted")
 	timeout := fs.Duration("timeout", 0, "stop after this long (0: never)")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -264,7 +264,7 @@ func (e *env) control(args []string) error {
 	defer n.Close()
 	ctx, cancel := withTimeout(*timeout)
 	defer cancel()
-	for got := 0; *count == 0 || got < *count; got++ {
+	for got := 0; *count == 0 || got < *count; {
 		c, err := n.Control(ctx)
 		if err != nil {
 			return err
@@ -272,6 +272,7 @@ func (e *env) control(args []string) error {
 		switch c.Type {
 		case control.TypeText:
 			fmt.Fprintf(e.stdout, "control: %s\n", c.Text)
+			got++
 		case control.TypeBoard:
 			fmt.Fprintf(e.stdout, "board: seq %d\n", c.Seq)
 		}
