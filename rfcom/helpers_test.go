@@ -2,54 +2,15 @@ package rfcom
 
 import (
 	"context"
-	"fmt"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/endpoint"
+	"rainforest/ficm/endpoint/fakeirq"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
 )
-
-// fakeInterrupts stands in for ioeventfd -> irqfd: ringing peer p posts to
-// p's one-deep pending-interrupt channel, which p's Waiter takes.
-type fakeInterrupts struct {
-	pending []chan struct{}
-	rung    []atomic.Int64
-}
-
-func newFakeInterrupts(peers int) *fakeInterrupts {
-	f := &fakeInterrupts{pending: make([]chan struct{}, peers), rung: make([]atomic.Int64, peers)}
-	for i := range f.pending {
-		f.pending[i] = make(chan struct{}, 1)
-	}
-	return f
-}
-
-func (f *fakeInterrupts) Ring(peer int) error {
-	if peer < 0 || peer >= len(f.pending) {
-		return fmt.Errorf("no doorbell for peer %d", peer)
-	}
-	f.rung[peer].Add(1)
-	select {
-	case f.pending[peer] <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-type fakeWaiter chan struct{}
-
-func (w fakeWaiter) Wait(ctx context.Context) error {
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // group is a FICM group on plain memory: peer 0 (the supervisor) and the
 // peers in raw are bare endpoints driven by the test, the others Nodes.
@@ -57,7 +18,7 @@ type group struct {
 	layout endpoint.Layout
 	outs   [][]byte // whole output sections: info page + endpoint section
 	state  *endpoint.StateTable
-	irq    *fakeInterrupts
+	irq    *fakeirq.Interrupts
 	eps    []*endpoint.Endpoint
 	nodes  []*Node // nil for raw peers
 	board  *board.Writer
@@ -69,7 +30,7 @@ func newGroup(t testing.TB, peers int, raw []int, opts Options) *group {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &group{layout: l, irq: newFakeInterrupts(peers)}
+	g := &group{layout: l, irq: fakeirq.New(peers)}
 	sections := make([][]byte, peers)
 	for p := range peers {
 		out := ring.AlignedBytes(InfoPageSize + l.SectionSize())
@@ -86,7 +47,7 @@ func newGroup(t testing.TB, peers int, raw []int, opts Options) *group {
 		g.state.SetAlive(p, true)
 		e, err := endpoint.New(endpoint.Config{
 			Self: p, Layout: l, Sections: sections, State: g.state,
-			Doorbell: g.irq, Waiter: fakeWaiter(g.irq.pending[p]), PollRounds: 4,
+			Doorbell: g.irq, Waiter: g.irq.Waiter(p), PollRounds: 4,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -6,57 +6,19 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"rainforest/ficm/endpoint/fakeirq"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
 )
-
-// fakeInterrupts stands in for the ioeventfd -> irqfd wiring: ringing peer p
-// posts to p's one-deep pending-interrupt channel, which p's Waiter takes.
-type fakeInterrupts struct {
-	pending []chan struct{}
-	rung    []atomic.Int64
-}
-
-func newFakeInterrupts(peers int) *fakeInterrupts {
-	f := &fakeInterrupts{pending: make([]chan struct{}, peers), rung: make([]atomic.Int64, peers)}
-	for i := range f.pending {
-		f.pending[i] = make(chan struct{}, 1)
-	}
-	return f
-}
-
-func (f *fakeInterrupts) Ring(peer int) error {
-	if peer < 0 || peer >= len(f.pending) {
-		return fmt.Errorf("no doorbell for peer %d", peer)
-	}
-	f.rung[peer].Add(1)
-	select {
-	case f.pending[peer] <- struct{}{}:
-	default:
-	}
-	return nil
-}
-
-type fakeWaiter chan struct{}
-
-func (w fakeWaiter) Wait(ctx context.Context) error {
-	select {
-	case <-w:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 type mesh struct {
 	layout   Layout
 	sections [][]byte
 	state    *StateTable
-	irq      *fakeInterrupts
+	irq      *fakeirq.Interrupts
 	ep       []*Endpoint
 }
 
@@ -66,7 +28,7 @@ func newMesh(t *testing.T, peers, slots int) *mesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := &mesh{layout: l, irq: newFakeInterrupts(peers)}
+	m := &mesh{layout: l, irq: fakeirq.New(peers)}
 	for range peers {
 		m.sections = append(m.sections, ring.AlignedBytes(l.SectionSize()))
 	}
@@ -77,7 +39,7 @@ func newMesh(t *testing.T, peers, slots int) *mesh {
 		m.state.SetAlive(p, true)
 		e, err := New(Config{
 			Self: p, Layout: l, Sections: m.sections, State: m.state,
-			Doorbell: m.irq, Waiter: fakeWaiter(m.irq.pending[p]), PollRounds: 4,
+			Doorbell: m.irq, Waiter: m.irq.Waiter(p), PollRounds: 4,
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -136,10 +98,10 @@ func TestLayout(t *testing.T) {
 	if _, _, err := l2.QueueAreas(secs, 0, 2); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("bad peer: %v", err)
 	}
-	if _, err := New(Config{Self: 0, Layout: l2, Sections: secs, Doorbell: newFakeInterrupts(2), Waiter: make(fakeWaiter)}); !errors.Is(err, ring.ErrLayout) {
+	if _, err := New(Config{Self: 0, Layout: l2, Sections: secs, Doorbell: fakeirq.New(2), Waiter: make(fakeirq.Waiter)}); !errors.Is(err, ring.ErrLayout) {
 		t.Errorf("New with short section: %v", err)
 	}
-	if _, err := New(Config{Self: 2, Layout: l2, Sections: secs, Doorbell: newFakeInterrupts(2), Waiter: make(fakeWaiter)}); !errors.Is(err, ErrNoPeer) {
+	if _, err := New(Config{Self: 2, Layout: l2, Sections: secs, Doorbell: fakeirq.New(2), Waiter: make(fakeirq.Waiter)}); !errors.Is(err, ErrNoPeer) {
 		t.Errorf("New with bad self: %v", err)
 	}
 }
@@ -199,7 +161,7 @@ func TestTwoEndpoints(t *testing.T) {
 	if !errors.Is(err, ErrFull) || !errors.As(err, &pe) || pe.Peer != 1 {
 		t.Fatalf("Send to full queue: %v", err)
 	}
-	if n := m.irq.rung[1].Load(); n != 0 {
+	if n := m.irq.Rung(1); n != 0 {
 		t.Fatalf("%d doorbells rung while nobody slept", n)
 	}
 }
@@ -406,5 +368,5 @@ func TestWaitWakeups(t *testing.T) {
 	if _, _, ok, _ := m.ep[0].Recv(); ok {
 		t.Fatal("extra message")
 	}
-	t.Logf("%d doorbells for %d messages", m.irq.rung[0].Load(), 3*perSender)
+	t.Logf("%d doorbells for %d messages", m.irq.Rung(0), 3*perSender)
 }
