@@ -36,6 +36,9 @@ type Host struct {
 	// Retried, when set, is told when a nested session had to be rerun
 	// because the L1 guest died.
 	Retried func(error)
+	// ExtraFiles maps more L1 paths to host files (nested only; a direct
+	// script uses host paths).
+	ExtraFiles map[string]string
 }
 
 // NewHost prepares a host: it builds a static rfm into workDir and finds
@@ -103,6 +106,9 @@ func (h *Host) Run(ctx context.Context, script string, timeout time.Duration) (s
 			"/l2/bzImage":           h.img.BzImage,
 			"/l2/initramfs.cpio.gz": h.img.Initramfs,
 			"/l2/disk.img":          h.img.Disk,
+		}
+		for k, v := range h.ExtraFiles {
+			files[k] = v
 		}
 		cfg := nested.Config{
 			L1Kernel: h.img, ExtraFiles: files, CPUs: max(h.CPUs, 2), MemoryMiB: 3072, HugePages: 600,

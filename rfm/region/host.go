@@ -69,8 +69,9 @@ type Host struct {
 	nextCookie uint64
 	pings      map[uint64]pending
 
-	corrupt []bool // peers reported corrupt; Run's goroutine only
-	stats   hostCounters
+	sections [][]byte // every peer's endpoint section
+	corrupt  []bool   // peers reported corrupt; Run's goroutine only
+	stats    hostCounters
 }
 
 // hostDoorbell rings a peer's FICM doorbell (vector 0).
@@ -148,6 +149,7 @@ func NewHost(r *Region, log *slog.Logger) (*Host, error) {
 		nextCookie: uint64(time.Now().UnixNano()),
 		pings:      make(map[uint64]pending),
 		corrupt:    make([]bool, peers),
+		sections:   sections,
 	}, nil
 }
 
@@ -356,4 +358,40 @@ func (h *Host) Stats() HostStats {
 		ReplyFailures:   s.replyFailures.Load(),
 		BoardSkipped:    s.boardSkipped.Load(),
 	}
+}
+
+// Forget drops the messages still queued to peer, which must be gone (its
+// state entry dead and its VMM exited), so that a subOS given the slot
+// later does not receive what was meant for its predecessor. It consumes
+// each queue into peer as peer would have; a queue with corrupt indices is
+// left as it is. It returns how many messages were dropped.
+func (h *Host) Forget(peer int) (int, error) {
+	if peer <= HostPeer || peer >= h.peers {
+		return 0, fmt.Errorf("%w: peer %d", ErrRange, peer)
+	}
+	if h.state.Alive(peer) {
+		return 0, fmt.Errorf("forget peer %d: it is alive", peer)
+	}
+	l := h.ep.Layout()
+	dropped := 0
+	for from := range h.peers {
+		if from == peer {
+			continue
+		}
+		tx, rx, err := l.QueueAreas(h.sections, from, peer)
+		if err != nil {
+			return dropped, err
+		}
+		r, err := queue.NewReceiver(tx, rx, l.Slots())
+		if err != nil {
+			continue // corrupt indices: nothing sensible to drain
+		}
+		for range l.Slots() {
+			if _, ok, err := r.TryPop(); err != nil || !ok {
+				break
+			}
+			dropped++
+		}
+	}
+	return dropped, nil
 }

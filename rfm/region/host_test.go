@@ -559,3 +559,46 @@ func TestRunReturnsOnCancel(t *testing.T) {
 		t.Fatalf("Run(cancelled) = %v", err)
 	}
 }
+
+// Messages queued to a peer that went away are dropped before its slot is
+// given to someone else; a live peer cannot be forgotten.
+func TestForget(t *testing.T) {
+	g := newGroup(t, 4, 1)
+	for range 5 {
+		if err := g.h.SendText(2, "stale"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := g.guests[3].send(2, queue.Message{Type: 0x80}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.h.Forget(2); err == nil {
+		t.Fatal("forgot a live peer")
+	}
+	if err := g.h.SetAlive(2, false); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := g.h.Forget(2); err != nil || n != 6 {
+		t.Fatalf("Forget = %d, %v; want 6 dropped", n, err)
+	}
+	// The next holder of slot 2 starts with empty queues and can be sent
+	// to at once.
+	if err := g.h.SetAlive(2, true); err != nil {
+		t.Fatal(err)
+	}
+	next := newGuest(t, g.r, 2)
+	if _, m, ok, err := next.ep.Recv(); ok || err != nil {
+		t.Fatalf("new holder of slot 2 got %+v, %v", m, err)
+	}
+	if err := g.h.SendText(2, "fresh"); err != nil {
+		t.Fatal(err)
+	}
+	if _, m, ok, err := next.ep.Recv(); !ok || err != nil || string(m.Payload()) != "fresh" {
+		t.Fatalf("after forget: %+v %v %v", m, ok, err)
+	}
+	for _, p := range []int{0, 4, -1} {
+		if _, err := g.h.Forget(p); !errors.Is(err, ErrRange) {
+			t.Errorf("Forget(%d) = %v", p, err)
+		}
+	}
+}

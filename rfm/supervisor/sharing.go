@@ -106,6 +106,7 @@ func (s *Supervisor) startSharing() error {
 	for p := 1; p < s.share.ficm.Spec().Layout.Peers; p++ {
 		if !held[p] {
 			_ = host.SetAlive(p, false)
+			_, _ = host.Forget(p)
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -276,7 +277,11 @@ func (s *Supervisor) join(name string, grants []SegmentGrant) (*membership, erro
 	}
 	m := &membership{peer: peer, segPeers: map[string]int{}}
 	var created []string
-	m.undo = func() {
+	m.undo = func() { // after the VMM, if any, was stopped
+		if s.share.host != nil {
+			_ = s.share.host.SetAlive(peer, false)
+			_, _ = s.share.host.Forget(peer)
+		}
 		for sname, p := range m.segPeers {
 			if sg := s.share.segments[sname]; sg != nil && sg.grants[name] == p {
 				delete(sg.grants, name)
@@ -330,12 +335,17 @@ func (s *Supervisor) join(name string, grants []SegmentGrant) (*membership, erro
 	return m, nil
 }
 
-// leave releases a departed subOS's slots: its FICM state entry is cleared
-// and segments nobody holds any more are freed. Called under opMu.
+// leave releases a departed subOS's slots (its VMM has exited): its FICM
+// state entry is cleared, the messages still queued to it are dropped, and
+// segments nobody holds any more are freed. Called under opMu.
 func (s *Supervisor) leave(info Info) {
 	if s.share.host != nil && info.Peer > 0 {
 		if err := s.share.host.SetAlive(info.Peer, false); err != nil {
 			s.log.Warn("clear FICM state", "subos", info.Name, "err", err)
+		} else if n, err := s.share.host.Forget(info.Peer); err != nil {
+			s.log.Warn("drop messages to a departed subOS", "subos", info.Name, "err", err)
+		} else if n > 0 {
+			s.log.Info("dropped messages queued to a departed subOS", "subos", info.Name, "messages", n)
 		}
 	}
 	for sname, sg := range s.share.segments {
