@@ -49,6 +49,7 @@ bench: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
 	$(GO) run ./bench/ficm
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 
 clean:
 	rm -rf $(BIN) build

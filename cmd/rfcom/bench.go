@@ -3,12 +3,14 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"flag"
 	"fmt"
 	"slices"
 	"time"
 
 	"rainforest/ficm/queue"
 	"rainforest/rfcom"
+	"rainforest/rfcom/ivshmem"
 )
 
 // Benchmark datagram types.
@@ -42,6 +44,8 @@ func (e *env) bench(args []string) error {
 	count := fs.Int("n", 10000, "round trips, and messages streamed")
 	mode := fs.String("mode", "irq", "poll (spin) or irq (doorbell wait)")
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long (0: never)")
+	ivs := fs.Bool("ivshmem", false, "run over QEMU's ivshmem device instead of the FICM device (--peer is the ivshmem peer id)")
+	peers := fs.Int("peers", defaultIvshmemPeers, "with --ivshmem: the number of peers of the group")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -51,6 +55,13 @@ func (e *env) bench(args []string) error {
 	}
 	if *mode != "poll" && *mode != "irq" {
 		return usagef("--mode %q is not poll or irq", *mode)
+	}
+	if *ivs {
+		if err := checkIvshmemArgs(t, *serve, *peers); err != nil {
+			return err
+		}
+	} else if flagSet(fs, "peers") {
+		return usagef("--peers needs --ivshmem")
 	}
 	if *serve {
 		if t.to != "" || t.peer >= 0 {
@@ -71,8 +82,14 @@ func (e *env) bench(args []string) error {
 	o := e.options()
 	o.Poll = *mode == "poll"
 	o.LosslessDatagrams = true
-	n, err := rfcom.Open(oc, o)
-	if err != nil {
+	var n *rfcom.Node
+	if *ivs {
+		var closeDev func() error
+		if n, closeDev, err = e.openIvshmem(oc, *peers, o); err != nil {
+			return err
+		}
+		defer closeDev()
+	} else if n, err = rfcom.Open(oc, o); err != nil {
 		return err
 	}
 	defer n.Close()
@@ -84,7 +101,83 @@ func (e *env) bench(args []string) error {
 	if err != nil {
 		return err
 	}
+	if peer == n.Self() {
+		return fmt.Errorf("peer %d is this peer", peer)
+	}
 	return b.client(ctx, e, peer, *count, *mode)
+}
+
+// defaultIvshmemPeers is the default group size over ivshmem (the
+// ivshmem server gives two guests ids 0 and 1).
+const defaultIvshmemPeers = 2
+
+// checkIvshmemArgs checks the arguments of bench --ivshmem.
+func checkIvshmemArgs(t target, serve bool, peers int) error {
+	switch {
+	case t.to != "":
+		return usagef("--to makes no sense with --ivshmem (there is no board): use --peer N, the ivshmem peer id")
+	case peers < 2 || peers > ivshmem.MaxPeer+1:
+		return usagef("--peers %d outside 2..%d", peers, ivshmem.MaxPeer+1)
+	case !serve && t.peer >= peers:
+		return usagef("--peer %d outside the %d peers of the group", t.peer, peers)
+	}
+	return nil
+}
+
+// flagSet reports whether the flag name was given.
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
+// openIvshmem opens the first ivshmem-doorbell device and starts a Node on it: a
+// FICM group of peers peers over its shared memory, its reserved zero page
+// as the board page and no state table. The returned function closes the
+// device (after the Node).
+func (e *env) openIvshmem(ctx context.Context, peers int, o rfcom.Options) (*rfcom.Node, func() error, error) {
+	sys, dev := o.SysRoot, o.DevRoot
+	if sys == "" {
+		sys = "/sys"
+	}
+	if dev == "" {
+		dev = "/dev"
+	}
+	infos, err := ivshmem.Find(sys)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(infos) == 0 {
+		return nil, nil, fmt.Errorf("no ivshmem device (PCI %04x:%04x) under %s", ivshmem.VendorID, ivshmem.DeviceID, sys)
+	}
+	// ivshmem-plain (no BAR1) has no doorbells and gives every guest id 0.
+	i := slices.IndexFunc(infos, func(i ivshmem.Info) bool { return i.Doorbell })
+	if i < 0 {
+		return nil, nil, fmt.Errorf("ivshmem device %s is ivshmem-plain (no peer ids, no doorbells): use ivshmem-doorbell with an ivshmem server", infos[0].Address)
+	}
+	var opts []ivshmem.OpenOption
+	if o.Poll {
+		opts = append(opts, ivshmem.WithoutInterrupts())
+	}
+	d, err := ivshmem.Open(ctx, sys, dev, infos[i], opts...)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !o.Poll && !d.Interrupts() {
+		_ = d.Close()
+		return nil, nil, fmt.Errorf("ivshmem device %s has no INTx interrupt for uio_pci_generic (QEMU's ivshmem-doorbell interrupts through MSI-X only): use --mode poll", infos[i].Address)
+	}
+	ep, err := d.NewEndpoint(peers, rfcom.Slots)
+	if err != nil {
+		_ = d.Close()
+		return nil, nil, err
+	}
+	n, err := rfcom.NewNode(ep, d.BoardPage(), nil, o)
+	if err != nil {
+		_ = d.Close()
+		return nil, nil, err
+	}
+	return n, d.Close, nil
 }
 
 func (b benchSession) serve(ctx context.Context, e *env) error {

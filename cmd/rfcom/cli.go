@@ -22,6 +22,8 @@ const usageText = `usage: rfcom COMMAND [flags]
   bench (--to NAME | --peer N) [--n N] [--mode poll|irq] [--timeout D]
   bench --serve [--mode poll|irq] [--timeout D]
                                        64-byte ping-pong and throughput
+  bench --ivshmem [--peers N] (--peer N | --serve) [--n N] [--mode poll|irq] [--timeout D]
+                                       the same over QEMU's ivshmem device
   map NAME [--write TEXT] [--offset N] [--read N]
                                        map a shared segment
   control [--count N] [--timeout D]    print the supervisor's messages

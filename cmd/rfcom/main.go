@@ -10,9 +10,14 @@
 //	rfcom recv [--port P] [--count N] [--timeout D]
 //	rfcom bench (--to NAME | --peer N) [--n N] [--mode poll|irq] [--timeout D]
 //	rfcom bench --serve [--mode poll|irq] [--timeout D]
+//	rfcom bench --ivshmem [--peers N] (--peer N | --serve) [--n N] [--mode poll|irq] [--timeout D]
 //	rfcom map NAME [--write TEXT] [--offset N] [--read N]
 //	rfcom control [--count N] [--timeout D]
 //	rfcom board
+//
+// bench --ivshmem runs the same benchmark between two QEMU guests over
+// QEMU's ivshmem-doorbell device (rainforest/rfcom/ivshmem) as a baseline:
+// --peer names the ivshmem peer id, --peers the group size (2).
 //
 // Exit status: 0 on success, 1 on failure (one line "rfcom: ..." on
 // stderr), 2 on a usage error. The environment variables RFCOM_SYS_ROOT

@@ -355,9 +355,21 @@ func mapPath(path string, size, need int64) ([]byte, error) {
 
 // unmaskINTx clears the INTx-disable bit of the command register, which
 // uio_pci_generic sets on every interrupt.
-func (d *Device) unmaskINTx() error {
+func (d *Device) unmaskINTx() error { return UnmaskINTx(d.config) }
+
+// ConfigSpace is a PCI function's sysfs config file, open read-write.
+type ConfigSpace interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// UnmaskINTx clears the INTx-disable bit of the command register in a
+// function's config space (uio_pci_generic sets it on every interrupt, so
+// that the next interrupt can only be delivered after this). It writes
+// nothing when the bit is already clear.
+func UnmaskINTx(config ConfigSpace) error {
 	var b [2]byte
-	if _, err := d.config.ReadAt(b[:], cfgCommand); err != nil {
+	if _, err := config.ReadAt(b[:], cfgCommand); err != nil {
 		return fmt.Errorf("read command register: %w", err)
 	}
 	cmd := binary.LittleEndian.Uint16(b[:])
@@ -365,7 +377,7 @@ func (d *Device) unmaskINTx() error {
 		return nil
 	}
 	binary.LittleEndian.PutUint16(b[:], cmd&^cmdINTxOff)
-	if _, err := d.config.WriteAt(b[:], cfgCommand); err != nil {
+	if _, err := config.WriteAt(b[:], cfgCommand); err != nil {
 		return fmt.Errorf("write command register: %w", err)
 	}
 	return nil

@@ -123,6 +123,16 @@ const DriverName = "uio_pci_generic"
 // bindUIO makes sure uio_pci_generic drives the device at devPath and
 // returns the name of its uio device ("uio0") once <devRoot>/uioN exists.
 func bindUIO(ctx context.Context, sysRoot, devRoot, devPath, address string) (string, error) {
+	return BindUIO(ctx, sysRoot, devRoot, devPath, address, VendorID, DeviceID)
+}
+
+// BindUIO makes sure uio_pci_generic drives the PCI function at devPath
+// (<sysRoot>/bus/pci/devices/<address>) whose ids are vendor:device: if no
+// driver has it, it writes the ids to the driver's new_id (or, when that
+// fails, the address to its bind). It returns ErrDriver if another driver
+// has it. It then waits, at most 5 s and bounded by ctx, for <devRoot>/uioN
+// and returns its name ("uio0").
+func BindUIO(ctx context.Context, sysRoot, devRoot, devPath, address string, vendor, device uint16) (string, error) {
 	link, err := os.Readlink(filepath.Join(devPath, "driver"))
 	switch {
 	case err == nil:
@@ -131,7 +141,7 @@ func bindUIO(ctx context.Context, sysRoot, devRoot, devPath, address string) (st
 		}
 	case errors.Is(err, fs.ErrNotExist):
 		drv := filepath.Join(sysRoot, "bus", "pci", "drivers", DriverName)
-		werr := os.WriteFile(filepath.Join(drv, "new_id"), []byte(fmt.Sprintf("%04x %04x", VendorID, DeviceID)), 0)
+		werr := os.WriteFile(filepath.Join(drv, "new_id"), []byte(fmt.Sprintf("%04x %04x", vendor, device)), 0)
 		if werr != nil {
 			// The id may already be known (EEXIST); bind by address.
 			if berr := os.WriteFile(filepath.Join(drv, "bind"), []byte(address), 0); berr != nil {

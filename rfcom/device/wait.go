@@ -40,11 +40,26 @@ func (d *Device) WaitStatus(ctx context.Context) (uint32, error) {
 	if d.uioFD < 0 {
 		return 0, ErrNoInterrupts
 	}
-	fd := d.uioFD
+	if err := WaitUIO(ctx, d.uioFD, d.uio); err != nil {
+		return 0, err
+	}
+	status := load32(d.regs, RegIntStatus)
+	if err := UnmaskINTx(d.config); err != nil {
+		return status, err
+	}
+	return status, nil
+}
+
+// WaitUIO blocks until the uio device open (non-blocking) as fd counts an
+// interrupt, or ctx is done, in which case it returns ctx's error. It polls
+// fd in slices of 20 ms and consumes the 4-byte interrupt count; name
+// ("uio0") is used in errors. The caller acknowledges the interrupt in the
+// device and re-enables INTx (see UnmaskINTx).
+func WaitUIO(ctx context.Context, fd int, name string) error {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	for {
 		if err := ctx.Err(); err != nil {
-			return 0, err
+			return err
 		}
 		slice := pollSlice
 		if dl, ok := ctx.Deadline(); ok {
@@ -56,10 +71,10 @@ func (d *Device) WaitStatus(ctx context.Context) (uint32, error) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("poll %s: %w", d.uio, err)
+			return fmt.Errorf("poll %s: %w", name, err)
 		}
 		if fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0 {
-			return 0, fmt.Errorf("poll %s: revents %#x", d.uio, fds[0].Revents)
+			return fmt.Errorf("poll %s: revents %#x", name, fds[0].Revents)
 		}
 		var buf [4]byte
 		m, err := unix.Read(fd, buf[:])
@@ -67,15 +82,11 @@ func (d *Device) WaitStatus(ctx context.Context) (uint32, error) {
 			continue
 		}
 		if err != nil {
-			return 0, fmt.Errorf("read %s: %w", d.uio, err)
+			return fmt.Errorf("read %s: %w", name, err)
 		}
 		if m != len(buf) {
-			return 0, fmt.Errorf("read %s: %d bytes, want 4", d.uio, m)
+			return fmt.Errorf("read %s: %d bytes, want 4", name, m)
 		}
-		status := load32(d.regs, RegIntStatus)
-		if err := d.unmaskINTx(); err != nil {
-			return status, err
-		}
-		return status, nil
+		return nil
 	}
 }
