@@ -54,23 +54,33 @@ func readCapability(info *Info) {
 	}
 }
 
-func readHex(path string) (uint64, error) {
+func readHex(path string) (uint64, error) { return ReadSysfsHex(path, 32) }
+
+// ReadSysfsHex parses a sysfs file holding one hexadecimal number ("0x1af4")
+// of at most bits bits.
+func ReadSysfsHex(path string, bits int) (uint64, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
 	s := strings.TrimPrefix(strings.TrimSpace(string(b)), "0x")
-	v, err := strconv.ParseUint(s, 16, 32)
+	v, err := strconv.ParseUint(s, 16, bits)
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", path, err)
 	}
 	return v, nil
 }
 
-// Find lists the shared-memory PCI functions (vendor 0x110a, device 0x4106)
-// under sysRoot (normally "/sys"), sorted by address. No device is not an
-// error.
-func Find(sysRoot string) ([]Info, error) {
+// PCIFunction is a PCI function in sysfs.
+type PCIFunction struct {
+	Address string // e.g. "0000:00:05.0"
+	Path    string // <sysRoot>/bus/pci/devices/<Address>
+}
+
+// FindPCI lists the PCI functions with the given vendor and device IDs
+// under sysRoot (normally "/sys"), sorted by address. No sysfs PCI tree is
+// not an error; entries whose IDs cannot be read are skipped.
+func FindPCI(sysRoot string, vendor, device uint16) ([]PCIFunction, error) {
 	dir := filepath.Join(sysRoot, "bus", "pci", "devices")
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -79,38 +89,51 @@ func Find(sysRoot string) ([]Info, error) {
 		}
 		return nil, fmt.Errorf("scan PCI devices: %w", err)
 	}
-	var out []Info
+	var out []PCIFunction
 	for _, e := range ents {
 		p := filepath.Join(dir, e.Name())
-		vendor, err := readHex(filepath.Join(p, "vendor"))
-		if err != nil || vendor != VendorID {
+		if v, err := ReadSysfsHex(filepath.Join(p, "vendor"), 16); err != nil || v != uint64(vendor) {
 			continue
 		}
-		dev, err := readHex(filepath.Join(p, "device"))
-		if err != nil || dev != DeviceID {
+		if d, err := ReadSysfsHex(filepath.Join(p, "device"), 16); err != nil || d != uint64(device) {
 			continue
 		}
-		class, err := readHex(filepath.Join(p, "class"))
+		out = append(out, PCIFunction{Address: e.Name(), Path: p})
+	}
+	sort.Slice(out, func(a, b int) bool { return out[a].Address < out[b].Address })
+	return out, nil
+}
+
+// Find lists the shared-memory PCI functions (vendor 0x110a, device 0x4106)
+// under sysRoot (normally "/sys"), sorted by address. No device is not an
+// error.
+func Find(sysRoot string) ([]Info, error) {
+	fns, err := FindPCI(sysRoot, VendorID, DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	var out []Info
+	for _, fn := range fns {
+		class, err := readHex(filepath.Join(fn.Path, "class"))
 		if err != nil {
-			return nil, fmt.Errorf("device %s: %w", e.Name(), err)
+			return nil, fmt.Errorf("device %s: %w", fn.Address, err)
 		}
 		info := Info{
-			Address:    e.Name(),
-			Path:       p,
-			ConfigPath: filepath.Join(p, "config"),
-			Resource0:  filepath.Join(p, "resource0"),
-			Resource2:  filepath.Join(p, "resource2"),
+			Address:    fn.Address,
+			Path:       fn.Path,
+			ConfigPath: filepath.Join(fn.Path, "config"),
+			Resource0:  filepath.Join(fn.Path, "resource0"),
+			Resource2:  filepath.Join(fn.Path, "resource2"),
 			Class:      uint32(class),
 		}
 		st, err := os.Stat(info.Resource2)
 		if err != nil {
-			return nil, fmt.Errorf("device %s: memory BAR: %w", e.Name(), err)
+			return nil, fmt.Errorf("device %s: memory BAR: %w", fn.Address, err)
 		}
 		info.Resource2Size = st.Size()
 		readCapability(&info)
 		out = append(out, info)
 	}
-	sort.Slice(out, func(a, b int) bool { return out[a].Address < out[b].Address })
 	return out, nil
 }
 

@@ -35,12 +35,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
-	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -120,59 +116,35 @@ type Info struct {
 	Doorbell bool
 }
 
-func readHex(path string, bits int) (uint64, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return 0, err
-	}
-	s := strings.TrimPrefix(strings.TrimSpace(string(b)), "0x")
-	v, err := strconv.ParseUint(s, 16, bits)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
-	}
-	return v, nil
-}
-
 // Find lists the ivshmem PCI functions (vendor 0x1af4, device 0x1110)
 // under sysRoot (normally "/sys"), sorted by address. No device is not an
 // error.
 func Find(sysRoot string) ([]Info, error) {
-	dir := filepath.Join(sysRoot, "bus", "pci", "devices")
-	ents, err := os.ReadDir(dir)
+	fns, err := device.FindPCI(sysRoot, VendorID, DeviceID)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, nil
-		}
-		return nil, fmt.Errorf("scan PCI devices: %w", err)
+		return nil, err
 	}
 	var out []Info
-	for _, e := range ents {
-		p := filepath.Join(dir, e.Name())
-		if v, err := readHex(filepath.Join(p, "vendor"), 16); err != nil || v != VendorID {
-			continue
-		}
-		if d, err := readHex(filepath.Join(p, "device"), 16); err != nil || d != DeviceID {
-			continue
-		}
+	for _, fn := range fns {
+		p := fn.Path
 		info := Info{
-			Address:    e.Name(),
+			Address:    fn.Address,
 			Path:       p,
 			ConfigPath: filepath.Join(p, "config"),
 			Resource0:  filepath.Join(p, "resource0"),
 			Resource2:  filepath.Join(p, "resource2"),
 		}
 		if info.Resource0Size, err = fileSize(info.Resource0); err != nil {
-			return nil, fmt.Errorf("ivshmem %s: register BAR: %w", e.Name(), err)
+			return nil, fmt.Errorf("ivshmem %s: register BAR: %w", fn.Address, err)
 		}
 		if info.Resource2Size, err = fileSize(info.Resource2); err != nil {
-			return nil, fmt.Errorf("ivshmem %s: memory BAR: %w", e.Name(), err)
+			return nil, fmt.Errorf("ivshmem %s: memory BAR: %w", fn.Address, err)
 		}
 		if st, err := os.Stat(filepath.Join(p, "resource1")); err == nil && st.Mode().IsRegular() && st.Size() > 0 {
 			info.Doorbell = true
 		}
 		out = append(out, info)
 	}
-	sort.Slice(out, func(a, b int) bool { return out[a].Address < out[b].Address })
 	return out, nil
 }
 
