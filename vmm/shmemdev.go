@@ -193,15 +193,15 @@ func (m *Machine) AddSharedMemory(cfg SharedMemoryConfig) (*SharedMemory, error)
 		return nil, fmt.Errorf("%w: %w", ErrSharedMemory, err)
 	}
 	sm.dev = dev
-	if err := sm.startBridge(); err != nil {
-		return nil, err
-	}
 	fn := &sharedMemoryFunction{Device: dev, sm: sm}
 	slot, bars, err := m.pci.Add(-1, fn)
 	if err != nil {
 		return nil, err
 	}
 	sm.slot = slot
+	if err := sm.startBridge(); err != nil {
+		return nil, err
+	}
 	for _, b := range bars {
 		if err := m.MMIO.Insert(pci.BARRegion(fn, b.Index), b.Addr, b.Size); err != nil {
 			return nil, fmt.Errorf("%w: slot %d BAR %d: %w", ErrSharedMemory, slot, b.Index, err)

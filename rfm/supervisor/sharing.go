@@ -133,6 +133,8 @@ func (s *Supervisor) stopSharing() {
 		sg.reg.Close()
 	}
 	s.share.segments = nil
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.share.ficm != nil {
 		s.share.ficm.Close()
 		s.share.ficm = nil
@@ -396,7 +398,9 @@ func (s *Supervisor) Message(ctx context.Context, name, text string) error {
 	if err != nil {
 		return err
 	}
-	if info.Peer <= 0 || s.share.host == nil {
+	s.mu.Lock() // stopSharing unmaps the region under mu
+	defer s.mu.Unlock()
+	if info.Peer <= 0 || s.share.ficm == nil {
 		return fmt.Errorf("%w: %q is not in the FICM group", ErrNotListening, name)
 	}
 	if err := s.share.host.SendText(info.Peer, text); err != nil {
@@ -411,6 +415,11 @@ func (s *Supervisor) Message(ctx context.Context, name, text string) error {
 
 // Board returns the published board.
 func (s *Supervisor) Board() (board.Board, error) {
+	s.mu.Lock() // stopSharing unmaps the region under mu
+	defer s.mu.Unlock()
+	if s.share.ficm == nil {
+		return board.Board{}, fmt.Errorf("%w: the supervisor is shutting down", ErrNotListening)
+	}
 	out, err := s.share.ficm.Output(0)
 	if err != nil {
 		return board.Board{}, err
