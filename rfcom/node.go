@@ -421,6 +421,43 @@ func (n *Node) Send(ctx context.Context, peer int, typ uint8, payload []byte) er
 	return n.send(ctx, peer, m, nil)
 }
 
+// Multicast sends the same datagram to every peer in peers (each once),
+// ringing each one's doorbell as needed. It tries every peer and returns
+// the errors of those it could not reach, joined.
+func (n *Node) Multicast(ctx context.Context, peers []int, typ uint8, payload []byte) error {
+	_, err := n.multicast(ctx, peers, typ, payload)
+	return err
+}
+
+// Broadcast sends the same datagram to every other subOS that is alive
+// (not to the supervisor) and returns how many it reached.
+func (n *Node) Broadcast(ctx context.Context, typ uint8, payload []byte) (int, error) {
+	var peers []int
+	for p := range n.peers {
+		if p != n.self && p != SupervisorPeer && n.Alive(p) {
+			peers = append(peers, p)
+		}
+	}
+	return n.multicast(ctx, peers, typ, payload)
+}
+
+func (n *Node) multicast(ctx context.Context, peers []int, typ uint8, payload []byte) (reached int, err error) {
+	seen := map[int]bool{}
+	var errs []error
+	for _, p := range peers {
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		if err := n.Send(ctx, p, typ, payload); err != nil {
+			errs = append(errs, fmt.Errorf("peer %d: %w", p, err))
+			continue
+		}
+		reached++
+	}
+	return reached, errors.Join(errs...)
+}
+
 // Recv returns the next datagram, waiting until one arrives, ctx ends or
 // the node closes.
 func (n *Node) Recv(ctx context.Context) (Datagram, error) {

@@ -54,6 +54,42 @@ func TestDatagrams(t *testing.T) {
 	}
 }
 
+// Multicast and broadcast reach each listed (or each live) peer once.
+func TestMulticastBroadcast(t *testing.T) {
+	g := newGroup(t, 5, nil, Options{})
+	ctx := ctxT(t, 10*time.Second)
+	a := g.nodes[1]
+	expect := func(peer int, want byte) {
+		t.Helper()
+		d, err := g.nodes[peer].Recv(ctx)
+		if err != nil || d.From != 1 || d.Payload[0] != want {
+			t.Fatalf("peer %d got %+v, %v; want %d", peer, d, err, want)
+		}
+	}
+	if err := a.Multicast(ctx, []int{2, 4, 2}, 0x90, []byte{7}); err != nil {
+		t.Fatal(err)
+	}
+	expect(2, 7)
+	expect(4, 7)
+	if _, ok := g.nodes[2].TryRecv(); ok {
+		t.Error("peer 2 got the multicast twice")
+	}
+	if _, ok := g.nodes[3].TryRecv(); ok {
+		t.Error("peer 3 got a multicast it was not sent")
+	}
+	g.state.SetAlive(3, false)
+	n, err := a.Broadcast(ctx, 0x91, []byte{9})
+	if err != nil || n != 2 {
+		t.Fatalf("Broadcast = %d, %v; want 2 live peers", n, err)
+	}
+	expect(2, 9)
+	expect(4, 9)
+	if err := a.Multicast(ctx, []int{2, 3}, 0x90, []byte{1}); !errors.Is(err, ErrPeerGone) {
+		t.Errorf("multicast to a dead peer: %v", err)
+	}
+	expect(2, 1)
+}
+
 func TestControlAndPing(t *testing.T) {
 	g := newGroup(t, 4, []int{3}, Options{})
 	a, b := g.nodes[1], g.nodes[2]
