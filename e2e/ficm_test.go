@@ -15,8 +15,10 @@ import (
 //     serves a doorbell (irq mode) benchmark, then waits for a control
 //     message from the supervisor;
 //   - b sends the two frames (retrying until a listens), reads the segment,
-//     is refused a write into it, and runs the benchmark against a;
-//   - the supervisor sends a its control message.
+//     is refused a write into it and a segment it was not granted, and
+//     runs the benchmark against a;
+//   - the supervisor is killed with -9 and restarted meanwhile; it gets the
+//     FICM group back from the VMMs and sends a its control message.
 //
 // Both guests drive the device through uio_pci_generic (INTx), so the
 // doorbells cross the VMM's INTx bridge.
@@ -24,16 +26,20 @@ const ficmScript = `
 set -u
 grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export RF_IMAGES="$L2"
-"$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid
-i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; }
+serve
 gone() { i=0; while "$RFM" inspect "$1" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
 echo "== create"
 "$RFM" create a --cores 1 --memory 256M --segment shared,size=64K --append 'rf.poweroff=1 rf.cmd="rfcom ls; rfcom map shared --write from-a && rfcom recv --port 7 --count 2 --timeout 300s && rfcom bench --serve --mode irq --timeout 300s; rfcom control --count 1 --timeout 300s"'; echo "RF-STATUS-A $?"
-"$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; i=0; until rfcom bench --to a --n 200 --mode irq; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"
+"$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; rfcom map secret --read 4; i=0; until rfcom bench --to a --n 200 --mode irq; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"
 "$RFM" create c --cores 3 --memory 256M --segment shared,size=8K; echo "RF-STATUS-BADSIZE $?"
 echo "== board"
 "$RFM" board
 "$RFM" ps
+echo "== restart"
+kill -9 $(cat /tmp/serve.pid); sleep 1
+serve
+"$RFM" board
 echo "== wait-b"
 gone b
 echo "== message"
@@ -78,6 +84,11 @@ func TestFICM(t *testing.T) {
 			t.Errorf("board lacks %s:\n%s", want, secs["board"])
 		}
 	}
+	for _, want := range []*regexp.Regexp{regexp.MustCompile(`(?m)^1\s+a\s+running\s+1$`), regexp.MustCompile(`(?m)^2\s+b\s+running\s+2$`)} {
+		if !want.MatchString(secs["restart"]) {
+			t.Errorf("board after the supervisor's kill -9 and restart lacks %s:\n%s", want, secs["restart"])
+		}
+	}
 	la, lb := secs["log-a"], secs["log-b"]
 	for _, want := range []string{"hello\nficm\n", "bench: served peer", "control: ctl-hello", "RF-CMD-EXIT 0"} {
 		if !strings.Contains(la, want) {
@@ -87,7 +98,7 @@ func TestFICM(t *testing.T) {
 	if !strings.Contains(la, "segment shared 65536 bytes") {
 		t.Errorf("rfcom ls in a does not list the segment:\n%s", la)
 	}
-	for _, want := range []string{"from-a", "read-only", "mode irq 64-byte round trip median", "msgs/s at the receiver"} {
+	for _, want := range []string{"from-a", "read-only", `segment "secret"`, "mode irq 64-byte round trip median", "msgs/s at the receiver"} {
 		if !strings.Contains(lb, want) {
 			t.Errorf("subOS b's log lacks %q:\n%s", want, lb)
 		}
