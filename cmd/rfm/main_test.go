@@ -65,6 +65,8 @@ func TestVMMBadInput(t *testing.T) {
 		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
 		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
 		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
+		{"bad control fd", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "97"}, "--control-fd 97", false},
+		{"control fd not a socket", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "0"}, "--control-fd 0", false},
 		{"offline core", []string{"--kernel", kernel, "--cpus", "4095"}, "core 4095 is not online", true},
 		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "not a positive multiple", true},
 		{"too few hugepages", []string{"--kernel", kernel, "--cpus", "0", "--memory", "4000G"}, "not enough free hugepages", true},
