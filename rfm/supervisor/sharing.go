@@ -7,11 +7,13 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"sort"
 	"time"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/endpoint"
+	"rainforest/ledger"
 	"rainforest/rfm/region"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/shmem"
@@ -212,19 +214,32 @@ func exportRegions(path string) ([]vmmctl.Region, []*os.File, error) {
 	return m.Regions, files, nil
 }
 
-// checkSegments validates grants against each other and existing segments.
-func (s *Supervisor) checkSegments(grants []SegmentGrant) error {
+// segmentProblems lists what is wrong with grants on their own.
+func segmentProblems(grants []SegmentGrant) []ledger.Problem {
+	var probs []ledger.Problem
 	seen := map[string]bool{}
-	for _, g := range grants {
+	for i, g := range grants {
+		field := "segments[" + strconv.Itoa(i) + "]"
 		switch {
 		case !segmentName.MatchString(g.Name):
-			return fmt.Errorf("%w: segment name %q: use 1 to 31 of a-z, 0-9 and '-'", ErrInvalid, g.Name)
+			probs = append(probs, ledger.Problem{Field: field + ".name", Message: fmt.Sprintf("%q: use 1 to 31 of a-z, 0-9 and '-'", g.Name)})
 		case seen[g.Name]:
-			return fmt.Errorf("%w: segment %q granted twice", ErrInvalid, g.Name)
-		case g.Size%4096 != 0 || g.Size > MaxSegmentSize:
-			return fmt.Errorf("%w: segment %q: size %d is not a multiple of 4 KiB up to 1 GiB", ErrInvalid, g.Name, g.Size)
+			probs = append(probs, ledger.Problem{Field: field + ".name", Message: fmt.Sprintf("segment %q granted twice", g.Name)})
+		}
+		if g.Size%4096 != 0 || g.Size > MaxSegmentSize {
+			probs = append(probs, ledger.Problem{Field: field + ".size", Message: fmt.Sprintf("%d is not a multiple of 4 KiB up to 1 GiB", g.Size)})
 		}
 		seen[g.Name] = true
+	}
+	return probs
+}
+
+// checkSegments validates grants against each other and existing segments.
+func (s *Supervisor) checkSegments(grants []SegmentGrant) error {
+	if probs := segmentProblems(grants); len(probs) > 0 {
+		return &ProblemsError{Problems: probs}
+	}
+	for _, g := range grants {
 		sg := s.share.segments[g.Name]
 		switch {
 		case sg == nil && g.Size == 0:

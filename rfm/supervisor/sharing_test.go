@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 
 	"rainforest/vmm/shmem"
@@ -145,5 +146,20 @@ func TestSharingSurvivesRestart(t *testing.T) {
 	}
 	if b.Peer != 2 || b.SegmentPeers["seg"] != 1 {
 		t.Errorf("b after restart: peer %d, segments %v", b.Peer, b.SegmentPeers)
+	}
+}
+
+// Check names bad grants field by field, changing nothing.
+func TestCheckSegments(t *testing.T) {
+	s := newTestSupervisor(t, t.TempDir(), &fakeActuator{}, &fakeLauncher{})
+	defer s.Close()
+	sp := testSpec(t, "a", 1)
+	sp.Segments = []SegmentGrant{{Name: "ok", Size: 4096}, {Name: "ok", Size: 100}, {Name: "Bad"}}
+	var fields []string
+	for _, p := range s.Check(sp) {
+		fields = append(fields, p.Field)
+	}
+	if fmt.Sprint(fields) != "[segments[1].name segments[1].size segments[2].name]" {
+		t.Errorf("problems in %v", fields)
 	}
 }

@@ -319,7 +319,7 @@ func (s *Supervisor) steerIRQs() {
 
 // Check lists everything wrong with spec, changing nothing.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
-	probs := checkFiles(spec)
+	probs := append(checkFiles(spec), segmentProblems(spec.Segments)...)
 	return append(probs, s.ledger.Check(spec.Request())...)
 }
 
