@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sort"
+	"strconv"
 	"time"
 
 	"rainforest/ficm/board"
@@ -96,6 +96,7 @@ func (s *Supervisor) startSharing() error {
 	host, err := region.NewHost(s.share.ficm, s.log.With("ficm", "host"))
 	if err != nil {
 		s.share.ficm.Close()
+		s.share.ficm = nil
 		return err
 	}
 	s.share.host = host
