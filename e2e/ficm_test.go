@@ -12,8 +12,8 @@ import (
 // group and share a segment, in one session:
 //   - a writes into segment "shared" (read-write for a, read-only for b),
 //     then accepts an RFcom channel on port 7 and prints two frames, then
-//     serves a doorbell (irq mode) benchmark, then waits for a control
-//     message from the supervisor;
+//     serves a doorbell (irq mode) benchmark, then starts the rfcom daemon
+//     and waits, through it, for a control message from the supervisor;
 //   - b sends the two frames (retrying until a listens), reads the segment,
 //     is refused a write into it and a segment it was not granted, and
 //     runs the benchmark against a;
@@ -30,8 +30,8 @@ serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/s
 serve
 gone() { i=0; while "$RFM" inspect "$1" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
 echo "== create"
-"$RFM" create a --cores 1 --memory 256M --segment shared,size=64K --append 'rf.poweroff=1 rf.cmd="rfcom ls; rfcom map shared --write from-a && rfcom recv --port 7 --count 2 --timeout 300s && rfcom bench --serve --mode irq --timeout 300s; rfcom control --count 1 --timeout 300s"'; echo "RF-STATUS-A $?"
-"$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; rfcom map secret --read 4; i=0; until rfcom bench --to a --n 200 --mode irq; do i=$((i+1)); [ $i -gt 60 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"
+"$RFM" create a --cores 1 --memory 256M --segment shared,size=64K --append 'rf.poweroff=1 rf.cmd="rfcom ls; rfcom map shared --write from-a && rfcom recv --port 7 --count 2 --timeout 200s && rfcom bench --serve --mode irq --timeout 200s; rfcom daemon >/tmp/d.log 2>&1 & until [ -S /run/rfcom.sock ]; do sleep 0.2; done; rfcom control --count 1 --timeout 200s; cat /tmp/d.log"'; echo "RF-STATUS-A $?"
+"$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; rfcom map secret --read 4; i=0; until rfcom bench --to a --n 200 --mode irq --timeout 100s; do i=$((i+1)); [ $i -gt 15 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"
 "$RFM" create c --cores 3 --memory 256M --segment shared,size=8K; echo "RF-STATUS-BADSIZE $?"
 echo "== board"
 "$RFM" board
@@ -51,9 +51,9 @@ echo "RF-MSG-TRIES $i"
 head -n 1 /tmp/msg.err
 gone a
 echo "== log-a"
-grep -v '^\[' /run/rainforest/a.log | tail -n 40
+grep -v '^\[' /run/rainforest/a.log | head -n 100
 echo "== log-b"
-grep -v '^\[' /run/rainforest/b.log | tail -n 40
+grep -v '^\[' /run/rainforest/b.log | head -n 100
 echo "== events"
 "$RFM" events | tail -n 12
 kill $(cat /tmp/serve.pid)
@@ -94,6 +94,9 @@ func TestFICM(t *testing.T) {
 		if !strings.Contains(la, want) {
 			t.Errorf("subOS a's log lacks %q:\n%s", want, la)
 		}
+	}
+	if strings.Count(la, "control: ctl-hello") < 2 {
+		t.Errorf("the control message did not pass through the rfcom daemon (printed by it and by rfcom control):\n%s", la)
 	}
 	if !strings.Contains(la, "segment shared 65536 bytes") {
 		t.Errorf("rfcom ls in a does not list the segment:\n%s", la)

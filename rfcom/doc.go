@@ -63,4 +63,11 @@
 // the peer is gone). A peer that is marked dead in the state table, or
 // whose queue the endpoint reports corrupt (an *endpoint.PeerError), is
 // gone: blocked and later calls on its channels return ErrPeerGone.
+//
+// # Many programs in one subOS
+//
+// A FICM group's rings are single-producer single-consumer per pair of
+// peers, so one Node per subOS at a time may use the device. To share it,
+// run `rfcom daemon`: it owns the Node and serves local programs over a
+// Unix socket (package rainforest/rfcom/local).
 package rfcom

@@ -46,6 +46,7 @@ func (e *env) bench(args []string) error {
 	timeout := fs.Duration("timeout", 60*time.Second, "give up after this long (0: never)")
 	ivs := fs.Bool("ivshmem", false, "run over QEMU's ivshmem device instead of the FICM device (--peer is the ivshmem peer id)")
 	peers := fs.Int("peers", defaultIvshmemPeers, "with --ivshmem: the number of peers of the group")
+	sock := registerSocket(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -79,6 +80,11 @@ func (e *env) bench(args []string) error {
 	defer cancel()
 	oc, ocancel := context.WithTimeout(ctx, openTimeout)
 	defer ocancel()
+	if !*ivs {
+		if err := refuseBesideDaemon(oc, e.socketPath(*sock)); err != nil {
+			return err
+		}
+	}
 	o := e.options()
 	o.Poll = *mode == "poll"
 	o.LosslessDatagrams = true
@@ -95,7 +101,7 @@ func (e *env) bench(args []string) error {
 	defer n.Close()
 	b := benchSession{n: n, poll: o.Poll}
 	if *serve {
-		return b.serve(ctx, e)
+		return withStats(n, b.serve(ctx, e))
 	}
 	peer, err := t.resolve(n)
 	if err != nil {
@@ -104,7 +110,16 @@ func (e *env) bench(args []string) error {
 	if peer == n.Self() {
 		return fmt.Errorf("peer %d is this peer", peer)
 	}
-	return b.client(ctx, e, peer, *count, *mode)
+	return withStats(n, b.client(ctx, e, peer, *count, *mode))
+}
+
+// withStats adds the node's counters to a benchmark's error, so that a
+// failed run says what the node saw.
+func withStats(n *rfcom.Node, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%w (node %+v)", err, n.Stats())
 }
 
 // defaultIvshmemPeers is the default group size over ivshmem (the

@@ -27,7 +27,10 @@ const usageText = `usage: rfcom COMMAND [flags]
   map NAME [--write TEXT] [--offset N] [--read N]
                                        map a shared segment
   control [--count N] [--timeout D]    print the supervisor's messages
-  board                                print the supervisor's board`
+  board                                print the supervisor's board
+  daemon [--socket PATH]               serve RFcom to this subOS's programs
+send, recv, control, ls and board take --socket PATH too, and go through
+the daemon when one answers there (default $RFCOM_SOCKET or /run/rfcom.sock)`
 
 // usageError is a command line error (exit status 2).
 type usageError struct{ msg string }
@@ -47,6 +50,7 @@ func (e *env) main(args []string) int {
 	cmds := map[string]func([]string) error{
 		"ls": e.ls, "send": e.send, "recv": e.recv, "bench": e.bench,
 		"map": e.mapCmd, "control": e.control, "board": e.boardCmd,
+		"daemon": e.daemon,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {
@@ -70,7 +74,8 @@ func (e *env) main(args []string) int {
 		fmt.Fprintf(e.stderr, "rfcom: usage: %s: %s\n", name, oneLine(u.msg))
 		return 2
 	}
-	fmt.Fprintf(e.stderr, "rfcom: %s: %s\n", name, oneLine(strings.TrimPrefix(err.Error(), "rfcom: ")))
+	msg := strings.TrimPrefix(strings.TrimPrefix(err.Error(), "rfcom: "), "rfcom/local: ")
+	fmt.Fprintf(e.stderr, "rfcom: %s: %s\n", name, oneLine(msg))
 	return 1
 }
 

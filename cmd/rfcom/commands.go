@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"rainforest/ficm/board"
-	"rainforest/ficm/control"
 	"rainforest/rfcom"
 )
 
@@ -55,7 +54,9 @@ func (e *env) printBoard(b board.Board) {
 }
 
 func (e *env) ls(args []string) error {
-	pos, err := parse(newFlags("ls"), args)
+	fs := newFlags("ls")
+	sock := registerSocket(fs)
+	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -64,7 +65,7 @@ func (e *env) ls(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
 	defer cancel()
-	g, err := rfcom.Inspect(ctx, e.options())
+	g, err := e.groupInfo(ctx, e.socketPath(*sock))
 	switch {
 	case errors.Is(err, rfcom.ErrNoDevice):
 		fmt.Fprintln(e.stdout, "ficm: no device")
@@ -98,7 +99,9 @@ func (e *env) ls(args []string) error {
 }
 
 func (e *env) boardCmd(args []string) error {
-	pos, err := parse(newFlags("board"), args)
+	fs := newFlags("board")
+	sock := registerSocket(fs)
+	pos, err := parse(fs, args)
 	if err != nil {
 		return err
 	}
@@ -107,7 +110,7 @@ func (e *env) boardCmd(args []string) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), openTimeout)
 	defer cancel()
-	g, err := rfcom.Inspect(ctx, e.options())
+	g, err := e.groupInfo(ctx, e.socketPath(*sock))
 	if err != nil {
 		return err
 	}
@@ -116,6 +119,13 @@ func (e *env) boardCmd(args []string) error {
 	}
 	e.printBoard(g.Board)
 	return nil
+}
+
+// viaDaemon runs fn with a context bounded by timeout (none when 0).
+func (e *env) viaDaemon(timeout time.Duration, fn func(context.Context) (bool, error)) (bool, error) {
+	ctx, cancel := withTimeout(timeout)
+	defer cancel()
+	return fn(ctx)
 }
 
 // openNode joins the FICM group.
@@ -133,6 +143,7 @@ func (e *env) send(args []string) error {
 	t.register(fs)
 	port := fs.Int("port", 1, "destination port")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up after this long (0: never)")
+	sock := registerSocket(fs)
 	msgs, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -148,6 +159,9 @@ func (e *env) send(args []string) error {
 		if len(m) == 0 || len(m) > rfcom.MaxFrame {
 			return usagef("message of %d bytes (1..%d)", len(m), rfcom.MaxFrame)
 		}
+	}
+	if handled, err := e.sendDaemon(e.socketPath(*sock), t, p, msgs, *timeout); handled {
+		return err
 	}
 	n, err := e.openNode(false)
 	if err != nil {
@@ -197,6 +211,7 @@ func (e *env) recv(args []string) error {
 	port := fs.Int("port", 1, "port to listen on")
 	count := fs.Int("count", 0, "stop after this many frames (0: at end of stream)")
 	timeout := fs.Duration("timeout", 0, "give up after this long (0: never)")
+	sock := registerSocket(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -209,6 +224,11 @@ func (e *env) recv(args []string) error {
 		return err
 	}
 	if err := checkCount("count", *count); err != nil {
+		return err
+	}
+	if handled, err := e.viaDaemon(*timeout, func(ctx context.Context) (bool, error) {
+		return e.recvDaemon(ctx, e.socketPath(*sock), p, *count)
+	}); handled {
 		return err
 	}
 	n, err := e.openNode(false)
@@ -247,6 +267,7 @@ func (e *env) control(args []string) error {
 	fs := newFlags("control")
 	count := fs.Int("count", 0, "stop after this many text messages (0: never); board changes are printed, not counted")
 	timeout := fs.Duration("timeout", 0, "stop after this long (0: never)")
+	sock := registerSocket(fs)
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -255,6 +276,11 @@ func (e *env) control(args []string) error {
 		return err
 	}
 	if err := checkCount("count", *count); err != nil {
+		return err
+	}
+	if handled, err := e.viaDaemon(*timeout, func(ctx context.Context) (bool, error) {
+		return e.controlDaemon(ctx, e.socketPath(*sock), *count)
+	}); handled {
 		return err
 	}
 	n, err := e.openNode(false)
@@ -269,12 +295,8 @@ func (e *env) control(args []string) error {
 		if err != nil {
 			return err
 		}
-		switch c.Type {
-		case control.TypeText:
-			fmt.Fprintf(e.stdout, "control: %s\n", c.Text)
+		if e.printControl(c) {
 			got++
-		case control.TypeBoard:
-			fmt.Fprintf(e.stdout, "board: seq %d\n", c.Seq)
 		}
 	}
 	return nil

@@ -14,6 +14,17 @@
 //	rfcom map NAME [--write TEXT] [--offset N] [--read N]
 //	rfcom control [--count N] [--timeout D]
 //	rfcom board
+//	rfcom daemon [--socket PATH]
+//
+// rfcom daemon owns this subOS's RFcom node and serves local programs on a
+// Unix socket (rainforest/rfcom/local), so that several of them use RFcom
+// at once and the subOS stays alive in the group between them; it prints
+// the supervisor's control messages ("control: TEXT", "board: seq N") and
+// stops on SIGTERM or SIGINT. While a daemon answers on the socket
+// (--socket, else $RFCOM_SOCKET, else /run/rfcom.sock), send, recv,
+// control, ls and board go through it; without one they use the device
+// directly. bench needs the device alone and refuses to run beside a
+// daemon; map does not touch the FICM device.
 //
 // bench --ivshmem runs the same benchmark between two QEMU guests over
 // QEMU's ivshmem-doorbell device (rainforest/rfcom/ivshmem) as a baseline:
@@ -25,6 +36,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"os"
 )
@@ -35,12 +47,22 @@ func main() {
 
 // env is what a command runs with.
 type env struct {
+	ctx            context.Context // ends the daemon (besides signals)
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	sys, dev       string
+	socket         string // $RFCOM_SOCKET
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, sys: getenv("RFCOM_SYS_ROOT"), dev: getenv("RFCOM_DEV_ROOT")}
+	return runContext(context.Background(), args, stdin, stdout, stderr, getenv)
+}
+
+// runContext is run with a context that stops the daemon.
+func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := &env{
+		ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr,
+		sys: getenv("RFCOM_SYS_ROOT"), dev: getenv("RFCOM_DEV_ROOT"), socket: getenv("RFCOM_SOCKET"),
+	}
 	return e.main(args)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -24,7 +25,13 @@ type result struct {
 func runWith(t *testing.T, tr *fakesys.Tree, stdin string, args ...string) result {
 	t.Helper()
 	var out, errb bytes.Buffer
-	getenv := func(k string) string {
+	code := run(args, strings.NewReader(stdin), &out, &errb, getenvOf(tr))
+	return result{code, out.String(), errb.String()}
+}
+
+// getenvOf returns the environment of a fake guest (none if tr is nil).
+func getenvOf(tr *fakesys.Tree) func(string) string {
+	return func(k string) string {
 		switch {
 		case tr == nil:
 			return ""
@@ -32,12 +39,15 @@ func runWith(t *testing.T, tr *fakesys.Tree, stdin string, args ...string) resul
 			return tr.Sys
 		case k == "RFCOM_DEV_ROOT":
 			return tr.Dev
+		case k == "RFCOM_SOCKET":
+			return socketOf(tr)
 		}
 		return ""
 	}
-	code := run(args, strings.NewReader(stdin), &out, &errb, getenv)
-	return result{code, out.String(), errb.String()}
 }
+
+// socketOf is the daemon socket of a fake guest.
+func socketOf(tr *fakesys.Tree) string { return filepath.Join(filepath.Dir(tr.Sys), "rfcom.sock") }
 
 // checkFailure checks the exit code and that stderr is one "rfcom: " line
 // containing want.
