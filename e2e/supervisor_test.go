@@ -51,7 +51,7 @@ echo "== destroy"
 "$RFM" ps -o json
 echo "== events"
 "$RFM" events
-kill $(cat /tmp/serve.pid)
+kill $(cat /tmp/serve.pid); wait $(cat /tmp/serve.pid) 2>/dev/null # its shared-memory regions hold hugepages until it exits
 echo "== hugepages"
 echo "RF-FREE-BEFORE $free_before"
 echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"

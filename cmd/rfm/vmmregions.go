@@ -16,6 +16,10 @@ import (
 	"rainforest/vmm/shmem"
 )
 
+// maxRegionSlack is how much larger than its layout a region's memfd may
+// be (hugetlb memfds are rounded up to 1 GiB pages at most).
+const maxRegionSlack = 1 << 30
+
 // attachTimeout bounds how long a VMM started with --control-fd waits for
 // the supervisor's attach message.
 const attachTimeout = 30 * time.Second
@@ -122,12 +126,19 @@ func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership,
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: memory of %d bytes, layout needs %d (%v)", r.Name, st.Size, l.Size(), err)
 		}
-		m, err := unix.Mmap(memFD, 0, int(l.Size()), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+		// Map the whole file (a hugetlb memfd is a multiple of its page
+		// size), bounded so that a bogus size cannot map much more.
+		if uint64(st.Size) > l.Size()+maxRegionSlack {
+			rm.close()
+			return nil, nil, fmt.Errorf("region %q: memory of %d bytes, layout needs %d", r.Name, st.Size, l.Size())
+		}
+		m, err := unix.Mmap(memFD, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: map memory: %w", r.Name, err)
 		}
 		rm.maps = append(rm.maps, m)
+		m = m[:l.Size():l.Size()]
 		ev := func(peer, v int) *vmm.EventFD {
 			fd, _ := vmmctl.FD(bells[i][peer*r.Vectors+v]) // open files: cannot fail
 			return vmm.BorrowEventFD(fd)

@@ -62,7 +62,7 @@ func TestBuildRegions(t *testing.T) {
 	}
 	// A short memfd, a wrong descriptor count and a bad layout are refused.
 	bad := regions[0]
-	bad.OutputSize = l.OutputSize * 4
+	bad.OutputSize = l.OutputSize * 64 // beyond even a 2 MiB hugetlb memfd
 	if _, _, err := buildRegions([]vmmctl.Region{bad}, files()); err == nil || !strings.Contains(err.Error(), "layout needs") {
 		t.Errorf("short memory: %v", err)
 	}
