@@ -66,7 +66,7 @@ func TestBootDebian(t *testing.T) {
 	defer cancel()
 	h := newTestHost(ctx, t, 2)
 	start := time.Now()
-	out, status, err := h.Run(ctx, bootScript, 12*time.Minute)
+	out, status, err := h.Run(ctx, bootScript, 8*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -68,7 +68,7 @@ func TestFICM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	h := newTestHost(ctx, t, 4) // one housekeeping core and one each for a, b and (refused) c
-	out, _, err := h.Run(ctx, ficmScript, 25*time.Minute)
+	out, _, err := h.Run(ctx, ficmScript, 8*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}

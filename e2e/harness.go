@@ -115,10 +115,12 @@ func (h *Host) Run(ctx context.Context, script string, timeout time.Duration) (s
 			Script: "export RFM=/bin/rfm L2=/l2\n" + script, Timeout: timeout, Log: h.log,
 		}
 		res, err := nested.Run(ctx, cfg)
-		if errors.Is(err, nested.ErrNoExitMarker) {
-			// The L1 guest itself died (QEMU's emulated AMD-V is not
-			// flawless): that is the test layer, not the subject, so run
-			// the session once more, and say so.
+		if errors.Is(err, nested.ErrNoExitMarker) || errors.Is(err, nested.ErrTimeout) {
+			// The L1 guest itself died or froze (QEMU's emulated AMD-V is
+			// not flawless; sessions that normally take a minute have
+			// hung): that is the test layer, not the subject, so run the
+			// session once more, and say so. A fault of ours fails
+			// twice.
 			fmt.Fprintf(h.log, "\ne2e: L1 guest died without finishing the script (%v); running the session again\n", err)
 			if h.Retried != nil {
 				h.Retried(err)

@@ -106,7 +106,7 @@ func TestSupervisor(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
 	h := newTestHost(ctx, t, 3) // one housekeeping core and one for each of two subOSes
-	out, _, err := h.Run(ctx, supervisorScript, 20*time.Minute)
+	out, _, err := h.Run(ctx, supervisorScript, 8*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
