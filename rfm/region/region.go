@@ -187,7 +187,7 @@ type Region struct {
 	// mapping is the whole mapping of the memfd (mem is its first
 	// Layout.Size() bytes; a hugetlb memfd is rounded up to its pages).
 	mapping []byte
-	file *os.File
+	file    *os.File
 	// bells[i] and bellFDs[i]: peer i/Vectors, vector i%Vectors. The raw
 	// descriptors are taken once so that os.File.Fd (which would make
 	// them blocking) is never called here.
