@@ -414,3 +414,54 @@ func TestSharedMemoryIdentity(t *testing.T) {
 		t.Errorf("read-only segment pieces %+v", got)
 	}
 }
+
+// Leaving MSI-X by a config write alone (the vector's entry stays masked,
+// so nothing is re-routed) still hands the vector to the INTx bridge: the
+// model reports config writes, and the bridge has no periodic wake-up to
+// fall back on.
+func TestKVMSharedMemoryBridgeFollowsConfigWrites(t *testing.T) {
+	needKVM(t)
+	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	ev, err := NewEventFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Close()
+	b := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
+	sb, err := b.AddSharedMemory(SharedMemoryConfig{ID: 1, Layout: l, Region: sharedPage(t, int(l.Size())), Vectors: 1, Incoming: []*EventFD{ev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := sb.BARAddr(shmem.RegBAR)
+	var w [4]byte
+	binary.LittleEndian.PutUint32(w[:], 1)
+	b.MMIO.Write(regs+shmem.RegIntControl, w[:])
+	programMSIX(t, b, sb, shmemTestVector)
+	binary.LittleEndian.PutUint32(w[:], 1) // mask entry 0
+	b.MMIO.Write(sb.BARAddr(shmem.MSIXBAR)+12, w[:])
+	// Clear MSI-X Enable with a config write.
+	var p [1]byte
+	pciConfigRead(b, sb.Slot(), pci.RegCapPointer, p[:])
+	for off := int(p[0]); off != 0; {
+		var hdr [2]byte
+		pciConfigRead(b, sb.Slot(), off, hdr[:])
+		if hdr[0] == pci.CapIDMSIX {
+			var ctrl [2]byte
+			pciConfigRead(b, sb.Slot(), off+2, ctrl[:])
+			ctrl[1] &^= 0x80
+			pciConfigWrite(b, sb.Slot(), off+2, ctrl[:])
+			break
+		}
+		off = int(hdr[1])
+	}
+	if err := ev.Signal(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for !sb.Device().INTxAsserted() {
+		if time.Now().After(deadline) {
+			t.Fatal("doorbell not bridged to INTx after MSI-X was turned off")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

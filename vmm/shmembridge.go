@@ -69,16 +69,17 @@ func (s *SharedMemory) bridgedVectors() []int {
 
 func (s *SharedMemory) bridge() {
 	defer close(s.bridgeDone)
+	var fds []unix.PollFd
 	for !s.bridgeStop.Load() {
 		vecs := s.bridgedVectors()
-		fds := make([]unix.PollFd, 0, len(vecs)+1)
-		fds = append(fds, unix.PollFd{Fd: int32(s.bridgeWake.Fd()), Events: unix.POLLIN})
+		fds = append(fds[:0], unix.PollFd{Fd: int32(s.bridgeWake.Fd()), Events: unix.POLLIN})
 		for _, v := range vecs {
 			fds = append(fds, unix.PollFd{Fd: int32(s.router.vectors[v].ev.Fd()), Events: unix.POLLIN})
 		}
-		// Mode changes wake the bridge: MSI-X through Route, INT_CONTROL
-		// through InterruptControl. The timeout is a backstop.
-		_, err := unix.Poll(fds, 100)
+		// Mode changes wake the bridge (Route, and the model on writes to
+		// INT_CONTROL and config space), so it sleeps until something
+		// happens: no periodic wake-ups on the subOS's cores.
+		_, err := unix.Poll(fds, -1)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			s.m.log.Warn("shared memory INTx bridge", "slot", s.slot, "err", err)
 			return

@@ -479,9 +479,9 @@ func (b sharedMemoryBell) Ring(peer, vector int) error {
 // memory, so peers see the new state without a notification.
 func (b sharedMemoryBell) StateChanged(uint32) {}
 
-// InterruptControl implements shmem.ControlNotifier: INT_CONTROL decides
-// whether the INTx bridge delivers.
-func (b sharedMemoryBell) InterruptControl(bool) { b.s.router.wakeBridge() }
+// InterruptModeChanged implements shmem.ModeNotifier: INT_CONTROL and the
+// MSI-X enable bit decide which vectors the INTx bridge delivers.
+func (b sharedMemoryBell) InterruptModeChanged() { b.s.router.wakeBridge() }
 
 // sharedMemoryRouter is the device's pci.MSIRouter. Unlike msiRouter its
 // vectors exist from the start (peers need their eventfds before the guest

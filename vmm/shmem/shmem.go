@@ -154,10 +154,17 @@ type Doorbell interface {
 	StateChanged(state uint32)
 }
 
-// ControlNotifier is optionally implemented by a Doorbell that wants to know
-// when the guest turns the device's interrupts (INT_CONTROL) on or off.
-type ControlNotifier interface {
-	InterruptControl(enabled bool)
+// ModeNotifier is optionally implemented by a Doorbell that wants to know
+// when the way the guest takes interrupts may have changed: a write to
+// INT_CONTROL or to config space (MSI-X enable, INTx disable).
+type ModeNotifier interface {
+	InterruptModeChanged()
+}
+
+func (d *Device) modeChanged() {
+	if n, ok := d.bell.(ModeNotifier); ok {
+		n.InterruptModeChanged()
+	}
 }
 
 // Device is one peer's shared-memory PCI function.
@@ -308,6 +315,7 @@ func (d *Device) WriteConfig(offset int, data []byte) {
 	d.cfg.Write(offset, data)
 	_ = d.msix.ControlWritten() // a router error leaves a vector unrouted; nothing to tell the guest
 	d.intx.Update()
+	d.modeChanged()
 }
 
 // BARs implements pci.Device.
@@ -369,9 +377,7 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 			d.mu.Lock()
 			d.intEnabled = v&1 != 0
 			d.mu.Unlock()
-			if n, ok := d.bell.(ControlNotifier); ok {
-				n.InterruptControl(v&1 != 0)
-			}
+			d.modeChanged()
 		case RegDoorbell:
 			peer, vector := int(v>>16), int(v&0xFFFF)
 			if err := d.bell.Ring(peer, vector); err != nil {
