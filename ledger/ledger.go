@@ -458,7 +458,7 @@ func (l *Ledger) Verify() error {
 		if name != a.Name {
 			bad("allocation %q recorded under %q", a.Name, name)
 		}
-		if msg := nameProblem(name); msg != "" {
+		if msg := NameProblem(name); msg != "" {
 			bad("allocation %q: %s", name, msg)
 		}
 		if len(a.Cores) == 0 {

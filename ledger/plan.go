@@ -38,8 +38,9 @@ func (ps problems) err(op, name string) *RequestError {
 	return e
 }
 
-// nameProblem says what is wrong with a subOS name, "" when nothing.
-func nameProblem(name string) string {
+// NameProblem says what is wrong with a subOS name, "" when nothing. The
+// supervisor names shared segments by the same rule.
+func NameProblem(name string) string {
 	if name == "" {
 		return "must not be empty"
 	}
@@ -67,7 +68,7 @@ func nameProblem(name string) string {
 func (l *Ledger) plan(req Request) (Allocation, problems) {
 	var ps problems
 
-	if msg := nameProblem(req.Name); msg != "" {
+	if msg := NameProblem(req.Name); msg != "" {
 		ps.add(ErrInvalid, "name", msg)
 	} else if _, exists := l.allocs[req.Name]; exists {
 		ps.add(ErrExists, "name", fmt.Sprintf("subOS %q already exists", req.Name))

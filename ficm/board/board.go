@@ -21,7 +21,8 @@
 //	       the rest zero)
 //	   +20 [6]u8 MAC address (all zero: none)
 //	   +26 [6]u8 reserved, zero
-//	   +32 [32]u8 subOS name, 1..31 bytes of [A-Za-z0-9._-], NUL-padded
+//	   +32 [32]u8 subOS name, 1..32 bytes of [A-Za-z0-9._-], NUL-padded
+//	       when shorter than the field (so every subOS name fits)
 //
 // # Consistency
 //
@@ -59,7 +60,7 @@ const (
 	// Version is the page layout version.
 	Version = 1
 	// MaxNameLen is the longest subOS name in bytes.
-	MaxNameLen = 31
+	MaxNameLen = 32
 	// EntrySize is the size of one entry.
 	EntrySize = 64
 	// EntriesOffset is the offset of entry 0.

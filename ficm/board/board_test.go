@@ -70,7 +70,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("header % x", page[:16])
 	}
 	ent := page[0x40+64*2:]
-	if le.Uint16(ent[0:]) != 7 || ent[2] != StateRunning || ent[3] != 8 || le.Uint16(ent[4+2:]) != 65535 || ent[32+31] != 0 {
+	if le.Uint16(ent[0:]) != 7 || ent[2] != StateRunning || ent[3] != 8 || le.Uint16(ent[4+2:]) != 65535 || string(ent[32:64]) != strings.Repeat("x", 32) {
 		t.Fatalf("entry 2 % x", ent[:64])
 	}
 	if string(page[0x40+32:0x40+32+5]) != "web-1" || page[0x40+20] != 0x02 || page[0x40+25] != 1 {
@@ -174,7 +174,7 @@ func TestPublishLimits(t *testing.T) {
 		"core 65536":     {{Peer: 1, State: StateRunning, CommCores: []int{65536}, Name: "a"}},
 		"core -1":        {{Peer: 1, State: StateRunning, CommCores: []int{-1}, Name: "a"}},
 		"empty name":     {{Peer: 1, State: StateRunning}},
-		"32-byte name":   {{Peer: 1, State: StateRunning, Name: strings.Repeat("n", 32)}},
+		"33-byte name":   {{Peer: 1, State: StateRunning, Name: strings.Repeat("n", 33)}},
 		"space in name":  {{Peer: 1, State: StateRunning, Name: "a b"}},
 		"slash in name":  {{Peer: 1, State: StateRunning, Name: "a/b"}},
 		"NUL in name":    {{Peer: 1, State: StateRunning, Name: "a\x00b"}},
@@ -211,7 +211,7 @@ var corruptions = map[string]func(p []byte){
 	"unused core set":  func(p []byte) { p[0x40+4+2*7] = 1 },
 	"reserved entry":   func(p []byte) { p[0x40+27] = 1 },
 	"empty name":       func(p []byte) { p[0x40+32] = 0 },
-	"32-byte name":     func(p []byte) { copy(p[0x40+32:0x40+64], strings.Repeat("z", 32)) },
+	"NUL inside name":  func(p []byte) { copy(p[0x40+32:0x40+64], "ab\x00c") },
 	"bad name byte":    func(p []byte) { p[0x40+32] = '/' },
 	"high name byte":   func(p []byte) { p[0x40+32] = 0xC3 },
 	"garbage past NUL": func(p []byte) { p[0x40+32+20] = 'q' },

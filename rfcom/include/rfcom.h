@@ -140,7 +140,7 @@ struct rf_msg {
 #define RF_BOARD_MAX_COMM_CORES 8
 #define RF_BOARD_ENTRIES_OFFSET 0x40
 #define RF_BOARD_ENTRY_SIZE 64
-#define RF_BOARD_NAME_MAX 31
+#define RF_BOARD_NAME_MAX 32
 #define RF_BOARD_STATE_RUNNING 1
 #define RF_BOARD_STATE_STOPPING 2
 
@@ -151,7 +151,7 @@ struct rf_board_entry {
 	uint16_t cores[RF_BOARD_MAX_COMM_CORES];
 	uint8_t mac[6];      /* all zero: none */
 	uint8_t reserved[6]; /* zero */
-	char name[32];       /* 1..31 bytes of [A-Za-z0-9._-], NUL-padded */
+	char name[32];       /* 1..32 bytes of [A-Za-z0-9._-], NUL-padded when shorter */
 };
 
 struct rf_board {

@@ -35,7 +35,7 @@ import (
 
 const (
 	// MaxNameLen is the longest region name.
-	MaxNameLen = 31
+	MaxNameLen = 32
 	// MaxVectors is the largest number of vectors per peer.
 	MaxVectors = 64
 	// MaxBells bounds Peers*Vectors so that a region's memfd and
@@ -71,7 +71,8 @@ var (
 
 // Spec describes a region.
 type Spec struct {
-	// Name is the region's name: 1..31 bytes of [A-Za-z0-9._-].
+	// Name is the region's name: 1..32 bytes of [A-Za-z0-9._-] (it fits
+	// the device's capability field, shmem.NameSize).
 	Name string
 	// Protocol is shmem.ProtocolFICM or shmem.ProtocolSegment.
 	Protocol uint8

@@ -201,7 +201,7 @@ func TestBadSpecs(t *testing.T) {
 	mod := func(f func(*Spec)) Spec { s := good; f(&s); return s }
 	for name, s := range map[string]Spec{
 		"empty name":   mod(func(s *Spec) { s.Name = "" }),
-		"long name":    mod(func(s *Spec) { s.Name = strings.Repeat("a", 32) }),
+		"long name":    mod(func(s *Spec) { s.Name = strings.Repeat("a", 33) }),
 		"slash":        mod(func(s *Spec) { s.Name = "a/b" }),
 		"space":        mod(func(s *Spec) { s.Name = "a b" }),
 		"protocol 0":   mod(func(s *Spec) { s.Protocol = 0 }),

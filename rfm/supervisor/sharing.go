@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"time"
@@ -48,8 +47,6 @@ var (
 	// state table entry is not alive), so it cannot take messages.
 	ErrNotListening = errors.New("subOS has no FICM endpoint open")
 )
-
-var segmentName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,30}$`)
 
 // SegmentGrant grants a subOS a named shared segment; the first grant
 // creates the segment with its size, the later ones may leave Size 0.
@@ -222,8 +219,8 @@ func segmentProblems(grants []SegmentGrant) []ledger.Problem {
 	for i, g := range grants {
 		field := "segments[" + strconv.Itoa(i) + "]"
 		switch {
-		case !segmentName.MatchString(g.Name):
-			probs = append(probs, ledger.Problem{Field: field + ".name", Message: fmt.Sprintf("%q: use 1 to 31 of a-z, 0-9 and '-'", g.Name)})
+		case ledger.NameProblem(g.Name) != "":
+			probs = append(probs, ledger.Problem{Field: field + ".name", Message: "segment " + ledger.NameProblem(g.Name)})
 		case seen[g.Name]:
 			probs = append(probs, ledger.Problem{Field: field + ".name", Message: fmt.Sprintf("segment %q granted twice", g.Name)})
 		}

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"rainforest/ledger"
 	"rainforest/vmm/shmem"
 )
 
@@ -161,5 +163,23 @@ func TestCheckSegments(t *testing.T) {
 	}
 	if fmt.Sprint(fields) != "[segments[1].name segments[1].size segments[2].name]" {
 		t.Errorf("problems in %v", fields)
+	}
+}
+
+// Every valid subOS name, up to the longest, fits the board.
+func TestBoardTakesLongestName(t *testing.T) {
+	s := newTestSupervisor(t, t.TempDir(), &fakeActuator{}, &fakeLauncher{})
+	defer s.Close()
+	name := strings.Repeat("n", ledger.MaxNameLen)
+	if _, err := s.Create(context.Background(), testSpec(t, name, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if bd, err := s.Board(); err != nil || len(bd.Entries) != 1 || bd.Entries[0].Name != name {
+		t.Errorf("board %+v, %v", bd, err)
+	}
+	sp := testSpec(t, "b", 1)
+	sp.Segments = []SegmentGrant{{Name: strings.Repeat("s", ledger.MaxNameLen), Size: 4096}}
+	if _, err := s.Create(context.Background(), sp); err != nil {
+		t.Errorf("segment with the longest name: %v", err)
 	}
 }
