@@ -335,9 +335,11 @@ func fileSize(path string) (int64, error) {
 	return st.Size(), nil
 }
 
-// mapPath maps size bytes of the file at path, which must hold at least
-// need bytes.
-func mapPath(path string, size, need int64) ([]byte, error) {
+func mapPath(path string, size, need int64) ([]byte, error) { return MapResource(path, size, need) }
+
+// MapResource maps size bytes of a sysfs BAR file (resourceN) read-write
+// and shared; the file must be a regular file of at least need bytes.
+func MapResource(path string, size, need int64) ([]byte, error) {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
@@ -347,7 +349,7 @@ func mapPath(path string, size, need int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.Size() < need || size < need || size <= 0 || int64(int(size)) != size {
+	if !st.Mode().IsRegular() || st.Size() < need || size < need || size <= 0 || int64(int(size)) != size {
 		return nil, fmt.Errorf("%w: %s is %d bytes, need %d", ErrLayout, path, st.Size(), need)
 	}
 	return mapFile(f, int(size))

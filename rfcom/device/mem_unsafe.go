@@ -38,18 +38,21 @@ func word(b []byte, off int) (*atomic.Uint32, error) {
 	return (*atomic.Uint32)(p), nil
 }
 
-// load32 reads the register at b[off] with one 32-bit load (a plain MOV on
-// amd64). off must have been checked by the caller.
-func load32(b []byte, off int) uint32 {
+func load32(b []byte, off int) uint32     { return LoadReg32(b, off) }
+func store32(b []byte, off int, v uint32) { StoreReg32(b, off, v) }
+
+// LoadReg32 reads the register at b[off] (a mapped BAR) with one 32-bit
+// load (a plain MOV on amd64). off must have been checked by the caller.
+func LoadReg32(b []byte, off int) uint32 {
 	return (*atomic.Uint32)(unsafe.Pointer(&b[off])).Load()
 }
 
-// store32 writes v to the register at b[off] with one plain 32-bit store.
+// StoreReg32 writes v to the register at b[off] with one plain 32-bit store.
 // It is deliberately not an atomic store: on amd64 that is an XCHG, which
 // KVM emulates on MMIO as a read (a userspace exit) plus a write, while a
 // plain MOV is a single write that ioeventfd handles in the kernel.
 //
 //go:noinline
-func store32(b []byte, off int, v uint32) {
+func StoreReg32(b []byte, off int, v uint32) {
 	*(*uint32)(unsafe.Pointer(&b[off])) = v
 }

@@ -231,10 +231,10 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if d.uio, err = device.BindUIO(ctx, sysRoot, devRoot, info.Path, info.Address, VendorID, DeviceID); err != nil {
 		return nil, err
 	}
-	if d.regs, err = mapPath(info.Resource0, RegBARSize, RegBARSize); err != nil {
-		return nil, fmt.Errorf("register BAR: %w", err)
+	if d.regs, err = device.MapResource(info.Resource0, RegBARSize, RegBARSize); err != nil {
+		return nil, mapError("register BAR", err)
 	}
-	id := load32(d.regs, RegIVPosition)
+	id := device.LoadReg32(d.regs, RegIVPosition)
 	if id > MaxPeer {
 		return nil, fmt.Errorf("%w: IVPosition %#x", ErrLayout, id)
 	}
@@ -246,11 +246,11 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if memSize < 2*PageSize || memSize%PageSize != 0 || memSize > maxMemory {
 		return nil, fmt.Errorf("%w: memory BAR of %d bytes (a page multiple, %d..%d)", ErrLayout, memSize, 2*PageSize, int64(maxMemory))
 	}
-	if d.mem, err = mapPath(info.Resource2, memSize, memSize); err != nil {
-		return nil, fmt.Errorf("memory BAR: %w", err)
+	if d.mem, err = device.MapResource(info.Resource2, memSize, memSize); err != nil {
+		return nil, mapError("memory BAR", err)
 	}
 	d.info.Resource2Size = memSize
-	store32(d.regs, RegIntrMask, 0xFFFF_FFFF)
+	device.StoreReg32(d.regs, RegIntrMask, 0xFFFF_FFFF)
 	if oc.noInterrupts || d.pin == 0 {
 		return d, nil
 	}
@@ -265,26 +265,13 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	return d, nil
 }
 
-// mapPath maps size bytes of the file at path read-write and shared; the
-// file must hold at least need bytes.
-func mapPath(path string, size, need int64) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, err
+// mapError names the BAR of a failed mapping, as this package's ErrLayout
+// when the file does not fit.
+func mapError(bar string, err error) error {
+	if errors.Is(err, device.ErrLayout) {
+		return fmt.Errorf("%w: %s: %w", ErrLayout, bar, err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !st.Mode().IsRegular() || st.Size() < need || size < need || size <= 0 || int64(int(size)) != size {
-		return nil, fmt.Errorf("%w: %s is %d bytes, need %d", ErrLayout, path, st.Size(), need)
-	}
-	b, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("mmap %s (%d bytes): %w", path, size, err)
-	}
-	return b, nil
+	return fmt.Errorf("%s: %w", bar, err)
 }
 
 // Info returns what Find reported for the device (Resource2Size as
@@ -316,7 +303,7 @@ func (d *Device) Ring(peer, vector int) error {
 	if vector < 0 || vector > MaxVector {
 		return fmt.Errorf("%w: %d", ErrVector, vector)
 	}
-	store32(d.regs, RegDoorbell, uint32(peer)<<16|uint32(vector))
+	device.StoreReg32(d.regs, RegDoorbell, uint32(peer)<<16|uint32(vector))
 	return nil
 }
 
@@ -335,7 +322,7 @@ func (d *Device) Wait(ctx context.Context) error {
 	if err := device.WaitUIO(ctx, d.uioFD, d.uio); err != nil {
 		return err
 	}
-	_ = load32(d.regs, RegIntrStatus)
+	_ = device.LoadReg32(d.regs, RegIntrStatus)
 	return device.UnmaskINTx(d.config)
 }
 
@@ -366,7 +353,7 @@ func (d *Device) Close() error {
 		return nil
 	}
 	if d.regs != nil {
-		store32(d.regs, RegIntrMask, 0)
+		device.StoreReg32(d.regs, RegIntrMask, 0)
 	}
 	return d.release()
 }
