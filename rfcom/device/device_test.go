@@ -15,8 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"rainforest/ficm/endpoint"
-	"rainforest/ficm/queue"
+	"rainforest/ficm/endpoint/endpointtest"
 )
 
 const testAddr = "0000:00:04.0"
@@ -521,64 +520,7 @@ func TestEndpointExchange(t *testing.T) {
 	defer stop()
 
 	const n = 2000
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Go(func() { // b echoes every message back
-		for range n {
-			from, m, err := eb.RecvWait(ctx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			if from != 0 {
-				errc <- errors.New("b: message not from peer 0")
-				return
-			}
-			for {
-				err := eb.Send(0, m)
-				if err == nil {
-					break
-				}
-				if !errors.Is(err, endpoint.ErrFull) {
-					errc <- err
-					return
-				}
-				time.Sleep(10 * time.Microsecond)
-			}
-		}
-	})
-	wg.Go(func() { // a sends in bursts and checks the echoes in order
-		next := 0
-		for sent := 0; sent < n || next < n; {
-			for sent < n && sent-next < 32 {
-				m, _ := queue.NewMessage(1, binary.LittleEndian.AppendUint32(nil, uint32(sent)))
-				if err := ea.Send(1, m); err != nil {
-					if errors.Is(err, endpoint.ErrFull) {
-						break
-					}
-					errc <- err
-					return
-				}
-				sent++
-			}
-			if next == sent {
-				continue
-			}
-			from, m, err := ea.RecvWait(ctx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			if got := binary.LittleEndian.Uint32(m.Payload()); from != 1 || got != uint32(next) {
-				errc <- errors.New("a: echo out of order")
-				return
-			}
-			next++
-		}
-	})
-	wg.Wait()
-	close(errc)
-	for err := range errc {
+	if err := endpointtest.Echo(ctx, ea, eb, 1, n); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d messages echoed, %d doorbells delivered", n, bells.Load())

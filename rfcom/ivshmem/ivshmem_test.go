@@ -6,12 +6,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
-	"rainforest/ficm/endpoint"
-	"rainforest/ficm/queue"
+	"rainforest/ficm/endpoint/endpointtest"
 	"rainforest/rfcom/device"
 	"rainforest/rfcom/fakesys"
 	"rainforest/rfcom/ivshmem"
@@ -387,64 +385,7 @@ func TestEchoExchange(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const n = 2000
-	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	send := func(e *endpoint.Endpoint, to int, m queue.Message) error {
-		for {
-			err := e.Send(to, m)
-			if !errors.Is(err, endpoint.ErrFull) {
-				return err
-			}
-			time.Sleep(10 * time.Microsecond)
-		}
-	}
-	wg.Go(func() { // b echoes every message back
-		for range n {
-			from, m, err := eb.RecvWait(ctx)
-			if err == nil && from != 0 {
-				err = errors.New("b: message not from peer 0")
-			}
-			if err == nil {
-				err = send(eb, 0, m)
-			}
-			if err != nil {
-				errc <- err
-				return
-			}
-		}
-	})
-	wg.Go(func() { // a sends in bursts and checks the echoes in order
-		next := 0
-		for sent := 0; sent < n || next < n; {
-			for sent < n && sent-next < 32 {
-				m, _ := queue.NewMessage(0x80, binary.LittleEndian.AppendUint32(nil, uint32(sent)))
-				if err := ea.Send(1, m); err != nil {
-					if errors.Is(err, endpoint.ErrFull) {
-						break
-					}
-					errc <- err
-					return
-				}
-				sent++
-			}
-			if next == sent {
-				continue
-			}
-			from, m, err := ea.RecvWait(ctx)
-			if err != nil {
-				errc <- err
-				return
-			}
-			if got := binary.LittleEndian.Uint32(m.Payload()); from != 1 || got != uint32(next) {
-				errc <- errors.New("a: echo out of order")
-				return
-			}
-			next++
-		}
-	})
-	wg.Wait()
-	close(errc)
-	for err := range errc {
+	if err := endpointtest.Echo(ctx, ea, eb, 0x80, n); err != nil {
 		t.Fatal(err)
 	}
 	if vmm.Rung() == 0 {
