@@ -60,6 +60,7 @@ tail -n 20 /run/rainforest/*.log /tmp/serve.log
 echo "== run"
 timeout 300 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt'; echo "RF-STATUS $?"
 echo "== run-interrupt"
+: > /tmp/run2.out # exists before the loop below reads it (the job's redirection may come later)
 "$RFM" run --nested never > /tmp/run2.out 2>&1 &
 rpid=$!
 i=0; while [ $(grep -c "RF-CPUS" /tmp/run2.out) -lt 2 ] && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
