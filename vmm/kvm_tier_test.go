@@ -217,7 +217,7 @@ func TestKVMIOEventFD(t *testing.T) {
 	needKVM(t)
 	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
 	const bell = 0xD000_0000
-	db, err := m.NewDoorbell(bell, 4, false, nil)
+	db, err := m.NewDoorbell(bell, 4, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,10 +15,14 @@ import (
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
 	"rainforest/vmm/consolesock"
+	"rainforest/vmm/devices/shmemdev"
 	"rainforest/vmm/hostcpu"
+	"rainforest/vmm/layout"
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
+	"rainforest/vmm/virtio/blk"
+	"rainforest/vmm/virtio/console"
 )
 
 // Disk is a raw image file given to the guest as a virtio-blk device.
@@ -49,7 +53,7 @@ type LinuxConfig struct {
 	AllowEmulatedKVM bool
 	// SharedMemory lists shared-memory PCI functions to add (regions the
 	// supervisor made this subOS a member of).
-	SharedMemory []SharedMemoryConfig
+	SharedMemory []shmemdev.Config
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -241,10 +245,10 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	}
 	// The status register is also memory-mapped, for guests whose kernel
 	// has no /dev/port (Debian's cloud flavour): busybox devmem reaches it.
-	if err := m.MMIO.Insert(status, GuestStatusMMIO, 0x1000); err != nil {
+	if err := m.MMIO.Insert(status, layout.GuestStatusMMIO, layout.GuestStatusLen); err != nil {
 		return nil, err
 	}
-	if err := m.setupPCI(ctx, cfg); err != nil {
+	if err := m.addDevices(cfg); err != nil {
 		return nil, err
 	}
 	for _, sc := range cfg.SharedMemory {
@@ -256,6 +260,35 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		go pumpInput(m.Done(), cfg.ConsoleIn, uart)
 	}
 	return status, nil
+}
+
+// addDevices plugs a virtio-blk function per disk and a virtio-console
+// into the PCI bus.
+func (m *Machine) addDevices(cfg *LinuxConfig) error {
+	for i, d := range cfg.Disks {
+		flag := os.O_RDWR
+		if d.ReadOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(d.Path, flag, 0)
+		if err != nil {
+			return fmt.Errorf("disk %d: %w", i, err)
+		}
+		model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: fmt.Sprintf("rf-disk%d", i)})
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+		if _, err := m.AddVirtio(model, f); err != nil {
+			return fmt.Errorf("disk %s: %w", d.Path, err)
+		}
+	}
+	out := cfg.Console
+	if out == nil {
+		out = io.Discard
+	}
+	_, err := m.AddVirtio(console.New(out, console.Options{}), nil)
+	return err
 }
 
 // pumpInput copies console input into the UART until the machine stops or

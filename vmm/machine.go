@@ -1,11 +1,17 @@
 // Package vmm runs one subOS: a KVM virtual machine whose vCPUs are threads
 // pinned one-to-one to exclusive host cores, whose RAM is pre-faulted
 // hugepage memory on the cores' NUMA node, and whose devices are the models
-// under vmm/ (serial, ACPI platform registers, PCI with virtio devices).
+// under vmm/ (serial, ACPI platform registers, PCI with virtio and
+// shared-memory devices).
 //
-// Layering: vmm/kvm issues ioctls and holds no policy; device models know
-// guest memory and buses but not KVM; this package wires the two together
-// (memory slots, exit dispatch, ioeventfd/irqfd plumbing, vCPU threads).
+// Layering, bottom up: vmm/kvm issues ioctls and holds no policy; vmm/vm
+// owns one VM's memory slots, GSIs and routing table; vmm/interrupt gives
+// every device MSI-X vector groups and INTx lines; vmm/devices (the
+// chassis) holds the PCI bus and plugs devices in and out through the
+// Resources they claim; device models (vmm/virtio, vmm/shmem, ...) know
+// guest memory and buses but not KVM. This package composes them into a
+// Machine: memory, vCPU threads and exit dispatch, the platform devices,
+// and hotplug.
 package vmm
 
 import (
@@ -21,31 +27,22 @@ import (
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
+	"rainforest/vmm/acpi"
 	"rainforest/vmm/bus"
+	"rainforest/vmm/devices"
+	"rainforest/vmm/eventfd"
 	"rainforest/vmm/guestmem"
 	"rainforest/vmm/hostcpu"
+	"rainforest/vmm/interrupt"
 	"rainforest/vmm/kvm"
-	"rainforest/vmm/pci"
+	"rainforest/vmm/layout"
+	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/vm"
 )
 
-// Guest physical layout shared with the boot, ACPI and PCI code.
-const (
-	LowMemEnd    = 3 << 30     // RAM above this moves to HighMemStart
-	HighMemStart = 4 << 30     // start of RAM above the 32-bit hole
-	PCIMMIOStart = 0xC000_0000 // PCI BAR window
-	PCIMMIOEnd   = 0xE000_0000
-	IOAPICAddr   = 0xFEC0_0000
-	// GuestStatusMMIO is the memory-mapped alias of the guest status port
-	// (0x501): the byte written there becomes the VMM's exit status.
-	GuestStatusMMIO = 0xFEB0_0000
-	LAPICAddr       = 0xFEE0_0000
-	tssAddr         = 0xFFFB_D000 // three pages KVM needs on Intel
-	identityMap     = 0xFFFB_C000
-	firstFreeGSI    = 24 // GSIs above the IOAPIC pins are free for MSI routes
-	maxGSI          = 1024
-	kickSignal      = unix.SIGURG // interrupts KVM_RUN; the Go runtime ignores it
-)
+// kickSignal interrupts KVM_RUN; the Go runtime ignores it.
+const kickSignal = unix.SIGURG
 
 // ErrEmulatedKVM means the host's KVM interprets guest kernel code and so
 // cannot boot a Linux kernel.
@@ -86,25 +83,19 @@ type Config struct {
 	KVMPath   string // "/dev/kvm" when empty
 }
 
-// Machine is one VM with its memory, buses and vCPUs.
+// Machine is one VM with its memory, buses, devices and vCPUs.
 type Machine struct {
-	cfg  Config
-	log  *slog.Logger
-	sys  *kvm.System
-	vm   *kvm.VM
-	ram  *ram.RAM
-	Mem  *guestmem.Memory
-	PIO  bus.Bus
-	MMIO bus.Bus
+	cfg     Config
+	log     *slog.Logger
+	vm      *vm.VM
+	ram     *ram.RAM
+	Mem     *guestmem.Memory
+	PIO     bus.Bus
+	MMIO    bus.Bus
+	lines   *interrupt.Lines
+	chassis *devices.Chassis
 
 	vcpus []*vcpu
-
-	slotMu   sync.Mutex
-	nextSlot uint32 // next free KVM memory slot
-
-	routeMu sync.Mutex
-	routes  map[uint32]kvm.Route // MSI routes by GSI
-	nextGSI uint32
 
 	stopping atomic.Bool
 	pauseMu  sync.Mutex
@@ -115,12 +106,10 @@ type Machine struct {
 	exit     Exit
 	exitCh   chan struct{}
 
-	pci       *pci.Bus
-	functions []*virtioFunction
+	stopEv *eventfd.EventFD // signalled (and never drained) once stopping
+	wg     sync.WaitGroup   // machine goroutines, waited for by Close
 
-	stopEv *EventFD       // signalled (and never drained) once stopping
-	wg     sync.WaitGroup // device goroutines, waited for by Close
-
+	closeMu sync.Mutex
 	closers []func() error // run in reverse by Close
 }
 
@@ -153,74 +142,58 @@ func New(cfg Config) (_ *Machine, err error) {
 	if err := ram.Check(memOpts); err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, log: cfg.Logger, routes: map[uint32]kvm.Route{}, nextGSI: firstFreeGSI, exitCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, log: cfg.Logger, exitCh: make(chan struct{})}
 	m.pauseCnd = sync.NewCond(&m.pauseMu)
 	defer func() {
 		if err != nil {
 			m.Close()
 		}
 	}()
-	if m.stopEv, err = NewEventFD(); err != nil {
+	if m.stopEv, err = eventfd.New(); err != nil {
 		return nil, err
 	}
-	m.closers = append(m.closers, m.stopEv.Close)
-	path := cfg.KVMPath
-	if path == "" {
-		path = "/dev/kvm"
-	}
-	if m.sys, err = kvm.OpenPath(path); err != nil {
+	m.AddCloser(m.stopEv.Close)
+	if m.vm, err = vm.New(cfg.KVMPath); err != nil {
 		return nil, err
 	}
-	m.closers = append(m.closers, m.sys.Close)
-	if m.vm, err = m.sys.CreateVM(); err != nil {
-		return nil, err
-	}
-	m.closers = append(m.closers, m.vm.Close)
-	if err = m.vm.SetTSSAddr(tssAddr); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetIdentityMapAddr(identityMap); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreateIRQChip(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.CreatePIT2(); err != nil {
-		return nil, err
-	}
-	if err = m.vm.SetGSIRouting(kvm.DefaultRoutes()); err != nil {
-		return nil, err
-	}
+	m.AddCloser(m.vm.Close)
 	if m.ram, err = ram.Allocate(memOpts); err != nil {
 		return nil, err
 	}
-	m.closers = append(m.closers, m.ram.Close)
+	m.AddCloser(m.ram.Close)
 	var regions []guestmem.Region
-	low := min(cfg.MemSize, LowMemEnd)
+	low := min(cfg.MemSize, layout.LowRAMEnd)
 	regions = append(regions, guestmem.Region{GPA: 0, Data: m.ram.Data[:low]})
-	if cfg.MemSize > LowMemEnd {
-		regions = append(regions, guestmem.Region{GPA: HighMemStart, Data: m.ram.Data[low:]})
+	if cfg.MemSize > layout.LowRAMEnd {
+		regions = append(regions, guestmem.Region{GPA: layout.HighRAMStart, Data: m.ram.Data[low:]})
 	}
-	for i, r := range regions {
-		if err = m.vm.SetMemory(uint32(i), r.GPA, r.Data, false); err != nil {
+	for _, r := range regions {
+		if _, err = m.vm.MapMemory(r.GPA, r.Data, false); err != nil {
 			return nil, err
 		}
 	}
-	m.nextSlot = uint32(len(regions))
 	if m.Mem, err = guestmem.New(regions...); err != nil {
 		return nil, err
 	}
-	supported, err := m.sys.SupportedCPUID()
+	m.lines = interrupt.NewLines(m.vm, m.log)
+	reset := platform.NewResetRegister(func() { m.Stop(Exit{Reason: ExitReboot}) })
+	m.chassis, err = devices.New(devices.Config{VM: m.vm, Memory: m.Mem, MMIO: &m.MMIO, PIO: &m.PIO, Lines: m.lines,
+		INTxGSI: acpi.PCIINTxGSI, OnReset: func(v byte) { reset.Write(0, []byte{v}) }, Logger: m.log})
 	if err != nil {
 		return nil, err
 	}
-	deadline := m.sys.CheckExtension(kvm.CapTSCDeadlineTimer) > 0
+	m.AddCloser(m.chassis.Close)
+	supported, err := m.vm.System().SupportedCPUID()
+	if err != nil {
+		return nil, err
+	}
+	deadline := m.vm.System().CheckExtension(kvm.CapTSCDeadlineTimer) > 0
 	for i, core := range cfg.HostCores {
-		c, err := m.vm.CreateVCPU(i)
+		c, err := m.vm.KVM().CreateVCPU(i)
 		if err != nil {
 			return nil, err
 		}
-		m.closers = append(m.closers, c.Close)
+		m.AddCloser(c.Close)
 		if err := c.SetCPUID(BuildCPUID(supported, i, len(cfg.HostCores), cfg.Profile, deadline)); err != nil {
 			return nil, fmt.Errorf("vcpu %d: %w", i, err)
 		}
@@ -252,32 +225,32 @@ func setupLAPIC(c *kvm.VCPU) error {
 }
 
 // AddMemory maps host memory (e.g. a shared memfd mapping) into the guest
-// at gpa, read-only when readOnly (guest writes then exit as MMIO). It must
-// not overlap guest RAM or another mapping. The caller keeps mem mapped for
-// the machine's lifetime.
+// at gpa, read-only when readOnly (guest writes then exit as MMIO), until
+// the machine is closed. It must not overlap guest RAM or another mapping.
+// The caller keeps mem mapped for the machine's lifetime.
 func (m *Machine) AddMemory(gpa uint64, mem []byte, readOnly bool) error {
-	if len(mem) == 0 || len(mem)%4096 != 0 || gpa%4096 != 0 {
-		return fmt.Errorf("shared memory at %#x: %d bytes: must be non-empty and page-aligned", gpa, len(mem))
-	}
 	for _, r := range m.Mem.Regions() {
 		if gpa < r.End() && r.GPA < gpa+uint64(len(mem)) {
 			return fmt.Errorf("shared memory at %#x+%#x overlaps guest RAM at %#x", gpa, len(mem), r.GPA)
 		}
 	}
-	m.slotMu.Lock()
-	slot := m.nextSlot
-	m.nextSlot++
-	m.slotMu.Unlock()
-	if err := m.vm.SetMemory(slot, gpa, mem, readOnly); err != nil {
+	slot, err := m.vm.MapMemory(gpa, mem, readOnly)
+	if err != nil {
 		return err
 	}
-	m.AddCloser(func() error { return m.vm.SetMemory(slot, gpa, nil, false) })
+	m.AddCloser(func() error { return m.vm.UnmapMemory(slot) })
 	return nil
 }
 
-// VM returns the KVM VM handle (for device plumbing in this package's users
-// such as tests).
-func (m *Machine) VM() *kvm.VM { return m.vm }
+// VM returns the VM layer (its Usage tells what devices hold).
+func (m *Machine) VM() *vm.VM { return m.vm }
+
+// Chassis returns the PCI device manager.
+func (m *Machine) Chassis() *devices.Chassis { return m.chassis }
+
+// IRQLine returns a handle on the irqchip input gsi, driven by a device
+// model (the serial port, the SCI).
+func (m *Machine) IRQLine(gsi uint32) *interrupt.Line { return m.lines.Line(gsi) }
 
 // NumVCPUs returns the number of vCPUs.
 func (m *Machine) NumVCPUs() int { return len(m.vcpus) }
@@ -301,8 +274,13 @@ func (m *Machine) SetBootState(i int, regs *gokvm.Regs, sregs *gokvm.Sregs) erro
 	return nil
 }
 
-// AddCloser registers f to run when the machine is closed (in reverse order).
-func (m *Machine) AddCloser(f func() error) { m.closers = append(m.closers, f) }
+// AddCloser registers f to run when the machine is closed (in reverse
+// order). It is safe for concurrent use.
+func (m *Machine) AddCloser(f func() error) {
+	m.closeMu.Lock()
+	defer m.closeMu.Unlock()
+	m.closers = append(m.closers, f)
+}
 
 // goroutine runs f on a goroutine that Close waits for; f must return once
 // the machine stops (stopEv is signalled).
@@ -319,11 +297,14 @@ func (m *Machine) goroutine(f func()) {
 func (m *Machine) Close() error {
 	m.Stop(Exit{Reason: ExitStopped})
 	m.wg.Wait()
-	var errs []error
-	for i := len(m.closers) - 1; i >= 0; i-- {
-		errs = append(errs, m.closers[i]())
-	}
+	m.closeMu.Lock()
+	closers := m.closers
 	m.closers = nil
+	m.closeMu.Unlock()
+	var errs []error
+	for i := len(closers) - 1; i >= 0; i-- {
+		errs = append(errs, closers[i]())
+	}
 	return errors.Join(errs...)
 }
 

@@ -12,7 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"rainforest/rfm/vmmctl"
-	"rainforest/vmm"
+	"rainforest/vmm/devices/shmemdev"
+	"rainforest/vmm/eventfd"
 	"rainforest/vmm/shmem"
 )
 
@@ -71,7 +72,7 @@ func openControlSocket(fd int) (*controlSocket, error) {
 // message: one SharedMemoryConfig per region, mapped from its memfd, with
 // this peer's eventfds as interrupts and the others' as doorbell targets.
 // The supervisor gets {} or the error.
-func (c *controlSocket) attach() (*regionMembership, []vmm.SharedMemoryConfig, error) {
+func (c *controlSocket) attach() (*regionMembership, []shmemdev.Config, error) {
 	_ = c.ln.SetDeadline(time.Now().Add(attachTimeout))
 	conn, err := c.ln.AcceptUnix()
 	_ = c.ln.SetDeadline(time.Time{})
@@ -87,7 +88,7 @@ func (c *controlSocket) attach() (*regionMembership, []vmm.SharedMemoryConfig, e
 		}
 	}
 	var mem *regionMembership
-	var cfgs []vmm.SharedMemoryConfig
+	var cfgs []shmemdev.Config
 	if err == nil {
 		mem, cfgs, err = buildRegions(msg.Regions, files)
 	}
@@ -103,13 +104,13 @@ func (c *controlSocket) attach() (*regionMembership, []vmm.SharedMemoryConfig, e
 }
 
 // buildRegions maps each region's memfd and builds its device config.
-func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership, []vmm.SharedMemoryConfig, error) {
+func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership, []shmemdev.Config, error) {
 	mems, bells, err := vmmctl.SplitFiles(regions, files)
 	if err != nil {
 		return nil, nil, err
 	}
 	rm := &regionMembership{regions: regions, files: files}
-	var cfgs []vmm.SharedMemoryConfig
+	var cfgs []shmemdev.Config
 	for i, r := range regions {
 		l := shmem.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}
 		if err := l.Validate(); err != nil {
@@ -139,11 +140,11 @@ func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership,
 		}
 		rm.maps = append(rm.maps, m)
 		m = m[:l.Size():l.Size()]
-		ev := func(peer, v int) *vmm.EventFD {
+		ev := func(peer, v int) *eventfd.EventFD {
 			fd, _ := vmmctl.FD(bells[i][peer*r.Vectors+v]) // open files: cannot fail
-			return vmm.BorrowEventFD(fd)
+			return eventfd.Borrow(fd)
 		}
-		cfg := vmm.SharedMemoryConfig{ID: r.Self, Layout: l, Region: m, Vectors: r.Vectors,
+		cfg := shmemdev.Config{ID: r.Self, Layout: l, Region: m, Vectors: r.Vectors,
 			Identity: shmem.Identity{Protocol: r.Protocol, Name: r.Name, RWReadOnly: r.RWReadOnly}}
 		for v := range r.Vectors {
 			cfg.Incoming = append(cfg.Incoming, ev(r.Self, v))
@@ -152,7 +153,7 @@ func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership,
 			if p == r.Self {
 				continue
 			}
-			pd := vmm.PeerDoorbells{Peer: p}
+			pd := shmemdev.PeerDoorbells{Peer: p}
 			for v := range r.Vectors {
 				pd.Vectors = append(pd.Vectors, ev(p, v))
 			}

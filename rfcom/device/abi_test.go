@@ -14,8 +14,10 @@ func (nopRouter) Fire(int) error                        { return nil }
 
 type nopBell struct{}
 
-func (nopBell) Ring(int, int) error { return nil }
-func (nopBell) StateChanged(uint32) {}
+func (nopBell) Ring(int, int) error   { return nil }
+func (nopBell) StateChanged(uint32)   {}
+func (nopBell) InterruptModeChanged() {}
+func (nopBell) INTxPending() bool     { return false }
 
 // The guest side parses exactly the config space the VMM's device model
 // presents: the two ends of the ABI cannot drift apart.

@@ -46,8 +46,10 @@ func (nopRouter) Fire(int) error                        { return nil }
 
 type nopBell struct{}
 
-func (nopBell) Ring(int, int) error { return nil }
-func (nopBell) StateChanged(uint32) {}
+func (nopBell) Ring(int, int) error   { return nil }
+func (nopBell) StateChanged(uint32)   {}
+func (nopBell) InterruptModeChanged() {}
+func (nopBell) INTxPending() bool     { return false }
 
 // New makes an empty tree under dir.
 func New(dir string) (*Tree, error) {

@@ -15,40 +15,42 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"rainforest/vmm/layout"
 )
 
-// Guest physical layout and I/O ports the tables describe.
+// Guest physical layout and I/O ports the tables describe (vmm/layout
+// defines them; the names here are the tables' view).
 const (
 	// DefaultBase is where the tables go (and so the RSDP), inside the
 	// reserved BIOS area.
-	DefaultBase = 0xE0000
-	// MaxSize is the room reserved for the tables at DefaultBase
-	// (0xE0000..0xFFFFF).
-	MaxSize = 0x20000
+	DefaultBase = layout.ACPITables
+	// MaxSize is the room reserved for the tables at DefaultBase.
+	MaxSize = layout.ACPITablesMax
 
-	LocalAPICAddress = 0xFEE00000
-	IOAPICAddress    = 0xFEC00000
+	LocalAPICAddress = layout.LocalAPIC
+	IOAPICAddress    = layout.IOAPIC
 
-	PM1aEventPort   = 0x600 // PM1a_EVT_BLK: status (2 bytes) + enable (2 bytes)
-	PM1aEventLen    = 4
-	PM1aControlPort = 0x604 // PM1a_CNT_BLK
-	PM1aControlLen  = 2
-	PMTimerPort     = 0x608 // PM_TMR_BLK, 32-bit timer (TMR_VAL_EXT)
-	PMTimerLen      = 4
-	ResetPort       = 0xCF9 // RESET_REG (system I/O)
-	ResetValue      = 0x06  // RESET_VALUE
-	SCIIRQ          = 9     // SCI_INT
+	PM1aEventPort   = layout.PM1aEventPort // PM1a_EVT_BLK: status (2 bytes) + enable (2 bytes)
+	PM1aEventLen    = layout.PM1aEventLen
+	PM1aControlPort = layout.PM1aControlPort // PM1a_CNT_BLK
+	PM1aControlLen  = layout.PM1aControlLen
+	PMTimerPort     = layout.PMTimerPort // PM_TMR_BLK, 32-bit timer (TMR_VAL_EXT)
+	PMTimerLen      = layout.PMTimerLen
+	ResetPort       = layout.ResetPort // RESET_REG (system I/O)
+	ResetValue      = 0x06             // RESET_VALUE
+	SCIIRQ          = layout.SCIGSI    // SCI_INT
 
 	// SleepTypeSoftOff is the SLP_TYP value _S5 advertises.
 	SleepTypeSoftOff = 5
 
-	COM1Port = 0x3F8
-	COM1IRQ  = 4
+	COM1Port = layout.COM1Port
+	COM1IRQ  = layout.COM1GSI
 
-	PCIConfigPort   = 0xCF8
+	PCIConfigPort   = layout.PCIConfigPort
 	PCISlots        = 32 // device slots on bus 0, all described by _PRT
-	PCIMMIOBase     = 0xC0000000
-	PCIMMIOLast     = 0xDFFFFFFF
+	PCIMMIOBase     = layout.PCIMMIOStart
+	PCIMMIOLast     = layout.PCIMMIOEnd - 1
 	MaxCPUs         = 254
 	tableHeaderSize = 36
 )
@@ -62,8 +64,8 @@ const (
 // the IOAPIC (KVM's IOAPIC treats a KVM_IRQ_LINE level of 1 as asserted
 // whatever the polarity bit says).
 const (
-	PCIINTxGSIBase  = 16
-	PCIINTxGSICount = 8
+	PCIINTxGSIBase  = layout.PCIINTxGSIBase
+	PCIINTxGSICount = layout.PCIINTxGSICount
 )
 
 // PCIINTxGSI returns the GSI that interrupt pin pin (1..4, INTA#..INTD#)

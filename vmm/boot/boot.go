@@ -16,18 +16,11 @@
 // files are untrusted input: every field is bounds-checked and malformed
 // files give errors, never panics.
 //
-// Guest physical layout used (fixed by the VMM):
-//
-//	0x000500  boot GDT (GDTAddr)
-//	0x006000  PVH hvm_start_info, then its module list and memory map (up to 0x6FFF)
-//	0x007000  bzImage boot_params (zero page)
-//	0x008FF0  initial stack pointer (BootStackTop; both kernels set their own stack)
-//	0x009000  PML4, 0xA000 PDPT, 0xB000 PD: identity map of the first 1 GiB
-//	          with 2 MiB pages (bzImage only; nothing at or above 0xC000 is written)
-//	0x020000  kernel command line (4 KiB including the NUL)
-//	0x0E0000  ACPI tables (written by the VMM, reserved in the e820 map)
-//	0x100000  bzImage protected-mode kernel (or pref_address); PVH kernels load
-//	          at their ELF physical addresses
+// The guest physical addresses of the boot structures come from vmm/layout:
+// the GDT, the PVH start info or the bzImage zero page, page tables for an
+// identity map of the first GiB with 2 MiB pages (bzImage only), the command
+// line, and the kernel at 1 MiB (or its pref_address; PVH kernels load at
+// their ELF physical addresses).
 package boot
 
 import (
@@ -36,27 +29,28 @@ import (
 	"io"
 
 	"rainforest/vmm/guestmem"
+	"rainforest/vmm/layout"
 )
 
-// Guest physical addresses of the boot structures.
+// Guest physical addresses of the boot structures (vmm/layout defines them).
 const (
-	GDTAddr         = 0x500
-	StartInfoAddr   = 0x6000 // PVH struct hvm_start_info
-	ZeroPageAddr    = 0x7000 // bzImage struct boot_params
-	BootStackTop    = 0x8FF0
-	PML4Addr        = 0x9000
-	PDPTAddr        = 0xA000
-	PDAddr          = 0xB000
-	CmdlineAddr     = 0x20000
-	CmdlineMax      = 4096 // bytes at CmdlineAddr, including the terminating NUL
-	EBDAStart       = 0x9FC00
-	ACPIStart       = 0xE0000
-	RSDPAddr        = 0xE0000 // where the VMM puts the ACPI RSDP
-	HighMemStart    = 0x100000
-	BzImageLoadAddr = 0x100000 // default load address of the protected-mode kernel
-	MMIOHoleStart   = 0xC000_0000
-	HighRAMStart    = 0x1_0000_0000
-	MinRAMSize      = 2 << 20
+	GDTAddr         = layout.BootGDT
+	StartInfoAddr   = layout.PVHStartInfo // PVH struct hvm_start_info
+	ZeroPageAddr    = layout.ZeroPage     // bzImage struct boot_params
+	BootStackTop    = layout.BootStackTop
+	PML4Addr        = layout.BootPML4
+	PDPTAddr        = layout.BootPDPT
+	PDAddr          = layout.BootPD
+	CmdlineAddr     = layout.Cmdline
+	CmdlineMax      = layout.CmdlineMax // bytes at CmdlineAddr, including the terminating NUL
+	EBDAStart       = layout.EBDAStart
+	ACPIStart       = layout.ACPITables
+	RSDPAddr        = layout.ACPITables // where the VMM puts the ACPI RSDP
+	HighMemStart    = layout.LowMemReserved
+	BzImageLoadAddr = layout.KernelLoad // default load address of the protected-mode kernel
+	MMIOHoleStart   = layout.LowRAMEnd
+	HighRAMStart    = layout.HighRAMStart
+	MinRAMSize      = layout.MinRAM
 
 	pageSize = 0x1000
 )

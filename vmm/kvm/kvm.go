@@ -264,3 +264,6 @@ func DefaultRoutes() []Route {
 	}
 	return rs
 }
+
+// CapIRQFDResample is KVM_CAP_IRQFD_RESAMPLE (level-triggered irqfds).
+const CapIRQFDResample = 82

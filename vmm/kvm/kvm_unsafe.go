@@ -107,9 +107,54 @@ func (vm *VM) IRQFD(fd int, gsi uint32) error {
 	return nil
 }
 
+// irqfd flags.
+const (
+	irqfdDeassign = 1 << 0
+	irqfdResample = 1 << 1
+)
+
+// IRQFDResample makes a write to the eventfd fd assert gsi, an irqchip
+// input, as a level: the line stays asserted until the guest's EOI for it,
+// when KVM lowers it and signals resampleFD. Several eventfds may drive one
+// GSI (their levels are ORed). RemoveIRQFD detaches it and lowers the line
+// when it was the last.
+func (vm *VM) IRQFDResample(fd, resampleFD int, gsi uint32) error {
+	a := irqfdArgs{FD: uint32(fd), GSI: gsi, Flags: irqfdResample, ResampleFD: uint32(resampleFD)}
+	if err := ioctl(vm.fd, iow(0x76, unsafe.Sizeof(a)), unsafe.Pointer(&a)); err != nil {
+		return fmt.Errorf("KVM_IRQFD resample gsi %d: %w", gsi, err)
+	}
+	return nil
+}
+
+// ioapicState is struct kvm_irqchip holding a struct kvm_ioapic_state.
+type ioapicState struct {
+	ChipID   uint32
+	_        uint32
+	Base     uint64
+	IORegSel uint32
+	ID       uint32
+	IRR      uint32
+	_        [492]byte
+}
+
+// irqchipIOAPIC is KVM_IRQCHIP_IOAPIC.
+const irqchipIOAPIC = 2
+
+// IOAPICRequests returns the in-kernel IOAPIC's interrupt request register:
+// bit n is set while input n is asserted (by KVM_IRQ_LINE or an irqfd).
+func (vm *VM) IOAPICRequests() (uint32, error) {
+	s := ioapicState{ChipID: irqchipIOAPIC}
+	// KVM_GET_IRQCHIP is _IOWR(KVMIO, 0x62, struct kvm_irqchip).
+	req := 3<<30 | unsafe.Sizeof(s)<<16 | kvmio<<8 | 0x62
+	if err := ioctl(vm.fd, req, unsafe.Pointer(&s)); err != nil {
+		return 0, fmt.Errorf("KVM_GET_IRQCHIP: %w", err)
+	}
+	return s.IRR, nil
+}
+
 // RemoveIRQFD undoes IRQFD.
 func (vm *VM) RemoveIRQFD(fd int, gsi uint32) error {
-	a := irqfdArgs{FD: uint32(fd), GSI: gsi, Flags: 1}
+	a := irqfdArgs{FD: uint32(fd), GSI: gsi, Flags: irqfdDeassign}
 	if err := ioctl(vm.fd, iow(0x76, unsafe.Sizeof(a)), unsafe.Pointer(&a)); err != nil {
 		return fmt.Errorf("KVM_IRQFD deassign gsi %d: %w", gsi, err)
 	}

@@ -5,18 +5,20 @@ import (
 	"sync"
 
 	"rainforest/vmm/bus"
+	"rainforest/vmm/layout"
 )
 
-// Guest physical window for BARs and the config mechanism #1 ports.
+// Guest physical window for BARs (vmm/layout) and the config mechanism #1
+// ports.
 const (
-	MMIOWindowBase = 0xC000_0000
-	MMIOWindowEnd  = 0xE000_0000 // exclusive
+	MMIOWindowBase = layout.PCIMMIOStart
+	MMIOWindowEnd  = layout.PCIMMIOEnd // exclusive
 
 	// ConfigPortBase is where Bus is inserted on the port I/O bus;
 	// ConfigPortSize covers 0xCF8..0xCFF (address at 0xCF8, data at
 	// 0xCFC..0xCFF, and the reset control byte at 0xCF9).
-	ConfigPortBase = 0xCF8
-	ConfigPortSize = 8
+	ConfigPortBase = layout.PCIConfigPort
+	ConfigPortSize = layout.PCIConfigLen
 
 	// NumSlots is the number of device slots on bus 0.
 	NumSlots = 32
@@ -42,38 +44,13 @@ type Device interface {
 }
 
 // BARMoveHandler is told that the guest moved BAR bar.Index of dev (at
-// slot) from oldAddr to bar.Addr while memory decode is on. It runs on the
-// vCPU thread doing the config write, with config accesses serialized; it
-// may call Bus.Device and Bus.BARs but not Bus.Read/Write/Add.
-type BARMoveHandler func(slot int, dev Device, bar BAR, oldAddr uint64)
-
-// Allocator hands out naturally aligned ranges from [base, end).
-type Allocator struct {
-	mu   sync.Mutex
-	next uint64
-	end  uint64
-}
-
-// NewAllocator returns an allocator over [base, end).
-func NewAllocator(base, end uint64) *Allocator {
-	return &Allocator{next: base, end: end}
-}
-
-// Alloc returns the address of a size-aligned range of size bytes (size a
-// power of two).
-func (a *Allocator) Alloc(size uint64) (uint64, error) {
-	if size == 0 || size&(size-1) != 0 {
-		return 0, fmt.Errorf("%w: size %#x not a power of two", ErrBadBAR, size)
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	addr := (a.next + size - 1) &^ (size - 1)
-	if addr < a.next || addr+size < addr || addr+size > a.end {
-		return 0, fmt.Errorf("%w: %#x bytes in MMIO window", ErrNoSpace, size)
-	}
-	a.next = addr + size
-	return addr, nil
-}
+// slot) from oldAddr (0: it was not mapped) to bar.Addr while memory decode
+// is on. It runs on the vCPU thread doing the config write, with config
+// accesses serialized; it may call Bus.Device and Bus.BARs but not
+// Bus.Read/Write/Add/Remove. When it fails, the BAR counts as unmapped
+// (Bus.BARs reports address 0 for it) until the guest moves it again: the
+// handler must then have left nothing mapped at either address.
+type BARMoveHandler func(slot int, dev Device, bar BAR, oldAddr uint64) error
 
 // Bus is PCI bus 0 behind configuration mechanism #1. It is a bus.Device
 // for ports ConfigPortBase..+ConfigPortSize. Slot 0 holds a host bridge.
@@ -85,7 +62,9 @@ type Bus struct {
 	onMove  BARMoveHandler
 	onReset func(value byte)
 	intx    INTxRouter
-	alloc   *Allocator
+	// window is where Add places BARs: the first free naturally aligned
+	// range, free meaning not overlapping any BAR mapped now.
+	windowBase, windowEnd uint64
 
 	devMu  sync.RWMutex // guards devs and mapped
 	devs   [NumSlots]Device
@@ -94,13 +73,13 @@ type Bus struct {
 
 var _ bus.Device = (*Bus)(nil)
 
-// NewBus returns a root bus with a host bridge at slot 0 whose BARs are
-// assigned from alloc (nil: the standard MMIO window).
-func NewBus(alloc *Allocator) *Bus {
-	if alloc == nil {
-		alloc = NewAllocator(MMIOWindowBase, MMIOWindowEnd)
-	}
-	b := &Bus{alloc: alloc}
+// NewBus returns a root bus with a host bridge at slot 0 that places BARs
+// in the standard MMIO window.
+func NewBus() *Bus { return NewBusWindow(MMIOWindowBase, MMIOWindowEnd) }
+
+// NewBusWindow returns a root bus placing BARs in [base, end).
+func NewBusWindow(base, end uint64) *Bus {
+	b := &Bus{windowBase: base, windowEnd: end}
 	b.devs[0] = NewHostBridge()
 	return b
 }
@@ -131,13 +110,16 @@ func (b *Bus) SetINTxRouter(r INTxRouter) {
 }
 
 // Add places dev at slot (1..31, or -1 for the first free slot), assigns
-// each of its BARs an address from the allocator, programs the BARs and
-// turns memory decode on, as firmware would. An INTxDevice with an
-// interrupt pin is connected to the line the INTx router gives and its
-// Interrupt Line register set to the router's IRQ. It returns the slot and the
-// BARs; the VMM puts BARRegion(dev, bar.Index) on its MMIO bus at each
-// bar.Addr for bar.Size bytes.
-func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
+// each of its BARs the first free naturally aligned range of the window,
+// programs the BARs and turns memory decode on, as firmware would. An
+// INTxDevice with an interrupt pin is connected to the line the INTx router
+// gives and its Interrupt Line register set to the router's IRQ. It returns
+// the slot and the BARs; the VMM puts BARRegion(dev, bar.Index) on its MMIO
+// bus at each bar.Addr for bar.Size bytes. When place is given it does that
+// before the function becomes visible, with config accesses held off (so
+// no guest BAR move can interleave); if it fails, Add fails and leaves the
+// slot empty.
+func (b *Bus) Add(slot int, dev Device, place func(slot int, bars []BAR) error) (int, []BAR, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.devMu.Lock()
@@ -160,22 +142,23 @@ func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
 		return 0, nil, fmt.Errorf("%w: %d", ErrSlotInUse, slot)
 	}
 	bars := dev.BARs()
+	var placed []BAR
 	for i := range bars {
-		addr, err := b.alloc.Alloc(bars[i].Size)
+		addr, err := b.placeLocked(bars[i].Size, !bars[i].Is64, placed)
 		if err != nil {
 			return 0, nil, fmt.Errorf("pci: slot %d BAR %d: %w", slot, bars[i].Index, err)
 		}
-		if !bars[i].Is64 && addr>>32 != 0 {
-			return 0, nil, fmt.Errorf("%w: 32-bit BAR above 4 GiB", ErrNoSpace)
-		}
 		bars[i].Addr = addr
+		placed = append(placed, bars[i])
+	}
+	for _, bar := range bars {
 		var lo [4]byte
-		putLE32(lo[:], uint32(addr))
-		dev.WriteConfig(RegBAR0+4*bars[i].Index, lo[:])
-		if bars[i].Is64 {
+		putLE32(lo[:], uint32(bar.Addr))
+		dev.WriteConfig(RegBAR0+4*bar.Index, lo[:])
+		if bar.Is64 {
 			var hi [4]byte
-			putLE32(hi[:], uint32(addr>>32))
-			dev.WriteConfig(RegBAR0+4*bars[i].Index+4, hi[:])
+			putLE32(hi[:], uint32(bar.Addr>>32))
+			dev.WriteConfig(RegBAR0+4*bar.Index+4, hi[:])
 		}
 	}
 	if err := b.connectINTxLocked(slot, dev); err != nil {
@@ -185,9 +168,17 @@ func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
 	dev.ReadConfig(RegCommand, cmd[:])
 	cmd[0] |= CommandMemory
 	dev.WriteConfig(RegCommand, cmd[:])
+	cur := dev.BARs()
+	if place != nil {
+		if err := place(slot, cur); err != nil {
+			if idev, ok := dev.(INTxDevice); ok && b.intx != nil {
+				idev.ConnectINTx(nil)
+			}
+			return 0, nil, err
+		}
+	}
 	b.devs[slot] = dev
 	b.mapped[slot] = [NumBARs]uint64{}
-	cur := dev.BARs()
 	for _, bar := range cur {
 		if bar.Index >= 0 && bar.Index < NumBARs {
 			b.mapped[slot][bar.Index] = bar.Addr
@@ -196,11 +187,84 @@ func (b *Bus) Add(slot int, dev Device) (int, []BAR, error) {
 	return slot, cur, nil
 }
 
-// connectINTxLocked wires dev's interrupt pin, if it has one, through the
-// INTx router.
+// placeLocked returns the lowest naturally aligned address in the window
+// for size bytes that overlaps no mapped BAR nor one of also (below 4 GiB
+// when low).
+func (b *Bus) placeLocked(size uint64, low bool, also []BAR) (uint64, error) {
+	if size == 0 || size&(size-1) != 0 {
+		return 0, fmt.Errorf("%w: size %#x not a power of two", ErrBadBAR, size)
+	}
+	var used [][2]uint64
+	for s := range b.devs {
+		if b.devs[s] == nil {
+			continue
+		}
+		for _, bar := range b.devs[s].BARs() {
+			if bar.Index >= 0 && bar.Index < NumBARs && b.mapped[s][bar.Index] != 0 {
+				a := b.mapped[s][bar.Index]
+				used = append(used, [2]uint64{a, a + bar.Size})
+			}
+		}
+	}
+	for _, bar := range also {
+		used = append(used, [2]uint64{bar.Addr, bar.Addr + bar.Size})
+	}
+	addr := (b.windowBase + size - 1) &^ (size - 1)
+	for addr >= b.windowBase && addr+size > addr && addr+size <= b.windowEnd {
+		if low && addr+size > 1<<32 {
+			break
+		}
+		clash := false
+		for _, u := range used {
+			if addr < u[1] && u[0] < addr+size {
+				// Skip past the range in the way, realigned.
+				addr = (u[1] + size - 1) &^ (size - 1)
+				clash = true
+				break
+			}
+		}
+		if !clash {
+			return addr, nil
+		}
+	}
+	return 0, fmt.Errorf("%w: %#x bytes in MMIO window", ErrNoSpace, size)
+}
+
+// Remove takes the function at slot off the bus (hot-unplug) and returns
+// it with its BARs as they were mapped (address 0: not mapped). Its INTx
+// line is disconnected; nothing else of the function is touched.
+func (b *Bus) Remove(slot int) (Device, []BAR, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.devMu.Lock()
+	defer b.devMu.Unlock()
+	if slot < 1 || slot >= NumSlots {
+		return nil, nil, fmt.Errorf("%w: %d", ErrBadSlot, slot)
+	}
+	dev := b.devs[slot]
+	if dev == nil {
+		return nil, nil, fmt.Errorf("%w: slot %d is empty", ErrBadSlot, slot)
+	}
+	bars := dev.BARs()
+	for i := range bars {
+		if bars[i].Index >= 0 && bars[i].Index < NumBARs {
+			bars[i].Addr = b.mapped[slot][bars[i].Index]
+		}
+	}
+	if idev, ok := dev.(INTxDevice); ok {
+		idev.ConnectINTx(nil)
+	}
+	b.devs[slot] = nil
+	b.mapped[slot] = [NumBARs]uint64{}
+	return dev, bars, nil
+}
+
+// connectINTxLocked routes dev's interrupt pin, if it has one: the
+// Interrupt Line register gets the router's IRQ, as firmware would write
+// it, and an INTxDevice is connected to the line (other functions drive
+// their INTx some other way).
 func (b *Bus) connectINTxLocked(slot int, dev Device) error {
-	idev, ok := dev.(INTxDevice)
-	if !ok || b.intx == nil {
+	if b.intx == nil {
 		return nil
 	}
 	var p [1]byte
@@ -216,7 +280,9 @@ func (b *Bus) connectINTxLocked(slot int, dev Device) error {
 	if err != nil {
 		return fmt.Errorf("pci: slot %d INTx: %w", slot, err)
 	}
-	idev.ConnectINTx(line)
+	if idev, ok := dev.(INTxDevice); ok {
+		idev.ConnectINTx(line)
+	}
 	dev.WriteConfig(RegInterruptLine, []byte{irq})
 	return nil
 }
@@ -332,7 +398,8 @@ func (b *Bus) Write(offset uint64, data []byte) {
 }
 
 // checkMovesLocked reports BARs whose programmed address differs from the
-// mapped one while memory decode is on.
+// mapped one while memory decode is on. A BAR whose move failed counts as
+// unmapped.
 func (b *Bus) checkMovesLocked(slot int, dev Device) {
 	var cmd [2]byte
 	dev.ReadConfig(RegCommand, cmd[:])
@@ -343,13 +410,21 @@ func (b *Bus) checkMovesLocked(slot int, dev Device) {
 		if bar.Index < 0 || bar.Index >= NumBARs {
 			continue
 		}
-		b.devMu.Lock()
+		b.devMu.RLock()
 		old := b.mapped[slot][bar.Index]
-		b.mapped[slot][bar.Index] = bar.Addr
-		b.devMu.Unlock()
-		if bar.Addr != old && b.onMove != nil {
-			b.onMove(slot, dev, bar, old)
+		b.devMu.RUnlock()
+		if bar.Addr == old {
+			continue
 		}
+		now := bar.Addr
+		if b.onMove != nil {
+			if err := b.onMove(slot, dev, bar, old); err != nil {
+				now = 0
+			}
+		}
+		b.devMu.Lock()
+		b.mapped[slot][bar.Index] = now
+		b.devMu.Unlock()
 	}
 }
 

@@ -74,6 +74,11 @@ func (c *ConfigSpace) InterruptLine() uint8 {
 // INTxDisabled reports the Command register's INTx-disable bit.
 func (c *ConfigSpace) INTxDisabled() bool { return c.Command()&CommandINTxDisable != 0 }
 
+// SetInterruptStatus sets or clears the Status register's Interrupt
+// Status bit, for a function that computes its INTx condition itself
+// rather than through an INTxSource.
+func (c *ConfigSpace) SetInterruptStatus(on bool) { c.setStatusBits(StatusInterrupt, on) }
+
 // setStatusBits sets (on) or clears bits of the Status register, which the
 // guest cannot write.
 func (c *ConfigSpace) setStatusBits(bits uint16, on bool) {

@@ -142,7 +142,7 @@ func TestINTxSource(t *testing.T) {
 }
 
 func TestBusConnectsINTx(t *testing.T) {
-	b := NewBus(nil)
+	b := NewBus()
 	lines := map[int]*recLine{}
 	b.SetINTxRouter(func(slot, pin int) (INTx, uint8, error) {
 		if slot == 5 {
@@ -153,7 +153,7 @@ func TestBusConnectsINTx(t *testing.T) {
 		return l, uint8(16 + slot%8), nil
 	})
 	d := newINTxDev(t)
-	slot, _, err := b.Add(3, d)
+	slot, _, err := b.Add(3, d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,14 +166,14 @@ func TestBusConnectsINTx(t *testing.T) {
 	}
 	// A device without an interrupt pin is not routed.
 	plain := newTestDev(t, &fakeRouter{}, 1)
-	if _, _, err := b.Add(4, &intxDev{testDev: plain, intx: &INTxSource{cfg: plain.cfg}}); err != nil {
+	if _, _, err := b.Add(4, &intxDev{testDev: plain, intx: &INTxSource{cfg: plain.cfg}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if len(lines) != 1 {
 		t.Fatalf("pinless device routed: %v", lines)
 	}
 	// A routing failure fails Add and leaves the slot free.
-	if _, _, err := b.Add(5, newINTxDev(t)); err == nil {
+	if _, _, err := b.Add(5, newINTxDev(t), nil); err == nil {
 		t.Fatal("Add succeeded without an INTx route")
 	}
 	if b.Device(5) != nil {

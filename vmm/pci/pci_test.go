@@ -371,7 +371,7 @@ func portWrite(io *bus.Bus, port uint64, n int, v uint64) {
 }
 
 func TestHostBridgeConfigPorts(t *testing.T) {
-	pb := NewBus(nil)
+	pb := NewBus()
 	var io bus.Bus
 	if err := io.Insert(pb, ConfigPortBase, ConfigPortSize); err != nil {
 		t.Fatal(err)
@@ -428,17 +428,18 @@ type move struct {
 }
 
 func TestBusAddAndBARMove(t *testing.T) {
-	pb := NewBus(nil)
+	pb := NewBus()
 	var moves []move
-	pb.SetBARMoveHandler(func(slot int, dev Device, bar BAR, old uint64) {
+	pb.SetBARMoveHandler(func(slot int, dev Device, bar BAR, old uint64) error {
 		if pb.Device(slot) != dev {
 			t.Error("handler got another device")
 		}
 		moves = append(moves, move{slot, bar.Index, old, bar.Addr})
+		return nil
 	})
 	r := &fakeRouter{}
 	d := newTestDev(t, r, 2)
-	slot, bars, err := pb.Add(-1, d)
+	slot, bars, err := pb.Add(-1, d, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -456,11 +457,11 @@ func TestBusAddAndBARMove(t *testing.T) {
 	if !d.cfg.MemoryEnabled() {
 		t.Fatal("memory decode off after Add")
 	}
-	if _, _, err := pb.Add(1, d); !errors.Is(err, ErrSlotInUse) {
+	if _, _, err := pb.Add(1, d, nil); !errors.Is(err, ErrSlotInUse) {
 		t.Fatalf("Add to used slot = %v", err)
 	}
 	for _, s := range []int{0, 32, -2} {
-		if _, _, err := pb.Add(s, d); !errors.Is(err, ErrBadSlot) && !errors.Is(err, ErrSlotInUse) {
+		if _, _, err := pb.Add(s, d, nil); !errors.Is(err, ErrBadSlot) && !errors.Is(err, ErrSlotInUse) {
 			t.Fatalf("Add(%d) = %v", s, err)
 		}
 	}
@@ -522,24 +523,72 @@ func TestBusAddAndBARMove(t *testing.T) {
 	}
 }
 
-func TestAllocator(t *testing.T) {
-	a := NewAllocator(0xC000_0000, 0xC001_0000)
-	x, err := a.Alloc(0x100)
-	if err != nil || x != 0xC000_0000 {
-		t.Fatal(x, err)
-	}
-	y, err := a.Alloc(0x4000)
-	if err != nil || y != 0xC000_4000 {
-		t.Fatalf("%#x %v", y, err)
-	}
-	if _, err := a.Alloc(0x10000); !errors.Is(err, ErrNoSpace) {
+// Add places BARs in the first free aligned ranges of the window, around
+// BARs the guest moved, and reuses the room of a removed function.
+func TestBusPlacement(t *testing.T) {
+	pb := NewBusWindow(0xC000_0000, 0xC001_0000)
+	d1 := newTestDev(t, &fakeRouter{}, 1)
+	_, bars1, err := pb.Add(1, d1, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Alloc(3); !errors.Is(err, ErrBadBAR) {
+	if _, _, err := pb.Add(2, newTestDev(t, &fakeRouter{}, 1), nil); err != nil {
 		t.Fatal(err)
 	}
-	b := NewAllocator(MMIOWindowBase, MMIOWindowBase+0x100)
-	if _, _, err := NewBus(b).Add(3, newTestDev(t, &fakeRouter{}, 1)); !errors.Is(err, ErrNoSpace) {
+	if _, _, err := NewBusWindow(MMIOWindowBase, MMIOWindowBase+0x100).Add(3, newTestDev(t, &fakeRouter{}, 1), nil); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Add without space = %v", err)
+	}
+	// Remove slot 1: its room is free again, and a new function gets it.
+	dev, gone, err := pb.Remove(1)
+	if err != nil || dev != Device(d1) || len(gone) != len(bars1) || gone[0].Addr != bars1[0].Addr {
+		t.Fatalf("Remove = %v %+v %v", dev, gone, err)
+	}
+	if pb.Device(1) != nil {
+		t.Fatal("slot 1 still holds a device")
+	}
+	if _, _, err := pb.Remove(1); !errors.Is(err, ErrBadSlot) {
+		t.Fatalf("second Remove = %v", err)
+	}
+	_, bars3, err := pb.Add(-1, newTestDev(t, &fakeRouter{}, 1), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bars3[0].Addr != bars1[0].Addr {
+		t.Errorf("new function at %#x, want the freed %#x", bars3[0].Addr, bars1[0].Addr)
+	}
+}
+
+// A BAR whose move the handler refused counts as unmapped: the next move
+// reports old address 0, and Bus.BARs says 0 meanwhile.
+func TestBusFailedMoveUnmaps(t *testing.T) {
+	pb := NewBus()
+	var olds []uint64
+	refuse := true
+	pb.SetBARMoveHandler(func(slot int, dev Device, bar BAR, old uint64) error {
+		olds = append(olds, old)
+		if refuse {
+			return ErrNoSpace
+		}
+		return nil
+	})
+	d := newTestDev(t, &fakeRouter{}, 1)
+	slot, bars, err := pb.Add(-1, d, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var io bus.Bus
+	_ = io.Insert(pb, ConfigPortBase, ConfigPortSize)
+	io.Write(0xCF8, cf8(slot, RegBAR0))
+	portWrite(&io, 0xCFC, 4, 0xD000_0000)
+	if got := pb.BARs(slot); got[0].Addr != 0 {
+		t.Fatalf("BAR after a refused move at %#x, want 0 (unmapped)", got[0].Addr)
+	}
+	refuse = false
+	portWrite(&io, 0xCFC, 4, 0xD100_0000)
+	if len(olds) != 2 || olds[0] != bars[0].Addr || olds[1] != 0 {
+		t.Fatalf("old addresses %#x", olds)
+	}
+	if got := pb.BARs(slot); got[0].Addr != 0xD100_0000 {
+		t.Fatalf("BAR at %#x after the accepted move", got[0].Addr)
 	}
 }

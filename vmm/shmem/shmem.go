@@ -19,12 +19,19 @@
 //	0x08 INT_CONTROL bit 0: interrupts enabled
 //	0x0C DOORBELL    write-only: bits 31:16 target peer, 15:0 vector
 //	0x10 STATE       this peer's state; mirrored into the state table
-//	0x14 INT_STATUS  read-to-clear: bit v set when vector v (v >= 31:
-//	                 bit 31) was signalled through INTx; reading returns
-//	                 and clears the bits and lowers INTx
+//	0x14 INT_STATUS  read-only: bit 0 set while the function's INTx
+//	                 condition is pending (as the PCI Status register's
+//	                 Interrupt Status bit); an extension of ivshmem v2
 //
-// Interrupts: MSI-X when the guest enables it, otherwise INTA# (level,
-// pending while INT_STATUS is non-zero). Signal raises a vector either way.
+// Interrupts: MSI-X when the guest enables it, otherwise INTA#, both
+// driven by the VMM from the vectors' eventfds (the model raises nothing
+// itself). In INTx mode the line is level-triggered: asserted while a
+// vector was signalled and the guest has not acknowledged it. The guest
+// acknowledges by setting the Command register's INTx-disable bit (as
+// Linux's uio_pci_generic does) and re-enables after draining its queues;
+// doorbells that arrive meanwhile are held and raise INTx on re-enable.
+// INT_CONTROL bit 0 gates INTx delivery (MSI-X is gated by the vector's
+// mask alone).
 //
 // Memory BAR (BAR 2) layout, each part page-aligned (see Layout):
 // state table (one uint32 per peer), read-write section, output sections of
@@ -144,27 +151,23 @@ func (l Layout) BARSize() uint64 {
 	return s
 }
 
-// Doorbell delivers doorbells that reach the model and state changes.
+// Doorbell is the VMM's side of the device: doorbells that reach the model,
+// state changes, and the interrupt state the model reports to the guest.
 type Doorbell interface {
 	// Ring signals vector of peer; it fails (and the doorbell is dropped)
 	// for a peer or vector that does not exist.
 	Ring(peer, vector int) error
-	// StateChanged tells that this peer's state register changed (the VMM
-	// notifies the other peers).
+	// StateChanged tells that this peer's state register changed to a new
+	// value (the VMM notifies the other peers).
 	StateChanged(state uint32)
-}
-
-// ModeNotifier is optionally implemented by a Doorbell that wants to know
-// when the way the guest takes interrupts may have changed: a write to
-// INT_CONTROL or to config space (MSI-X enable, INTx disable).
-type ModeNotifier interface {
+	// InterruptModeChanged tells that the way the guest takes interrupts
+	// may have changed: a write to INT_CONTROL or to config space (MSI-X
+	// enable, INTx disable).
 	InterruptModeChanged()
-}
-
-func (d *Device) modeChanged() {
-	if n, ok := d.bell.(ModeNotifier); ok {
-		n.InterruptModeChanged()
-	}
+	// INTxPending reports whether the function's INTx condition is
+	// pending (the guest sees it in the PCI Status register and
+	// INT_STATUS while MSI-X is off).
+	INTxPending() bool
 }
 
 // Device is one peer's shared-memory PCI function.
@@ -173,14 +176,12 @@ type Device struct {
 	layout Layout
 	cfg    *pci.ConfigSpace
 	msix   *pci.MSIX
-	intx   *pci.INTxSource
 	bell   Doorbell
 	state  []byte // the state table (host memory shared by all peers)
 
 	mu         sync.Mutex
 	intEnabled bool
 	myState    uint32
-	intStatus  uint32 // INT_STATUS: vectors signalled through INTx
 	dropped    uint64 // doorbells that could not be delivered
 	roWrites   uint64 // guest writes to read-only memory that trapped
 }
@@ -249,7 +250,10 @@ func NewWithIdentity(id int, layout Layout, vectors int, stateTable []byte, rout
 	if err != nil {
 		return nil, err
 	}
-	return &Device{id: id, layout: layout, cfg: cfg, msix: msix, intx: pci.NewINTxSource(cfg, msix), bell: bell, state: stateTable}, nil
+	if err := cfg.SetInterruptPin(pci.PinA); err != nil {
+		return nil, err
+	}
+	return &Device{id: id, layout: layout, cfg: cfg, msix: msix, bell: bell, state: stateTable}, nil
 }
 
 // Layout returns the memory layout.
@@ -258,33 +262,8 @@ func (d *Device) Layout() Layout { return d.layout }
 // ID returns this peer's id.
 func (d *Device) ID() int { return d.id }
 
-// Signal raises vector in this guest (the VMM's fallback path when a peer's
-// doorbell reached userspace); it respects INT_CONTROL. With MSI-X enabled
-// the vector's message is sent (or latched in the PBA while masked);
-// otherwise the vector's INT_STATUS bit is set and INTA# asserted.
-func (d *Device) Signal(vector int) error {
-	if vector < 0 || vector >= d.msix.Vectors() {
-		return fmt.Errorf("%w: %d of %d", pci.ErrBadVector, vector, d.msix.Vectors())
-	}
-	d.mu.Lock()
-	on := d.intEnabled
-	d.mu.Unlock()
-	if !on {
-		return nil
-	}
-	err := d.msix.Signal(vector)
-	if !errors.Is(err, pci.ErrMSIXDisabled) {
-		return err
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.intStatus |= 1 << min(vector, 31)
-	d.intx.SetPending(true)
-	return nil
-}
-
-// ConnectINTx implements pci.INTxDevice.
-func (d *Device) ConnectINTx(line pci.INTx) { d.intx.Connect(line) }
+// Vectors returns the number of MSI-X vectors.
+func (d *Device) Vectors() int { return d.msix.Vectors() }
 
 // InterruptsEnabled reports INT_CONTROL bit 0.
 func (d *Device) InterruptsEnabled() bool {
@@ -293,12 +272,14 @@ func (d *Device) InterruptsEnabled() bool {
 	return d.intEnabled
 }
 
-// INTxActive reports whether the function signals through INTx now (MSI-X
-// disabled).
-func (d *Device) INTxActive() bool { return d.intx.Active() }
+// MSIXEnabled reports whether the guest enabled MSI-X.
+func (d *Device) MSIXEnabled() bool { return d.msix.Enabled() }
 
-// INTxAsserted reports whether INTA# is driven high.
-func (d *Device) INTxAsserted() bool { return d.intx.Asserted() }
+// INTxDisabled reports the Command register's INTx-disable bit.
+func (d *Device) INTxDisabled() bool { return d.cfg.INTxDisabled() }
+
+// intxPending is the INTx condition the guest sees while MSI-X is off.
+func (d *Device) intxPending() bool { return !d.msix.Enabled() && d.bell.INTxPending() }
 
 // Stats returns the dropped doorbells and trapped read-only writes.
 func (d *Device) Stats() (dropped, roWrites uint64) {
@@ -307,15 +288,21 @@ func (d *Device) Stats() (dropped, roWrites uint64) {
 	return d.dropped, d.roWrites
 }
 
-// ReadConfig implements pci.Device.
-func (d *Device) ReadConfig(offset int, data []byte) { d.cfg.Read(offset, data) }
+// ReadConfig implements pci.Device. The Status register's Interrupt
+// Status bit is the VMM's view of the INTx condition at the time of the
+// read.
+func (d *Device) ReadConfig(offset int, data []byte) {
+	if offset < pci.RegStatus+2 && offset+len(data) > pci.RegStatus {
+		d.cfg.SetInterruptStatus(d.intxPending())
+	}
+	d.cfg.Read(offset, data)
+}
 
 // WriteConfig implements pci.Device.
 func (d *Device) WriteConfig(offset int, data []byte) {
 	d.cfg.Write(offset, data)
 	_ = d.msix.ControlWritten() // a router error leaves a vector unrouted; nothing to tell the guest
-	d.intx.Update()
-	d.modeChanged()
+	d.bell.InterruptModeChanged()
 }
 
 // BARs implements pci.Device.
@@ -342,12 +329,11 @@ func (d *Device) ReadBAR(bar int, offset uint64, data []byte) {
 			}
 		case RegState:
 			v = d.myState
-		case RegIntStatus:
-			v = d.intStatus
-			d.intStatus = 0
-			d.intx.SetPending(false)
 		}
 		d.mu.Unlock()
+		if offset == RegIntStatus && d.intxPending() {
+			v = 1
+		}
 		binary.LittleEndian.PutUint32(data, v)
 	case MSIXBAR:
 		if offset < regSize/2 {
@@ -377,7 +363,7 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 			d.mu.Lock()
 			d.intEnabled = v&1 != 0
 			d.mu.Unlock()
-			d.modeChanged()
+			d.bell.InterruptModeChanged()
 		case RegDoorbell:
 			peer, vector := int(v>>16), int(v&0xFFFF)
 			if err := d.bell.Ring(peer, vector); err != nil {
@@ -387,10 +373,13 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 			}
 		case RegState:
 			d.mu.Lock()
+			changed := d.myState != v
 			d.myState = v
 			binary.LittleEndian.PutUint32(d.state[4*d.id:], v)
 			d.mu.Unlock()
-			d.bell.StateChanged(v)
+			if changed {
+				d.bell.StateChanged(v)
+			}
 		}
 	case MSIXBAR:
 		if offset < regSize/2 {
@@ -407,4 +396,4 @@ func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 	}
 }
 
-var _ pci.INTxDevice = (*Device)(nil)
+var _ pci.Device = (*Device)(nil)

@@ -11,10 +11,24 @@ import (
 )
 
 type fakeBell struct {
-	mu     sync.Mutex
-	peers  int
-	rings  [][2]int
-	states []uint32
+	mu      sync.Mutex
+	peers   int
+	rings   [][2]int
+	states  []uint32
+	modes   int  // InterruptModeChanged calls
+	pending bool // what INTxPending answers
+}
+
+func (b *fakeBell) InterruptModeChanged() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.modes++
+}
+
+func (b *fakeBell) INTxPending() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.pending
 }
 
 func (b *fakeBell) Ring(peer, vector int) error {
@@ -92,7 +106,7 @@ func TestLayout(t *testing.T) {
 }
 
 func TestRegisters(t *testing.T) {
-	d, bell, router, table := newTestDevice(t)
+	d, bell, _, table := newTestDevice(t)
 	if reg(d, RegID) != 1 || reg(d, RegMaxPeers) != 3 || reg(d, RegIntControl) != 0 {
 		t.Errorf("id %d peers %d int %d", reg(d, RegID), reg(d, RegMaxPeers), reg(d, RegIntControl))
 	}
@@ -106,20 +120,21 @@ func TestRegisters(t *testing.T) {
 		t.Errorf("dropped %d, want 2", dropped)
 	}
 	writeReg(d, RegState, 0xABCD)
+	writeReg(d, RegState, 0xABCD) // the same value: no state change
 	if binary.LittleEndian.Uint32(table[4:]) != 0xABCD || reg(d, RegState) != 0xABCD || len(bell.states) != 1 {
-		t.Errorf("state not mirrored: table %x states %v", table[:12], bell.states)
+		t.Errorf("state not mirrored once: table %x states %v", table[:12], bell.states)
 	}
 	writeReg(d, RegID, 9) // read-only
 	if reg(d, RegID) != 1 {
 		t.Error("ID is writable")
 	}
-	// Interrupts are delivered only when enabled (and MSI-X is on).
-	if err := d.Signal(0); err != nil || len(router.fired) != 0 {
-		t.Errorf("signal with interrupts off: %v %v", err, router.fired)
-	}
+	modes := bell.modes
 	writeReg(d, RegIntControl, 1)
-	if reg(d, RegIntControl) != 1 {
+	if reg(d, RegIntControl) != 1 || !d.InterruptsEnabled() {
 		t.Error("INT_CONTROL not set")
+	}
+	if bell.modes != modes+1 {
+		t.Error("an INT_CONTROL write was not reported as an interrupt mode change")
 	}
 	// Writes to read-only memory that trap are counted and dropped.
 	d.WriteBAR(MemBAR, 8192, []byte{1, 2, 3, 4})
@@ -182,103 +197,47 @@ func TestGarbage(t *testing.T) {
 	}
 }
 
-type fakeLine struct {
-	mu     sync.Mutex
-	high   bool
-	raises int
-}
-
-func (l *fakeLine) SetLevel(high bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if high && !l.high {
-		l.raises++
-	}
-	l.high = high
-}
-
-func (l *fakeLine) level() bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.high
-}
-
-// With MSI-X disabled, Signal sets the vector's INT_STATUS bit and asserts
-// INTA#; reading INT_STATUS returns and clears the bits and lowers the line.
-func TestINTx(t *testing.T) {
-	d, _, router, _ := newTestDevice(t)
+// The INTx condition the VMM reports shows in the PCI Status register and
+// INT_STATUS while MSI-X is off, and nowhere once MSI-X is on; config
+// writes are reported as interrupt mode changes.
+func TestINTxStatus(t *testing.T) {
+	d, bell, _, _ := newTestDevice(t)
 	var pin [1]byte
 	d.ReadConfig(pci.RegInterruptPin, pin[:])
 	if pin[0] != pci.PinA {
 		t.Fatalf("interrupt pin %d, want INTA#", pin[0])
 	}
-	line := &fakeLine{}
-	d.ConnectINTx(line)
-	if err := d.Signal(1); err != nil || line.level() {
-		t.Fatalf("signal with INT_CONTROL off: %v, line %v", err, line.level())
+	status := func() bool {
+		var st [2]byte
+		d.ReadConfig(pci.RegStatus, st[:])
+		return st[0]&pci.StatusInterrupt != 0
 	}
-	writeReg(d, RegIntControl, 1)
-	if err := d.Signal(1); err != nil {
-		t.Fatal(err)
+	if status() || reg(d, RegIntStatus) != 0 {
+		t.Fatal("INTx condition reported with nothing pending")
 	}
-	if err := d.Signal(3); err != nil {
-		t.Fatal(err)
+	bell.mu.Lock()
+	bell.pending = true
+	bell.mu.Unlock()
+	var dw [4]byte // a dword read of Command+Status, as Linux's INTx check does
+	d.ReadConfig(pci.RegCommand, dw[:])
+	if dw[2]&pci.StatusInterrupt == 0 || !status() || reg(d, RegIntStatus) != 1 {
+		t.Error("pending INTx condition not reported")
 	}
-	if err := d.Signal(4); !errors.Is(err, pci.ErrBadVector) {
-		t.Errorf("signal of vector 4 of 4: %v", err)
+	writeReg(d, RegIntStatus, 0) // read-only
+	if reg(d, RegIntStatus) != 1 {
+		t.Error("INT_STATUS writable")
 	}
-	if err := d.Signal(-1); !errors.Is(err, pci.ErrBadVector) {
-		t.Errorf("signal of vector -1: %v", err)
-	}
-	if !line.level() || !d.INTxAsserted() || line.raises != 1 {
-		t.Fatalf("line high %v asserted %v raises %d", line.level(), d.INTxAsserted(), line.raises)
-	}
-	var st [2]byte
-	d.ReadConfig(pci.RegStatus, st[:])
-	if st[0]&pci.StatusInterrupt == 0 {
-		t.Error("Status.Interrupt clear while INTx pending")
-	}
-	if v := reg(d, RegIntStatus); v != 1<<1|1<<3 {
-		t.Errorf("INT_STATUS %#x, want %#x", v, 1<<1|1<<3)
-	}
-	if line.level() {
-		t.Error("line still high after INT_STATUS read")
-	}
-	if v := reg(d, RegIntStatus); v != 0 {
-		t.Errorf("INT_STATUS %#x after read-to-clear", v)
-	}
-	writeReg(d, RegIntStatus, 0xFFFF) // read-only
-	if v := reg(d, RegIntStatus); v != 0 {
-		t.Errorf("INT_STATUS writable: %#x", v)
-	}
-	// INTx-disable in the Command register keeps the line low, though the
-	// condition is latched.
+	modes := bell.modes
 	var cmd [2]byte
 	d.ReadConfig(pci.RegCommand, cmd[:])
 	cmd[1] |= pci.CommandINTxDisable >> 8
 	d.WriteConfig(pci.RegCommand, cmd[:])
-	_ = d.Signal(0)
-	if line.level() {
-		t.Error("line high with INTx disabled")
+	if !d.INTxDisabled() || bell.modes != modes+1 {
+		t.Errorf("INTx disable: disabled %v, mode changes %d", d.INTxDisabled(), bell.modes-modes)
 	}
-	cmd[1] &^= pci.CommandINTxDisable >> 8
-	d.WriteConfig(pci.RegCommand, cmd[:])
-	if !line.level() {
-		t.Error("line low after INTx re-enabled with a pending condition")
-	}
-	_ = reg(d, RegIntStatus)
-	// With MSI-X enabled the vector goes to MSI-X, not INTx.
 	enableMSIX(t, d)
-	if err := d.Signal(2); err != nil {
-		t.Fatal(err)
-	}
-	if line.level() || reg(d, RegIntStatus) != 0 {
-		t.Error("INTx used while MSI-X is enabled")
-	}
-	router.mu.Lock()
-	defer router.mu.Unlock()
-	if len(router.fired) != 1 || router.fired[0] != 2 {
-		t.Errorf("MSI-X fired %v, want [2]", router.fired)
+	if !d.MSIXEnabled() || status() || reg(d, RegIntStatus) != 0 {
+		t.Error("INTx condition reported while MSI-X is on")
 	}
 }
 

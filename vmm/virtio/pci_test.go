@@ -130,21 +130,23 @@ type machine struct {
 }
 
 func newMachine(t *testing.T) *machine {
-	m := &machine{t: t, mem: vt.NewMemory(memSize), pb: pci.NewBus(nil)}
+	m := &machine{t: t, mem: vt.NewMemory(memSize), pb: pci.NewBus()}
 	if err := m.pio.Insert(m.pb, pci.ConfigPortBase, pci.ConfigPortSize); err != nil {
 		t.Fatal(err)
 	}
-	m.pb.SetBARMoveHandler(func(slot int, dev pci.Device, bar pci.BAR, old uint64) {
+	m.pb.SetBARMoveHandler(func(slot int, dev pci.Device, bar pci.BAR, old uint64) error {
 		m.mmio.Remove(old)
 		if err := m.mmio.Insert(pci.BARRegion(dev, bar.Index), bar.Addr, bar.Size); err != nil {
 			t.Errorf("move BAR: %v", err)
+			return err
 		}
+		return nil
 	})
 	return m
 }
 
 func (m *machine) add(dev pci.Device) int {
-	slot, bars, err := m.pb.Add(-1, dev)
+	slot, bars, err := m.pb.Add(-1, dev, nil)
 	if err != nil {
 		m.t.Fatal(err)
 	}
