@@ -233,7 +233,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		}
 	}{
 		{acpi.COM1Port, 8, uart},
-		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event()},
+		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event(nil)},
 		{acpi.PM1aControlPort, acpi.PM1aControlLen, platform.NewPM1Control(func() { m.Stop(Exit{Reason: ExitPowerOff}) })},
 		{acpi.PMTimerPort, acpi.PMTimerLen, platform.NewPMTimer(nil)},
 		{platform.GuestStatusPort, 1, status},

@@ -9,6 +9,30 @@
 // AML written by this package's own encoder, describes the PCI root bridge
 // and COM1, with a _PRT that routes every slot's INTx pins to IOAPIC inputs
 // PCIINTxGSIBase.. (see PCIINTxGSI).
+//
+// # PCI hotplug
+//
+// With Config.HotplugSlots non-zero the tables also describe ACPI PCI
+// hotplug for those slots of bus 0, which Linux's acpiphp driver handles
+// with no guest-side setup. The VMM must then place the two register blocks
+// behind them (vmm/platform.GPEBlock at GPE0Port, vmm/platform/hotplug's
+// Controller at PCIHotplugPort) and wire the GPE block to the SCI:
+//
+//   - The FADT gets a GPE0 block (GPE0_BLK and X_GPE0_BLK at GPE0Port,
+//     GPE0_BLK_LEN 4: two status bytes, then two enable bytes; GPEs 0-15).
+//   - Under \_SB.PCI0: OperationRegion PCHP (SystemIO, PCIHotplugPort,
+//     PCIHotplugLen) with the DWord fields PCIU (offset 0, slots with a
+//     device check pending, cleared by reading), PCID (offset 4, slots with
+//     an eject request pending) and PCEJ (offset 8, write-only: the guest
+//     ejects the slots whose bits it writes); a PNP0C02 device PHPR whose
+//     _CRS reserves those ports; one Device(Sxx) per slot (xx the slot in
+//     hex) with _ADR (slot<<16), _SUN (slot) and _EJ0, which writes
+//     1<<slot to PCEJ; method DVNT(bits, event), which notifies every Sxx
+//     whose bit is set in bits; and the serialized method PCNT, which reads
+//     PCIU and PCID and notifies device check (1) for the slots in the
+//     first and eject request (3) for those in the second.
+//   - \_GPE._E01 (GPE PCIHotplugGPE, edge-triggered: the OS clears the
+//     status bit before running it) calls \_SB.PCI0.PCNT.
 package acpi
 
 import (
@@ -40,6 +64,19 @@ const (
 	ResetPort       = layout.ResetPort // RESET_REG (system I/O)
 	ResetValue      = 0x06             // RESET_VALUE
 	SCIIRQ          = layout.SCIGSI    // SCI_INT
+
+	// GPE0Port is GPE0_BLK (only with Config.HotplugSlots set): status
+	// at GPE0Port..+1, enable at GPE0Port+2..+3.
+	GPE0Port = 0x610
+	GPE0Len  = 4
+	// PCIHotplugPort is the PCI hotplug register block the DSDT's
+	// OperationRegion PCHP covers (only with Config.HotplugSlots set):
+	// PCIU at +0, PCID at +4, PCEJ at +8, 32 bits each.
+	PCIHotplugPort = 0x620
+	PCIHotplugLen  = 12
+	// PCIHotplugGPE is the general-purpose event the hotplug registers
+	// raise; \_GPE._E01 handles it.
+	PCIHotplugGPE = 1
 
 	// SleepTypeSoftOff is the SLP_TYP value _S5 advertises.
 	SleepTypeSoftOff = 5
@@ -84,11 +121,20 @@ var ErrInvalidConfig = errors.New("acpi: invalid configuration")
 // or below 4 GiB.
 var ErrTooLarge = errors.New("acpi: tables too large")
 
+// AllHotplugSlots is the HotplugSlots value describing every slot but the
+// host bridge's (1..31).
+const AllHotplugSlots = 0xFFFFFFFE
+
 // Config says what the tables describe.
 type Config struct {
 	// NumCPUs is the number of vCPUs, 1..MaxCPUs. vCPU i gets local APIC
 	// id i and ACPI processor UID i; the IOAPIC gets id NumCPUs.
 	NumCPUs int
+	// HotplugSlots is a bitmap of the bus-0 slots described as
+	// hot-pluggable (bit s for slot s; bit 0, the host bridge, must be
+	// clear). Zero leaves out the GPE block and all hotplug AML (see the
+	// package comment).
+	HotplugSlots uint32
 }
 
 // Table identification written into every header.
@@ -106,6 +152,9 @@ const (
 func Build(cfg Config, base uint64) (tables []byte, rsdp uint64, err error) {
 	if cfg.NumCPUs < 1 || cfg.NumCPUs > MaxCPUs {
 		return nil, 0, fmt.Errorf("%w: NumCPUs %d not in 1..%d", ErrInvalidConfig, cfg.NumCPUs, MaxCPUs)
+	}
+	if cfg.HotplugSlots&1 != 0 {
+		return nil, 0, fmt.Errorf("%w: HotplugSlots %#x includes slot 0, the host bridge", ErrInvalidConfig, cfg.HotplugSlots)
 	}
 	if base%16 != 0 {
 		return nil, 0, fmt.Errorf("%w: base %#x not 16-byte aligned", ErrInvalidConfig, base)
@@ -137,7 +186,7 @@ func Build(cfg Config, base uint64) (tables []byte, rsdp uint64, err error) {
 	gpa := func(off int) uint64 { return base + uint64(off) }
 
 	copy(buf[facsOff:], buildFACS())
-	copy(buf[fadtOff:], buildFADT(gpa(facsOff), gpa(dsdtOff)))
+	copy(buf[fadtOff:], buildFADT(cfg, gpa(facsOff), gpa(dsdtOff)))
 	copy(buf[madtOff:], madt)
 	copy(buf[dsdtOff:], dsdt)
 	copy(buf[xsdtOff:], buildXSDT(gpa(fadtOff), gpa(madtOff)))
@@ -225,9 +274,11 @@ const (
 	fadtPM1aEvtBlk       = 56
 	fadtPM1aCntBlk       = 64
 	fadtPMTmrBlk         = 76
+	fadtGPE0Blk          = 80
 	fadtPM1EvtLen        = 88
 	fadtPM1CntLen        = 89
 	fadtPMTmrLen         = 91
+	fadtGPE0BlkLen       = 92
 	fadtPLvl2Lat         = 96
 	fadtPLvl3Lat         = 98
 	fadtIAPCBootArch     = 109
@@ -240,6 +291,7 @@ const (
 	fadtXPM1aEvtBlk      = 148
 	fadtXPM1aCntBlk      = 172
 	fadtXPMTmrBlk        = 208
+	fadtXGPE0Blk         = 220
 	fadtHypervisorVendor = 268
 )
 
@@ -275,7 +327,7 @@ func putGAS(b []byte, space, bitWidth, access byte, addr uint64) {
 	binary.LittleEndian.PutUint64(b[4:], addr)
 }
 
-func buildFADT(facs, dsdt uint64) []byte {
+func buildFADT(cfg Config, facs, dsdt uint64) []byte {
 	t := make([]byte, fadtLen)
 	le := binary.LittleEndian
 	le.PutUint32(t[fadtFirmwareCtrl:], uint32(facs))
@@ -302,6 +354,11 @@ func buildFADT(facs, dsdt uint64) []byte {
 	putGAS(t[fadtXPM1aEvtBlk:], gasSystemIO, 8*PM1aEventLen, 0, PM1aEventPort)
 	putGAS(t[fadtXPM1aCntBlk:], gasSystemIO, 8*PM1aControlLen, 0, PM1aControlPort)
 	putGAS(t[fadtXPMTmrBlk:], gasSystemIO, 8*PMTimerLen, 0, PMTimerPort)
+	if cfg.HotplugSlots != 0 {
+		le.PutUint32(t[fadtGPE0Blk:], GPE0Port)
+		t[fadtGPE0BlkLen] = GPE0Len
+		putGAS(t[fadtXGPE0Blk:], gasSystemIO, 8*GPE0Len, 0, GPE0Port)
+	}
 	copy(t[fadtHypervisorVendor:], hypervisor)
 	header(t, "FACP", 6)
 	return t
@@ -378,10 +435,11 @@ func buildPRT(e *amlEncoder) []byte {
 }
 
 // buildDSDT returns the DSDT: _S5, \_SB.PCI0, \_SB.COM1 and one processor
-// device per vCPU.
+// device per vCPU, and with hotplug slots the hotplug objects in PCI0 and
+// the \_GPE scope.
 func buildDSDT(cfg Config) ([]byte, error) {
 	var e amlEncoder
-	pci := e.device("PCI0",
+	pci := e.device("PCI0", append([][]byte{
 		e.name("_HID", e.eisaIDValue("PNP0A08")),
 		e.name("_CID", e.eisaIDValue("PNP0A03")),
 		e.name("_SEG", e.integer(0)),
@@ -395,6 +453,7 @@ func buildDSDT(cfg Config) ([]byte, error) {
 			resWordIO(0x0D00, 0xFFFF),
 			resDWordMemory(PCIMMIOBase, PCIMMIOLast),
 		)),
+	}, buildHotplugPCI(&e, cfg.HotplugSlots)...)...,
 	)
 	com1 := e.device("COM1",
 		e.name("_HID", e.eisaIDValue("PNP0501")),
@@ -413,6 +472,11 @@ func buildDSDT(cfg Config) ([]byte, error) {
 	}
 	body := e.name("_S5", e.pack(e.integer(SleepTypeSoftOff), e.integer(SleepTypeSoftOff), e.integer(0), e.integer(0)))
 	body = append(body, e.scope(`\_SB`, sb...)...)
+	if cfg.HotplugSlots != 0 {
+		body = append(body, e.scope(`\_GPE`,
+			e.method(fmt.Sprintf("_E%02X", PCIHotplugGPE), 0, false, e.call(`\_SB.PCI0.PCNT`)),
+		)...)
+	}
 	if e.err != nil {
 		return nil, e.err
 	}
@@ -420,4 +484,51 @@ func buildDSDT(cfg Config) ([]byte, error) {
 	t = append(t, body...)
 	header(t, "DSDT", 2)
 	return t, nil
+}
+
+// Notify values (ACPI 6.x, table 5.166).
+const (
+	notifyDeviceCheck  = 1
+	notifyEjectRequest = 3
+)
+
+// buildHotplugPCI returns the objects \_SB.PCI0 holds for the hotplug slots
+// in slots (see the package comment); none when slots is 0.
+func buildHotplugPCI(e *amlEncoder, slots uint32) [][]byte {
+	if slots == 0 {
+		return nil
+	}
+	out := [][]byte{
+		e.opRegion("PCHP", regionSystemIO, PCIHotplugPort, PCIHotplugLen),
+		e.field("PCHP", fieldAccessDWord|fieldWriteAsZeros,
+			fieldUnit{"PCIU", 32}, fieldUnit{"PCID", 32}, fieldUnit{"PCEJ", 32}),
+		e.device("PHPR",
+			e.name("_HID", e.eisaIDValue("PNP0C02")),
+			e.name("_UID", e.str("PCIHP")),
+			e.name("_CRS", e.resourceTemplate(resIO(PCIHotplugPort, PCIHotplugPort, 1, PCIHotplugLen))),
+		),
+	}
+	var notifies [][]byte
+	for slot := 1; slot < PCISlots; slot++ {
+		if slots&(1<<slot) == 0 {
+			continue
+		}
+		name := fmt.Sprintf("S%02X", slot)
+		out = append(out, e.device(name,
+			e.name("_ADR", e.integer(uint64(slot)<<16)),
+			e.name("_SUN", e.integer(uint64(slot))),
+			e.method("_EJ0", 1, false, e.store(e.integer(1<<slot), e.nameString("PCEJ"))),
+		))
+		notifies = append(notifies, e.ifThen(e.and(e.arg(0), e.integer(1<<slot), nil),
+			e.notify(e.nameString(name), e.arg(1))))
+	}
+	return append(out,
+		e.method("DVNT", 2, false, notifies...),
+		e.method("PCNT", 0, true,
+			e.store(e.nameString("PCIU"), e.local(0)),
+			e.store(e.nameString("PCID"), e.local(1)),
+			e.call("DVNT", e.local(0), e.integer(notifyDeviceCheck)),
+			e.call("DVNT", e.local(1), e.integer(notifyEjectRequest)),
+		),
+	)
 }

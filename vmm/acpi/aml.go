@@ -317,3 +317,170 @@ func resDWordMemory(min, max uint32) []byte {
 	}
 	return out
 }
+
+// Opcodes of the executable AML the hotplug methods use (ACPI 6.x, sections
+// 20.2.5 and 20.2.6).
+const (
+	amlMethodOp   = 0x14
+	amlLocal0Op   = 0x60 // Local0..Local7: 0x60..0x67
+	amlArg0Op     = 0x68 // Arg0..Arg6: 0x68..0x6E
+	amlStoreOp    = 0x70
+	amlAndOp      = 0x7B
+	amlNotifyOp   = 0x86
+	amlIfOp       = 0xA0
+	amlOpRegionOp = 0x80 // after amlExtOpPrefix
+	amlFieldOp    = 0x81 // after amlExtOpPrefix
+
+	maxMethodArgs = 7
+	numLocals     = 8
+)
+
+// Operation region spaces (ACPI 6.x, 19.6.100).
+const regionSystemIO = 0x01
+
+// FieldFlags (ACPI 6.x, 20.2.5.2): AccessType in bits 0-3, LockRule in
+// bit 4, UpdateRule in bits 5-6.
+const (
+	fieldAccessDWord  = 3
+	fieldWriteAsZeros = 2 << 5 // NoLock is 0
+)
+
+// method encodes Method(name, args, serialized){body...}. args is 0..7;
+// the sync level is 0.
+func (e *amlEncoder) method(name string, args int, serialized bool, body ...[]byte) []byte {
+	if args < 0 || args > maxMethodArgs {
+		e.fail("method %s: %d arguments, at most %d", name, args, maxMethodArgs)
+		args = 0
+	}
+	flags := byte(args)
+	if serialized {
+		flags |= 1 << 3
+	}
+	b := append(e.nameString(name), flags)
+	for _, x := range body {
+		b = append(b, x...)
+	}
+	return e.pkg([]byte{amlMethodOp}, b)
+}
+
+// local returns the LocalN object (N = 0..7).
+func (e *amlEncoder) local(n int) []byte {
+	if n < 0 || n >= numLocals {
+		e.fail("no Local%d", n)
+		n = 0
+	}
+	return []byte{amlLocal0Op + byte(n)}
+}
+
+// arg returns the ArgN object (N = 0..6).
+func (e *amlEncoder) arg(n int) []byte {
+	if n < 0 || n >= maxMethodArgs {
+		e.fail("no Arg%d", n)
+		n = 0
+	}
+	return []byte{amlArg0Op + byte(n)}
+}
+
+// store encodes Store(src, dst): src a TermArg, dst a SuperName (a
+// NameString, LocalN or ArgN).
+func (e *amlEncoder) store(src, dst []byte) []byte {
+	out := append([]byte{amlStoreOp}, src...)
+	return append(out, dst...)
+}
+
+// and encodes And(a, b, target); a nil target is NullName (the result is
+// only returned).
+func (e *amlEncoder) and(a, b, target []byte) []byte {
+	if target == nil {
+		target = []byte{amlZeroOp}
+	}
+	out := append([]byte{amlAndOp}, a...)
+	out = append(out, b...)
+	return append(out, target...)
+}
+
+// ifThen encodes If(predicate){body...} without an Else.
+func (e *amlEncoder) ifThen(predicate []byte, body ...[]byte) []byte {
+	b := append([]byte(nil), predicate...)
+	for _, x := range body {
+		b = append(b, x...)
+	}
+	return e.pkg([]byte{amlIfOp}, b)
+}
+
+// notify encodes Notify(object, value): object a SuperName naming a
+// device, value a TermArg.
+func (e *amlEncoder) notify(object, value []byte) []byte {
+	out := append([]byte{amlNotifyOp}, object...)
+	return append(out, value...)
+}
+
+// call encodes a MethodInvocation: the method's NameString followed by its
+// arguments. The AML parser takes the argument count from the method's
+// declaration, so len(args) must match it.
+func (e *amlEncoder) call(name string, args ...[]byte) []byte {
+	out := e.nameString(name)
+	for _, a := range args {
+		out = append(out, a...)
+	}
+	return out
+}
+
+// opRegion encodes OperationRegion(name, space, offset, length).
+func (e *amlEncoder) opRegion(name string, space byte, offset, length uint64) []byte {
+	out := append([]byte{amlExtOpPrefix, amlOpRegionOp}, e.nameString(name)...)
+	out = append(out, space)
+	out = append(out, e.integer(offset)...)
+	return append(out, e.integer(length)...)
+}
+
+// fieldUnit is one element of a Field list: a named field of bits bits, or
+// with an empty name a reserved gap of bits bits.
+type fieldUnit struct {
+	name string
+	bits int
+}
+
+// field encodes Field(region, flags){units...}.
+func (e *amlEncoder) field(region string, flags byte, units ...fieldUnit) []byte {
+	b := append(e.nameString(region), flags)
+	for _, u := range units {
+		if u.name == "" {
+			b = append(b, amlZeroOp) // ReservedField
+		} else {
+			b = append(b, e.nameSeg(u.name)...)
+		}
+		n, err := encodeFieldLength(u.bits)
+		if err != nil {
+			if e.err == nil {
+				e.err = err
+			}
+			n = []byte{0}
+		}
+		b = append(b, n...)
+	}
+	return e.pkg([]byte{amlExtOpPrefix, amlFieldOp}, b)
+}
+
+// encodeFieldLength encodes a field element's size in bits. It uses the
+// PkgLength encoding but, unlike a package's length, the value is the bit
+// count itself: it does not count its own bytes.
+func encodeFieldLength(bits int) ([]byte, error) {
+	if bits <= 0 || bits > maxPkgLength {
+		return nil, fmt.Errorf("%w: field length %d bits", ErrAML, bits)
+	}
+	if bits <= 0x3F {
+		return []byte{byte(bits)}, nil
+	}
+	for n := 2; n <= 4; n++ {
+		if bits < 1<<(4+8*(n-1)) {
+			out := make([]byte, n)
+			out[0] = byte(n-1)<<6 | byte(bits&0x0F)
+			for i := 1; i < n; i++ {
+				out[i] = byte(bits >> (4 + 8*(i-1)))
+			}
+			return out, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: field length %d bits", ErrAML, bits)
+}

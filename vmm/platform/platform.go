@@ -1,7 +1,14 @@
 // Package platform models the small legacy devices of a RainForest guest:
 // the ACPI fixed-hardware PM registers (PM1a event and control blocks and
-// the PM timer), the reset control register at port 0xCF9, and a one-byte
-// guest status port the guest writes its exit code to.
+// the PM timer), the GPE0 general-purpose event block, the reset control
+// register at port 0xCF9, and a one-byte guest status port the guest writes
+// its exit code to.
+//
+// The PM1a event block and the GPE block raise the ACPI system control
+// interrupt (SCI): each drives a Line that is high exactly while one of its
+// status bits is set together with the matching enable bit. The VMM gives
+// both an Input of one SCI, which ORs them onto the single level-triggered
+// SCI line (GSI 9 as the MADT describes it).
 //
 // Each device is a bus.Device placed by the VMM at the ports the ACPI
 // tables (vmm/acpi) advertise. Power-off and reset are reported through
@@ -45,8 +52,124 @@ func mergeRegister(value uint64, size int, offset uint64, data []byte) (merged, 
 	return value, written
 }
 
+// Line is an interrupt line: SetLevel(true) asserts it, SetLevel(false)
+// deasserts it. The VMM's IRQ lines and SCI inputs are Lines.
+type Line interface {
+	SetLevel(high bool)
+}
+
+// SCI is the ACPI system control interrupt: one level-triggered line
+// shared by the event blocks, asserted while any of its inputs is. It is
+// safe for concurrent use; the line's SetLevel is called with the SCI's lock
+// held, only when the combined level changes.
+type SCI struct {
+	mu       sync.Mutex
+	line     Line
+	asserted int // inputs that are high
+}
+
+// NewSCI returns an SCI driving line (nil: the level is only tracked).
+func NewSCI(line Line) *SCI { return &SCI{line: line} }
+
+// Input returns a new input of the SCI, initially low.
+func (s *SCI) Input() Line { return &sciInput{sci: s} }
+
+// Level reports whether the SCI is asserted.
+func (s *SCI) Level() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.asserted > 0
+}
+
+// sciInput is one source of an SCI; high is guarded by sci.mu.
+type sciInput struct {
+	sci  *SCI
+	high bool
+}
+
+// SetLevel implements Line.
+func (in *sciInput) SetLevel(high bool) {
+	s := in.sci
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if in.high == high {
+		return
+	}
+	in.high = high
+	was := s.asserted > 0
+	if high {
+		s.asserted++
+	} else {
+		s.asserted--
+	}
+	if now := s.asserted > 0; now != was && s.line != nil {
+		s.line.SetLevel(now)
+	}
+}
+
+// eventBlock is the status/enable register pair of an ACPI event block:
+// a 16-bit status register whose bits are cleared by writing 1 to them at
+// offset 0, and a 16-bit enable register at offset 2. Its line is kept high
+// exactly while status & enable & events is non-zero, re-evaluated on every
+// write and SetStatus; SetLevel is called with mu held (so levels reach the
+// line in order), only on a change.
+type eventBlock struct {
+	mu     sync.Mutex
+	status uint16
+	enable uint16
+	events uint16 // status bits that can raise the line
+	line   Line
+	level  bool
+}
+
+// eventBlockLen is the size of an event block: status, then enable.
+const eventBlockLen = 4
+
+func (b *eventBlock) setStatus(bits uint16) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.status |= bits
+	b.updateLocked()
+}
+
+func (b *eventBlock) registers() (status, enable uint16) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.status, b.enable
+}
+
+func (b *eventBlock) updateLocked() {
+	level := b.status&b.enable&b.events != 0
+	if level == b.level {
+		return
+	}
+	b.level = level
+	if b.line != nil {
+		b.line.SetLevel(level)
+	}
+}
+
+func (b *eventBlock) read(offset uint64, data []byte) {
+	b.mu.Lock()
+	v := uint64(b.status) | uint64(b.enable)<<16
+	b.mu.Unlock()
+	readRegister(v, eventBlockLen, offset, data)
+}
+
+// write clears the status bits written as 1 and stores the enable bytes
+// written.
+func (b *eventBlock) write(offset uint64, data []byte) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	v, written := mergeRegister(0, eventBlockLen, offset, data)
+	b.status &^= uint16(v & written)
+	mask := uint16(written >> 16)
+	b.enable = b.enable&^mask | uint16(v>>16)&mask
+	b.updateLocked()
+}
+
 // PM1 event block layout: status at offset 0, enable at offset 2.
-const PM1EventLen = 4
+const PM1EventLen = eventBlockLen
 
 // PM1 status and enable bits (ACPI 6.x, 4.8.3.1).
 const (
@@ -57,46 +180,73 @@ const (
 	PM1SleepButtonStatus = 1 << 9
 	PM1RTCStatus         = 1 << 10
 	PM1WakeStatus        = 1 << 15
+
+	// PM1SCIEvents are the status bits with an enable bit (TMR_EN, GBL_EN,
+	// PWRBTN_EN, SLPBTN_EN, RTC_EN) and so can raise the SCI; BM_STS and
+	// WAK_STS cannot.
+	PM1SCIEvents = PM1TimerStatus | PM1GlobalStatus | PM1PowerButtonStatus |
+		PM1SleepButtonStatus | PM1RTCStatus
 )
 
 // PM1Event is the PM1a event block: a 16-bit status register whose bits are
 // cleared by writing 1 to them, and a 16-bit enable register. This platform
 // has no fixed-feature events, so status bits are only ever set through
-// SetStatus; no SCI is raised.
+// SetStatus. Its SCI line is high while a status bit of PM1SCIEvents is set
+// with its enable bit.
 type PM1Event struct {
-	mu     sync.Mutex
-	status uint16
-	enable uint16
+	b eventBlock
 }
 
-// NewPM1Event returns a PM1a event block with all bits clear.
-func NewPM1Event() *PM1Event { return &PM1Event{} }
+// NewPM1Event returns a PM1a event block with all bits clear, driving sci
+// (nil: no SCI).
+func NewPM1Event(sci Line) *PM1Event {
+	return &PM1Event{b: eventBlock{events: PM1SCIEvents, line: sci}}
+}
 
 // SetStatus sets status bits, as hardware would on an event.
-func (e *PM1Event) SetStatus(bits uint16) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.status |= bits
-}
+func (e *PM1Event) SetStatus(bits uint16) { e.b.setStatus(bits) }
+
+// Registers returns the status and enable registers.
+func (e *PM1Event) Registers() (status, enable uint16) { return e.b.registers() }
 
 // Read implements bus.Device.
-func (e *PM1Event) Read(offset uint64, data []byte) {
-	e.mu.Lock()
-	v := uint64(e.status) | uint64(e.enable)<<16
-	e.mu.Unlock()
-	readRegister(v, PM1EventLen, offset, data)
-}
+func (e *PM1Event) Read(offset uint64, data []byte) { e.b.read(offset, data) }
 
 // Write implements bus.Device: written status bits that are 1 clear the
 // status bit; enable bytes are stored.
-func (e *PM1Event) Write(offset uint64, data []byte) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	v, written := mergeRegister(0, PM1EventLen, offset, data)
-	e.status &^= uint16(v & written)
-	mask := uint16(written >> 16)
-	e.enable = e.enable&^mask | uint16(v>>16)&mask
+func (e *PM1Event) Write(offset uint64, data []byte) { e.b.write(offset, data) }
+
+// GPEBlockLen is the size of the GPE0 block (GPE0_BLK_LEN): two status
+// bytes, then two enable bytes, for GPEs 0-15.
+const GPEBlockLen = eventBlockLen
+
+// GPEBlock is the GPE0 general-purpose event block: status bit n (cleared
+// by writing 1 to it, at offset 0) and enable bit n (offset 2) belong to GPE
+// n. Device models raise a GPE with SetStatus; the SCI line is high while a
+// status bit is set with its enable bit. Any offset and width is accepted;
+// the OS uses byte accesses.
+type GPEBlock struct {
+	b eventBlock
 }
+
+// NewGPEBlock returns a GPE block with all bits clear, driving sci (nil:
+// no SCI).
+func NewGPEBlock(sci Line) *GPEBlock {
+	return &GPEBlock{b: eventBlock{events: 0xFFFF, line: sci}}
+}
+
+// SetStatus sets the status bits of the GPEs in bits (bit n: GPE n).
+func (g *GPEBlock) SetStatus(bits uint16) { g.b.setStatus(bits) }
+
+// Registers returns the status and enable registers.
+func (g *GPEBlock) Registers() (status, enable uint16) { return g.b.registers() }
+
+// Read implements bus.Device.
+func (g *GPEBlock) Read(offset uint64, data []byte) { g.b.read(offset, data) }
+
+// Write implements bus.Device: status bits written as 1 are cleared; enable
+// bytes are stored.
+func (g *GPEBlock) Write(offset uint64, data []byte) { g.b.write(offset, data) }
 
 // PM1 control block.
 const (

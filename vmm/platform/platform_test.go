@@ -30,7 +30,7 @@ func write16(d bus.Device, off uint64, v uint16) {
 }
 
 func TestPM1Event(t *testing.T) {
-	e := NewPM1Event()
+	e := NewPM1Event(nil)
 	if read16(e, 0) != 0 || read16(e, 2) != 0 {
 		t.Fatal("not clear at start")
 	}
@@ -217,7 +217,7 @@ func TestGuestStatus(t *testing.T) {
 }
 
 func TestConcurrentAccess(t *testing.T) {
-	e := NewPM1Event()
+	e := NewPM1Event(nil)
 	c := NewPM1Control(func() {})
 	g := NewGuestStatus()
 	var wg sync.WaitGroup
