@@ -67,13 +67,13 @@ const (
 
 	// GPE0Port is GPE0_BLK (only with Config.HotplugSlots set): status
 	// at GPE0Port..+1, enable at GPE0Port+2..+3.
-	GPE0Port = 0x610
-	GPE0Len  = 4
+	GPE0Port = layout.GPE0Port
+	GPE0Len  = layout.GPE0Len
 	// PCIHotplugPort is the PCI hotplug register block the DSDT's
 	// OperationRegion PCHP covers (only with Config.HotplugSlots set):
 	// PCIU at +0, PCID at +4, PCEJ at +8, 32 bits each.
-	PCIHotplugPort = 0x620
-	PCIHotplugLen  = 12
+	PCIHotplugPort = layout.PCIHotplugPort
+	PCIHotplugLen  = layout.PCIHotplugLen
 	// PCIHotplugGPE is the general-purpose event the hotplug registers
 	// raise; \_GPE._E01 handles it.
 	PCIHotplugGPE = 1

@@ -42,9 +42,12 @@ func newFunction(t *testing.T, r pci.MSIRouter) *function {
 	return &function{cfg: cfg, msix: m}
 }
 
-func (f *function) ReadConfig(off int, data []byte)  { f.cfg.Read(off, data) }
-func (f *function) WriteConfig(off int, data []byte) { f.cfg.Write(off, data); _ = f.msix.ControlWritten() }
-func (f *function) BARs() []pci.BAR                  { return f.cfg.BARs() }
+func (f *function) ReadConfig(off int, data []byte) { f.cfg.Read(off, data) }
+func (f *function) WriteConfig(off int, data []byte) {
+	f.cfg.Write(off, data)
+	_ = f.msix.ControlWritten()
+}
+func (f *function) BARs() []pci.BAR { return f.cfg.BARs() }
 func (f *function) ReadBAR(bar int, off uint64, data []byte) {
 	clear(data)
 }

@@ -23,8 +23,9 @@
 //	0x1_0000_0000 RAM above LowRAMEnd continues here
 //
 // I/O ports: COM1 at 0x3F8, the guest status port 0x501, the ACPI PM1a
-// event, control and timer blocks at 0x600-0x60B, the PCI configuration
-// ports 0xCF8-0xCFF (the reset register is 0xCF9).
+// event, control and timer blocks at 0x600-0x60B, the GPE0 block at
+// 0x610-0x613, the PCI hotplug registers at 0x620-0x62B, the PCI
+// configuration ports 0xCF8-0xCFF (the reset register is 0xCF9).
 package layout
 
 // Boot structures in low memory.
@@ -68,6 +69,10 @@ const (
 	PM1aControlLen  = 2
 	PMTimerPort     = 0x608
 	PMTimerLen      = 4
+	GPE0Port        = 0x610 // status (2 bytes) + enable (2 bytes)
+	GPE0Len         = 4
+	PCIHotplugPort  = 0x620 // up, down, eject: 32 bits each
+	PCIHotplugLen   = 12
 	PCIConfigPort   = 0xCF8 // address at 0xCF8, data at 0xCFC-0xCFF
 	PCIConfigLen    = 8
 	ResetPort       = 0xCF9 // inside the PCI configuration range

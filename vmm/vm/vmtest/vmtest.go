@@ -91,7 +91,9 @@ func (v *VM) attach(fd int, q IRQFD) error {
 }
 
 // AttachIRQFD implements interrupt.Chip.
-func (v *VM) AttachIRQFD(fd int, gsi uint32) error { return v.attach(fd, IRQFD{GSI: gsi, Resample: -1}) }
+func (v *VM) AttachIRQFD(fd int, gsi uint32) error {
+	return v.attach(fd, IRQFD{GSI: gsi, Resample: -1})
+}
 
 // AttachResampleIRQFD implements interrupt.Chip.
 func (v *VM) AttachResampleIRQFD(fd, resampleFD int, gsi uint32) error {
