@@ -22,9 +22,10 @@
 //	    devices: ["0000:00:1f.2"]
 //	    cmdline_append: "rf.cat=/hello.txt"
 //
-// Sizes are integers of bytes with an optional binary unit: K, M, G, T (or
-// Ki/KiB, Mi/MiB, ...), all powers of 1024. "MB" and friends are refused as
-// ambiguous. Relative paths are relative to the supervisor's working
+// Sizes and cpulist strings follow internal/units: whole numbers of bytes
+// with an optional unit K, M, G or T, optionally followed by B or iB, all
+// powers of 1024 ("512M", "512MiB" and "512MB" are the same), and the
+// kernel's cpulist form ("2-5,8"). Relative paths are relative to the supervisor's working
 // directory unless ResolvePaths rebases them.
 package layout
 
