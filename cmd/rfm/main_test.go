@@ -59,9 +59,10 @@ func TestVMMBadInput(t *testing.T) {
 		{"truncated ELF", []string{"--kernel", elfNoNote, "--cpus", "0"}, "kernel " + elfNoNote, false},
 		{"missing initrd", []string{"--kernel", garbage, "--initrd", filepath.Join(dir, "nope"), "--cpus", "0"}, "initrd", false},
 		{"no cpus", []string{"--kernel", garbage}, "--cpus is required", false},
-		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "core 0 listed twice", false},
+		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "--cpus: invalid CPU list \"0,0\": CPU 0 is listed twice", false},
 		{"bad cpu list", []string{"--kernel", garbage, "--cpus", "0-x"}, "--cpus", false},
-		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory", false},
+		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory: invalid size \"lots\"", false},
+		{"zero memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "0M"}, "--memory: invalid size \"0M\": must be more than 0 bytes", false},
 		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
 		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
 		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
@@ -113,19 +114,6 @@ func TestVMMRefusesEmulatedKVM(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "emulates guest kernel code") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 		t.Errorf("want one line about the emulating KVM, got:\n%s", out)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]uint64{"512M": 512 << 20, "2G": 2 << 30, "1GiB": 1 << 30, "4096": 4096, "64k": 64 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "0", "-1M", "1T", "x"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
-		}
 	}
 }
 
