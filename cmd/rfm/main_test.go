@@ -162,6 +162,18 @@ subos:
 	if err == nil || !strings.Contains(string(out), `unknown field "cpu"`) || !strings.Contains(string(out), "line 3") {
 		t.Errorf("unknown field: %v\n%s", err, out)
 	}
+	// A device is refused, whatever the machine: no passthrough would
+	// attach it. (The layout must name one this machine has, or that is
+	// all rfm check says about it.)
+	if pci, _ := filepath.Glob("/sys/bus/pci/devices/*"); len(pci) > 0 {
+		addr := filepath.Base(pci[0])
+		dev := write("device.yaml", "defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cpus: 1\n    memory: 2M\n    devices: [\""+addr+"\"]\n")
+		out, err = exec.Command(bin, "check", dev).CombinedOutput()
+		want := `subos "a": devices[0]: PCI passthrough is not supported yet; nothing would attach ` + addr
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), want) {
+			t.Errorf("device: %v, want exit 1 and %q:\n%s", err, want, out)
+		}
+	}
 	good := write("good.yaml", "defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cpus: 1\n    memory: 2M\n")
 	out, err = exec.Command(bin, "check", good).CombinedOutput()
 	if err != nil && !strings.Contains(string(out), "hugepage") && !strings.Contains(string(out), "memory") {

@@ -120,7 +120,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	if err != nil {
 		return err
 	}
-	if probs := l.Check(inv, scratch); len(probs) > 0 {
+	if probs := l.Check(inv, supervisor.Admission{Ledger: scratch}); len(probs) > 0 {
 		return problemsError(probs)
 	}
 	if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {

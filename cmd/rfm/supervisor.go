@@ -185,7 +185,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
 	fl.StringArrayVar(&disks, "disk", nil, "raw disk image PATH[,ro]; repeatable")
-	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through; repeatable")
+	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	return cmd
 }

@@ -19,7 +19,7 @@
 //	    memory: 512M
 //	    node: 0            # optional
 //	    disks: [{path: build/images/disk.img, readonly: true}]
-//	    devices: ["0000:00:1f.2"]
+//	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
 //
 // Sizes and cpulist strings follow internal/units: whole numbers of bytes
@@ -94,7 +94,9 @@ type SubOS struct {
 	Initrd   string // "" = none
 	Disks    []Disk
 	// Devices are PCI addresses (domain:bus:slot.function, lower case)
-	// passed through, each with its whole IOMMU group.
+	// to pass through, each with its whole IOMMU group. Passthrough does
+	// not exist yet: Check vets the addresses, and the supervisor's checker
+	// (supervisor.Admission, used by rfm check and rfm run) refuses them.
 	Devices []string
 	// CmdlineAppend is appended to the guest kernel command line.
 	CmdlineAppend string

@@ -317,10 +317,12 @@ func (s *Supervisor) steerIRQs() {
 	s.restoreIRQ = restore
 }
 
-// Check lists everything wrong with spec, changing nothing.
+// Check lists everything wrong with spec, changing nothing: the files, the
+// segment grants, what the supervisor refuses (RequestProblems) and what
+// the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(checkFiles(spec), segmentProblems(spec.Segments)...)
-	return append(probs, s.ledger.Check(spec.Request())...)
+	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
 func checkFiles(spec Spec) []ledger.Problem {
@@ -367,10 +369,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if exists {
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
-	if probs := checkFiles(spec); len(probs) > 0 {
+	if probs := append(checkFiles(spec), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
-	alloc, err := s.ledger.Reserve(spec.Request())
+	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
 	if err != nil {
 		return Info{}, err
 	}
