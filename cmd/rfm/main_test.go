@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -95,6 +96,29 @@ func TestVMMBadInput(t *testing.T) {
 				t.Errorf("error does not mention %q:\n%s", c.want, out)
 			}
 		})
+	}
+}
+
+// A truncated bzImage is refused in one line naming the sizes, before
+// anything is allocated, instead of booting and triple-faulting.
+func TestVMMTruncatedBzImage(t *testing.T) {
+	kernel := realKernel()
+	if kernel == "" {
+		t.Skip("no image built (make image)")
+	}
+	bz, err := os.ReadFile(filepath.Join(filepath.Dir(kernel), "bzImage"))
+	if err != nil {
+		t.Skipf("no bzImage beside %s: %v", kernel, err)
+	}
+	cut := filepath.Join(t.TempDir(), "bzImage")
+	os.WriteFile(cut, bz[:len(bz)/2], 0o644)
+	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", cut, "--cpus", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want 2:\n%s", err, out)
+	}
+	want := fmt.Sprintf("bzImage truncated: %d bytes, header says ", len(bz)/2)
+	if !strings.Contains(string(out), want) || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("want one line saying %q, got:\n%s", want, out)
 	}
 }
 
