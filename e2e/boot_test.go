@@ -138,7 +138,7 @@ func TestBootDebian(t *testing.T) {
 			t.Errorf("output written to the virtio-console (hvc0) did not reach the console:\n%s", s)
 		}
 	})
-	for name, want := range map[string]string{"badcores": "core 0 listed twice", "nokernel": "kernel:"} {
+	for name, want := range map[string]string{"badcores": "CPU 0 is listed twice", "nokernel": "kernel:"} {
 		t.Run(name, func(t *testing.T) {
 			s := secs[name]
 			if got := Field(s, "RF-STATUS"); got != "2" {

@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"rainforest/vmm/hostcpu"
+	"rainforest/internal/units"
 )
 
 // ErrMalformed is returned when a sysfs or procfs file does not hold what
@@ -391,7 +391,7 @@ func readList(path string) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
-	list, err := hostcpu.ParseList(s)
+	list, err := units.ParseCPUList(s)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w: %w", path, ErrMalformed, err)
 	}

@@ -5,7 +5,7 @@ import (
 	"sort"
 	"strings"
 
-	"rainforest/vmm/hostcpu"
+	"rainforest/internal/units"
 )
 
 // CPU returns the CPU with the given ID.
@@ -98,7 +98,7 @@ func (inv *Inventory) Summary() string {
 		plural(len(inv.CPUs), "CPU"), online, plural(len(packages), "package"),
 		plural(len(cores), "core"), plural(len(inv.Nodes), "NUMA node"))
 	for _, n := range inv.Nodes {
-		cpus := hostcpu.FormatList(n.CPUs)
+		cpus := units.FormatCPUList(n.CPUs)
 		if cpus == "" {
 			cpus = "none"
 		}

@@ -8,11 +8,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
 	"rainforest/ficm/board"
+	"rainforest/internal/units"
 	"rainforest/rfcom"
 )
 
@@ -33,11 +33,7 @@ func entryLine(en board.Entry) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s peer %d %s", en.Name, en.Peer, stateName(en.State))
 	if len(en.CommCores) > 0 {
-		cores := make([]string, len(en.CommCores))
-		for i, c := range en.CommCores {
-			cores[i] = strconv.Itoa(c)
-		}
-		fmt.Fprintf(&b, " cores %s", strings.Join(cores, ","))
+		fmt.Fprintf(&b, " cores %s", units.FormatCPUList(en.CommCores))
 	}
 	if en.MAC != ([6]byte{}) {
 		m := en.MAC

@@ -195,7 +195,7 @@ func TestLsBoardMap(t *testing.T) {
 		"segment data 8192 bytes rw (device 0000:00:05.0)",
 		"segment config 4096 bytes ro (device 0000:00:06.0)",
 		"board seq 4, supervisor peer 0, 2 subOS(es)",
-		"  alpha peer 1 running cores 2,3",
+		"  alpha peer 1 running cores 2-3",
 		"  beta peer 2 running mac 52:54:00:00:00:02",
 	}
 	if r.code != 0 || r.stdout != strings.Join(want, "\n")+"\n" {

@@ -11,6 +11,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/partitioner"
 	"rainforest/rfm/layout"
+	"rainforest/rfm/supervisor"
 )
 
 func checkCommand(g *globalFlags) *cobra.Command {
@@ -21,9 +22,9 @@ func checkCommand(g *globalFlags) *cobra.Command {
 		Long: `Validate a layout before anything is touched: unknown fields, duplicate
 names, overlapping, offline or non-existent cores, the supervisor's core,
 memory beyond the hugepage pools or not page-aligned, unsupported page sizes,
-missing files, devices that cannot be isolated. Every problem is listed; the
-exit status is 1 when there is any. rfm run and rfm create run the same
-checks.`,
+missing files, and PCI devices (passthrough is not supported yet). Every
+problem is listed; the exit status is 1 when there is any. rfm run and rfm
+create run the same checks.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := os.Open(args[0])
@@ -44,7 +45,7 @@ checks.`,
 			if err != nil {
 				return err
 			}
-			probs := l.Check(inv, led)
+			probs := l.Check(inv, supervisor.Admission{Ledger: led})
 			err = g.print(cmd.OutOrStdout(), probs, func(w io.Writer) {
 				if len(probs) == 0 {
 					fmt.Fprintf(w, "%s: ok (%d subOSes)\n", args[0], len(l.SubOSes))

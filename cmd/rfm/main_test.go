@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,9 +60,10 @@ func TestVMMBadInput(t *testing.T) {
 		{"truncated ELF", []string{"--kernel", elfNoNote, "--cpus", "0"}, "kernel " + elfNoNote, false},
 		{"missing initrd", []string{"--kernel", garbage, "--initrd", filepath.Join(dir, "nope"), "--cpus", "0"}, "initrd", false},
 		{"no cpus", []string{"--kernel", garbage}, "--cpus is required", false},
-		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "core 0 listed twice", false},
+		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "--cpus: invalid CPU list \"0,0\": CPU 0 is listed twice", false},
 		{"bad cpu list", []string{"--kernel", garbage, "--cpus", "0-x"}, "--cpus", false},
-		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory", false},
+		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory: invalid size \"lots\"", false},
+		{"zero memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "0M"}, "--memory: invalid size \"0M\": must be more than 0 bytes", false},
 		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
 		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
 		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
@@ -97,6 +99,29 @@ func TestVMMBadInput(t *testing.T) {
 	}
 }
 
+// A truncated bzImage is refused in one line naming the sizes, before
+// anything is allocated, instead of booting and triple-faulting.
+func TestVMMTruncatedBzImage(t *testing.T) {
+	kernel := realKernel()
+	if kernel == "" {
+		t.Skip("no image built (make image)")
+	}
+	bz, err := os.ReadFile(filepath.Join(filepath.Dir(kernel), "bzImage"))
+	if err != nil {
+		t.Skipf("no bzImage beside %s: %v", kernel, err)
+	}
+	cut := filepath.Join(t.TempDir(), "bzImage")
+	os.WriteFile(cut, bz[:len(bz)/2], 0o644)
+	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", cut, "--cpus", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
+		t.Fatalf("exit %v, want 2:\n%s", err, out)
+	}
+	want := fmt.Sprintf("bzImage truncated: %d bytes, header says ", len(bz)/2)
+	if !strings.Contains(string(out), want) || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
+		t.Errorf("want one line saying %q, got:\n%s", want, out)
+	}
+}
+
 // On a host whose KVM emulates guest kernel code, booting Linux is refused
 // in one line instead of hanging.
 func TestVMMRefusesEmulatedKVM(t *testing.T) {
@@ -113,19 +138,6 @@ func TestVMMRefusesEmulatedKVM(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "emulates guest kernel code") || strings.Count(strings.TrimSpace(string(out)), "\n") != 0 {
 		t.Errorf("want one line about the emulating KVM, got:\n%s", out)
-	}
-}
-
-func TestParseSize(t *testing.T) {
-	for in, want := range map[string]uint64{"512M": 512 << 20, "2G": 2 << 30, "1GiB": 1 << 30, "4096": 4096, "64k": 64 << 10} {
-		if got, err := parseSize(in); err != nil || got != want {
-			t.Errorf("parseSize(%q) = %d, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "0", "-1M", "1T", "x"} {
-		if _, err := parseSize(bad); err == nil {
-			t.Errorf("parseSize(%q) accepted", bad)
-		}
 	}
 }
 
@@ -173,6 +185,18 @@ subos:
 	out, err = exec.Command(bin, "check", unknown).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), `unknown field "cpu"`) || !strings.Contains(string(out), "line 3") {
 		t.Errorf("unknown field: %v\n%s", err, out)
+	}
+	// A device is refused, whatever the machine: no passthrough would
+	// attach it. (The layout must name one this machine has, or that is
+	// all rfm check says about it.)
+	if pci, _ := filepath.Glob("/sys/bus/pci/devices/*"); len(pci) > 0 {
+		addr := filepath.Base(pci[0])
+		dev := write("device.yaml", "defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cpus: 1\n    memory: 2M\n    devices: [\""+addr+"\"]\n")
+		out, err = exec.Command(bin, "check", dev).CombinedOutput()
+		want := `subos "a": devices[0]: PCI passthrough is not supported yet; nothing would attach ` + addr
+		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.Contains(string(out), want) {
+			t.Errorf("device: %v, want exit 1 and %q:\n%s", err, want, out)
+		}
 	}
 	good := write("good.yaml", "defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cpus: 1\n    memory: 2M\n")
 	out, err = exec.Command(bin, "check", good).CombinedOutput()

@@ -17,6 +17,7 @@ import (
 
 	"rainforest/images"
 	"rainforest/internal/nested"
+	"rainforest/internal/units"
 	"rainforest/partitioner"
 	"rainforest/rfm/api"
 	"rainforest/rfm/layout"
@@ -108,7 +109,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 		return err
 	}
 	if f.housekeeping == "" && len(l.Supervisor.Cores) > 0 {
-		f.housekeeping = formatCores(l.Supervisor.Cores)
+		f.housekeeping = units.FormatCPUList(l.Supervisor.Cores)
 	}
 	sup, err := f.open(log)
 	if err != nil {
@@ -119,7 +120,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	if err != nil {
 		return err
 	}
-	if probs := l.Check(inv, scratch); len(probs) > 0 {
+	if probs := l.Check(inv, supervisor.Admission{Ledger: scratch}); len(probs) > 0 {
 		return problemsError(probs)
 	}
 	if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {
@@ -157,7 +158,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 			return err // names the subOS already
 		}
 		created = append(created, so.Name)
-		fmt.Fprintf(errOut, "rfm: %s running on cores %s, %d MiB on node %d (pid %d)\n", so.Name, formatCores(info.Allocation.Cores), info.Allocation.Memory>>20, info.Allocation.Node, info.PID)
+		fmt.Fprintf(errOut, "rfm: %s running on cores %s, %d MiB on node %d (pid %d)\n", so.Name, units.FormatCPUList(info.Allocation.Cores), info.Allocation.Memory>>20, info.Allocation.Node, info.PID)
 		tails.follow(so.Name, info.Log)
 	}
 	// Wait for Ctrl-C or for every subOS to end on its own.
@@ -203,14 +204,6 @@ func problemsError(probs []layout.Problem) error {
 		b.WriteString("\n  " + p.Error())
 	}
 	return errors.New(b.String())
-}
-
-func formatCores(c []int) string {
-	s := make([]string, len(c))
-	for i, v := range c {
-		s[i] = fmt.Sprint(v)
-	}
-	return strings.Join(s, ",")
 }
 
 // consoleTails prints subOS console logs as they grow, each line prefixed

@@ -14,11 +14,11 @@ import (
 	"github.com/spf13/cobra"
 
 	"rainforest/ficm/board"
+	"rainforest/internal/units"
 	"rainforest/partitioner"
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
 	"rainforest/rfm/supervisor"
-	"rainforest/vmm/hostcpu"
 )
 
 // globalFlags are shared by the client commands.
@@ -64,7 +64,7 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	if err != nil {
 		return nil, err
 	}
-	hk, err := hostcpu.ParseList(f.housekeeping)
+	hk, err := units.ParseCPUList(f.housekeeping)
 	if err != nil {
 		return nil, fmt.Errorf("--housekeeping: %w", err)
 	}
@@ -143,13 +143,13 @@ func createCommand(g *globalFlags) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
 			var err error
-			if spec.Memory, err = parseSize(memory); err != nil {
+			if spec.Memory, err = units.ParseNonZeroSize(memory); err != nil {
 				return fmt.Errorf("--memory: %w", err)
 			}
-			if spec.PageSize, err = parseSize(pageSize); err != nil {
+			if spec.PageSize, err = units.ParseNonZeroSize(pageSize); err != nil {
 				return fmt.Errorf("--page-size: %w", err)
 			}
-			if spec.Cores, err = hostcpu.ParseList(cores); err != nil {
+			if spec.Cores, err = units.ParseCPUList(cores); err != nil {
 				return fmt.Errorf("--cores: %w", err)
 			}
 			if node >= 0 {
@@ -185,7 +185,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
 	fl.StringArrayVar(&disks, "disk", nil, "raw disk image PATH[,ro]; repeatable")
-	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through; repeatable")
+	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	return cmd
 }
@@ -199,7 +199,7 @@ func parseSegment(v string) (supervisor.SegmentGrant, error) {
 		case p == "ro":
 			g.ReadOnly = true
 		case k == "size":
-			n, err := parseSize(val)
+			n, err := units.ParseNonZeroSize(val)
 			if err != nil {
 				return g, fmt.Errorf("--segment %q: %w", v, err)
 			}
@@ -240,7 +240,7 @@ func boardCommand(g *globalFlags) *cobra.Command {
 					if e.State == board.StateStopping {
 						st = "stopping"
 					}
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", e.Peer, e.Name, st, hostcpu.FormatList(e.CommCores))
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", e.Peer, e.Name, st, units.FormatCPUList(e.CommCores))
 				}
 			})
 		},
@@ -277,7 +277,7 @@ func psTable(w io.Writer, list []supervisor.Info) {
 	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tCREATED")
 	for _, i := range list {
 		a := i.Allocation
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\n", i.Name, i.State, i.PID, hostcpu.FormatList(a.Cores), a.Node,
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\n", i.Name, i.State, i.PID, units.FormatCPUList(a.Cores), a.Node,
 			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), i.Peer, strings.Join(a.Devices, ","), i.Created.Local().Format(time.DateTime))
 	}
 }

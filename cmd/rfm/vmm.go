@@ -6,14 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"rainforest/internal/units"
 	"rainforest/vmm"
-	"rainforest/vmm/hostcpu"
 	"rainforest/vmm/ram"
 )
 
@@ -108,14 +107,14 @@ func (f *vmmFlags) linuxConfig(logOut io.Writer) (vmm.LinuxConfig, func(), error
 	if f.kernel == "" {
 		return vmm.LinuxConfig{}, nil, fmt.Errorf("--kernel is required")
 	}
-	cores, err := hostcpu.ParseList(f.cpus)
+	cores, err := units.ParseCPUList(f.cpus)
 	if err != nil {
 		return vmm.LinuxConfig{}, nil, fmt.Errorf("--cpus: %w", err)
 	}
 	if len(cores) == 0 {
 		return vmm.LinuxConfig{}, nil, fmt.Errorf("--cpus is required (host cores, e.g. 1-2)")
 	}
-	mem, err := parseSize(f.memory)
+	mem, err := units.ParseNonZeroSize(f.memory)
 	if err != nil {
 		return vmm.LinuxConfig{}, nil, fmt.Errorf("--memory: %w", err)
 	}
@@ -210,25 +209,6 @@ func exitFor(log *slog.Logger, e vmm.Exit) error {
 		return exitError{e.Status}
 	}
 	return nil
-}
-
-// parseSize parses sizes such as 512M, 2G, 1GiB, 4096.
-func parseSize(s string) (uint64, error) {
-	t := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(s)), "IB"), "B")
-	mult := uint64(1)
-	switch {
-	case strings.HasSuffix(t, "K"):
-		mult, t = 1<<10, strings.TrimSuffix(t, "K")
-	case strings.HasSuffix(t, "M"):
-		mult, t = 1<<20, strings.TrimSuffix(t, "M")
-	case strings.HasSuffix(t, "G"):
-		mult, t = 1<<30, strings.TrimSuffix(t, "G")
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil || n == 0 || n > (1<<50)/mult {
-		return 0, fmt.Errorf("bad size %q (e.g. 512M, 2G)", s)
-	}
-	return n * mult, nil
 }
 
 func isTerminal(f *os.File) bool {

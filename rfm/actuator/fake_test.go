@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"rainforest/internal/units"
 )
 
 // writeFiles creates files (path relative to root -> content), making dirs.
@@ -392,19 +394,19 @@ func TestGroupV2WithoutPartitions(t *testing.T) {
 func TestLists(t *testing.T) {
 	for _, c := range []struct {
 		in, out string
-	}{{"", ""}, {"0", "0"}, {"0-3,5,7-8", "0-3,5,7-8"}, {"3,1,2\n", "1-3"}, {"0-1,1-2", "0-2"}} {
+	}{{"", ""}, {"0", "0"}, {"0-3,5,7-8", "0-3,5,7-8"}, {"3,1,2\n", "1-3"}} {
 		l, err := parseList(c.in)
-		if err != nil || formatList(l) != c.out {
-			t.Errorf("parseList(%q) = %v, %v; formatted %q, want %q", c.in, l, err, formatList(l), c.out)
+		if err != nil || units.FormatCPUList(l) != c.out {
+			t.Errorf("parseList(%q) = %v, %v; formatted %q, want %q", c.in, l, err, units.FormatCPUList(l), c.out)
 		}
 	}
-	for _, bad := range []string{"a", "3-1", "-1", "0-99999999"} {
-		if _, err := parseList(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("parseList(%q): %v, want ErrInvalid", bad, err)
+	for _, bad := range []string{"a", "3-1", "-1", "0-99999999", "0-1,1-2"} {
+		if _, err := parseList(bad); !errors.Is(err, ErrInvalid) || !errors.Is(err, units.ErrCPUList) {
+			t.Errorf("parseList(%q): %v, want ErrInvalid and units.ErrCPUList", bad, err)
 		}
 	}
 	m, err := parseMask("00000001,00000003")
-	if err != nil || formatList(m) != "0-1,32" {
+	if err != nil || units.FormatCPUList(m) != "0-1,32" {
 		t.Errorf("parseMask = %v, %v", m, err)
 	}
 	if got := formatMask([]int{0, 1, 32}); got != "1,00000003" {

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"rainforest/internal/units"
 )
 
 // Group is one subOS's cgroup, a directory in each hierarchy in use.
@@ -97,7 +99,7 @@ func (a *Actuator) CreateGroup(name string, cores []int, memNodes []int) (*Group
 		}
 	}
 	if taken := minus(cores, minus(cores, childCPUs(a.parentDir(a.hier[0])))); len(taken) > 0 {
-		return nil, fmt.Errorf("create group %s: %w: cores %s already in another group", name, ErrOverlap, formatList(taken))
+		return nil, fmt.Errorf("create group %s: %w: cores %s already in another group", name, ErrOverlap, units.FormatCPUList(taken))
 	}
 	var undo undoStack
 	for i, h := range a.hier {
@@ -114,10 +116,10 @@ func (a *Actuator) CreateGroup(name string, cores []int, memNodes []int) (*Group
 		}
 		// Memory nodes first: v1 needs both lists non-empty, and a
 		// v1 cpuset refuses cpus before mems on some kernels' checks.
-		if err := writeString(filepath.Join(dir, "cpuset.mems"), formatList(memNodes)); err != nil {
+		if err := writeString(filepath.Join(dir, "cpuset.mems"), units.FormatCPUList(memNodes)); err != nil {
 			return nil, undo.fail(fmt.Errorf("create group %s: %w", name, err))
 		}
-		if err := writeString(filepath.Join(dir, "cpuset.cpus"), formatList(cores)); err != nil {
+		if err := writeString(filepath.Join(dir, "cpuset.cpus"), units.FormatCPUList(cores)); err != nil {
 			return nil, undo.fail(fmt.Errorf("create group %s: %w", name, err))
 		}
 		if h.v2 {
@@ -182,7 +184,7 @@ func (a *Actuator) ensureParent(h hierarchy, cores, memNodes []int, undo *undoSt
 		if (h.v2 && len(have) == 0) || containsAll(have, f.want) {
 			continue
 		}
-		if err := writeString(path, formatList(union(have, f.want))); err != nil {
+		if err := writeString(path, units.FormatCPUList(union(have, f.want))); err != nil {
 			return err
 		}
 		undo.push(func() error { return writeString(path, old) })
@@ -249,12 +251,12 @@ func (a *Actuator) makePartition(h hierarchy, dir string, cores []int, undo *und
 	if exists(pex) && exists(cex) {
 		if old, err := readString(pex); err == nil {
 			if have, err := parseList(old); err == nil && !containsAll(have, cores) {
-				if writeString(pex, formatList(union(have, cores))) == nil {
+				if writeString(pex, units.FormatCPUList(union(have, cores))) == nil {
 					local.push(func() error { return writeString(pex, old) })
 				}
 			}
 		}
-		if writeString(cex, formatList(cores)) == nil {
+		if writeString(cex, units.FormatCPUList(cores)) == nil {
 			local.push(func() error { return writeString(cex, "") })
 		}
 	}
@@ -330,7 +332,7 @@ func (a *Actuator) makeParentPartition(h hierarchy, cores []int, undo *undoStack
 	if err != nil {
 		return fmt.Errorf("parent partition: %w", err)
 	}
-	if err := writeString(cfile, formatList(union(childCPUs(parent), cores))); err != nil {
+	if err := writeString(cfile, units.FormatCPUList(union(childCPUs(parent), cores))); err != nil {
 		return fmt.Errorf("parent partition: %w", err)
 	}
 	undo.push(func() error { return writeString(cfile, old) })
@@ -358,7 +360,7 @@ func (a *Actuator) shrinkParentPartition(h hierarchy) {
 		_ = writeString(filepath.Join(parent, "cpuset.cpus"), "")
 		return
 	}
-	_ = writeString(filepath.Join(parent, "cpuset.cpus"), formatList(keep))
+	_ = writeString(filepath.Join(parent, "cpuset.cpus"), units.FormatCPUList(keep))
 }
 
 // OpenGroup finds an existing group, e.g. after a supervisor restart.
@@ -455,7 +457,7 @@ func (a *Actuator) dropParentExclusive(h hierarchy, dir string) {
 	}
 	_ = writeString(filepath.Join(dir, "cpuset.cpus.partition"), "member")
 	_ = writeString(filepath.Join(dir, "cpuset.cpus.exclusive"), "")
-	_ = writeString(pex, formatList(minus(have, mine)))
+	_ = writeString(pex, units.FormatCPUList(minus(have, mine)))
 }
 
 // AddProcess moves process pid (all its threads) into the group in every

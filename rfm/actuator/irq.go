@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"rainforest/internal/units"
 )
 
 // SteerIRQs rewrites /proc/irq/N/smp_affinity_list of every IRQ so that none
@@ -24,7 +26,7 @@ func (a *Actuator) SteerIRQs(avoid []int) (restore func() error, err error) {
 	}
 	allowed := minus(online, avoid)
 	if len(allowed) == 0 {
-		return nil, fmt.Errorf("steer irqs: %w: online %s, avoid %s", ErrNoCPUsLeft, formatList(online), formatList(avoid))
+		return nil, fmt.Errorf("steer irqs: %w: online %s, avoid %s", ErrNoCPUsLeft, units.FormatCPUList(online), units.FormatCPUList(avoid))
 	}
 	irqRoot := filepath.Join(a.cfg.ProcRoot, "irq")
 	entries, err := os.ReadDir(irqRoot)
@@ -55,7 +57,7 @@ func (a *Actuator) SteerIRQs(avoid []int) (restore func() error, err error) {
 		if equalLists(cur, want) {
 			continue
 		}
-		if writeString(path, formatList(want)) != nil {
+		if writeString(path, units.FormatCPUList(want)) != nil {
 			continue // per-CPU or managed IRQ: the kernel keeps its affinity
 		}
 		changed = append(changed, saved{path, old})

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"rainforest/internal/units"
 	"rainforest/ledger"
 	"rainforest/partitioner"
 )
@@ -125,27 +126,7 @@ func (ck *checker) cpuRange() string {
 	if len(ids) == 0 {
 		return "no CPUs"
 	}
-	return "CPUs " + formatCPUList(ids)
-}
-
-// formatCPUList writes sorted ids in cpulist form, e.g. "0-3,8".
-func formatCPUList(ids []int) string {
-	ids = slices.Clone(ids)
-	slices.Sort(ids)
-	var parts []string
-	for i := 0; i < len(ids); {
-		j := i
-		for j+1 < len(ids) && ids[j+1] == ids[j]+1 {
-			j++
-		}
-		if j == i {
-			parts = append(parts, fmt.Sprint(ids[i]))
-		} else {
-			parts = append(parts, fmt.Sprintf("%d-%d", ids[i], ids[j]))
-		}
-		i = j + 1
-	}
-	return strings.Join(parts, ",")
+	return "CPUs " + units.FormatCPUList(ids)
 }
 
 func (ck *checker) supervisor() {
@@ -199,9 +180,9 @@ func pageSizeProblem(size uint64) string {
 	case size == PageSize2M || size == PageSize1G:
 		return ""
 	case size < PageSize2M:
-		return fmt.Sprintf("%s pages are not supported: subOS memory is backed by hugepages; use 2M or 1G", FormatSize(size))
+		return fmt.Sprintf("%s pages are not supported: subOS memory is backed by hugepages; use 2M or 1G", units.FormatSize(size))
 	default:
-		return fmt.Sprintf("%s is not a hugepage size; use 2M or 1G", FormatSize(size))
+		return fmt.Sprintf("%s is not a hugepage size; use 2M or 1G", units.FormatSize(size))
 	}
 }
 
@@ -290,7 +271,7 @@ func (ck *checker) subOS(i int) {
 			for _, n := range ck.inv.Nodes {
 				ids = append(ids, n.ID)
 			}
-			add("node", "node %d does not exist (this machine has nodes %s)", s.Node, formatCPUList(ids))
+			add("node", "node %d does not exist (this machine has nodes %s)", s.Node, units.FormatCPUList(ids))
 		}
 	}
 	pageOK := false
@@ -301,7 +282,7 @@ func (ck *checker) subOS(i int) {
 		if msg := pageSizeProblem(s.PageSize); msg != "" {
 			add("page_size", "%s", msg)
 		} else if ck.inv != nil && !ck.pageSizeOffered(s.PageSize) {
-			add("page_size", "this machine has no %s hugepages", FormatSize(s.PageSize))
+			add("page_size", "this machine has no %s hugepages", units.FormatSize(s.PageSize))
 		} else {
 			pageOK = true
 		}
@@ -310,16 +291,16 @@ func (ck *checker) subOS(i int) {
 	case s.Memory == 0:
 		add("memory", "missing (e.g. memory: 512M)")
 	case pageOK && s.Memory%s.PageSize != 0:
-		add("memory", "%s is not a multiple of the %s page size", FormatSize(s.Memory), FormatSize(s.PageSize))
+		add("memory", "%s is not a multiple of the %s page size", units.FormatSize(s.Memory), units.FormatSize(s.PageSize))
 	case node != nil && node.MemTotal > 0 && s.Memory > node.MemTotal:
-		add("memory", "%s is more than node %d's %s", FormatSize(s.Memory), node.ID, FormatSize(node.MemTotal))
+		add("memory", "%s is more than node %d's %s", units.FormatSize(s.Memory), node.ID, units.FormatSize(node.MemTotal))
 	case node == nil && ck.inv != nil:
 		var total uint64
 		for _, n := range ck.inv.Nodes {
 			total += n.MemTotal
 		}
 		if total > 0 && s.Memory > total {
-			add("memory", "%s is more than the machine's %s", FormatSize(s.Memory), FormatSize(total))
+			add("memory", "%s is more than the machine's %s", units.FormatSize(s.Memory), units.FormatSize(total))
 		}
 	}
 
@@ -346,7 +327,7 @@ func (ck *checker) subOS(i int) {
 		}
 		segs[g.Name] = j
 		if g.Size%4096 != 0 || g.Size > MaxSegmentSize {
-			add(field+".size", "%s: want a multiple of 4 KiB up to %s", FormatSize(g.Size), FormatSize(MaxSegmentSize))
+			add(field+".size", "%s: want a multiple of 4 KiB up to %s", units.FormatSize(g.Size), units.FormatSize(MaxSegmentSize))
 		}
 	}
 	disks := map[string]int{}
@@ -432,7 +413,7 @@ func (ck *checker) crossSubOS() {
 			case u.size == 0:
 				u.size, u.index = g.Size, i
 			case u.size != g.Size:
-				add(fmt.Sprintf("segments[%d].size", j), "%s, but %s gives segment %q %s", FormatSize(g.Size), label(u.index), g.Name, FormatSize(u.size))
+				add(fmt.Sprintf("segments[%d].size", j), "%s, but %s gives segment %q %s", units.FormatSize(g.Size), label(u.index), g.Name, units.FormatSize(u.size))
 			}
 		}
 	}

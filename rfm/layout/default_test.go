@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"rainforest/internal/units"
 	"rainforest/ledger"
 	"rainforest/partitioner"
 )
@@ -48,7 +49,7 @@ func TestDefault(t *testing.T) {
 				wantName := []string{DefaultSubOSA, DefaultSubOSB}[i]
 				if s.Name != wantName || !slices.Equal(s.Cores, tc.cores[i]) || s.Memory != tc.memory ||
 					s.PageSize != PageSize2M || s.Node != -1 {
-					t.Errorf("subOS %d = %+v, want %s on %v with %s", i, s, wantName, tc.cores[i], FormatSize(tc.memory))
+					t.Errorf("subOS %d = %+v, want %s on %v with %s", i, s, wantName, tc.cores[i], units.FormatSize(tc.memory))
 				}
 				if s.Kernel != filepath.Join(dir, "vmlinux") || s.Initrd != filepath.Join(dir, "initramfs.cpio.gz") ||
 					!slices.Equal(s.Disks, []Disk{{Path: filepath.Join(dir, "disk.img"), ReadOnly: true}}) {

@@ -19,12 +19,13 @@
 //	    memory: 512M
 //	    node: 0            # optional
 //	    disks: [{path: build/images/disk.img, readonly: true}]
-//	    devices: ["0000:00:1f.2"]
+//	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
 //
-// Sizes are integers of bytes with an optional binary unit: K, M, G, T (or
-// Ki/KiB, Mi/MiB, ...), all powers of 1024. "MB" and friends are refused as
-// ambiguous. Relative paths are relative to the supervisor's working
+// Sizes and cpulist strings follow internal/units: whole numbers of bytes
+// with an optional unit K, M, G or T, optionally followed by B or iB, all
+// powers of 1024 ("512M", "512MiB" and "512MB" are the same), and the
+// kernel's cpulist form ("2-5,8"). Relative paths are relative to the supervisor's working
 // directory unless ResolvePaths rebases them.
 package layout
 
@@ -93,7 +94,9 @@ type SubOS struct {
 	Initrd   string // "" = none
 	Disks    []Disk
 	// Devices are PCI addresses (domain:bus:slot.function, lower case)
-	// passed through, each with its whole IOMMU group.
+	// to pass through, each with its whole IOMMU group. Passthrough does
+	// not exist yet: Check vets the addresses, and the supervisor's checker
+	// (supervisor.Admission, used by rfm check and rfm run) refuses them.
 	Devices []string
 	// CmdlineAppend is appended to the guest kernel command line.
 	CmdlineAppend string

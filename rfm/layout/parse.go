@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"rainforest/internal/units"
 )
 
 // Errors Parse returns (wrapped; test with errors.Is).
@@ -98,7 +100,7 @@ type parser struct {
 
 // MaxCPU is the largest CPU number a layout may name (Linux supports at
 // most 8192 CPUs).
-const MaxCPU = 8191
+const MaxCPU = units.MaxCPU
 
 // MaxSubOSes is the most subOSes a layout may have.
 const MaxSubOSes = 1024
@@ -263,7 +265,7 @@ func (p *parser) size(n *yaml.Node, path string, dst *uint64) {
 	if !ok {
 		return
 	}
-	s, err := ParseSize(v)
+	s, err := units.ParseSize(v)
 	if err != nil {
 		p.errorf(n, path, "%v", err)
 		return
@@ -272,12 +274,16 @@ func (p *parser) size(n *yaml.Node, path string, dst *uint64) {
 }
 
 // cpuList reads a list of CPU numbers, either a YAML list of integers or
-// a string in the kernel's cpulist form ("2-5,8").
+// a string in the kernel's cpulist form ("2-5,8", see internal/units).
 func (p *parser) cpuList(n *yaml.Node, path string, dst *[]int) {
 	if n.Kind == yaml.ScalarNode && !isNull(n) {
-		cpus, err := parseCPUList(n.Value, maxCPUEntries-p.cpuEntries)
+		cpus, err := units.ParseCPUList(n.Value)
 		if err != nil {
 			p.errorf(n, path, "%v", err)
+			return
+		}
+		if p.cpuEntries+len(cpus) > maxCPUEntries {
+			p.errorf(n, path, "too many CPUs listed in the layout (more than %d)", maxCPUEntries)
 			return
 		}
 		p.cpuEntries += len(cpus)
@@ -299,34 +305,6 @@ func (p *parser) cpuList(n *yaml.Node, path string, dst *[]int) {
 		}
 	})
 	*dst = out
-}
-
-// parseCPUList parses a cpulist ("2-5,8") of at most budget CPUs.
-func parseCPUList(s string, budget int) ([]int, error) {
-	var out []int
-	for _, part := range strings.Split(s, ",") {
-		part = strings.TrimSpace(part)
-		lo, hi, isRange := strings.Cut(part, "-")
-		a, errA := strconv.Atoi(strings.TrimSpace(lo))
-		b := a
-		var errB error
-		if isRange {
-			b, errB = strconv.Atoi(strings.TrimSpace(hi))
-		}
-		if errA != nil || errB != nil || a < 0 || b < a {
-			return nil, fmt.Errorf("want a list of CPUs like [2, 3] or \"2-5,8\", got %q", s)
-		}
-		if b > MaxCPU {
-			return nil, fmt.Errorf("cpu %d is out of range (0 to %d)", b, MaxCPU)
-		}
-		if len(out)+(b-a+1) > budget {
-			return nil, fmt.Errorf("too many CPUs listed in the layout (more than %d)", maxCPUEntries)
-		}
-		for c := a; c <= b; c++ {
-			out = append(out, c)
-		}
-	}
-	return out, nil
 }
 
 func (p *parser) layout(doc *yaml.Node) *Layout {

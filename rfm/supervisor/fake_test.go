@@ -196,7 +196,8 @@ func (l *fakeLauncher) Adopt(pid int, start uint64) (Process, error) {
 	return p, nil
 }
 
-// testInventory is a 1-node, 4-core machine with a 64-page 2 MiB pool.
+// testInventory is a 1-node, 4-core machine with a 64-page 2 MiB pool and
+// one PCI device the ledger could assign (IOMMU group 3).
 func testInventory() *partitioner.Inventory {
 	inv := &partitioner.Inventory{}
 	for i := 0; i < 4; i++ {
@@ -204,8 +205,12 @@ func testInventory() *partitioner.Inventory {
 	}
 	inv.Nodes = []partitioner.Node{{ID: 0, CPUs: []int{0, 1, 2, 3}, MemTotal: 8 << 30, MemFree: 6 << 30,
 		HugePages: []partitioner.HugePool{{PageSize: 2 << 20, Total: 64, Free: 64}}}}
+	inv.Devices = []partitioner.PCIDevice{{Address: testDevice, Driver: "vfio-pci", IOMMUGroup: 3, Node: 0}}
 	return inv
 }
+
+// testDevice is testInventory's PCI device.
+const testDevice = "0000:03:00.0"
 
 func newTestSupervisor(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher) *Supervisor {
 	t.Helper()

@@ -8,17 +8,19 @@ import (
 
 // Spec is a request to create a subOS (the API's POST /v1/subos body).
 type Spec struct {
-	Name          string   `json:"name"`
-	CPUs          int      `json:"cpus,omitempty"`
-	Cores         []int    `json:"cores,omitempty"`
-	Node          *int     `json:"node,omitempty"`
-	Memory        uint64   `json:"memory"`              // bytes
-	PageSize      uint64   `json:"page_size,omitempty"` // bytes; 2 MiB by default
-	Kernel        string   `json:"kernel"`
-	Initrd        string   `json:"initrd,omitempty"`
-	CmdlineAppend string   `json:"cmdline_append,omitempty"`
-	Disks         []Disk   `json:"disks,omitempty"`
-	Devices       []string `json:"devices,omitempty"`
+	Name          string `json:"name"`
+	CPUs          int    `json:"cpus,omitempty"`
+	Cores         []int  `json:"cores,omitempty"`
+	Node          *int   `json:"node,omitempty"`
+	Memory        uint64 `json:"memory"`              // bytes
+	PageSize      uint64 `json:"page_size,omitempty"` // bytes; 2 MiB by default
+	Kernel        string `json:"kernel"`
+	Initrd        string `json:"initrd,omitempty"`
+	CmdlineAppend string `json:"cmdline_append,omitempty"`
+	Disks         []Disk `json:"disks,omitempty"`
+	// Devices are PCI addresses to pass through. Passthrough does not
+	// exist yet: Check and Create refuse a spec with any (RequestProblems).
+	Devices []string `json:"devices,omitempty"`
 	// Segments are shared segments granted to the subOS.
 	Segments []SegmentGrant `json:"segments,omitempty"`
 }

@@ -20,11 +20,11 @@ import (
 	"sync"
 	"time"
 
+	"rainforest/internal/units"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
 	"rainforest/rfm/vmmctl"
-	"rainforest/vmm/hostcpu"
 )
 
 // Sentinel errors the API maps to status codes.
@@ -199,7 +199,7 @@ func (s *Supervisor) readopt() error {
 		so.proc = proc
 		s.subos[info.Name] = so
 		s.watch(so)
-		s.event(s.cfg.Who, "adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, hostcpu.FormatList(r.Allocation.Cores)))
+		s.event(s.cfg.Who, "adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, units.FormatCPUList(r.Allocation.Cores)))
 	}
 	s.steerIRQs()
 	return s.ledger.Verify()
@@ -317,10 +317,12 @@ func (s *Supervisor) steerIRQs() {
 	s.restoreIRQ = restore
 }
 
-// Check lists everything wrong with spec, changing nothing.
+// Check lists everything wrong with spec, changing nothing: the files, the
+// segment grants, what the supervisor refuses (RequestProblems) and what
+// the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(checkFiles(spec), segmentProblems(spec.Segments)...)
-	return append(probs, s.ledger.Check(spec.Request())...)
+	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
 func checkFiles(spec Spec) []ledger.Problem {
@@ -367,10 +369,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if exists {
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
-	if probs := checkFiles(spec); len(probs) > 0 {
+	if probs := append(checkFiles(spec), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
-	alloc, err := s.ledger.Reserve(spec.Request())
+	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
 	if err != nil {
 		return Info{}, err
 	}
@@ -456,14 +458,14 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	s.watch(so)
 	s.steerIRQs()
 	s.publish()
-	s.event(s.who(ctx), "create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), hostcpu.FormatList(alloc.Cores), alloc.Node, alloc.Memory))
+	s.event(s.who(ctx), "create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), units.FormatCPUList(alloc.Cores), alloc.Node, alloc.Memory))
 	return info, nil
 }
 
 // vmmArgs is the VMM command line for a subOS.
 func vmmArgs(spec Spec, a ledger.Allocation, console string) []string {
 	args := []string{"vmm", "--name", spec.Name, "--kernel", spec.Kernel,
-		"--cpus", hostcpu.FormatList(a.Cores), "--memory", strconv.FormatUint(a.Memory, 10),
+		"--cpus", units.FormatCPUList(a.Cores), "--memory", strconv.FormatUint(a.Memory, 10),
 		"--page-size", pageSizeName(a.PageSize), "--console", "stdio", "--console-socket", console, "--log-level", "info"}
 	if spec.Initrd != "" {
 		args = append(args, "--initrd", spec.Initrd)

@@ -83,6 +83,45 @@ func TestCreateRollsBack(t *testing.T) {
 	}
 }
 
+// A spec with PCI devices is refused, one problem per device, by Check and
+// by Create, and nothing is reserved: no passthrough would attach them.
+func TestDevicesRefused(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	s := newTestSupervisor(t, t.TempDir(), act, l)
+	defer s.Close()
+	sp := testSpec(t, "a", 1)
+	sp.Devices = []string{testDevice, "0000:09:00.0"}
+	if probs := s.ledger.Check(ledger.Request{Name: "x", CPUs: 1, Node: -1, Memory: 32 << 20, PageSize: 2 << 20, Devices: []string{testDevice}}); len(probs) != 0 {
+		t.Fatalf("the ledger alone would assign %s: %v", testDevice, probs)
+	}
+	want := []ledger.Problem{
+		{Field: "devices[0]", Message: "PCI passthrough is not supported yet; nothing would attach 0000:03:00.0"},
+		{Field: "devices[1]", Message: "PCI passthrough is not supported yet; nothing would attach 0000:09:00.0"},
+	}
+	probs := s.Check(sp)
+	if len(probs) < 2 || fmt.Sprint(probs[:2]) != fmt.Sprint(want) {
+		t.Errorf("Check = %v; want first %v", probs, want)
+	}
+	_, err := s.Create(context.Background(), sp)
+	var pe *ProblemsError
+	if !errors.As(err, &pe) || !errors.Is(err, ErrInvalid) || fmt.Sprint(pe.Problems) != fmt.Sprint(want) {
+		t.Fatalf("Create = %v; want a ProblemsError with %v", err, want)
+	}
+	if act.pages != 0 || len(act.groups) != 0 || len(s.ledger.Allocations()) != 0 || len(s.List()) != 0 || len(l.argv) != 0 {
+		t.Errorf("left behind: pages %d groups %v ledger %v", act.pages, act.groups, s.ledger.Allocations())
+	}
+	if o := s.ledger.DeviceOwner(testDevice); o != "" {
+		t.Errorf("device %s reserved for %q", testDevice, o)
+	}
+	if _, err := (Admission{s.ledger}).Reserve(sp.Request()); !errors.Is(err, ErrInvalid) || s.ledger.DeviceOwner(testDevice) != "" {
+		t.Errorf("Admission.Reserve = %v, owner %q; want refused, no owner", err, s.ledger.DeviceOwner(testDevice))
+	}
+	sp.Devices = nil
+	if probs := s.Check(sp); len(probs) != 0 {
+		t.Errorf("without devices: %v", probs)
+	}
+}
+
 // A restarted supervisor re-adopts live VMMs with the same allocations and
 // reclaims the resources of dead ones.
 func TestRestartReadopts(t *testing.T) {

@@ -13,6 +13,7 @@ type setupHeader struct {
 	raw           []byte // file bytes [0, hdrEnd); the header is raw[hdrStart:]
 	hdrEnd        int    // end of the setup header (0x202 + jump offset byte)
 	setupSects    uint64 // real-mode setup sectors (0 means 4)
+	sysSize       uint64 // protected-mode kernel size in 16-byte units
 	version       uint16
 	loadflags     uint8
 	code32Start   uint32
@@ -30,8 +31,15 @@ type setupHeader struct {
 // kernelOffset is the file offset of the protected-mode kernel.
 func (h *setupHeader) kernelOffset() uint64 { return (h.setupSects + 1) * 512 }
 
+// fileSize is the size of the bzImage the header describes: the setup
+// sectors and the protected-mode kernel. The file may be longer (a
+// signature appended), never shorter.
+func (h *setupHeader) fileSize() uint64 { return h.kernelOffset() + h.sysSize*16 }
+
 // parseSetupHeader reads and checks the setup header of a bzImage of size
-// bytes. It requires boot protocol 2.12+ with a 64-bit entry point.
+// bytes. It requires boot protocol 2.12+ with a 64-bit entry point, and a
+// file as long as the header says (setup_sects and syssize): a truncated
+// bzImage would otherwise be loaded and fault in the guest.
 func parseSetupHeader(r io.ReaderAt, size int64) (*setupHeader, error) {
 	if size < hdrMinEnd {
 		return nil, fmt.Errorf("%w: %d-byte bzImage shorter than its setup header (%#x bytes)", ErrTruncated, size, hdrMinEnd)
@@ -50,6 +58,7 @@ func parseSetupHeader(r io.ReaderAt, size int64) (*setupHeader, error) {
 		raw:           raw,
 		hdrEnd:        hdrJump + 2 + int(raw[hdrJump+1]),
 		setupSects:    uint64(raw[hdrSetupSects]),
+		sysSize:       uint64(le32(raw, hdrSysSize)),
 		version:       le16(raw, hdrVersion),
 		loadflags:     raw[hdrLoadflags],
 		code32Start:   le32(raw, hdrCode32Start),
@@ -79,6 +88,13 @@ func parseSetupHeader(r io.ReaderAt, size int64) (*setupHeader, error) {
 	if h.kernelOffset() >= uint64(size) {
 		return nil, fmt.Errorf("%w: %d setup sectors reach past the end of the %d-byte file",
 			ErrTruncated, h.setupSects, size)
+	}
+	if h.sysSize == 0 {
+		return nil, fmt.Errorf("%w: syssize is 0 (no protected-mode kernel)", ErrMalformed)
+	}
+	if need := h.fileSize(); uint64(size) < need {
+		return nil, fmt.Errorf("%w: bzImage truncated: %d bytes, header says %d (%d of setup and a %d-byte protected-mode kernel)",
+			ErrTruncated, size, need, h.kernelOffset(), h.sysSize*16)
 	}
 	if h.loadflags&loadedHigh == 0 {
 		return nil, fmt.Errorf("%w: zImage (LOADED_HIGH not set)", ErrUnsupported)

@@ -14,6 +14,7 @@ const elfMagic = "\x7fELF"
 const (
 	hdrStart          = 0x1F1 // struct setup_header inside boot_params
 	hdrSetupSects     = 0x1F1
+	hdrSysSize        = 0x1F4 // protected-mode kernel size in 16-byte units (32 bits since 2.04)
 	hdrBootFlag       = 0x1FE
 	hdrJump           = 0x200
 	hdrMagic          = 0x202 // "HdrS"

@@ -125,9 +125,13 @@ func makeBzImage(o bzOpts) []byte {
 	if o.payload != nil {
 		o.kernel = append(append([]byte(nil), o.payload...), 0xCC, 0xCC)
 	}
+	// Like the kernel's build, pad the protected-mode kernel to 16 bytes
+	// and record its size in syssize.
+	o.kernel = append(o.kernel[:len(o.kernel):len(o.kernel)], make([]byte, -len(o.kernel)&15)...)
 	setup := make([]byte, (int(o.setupSects)+1)*512)
 	le := binary.LittleEndian
 	setup[hdrSetupSects] = o.setupSects
+	le.PutUint32(setup[hdrSysSize:], uint32(len(o.kernel)/16))
 	le.PutUint16(setup[hdrBootFlag:], bootFlagValue)
 	setup[hdrJump] = 0xEB
 	setup[hdrJump+1] = 0x6A // header ends at 0x26C

@@ -4,28 +4,12 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"reflect"
+	"slices"
+	"strconv"
 	"testing"
-)
 
-func TestParseList(t *testing.T) {
-	for in, want := range map[string][]int{
-		"0": {0}, "0-3": {0, 1, 2, 3}, "0-1,4,6-7\n": {0, 1, 4, 6, 7}, "": nil,
-	} {
-		got, err := ParseList(in)
-		if err != nil || !reflect.DeepEqual(got, want) {
-			t.Errorf("ParseList(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	for _, bad := range []string{"a", "3-1", "1,1", "-1", "0-99999999"} {
-		if _, err := ParseList(bad); err == nil {
-			t.Errorf("ParseList(%q): no error", bad)
-		}
-	}
-	if s := FormatList([]int{7, 0, 1, 2, 4}); s != "0-2,4,7" {
-		t.Errorf("FormatList = %q", s)
-	}
-}
+	"rainforest/internal/units"
+)
 
 func fixture(t *testing.T, online string, nodes map[int]int) Topology {
 	root := t.TempDir()
@@ -40,7 +24,7 @@ func fixture(t *testing.T, online string, nodes map[int]int) Topology {
 	return Topology{Root: root}
 }
 
-func itoa(i int) string { return FormatList([]int{i}) }
+func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestCheck(t *testing.T) {
 	topo := fixture(t, "0-3", map[int]int{0: 0, 1: 0, 2: 1, 3: 1})
@@ -54,5 +38,14 @@ func TestCheck(t *testing.T) {
 		if _, err := topo.Check(bad); !errors.Is(err, ErrBadCPU) {
 			t.Errorf("Check(%v) = %v; want ErrBadCPU", bad, err)
 		}
+	}
+}
+
+func TestOnline(t *testing.T) {
+	if got, err := fixture(t, "0-1,4", nil).Online(); err != nil || !slices.Equal(got, []int{0, 1, 4}) {
+		t.Errorf("Online() = %v, %v; want [0 1 4]", got, err)
+	}
+	if _, err := fixture(t, "0-3,2", nil).Online(); !errors.Is(err, units.ErrCPUList) {
+		t.Errorf("Online() of a malformed list = %v; want units.ErrCPUList", err)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/internal/units"
 )
 
 // ErrHugePages means the hugepage pool cannot hold the requested memory.
@@ -31,15 +33,20 @@ const (
 	Page1G PageSize = 1 << 30
 )
 
-// ParsePageSize parses "4k", "2m"/"2M"/"2MiB", "1g"/"1G"/"1GiB".
+// ParsePageSize parses a page size in the notation of internal/units
+// ("4k", "2M", "2MiB", "1G", "4096"), or "none" for ordinary 4 KiB pages,
+// and refuses sizes other than 4 KiB, 2 MiB and 1 GiB.
 func ParsePageSize(s string) (PageSize, error) {
-	switch strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "ib") {
-	case "4k", "4096", "none":
+	if strings.EqualFold(strings.TrimSpace(s), "none") {
 		return Page4K, nil
-	case "2m", "2048k":
-		return Page2M, nil
-	case "1g", "1024m":
-		return Page1G, nil
+	}
+	n, err := units.ParseSize(s)
+	if err != nil {
+		return 0, err
+	}
+	switch p := PageSize(n); p {
+	case Page4K, Page2M, Page1G:
+		return p, nil
 	}
 	return 0, fmt.Errorf("unsupported page size %q (use 4k, 2M or 1G)", s)
 }

@@ -4,7 +4,10 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"rainforest/internal/units"
 )
 
 func pool(t *testing.T, free, resv string) string {
@@ -37,13 +40,21 @@ func TestCheck(t *testing.T) {
 }
 
 func TestParsePageSize(t *testing.T) {
-	for in, want := range map[string]PageSize{"4k": Page4K, "2M": Page2M, "2MiB": Page2M, "1G": Page1G, "1gib": Page1G} {
+	for in, want := range map[string]PageSize{
+		"4k": Page4K, "4096": Page4K, "none": Page4K, "2M": Page2M, "2MiB": Page2M, "2mb": Page2M, "2048k": Page2M,
+		"1G": Page1G, "1gib": Page1G, "1024M": Page1G,
+	} {
 		if got, err := ParsePageSize(in); err != nil || got != want {
 			t.Errorf("ParsePageSize(%q) = %v, %v", in, got, err)
 		}
 	}
-	if _, err := ParsePageSize("3M"); err == nil {
-		t.Error("3M accepted")
+	for _, bad := range []string{"3M", "0", "1T"} {
+		if _, err := ParsePageSize(bad); err == nil || !strings.Contains(err.Error(), "unsupported page size") {
+			t.Errorf("ParsePageSize(%q) = %v; want unsupported page size", bad, err)
+		}
+	}
+	if _, err := ParsePageSize("2X"); !errors.Is(err, units.ErrSize) {
+		t.Errorf("ParsePageSize(2X) = %v; want units.ErrSize", err)
 	}
 }
 

@@ -18,11 +18,10 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 
 	"rainforest/bench/rfcom/ivshmem"
+	"rainforest/internal/units"
 )
 
 func main() {
@@ -48,9 +47,9 @@ func run(args []string) error {
 		fset.Usage()
 		return fmt.Errorf("%w: -socket is required and no arguments are accepted", errUsage)
 	}
-	size, err := parseSize(*sizeText)
+	size, err := units.ParseNonZeroSize(*sizeText)
 	if err != nil {
-		return err
+		return fmt.Errorf("-size: %w", err)
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -77,33 +76,4 @@ func run(args []string) error {
 		serveErr = err
 	}
 	return serveErr
-}
-
-// parseSize parses a byte count such as 4096, 64K, 1M or 2G (binary units).
-func parseSize(text string) (uint64, error) {
-	t := strings.ToUpper(strings.TrimSpace(text))
-	t = strings.TrimSuffix(t, "B")
-	t = strings.TrimSuffix(t, "I")
-	shift := 0
-	if t != "" {
-		switch t[len(t)-1] {
-		case 'K':
-			shift = 10
-		case 'M':
-			shift = 20
-		case 'G':
-			shift = 30
-		}
-		if shift != 0 {
-			t = t[:len(t)-1]
-		}
-	}
-	n, err := strconv.ParseUint(t, 10, 64)
-	if err != nil {
-		return 0, fmt.Errorf("bad size %q: %w", text, err)
-	}
-	if n > (^uint64(0))>>shift {
-		return 0, fmt.Errorf("bad size %q: too large", text)
-	}
-	return n << shift, nil
 }
