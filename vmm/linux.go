@@ -160,7 +160,7 @@ func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
 }
 
 func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.GuestStatus, error) {
-	tables, rsdp, err := acpi.Build(acpi.Config{NumCPUs: len(cfg.HostCores)}, acpi.DefaultBase)
+	tables, rsdp, err := acpi.Build(acpi.Config{NumCPUs: len(cfg.HostCores), HotplugSlots: acpi.AllHotplugSlots}, acpi.DefaultBase)
 	if err != nil {
 		return nil, err
 	}
@@ -233,7 +233,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		}
 	}{
 		{acpi.COM1Port, 8, uart},
-		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event(nil)},
+		{acpi.PM1aEventPort, acpi.PM1aEventLen, platform.NewPM1Event(m.sci.Input())},
 		{acpi.PM1aControlPort, acpi.PM1aControlLen, platform.NewPM1Control(func() { m.Stop(Exit{Reason: ExitPowerOff}) })},
 		{acpi.PMTimerPort, acpi.PMTimerLen, platform.NewPMTimer(nil)},
 		{platform.GuestStatusPort, 1, status},
@@ -279,7 +279,7 @@ func (m *Machine) addDevices(cfg *LinuxConfig) error {
 			f.Close()
 			return fmt.Errorf("disk %s: %w", d.Path, err)
 		}
-		if _, err := m.AddVirtio(model, f); err != nil {
+		if _, err := m.AddVirtio(fmt.Sprintf("disk%d", i), model, f); err != nil {
 			return fmt.Errorf("disk %s: %w", d.Path, err)
 		}
 	}
@@ -287,7 +287,7 @@ func (m *Machine) addDevices(cfg *LinuxConfig) error {
 	if out == nil {
 		out = io.Discard
 	}
-	_, err := m.AddVirtio(console.New(out, console.Options{}), nil)
+	_, err := m.AddVirtio("console", console.New(out, console.Options{}), nil)
 	return err
 }
 

@@ -94,6 +94,10 @@ type Machine struct {
 	MMIO    bus.Bus
 	lines   *interrupt.Lines
 	chassis *devices.Chassis
+	sci     *platform.SCI
+	slots   *slots
+
+	started atomic.Bool // Run began: devices come and go by hotplug
 
 	vcpus []*vcpu
 
@@ -183,6 +187,9 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	m.AddCloser(m.chassis.Close)
+	if err = m.setupHotplug(); err != nil {
+		return nil, err
+	}
 	supported, err := m.vm.System().SupportedCPUID()
 	if err != nil {
 		return nil, err
@@ -340,6 +347,7 @@ func (m *Machine) kickAll() {
 // Run starts one thread per vCPU, pinned to its host core, and blocks until
 // the guest powers off or reboots, a vCPU fails, or ctx is cancelled.
 func (m *Machine) Run(ctx context.Context) Exit {
+	m.started.Store(true)
 	var wg sync.WaitGroup
 	for i, v := range m.vcpus {
 		wg.Add(1)

@@ -16,33 +16,39 @@ import (
 
 func afterMillis(n int) <-chan time.Time { return time.After(time.Duration(n) * time.Millisecond) }
 
-// AddVirtio plugs a virtio device model into the first free PCI slot;
-// backing, when not nil, is closed when the device is removed.
-func (m *Machine) AddVirtio(model virtio.DeviceModel, backing io.Closer) (int, error) {
+// AddVirtio plugs a virtio device model under id (see AddDevice); backing,
+// when not nil, is closed when the device is removed (or at once when it
+// cannot be added).
+func (m *Machine) AddVirtio(id string, model virtio.DeviceModel, backing io.Closer) (int, error) {
 	dev := virtiodev.New(model, backing)
-	slot, err := m.chassis.Add(dev, -1)
+	slot, err := m.AddDevice(id, dev)
 	if err != nil {
 		if backing != nil && !dev.Claimed() {
 			backing.Close()
 		}
-		return 0, fmt.Errorf("virtio device type %d: %w", model.Type(), err)
+		return 0, err
 	}
-	m.log.Debug("pci device", "slot", slot, "type", model.Type())
 	return slot, nil
 }
 
-// AddSharedMemory plugs a shared-memory function into the first free PCI
-// slot (see shmemdev).
+// RegionDeviceID is the device id of the shared-memory function of the
+// region name.
+func RegionDeviceID(name string) string { return "region/" + name }
+
+// AddSharedMemory plugs a shared-memory function (see shmemdev) under the
+// id of its region (RegionDeviceID; "region/<slot>" when it has no name).
 func (m *Machine) AddSharedMemory(cfg shmemdev.Config) (*shmemdev.Device, error) {
 	d, err := shmemdev.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	slot, err := m.chassis.Add(d, -1)
-	if err != nil {
+	id := RegionDeviceID(cfg.Identity.Name)
+	if cfg.Identity.Name == "" {
+		id = fmt.Sprintf("region/%p", d)
+	}
+	if _, err := m.AddDevice(id, d); err != nil {
 		return nil, err
 	}
-	m.log.Debug("shared memory device", "slot", slot, "id", cfg.ID, "peers", cfg.Layout.Peers, "name", cfg.Identity.Name)
 	return d, nil
 }
 
