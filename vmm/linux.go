@@ -14,6 +14,7 @@ import (
 
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
+	"rainforest/vmm/config"
 	"rainforest/vmm/consolesock"
 	"rainforest/vmm/devices/shmemdev"
 	"rainforest/vmm/hostcpu"
@@ -21,15 +22,10 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
+	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
 	"rainforest/vmm/virtio/console"
 )
-
-// Disk is a raw image file given to the guest as a virtio-blk device.
-type Disk struct {
-	Path     string
-	ReadOnly bool
-}
 
 // LinuxConfig is a subOS booting a Linux kernel.
 type LinuxConfig struct {
@@ -37,7 +33,9 @@ type LinuxConfig struct {
 	Kernel  string // PVH ELF vmlinux or bzImage
 	Initrd  string // optional
 	Cmdline string
-	Disks   []Disk
+	// Disks are given to the guest as virtio-blk devices, each under its
+	// ID (config.Document.WithDiskIDs fills them in).
+	Disks []config.Disk
 	// Console is where the serial console's output goes (nil: discarded);
 	// ConsoleIn, when set, is read for console input.
 	Console   io.Writer
@@ -126,37 +124,62 @@ func (c *LinuxConfig) checkFiles() error {
 	return nil
 }
 
-// BootLinux creates a machine for cfg, loads the kernel, builds the platform
-// and runs the guest until it powers off or ctx ends. Configuration errors
-// come back as err before anything runs; how the guest ended is the Exit.
-func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
+// Linux is a machine set up to boot a Linux kernel.
+type Linux struct {
+	*Machine
+	status *platform.GuestStatus
+}
+
+// NewLinux checks cfg, creates the machine, loads the kernel and builds the
+// platform and devices; nothing runs yet. Configuration errors come back
+// before anything is made; on error nothing is left behind.
+func NewLinux(ctx context.Context, cfg LinuxConfig) (*Linux, error) {
 	if err := cfg.Check(); err != nil {
-		return Exit{}, err
+		return nil, err
 	}
 	if !cfg.AllowEmulatedKVM {
 		if err := CheckNativeKVM(cfg.SysRoot); err != nil {
-			return Exit{}, err
+			return nil, err
 		}
 	}
 	m, err := New(cfg.Config)
 	if err != nil {
-		return Exit{}, err
+		return nil, err
 	}
-	defer m.Close()
 	status, err := m.setupLinux(ctx, &cfg)
 	if err != nil {
-		return Exit{}, err
+		m.Close()
+		return nil, err
 	}
-	if cfg.Ready != nil {
-		cfg.Ready()
-	}
-	e := m.Run(ctx)
+	return &Linux{Machine: m, status: status}, nil
+}
+
+// Boot runs the guest until it powers off or reboots, a vCPU fails, or ctx
+// ends; after a power-off the exit status is what the guest wrote to the
+// status register.
+func (l *Linux) Boot(ctx context.Context) Exit {
+	e := l.Run(ctx)
 	if e.Reason == ExitPowerOff {
-		if code, ok := status.Last(); ok {
+		if code, ok := l.status.Last(); ok {
 			e.Status = int(code)
 		}
 	}
-	return e, nil
+	return e
+}
+
+// BootLinux creates a machine for cfg (NewLinux), calls cfg.Ready and runs
+// the guest (Boot). Configuration errors come back as err before anything
+// runs; how the guest ended is the Exit.
+func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
+	l, err := NewLinux(ctx, cfg)
+	if err != nil {
+		return Exit{}, err
+	}
+	defer l.Close()
+	if cfg.Ready != nil {
+		cfg.Ready()
+	}
+	return l.Boot(ctx), nil
 }
 
 func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.GuestStatus, error) {
@@ -251,44 +274,65 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err := m.addDevices(cfg); err != nil {
 		return nil, err
 	}
-	for _, sc := range cfg.SharedMemory {
-		if _, err := m.AddSharedMemory(sc); err != nil {
-			return nil, err
-		}
-	}
 	if cfg.ConsoleIn != nil {
 		go pumpInput(m.Done(), cfg.ConsoleIn, uart)
 	}
 	return status, nil
 }
 
-// addDevices plugs a virtio-blk function per disk and a virtio-console
-// into the PCI bus.
+// addDevices plugs a virtio-blk function per disk, a virtio-console and
+// the shared-memory functions into the PCI bus.
 func (m *Machine) addDevices(cfg *LinuxConfig) error {
-	for i, d := range cfg.Disks {
-		flag := os.O_RDWR
-		if d.ReadOnly {
-			flag = os.O_RDONLY
-		}
-		f, err := os.OpenFile(d.Path, flag, 0)
-		if err != nil {
-			return fmt.Errorf("disk %d: %w", i, err)
-		}
-		model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: fmt.Sprintf("rf-disk%d", i)})
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("disk %s: %w", d.Path, err)
-		}
-		if _, err := m.AddVirtio(fmt.Sprintf("disk%d", i), model, f); err != nil {
-			return fmt.Errorf("disk %s: %w", d.Path, err)
+	for _, d := range cfg.Disks {
+		if _, err := m.AddDisk(d); err != nil {
+			return err
 		}
 	}
 	out := cfg.Console
 	if out == nil {
 		out = io.Discard
 	}
-	_, err := m.AddVirtio("console", console.New(out, console.Options{}), nil)
-	return err
+	if _, err := m.AddVirtio("console", console.New(out, console.Options{}), nil); err != nil {
+		return err
+	}
+	for _, sc := range cfg.SharedMemory {
+		if _, err := m.AddSharedMemory(sc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddDisk opens d's backing and plugs it as a virtio-blk device under d.ID
+// (see AddDevice): at boot, or hot-added while the guest runs.
+func (m *Machine) AddDisk(d config.Disk) (int, error) {
+	if d.ID == "" {
+		return 0, fmt.Errorf("disk %s: no id", d.Path)
+	}
+	model, backing, err := OpenDisk(d)
+	if err != nil {
+		return 0, err
+	}
+	return m.AddVirtio(d.ID, model, backing)
+}
+
+// OpenDisk opens a disk's backing and makes its virtio-blk model; the
+// closer releases the backing.
+func OpenDisk(d config.Disk) (virtio.DeviceModel, io.Closer, error) {
+	flag := os.O_RDWR
+	if d.ReadOnly {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(d.Path, flag, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
+	}
+	model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: "rf-" + d.ID})
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("disk %s (%s): %w", d.ID, d.Path, err)
+	}
+	return model, f, nil
 }
 
 // pumpInput copies console input into the UART until the machine stops or

@@ -1,28 +1,38 @@
 // Package vmmctl is the control socket between the supervisor and one VMM
-// process (`rfm vmm --control-fd`). The supervisor creates a listening Unix
-// SOCK_SEQPACKET socket at <rundir>/<subOS>.ctl, hands the listener to the
-// VMM at start and connects to it; a restarted supervisor connects to the
-// same path.
+// process (`rfm vmm --control-fd`), both ends of it. The supervisor creates
+// a listening Unix SOCK_SEQPACKET socket at <rundir>/<subOS>.ctl, hands the
+// listener to the VMM at start and connects to it; a restarted supervisor
+// connects to the same path. Each connection carries one request and its
+// reply.
 //
-// Every message is one JSON object (at most MaxMessage bytes) with file
-// descriptors attached as SCM_RIGHTS:
+// Every message is one JSON object (at most MaxMessage bytes, unknown
+// fields refused) with file descriptors attached as SCM_RIGHTS:
 //
-//   - attach (supervisor -> VMM, once, before the guest boots): the shared
-//     memory regions this subOS is a member of. For each region, in order,
-//     the attached files are its memfd followed by Peers x Vectors
-//     eventfds, peer-major (peer p's vector v at 1 + p*Vectors + v). The
-//     VMM gives the guest one shared-memory PCI function per region, binds
-//     its own peer's eventfds as its interrupts and every other peer's as
-//     its doorbell targets. Reply: {} or {"error": "..."}.
-//   - export (supervisor -> VMM, any time): the VMM answers with the
-//     regions it holds and the same files in the same order, so that a
-//     restarted supervisor gets the regions' memory and doorbells back.
+//   - launch (supervisor -> VMM, once, before the guest boots): the VMM's
+//     configuration document (vmm/config) and, for each of its regions in
+//     order, the region's memfd followed by Peers x Vectors eventfds,
+//     peer-major (peer p's vector v at 1 + p*Vectors + v). The VMM gives
+//     the guest one shared-memory PCI function per region. Reply: {} or
+//     {"error": "..."}.
+//   - export (any time): the VMM answers with the regions it holds and the
+//     same files in the same order, so that a restarted supervisor gets the
+//     regions' memory and doorbells back.
+//   - attach_disk {"disk": {...}}: hot-add a virtio-blk disk. Reply: the
+//     device ({"devices": [...]}).
+//   - grant {"regions": [one]} with that region's files: hot-add the
+//     region's shared-memory function. Reply: the device.
+//   - detach {"id": "...", "timeout_ms": N}: ask the guest to release a
+//     device (a disk id, or "region/NAME") and remove it; the guest has
+//     timeout_ms to let go, else the device stays and the reply is an
+//     error saying so.
+//   - devices: the devices plugged now.
 //
 // The socket lives in the supervisor's run directory (mode 0700); only its
 // owner can connect.
 package vmmctl
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -30,6 +40,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/config"
 )
 
 // Limits.
@@ -43,58 +55,59 @@ const (
 
 // Operations.
 const (
-	OpAttach = "attach"
-	OpExport = "export"
+	OpLaunch     = "launch"
+	OpExport     = "export"
+	OpAttachDisk = "attach_disk"
+	OpGrant      = "grant"
+	OpDetach     = "detach"
+	OpDevices    = "devices"
 )
 
 // ErrProtocol reports a malformed control message.
 var ErrProtocol = errors.New("vmmctl: protocol error")
 
-// Region is one shared-memory region a VMM is a member of.
-type Region struct {
-	Name       string `json:"name"`
-	Protocol   uint8  `json:"protocol"`
-	Peers      int    `json:"peers"`
-	RWSize     uint64 `json:"rw_size"`
-	OutputSize uint64 `json:"output_size"`
-	Vectors    int    `json:"vectors"`
-	Self       int    `json:"self"` // this VMM's peer id
-	RWReadOnly bool   `json:"rw_readonly,omitempty"`
-}
-
-// Files is the number of descriptors that travel with r.
-func (r Region) Files() int { return 1 + r.Peers*r.Vectors }
-
-// Validate checks r's counts (the shared-memory layout itself is checked
-// by the device model).
-func (r Region) Validate() error {
-	switch {
-	case r.Name == "":
-		return fmt.Errorf("%w: region without a name", ErrProtocol)
-	case r.Peers < 1 || r.Peers > MaxFiles:
-		return fmt.Errorf("%w: region %q: %d peers", ErrProtocol, r.Name, r.Peers)
-	case r.Vectors < 1 || r.Vectors > 64:
-		return fmt.Errorf("%w: region %q: %d vectors", ErrProtocol, r.Name, r.Vectors)
-	case r.Self < 0 || r.Self >= r.Peers:
-		return fmt.Errorf("%w: region %q: peer id %d of %d", ErrProtocol, r.Name, r.Self, r.Peers)
-	}
-	return nil
-}
-
 // Message is a request or a reply.
 type Message struct {
-	Op      string   `json:"op,omitempty"`
-	Regions []Region `json:"regions,omitempty"`
-	Error   string   `json:"error,omitempty"`
+	Op string `json:"op,omitempty"`
+	// Config is the launch document (decoded strictly by Document).
+	Config  json.RawMessage `json:"config,omitempty"`
+	Regions []config.Region `json:"regions,omitempty"`
+	Disk    *config.Disk    `json:"disk,omitempty"`
+	ID      string          `json:"id,omitempty"`
+	// TimeoutMS bounds how long a detach waits for the guest.
+	TimeoutMS int64    `json:"timeout_ms,omitempty"`
+	Devices   []Device `json:"devices,omitempty"`
+	Error     string   `json:"error,omitempty"`
+	// Code classifies Error for callers that branch (see the sentinels).
+	Code string `json:"code,omitempty"`
+}
+
+// Device is a device plugged into a VMM.
+type Device struct {
+	ID   string `json:"id"`
+	Kind string `json:"kind"` // "disk", "region", "console"
+	Slot int    `json:"slot"`
+	// Path is a disk's backing; Name a region's name.
+	Path     string `json:"path,omitempty"`
+	Name     string `json:"name,omitempty"`
+	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// Document decodes the launch message's configuration document.
+func (m Message) Document() (*config.Document, error) {
+	if len(m.Config) == 0 {
+		return nil, fmt.Errorf("%w: launch without a configuration document", ErrProtocol)
+	}
+	return config.Decode(bytes.NewReader(m.Config))
 }
 
 // FileCount checks regions and returns how many descriptors travel with
 // them.
-func FileCount(regions []Region) (int, error) {
+func FileCount(regions []config.Region) (int, error) {
 	n := 0
 	for _, r := range regions {
 		if err := r.Validate(); err != nil {
-			return 0, err
+			return 0, fmt.Errorf("%w: %w", ErrProtocol, err)
 		}
 		n += r.Files()
 	}
@@ -173,8 +186,10 @@ func Recv(c *net.UnixConn) (Message, []*os.File, error) {
 	if n == 0 {
 		return fail(fmt.Errorf("vmmctl receive: %w", errEOF))
 	}
+	dec := json.NewDecoder(bytes.NewReader(body[:n]))
+	dec.DisallowUnknownFields()
 	var m Message
-	if err := json.Unmarshal(body[:n], &m); err != nil {
+	if err := dec.Decode(&m); err != nil {
 		return fail(fmt.Errorf("%w: %v", ErrProtocol, err))
 	}
 	return m, files, nil
@@ -215,7 +230,7 @@ func parseRights(oob []byte) ([]*os.File, error) {
 // SplitFiles checks that files match regions (FileCount) and returns, per
 // region, its memfd and its eventfds (peer-major). On a mismatch every file
 // is closed.
-func SplitFiles(regions []Region, files []*os.File) (mem []*os.File, bells [][]*os.File, err error) {
+func SplitFiles(regions []config.Region, files []*os.File) (mem []*os.File, bells [][]*os.File, err error) {
 	n, err := FileCount(regions)
 	if err == nil && n != len(files) {
 		err = fmt.Errorf("%w: %d descriptors for regions needing %d", ErrProtocol, len(files), n)

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"rainforest/vmm/config"
 )
 
 func pair(t *testing.T) (a, b *net.UnixConn) {
@@ -44,23 +46,23 @@ func tempFiles(t *testing.T, n int) []*os.File {
 	return fs
 }
 
-func TestAttachRoundTrip(t *testing.T) {
+func TestLaunchRoundTrip(t *testing.T) {
 	a, b := pair(t)
-	regions := []Region{{Name: "ficm", Protocol: 1, Peers: 3, OutputSize: 8192, Vectors: 1, Self: 2},
+	regions := []config.Region{{Name: "ficm", Protocol: 1, Peers: 3, OutputSize: 8192, Vectors: 1, Self: 2},
 		{Name: "seg", Protocol: 2, Peers: 2, RWSize: 4096, OutputSize: 4096, Vectors: 1, Self: 0, RWReadOnly: true}}
 	n, err := FileCount(regions)
 	if err != nil || n != 7 {
 		t.Fatalf("FileCount = %d, %v", n, err)
 	}
 	files := tempFiles(t, n)
-	if err := Send(a, Message{Op: OpAttach, Regions: regions}, files); err != nil {
+	if err := Send(a, Message{Op: OpLaunch, Regions: regions}, files); err != nil {
 		t.Fatal(err)
 	}
 	m, got, err := Recv(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Op != OpAttach || len(m.Regions) != 2 || m.Regions[1] != regions[1] || len(got) != n {
+	if m.Op != OpLaunch || len(m.Regions) != 2 || m.Regions[1] != regions[1] || len(got) != n {
 		t.Fatalf("got %+v with %d files", m, len(got))
 	}
 	mem, bells, err := SplitFiles(m.Regions, got)
@@ -81,21 +83,21 @@ func TestAttachRoundTrip(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	for _, r := range []Region{
+	for _, r := range []config.Region{
 		{Peers: 2, Vectors: 1},
 		{Name: "x", Peers: 0, Vectors: 1},
 		{Name: "x", Peers: 2, Vectors: 0},
 		{Name: "x", Peers: 2, Vectors: 1, Self: 2},
 		{Name: "x", Peers: 200, Vectors: 2},
 	} {
-		if _, err := FileCount([]Region{r}); !errors.Is(err, ErrProtocol) {
+		if _, err := FileCount([]config.Region{r}); !errors.Is(err, ErrProtocol) {
 			t.Errorf("%+v: %v", r, err)
 		}
 	}
 	a, b := pair(t)
 	// Fewer descriptors than the regions need: all closed, clear error.
-	regions := []Region{{Name: "ficm", Peers: 2, Vectors: 1, Self: 1}}
-	if err := Send(a, Message{Op: OpAttach, Regions: regions}, tempFiles(t, 2)); err != nil {
+	regions := []config.Region{{Name: "ficm", Peers: 2, Vectors: 1, Self: 1}}
+	if err := Send(a, Message{Op: OpLaunch, Regions: regions}, tempFiles(t, 2)); err != nil {
 		t.Fatal(err)
 	}
 	m, files, err := Recv(b)
@@ -104,6 +106,13 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, _, err := SplitFiles(m.Regions, files); !errors.Is(err, ErrProtocol) {
 		t.Errorf("short files: %v", err)
+	}
+	// Unknown fields are refused.
+	if _, err := a.Write([]byte(`{"op": "devices", "verbose": true}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := Recv(b); !errors.Is(err, ErrProtocol) {
+		t.Errorf("unknown field: %v", err)
 	}
 	// Garbage body.
 	if _, err := a.Write([]byte("{not json")); err != nil {

@@ -1,0 +1,168 @@
+package vmmctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"time"
+
+	"rainforest/vmm/config"
+)
+
+// Errors a VMM's reply carries as a code, so that callers can branch.
+var (
+	// ErrVMM is any other failure the VMM reported.
+	ErrVMM = errors.New("VMM")
+	// ErrNotFound: no such device.
+	ErrNotFound = errors.New("no such device")
+	// ErrExists: a device with that id is attached already.
+	ErrExists = errors.New("device already attached")
+	// ErrNotReleased: the guest did not let go of a device in time; it
+	// stays attached.
+	ErrNotReleased = errors.New("the guest did not release the device")
+	// ErrInvalid: the request itself is wrong (a missing file, a bad
+	// region).
+	ErrInvalid = errors.New("invalid request")
+)
+
+// Reply codes, by sentinel.
+var codes = []struct {
+	code string
+	err  error
+}{
+	{"not_found", ErrNotFound},
+	{"exists", ErrExists},
+	{"not_released", ErrNotReleased},
+	{"invalid", ErrInvalid},
+}
+
+// errorReply turns a handler's error into a reply.
+func errorReply(err error) Message {
+	m := Message{Error: err.Error()}
+	for _, c := range codes {
+		if errors.Is(err, c.err) {
+			m.Code = c.code
+			break
+		}
+	}
+	return m
+}
+
+// replyError turns a reply back into an error wrapping its sentinel.
+func replyError(m Message) error {
+	if m.Error == "" {
+		return nil
+	}
+	for _, c := range codes {
+		if m.Code == c.code {
+			return fmt.Errorf("%w: %s", c.err, m.Error)
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrVMM, m.Error)
+}
+
+// SendLaunch sends the launch request on c: the document and its regions'
+// files. The VMM reads it once it may start (after the supervisor moved
+// it into its cgroup).
+func SendLaunch(c *net.UnixConn, doc *config.Document, files []*os.File) error {
+	body, err := doc.Encode()
+	if err != nil {
+		return err
+	}
+	if n, err := FileCount(doc.Regions); err != nil {
+		return err
+	} else if n != len(files) {
+		return fmt.Errorf("%w: %d descriptors for regions needing %d", ErrProtocol, len(files), n)
+	}
+	return Send(c, Message{Op: OpLaunch, Config: body}, files)
+}
+
+// Call sends one request to the control socket at path and returns the
+// reply and its files (the caller's); a reply carrying an error comes back
+// as that error (its files closed). ctx bounds the whole exchange.
+func Call(ctx context.Context, path string, req Message, files []*os.File) (Message, []*os.File, error) {
+	c, err := Dial(path)
+	if err != nil {
+		return Message{}, nil, err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	if err := Send(c, req, files); err != nil {
+		return Message{}, nil, err
+	}
+	m, rf, err := Recv(c)
+	if err != nil {
+		if ctx.Err() != nil {
+			return Message{}, nil, fmt.Errorf("%s: %w", req.Op, ctx.Err())
+		}
+		return Message{}, nil, err
+	}
+	if err := replyError(m); err != nil {
+		for _, f := range rf {
+			f.Close()
+		}
+		return Message{}, nil, err
+	}
+	return m, rf, nil
+}
+
+// Export asks the VMM for the regions it holds and their files.
+func Export(ctx context.Context, path string) ([]config.Region, []*os.File, error) {
+	m, files, err := Call(ctx, path, Message{Op: OpExport}, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, _, err := SplitFiles(m.Regions, files); err != nil {
+		return nil, nil, err
+	}
+	return m.Regions, files, nil
+}
+
+func oneDevice(m Message, files []*os.File, err error) (Device, error) {
+	for _, f := range files {
+		f.Close()
+	}
+	if err != nil {
+		return Device{}, err
+	}
+	if len(m.Devices) != 1 {
+		return Device{}, fmt.Errorf("%w: reply with %d devices, want 1", ErrProtocol, len(m.Devices))
+	}
+	return m.Devices[0], nil
+}
+
+// AttachDisk hot-adds a disk.
+func AttachDisk(ctx context.Context, path string, d config.Disk) (Device, error) {
+	return oneDevice(Call(ctx, path, Message{Op: OpAttachDisk, Disk: &d}, nil))
+}
+
+// Grant hot-adds a region's shared-memory function; files are its memfd
+// and eventfds (see the package documentation).
+func Grant(ctx context.Context, path string, r config.Region, files []*os.File) (Device, error) {
+	return oneDevice(Call(ctx, path, Message{Op: OpGrant, Regions: []config.Region{r}}, files))
+}
+
+// Detach asks the guest to release device id and removes it; the guest has
+// timeout to let go. ctx must allow a little more than timeout.
+func Detach(ctx context.Context, path, id string, timeout time.Duration) error {
+	_, files, err := Call(ctx, path, Message{Op: OpDetach, ID: id, TimeoutMS: timeout.Milliseconds()}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	return err
+}
+
+// Devices lists the devices plugged into the VMM.
+func Devices(ctx context.Context, path string) ([]Device, error) {
+	m, files, err := Call(ctx, path, Message{Op: OpDevices}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	return m.Devices, err
+}

@@ -1,0 +1,200 @@
+package vmmctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"rainforest/vmm/config"
+)
+
+// requestTimeout bounds reading one request and writing its reply (a
+// detach's wait for the guest comes on top).
+const requestTimeout = 10 * time.Second
+
+// Handler is the VMM's side of the runtime requests. Errors wrapping
+// ErrNotFound, ErrExists, ErrNotReleased or ErrInvalid reach the caller as
+// such.
+type Handler interface {
+	// AttachDisk hot-adds a disk.
+	AttachDisk(ctx context.Context, d config.Disk) (Device, error)
+	// Grant hot-adds a region's device; it takes charge of files (closing
+	// them on error).
+	Grant(ctx context.Context, r config.Region, files []*os.File) (Device, error)
+	// Detach removes a device once the guest released it, or fails when
+	// ctx ends first.
+	Detach(ctx context.Context, id string) error
+	// Devices lists the devices plugged now.
+	Devices() []Device
+	// Export returns the regions held and their files (still the
+	// handler's).
+	Export() ([]config.Region, []*os.File)
+}
+
+// Listener turns the inherited descriptor fd into the control socket's
+// listener (it does not remove the socket file when closed).
+func Listener(fd int) (*net.UnixListener, error) {
+	f := os.NewFile(uintptr(fd), "control")
+	if f == nil {
+		return nil, fmt.Errorf("control socket: %d is not a file descriptor", fd)
+	}
+	defer f.Close()
+	l, err := net.FileListener(f)
+	if err != nil {
+		return nil, fmt.Errorf("control socket %d: %w", fd, err)
+	}
+	ln, ok := l.(*net.UnixListener)
+	if !ok {
+		l.Close()
+		return nil, fmt.Errorf("control socket %d: not a Unix socket listener", fd)
+	}
+	ln.SetUnlinkOnClose(false)
+	return ln, nil
+}
+
+// Launch is a received launch request.
+type Launch struct {
+	Config *config.Document
+	// Files are the regions' files, in the document's order (the
+	// receiver's; SplitFiles was checked).
+	Files []*os.File
+	conn  *net.UnixConn
+}
+
+// Reply answers the launch request ({} or the error) and closes the
+// connection.
+func (l *Launch) Reply(err error) error {
+	defer l.conn.Close()
+	m := Message{}
+	if err != nil {
+		m = errorReply(err)
+	}
+	return Send(l.conn, m, nil)
+}
+
+// AcceptLaunch waits up to timeout for the supervisor's launch request on
+// ln and decodes it. A malformed request is answered with its error here.
+func AcceptLaunch(ln *net.UnixListener, timeout time.Duration) (*Launch, error) {
+	_ = ln.SetDeadline(time.Now().Add(timeout))
+	conn, err := ln.AcceptUnix()
+	_ = ln.SetDeadline(time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: no launch request from the supervisor: %w", err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	msg, files, err := Recv(conn)
+	var doc *config.Document
+	if err == nil && msg.Op != OpLaunch {
+		err = fmt.Errorf("%w: first request is %q, want %s", ErrProtocol, msg.Op, OpLaunch)
+	}
+	if err == nil {
+		doc, err = msg.Document()
+	}
+	if err == nil {
+		if _, _, err = SplitFiles(doc.Regions, files); err != nil {
+			files = nil // SplitFiles closed them
+		}
+	}
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		_ = Send(conn, errorReply(fmt.Errorf("%w: %w", ErrInvalid, err)), nil)
+		conn.Close()
+		return nil, err
+	}
+	return &Launch{Config: doc, Files: files, conn: conn}, nil
+}
+
+// Serve answers requests on ln until ctx ends (then it closes ln), each
+// connection on a goroutine of its own that Serve waits for.
+func Serve(ctx context.Context, ln *net.UnixListener, h Handler, log *slog.Logger) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				log.Warn("control socket", "err", err)
+			}
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			answer(ctx, conn, h, log)
+		}()
+	}
+}
+
+func answer(ctx context.Context, conn *net.UnixConn, h Handler, log *slog.Logger) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
+	msg, files, err := Recv(conn)
+	if err != nil {
+		log.Warn("control socket", "err", err)
+		return
+	}
+	take := func() []*os.File { f := files; files = nil; return f }
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	var reply Message
+	var out []*os.File
+	switch msg.Op {
+	case OpExport:
+		reply.Regions, out = h.Export()
+	case OpDevices:
+		reply.Devices = h.Devices()
+	case OpAttachDisk:
+		if msg.Disk == nil {
+			err = fmt.Errorf("%w: %s without a disk", ErrInvalid, msg.Op)
+			break
+		}
+		var d Device
+		if d, err = h.AttachDisk(ctx, *msg.Disk); err == nil {
+			reply.Devices = []Device{d}
+		}
+	case OpGrant:
+		if len(msg.Regions) != 1 {
+			err = fmt.Errorf("%w: %s with %d regions, want 1", ErrInvalid, msg.Op, len(msg.Regions))
+			break
+		}
+		if _, _, err = SplitFiles(msg.Regions, files); err != nil {
+			files = nil // closed by SplitFiles
+			err = fmt.Errorf("%w: %w", ErrInvalid, err)
+			break
+		}
+		var d Device
+		if d, err = h.Grant(ctx, msg.Regions[0], take()); err == nil {
+			reply.Devices = []Device{d}
+		}
+	case OpDetach:
+		timeout := time.Duration(msg.TimeoutMS) * time.Millisecond
+		if msg.ID == "" || timeout <= 0 || timeout > 10*time.Minute {
+			err = fmt.Errorf("%w: detach needs an id and a timeout of up to 10 minutes", ErrInvalid)
+			break
+		}
+		_ = conn.SetDeadline(time.Now().Add(timeout + requestTimeout))
+		dctx, cancel := context.WithTimeout(ctx, timeout)
+		err = h.Detach(dctx, msg.ID)
+		cancel()
+	default:
+		err = fmt.Errorf("%w: unknown operation %q", ErrInvalid, msg.Op)
+	}
+	if err != nil {
+		reply, out = errorReply(err), nil
+	}
+	if err := Send(conn, reply, out); err != nil {
+		log.Warn("control socket reply", "op", msg.Op, "err", err)
+	}
+}

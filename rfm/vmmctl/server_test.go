@@ -1,0 +1,291 @@
+package vmmctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"rainforest/rfm/region"
+	"rainforest/vmm/config"
+	"rainforest/vmm/shmem"
+)
+
+// handler is a fake VMM: disks attach unless the path says otherwise, and
+// detach needs release() or fails when its context ends.
+type handler struct {
+	mu      sync.Mutex
+	devices []Device
+	release chan struct{}
+	granted []*os.File
+}
+
+func (h *handler) AttachDisk(_ context.Context, d config.Disk) (Device, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if strings.Contains(d.Path, "missing") {
+		return Device{}, fmt.Errorf("%w: %s: no such file", ErrInvalid, d.Path)
+	}
+	for _, x := range h.devices {
+		if x.ID == d.ID {
+			return Device{}, fmt.Errorf("%w: %q", ErrExists, d.ID)
+		}
+	}
+	dev := Device{ID: d.ID, Kind: "disk", Slot: 3 + len(h.devices), Path: d.Path, ReadOnly: d.ReadOnly}
+	h.devices = append(h.devices, dev)
+	return dev, nil
+}
+
+func (h *handler) Grant(_ context.Context, r config.Region, files []*os.File) (Device, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.granted = files
+	return Device{ID: "region/" + r.Name, Kind: "region", Name: r.Name, Slot: 9}, nil
+}
+
+func (h *handler) Detach(ctx context.Context, id string) error {
+	if id == "nope" {
+		return fmt.Errorf("%w: %q", ErrNotFound, id)
+	}
+	select {
+	case <-h.release:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %q is still in use", ErrNotReleased, id)
+	}
+}
+
+func (h *handler) Devices() []Device {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]Device(nil), h.devices...)
+}
+
+func (h *handler) Export() ([]config.Region, []*os.File) { return nil, nil }
+
+// The launch document and its files arrive; later requests reach the
+// handler and come back with their errors classified.
+func TestLaunchAndRequests(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "vm.ctl")
+	ln, err := Listen(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{1}, Memory: 64 << 20,
+		Regions: []config.Region{{Name: "seg", Protocol: 2, Peers: 2, RWSize: 4096, OutputSize: 4096, Vectors: 1, Self: 1}}}
+	files := tempFiles(t, 3)
+	c, err := Dial(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := SendLaunch(c, doc, files[:2]); err == nil {
+		t.Fatal("launch with too few files sent")
+	}
+	if err := SendLaunch(c, doc, files); err != nil {
+		t.Fatal(err)
+	}
+	l, err := AcceptLaunch(ln, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Config.Name != "web" || len(l.Files) != 3 {
+		t.Fatalf("launch %+v with %d files", l.Config, len(l.Files))
+	}
+	for _, f := range l.Files {
+		f.Close()
+	}
+	if err := l.Reply(nil); err != nil {
+		t.Fatal(err)
+	}
+	if m, _, err := Recv(c); err != nil || m.Error != "" {
+		t.Fatalf("launch reply %+v %v", m, err)
+	}
+
+	h := &handler{release: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() {
+		defer close(served)
+		Serve(ctx, ln, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}()
+	defer func() { cancel(); <-served }()
+
+	bg := context.Background()
+	d, err := AttachDisk(bg, path, config.Disk{ID: "data", Path: "/d.img", ReadOnly: true})
+	if err != nil || d.Slot != 3 || !d.ReadOnly {
+		t.Fatalf("AttachDisk = %+v, %v", d, err)
+	}
+	if _, err := AttachDisk(bg, path, config.Disk{ID: "data", Path: "/e.img"}); !errors.Is(err, ErrExists) {
+		t.Errorf("second disk data: %v", err)
+	}
+	if _, err := AttachDisk(bg, path, config.Disk{ID: "x", Path: "/missing.img"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("missing disk: %v", err)
+	}
+	devs, err := Devices(bg, path)
+	if err != nil || len(devs) != 1 || devs[0].ID != "data" {
+		t.Errorf("Devices = %+v, %v", devs, err)
+	}
+	if err := Detach(bg, path, "nope", time.Second); !errors.Is(err, ErrNotFound) {
+		t.Errorf("detach of an unknown device: %v", err)
+	}
+	if err := Detach(bg, path, "data", 50*time.Millisecond); !errors.Is(err, ErrNotReleased) {
+		t.Errorf("detach the guest ignores: %v", err)
+	}
+	h.release <- struct{}{}
+	if err := Detach(bg, path, "data", 5*time.Second); err != nil {
+		t.Errorf("detach: %v", err)
+	}
+	if err := Detach(bg, path, "data", 0); !errors.Is(err, ErrInvalid) {
+		t.Errorf("detach without a timeout: %v", err)
+	}
+	r := config.Region{Name: "seg2", Protocol: 2, Peers: 2, RWSize: 4096, OutputSize: 4096, Vectors: 1, Self: 0}
+	if _, err := Grant(bg, path, r, tempFiles(t, 2)); !errors.Is(err, ErrInvalid) {
+		t.Errorf("grant with too few files: %v", err)
+	}
+	if d, err := Grant(bg, path, r, tempFiles(t, 3)); err != nil || d.Name != "seg2" {
+		t.Errorf("Grant = %+v, %v", d, err)
+	}
+	h.mu.Lock()
+	if len(h.granted) != 3 {
+		t.Errorf("handler got %d files", len(h.granted))
+	}
+	for _, f := range h.granted {
+		f.Close()
+	}
+	h.mu.Unlock()
+	if _, _, err := Call(bg, path, Message{Op: "reboot"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown operation "reboot"`) {
+		t.Errorf("unknown operation: %v", err)
+	}
+}
+
+// A launch that is not one, or carries a bad document, is answered with
+// the error and refused.
+func TestAcceptLaunchRefuses(t *testing.T) {
+	for name, send := range map[string]func(c *netConn) error{
+		"not a launch": func(c *netConn) error { return Send(c.UnixConn, Message{Op: OpDevices}, nil) },
+		"old version": func(c *netConn) error {
+			return Send(c.UnixConn, Message{Op: OpLaunch, Config: []byte(`{"version": 7}`)}, nil)
+		},
+		"files do not match": func(c *netConn) error {
+			doc := `{"version":1,"name":"a","kernel":"/k","cores":[0],"memory":4194304,"regions":[{"name":"r","protocol":2,"peers":2,"output_size":4096,"vectors":1,"self":0}]}`
+			return Send(c.UnixConn, Message{Op: OpLaunch, Config: []byte(doc)}, tempFiles(t, 1))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "vm.ctl")
+			ln, err := Listen(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			c, err := Dial(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if err := send(&netConn{c}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := AcceptLaunch(ln, 5*time.Second); err == nil {
+				t.Fatal("accepted")
+			}
+			m, _, err := Recv(c)
+			if err != nil || m.Error == "" || m.Code != "invalid" {
+				t.Fatalf("reply %+v, %v", m, err)
+			}
+		})
+	}
+}
+
+type netConn struct{ *net.UnixConn }
+
+// The region's files become a device configuration: the region mapped,
+// this peer's eventfds as its vectors, every other peer's as doorbell
+// targets; Remove gives the mapping and the files back.
+func TestMembership(t *testing.T) {
+	l, err := region.FICMLayout(4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := region.Create(region.Spec{Name: "ficm", Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	files := func() []*os.File {
+		var fs []*os.File
+		for _, f := range append([]*os.File{r.MemFile()}, r.Bells()...) {
+			fd, err := FD(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fs = append(fs, os.NewFile(uintptr(d), "dup"))
+		}
+		return fs
+	}
+	reg := config.Region{Name: "ficm", Protocol: shmem.ProtocolFICM, Peers: 4, OutputSize: l.OutputSize, Vectors: 2, Self: 2}
+	var ms Membership
+	defer ms.Close()
+	c, err := ms.Add(reg, files())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ID != 2 || len(c.Incoming) != 2 || len(c.Peers) != 3 || c.Identity.Name != "ficm" || uint64(len(c.Region)) != l.Size() {
+		t.Fatalf("config %+v", c)
+	}
+	for _, p := range c.Peers {
+		if p.Peer == 2 || len(p.Vectors) != 2 {
+			t.Errorf("peer %+v", p)
+		}
+	}
+	copy(r.Memory()[l.Size()-4:], "same")
+	if string(c.Region[l.Size()-4:]) != "same" {
+		t.Error("mapping does not share the region's memory")
+	}
+	if _, err := ms.Add(reg, files()); !errors.Is(err, ErrExists) {
+		t.Errorf("second membership of ficm: %v", err)
+	}
+	regions, out := ms.Export()
+	if len(regions) != 1 || len(out) != reg.Files() {
+		t.Errorf("export %v with %d files", regions, len(out))
+	}
+	bad := reg
+	bad.Name = "big"
+	bad.OutputSize = l.OutputSize * 64 // beyond even a 2 MiB hugetlb memfd
+	if _, err := ms.Add(bad, files()); err == nil || !strings.Contains(err.Error(), "layout needs") {
+		t.Errorf("short memory: %v", err)
+	}
+	if _, err := ms.Add(reg, files()[:3]); err == nil {
+		t.Error("missing descriptors accepted")
+	}
+	bad = reg
+	bad.Name = "odd"
+	bad.OutputSize = 100
+	if _, err := ms.Add(bad, files()); err == nil {
+		t.Error("bad layout accepted")
+	}
+	if err := ms.Remove("ficm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := ms.Remove("ficm"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second Remove: %v", err)
+	}
+	if len(ms.Regions()) != 0 {
+		t.Error("region still held")
+	}
+}
