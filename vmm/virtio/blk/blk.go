@@ -1,20 +1,24 @@
-// Package blk is the virtio block device model (virtio device type 2)
-// backed by a raw image file. Requests are served synchronously in
-// QueueNotify under the device's mutex.
+// Package blk is the virtio block device model (virtio device type 2),
+// backed by a raw image file or a host block device (see Open, New and
+// CheckPath). Requests are served synchronously in QueueNotify under the
+// device's mutex.
+//
+// Everything the guest puts in a request is untrusted: sector ranges and
+// lengths are checked against the disk before any I/O, and a bad request
+// gets an error status, never a panic or unbounded work.
 package blk
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
+	"os"
 	"sync"
 
 	"rainforest/vmm/virtio"
 )
 
-// Feature bits, request types and status values (virtio spec 5.2).
+// Feature bits, request types and status values (virtio 1.2, 5.2).
 const (
 	FeatureSegMax  uint64 = 1 << 2
 	FeatureRO      uint64 = 1 << 5
@@ -36,36 +40,43 @@ const (
 	// QueueSize is the size of the single request queue.
 	QueueSize = 256
 	// SegMax is the most data segments per request offered to the driver.
-	SegMax = QueueSize - 2
-
+	SegMax    = QueueSize - 2
 	headerLen = 16
 	configLen = 0x3C
+)
+
+// Offsets in the config space (struct virtio_blk_config).
+const (
+	cfgCapacity = 0
+	cfgSegMax   = 12
+	cfgBlkSize  = 20
 )
 
 // ErrNoQueue is returned by Activate when the driver did not enable the
 // request queue.
 var ErrNoQueue = errors.New("blk: request queue not enabled")
 
-// File is the image backing a device; *os.File implements it.
-type File interface {
-	io.ReaderAt
-	io.WriterAt
-	Sync() error
-	Stat() (fs.FileInfo, error)
-}
-
 // Options configure a device.
 type Options struct {
+	// ReadOnly serves the disk read-only (VIRTIO_BLK_F_RO); Open then
+	// opens it read-only. A read-only block device is always served
+	// read-only.
 	ReadOnly bool
+	// Direct makes Open use O_DIRECT, bypassing the host page cache; it
+	// fails with ErrDirectUnsupported where the file system refuses.
+	Direct bool
 	// ID is the serial returned by GET_ID (at most IDLen bytes used).
 	ID string
 }
 
 // Device is a virtio-blk device model.
 type Device struct {
-	file     File
+	b        *backing
 	opts     Options
+	owned    bool   // Close closes the file (made by Open)
 	capacity uint64 // in sectors
+	features uint64
+	lbs      uint64 // logical block size in sectors
 	config   [configLen]byte
 
 	mu  sync.Mutex
@@ -75,20 +86,48 @@ type Device struct {
 
 var _ virtio.DeviceModel = (*Device)(nil)
 
-// New returns a device serving file; its capacity is the file size
-// rounded down to whole sectors.
-func New(file File, opts Options) (*Device, error) {
-	st, err := file.Stat()
+// New returns a device serving the open file f, a regular file or a
+// block device. Its capacity is the size rounded down to whole sectors;
+// it is read-only when opts.ReadOnly, when f was opened read-only or when
+// the block device is read-only; it does direct I/O when f was opened with
+// O_DIRECT (opts.Direct without O_DIRECT is an error). The caller keeps
+// ownership of f.
+func New(f *os.File, opts Options) (*Device, error) {
+	b, err := newBacking(f, opts)
 	if err != nil {
-		return nil, fmt.Errorf("blk: stat image: %w", err)
+		return nil, fmt.Errorf("blk: %w", err)
 	}
-	d := &Device{file: file, opts: opts, capacity: uint64(st.Size()) / SectorSize}
+	d := &Device{
+		b:        b,
+		opts:     opts,
+		capacity: uint64(b.info.Size) / SectorSize,
+		lbs:      uint64(b.info.LogicalBlockSize) / SectorSize,
+		features: FeatureSegMax | FeatureBlkSize | FeatureFlush,
+	}
 	le := binary.LittleEndian
-	le.PutUint64(d.config[0:], d.capacity)
-	le.PutUint32(d.config[12:], SegMax)
-	le.PutUint32(d.config[20:], SectorSize)
+	le.PutUint64(d.config[cfgCapacity:], d.capacity)
+	le.PutUint32(d.config[cfgSegMax:], SegMax)
+	le.PutUint32(d.config[cfgBlkSize:], b.info.LogicalBlockSize)
+	if b.info.ReadOnly {
+		d.features |= FeatureRO
+	}
 	return d, nil
 }
+
+// Close closes the file when the device was made by Open; a device made
+// by New leaves it to the caller.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.owned {
+		return nil
+	}
+	d.owned = false
+	return d.b.f.Close()
+}
+
+// Info describes the device's backing and what it offers.
+func (d *Device) Info() Info { return d.b.info }
 
 // Capacity returns the capacity in 512-byte sectors.
 func (d *Device) Capacity() uint64 { return d.capacity }
@@ -97,13 +136,7 @@ func (d *Device) Capacity() uint64 { return d.capacity }
 func (d *Device) Type() uint16 { return virtio.TypeBlock }
 
 // Features implements virtio.DeviceModel.
-func (d *Device) Features() uint64 {
-	f := FeatureSegMax | FeatureBlkSize | FeatureFlush
-	if d.opts.ReadOnly {
-		f |= FeatureRO
-	}
-	return f
-}
+func (d *Device) Features() uint64 { return d.features }
 
 // NumQueues implements virtio.DeviceModel.
 func (d *Device) NumQueues() int { return 1 }
@@ -185,54 +218,44 @@ func (d *Device) handle(c *virtio.Chain) uint32 {
 	}
 	typ := binary.LittleEndian.Uint32(hdr[0:])
 	sector := binary.LittleEndian.Uint64(hdr[8:])
-	status, n := d.serve(typ, sector, c, data)
+	_, payload := virtio.SplitBuffers(c.Readable, headerLen)
+	status, n := d.serve(typ, sector, payload, data)
 	virtio.WriteBuffers(statusBufs, 0, []byte{status})
 	return n + 1
 }
 
+// inRange reports whether length bytes at sector lie inside the disk, in
+// whole logical blocks.
 func (d *Device) inRange(sector, length uint64) bool {
 	if length%SectorSize != 0 || sector > d.capacity {
 		return false
 	}
-	return length/SectorSize <= d.capacity-sector
+	n := length / SectorSize
+	return n <= d.capacity-sector && sector%d.lbs == 0 && n%d.lbs == 0
 }
 
 // serve returns the status and the data bytes written to the guest.
-func (d *Device) serve(typ uint32, sector uint64, c *virtio.Chain, data [][]byte) (byte, uint32) {
+func (d *Device) serve(typ uint32, sector uint64, payload, data [][]byte) (byte, uint32) {
 	switch typ {
 	case TypeIn:
-		n := 0
 		length := bufLen(data)
 		if !d.inRange(sector, length) || length > 1<<31 {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		for _, b := range data {
-			m, err := d.file.ReadAt(b, off)
-			n += m
-			if err != nil {
-				return StatusIOErr, uint32(n)
-			}
-			off += int64(m)
-		}
-		return StatusOK, uint32(n)
-	case TypeOut:
-		_, payload := virtio.SplitBuffers(c.Readable, headerLen)
-		length := bufLen(payload)
-		if d.opts.ReadOnly || !d.inRange(sector, length) {
+		if err := d.b.read(data, int64(sector*SectorSize)); err != nil {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		for _, b := range payload {
-			m, err := d.file.WriteAt(b, off)
-			if err != nil {
-				return StatusIOErr, 0
-			}
-			off += int64(m)
+		return StatusOK, uint32(length)
+	case TypeOut:
+		if d.b.info.ReadOnly || !d.inRange(sector, bufLen(payload)) {
+			return StatusIOErr, 0
+		}
+		if err := d.b.write(payload, int64(sector*SectorSize)); err != nil {
+			return StatusIOErr, 0
 		}
 		return StatusOK, 0
 	case TypeFlush:
-		if err := d.file.Sync(); err != nil {
+		if err := d.b.flush(); err != nil {
 			return StatusIOErr, 0
 		}
 		return StatusOK, 0

@@ -24,34 +24,57 @@ type rig struct {
 	dev *blk.Device
 	drv *vt.Driver
 	irq *vt.IRQ
-	f   *os.File
+	f   *os.File // the image, opened separately
 }
 
+// newRig serves an image of sectors sectors (and a partial sector the
+// device ignores) made in a temporary directory.
 func newRig(t *testing.T, sectors int64, opts blk.Options) *rig {
 	t.Helper()
-	f, err := os.Create(filepath.Join(t.TempDir(), "disk.img"))
+	return newRigIn(t, t.TempDir(), sectors*blk.SectorSize+100, opts)
+}
+
+// newRigIn serves an image of size bytes made in dir.
+func newRigIn(t *testing.T, dir string, size int64, opts blk.Options) *rig {
+	t.Helper()
+	path := filepath.Join(dir, "disk.img")
+	f, err := os.Create(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	if err := f.Truncate(sectors*blk.SectorSize + 100); err != nil { // partial sector ignored
+	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
-	dev, err := blk.New(f, opts)
+	r := openRig(t, path, opts)
+	r.f = f
+	return r
+}
+
+// openRig serves path with an active queue, FLUSH negotiated.
+func openRig(t *testing.T, path string, opts blk.Options) *rig {
+	t.Helper()
+	dev, err := blk.Open(path, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := vt.NewMemory(1 << 20)
+	t.Cleanup(func() {
+		if err := dev.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	mem := vt.NewMemory(rigMemory)
 	drv := vt.NewDriver(mem, 16, 0x1000)
 	q, err := virtio.NewQueue(mem, drv.Config(), virtio.FeatureIndirectDesc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	irq := &vt.IRQ{}
-	if err := dev.Activate(virtio.Activation{Mem: mem, Queues: []*virtio.Queue{q}, IRQ: irq}); err != nil {
+	a := virtio.Activation{Mem: mem, Features: virtio.FeatureVersion1 | blk.FeatureFlush | dev.Features(), Queues: []*virtio.Queue{q}, IRQ: irq}
+	if err := dev.Activate(a); err != nil {
 		t.Fatal(err)
 	}
-	return &rig{t: t, dev: dev, drv: drv, irq: irq, f: f}
+	return &rig{t: t, dev: dev, drv: drv, irq: irq}
 }
 
 func (r *rig) header(typ uint32, sector uint64) {
@@ -220,4 +243,39 @@ func TestActivateWithoutQueue(t *testing.T) {
 	if err := dev.Activate(virtio.Activation{Queues: []*virtio.Queue{nil}}); !errors.Is(err, blk.ErrNoQueue) {
 		t.Fatal(err)
 	}
+}
+
+const (
+	// fillAddr and readAddr hold up to 1 MiB of data each.
+	fillAddr  = 0x100000
+	readAddr  = 0x200000
+	rigMemory = 0x300000
+)
+
+// fill writes n sectors of a non-zero pattern at sector through the
+// device and flushes.
+func (r *rig) fill(sector uint64, n int) []byte {
+	r.t.Helper()
+	data := bytes.Repeat([]byte{0xA5, 0x5A, 0x33, 0xCC}, n*blk.SectorSize/4)
+	_ = r.drv.Mem.WriteAt(data, fillAddr)
+	r.header(blk.TypeOut, sector)
+	if st, _ := r.do(hdr, vt.Buf{Addr: fillAddr, Len: uint32(len(data))}, status); st != blk.StatusOK {
+		r.t.Fatalf("write status %d", st)
+	}
+	r.header(blk.TypeFlush, 0)
+	if st, _ := r.do(hdr, status); st != blk.StatusOK {
+		r.t.Fatalf("flush status %d", st)
+	}
+	return data
+}
+
+// read returns n sectors at sector, read through the device.
+func (r *rig) read(sector uint64, n int) []byte {
+	r.t.Helper()
+	r.header(blk.TypeIn, sector)
+	if st, _ := r.do(hdr, vt.Buf{Addr: readAddr, Len: uint32(n * blk.SectorSize), Write: true}, status); st != blk.StatusOK {
+		r.t.Fatalf("read status %d", st)
+	}
+	got, _ := r.drv.Mem.Slice(readAddr, uint64(n*blk.SectorSize))
+	return bytes.Clone(got)
 }
