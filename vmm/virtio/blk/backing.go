@@ -332,5 +332,13 @@ func (b *backing) write(src [][]byte, off int64) error {
 
 // flush makes every completed write stable.
 func (b *backing) flush() error {
-	return b.f.Sync()
+	return ignoringEINTR(func() error { return unix.Fdatasync(int(b.f.Fd())) })
+}
+
+func ignoringEINTR(fn func() error) error {
+	for {
+		if err := fn(); !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
 }

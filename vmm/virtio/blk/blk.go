@@ -6,6 +6,14 @@
 // Everything the guest puts in a request is untrusted: sector ranges and
 // lengths are checked against the disk before any I/O, and a bad request
 // gets an error status, never a panic or unbounded work.
+//
+// Write cache: the device offers VIRTIO_BLK_F_FLUSH. A driver that
+// negotiates it sees a writeback cache (completed writes may sit in the
+// host page cache or the disk's volatile cache) and makes them stable
+// with VIRTIO_BLK_T_FLUSH, which is fdatasync. A driver that does not
+// negotiate it must see every completed write stable (virtio 1.2,
+// 5.2.6.2), so then every write is followed by fdatasync before it
+// completes.
 package blk
 
 import (
@@ -79,9 +87,10 @@ type Device struct {
 	lbs      uint64 // logical block size in sectors
 	config   [configLen]byte
 
-	mu  sync.Mutex
-	q   *virtio.Queue
-	irq virtio.Interrupts
+	mu           sync.Mutex
+	q            *virtio.Queue
+	irq          virtio.Interrupts
+	writeThrough bool // VIRTIO_BLK_F_FLUSH not negotiated
 }
 
 var _ virtio.DeviceModel = (*Device)(nil)
@@ -165,6 +174,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.q, d.irq = a.Queues[0], a.IRQ
+	d.writeThrough = a.Features&FeatureFlush == 0
 	return nil
 }
 
@@ -253,7 +263,7 @@ func (d *Device) serve(typ uint32, sector uint64, payload, data [][]byte) (byte,
 		if err := d.b.write(payload, int64(sector*SectorSize)); err != nil {
 			return StatusIOErr, 0
 		}
-		return StatusOK, 0
+		return d.completeWrite(), 0
 	case TypeFlush:
 		if err := d.b.flush(); err != nil {
 			return StatusIOErr, 0
@@ -268,6 +278,17 @@ func (d *Device) serve(typ uint32, sector uint64, payload, data [][]byte) (byte,
 		return StatusOK, uint32(virtio.WriteBuffers(data, 0, id[:]))
 	}
 	return StatusUnsupp, 0
+}
+
+// completeWrite returns the status of a write that succeeded: when the
+// driver did not negotiate VIRTIO_BLK_F_FLUSH, it must be stable first.
+func (d *Device) completeWrite() byte {
+	if d.writeThrough {
+		if err := d.b.flush(); err != nil {
+			return StatusIOErr
+		}
+	}
+	return StatusOK
 }
 
 func bufLen(bs [][]byte) uint64 {
