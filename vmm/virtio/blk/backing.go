@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -28,6 +30,31 @@ func (k Kind) String() string {
 		return "block device"
 	}
 	return "Kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// ZeroMethod is how a device carries out write-zeroes requests.
+type ZeroMethod uint8
+
+// The write-zeroes methods.
+const (
+	ZeroNone        ZeroMethod = iota // write-zeroes not offered
+	ZeroRange                         // fallocate(FALLOC_FL_ZERO_RANGE) on a regular file
+	ZeroWrite                         // writing zero-filled buffers (the file system lacks ZERO_RANGE)
+	ZeroBlockDevice                   // the BLKZEROOUT ioctl on a block device
+)
+
+func (m ZeroMethod) String() string {
+	switch m {
+	case ZeroNone:
+		return "none"
+	case ZeroRange:
+		return "fallocate zero-range"
+	case ZeroWrite:
+		return "writing zeroes"
+	case ZeroBlockDevice:
+		return "BLKZEROOUT"
+	}
+	return "ZeroMethod(" + strconv.Itoa(int(m)) + ")"
 }
 
 var (
@@ -53,6 +80,9 @@ const (
 	// bounceSize is the size of the aligned buffer direct I/O goes
 	// through.
 	bounceSize = 1 << 20
+	// zeroBufSize is the size of the zero buffer written when
+	// write-zeroes is carried out by writing.
+	zeroBufSize = 256 << 10
 )
 
 // CheckPath returns nil when path (after symbolic links) is a regular
@@ -163,6 +193,14 @@ type Info struct {
 	// offset, length and buffer aligned to DirectAlign bytes.
 	Direct      bool
 	DirectAlign int
+	// Discard is set when discard requests are offered: fallocate
+	// (PUNCH_HOLE) on regular files, BLKDISCARD on block devices.
+	Discard bool
+	// WriteZeroes is how write-zeroes requests are carried out (ZeroNone:
+	// not offered); WriteZeroesMayUnmap is set when a write-zeroes
+	// request with the unmap flag may deallocate (punch a hole).
+	WriteZeroes         ZeroMethod
+	WriteZeroesMayUnmap bool
 }
 
 // backing is the open file a device reads and writes.
@@ -171,10 +209,14 @@ type backing struct {
 	info Info
 	// aligned does the I/O when the file was opened with O_DIRECT.
 	aligned *alignedIO
+	// maxDiscard and maxZeroes bound one segment, in sectors;
+	// discardAlign is the discard granularity in sectors.
+	maxDiscard, discardAlign, maxZeroes uint32
+	zeros                               []byte // for ZeroWrite, allocated on first use
 }
 
 // newBacking examines the open file f: its type, size, block size,
-// access mode and direct I/O.
+// access mode, direct I/O and what discard and write-zeroes it supports.
 func newBacking(f *os.File, opts Options) (*backing, error) {
 	name := f.Name()
 	fd := int(f.Fd())
@@ -231,6 +273,13 @@ func newBacking(f *os.File, opts Options) (*backing, error) {
 	if b.info.Direct {
 		if err := b.setupDirect(fd, size); err != nil {
 			return nil, err
+		}
+	}
+	if !b.info.ReadOnly {
+		if kind == KindBlockDevice {
+			b.probeBlockDevice(st.Rdev)
+		} else {
+			b.probeFile(filepath.Dir(name), st.Blksize)
 		}
 	}
 	return b, nil
@@ -302,6 +351,98 @@ func fsTypeName(typ int64) string {
 	return fmt.Sprintf(" (type %#x)", typ)
 }
 
+// probeFile finds the fallocate modes of the file system holding the
+// image (in dir) by trying them on an unnamed temporary file there, so the
+// image itself is never touched; when no such file can be made, discard
+// is not offered and write-zeroes writes zeroes.
+func (b *backing) probeFile(dir string, fsBlock int64) {
+	punch, zero := probeFallocate(dir)
+	const maxSectors = maxSegmentBytes / SectorSize
+	b.maxZeroes = maxSectors
+	b.info.WriteZeroes = ZeroWrite
+	if zero {
+		b.info.WriteZeroes = ZeroRange
+	} else {
+		b.maxZeroes = maxZeroWriteBytes / SectorSize
+	}
+	if punch {
+		b.info.Discard = true
+		b.info.WriteZeroesMayUnmap = true
+		b.maxDiscard = maxSectors
+		b.discardAlign = 1
+		if fsBlock > SectorSize && fsBlock <= MaxBlockSize && fsBlock&(fsBlock-1) == 0 {
+			b.discardAlign = uint32(fsBlock / SectorSize)
+		}
+	}
+}
+
+// probeFallocate reports whether the file system holding dir supports
+// fallocate's PUNCH_HOLE and ZERO_RANGE modes (both with KEEP_SIZE).
+func probeFallocate(dir string) (punch, zero bool) {
+	fd, err := unix.Open(dir, unix.O_TMPFILE|unix.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return false, false
+	}
+	defer unix.Close(fd)
+	const n = 64 << 10
+	if unix.Ftruncate(fd, n) != nil {
+		return false, false
+	}
+	punch = unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, n) == nil
+	zero = unix.Fallocate(fd, unix.FALLOC_FL_ZERO_RANGE|unix.FALLOC_FL_KEEP_SIZE, 0, n) == nil
+	return punch, zero
+}
+
+// probeBlockDevice reads the device's discard and write-zeroes limits
+// from sysfs (queue/discard_max_bytes, discard_granularity,
+// write_zeroes_max_bytes); a limit of 0 or one that cannot be read means
+// the operation is not offered.
+func (b *backing) probeBlockDevice(rdev uint64) {
+	dir := fmt.Sprintf("/sys/dev/block/%d:%d", unix.Major(rdev), unix.Minor(rdev))
+	lbsSectors := b.info.LogicalBlockSize / SectorSize
+	if v := queueLimit(dir, "discard_max_bytes") / SectorSize; v > 0 {
+		gran := uint32(min(queueLimit(dir, "discard_granularity")/SectorSize, MaxBlockSize/SectorSize))
+		if gran == 0 || gran&(gran-1) != 0 {
+			gran = 1
+		}
+		b.discardAlign = max(gran, lbsSectors)
+		b.maxDiscard = roundDown(uint32(min(v, maxSegmentBytes/SectorSize)), b.discardAlign)
+		b.info.Discard = b.maxDiscard > 0
+	}
+	if v := queueLimit(dir, "write_zeroes_max_bytes") / SectorSize; v > 0 {
+		b.maxZeroes = roundDown(uint32(min(v, maxSegmentBytes/SectorSize)), lbsSectors)
+		if b.maxZeroes > 0 {
+			b.info.WriteZeroes = ZeroBlockDevice
+		}
+	}
+}
+
+// queueLimit reads a number from the block device's queue directory in
+// sysfs (the parent device's for a partition); 0 when unreadable.
+func queueLimit(dev, name string) uint64 {
+	// No filepath.Join: "dev/../queue" must go through the symbolic
+	// link dev, not be cleaned away.
+	for _, p := range []string{dev + "/queue/" + name, dev + "/../queue/" + name} {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(data)), 10, 64)
+		if err != nil {
+			return 0
+		}
+		return v
+	}
+	return 0
+}
+
+func roundDown(v, align uint32) uint32 {
+	if align <= 1 {
+		return v
+	}
+	return v - v%align
+}
+
 // read fills dst from the disk at byte offset off.
 func (b *backing) read(dst [][]byte, off int64) error {
 	if b.aligned != nil {
@@ -333,6 +474,65 @@ func (b *backing) write(src [][]byte, off int64) error {
 // flush makes every completed write stable.
 func (b *backing) flush() error {
 	return ignoringEINTR(func() error { return unix.Fdatasync(int(b.f.Fd())) })
+}
+
+// discard deallocates n bytes at off. A file or device that turns out not
+// to discard leaves the data: discard is only a hint.
+func (b *backing) discard(off, n int64) error {
+	fd := int(b.f.Fd())
+	var err error
+	if b.info.Kind == KindBlockDevice {
+		err = blockRangeIoctl(fd, unix.BLKDISCARD, uint64(off), uint64(n))
+	} else {
+		err = ignoringEINTR(func() error {
+			return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+		})
+	}
+	if errors.Is(err, unix.EOPNOTSUPP) {
+		return nil
+	}
+	return err
+}
+
+// writeZeroes zeroes n bytes at off; with unmap it may deallocate them.
+func (b *backing) writeZeroes(off, n int64, unmap bool) error {
+	fd := int(b.f.Fd())
+	switch b.info.WriteZeroes {
+	case ZeroBlockDevice:
+		return blockRangeIoctl(fd, unix.BLKZEROOUT, uint64(off), uint64(n))
+	case ZeroRange:
+		mode := unix.FALLOC_FL_ZERO_RANGE | unix.FALLOC_FL_KEEP_SIZE
+		if unmap && b.info.WriteZeroesMayUnmap {
+			mode = unix.FALLOC_FL_PUNCH_HOLE | unix.FALLOC_FL_KEEP_SIZE
+		}
+		err := ignoringEINTR(func() error { return unix.Fallocate(fd, uint32(mode), off, n) })
+		if !errors.Is(err, unix.EOPNOTSUPP) {
+			return err
+		}
+		// Not for this file after all: write the zeroes.
+	case ZeroWrite:
+		if unmap && b.info.WriteZeroesMayUnmap {
+			err := ignoringEINTR(func() error {
+				return unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+			})
+			if !errors.Is(err, unix.EOPNOTSUPP) {
+				return err
+			}
+		}
+	default:
+		return errors.ErrUnsupported
+	}
+	if b.zeros == nil {
+		b.zeros = make([]byte, zeroBufSize)
+	}
+	for n > 0 {
+		c := min(n, int64(len(b.zeros)))
+		if err := b.write([][]byte{b.zeros[:c]}, off); err != nil {
+			return err
+		}
+		off, n = off+c, n-c
+	}
+	return nil
 }
 
 func ignoringEINTR(fn func() error) error {

@@ -164,6 +164,14 @@ func TestDirect(t *testing.T) {
 	if got := r.read(6, 1); !bytes.Equal(got, make([]byte, 512)) {
 		t.Fatal("neighbouring sector changed")
 	}
+	r.header(blk.TypeWriteZeroes, 0)
+	if st, _ := r.do(hdr, r.segments([3]uint64{8, 2, 0}), status); st != blk.StatusOK {
+		t.Fatalf("write-zeroes status %d", st)
+	}
+	clear(payload[512:1536])
+	if got := r.read(7, 5); !bytes.Equal(got, payload) {
+		t.Fatal("write-zeroes with O_DIRECT: content wrong")
+	}
 	// A size that is not a multiple of the alignment is refused.
 	odd := filepath.Join(filepath.Dir(r.f.Name()), "odd.img")
 	if err := os.WriteFile(odd, make([]byte, 3*512), 0o600); err != nil {
@@ -213,6 +221,21 @@ func TestDirectRefused(t *testing.T) {
 		}
 		t.Log(err)
 		tested = true
+		// Without Direct it opens; with no fallocate there, discard is
+		// not offered and write-zeroes writes zeroes.
+		r := openRig(t, path, blk.Options{})
+		t.Logf("without Direct: %+v", r.dev.Info())
+		if r.dev.Info().Discard {
+			continue
+		}
+		r.header(blk.TypeDiscard, 0)
+		if st, _ := r.do(hdr, r.segments([3]uint64{0, 8, 0}), status); st != blk.StatusUnsupp {
+			t.Fatalf("discard without support: status %d", st)
+		}
+		r.header(blk.TypeWriteZeroes, 0)
+		if st, _ := r.do(hdr, r.segments([3]uint64{0, 8, blk.FlagUnmap}), status); st != blk.StatusOK {
+			t.Fatalf("write-zeroes by writing: status %d", st)
+		}
 	}
 	if !tested {
 		t.Skip("no file system refusing O_DIRECT here (ramfs needs root; tmpfs takes O_DIRECT since Linux 6.6)")

@@ -3,17 +3,18 @@
 // CheckPath). Requests are served synchronously in QueueNotify under the
 // device's mutex.
 //
-// Everything the guest puts in a request is untrusted: sector ranges and
-// lengths are checked against the disk before any I/O, and a bad request
-// gets an error status, never a panic or unbounded work.
+// Everything the guest puts in a request is untrusted: sector ranges,
+// lengths, segment counts and flags are checked against the disk and the
+// limits in the config space before any I/O, and a bad request gets an
+// error status, never a panic or unbounded work.
 //
 // Write cache: the device offers VIRTIO_BLK_F_FLUSH. A driver that
 // negotiates it sees a writeback cache (completed writes may sit in the
 // host page cache or the disk's volatile cache) and makes them stable
 // with VIRTIO_BLK_T_FLUSH, which is fdatasync. A driver that does not
 // negotiate it must see every completed write stable (virtio 1.2,
-// 5.2.6.2), so then every write is followed by fdatasync before it
-// completes.
+// 5.2.6.2), so then every write, discard and write-zeroes is followed by
+// fdatasync before it completes.
 package blk
 
 import (
@@ -28,15 +29,19 @@ import (
 
 // Feature bits, request types and status values (virtio 1.2, 5.2).
 const (
-	FeatureSegMax  uint64 = 1 << 2
-	FeatureRO      uint64 = 1 << 5
-	FeatureBlkSize uint64 = 1 << 6
-	FeatureFlush   uint64 = 1 << 9
+	FeatureSegMax      uint64 = 1 << 2
+	FeatureRO          uint64 = 1 << 5
+	FeatureBlkSize     uint64 = 1 << 6
+	FeatureFlush       uint64 = 1 << 9
+	FeatureDiscard     uint64 = 1 << 13
+	FeatureWriteZeroes uint64 = 1 << 14
 
-	TypeIn    = 0
-	TypeOut   = 1
-	TypeFlush = 4
-	TypeGetID = 8
+	TypeIn          = 0
+	TypeOut         = 1
+	TypeFlush       = 4
+	TypeGetID       = 8
+	TypeDiscard     = 11
+	TypeWriteZeroes = 13
 
 	StatusOK     = 0
 	StatusIOErr  = 1
@@ -48,16 +53,41 @@ const (
 	// QueueSize is the size of the single request queue.
 	QueueSize = 256
 	// SegMax is the most data segments per request offered to the driver.
-	SegMax    = QueueSize - 2
+	SegMax = QueueSize - 2
+	// DiscardSegMax and WriteZeroesSegMax are the most segments in one
+	// discard or write-zeroes request (max_discard_seg,
+	// max_write_zeroes_seg).
+	DiscardSegMax     = 16
+	WriteZeroesSegMax = 16
+	// SegmentLen is the size of one discard or write-zeroes segment
+	// (struct virtio_blk_discard_write_zeroes).
+	SegmentLen = 16
+	// FlagUnmap is the only segment flag: a write-zeroes request may
+	// deallocate the range. Any other bit is reserved.
+	FlagUnmap = 1
+
 	headerLen = 16
 	configLen = 0x3C
+
+	// maxSegmentBytes bounds one discard or write-zeroes segment
+	// (max_discard_sectors, max_write_zeroes_sectors), and
+	// maxZeroWriteBytes one write-zeroes segment carried out by writing
+	// zeroes, to bound the work of a request served under the mutex.
+	maxSegmentBytes   = 1 << 30
+	maxZeroWriteBytes = 8 << 20
 )
 
 // Offsets in the config space (struct virtio_blk_config).
 const (
-	cfgCapacity = 0
-	cfgSegMax   = 12
-	cfgBlkSize  = 20
+	cfgCapacity          = 0
+	cfgSegMax            = 12
+	cfgBlkSize           = 20
+	cfgMaxDiscardSectors = 36
+	cfgMaxDiscardSeg     = 40
+	cfgDiscardAlign      = 44
+	cfgMaxZeroesSectors  = 48
+	cfgMaxZeroesSeg      = 52
+	cfgZeroesMayUnmap    = 56
 )
 
 // ErrNoQueue is returned by Activate when the driver did not enable the
@@ -119,6 +149,21 @@ func New(f *os.File, opts Options) (*Device, error) {
 	le.PutUint32(d.config[cfgBlkSize:], b.info.LogicalBlockSize)
 	if b.info.ReadOnly {
 		d.features |= FeatureRO
+	} else {
+		if b.info.Discard {
+			d.features |= FeatureDiscard
+			le.PutUint32(d.config[cfgMaxDiscardSectors:], b.maxDiscard)
+			le.PutUint32(d.config[cfgMaxDiscardSeg:], DiscardSegMax)
+			le.PutUint32(d.config[cfgDiscardAlign:], b.discardAlign)
+		}
+		if b.info.WriteZeroes != ZeroNone {
+			d.features |= FeatureWriteZeroes
+			le.PutUint32(d.config[cfgMaxZeroesSectors:], b.maxZeroes)
+			le.PutUint32(d.config[cfgMaxZeroesSeg:], WriteZeroesSegMax)
+			if b.info.WriteZeroesMayUnmap {
+				d.config[cfgZeroesMayUnmap] = 1
+			}
+		}
 	}
 	return d, nil
 }
@@ -276,6 +321,8 @@ func (d *Device) serve(typ uint32, sector uint64, payload, data [][]byte) (byte,
 			return StatusIOErr, 0
 		}
 		return StatusOK, uint32(virtio.WriteBuffers(data, 0, id[:]))
+	case TypeDiscard, TypeWriteZeroes:
+		return d.discardOrZero(typ, payload), 0
 	}
 	return StatusUnsupp, 0
 }
@@ -289,6 +336,49 @@ func (d *Device) completeWrite() byte {
 		}
 	}
 	return StatusOK
+}
+
+// discardOrZero serves a discard or write-zeroes request whose segments
+// are payload: all of them are checked before any is carried out.
+func (d *Device) discardOrZero(typ uint32, payload [][]byte) byte {
+	if d.b.info.ReadOnly {
+		return StatusIOErr // a write request on a read-only disk
+	}
+	lim := segmentLimits{capacity: d.capacity, align: d.lbs}
+	switch {
+	case typ == TypeDiscard && d.features&FeatureDiscard != 0:
+		lim.maxSectors, lim.maxSegs = d.b.maxDiscard, DiscardSegMax
+	case typ == TypeWriteZeroes && d.features&FeatureWriteZeroes != 0:
+		lim.maxSectors, lim.maxSegs, lim.flags = d.b.maxZeroes, WriteZeroesSegMax, FlagUnmap
+	default:
+		return StatusUnsupp
+	}
+	var raw [max(DiscardSegMax, WriteZeroesSegMax) * SegmentLen]byte
+	n := bufLen(payload)
+	if n > uint64(len(raw)) {
+		return StatusIOErr
+	}
+	virtio.ReadBuffers(payload, 0, raw[:n])
+	segs, status := parseSegments(raw[:n], lim)
+	if status != StatusOK {
+		return status
+	}
+	for _, s := range segs {
+		off, length := int64(s.sector*SectorSize), int64(s.sectors)*SectorSize
+		if length == 0 {
+			continue
+		}
+		var err error
+		if typ == TypeDiscard {
+			err = d.b.discard(off, length)
+		} else {
+			err = d.b.writeZeroes(off, length, s.flags&FlagUnmap != 0)
+		}
+		if err != nil {
+			return StatusIOErr
+		}
+	}
+	return d.completeWrite()
 }
 
 func bufLen(bs [][]byte) uint64 {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"rainforest/vmm/virtio/blk"
@@ -65,7 +66,7 @@ func readDevice(t *testing.T, dev string, off int64, n int) []byte {
 
 func TestLoopDevice(t *testing.T) {
 	const size = 8 << 20
-	dev, _ := loopDevice(t, size)
+	dev, image := loopDevice(t, size)
 	r := openRig(t, dev, blk.Options{ID: "loop"})
 	info := r.dev.Info()
 	t.Logf("%s: %+v", dev, info)
@@ -82,17 +83,78 @@ func TestLoopDevice(t *testing.T) {
 	if got := readDevice(t, dev, 2048*512, len(data)); !bytes.Equal(got, data) {
 		t.Fatal("device content differs from what was written")
 	}
+
+	if r.dev.Features()&blk.FeatureWriteZeroes != 0 {
+		r.header(blk.TypeWriteZeroes, 0)
+		if st, _ := r.do(hdr, r.segments([3]uint64{2048, 8, 0}, [3]uint64{2100, 3, 0}), status); st != blk.StatusOK {
+			t.Fatalf("write-zeroes status %d", st)
+		}
+		want := bytes.Clone(data)
+		clear(want[:8*512])
+		clear(want[52*512 : 55*512])
+		if got := r.read(2048, 2048); !bytes.Equal(got, want) {
+			t.Fatal("write-zeroes content wrong")
+		}
+		// Linux's BLKZEROOUT never unmaps.
+		if c[56] != 0 {
+			t.Fatal("write_zeroes_may_unmap set for a block device")
+		}
+	} else {
+		t.Log("the loop device offers no write-zeroes here")
+	}
+
+	if r.dev.Features()&blk.FeatureDiscard == 0 {
+		t.Skip("the loop device offers no discard here")
+	}
+	if binary.LittleEndian.Uint32(c[36:]) == 0 || binary.LittleEndian.Uint32(c[40:]) != blk.DiscardSegMax {
+		t.Fatalf("discard config % x", c[36:48])
+	}
+	var before, after os.FileInfo
+	before, _ = image.Stat()
+	r.header(blk.TypeDiscard, 0)
+	if st, _ := r.do(hdr, r.segments([3]uint64{2048, 2048, 0}), status); st != blk.StatusOK {
+		t.Fatalf("discard status %d", st)
+	}
+	// The loop driver punches a hole in its image: zeroes, fewer blocks.
+	if got := r.read(2048, 2048); !bytes.Equal(got, make([]byte, len(got))) {
+		t.Fatal("discarded range does not read back as zeroes")
+	}
+	after, _ = image.Stat()
+	b0, b1 := blocks(before), blocks(after)
+	t.Logf("image: %d bytes allocated before the discard, %d after", b0, b1)
+	if b1 >= b0 {
+		t.Fatal("discard freed nothing in the image")
+	}
+	// Discard outside the device, or misaligned to nothing: refused.
+	r.header(blk.TypeDiscard, 0)
+	if st, _ := r.do(hdr, r.segments([3]uint64{size/512 - 1, 2, 0}), status); st != blk.StatusIOErr {
+		t.Fatalf("discard past the end: status %d", st)
+	}
+}
+
+// blocks returns the bytes allocated to a file.
+func blocks(fi os.FileInfo) int64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512
+	}
+	return 0
 }
 
 func TestLoopDeviceReadOnly(t *testing.T) {
 	dev, _ := loopDevice(t, 1<<20, "--read-only")
 	r := openRig(t, dev, blk.Options{}) // not asked: the device says so
-	if !r.dev.Info().ReadOnly || r.dev.Features()&blk.FeatureRO == 0 {
+	if !r.dev.Info().ReadOnly || r.dev.Features()&blk.FeatureRO == 0 || r.dev.Features()&(blk.FeatureDiscard|blk.FeatureWriteZeroes) != 0 {
 		t.Fatalf("read-only loop device: features %#x info %+v", r.dev.Features(), r.dev.Info())
 	}
 	r.header(blk.TypeOut, 0)
 	if st, _ := r.do(hdr, vt.Buf{Addr: dataAddr, Len: 512}, status); st != blk.StatusIOErr {
 		t.Fatalf("write status %d", st)
+	}
+	for _, typ := range []uint32{blk.TypeDiscard, blk.TypeWriteZeroes} {
+		r.header(typ, 0)
+		if st, _ := r.do(hdr, r.segments([3]uint64{0, 8, 0}), status); st != blk.StatusIOErr {
+			t.Fatalf("type %d status %d", typ, st)
+		}
 	}
 	r.read(0, 8)
 	r.header(blk.TypeFlush, 0)
@@ -129,10 +191,22 @@ func TestLoopDevice4K(t *testing.T) {
 			{blk.TypeIn, 1, []vt.Buf{hdr, {Addr: dataAddr, Len: 4096, Write: true}, status}},
 			{blk.TypeIn, 0, []vt.Buf{hdr, {Addr: dataAddr, Len: 512, Write: true}, status}},
 			{blk.TypeOut, 4, []vt.Buf{hdr, {Addr: dataAddr, Len: 4096}, status}},
+			{blk.TypeDiscard, 0, []vt.Buf{hdr, r.segments([3]uint64{8, 4, 0}), status}},
+			{blk.TypeWriteZeroes, 0, []vt.Buf{hdr, r.segments([3]uint64{4, 8, 0}), status}},
 		} {
 			r.header(bad.typ, bad.sector)
 			if st, _ := r.do(bad.bufs...); st != blk.StatusIOErr {
 				t.Errorf("direct %v: misaligned type %d at %d: status %d", direct, bad.typ, bad.sector, st)
+			}
+		}
+		if r.dev.Features()&blk.FeatureWriteZeroes != 0 {
+			r.header(blk.TypeWriteZeroes, 0)
+			if st, _ := r.do(hdr, r.segments([3]uint64{8, 8, 0}), status); st != blk.StatusOK {
+				t.Fatalf("aligned write-zeroes status %d", st)
+			}
+			clear(data[:4096])
+			if got := r.read(8, 16); !bytes.Equal(got, data) {
+				t.Fatal("write-zeroes content wrong")
 			}
 		}
 		if err := r.dev.Close(); err != nil {
