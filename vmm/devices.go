@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sync"
 
 	"rainforest/vmm/acpi"
@@ -26,19 +25,11 @@ func (m *Machine) setupPCI(ctx context.Context, cfg *LinuxConfig) error {
 		return err
 	}
 	for i, d := range cfg.Disks {
-		flag := os.O_RDWR
-		if d.ReadOnly {
-			flag = os.O_RDONLY
-		}
-		f, err := os.OpenFile(d.Path, flag, 0)
+		model, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, ID: fmt.Sprintf("rf-disk%d", i)})
 		if err != nil {
 			return fmt.Errorf("disk %d: %w", i, err)
 		}
-		m.AddCloser(f.Close)
-		model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: fmt.Sprintf("rf-disk%d", i)})
-		if err != nil {
-			return fmt.Errorf("disk %s: %w", d.Path, err)
-		}
+		m.AddCloser(model.Close)
 		if err := m.AddVirtio(ctx, model); err != nil {
 			return fmt.Errorf("disk %s: %w", d.Path, err)
 		}

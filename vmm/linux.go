@@ -19,9 +19,11 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
+	"rainforest/vmm/virtio/blk"
 )
 
-// Disk is a raw image file given to the guest as a virtio-blk device.
+// Disk is a raw image file or a block device given to the guest as a
+// virtio-blk device.
 type Disk struct {
 	Path     string
 	ReadOnly bool
@@ -111,12 +113,8 @@ func (c *LinuxConfig) checkFiles() error {
 		}
 	}
 	for _, d := range c.Disks {
-		st, err := os.Stat(d.Path)
-		if err != nil {
+		if err := blk.CheckPath(d.Path); err != nil {
 			return fmt.Errorf("disk: %w", err)
-		}
-		if !st.Mode().IsRegular() {
-			return fmt.Errorf("disk %s: not a regular file", d.Path)
 		}
 	}
 	return nil
