@@ -113,12 +113,8 @@ func (c *LinuxConfig) checkFiles() error {
 		}
 	}
 	for _, d := range c.Disks {
-		st, err := os.Stat(d.Path)
-		if err != nil {
+		if err := blk.CheckPath(d.Path); err != nil {
 			return fmt.Errorf("disk: %w", err)
-		}
-		if !st.Mode().IsRegular() {
-			return fmt.Errorf("disk %s: not a regular file", d.Path)
 		}
 	}
 	return nil
@@ -316,23 +312,15 @@ func (m *Machine) AddDisk(d config.Disk) (int, error) {
 	return m.AddVirtio(d.ID, model, backing)
 }
 
-// OpenDisk opens a disk's backing and makes its virtio-blk model; the
-// closer releases the backing.
+// OpenDisk opens a disk's backing (a regular file or a block device, with
+// O_DIRECT when asked) and makes its virtio-blk model; the closer releases
+// the backing.
 func OpenDisk(d config.Disk) (virtio.DeviceModel, io.Closer, error) {
-	flag := os.O_RDWR
-	if d.ReadOnly {
-		flag = os.O_RDONLY
-	}
-	f, err := os.OpenFile(d.Path, flag, 0)
+	model, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID})
 	if err != nil {
 		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
 	}
-	model, err := blk.New(f, blk.Options{ReadOnly: d.ReadOnly, ID: "rf-" + d.ID})
-	if err != nil {
-		f.Close()
-		return nil, nil, fmt.Errorf("disk %s (%s): %w", d.ID, d.Path, err)
-	}
-	return model, f, nil
+	return model, model, nil
 }
 
 // pumpInput copies console input into the UART until the machine stops or

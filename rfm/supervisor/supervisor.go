@@ -25,6 +25,7 @@ import (
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
 	"rainforest/rfm/vmmctl"
+	"rainforest/vmm/virtio/blk"
 )
 
 // Sentinel errors the API maps to status codes.
@@ -343,7 +344,14 @@ func checkFiles(spec Spec) []ledger.Problem {
 	check("kernel", spec.Kernel, true)
 	check("initrd", spec.Initrd, false)
 	for i, d := range spec.Disks {
-		check("disks["+strconv.Itoa(i)+"].path", d.Path, true)
+		// A disk may be a regular file or a block device: the device
+		// model's rule.
+		field := "disks[" + strconv.Itoa(i) + "].path"
+		if d.Path == "" {
+			probs = append(probs, ledger.Problem{Field: field, Message: "required"})
+		} else if err := blk.CheckPath(d.Path); err != nil {
+			probs = append(probs, ledger.Problem{Field: field, Message: err.Error()})
+		}
 	}
 	return probs
 }

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -266,5 +269,33 @@ func TestListDuringSlowCreate(t *testing.T) {
 	}
 	if list := s.List(); len(list) != 1 || list[0].State != StateRunning {
 		t.Errorf("after create: %+v", list)
+	}
+}
+
+// TestCheckFilesDisks: a disk may be a regular file or a block device,
+// nothing else.
+func TestCheckFilesDisks(t *testing.T) {
+	dir := t.TempDir()
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec := Spec{Name: "a", Kernel: kernel, Disks: []Disk{{Path: kernel}, {Path: dir}, {Path: "/dev/null"}, {Path: ""}}}
+	want := map[string]string{
+		"disks[1].path": dir + " is a directory",
+		"disks[2].path": "/dev/null is a character device",
+		"disks[3].path": "required",
+	}
+	if st, err := os.Stat("/dev/loop0"); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
+		spec.Disks = append(spec.Disks, Disk{Path: "/dev/loop0"})
+	}
+	probs := checkFiles(spec)
+	if len(probs) != len(want) {
+		t.Fatalf("problems %v", probs)
+	}
+	for _, p := range probs {
+		if !strings.Contains(p.Message, want[p.Field]) {
+			t.Errorf("%s: %q, want %q", p.Field, p.Message, want[p.Field])
+		}
 	}
 }

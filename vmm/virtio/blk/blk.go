@@ -1,30 +1,47 @@
-// Package blk is the virtio block device model (virtio device type 2)
-// backed by a raw image file. Requests are served synchronously in
-// QueueNotify under the device's mutex.
+// Package blk is the virtio block device model (virtio device type 2),
+// backed by a raw image file or a host block device (see Open, New and
+// CheckPath). Requests are served synchronously in QueueNotify under the
+// device's mutex.
+//
+// Everything the guest puts in a request is untrusted: sector ranges,
+// lengths, segment counts and flags are checked against the disk and the
+// limits in the config space before any I/O, and a bad request gets an
+// error status, never a panic or unbounded work.
+//
+// Write cache: the device offers VIRTIO_BLK_F_FLUSH. A driver that
+// negotiates it sees a writeback cache (completed writes may sit in the
+// host page cache or the disk's volatile cache) and makes them stable
+// with VIRTIO_BLK_T_FLUSH, which is fdatasync. A driver that does not
+// negotiate it must see every completed write stable (virtio 1.2,
+// 5.2.6.2), so then every write, discard and write-zeroes is followed by
+// fdatasync before it completes.
 package blk
 
 import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
+	"os"
 	"sync"
 
 	"rainforest/vmm/virtio"
 )
 
-// Feature bits, request types and status values (virtio spec 5.2).
+// Feature bits, request types and status values (virtio 1.2, 5.2).
 const (
-	FeatureSegMax  uint64 = 1 << 2
-	FeatureRO      uint64 = 1 << 5
-	FeatureBlkSize uint64 = 1 << 6
-	FeatureFlush   uint64 = 1 << 9
+	FeatureSegMax      uint64 = 1 << 2
+	FeatureRO          uint64 = 1 << 5
+	FeatureBlkSize     uint64 = 1 << 6
+	FeatureFlush       uint64 = 1 << 9
+	FeatureDiscard     uint64 = 1 << 13
+	FeatureWriteZeroes uint64 = 1 << 14
 
-	TypeIn    = 0
-	TypeOut   = 1
-	TypeFlush = 4
-	TypeGetID = 8
+	TypeIn          = 0
+	TypeOut         = 1
+	TypeFlush       = 4
+	TypeGetID       = 8
+	TypeDiscard     = 11
+	TypeWriteZeroes = 13
 
 	StatusOK     = 0
 	StatusIOErr  = 1
@@ -37,58 +54,134 @@ const (
 	QueueSize = 256
 	// SegMax is the most data segments per request offered to the driver.
 	SegMax = QueueSize - 2
+	// DiscardSegMax and WriteZeroesSegMax are the most segments in one
+	// discard or write-zeroes request (max_discard_seg,
+	// max_write_zeroes_seg).
+	DiscardSegMax     = 16
+	WriteZeroesSegMax = 16
+	// SegmentLen is the size of one discard or write-zeroes segment
+	// (struct virtio_blk_discard_write_zeroes).
+	SegmentLen = 16
+	// FlagUnmap is the only segment flag: a write-zeroes request may
+	// deallocate the range. Any other bit is reserved.
+	FlagUnmap = 1
 
 	headerLen = 16
 	configLen = 0x3C
+
+	// maxSegmentBytes bounds one discard or write-zeroes segment
+	// (max_discard_sectors, max_write_zeroes_sectors), and
+	// maxZeroWriteBytes one write-zeroes segment carried out by writing
+	// zeroes, to bound the work of a request served under the mutex.
+	maxSegmentBytes   = 1 << 30
+	maxZeroWriteBytes = 8 << 20
+)
+
+// Offsets in the config space (struct virtio_blk_config).
+const (
+	cfgCapacity          = 0
+	cfgSegMax            = 12
+	cfgBlkSize           = 20
+	cfgMaxDiscardSectors = 36
+	cfgMaxDiscardSeg     = 40
+	cfgDiscardAlign      = 44
+	cfgMaxZeroesSectors  = 48
+	cfgMaxZeroesSeg      = 52
+	cfgZeroesMayUnmap    = 56
 )
 
 // ErrNoQueue is returned by Activate when the driver did not enable the
 // request queue.
 var ErrNoQueue = errors.New("blk: request queue not enabled")
 
-// File is the image backing a device; *os.File implements it.
-type File interface {
-	io.ReaderAt
-	io.WriterAt
-	Sync() error
-	Stat() (fs.FileInfo, error)
-}
-
 // Options configure a device.
 type Options struct {
+	// ReadOnly serves the disk read-only (VIRTIO_BLK_F_RO); Open then
+	// opens it read-only. A read-only block device is always served
+	// read-only.
 	ReadOnly bool
+	// Direct makes Open use O_DIRECT, bypassing the host page cache; it
+	// fails with ErrDirectUnsupported where the file system refuses.
+	Direct bool
 	// ID is the serial returned by GET_ID (at most IDLen bytes used).
 	ID string
 }
 
 // Device is a virtio-blk device model.
 type Device struct {
-	file     File
+	b        *backing
 	opts     Options
+	owned    bool   // Close closes the file (made by Open)
 	capacity uint64 // in sectors
+	features uint64
+	lbs      uint64 // logical block size in sectors
 	config   [configLen]byte
 
-	mu  sync.Mutex
-	q   *virtio.Queue
-	irq virtio.Interrupts
+	mu           sync.Mutex
+	q            *virtio.Queue
+	irq          virtio.Interrupts
+	writeThrough bool // VIRTIO_BLK_F_FLUSH not negotiated
 }
 
 var _ virtio.DeviceModel = (*Device)(nil)
 
-// New returns a device serving file; its capacity is the file size
-// rounded down to whole sectors.
-func New(file File, opts Options) (*Device, error) {
-	st, err := file.Stat()
+// New returns a device serving the open file f, a regular file or a
+// block device. Its capacity is the size rounded down to whole sectors;
+// it is read-only when opts.ReadOnly, when f was opened read-only or when
+// the block device is read-only; it does direct I/O when f was opened with
+// O_DIRECT (opts.Direct without O_DIRECT is an error). The caller keeps
+// ownership of f.
+func New(f *os.File, opts Options) (*Device, error) {
+	b, err := newBacking(f, opts)
 	if err != nil {
-		return nil, fmt.Errorf("blk: stat image: %w", err)
+		return nil, fmt.Errorf("blk: %w", err)
 	}
-	d := &Device{file: file, opts: opts, capacity: uint64(st.Size()) / SectorSize}
+	d := &Device{
+		b:        b,
+		opts:     opts,
+		capacity: uint64(b.info.Size) / SectorSize,
+		lbs:      uint64(b.info.LogicalBlockSize) / SectorSize,
+		features: FeatureSegMax | FeatureBlkSize | FeatureFlush,
+	}
 	le := binary.LittleEndian
-	le.PutUint64(d.config[0:], d.capacity)
-	le.PutUint32(d.config[12:], SegMax)
-	le.PutUint32(d.config[20:], SectorSize)
+	le.PutUint64(d.config[cfgCapacity:], d.capacity)
+	le.PutUint32(d.config[cfgSegMax:], SegMax)
+	le.PutUint32(d.config[cfgBlkSize:], b.info.LogicalBlockSize)
+	if b.info.ReadOnly {
+		d.features |= FeatureRO
+	} else {
+		if b.info.Discard {
+			d.features |= FeatureDiscard
+			le.PutUint32(d.config[cfgMaxDiscardSectors:], b.maxDiscard)
+			le.PutUint32(d.config[cfgMaxDiscardSeg:], DiscardSegMax)
+			le.PutUint32(d.config[cfgDiscardAlign:], b.discardAlign)
+		}
+		if b.info.WriteZeroes != ZeroNone {
+			d.features |= FeatureWriteZeroes
+			le.PutUint32(d.config[cfgMaxZeroesSectors:], b.maxZeroes)
+			le.PutUint32(d.config[cfgMaxZeroesSeg:], WriteZeroesSegMax)
+			if b.info.WriteZeroesMayUnmap {
+				d.config[cfgZeroesMayUnmap] = 1
+			}
+		}
+	}
 	return d, nil
 }
+
+// Close closes the file when the device was made by Open; a device made
+// by New leaves it to the caller.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.owned {
+		return nil
+	}
+	d.owned = false
+	return d.b.f.Close()
+}
+
+// Info describes the device's backing and what it offers.
+func (d *Device) Info() Info { return d.b.info }
 
 // Capacity returns the capacity in 512-byte sectors.
 func (d *Device) Capacity() uint64 { return d.capacity }
@@ -97,13 +190,7 @@ func (d *Device) Capacity() uint64 { return d.capacity }
 func (d *Device) Type() uint16 { return virtio.TypeBlock }
 
 // Features implements virtio.DeviceModel.
-func (d *Device) Features() uint64 {
-	f := FeatureSegMax | FeatureBlkSize | FeatureFlush
-	if d.opts.ReadOnly {
-		f |= FeatureRO
-	}
-	return f
-}
+func (d *Device) Features() uint64 { return d.features }
 
 // NumQueues implements virtio.DeviceModel.
 func (d *Device) NumQueues() int { return 1 }
@@ -132,6 +219,7 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.q, d.irq = a.Queues[0], a.IRQ
+	d.writeThrough = a.Features&FeatureFlush == 0
 	return nil
 }
 
@@ -185,54 +273,44 @@ func (d *Device) handle(c *virtio.Chain) uint32 {
 	}
 	typ := binary.LittleEndian.Uint32(hdr[0:])
 	sector := binary.LittleEndian.Uint64(hdr[8:])
-	status, n := d.serve(typ, sector, c, data)
+	_, payload := virtio.SplitBuffers(c.Readable, headerLen)
+	status, n := d.serve(typ, sector, payload, data)
 	virtio.WriteBuffers(statusBufs, 0, []byte{status})
 	return n + 1
 }
 
+// inRange reports whether length bytes at sector lie inside the disk, in
+// whole logical blocks.
 func (d *Device) inRange(sector, length uint64) bool {
 	if length%SectorSize != 0 || sector > d.capacity {
 		return false
 	}
-	return length/SectorSize <= d.capacity-sector
+	n := length / SectorSize
+	return n <= d.capacity-sector && sector%d.lbs == 0 && n%d.lbs == 0
 }
 
 // serve returns the status and the data bytes written to the guest.
-func (d *Device) serve(typ uint32, sector uint64, c *virtio.Chain, data [][]byte) (byte, uint32) {
+func (d *Device) serve(typ uint32, sector uint64, payload, data [][]byte) (byte, uint32) {
 	switch typ {
 	case TypeIn:
-		n := 0
 		length := bufLen(data)
 		if !d.inRange(sector, length) || length > 1<<31 {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		for _, b := range data {
-			m, err := d.file.ReadAt(b, off)
-			n += m
-			if err != nil {
-				return StatusIOErr, uint32(n)
-			}
-			off += int64(m)
-		}
-		return StatusOK, uint32(n)
-	case TypeOut:
-		_, payload := virtio.SplitBuffers(c.Readable, headerLen)
-		length := bufLen(payload)
-		if d.opts.ReadOnly || !d.inRange(sector, length) {
+		if err := d.b.read(data, int64(sector*SectorSize)); err != nil {
 			return StatusIOErr, 0
 		}
-		off := int64(sector * SectorSize)
-		for _, b := range payload {
-			m, err := d.file.WriteAt(b, off)
-			if err != nil {
-				return StatusIOErr, 0
-			}
-			off += int64(m)
+		return StatusOK, uint32(length)
+	case TypeOut:
+		if d.b.info.ReadOnly || !d.inRange(sector, bufLen(payload)) {
+			return StatusIOErr, 0
 		}
-		return StatusOK, 0
+		if err := d.b.write(payload, int64(sector*SectorSize)); err != nil {
+			return StatusIOErr, 0
+		}
+		return d.completeWrite(), 0
 	case TypeFlush:
-		if err := d.file.Sync(); err != nil {
+		if err := d.b.flush(); err != nil {
 			return StatusIOErr, 0
 		}
 		return StatusOK, 0
@@ -243,8 +321,64 @@ func (d *Device) serve(typ uint32, sector uint64, c *virtio.Chain, data [][]byte
 			return StatusIOErr, 0
 		}
 		return StatusOK, uint32(virtio.WriteBuffers(data, 0, id[:]))
+	case TypeDiscard, TypeWriteZeroes:
+		return d.discardOrZero(typ, payload), 0
 	}
 	return StatusUnsupp, 0
+}
+
+// completeWrite returns the status of a write that succeeded: when the
+// driver did not negotiate VIRTIO_BLK_F_FLUSH, it must be stable first.
+func (d *Device) completeWrite() byte {
+	if d.writeThrough {
+		if err := d.b.flush(); err != nil {
+			return StatusIOErr
+		}
+	}
+	return StatusOK
+}
+
+// discardOrZero serves a discard or write-zeroes request whose segments
+// are payload: all of them are checked before any is carried out.
+func (d *Device) discardOrZero(typ uint32, payload [][]byte) byte {
+	if d.b.info.ReadOnly {
+		return StatusIOErr // a write request on a read-only disk
+	}
+	lim := segmentLimits{capacity: d.capacity, align: d.lbs}
+	switch {
+	case typ == TypeDiscard && d.features&FeatureDiscard != 0:
+		lim.maxSectors, lim.maxSegs = d.b.maxDiscard, DiscardSegMax
+	case typ == TypeWriteZeroes && d.features&FeatureWriteZeroes != 0:
+		lim.maxSectors, lim.maxSegs, lim.flags = d.b.maxZeroes, WriteZeroesSegMax, FlagUnmap
+	default:
+		return StatusUnsupp
+	}
+	var raw [max(DiscardSegMax, WriteZeroesSegMax) * SegmentLen]byte
+	n := bufLen(payload)
+	if n > uint64(len(raw)) {
+		return StatusIOErr
+	}
+	virtio.ReadBuffers(payload, 0, raw[:n])
+	segs, status := parseSegments(raw[:n], lim)
+	if status != StatusOK {
+		return status
+	}
+	for _, s := range segs {
+		off, length := int64(s.sector*SectorSize), int64(s.sectors)*SectorSize
+		if length == 0 {
+			continue
+		}
+		var err error
+		if typ == TypeDiscard {
+			err = d.b.discard(off, length)
+		} else {
+			err = d.b.writeZeroes(off, length, s.flags&FlagUnmap != 0)
+		}
+		if err != nil {
+			return StatusIOErr
+		}
+	}
+	return d.completeWrite()
 }
 
 func bufLen(bs [][]byte) uint64 {
