@@ -15,6 +15,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/rfm/region"
 	"rainforest/rfm/vmmctl"
+	"rainforest/vmm/config"
 	"rainforest/vmm/shmem"
 )
 
@@ -191,25 +192,10 @@ func closeFiles(fs []*os.File) {
 	}
 }
 
-func exportRegions(path string) ([]vmmctl.Region, []*os.File, error) {
-	c, err := vmmctl.Dial(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := vmmctl.Send(c, vmmctl.Message{Op: vmmctl.OpExport}, nil); err != nil {
-		return nil, nil, err
-	}
-	m, files, err := vmmctl.Recv(c)
-	if err != nil {
-		return nil, nil, err
-	}
-	if m.Error != "" {
-		closeFiles(files)
-		return nil, nil, fmt.Errorf("VMM: %s", m.Error)
-	}
-	return m.Regions, files, nil
+func exportRegions(path string) ([]config.Region, []*os.File, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return vmmctl.Export(ctx, path)
 }
 
 // segmentProblems lists what is wrong with grants on their own.
@@ -262,11 +248,11 @@ func freeSlot(from, n int, used map[int]bool) (int, bool) {
 }
 
 // membership is what a new subOS gets: its FICM peer, its segment slots,
-// and the attach message with its files. undo releases what join took.
+// and its regions with their files. undo releases what join took.
 type membership struct {
 	peer     int
 	segPeers map[string]int
-	attach   vmmctl.Message
+	regions  []config.Region
 	files    []*os.File
 	undo     func()
 }
@@ -291,63 +277,84 @@ func (s *Supervisor) join(name string, grants []SegmentGrant) (*membership, erro
 		return nil, fmt.Errorf("%w: the FICM group has %d subOS slots, all taken", ErrNoPeerSlot, fl.Layout.Peers-1)
 	}
 	m := &membership{peer: peer, segPeers: map[string]int{}}
-	var created []string
 	m.undo = func() { // after the VMM, if any, was stopped
 		if s.share.host != nil {
 			_ = s.share.host.SetAlive(peer, false)
 			_, _ = s.share.host.Forget(peer)
 		}
-		for sname, p := range m.segPeers {
-			if sg := s.share.segments[sname]; sg != nil && sg.grants[name] == p {
-				delete(sg.grants, name)
-			}
-		}
-		for _, sname := range created {
-			if sg := s.share.segments[sname]; sg != nil && len(sg.grants) == 0 {
-				sg.reg.Close()
-				delete(s.share.segments, sname)
-			}
+		for sname := range m.segPeers {
+			s.dropSegmentSlot(name, sname)
 		}
 	}
 	add := func(r *region.Region, self int, ro bool) {
-		sp := r.Spec()
-		m.attach.Regions = append(m.attach.Regions, vmmctl.Region{Name: sp.Name, Protocol: sp.Protocol, Peers: sp.Layout.Peers,
-			RWSize: sp.Layout.RWSize, OutputSize: sp.Layout.OutputSize, Vectors: sp.Vectors, Self: self, RWReadOnly: ro})
+		m.regions = append(m.regions, regionOf(r, self, ro))
 		m.files = append(append(m.files, r.MemFile()), r.Bells()...)
 	}
-	m.attach.Op = vmmctl.OpAttach
 	add(s.share.ficm, peer, false)
 	for _, g := range grants {
-		sg := s.share.segments[g.Name]
-		if sg == nil {
-			l, err := region.SegmentLayout(SegmentPeers, g.Size)
-			if err != nil {
-				m.undo()
-				return nil, fmt.Errorf("%w: segment %q: %w", ErrInvalid, g.Name, err)
-			}
-			reg, err := region.Create(region.Spec{Name: g.Name, Protocol: shmem.ProtocolSegment, Layout: l, Vectors: 1})
-			if err != nil {
-				m.undo()
-				return nil, fmt.Errorf("segment %q: %w", g.Name, err)
-			}
-			sg = &segment{reg: reg, grants: map[string]int{}}
-			s.share.segments[g.Name] = sg
-			created = append(created, g.Name)
+		sg, p, err := s.takeSegmentSlot(name, g)
+		if err != nil {
+			m.undo()
+			return nil, err
 		}
-		slots := map[int]bool{}
-		for _, p := range sg.grants {
-			slots[p] = true
-		}
-		p, _ := freeSlot(0, SegmentPeers, slots) // checkSegments made sure there is one
-		sg.grants[name] = p
 		m.segPeers[g.Name] = p
 		add(sg.reg, p, g.ReadOnly)
 	}
-	if _, err := vmmctl.FileCount(m.attach.Regions); err != nil {
+	if _, err := vmmctl.FileCount(m.regions); err != nil {
 		m.undo()
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
 	return m, nil
+}
+
+// takeSegmentSlot gives subOS name a slot in segment g.Name, creating the
+// segment with g.Size when it does not exist yet (checkSegments has
+// checked g). Called under opMu.
+func (s *Supervisor) takeSegmentSlot(name string, g SegmentGrant) (*segment, int, error) {
+	sg := s.share.segments[g.Name]
+	if sg == nil {
+		l, err := region.SegmentLayout(SegmentPeers, g.Size)
+		if err != nil {
+			return nil, 0, fmt.Errorf("%w: segment %q: %w", ErrInvalid, g.Name, err)
+		}
+		reg, err := region.Create(region.Spec{Name: g.Name, Protocol: shmem.ProtocolSegment, Layout: l, Vectors: 1})
+		if err != nil {
+			return nil, 0, fmt.Errorf("segment %q: %w", g.Name, err)
+		}
+		sg = &segment{reg: reg, grants: map[string]int{}}
+		s.share.segments[g.Name] = sg
+	}
+	slots := map[int]bool{}
+	for _, p := range sg.grants {
+		slots[p] = true
+	}
+	p, ok := freeSlot(0, SegmentPeers, slots)
+	if !ok {
+		return nil, 0, fmt.Errorf("%w: segment %q is granted to %d subOSes already", ErrNoPeerSlot, g.Name, SegmentPeers)
+	}
+	sg.grants[name] = p
+	return sg, p, nil
+}
+
+// dropSegmentSlot takes subOS name's slot in segment sname back and frees
+// the segment when nobody holds it any more. Called under opMu.
+func (s *Supervisor) dropSegmentSlot(name, sname string) {
+	sg := s.share.segments[sname]
+	if sg == nil {
+		return
+	}
+	delete(sg.grants, name)
+	if len(sg.grants) == 0 {
+		sg.reg.Close()
+		delete(s.share.segments, sname)
+	}
+}
+
+// regionOf is region r as peer self of it sees it.
+func regionOf(r *region.Region, self int, readOnly bool) config.Region {
+	sp := r.Spec()
+	return config.Region{Name: sp.Name, Protocol: sp.Protocol, Peers: sp.Layout.Peers,
+		RWSize: sp.Layout.RWSize, OutputSize: sp.Layout.OutputSize, Vectors: sp.Vectors, Self: self, RWReadOnly: readOnly}
 }
 
 // leave releases a departed subOS's slots (its VMM has exited): its FICM
@@ -364,13 +371,8 @@ func (s *Supervisor) leave(info Info) {
 		}
 	}
 	for sname, sg := range s.share.segments {
-		if _, ok := sg.grants[info.Name]; !ok {
-			continue
-		}
-		delete(sg.grants, info.Name)
-		if len(sg.grants) == 0 {
-			sg.reg.Close()
-			delete(s.share.segments, sname)
+		if _, ok := sg.grants[info.Name]; ok {
+			s.dropSegmentSlot(info.Name, sname)
 		}
 	}
 	os.Remove(s.ctlPath(info.Name))

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"rainforest/ledger"
+	"rainforest/vmm/config"
 )
 
 // Spec is a request to create a subOS (the API's POST /v1/subos body).
@@ -25,11 +26,10 @@ type Spec struct {
 	Segments []SegmentGrant `json:"segments,omitempty"`
 }
 
-// Disk is a raw image given to a subOS as virtio-blk.
-type Disk struct {
-	Path     string `json:"path"`
-	ReadOnly bool   `json:"readonly,omitempty"`
-}
+// Disk is a raw image or block device given to a subOS as virtio-blk,
+// exactly as its VMM's configuration holds it (id, path, readonly,
+// direct).
+type Disk = config.Disk
 
 // Request converts the spec to a ledger request.
 func (s Spec) Request() ledger.Request {

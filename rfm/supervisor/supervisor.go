@@ -25,6 +25,7 @@ import (
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
 	"rainforest/rfm/vmmctl"
+	"rainforest/vmm/config"
 	"rainforest/vmm/virtio/blk"
 )
 
@@ -377,6 +378,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if exists {
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
+	spec.Disks = withDiskIDs(spec.Disks)
 	if probs := append(checkFiles(spec), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
@@ -425,6 +427,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("control socket: %w", err)
 	}
 	defer lnFile.Close()
+	doc := vmmDocument(spec, alloc, s.consolePath(spec.Name), member.regions)
+	if err := doc.Validate(); err != nil {
+		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
 	var ctl *net.UnixConn
 	defer func() {
 		if ctl != nil {
@@ -440,11 +446,11 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		if ctl, err = vmmctl.Dial(ctlPath); err != nil {
 			return err
 		}
-		return vmmctl.Send(ctl, member.attach, member.files)
+		return vmmctl.SendLaunch(ctl, doc, member.files)
 	}
 	logPath := s.logPath(spec.Name)
 	os.Remove(s.consolePath(spec.Name))
-	args := append(vmmArgs(spec, alloc, s.consolePath(spec.Name)), "--control-fd", strconv.Itoa(FirstExtraFD))
+	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
 	proc, err := s.cfg.Launcher.Start(ctx, args, logPath, []*os.File{lnFile}, prepare)
 	if err != nil {
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
@@ -470,25 +476,36 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	return info, nil
 }
 
-// vmmArgs is the VMM command line for a subOS.
-func vmmArgs(spec Spec, a ledger.Allocation, console string) []string {
-	args := []string{"vmm", "--name", spec.Name, "--kernel", spec.Kernel,
-		"--cpus", units.FormatCPUList(a.Cores), "--memory", strconv.FormatUint(a.Memory, 10),
-		"--page-size", pageSizeName(a.PageSize), "--console", "stdio", "--console-socket", console, "--log-level", "info"}
-	if spec.Initrd != "" {
-		args = append(args, "--initrd", spec.Initrd)
+// vmmDocument is the VMM's configuration for a subOS: its spec on the
+// resources the ledger gave it, its console on stdio (the subOS's log)
+// and on a socket, and its regions (their files travel beside it).
+func vmmDocument(spec Spec, a ledger.Allocation, console string, regions []config.Region) *config.Document {
+	return &config.Document{
+		Version: config.Version, Name: spec.Name, Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.CmdlineAppend,
+		Cores: a.Cores, Memory: a.Memory, PageSize: pageSizeName(a.PageSize), Disks: spec.Disks,
+		Console: config.Console{Mode: config.ConsoleStdio, Socket: console}, Regions: regions, LogLevel: "info",
 	}
-	if spec.CmdlineAppend != "" {
-		args = append(args, "--append", spec.CmdlineAppend)
+}
+
+// withDiskIDs gives every disk without an id the first free "diskN".
+func withDiskIDs(disks []Disk) []Disk {
+	out := append([]Disk(nil), disks...)
+	used := map[string]bool{}
+	for _, d := range out {
+		used[d.ID] = true
 	}
-	for _, d := range spec.Disks {
-		v := d.Path
-		if d.ReadOnly {
-			v += ",ro"
+	n := 0
+	for i := range out {
+		if out[i].ID != "" {
+			continue
 		}
-		args = append(args, "--disk", v)
+		for used[fmt.Sprintf("disk%d", n)] {
+			n++
+		}
+		out[i].ID = fmt.Sprintf("disk%d", n)
+		used[out[i].ID] = true
 	}
-	return args
+	return out
 }
 
 func pageSizeName(ps uint64) string {

@@ -1,0 +1,292 @@
+package supervisor
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"rainforest/ledger"
+	"rainforest/ledger/store"
+	"rainforest/rfm/vmmctl"
+	"rainforest/vmm"
+	"rainforest/vmm/virtio/blk"
+)
+
+// Changing a running subOS's devices: disks and shared segments are
+// hot-added through its VMM's control socket (the guest picks them up by
+// ACPI PCI hotplug) and removed cooperatively (the guest is asked to
+// release them, and has a bounded time to). The record in the store
+// follows every change that took effect, so a restarted supervisor knows
+// the subOS as it is.
+
+// DefaultReleaseTimeout is how long a detach or revoke waits for the guest
+// to release the device unless told otherwise.
+const DefaultReleaseTimeout = 10 * time.Second
+
+// maxReleaseTimeout bounds what a caller may ask for.
+const maxReleaseTimeout = 10 * time.Minute
+
+// Errors of device changes, which the API maps to status codes.
+var (
+	// ErrNoDevice means the subOS has no such disk or segment.
+	ErrNoDevice = errors.New("no such device")
+	// ErrDeviceExists means the subOS has that disk or segment already.
+	ErrDeviceExists = errors.New("device already attached")
+	// ErrInUse means the guest did not release a device in time; it
+	// stays attached.
+	ErrInUse = errors.New("device still in use by the guest")
+)
+
+// running returns the running subOS name. Called under opMu.
+func (s *Supervisor) running(name string) (*subOS, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	so, ok := s.subos[name]
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, name)
+	}
+	if so.info.State != StateRunning || so.proc == nil {
+		return nil, fmt.Errorf("%w: %q is %s", ErrInvalid, name, so.info.State)
+	}
+	return so, nil
+}
+
+// vmmError maps a VMM's classified errors to the supervisor's.
+func vmmError(err error) error {
+	switch {
+	case errors.Is(err, vmmctl.ErrNotFound):
+		return fmt.Errorf("%w: %w", ErrNoDevice, err)
+	case errors.Is(err, vmmctl.ErrExists):
+		return fmt.Errorf("%w: %w", ErrDeviceExists, err)
+	case errors.Is(err, vmmctl.ErrNotReleased):
+		return fmt.Errorf("%w: %w", ErrInUse, err)
+	case errors.Is(err, vmmctl.ErrInvalid):
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return err
+}
+
+// persist writes so's record as it is now. Called under opMu.
+func (s *Supervisor) persist(so *subOS) error {
+	s.mu.Lock()
+	info := so.info
+	s.mu.Unlock()
+	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers})
+	if err != nil {
+		return err
+	}
+	return s.store.Put(store.Record{Allocation: info.Allocation, PID: so.proc.PID(), StartTime: so.proc.StartTime(), Spec: raw, Created: info.Created})
+}
+
+// update changes so's info under mu and persists it; a failed write is
+// logged: the change has taken effect in the VMM either way.
+func (s *Supervisor) update(so *subOS, change func(*Info)) {
+	s.mu.Lock()
+	change(&so.info)
+	s.mu.Unlock()
+	if err := s.persist(so); err != nil {
+		s.log.Error("store", "subos", so.info.Name, "err", err)
+	}
+}
+
+func checkTimeout(d time.Duration) (time.Duration, error) {
+	switch {
+	case d == 0:
+		return DefaultReleaseTimeout, nil
+	case d < 0 || d > maxReleaseTimeout:
+		return 0, fmt.Errorf("%w: release timeout %v (up to %v)", ErrInvalid, d, maxReleaseTimeout)
+	}
+	return d, nil
+}
+
+// AttachDisk hot-adds a disk to a running subOS and returns it with its id
+// (the first free "diskN" unless given).
+func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk, error) {
+	start := time.Now()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	so, err := s.running(name)
+	if err != nil {
+		return Disk{}, err
+	}
+	have := so.info.Spec.Disks
+	for _, x := range have {
+		switch {
+		case d.ID != "" && x.ID == d.ID:
+			return Disk{}, fmt.Errorf("%w: %q has a disk %q already (%s)", ErrDeviceExists, name, d.ID, x.Path)
+		case x.Path == d.Path:
+			return Disk{}, fmt.Errorf("%w: %q has %s already, as disk %q", ErrDeviceExists, name, d.Path, x.ID)
+		}
+	}
+	all := withDiskIDs(append(append([]Disk(nil), have...), d))
+	d = all[len(all)-1]
+	if err := d.Check(); err != nil {
+		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk", Message: err.Error()}}}
+	}
+	if err := blk.CheckPath(d.Path); err != nil {
+		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
+	}
+	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d)
+	if err != nil {
+		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))
+		return Disk{}, vmmError(err)
+	}
+	s.update(so, func(i *Info) { i.Spec.Disks = append(append([]Disk(nil), i.Spec.Disks...), d) })
+	s.event(s.who(ctx), "attach", name, time.Since(start), fmt.Sprintf("disk %s %s slot %d", d.ID, d, dev.Slot))
+	return d, nil
+}
+
+// DetachDisk asks a running subOS to release a disk (by id or path) and
+// removes it; the guest has timeout (DefaultReleaseTimeout when 0) to let
+// go, else ErrInUse and the disk stays.
+func (s *Supervisor) DetachDisk(ctx context.Context, name, disk string, timeout time.Duration) error {
+	start := time.Now()
+	timeout, err := checkTimeout(timeout)
+	if err != nil {
+		return err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	so, err := s.running(name)
+	if err != nil {
+		return err
+	}
+	var d Disk
+	found := false
+	for _, x := range so.info.Spec.Disks {
+		if x.ID == disk || x.Path == disk {
+			d, found = x, true
+			break
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: %q has no disk %q", ErrNoDevice, name, disk)
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
+	defer cancel()
+	err = vmmctl.Detach(cctx, s.ctlPath(name), d.ID, timeout)
+	detail := fmt.Sprintf("disk %s %s", d.ID, d.Path)
+	switch {
+	case errors.Is(err, vmmctl.ErrNotFound):
+		detail += " (the guest had removed it already)"
+	case err != nil:
+		s.event(s.who(ctx), "detach-failed", name, time.Since(start), detail+": "+err.Error())
+		return vmmError(err)
+	}
+	s.update(so, func(i *Info) {
+		var keep []Disk
+		for _, x := range i.Spec.Disks {
+			if x.ID != d.ID {
+				keep = append(keep, x)
+			}
+		}
+		i.Spec.Disks = keep
+	})
+	s.event(s.who(ctx), "detach", name, time.Since(start), detail)
+	return nil
+}
+
+// Grant grants a running subOS a shared segment: its slot is taken (the
+// segment is created with g.Size if it does not exist) and the segment's
+// device hot-added to the guest.
+func (s *Supervisor) Grant(ctx context.Context, name string, g SegmentGrant) (err error) {
+	start := time.Now()
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	so, err := s.running(name)
+	if err != nil {
+		return err
+	}
+	if _, ok := so.info.SegmentPeers[g.Name]; ok {
+		return fmt.Errorf("%w: %q is granted segment %q already", ErrDeviceExists, name, g.Name)
+	}
+	if err := s.checkSegments([]SegmentGrant{g}); err != nil {
+		return err
+	}
+	sg, slot, err := s.takeSegmentSlot(name, g)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.dropSegmentSlot(name, g.Name)
+			s.event(s.who(ctx), "grant-failed", name, time.Since(start), fmt.Sprintf("segment %s: %v", g.Name, err))
+		}
+	}()
+	r := regionOf(sg.reg, slot, g.ReadOnly)
+	dev, err := vmmctl.Grant(ctx, s.ctlPath(name), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
+	if err != nil {
+		return vmmError(err)
+	}
+	if g.Size == 0 {
+		g.Size = sg.reg.Spec().Layout.RWSize
+	}
+	s.update(so, func(i *Info) {
+		i.Spec.Segments = append(append([]SegmentGrant(nil), i.Spec.Segments...), g)
+		peers := map[string]int{g.Name: slot}
+		for k, v := range i.SegmentPeers {
+			peers[k] = v
+		}
+		i.SegmentPeers = peers
+	})
+	mode := "read-write"
+	if g.ReadOnly {
+		mode = "read-only"
+	}
+	s.event(s.who(ctx), "grant", name, time.Since(start), fmt.Sprintf("segment %s %d bytes %s slot %d", g.Name, g.Size, mode, dev.Slot))
+	return nil
+}
+
+// Revoke takes a shared segment back from a running subOS: the guest is
+// asked to release its device and has timeout (DefaultReleaseTimeout when
+// 0) to let go, else ErrInUse and the grant stays. The segment is freed
+// with its last grant.
+func (s *Supervisor) Revoke(ctx context.Context, name, segment string, timeout time.Duration) error {
+	start := time.Now()
+	timeout, err := checkTimeout(timeout)
+	if err != nil {
+		return err
+	}
+	s.opMu.Lock()
+	defer s.opMu.Unlock()
+	so, err := s.running(name)
+	if err != nil {
+		return err
+	}
+	if _, ok := so.info.SegmentPeers[segment]; !ok {
+		return fmt.Errorf("%w: %q is not granted segment %q", ErrNoDevice, name, segment)
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
+	defer cancel()
+	err = vmmctl.Detach(cctx, s.ctlPath(name), vmm.RegionDeviceID(segment), timeout)
+	detail := "segment " + segment
+	switch {
+	case errors.Is(err, vmmctl.ErrNotFound):
+		detail += " (the guest had removed it already)"
+	case err != nil:
+		s.event(s.who(ctx), "revoke-failed", name, time.Since(start), detail+": "+err.Error())
+		return vmmError(err)
+	}
+	s.dropSegmentSlot(name, segment)
+	s.update(so, func(i *Info) {
+		var keep []SegmentGrant
+		for _, g := range i.Spec.Segments {
+			if g.Name != segment {
+				keep = append(keep, g)
+			}
+		}
+		i.Spec.Segments = keep
+		peers := map[string]int{}
+		for k, v := range i.SegmentPeers {
+			if k != segment {
+				peers[k] = v
+			}
+		}
+		i.SegmentPeers = peers
+	})
+	s.event(s.who(ctx), "revoke", name, time.Since(start), detail)
+	return nil
+}
