@@ -17,6 +17,7 @@ import (
 	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
 	"rainforest/internal/nested"
+	"rainforest/internal/shquote"
 )
 
 // VMM names in the results.
@@ -74,14 +75,14 @@ func (p *benchPlan) script(paths vmmPaths) string {
 	argv := p.argv(paths)
 	p.commands = map[string]string{}
 	for name, a := range argv {
-		p.commands[name] = benchkit.ShellJoin(a)
+		p.commands[name] = shquote.Join(a)
 	}
 	var b strings.Builder
 	b.WriteString("echo \"RF-BENCH-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
 	if paths.libraryPath != "" {
-		b.WriteString("export LD_LIBRARY_PATH=" + benchkit.ShellQuote(paths.libraryPath) + "\n")
+		b.WriteString("export LD_LIBRARY_PATH=" + shquote.Quote(paths.libraryPath) + "\n")
 	}
-	b.WriteString(benchkit.ShellQuote(paths.qemu) + " --version | head -n 1\n")
+	b.WriteString(shquote.Quote(paths.qemu) + " --version | head -n 1\n")
 	for i := 1; i <= p.runs; i++ {
 		order := []string{vmmRFM, vmmQEMU}
 		if i%2 == 0 {
@@ -89,7 +90,7 @@ func (p *benchPlan) script(paths vmmPaths) string {
 		}
 		for _, name := range order {
 			fmt.Fprintf(&b, "%s -vmm %s -run %d -timeout %s -echo=%t -marker %s -- %s\n",
-				benchkit.ShellQuote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
+				shquote.Quote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
 		}
 	}
 	b.WriteString("true\n")

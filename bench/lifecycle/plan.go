@@ -19,6 +19,7 @@ import (
 	"rainforest/bench/lifecycle/sample"
 	"rainforest/images"
 	"rainforest/internal/nested"
+	"rainforest/internal/shquote"
 )
 
 // nestedSetting names the nested measurement setting of rfm.
@@ -56,7 +57,7 @@ func (p *rfmPlan) record(step string, argv []string) []string {
 	if p.commands == nil {
 		p.commands = map[string]string{}
 	}
-	p.commands[step] = benchkit.ShellJoin(argv)
+	p.commands[step] = shquote.Join(argv)
 	return argv
 }
 
@@ -82,14 +83,14 @@ func (p *rfmPlan) script(paths rfmPaths) string {
 	var b strings.Builder
 	b.WriteString("grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n")
 	b.WriteString("echo \"RF-LIFECYCLE-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
-	fmt.Fprintf(&b, "mkdir -p %s\n", benchkit.ShellQuote(filepath.Dir(paths.socket)))
-	fmt.Fprintf(&b, "%s >/tmp/rf-serve.log 2>&1 &\n", benchkit.ShellJoin(p.serveArgv(paths)))
+	fmt.Fprintf(&b, "mkdir -p %s\n", shquote.Quote(filepath.Dir(paths.socket)))
+	fmt.Fprintf(&b, "%s >/tmp/rf-serve.log 2>&1 &\n", shquote.Join(p.serveArgv(paths)))
 	b.WriteString("serve=$!\n")
-	fmt.Fprintf(&b, "%s\n", benchkit.ShellJoin(p.measurerArgv(paths)))
+	fmt.Fprintf(&b, "%s\n", shquote.Join(p.measurerArgv(paths)))
 	b.WriteString("st=$?\n")
 	b.WriteString("kill $serve; wait $serve\n")
 	fmt.Fprintf(&b, "if [ $st -ne 0 ]; then echo '== supervisor log'; tail -n 40 /tmp/rf-serve.log; echo '== subOS logs'; tail -n 20 %s/*.log; fi\n",
-		benchkit.ShellQuote(paths.runDir))
+		shquote.Quote(paths.runDir))
 	b.WriteString("exit $st\n")
 	return b.String()
 }

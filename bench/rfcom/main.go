@@ -39,6 +39,7 @@ import (
 	"rainforest/bench/boot/qemubundle"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/e2e"
+	"rainforest/internal/shquote"
 	"rainforest/rfm/supervisor"
 )
 
@@ -142,14 +143,14 @@ func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 		h.ExtraFiles = bundle.Files
 		h.ExtraFiles["/bin/rfivshmem-server"] = bins[0]
 		env = fmt.Sprintf("export QEMU=%s QEMU_DATA=%s IVSHMEM_SERVER=/bin/rfivshmem-server LD_LIBRARY_PATH=%s\n",
-			qemubundle.GuestBinary, qemubundle.GuestDataDir, benchkit.ShellQuote(strings.Join(bundle.LibDirs, ":")))
+			qemubundle.GuestBinary, qemubundle.GuestDataDir, shquote.Quote(strings.Join(bundle.LibDirs, ":")))
 	} else {
 		real, err := filepath.EvalSymlinks(qemu)
 		if err != nil {
 			return nil, err
 		}
-		env = fmt.Sprintf("export QEMU=%s QEMU_DATA=%s IVSHMEM_SERVER=%s\n", benchkit.ShellQuote(real),
-			benchkit.ShellQuote(filepath.Join(filepath.Dir(real), "..", "share", "qemu")), benchkit.ShellQuote(bins[0]))
+		env = fmt.Sprintf("export QEMU=%s QEMU_DATA=%s IVSHMEM_SERVER=%s\n", shquote.Quote(real),
+			shquote.Quote(filepath.Join(filepath.Dir(real), "..", "share", "qemu")), shquote.Quote(bins[0]))
 	}
 	setting := "direct: this host's KVM"
 	if h.Nested {
@@ -211,7 +212,7 @@ q() {
 		-append "console=ttyS0 reboot=acpi panic=-1 quiet rf.poweroff=1 rf.cmd=\"$*\""
 }
 `)
-	fmt.Fprintf(&b, "QCPU=%s\n", benchkit.ShellQuote(o.qemuCPU))
+	fmt.Fprintf(&b, "QCPU=%s\n", shquote.Quote(o.qemuCPU))
 	// ivshmem-doorbell signals through MSI-X only (no INTx pin), which
 	// uio_pci_generic cannot use: the irq attempt records the tool's
 	// refusal, and only poll mode is served.

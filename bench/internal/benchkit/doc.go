@@ -11,9 +11,7 @@
 //     (LineFilter, ProgressWriter);
 //   - the report: samples grouped by name (GroupSamples), median/min/max
 //     (StatsOf), failed runs' errors cut for the table (ShortenError), and
-//     the table and JSON file written at the end (WriteReport, Finish);
-//   - sh quoting of the command lines run and reported (ShellQuote,
-//     ShellJoin).
+//     the table and JSON file written at the end (WriteReport, Finish).
 //
 // What each benchmark measures, its sample fields and its table stay in
 // the benchmark.
