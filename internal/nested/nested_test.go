@@ -52,27 +52,6 @@ func TestNeeded(t *testing.T) {
 	t.Logf("Needed() = %v: %s", n, why)
 }
 
-func TestParseOutput(t *testing.T) {
-	serial := "boot noise\r\n" + BeginMarker + "\r\nline 1\r\nline 2\r\n" + ExitMarker + " 3\r\n[ 1.0] reboot: Power down\r\n"
-	res, ok := parseOutput(normalize(serial))
-	if !ok {
-		t.Fatal("no result")
-	}
-	if res.ExitStatus != 3 || res.Output != "line 1\nline 2\n" {
-		t.Errorf("got %d %q", res.ExitStatus, res.Output)
-	}
-	if _, ok := parseOutput("no markers\n"); ok {
-		t.Error("parsed output without markers")
-	}
-	if _, ok := parseOutput(BeginMarker + "\n" + ExitMarker + " x\n"); ok {
-		t.Error("parsed a non-numeric status")
-	}
-	res, ok = parseOutput(BeginMarker + "\n" + ExitMarker + " 0\n")
-	if !ok || res.Output != "" || res.ExitStatus != 0 {
-		t.Errorf("empty output: %+v %v", res, ok)
-	}
-}
-
 // fakeImage returns an Image whose modules directory has a modules.dep and
 // empty module files, and a busybox that is not executable.
 func fakeImage(t *testing.T) *images.Image {
@@ -124,7 +103,7 @@ func TestBuildInitramfs(t *testing.T) {
 		t.Errorf("bin/rfm lost its exec bits: %o", e.Mode)
 	}
 	init := string(byPath["init"].Data)
-	order := []string{"irqbypass.ko", "kvm.ko", "ccp.ko", "kvm_amd.ko", "echo 64 > /sys/kernel/mm/hugepages", BeginMarker, "sh /test.sh", ExitMarker, "poweroff -f"}
+	order := []string{HeartbeatMarker, HeartbeatPIDFile, "irqbypass.ko", "kvm.ko", "ccp.ko", "kvm_amd.ko", "echo 64 > /sys/kernel/mm/hugepages", BeginMarker, "sh /test.sh", ExitMarker, "poweroff -f"}
 	last := -1
 	for _, s := range order {
 		i := strings.Index(init, s)
@@ -222,6 +201,54 @@ printf 'noise\r\n`+BeginMarker+`\r\nok\r\n`+ExitMarker+` 7\r\n'
 	}
 }
 
+func TestRunStreamsLines(t *testing.T) {
+	img := fakeImage(t)
+	q := fakeQEMU(t, `printf '`+HeartbeatMarker+` 1.00\r\n`+BeginMarker+`\r\none\r\n'
+printf '`+HeartbeatMarker+` 11.00\r\ntwo\r\n`+ExitMarker+` 0\r\n'
+`)
+	var lines []string
+	var log bytes.Buffer
+	res, err := Run(context.Background(), Config{L1Kernel: img, QEMU: q, Log: &log, Lines: func(l string) { lines = append(lines, l) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Output != "one\ntwo\n" || strings.Join(lines, "|") != "one|two" {
+		t.Errorf("output %q, lines %q", res.Output, lines)
+	}
+	if !strings.Contains(log.String(), HeartbeatMarker+" 11.00") {
+		t.Errorf("the log lacks the heartbeat: %q", log.String())
+	}
+}
+
+// TestRunSilent checks that a session whose L1 goes quiet is killed with
+// ErrSilent, both after its heartbeat started and when it never starts.
+// The bounds are short; nothing is asserted about how long it took.
+func TestRunSilent(t *testing.T) {
+	img := fakeImage(t)
+	ctx := context.Background()
+	q := fakeQEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo started; exec sleep 60\n")
+	_, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
+	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "uptime 2.50s") || !strings.Contains(err.Error(), "serial tail:\nRF-NESTED-ALIVE 2.50\nRF-NESTED-BEGIN\nstarted") {
+		t.Errorf("silent L1: err = %v", err)
+	}
+	if !L1Failed(err) {
+		t.Error("ErrSilent is not an L1 failure")
+	}
+
+	q = fakeQEMU(t, "echo SeaBIOS; exec sleep 60\n")
+	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, BootTimeout: 300 * time.Millisecond})
+	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "no heartbeat") || !strings.Contains(err.Error(), "SeaBIOS") {
+		t.Errorf("L1 stuck booting: err = %v", err)
+	}
+
+	// A script that finished has its result even if QEMU then hangs.
+	q = fakeQEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo done; echo '"+ExitMarker+" 4'; exec sleep 60\n")
+	res, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
+	if err != nil || res.ExitStatus != 4 || res.Output != "done\n" {
+		t.Errorf("QEMU hanging after the script: %+v, %v", res, err)
+	}
+}
+
 // TestL1KVM boots a real L1 guest and checks that /dev/kvm appears in it.
 // It needs qemu-system-x86_64 and apt (to build the image); set
 // RF_IMAGES_OUT to reuse an image cache (default: the repository's
@@ -279,15 +306,5 @@ func TestL1KVM(t *testing.T) {
 	}
 	if !strings.Contains(res.Serial, "RF-NESTED-HUGEPAGES 16") {
 		t.Errorf("hugepages not reserved; serial:\n%s", tail(res.Serial))
-	}
-}
-
-func TestTCGWarningFilter(t *testing.T) {
-	var out strings.Builder
-	f := &tcgWarningFilter{w: &out}
-	f.Write([]byte("qemu-system-x86_64: warning: TCG doesn't support requested feature: CPUID.07H:EBX.rdseed [bit 18]\nreal "))
-	f.Write([]byte("line\n"))
-	if out.String() != "real line\n" {
-		t.Errorf("filtered output %q", out.String())
 	}
 }
