@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"rainforest/bench/boot/measure"
-	"rainforest/bench/boot/qemubundle"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
 	"rainforest/internal/nested"
+	"rainforest/internal/qemubundle"
 	"rainforest/internal/shquote"
 )
 

@@ -36,9 +36,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"rainforest/bench/boot/qemubundle"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/e2e"
+	"rainforest/internal/qemubundle"
 	"rainforest/internal/shquote"
 	"rainforest/rfm/supervisor"
 )
