@@ -12,25 +12,15 @@ import (
 	"time"
 
 	"rainforest/images"
+	"rainforest/internal/nested/nestedtest"
 )
-
-func writeFile(t *testing.T, p, content string, perm os.FileMode) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), perm); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func TestNeeded(t *testing.T) {
 	dir := t.TempDir()
-	kvm := writeFile(t, filepath.Join(dir, "kvm"), "", 0o644)
+	kvm := nestedtest.WriteFile(t, filepath.Join(dir, "kvm"), "", 0o644)
 	pvm := filepath.Join(dir, "module", "kvm_pvm")
-	withSVM := writeFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
-	noVirt := writeFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
+	withSVM := nestedtest.WriteFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
+	noVirt := nestedtest.WriteFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
 
 	if n, why := needed(dir, withSVM, kvm); n {
 		t.Errorf("svm host: needed = true (%s)", why)
@@ -52,30 +42,10 @@ func TestNeeded(t *testing.T) {
 	t.Logf("Needed() = %v: %s", n, why)
 }
 
-// fakeImage returns an Image whose modules directory has a modules.dep and
-// empty module files, and a busybox that is not executable.
-func fakeImage(t *testing.T) *images.Image {
-	dir := t.TempDir()
-	mods := filepath.Join(dir, "lib/modules/6.1.0-test")
-	writeFile(t, filepath.Join(mods, "modules.dep"),
-		"kernel/virt/lib/irqbypass.ko:\n"+
-			"kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/drivers/crypto/ccp/ccp.ko:\n", 0o644)
-	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko"} {
-		writeFile(t, filepath.Join(mods, m), "module "+m, 0o644)
-	}
-	return &images.Image{
-		BzImage:    writeFile(t, filepath.Join(dir, "bzImage"), "kernel", 0o644),
-		ModulesDir: mods,
-		Busybox:    writeFile(t, filepath.Join(dir, "busybox"), "busybox", 0o644),
-	}
-}
-
 func TestBuildInitramfs(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	dir := t.TempDir()
-	tool := writeFile(t, filepath.Join(dir, "rfm"), "#!/bin/true\n", 0o755)
+	tool := nestedtest.WriteFile(t, filepath.Join(dir, "rfm"), "#!/bin/true\n", 0o755)
 	cfg := Config{
 		L1Kernel:   img,
 		ExtraFiles: map[string]string{"/bin/rfm": tool, "l2/vmlinux": img.BzImage},
@@ -119,16 +89,8 @@ func TestBuildInitramfs(t *testing.T) {
 	}
 }
 
-// fakeQEMU writes a shell script standing in for qemu-system-x86_64.
-func fakeQEMU(t *testing.T, body string) string {
-	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
-	}
-	return writeFile(t, filepath.Join(t.TempDir(), "qemu"), "#!/bin/sh\n"+body, 0o755)
-}
-
 func TestRunErrors(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	ctx := context.Background()
 
 	_, err := Run(ctx, Config{L1Kernel: img, QEMU: filepath.Join(t.TempDir(), "no-qemu")})
@@ -141,7 +103,7 @@ func TestRunErrors(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	q := fakeQEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
+	q := nestedtest.QEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Log: &log})
 	if !errors.Is(err, ErrNoExitMarker) || !strings.Contains(err.Error(), "partial") {
 		t.Errorf("no marker: err = %v", err)
@@ -150,7 +112,7 @@ func TestRunErrors(t *testing.T) {
 		t.Errorf("log did not stream: %q", log.String())
 	}
 
-	q = fakeQEMU(t, "echo waiting; exec sleep 30\n")
+	q = nestedtest.QEMU(t, "echo waiting; exec sleep 30\n")
 	start := time.Now()
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Timeout: 300 * time.Millisecond})
 	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "waiting") {
@@ -162,8 +124,8 @@ func TestRunErrors(t *testing.T) {
 }
 
 func TestSessionStop(t *testing.T) {
-	img := fakeImage(t)
-	q := fakeQEMU(t, "echo up; exec sleep 30\n")
+	img := nestedtest.L1Image(t)
+	q := nestedtest.QEMU(t, "echo up; exec sleep 30\n")
 	s, err := Start(context.Background(), Config{L1Kernel: img, QEMU: q})
 	if err != nil {
 		t.Fatal(err)
@@ -184,9 +146,9 @@ func TestSessionStop(t *testing.T) {
 }
 
 func TestRunFakeQEMU(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	// The fake checks its arguments and prints a framed result.
-	q := fakeQEMU(t, `case "$*" in
+	q := nestedtest.QEMU(t, `case "$*" in
 *"-cpu EPYC,+svm"*"-smp 3 -m 1024"*"-initrd "*) ;;
 *) echo "bad args: $*"; exit 2 ;;
 esac
@@ -202,8 +164,8 @@ printf 'noise\r\n`+BeginMarker+`\r\nok\r\n`+ExitMarker+` 7\r\n'
 }
 
 func TestRunStreamsLines(t *testing.T) {
-	img := fakeImage(t)
-	q := fakeQEMU(t, `printf '`+HeartbeatMarker+` 1.00\r\n`+BeginMarker+`\r\none\r\n'
+	img := nestedtest.L1Image(t)
+	q := nestedtest.QEMU(t, `printf '`+HeartbeatMarker+` 1.00\r\n`+BeginMarker+`\r\none\r\n'
 printf '`+HeartbeatMarker+` 11.00\r\ntwo\r\n`+ExitMarker+` 0\r\n'
 `)
 	var lines []string
@@ -224,9 +186,9 @@ printf '`+HeartbeatMarker+` 11.00\r\ntwo\r\n`+ExitMarker+` 0\r\n'
 // ErrSilent, both after its heartbeat started and when it never starts.
 // The bounds are short; nothing is asserted about how long it took.
 func TestRunSilent(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	ctx := context.Background()
-	q := fakeQEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo started; exec sleep 60\n")
+	q := nestedtest.QEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo started; exec sleep 60\n")
 	_, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
 	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "uptime 2.50s") || !strings.Contains(err.Error(), "serial tail:\nRF-NESTED-ALIVE 2.50\nRF-NESTED-BEGIN\nstarted") {
 		t.Errorf("silent L1: err = %v", err)
@@ -235,14 +197,14 @@ func TestRunSilent(t *testing.T) {
 		t.Error("ErrSilent is not an L1 failure")
 	}
 
-	q = fakeQEMU(t, "echo SeaBIOS; exec sleep 60\n")
+	q = nestedtest.QEMU(t, "echo SeaBIOS; exec sleep 60\n")
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, BootTimeout: 300 * time.Millisecond})
 	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "no heartbeat") || !strings.Contains(err.Error(), "SeaBIOS") {
 		t.Errorf("L1 stuck booting: err = %v", err)
 	}
 
 	// A script that finished has its result even if QEMU then hangs.
-	q = fakeQEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo done; echo '"+ExitMarker+" 4'; exec sleep 60\n")
+	q = nestedtest.QEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo done; echo '"+ExitMarker+" 4'; exec sleep 60\n")
 	res, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
 	if err != nil || res.ExitStatus != 4 || res.Output != "done\n" {
 		t.Errorf("QEMU hanging after the script: %+v, %v", res, err)
