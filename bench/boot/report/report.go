@@ -97,6 +97,9 @@ func RatiosOf(num, den Summary) Ratios {
 
 // Report is the outcome of one benchmark run.
 type Report struct {
+	// Completion marks a report whose session ended early: it holds
+	// the samples measured before.
+	benchkit.Completion
 	// Setting names where the VMMs ran, e.g. the nested-layer line.
 	Setting string `json:"setting"`
 	// Nested tells whether they ran inside the nested L1 guest.

@@ -68,6 +68,9 @@ func Summarize(samples []sample.Sample, systems ...string) []Summary {
 
 // Report is the outcome of one benchmark run.
 type Report struct {
+	// Completion marks a report whose session ended early: it holds
+	// the samples measured before.
+	benchkit.Completion
 	// Settings says where each system ran, by system name.
 	Settings map[string]string `json:"settings"`
 	// Nested tells whether rfm ran inside the nested L1 guest.
