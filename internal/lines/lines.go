@@ -19,7 +19,8 @@ type Writer struct {
 }
 
 // NewWriter returns a Writer calling line with each line, without its
-// "\n" and without the "\r" of a "\r\n" line end (a serial console's).
+// "\n" and without the carriage returns before it (a serial console ends
+// lines with "\r\n", and one relaying a guest's console with "\r\r\n").
 func NewWriter(line func(string)) *Writer { return &Writer{line: line} }
 
 // Write takes p in full and never fails.
@@ -31,7 +32,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		if i < 0 {
 			break
 		}
-		w.line(string(bytes.TrimSuffix(rest[:i], []byte("\r"))))
+		w.line(string(bytes.TrimRight(rest[:i], "\r")))
 		rest = rest[i+1:]
 	}
 	if len(rest) > MaxPartial {
@@ -47,7 +48,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 // Flush hands over the unterminated rest, if any, as a last line.
 func (w *Writer) Flush() {
 	if len(w.partial) > 0 {
-		w.line(string(bytes.TrimSuffix(w.partial, []byte("\r"))))
+		w.line(string(bytes.TrimRight(w.partial, "\r")))
 		w.partial = w.partial[:0]
 	}
 }

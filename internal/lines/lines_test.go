@@ -9,12 +9,12 @@ import (
 func TestWriter(t *testing.T) {
 	var got []string
 	w := NewWriter(func(l string) { got = append(got, l) })
-	for _, p := range []string{"one\r\ntw", "o\n", "", "\nthr", "ee\r", "\nfour"} {
+	for _, p := range []string{"one\r\ntw", "o\n", "", "\nthr", "ee\r", "\nguest\r\r\nfour"} {
 		if n, err := w.Write([]byte(p)); n != len(p) || err != nil {
 			t.Fatalf("Write(%q) = %d, %v", p, n, err)
 		}
 	}
-	want := []string{"one", "two", "", "three"}
+	want := []string{"one", "two", "", "three", "guest"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("lines %q, want %q", got, want)
 	}
