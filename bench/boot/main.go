@@ -181,7 +181,7 @@ func progressLine(s measure.Sample) string {
 func fillReport(rep *report.Report, samples []measure.Sample, errs []error) {
 	rep.Samples = samples
 	rep.Summaries = report.Summarize(samples, vmmRFM, vmmQEMU)
-	if len(rep.Summaries) >= 2 {
+	if len(rep.Summaries) >= 2 && rep.Summaries[0].OK > 0 && rep.Summaries[1].OK > 0 {
 		r := report.RatiosOf(rep.Summaries[0], rep.Summaries[1])
 		rep.Ratios = &r
 	}

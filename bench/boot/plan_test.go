@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -88,6 +89,20 @@ func TestSessionKeepsWhatCompleted(t *testing.T) {
 	var table strings.Builder
 	if err := benchkit.WriteReport(&table, rep, report.WriteTable, ""); err != nil || !strings.HasPrefix(table.String(), "PARTIAL: the session ended early") {
 		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+
+	// One that ends after the first sample: no ratios, the other VMM's
+	// row says it has nothing.
+	s = newSession(io.Discard, 2)
+	s.line(measure.FormatLine(ok))
+	rep = &report.Report{Runs: 2}
+	if err := s.finish(rep, silent); err == nil || rep.Ratios != nil {
+		t.Errorf("one sample: %v, ratios %+v", err, rep.Ratios)
+	}
+	table.Reset()
+	report.WriteTable(&table, rep)
+	if !regexp.MustCompile(`(?m)^ +qemu +0/0 +- +-`).MatchString(table.String()) || regexp.MustCompile(`(?m)^ +rfm/qemu `).MatchString(table.String()) {
+		t.Errorf("table of one sample:\n%s", table.String())
 	}
 
 	// A session that ends before anything was measured still reports.

@@ -318,16 +318,21 @@ func (s *Session) Wait(ctx context.Context) (*Result, error) {
 		res.Duration = dur
 		return res, nil
 	}
+	// The errors' first line says what happened; the serial tail follows.
 	serial := s.console.serialText()
 	switch {
 	case s.silent != nil:
-		return nil, fmt.Errorf("%w; serial tail:\n%s", s.silent, tail(serial))
+		return nil, fmt.Errorf("%w\nserial tail:\n%s", s.silent, tail(serial))
 	case timedOut:
-		return nil, fmt.Errorf("%w after %v; serial tail:\n%s", ErrTimeout, s.timeout, tail(serial))
+		return nil, fmt.Errorf("%w after %v\nserial tail:\n%s", ErrTimeout, s.timeout, tail(serial))
 	case canceled:
 		return nil, fmt.Errorf("nested: canceled: %w", s.runCtx.Err())
 	}
-	return nil, fmt.Errorf("%w (qemu: %v); serial tail:\n%s", ErrNoExitMarker, waitErr, tail(serial))
+	how := "QEMU exited with status 0: L1 powered off or reset"
+	if waitErr != nil {
+		how = "qemu: " + waitErr.Error()
+	}
+	return nil, fmt.Errorf("%w (%s)\nserial tail:\n%s", ErrNoExitMarker, how, tail(serial))
 }
 
 func (s *Session) cleanup() {

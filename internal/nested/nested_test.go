@@ -105,7 +105,8 @@ func TestRunErrors(t *testing.T) {
 	var log bytes.Buffer
 	q := nestedtest.QEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Log: &log})
-	if !errors.Is(err, ErrNoExitMarker) || !strings.Contains(err.Error(), "partial") {
+	if first, _, _ := strings.Cut(err.Error(), "\n"); !errors.Is(err, ErrNoExitMarker) || first != ErrNoExitMarker.Error()+" (qemu: exit status 1)" ||
+		!strings.Contains(err.Error(), "\nserial tail:\nbooting\n"+BeginMarker+"\npartial") {
 		t.Errorf("no marker: err = %v", err)
 	}
 	if !strings.Contains(log.String(), "booting") {

@@ -131,6 +131,10 @@ func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "VMM\tok\tinit ms med\tmin\tmax\toverhead MiB med\tmin\tmax\tVmHWM MiB med\tanon\tfile+shmem\thugetlb MiB\t")
 	for _, s := range r.Summaries {
+		if s.OK == 0 { // none measured (failed, or a session that ended early)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.VMM, s.Failed)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.0f\t\n",
 			s.VMM, s.OK, s.OK+s.Failed,
 			s.InitMS.Median, s.InitMS.Min, s.InitMS.Max,

@@ -111,6 +111,10 @@ func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tok\tcreate->init ms med\tmin\tmax\tcreate return ms med\tmin\tmax\tdestroy ms med\tmin\tmax\tdestroy return ms med\t")
 	for _, s := range r.Summaries {
+		if s.OK == 0 { // none measured (failed, or a session that ended early)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.System, s.Failed)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n",
 			s.System, s.OK, s.OK+s.Failed,
 			s.CreateInitMS.Median, s.CreateInitMS.Min, s.CreateInitMS.Max,
