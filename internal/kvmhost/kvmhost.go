@@ -199,7 +199,7 @@ func (s *Script) check() error {
 			return fmt.Errorf("%w: %q is not a variable name", ErrBadScript, f.Var)
 		}
 		if f.Host == "" || !path.IsAbs(f.L1) {
-			return fmt.Errorf("%w: file %q needs a host path and an absolute L1 path", ErrBadScript, f.Var)
+			return fmt.Errorf("%w: file %q -> %q needs a host path and an absolute L1 path", ErrBadScript, f.Host, f.L1)
 		}
 	}
 	return nil
