@@ -193,8 +193,10 @@ func newTestHost(ctx context.Context, t *testing.T, cpus int) *Host {
 		t.Fatal(err)
 	}
 	h.CPUs = cpus
-	h.Retried = func(err error) { t.Logf("NOTE: the nested L1 guest died and the session was rerun: %v", err) }
-	t.Logf("nested=%v %s", h.Nested, h.Why)
+	h.Retried = func(err error) {
+		t.Logf("NOTE: the nested L1 guest died, froze or went silent; the session was rerun: %v", err)
+	}
+	t.Logf("nested=%v %s", h.KVM.Nested, h.KVM.Why)
 	return h
 }
 

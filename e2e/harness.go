@@ -5,12 +5,13 @@
 // L1 QEMU guest with an emulated AMD-V CPU, with rfm and the image copied in.
 // Scripts see the same environment either way: $RFM is the rfm binary and
 // $L2 the directory holding vmlinux, bzImage, initramfs.cpio.gz and disk.img.
+// internal/kvmhost runs them, rerunning once a nested session whose L1
+// guest died, froze or went silent.
 package e2e
 
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -21,24 +22,21 @@ import (
 	"time"
 
 	"rainforest/images"
+	"rainforest/internal/kvmhost"
 	"rainforest/internal/nested"
 )
 
 // Host runs end-to-end scripts.
 type Host struct {
-	Nested bool
-	Why    string // why nested (empty when direct)
-	img    *images.Image
-	rfm    string
-	log    io.Writer
+	// KVM runs the scripts, nested or directly.
+	KVM *kvmhost.Host
+	img *images.Image
+	rfm string
 	// CPUs of the L1 guest (nested only; default 2).
 	CPUs int
 	// Retried, when set, is told when a nested session had to be rerun
-	// because the L1 guest died.
+	// because the L1 guest died, froze or went silent.
 	Retried func(error)
-	// ExtraFiles maps more L1 paths to host files (nested only; a direct
-	// script uses host paths).
-	ExtraFiles map[string]string
 }
 
 // NewHost prepares a host: it builds a static rfm into workDir and finds
@@ -62,7 +60,7 @@ func NewHost(ctx context.Context, repoRoot, imagesDir, workDir string, log io.Wr
 		return nil, err
 	}
 	need, why := nested.Needed()
-	return &Host{Nested: need, Why: why, img: img, rfm: rfm, log: log}, nil
+	return &Host{KVM: &kvmhost.Host{Nested: need, Why: why, L1: img, Log: log}, img: img, rfm: rfm}, nil
 }
 
 // goBuild builds a static binary of pkg.
@@ -97,57 +95,45 @@ func installTool(src, dst string) error {
 	return os.Rename(tmp, dst)
 }
 
-// Run executes script (sh) and returns its output and exit status.
-func (h *Host) Run(ctx context.Context, script string, timeout time.Duration) (string, int, error) {
-	if h.Nested {
-		files := map[string]string{
-			"/bin/rfm":              h.rfm,
-			"/l2/vmlinux":           h.img.Kernel,
-			"/l2/bzImage":           h.img.BzImage,
-			"/l2/initramfs.cpio.gz": h.img.Initramfs,
-			"/l2/disk.img":          h.img.Disk,
-		}
-		for k, v := range h.ExtraFiles {
-			files[k] = v
-		}
-		cfg := nested.Config{
-			L1Kernel: h.img, ExtraFiles: files, CPUs: max(h.CPUs, 2), MemoryMiB: 3072, HugePages: 600,
-			Script: "export RFM=/bin/rfm L2=/l2\n" + script, Timeout: timeout, Log: h.log,
-		}
-		res, err := nested.Run(ctx, cfg)
-		if errors.Is(err, nested.ErrNoExitMarker) || errors.Is(err, nested.ErrTimeout) {
-			// The L1 guest itself died or froze (QEMU's emulated AMD-V is
-			// not flawless; sessions that normally take a minute have
-			// hung): that is the test layer, not the subject, so run the
-			// session once more, and say so. A fault of ours fails
-			// twice.
-			fmt.Fprintf(h.log, "\ne2e: L1 guest died without finishing the script (%v); running the session again\n", err)
+// Files are what every end-to-end script gets: $RFM, the rfm binary,
+// and $L2, the directory of the default image (vmlinux, bzImage,
+// initramfs.cpio.gz, disk.img).
+func (h *Host) Files() []kvmhost.File {
+	return []kvmhost.File{
+		{Var: "RFM", Host: h.rfm, L1: "/bin/rfm"},
+		{Var: "L2", Host: filepath.Dir(h.img.Kernel), L1: "/l2", Names: []string{
+			filepath.Base(h.img.Kernel), filepath.Base(h.img.BzImage), filepath.Base(h.img.Initramfs), filepath.Base(h.img.Disk)}},
+	}
+}
+
+// L1 sizing of a nested end-to-end session: two 512 MiB subOSes on 2 MiB
+// pages at a time.
+const (
+	l1MemoryMiB = 3072
+	l1HugePages = 600
+)
+
+// Script returns the kvmhost script of an end-to-end session: text with
+// Files, an L1 of h.CPUs vCPUs, and a rerun of a session whose L1
+// failed (told to Retried).
+func (h *Host) Script(text string, timeout time.Duration) kvmhost.Script {
+	return kvmhost.Script{
+		Text: text, Files: h.Files(), CPUs: max(h.CPUs, 2), MemoryMiB: l1MemoryMiB, HugePages: l1HugePages, Timeout: timeout,
+		Rerun: func(err error) {
 			if h.Retried != nil {
 				h.Retried(err)
 			}
-			res, err = nested.Run(ctx, cfg)
-		}
-		if err != nil {
-			return "", -1, err
-		}
-		return res.Output, res.ExitStatus, nil
+		},
 	}
-	dir := filepath.Dir(h.img.Kernel)
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "sh", "-c", script)
-	cmd.Env = append(os.Environ(), "RFM="+h.rfm, "L2="+dir)
-	var out strings.Builder
-	w := io.Writer(&out)
-	if h.log != nil {
-		w = io.MultiWriter(&out, h.log)
+}
+
+// Run executes script (sh) and returns its output and exit status.
+func (h *Host) Run(ctx context.Context, script string, timeout time.Duration) (string, int, error) {
+	res, err := h.KVM.Run(ctx, h.Script(script, timeout))
+	if err != nil {
+		return "", -1, err
 	}
-	cmd.Stdout, cmd.Stderr = w, w
-	err := cmd.Run()
-	if ee, ok := err.(*exec.ExitError); ok {
-		return out.String(), ee.ExitCode(), nil
-	}
-	return out.String(), 0, err
+	return res.Output, res.ExitStatus, nil
 }
 
 // Sections splits script output at lines "== NAME" into named parts.

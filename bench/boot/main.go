@@ -8,9 +8,11 @@
 //
 // Where this host's KVM cannot run Linux guests (nested.Needed), both VMMs
 // run inside one nested L1 guest: the static rfm and rfbench binaries, and
-// QEMU with its libraries and firmware, are copied into L1's initramfs.
-// Each run is measured by rfbench (bench/boot/cmd/rfbench), whose result
-// lines are parsed from L1's console output.
+// QEMU with its libraries and firmware, are copied into L1's initramfs
+// (internal/kvmhost runs the session either way). Each run is measured by
+// rfbench (bench/boot/cmd/rfbench), whose result lines are parsed as they
+// arrive: each sample is shown when measured, and a session that dies
+// still prints and saves what it measured, marked partial.
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,6 +30,7 @@ import (
 	"rainforest/bench/boot/report"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
+	"rainforest/internal/kvmhost"
 )
 
 // Settings shared by both VMMs.
@@ -80,13 +84,15 @@ func main() {
 }
 
 // run builds what the benchmark needs, runs it (nested or directly) and
-// returns the report. A report with failed samples comes with an error.
+// returns the report. A report with failed samples comes with an error;
+// so does one whose session ended early, holding the samples measured
+// before and marked partial.
 func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
 	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
-	need, why := benchkit.NeedNested(o.nestedMode)
+	need, why := kvmhost.Choose(o.nestedMode)
 	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-boot-", "rainforest/cmd/rfm", "rainforest/bench/boot/cmd/rfbench")
 	if err != nil {
 		return nil, err
@@ -99,39 +105,83 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		Cmdline: cmdline, TargetInitMS: float64(report.TargetInit / time.Millisecond),
 		TargetOverheadMiB: report.TargetOverheadMiB, Date: time.Now().UTC().Format(time.RFC3339),
 	}
-	var output string
+	h := &kvmhost.Host{Nested: need, Why: why, L1: img, QEMU: o.qemu}
+	if o.verbose {
+		h.Log = log
+	}
 	if need {
 		fmt.Fprintf(log, "bench/boot: %s; measuring inside the nested L1 guest\n", why)
 		rep.Setting = nestedSetting
-		output, err = runNested(ctx, o, plan, img, bins, log)
 	} else {
 		fmt.Fprintf(log, "bench/boot: %s; measuring directly on this host\n", why)
 		rep.Setting = "direct: " + why + "; absolute times compare with the targets"
-		output, err = runDirect(ctx, o, plan, img, bins, log)
 	}
-	if err != nil {
-		return nil, err
-	}
+	sess := newSession(log, o.runs)
+	err = runSession(ctx, o, plan, h, img, bins, sess.line)
 	rep.Commands = plan.commands
-	fillReport(rep, output)
-	for _, s := range rep.Samples {
-		if !s.OK() {
-			return rep, fmt.Errorf("%s run %d failed", s.VMM, s.Run)
-		}
-	}
-	if len(rep.Samples) != 2*o.runs {
-		return rep, fmt.Errorf("got %d results, want %d", len(rep.Samples), 2*o.runs)
-	}
-	return rep, nil
+	return rep, sess.finish(rep, err)
 }
 
-// fillReport parses the measurer's lines and adds summaries, ratios and
-// notes.
-func fillReport(rep *report.Report, output string) {
-	samples, errs := measure.ParseOutput(output)
+// session gathers a measuring session's samples as its lines arrive and
+// shows each one on the log.
+type session struct {
+	log     io.Writer
+	runs    int
+	collect *benchkit.Collector[measure.Sample]
+}
+
+func newSession(log io.Writer, runs int) *session {
+	s := &session{log: log, runs: runs}
+	s.collect = &benchkit.Collector[measure.Sample]{Parse: measure.ParseLine, Progress: func(m measure.Sample, n int) {
+		fmt.Fprintf(log, "bench/boot: [%d/%d] %s\n", n, 2*runs, progressLine(m))
+	}}
+	return s
+}
+
+// line takes one line of the script's output.
+func (s *session) line(l string) {
+	if info, ok := strings.CutPrefix(l, infoPrefix+" "); ok {
+		fmt.Fprintf(s.log, "bench/boot: session started: %s\n", info)
+	}
+	s.collect.Line(l)
+}
+
+// finish fills rep with the samples that arrived and returns the run's
+// error: the session's, when it ended early (rep is then marked
+// partial), a failed sample, or samples missing.
+func (s *session) finish(rep *report.Report, sessionErr error) error {
+	samples, perrs := s.collect.Results()
+	fillReport(rep, samples, perrs)
+	if sessionErr != nil {
+		rep.MarkPartial(sessionErr)
+		return sessionErr
+	}
+	for _, m := range rep.Samples {
+		if !m.OK() {
+			return fmt.Errorf("%s run %d failed", m.VMM, m.Run)
+		}
+	}
+	if len(rep.Samples) != 2*s.runs {
+		return fmt.Errorf("got %d results, want %d", len(rep.Samples), 2*s.runs)
+	}
+	return nil
+}
+
+// progressLine says what one sample measured.
+func progressLine(s measure.Sample) string {
+	if !s.OK() {
+		return fmt.Sprintf("%s run %d failed: %s", s.VMM, s.Run, benchkit.ShortenError(s.Error))
+	}
+	return fmt.Sprintf("%s run %d: /init after %.1f ms, VmRSS %.1f MiB (VmHWM %.1f MiB)", s.VMM, s.Run,
+		float64(s.Init)/float64(time.Millisecond), float64(s.Status.VmRSS)/1024, float64(s.Status.VmHWM)/1024)
+}
+
+// fillReport adds the measurer's samples (and the lines that did not
+// parse), summaries, ratios and notes.
+func fillReport(rep *report.Report, samples []measure.Sample, errs []error) {
 	rep.Samples = samples
 	rep.Summaries = report.Summarize(samples, vmmRFM, vmmQEMU)
-	if len(rep.Summaries) >= 2 {
+	if len(rep.Summaries) >= 2 && rep.Summaries[0].OK > 0 && rep.Summaries[1].OK > 0 {
 		r := report.RatiosOf(rep.Summaries[0], rep.Summaries[1])
 		rep.Ratios = &r
 	}

@@ -1,22 +1,17 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
-	"rainforest/bench/boot/measure"
-	"rainforest/bench/boot/qemubundle"
-	"rainforest/bench/internal/benchkit"
 	"rainforest/images"
-	"rainforest/internal/nested"
+	"rainforest/internal/kvmhost"
+	"rainforest/internal/shquote"
 )
 
 // VMM names in the results.
@@ -33,6 +28,9 @@ const (
 	nestedHugePages = 300
 )
 
+// infoPrefix starts the line the script prints first, about where it runs.
+const infoPrefix = "RF-BENCH-INFO"
+
 // benchPlan is what one benchmark session runs.
 type benchPlan struct {
 	runs       int
@@ -46,8 +44,6 @@ type benchPlan struct {
 // vmmPaths are the paths of the programs and images where the script runs.
 type vmmPaths struct {
 	rfbench, rfm, qemu, qemuData, kernel, initrd, hugetlbfs string
-	// libraryPath, when set, is exported as LD_LIBRARY_PATH.
-	libraryPath string
 }
 
 // binaries are the static programs built for the session.
@@ -74,14 +70,11 @@ func (p *benchPlan) script(paths vmmPaths) string {
 	argv := p.argv(paths)
 	p.commands = map[string]string{}
 	for name, a := range argv {
-		p.commands[name] = benchkit.ShellJoin(a)
+		p.commands[name] = shquote.Join(a)
 	}
 	var b strings.Builder
-	b.WriteString("echo \"RF-BENCH-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
-	if paths.libraryPath != "" {
-		b.WriteString("export LD_LIBRARY_PATH=" + benchkit.ShellQuote(paths.libraryPath) + "\n")
-	}
-	b.WriteString(benchkit.ShellQuote(paths.qemu) + " --version | head -n 1\n")
+	b.WriteString("echo \"" + infoPrefix + " kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
+	b.WriteString(shquote.Quote(paths.qemu) + " --version | head -n 1\n")
 	for i := 1; i <= p.runs; i++ {
 		order := []string{vmmRFM, vmmQEMU}
 		if i%2 == 0 {
@@ -89,75 +82,54 @@ func (p *benchPlan) script(paths vmmPaths) string {
 		}
 		for _, name := range order {
 			fmt.Fprintf(&b, "%s -vmm %s -run %d -timeout %s -echo=%t -marker %s -- %s\n",
-				benchkit.ShellQuote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
+				shquote.Quote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
 		}
 	}
 	b.WriteString("true\n")
 	return b.String()
 }
 
-// runNested runs the script inside one L1 guest and returns its output.
-func runNested(ctx context.Context, o options, p *benchPlan, img *images.Image, bins binaries, log io.Writer) (string, error) {
-	qemu, err := exec.LookPath(o.qemu)
+// files are the programs and images the script uses.
+func files(img *images.Image, bins binaries) (rfbench, rfm, l2 kvmhost.File) {
+	return kvmhost.File{Host: bins.rfbench, L1: "/bin/rfbench"}, kvmhost.File{Host: bins.rfm, L1: "/bin/rfm"},
+		kvmhost.File{Host: filepath.Dir(img.Kernel), L1: "/l2", Names: []string{filepath.Base(img.Kernel), filepath.Base(img.Initramfs)}}
+}
+
+// runSession runs the script on h (nested or directly), passing each
+// sample to collect as its line arrives.
+func runSession(ctx context.Context, o options, p *benchPlan, h *kvmhost.Host, img *images.Image, bins binaries, collect func(string)) error {
+	rfbench, rfm, l2 := files(img, bins)
+	qemu, qemuData, err := h.QEMUPaths(o.qemu)
 	if err != nil {
-		return "", fmt.Errorf("qemu: %w", err)
+		return err
 	}
-	bundle, err := qemubundle.Collect(ctx, qemu)
-	if err != nil {
-		return "", err
+	hugetlbfs := "/dev/hugepages" // L1's
+	if !h.Nested {
+		if err := checkHugetlbfs(o.hugetlbfs); err != nil {
+			return err
+		}
+		hugetlbfs = o.hugetlbfs
 	}
-	files := bundle.Files
-	files["/bin/rfm"] = bins.rfm
-	files["/bin/rfbench"] = bins.rfbench
-	files["/l2/vmlinux"] = img.Kernel
-	files["/l2/initramfs.cpio.gz"] = img.Initramfs
 	script := p.script(vmmPaths{
-		rfbench: "/bin/rfbench", rfm: "/bin/rfm", qemu: qemubundle.GuestBinary, qemuData: qemubundle.GuestDataDir,
-		kernel: "/l2/vmlinux", initrd: "/l2/initramfs.cpio.gz", hugetlbfs: "/dev/hugepages",
-		libraryPath: strings.Join(bundle.LibDirs, ":"),
+		rfbench: h.Path(rfbench), rfm: h.Path(rfm), qemu: qemu, qemuData: qemuData,
+		kernel: filepath.Join(h.Path(l2), filepath.Base(img.Kernel)), initrd: filepath.Join(h.Path(l2), filepath.Base(img.Initramfs)),
+		hugetlbfs: hugetlbfs,
 	})
 	timeout := o.timeout
 	if timeout <= 0 {
 		timeout = 5*time.Minute + time.Duration(2*p.runs)*3*time.Minute
 	}
-	logW := benchkit.ProgressWriter(log, measure.LinePrefix, o.verbose)
-	res, err := nested.Run(ctx, nested.Config{
-		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB,
-		HugePages: nestedHugePages, Timeout: timeout, Log: logW, QEMU: qemu,
+	res, err := h.Run(ctx, kvmhost.Script{
+		Text: script, Files: []kvmhost.File{rfbench, rfm, l2}, QEMU: o.qemu,
+		CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB, HugePages: nestedHugePages, Timeout: timeout, Lines: collect,
 	})
 	if err != nil {
-		return "", err
+		return err
 	}
-	return res.Output, nil
-}
-
-// runDirect runs the script on this host and returns its output.
-func runDirect(ctx context.Context, o options, p *benchPlan, img *images.Image, bins binaries, log io.Writer) (string, error) {
-	qemu, err := exec.LookPath(o.qemu)
-	if err != nil {
-		return "", fmt.Errorf("qemu: %w", err)
+	if res.ExitStatus != 0 {
+		return fmt.Errorf("benchmark script exited with status %d", res.ExitStatus)
 	}
-	if err := checkHugetlbfs(o.hugetlbfs); err != nil {
-		return "", err
-	}
-	real, err := filepath.EvalSymlinks(qemu)
-	if err != nil {
-		return "", err
-	}
-	script := p.script(vmmPaths{
-		rfbench: bins.rfbench, rfm: bins.rfm, qemu: qemu,
-		qemuData: filepath.Join(filepath.Dir(real), "..", "share", "qemu"),
-		kernel:   img.Kernel, initrd: img.Initramfs, hugetlbfs: o.hugetlbfs,
-	})
-	cmd := exec.CommandContext(ctx, "sh", "-c", script)
-	var out bytes.Buffer
-	progress := benchkit.ProgressWriter(log, measure.LinePrefix, o.verbose)
-	cmd.Stdout = io.MultiWriter(&out, progress)
-	cmd.Stderr = log
-	if err := cmd.Run(); err != nil {
-		return "", fmt.Errorf("benchmark script: %w", err)
-	}
-	return out.String(), nil
+	return nil
 }
 
 // checkHugetlbfs makes sure dir is a hugetlbfs mount (QEMU's guest RAM).

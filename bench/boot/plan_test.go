@@ -1,16 +1,24 @@
 package main
 
 import (
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"rainforest/bench/boot/measure"
+	"rainforest/bench/boot/report"
+	"rainforest/bench/internal/benchkit"
+	"rainforest/internal/nested"
 )
 
 func TestScript(t *testing.T) {
 	p := &benchPlan{runs: 2, runTimeout: time.Minute, qemuCPU: "host"}
 	s := p.script(vmmPaths{rfbench: "/bin/rfbench", rfm: "/bin/rfm", qemu: "/usr/bin/qemu-system-x86_64",
-		qemuData: "/usr/share/qemu", kernel: "/l2/vmlinux", initrd: "/l2/initrd", hugetlbfs: "/dev/hugepages",
-		libraryPath: "/lib/x86_64-linux-gnu:/lib64"})
+		qemuData: "/usr/share/qemu", kernel: "/l2/vmlinux", initrd: "/l2/initrd", hugetlbfs: "/dev/hugepages"})
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	var runs []string
 	for _, l := range lines {
@@ -21,9 +29,6 @@ func TestScript(t *testing.T) {
 	}
 	if strings.Join(runs, " ") != "rfm1 qemu1 qemu2 rfm2" {
 		t.Fatalf("run order %v in\n%s", runs, s)
-	}
-	if !strings.Contains(s, "export LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/lib64\n") {
-		t.Error("no LD_LIBRARY_PATH")
 	}
 	quoted := "'" + cmdline + "'"
 	for _, name := range []string{vmmRFM, vmmQEMU} {
@@ -42,5 +47,79 @@ func TestScript(t *testing.T) {
 		if !strings.Contains(p.commands[vmmQEMU], want) {
 			t.Errorf("qemu command lacks %q", want)
 		}
+	}
+}
+
+// TestSessionKeepsWhatCompleted feeds a session's lines as they would
+// stream from L1 and ends it like an L1 that went silent during the third
+// boot: each sample is shown when its line arrives, and the report keeps
+// them, marked partial, with the session's error.
+func TestSessionKeepsWhatCompleted(t *testing.T) {
+	var log strings.Builder
+	s := newSession(&log, 2)
+	ok := measure.Sample{VMM: vmmRFM, Run: 1, Init: 1500 * time.Millisecond, Status: measure.ProcStatus{VmRSS: 4096, VmHWM: 5120, HugetlbPages: 512 * 1024}}
+	stream := []string{
+		infoPrefix + " kernel=6.1.0-test cpus=2 hugepages_free=300",
+		"QEMU emulator version 7.2.0",
+		measure.FormatLine(ok),
+		"[rfm#1] noise",
+		measure.FormatLine(measure.Sample{VMM: vmmQEMU, Run: 1, Init: 900 * time.Millisecond, Status: measure.ProcStatus{VmRSS: 20480}}),
+		measure.LinePrefix + " vmm=rfm run=x",
+	}
+	for i, l := range stream {
+		s.line(l)
+		if i == 2 && !strings.Contains(log.String(), "bench/boot: [1/4] rfm run 1: /init after 1500.0 ms, VmRSS 4.0 MiB (VmHWM 5.0 MiB)\n") {
+			t.Fatalf("no progress line after the first sample:\n%s", log.String())
+		}
+	}
+	if !strings.Contains(log.String(), "bench/boot: session started: kernel=6.1.0-test cpus=2 hugepages_free=300\n") {
+		t.Errorf("the session's start is not shown:\n%s", log.String())
+	}
+	silent := fmt.Errorf("kvmhost: %w for 1m0s", nested.ErrSilent)
+	rep := &report.Report{Runs: 2}
+	if err := s.finish(rep, silent); !errors.Is(err, nested.ErrSilent) {
+		t.Fatalf("finish: %v", err)
+	}
+	if !rep.Partial || rep.SessionError != silent.Error() || len(rep.Samples) != 2 || len(rep.Summaries) != 2 || rep.Ratios == nil {
+		t.Errorf("report: partial %v %q, %d samples, %d summaries", rep.Partial, rep.SessionError, len(rep.Samples), len(rep.Summaries))
+	}
+	if !strings.Contains(strings.Join(rep.Notes, "\n"), "unparsed result line") {
+		t.Errorf("the bad line is not noted: %q", rep.Notes)
+	}
+	var table strings.Builder
+	if err := benchkit.WriteReport(&table, rep, report.WriteTable, ""); err != nil || !strings.HasPrefix(table.String(), "PARTIAL: the session ended early") {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+
+	// One that ends after the first sample: no ratios, the other VMM's
+	// row says it has nothing.
+	s = newSession(io.Discard, 2)
+	s.line(measure.FormatLine(ok))
+	rep = &report.Report{Runs: 2}
+	if err := s.finish(rep, silent); err == nil || rep.Ratios != nil {
+		t.Errorf("one sample: %v, ratios %+v", err, rep.Ratios)
+	}
+	table.Reset()
+	report.WriteTable(&table, rep)
+	if !regexp.MustCompile(`(?m)^ +qemu +0/0 +- +-`).MatchString(table.String()) || regexp.MustCompile(`(?m)^ +rfm/qemu `).MatchString(table.String()) {
+		t.Errorf("table of one sample:\n%s", table.String())
+	}
+
+	// A session that ends before anything was measured still reports.
+	rep = &report.Report{Runs: 2}
+	if err := newSession(io.Discard, 2).finish(rep, silent); err == nil || !rep.Partial || len(rep.Samples) != 0 {
+		t.Errorf("empty session: %v, %+v", err, rep)
+	}
+	if err := report.WriteTable(io.Discard, rep); err != nil {
+		t.Errorf("table of nothing: %v", err)
+	}
+
+	// A complete session with every sample.
+	s = newSession(io.Discard, 1)
+	s.line(measure.FormatLine(ok))
+	s.line(measure.FormatLine(measure.Sample{VMM: vmmQEMU, Run: 1, Init: time.Second}))
+	rep = &report.Report{Runs: 1}
+	if err := s.finish(rep, nil); err != nil || rep.Partial {
+		t.Errorf("complete session: %v, partial %v", err, rep.Partial)
 	}
 }

@@ -4,11 +4,13 @@
 // container create and destroy latency on the same machine.
 //
 // rfm: `rfm serve` runs with the measurer rflifecycle
-// (bench/lifecycle/cmd/rflifecycle) as its API client. Where this host's
-// KVM cannot run Linux guests (nested.Needed), both run inside one nested
-// L1 guest (3 vCPUs: core 0 housekeeping, subOSes on the others) and the
-// measurer's result lines are parsed from L1's console; otherwise they run
-// on this host.
+// (bench/lifecycle/cmd/rflifecycle) as its API client, from one script
+// that internal/kvmhost runs: where this host's KVM cannot run Linux
+// guests (nested.Needed), inside one nested L1 guest (3 vCPUs: core 0
+// housekeeping, subOSes on the others), otherwise on this host. The
+// measurer's result lines are parsed as they arrive: each cycle is shown
+// when measured, and a session that dies still prints and saves what it
+// measured, marked partial.
 //
 // LXC: always on this host (L0), with lxc-create -t busybox, lxc-start,
 // lxc-attach, lxc-stop and lxc-destroy (bench/lifecycle/lxc). LXC is not
@@ -23,6 +25,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -32,6 +35,7 @@ import (
 	"rainforest/bench/lifecycle/sample"
 	"rainforest/bench/lifecycle/subos"
 	"rainforest/images"
+	"rainforest/internal/kvmhost"
 )
 
 // options are the command-line settings.
@@ -76,13 +80,14 @@ func main() {
 }
 
 // run measures LXC and then rfm and returns the report. A report with
-// failed samples comes with an error.
+// failed samples comes with an error; so does one whose rfm session ended
+// early, holding the samples measured before and marked partial.
 func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
 	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
 	if err != nil {
 		return nil, fmt.Errorf("image: %w", err)
 	}
-	need, why := benchkit.NeedNested(o.nestedMode)
+	need, why := kvmhost.Choose(o.nestedMode)
 	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-lifecycle-", "rainforest/cmd/rfm", "rainforest/bench/lifecycle/cmd/rflifecycle")
 	if err != nil {
 		return nil, err
@@ -115,35 +120,62 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	}
 
 	plan := &rfmPlan{runs: o.runs, memoryMiB: o.memoryMiB, runTimeout: o.runTimeout}
-	var output string
+	h := &kvmhost.Host{Nested: need, Why: why, L1: img, QEMU: o.qemu}
+	if o.verbose {
+		h.Log = log
+	}
 	if need {
 		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm inside the nested L1 guest\n", why)
 		rep.Settings[subos.System] = nestedSetting
-		output, err = runNested(ctx, o, plan, img, bins, log)
 	} else {
 		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm directly on this host\n", why)
 		rep.Settings[subos.System] = "directly on this host: " + why
-		output, err = runDirect(ctx, o, plan, img, bins, ws.Dir, log)
 	}
+	collect := &benchkit.Collector[sample.Sample]{Parse: sample.ParseLine, Progress: func(s sample.Sample, n int) { progress(log, s, n, o.runs) }}
+	err = runSession(ctx, o, plan, h, img, bins, ws.Dir, func(line string) {
+		if info, ok := strings.CutPrefix(line, infoPrefix+" "); ok {
+			fmt.Fprintf(log, "bench/lifecycle: session started: %s\n", info)
+		}
+		collect.Line(line)
+	})
 	rep.Commands[subos.System] = plan.commands
-	rfmSamples, perrs := sample.ParseOutput(output)
+	return rep, finish(rep, collect, o.runs, err)
+}
+
+// progress shows one cycle's sample as it arrives.
+func progress(log io.Writer, s sample.Sample, n, runs int) {
+	if !s.OK() {
+		fmt.Fprintf(log, "bench/lifecycle: [%d/%d] %s cycle %d failed: %s\n", n, runs, s.System, s.Run, benchkit.ShortenError(s.Error))
+		return
+	}
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	fmt.Fprintf(log, "bench/lifecycle: [%d/%d] %s cycle %d: create->init %.1f ms (returned %.1f ms), destroy %.1f ms (returned %.1f ms)\n",
+		n, runs, s.System, s.Run, ms(s.CreateInit), ms(s.CreateReturn), ms(s.Destroy), ms(s.DestroyReturn))
+}
+
+// finish adds the rfm samples that arrived to rep (before LXC's) and
+// returns the run's error: the session's, when it ended early (rep is
+// then marked partial), rfm samples missing, or a failed sample.
+func finish(rep *report.Report, collect *benchkit.Collector[sample.Sample], runs int, sessionErr error) error {
+	rfmSamples, perrs := collect.Results()
 	rep.Samples = append(rfmSamples, rep.Samples...)
 	for _, e := range perrs {
 		rep.Notes = append(rep.Notes, "unparsed result line: "+e.Error())
 	}
 	fillReport(rep)
-	if err != nil {
-		return rep, fmt.Errorf("rfm: %w", err)
+	if sessionErr != nil {
+		rep.MarkPartial(fmt.Errorf("rfm: %w", sessionErr))
+		return fmt.Errorf("rfm: %w", sessionErr)
 	}
-	if len(rfmSamples) != o.runs {
-		return rep, fmt.Errorf("rfm: got %d results, want %d", len(rfmSamples), o.runs)
+	if len(rfmSamples) != runs {
+		return fmt.Errorf("rfm: got %d results, want %d", len(rfmSamples), runs)
 	}
 	for _, s := range rep.Samples {
 		if !s.OK() {
-			return rep, fmt.Errorf("%s run %d failed", s.System, s.Run)
+			return fmt.Errorf("%s run %d failed", s.System, s.Run)
 		}
 	}
-	return rep, nil
+	return nil
 }
 
 // fillReport adds summaries and notes.

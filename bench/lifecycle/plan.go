@@ -1,24 +1,20 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
-	"rainforest/bench/internal/benchkit"
 	"rainforest/bench/lifecycle/lxc"
 	"rainforest/bench/lifecycle/sample"
 	"rainforest/images"
-	"rainforest/internal/nested"
+	"rainforest/internal/kvmhost"
+	"rainforest/internal/shquote"
 )
 
 // nestedSetting names the nested measurement setting of rfm.
@@ -32,6 +28,9 @@ const (
 	nestedMemoryMiB = 3072
 	nestedHugePages = 300
 )
+
+// infoPrefix starts the line the script prints first, about where it runs.
+const infoPrefix = "RF-LIFECYCLE-INFO"
 
 // binaries are the static programs built for the session.
 type binaries struct{ rfm, measurer string }
@@ -48,21 +47,28 @@ type rfmPlan struct {
 
 // rfmPaths are the paths of programs, images and state where rfm runs.
 type rfmPaths struct {
-	rfm, measurer, kernel, initrd     string
-	socket, stateDir, runDir, hkCores string
+	rfm, measurer, kernel, initrd string
+	// work holds the supervisor's socket, state, run directory and log.
+	work    string
+	hkCores string
 }
+
+func (p rfmPaths) socket() string   { return filepath.Join(p.work, "rfm.sock") }
+func (p rfmPaths) stateDir() string { return filepath.Join(p.work, "state") }
+func (p rfmPaths) runDir() string   { return filepath.Join(p.work, "run") }
+func (p rfmPaths) serveLog() string { return filepath.Join(p.work, "serve.log") }
 
 func (p *rfmPlan) record(step string, argv []string) []string {
 	if p.commands == nil {
 		p.commands = map[string]string{}
 	}
-	p.commands[step] = benchkit.ShellJoin(argv)
+	p.commands[step] = shquote.Join(argv)
 	return argv
 }
 
 // serveArgv is the supervisor's command line.
 func (p *rfmPlan) serveArgv(paths rfmPaths) []string {
-	argv := []string{paths.rfm, "serve", "--socket", paths.socket, "--state-dir", paths.stateDir, "--run-dir", paths.runDir}
+	argv := []string{paths.rfm, "serve", "--socket", paths.socket(), "--state-dir", paths.stateDir(), "--run-dir", paths.runDir()}
 	if paths.hkCores != "" {
 		argv = append(argv, "--housekeeping", paths.hkCores)
 	}
@@ -71,7 +77,7 @@ func (p *rfmPlan) serveArgv(paths rfmPaths) []string {
 
 // measurerArgv is the measurer's command line.
 func (p *rfmPlan) measurerArgv(paths rfmPaths) []string {
-	return p.record("measure", []string{paths.measurer, "-socket", paths.socket, "-n", strconv.Itoa(p.runs),
+	return p.record("measure", []string{paths.measurer, "-socket", paths.socket(), "-n", strconv.Itoa(p.runs),
 		"-kernel", paths.kernel, "-initrd", paths.initrd, "-cpus", "1", "-memory-mib", strconv.Itoa(p.memoryMiB),
 		"-marker", images.InitReachedMarker, "-timeout", p.runTimeout.String()})
 }
@@ -81,87 +87,47 @@ func (p *rfmPlan) measurerArgv(paths rfmPaths) []string {
 func (p *rfmPlan) script(paths rfmPaths) string {
 	var b strings.Builder
 	b.WriteString("grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n")
-	b.WriteString("echo \"RF-LIFECYCLE-INFO kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
-	fmt.Fprintf(&b, "mkdir -p %s\n", benchkit.ShellQuote(filepath.Dir(paths.socket)))
-	fmt.Fprintf(&b, "%s >/tmp/rf-serve.log 2>&1 &\n", benchkit.ShellJoin(p.serveArgv(paths)))
+	b.WriteString("echo \"" + infoPrefix + " kernel=$(uname -r) cpus=$(nproc) hugepages_free=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)\"\n")
+	fmt.Fprintf(&b, "mkdir -p %s\n", shquote.Quote(paths.work))
+	fmt.Fprintf(&b, "%s >%s 2>&1 &\n", shquote.Join(p.serveArgv(paths)), shquote.Quote(paths.serveLog()))
 	b.WriteString("serve=$!\n")
-	fmt.Fprintf(&b, "%s\n", benchkit.ShellJoin(p.measurerArgv(paths)))
+	fmt.Fprintf(&b, "%s\n", shquote.Join(p.measurerArgv(paths)))
 	b.WriteString("st=$?\n")
 	b.WriteString("kill $serve; wait $serve\n")
-	fmt.Fprintf(&b, "if [ $st -ne 0 ]; then echo '== supervisor log'; tail -n 40 /tmp/rf-serve.log; echo '== subOS logs'; tail -n 20 %s/*.log; fi\n",
-		benchkit.ShellQuote(paths.runDir))
+	fmt.Fprintf(&b, "if [ $st -ne 0 ]; then echo '== supervisor log'; tail -n 40 %s; echo '== subOS logs'; tail -n 20 %s/*.log; fi\n",
+		shquote.Quote(paths.serveLog()), shquote.Quote(paths.runDir()))
 	b.WriteString("exit $st\n")
 	return b.String()
 }
 
-// runNested runs the rfm half inside one L1 guest and returns its output.
-func runNested(ctx context.Context, o options, p *rfmPlan, img *images.Image, bins binaries, log io.Writer) (string, error) {
-	files := map[string]string{
-		"/bin/rfm":              bins.rfm,
-		"/bin/rflifecycle":      bins.measurer,
-		"/l2/vmlinux":           img.Kernel,
-		"/l2/initramfs.cpio.gz": img.Initramfs,
+// runSession runs the rfm half on h, nested or directly (where the
+// supervisor's files go under work), passing each line to collect as it
+// arrives.
+func runSession(ctx context.Context, o options, p *rfmPlan, h *kvmhost.Host, img *images.Image, bins binaries, work string, collect func(string)) error {
+	rfm := kvmhost.File{Host: bins.rfm, L1: "/bin/rfm"}
+	measurer := kvmhost.File{Host: bins.measurer, L1: "/bin/rflifecycle"}
+	l2 := kvmhost.File{Host: filepath.Dir(img.Kernel), L1: "/l2", Names: []string{filepath.Base(img.Kernel), filepath.Base(img.Initramfs)}}
+	paths := rfmPaths{rfm: h.Path(rfm), measurer: h.Path(measurer),
+		kernel: filepath.Join(h.Path(l2), filepath.Base(img.Kernel)), initrd: filepath.Join(h.Path(l2), filepath.Base(img.Initramfs)), work: work}
+	if h.Nested {
+		// L1 is the whole machine: core 0 stays with the supervisor.
+		paths.work, paths.hkCores = "/tmp/rf-bench", "0"
 	}
-	script := p.script(rfmPaths{
-		rfm: "/bin/rfm", measurer: "/bin/rflifecycle", kernel: "/l2/vmlinux", initrd: "/l2/initramfs.cpio.gz",
-		socket: "/run/rf-bench/rfm.sock", stateDir: "/tmp/rf-bench/state", runDir: "/tmp/rf-bench/run", hkCores: "0",
-	})
 	timeout := o.timeout
 	if timeout <= 0 {
 		timeout = 5*time.Minute + time.Duration(p.runs)*2*time.Minute
 	}
-	logW := benchkit.ProgressWriter(log, sample.LinePrefix, o.verbose)
-	res, err := nested.Run(ctx, nested.Config{
-		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB,
-		HugePages: nestedHugePages, Timeout: timeout, Log: logW, QEMU: o.qemu,
+	res, err := h.Run(ctx, kvmhost.Script{
+		Text: p.script(paths), Files: []kvmhost.File{rfm, measurer, l2},
+		CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB, HugePages: nestedHugePages, Timeout: timeout, Lines: collect,
 	})
 	if err != nil {
-		return "", err
+		return err
 	}
 	if res.ExitStatus != 0 {
-		return res.Output, fmt.Errorf("L1 script exited with %d; output tail:\n%s", res.ExitStatus, tail(res.Output, 4000))
+		return fmt.Errorf("the measuring script exited with %d; output tail:\n%s", res.ExitStatus, tail(res.Output, 4000))
 	}
-	return res.Output, nil
-}
-
-// runDirect runs the rfm half on this host: rfm serve with its own
-// socket, state and run directories under work, and the measurer.
-func runDirect(ctx context.Context, o options, p *rfmPlan, img *images.Image, bins binaries, work string, log io.Writer) (string, error) {
-	paths := rfmPaths{
-		rfm: bins.rfm, measurer: bins.measurer, kernel: img.Kernel, initrd: img.Initramfs,
-		socket: filepath.Join(work, "rfm.sock"), stateDir: filepath.Join(work, "state"), runDir: filepath.Join(work, "run"),
-	}
-	serveArgv := p.serveArgv(paths)
-	serve := exec.CommandContext(ctx, serveArgv[0], serveArgv[1:]...)
-	var serveLog bytes.Buffer
-	serve.Stdout, serve.Stderr = &serveLog, &serveLog
-	serve.Cancel = func() error { return serve.Process.Signal(syscall.SIGTERM) }
-	serve.WaitDelay = 15 * time.Second
-	if err := serve.Start(); err != nil {
-		return "", fmt.Errorf("rfm serve: %w", err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- serve.Wait() }() // owner: this function, which waits for it below
-	stopServe := func() error {
-		_ = serve.Process.Signal(syscall.SIGTERM)
-		return <-served
-	}
-
-	mArgv := p.measurerArgv(paths)
-	m := exec.CommandContext(ctx, mArgv[0], mArgv[1:]...)
-	var out bytes.Buffer
-	progress := benchkit.ProgressWriter(log, sample.LinePrefix, o.verbose)
-	m.Stdout = io.MultiWriter(&out, progress)
-	m.Stderr = log
-	merr := m.Run()
-	serr := stopServe()
-	if serr != nil && !stoppedByTerm(serr) {
-		fmt.Fprintf(log, "bench/lifecycle: rfm serve: %v\n", serr)
-	}
-	if merr != nil {
-		return out.String(), fmt.Errorf("rflifecycle: %w; supervisor log tail:\n%s", merr, tail(serveLog.String(), 4000))
-	}
-	return out.String(), nil
+	return nil
 }
 
 // runLXC measures the LXC cycles on this host. It returns the samples and
@@ -178,24 +144,13 @@ func runLXC(ctx context.Context, o options, work string, log io.Writer) ([]sampl
 	var samples []sample.Sample
 	for i := 1; i <= o.runs; i++ {
 		s := lxc.Cycle(ctx, cfg, i)
-		fmt.Fprintln(log, sample.FormatLine(s))
 		samples = append(samples, s)
+		progress(log, s, len(samples), o.runs)
 		if ctx.Err() != nil {
 			break
 		}
 	}
 	return samples, cmds, nil
-}
-
-// stoppedByTerm reports whether err is the exit of a process ended by
-// the SIGTERM we sent it.
-func stoppedByTerm(err error) bool {
-	var ee *exec.ExitError
-	if !errors.As(err, &ee) {
-		return false
-	}
-	ws, ok := ee.ProcessState.Sys().(syscall.WaitStatus)
-	return ok && ws.Signaled() && ws.Signal() == syscall.SIGTERM
 }
 
 func tail(s string, n int) string {

@@ -26,19 +26,20 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
-	"rainforest/bench/boot/qemubundle"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/e2e"
+	"rainforest/internal/kvmhost"
+	"rainforest/internal/shquote"
 	"rainforest/rfm/supervisor"
 )
 
@@ -75,6 +76,9 @@ func main() {
 
 // Report is the JSON result.
 type Report struct {
+	// Completion marks a report whose session ended early: it holds the
+	// rows measured before.
+	benchkit.Completion
 	Time    time.Time `json:"time"`
 	Setting string    `json:"setting"`
 	N       int       `json:"round_trips"`
@@ -99,6 +103,9 @@ const (
 	hostCPUs    = 3
 )
 
+// run builds the image, rfm and the ivshmem server, runs the session
+// (nested or directly) and returns the report. A session that ends early
+// gives the rows measured before, marked partial, with its error.
 func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 	root, err := os.Getwd()
 	if err != nil {
@@ -127,41 +134,26 @@ func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	h.Nested, h.Why = benchkit.NeedNested(o.nestedMode)
+	h.KVM.Nested, h.KVM.Why = kvmhost.Choose(o.nestedMode)
 	h.CPUs = hostCPUs
-	qemu, err := exec.LookPath(o.qemu)
-	if err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
-	}
-	var env string
-	if h.Nested {
-		bundle, err := qemubundle.Collect(ctx, qemu)
-		if err != nil {
-			return nil, err
-		}
-		h.ExtraFiles = bundle.Files
-		h.ExtraFiles["/bin/rfivshmem-server"] = bins[0]
-		env = fmt.Sprintf("export QEMU=%s QEMU_DATA=%s IVSHMEM_SERVER=/bin/rfivshmem-server LD_LIBRARY_PATH=%s\n",
-			qemubundle.GuestBinary, qemubundle.GuestDataDir, benchkit.ShellQuote(strings.Join(bundle.LibDirs, ":")))
-	} else {
-		real, err := filepath.EvalSymlinks(qemu)
-		if err != nil {
-			return nil, err
-		}
-		env = fmt.Sprintf("export QEMU=%s QEMU_DATA=%s IVSHMEM_SERVER=%s\n", benchkit.ShellQuote(real),
-			benchkit.ShellQuote(filepath.Join(filepath.Dir(real), "..", "share", "qemu")), benchkit.ShellQuote(bins[0]))
-	}
 	setting := "direct: this host's KVM"
-	if h.Nested {
-		setting = "nested: L1 = QEMU TCG with emulated AMD-V (" + h.Why + "); compare rows, not absolute times"
+	if h.KVM.Nested {
+		setting = "nested: L1 = QEMU TCG with emulated AMD-V (" + h.KVM.Why + "); compare rows, not absolute times"
 	}
 	fmt.Fprintf(log, "rfcom bench: %s\n", setting)
-	out, _, err := h.Run(ctx, env+script(o), o.timeout)
+	s := h.Script(script(o), o.timeout)
+	s.Files = append(s.Files, kvmhost.File{Var: "IVSHMEM_SERVER", Host: bins[0], L1: "/bin/rfivshmem-server"})
+	s.QEMU = o.qemu
+	s.Rerun = nil // a benchmark keeps what its session measured instead
+	res := &results{log: log}
+	s.Lines = res.line
+	_, err = h.KVM.Run(ctx, s)
+	rep := &Report{Time: time.Now().UTC(), Setting: setting, N: o.n, Rows: res.rows()}
 	if err != nil {
-		return nil, err
+		rep.MarkPartial(err)
+		return rep, err
 	}
-	rep := &Report{Time: time.Now().UTC(), Setting: setting, N: o.n, Rows: parseResults(out)}
-	if len(rep.Rows) == 0 {
+	if !res.any() {
 		return rep, fmt.Errorf("no results; see %s", logPath)
 	}
 	return rep, nil
@@ -211,7 +203,7 @@ q() {
 		-append "console=ttyS0 reboot=acpi panic=-1 quiet rf.poweroff=1 rf.cmd=\"$*\""
 }
 `)
-	fmt.Fprintf(&b, "QCPU=%s\n", benchkit.ShellQuote(o.qemuCPU))
+	fmt.Fprintf(&b, "QCPU=%s\n", shquote.Quote(o.qemuCPU))
 	// ivshmem-doorbell signals through MSI-X only (no INTx pin), which
 	// uio_pci_generic cannot use: the irq attempt records the tool's
 	// refusal, and only poll mode is served.
@@ -238,18 +230,28 @@ var (
 	tputLine = regexp.MustCompile(`^RF-RESULT (\w+) bench: peer \d+ mode (\w+) throughput .*: ([0-9.]+) msgs/s at the receiver`)
 )
 
-func parseResults(out string) []Row {
-	var rows []*Row
-	find := func(sys, mode string) *Row {
-		for _, r := range rows {
-			if r.System == sys && r.Mode == mode {
-				return r
-			}
+// results gathers the rows from the session's lines as they arrive and
+// shows each result on the log.
+type results struct {
+	log io.Writer
+	mu  sync.Mutex
+	got []*Row // in order of first appearance
+}
+
+// find returns the row of sys and mode, adding it; r.mu is held.
+func (r *results) find(sys, mode string) *Row {
+	for _, row := range r.got {
+		if row.System == sys && row.Mode == mode {
+			return row
 		}
-		r := &Row{System: sys, Mode: mode}
-		rows = append(rows, r)
-		return r
 	}
+	row := &Row{System: sys, Mode: mode}
+	r.got = append(r.got, row)
+	return row
+}
+
+// line takes one line of the session's output.
+func (r *results) line(line string) {
 	ns := func(s string) float64 {
 		d, err := time.ParseDuration(s)
 		if err != nil {
@@ -257,31 +259,46 @@ func parseResults(out string) []Row {
 		}
 		return float64(d.Nanoseconds())
 	}
-	for _, line := range strings.Split(strings.ReplaceAll(out, "\r\n", "\n"), "\n") {
-		if m := rttLine.FindStringSubmatch(line); m != nil {
-			r := find(m[1], m[2])
-			r.RTTMedian, r.RTTP99, r.OneWay = ns(m[3]), ns(m[4]), ns(m[5])
-		} else if m := failLine.FindStringSubmatch(line); m != nil {
-			find(m[1], m[2]).Error = strings.TrimSpace(m[3])
-		} else if m := tputLine.FindStringSubmatch(line); m != nil {
-			r := find(m[1], m[2])
-			r.MsgsPerS, _ = strconv.ParseFloat(m[3], 64)
-		}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if m := rttLine.FindStringSubmatch(line); m != nil {
+		row := r.find(m[1], m[2])
+		row.RTTMedian, row.RTTP99, row.OneWay = ns(m[3]), ns(m[4]), ns(m[5])
+		fmt.Fprintf(r.log, "rfcom bench: %s %s: 64-byte round trip median %s, p99 %s\n", m[1], m[2], dur(row.RTTMedian), dur(row.RTTP99))
+	} else if m := failLine.FindStringSubmatch(line); m != nil {
+		row := r.find(m[1], m[2])
+		row.Error = strings.TrimSpace(m[3])
+		fmt.Fprintf(r.log, "rfcom bench: %s %s failed: %s\n", m[1], m[2], row.Error)
+	} else if m := tputLine.FindStringSubmatch(line); m != nil {
+		row := r.find(m[1], m[2])
+		row.MsgsPerS, _ = strconv.ParseFloat(m[3], 64)
+		fmt.Fprintf(r.log, "rfcom bench: %s %s: %.0f msgs/s\n", m[1], m[2], row.MsgsPerS)
 	}
+}
+
+// any reports whether a result arrived.
+func (r *results) any() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.got) > 0
+}
+
+// rows returns a row per system and mode, in table order; one that got
+// no result says so.
+func (r *results) rows() []Row {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []Row
 	for _, sys := range []string{"rfm", "qemu"} {
 		for _, mode := range []string{"irq", "poll"} {
-			if r := find(sys, mode); r.RTTMedian == 0 && r.Error == "" {
-				r.Error = "no result (see the log)"
+			row := *r.find(sys, mode)
+			if row.RTTMedian == 0 && row.Error == "" {
+				row.Error = "no result (see the log)"
 			}
+			out = append(out, row)
 		}
 	}
-	out2 := make([]Row, 0, len(rows))
-	for _, sys := range []string{"rfm", "qemu"} {
-		for _, mode := range []string{"irq", "poll"} {
-			out2 = append(out2, *find(sys, mode))
-		}
-	}
-	return out2
+	return out
 }
 
 func writeTable(w io.Writer, rep *Report) error {

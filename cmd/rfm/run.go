@@ -16,7 +16,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"rainforest/images"
-	"rainforest/internal/nested"
+	"rainforest/internal/kvmhost"
+	"rainforest/internal/shquote"
 	"rainforest/internal/units"
 	"rainforest/partitioner"
 	"rainforest/rfm/api"
@@ -50,15 +51,8 @@ the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			useNested := nestedMode == "always"
-			if nestedMode == "auto" {
-				need, why := nested.Needed()
-				if need {
-					fmt.Fprintf(cmd.ErrOrStderr(), "rfm: %s; running the layout inside the nested QEMU layer (slow: a minute or two)\n", why)
-				}
-				useNested = need
-			}
-			if useNested {
+			if need, why := kvmhost.Choose(nestedMode); need {
+				fmt.Fprintf(cmd.ErrOrStderr(), "rfm: %s; running the layout inside the nested QEMU layer (slow: a minute or two)\n", why)
 				img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: cmd.ErrOrStderr()})
 				if err != nil {
 					return fmt.Errorf("default image: %w", err)
@@ -261,29 +255,30 @@ func (t *consoleTails) stop() {
 }
 
 // runNested runs rfm run inside the nested layer, with this rfm binary and
-// the image copied in.
+// the image copied in; the nested rfm run's output lines go to out as
+// they arrive.
 func runNested(ctx context.Context, img *images.Image, args []string, appendArgs string, out io.Writer) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(img.Kernel)
-	files := map[string]string{"/bin/rfm": self}
-	for _, n := range []string{"vmlinux", "initramfs.cpio.gz", "disk.img", "bzImage"} {
-		files["/l2/"+n] = filepath.Join(dir, n)
+	files := []kvmhost.File{
+		{Host: self, L1: "/bin/rfm"},
+		{Host: filepath.Dir(img.Kernel), L1: "/l2", Names: []string{"vmlinux", "initramfs.cpio.gz", "disk.img", "bzImage"}},
 	}
 	layoutArg := ""
 	if len(args) == 1 {
-		files["/l2/layout.yaml"] = args[0]
+		files = append(files, kvmhost.File{Host: args[0], L1: "/l2/layout.yaml"})
 		layoutArg = "/l2/layout.yaml"
 	}
 	// The nested run is not interactive: the subOSes power off after /init.
 	appendArgs = strings.TrimSpace("rf.poweroff=1 rf.cat=/hello.txt " + appendArgs)
 	script := "grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n" +
-		"/bin/rfm run --images /l2 --nested never --append '" + appendArgs + "' " + layoutArg + "\n"
-	res, err := nested.Run(ctx, nested.Config{
-		L1Kernel: img, ExtraFiles: files, Script: script, CPUs: 3, MemoryMiB: 3072,
-		HugePages: 600, Timeout: 15 * time.Minute, Log: out,
+		shquote.Join([]string{"/bin/rfm", "run", "--images", "/l2", "--nested", kvmhost.NestedNever, "--append", appendArgs}) + " " + layoutArg + "\n"
+	h := &kvmhost.Host{Nested: true, L1: img}
+	res, err := h.Run(ctx, kvmhost.Script{
+		Text: script, Files: files, CPUs: 3, MemoryMiB: 3072, HugePages: 600, Timeout: 15 * time.Minute,
+		Lines: func(line string) { fmt.Fprintln(out, line) },
 	})
 	if err != nil {
 		return err

@@ -6,29 +6,31 @@
 // the project's static binaries run "L2" guests.
 //
 // Run builds the L1 initramfs (busybox, the kvm modules, the caller's
-// files and script), boots L1, streams its serial console, and returns the
+// files and script), boots L1, follows its serial console, and returns the
 // script's output and exit status, which /init frames with BeginMarker and
-// ExitMarker.
+// ExitMarker. The script's lines reach Config.Lines as they arrive. L1's
+// /init prints a heartbeat (HeartbeatMarker) that is removed from the
+// output; a session silent for Config.Silence is killed (ErrSilent).
+//
+// Most callers want internal/kvmhost, which runs a script here or
+// directly on a host with working KVM.
 package nested
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"path"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"rainforest/images"
+	"rainforest/internal/lines"
 	"rainforest/vmm"
 )
 
@@ -44,10 +46,17 @@ const (
 	DefaultCPUs      = 2
 	DefaultMemoryMiB = 4096
 	DefaultTimeout   = 10 * time.Minute
+	// DefaultSilence is six missed heartbeats.
+	DefaultSilence = 6 * HeartbeatInterval
+	// DefaultBootTimeout bounds the wait for L1's first heartbeat: the
+	// kernel unpacks the initramfs (L2 images, QEMU) in software first;
+	// a few seconds normally.
+	DefaultBootTimeout = 2 * time.Minute
 	// scriptPath is where the caller's script is placed in L1.
 	scriptPath = "/test.sh"
-	// maxSerial bounds the serial output kept in memory; older output is
-	// dropped (it was still streamed to Config.Log).
+	// maxSerial bounds the serial output kept in memory, and the script
+	// output; older output is dropped (it was still streamed to Config.Log
+	// and Config.Lines).
 	maxSerial = 16 << 20
 	// tailLen is how much serial output error messages carry.
 	tailLen = 4000
@@ -59,11 +68,23 @@ var (
 	ErrQEMUNotFound = errors.New("nested: qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
 	// ErrTimeout means L1 did not finish within Config.Timeout and was killed.
 	ErrTimeout = errors.New("nested: L1 guest timed out")
+	// ErrSilent means L1 printed neither a heartbeat nor anything else
+	// for Config.Silence (or no heartbeat within Config.BootTimeout of
+	// starting) and was killed: it froze or died without QEMU exiting.
+	ErrSilent = errors.New("nested: L1 guest silent")
 	// ErrNoExitMarker means L1 stopped without printing the exit marker.
 	ErrNoExitMarker = errors.New("nested: L1 guest ended without exit marker")
 	// ErrBadConfig means the configuration is incomplete or invalid.
 	ErrBadConfig = errors.New("nested: bad configuration")
 )
+
+// L1Failed reports whether err says that the L1 guest itself failed: it
+// died (ErrNoExitMarker), froze or went silent (ErrSilent), or hung until
+// the session's timeout (ErrTimeout). That is the test layer failing, not
+// necessarily what the script runs.
+func L1Failed(err error) bool {
+	return errors.Is(err, ErrNoExitMarker) || errors.Is(err, ErrSilent) || errors.Is(err, ErrTimeout)
+}
 
 // L1Modules are the modules /init loads to get /dev/kvm (dependencies are
 // resolved from the kernel's module info).
@@ -93,8 +114,20 @@ type Config struct {
 	// Timeout bounds the whole run (default DefaultTimeout); qemu is killed
 	// when it expires.
 	Timeout time.Duration
-	// Log receives L1's serial console output as it arrives (may be nil).
+	// Silence bounds how long a running L1 may print neither a heartbeat
+	// nor anything else before QEMU is killed with ErrSilent (default
+	// DefaultSilence; keep it several HeartbeatIntervals).
+	Silence time.Duration
+	// BootTimeout bounds the time from starting QEMU to L1's first
+	// heartbeat (default DefaultBootTimeout); ErrSilent too.
+	BootTimeout time.Duration
+	// Log receives L1's serial console output as it arrives, heartbeats
+	// included, and QEMU's own messages (may be nil).
 	Log io.Writer
+	// Lines, when set, receives each line of the script's output as it
+	// arrives, without its line end and with heartbeats removed; it is
+	// called from one goroutine at a time.
+	Lines func(line string)
 	// QEMU is the QEMU binary (default DefaultQEMU, looked up in PATH).
 	QEMU string
 	// QEMUArgs are appended to the QEMU command line (e.g. extra devices).
@@ -110,22 +143,24 @@ type Config struct {
 type Result struct {
 	// ExitStatus is the script's exit status.
 	ExitStatus int
-	// Output is the serial output between the markers (CR LF turned into LF).
+	// Output is the script's output: the lines between the markers, each
+	// ending in LF, heartbeats removed.
 	Output string
-	// Serial is all serial output kept (bounded).
+	// Serial is all serial output kept (bounded), CR LF turned into LF.
 	Serial string
 	// Duration is the wall time from starting QEMU until it exited.
 	Duration time.Duration
 }
 
 // Session is one running L1 guest. QEMU runs until the guest powers off,
-// Config.Timeout expires, the context given to Start is done, or Stop is
-// called.
+// Config.Timeout expires, L1 stays silent too long, the context given to
+// Start is done, or Stop is called.
 type Session struct {
 	cmd       *exec.Cmd
 	cancel    context.CancelFunc
 	runCtx    context.Context
-	serial    *serialBuffer
+	console   *console
+	stderr    *lines.Writer
 	start     time.Time
 	workDir   string
 	removeDir bool
@@ -135,6 +170,10 @@ type Session struct {
 	done    chan struct{}
 	waitErr error
 	end     time.Time
+	// watched is closed by the session's watchdog goroutine when it
+	// ends; silent is set before that when it killed QEMU.
+	watched chan struct{}
+	silent  error
 }
 
 // Run boots L1 with cfg and waits for the script to finish.
@@ -164,6 +203,12 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
+	if cfg.Silence <= 0 {
+		cfg.Silence = DefaultSilence
+	}
+	if cfg.BootTimeout <= 0 {
+		cfg.BootTimeout = DefaultBootTimeout
+	}
 	if cfg.QEMU == "" {
 		cfg.QEMU = DefaultQEMU
 	}
@@ -171,7 +216,7 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrQEMUNotFound, err)
 	}
-	s := &Session{serial: &serialBuffer{}, timeout: cfg.Timeout, workDir: cfg.WorkDir}
+	s := &Session{timeout: cfg.Timeout, workDir: cfg.WorkDir}
 	if s.workDir == "" {
 		if s.workDir, err = os.MkdirTemp("", "rf-nested-"); err != nil {
 			return nil, fmt.Errorf("nested: %w", err)
@@ -199,12 +244,10 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 
 	s.runCtx, s.cancel = context.WithTimeout(ctx, cfg.Timeout)
 	s.cmd = exec.CommandContext(s.runCtx, qemu, args...)
-	var out io.Writer = s.serial
-	if cfg.Log != nil {
-		out = io.MultiWriter(s.serial, errorlessWriter{cfg.Log})
-	}
-	s.cmd.Stdout = out
-	s.cmd.Stderr = &tcgWarningFilter{w: out}
+	s.console = newConsole(time.Now, cfg.Log, cfg.Lines)
+	s.stderr = tcgWarnings(s.console.rawWriter())
+	s.cmd.Stdout = s.console
+	s.cmd.Stderr = s.stderr
 	s.cmd.WaitDelay = 5 * time.Second
 	s.start = time.Now()
 	if err := s.cmd.Start(); err != nil {
@@ -213,255 +256,89 @@ func Start(ctx context.Context, cfg Config) (*Session, error) {
 		return nil, fmt.Errorf("nested: start %s: %w", qemu, err)
 	}
 	s.done = make(chan struct{})
-	go func() {
+	go func() { // owner: the session; ends when QEMU has exited
 		defer close(s.done)
 		s.waitErr = s.cmd.Wait()
 		s.end = time.Now()
 	}()
+	s.watched = make(chan struct{})
+	go s.watch(cfg.BootTimeout, cfg.Silence) // owner: the session; ends when QEMU has exited
 	return s, nil
 }
 
-// Stop kills QEMU; Wait then returns an error.
+// watch kills QEMU when L1 stays silent too long (console.silence). It
+// checks ten times per bound, at most once a second.
+func (s *Session) watch(boot, silence time.Duration) {
+	defer close(s.watched)
+	every := min(boot, silence, 10*time.Second) / 10
+	tick := time.NewTicker(max(every, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-tick.C:
+			if err := s.console.silence(now, boot, silence); err != nil {
+				s.silent = err
+				s.cancel()
+				return
+			}
+		}
+	}
+}
+
+// Stop kills QEMU; Wait then returns an error unless the script had
+// already finished.
 func (s *Session) Stop() { s.cancel() }
 
-// Wait waits for QEMU to exit and parses the script's result. When ctx is
-// done first, QEMU is killed and ctx's error returned.
+// Wait waits for QEMU to exit and returns the script's result. When ctx
+// is done first, QEMU is killed and ctx's error returned. A script that
+// reached the exit marker has its result even if QEMU had to be killed
+// afterwards.
 func (s *Session) Wait(ctx context.Context) (*Result, error) {
 	select {
 	case <-s.done:
 	case <-ctx.Done():
 		s.cancel()
 		<-s.done
+		<-s.watched
 		s.cleanup()
 		return nil, fmt.Errorf("nested: %w", ctx.Err())
 	}
+	<-s.watched
+	s.stderr.Flush()
+	s.console.end()
 	waitErr := s.waitErr
 	dur := s.end.Sub(s.start)
 	timedOut := errors.Is(s.runCtx.Err(), context.DeadlineExceeded)
 	canceled := s.runCtx.Err() != nil && !timedOut
 	s.cancel()
 	s.cleanup()
-	serial := normalize(s.serial.String())
-	if timedOut {
-		return nil, fmt.Errorf("%w after %v; serial tail:\n%s", ErrTimeout, s.timeout, tail(serial))
+	if res, ok := s.console.result(); ok {
+		res.Duration = dur
+		return res, nil
 	}
-	if canceled {
+	// The errors' first line says what happened; the serial tail follows.
+	serial := s.console.serialText()
+	switch {
+	case s.silent != nil:
+		return nil, fmt.Errorf("%w\nserial tail:\n%s", s.silent, tail(serial))
+	case timedOut:
+		return nil, fmt.Errorf("%w after %v\nserial tail:\n%s", ErrTimeout, s.timeout, tail(serial))
+	case canceled:
 		return nil, fmt.Errorf("nested: canceled: %w", s.runCtx.Err())
 	}
-	res, ok := parseOutput(serial)
-	if !ok {
-		return nil, fmt.Errorf("%w (qemu: %v); serial tail:\n%s", ErrNoExitMarker, waitErr, tail(serial))
+	how := "QEMU exited with status 0: L1 powered off or reset"
+	if waitErr != nil {
+		how = "qemu: " + waitErr.Error()
 	}
-	res.Duration = dur
-	res.Serial = serial
-	return res, nil
+	return nil, fmt.Errorf("%w (%s)\nserial tail:\n%s", ErrNoExitMarker, how, tail(serial))
 }
 
 func (s *Session) cleanup() {
 	if s.removeDir {
 		os.RemoveAll(s.workDir)
 	}
-}
-
-// parseOutput finds the last begin marker and the exit marker after it.
-func parseOutput(serial string) (*Result, bool) {
-	lines := strings.Split(serial, "\n")
-	begin := -1
-	for i, l := range lines {
-		if strings.TrimSpace(l) == BeginMarker {
-			begin = i
-		}
-	}
-	if begin < 0 {
-		return nil, false
-	}
-	for i := begin + 1; i < len(lines); i++ {
-		rest, ok := strings.CutPrefix(strings.TrimSpace(lines[i]), ExitMarker+" ")
-		if !ok {
-			continue
-		}
-		status, err := strconv.Atoi(strings.TrimSpace(rest))
-		if err != nil {
-			continue
-		}
-		out := strings.Join(lines[begin+1:i], "\n")
-		if i > begin+1 {
-			out += "\n"
-		}
-		return &Result{ExitStatus: status, Output: out}, true
-	}
-	return nil, false
-}
-
-func normalize(s string) string {
-	return strings.ReplaceAll(s, "\r\n", "\n")
-}
-
-func tail(s string) string {
-	if len(s) > tailLen {
-		return "..." + s[len(s)-tailLen:]
-	}
-	return s
-}
-
-// errorlessWriter hides a log writer's errors so that a failing log does
-// not stop the serial console from being drained.
-// tcgWarningFilter drops QEMU's "TCG doesn't support requested feature"
-// warnings (one per CPU feature of the EPYC model that TCG lacks, repeated
-// per vCPU), which say nothing about the run, and passes every other line.
-type tcgWarningFilter struct {
-	w       io.Writer
-	partial []byte
-}
-
-func (f *tcgWarningFilter) Write(p []byte) (int, error) {
-	f.partial = append(f.partial, p...)
-	for {
-		i := bytes.IndexByte(f.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := f.partial[:i+1]
-		if !bytes.Contains(line, []byte("TCG doesn't support requested feature")) {
-			if _, err := f.w.Write(line); err != nil {
-				return len(p), err
-			}
-		}
-		f.partial = f.partial[i+1:]
-	}
-	if len(f.partial) > 64<<10 { // no newline for long: pass it on
-		f.w.Write(f.partial)
-		f.partial = nil
-	}
-	return len(p), nil
-}
-
-type errorlessWriter struct{ w io.Writer }
-
-func (e errorlessWriter) Write(p []byte) (int, error) {
-	e.w.Write(p)
-	return len(p), nil
-}
-
-// serialBuffer keeps the last maxSerial bytes of output; exec's copying
-// goroutine writes it while Serial may read it.
-type serialBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (b *serialBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf = append(b.buf, p...)
-	if len(b.buf) > maxSerial {
-		b.buf = append([]byte(nil), b.buf[len(b.buf)-maxSerial:]...)
-	}
-	return len(p), nil
-}
-
-func (b *serialBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return string(b.buf)
-}
-
-// BuildInitramfs writes the uncompressed L1 initramfs for cfg to w.
-func BuildInitramfs(ctx context.Context, cfg Config, w io.Writer) error {
-	a, err := l1Archive(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	if _, err := a.WriteTo(w); err != nil {
-		return fmt.Errorf("nested: %w", err)
-	}
-	return nil
-}
-
-func writeInitramfs(ctx context.Context, cfg Config, dst string) error {
-	f, err := os.Create(dst)
-	if err != nil {
-		return fmt.Errorf("nested: %w", err)
-	}
-	if err := BuildInitramfs(ctx, cfg, f); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("nested: %w", err)
-	}
-	return nil
-}
-
-func l1Archive(ctx context.Context, cfg Config) (*images.Archive, error) {
-	if cfg.L1Kernel == nil {
-		return nil, fmt.Errorf("%w: no L1Kernel", ErrBadConfig)
-	}
-	ix, err := images.LoadModuleIndex(cfg.L1Kernel.ModulesDir)
-	if err != nil {
-		return nil, err
-	}
-	mods, err := ix.Resolve(append(L1Modules(), cfg.Modules...)...)
-	if err != nil {
-		return nil, err
-	}
-	a := images.NewArchive()
-	if err := images.AddBusybox(ctx, a, cfg.L1Kernel.Busybox); err != nil {
-		return nil, err
-	}
-	if err := images.AddModules(a, cfg.L1Kernel.ModulesDir, mods, "lib/modules"); err != nil {
-		return nil, err
-	}
-	guestPaths := make([]string, 0, len(cfg.ExtraFiles))
-	for g := range cfg.ExtraFiles {
-		guestPaths = append(guestPaths, g)
-	}
-	sort.Strings(guestPaths)
-	for _, g := range guestPaths {
-		clean := path.Clean("/" + g)
-		if clean == "/" || clean == "/init" || clean == scriptPath {
-			return nil, fmt.Errorf("%w: extra file may not replace %q", ErrBadConfig, clean)
-		}
-		st, err := os.Stat(cfg.ExtraFiles[g])
-		if err != nil {
-			return nil, fmt.Errorf("nested: extra file %s: %w", g, err)
-		}
-		if err := a.AddHostFile(clean, st.Mode().Perm(), cfg.ExtraFiles[g]); err != nil {
-			return nil, err
-		}
-	}
-	if err := a.AddFile(scriptPath, 0o755, []byte(cfg.Script)); err != nil {
-		return nil, err
-	}
-	if err := a.AddFile("init", 0o755, []byte(l1Init(mods, cfg.HugePages))); err != nil {
-		return nil, err
-	}
-	return a, nil
-}
-
-// l1Init renders the L1 /init script.
-func l1Init(mods []images.Module, hugePages int) string {
-	return `#!/bin/sh
-export PATH=/bin:/usr/bin
-mount -t proc proc /proc
-# Kernel messages would interleave with the script's output on the console.
-dmesg -n 1
-mount -t sysfs sysfs /sys
-mount -t devtmpfs devtmpfs /dev
-mkdir -p /dev/pts /dev/shm /dev/hugepages
-mount -t devpts devpts /dev/pts
-mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
-` + images.InsmodLines(mods, "/lib/modules") + `mount -t hugetlbfs hugetlbfs /dev/hugepages
-echo ` + strconv.Itoa(hugePages) + ` > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
-echo "RF-NESTED-HUGEPAGES $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)"
-cd /
-echo ` + BeginMarker + `
-sh ` + scriptPath + ` </dev/null 2>&1
-echo "` + ExitMarker + ` $?"
-poweroff -f
-`
 }
 
 // Needed reports whether Linux guests must run nested on this host: true

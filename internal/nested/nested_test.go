@@ -12,25 +12,15 @@ import (
 	"time"
 
 	"rainforest/images"
+	"rainforest/internal/nested/nestedtest"
 )
-
-func writeFile(t *testing.T, p, content string, perm os.FileMode) string {
-	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, []byte(content), perm); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func TestNeeded(t *testing.T) {
 	dir := t.TempDir()
-	kvm := writeFile(t, filepath.Join(dir, "kvm"), "", 0o644)
+	kvm := nestedtest.WriteFile(t, filepath.Join(dir, "kvm"), "", 0o644)
 	pvm := filepath.Join(dir, "module", "kvm_pvm")
-	withSVM := writeFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
-	noVirt := writeFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
+	withSVM := nestedtest.WriteFile(t, filepath.Join(dir, "cpu-svm"), "processor\t: 0\nflags\t\t: fpu sse svm lm\n", 0o644)
+	noVirt := nestedtest.WriteFile(t, filepath.Join(dir, "cpu-none"), "processor\t: 0\nflags\t\t: fpu sse lm\n", 0o644)
 
 	if n, why := needed(dir, withSVM, kvm); n {
 		t.Errorf("svm host: needed = true (%s)", why)
@@ -52,51 +42,10 @@ func TestNeeded(t *testing.T) {
 	t.Logf("Needed() = %v: %s", n, why)
 }
 
-func TestParseOutput(t *testing.T) {
-	serial := "boot noise\r\n" + BeginMarker + "\r\nline 1\r\nline 2\r\n" + ExitMarker + " 3\r\n[ 1.0] reboot: Power down\r\n"
-	res, ok := parseOutput(normalize(serial))
-	if !ok {
-		t.Fatal("no result")
-	}
-	if res.ExitStatus != 3 || res.Output != "line 1\nline 2\n" {
-		t.Errorf("got %d %q", res.ExitStatus, res.Output)
-	}
-	if _, ok := parseOutput("no markers\n"); ok {
-		t.Error("parsed output without markers")
-	}
-	if _, ok := parseOutput(BeginMarker + "\n" + ExitMarker + " x\n"); ok {
-		t.Error("parsed a non-numeric status")
-	}
-	res, ok = parseOutput(BeginMarker + "\n" + ExitMarker + " 0\n")
-	if !ok || res.Output != "" || res.ExitStatus != 0 {
-		t.Errorf("empty output: %+v %v", res, ok)
-	}
-}
-
-// fakeImage returns an Image whose modules directory has a modules.dep and
-// empty module files, and a busybox that is not executable.
-func fakeImage(t *testing.T) *images.Image {
-	dir := t.TempDir()
-	mods := filepath.Join(dir, "lib/modules/6.1.0-test")
-	writeFile(t, filepath.Join(mods, "modules.dep"),
-		"kernel/virt/lib/irqbypass.ko:\n"+
-			"kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/drivers/crypto/ccp/ccp.ko:\n", 0o644)
-	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko"} {
-		writeFile(t, filepath.Join(mods, m), "module "+m, 0o644)
-	}
-	return &images.Image{
-		BzImage:    writeFile(t, filepath.Join(dir, "bzImage"), "kernel", 0o644),
-		ModulesDir: mods,
-		Busybox:    writeFile(t, filepath.Join(dir, "busybox"), "busybox", 0o644),
-	}
-}
-
 func TestBuildInitramfs(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	dir := t.TempDir()
-	tool := writeFile(t, filepath.Join(dir, "rfm"), "#!/bin/true\n", 0o755)
+	tool := nestedtest.WriteFile(t, filepath.Join(dir, "rfm"), "#!/bin/true\n", 0o755)
 	cfg := Config{
 		L1Kernel:   img,
 		ExtraFiles: map[string]string{"/bin/rfm": tool, "l2/vmlinux": img.BzImage},
@@ -124,7 +73,7 @@ func TestBuildInitramfs(t *testing.T) {
 		t.Errorf("bin/rfm lost its exec bits: %o", e.Mode)
 	}
 	init := string(byPath["init"].Data)
-	order := []string{"irqbypass.ko", "kvm.ko", "ccp.ko", "kvm_amd.ko", "echo 64 > /sys/kernel/mm/hugepages", BeginMarker, "sh /test.sh", ExitMarker, "poweroff -f"}
+	order := []string{HeartbeatMarker, HeartbeatPIDFile, "irqbypass.ko", "kvm.ko", "ccp.ko", "kvm_amd.ko", "echo 64 > /sys/kernel/mm/hugepages", BeginMarker, "sh /test.sh", ExitMarker, "poweroff -f"}
 	last := -1
 	for _, s := range order {
 		i := strings.Index(init, s)
@@ -140,16 +89,8 @@ func TestBuildInitramfs(t *testing.T) {
 	}
 }
 
-// fakeQEMU writes a shell script standing in for qemu-system-x86_64.
-func fakeQEMU(t *testing.T, body string) string {
-	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("no sh")
-	}
-	return writeFile(t, filepath.Join(t.TempDir(), "qemu"), "#!/bin/sh\n"+body, 0o755)
-}
-
 func TestRunErrors(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	ctx := context.Background()
 
 	_, err := Run(ctx, Config{L1Kernel: img, QEMU: filepath.Join(t.TempDir(), "no-qemu")})
@@ -162,16 +103,17 @@ func TestRunErrors(t *testing.T) {
 	}
 
 	var log bytes.Buffer
-	q := fakeQEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
+	q := nestedtest.QEMU(t, "echo booting; echo "+BeginMarker+"; echo partial; exit 1\n")
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Log: &log})
-	if !errors.Is(err, ErrNoExitMarker) || !strings.Contains(err.Error(), "partial") {
+	if first, _, _ := strings.Cut(err.Error(), "\n"); !errors.Is(err, ErrNoExitMarker) || first != ErrNoExitMarker.Error()+" (qemu: exit status 1)" ||
+		!strings.Contains(err.Error(), "\nserial tail:\nbooting\n"+BeginMarker+"\npartial") {
 		t.Errorf("no marker: err = %v", err)
 	}
 	if !strings.Contains(log.String(), "booting") {
 		t.Errorf("log did not stream: %q", log.String())
 	}
 
-	q = fakeQEMU(t, "echo waiting; exec sleep 30\n")
+	q = nestedtest.QEMU(t, "echo waiting; exec sleep 30\n")
 	start := time.Now()
 	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, Timeout: 300 * time.Millisecond})
 	if !errors.Is(err, ErrTimeout) || !strings.Contains(err.Error(), "waiting") {
@@ -183,8 +125,8 @@ func TestRunErrors(t *testing.T) {
 }
 
 func TestSessionStop(t *testing.T) {
-	img := fakeImage(t)
-	q := fakeQEMU(t, "echo up; exec sleep 30\n")
+	img := nestedtest.L1Image(t)
+	q := nestedtest.QEMU(t, "echo up; exec sleep 30\n")
 	s, err := Start(context.Background(), Config{L1Kernel: img, QEMU: q})
 	if err != nil {
 		t.Fatal(err)
@@ -205,9 +147,9 @@ func TestSessionStop(t *testing.T) {
 }
 
 func TestRunFakeQEMU(t *testing.T) {
-	img := fakeImage(t)
+	img := nestedtest.L1Image(t)
 	// The fake checks its arguments and prints a framed result.
-	q := fakeQEMU(t, `case "$*" in
+	q := nestedtest.QEMU(t, `case "$*" in
 *"-cpu EPYC,+svm"*"-smp 3 -m 1024"*"-initrd "*) ;;
 *) echo "bad args: $*"; exit 2 ;;
 esac
@@ -219,6 +161,54 @@ printf 'noise\r\n`+BeginMarker+`\r\nok\r\n`+ExitMarker+` 7\r\n'
 	}
 	if res.ExitStatus != 7 || res.Output != "ok\n" || res.Duration <= 0 {
 		t.Errorf("result %+v", res)
+	}
+}
+
+func TestRunStreamsLines(t *testing.T) {
+	img := nestedtest.L1Image(t)
+	q := nestedtest.QEMU(t, `printf '`+HeartbeatMarker+` 1.00\r\n`+BeginMarker+`\r\none\r\n'
+printf '`+HeartbeatMarker+` 11.00\r\ntwo\r\n`+ExitMarker+` 0\r\n'
+`)
+	var lines []string
+	var log bytes.Buffer
+	res, err := Run(context.Background(), Config{L1Kernel: img, QEMU: q, Log: &log, Lines: func(l string) { lines = append(lines, l) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Output != "one\ntwo\n" || strings.Join(lines, "|") != "one|two" {
+		t.Errorf("output %q, lines %q", res.Output, lines)
+	}
+	if !strings.Contains(log.String(), HeartbeatMarker+" 11.00") {
+		t.Errorf("the log lacks the heartbeat: %q", log.String())
+	}
+}
+
+// TestRunSilent checks that a session whose L1 goes quiet is killed with
+// ErrSilent, both after its heartbeat started and when it never starts.
+// The bounds are short; nothing is asserted about how long it took.
+func TestRunSilent(t *testing.T) {
+	img := nestedtest.L1Image(t)
+	ctx := context.Background()
+	q := nestedtest.QEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo started; exec sleep 60\n")
+	_, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
+	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "uptime 2.50s") || !strings.Contains(err.Error(), "serial tail:\nRF-NESTED-ALIVE 2.50\nRF-NESTED-BEGIN\nstarted") {
+		t.Errorf("silent L1: err = %v", err)
+	}
+	if !L1Failed(err) {
+		t.Error("ErrSilent is not an L1 failure")
+	}
+
+	q = nestedtest.QEMU(t, "echo SeaBIOS; exec sleep 60\n")
+	_, err = Run(ctx, Config{L1Kernel: img, QEMU: q, BootTimeout: 300 * time.Millisecond})
+	if !errors.Is(err, ErrSilent) || !strings.Contains(err.Error(), "no heartbeat") || !strings.Contains(err.Error(), "SeaBIOS") {
+		t.Errorf("L1 stuck booting: err = %v", err)
+	}
+
+	// A script that finished has its result even if QEMU then hangs.
+	q = nestedtest.QEMU(t, "echo '"+HeartbeatMarker+" 2.50'; echo "+BeginMarker+"; echo done; echo '"+ExitMarker+" 4'; exec sleep 60\n")
+	res, err := Run(ctx, Config{L1Kernel: img, QEMU: q, Silence: 300 * time.Millisecond})
+	if err != nil || res.ExitStatus != 4 || res.Output != "done\n" {
+		t.Errorf("QEMU hanging after the script: %+v, %v", res, err)
 	}
 }
 
@@ -279,15 +269,5 @@ func TestL1KVM(t *testing.T) {
 	}
 	if !strings.Contains(res.Serial, "RF-NESTED-HUGEPAGES 16") {
 		t.Errorf("hugepages not reserved; serial:\n%s", tail(res.Serial))
-	}
-}
-
-func TestTCGWarningFilter(t *testing.T) {
-	var out strings.Builder
-	f := &tcgWarningFilter{w: &out}
-	f.Write([]byte("qemu-system-x86_64: warning: TCG doesn't support requested feature: CPUID.07H:EBX.rdseed [bit 18]\nreal "))
-	f.Write([]byte("line\n"))
-	if out.String() != "real line\n" {
-		t.Errorf("filtered output %q", out.String())
 	}
 }

@@ -97,6 +97,9 @@ func RatiosOf(num, den Summary) Ratios {
 
 // Report is the outcome of one benchmark run.
 type Report struct {
+	// Completion marks a report whose session ended early: it holds
+	// the samples measured before.
+	benchkit.Completion
 	// Setting names where the VMMs ran, e.g. the nested-layer line.
 	Setting string `json:"setting"`
 	// Nested tells whether they ran inside the nested L1 guest.
@@ -128,6 +131,10 @@ func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "VMM\tok\tinit ms med\tmin\tmax\toverhead MiB med\tmin\tmax\tVmHWM MiB med\tanon\tfile+shmem\thugetlb MiB\t")
 	for _, s := range r.Summaries {
+		if s.OK == 0 { // none measured (failed, or a session that ended early)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.VMM, s.Failed)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%.0f\t%.0f\t%.0f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.0f\t\n",
 			s.VMM, s.OK, s.OK+s.Failed,
 			s.InitMS.Median, s.InitMS.Min, s.InitMS.Max,

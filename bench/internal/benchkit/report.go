@@ -5,11 +5,13 @@ import (
 	"io"
 )
 
-// WriteReport writes a benchmark's report: its table (writeTable) to w
-// and, when jsonPath is not empty, rep as JSON to that file
+// WriteReport writes a benchmark's report: its table (writeTable) to w,
+// headed by a line saying so when the report is partial (it embeds
+// Completion), and, when jsonPath is not empty, rep as JSON to that file
 // (WriteJSONFile), then a line naming the file on w. It tries both and
 // returns the first error.
 func WriteReport[R any](w io.Writer, rep *R, writeTable func(io.Writer, *R) error, jsonPath string) error {
+	io.WriteString(w, partialNote(rep))
 	err := writeTable(w, rep)
 	if jsonPath == "" {
 		return err

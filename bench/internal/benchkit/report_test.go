@@ -97,3 +97,31 @@ func TestFinish(t *testing.T) {
 		t.Errorf("exit %d stderr %q", code, stderr.String())
 	}
 }
+
+type partialTestReport struct {
+	Completion
+	N int `json:"n"`
+}
+
+func TestWriteReportPartial(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "r.json")
+	rep := &partialTestReport{N: 3}
+	table := func(w io.Writer, r *partialTestReport) error { _, err := io.WriteString(w, "table\n"); return err }
+	var out strings.Builder
+	if err := WriteReport(&out, rep, table, path); err != nil || out.String() != "table\nJSON: "+path+"\n" {
+		t.Fatalf("complete report: %v, output %q", err, out.String())
+	}
+	rep.MarkPartial(errors.New("kvmhost: nested: L1 guest silent for 1m0s\nserial tail:\n..."))
+	out.Reset()
+	if code := Finish(&out, io.Discard, "bench/x", rep, errors.New("session failed"), table, path); code != 1 {
+		t.Errorf("exit %d", code)
+	}
+	if want := "PARTIAL: the session ended early (kvmhost: nested: L1 guest silent for 1m0s); " +
+		"these are the results that completed before.\n\ntable\nJSON: " + path + "\n"; out.String() != want {
+		t.Errorf("output %q, want %q", out.String(), want)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil || !strings.Contains(string(b), `"partial": true`) || !strings.Contains(string(b), `"session_error": "kvmhost: nested: L1 guest silent for 1m0s\nserial tail:\n..."`) || !strings.Contains(string(b), `"n": 3`) {
+		t.Errorf("JSON %s, %v", b, err)
+	}
+}

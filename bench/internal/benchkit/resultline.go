@@ -103,14 +103,9 @@ func SplitFields(s string) ([]Field, error) {
 // in order, and the errors of those that failed to parse, which are
 // skipped.
 func ParseLines[T any](text string, parseLine func(string) (T, bool, error)) (results []T, errs []error) {
+	c := Collector[T]{Parse: parseLine}
 	for _, line := range strings.Split(text, "\n") {
-		r, ok, err := parseLine(line)
-		switch {
-		case err != nil:
-			errs = append(errs, err)
-		case ok:
-			results = append(results, r)
-		}
+		c.Line(line)
 	}
-	return results, errs
+	return c.Results()
 }

@@ -68,6 +68,9 @@ func Summarize(samples []sample.Sample, systems ...string) []Summary {
 
 // Report is the outcome of one benchmark run.
 type Report struct {
+	// Completion marks a report whose session ended early: it holds
+	// the samples measured before.
+	benchkit.Completion
 	// Settings says where each system ran, by system name.
 	Settings map[string]string `json:"settings"`
 	// Nested tells whether rfm ran inside the nested L1 guest.
@@ -108,6 +111,10 @@ func WriteTable(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tok\tcreate->init ms med\tmin\tmax\tcreate return ms med\tmin\tmax\tdestroy ms med\tmin\tmax\tdestroy return ms med\t")
 	for _, s := range r.Summaries {
+		if s.OK == 0 { // none measured (failed, or a session that ended early)
+			fmt.Fprintf(tw, "%s\t0/%d\t-\t-\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.System, s.Failed)
+			continue
+		}
 		fmt.Fprintf(tw, "%s\t%d/%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n",
 			s.System, s.OK, s.OK+s.Failed,
 			s.CreateInitMS.Median, s.CreateInitMS.Min, s.CreateInitMS.Max,

@@ -2,7 +2,8 @@
 // in a minimal initramfs (the nested L1 guest): the binary, every shared
 // library ldd lists, the dynamic loader, and the firmware files of the
 // microvm machine. Files maps guest paths to host paths, ready for
-// nested.Config.ExtraFiles.
+// nested.Config.ExtraFiles; internal/kvmhost uses it for scripts that run
+// QEMU.
 package qemubundle
 
 import (

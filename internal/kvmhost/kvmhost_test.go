@@ -1,0 +1,161 @@
+package kvmhost
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"rainforest/internal/nested"
+	"rainforest/internal/nested/nestedtest"
+	"rainforest/internal/qemubundle"
+)
+
+func TestChoose(t *testing.T) {
+	if need, why := Choose(NestedAlways); !need || !strings.Contains(why, "-nested always") {
+		t.Errorf("always: %v %q", need, why)
+	}
+	if need, why := Choose(NestedNever); need || !strings.Contains(why, "-nested never") {
+		t.Errorf("never: %v %q", need, why)
+	}
+	if _, why := Choose("auto"); why == "" {
+		t.Error("auto: no reason")
+	}
+}
+
+// fakeQEMUInstall makes dir/bin/qemu-system-x86_64 with dir/share/qemu
+// next to it, as a package installs them.
+func fakeQEMUInstall(t *testing.T) string {
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "share", "qemu"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return nestedtest.WriteFile(t, filepath.Join(dir, "bin", "qemu-system-x86_64"), "#!/bin/sh\n", 0o755)
+}
+
+func TestRunDirect(t *testing.T) {
+	dir := t.TempDir()
+	tool := nestedtest.WriteFile(t, filepath.Join(dir, "tool"), "#!/bin/sh\necho tool ran\n", 0o755)
+	nestedtest.WriteFile(t, filepath.Join(dir, "l2", "vmlinux"), "kernel", 0o644)
+	qemu := fakeQEMUInstall(t)
+	var log strings.Builder
+	h := &Host{Log: &log}
+	var got []string
+	res, err := h.Run(context.Background(), Script{
+		Text: `"$TOOL"; cat "$L2/vmlinux"; echo; echo "q=$QEMU d=$QEMU_DATA"; echo err >&2; printf 'no newline'; exit 3`,
+		Files: []File{
+			{Var: "TOOL", Host: tool, L1: "/bin/tool"},
+			{Var: "L2", Host: filepath.Join(dir, "l2"), L1: "/l2", Names: []string{"vmlinux"}},
+		},
+		QEMU:  qemu,
+		Lines: func(l string) { got = append(got, l) },
+		// Ignored on a direct run.
+		CPUs: 3, Silence: time.Nanosecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"tool ran", "kernel", "q=" + qemu + " d=" + filepath.Join(filepath.Dir(qemu), "..", "share", "qemu"), "err", "no newline"}
+	if !slices.Equal(got, want) {
+		t.Errorf("lines %q, want %q", got, want)
+	}
+	if res.ExitStatus != 3 || res.Output != strings.Join(want, "\n")+"\n" {
+		t.Errorf("result %+v", res)
+	}
+	if !strings.HasPrefix(log.String(), "tool ran\nkernel\n") {
+		t.Errorf("log %q", log.String())
+	}
+	if h.Path(File{Host: tool, L1: "/bin/tool"}) != tool {
+		t.Error("Path of a direct host is not the host path")
+	}
+}
+
+func TestRunDirectTimeout(t *testing.T) {
+	h := &Host{}
+	var got []string
+	// The background sleep holds the output pipe: the whole process
+	// group is killed.
+	_, err := h.Run(context.Background(), Script{Text: "echo started; sleep 60 & sleep 60", Timeout: 200 * time.Millisecond,
+		Lines: func(l string) { got = append(got, l) }})
+	if !errors.Is(err, context.DeadlineExceeded) || !slices.Equal(got, []string{"started"}) {
+		t.Errorf("err = %v, lines %q", err, got)
+	}
+}
+
+func TestBadScript(t *testing.T) {
+	h := &Host{}
+	for _, f := range []File{{Var: "1X", Host: "/x", L1: "/x"}, {Var: "A-B", Host: "/x", L1: "/x"}, {Var: "X", L1: "/x"}, {Var: "X", Host: "/x", L1: "x"}} {
+		if _, err := h.Run(context.Background(), Script{Text: "true", Files: []File{f}}); !errors.Is(err, ErrBadScript) {
+			t.Errorf("file %+v: err = %v", f, err)
+		}
+	}
+}
+
+// TestRunNested runs against a fake QEMU that checks the L1 initramfs
+// for the files and exports, and fails the first session like a dying L1.
+func TestRunNested(t *testing.T) {
+	dir := t.TempDir()
+	tool := nestedtest.WriteFile(t, filepath.Join(dir, "tool"), "TOOL-CONTENT\n", 0o755)
+	nestedtest.WriteFile(t, filepath.Join(dir, "l2", "disk.img"), "DISK-CONTENT\n", 0o644)
+	s := Script{
+		Text: "true\n",
+		Files: []File{
+			{Var: "TOOL", Host: tool, L1: "/bin/tool"},
+			{Var: "L2", Host: filepath.Join(dir, "l2"), L1: "/l2", Names: []string{"disk.img"}},
+		},
+	}
+	want := []string{"TOOL-CONTENT", "DISK-CONTENT", "export TOOL=/bin/tool", "export L2=/l2"}
+	// A small dynamic program stands in for the bundled QEMU where the
+	// microvm firmware is installed next to it (../share/qemu).
+	if _, err := qemubundle.Collect(context.Background(), "/usr/bin/true"); err == nil {
+		s.QEMU = "/usr/bin/true"
+		want = append(want, "export QEMU="+qemubundle.GuestBinary, "export QEMU_DATA="+qemubundle.GuestDataDir, "export LD_LIBRARY_PATH=")
+	} else {
+		t.Logf("no QEMU bundle checked: %v", err)
+	}
+	tries := filepath.Join(dir, "tries")
+	q := nestedtest.QEMU(t, `while [ "$1" != -initrd ]; do shift; done
+for want in '`+strings.Join(want, "' '")+`'; do
+	grep -q "$want" "$2" || { echo "initramfs lacks $want"; exit 1; }
+done
+echo x >>`+tries+`
+echo '`+nested.HeartbeatMarker+` 1.00'
+echo `+nested.BeginMarker+`
+echo "try $(wc -l <`+tries+`)"
+[ "$(wc -l <`+tries+`)" = 1 ] && exit 1
+echo '`+nested.ExitMarker+` 5'
+`)
+	var log strings.Builder
+	h := &Host{Nested: true, L1: nestedtest.L1Image(t), QEMU: q, Log: &log}
+	var got []string
+	s.Lines = func(l string) { got = append(got, l) }
+
+	_, err := h.Run(context.Background(), s)
+	if !errors.Is(err, nested.ErrNoExitMarker) || !strings.Contains(err.Error(), "try 1") {
+		t.Fatalf("without Rerun: err = %v", err)
+	}
+	var reruns []error
+	s.Rerun = func(err error) { reruns = append(reruns, err) }
+	os.Remove(tries)
+	got = nil
+	res, err := h.Run(context.Background(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitStatus != 5 || res.Output != "try 2\n" || len(reruns) != 1 || !errors.Is(reruns[0], nested.ErrNoExitMarker) {
+		t.Errorf("result %+v, reruns %v", res, reruns)
+	}
+	if !slices.Equal(got, []string{"try 1", "try 2"}) {
+		t.Errorf("lines %q", got)
+	}
+	if !strings.Contains(log.String(), "running the session again") {
+		t.Errorf("the log does not say the session was rerun:\n%s", log.String())
+	}
+	if h.Path(s.Files[0]) != "/bin/tool" {
+		t.Error("Path of a nested host is not the L1 path")
+	}
+}
