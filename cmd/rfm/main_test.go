@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -46,6 +47,16 @@ func TestVMMBadInput(t *testing.T) {
 	elfNoNote := filepath.Join(dir, "elf")
 	os.WriteFile(elfNoNote, append([]byte("\x7fELF\x02\x01\x01"), make([]byte, 200)...), 0o644)
 	kernel := realKernel()
+	doc := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(text), 0o644)
+		return p
+	}
+	base := `"name": "a", "kernel": "` + garbage + `", "cores": [0], "memory": 4194304, "console": {"mode": "none"}`
+	cfgGood := doc("good.json", `{"version": 1, `+base+`}`)
+	cfgUnknown := doc("unknown.json", `{"version": 1, "cpus": 2, `+base+`}`)
+	cfgVersion := doc("version.json", `{"version": 2, `+base+`}`)
+	cfgRegions := doc("regions.json", `{"version": 1, `+base+`, "regions": [{"name": "r", "protocol": 2, "peers": 2, "output_size": 4096, "vectors": 1, "self": 0}]}`)
 
 	cases := []struct {
 		name      string
@@ -67,10 +78,17 @@ func TestVMMBadInput(t *testing.T) {
 		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
 		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
 		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
-		{"bad control fd", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "97"}, "--control-fd 97", false},
-		{"control fd not a socket", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "0"}, "--control-fd 0", false},
+		{"bad control fd", []string{"--control-fd", "97"}, "--control-fd: control socket: 97 is not an open descriptor", false},
+		{"control fd not a socket", []string{"--control-fd", "0"}, "--control-fd: control socket 0", false},
+		{"flags and control fd", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "0"}, "--kernel, --cpus: the configuration comes from --config or the control socket, not flags", false},
+		{"config and control fd", []string{"--config", cfgGood, "--control-fd", "0"}, "--config and --control-fd", false},
+		{"flags and config", []string{"--config", cfgGood, "--memory", "1G"}, "--memory: the configuration comes from", false},
+		{"missing config", []string{"--config", filepath.Join(dir, "nope.json")}, "--config: open", false},
+		{"config with an unknown field", []string{"--config", cfgUnknown}, `unknown field "cpus"`, false},
+		{"config of another version", []string{"--config", cfgVersion}, "version 2, this rfm understands version 1", false},
+		{"config with regions", []string{"--config", cfgRegions}, "regions need their descriptors", false},
 		{"offline core", []string{"--kernel", kernel, "--cpus", "4095"}, "core 4095 is not online", true},
-		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "not a positive multiple", true},
+		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "--memory: VMM configuration: memory 3145728: at least 2 MiB, a multiple of the 2 MiB page size", true},
 		{"too few hugepages", []string{"--kernel", kernel, "--cpus", "0", "--memory", "4000G"}, "not enough free hugepages", true},
 		{"missing disk", []string{"--kernel", kernel, "--cpus", "0", "--disk", filepath.Join(dir, "nope.img")}, "disk:", true},
 	}
@@ -82,7 +100,11 @@ func TestVMMBadInput(t *testing.T) {
 				}
 				t.Skip("no image built (make image)")
 			}
-			cmd := exec.Command(bin, append([]string{"vmm", "--console", "none"}, c.args...)...)
+			args := append([]string{"vmm", "--console", "none"}, c.args...)
+			if slices.Contains(c.args, "--control-fd") || slices.Contains(c.args, "--config") {
+				args = append([]string{"vmm"}, c.args...) // no document flags
+			}
+			cmd := exec.Command(bin, args...)
 			out, err := cmd.CombinedOutput()
 			ee, ok := err.(*exec.ExitError)
 			if !ok || ee.ExitCode() != 2 {

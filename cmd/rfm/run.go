@@ -183,7 +183,7 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 		spec.Node = &n
 	}
 	for _, d := range so.Disks {
-		spec.Disks = append(spec.Disks, supervisor.Disk{Path: d.Path, ReadOnly: d.ReadOnly})
+		spec.Disks = append(spec.Disks, d)
 	}
 	for _, g := range so.Segments {
 		spec.Segments = append(spec.Segments, supervisor.SegmentGrant{Name: g.Name, Size: sizes[g.Name], ReadOnly: g.ReadOnly})

@@ -19,6 +19,7 @@ import (
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
 	"rainforest/rfm/supervisor"
+	"rainforest/vmm/config"
 )
 
 // globalFlags are shared by the client commands.
@@ -156,8 +157,12 @@ func createCommand(g *globalFlags) *cobra.Command {
 				spec.Node = &node
 			}
 			for _, d := range disks {
-				p, opt, _ := strings.Cut(d, ",")
-				spec.Disks = append(spec.Disks, supervisor.Disk{Path: abs(p), ReadOnly: opt == "ro"})
+				disk, err := config.ParseDisk(d)
+				if err != nil {
+					return fmt.Errorf("--disk: %w", err)
+				}
+				disk.Path = abs(disk.Path)
+				spec.Disks = append(spec.Disks, disk)
 			}
 			for _, sg := range segments {
 				grant, err := parseSegment(sg)
@@ -184,7 +189,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringVar(&spec.Kernel, "kernel", filepath.Join(img, "vmlinux"), "kernel")
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
-	fl.StringArrayVar(&disks, "disk", nil, "raw disk image PATH[,ro]; repeatable")
+	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device PATH[,ro][,direct]; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	return cmd

@@ -1,31 +1,43 @@
 package main
 
 import (
-	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
 	"rainforest/internal/units"
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
-	"rainforest/vmm/ram"
+	"rainforest/vmm/config"
+	"rainforest/vmm/launch"
 )
+
+// attachTimeout bounds how long a VMM started with --control-fd waits for
+// the supervisor's launch request.
+const attachTimeout = 30 * time.Second
 
 // vmmFlags are the settings of one subOS's VMM process.
 type vmmFlags struct {
 	name, kernel, initrd, cmdline, appendArgs string
 	cpus, memory, pageSize, console, profile  string
 	disks                                     []string
-	consoleSocket                             string
+	consoleSocket, configFile                 string
 	readyFD, waitFD, controlFD                int
 	allowEmulated                             bool
 	logLevel                                  string
 }
+
+// documentFlags are the flags that build the configuration document; they
+// cannot be mixed with --config or a launch over --control-fd.
+var documentFlags = []string{"name", "kernel", "initrd", "cmdline", "append", "cpus", "memory", "page-size",
+	"disk", "console", "console-socket", "cpu-profile", "allow-emulated-kvm", "log-level"}
 
 func vmmCommand() *cobra.Command {
 	var f vmmFlags
@@ -36,145 +48,202 @@ func vmmCommand() *cobra.Command {
 pinned one-to-one to the given host cores and whose RAM is pre-faulted
 hugepage memory on their NUMA node. The exit status is the guest's: what it
 wrote to the status port (0x501) before powering off, 0 for a plain
-power-off or reboot, 1 for a crash, 2 for a configuration error.`,
+power-off or reboot, 1 for a crash, 2 for a configuration error.
+
+The VMM's configuration is one versioned JSON document. It comes from the
+flags, from --config FILE, or (as the supervisor starts VMMs) over the
+control socket given with --control-fd, with the shared-memory regions'
+descriptors beside it; the control socket then also takes runtime requests
+(hot-adding and removing disks and segments).`,
+		Example: `  rfm vmm --kernel build/images/vmlinux --initrd build/images/initramfs.cpio.gz \
+          --cpus 2-3 --memory 512M --disk build/images/disk.img,ro --append "rf.cat=/hello.txt"
+  rfm vmm --config web.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ctl *controlSocket
-			if f.controlFD >= 0 {
-				var err error
-				if ctl, err = openControlSocket(f.controlFD); err != nil {
-					return err
+			var mixed []string
+			for _, n := range documentFlags {
+				if cmd.Flags().Changed(n) {
+					mixed = append(mixed, "--"+n)
 				}
-				defer ctl.ln.Close()
+			}
+			if f.configFile != "" && f.controlFD >= 0 {
+				return fmt.Errorf("--config and --control-fd: the configuration comes from one place")
+			}
+			if (f.configFile != "" || f.controlFD >= 0) && len(mixed) > 0 {
+				return fmt.Errorf("%s: the configuration comes from --config or the control socket, not flags", strings.Join(mixed, ", "))
+			}
+			o := launch.Options{Stdout: os.Stdout, Log: cmd.ErrOrStderr()}
+			if f.controlFD >= 0 {
+				ln, err := vmmctl.Listener(f.controlFD)
+				if err != nil {
+					return fmt.Errorf("--control-fd: %w", err)
+				}
+				defer ln.Close()
+				o.Control = ln
 			}
 			if err := f.waitGo(); err != nil {
 				return err
 			}
-			cfg, closeConsole, err := f.linuxConfig(cmd.ErrOrStderr())
-			if err != nil {
-				return err
-			}
-			defer closeConsole()
-			if ctl != nil {
-				rm, sm, err := ctl.attach()
+			var l *vmmctl.Launch
+			switch {
+			case o.Control != nil:
+				var err error
+				if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
+					return err
+				}
+				o.Config, o.Regions = l.Config, l.Files
+			case f.configFile != "":
+				doc, err := readDocument(f.configFile)
 				if err != nil {
 					return err
 				}
-				defer rm.close()
-				cfg.SharedMemory = sm
-				ctx, cancel := context.WithCancel(cmd.Context())
-				served := make(chan struct{})
-				go func() { // ends with ctx
-					defer close(served)
-					ctl.serve(ctx, cfg.Logger, rm)
-				}()
-				defer func() { cancel(); <-served }()
+				if len(doc.Regions) > 0 {
+					return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
+				}
+				o.Config = doc
+			default:
+				doc, err := f.document()
+				if err != nil {
+					return err
+				}
+				o.Config = doc
 			}
-			e, err := vmm.BootLinux(cmd.Context(), cfg)
+			if l != nil {
+				// The launch is answered once the machine is built (Ready)
+				// or refused.
+				answered := false
+				defer func() {
+					if !answered {
+						_ = l.Reply(errors.New("the VMM could not start; see its log"))
+					}
+				}()
+				ready := o.Ready
+				o.Ready = func() {
+					answered = true
+					_ = l.Reply(nil)
+					if ready != nil {
+						ready()
+					}
+				}
+			}
+			if f.readyFD >= 0 {
+				r := os.NewFile(uintptr(f.readyFD), "ready")
+				if r == nil {
+					return fmt.Errorf("--ready-fd %d: not a file descriptor", f.readyFD)
+				}
+				prev := o.Ready
+				o.Ready = func() {
+					if prev != nil {
+						prev()
+					}
+					fmt.Fprintln(r, "ready")
+					r.Close()
+				}
+			}
+			if o.Config.Console.Mode == "" || o.Config.Console.Mode == config.ConsoleStdio {
+				if restore, ok := rawTerminal(os.Stdin); ok {
+					o.Stdin = os.Stdin
+					defer restore()
+				} else if !isTerminal(os.Stdin) {
+					o.Stdin = os.Stdin
+				}
+			}
+			e, err := launch.Run(cmd.Context(), o)
 			if err != nil {
 				return err
 			}
-			return exitFor(cfg.Logger, e)
+			return exitFor(launch.Logger(o.Config, cmd.ErrOrStderr()), e)
 		},
 	}
 	fl := cmd.Flags()
+	fl.StringVar(&f.configFile, "config", "", "read the VMM's configuration document (JSON, version 1) from this file instead of flags")
 	fl.StringVar(&f.name, "name", "subos", "subOS name (for logs)")
 	fl.StringVar(&f.kernel, "kernel", "", "kernel: PVH ELF vmlinux or bzImage (required)")
 	fl.StringVar(&f.initrd, "initrd", "", "initramfs")
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line (default: "+vmm.DefaultCmdline()+")")
 	fl.StringVar(&f.appendArgs, "append", "", "extra kernel command line arguments")
-	fl.StringVar(&f.cpus, "cpus", "", "host cores, one vCPU each, e.g. 2-3 (required)")
+	fl.StringVar(&f.cpus, "cpus", "", "host cores, one vCPU each, as a list, e.g. 2-3 (required)")
 	fl.StringVar(&f.memory, "memory", "512M", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.pageSize, "page-size", "2M", "backing page size: 2M, 1G or 4k")
-	fl.StringArrayVar(&f.disks, "disk", nil, "raw disk image as virtio-blk, PATH[,ro]; repeatable")
+	fl.StringArrayVar(&f.disks, "disk", nil, "raw image or block device as virtio-blk, PATH[,ro][,direct]; repeatable")
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, none, or a file path for the log")
 	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "write \"ready\" to this inherited file descriptor once the subOS runs")
 	fl.IntVar(&f.waitFD, "wait-fd", -1, "before anything else, wait for a line \"go\" on this inherited file descriptor")
-	fl.IntVar(&f.controlFD, "control-fd", -1, "inherited listening control socket of the supervisor (shared-memory regions arrive there before boot)")
+	fl.IntVar(&f.controlFD, "control-fd", -1, "inherited listening control socket of the supervisor: the configuration and its regions arrive there")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
+	for _, n := range []string{"ready-fd", "wait-fd", "control-fd"} {
+		_ = fl.MarkHidden(n)
+	}
 	return cmd
 }
 
-func (f *vmmFlags) linuxConfig(logOut io.Writer) (vmm.LinuxConfig, func(), error) {
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--log-level: %w", err)
+// readDocument reads a configuration document from a file.
+func readDocument(path string) (*config.Document, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--config: %w", err)
 	}
-	log := slog.New(slog.NewTextHandler(logOut, &slog.HandlerOptions{Level: level})).With("subos", f.name)
+	defer f.Close()
+	doc, err := config.Decode(f)
+	if err != nil {
+		return nil, fmt.Errorf("--config %s: %w", path, err)
+	}
+	return doc, nil
+}
+
+// document builds the configuration document from the flags.
+func (f *vmmFlags) document() (*config.Document, error) {
 	if f.kernel == "" {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--kernel is required")
+		return nil, fmt.Errorf("--kernel is required")
 	}
 	cores, err := units.ParseCPUList(f.cpus)
 	if err != nil {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--cpus: %w", err)
+		return nil, fmt.Errorf("--cpus: %w", err)
 	}
 	if len(cores) == 0 {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--cpus is required (host cores, e.g. 1-2)")
+		return nil, fmt.Errorf("--cpus is required (host cores, e.g. 1-2)")
 	}
 	mem, err := units.ParseNonZeroSize(f.memory)
 	if err != nil {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--memory: %w", err)
+		return nil, fmt.Errorf("--memory: %w", err)
 	}
-	ps, err := ram.ParsePageSize(f.pageSize)
-	if err != nil {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--page-size: %w", err)
-	}
-	profile := vmm.CPUProfile(f.profile)
-	if profile != vmm.ProfileHost && profile != vmm.ProfileNestedSafe {
-		return vmm.LinuxConfig{}, nil, fmt.Errorf("--cpu-profile %q: use host or nested-safe", f.profile)
-	}
-	cmdline := f.cmdline
-	if cmdline == "" {
-		cmdline = vmm.DefaultCmdline()
-	}
-	if f.appendArgs != "" {
-		cmdline += " " + f.appendArgs
-	}
-	cfg := vmm.LinuxConfig{
-		Config: vmm.Config{Name: f.name, MemSize: mem, PageSize: ps, HostCores: cores, Profile: profile, Logger: log},
-		Kernel: f.kernel, Initrd: f.initrd, Cmdline: cmdline, AllowEmulatedKVM: f.allowEmulated,
-		ConsoleSocket: f.consoleSocket,
+	doc := &config.Document{Version: config.Version, Name: f.name, Kernel: f.kernel, Initrd: f.initrd,
+		Cmdline: f.cmdline, Append: f.appendArgs, Cores: cores, Memory: mem, PageSize: f.pageSize,
+		CPUProfile: f.profile, LogLevel: f.logLevel, AllowEmulatedKVM: f.allowEmulated,
+		Console: config.Console{Mode: f.console, Socket: f.consoleSocket}}
+	switch f.console {
+	case config.ConsoleStdio, config.ConsoleNone:
+	case "":
+		doc.Console.Mode = config.ConsoleNone
+	default:
+		doc.Console = config.Console{Mode: config.ConsoleFile, Path: f.console, Socket: f.consoleSocket}
 	}
 	for _, d := range f.disks {
-		path, opt, _ := strings.Cut(d, ",")
-		if opt != "" && opt != "ro" {
-			return vmm.LinuxConfig{}, nil, fmt.Errorf("--disk %q: unknown option %q (only ro)", d, opt)
-		}
-		cfg.Disks = append(cfg.Disks, vmm.Disk{Path: path, ReadOnly: opt == "ro"})
-	}
-	if f.readyFD >= 0 {
-		ready := os.NewFile(uintptr(f.readyFD), "ready")
-		if ready == nil {
-			return vmm.LinuxConfig{}, nil, fmt.Errorf("--ready-fd %d: not a file descriptor", f.readyFD)
-		}
-		cfg.Ready = func() {
-			fmt.Fprintln(ready, "ready")
-			ready.Close()
-		}
-	}
-	closer := func() {}
-	switch f.console {
-	case "stdio":
-		cfg.Console = os.Stdout
-		if restore, ok := rawTerminal(os.Stdin); ok {
-			cfg.ConsoleIn = os.Stdin
-			closer = restore
-		} else if !isTerminal(os.Stdin) {
-			cfg.ConsoleIn = os.Stdin
-		}
-	case "none", "":
-	default:
-		lf, err := os.OpenFile(f.console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		disk, err := config.ParseDisk(d)
 		if err != nil {
-			return vmm.LinuxConfig{}, nil, fmt.Errorf("--console: %w", err)
+			return nil, fmt.Errorf("--disk: %w", err)
 		}
-		cfg.Console = lf
-		closer = func() { lf.Close() }
+		doc.Disks = append(doc.Disks, disk)
 	}
-	return cfg, closer, nil
+	if err := doc.Validate(); err != nil {
+		return nil, flagProblem(err)
+	}
+	return doc, nil
+}
+
+// flagProblem names the flag behind a document field in err.
+func flagProblem(err error) error {
+	msg := err.Error()
+	for field, flag := range map[string]string{"memory ": "--memory", "page_size": "--page-size", "cpu_profile": "--cpu-profile",
+		"log_level": "--log-level", "name ": "--name", "cores": "--cpus", "disks[": "--disk"} {
+		if strings.Contains(msg, ": "+field) {
+			return fmt.Errorf("%s: %w", flag, err)
+		}
+	}
+	return err
 }
 
 // waitGo blocks until the supervisor says "go" on --wait-fd (it first moves

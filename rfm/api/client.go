@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"rainforest/ficm/board"
 	"rainforest/ledger/store"
@@ -139,4 +140,36 @@ func (c *Client) Board(ctx context.Context) (board.Board, error) {
 	var b board.Board
 	err := c.do(ctx, http.MethodGet, "/v1/board", nil, &b)
 	return b, err
+}
+
+// AttachDisk hot-adds a disk to a running subOS (POST
+// /v1/subos/{name}/disks) and returns it with its id.
+func (c *Client) AttachDisk(ctx context.Context, name string, d supervisor.Disk) (supervisor.Disk, error) {
+	var out supervisor.Disk
+	err := c.do(ctx, http.MethodPost, "/v1/subos/"+url.PathEscape(name)+"/disks", d, &out)
+	return out, err
+}
+
+// DetachDisk removes a disk (by id or path) from a running subOS once the
+// guest released it; timeout 0 is the supervisor's default.
+func (c *Client) DetachDisk(ctx context.Context, name, disk string, timeout time.Duration) error {
+	return c.do(ctx, http.MethodDelete, "/v1/subos/"+url.PathEscape(name)+"/disks/"+url.PathEscape(disk)+timeoutQuery(timeout), nil, nil)
+}
+
+// Grant grants a running subOS a shared segment.
+func (c *Client) Grant(ctx context.Context, name string, g supervisor.SegmentGrant) error {
+	return c.do(ctx, http.MethodPost, "/v1/subos/"+url.PathEscape(name)+"/segments", g, nil)
+}
+
+// Revoke takes a segment back from a running subOS once the guest released
+// it; timeout 0 is the supervisor's default.
+func (c *Client) Revoke(ctx context.Context, name, segment string, timeout time.Duration) error {
+	return c.do(ctx, http.MethodDelete, "/v1/subos/"+url.PathEscape(name)+"/segments/"+url.PathEscape(segment)+timeoutQuery(timeout), nil, nil)
+}
+
+func timeoutQuery(d time.Duration) string {
+	if d <= 0 {
+		return ""
+	}
+	return "?timeout=" + url.QueryEscape(d.String())
 }

@@ -46,6 +46,10 @@ type Backend interface {
 	Inventory() *partitioner.Inventory
 	Message(ctx context.Context, name, text string) error
 	Board() (board.Board, error)
+	AttachDisk(ctx context.Context, name string, d supervisor.Disk) (supervisor.Disk, error)
+	DetachDisk(ctx context.Context, name, disk string, timeout time.Duration) error
+	Grant(ctx context.Context, name string, g supervisor.SegmentGrant) error
+	Revoke(ctx context.Context, name, segment string, timeout time.Duration) error
 }
 
 // MessageRequest is POST /v1/subos/{name}/message's body.
@@ -149,6 +153,51 @@ func Handler(b Backend) http.Handler {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST /v1/subos/{name}/disks", func(w http.ResponseWriter, r *http.Request) {
+		var d supervisor.Disk
+		if !decode(w, r, &d) {
+			return
+		}
+		d, err := b.AttachDisk(r.Context(), r.PathValue("name"), d)
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusCreated, d)
+	})
+	mux.HandleFunc("DELETE /v1/subos/{name}/disks/{disk}", func(w http.ResponseWriter, r *http.Request) {
+		timeout, ok := timeoutParam(w, r)
+		if !ok {
+			return
+		}
+		if err := b.DetachDisk(r.Context(), r.PathValue("name"), r.PathValue("disk"), timeout); err != nil {
+			fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /v1/subos/{name}/segments", func(w http.ResponseWriter, r *http.Request) {
+		var g supervisor.SegmentGrant
+		if !decode(w, r, &g) {
+			return
+		}
+		if err := b.Grant(r.Context(), r.PathValue("name"), g); err != nil {
+			fail(w, err)
+			return
+		}
+		reply(w, http.StatusCreated, g)
+	})
+	mux.HandleFunc("DELETE /v1/subos/{name}/segments/{segment}", func(w http.ResponseWriter, r *http.Request) {
+		timeout, ok := timeoutParam(w, r)
+		if !ok {
+			return
+		}
+		if err := b.Revoke(r.Context(), r.PathValue("name"), r.PathValue("segment"), timeout); err != nil {
+			fail(w, err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("GET /v1/board", func(w http.ResponseWriter, r *http.Request) {
 		bd, err := b.Board()
 		if err != nil {
@@ -170,6 +219,21 @@ func uintParam(r *http.Request, name string, def uint64) (uint64, error) {
 		return 0, fmt.Errorf("query parameter %s: %q is not a non-negative integer", name, v)
 	}
 	return n, nil
+}
+
+// timeoutParam reads the optional ?timeout= query parameter (a Go
+// duration such as 30s), answering 400 when it is malformed.
+func timeoutParam(w http.ResponseWriter, r *http.Request) (time.Duration, bool) {
+	v := r.URL.Query().Get("timeout")
+	if v == "" {
+		return 0, true
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		reply(w, http.StatusBadRequest, ErrorBody{Error: fmt.Sprintf("query parameter timeout: %q is not a positive duration such as 30s", v)})
+		return 0, false
+	}
+	return d, true
 }
 
 // decode reads a strict JSON body: bounded, no unknown fields, one value.
@@ -214,9 +278,10 @@ func fail(w http.ResponseWriter, err error) {
 	}
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, supervisor.ErrNoDevice), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
 		code = http.StatusNotFound
-	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, endpoint.ErrFull):
+	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, endpoint.ErrFull),
+		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse):
 		code = http.StatusConflict
 	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory), errors.Is(err, supervisor.ErrNoPeerSlot):
 		code = http.StatusInsufficientStorage

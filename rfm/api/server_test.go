@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
@@ -43,6 +44,41 @@ func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor
 	i := supervisor.Info{Name: s.Name, State: supervisor.StateRunning, Spec: s}
 	f.subos[s.Name] = i
 	return i, nil
+}
+
+func (f *fakeBackend) AttachDisk(_ context.Context, name string, d supervisor.Disk) (supervisor.Disk, error) {
+	switch {
+	case name != "web":
+		return supervisor.Disk{}, fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	case d.Path == "/taken":
+		return supervisor.Disk{}, fmt.Errorf("%w: %s", supervisor.ErrDeviceExists, d.Path)
+	}
+	d.ID = "disk1"
+	return d, nil
+}
+
+func (f *fakeBackend) DetachDisk(_ context.Context, name, disk string, timeout time.Duration) error {
+	switch {
+	case disk == "busy":
+		return fmt.Errorf("%w: %s (waited %v)", supervisor.ErrInUse, disk, timeout)
+	case disk != "disk1":
+		return fmt.Errorf("%w: %s", supervisor.ErrNoDevice, disk)
+	}
+	return nil
+}
+
+func (f *fakeBackend) Grant(_ context.Context, name string, g supervisor.SegmentGrant) error {
+	if g.Size%4096 != 0 {
+		return &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "segments[0].size", Message: "not a multiple of 4 KiB"}}}
+	}
+	return nil
+}
+
+func (f *fakeBackend) Revoke(_ context.Context, name, segment string, timeout time.Duration) error {
+	if timeout != 30*time.Second {
+		return fmt.Errorf("%w: timeout %v", supervisor.ErrInvalid, timeout)
+	}
+	return nil
 }
 
 func (f *fakeBackend) Destroy(ctx context.Context, name string) error {
@@ -249,5 +285,57 @@ func TestListenRefusesLiveSocket(t *testing.T) {
 	defer ln.Close()
 	if _, err := Listen(startServerPath); err == nil || !strings.Contains(err.Error(), "another supervisor") {
 		t.Errorf("second Listen: %v", err)
+	}
+}
+
+// Device changes: the routes, their status codes, and the client.
+func TestDeviceRoutes(t *testing.T) {
+	b := &fakeBackend{subos: map[string]supervisor.Info{}}
+	h := Handler(b)
+	for _, c := range []struct {
+		method, path, body string
+		want               int
+	}{
+		{"POST", "/v1/subos/web/disks", `{"path": "/d.img", "readonly": true}`, 201},
+		{"POST", "/v1/subos/web/disks", `{"path": "/taken"}`, 409},
+		{"POST", "/v1/subos/nobody/disks", `{"path": "/d.img"}`, 404},
+		{"POST", "/v1/subos/web/disks", `{"path": "/d.img", "cache": "none"}`, 400},
+		{"DELETE", "/v1/subos/web/disks/disk1", ``, 204},
+		{"DELETE", "/v1/subos/web/disks/busy?timeout=1s", ``, 409},
+		{"DELETE", "/v1/subos/web/disks/disk7", ``, 404},
+		{"DELETE", "/v1/subos/web/disks/disk1?timeout=soon", ``, 400},
+		{"POST", "/v1/subos/web/segments", `{"name": "cache", "size": 8192}`, 201},
+		{"POST", "/v1/subos/web/segments", `{"name": "cache", "size": 100}`, 422},
+		{"DELETE", "/v1/subos/web/segments/cache?timeout=30s", ``, 204},
+		{"DELETE", "/v1/subos/web/segments/cache", ``, 422},
+	} {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest(c.method, c.path, strings.NewReader(c.body)))
+		if w.Code != c.want {
+			t.Errorf("%s %s %s: %d %s, want %d", c.method, c.path, c.body, w.Code, w.Body, c.want)
+		}
+	}
+	sock := filepath.Join(t.TempDir(), "api.sock")
+	ln, err := Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go Serve(ctx, ln, b)
+	c := NewClient(sock)
+	d, err := c.AttachDisk(ctx, "web", supervisor.Disk{Path: "/d.img", Direct: true})
+	if err != nil || d.ID != "disk1" || !d.Direct {
+		t.Errorf("AttachDisk = %+v, %v", d, err)
+	}
+	var ae *APIError
+	if err := c.DetachDisk(ctx, "web", "busy", time.Second); !errors.As(err, &ae) || ae.Status != 409 {
+		t.Errorf("DetachDisk busy = %v", err)
+	}
+	if err := c.Grant(ctx, "web", supervisor.SegmentGrant{Name: "cache", Size: 4096}); err != nil {
+		t.Errorf("Grant = %v", err)
+	}
+	if err := c.Revoke(ctx, "web", "cache", 30*time.Second); err != nil {
+		t.Errorf("Revoke = %v", err)
 	}
 }

@@ -30,6 +30,8 @@
 package layout
 
 import (
+	"rainforest/vmm/config"
+
 	"fmt"
 	"path/filepath"
 
@@ -134,11 +136,9 @@ const (
 	MaxSegmentGrants = 16
 )
 
-// Disk is a disk image (or block device) given to a subOS as virtio-blk.
-type Disk struct {
-	Path     string
-	ReadOnly bool
-}
+// Disk is a disk image (or block device) given to a subOS as virtio-blk,
+// as the VMM's configuration holds it.
+type Disk = config.Disk
 
 // Request is the ledger request for the subOS's resources.
 func (s SubOS) Request() ledger.Request {

@@ -391,8 +391,10 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 			p.sequence(v, path, func(item *yaml.Node, ip string) {
 				var d Disk
 				p.mapping(item, ip, []field{
+					{"id", func(v *yaml.Node, path string) { p.str(v, path, &d.ID) }},
 					{"path", func(v *yaml.Node, path string) { p.str(v, path, &d.Path) }},
 					{"readonly", func(v *yaml.Node, path string) { p.boolean(v, path, &d.ReadOnly) }},
+					{"direct", func(v *yaml.Node, path string) { p.boolean(v, path, &d.Direct) }},
 				})
 				s.Disks = append(s.Disks, d)
 			})

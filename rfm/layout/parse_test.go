@@ -123,7 +123,7 @@ subos:
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
 		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append, segments)`,
-		`line 8: subos[0].disks[0]: unknown field "read_only" (known: path, readonly)`,
+		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

@@ -4,15 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"rainforest/partitioner"
 	"rainforest/rfm/vmmctl"
+	"rainforest/vmm/config"
 )
 
 // fakeActuator records what it was asked to do.
@@ -87,11 +91,17 @@ type fakeLauncher struct {
 }
 
 type fakeProcess struct {
-	pid     int
-	once    sync.Once
-	done    chan struct{}
-	regions []vmmctl.Region
+	pid  int
+	once sync.Once
+	done chan struct{}
+	// What the launch brought, and the fake VMM's devices.
+	doc     *config.Document
+	mu      sync.Mutex
+	regions []config.Region
 	files   []*os.File
+	devices map[string]vmmctl.Device
+	// refuse makes the fake guest never release a device.
+	refuse bool
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -132,8 +142,9 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string,
 	return p, nil
 }
 
-// attach plays the VMM's side of the control socket: it takes the attach
-// message and then answers exports until the process exits.
+// attach plays the VMM's side of the control socket: it takes the launch
+// request and then serves requests until the process exits, with the
+// package's own server and a fake machine.
 func (p *fakeProcess) attach(lnFile *os.File) error {
 	l, err := net.FileListener(lnFile)
 	if err != nil {
@@ -141,44 +152,86 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 	}
 	ln := l.(*net.UnixListener)
 	ln.SetUnlinkOnClose(false)
-	c, err := ln.AcceptUnix()
+	launch, err := vmmctl.AcceptLaunch(ln, 5*time.Second)
 	if err != nil {
 		ln.Close()
 		return err
 	}
-	m, files, err := vmmctl.Recv(c)
-	if err == nil {
-		_, _, err = vmmctl.SplitFiles(m.Regions, files)
+	p.doc, p.regions, p.files = launch.Config, launch.Config.Regions, launch.Files
+	p.devices = map[string]vmmctl.Device{}
+	for i, d := range launch.Config.WithDiskIDs() {
+		p.devices[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Slot: 1 + i, Path: d.Path}
 	}
-	if err != nil {
-		c.Close()
+	if err := launch.Reply(nil); err != nil {
 		ln.Close()
 		return err
 	}
-	p.regions, p.files = m.Regions, files
-	vmmctl.Send(c, vmmctl.Message{}, nil)
-	c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() { // ends when the process exits
 		<-p.done
-		ln.Close()
-		for _, f := range p.files {
-			f.Close()
-		}
+		cancel()
+		p.mu.Lock()
+		closeFiles(p.files)
+		p.mu.Unlock()
 	}()
-	go func() { // ends when the listener is closed
-		for {
-			c, err := ln.AcceptUnix()
-			if err != nil {
-				return
-			}
-			if _, fs, err := vmmctl.Recv(c); err == nil {
-				closeFiles(fs)
-				vmmctl.Send(c, vmmctl.Message{Regions: p.regions}, p.files)
-			}
-			c.Close()
-		}
-	}()
+	go vmmctl.Serve(ctx, ln, p, slog.New(slog.NewTextHandler(io.Discard, nil))) // ends with ctx
 	return nil
+}
+
+func (p *fakeProcess) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.devices[d.ID]; ok {
+		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, d.ID)
+	}
+	dev := vmmctl.Device{ID: d.ID, Kind: "disk", Slot: 10 + len(p.devices), Path: d.Path}
+	p.devices[d.ID] = dev
+	return dev, nil
+}
+
+func (p *fakeProcess) Grant(_ context.Context, r config.Region, files []*os.File) (vmmctl.Device, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	id := "region/" + r.Name
+	dev := vmmctl.Device{ID: id, Kind: "region", Name: r.Name, Slot: 10 + len(p.devices)}
+	p.devices[id] = dev
+	p.regions = append(p.regions, r)
+	p.files = append(p.files, files...)
+	return dev, nil
+}
+
+func (p *fakeProcess) Detach(ctx context.Context, id string) error {
+	p.mu.Lock()
+	_, ok := p.devices[id]
+	refuse := p.refuse
+	p.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", vmmctl.ErrNotFound, id)
+	}
+	if refuse {
+		<-ctx.Done()
+		return fmt.Errorf("%w: %q", vmmctl.ErrNotReleased, id)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.devices, id)
+	return nil
+}
+
+func (p *fakeProcess) Devices() []vmmctl.Device {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []vmmctl.Device
+	for _, d := range p.devices {
+		out = append(out, d)
+	}
+	return out
+}
+
+func (p *fakeProcess) Export() ([]config.Region, []*os.File) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]config.Region(nil), p.regions...), append([]*os.File(nil), p.files...)
 }
 
 func (l *fakeLauncher) Adopt(pid int, start uint64) (Process, error) {
@@ -225,4 +278,30 @@ func testSpec(t *testing.T, name string, cpus int) Spec {
 	k := filepath.Join(t.TempDir(), "vmlinux")
 	os.WriteFile(k, []byte("kernel"), 0o644)
 	return Spec{Name: name, CPUs: cpus, Memory: 32 << 20, Kernel: k}
+}
+
+func (p *fakeProcess) setRefuse(on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.refuse = on
+}
+
+func (p *fakeProcess) has(id string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.devices[id]
+	return ok
+}
+
+// forget drops a device as a guest that released it on its own would.
+func (p *fakeProcess) forget(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.devices, id)
+}
+
+func (p *fakeProcess) lastRegion() config.Region {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.regions[len(p.regions)-1]
 }

@@ -194,13 +194,18 @@ func TestConcurrentCreates(t *testing.T) {
 	}
 }
 
-func TestVMMArgs(t *testing.T) {
-	spec := Spec{Name: "a", Kernel: "/k", Initrd: "/i", CmdlineAppend: "x=1", Disks: []Disk{{Path: "/d", ReadOnly: true}}}
-	args := fmt.Sprint(vmmArgs(spec, ledger.Allocation{Cores: []int{2, 3}, Memory: 64 << 20, PageSize: 2 << 20}, "/run/a.sock"))
-	for _, want := range []string{"--cpus 2-3", "--memory 67108864", "--page-size 2M", "--disk /d,ro", "--append x=1", "--console-socket /run/a.sock"} {
-		if !contains(args, want) {
-			t.Errorf("vmm args %s lack %q", args, want)
-		}
+// The VMM's document holds the spec on the resources the ledger gave.
+func TestVMMDocument(t *testing.T) {
+	spec := Spec{Name: "a", Kernel: "/k", Initrd: "/i", CmdlineAppend: "x=1", Disks: withDiskIDs([]Disk{{Path: "/d", ReadOnly: true}, {ID: "disk0", Path: "/e"}})}
+	doc := vmmDocument(spec, ledger.Allocation{Cores: []int{2, 3}, Memory: 64 << 20, PageSize: 2 << 20}, "/run/a.sock", nil)
+	if err := doc.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(doc.Cores) != "[2 3]" || doc.Memory != 64<<20 || doc.PageSize != "2M" || doc.Append != "x=1" || doc.Console.Socket != "/run/a.sock" {
+		t.Errorf("document %+v", doc)
+	}
+	if doc.Disks[0].ID != "disk1" || !doc.Disks[0].ReadOnly || doc.Disks[1].ID != "disk0" {
+		t.Errorf("disks %+v: the unnamed one gets the first free id", doc.Disks)
 	}
 }
 

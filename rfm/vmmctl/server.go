@@ -10,6 +10,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"rainforest/vmm/config"
 )
 
@@ -39,6 +41,9 @@ type Handler interface {
 // Listener turns the inherited descriptor fd into the control socket's
 // listener (it does not remove the socket file when closed).
 func Listener(fd int) (*net.UnixListener, error) {
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0); err != nil {
+		return nil, fmt.Errorf("control socket: %d is not an open descriptor", fd)
+	}
 	f := os.NewFile(uintptr(fd), "control")
 	if f == nil {
 		return nil, fmt.Errorf("control socket: %d is not a file descriptor", fd)

@@ -1,0 +1,277 @@
+// Package launch runs one subOS's VMM from its configuration document
+// (vmm/config): it maps the shared-memory regions whose descriptors came
+// with the document, builds the machine with the document's devices,
+// serves the control socket (the supervisor's runtime requests: hot-add
+// and removal of disks and segments, export of the regions), and runs the
+// guest. `rfm vmm` is a thin command line around it.
+package launch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"rainforest/rfm/vmmctl"
+	"rainforest/vmm"
+	"rainforest/vmm/config"
+	"rainforest/vmm/shmem"
+)
+
+// Options are one VMM's inputs.
+type Options struct {
+	Config *config.Document
+	// Regions are the regions' files, in the document's order (checked
+	// with vmmctl.SplitFiles); Run takes charge of them.
+	Regions []*os.File
+	// Control is the control socket to serve while the guest runs (nil:
+	// none).
+	Control *net.UnixListener
+	// Stdout and Stdin are the console in ConsoleStdio mode (Stdin may be
+	// nil).
+	Stdout io.Writer
+	Stdin  io.Reader
+	// Log receives the VMM's own log lines.
+	Log io.Writer
+	// Ready is called once the machine is built and about to run.
+	Ready func()
+	// SysRoot is the sysfs root ("/sys" when empty; tests).
+	SysRoot string
+}
+
+// Logger returns the VMM's logger for doc: at its log level, naming the
+// subOS.
+func Logger(doc *config.Document, out io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if doc.LogLevel != "" {
+		_ = level.UnmarshalText([]byte(doc.LogLevel)) // Validate checked it
+	}
+	return slog.New(slog.NewTextHandler(out, &slog.HandlerOptions{Level: level})).With("subos", doc.Name)
+}
+
+// Run builds the subOS and runs it until the guest ends or ctx does.
+// Configuration errors come back as err, before the guest runs; how the
+// guest ended is the Exit.
+func Run(ctx context.Context, o Options) (vmm.Exit, error) {
+	doc := o.Config
+	log := Logger(doc, o.Log)
+	ms := &vmmctl.Membership{}
+	defer ms.Close() // after the machine is closed: its devices map the regions
+	mems, bells, err := vmmctl.SplitFiles(doc.Regions, o.Regions)
+	if err != nil {
+		return vmm.Exit{}, err
+	}
+	cfg, closeConsole, err := linuxConfig(doc, o, log)
+	if err != nil {
+		for i := range mems {
+			closeAll(append(bells[i], mems[i]))
+		}
+		return vmm.Exit{}, err
+	}
+	defer closeConsole()
+	for i, r := range doc.Regions {
+		sc, err := ms.Add(r, append([]*os.File{mems[i]}, bells[i]...))
+		if err != nil {
+			for _, rest := range mems[i+1:] {
+				rest.Close()
+			}
+			for _, rest := range bells[i+1:] {
+				closeAll(rest)
+			}
+			return vmm.Exit{}, err
+		}
+		cfg.SharedMemory = append(cfg.SharedMemory, sc)
+	}
+	l, err := vmm.NewLinux(ctx, cfg)
+	if err != nil {
+		return vmm.Exit{}, err
+	}
+	defer l.Close()
+	h := &subOS{l: l, ms: ms, kinds: map[string]vmmctl.Device{}}
+	for _, d := range cfg.Disks {
+		h.kinds[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Path: d.Path, ReadOnly: d.ReadOnly}
+	}
+	for _, r := range doc.Regions {
+		id := vmm.RegionDeviceID(r.Name)
+		h.kinds[id] = vmmctl.Device{ID: id, Kind: "region", Name: r.Name, ReadOnly: r.RWReadOnly}
+	}
+	h.kinds["console"] = vmmctl.Device{ID: "console", Kind: "console"}
+	if o.Control != nil {
+		sctx, stop := context.WithCancel(ctx)
+		served := make(chan struct{})
+		go func() { // owner: Run; stopped below
+			defer close(served)
+			vmmctl.Serve(sctx, o.Control, h, log)
+		}()
+		defer func() { stop(); <-served }()
+	}
+	if o.Ready != nil {
+		o.Ready()
+	}
+	return l.Boot(ctx), nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
+}
+
+// linuxConfig turns the document into the machine's configuration (the
+// regions are added by the caller).
+func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxConfig, func(), error) {
+	ps, err := doc.Pages()
+	if err != nil {
+		return vmm.LinuxConfig{}, nil, err
+	}
+	profile := vmm.ProfileHost
+	if doc.CPUProfile != "" {
+		profile = vmm.CPUProfile(doc.CPUProfile)
+	}
+	cmdline := doc.Cmdline
+	if cmdline == "" {
+		cmdline = vmm.DefaultCmdline()
+	}
+	if doc.Append != "" {
+		cmdline += " " + doc.Append
+	}
+	cfg := vmm.LinuxConfig{
+		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, Profile: profile, Logger: log, SysRoot: o.SysRoot},
+		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
+		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
+	}
+	closer := func() {}
+	switch doc.Console.Mode {
+	case "", config.ConsoleStdio:
+		cfg.Console, cfg.ConsoleIn = o.Stdout, o.Stdin
+	case config.ConsoleFile:
+		f, err := os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			return vmm.LinuxConfig{}, nil, fmt.Errorf("console: %w", err)
+		}
+		cfg.Console = f
+		closer = func() { f.Close() }
+	}
+	return cfg, closer, nil
+}
+
+// subOS answers the control socket's runtime requests (vmmctl.Handler).
+type subOS struct {
+	l  *vmm.Linux
+	ms *vmmctl.Membership
+	mu sync.Mutex
+	// kinds describes the devices by id, for Devices.
+	kinds map[string]vmmctl.Device
+}
+
+// classify maps the machine's errors to the protocol's.
+func classify(err error) error {
+	switch {
+	case errors.Is(err, vmm.ErrNoDevice):
+		return fmt.Errorf("%w: %w", vmmctl.ErrNotFound, err)
+	case errors.Is(err, vmm.ErrDeviceExists):
+		return fmt.Errorf("%w: %w", vmmctl.ErrExists, err)
+	case errors.Is(err, vmm.ErrNotReleased):
+		return fmt.Errorf("%w: %w", vmmctl.ErrNotReleased, err)
+	}
+	return err
+}
+
+// AttachDisk implements vmmctl.Handler.
+func (s *subOS) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if d.ID == "" {
+		for n := 0; ; n++ {
+			if _, taken := s.l.DeviceSlots()[fmt.Sprintf("disk%d", n)]; !taken {
+				d.ID = fmt.Sprintf("disk%d", n)
+				break
+			}
+		}
+	}
+	if err := d.Check(); err != nil {
+		return vmmctl.Device{}, fmt.Errorf("%w: disk: %w", vmmctl.ErrInvalid, err)
+	}
+	if _, taken := s.l.DeviceSlots()[d.ID]; taken {
+		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, d.ID)
+	}
+	slot, err := s.l.AddDisk(d)
+	if err != nil {
+		if errors.Is(err, vmm.ErrDeviceExists) {
+			return vmmctl.Device{}, classify(err)
+		}
+		return vmmctl.Device{}, fmt.Errorf("%w: %w", vmmctl.ErrInvalid, err)
+	}
+	dev := vmmctl.Device{ID: d.ID, Kind: "disk", Slot: slot, Path: d.Path, ReadOnly: d.ReadOnly}
+	s.kinds[d.ID] = dev
+	return dev, nil
+}
+
+// Grant implements vmmctl.Handler.
+func (s *subOS) Grant(_ context.Context, r config.Region, files []*os.File) (vmmctl.Device, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r.Protocol != shmem.ProtocolSegment {
+		closeAll(files)
+		return vmmctl.Device{}, fmt.Errorf("%w: region %q: only segments are granted at run time", vmmctl.ErrInvalid, r.Name)
+	}
+	sc, err := s.ms.Add(r, files)
+	if err != nil {
+		if errors.Is(err, vmmctl.ErrExists) {
+			return vmmctl.Device{}, err
+		}
+		return vmmctl.Device{}, fmt.Errorf("%w: %w", vmmctl.ErrInvalid, err)
+	}
+	d, err := s.l.AddSharedMemory(sc)
+	if err != nil {
+		return vmmctl.Device{}, errors.Join(classify(err), s.ms.Remove(r.Name))
+	}
+	id := vmm.RegionDeviceID(r.Name)
+	dev := vmmctl.Device{ID: id, Kind: "region", Slot: d.Slot(), Name: r.Name, ReadOnly: r.RWReadOnly}
+	s.kinds[id] = dev
+	return dev, nil
+}
+
+// Detach implements vmmctl.Handler. A region's mapping and files go with
+// its device.
+func (s *subOS) Detach(ctx context.Context, id string) error {
+	if id == "console" {
+		return fmt.Errorf("%w: the console stays", vmmctl.ErrInvalid)
+	}
+	if err := s.l.RemoveDevice(ctx, id); err != nil {
+		return classify(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.kinds, id)
+	if name, ok := strings.CutPrefix(id, "region/"); ok {
+		return s.ms.Remove(name)
+	}
+	return nil
+}
+
+// Devices implements vmmctl.Handler.
+func (s *subOS) Devices() []vmmctl.Device {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []vmmctl.Device
+	for id, slot := range s.l.DeviceSlots() {
+		d, ok := s.kinds[id]
+		if !ok {
+			d = vmmctl.Device{ID: id}
+		}
+		d.Slot = slot
+		out = append(out, d)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Slot < out[j].Slot })
+	return out
+}
+
+// Export implements vmmctl.Handler.
+func (s *subOS) Export() ([]config.Region, []*os.File) { return s.ms.Export() }
