@@ -15,6 +15,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/rfcom/device"
+	"rainforest/vmm/shmem/abi"
 )
 
 // FICM group parameters fixed by the ABI.
@@ -27,12 +28,12 @@ const (
 	SectionOffset = InfoPageSize
 	// Slots is the slot count of every ring.
 	Slots = 64
-	// Vector is the FICM doorbell vector.
-	Vector = 0
+	// Vector is the FICM doorbell vector: the device's state-change
+	// vector, so that one sleep on it wakes for messages and for changes
+	// of the state table alike.
+	Vector = abi.StateChangeVector
 	// SupervisorPeer is the supervisor's peer id.
 	SupervisorPeer = 0
-	// StateAlive is the STATE value of a live peer.
-	StateAlive = 1
 )
 
 // Queue bounds of a Node.
@@ -179,7 +180,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 	}
 	var info *device.Info
 	for i := range infos {
-		if infos[i].Protocol() == device.ProtocolFICM {
+		if infos[i].Protocol() == abi.ProtocolFICM {
 			info = &infos[i]
 			break
 		}
@@ -200,7 +201,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 }
 
 func openOn(dev *device.Device, opts Options) (*Node, error) {
-	dev.SetState(StateAlive)
+	dev.SetState(abi.StateAlive)
 	ep, err := dev.NewEndpoint(device.EndpointOptions{
 		Slots: Slots, Vector: Vector, PollRounds: opts.PollRounds,
 		UseStateTable: true, RequireFICM: true, SectionOffset: SectionOffset,

@@ -12,7 +12,7 @@ import (
 	"rainforest/ficm/control"
 	"rainforest/ficm/queue"
 	"rainforest/rfcom/fakesys"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 func TestDatagrams(t *testing.T) {
@@ -180,9 +180,9 @@ func segTree(t *testing.T) *fakesys.Tree {
 		t.Fatal(err)
 	}
 	devs := []fakesys.Device{
-		{Address: "0000:00:04.0", Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: 65536, UIO: true},
-		{Address: "0000:00:05.0", Protocol: shmem.ProtocolSegment, Name: "shared", Peers: 2, ID: 1, RWSize: 8192, OutputSize: 4096},
-		{Address: "0000:00:06.0", Protocol: shmem.ProtocolSegment, Name: "config", Peers: 3, ID: 2, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
+		{Address: "0000:00:04.0", Protocol: abi.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: 65536, UIO: true},
+		{Address: "0000:00:05.0", Protocol: abi.ProtocolSegment, Name: "shared", Peers: 2, ID: 1, RWSize: 8192, OutputSize: 4096},
+		{Address: "0000:00:06.0", Protocol: abi.ProtocolSegment, Name: "config", Peers: 3, ID: 2, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
 	}
 	for _, d := range devs {
 		if _, err := tr.Add(d); err != nil {
@@ -244,8 +244,8 @@ func TestOpenOnFakeTree(t *testing.T) {
 	}
 	// STATE=1 written; the board page (zero: no board yet) is corrupt.
 	regs, _ := os.ReadFile(tr.Path("0000:00:04.0") + "/resource0")
-	if regs[shmem.RegState] != StateAlive {
-		t.Fatalf("STATE = %d", regs[shmem.RegState])
+	if regs[abi.RegState] != abi.StateAlive {
+		t.Fatalf("STATE = %d", regs[abi.RegState])
 	}
 	if _, err := n.Board(); !errors.Is(err, board.ErrCorrupt) {
 		t.Fatalf("Board = %v", err)
@@ -258,8 +258,8 @@ func TestOpenOnFakeTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	regs, _ = os.ReadFile(tr.Path("0000:00:04.0") + "/resource0")
-	if regs[shmem.RegState] != 0 {
-		t.Fatalf("STATE after Close = %d", regs[shmem.RegState])
+	if regs[abi.RegState] != 0 {
+		t.Fatalf("STATE after Close = %d", regs[abi.RegState])
 	}
 	empty, _ := fakesys.New(t.TempDir())
 	if _, err := Open(ctx, Options{SysRoot: empty.Sys, DevRoot: empty.Dev}); !errors.Is(err, ErrNoDevice) {

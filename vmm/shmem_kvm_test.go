@@ -8,7 +8,7 @@ import (
 
 	"rainforest/vmm/pci"
 	"rainforest/vmm/ram"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 	"rainforest/vmm/testguest"
 )
 
@@ -38,7 +38,7 @@ func pciConfigRead(m *Machine, slot, reg int, data []byte) {
 // vector, unmasks it and enables MSI-X, as a driver would.
 func programMSIX(t *testing.T, m *Machine, sm *SharedMemory, vector uint32) {
 	t.Helper()
-	table := sm.BARAddr(shmem.MSIXBAR)
+	table := sm.BARAddr(abi.MSIXBAR)
 	put := func(off uint64, v uint32) {
 		var b [4]byte
 		binary.LittleEndian.PutUint32(b[:], v)
@@ -69,7 +69,7 @@ func programMSIX(t *testing.T, m *Machine, sm *SharedMemory, vector uint32) {
 
 // shmemPair makes machines A (peer 0) and B (peer 1), each with a shared
 // memory function over one region and connected to the other.
-func shmemPair(t *testing.T, l shmem.Layout) (a, b *Machine, sa, sb *SharedMemory, region []byte) {
+func shmemPair(t *testing.T, l abi.Layout) (a, b *Machine, sa, sb *SharedMemory, region []byte) {
 	t.Helper()
 	needKVM(t)
 	cores := onlineCores(t, 2)
@@ -98,7 +98,7 @@ func shmemPair(t *testing.T, l shmem.Layout) (a, b *Machine, sa, sb *SharedMemor
 // write into A's section traps, is dropped and counted. Doorbells to a peer
 // or vector that does not exist are dropped and counted in A.
 func TestKVMSharedMemoryDevice(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	a, b, sa, sb, region := shmemPair(t, l)
 	if err := sa.ConnectPeer(PeerDoorbells{Peer: 1, Vectors: []*EventFD{sb.Vector(0)}}); !errors.Is(err, ErrSharedMemory) {
 		t.Errorf("second connection of peer 1: %v", err)
@@ -109,10 +109,10 @@ func TestKVMSharedMemoryDevice(t *testing.T) {
 	programMSIX(t, b, sb, shmemTestVector)
 
 	const msg = 0x1122334455667788
-	aBell := sa.BARAddr(shmem.RegBAR) + shmem.RegDoorbell
-	aOut := sa.BARAddr(shmem.MemBAR) + l.OutputOffset(0)
-	bAOut := sb.BARAddr(shmem.MemBAR) + l.OutputOffset(0) // A's section as B sees it
-	if aBell == shmem.RegDoorbell || aOut == l.OutputOffset(0) || bAOut == l.OutputOffset(0) {
+	aBell := sa.BARAddr(abi.RegBAR) + abi.RegDoorbell
+	aOut := sa.BARAddr(abi.MemBAR) + l.OutputOffset(0)
+	bAOut := sb.BARAddr(abi.MemBAR) + l.OutputOffset(0) // A's section as B sees it
+	if aBell == abi.RegDoorbell || aOut == l.OutputOffset(0) || bAOut == l.OutputOffset(0) {
 		t.Fatalf("BARs not assigned: A %#x/%#x B %#x", aBell, aOut, bAOut)
 	}
 
@@ -178,7 +178,7 @@ func TestKVMSharedMemoryDevice(t *testing.T) {
 // A signal of a vector while the guest has it masked is kept and
 // delivered when the guest unmasks it.
 func TestKVMSharedMemoryPendingUntilUnmasked(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	_, b, _, sb, _ := shmemPair(t, l)
 	var cb testguest.Code
 	cb.MovRBX(1).Report(0)
@@ -204,19 +204,19 @@ func TestKVMSharedMemoryPendingUntilUnmasked(t *testing.T) {
 // and the memory slots follow, so the same exchange works at the new
 // addresses.
 func TestKVMSharedMemoryBARMove(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	a, b, sa, sb, region := shmemPair(t, l)
 	programMSIX(t, b, sb, shmemTestVector)
 	const newReg, newMem = 0xC100_0000, 0xC200_0000
 	var v [4]byte
 	binary.LittleEndian.PutUint32(v[:], newReg)
-	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.RegBAR, v[:])
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*abi.RegBAR, v[:])
 	binary.LittleEndian.PutUint32(v[:], newMem|0xC) // flags are read-only
-	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.MemBAR, v[:])
-	if got := sa.BARAddr(shmem.RegBAR); got != newReg {
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*abi.MemBAR, v[:])
+	if got := sa.BARAddr(abi.RegBAR); got != newReg {
 		t.Fatalf("register BAR at %#x after move", got)
 	}
-	if got := sa.BARAddr(shmem.MemBAR); got != newMem {
+	if got := sa.BARAddr(abi.MemBAR); got != newMem {
 		t.Fatalf("memory BAR at %#x after move", got)
 	}
 	const msg = 0x5555AAAA
@@ -226,7 +226,7 @@ func TestKVMSharedMemoryBARMove(t *testing.T) {
 	cb.MovRBX(2).Report(0).Spin()
 	var ca testguest.Code
 	ca.MovRAX(newMem + l.OutputOffset(0)).MovRBX(msg).Store64()
-	ca.MovRAX(newReg + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	ca.MovRAX(newReg + abi.RegDoorbell).MovRBX(1 << 16).Store32()
 	ca.MovRBX(1).Report(0).Spin()
 	recB, _ := startGuest(t, b, cb.Bytes())
 	recB.wait(t, 1)
@@ -245,7 +245,7 @@ func TestKVMSharedMemoryBARMove(t *testing.T) {
 // read-write section, own output read-write, others read-only, adjacent
 // runs merged.
 func TestSharedMemorySlots(t *testing.T) {
-	l := shmem.Layout{Peers: 4, RWSize: 8192, OutputSize: 4096}
+	l := abi.Layout{Peers: 4, RWSize: 8192, OutputSize: 4096}
 	s := &SharedMemory{layout: l, id: 2}
 	got := s.pieces()
 	want := []sharedMemorySlot{
@@ -263,7 +263,7 @@ func TestSharedMemorySlots(t *testing.T) {
 			t.Errorf("slot %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}
-	s = &SharedMemory{layout: shmem.Layout{Peers: 2, OutputSize: 4096}, id: 0}
+	s = &SharedMemory{layout: abi.Layout{Peers: 2, OutputSize: 4096}, id: 0}
 	if got := s.pieces(); len(got) != 3 || got[1].readOnly || got[1].size != 4096 {
 		t.Errorf("peer 0 of 2: %+v", got)
 	}
@@ -272,14 +272,14 @@ func TestSharedMemorySlots(t *testing.T) {
 // A doorbell to the guest's own peer id exits to the VMM (no ioeventfd is
 // registered for it) and is delivered by the model when INT_CONTROL is on.
 func TestKVMSharedMemorySelfDoorbell(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	_, b, _, sb, _ := shmemPair(t, l)
 	programMSIX(t, b, sb, shmemTestVector)
-	regs := sb.BARAddr(shmem.RegBAR)
+	regs := sb.BARAddr(abi.RegBAR)
 	var cb testguest.Code
-	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32() // interrupts off: nothing
-	cb.MovRAX(regs + shmem.RegIntControl).MovRBX(1).Store32()
-	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	cb.MovRAX(regs + abi.RegDoorbell).MovRBX(1 << 16).Store32() // interrupts off: nothing
+	cb.MovRAX(regs + abi.RegIntControl).MovRBX(1).Store32()
+	cb.MovRAX(regs + abi.RegDoorbell).MovRBX(1 << 16).Store32()
 	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
 	cb.MovRBX(1).Report(0).Spin()
 	recB, _ := startGuest(t, b, cb.Bytes())
@@ -296,10 +296,10 @@ func TestKVMSharedMemorySelfDoorbell(t *testing.T) {
 func TestKVMSharedMemoryConfigErrors(t *testing.T) {
 	needKVM(t)
 	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	region := make([]byte, l.Size())
 	for _, c := range []SharedMemoryConfig{
-		{ID: 0, Layout: shmem.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
+		{ID: 0, Layout: abi.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
 		{ID: 0, Layout: l, Region: region[:4096], Vectors: 1},
 		{ID: 0, Layout: l, Region: region, Vectors: 0},
 		{ID: 0, Layout: l, Region: region, Vectors: 65},
@@ -317,7 +317,7 @@ func TestKVMSharedMemoryConfigErrors(t *testing.T) {
 // original eventfd interrupts the guest.
 func TestKVMSharedMemoryIncomingEventFDs(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	ev, err := NewEventFD()
 	if err != nil {
 		t.Fatal(err)
@@ -357,7 +357,7 @@ func TestKVMSharedMemoryIncomingEventFDs(t *testing.T) {
 // eventfd is KVM's again.
 func TestKVMSharedMemoryINTxBridge(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	ev, err := NewEventFD()
 	if err != nil {
 		t.Fatal(err)
@@ -369,10 +369,10 @@ func TestKVMSharedMemoryINTxBridge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regs := sb.BARAddr(shmem.RegBAR)
+	regs := sb.BARAddr(abi.RegBAR)
 	var w [4]byte
 	binary.LittleEndian.PutUint32(w[:], 1)
-	b.MMIO.Write(regs+shmem.RegIntControl, w[:])
+	b.MMIO.Write(regs+abi.RegIntControl, w[:])
 	if err := ev.Signal(); err != nil {
 		t.Fatal(err)
 	}
@@ -389,7 +389,7 @@ func TestKVMSharedMemoryINTxBridge(t *testing.T) {
 		t.Error("PCI Interrupt Status bit clear while INTx is pending")
 	}
 	var r [4]byte
-	b.MMIO.Read(regs+shmem.RegIntStatus, r[:])
+	b.MMIO.Read(regs+abi.RegIntStatus, r[:])
 	if v := binary.LittleEndian.Uint32(r[:]); v != 1 {
 		t.Errorf("INT_STATUS %#x, want 1", v)
 	}
@@ -409,7 +409,7 @@ func TestKVMSharedMemoryINTxBridge(t *testing.T) {
 // A segment granted read-only maps its read-write section read-only, and
 // the guest sees the region's name and protocol.
 func TestSharedMemoryIdentity(t *testing.T) {
-	s := &SharedMemory{layout: shmem.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}, id: 0, rwReadOnly: true}
+	s := &SharedMemory{layout: abi.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}, id: 0, rwReadOnly: true}
 	if got := s.pieces(); len(got) != 3 || !got[0].readOnly || got[0].size != 4096+8192 || got[1].readOnly {
 		t.Errorf("read-only segment pieces %+v", got)
 	}
@@ -421,7 +421,7 @@ func TestSharedMemoryIdentity(t *testing.T) {
 // fall back on.
 func TestKVMSharedMemoryBridgeFollowsConfigWrites(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	ev, err := NewEventFD()
 	if err != nil {
 		t.Fatal(err)
@@ -432,13 +432,13 @@ func TestKVMSharedMemoryBridgeFollowsConfigWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regs := sb.BARAddr(shmem.RegBAR)
+	regs := sb.BARAddr(abi.RegBAR)
 	var w [4]byte
 	binary.LittleEndian.PutUint32(w[:], 1)
-	b.MMIO.Write(regs+shmem.RegIntControl, w[:])
+	b.MMIO.Write(regs+abi.RegIntControl, w[:])
 	programMSIX(t, b, sb, shmemTestVector)
 	binary.LittleEndian.PutUint32(w[:], 1) // mask entry 0
-	b.MMIO.Write(sb.BARAddr(shmem.MSIXBAR)+12, w[:])
+	b.MMIO.Write(sb.BARAddr(abi.MSIXBAR)+12, w[:])
 	// Clear MSI-X Enable with a config write.
 	var p [1]byte
 	pciConfigRead(b, sb.Slot(), pci.RegCapPointer, p[:])

@@ -12,6 +12,7 @@ import (
 	"rainforest/vmm/pci"
 	"rainforest/vmm/platform"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // ErrSharedMemory reports a shared-memory device that cannot be set up or
@@ -24,8 +25,8 @@ var errNoDoorbellTarget = errors.New("doorbell target not connected")
 
 // SharedMemoryConfig describes one peer's shared-memory PCI function.
 type SharedMemoryConfig struct {
-	ID     int          // this peer's id (0..Layout.Peers-1)
-	Layout shmem.Layout // the same for every peer
+	ID     int        // this peer's id (0..Layout.Peers-1)
+	Layout abi.Layout // the same for every peer
 	// Region is the whole region: state table, read-write section and all
 	// output sections, len >= Layout.Size(); typically a MAP_SHARED
 	// mapping of a memfd shared by all peers' VMMs. The caller keeps it
@@ -84,7 +85,7 @@ type SharedMemory struct {
 	dev    *shmem.Device
 	slot   int
 	id     int
-	layout shmem.Layout
+	layout abi.Layout
 	region []byte
 	router *sharedMemoryRouter
 	// rwReadOnly maps the read-write section read-only.
@@ -170,8 +171,8 @@ func (m *Machine) AddSharedMemory(cfg SharedMemoryConfig) (*SharedMemory, error)
 	if uint64(len(cfg.Region)) < l.Size() {
 		return nil, fmt.Errorf("%w: region of %d bytes, layout needs %d", ErrSharedMemory, len(cfg.Region), l.Size())
 	}
-	if cfg.Vectors < 1 || cfg.Vectors > 64 {
-		return nil, fmt.Errorf("%w: %d vectors (1..64)", ErrSharedMemory, cfg.Vectors)
+	if cfg.Vectors < 1 || cfg.Vectors > abi.MaxVectors {
+		return nil, fmt.Errorf("%w: %d vectors (1..%d)", ErrSharedMemory, cfg.Vectors, abi.MaxVectors)
 	}
 	if err := m.EnsurePCI(); err != nil {
 		return nil, err
@@ -210,9 +211,9 @@ func (m *Machine) AddSharedMemory(cfg SharedMemoryConfig) (*SharedMemory, error)
 	sm.mu.Lock()
 	for _, b := range bars {
 		switch b.Index {
-		case shmem.RegBAR:
+		case abi.RegBAR:
 			sm.regAddr = b.Addr
-		case shmem.MemBAR:
+		case abi.MemBAR:
 			err = sm.mapLocked(b.Addr)
 		}
 	}
@@ -235,7 +236,7 @@ func (s *SharedMemory) Device() *shmem.Device { return s.dev }
 // Slot returns the PCI slot.
 func (s *SharedMemory) Slot() int { return s.slot }
 
-// BARAddr returns where BAR index (shmem.RegBAR, MSIXBAR or MemBAR) is
+// BARAddr returns where BAR index (abi.RegBAR, MSIXBAR or MemBAR) is
 // mapped now, 0 if it is not.
 func (s *SharedMemory) BARAddr(index int) uint64 {
 	for _, b := range s.m.pci.BARs(s.slot) {
@@ -272,7 +273,7 @@ func (s *SharedMemory) ConnectPeer(p PeerDoorbells) error {
 	if p.Peer < 0 || p.Peer >= s.layout.Peers {
 		return fmt.Errorf("%w: peer %d of %d", ErrSharedMemory, p.Peer, s.layout.Peers)
 	}
-	if len(p.Vectors) == 0 || len(p.Vectors) > 1<<16 {
+	if len(p.Vectors) == 0 || len(p.Vectors) > abi.MaxVector+1 {
 		return fmt.Errorf("%w: peer %d with %d vectors", ErrSharedMemory, p.Peer, len(p.Vectors))
 	}
 	for v, ev := range p.Vectors {
@@ -306,9 +307,9 @@ func (s *SharedMemory) ConnectPeer(p PeerDoorbells) error {
 	}
 	s.peers[p.Peer] = dups
 	for v, d := range dups {
-		b := sharedMemoryBellFD{fd: d.Fd(), value: uint64(p.Peer)<<16 | uint64(v)}
+		b := sharedMemoryBellFD{fd: d.Fd(), value: uint64(abi.Doorbell(p.Peer, v))}
 		if s.regAddr != 0 {
-			if err := s.m.vm.IOEventFDMatch(b.fd, s.regAddr+shmem.RegDoorbell, 4, false, b.value); err != nil {
+			if err := s.m.vm.IOEventFDMatch(b.fd, s.regAddr+abi.RegDoorbell, 4, false, b.value); err != nil {
 				return fmt.Errorf("%w: peer %d vector %d doorbell: %w", ErrSharedMemory, p.Peer, v, err)
 			}
 		}
@@ -390,11 +391,11 @@ func (s *SharedMemory) barMoved(b pci.BAR) {
 		return
 	}
 	switch b.Index {
-	case shmem.RegBAR:
+	case abi.RegBAR:
 		if err := s.moveBellsLocked(b.Addr); err != nil {
 			s.m.log.Warn("move shared memory doorbells", "slot", s.slot, "err", err)
 		}
-	case shmem.MemBAR:
+	case abi.MemBAR:
 		if b.Addr == s.memAddr {
 			return
 		}
@@ -414,13 +415,13 @@ func (s *SharedMemory) moveBellsLocked(addr uint64) error {
 	var errs []error
 	if s.regAddr != 0 {
 		for _, b := range s.bells {
-			errs = append(errs, s.m.vm.RemoveIOEventFDMatch(b.fd, s.regAddr+shmem.RegDoorbell, 4, false, b.value))
+			errs = append(errs, s.m.vm.RemoveIOEventFDMatch(b.fd, s.regAddr+abi.RegDoorbell, 4, false, b.value))
 		}
 	}
 	s.regAddr = addr
 	if addr != 0 {
 		for _, b := range s.bells {
-			errs = append(errs, s.m.vm.IOEventFDMatch(b.fd, addr+shmem.RegDoorbell, 4, false, b.value))
+			errs = append(errs, s.m.vm.IOEventFDMatch(b.fd, addr+abi.RegDoorbell, 4, false, b.value))
 		}
 	}
 	return errors.Join(errs...)

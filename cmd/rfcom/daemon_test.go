@@ -19,7 +19,7 @@ import (
 	"rainforest/rfcom/device"
 	"rainforest/rfcom/fakesys"
 	"rainforest/rfcom/local"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // syncBuffer is a bytes.Buffer written by one goroutine and read by
@@ -97,7 +97,7 @@ func supervisor(t *testing.T, a *fakesys.Tree) *endpoint.Endpoint {
 		t.Fatal(err)
 	}
 	if _, err := sup.Add(fakesys.Device{
-		Address: ficmAddr, Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 0, OutputSize: groupOut,
+		Address: ficmAddr, Protocol: abi.ProtocolFICM, Name: "ficm", Peers: 3, ID: 0, OutputSize: groupOut,
 		SharedMemory: filepath.Join(a.Path(ficmAddr), "resource2"),
 	}); err != nil {
 		t.Fatal(err)

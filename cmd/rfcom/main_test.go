@@ -14,7 +14,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/rfcom"
 	"rainforest/rfcom/fakesys"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 type result struct {
@@ -142,7 +142,7 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	if b, err = fakesys.New(t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	ficm := fakesys.Device{Address: ficmAddr, Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: groupOut, UIO: true}
+	ficm := fakesys.Device{Address: ficmAddr, Protocol: abi.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: groupOut, UIO: true}
 	mem, err := a.Add(ficm)
 	if err != nil {
 		t.Fatal(err)
@@ -152,8 +152,8 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 		t.Fatal(err)
 	}
 	for _, d := range []fakesys.Device{
-		{Address: "0000:00:05.0", Protocol: shmem.ProtocolSegment, Name: "data", Peers: 2, ID: 0, RWSize: 8192, OutputSize: 4096},
-		{Address: "0000:00:06.0", Protocol: shmem.ProtocolSegment, Name: "config", Peers: 2, ID: 1, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
+		{Address: "0000:00:05.0", Protocol: abi.ProtocolSegment, Name: "data", Peers: 2, ID: 0, RWSize: 8192, OutputSize: 4096},
+		{Address: "0000:00:06.0", Protocol: abi.ProtocolSegment, Name: "config", Peers: 2, ID: 1, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
 	} {
 		if _, err := a.Add(d); err != nil {
 			t.Fatal(err)
@@ -162,7 +162,7 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	l := ficm.Layout()
 	state := make([]byte, 12)
 	for p := range 3 {
-		binary.LittleEndian.PutUint32(state[4*p:], rfcom.StateAlive)
+		binary.LittleEndian.PutUint32(state[abi.StateEntryOffset(p):], abi.StateAlive)
 	}
 	if err := a.WriteMemory(ficmAddr, 0, state); err != nil {
 		t.Fatal(err)

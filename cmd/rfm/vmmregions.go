@@ -14,6 +14,7 @@ import (
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // maxRegionSlack is how much larger than its layout a region's memfd may
@@ -111,7 +112,7 @@ func buildRegions(regions []vmmctl.Region, files []*os.File) (*regionMembership,
 	rm := &regionMembership{regions: regions, files: files}
 	var cfgs []vmm.SharedMemoryConfig
 	for i, r := range regions {
-		l := shmem.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}
+		l := abi.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}
 		if err := l.Validate(); err != nil {
 			rm.close()
 			return nil, nil, fmt.Errorf("region %q: %w", r.Name, err)

@@ -9,7 +9,7 @@ import (
 
 	"rainforest/rfm/region"
 	"rainforest/rfm/vmmctl"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // The attach message's files become device configs: the region mapped,
@@ -20,7 +20,7 @@ func TestBuildRegions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := region.Create(region.Spec{Name: "ficm", Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 2})
+	r, err := region.Create(region.Spec{Name: "ficm", Protocol: abi.ProtocolFICM, Layout: l, Vectors: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func TestBuildRegions(t *testing.T) {
 		}
 		return fs
 	}
-	regions := []vmmctl.Region{{Name: "ficm", Protocol: shmem.ProtocolFICM, Peers: 4, OutputSize: l.OutputSize, Vectors: 2, Self: 2}}
+	regions := []vmmctl.Region{{Name: "ficm", Protocol: abi.ProtocolFICM, Peers: 4, OutputSize: l.OutputSize, Vectors: 2, Self: 2}}
 	rm, cfgs, err := buildRegions(regions, files())
 	if err != nil {
 		t.Fatal(err)

@@ -1,8 +1,6 @@
 package device
 
 import (
-	"rainforest/vmm/shmem"
-
 	"context"
 	"encoding/binary"
 	"errors"
@@ -16,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/endpoint/endpointtest"
+	"rainforest/vmm/shmem/abi"
 )
 
 const testAddr = "0000:00:04.0"
@@ -51,19 +50,19 @@ func buildConfig(state, rw, out uint64) []byte {
 
 func buildCapConfig(state, rw, out uint64, flags uint32, name string) []byte {
 	cfg := make([]byte, 256)
-	binary.LittleEndian.PutUint16(cfg[cfgVendor:], VendorID)
-	binary.LittleEndian.PutUint16(cfg[cfgDevice:], DeviceID)
+	binary.LittleEndian.PutUint16(cfg[cfgVendor:], abi.VendorID)
+	binary.LittleEndian.PutUint16(cfg[cfgDevice:], abi.DeviceID)
 	binary.LittleEndian.PutUint16(cfg[cfgCommand:], 0x0002|cmdINTxOff) // memory on, INTx masked
 	binary.LittleEndian.PutUint16(cfg[cfgStatus:], statusCapList)
 	cfg[cfgCapPtr] = 0x40
 	// MSI-X capability first, then the vendor capability.
 	cfg[0x40], cfg[0x41] = 0x11, 0x50
-	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, shmem.CapLength
+	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, abi.CapLength
 	binary.LittleEndian.PutUint32(cfg[0x54:], uint32(state))
 	binary.LittleEndian.PutUint64(cfg[0x58:], rw)
 	binary.LittleEndian.PutUint64(cfg[0x60:], out)
-	binary.LittleEndian.PutUint32(cfg[0x50+shmem.CapFlags:], flags)
-	copy(cfg[0x50+shmem.CapName:], name)
+	binary.LittleEndian.PutUint32(cfg[0x50+abi.CapFlags:], flags)
+	copy(cfg[0x50+abi.CapName:], name)
 	return cfg
 }
 
@@ -102,9 +101,9 @@ func newFakeTree(t *testing.T, s fakeSpec) *fakeTree {
 		cfg = buildCapConfig(s.state, s.rw, s.out, s.flags, s.name)
 	}
 	writeFile(t, filepath.Join(p, "config"), cfg)
-	regs := make([]byte, RegBARSize)
-	binary.LittleEndian.PutUint32(regs[RegID:], s.id)
-	binary.LittleEndian.PutUint32(regs[RegMaxPeers:], s.peers)
+	regs := make([]byte, abi.RegBARSize)
+	binary.LittleEndian.PutUint32(regs[abi.RegID:], s.id)
+	binary.LittleEndian.PutUint32(regs[abi.RegMaxPeers:], s.peers)
 	writeFile(t, filepath.Join(p, "resource0"), regs)
 	if s.sharedMem != "" {
 		if err := os.Symlink(s.sharedMem, filepath.Join(p, "resource2")); err != nil {
@@ -190,7 +189,7 @@ func TestFind(t *testing.T) {
 	i := infos[1]
 	p := filepath.Join(base, testAddr)
 	if i.ConfigPath != filepath.Join(p, "config") || i.Resource0 != filepath.Join(p, "resource0") ||
-		i.Resource2 != filepath.Join(p, "resource2") || i.Resource2Size != 65536 || i.Protocol() != ProtocolFICM {
+		i.Resource2 != filepath.Join(p, "resource2") || i.Resource2Size != 65536 || i.Protocol() != abi.ProtocolFICM {
 		t.Fatalf("info = %+v", i)
 	}
 	if infos[0].Resource2Size != 8192 || infos[0].Protocol() != 0 {
@@ -208,7 +207,7 @@ func TestOpenLayout(t *testing.T) {
 		t.Fatalf("ID %d Peers %d UIO %q", d.ID(), d.Peers(), d.UIO())
 	}
 	l := d.Layout()
-	if l.StateTableOffset() != 0 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(1) != 8192+16384 || l.Size() != 40960 {
+	if l.StateTableSize() != 4096 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(1) != 8192+16384 || l.Size() != 40960 {
 		t.Fatalf("layout %+v", l)
 	}
 	if len(d.StateTable()) != 4096 || len(d.RW()) != 4096 || len(d.Memory()) != 40960 {
@@ -232,7 +231,7 @@ func TestOpenLayout(t *testing.T) {
 		t.Fatalf("Output(2) = %v", err)
 	}
 	// Open enabled interrupts and unmasked INTx.
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 1 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 1 {
 		t.Fatal("INT_CONTROL not set")
 	}
 	cfg, _ := os.ReadFile(ft.info.ConfigPath)
@@ -242,7 +241,7 @@ func TestOpenLayout(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 0 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 0 {
 		t.Fatal("Close left interrupts on")
 	}
 	if err := d.Wait(context.Background()); !errors.Is(err, ErrClosed) {
@@ -272,14 +271,14 @@ func TestOpenValidation(t *testing.T) {
 	wrongID[0] = 0xF4
 	badName := buildCapConfig(4096, 0, 4096, 0, "a\nb")
 	unpadded := buildCapConfig(4096, 0, 4096, 0, "ab")
-	unpadded[0x50+shmem.CapName+5] = 'x'
+	unpadded[0x50+abi.CapName+5] = 'x'
 	cases := []struct {
 		name string
 		mod  func(*fakeSpec)
 		want error
 	}{
 		{"zero peers", func(s *fakeSpec) { s.peers = 0 }, ErrLayout},
-		{"too many peers", func(s *fakeSpec) { s.peers = MaxPeers + 1 }, ErrLayout},
+		{"too many peers", func(s *fakeSpec) { s.peers = abi.MaxPeers + 1 }, ErrLayout},
 		{"peers exceed BAR", func(s *fakeSpec) { s.peers = 4 }, ErrLayout},
 		{"id out of range", func(s *fakeSpec) { s.id = 2 }, ErrLayout},
 		{"zero output", func(s *fakeSpec) { s.out = 0 }, ErrLayout},
@@ -287,7 +286,7 @@ func TestOpenValidation(t *testing.T) {
 		{"unaligned rw", func(s *fakeSpec) { s.rw = 100 }, ErrLayout},
 		{"small state table", func(s *fakeSpec) { s.state = 0 }, ErrLayout},
 		{"huge output", func(s *fakeSpec) { s.out = 1 << 63 }, ErrLayout},
-		{"huge rw", func(s *fakeSpec) { s.rw = ^uint64(0) &^ (PageSize - 1) }, ErrLayout},
+		{"huge rw", func(s *fakeSpec) { s.rw = ^uint64(0) &^ (abi.PageSize - 1) }, ErrLayout},
 		{"small BAR", func(s *fakeSpec) { s.memSize = 32768 }, ErrLayout},
 		{"capability loop", func(s *fakeSpec) { s.config = loop }, ErrCapability},
 		{"no capability list", func(s *fakeSpec) { s.config = noCaps }, ErrCapability},
@@ -359,21 +358,21 @@ func TestRingAndState(t *testing.T) {
 	if err := d.Ring(1, 3); err != nil {
 		t.Fatal(err)
 	}
-	if got := fileU32(t, ft.info.Resource0, RegDoorbell); got != 0x0001_0003 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegDoorbell); got != 0x0001_0003 {
 		t.Fatalf("DOORBELL = %#x", got)
 	}
 	d.SetState(5)
-	if got := fileU32(t, ft.info.Resource0, RegState); got != 5 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegState); got != 5 {
 		t.Fatalf("STATE = %#x", got)
 	}
 	d.SetInterrupts(false)
-	if got := fileU32(t, ft.info.Resource0, RegIntControl); got != 0 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegIntControl); got != 0 {
 		t.Fatalf("INT_CONTROL = %#x", got)
 	}
 	if err := d.Ring(2, 0); !errors.Is(err, ErrNoPeer) {
 		t.Fatalf("Ring(2) = %v", err)
 	}
-	if err := d.Ring(0, MaxVector+1); !errors.Is(err, ErrVector) {
+	if err := d.Ring(0, abi.MaxVector+1); !errors.Is(err, ErrVector) {
 		t.Fatalf("Ring(vector) = %v", err)
 	}
 	// The state table is written by the VMM; emulate it through the file.
@@ -415,7 +414,7 @@ func TestWait(t *testing.T) {
 	if _, err := cfg.WriteAt([]byte{0x02, 0x04}, cfgCommand); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := word(d.regs, RegIntStatus)
+	reg, err := word(d.regs, abi.RegIntStatus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,10 +450,10 @@ func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []strin
 		writers = append(writers, w)
 	}
 	// DOORBELL 0 is a valid ring (peer 0, vector 0): mark "no ring" with
-	// a value Ring never writes (peer 0xFFFF > MaxPeers).
+	// a value Ring never writes (peer 0xFFFF > abi.MaxPeers).
 	const noBell = 0xFFFF_FFFF
 	for _, d := range devs {
-		bell, err := word(d.regs, RegDoorbell)
+		bell, err := word(d.regs, abi.RegDoorbell)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -465,7 +464,7 @@ func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []strin
 	wg.Go(func() {
 		for ctx.Err() == nil {
 			for _, d := range devs {
-				bell, err := word(d.regs, RegDoorbell)
+				bell, err := word(d.regs, abi.RegDoorbell)
 				if err != nil {
 					return
 				}
@@ -477,7 +476,7 @@ func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []strin
 				if target >= len(devs) {
 					continue
 				}
-				st, err := word(devs[target].regs, RegIntStatus)
+				st, err := word(devs[target].regs, abi.RegIntStatus)
 				if err != nil {
 					return
 				}
@@ -539,7 +538,7 @@ func TestEndpointConfigErrors(t *testing.T) {
 	if err != nil || cfg.State == nil || cfg.State.Alive(1) || len(cfg.Sections) != 2 {
 		t.Fatalf("EndpointConfig = %+v, %v", cfg, err)
 	}
-	if err := cfg.Doorbell.Ring(1); err != nil || fileU32(t, ft.info.Resource0, RegDoorbell) != 0x0001_0000 {
+	if err := cfg.Doorbell.Ring(1); err != nil || fileU32(t, ft.info.Resource0, abi.RegDoorbell) != 0x0001_0000 {
 		t.Fatalf("doorbell = %v", err)
 	}
 }
@@ -550,9 +549,9 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 	s.noUIO = true
 	s.class = "0xff0002\n"
 	s.name = "shared.seg-1"
-	s.flags = CapFlagRWReadOnly
+	s.flags = abi.CapFlagRWReadOnly
 	ft := newFakeTree(t, s)
-	if ft.info.Name != "shared.seg-1" || !ft.info.RWReadOnly() || ft.info.Protocol() != ProtocolSegment {
+	if ft.info.Name != "shared.seg-1" || !ft.info.RWReadOnly() || ft.info.Protocol() != abi.ProtocolSegment {
 		t.Fatalf("Find info = %+v", ft.info)
 	}
 	d, err := Open(context.Background(), ft.sys, ft.dev, ft.info, WithoutInterrupts())
@@ -560,7 +559,7 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if d.Name() != "shared.seg-1" || !d.RWReadOnly() || d.Flags() != CapFlagRWReadOnly || d.UIO() != "" || d.Info().Name != d.Name() {
+	if d.Name() != "shared.seg-1" || !d.RWReadOnly() || d.Flags() != abi.CapFlagRWReadOnly || d.UIO() != "" || d.Info().Name != d.Name() {
 		t.Fatalf("Name %q RWReadOnly %v UIO %q", d.Name(), d.RWReadOnly(), d.UIO())
 	}
 	if len(d.RW()) != 4096 {
@@ -571,7 +570,7 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 	if err != nil || len(b) != 0 {
 		t.Fatalf("new_id = %q, %v", b, err)
 	}
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 0 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 0 {
 		t.Fatal("INT_CONTROL set")
 	}
 	if err := d.Wait(context.Background()); !errors.Is(err, ErrNoInterrupts) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/shmem/abi"
 )
 
 // pollSlice is how long one poll(2) on the uio device lasts before ctx is
@@ -43,7 +45,7 @@ func (d *Device) WaitStatus(ctx context.Context) (uint32, error) {
 	if err := WaitUIO(ctx, d.uioFD, d.uio); err != nil {
 		return 0, err
 	}
-	status := load32(d.regs, RegIntStatus)
+	status := load32(d.regs, abi.RegIntStatus)
 	if err := UnmaskINTx(d.config); err != nil {
 		return status, err
 	}

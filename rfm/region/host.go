@@ -14,7 +14,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // HostPeer is the supervisor's peer id in the FICM group.
@@ -91,7 +91,7 @@ func (w hostWaiter) Wait(ctx context.Context) error { return w.r.Wait(ctx, HostP
 // nil (no logging).
 func NewHost(r *Region, log *slog.Logger) (*Host, error) {
 	spec := r.Spec()
-	if spec.Protocol != shmem.ProtocolFICM {
+	if spec.Protocol != abi.ProtocolFICM {
 		return nil, fmt.Errorf("%w: region %q has protocol %#x", ErrNotFICM, spec.Name, spec.Protocol)
 	}
 	if r.Memory() == nil {

@@ -5,7 +5,7 @@
 // that is a member (see rfm/vmmctl); each VMM gives its guest one
 // shared-memory PCI function (vmm/shmem) over them.
 //
-// Two protocols exist (shmem.ProtocolFICM, shmem.ProtocolSegment). The FICM
+// Two protocols exist (abi.ProtocolFICM, abi.ProtocolSegment). The FICM
 // group is laid out by FICMLayout; its peer 0 is the supervisor itself, run
 // by Host. A segment is laid out by SegmentLayout; the supervisor is not a
 // peer of it and only creates, hands out and reclaims it.
@@ -30,14 +30,10 @@ import (
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/endpoint"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 const (
-	// MaxNameLen is the longest region name.
-	MaxNameLen = 32
-	// MaxVectors is the largest number of vectors per peer.
-	MaxVectors = 64
 	// MaxBells bounds Peers*Vectors so that a region's memfd and
 	// eventfds fit in one VMM control message (253 descriptors).
 	MaxBells = 252
@@ -49,7 +45,6 @@ const (
 	// SegmentOutputSize is the (unused) output section size of a segment.
 	SegmentOutputSize = 4096
 
-	pageSize = 4096
 	// waitSlice bounds one poll(2) so that ctx and Close are noticed.
 	waitSlice = 20 * time.Millisecond
 	// eventfdLink is what /proc/self/fd/N reads for an eventfd.
@@ -72,13 +67,14 @@ var (
 // Spec describes a region.
 type Spec struct {
 	// Name is the region's name: 1..32 bytes of [A-Za-z0-9._-] (it fits
-	// the device's capability field, shmem.NameSize).
+	// the device's capability field, abi.NameSize).
 	Name string
-	// Protocol is shmem.ProtocolFICM or shmem.ProtocolSegment.
+	// Protocol is abi.ProtocolFICM or abi.ProtocolSegment.
 	Protocol uint8
 	// Layout is the memory layout (also the peer count).
-	Layout shmem.Layout
-	// Vectors is the number of doorbell vectors per peer (1..64).
+	Layout abi.Layout
+	// Vectors is the number of doorbell vectors per peer
+	// (1..abi.MaxVectors).
 	Vectors int
 }
 
@@ -88,9 +84,9 @@ func (s Spec) Bells() int { return s.Layout.Peers * s.Vectors }
 // Validate checks s. Errors wrap ErrSpec.
 func (s Spec) Validate() error {
 	if !validName(s.Name) {
-		return fmt.Errorf("%w: name %q (1..%d bytes of [A-Za-z0-9._-])", ErrSpec, s.Name, MaxNameLen)
+		return fmt.Errorf("%w: name %q (1..%d bytes of [A-Za-z0-9._-])", ErrSpec, s.Name, abi.NameSize)
 	}
-	if s.Protocol != shmem.ProtocolFICM && s.Protocol != shmem.ProtocolSegment {
+	if s.Protocol != abi.ProtocolFICM && s.Protocol != abi.ProtocolSegment {
 		return fmt.Errorf("%w: region %q: unknown protocol %#x", ErrSpec, s.Name, s.Protocol)
 	}
 	if err := s.Layout.Validate(); err != nil {
@@ -99,8 +95,8 @@ func (s Spec) Validate() error {
 	if s.Layout.Size() > math.MaxInt {
 		return fmt.Errorf("%w: region %q: %d bytes", ErrSpec, s.Name, s.Layout.Size())
 	}
-	if s.Vectors < 1 || s.Vectors > MaxVectors {
-		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrSpec, s.Name, s.Vectors, MaxVectors)
+	if s.Vectors < 1 || s.Vectors > abi.MaxVectors {
+		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrSpec, s.Name, s.Vectors, abi.MaxVectors)
 	}
 	if s.Bells() > MaxBells {
 		return fmt.Errorf("%w: region %q: %d peers x %d vectors = %d eventfds, at most %d", ErrSpec, s.Name, s.Layout.Peers, s.Vectors, s.Bells(), MaxBells)
@@ -109,7 +105,7 @@ func (s Spec) Validate() error {
 }
 
 func validName(s string) bool {
-	if len(s) < 1 || len(s) > MaxNameLen {
+	if len(s) < 1 || len(s) > abi.NameSize {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -126,14 +122,14 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // FICMLayout returns the layout of the FICM group of peers peers (the
 // supervisor included): no RW section, output sections holding the info
 // page and the ficm/endpoint section of 64-slot rings.
-func FICMLayout(peers int) (shmem.Layout, error) {
+func FICMLayout(peers int) (abi.Layout, error) {
 	el, err := endpoint.NewLayout(peers, FICMSlots)
 	if err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: FICM group of %d peers: %w", ErrSpec, peers, err)
+		return abi.Layout{}, fmt.Errorf("%w: FICM group of %d peers: %w", ErrSpec, peers, err)
 	}
-	l := shmem.Layout{Peers: peers, OutputSize: roundUp(InfoPageSize+uint64(el.SectionSize()), pageSize)}
+	l := abi.Layout{Peers: peers, OutputSize: roundUp(InfoPageSize+uint64(el.SectionSize()), abi.PageSize)}
 	if err := l.Validate(); err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
+		return abi.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return l, nil
 }
@@ -141,13 +137,13 @@ func FICMLayout(peers int) (shmem.Layout, error) {
 // SegmentLayout returns the layout of a segment of size bytes (a positive
 // multiple of 4096) granted to grantees peers: RW section of size bytes,
 // one unused 4096-byte output section per peer.
-func SegmentLayout(grantees int, size uint64) (shmem.Layout, error) {
-	if size == 0 || size%pageSize != 0 {
-		return shmem.Layout{}, fmt.Errorf("%w: segment size %d (a positive multiple of %d)", ErrSpec, size, pageSize)
+func SegmentLayout(grantees int, size uint64) (abi.Layout, error) {
+	if size == 0 || size%abi.PageSize != 0 {
+		return abi.Layout{}, fmt.Errorf("%w: segment size %d (a positive multiple of %d)", ErrSpec, size, abi.PageSize)
 	}
-	l := shmem.Layout{Peers: grantees, RWSize: size, OutputSize: SegmentOutputSize}
+	l := abi.Layout{Peers: grantees, RWSize: size, OutputSize: SegmentOutputSize}
 	if err := l.Validate(); err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
+		return abi.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return l, nil
 }

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // openFDs counts this process's open descriptors.
@@ -44,7 +44,7 @@ func ficmSpec(t *testing.T, peers int) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{Name: "ficm", Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 1}
+	return Spec{Name: "ficm", Protocol: abi.ProtocolFICM, Layout: l, Vectors: 1}
 }
 
 func segmentSpec(t *testing.T, grantees int, size uint64, vectors int) Spec {
@@ -53,7 +53,7 @@ func segmentSpec(t *testing.T, grantees int, size uint64, vectors int) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{Name: "seg.A_1-x", Protocol: shmem.ProtocolSegment, Layout: l, Vectors: vectors}
+	return Spec{Name: "seg.A_1-x", Protocol: abi.ProtocolSegment, Layout: l, Vectors: vectors}
 }
 
 // dupFile duplicates f's descriptor (close-on-exec) into a new file.

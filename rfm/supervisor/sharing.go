@@ -15,7 +15,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/rfm/region"
 	"rainforest/rfm/vmmctl"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Sharing: every subOS is a peer of the machine's FICM group (region
@@ -86,7 +86,7 @@ func (s *Supervisor) startSharing() error {
 		if err != nil {
 			return err
 		}
-		if s.share.ficm, err = region.Create(region.Spec{Name: FICMRegion, Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 1}); err != nil {
+		if s.share.ficm, err = region.Create(region.Spec{Name: FICMRegion, Protocol: abi.ProtocolFICM, Layout: l, Vectors: 1}); err != nil {
 			return err
 		}
 	}
@@ -155,12 +155,12 @@ func (s *Supervisor) recoverRegions(so *subOS) {
 		return
 	}
 	for i, r := range regions {
-		spec := region.Spec{Name: r.Name, Protocol: r.Protocol, Layout: shmem.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}, Vectors: r.Vectors}
+		spec := region.Spec{Name: r.Name, Protocol: r.Protocol, Layout: abi.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}, Vectors: r.Vectors}
 		have := false
 		switch {
-		case r.Protocol == shmem.ProtocolFICM && r.Name == FICMRegion:
+		case r.Protocol == abi.ProtocolFICM && r.Name == FICMRegion:
 			have = s.share.ficm != nil
-		case r.Protocol == shmem.ProtocolSegment:
+		case r.Protocol == abi.ProtocolSegment:
 			if sg := s.share.segments[r.Name]; sg != nil {
 				sg.grants[so.info.Name] = r.Self
 				have = true
@@ -177,7 +177,7 @@ func (s *Supervisor) recoverRegions(so *subOS) {
 			s.log.Warn("cannot recover region", "subos", so.info.Name, "region", r.Name, "err", err)
 			continue
 		}
-		if r.Protocol == shmem.ProtocolFICM {
+		if r.Protocol == abi.ProtocolFICM {
 			s.share.ficm = reg
 		} else {
 			s.share.segments[r.Name] = &segment{reg: reg, grants: map[string]int{so.info.Name: r.Self}}
@@ -325,7 +325,7 @@ func (s *Supervisor) join(name string, grants []SegmentGrant) (*membership, erro
 				m.undo()
 				return nil, fmt.Errorf("%w: segment %q: %w", ErrInvalid, g.Name, err)
 			}
-			reg, err := region.Create(region.Spec{Name: g.Name, Protocol: shmem.ProtocolSegment, Layout: l, Vectors: 1})
+			reg, err := region.Create(region.Spec{Name: g.Name, Protocol: abi.ProtocolSegment, Layout: l, Vectors: 1})
 			if err != nil {
 				m.undo()
 				return nil, fmt.Errorf("segment %q: %w", g.Name, err)

@@ -30,6 +30,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/shmem/abi"
 )
 
 // Limits.
@@ -73,7 +75,7 @@ func (r Region) Validate() error {
 		return fmt.Errorf("%w: region without a name", ErrProtocol)
 	case r.Peers < 1 || r.Peers > MaxFiles:
 		return fmt.Errorf("%w: region %q: %d peers", ErrProtocol, r.Name, r.Peers)
-	case r.Vectors < 1 || r.Vectors > 64:
+	case r.Vectors < 1 || r.Vectors > abi.MaxVectors:
 		return fmt.Errorf("%w: region %q: %d vectors", ErrProtocol, r.Name, r.Vectors)
 	case r.Self < 0 || r.Self >= r.Peers:
 		return fmt.Errorf("%w: region %q: peer id %d of %d", ErrProtocol, r.Name, r.Self, r.Peers)
