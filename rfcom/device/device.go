@@ -23,7 +23,8 @@
 // ID) is validated against the BAR before any slicing.
 //
 // A Device's views are invalid after Close; Close must not run concurrently
-// with other methods. Wait must be used by one goroutine at a time.
+// with other methods but Wait, which it wakes. Wait must be used by one
+// goroutine at a time; it sleeps in poll(2) with no timeout.
 package device
 
 import (
@@ -35,9 +36,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 
 	"rainforest/vmm/shmem/abi"
 )
@@ -97,10 +97,14 @@ type Device struct {
 	irq    bool // interrupts enabled through uio
 
 	config *os.File // sysfs config space, read-write
-	uioFD  int      // /dev/uioN, non-blocking; -1 when closed
 	regs   []byte   // register BAR mapping
 	mem    []byte   // memory BAR mapping
 	closed atomic.Bool
+
+	// uioDev is /dev/uioN (nil without interrupts or once closed); waitMu
+	// is held by WaitStatus, and by Close before it releases anything.
+	uioDev *UIO
+	waitMu sync.Mutex
 }
 
 // capability is the content of the vendor capability.
@@ -207,7 +211,7 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if info.Path == "" {
 		info.Path = filepath.Join(sysRoot, "bus", "pci", "devices", info.Address)
 	}
-	dev := &Device{info: info, uioFD: -1}
+	dev := &Device{info: info}
 	defer func() {
 		if err != nil {
 			_ = dev.release()
@@ -254,10 +258,8 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if oc.noInterrupts {
 		return d, nil
 	}
-	uioPath := filepath.Join(devRoot, d.uio)
-	if d.uioFD, err = unix.Open(uioPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
-		d.uioFD = -1
-		return nil, fmt.Errorf("%w: open %s: %w", ErrDriver, uioPath, err)
+	if d.uioDev, err = OpenUIO(devRoot, d.uio); err != nil {
+		return nil, err
 	}
 	if err := d.unmaskINTx(); err != nil {
 		return nil, err
@@ -447,9 +449,9 @@ func (d *Device) release() error {
 		errs = append(errs, unmap(d.mem))
 		d.mem = nil
 	}
-	if d.uioFD >= 0 {
-		errs = append(errs, unix.Close(d.uioFD))
-		d.uioFD = -1
+	if d.uioDev != nil {
+		errs = append(errs, d.uioDev.Close())
+		d.uioDev = nil
 	}
 	if d.config != nil {
 		errs = append(errs, d.config.Close())
@@ -458,14 +460,22 @@ func (d *Device) release() error {
 	return errors.Join(errs...)
 }
 
-// Close disables interrupts, unmaps the BARs and closes the files. The
-// views returned by the Device are invalid afterwards.
+// Close disables interrupts, unmaps the BARs and closes the files. A Wait
+// blocked meanwhile returns ErrClosed; the other methods must not run
+// concurrently with Close. The views returned by the Device are invalid
+// afterwards.
 func (d *Device) Close() error {
 	if d.closed.Swap(true) {
 		return nil
 	}
+	var uerr error
+	if d.uioDev != nil {
+		uerr = d.uioDev.Close() // wakes a blocked Wait
+	}
+	d.waitMu.Lock()
+	defer d.waitMu.Unlock()
 	if d.regs != nil && d.irq {
 		store32(d.regs, abi.RegIntControl, 0)
 	}
-	return d.release()
+	return errors.Join(uerr, d.release())
 }

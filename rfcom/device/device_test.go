@@ -437,6 +437,55 @@ func TestWait(t *testing.T) {
 	}
 }
 
+// An idle Wait sleeps in one poll(2) call, with no periodic wake-up, and
+// still ends at once when its context ends or the device is closed.
+func TestWaitIdle(t *testing.T) {
+	ft := newFakeTree(t, defaultSpec(0))
+	d := ft.open(t)
+	waitPolls := func(n uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); d.uioDev.w.Polls() < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d poll calls, want %d", d.uioDev.w.Polls(), n)
+			}
+		}
+	}
+	returned := func(errc <-chan error) error {
+		t.Helper()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(time.Second):
+			t.Fatal("Wait did not return within 1 s")
+			return nil
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Wait(ctx) }()
+	waitPolls(1)
+	time.Sleep(300 * time.Millisecond)
+	if n := d.uioDev.w.Polls(); n != 1 {
+		t.Errorf("%d poll calls in 300 ms of an idle Wait, want 1", n)
+	}
+	cancel()
+	if err := returned(errc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait after cancel = %v", err)
+	}
+	go func() { errc <- d.Wait(context.Background()) }()
+	waitPolls(2)
+	w := d.uioDev.w
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := returned(errc); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait after Close = %v", err)
+	}
+	if n := w.Polls(); n != 2 {
+		t.Errorf("%d poll calls, want 2", n)
+	}
+}
+
 // fakeVMM stands in for ioeventfd -> irqfd: it takes doorbells from each
 // device's DOORBELL register and interrupts the target through its uio fifo.
 func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []string, bells *atomic.Int64) func() {

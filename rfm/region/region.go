@@ -24,12 +24,12 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/endpoint"
+	"rainforest/internal/fdwait"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -45,8 +45,6 @@ const (
 	// SegmentOutputSize is the (unused) output section size of a segment.
 	SegmentOutputSize = 4096
 
-	// waitSlice bounds one poll(2) so that ctx and Close are noticed.
-	waitSlice = 20 * time.Millisecond
 	// eventfdLink is what /proc/self/fd/N reads for an eventfd.
 	eventfdLink = "anon_inode:[eventfd]"
 	// seals are the seals of a region's memfd.
@@ -193,6 +191,11 @@ type Region struct {
 
 	mu     sync.RWMutex // guards closed against Ring/Wait
 	closed bool
+
+	// waiters[i] blocks Wait on bell i, made by the first Wait on it;
+	// nil once Close began.
+	waitMu  sync.Mutex
+	waiters map[int]*fdwait.Waiter
 }
 
 // Create creates a region: a sealed memfd of spec.Layout.Size() bytes
@@ -203,7 +206,7 @@ func Create(spec Spec) (_ *Region, err error) {
 		return nil, err
 	}
 	size := spec.Layout.Size()
-	r := &Region{spec: spec}
+	r := &Region{spec: spec, waiters: map[int]*fdwait.Waiter{}}
 	defer func() {
 		if err != nil {
 			r.release()
@@ -254,7 +257,7 @@ func rawFD(f *os.File) (int, error) {
 // of the files: they are closed by Close, or at once if Restore fails.
 // Errors wrap ErrSpec or ErrFile.
 func Restore(spec Spec, mem *os.File, bells []*os.File) (_ *Region, err error) {
-	r := &Region{spec: spec, file: mem, bells: bells}
+	r := &Region{spec: spec, file: mem, bells: bells, waiters: map[int]*fdwait.Waiter{}}
 	defer func() {
 		if err != nil {
 			r.release()
@@ -436,62 +439,80 @@ func (r *Region) Ring(peer, vector int) error {
 
 // Wait blocks until peer's vector has been signalled, consuming the signal,
 // or until ctx is done (ctx's error) or the region is closed (ErrClosed).
-// It polls in bounded slices, so Close does not wait for it long. Only one
-// goroutine should wait on a given bell.
+// It sleeps in poll(2) without a timeout: nothing but the signal, ctx or
+// Close wakes it. Only one goroutine should wait on a given bell (others
+// queue behind it).
 func (r *Region) Wait(ctx context.Context, peer, vector int) error {
 	i, err := r.bellIndex(peer, vector)
 	if err != nil {
 		return err
 	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		slice := waitSlice
-		if dl, ok := ctx.Deadline(); ok {
-			slice = min(slice, max(time.Until(dl), time.Millisecond))
-		}
-		done, err := r.waitSlice(i, slice)
-		if err != nil {
-			return fmt.Errorf("region %q: wait peer %d vector %d: %w", r.spec.Name, peer, vector, err)
-		}
-		if done {
-			return nil
-		}
+	w, err := r.bellWaiter(i)
+	if err != nil {
+		return err
 	}
-}
-
-// waitSlice polls bell i for at most d and consumes a pending signal.
-func (r *Region) waitSlice(i int, d time.Duration) (bool, error) {
+	// Close closes the waiter before the eventfds: w.Read never polls a
+	// closed descriptor.
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	if r.closed {
-		return false, ErrClosed
+		r.mu.RUnlock()
+		return ErrClosed
 	}
 	fd := r.bellFDs[i]
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(max(d.Milliseconds(), 1)))
-	switch {
-	case errors.Is(err, unix.EINTR) || (err == nil && n == 0):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("poll: %w", err)
-	case fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0:
-		return false, fmt.Errorf("poll: revents %#x", fds[0].Revents)
-	}
+	r.mu.RUnlock()
 	var buf [8]byte
-	if _, err := unix.Read(fd, buf[:]); err != nil {
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			return false, nil // consumed by someone else: keep waiting
-		}
-		return false, fmt.Errorf("read: %w", err)
+	_, err = w.Read(ctx, fd, buf[:])
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fdwait.ErrClosed):
+		return ErrClosed
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return err
 	}
-	return true, nil
+	return fmt.Errorf("region %q: wait peer %d vector %d: %w", r.spec.Name, peer, vector, err)
+}
+
+// bellWaiter returns the waiter of bell i, making it on first use.
+func (r *Region) bellWaiter(i int) (*fdwait.Waiter, error) {
+	r.waitMu.Lock()
+	defer r.waitMu.Unlock()
+	if r.waiters == nil {
+		return nil, ErrClosed
+	}
+	if w := r.waiters[i]; w != nil {
+		return w, nil
+	}
+	w, err := fdwait.New()
+	if err != nil {
+		return nil, fmt.Errorf("region %q: %w", r.spec.Name, err)
+	}
+	r.waiters[i] = w
+	return w, nil
+}
+
+// closeWaiters wakes every Wait (they return ErrClosed) and waits for them
+// to return; it reports false if Close already began.
+func (r *Region) closeWaiters() bool {
+	r.waitMu.Lock()
+	ws := r.waiters
+	r.waiters = nil
+	r.waitMu.Unlock()
+	if ws == nil {
+		return false
+	}
+	for _, w := range ws {
+		_ = w.Close() // only fails on a second Close
+	}
+	return true
 }
 
 // Close unmaps the memory and closes the memfd and eventfds. Later calls
 // return ErrClosed.
 func (r *Region) Close() error {
+	if !r.closeWaiters() {
+		return ErrClosed
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
