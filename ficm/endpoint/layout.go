@@ -121,16 +121,17 @@ func (st *StateTable) Alive(peer int) bool {
 	return st.words[peer].Load()&abi.StateAlive != 0
 }
 
-// SetAlive records whether peer is alive. Only the table's owner (the
-// supervisor) calls it.
-func (st *StateTable) SetAlive(peer int, alive bool) error {
+// SetAlive records whether peer is alive and reports whether its entry
+// changed. Only the supervisor calls it (on its own entry and on those of
+// departed peers); it then raises the state-change interrupt on the other
+// peers when the entry changed.
+func (st *StateTable) SetAlive(peer int, alive bool) (changed bool, err error) {
 	if peer < 0 || peer >= len(st.words) {
-		return fmt.Errorf("%w: peer %d", ErrNoPeer, peer)
+		return false, fmt.Errorf("%w: peer %d", ErrNoPeer, peer)
 	}
 	var v uint32
 	if alive {
 		v = abi.StateAlive
 	}
-	st.words[peer].Store(v)
-	return nil
+	return st.words[peer].Swap(v) != v, nil
 }

@@ -351,8 +351,10 @@ func (s *Supervisor) join(name string, grants []SegmentGrant) (*membership, erro
 }
 
 // leave releases a departed subOS's slots (its VMM has exited): its FICM
-// state entry is cleared, the messages still queued to it are dropped, and
-// segments nobody holds any more are freed. Called under opMu.
+// state entry is cleared (which raises the state-change interrupt on the
+// other subOSes, so that their channels to it fail at once), the messages
+// still queued to it are dropped, and segments nobody holds any more are
+// freed. Called under opMu.
 func (s *Supervisor) leave(info Info) {
 	if s.share.host != nil && info.Peer > 0 {
 		if err := s.share.host.SetAlive(info.Peer, false); err != nil {
