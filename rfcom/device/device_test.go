@@ -6,14 +6,13 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/endpoint/endpointtest"
+	"rainforest/rfcom/fakesys"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -486,65 +485,6 @@ func TestWaitIdle(t *testing.T) {
 	}
 }
 
-// fakeVMM stands in for ioeventfd -> irqfd: it takes doorbells from each
-// device's DOORBELL register and interrupts the target through its uio fifo.
-func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []string, bells *atomic.Int64) func() {
-	t.Helper()
-	var writers []*os.File
-	for _, p := range fifos {
-		w, err := os.OpenFile(p, os.O_WRONLY|unix.O_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writers = append(writers, w)
-	}
-	// DOORBELL 0 is a valid ring (peer 0, vector 0): mark "no ring" with
-	// a value Ring never writes (peer 0xFFFF > abi.MaxPeers).
-	const noBell = 0xFFFF_FFFF
-	for _, d := range devs {
-		bell, err := word(d.regs, abi.RegDoorbell)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bell.Store(noBell)
-	}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(ctx)
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			for _, d := range devs {
-				bell, err := word(d.regs, abi.RegDoorbell)
-				if err != nil {
-					return
-				}
-				v := bell.Swap(noBell)
-				if v == noBell {
-					continue
-				}
-				target, vector := int(v>>16), int(v&0xFFFF)
-				if target >= len(devs) {
-					continue
-				}
-				st, err := word(devs[target].regs, abi.RegIntStatus)
-				if err != nil {
-					return
-				}
-				st.Or(1 << min(vector, 31))
-				bells.Add(1)
-				_, _ = writers[target].Write([]byte{1, 0, 0, 0}) // full pipe: interrupt already pending
-			}
-			time.Sleep(50 * time.Microsecond)
-		}
-	})
-	return func() {
-		cancel()
-		wg.Wait()
-		for _, w := range writers {
-			w.Close()
-		}
-	}
-}
-
 func TestEndpointExchange(t *testing.T) {
 	a := newFakeTree(t, defaultSpec(0))
 	sb := defaultSpec(1)
@@ -563,15 +503,20 @@ func TestEndpointExchange(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var bells atomic.Int64
-	stop := runFakeVMM(ctx, t, []*Device{da, db}, []string{a.fifo, b.fifo}, &bells)
-	defer stop()
+	vmm, err := fakesys.StartVMM(fakesys.ShmemRegisters(), []fakesys.Peer{
+		{ID: da.ID(), Resource0: a.info.Resource0, UIO: a.fifo},
+		{ID: db.ID(), Resource0: b.info.Resource0, UIO: b.fifo},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vmm.Stop()
 
 	const n = 2000
 	if err := endpointtest.Echo(ctx, ea, eb, 1, n); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d messages echoed, %d doorbells delivered", n, bells.Load())
+	t.Logf("%d messages echoed, %d doorbells delivered", n, vmm.Rung())
 }
 
 func TestEndpointConfigErrors(t *testing.T) {
