@@ -35,7 +35,7 @@ func TestHeaderConstants(t *testing.T) {
 		"RF_CAP_OUTPUT_SIZE": abi.CapOutputSize, "RF_CAP_FLAGS": abi.CapFlags, "RF_CAP_NAME": abi.CapName,
 		"RF_CAP_LENGTH": abi.CapLength, "RF_CAP_FLAG_RW_READONLY": abi.CapFlagRWReadOnly,
 		"RF_NAME_SIZE": abi.NameSize, "RF_PAGE_SIZE": abi.PageSize, "RF_STATE_ALIVE": abi.StateAlive,
-		"RF_STATE_ENTRY_SIZE": abi.StateEntrySize, "RF_STATE_ABSENT": abi.StateAbsent,
+		"RF_STATE_ENTRY_SIZE": abi.StateEntrySize, "RF_STATE_ABSENT": abi.StateAbsent, "RF_STATE_CHANGE_VECTOR": abi.StateChangeVector,
 		"RF_FICM_INFO_PAGE_SIZE": InfoPageSize, "RF_FICM_SECTION_OFFSET": SectionOffset, "RF_FICM_SLOTS": Slots,
 		"RF_FICM_VECTOR": Vector, "RF_FICM_SUPERVISOR": SupervisorPeer, "RF_FICM_MAX_PEERS": endpoint.MaxPeers,
 		"RF_RING_SLOT_SIZE": ring.SlotSize, "RF_RING_HEADER_SIZE": ring.HeaderSize, "RF_RING_RX_SIZE": ring.RxSize,

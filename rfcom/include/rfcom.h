@@ -67,8 +67,9 @@
 
 /*
  * Memory BAR, each part a multiple of RF_PAGE_SIZE, back to back:
- *   [0, S)                      state table: u32 per peer, bit 0 alive
- *                               (written by the supervisor, read-only)
+ *   [0, S)                      state table: u32 per peer at
+ *                               RF_STATE_ENTRY_OFFSET(peer), read-only
+ *                               (see the state-change interrupt below)
  *   [S, S+RW)                   read-write section (segments: the segment)
  *   [S+RW+i*OUT, +OUT)          output section of peer i (writable only by i)
  * S, RW and OUT are the capability's sizes.
@@ -79,12 +80,29 @@
 #define RF_STATE_ABSENT 0   /* entry of a peer reset or not connected */
 #define RF_STATE_ALIVE 0x1  /* FICM: the peer's endpoint is open */
 
+/*
+ * State-change interrupt (as in the ivshmem v2 specification): writing
+ * RF_REG_STATE with a value different from the previous one updates this
+ * peer's entry of the state table and raises vector RF_STATE_CHANGE_VECTOR
+ * on every other peer that enabled interrupts; a peer that is reset or
+ * disconnected gets its entry zeroed with the same interrupt. The writer's
+ * VMM signals the guests' STATE writes; the supervisor (FICM peer 0)
+ * signals changes of its own entry and the zeroing of a departed subOS's.
+ * A program therefore never polls the state table: it re-reads it when
+ * vector 0 fires (FICM's doorbells use vector 0 too, so one sleep waits
+ * for both).
+ */
+#define RF_STATE_CHANGE_VECTOR 0
+
 /* ------------------------------------------------------------------ */
 /* 2. The FICM group (protocol 1).                                     */
 /* ------------------------------------------------------------------ */
 
 /*
- * Peer 0 is the supervisor; subOSes are 1..N-1. Doorbell vector 0.
+ * Peer 0 is the supervisor; subOSes are 1..N-1. Doorbell vector 0, the
+ * state-change vector: a sleeping peer wakes for messages and for changes
+ * of the state table (a peer's channels end when its entry loses
+ * RF_STATE_ALIVE).
  * Every output section:
  *   [0, 4096)                         info page; peer 0's holds the board
  *   [4096, 4096 + endpoint section)   the endpoint section below
