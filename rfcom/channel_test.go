@@ -302,33 +302,15 @@ func TestCloseEOF(t *testing.T) {
 
 func TestPeerGone(t *testing.T) {
 	g := newGroup(t, 4, nil, Options{})
-	a, b, c := g.nodes[1], g.nodes[2], g.nodes[3]
+	a := g.nodes[1]
 	ctx := ctxT(t, 10*time.Second)
-	lb, _ := b.Listen(1)
-	lc, _ := c.Listen(1)
-	ab, err := a.Dial(ctx, 2, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ac, err := a.Dial(ctx, 3, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lb.Accept(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := lc.Accept(ctx); err != nil {
-		t.Fatal(err)
-	}
+	ab, _ := g.connect(t, ctx, 1, 2, 1)
+	ac, _ := g.connect(t, ctx, 1, 3, 1)
 
 	// Peer 2 dies (the supervisor clears its state): a blocked Read ends.
-	errc := make(chan error, 1)
-	go func() {
-		_, err := ab.ReadFrame(ctx)
-		errc <- err
-	}()
+	errc := readLater(ctx, ab)
 	time.Sleep(20 * time.Millisecond)
-	g.state.SetAlive(2, false)
+	g.kill(2)
 	if err := <-errc; !errors.Is(err, ErrPeerGone) {
 		t.Fatalf("Read from dead peer = %v", err)
 	}
@@ -341,10 +323,7 @@ func TestPeerGone(t *testing.T) {
 	ab.Close()
 
 	// Peer 3 corrupts its ring to peer 1 (producer index far ahead).
-	go func() {
-		_, err := ac.ReadFrame(ctx)
-		errc <- err
-	}()
+	errc = readLater(ctx, ac)
 	time.Sleep(20 * time.Millisecond)
 	prod, err := ring.Uint32At(g.outs[3], SectionOffset+g.layout.TxOffset(1))
 	if err != nil {

@@ -10,12 +10,16 @@
 // section holds a 4096-byte info page (the supervisor's holds the board,
 // package ficm/board) followed by the endpoint section (64 slots per ring),
 // doorbell vector 0. The supervisor is peer 0; subOSes are peers 1..N-1.
-// Open writes STATE=1 (alive) and Close STATE=0; a peer whose state-table
-// entry is not alive is gone.
+// Open writes STATE=1 (abi.StateAlive) and Close STATE=0; a peer whose
+// state-table entry is not alive is gone.
 //
 // One dispatcher goroutine per Node receives every message; sends from all
 // goroutines are serialized by a mutex. A full ring makes a sender retry
-// (yield, then short sleeps), never drop.
+// (yield, then short sleeps), never drop. When there is nothing to receive
+// the dispatcher sleeps on vector 0 with no timer: peers' doorbells and the
+// device's state-change interrupt (a peer's state-table entry changed, see
+// rainforest/vmm/shmem/abi) are all that wake it, unless replies it could
+// not send yet wait for room in a full ring.
 //
 // # Message types (queue.Message.Type)
 //

@@ -12,7 +12,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // The C header names the same ABI as the Go packages: every integer
@@ -20,18 +20,22 @@ import (
 // must be in the header.
 func TestHeaderConstants(t *testing.T) {
 	want := map[string]int64{
-		"RF_PCI_VENDOR_ID": shmem.VendorID, "RF_PCI_DEVICE_ID": shmem.DeviceID,
-		"RF_PCI_CLASS_OTHER": shmem.ClassOther, "RF_PROTOCOL_FICM": shmem.ProtocolFICM,
-		"RF_PROTOCOL_SEGMENT": shmem.ProtocolSegment,
-		"RF_BAR_REGS":         shmem.RegBAR, "RF_BAR_MSIX": shmem.MSIXBAR, "RF_BAR_MEM": shmem.MemBAR,
-		"RF_REG_BAR_SIZE": 0x1000,
-		"RF_REG_ID":       shmem.RegID, "RF_REG_MAX_PEERS": shmem.RegMaxPeers, "RF_REG_INT_CONTROL": shmem.RegIntControl,
-		"RF_REG_DOORBELL": shmem.RegDoorbell, "RF_REG_STATE": shmem.RegState, "RF_REG_INT_STATUS": shmem.RegIntStatus,
-		"RF_MAX_PEERS":            shmem.MaxPeers,
-		"RF_CAP_STATE_TABLE_SIZE": shmem.CapStateTableSize, "RF_CAP_RW_SIZE": shmem.CapRWSize,
-		"RF_CAP_OUTPUT_SIZE": shmem.CapOutputSize, "RF_CAP_FLAGS": shmem.CapFlags, "RF_CAP_NAME": shmem.CapName,
-		"RF_CAP_LENGTH": shmem.CapLength, "RF_CAP_FLAG_RW_READONLY": shmem.CapFlagRWReadOnly,
-		"RF_NAME_SIZE": shmem.NameSize, "RF_PAGE_SIZE": endpoint.PageSize, "RF_STATE_ALIVE": StateAlive,
+		"RF_PCI_VENDOR_ID": abi.VendorID, "RF_PCI_DEVICE_ID": abi.DeviceID, "RF_PCI_REVISION": abi.Revision,
+		"RF_PCI_CLASS_OTHER": abi.ClassOther, "RF_PROTOCOL_FICM": abi.ProtocolFICM,
+		"RF_PROTOCOL_SEGMENT": abi.ProtocolSegment,
+		"RF_BAR_REGS":         abi.RegBAR, "RF_BAR_MSIX": abi.MSIXBAR, "RF_BAR_MEM": abi.MemBAR,
+		"RF_REG_BAR_SIZE": abi.RegBARSize, "RF_MSIX_BAR_SIZE": abi.MSIXBARSize, "RF_MSIX_PBA_OFFSET": abi.MSIXPBAOffset,
+		"RF_MAX_VECTORS": abi.MaxVectors, "RF_MAX_VECTOR": abi.MaxVector,
+		"RF_INT_CONTROL_ENABLED": abi.IntControlEnabled, "RF_DOORBELL_PEER_SHIFT": abi.DoorbellPeerShift,
+		"RF_DOORBELL_VECTOR_MASK": abi.DoorbellVectorMask, "RF_INT_STATUS_LAST_BIT": abi.IntStatusLastBit,
+		"RF_REG_ID": abi.RegID, "RF_REG_MAX_PEERS": abi.RegMaxPeers, "RF_REG_INT_CONTROL": abi.RegIntControl,
+		"RF_REG_DOORBELL": abi.RegDoorbell, "RF_REG_STATE": abi.RegState, "RF_REG_INT_STATUS": abi.RegIntStatus,
+		"RF_MAX_PEERS":         abi.MaxPeers,
+		"RF_CAP_LENGTH_OFFSET": abi.CapLengthOffset, "RF_CAP_STATE_TABLE_SIZE": abi.CapStateTableSize, "RF_CAP_RW_SIZE": abi.CapRWSize,
+		"RF_CAP_OUTPUT_SIZE": abi.CapOutputSize, "RF_CAP_FLAGS": abi.CapFlags, "RF_CAP_NAME": abi.CapName,
+		"RF_CAP_LENGTH": abi.CapLength, "RF_CAP_FLAG_RW_READONLY": abi.CapFlagRWReadOnly,
+		"RF_NAME_SIZE": abi.NameSize, "RF_PAGE_SIZE": abi.PageSize, "RF_STATE_ALIVE": abi.StateAlive,
+		"RF_STATE_ENTRY_SIZE": abi.StateEntrySize, "RF_STATE_ABSENT": abi.StateAbsent, "RF_STATE_CHANGE_VECTOR": abi.StateChangeVector,
 		"RF_FICM_INFO_PAGE_SIZE": InfoPageSize, "RF_FICM_SECTION_OFFSET": SectionOffset, "RF_FICM_SLOTS": Slots,
 		"RF_FICM_VECTOR": Vector, "RF_FICM_SUPERVISOR": SupervisorPeer, "RF_FICM_MAX_PEERS": endpoint.MaxPeers,
 		"RF_RING_SLOT_SIZE": ring.SlotSize, "RF_RING_HEADER_SIZE": ring.HeaderSize, "RF_RING_RX_SIZE": ring.RxSize,

@@ -69,6 +69,41 @@ func newGroup(t testing.TB, peers int, raw []int, opts Options) *group {
 	return g
 }
 
+// kill marks peer dead in the state table and raises the state-change
+// interrupt on the others, as the peer's VMM or the supervisor does.
+func (g *group) kill(peer int) {
+	g.state.SetAlive(peer, false)
+	g.irq.StateChanged(peer)
+}
+
+// connect opens a channel from node `from` to node `to` on port and
+// returns its two ends.
+func (g *group) connect(t *testing.T, ctx context.Context, from, to int, port uint16) (dialer, acceptor *Channel) {
+	t.Helper()
+	l, err := g.nodes[to].Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if dialer, err = g.nodes[from].Dial(ctx, to, port); err != nil {
+		t.Fatal(err)
+	}
+	if acceptor, err = l.Accept(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return dialer, acceptor
+}
+
+// readLater starts a ReadFrame on c and returns where its error will be.
+func readLater(ctx context.Context, c *Channel) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.ReadFrame(ctx)
+		errc <- err
+	}()
+	return errc
+}
+
 // send sends m from raw peer `from`, retrying while the ring is full.
 func (g *group) send(t testing.TB, from, to int, m queue.Message) {
 	t.Helper()

@@ -6,6 +6,7 @@ import (
 
 	"rainforest/ficm/board"
 	"rainforest/rfcom/device"
+	"rainforest/vmm/shmem/abi"
 )
 
 // GroupInfo is a look at the FICM group from this subOS without joining
@@ -26,7 +27,7 @@ func Inspect(ctx context.Context, opts Options) (GroupInfo, error) {
 		return GroupInfo{}, err
 	}
 	for _, info := range infos {
-		if info.Protocol() != device.ProtocolFICM {
+		if info.Protocol() != abi.ProtocolFICM {
 			continue
 		}
 		d, err := device.Open(ctx, sys, devRoot, info, device.WithoutInterrupts())

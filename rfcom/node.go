@@ -15,6 +15,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/rfcom/device"
+	"rainforest/vmm/shmem/abi"
 )
 
 // FICM group parameters fixed by the ABI.
@@ -27,12 +28,12 @@ const (
 	SectionOffset = InfoPageSize
 	// Slots is the slot count of every ring.
 	Slots = 64
-	// Vector is the FICM doorbell vector.
-	Vector = 0
+	// Vector is the FICM doorbell vector: the device's state-change
+	// vector, so that one sleep on it wakes for messages and for changes
+	// of the state table alike.
+	Vector = abi.StateChangeVector
 	// SupervisorPeer is the supervisor's peer id.
 	SupervisorPeer = 0
-	// StateAlive is the STATE value of a live peer.
-	StateAlive = 1
 )
 
 // Queue bounds of a Node.
@@ -41,9 +42,14 @@ const (
 	controlQueue  = 256
 	outboxLimit   = 1024
 	backlogSize   = 64
-	idleWait      = 50 * time.Millisecond
-	busyWait      = 200 * time.Microsecond
 	pollBudget    = 256
+	// outboxRetry is how long the dispatcher sleeps while replies wait
+	// for room in a full ring: nothing signals freed slots, so only then
+	// does it arm a timer.
+	outboxRetry = 200 * time.Microsecond
+	// waitRetry is how long the dispatcher sleeps after its waiter
+	// failed (no interrupts), instead of spinning.
+	waitRetry = 50 * time.Millisecond
 )
 
 var (
@@ -179,7 +185,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 	}
 	var info *device.Info
 	for i := range infos {
-		if infos[i].Protocol() == device.ProtocolFICM {
+		if infos[i].Protocol() == abi.ProtocolFICM {
 			info = &infos[i]
 			break
 		}
@@ -200,7 +206,7 @@ func Open(ctx context.Context, opts Options) (*Node, error) {
 }
 
 func openOn(dev *device.Device, opts Options) (*Node, error) {
-	dev.SetState(StateAlive)
+	dev.SetState(abi.StateAlive)
 	ep, err := dev.NewEndpoint(device.EndpointOptions{
 		Slots: Slots, Vector: Vector, PollRounds: opts.PollRounds,
 		UseStateTable: true, RequireFICM: true, SectionOffset: SectionOffset,
@@ -553,7 +559,8 @@ func (n *Node) Ping(ctx context.Context, peer int) (time.Duration, error) {
 	}
 }
 
-// run is the dispatcher: it receives every message until ctx ends.
+// run is the dispatcher: it receives every message until ctx ends. When
+// idle it sleeps on the doorbell (see sleep).
 func (n *Node) run(ctx context.Context) {
 	defer close(n.stopped)
 	for iter := 0; ctx.Err() == nil; iter++ {
@@ -575,13 +582,37 @@ func (n *Node) run(ctx context.Context) {
 			continue
 		}
 		n.checkPeers()
-		d := idleWait
-		if len(n.outbox) > 0 {
-			d = busyWait
-		}
-		wctx, cancel := context.WithTimeout(ctx, d)
-		_ = n.ep.Wait(wctx)
-		cancel()
+		n.sleep(ctx)
+	}
+}
+
+// sleep waits, once nothing is left to receive, until an interrupt of
+// vector Vector: a peer's doorbell (a message) or the device's
+// state-change interrupt (a peer's state table entry changed, which
+// checkPeers then reads). Both are latched until taken, so one that came
+// after the last check ends the sleep at once. Messages, state changes,
+// board changes (the supervisor's BOARD message) and control messages all
+// arrive that way, and every user-facing timeout runs in its caller's
+// context, so an idle dispatcher sleeps without a timer. Only replies
+// waiting in the outbox for room in a full ring arm one (outboxRetry),
+// while they wait.
+func (n *Node) sleep(ctx context.Context) {
+	wctx := ctx
+	if len(n.outbox) > 0 {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithTimeout(ctx, outboxRetry)
+		defer cancel()
+	}
+	err := n.ep.Wait(wctx)
+	if err == nil || wctx.Err() != nil {
+		return
+	}
+	// The waiter failed: retry later rather than spin.
+	t := time.NewTimer(waitRetry)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 
@@ -713,7 +744,9 @@ func contains(s []int, v int) bool {
 	return false
 }
 
-// checkPeers fails the channels of peers the state table marks dead.
+// checkPeers fails the channels of peers the state table marks dead. A
+// change of the table comes with the state-change interrupt, which wakes
+// the dispatcher, so it runs after every sleep.
 func (n *Node) checkPeers() {
 	if n.state == nil {
 		return

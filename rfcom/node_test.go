@@ -12,7 +12,7 @@ import (
 	"rainforest/ficm/control"
 	"rainforest/ficm/queue"
 	"rainforest/rfcom/fakesys"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 func TestDatagrams(t *testing.T) {
@@ -47,7 +47,7 @@ func TestDatagrams(t *testing.T) {
 		if err := a.Send(ctx, 1, 0x80, nil); !errors.Is(err, ErrNoPeer) {
 			t.Fatalf("Send(self) = %v", err)
 		}
-		g.state.SetAlive(2, false)
+		g.kill(2)
 		if err := a.Send(ctx, 2, 0x80, nil); !errors.Is(err, ErrPeerGone) {
 			t.Fatalf("Send(dead) = %v", err)
 		}
@@ -77,7 +77,7 @@ func TestMulticastBroadcast(t *testing.T) {
 	if _, ok := g.nodes[3].TryRecv(); ok {
 		t.Error("peer 3 got a multicast it was not sent")
 	}
-	g.state.SetAlive(3, false)
+	g.kill(3)
 	n, err := a.Broadcast(ctx, 0x91, []byte{9})
 	if err != nil || n != 2 {
 		t.Fatalf("Broadcast = %d, %v; want 2 live peers", n, err)
@@ -180,9 +180,9 @@ func segTree(t *testing.T) *fakesys.Tree {
 		t.Fatal(err)
 	}
 	devs := []fakesys.Device{
-		{Address: "0000:00:04.0", Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: 65536, UIO: true},
-		{Address: "0000:00:05.0", Protocol: shmem.ProtocolSegment, Name: "shared", Peers: 2, ID: 1, RWSize: 8192, OutputSize: 4096},
-		{Address: "0000:00:06.0", Protocol: shmem.ProtocolSegment, Name: "config", Peers: 3, ID: 2, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
+		{Address: "0000:00:04.0", Protocol: abi.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: 65536, UIO: true},
+		{Address: "0000:00:05.0", Protocol: abi.ProtocolSegment, Name: "shared", Peers: 2, ID: 1, RWSize: 8192, OutputSize: 4096},
+		{Address: "0000:00:06.0", Protocol: abi.ProtocolSegment, Name: "config", Peers: 3, ID: 2, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
 	}
 	for _, d := range devs {
 		if _, err := tr.Add(d); err != nil {
@@ -244,8 +244,8 @@ func TestOpenOnFakeTree(t *testing.T) {
 	}
 	// STATE=1 written; the board page (zero: no board yet) is corrupt.
 	regs, _ := os.ReadFile(tr.Path("0000:00:04.0") + "/resource0")
-	if regs[shmem.RegState] != StateAlive {
-		t.Fatalf("STATE = %d", regs[shmem.RegState])
+	if regs[abi.RegState] != abi.StateAlive {
+		t.Fatalf("STATE = %d", regs[abi.RegState])
 	}
 	if _, err := n.Board(); !errors.Is(err, board.ErrCorrupt) {
 		t.Fatalf("Board = %v", err)
@@ -258,11 +258,69 @@ func TestOpenOnFakeTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	regs, _ = os.ReadFile(tr.Path("0000:00:04.0") + "/resource0")
-	if regs[shmem.RegState] != 0 {
-		t.Fatalf("STATE after Close = %d", regs[shmem.RegState])
+	if regs[abi.RegState] != 0 {
+		t.Fatalf("STATE after Close = %d", regs[abi.RegState])
 	}
 	empty, _ := fakesys.New(t.TempDir())
 	if _, err := Open(ctx, Options{SysRoot: empty.Sys, DevRoot: empty.Dev}); !errors.Is(err, ErrNoDevice) {
 		t.Fatalf("Open without device = %v", err)
 	}
+}
+
+// idleWaits waits until peer's dispatcher sleeps (its waiter's call count
+// holds still for 50 ms) and returns the count.
+func (g *group) idleWaits(t *testing.T, peer int) int64 {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	last := g.irq.Waits(peer)
+	for {
+		time.Sleep(50 * time.Millisecond)
+		now := g.irq.Waits(peer)
+		if now == last && now > 0 {
+			return now
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("peer %d's dispatcher never went to sleep (%d waits)", peer, now)
+		}
+		last = now
+	}
+}
+
+// An idle node sleeps on its doorbell without a timer: no wake-up in
+// 300 ms without an interrupt.
+func TestIdleNodeDoesNotWake(t *testing.T) {
+	g := newGroup(t, 3, nil, Options{})
+	before := g.idleWaits(t, 1)
+	time.Sleep(300 * time.Millisecond)
+	if woke := g.irq.Waits(1) - before; woke != 0 {
+		t.Errorf("an idle node went to sleep %d more times in 300 ms without an interrupt", woke)
+	}
+	// A doorbell wakes it once, and it goes back to sleep.
+	g.irq.Ring(1)
+	if n := g.idleWaits(t, 1); n != before+1 {
+		t.Errorf("one doorbell: %d waits, want %d", n, before+1)
+	}
+}
+
+// A peer's state change reaches a sleeping node through the state-change
+// interrupt, and only through it.
+func TestStateChangeInterrupt(t *testing.T) {
+	g := newGroup(t, 3, nil, Options{})
+	ctx := ctxT(t, 10*time.Second)
+	c, _ := g.connect(t, ctx, 1, 2, 9)
+	errc := readLater(ctx, c)
+	before := g.idleWaits(t, 1)
+	// The entry changes without the interrupt: the node does not look.
+	g.state.SetAlive(2, false)
+	time.Sleep(200 * time.Millisecond)
+	if len(errc) != 0 || g.irq.Waits(1) != before {
+		t.Fatalf("the node noticed without an interrupt (%d more waits)", g.irq.Waits(1)-before)
+	}
+	// The interrupt: the blocked Read ends at once.
+	start := time.Now()
+	g.irq.StateChanged(2)
+	if err := <-errc; !errors.Is(err, ErrPeerGone) || time.Since(start) > 2*time.Second {
+		t.Fatalf("Read after the state change = %v after %v", err, time.Since(start))
+	}
+	t.Logf("state change noticed in %v", time.Since(start))
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"rainforest/rfcom/device"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Segment is a mapped shared segment: the read-write section of a
@@ -30,7 +31,7 @@ func openSegments(ctx context.Context, opts Options, visit func(*device.Device) 
 		return err
 	}
 	for _, info := range infos {
-		if info.Protocol() != device.ProtocolSegment {
+		if info.Protocol() != abi.ProtocolSegment {
 			continue
 		}
 		d, err := device.Open(ctx, sys, dev, info, device.WithoutInterrupts())

@@ -14,6 +14,7 @@ import (
 	"rainforest/vmm/platform/hotplug"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 	"rainforest/vmm/testguest"
 	"rainforest/vmm/virtio/blk"
 )
@@ -49,7 +50,7 @@ func guestEject(m *Machine, slot int) {
 // is back.
 func TestKVMHotplugGivesEverythingBack(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}
 	region := sharedPage(t, int(l.Size()))
 	img := filepath.Join(t.TempDir(), "disk.img")
 	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
@@ -77,7 +78,7 @@ func TestKVMHotplugGivesEverythingBack(t *testing.T) {
 	if _, err := m.AddVirtio("hot", model, nil); !errors.Is(err, ErrDeviceExists) {
 		t.Errorf("second device with id hot: %v", err)
 	}
-	seg, err := m.AddSharedMemory(shmemdev.Config{ID: 0, Layout: l, Region: region, Vectors: 2, Identity: shmem.Identity{Protocol: shmem.ProtocolSegment, Name: "seg"}})
+	seg, err := m.AddSharedMemory(shmemdev.Config{ID: 0, Layout: l, Region: region, Vectors: 2, Identity: shmem.Identity{Protocol: abi.ProtocolSegment, Name: "seg"}})
 	if err != nil {
 		t.Fatal(err)
 	}

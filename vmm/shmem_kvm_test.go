@@ -10,7 +10,7 @@ import (
 	"rainforest/vmm/eventfd"
 	"rainforest/vmm/pci"
 	"rainforest/vmm/ram"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 	"rainforest/vmm/testguest"
 )
 
@@ -40,7 +40,7 @@ func pciConfigRead(m *Machine, slot, reg int, data []byte) {
 // vector, unmasks it and enables MSI-X, as a driver would.
 func programMSIX(t *testing.T, m *Machine, sm *shmemdev.Device, vector uint32) {
 	t.Helper()
-	table := sm.BARAddr(shmem.MSIXBAR)
+	table := sm.BARAddr(abi.MSIXBAR)
 	put := func(off uint64, v uint32) {
 		var b [4]byte
 		binary.LittleEndian.PutUint32(b[:], v)
@@ -71,7 +71,7 @@ func programMSIX(t *testing.T, m *Machine, sm *shmemdev.Device, vector uint32) {
 
 // shmemPair makes machines A (peer 0) and B (peer 1), each with a shared
 // memory function over one region and connected to the other.
-func shmemPair(t *testing.T, l shmem.Layout) (a, b *Machine, sa, sb *shmemdev.Device, region []byte) {
+func shmemPair(t *testing.T, l abi.Layout) (a, b *Machine, sa, sb *shmemdev.Device, region []byte) {
 	t.Helper()
 	needKVM(t)
 	cores := onlineCores(t, 2)
@@ -100,7 +100,7 @@ func shmemPair(t *testing.T, l shmem.Layout) (a, b *Machine, sa, sb *shmemdev.De
 // write into A's section traps, is dropped and counted. Doorbells to a peer
 // or vector that does not exist are dropped and counted in A.
 func TestKVMSharedMemoryDevice(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	a, b, sa, sb, region := shmemPair(t, l)
 	if err := sa.ConnectPeer(shmemdev.PeerDoorbells{Peer: 1, Vectors: []*eventfd.EventFD{sb.Vector(0)}}); !errors.Is(err, shmemdev.ErrConfig) {
 		t.Errorf("second connection of peer 1: %v", err)
@@ -111,10 +111,10 @@ func TestKVMSharedMemoryDevice(t *testing.T) {
 	programMSIX(t, b, sb, shmemTestVector)
 
 	const msg = 0x1122334455667788
-	aBell := sa.BARAddr(shmem.RegBAR) + shmem.RegDoorbell
-	aOut := sa.BARAddr(shmem.MemBAR) + l.OutputOffset(0)
-	bAOut := sb.BARAddr(shmem.MemBAR) + l.OutputOffset(0) // A's section as B sees it
-	if aBell == shmem.RegDoorbell || aOut == l.OutputOffset(0) || bAOut == l.OutputOffset(0) {
+	aBell := sa.BARAddr(abi.RegBAR) + abi.RegDoorbell
+	aOut := sa.BARAddr(abi.MemBAR) + l.OutputOffset(0)
+	bAOut := sb.BARAddr(abi.MemBAR) + l.OutputOffset(0) // A's section as B sees it
+	if aBell == abi.RegDoorbell || aOut == l.OutputOffset(0) || bAOut == l.OutputOffset(0) {
 		t.Fatalf("BARs not assigned: A %#x/%#x B %#x", aBell, aOut, bAOut)
 	}
 
@@ -180,7 +180,7 @@ func TestKVMSharedMemoryDevice(t *testing.T) {
 // A signal of a vector while the guest has it masked is kept and
 // delivered when the guest unmasks it.
 func TestKVMSharedMemoryPendingUntilUnmasked(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	_, b, _, sb, _ := shmemPair(t, l)
 	var cb testguest.Code
 	cb.MovRBX(1).Report(0)
@@ -206,19 +206,19 @@ func TestKVMSharedMemoryPendingUntilUnmasked(t *testing.T) {
 // and the memory slots follow, so the same exchange works at the new
 // addresses.
 func TestKVMSharedMemoryBARMove(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	a, b, sa, sb, region := shmemPair(t, l)
 	programMSIX(t, b, sb, shmemTestVector)
 	const newReg, newMem = 0xC100_0000, 0xC200_0000
 	var v [4]byte
 	binary.LittleEndian.PutUint32(v[:], newReg)
-	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.RegBAR, v[:])
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*abi.RegBAR, v[:])
 	binary.LittleEndian.PutUint32(v[:], newMem|0xC) // flags are read-only
-	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*shmem.MemBAR, v[:])
-	if got := sa.BARAddr(shmem.RegBAR); got != newReg {
+	pciConfigWrite(a, sa.Slot(), pci.RegBAR0+4*abi.MemBAR, v[:])
+	if got := sa.BARAddr(abi.RegBAR); got != newReg {
 		t.Fatalf("register BAR at %#x after move", got)
 	}
-	if got := sa.BARAddr(shmem.MemBAR); got != newMem {
+	if got := sa.BARAddr(abi.MemBAR); got != newMem {
 		t.Fatalf("memory BAR at %#x after move", got)
 	}
 	const msg = 0x5555AAAA
@@ -228,7 +228,7 @@ func TestKVMSharedMemoryBARMove(t *testing.T) {
 	cb.MovRBX(2).Report(0).Spin()
 	var ca testguest.Code
 	ca.MovRAX(newMem + l.OutputOffset(0)).MovRBX(msg).Store64()
-	ca.MovRAX(newReg + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	ca.MovRAX(newReg + abi.RegDoorbell).MovRBX(1 << 16).Store32()
 	ca.MovRBX(1).Report(0).Spin()
 	recB, _ := startGuest(t, b, cb.Bytes())
 	recB.wait(t, 1)
@@ -247,14 +247,14 @@ func TestKVMSharedMemoryBARMove(t *testing.T) {
 // registered for it) and is delivered through the vector's eventfd when
 // INT_CONTROL is on.
 func TestKVMSharedMemorySelfDoorbell(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	_, b, _, sb, _ := shmemPair(t, l)
 	programMSIX(t, b, sb, shmemTestVector)
-	regs := sb.BARAddr(shmem.RegBAR)
+	regs := sb.BARAddr(abi.RegBAR)
 	var cb testguest.Code
-	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32() // interrupts off: nothing
-	cb.MovRAX(regs + shmem.RegIntControl).MovRBX(1).Store32()
-	cb.MovRAX(regs + shmem.RegDoorbell).MovRBX(1 << 16).Store32()
+	cb.MovRAX(regs + abi.RegDoorbell).MovRBX(1 << 16).Store32() // interrupts off: nothing
+	cb.MovRAX(regs + abi.RegIntControl).MovRBX(1).Store32()
+	cb.MovRAX(regs + abi.RegDoorbell).MovRBX(1 << 16).Store32()
 	cb.WaitNonZero(testguest.CounterFor(shmemTestVector))
 	cb.MovRBX(1).Report(0).Spin()
 	recB, _ := startGuest(t, b, cb.Bytes())
@@ -271,10 +271,10 @@ func TestKVMSharedMemorySelfDoorbell(t *testing.T) {
 func TestKVMSharedMemoryConfigErrors(t *testing.T) {
 	needKVM(t)
 	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	region := make([]byte, l.Size())
 	for _, c := range []shmemdev.Config{
-		{ID: 0, Layout: shmem.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
+		{ID: 0, Layout: abi.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
 		{ID: 0, Layout: l, Region: region[:4096], Vectors: 1},
 		{ID: 0, Layout: l, Region: region, Vectors: 0},
 		{ID: 0, Layout: l, Region: region, Vectors: 65},
@@ -292,7 +292,7 @@ func TestKVMSharedMemoryConfigErrors(t *testing.T) {
 // original eventfd interrupts the guest.
 func TestKVMSharedMemoryIncomingEventFDs(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	ev, err := eventfd.New()
 	if err != nil {
 		t.Fatal(err)
@@ -345,7 +345,7 @@ func ioapicRoute(c *testguest.Code, pin uint32, vector uint32) {
 // delivers it. With MSI-X on, INTx is left alone.
 func TestKVMSharedMemoryINTx(t *testing.T) {
 	needKVM(t)
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	ev, err := eventfd.New()
 	if err != nil {
 		t.Fatal(err)
@@ -378,10 +378,10 @@ func TestKVMSharedMemoryINTx(t *testing.T) {
 		}
 		pciConfigWrite(b, sb.Slot(), pci.RegCommand, cmd[:])
 	}
-	regs := sb.BARAddr(shmem.RegBAR)
+	regs := sb.BARAddr(abi.RegBAR)
 	var w [4]byte
 	binary.LittleEndian.PutUint32(w[:], 1)
-	b.MMIO.Write(regs+shmem.RegIntControl, w[:])
+	b.MMIO.Write(regs+abi.RegIntControl, w[:])
 
 	var cb testguest.Code
 	ioapicRoute(&cb, gsi, shmemTestVector)
@@ -426,7 +426,7 @@ func TestKVMSharedMemoryINTx(t *testing.T) {
 		t.Error("Interrupt Status clear with a doorbell held")
 	}
 	var r [4]byte
-	b.MMIO.Read(regs+shmem.RegIntStatus, r[:])
+	b.MMIO.Read(regs+abi.RegIntStatus, r[:])
 	if binary.LittleEndian.Uint32(r[:]) != 1 {
 		t.Errorf("INT_STATUS %#x with a doorbell held, want 1", r)
 	}

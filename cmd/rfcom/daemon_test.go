@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -19,7 +18,6 @@ import (
 	"rainforest/rfcom/device"
 	"rainforest/rfcom/fakesys"
 	"rainforest/rfcom/local"
-	"rainforest/vmm/shmem"
 )
 
 // syncBuffer is a bytes.Buffer written by one goroutine and read by
@@ -92,14 +90,8 @@ func startDaemon(t *testing.T, tr *fakesys.Tree) *daemonRun {
 // fake guest a (from twoGuests), to send control messages with.
 func supervisor(t *testing.T, a *fakesys.Tree) *endpoint.Endpoint {
 	t.Helper()
-	sup, err := fakesys.New(t.TempDir())
+	sup, err := fakesys.New(supervisorTree(a)) // the paths of the tree twoGuests filled
 	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := sup.Add(fakesys.Device{
-		Address: ficmAddr, Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 0, OutputSize: groupOut,
-		SharedMemory: filepath.Join(a.Path(ficmAddr), "resource2"),
-	}); err != nil {
 		t.Fatal(err)
 	}
 	infos, err := device.Find(sup.Sys)

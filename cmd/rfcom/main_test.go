@@ -14,7 +14,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/rfcom"
 	"rainforest/rfcom/fakesys"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 type result struct {
@@ -130,9 +130,16 @@ const (
 	groupOut = 32768
 )
 
+// supervisorTree is where twoGuests puts the function of peer 0 (the
+// supervisor) of guest a's group.
+func supervisorTree(a *fakesys.Tree) string {
+	return filepath.Join(filepath.Dir(a.Sys), "supervisor")
+}
+
 // twoGuests builds the fake trees of peers 1 and 2 of a 3-peer FICM group
 // sharing one memory file, every peer alive and a board published; peer 1
-// also has two segments.
+// also has two segments. Peer 0's function is in supervisorTree(a), and a
+// fake VMM delivers the three peers' doorbells.
 func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	t.Helper()
 	var err error
@@ -142,7 +149,7 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	if b, err = fakesys.New(t.TempDir()); err != nil {
 		t.Fatal(err)
 	}
-	ficm := fakesys.Device{Address: ficmAddr, Protocol: shmem.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: groupOut, UIO: true}
+	ficm := fakesys.Device{Address: ficmAddr, Protocol: abi.ProtocolFICM, Name: "ficm", Peers: 3, ID: 1, OutputSize: groupOut, UIO: true}
 	mem, err := a.Add(ficm)
 	if err != nil {
 		t.Fatal(err)
@@ -151,9 +158,27 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	if _, err := b.Add(ficm); err != nil {
 		t.Fatal(err)
 	}
+	sup, err := fakesys.New(supervisorTree(a))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ficm.ID, ficm.UIO = 0, false
+	if _, err := sup.Add(ficm); err != nil {
+		t.Fatal(err)
+	}
+	regs := func(tr *fakesys.Tree) string { return filepath.Join(tr.Path(ficmAddr), "resource0") }
+	vmm, err := fakesys.StartVMM(fakesys.ShmemRegisters(), []fakesys.Peer{
+		{ID: 0, Resource0: regs(sup)},
+		{ID: 1, Resource0: regs(a), UIO: filepath.Join(a.Dev, "uio0")},
+		{ID: 2, Resource0: regs(b), UIO: filepath.Join(b.Dev, "uio0")},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(vmm.Stop)
 	for _, d := range []fakesys.Device{
-		{Address: "0000:00:05.0", Protocol: shmem.ProtocolSegment, Name: "data", Peers: 2, ID: 0, RWSize: 8192, OutputSize: 4096},
-		{Address: "0000:00:06.0", Protocol: shmem.ProtocolSegment, Name: "config", Peers: 2, ID: 1, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
+		{Address: "0000:00:05.0", Protocol: abi.ProtocolSegment, Name: "data", Peers: 2, ID: 0, RWSize: 8192, OutputSize: 4096},
+		{Address: "0000:00:06.0", Protocol: abi.ProtocolSegment, Name: "config", Peers: 2, ID: 1, RWSize: 4096, OutputSize: 4096, ReadOnly: true},
 	} {
 		if _, err := a.Add(d); err != nil {
 			t.Fatal(err)
@@ -162,7 +187,7 @@ func twoGuests(t *testing.T) (a, b *fakesys.Tree) {
 	l := ficm.Layout()
 	state := make([]byte, 12)
 	for p := range 3 {
-		binary.LittleEndian.PutUint32(state[4*p:], rfcom.StateAlive)
+		binary.LittleEndian.PutUint32(state[abi.StateEntryOffset(p):], abi.StateAlive)
 	}
 	if err := a.WriteMemory(ficmAddr, 0, state); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"rainforest/ficm/endpoint/fakeirq"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
+	"rainforest/vmm/shmem/abi"
 )
 
 type mesh struct {
@@ -116,10 +117,16 @@ func TestStateTable(t *testing.T) {
 	if st.Alive(0) || !st.Alive(2) || st.Alive(3) || st.Alive(-1) {
 		t.Fatal("wrong alive flags")
 	}
-	if binary.NativeEndian.Uint32(buf[2*StateEntrySize:]) != 1 {
+	if binary.NativeEndian.Uint32(buf[abi.StateEntryOffset(2):]) != 1 {
 		t.Fatal("alive flag not at its ABI offset")
 	}
-	if err := st.SetAlive(3, true); !errors.Is(err, ErrNoPeer) {
+	if changed, err := st.SetAlive(2, true); err != nil || changed {
+		t.Errorf("setting an alive peer alive: changed %v, %v", changed, err)
+	}
+	if changed, err := st.SetAlive(2, false); err != nil || !changed {
+		t.Errorf("setting an alive peer dead: changed %v, %v", changed, err)
+	}
+	if _, err := st.SetAlive(3, true); !errors.Is(err, ErrNoPeer) {
 		t.Fatalf("SetAlive out of range: %v", err)
 	}
 	if _, err := NewStateTable(buf[:3], 3); !errors.Is(err, ring.ErrLayout) {

@@ -6,6 +6,7 @@ import (
 
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
+	"rainforest/vmm/shmem/abi"
 )
 
 const (
@@ -14,10 +15,6 @@ const (
 	// PageSize is the alignment of the transmit area and the size granule
 	// of a section.
 	PageSize = 4096
-	// StateEntrySize is the size of one peer's entry in the state table.
-	StateEntrySize = 4
-
-	stateAlive = 1 << 0
 )
 
 // Layout is the layout of every peer's output section for a group of peers
@@ -84,12 +81,14 @@ func (l Layout) QueueAreas(sections [][]byte, from, to int) (tx, rx []byte, err 
 func roundUp(n, to int) int { return (n + to - 1) / to * to }
 
 // StateTableSize returns the size of the state table of peers peers.
-func StateTableSize(peers int) int { return roundUp(peers*StateEntrySize, ring.SlotSize) }
+func StateTableSize(peers int) int { return roundUp(peers*abi.StateEntrySize, ring.SlotSize) }
 
-// StateTable is the group's peer state table: for each peer id a uint32
-// (host byte order) at id*StateEntrySize whose bit 0 says the peer is alive;
-// other bits are reserved and zero. The supervisor owns and writes it;
-// guests map it read-only.
+// StateTable is the group's peer state table, in the device's format
+// (rainforest/vmm/shmem/abi): for each peer id a uint32 (host byte order,
+// little-endian) at abi.StateEntryOffset(id) whose bit 0 (abi.StateAlive)
+// says the peer is alive; other bits are reserved and zero. Guests map it
+// read-only: a guest's entry changes through its STATE register, the
+// supervisor writes its own and clears those of departed peers.
 type StateTable struct {
 	words []*atomic.Uint32
 }
@@ -105,7 +104,7 @@ func NewStateTable(buf []byte, peers int) (*StateTable, error) {
 	}
 	st := &StateTable{words: make([]*atomic.Uint32, peers)}
 	for i := range st.words {
-		w, err := ring.Uint32At(buf, i*StateEntrySize)
+		w, err := ring.Uint32At(buf, abi.StateEntryOffset(i))
 		if err != nil {
 			return nil, fmt.Errorf("state of peer %d: %w", i, err)
 		}
@@ -119,19 +118,20 @@ func (st *StateTable) Alive(peer int) bool {
 	if peer < 0 || peer >= len(st.words) {
 		return false
 	}
-	return st.words[peer].Load()&stateAlive != 0
+	return st.words[peer].Load()&abi.StateAlive != 0
 }
 
-// SetAlive records whether peer is alive. Only the table's owner (the
-// supervisor) calls it.
-func (st *StateTable) SetAlive(peer int, alive bool) error {
+// SetAlive records whether peer is alive and reports whether its entry
+// changed. Only the supervisor calls it (on its own entry and on those of
+// departed peers); it then raises the state-change interrupt on the other
+// peers when the entry changed.
+func (st *StateTable) SetAlive(peer int, alive bool) (changed bool, err error) {
 	if peer < 0 || peer >= len(st.words) {
-		return fmt.Errorf("%w: peer %d", ErrNoPeer, peer)
+		return false, fmt.Errorf("%w: peer %d", ErrNoPeer, peer)
 	}
 	var v uint32
 	if alive {
-		v = stateAlive
+		v = abi.StateAlive
 	}
-	st.words[peer].Store(v)
-	return nil
+	return st.words[peer].Swap(v) != v, nil
 }

@@ -5,6 +5,7 @@ import (
 
 	"rainforest/vmm/pci"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 type nopRouter struct{}
@@ -22,8 +23,8 @@ func (nopBell) INTxPending() bool     { return false }
 // The guest side parses exactly the config space the VMM's device model
 // presents: the two ends of the ABI cannot drift apart.
 func TestCapabilityMatchesDeviceModel(t *testing.T) {
-	l := shmem.Layout{Peers: 3, RWSize: 8192, OutputSize: 16384}
-	ident := shmem.Identity{Protocol: shmem.ProtocolSegment, Name: "seg.shared-1", RWReadOnly: true}
+	l := abi.Layout{Peers: 3, RWSize: 8192, OutputSize: 16384}
+	ident := shmem.Identity{Protocol: abi.ProtocolSegment, Name: "seg.shared-1", RWReadOnly: true}
 	dev, err := shmem.NewWithIdentity(1, l, 2, make([]byte, l.StateTableSize()), nopRouter{}, nopBell{}, ident)
 	if err != nil {
 		t.Fatal(err)
@@ -35,10 +36,10 @@ func TestCapabilityMatchesDeviceModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	state, rw, out := c.state, c.rw, c.out
-	if c.name != ident.Name || c.flags != CapFlagRWReadOnly {
+	if c.name != ident.Name || c.flags != abi.CapFlagRWReadOnly {
 		t.Errorf("parsed name %q flags %#x, device model has %q read-only", c.name, c.flags, ident.Name)
 	}
-	if cfg[0x09] != shmem.ProtocolSegment {
+	if cfg[0x09] != abi.ProtocolSegment {
 		t.Errorf("class protocol byte %#x", cfg[0x09])
 	}
 	// A longest name fills the field with no NUL.
@@ -54,10 +55,7 @@ func TestCapabilityMatchesDeviceModel(t *testing.T) {
 	if state != l.StateTableSize() || rw != l.RWSize || out != l.OutputSize {
 		t.Errorf("parsed state %d rw %d out %d, device model has %d %d %d", state, rw, out, l.StateTableSize(), l.RWSize, l.OutputSize)
 	}
-	g := Layout{Peers: l.Peers, StateTableSize: state, RWSize: rw, OutputSize: out}
-	for p := 0; p < l.Peers; p++ {
-		if g.OutputOffset(p) != l.OutputOffset(p) {
-			t.Errorf("peer %d output offset: guest %d, VMM %d", p, g.OutputOffset(p), l.OutputOffset(p))
-		}
+	if err := checkLayout(abi.Layout{Peers: l.Peers, RWSize: rw, OutputSize: out}, state, l.BARSize()); err != nil {
+		t.Errorf("the guest refuses the device model's layout: %v", err)
 	}
 }

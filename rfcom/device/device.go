@@ -1,7 +1,8 @@
 // Package device is the guest-side access, for programs in a subOS, to the
-// inter-subOS shared-memory PCI device (vendor 0x110A, device 0x4106; see
-// rainforest/vmm/shmem for the device model and its register and memory
-// layout).
+// inter-subOS shared-memory PCI device (vendor 0x110A, device 0x4106),
+// whose registers, vendor capability and memory layout are the ABI in
+// rainforest/vmm/shmem/abi (the host's device model, vmm/shmem, uses the
+// same definitions; this package links nothing else of the VMM).
 //
 // Find scans sysfs for the device; Open binds it to uio_pci_generic if no
 // driver has it, reads the sizes from its vendor capability, maps the
@@ -22,7 +23,8 @@
 // ID) is validated against the BAR before any slicing.
 //
 // A Device's views are invalid after Close; Close must not run concurrently
-// with other methods. Wait must be used by one goroutine at a time.
+// with other methods but Wait, which it wakes. Wait must be used by one
+// goroutine at a time; it sleeps in poll(2) with no timeout.
 package device
 
 import (
@@ -34,42 +36,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
-	"rainforest/vmm/shmem"
-)
-
-// PCI identity, protocol and register offsets: the device model's wire ABI
-// (rainforest/vmm/shmem is its one definition; that package is pure Go and
-// knows nothing of KVM).
-const (
-	VendorID     = shmem.VendorID
-	DeviceID     = shmem.DeviceID
-	ProtocolFICM = shmem.ProtocolFICM
-	// ProtocolSegment is a named shared segment (only RW is used).
-	ProtocolSegment = shmem.ProtocolSegment
-	// CapFlagRWReadOnly: the read-write section is read-only here.
-	CapFlagRWReadOnly = shmem.CapFlagRWReadOnly
-	RegID             = shmem.RegID
-	RegMaxPeers       = shmem.RegMaxPeers
-	RegIntControl     = shmem.RegIntControl
-	RegDoorbell       = shmem.RegDoorbell
-	RegState          = shmem.RegState
-	RegIntStatus      = shmem.RegIntStatus
-	// RegBARSize is the size of the register BAR mapped by Open.
-	RegBARSize = 0x1000
-)
-
-// Limits.
-const (
-	// MaxPeers bounds MAX_PEERS (as the VMM does).
-	MaxPeers = shmem.MaxPeers
-	// MaxVector is the largest doorbell vector (16-bit field).
-	MaxVector = 0xFFFF
-	// PageSize is the granule of the memory BAR's sections.
-	PageSize = 4096
+	"rainforest/vmm/shmem/abi"
 )
 
 // PCI config space offsets used here.
@@ -100,46 +70,16 @@ var (
 	ErrProtocol = errors.New("device: wrong protocol")
 )
 
-// Layout is the memory BAR layout: state table, read-write section and one
-// output section per peer, back to back from offset 0, each a page multiple.
-type Layout struct {
-	Peers          int
-	StateTableSize uint64
-	RWSize         uint64
-	OutputSize     uint64
-}
-
-// StateTableOffset is the offset of the state table (always 0).
-func (l Layout) StateTableOffset() uint64 { return 0 }
-
-// RWOffset is the offset of the read-write section.
-func (l Layout) RWOffset() uint64 { return l.StateTableSize }
-
-// OutputOffset is the offset of peer's output section.
-func (l Layout) OutputOffset(peer int) uint64 {
-	return l.StateTableSize + l.RWSize + uint64(peer)*l.OutputSize
-}
-
-// Size is the number of bytes of the memory BAR used by the layout.
-func (l Layout) Size() uint64 { return l.OutputOffset(l.Peers) }
-
-// validate checks l against a memory BAR of barSize bytes without
-// overflowing.
-func (l Layout) validate(barSize uint64) error {
-	const limit = 1 << 46
-	switch {
-	case l.Peers < 1 || l.Peers > MaxPeers:
-		return fmt.Errorf("%w: MAX_PEERS %d (1..%d)", ErrLayout, l.Peers, MaxPeers)
-	case l.OutputSize == 0:
-		return fmt.Errorf("%w: empty output section", ErrLayout)
-	case l.StateTableSize%PageSize != 0 || l.RWSize%PageSize != 0 || l.OutputSize%PageSize != 0:
-		return fmt.Errorf("%w: sizes not page multiples (state %d, rw %d, output %d)", ErrLayout, l.StateTableSize, l.RWSize, l.OutputSize)
-	case l.StateTableSize < uint64(l.Peers)*4:
-		return fmt.Errorf("%w: state table of %d bytes for %d peers", ErrLayout, l.StateTableSize, l.Peers)
-	case l.StateTableSize > limit || l.RWSize > limit || l.OutputSize > limit:
-		return fmt.Errorf("%w: section larger than %d bytes", ErrLayout, uint64(limit))
+// checkLayout checks l, whose state table the vendor capability sizes as
+// stateSize bytes, against a memory BAR of barSize bytes.
+func checkLayout(l abi.Layout, stateSize, barSize uint64) error {
+	if err := l.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrLayout, err)
 	}
-	// Each term is < 2^46 and Peers <= 2^12, so the sum cannot overflow.
+	if stateSize != l.StateTableSize() {
+		return fmt.Errorf("%w: state table of %d bytes for %d peers, want %d", ErrLayout, stateSize, l.Peers, l.StateTableSize())
+	}
+	// Validate bounds every term, so Size cannot overflow.
 	if l.Size() > barSize {
 		return fmt.Errorf("%w: layout needs %d bytes, memory BAR has %d", ErrLayout, l.Size(), barSize)
 	}
@@ -149,7 +89,7 @@ func (l Layout) validate(barSize uint64) error {
 // Device is an open shared-memory PCI function.
 type Device struct {
 	info   Info
-	layout Layout
+	layout abi.Layout
 	id     int
 	uio    string
 	flags  uint32
@@ -157,10 +97,14 @@ type Device struct {
 	irq    bool // interrupts enabled through uio
 
 	config *os.File // sysfs config space, read-write
-	uioFD  int      // /dev/uioN, non-blocking; -1 when closed
 	regs   []byte   // register BAR mapping
 	mem    []byte   // memory BAR mapping
 	closed atomic.Bool
+
+	// uioDev is /dev/uioN (nil without interrupts or once closed); waitMu
+	// is held by WaitStatus, and by Close before it releases anything.
+	uioDev *UIO
+	waitMu sync.Mutex
 }
 
 // capability is the content of the vendor capability.
@@ -187,8 +131,8 @@ func parseCapability(cfg []byte) (capability, error) {
 	if len(cfg) < 0x40 {
 		return capability{}, fmt.Errorf("%w: config space of %d bytes", ErrCapability, len(cfg))
 	}
-	if v, d := binary.LittleEndian.Uint16(cfg[cfgVendor:]), binary.LittleEndian.Uint16(cfg[cfgDevice:]); v != VendorID || d != DeviceID {
-		return capability{}, fmt.Errorf("%w: device %04x:%04x is not %04x:%04x", ErrCapability, v, d, VendorID, DeviceID)
+	if v, d := binary.LittleEndian.Uint16(cfg[cfgVendor:]), binary.LittleEndian.Uint16(cfg[cfgDevice:]); v != abi.VendorID || d != abi.DeviceID {
+		return capability{}, fmt.Errorf("%w: device %04x:%04x is not %04x:%04x", ErrCapability, v, d, abi.VendorID, abi.DeviceID)
 	}
 	if binary.LittleEndian.Uint16(cfg[cfgStatus:])&statusCapList == 0 {
 		return capability{}, fmt.Errorf("%w: no capability list", ErrCapability)
@@ -202,19 +146,19 @@ func parseCapability(cfg []byte) (capability, error) {
 			return capability{}, fmt.Errorf("%w: capability pointer %#x outside %d-byte config space", ErrCapability, ptr, len(cfg))
 		}
 		if cfg[ptr] == capIDVendor {
-			if ptr+shmem.CapLength > len(cfg) {
+			if ptr+abi.CapLength > len(cfg) {
 				return capability{}, fmt.Errorf("%w: vendor capability at %#x truncated", ErrCapability, ptr)
 			}
-			if n := int(cfg[ptr+2]); n < shmem.CapLength {
-				return capability{}, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, shmem.CapLength)
+			if n := int(cfg[ptr+abi.CapLengthOffset]); n < abi.CapLength {
+				return capability{}, fmt.Errorf("%w: vendor capability length %d, want %d", ErrCapability, n, abi.CapLength)
 			}
 			c := capability{
-				state: uint64(binary.LittleEndian.Uint32(cfg[ptr+shmem.CapStateTableSize:])),
-				rw:    binary.LittleEndian.Uint64(cfg[ptr+shmem.CapRWSize:]),
-				out:   binary.LittleEndian.Uint64(cfg[ptr+shmem.CapOutputSize:]),
-				flags: binary.LittleEndian.Uint32(cfg[ptr+shmem.CapFlags:]),
+				state: uint64(binary.LittleEndian.Uint32(cfg[ptr+abi.CapStateTableSize:])),
+				rw:    binary.LittleEndian.Uint64(cfg[ptr+abi.CapRWSize:]),
+				out:   binary.LittleEndian.Uint64(cfg[ptr+abi.CapOutputSize:]),
+				flags: binary.LittleEndian.Uint32(cfg[ptr+abi.CapFlags:]),
 			}
-			name := cfg[ptr+shmem.CapName : ptr+shmem.CapName+shmem.NameSize]
+			name := cfg[ptr+abi.CapName : ptr+abi.CapName+abi.NameSize]
 			if i := bytes.IndexByte(name, 0); i >= 0 {
 				if !allZero(name[i:]) {
 					return capability{}, fmt.Errorf("%w: region name not NUL-padded", ErrCapability)
@@ -267,7 +211,7 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if info.Path == "" {
 		info.Path = filepath.Join(sysRoot, "bus", "pci", "devices", info.Address)
 	}
-	dev := &Device{info: info, uioFD: -1}
+	dev := &Device{info: info}
 	defer func() {
 		if err != nil {
 			_ = dev.release()
@@ -293,16 +237,16 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 			return nil, err
 		}
 	}
-	if d.regs, err = mapPath(info.Resource0, RegBARSize, RegBARSize); err != nil {
+	if d.regs, err = mapPath(info.Resource0, abi.RegBARSize, abi.RegBARSize); err != nil {
 		return nil, fmt.Errorf("register BAR: %w", err)
 	}
-	d.id = int(load32(d.regs, RegID))
-	d.layout = Layout{Peers: int(load32(d.regs, RegMaxPeers)), StateTableSize: c.state, RWSize: c.rw, OutputSize: c.out}
+	d.id = int(load32(d.regs, abi.RegID))
+	d.layout = abi.Layout{Peers: int(load32(d.regs, abi.RegMaxPeers)), RWSize: c.rw, OutputSize: c.out}
 	memSize, err := fileSize(info.Resource2)
 	if err != nil {
 		return nil, fmt.Errorf("memory BAR: %w", err)
 	}
-	if err := d.layout.validate(uint64(memSize)); err != nil {
+	if err := checkLayout(d.layout, c.state, uint64(memSize)); err != nil {
 		return nil, err
 	}
 	if d.id < 0 || d.id >= d.layout.Peers {
@@ -314,15 +258,13 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if oc.noInterrupts {
 		return d, nil
 	}
-	uioPath := filepath.Join(devRoot, d.uio)
-	if d.uioFD, err = unix.Open(uioPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
-		d.uioFD = -1
-		return nil, fmt.Errorf("%w: open %s: %w", ErrDriver, uioPath, err)
+	if d.uioDev, err = OpenUIO(devRoot, d.uio); err != nil {
+		return nil, err
 	}
 	if err := d.unmaskINTx(); err != nil {
 		return nil, err
 	}
-	store32(d.regs, RegIntControl, 1)
+	store32(d.regs, abi.RegIntControl, abi.IntControlEnabled)
 	d.irq = true
 	return d, nil
 }
@@ -392,12 +334,12 @@ func (d *Device) Info() Info { return d.info }
 // the FICM group, the segment's name for a segment).
 func (d *Device) Name() string { return d.name }
 
-// Flags returns the vendor capability's flags (shmem.CapFlag*).
+// Flags returns the vendor capability's flags (abi.CapFlag*).
 func (d *Device) Flags() uint32 { return d.flags }
 
 // RWReadOnly reports whether the read-write section is mapped read-only
-// for this peer (CapFlagRWReadOnly): writing to RW() then faults.
-func (d *Device) RWReadOnly() bool { return d.flags&CapFlagRWReadOnly != 0 }
+// for this peer (abi.CapFlagRWReadOnly): writing to RW() then faults.
+func (d *Device) RWReadOnly() bool { return d.flags&abi.CapFlagRWReadOnly != 0 }
 
 // UIO returns the name of the uio device ("uio0"; "" when opened
 // WithoutInterrupts).
@@ -410,7 +352,7 @@ func (d *Device) ID() int { return d.id }
 func (d *Device) Peers() int { return d.layout.Peers }
 
 // Layout returns the memory BAR layout.
-func (d *Device) Layout() Layout { return d.layout }
+func (d *Device) Layout() abi.Layout { return d.layout }
 
 // Memory returns the used part of the memory BAR (Layout().Size() bytes).
 // Only the read-write section and this peer's output section may be
@@ -427,7 +369,7 @@ func (d *Device) section(off, size uint64) []byte {
 }
 
 // StateTable returns the state table (read-only: the VMM writes it).
-func (d *Device) StateTable() []byte { return d.section(0, d.layout.StateTableSize) }
+func (d *Device) StateTable() []byte { return d.section(0, d.layout.StateTableSize()) }
 
 // RW returns the shared read-write section (possibly empty).
 func (d *Device) RW() []byte { return d.section(d.layout.RWOffset(), d.layout.RWSize) }
@@ -457,10 +399,10 @@ func (d *Device) Ring(peer, vector int) error {
 	if peer < 0 || peer >= d.layout.Peers {
 		return fmt.Errorf("%w: %d of %d", ErrNoPeer, peer, d.layout.Peers)
 	}
-	if vector < 0 || vector > MaxVector {
+	if vector < 0 || vector > abi.MaxVector {
 		return fmt.Errorf("%w: %d", ErrVector, vector)
 	}
-	store32(d.regs, RegDoorbell, uint32(peer)<<16|uint32(vector))
+	store32(d.regs, abi.RegDoorbell, abi.Doorbell(peer, vector))
 	return nil
 }
 
@@ -469,7 +411,7 @@ func (d *Device) Ring(peer, vector int) error {
 // It does nothing on a closed Device.
 func (d *Device) SetState(state uint32) {
 	if d.regs != nil {
-		store32(d.regs, RegState, state)
+		store32(d.regs, abi.RegState, state)
 	}
 }
 
@@ -481,7 +423,7 @@ func (d *Device) State(peer int) (uint32, error) {
 	if peer < 0 || peer >= d.layout.Peers {
 		return 0, fmt.Errorf("%w: %d of %d", ErrNoPeer, peer, d.layout.Peers)
 	}
-	return load32(d.mem, 4*peer), nil
+	return load32(d.mem, abi.StateEntryOffset(peer)), nil
 }
 
 // SetInterrupts enables or disables the device's interrupts (INT_CONTROL).
@@ -492,9 +434,9 @@ func (d *Device) SetInterrupts(on bool) {
 	}
 	var v uint32
 	if on {
-		v = 1
+		v = abi.IntControlEnabled
 	}
-	store32(d.regs, RegIntControl, v)
+	store32(d.regs, abi.RegIntControl, v)
 }
 
 func (d *Device) release() error {
@@ -507,9 +449,9 @@ func (d *Device) release() error {
 		errs = append(errs, unmap(d.mem))
 		d.mem = nil
 	}
-	if d.uioFD >= 0 {
-		errs = append(errs, unix.Close(d.uioFD))
-		d.uioFD = -1
+	if d.uioDev != nil {
+		errs = append(errs, d.uioDev.Close())
+		d.uioDev = nil
 	}
 	if d.config != nil {
 		errs = append(errs, d.config.Close())
@@ -518,14 +460,22 @@ func (d *Device) release() error {
 	return errors.Join(errs...)
 }
 
-// Close disables interrupts, unmaps the BARs and closes the files. The
-// views returned by the Device are invalid afterwards.
+// Close disables interrupts, unmaps the BARs and closes the files. A Wait
+// blocked meanwhile returns ErrClosed; the other methods must not run
+// concurrently with Close. The views returned by the Device are invalid
+// afterwards.
 func (d *Device) Close() error {
 	if d.closed.Swap(true) {
 		return nil
 	}
-	if d.regs != nil && d.irq {
-		store32(d.regs, RegIntControl, 0)
+	var uerr error
+	if d.uioDev != nil {
+		uerr = d.uioDev.Close() // wakes a blocked Wait
 	}
-	return d.release()
+	d.waitMu.Lock()
+	defer d.waitMu.Unlock()
+	if d.regs != nil && d.irq {
+		store32(d.regs, abi.RegIntControl, 0)
+	}
+	return errors.Join(uerr, d.release())
 }

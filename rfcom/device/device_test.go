@@ -1,21 +1,19 @@
 package device
 
 import (
-	"rainforest/vmm/shmem"
-
 	"context"
 	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/endpoint/endpointtest"
+	"rainforest/rfcom/fakesys"
+	"rainforest/vmm/shmem/abi"
 )
 
 const testAddr = "0000:00:04.0"
@@ -51,19 +49,19 @@ func buildConfig(state, rw, out uint64) []byte {
 
 func buildCapConfig(state, rw, out uint64, flags uint32, name string) []byte {
 	cfg := make([]byte, 256)
-	binary.LittleEndian.PutUint16(cfg[cfgVendor:], VendorID)
-	binary.LittleEndian.PutUint16(cfg[cfgDevice:], DeviceID)
+	binary.LittleEndian.PutUint16(cfg[cfgVendor:], abi.VendorID)
+	binary.LittleEndian.PutUint16(cfg[cfgDevice:], abi.DeviceID)
 	binary.LittleEndian.PutUint16(cfg[cfgCommand:], 0x0002|cmdINTxOff) // memory on, INTx masked
 	binary.LittleEndian.PutUint16(cfg[cfgStatus:], statusCapList)
 	cfg[cfgCapPtr] = 0x40
 	// MSI-X capability first, then the vendor capability.
 	cfg[0x40], cfg[0x41] = 0x11, 0x50
-	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, shmem.CapLength
+	cfg[0x50], cfg[0x51], cfg[0x52] = capIDVendor, 0, abi.CapLength
 	binary.LittleEndian.PutUint32(cfg[0x54:], uint32(state))
 	binary.LittleEndian.PutUint64(cfg[0x58:], rw)
 	binary.LittleEndian.PutUint64(cfg[0x60:], out)
-	binary.LittleEndian.PutUint32(cfg[0x50+shmem.CapFlags:], flags)
-	copy(cfg[0x50+shmem.CapName:], name)
+	binary.LittleEndian.PutUint32(cfg[0x50+abi.CapFlags:], flags)
+	copy(cfg[0x50+abi.CapName:], name)
 	return cfg
 }
 
@@ -102,9 +100,9 @@ func newFakeTree(t *testing.T, s fakeSpec) *fakeTree {
 		cfg = buildCapConfig(s.state, s.rw, s.out, s.flags, s.name)
 	}
 	writeFile(t, filepath.Join(p, "config"), cfg)
-	regs := make([]byte, RegBARSize)
-	binary.LittleEndian.PutUint32(regs[RegID:], s.id)
-	binary.LittleEndian.PutUint32(regs[RegMaxPeers:], s.peers)
+	regs := make([]byte, abi.RegBARSize)
+	binary.LittleEndian.PutUint32(regs[abi.RegID:], s.id)
+	binary.LittleEndian.PutUint32(regs[abi.RegMaxPeers:], s.peers)
 	writeFile(t, filepath.Join(p, "resource0"), regs)
 	if s.sharedMem != "" {
 		if err := os.Symlink(s.sharedMem, filepath.Join(p, "resource2")); err != nil {
@@ -190,7 +188,7 @@ func TestFind(t *testing.T) {
 	i := infos[1]
 	p := filepath.Join(base, testAddr)
 	if i.ConfigPath != filepath.Join(p, "config") || i.Resource0 != filepath.Join(p, "resource0") ||
-		i.Resource2 != filepath.Join(p, "resource2") || i.Resource2Size != 65536 || i.Protocol() != ProtocolFICM {
+		i.Resource2 != filepath.Join(p, "resource2") || i.Resource2Size != 65536 || i.Protocol() != abi.ProtocolFICM {
 		t.Fatalf("info = %+v", i)
 	}
 	if infos[0].Resource2Size != 8192 || infos[0].Protocol() != 0 {
@@ -208,7 +206,7 @@ func TestOpenLayout(t *testing.T) {
 		t.Fatalf("ID %d Peers %d UIO %q", d.ID(), d.Peers(), d.UIO())
 	}
 	l := d.Layout()
-	if l.StateTableOffset() != 0 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(1) != 8192+16384 || l.Size() != 40960 {
+	if l.StateTableSize() != 4096 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(1) != 8192+16384 || l.Size() != 40960 {
 		t.Fatalf("layout %+v", l)
 	}
 	if len(d.StateTable()) != 4096 || len(d.RW()) != 4096 || len(d.Memory()) != 40960 {
@@ -232,7 +230,7 @@ func TestOpenLayout(t *testing.T) {
 		t.Fatalf("Output(2) = %v", err)
 	}
 	// Open enabled interrupts and unmasked INTx.
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 1 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 1 {
 		t.Fatal("INT_CONTROL not set")
 	}
 	cfg, _ := os.ReadFile(ft.info.ConfigPath)
@@ -242,7 +240,7 @@ func TestOpenLayout(t *testing.T) {
 	if err := d.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 0 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 0 {
 		t.Fatal("Close left interrupts on")
 	}
 	if err := d.Wait(context.Background()); !errors.Is(err, ErrClosed) {
@@ -272,14 +270,14 @@ func TestOpenValidation(t *testing.T) {
 	wrongID[0] = 0xF4
 	badName := buildCapConfig(4096, 0, 4096, 0, "a\nb")
 	unpadded := buildCapConfig(4096, 0, 4096, 0, "ab")
-	unpadded[0x50+shmem.CapName+5] = 'x'
+	unpadded[0x50+abi.CapName+5] = 'x'
 	cases := []struct {
 		name string
 		mod  func(*fakeSpec)
 		want error
 	}{
 		{"zero peers", func(s *fakeSpec) { s.peers = 0 }, ErrLayout},
-		{"too many peers", func(s *fakeSpec) { s.peers = MaxPeers + 1 }, ErrLayout},
+		{"too many peers", func(s *fakeSpec) { s.peers = abi.MaxPeers + 1 }, ErrLayout},
 		{"peers exceed BAR", func(s *fakeSpec) { s.peers = 4 }, ErrLayout},
 		{"id out of range", func(s *fakeSpec) { s.id = 2 }, ErrLayout},
 		{"zero output", func(s *fakeSpec) { s.out = 0 }, ErrLayout},
@@ -287,7 +285,7 @@ func TestOpenValidation(t *testing.T) {
 		{"unaligned rw", func(s *fakeSpec) { s.rw = 100 }, ErrLayout},
 		{"small state table", func(s *fakeSpec) { s.state = 0 }, ErrLayout},
 		{"huge output", func(s *fakeSpec) { s.out = 1 << 63 }, ErrLayout},
-		{"huge rw", func(s *fakeSpec) { s.rw = ^uint64(0) &^ (PageSize - 1) }, ErrLayout},
+		{"huge rw", func(s *fakeSpec) { s.rw = ^uint64(0) &^ (abi.PageSize - 1) }, ErrLayout},
 		{"small BAR", func(s *fakeSpec) { s.memSize = 32768 }, ErrLayout},
 		{"capability loop", func(s *fakeSpec) { s.config = loop }, ErrCapability},
 		{"no capability list", func(s *fakeSpec) { s.config = noCaps }, ErrCapability},
@@ -359,21 +357,21 @@ func TestRingAndState(t *testing.T) {
 	if err := d.Ring(1, 3); err != nil {
 		t.Fatal(err)
 	}
-	if got := fileU32(t, ft.info.Resource0, RegDoorbell); got != 0x0001_0003 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegDoorbell); got != 0x0001_0003 {
 		t.Fatalf("DOORBELL = %#x", got)
 	}
 	d.SetState(5)
-	if got := fileU32(t, ft.info.Resource0, RegState); got != 5 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegState); got != 5 {
 		t.Fatalf("STATE = %#x", got)
 	}
 	d.SetInterrupts(false)
-	if got := fileU32(t, ft.info.Resource0, RegIntControl); got != 0 {
+	if got := fileU32(t, ft.info.Resource0, abi.RegIntControl); got != 0 {
 		t.Fatalf("INT_CONTROL = %#x", got)
 	}
 	if err := d.Ring(2, 0); !errors.Is(err, ErrNoPeer) {
 		t.Fatalf("Ring(2) = %v", err)
 	}
-	if err := d.Ring(0, MaxVector+1); !errors.Is(err, ErrVector) {
+	if err := d.Ring(0, abi.MaxVector+1); !errors.Is(err, ErrVector) {
 		t.Fatalf("Ring(vector) = %v", err)
 	}
 	// The state table is written by the VMM; emulate it through the file.
@@ -415,7 +413,7 @@ func TestWait(t *testing.T) {
 	if _, err := cfg.WriteAt([]byte{0x02, 0x04}, cfgCommand); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := word(d.regs, RegIntStatus)
+	reg, err := word(d.regs, abi.RegIntStatus)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,62 +436,52 @@ func TestWait(t *testing.T) {
 	}
 }
 
-// fakeVMM stands in for ioeventfd -> irqfd: it takes doorbells from each
-// device's DOORBELL register and interrupts the target through its uio fifo.
-func runFakeVMM(ctx context.Context, t *testing.T, devs []*Device, fifos []string, bells *atomic.Int64) func() {
-	t.Helper()
-	var writers []*os.File
-	for _, p := range fifos {
-		w, err := os.OpenFile(p, os.O_WRONLY|unix.O_NONBLOCK, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		writers = append(writers, w)
-	}
-	// DOORBELL 0 is a valid ring (peer 0, vector 0): mark "no ring" with
-	// a value Ring never writes (peer 0xFFFF > MaxPeers).
-	const noBell = 0xFFFF_FFFF
-	for _, d := range devs {
-		bell, err := word(d.regs, RegDoorbell)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bell.Store(noBell)
-	}
-	var wg sync.WaitGroup
-	ctx, cancel := context.WithCancel(ctx)
-	wg.Go(func() {
-		for ctx.Err() == nil {
-			for _, d := range devs {
-				bell, err := word(d.regs, RegDoorbell)
-				if err != nil {
-					return
-				}
-				v := bell.Swap(noBell)
-				if v == noBell {
-					continue
-				}
-				target, vector := int(v>>16), int(v&0xFFFF)
-				if target >= len(devs) {
-					continue
-				}
-				st, err := word(devs[target].regs, RegIntStatus)
-				if err != nil {
-					return
-				}
-				st.Or(1 << min(vector, 31))
-				bells.Add(1)
-				_, _ = writers[target].Write([]byte{1, 0, 0, 0}) // full pipe: interrupt already pending
+// An idle Wait sleeps in one poll(2) call, with no periodic wake-up, and
+// still ends at once when its context ends or the device is closed.
+func TestWaitIdle(t *testing.T) {
+	ft := newFakeTree(t, defaultSpec(0))
+	d := ft.open(t)
+	waitPolls := func(n uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); d.uioDev.w.Polls() < n; time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d poll calls, want %d", d.uioDev.w.Polls(), n)
 			}
-			time.Sleep(50 * time.Microsecond)
 		}
-	})
-	return func() {
-		cancel()
-		wg.Wait()
-		for _, w := range writers {
-			w.Close()
+	}
+	returned := func(errc <-chan error) error {
+		t.Helper()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(time.Second):
+			t.Fatal("Wait did not return within 1 s")
+			return nil
 		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Wait(ctx) }()
+	waitPolls(1)
+	time.Sleep(300 * time.Millisecond)
+	if n := d.uioDev.w.Polls(); n != 1 {
+		t.Errorf("%d poll calls in 300 ms of an idle Wait, want 1", n)
+	}
+	cancel()
+	if err := returned(errc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Wait after cancel = %v", err)
+	}
+	go func() { errc <- d.Wait(context.Background()) }()
+	waitPolls(2)
+	w := d.uioDev.w
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := returned(errc); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait after Close = %v", err)
+	}
+	if n := w.Polls(); n != 2 {
+		t.Errorf("%d poll calls, want 2", n)
 	}
 }
 
@@ -515,15 +503,20 @@ func TestEndpointExchange(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	var bells atomic.Int64
-	stop := runFakeVMM(ctx, t, []*Device{da, db}, []string{a.fifo, b.fifo}, &bells)
-	defer stop()
+	vmm, err := fakesys.StartVMM(fakesys.ShmemRegisters(), []fakesys.Peer{
+		{ID: da.ID(), Resource0: a.info.Resource0, UIO: a.fifo},
+		{ID: db.ID(), Resource0: b.info.Resource0, UIO: b.fifo},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vmm.Stop()
 
 	const n = 2000
 	if err := endpointtest.Echo(ctx, ea, eb, 1, n); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%d messages echoed, %d doorbells delivered", n, bells.Load())
+	t.Logf("%d messages echoed, %d doorbells delivered", n, vmm.Rung())
 }
 
 func TestEndpointConfigErrors(t *testing.T) {
@@ -539,7 +532,7 @@ func TestEndpointConfigErrors(t *testing.T) {
 	if err != nil || cfg.State == nil || cfg.State.Alive(1) || len(cfg.Sections) != 2 {
 		t.Fatalf("EndpointConfig = %+v, %v", cfg, err)
 	}
-	if err := cfg.Doorbell.Ring(1); err != nil || fileU32(t, ft.info.Resource0, RegDoorbell) != 0x0001_0000 {
+	if err := cfg.Doorbell.Ring(1); err != nil || fileU32(t, ft.info.Resource0, abi.RegDoorbell) != 0x0001_0000 {
 		t.Fatalf("doorbell = %v", err)
 	}
 }
@@ -550,9 +543,9 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 	s.noUIO = true
 	s.class = "0xff0002\n"
 	s.name = "shared.seg-1"
-	s.flags = CapFlagRWReadOnly
+	s.flags = abi.CapFlagRWReadOnly
 	ft := newFakeTree(t, s)
-	if ft.info.Name != "shared.seg-1" || !ft.info.RWReadOnly() || ft.info.Protocol() != ProtocolSegment {
+	if ft.info.Name != "shared.seg-1" || !ft.info.RWReadOnly() || ft.info.Protocol() != abi.ProtocolSegment {
 		t.Fatalf("Find info = %+v", ft.info)
 	}
 	d, err := Open(context.Background(), ft.sys, ft.dev, ft.info, WithoutInterrupts())
@@ -560,7 +553,7 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer d.Close()
-	if d.Name() != "shared.seg-1" || !d.RWReadOnly() || d.Flags() != CapFlagRWReadOnly || d.UIO() != "" || d.Info().Name != d.Name() {
+	if d.Name() != "shared.seg-1" || !d.RWReadOnly() || d.Flags() != abi.CapFlagRWReadOnly || d.UIO() != "" || d.Info().Name != d.Name() {
 		t.Fatalf("Name %q RWReadOnly %v UIO %q", d.Name(), d.RWReadOnly(), d.UIO())
 	}
 	if len(d.RW()) != 4096 {
@@ -571,7 +564,7 @@ func TestNameFlagsAndNoInterrupts(t *testing.T) {
 	if err != nil || len(b) != 0 {
 		t.Fatalf("new_id = %q, %v", b, err)
 	}
-	if fileU32(t, ft.info.Resource0, RegIntControl) != 0 {
+	if fileU32(t, ft.info.Resource0, abi.RegIntControl) != 0 {
 		t.Fatal("INT_CONTROL set")
 	}
 	if err := d.Wait(context.Background()); !errors.Is(err, ErrNoInterrupts) {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"rainforest/ficm/endpoint"
+	"rainforest/vmm/shmem/abi"
 )
 
 // EndpointOptions selects how a ficm endpoint runs on a Device.
@@ -18,7 +19,7 @@ type EndpointOptions struct {
 	// (bit 0 of a peer's STATE: alive); otherwise every peer is alive.
 	UseStateTable bool
 	// RequireFICM refuses a device whose class protocol byte is not
-	// ProtocolFICM.
+	// abi.ProtocolFICM.
 	RequireFICM bool
 	// SectionOffset is where the endpoint's section starts in every
 	// peer's output section (4096 in the FICM group, after the info
@@ -39,10 +40,10 @@ func (b doorbell) Ring(peer int) error { return b.dev.Ring(peer, b.vector) }
 // output section per peer, doorbells through Ring(peer, opts.Vector), and
 // Wait as the Waiter.
 func (d *Device) EndpointConfig(opts EndpointOptions) (endpoint.Config, error) {
-	if opts.RequireFICM && d.info.Protocol() != ProtocolFICM {
-		return endpoint.Config{}, fmt.Errorf("%w: protocol %#x, want %#x", ErrProtocol, d.info.Protocol(), ProtocolFICM)
+	if opts.RequireFICM && d.info.Protocol() != abi.ProtocolFICM {
+		return endpoint.Config{}, fmt.Errorf("%w: protocol %#x, want %#x", ErrProtocol, d.info.Protocol(), abi.ProtocolFICM)
 	}
-	if opts.Vector < 0 || opts.Vector > MaxVector {
+	if opts.Vector < 0 || opts.Vector > abi.MaxVector {
 		return endpoint.Config{}, fmt.Errorf("%w: %d", ErrVector, opts.Vector)
 	}
 	l, err := endpoint.NewLayout(d.Peers(), opts.Slots)

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"rainforest/vmm/shmem/abi"
 )
 
 // Info describes one shared-memory PCI function found in sysfs.
@@ -24,7 +26,7 @@ type Info struct {
 	Resource2Size int64  // size of the memory BAR
 	Class         uint32 // 24-bit class code; low byte is the protocol
 	// Name and Flags come from the vendor capability (region name,
-	// shmem.CapFlag*). Find fills them when the config space can be read
+	// abi.CapFlag*). Find fills them when the config space can be read
 	// (it needs root) and parses; otherwise they are zero until Open.
 	Name  string
 	Flags uint32
@@ -34,8 +36,8 @@ type Info struct {
 func (i Info) Protocol() uint8 { return uint8(i.Class) }
 
 // RWReadOnly reports whether the read-write section is read-only for this
-// peer (CapFlagRWReadOnly in Flags).
-func (i Info) RWReadOnly() bool { return i.Flags&CapFlagRWReadOnly != 0 }
+// peer (abi.CapFlagRWReadOnly in Flags).
+func (i Info) RWReadOnly() bool { return i.Flags&abi.CapFlagRWReadOnly != 0 }
 
 // readCapability fills info's Name and Flags from its config space, if it
 // can be read and parsed.
@@ -108,7 +110,7 @@ func FindPCI(sysRoot string, vendor, device uint16) ([]PCIFunction, error) {
 // under sysRoot (normally "/sys"), sorted by address. No device is not an
 // error.
 func Find(sysRoot string) ([]Info, error) {
-	fns, err := FindPCI(sysRoot, VendorID, DeviceID)
+	fns, err := FindPCI(sysRoot, abi.VendorID, abi.DeviceID)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +148,7 @@ const DriverName = "uio_pci_generic"
 // bindUIO makes sure uio_pci_generic drives the device at devPath and
 // returns the name of its uio device ("uio0") once <devRoot>/uioN exists.
 func bindUIO(ctx context.Context, sysRoot, devRoot, devPath, address string) (string, error) {
-	return BindUIO(ctx, sysRoot, devRoot, devPath, address, VendorID, DeviceID)
+	return BindUIO(ctx, sysRoot, devRoot, devPath, address, abi.VendorID, abi.DeviceID)
 }
 
 // BindUIO makes sure uio_pci_generic drives the PCI function at devPath

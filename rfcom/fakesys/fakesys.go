@@ -14,12 +14,13 @@ import (
 
 	"rainforest/vmm/pci"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Device describes one fake function.
 type Device struct {
 	Address    string // PCI address, e.g. "0000:00:04.0"
-	Protocol   uint8  // shmem.ProtocolFICM or shmem.ProtocolSegment
+	Protocol   uint8  // abi.ProtocolFICM or abi.ProtocolSegment
 	Name       string // region name
 	ReadOnly   bool   // RW section read-only for this peer
 	ID, Peers  int
@@ -68,8 +69,8 @@ func (t *Tree) Path(addr string) string {
 }
 
 // Layout returns the device model's layout for d.
-func (d Device) Layout() shmem.Layout {
-	return shmem.Layout{Peers: d.Peers, RWSize: d.RWSize, OutputSize: d.OutputSize}
+func (d Device) Layout() abi.Layout {
+	return abi.Layout{Peers: d.Peers, RWSize: d.RWSize, OutputSize: d.OutputSize}
 }
 
 // Add creates the function d and returns the path of its memory BAR file.
@@ -86,13 +87,13 @@ func (t *Tree) Add(d Device) (string, error) {
 	if err := os.MkdirAll(p, 0o755); err != nil {
 		return "", err
 	}
-	class := uint32(shmem.ClassOther) | uint32(d.Protocol)
-	regs := make([]byte, 4096)
-	binary.LittleEndian.PutUint32(regs[shmem.RegID:], uint32(d.ID))
-	binary.LittleEndian.PutUint32(regs[shmem.RegMaxPeers:], uint32(d.Peers))
+	class := uint32(abi.ClassOther) | uint32(d.Protocol)
+	regs := make([]byte, abi.RegBARSize)
+	binary.LittleEndian.PutUint32(regs[abi.RegID:], uint32(d.ID))
+	binary.LittleEndian.PutUint32(regs[abi.RegMaxPeers:], uint32(d.Peers))
 	files := map[string][]byte{
-		"vendor":    []byte(fmt.Sprintf("0x%04x\n", shmem.VendorID)),
-		"device":    []byte(fmt.Sprintf("0x%04x\n", shmem.DeviceID)),
+		"vendor":    []byte(fmt.Sprintf("0x%04x\n", abi.VendorID)),
+		"device":    []byte(fmt.Sprintf("0x%04x\n", abi.DeviceID)),
 		"class":     []byte(fmt.Sprintf("0x%06x\n", class)),
 		"config":    cfg,
 		"resource0": regs,

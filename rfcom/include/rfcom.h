@@ -3,8 +3,8 @@
  * other languages than Go.
  *
  * This header only documents and names the ABI; the Go packages are its
- * definition (vmm/shmem, ficm/ring, ficm/queue, ficm/endpoint, ficm/board,
- * ficm/control, rfcom) and a test (rfcom/header_test.go) checks every
+ * definition (vmm/shmem/abi, ficm/ring, ficm/queue, ficm/endpoint,
+ * ficm/board, ficm/control, rfcom) and a test (rfcom/header_test.go) checks every
  * constant below against them. All multi-byte fields are little-endian
  * (x86-64 host byte order).
  */
@@ -19,6 +19,7 @@
 
 #define RF_PCI_VENDOR_ID 0x110A
 #define RF_PCI_DEVICE_ID 0x4106
+#define RF_PCI_REVISION 2
 /* Class code 0xFF00xx: the low byte is the protocol spoken over memory. */
 #define RF_PCI_CLASS_OTHER 0xFF0000
 #define RF_PROTOCOL_FICM 0x01    /* the machine-wide FICM group, "ficm" */
@@ -29,6 +30,9 @@
 #define RF_BAR_MSIX 1
 #define RF_BAR_MEM 2
 #define RF_REG_BAR_SIZE 0x1000
+#define RF_MSIX_BAR_SIZE 0x1000  /* MSI-X table at 0, PBA at RF_MSIX_PBA_OFFSET */
+#define RF_MSIX_PBA_OFFSET 0x800
+#define RF_MAX_VECTORS 64        /* MSI-X vectors of a function, at most */
 
 /* Register BAR, 32-bit registers (use single 32-bit MOVs). */
 #define RF_REG_ID 0x00          /* ro: this peer's id */
@@ -38,12 +42,20 @@
 #define RF_REG_STATE 0x10       /* this peer's state, mirrored in the state table */
 #define RF_REG_INT_STATUS 0x14  /* read-to-clear: INTx vectors (bit 31: >= 31) */
 #define RF_MAX_PEERS 4096
+#define RF_INT_CONTROL_ENABLED 0x1
+#define RF_DOORBELL_PEER_SHIFT 16
+#define RF_DOORBELL_VECTOR_MASK 0xFFFF
+#define RF_MAX_VECTOR 0xFFFF
+#define RF_DOORBELL(peer, vector) \
+    (((uint32_t)(peer) << RF_DOORBELL_PEER_SHIFT) | ((uint32_t)(vector) & RF_DOORBELL_VECTOR_MASK))
+#define RF_INT_STATUS_LAST_BIT 31 /* INT_STATUS bit of every vector >= 31 */
 
 /*
  * Vendor-specific capability (PCI capability id 0x09) in config space;
  * offsets from the capability's start:
  *   +0 u8 id 0x09, +1 u8 next, +2 u8 length (>= RF_CAP_LENGTH), +3 reserved
  */
+#define RF_CAP_LENGTH_OFFSET 2    /* u8 */
 #define RF_CAP_STATE_TABLE_SIZE 4 /* u32 */
 #define RF_CAP_RW_SIZE 8          /* u64 */
 #define RF_CAP_OUTPUT_SIZE 16     /* u64 */
@@ -55,21 +67,42 @@
 
 /*
  * Memory BAR, each part a multiple of RF_PAGE_SIZE, back to back:
- *   [0, S)                      state table: u32 per peer, bit 0 alive
- *                               (written by the supervisor, read-only)
+ *   [0, S)                      state table: u32 per peer at
+ *                               RF_STATE_ENTRY_OFFSET(peer), read-only
+ *                               (see the state-change interrupt below)
  *   [S, S+RW)                   read-write section (segments: the segment)
  *   [S+RW+i*OUT, +OUT)          output section of peer i (writable only by i)
  * S, RW and OUT are the capability's sizes.
  */
 #define RF_PAGE_SIZE 4096
-#define RF_STATE_ALIVE 0x1
+#define RF_STATE_ENTRY_SIZE 4
+#define RF_STATE_ENTRY_OFFSET(peer) ((peer) * RF_STATE_ENTRY_SIZE)
+#define RF_STATE_ABSENT 0   /* entry of a peer reset or not connected */
+#define RF_STATE_ALIVE 0x1  /* FICM: the peer's endpoint is open */
+
+/*
+ * State-change interrupt (as in the ivshmem v2 specification): writing
+ * RF_REG_STATE with a value different from the previous one updates this
+ * peer's entry of the state table and raises vector RF_STATE_CHANGE_VECTOR
+ * on every other peer that enabled interrupts; a peer that is reset or
+ * disconnected gets its entry zeroed with the same interrupt. The writer's
+ * VMM signals the guests' STATE writes; the supervisor (FICM peer 0)
+ * signals changes of its own entry and the zeroing of a departed subOS's.
+ * A program therefore never polls the state table: it re-reads it when
+ * vector 0 fires (FICM's doorbells use vector 0 too, so one sleep waits
+ * for both).
+ */
+#define RF_STATE_CHANGE_VECTOR 0
 
 /* ------------------------------------------------------------------ */
 /* 2. The FICM group (protocol 1).                                     */
 /* ------------------------------------------------------------------ */
 
 /*
- * Peer 0 is the supervisor; subOSes are 1..N-1. Doorbell vector 0.
+ * Peer 0 is the supervisor; subOSes are 1..N-1. Doorbell vector 0, the
+ * state-change vector: a sleeping peer wakes for messages and for changes
+ * of the state table (a peer's channels end when its entry loses
+ * RF_STATE_ALIVE).
  * Every output section:
  *   [0, 4096)                         info page; peer 0's holds the board
  *   [4096, 4096 + endpoint section)   the endpoint section below

@@ -166,9 +166,9 @@ type Device struct {
 	uio    string
 	pin    uint8
 	config *os.File
-	uioFD  int    // /dev/uioN, non-blocking; -1 when not used
-	regs   []byte // BAR0 mapping (RegBARSize bytes)
-	mem    []byte // BAR2 mapping
+	uioDev *device.UIO // /dev/uioN; nil when not used
+	regs   []byte      // BAR0 mapping (RegBARSize bytes)
+	mem    []byte      // BAR2 mapping
 	closed atomic.Bool
 }
 
@@ -210,7 +210,7 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if info.Path == "" {
 		info.Path = filepath.Join(sysRoot, "bus", "pci", "devices", info.Address)
 	}
-	dev := &Device{info: info, uioFD: -1}
+	dev := &Device{info: info}
 	defer func() {
 		if err != nil {
 			_ = dev.release()
@@ -254,10 +254,8 @@ func Open(ctx context.Context, sysRoot, devRoot string, info Info, opts ...OpenO
 	if oc.noInterrupts || d.pin == 0 {
 		return d, nil
 	}
-	uioPath := filepath.Join(devRoot, d.uio)
-	if d.uioFD, err = unix.Open(uioPath, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0); err != nil {
-		d.uioFD = -1
-		return nil, fmt.Errorf("%w: open %s: %w", device.ErrDriver, uioPath, err)
+	if d.uioDev, err = device.OpenUIO(devRoot, d.uio); err != nil {
+		return nil, err
 	}
 	if err := device.UnmaskINTx(d.config); err != nil {
 		return nil, err
@@ -286,7 +284,7 @@ func (d *Device) UIO() string { return d.uio }
 
 // Interrupts reports whether Wait can take interrupts (an INTx pin and
 // /dev/uioN open).
-func (d *Device) Interrupts() bool { return d.uioFD >= 0 && !d.closed.Load() }
+func (d *Device) Interrupts() bool { return d.uioDev != nil && !d.closed.Load() }
 
 // Memory returns the whole shared memory (BAR2); nil after Close.
 func (d *Device) Memory() []byte { return d.mem }
@@ -316,10 +314,13 @@ func (d *Device) Wait(ctx context.Context) error {
 	if d.closed.Load() {
 		return ErrClosed
 	}
-	if d.uioFD < 0 {
+	if d.uioDev == nil {
 		return ErrNoInterrupts
 	}
-	if err := device.WaitUIO(ctx, d.uioFD, d.uio); err != nil {
+	if err := d.uioDev.Wait(ctx); err != nil {
+		if errors.Is(err, device.ErrClosed) {
+			return ErrClosed
+		}
 		return err
 	}
 	_ = device.LoadReg32(d.regs, RegIntrStatus)
@@ -334,9 +335,9 @@ func (d *Device) release() error {
 			*m = nil
 		}
 	}
-	if d.uioFD >= 0 {
-		errs = append(errs, unix.Close(d.uioFD))
-		d.uioFD = -1
+	if d.uioDev != nil {
+		errs = append(errs, d.uioDev.Close())
+		d.uioDev = nil
 	}
 	if d.config != nil {
 		errs = append(errs, d.config.Close())

@@ -354,7 +354,7 @@ func TestEndpointConfig(t *testing.T) {
 
 // twoPeers opens two fake functions with ids 0 and 1 on one memory file,
 // and a fake VMM delivering their doorbells.
-func twoPeers(t *testing.T) (a, b *ivshmem.Device, vmm *ivshmemfake.VMM) {
+func twoPeers(t *testing.T) (a, b *ivshmem.Device, vmm *fakesys.VMM) {
 	t.Helper()
 	ta, tb := newTree(t), newTree(t)
 	mem := add(t, ta, ivshmemfake.Device{Address: addr, ID: 0, MemSize: memSize, UIO: true})

@@ -29,6 +29,7 @@ import (
 // by a daemon on its own socket.
 type group struct {
 	state *endpoint.StateTable
+	irq   *fakeirq.Interrupts
 	eps   []*endpoint.Endpoint
 	nodes []*rfcom.Node
 	socks []string
@@ -43,7 +44,7 @@ func newGroup(t *testing.T, peers int) *group {
 		t.Fatal(err)
 	}
 	irq := fakeirq.New(peers)
-	g := &group{}
+	g := &group{irq: irq}
 	var outs, sections [][]byte
 	for range peers {
 		out := ring.AlignedBytes(rfcom.InfoPageSize + l.SectionSize())
@@ -644,6 +645,7 @@ func TestPeerGone(t *testing.T) {
 	a := dialRetry(ctx, t, g.socks[1], 2, 4)
 	<-acc
 	g.state.SetAlive(2, false)
+	g.irq.StateChanged(2) // the state-change interrupt
 	if _, err := a.ReadFrame(ctx); !errors.Is(err, io.EOF) {
 		t.Fatalf("ReadFrame after the peer died: %v", err)
 	}

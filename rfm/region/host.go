@@ -14,7 +14,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // HostPeer is the supervisor's peer id in the FICM group.
@@ -74,24 +74,31 @@ type Host struct {
 	stats    hostCounters
 }
 
-// hostDoorbell rings a peer's FICM doorbell (vector 0).
+// FICMVector is the FICM group's doorbell vector: the device's
+// state-change vector, so that a guest's sleep on it also ends when the
+// state table changes.
+const FICMVector = abi.StateChangeVector
+
+// hostDoorbell rings a peer's FICM doorbell.
 type hostDoorbell struct{ r *Region }
 
-func (d hostDoorbell) Ring(peer int) error { return d.r.Ring(peer, 0) }
+func (d hostDoorbell) Ring(peer int) error { return d.r.Ring(peer, FICMVector) }
 
-// hostWaiter sleeps on the Host's own doorbell (peer 0, vector 0).
+// hostWaiter sleeps on the Host's own doorbell (peer 0), which the VMMs
+// also ring when a guest's state changes.
 type hostWaiter struct{ r *Region }
 
-func (w hostWaiter) Wait(ctx context.Context) error { return w.r.Wait(ctx, HostPeer, 0) }
+func (w hostWaiter) Wait(ctx context.Context) error { return w.r.Wait(ctx, HostPeer, FICMVector) }
 
 // NewHost returns the Host of the FICM region r: its board writer over
 // its info page (an existing board is kept, so a restarted supervisor
 // continues the seq), its endpoint over the output sections past the info
-// page, and the state table, in which it marks itself alive. log may be
-// nil (no logging).
+// page, and the state table, in which it marks itself alive (raising the
+// state-change interrupt on the subOSes if it was not). log may be nil (no
+// logging).
 func NewHost(r *Region, log *slog.Logger) (*Host, error) {
 	spec := r.Spec()
-	if spec.Protocol != shmem.ProtocolFICM {
+	if spec.Protocol != abi.ProtocolFICM {
 		return nil, fmt.Errorf("%w: region %q has protocol %#x", ErrNotFICM, spec.Name, spec.Protocol)
 	}
 	if r.Memory() == nil {
@@ -136,8 +143,14 @@ func NewHost(r *Region, log *slog.Logger) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("region %q: endpoint: %w", spec.Name, err)
 	}
-	if err := st.SetAlive(HostPeer, true); err != nil {
+	changed, err := st.SetAlive(HostPeer, true)
+	if err != nil {
 		return nil, err
+	}
+	if changed {
+		if err := announceState(r, HostPeer); err != nil {
+			return nil, err
+		}
 	}
 	return &Host{
 		r:          r,
@@ -331,10 +344,36 @@ func (h *Host) Ping(ctx context.Context, peer int) (time.Duration, error) {
 }
 
 // SetAlive marks peer alive or dead in the state table (the supervisor
-// clears a reclaimed subOS's entry). Errors wrap endpoint.ErrNoPeer.
+// clears the entry of a subOS that left). When the entry changes it raises
+// the state-change interrupt (vector abi.StateChangeVector) on every peer
+// but the supervisor and peer, as the device does for a guest that writes
+// its STATE register, so that sleeping guests notice at once. Errors wrap
+// endpoint.ErrNoPeer, or ErrClosed if the doorbells are gone.
 func (h *Host) SetAlive(peer int, alive bool) error {
-	if err := h.state.SetAlive(peer, alive); err != nil {
+	changed, err := h.state.SetAlive(peer, alive)
+	if err != nil {
 		return fmt.Errorf("region %q: %w", h.r.Spec().Name, err)
+	}
+	if changed {
+		return announceState(h.r, peer)
+	}
+	return nil
+}
+
+// announceState raises the state-change interrupt of peer changed's entry
+// on every other subOS peer of r's group.
+func announceState(r *Region, changed int) error {
+	var errs []error
+	for p := range r.Spec().Layout.Peers {
+		if p == HostPeer || p == changed {
+			continue
+		}
+		if err := r.Ring(p, abi.StateChangeVector); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("region %q: state change of peer %d: %w", r.Spec().Name, changed, err)
 	}
 	return nil
 }

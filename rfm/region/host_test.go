@@ -3,6 +3,7 @@ package region
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"log/slog"
 	"strings"
@@ -10,11 +11,14 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
+	"rainforest/vmm/shmem/abi"
 )
 
 // guest is a fake subOS peer of the FICM group: a ficm/endpoint over the
@@ -599,6 +603,54 @@ func TestForget(t *testing.T) {
 	for _, p := range []int{0, 4, -1} {
 		if _, err := g.h.Forget(p); !errors.Is(err, ErrRange) {
 			t.Errorf("Forget(%d) = %v", p, err)
+		}
+	}
+}
+
+// The supervisor raises the state-change interrupt (vector 0) on every
+// other subOS peer when it changes an entry of the state table: its own
+// when it starts, a departed peer's when it clears it; and only then.
+func TestStateChangeInterrupt(t *testing.T) {
+	r, err := Create(ficmSpec(t, 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	// rung takes the pending signals of every peer's vector 0.
+	rung := func() [4]uint64 {
+		var got [4]uint64
+		for p := range got {
+			var buf [8]byte
+			if _, err := unix.Read(r.bellFDs[p*r.Spec().Vectors+abi.StateChangeVector], buf[:]); err == nil {
+				got[p] = binary.NativeEndian.Uint64(buf[:])
+			}
+		}
+		return got
+	}
+	h, err := NewHost(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	steps := []struct {
+		what string
+		do   func() error
+		want [4]uint64
+	}{
+		{"the supervisor marks itself alive", nil, [4]uint64{0, 1, 1, 1}},
+		{"a restarted supervisor finds itself alive", func() error { _, err := NewHost(r, nil); return err }, [4]uint64{}},
+		{"peer 2 alive", func() error { return h.SetAlive(2, true) }, [4]uint64{0, 1, 0, 1}},
+		{"peer 2 alive again", func() error { return h.SetAlive(2, true) }, [4]uint64{}},
+		{"peer 2 leaves", func() error { return h.SetAlive(2, false) }, [4]uint64{0, 1, 0, 1}},
+		{"peer 3 was not alive", func() error { return h.SetAlive(3, false) }, [4]uint64{}},
+	}
+	for _, s := range steps {
+		if s.do != nil {
+			if err := s.do(); err != nil {
+				t.Fatalf("%s: %v", s.what, err)
+			}
+		}
+		if got := rung(); got != s.want {
+			t.Errorf("%s: vector 0 rung %v times per peer, want %v", s.what, got, s.want)
 		}
 	}
 }

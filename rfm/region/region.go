@@ -5,7 +5,7 @@
 // that is a member (see rfm/vmmctl); each VMM gives its guest one
 // shared-memory PCI function (vmm/shmem) over them.
 //
-// Two protocols exist (shmem.ProtocolFICM, shmem.ProtocolSegment). The FICM
+// Two protocols exist (abi.ProtocolFICM, abi.ProtocolSegment). The FICM
 // group is laid out by FICMLayout; its peer 0 is the supervisor itself, run
 // by Host. A segment is laid out by SegmentLayout; the supervisor is not a
 // peer of it and only creates, hands out and reclaims it.
@@ -24,20 +24,16 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/endpoint"
-	"rainforest/vmm/shmem"
+	"rainforest/internal/fdwait"
+	"rainforest/vmm/shmem/abi"
 )
 
 const (
-	// MaxNameLen is the longest region name.
-	MaxNameLen = 32
-	// MaxVectors is the largest number of vectors per peer.
-	MaxVectors = 64
 	// MaxBells bounds Peers*Vectors so that a region's memfd and
 	// eventfds fit in one VMM control message (253 descriptors).
 	MaxBells = 252
@@ -49,9 +45,6 @@ const (
 	// SegmentOutputSize is the (unused) output section size of a segment.
 	SegmentOutputSize = 4096
 
-	pageSize = 4096
-	// waitSlice bounds one poll(2) so that ctx and Close are noticed.
-	waitSlice = 20 * time.Millisecond
 	// eventfdLink is what /proc/self/fd/N reads for an eventfd.
 	eventfdLink = "anon_inode:[eventfd]"
 	// seals are the seals of a region's memfd.
@@ -72,13 +65,14 @@ var (
 // Spec describes a region.
 type Spec struct {
 	// Name is the region's name: 1..32 bytes of [A-Za-z0-9._-] (it fits
-	// the device's capability field, shmem.NameSize).
+	// the device's capability field, abi.NameSize).
 	Name string
-	// Protocol is shmem.ProtocolFICM or shmem.ProtocolSegment.
+	// Protocol is abi.ProtocolFICM or abi.ProtocolSegment.
 	Protocol uint8
 	// Layout is the memory layout (also the peer count).
-	Layout shmem.Layout
-	// Vectors is the number of doorbell vectors per peer (1..64).
+	Layout abi.Layout
+	// Vectors is the number of doorbell vectors per peer
+	// (1..abi.MaxVectors).
 	Vectors int
 }
 
@@ -88,9 +82,9 @@ func (s Spec) Bells() int { return s.Layout.Peers * s.Vectors }
 // Validate checks s. Errors wrap ErrSpec.
 func (s Spec) Validate() error {
 	if !validName(s.Name) {
-		return fmt.Errorf("%w: name %q (1..%d bytes of [A-Za-z0-9._-])", ErrSpec, s.Name, MaxNameLen)
+		return fmt.Errorf("%w: name %q (1..%d bytes of [A-Za-z0-9._-])", ErrSpec, s.Name, abi.NameSize)
 	}
-	if s.Protocol != shmem.ProtocolFICM && s.Protocol != shmem.ProtocolSegment {
+	if s.Protocol != abi.ProtocolFICM && s.Protocol != abi.ProtocolSegment {
 		return fmt.Errorf("%w: region %q: unknown protocol %#x", ErrSpec, s.Name, s.Protocol)
 	}
 	if err := s.Layout.Validate(); err != nil {
@@ -99,8 +93,8 @@ func (s Spec) Validate() error {
 	if s.Layout.Size() > math.MaxInt {
 		return fmt.Errorf("%w: region %q: %d bytes", ErrSpec, s.Name, s.Layout.Size())
 	}
-	if s.Vectors < 1 || s.Vectors > MaxVectors {
-		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrSpec, s.Name, s.Vectors, MaxVectors)
+	if s.Vectors < 1 || s.Vectors > abi.MaxVectors {
+		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrSpec, s.Name, s.Vectors, abi.MaxVectors)
 	}
 	if s.Bells() > MaxBells {
 		return fmt.Errorf("%w: region %q: %d peers x %d vectors = %d eventfds, at most %d", ErrSpec, s.Name, s.Layout.Peers, s.Vectors, s.Bells(), MaxBells)
@@ -109,7 +103,7 @@ func (s Spec) Validate() error {
 }
 
 func validName(s string) bool {
-	if len(s) < 1 || len(s) > MaxNameLen {
+	if len(s) < 1 || len(s) > abi.NameSize {
 		return false
 	}
 	for i := 0; i < len(s); i++ {
@@ -126,14 +120,14 @@ func roundUp(n, to uint64) uint64 { return (n + to - 1) / to * to }
 // FICMLayout returns the layout of the FICM group of peers peers (the
 // supervisor included): no RW section, output sections holding the info
 // page and the ficm/endpoint section of 64-slot rings.
-func FICMLayout(peers int) (shmem.Layout, error) {
+func FICMLayout(peers int) (abi.Layout, error) {
 	el, err := endpoint.NewLayout(peers, FICMSlots)
 	if err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: FICM group of %d peers: %w", ErrSpec, peers, err)
+		return abi.Layout{}, fmt.Errorf("%w: FICM group of %d peers: %w", ErrSpec, peers, err)
 	}
-	l := shmem.Layout{Peers: peers, OutputSize: roundUp(InfoPageSize+uint64(el.SectionSize()), pageSize)}
+	l := abi.Layout{Peers: peers, OutputSize: roundUp(InfoPageSize+uint64(el.SectionSize()), abi.PageSize)}
 	if err := l.Validate(); err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
+		return abi.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return l, nil
 }
@@ -141,13 +135,13 @@ func FICMLayout(peers int) (shmem.Layout, error) {
 // SegmentLayout returns the layout of a segment of size bytes (a positive
 // multiple of 4096) granted to grantees peers: RW section of size bytes,
 // one unused 4096-byte output section per peer.
-func SegmentLayout(grantees int, size uint64) (shmem.Layout, error) {
-	if size == 0 || size%pageSize != 0 {
-		return shmem.Layout{}, fmt.Errorf("%w: segment size %d (a positive multiple of %d)", ErrSpec, size, pageSize)
+func SegmentLayout(grantees int, size uint64) (abi.Layout, error) {
+	if size == 0 || size%abi.PageSize != 0 {
+		return abi.Layout{}, fmt.Errorf("%w: segment size %d (a positive multiple of %d)", ErrSpec, size, abi.PageSize)
 	}
-	l := shmem.Layout{Peers: grantees, RWSize: size, OutputSize: SegmentOutputSize}
+	l := abi.Layout{Peers: grantees, RWSize: size, OutputSize: SegmentOutputSize}
 	if err := l.Validate(); err != nil {
-		return shmem.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
+		return abi.Layout{}, fmt.Errorf("%w: %w", ErrSpec, err)
 	}
 	return l, nil
 }
@@ -197,6 +191,11 @@ type Region struct {
 
 	mu     sync.RWMutex // guards closed against Ring/Wait
 	closed bool
+
+	// waiters[i] blocks Wait on bell i, made by the first Wait on it;
+	// nil once Close began.
+	waitMu  sync.Mutex
+	waiters map[int]*fdwait.Waiter
 }
 
 // Create creates a region: a sealed memfd of spec.Layout.Size() bytes
@@ -207,7 +206,7 @@ func Create(spec Spec) (_ *Region, err error) {
 		return nil, err
 	}
 	size := spec.Layout.Size()
-	r := &Region{spec: spec}
+	r := &Region{spec: spec, waiters: map[int]*fdwait.Waiter{}}
 	defer func() {
 		if err != nil {
 			r.release()
@@ -258,7 +257,7 @@ func rawFD(f *os.File) (int, error) {
 // of the files: they are closed by Close, or at once if Restore fails.
 // Errors wrap ErrSpec or ErrFile.
 func Restore(spec Spec, mem *os.File, bells []*os.File) (_ *Region, err error) {
-	r := &Region{spec: spec, file: mem, bells: bells}
+	r := &Region{spec: spec, file: mem, bells: bells, waiters: map[int]*fdwait.Waiter{}}
 	defer func() {
 		if err != nil {
 			r.release()
@@ -440,62 +439,80 @@ func (r *Region) Ring(peer, vector int) error {
 
 // Wait blocks until peer's vector has been signalled, consuming the signal,
 // or until ctx is done (ctx's error) or the region is closed (ErrClosed).
-// It polls in bounded slices, so Close does not wait for it long. Only one
-// goroutine should wait on a given bell.
+// It sleeps in poll(2) without a timeout: nothing but the signal, ctx or
+// Close wakes it. Only one goroutine should wait on a given bell (others
+// queue behind it).
 func (r *Region) Wait(ctx context.Context, peer, vector int) error {
 	i, err := r.bellIndex(peer, vector)
 	if err != nil {
 		return err
 	}
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		slice := waitSlice
-		if dl, ok := ctx.Deadline(); ok {
-			slice = min(slice, max(time.Until(dl), time.Millisecond))
-		}
-		done, err := r.waitSlice(i, slice)
-		if err != nil {
-			return fmt.Errorf("region %q: wait peer %d vector %d: %w", r.spec.Name, peer, vector, err)
-		}
-		if done {
-			return nil
-		}
+	w, err := r.bellWaiter(i)
+	if err != nil {
+		return err
 	}
-}
-
-// waitSlice polls bell i for at most d and consumes a pending signal.
-func (r *Region) waitSlice(i int, d time.Duration) (bool, error) {
+	// Close closes the waiter before the eventfds: w.Read never polls a
+	// closed descriptor.
 	r.mu.RLock()
-	defer r.mu.RUnlock()
 	if r.closed {
-		return false, ErrClosed
+		r.mu.RUnlock()
+		return ErrClosed
 	}
 	fd := r.bellFDs[i]
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	n, err := unix.Poll(fds, int(max(d.Milliseconds(), 1)))
-	switch {
-	case errors.Is(err, unix.EINTR) || (err == nil && n == 0):
-		return false, nil
-	case err != nil:
-		return false, fmt.Errorf("poll: %w", err)
-	case fds[0].Revents&(unix.POLLERR|unix.POLLNVAL) != 0:
-		return false, fmt.Errorf("poll: revents %#x", fds[0].Revents)
-	}
+	r.mu.RUnlock()
 	var buf [8]byte
-	if _, err := unix.Read(fd, buf[:]); err != nil {
-		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
-			return false, nil // consumed by someone else: keep waiting
-		}
-		return false, fmt.Errorf("read: %w", err)
+	_, err = w.Read(ctx, fd, buf[:])
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fdwait.ErrClosed):
+		return ErrClosed
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return err
 	}
-	return true, nil
+	return fmt.Errorf("region %q: wait peer %d vector %d: %w", r.spec.Name, peer, vector, err)
+}
+
+// bellWaiter returns the waiter of bell i, making it on first use.
+func (r *Region) bellWaiter(i int) (*fdwait.Waiter, error) {
+	r.waitMu.Lock()
+	defer r.waitMu.Unlock()
+	if r.waiters == nil {
+		return nil, ErrClosed
+	}
+	if w := r.waiters[i]; w != nil {
+		return w, nil
+	}
+	w, err := fdwait.New()
+	if err != nil {
+		return nil, fmt.Errorf("region %q: %w", r.spec.Name, err)
+	}
+	r.waiters[i] = w
+	return w, nil
+}
+
+// closeWaiters wakes every Wait (they return ErrClosed) and waits for them
+// to return; it reports false if Close already began.
+func (r *Region) closeWaiters() bool {
+	r.waitMu.Lock()
+	ws := r.waiters
+	r.waiters = nil
+	r.waitMu.Unlock()
+	if ws == nil {
+		return false
+	}
+	for _, w := range ws {
+		_ = w.Close() // only fails on a second Close
+	}
+	return true
 }
 
 // Close unmaps the memory and closes the memfd and eventfds. Later calls
 // return ErrClosed.
 func (r *Region) Close() error {
+	if !r.closeWaiters() {
+		return ErrClosed
+	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {

@@ -12,7 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // openFDs counts this process's open descriptors.
@@ -44,7 +44,7 @@ func ficmSpec(t *testing.T, peers int) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{Name: "ficm", Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 1}
+	return Spec{Name: "ficm", Protocol: abi.ProtocolFICM, Layout: l, Vectors: 1}
 }
 
 func segmentSpec(t *testing.T, grantees int, size uint64, vectors int) Spec {
@@ -53,7 +53,7 @@ func segmentSpec(t *testing.T, grantees int, size uint64, vectors int) Spec {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Spec{Name: "seg.A_1-x", Protocol: shmem.ProtocolSegment, Layout: l, Vectors: vectors}
+	return Spec{Name: "seg.A_1-x", Protocol: abi.ProtocolSegment, Layout: l, Vectors: vectors}
 }
 
 // dupFile duplicates f's descriptor (close-on-exec) into a new file.
@@ -410,22 +410,43 @@ func TestWaitEnds(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- r.Wait(ctx, 0, 0) }()
-	time.Sleep(30 * time.Millisecond)
+	// An idle Wait sleeps in one poll(2) call: no periodic wake-ups.
+	polls := func() uint64 {
+		r.waitMu.Lock()
+		defer r.waitMu.Unlock()
+		if w := r.waiters[0]; w != nil {
+			return w.Polls()
+		}
+		return 0
+	}
+	for deadline := time.Now().Add(5 * time.Second); polls() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("Wait did not start polling")
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	if n := polls(); n != 1 {
+		t.Errorf("%d poll calls in 300 ms of an idle Wait, want 1", n)
+	}
+	start := time.Now()
 	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Wait after cancel = %v", err)
+	if err := <-errc; !errors.Is(err, context.Canceled) || time.Since(start) > time.Second {
+		t.Fatalf("Wait after cancel = %v after %v", err, time.Since(start))
 	}
 	go func() { errc <- r.Wait(context.Background(), 0, 0) }()
-	time.Sleep(30 * time.Millisecond)
+	for deadline := time.Now().Add(5 * time.Second); polls() < 2; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("second Wait did not start polling")
+		}
+	}
+	start = time.Now()
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("Wait after Close = %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Wait did not return after Close")
+	if err := <-errc; !errors.Is(err, ErrClosed) || time.Since(start) > time.Second {
+		t.Fatalf("Wait after Close = %v after %v", err, time.Since(start))
+	}
+	if err := r.Wait(context.Background(), 0, 0); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Wait on a closed region = %v", err)
 	}
 }

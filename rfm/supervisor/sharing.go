@@ -16,7 +16,7 @@ import (
 	"rainforest/rfm/region"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Sharing: every subOS is a peer of the machine's FICM group (region
@@ -87,7 +87,7 @@ func (s *Supervisor) startSharing() error {
 		if err != nil {
 			return err
 		}
-		if s.share.ficm, err = region.Create(region.Spec{Name: FICMRegion, Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 1}); err != nil {
+		if s.share.ficm, err = region.Create(region.Spec{Name: FICMRegion, Protocol: abi.ProtocolFICM, Layout: l, Vectors: 1}); err != nil {
 			return err
 		}
 	}
@@ -156,12 +156,12 @@ func (s *Supervisor) recoverRegions(so *subOS) {
 		return
 	}
 	for i, r := range regions {
-		spec := region.Spec{Name: r.Name, Protocol: r.Protocol, Layout: shmem.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}, Vectors: r.Vectors}
+		spec := region.Spec{Name: r.Name, Protocol: r.Protocol, Layout: abi.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}, Vectors: r.Vectors}
 		have := false
 		switch {
-		case r.Protocol == shmem.ProtocolFICM && r.Name == FICMRegion:
+		case r.Protocol == abi.ProtocolFICM && r.Name == FICMRegion:
 			have = s.share.ficm != nil
-		case r.Protocol == shmem.ProtocolSegment:
+		case r.Protocol == abi.ProtocolSegment:
 			if sg := s.share.segments[r.Name]; sg != nil {
 				sg.grants[so.info.Name] = r.Self
 				have = true
@@ -178,7 +178,7 @@ func (s *Supervisor) recoverRegions(so *subOS) {
 			s.log.Warn("cannot recover region", "subos", so.info.Name, "region", r.Name, "err", err)
 			continue
 		}
-		if r.Protocol == shmem.ProtocolFICM {
+		if r.Protocol == abi.ProtocolFICM {
 			s.share.ficm = reg
 		} else {
 			s.share.segments[r.Name] = &segment{reg: reg, grants: map[string]int{so.info.Name: r.Self}}
@@ -317,7 +317,7 @@ func (s *Supervisor) takeSegmentSlot(name string, g SegmentGrant) (*segment, int
 		if err != nil {
 			return nil, 0, fmt.Errorf("%w: segment %q: %w", ErrInvalid, g.Name, err)
 		}
-		reg, err := region.Create(region.Spec{Name: g.Name, Protocol: shmem.ProtocolSegment, Layout: l, Vectors: 1})
+		reg, err := region.Create(region.Spec{Name: g.Name, Protocol: abi.ProtocolSegment, Layout: l, Vectors: 1})
 		if err != nil {
 			return nil, 0, fmt.Errorf("segment %q: %w", g.Name, err)
 		}
@@ -358,8 +358,10 @@ func regionOf(r *region.Region, self int, readOnly bool) config.Region {
 }
 
 // leave releases a departed subOS's slots (its VMM has exited): its FICM
-// state entry is cleared, the messages still queued to it are dropped, and
-// segments nobody holds any more are freed. Called under opMu.
+// state entry is cleared (which raises the state-change interrupt on the
+// other subOSes, so that their channels to it fail at once), the messages
+// still queued to it are dropped, and segments nobody holds any more are
+// freed. Called under opMu.
 func (s *Supervisor) leave(info Info) {
 	if s.share.host != nil && info.Peer > 0 {
 		if err := s.share.host.SetAlive(info.Peer, false); err != nil {

@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"rainforest/ledger"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Every subOS joins the FICM group with its own peer id and gets the
@@ -35,7 +35,7 @@ func TestSharingMembership(t *testing.T) {
 		t.Errorf("peers: a %d %v, b %d %v", a.Peer, a.SegmentPeers, b.Peer, b.SegmentPeers)
 	}
 	pb := l.procs[b.PID]
-	if len(pb.regions) != 2 || pb.regions[0].Name != FICMRegion || pb.regions[0].Self != 2 || pb.regions[0].Protocol != shmem.ProtocolFICM ||
+	if len(pb.regions) != 2 || pb.regions[0].Name != FICMRegion || pb.regions[0].Self != 2 || pb.regions[0].Protocol != abi.ProtocolFICM ||
 		pb.regions[1].Name != "shared" || pb.regions[1].RWSize != 8192 || !pb.regions[1].RWReadOnly || pb.regions[1].Self != 1 {
 		t.Errorf("b's regions %+v", pb.regions)
 	}

@@ -12,6 +12,7 @@ import (
 	"rainforest/vmm/devices/shmemdev"
 	"rainforest/vmm/eventfd"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // maxRegionSlack is how much larger than its layout a region's memfd may
@@ -46,7 +47,7 @@ func (ms *Membership) Add(r config.Region, files []*os.File) (shmemdev.Config, e
 	if len(files) != r.Files() {
 		return fail(fmt.Errorf("%w: %d descriptors, want %d", ErrProtocol, len(files), r.Files()))
 	}
-	l := shmem.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}
+	l := abi.Layout{Peers: r.Peers, RWSize: r.RWSize, OutputSize: r.OutputSize}
 	if err := l.Validate(); err != nil {
 		return fail(err)
 	}

@@ -18,7 +18,7 @@ import (
 
 	"rainforest/rfm/region"
 	"rainforest/vmm/config"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // handler is a fake VMM: disks attach unless the path says otherwise, and
@@ -218,7 +218,7 @@ func TestMembership(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := region.Create(region.Spec{Name: "ficm", Protocol: shmem.ProtocolFICM, Layout: l, Vectors: 2})
+	r, err := region.Create(region.Spec{Name: "ficm", Protocol: abi.ProtocolFICM, Layout: l, Vectors: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestMembership(t *testing.T) {
 		}
 		return fs
 	}
-	reg := config.Region{Name: "ficm", Protocol: shmem.ProtocolFICM, Peers: 4, OutputSize: l.OutputSize, Vectors: 2, Self: 2}
+	reg := config.Region{Name: "ficm", Protocol: abi.ProtocolFICM, Peers: 4, OutputSize: l.OutputSize, Vectors: 2, Self: 2}
 	var ms Membership
 	defer ms.Close()
 	c, err := ms.Add(reg, files())

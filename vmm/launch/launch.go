@@ -21,7 +21,7 @@ import (
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/config"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // Options are one VMM's inputs.
@@ -217,7 +217,7 @@ func (s *subOS) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, err
 func (s *subOS) Grant(_ context.Context, r config.Region, files []*os.File) (vmmctl.Device, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if r.Protocol != shmem.ProtocolSegment {
+	if r.Protocol != abi.ProtocolSegment {
 		closeAll(files)
 		return vmmctl.Device{}, fmt.Errorf("%w: region %q: only segments are granted at run time", vmmctl.ErrInvalid, r.Name)
 	}

@@ -12,16 +12,9 @@
 // reach it (no ioeventfd matched: an unknown peer or vector) go to the
 // Doorbell interface, which drops what it cannot deliver.
 //
-// Register BAR (BAR 0, 4 KiB), all 32-bit:
-//
-//	0x00 ID          read-only: this peer's id
-//	0x04 MAX_PEERS   read-only: number of peers
-//	0x08 INT_CONTROL bit 0: interrupts enabled
-//	0x0C DOORBELL    write-only: bits 31:16 target peer, 15:0 vector
-//	0x10 STATE       this peer's state; mirrored into the state table
-//	0x14 INT_STATUS  read-only: bit 0 set while the function's INTx
-//	                 condition is pending (as the PCI Status register's
-//	                 Interrupt Status bit); an extension of ivshmem v2
+// The registers, the vendor capability, the memory BAR's layout (abi.Layout)
+// and the state table are the ABI in rainforest/vmm/shmem/abi, which the
+// guest side shares.
 //
 // Interrupts: MSI-X when the guest enables it, otherwise INTA#, both
 // driven by the VMM from the vectors' eventfds (the model raises nothing
@@ -31,125 +24,20 @@
 // Linux's uio_pci_generic does) and re-enables after draining its queues;
 // doorbells that arrive meanwhile are held and raise INTx on re-enable.
 // INT_CONTROL bit 0 gates INTx delivery (MSI-X is gated by the vector's
-// mask alone).
-//
-// Memory BAR (BAR 2) layout, each part page-aligned (see Layout):
-// state table (one uint32 per peer), read-write section, output sections of
-// peers 0..N-1. The sizes are also in a vendor-specific capability: u32
-// state table size at +4, u64 read-write section size at +8, u64 output
-// section size at +16 from the capability's offset, then u32 flags at +24
-// (bit 0: the read-write section is read-only for this peer) and the
-// region's name at +28 (32 bytes, NUL-padded).
+// mask alone). INT_STATUS (an extension of ivshmem v2) reads 1 while the
+// INTx condition is pending, like the PCI Status register's Interrupt
+// Status bit.
 package shmem
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
 
 	"rainforest/vmm/pci"
+	"rainforest/vmm/shmem/abi"
 )
-
-// PCI identity: the ivshmem v2 IDs, so that drivers written for that layout
-// recognise the device, with the protocol in the class code's low byte.
-const (
-	VendorID = 0x110A
-	DeviceID = 0x4106
-	// ClassUndefined is class "other", subclass 0; the low byte names the
-	// protocol spoken over the memory (ProtocolFICM here).
-	ClassOther   = 0xFF0000
-	ProtocolFICM = 0x01
-	// ProtocolSegment is a shared segment: only the read-write section is
-	// used, by the programs the supervisor granted it to.
-	ProtocolSegment = 0x02
-)
-
-// BARs.
-const (
-	RegBAR  = 0
-	MSIXBAR = 1
-	MemBAR  = 2
-	regSize = 0x1000
-)
-
-// Register offsets in the register BAR.
-const (
-	RegID         = 0x00
-	RegMaxPeers   = 0x04
-	RegIntControl = 0x08
-	RegDoorbell   = 0x0C
-	RegState      = 0x10
-	RegIntStatus  = 0x14
-)
-
-// MaxPeers bounds the number of peers (doorbell target field is 16 bits).
-const MaxPeers = 1 << 12
-
-// Vendor capability layout (offsets from the capability's start).
-const (
-	CapStateTableSize = 4  // u32
-	CapRWSize         = 8  // u64
-	CapOutputSize     = 16 // u64
-	CapFlags          = 24 // u32, CapFlag*
-	CapName           = 28 // [NameSize]byte, NUL-padded
-	CapLength         = CapName + NameSize
-	// CapFlagRWReadOnly: this peer may only read the read-write section.
-	CapFlagRWReadOnly = 1 << 0
-	// NameSize bounds a region's name.
-	NameSize = 32
-)
-
-const pageSize = 4096
-
-// ErrLayout means a Layout cannot be built.
-var ErrLayout = errors.New("bad shared-memory layout")
-
-// Layout sizes the memory BAR.
-type Layout struct {
-	Peers      int
-	RWSize     uint64 // shared read-write section, may be 0
-	OutputSize uint64 // per peer
-}
-
-func alignUp(v uint64) uint64 { return (v + pageSize - 1) &^ (pageSize - 1) }
-
-// Validate checks the layout.
-func (l Layout) Validate() error {
-	switch {
-	case l.Peers < 1 || l.Peers > MaxPeers:
-		return fmt.Errorf("%w: %d peers (1..%d)", ErrLayout, l.Peers, MaxPeers)
-	case l.OutputSize == 0 || l.OutputSize%pageSize != 0 || l.RWSize%pageSize != 0:
-		return fmt.Errorf("%w: sections must be page multiples (output %d, rw %d)", ErrLayout, l.OutputSize, l.RWSize)
-	case l.OutputSize > 1<<40 || l.RWSize > 1<<40:
-		return fmt.Errorf("%w: sections larger than 1 TiB", ErrLayout)
-	}
-	return nil
-}
-
-// StateTableSize is the size of the state table part.
-func (l Layout) StateTableSize() uint64 { return alignUp(uint64(l.Peers) * 4) }
-
-// RWOffset is the offset of the read-write section in the memory BAR.
-func (l Layout) RWOffset() uint64 { return l.StateTableSize() }
-
-// OutputOffset is the offset of peer's output section.
-func (l Layout) OutputOffset(peer int) uint64 {
-	return l.RWOffset() + l.RWSize + uint64(peer)*l.OutputSize
-}
-
-// Size is the bytes used in the memory BAR.
-func (l Layout) Size() uint64 { return l.OutputOffset(l.Peers) }
-
-// BARSize is the memory BAR's size: Size rounded up to a power of two.
-func (l Layout) BARSize() uint64 {
-	s := uint64(pageSize)
-	for s < l.Size() {
-		s <<= 1
-	}
-	return s
-}
 
 // Doorbell is the VMM's side of the device: doorbells that reach the model,
 // state changes, and the interrupt state the model reports to the guest.
@@ -173,7 +61,7 @@ type Doorbell interface {
 // Device is one peer's shared-memory PCI function.
 type Device struct {
 	id     int
-	layout Layout
+	layout abi.Layout
 	cfg    *pci.ConfigSpace
 	msix   *pci.MSIX
 	bell   Doorbell
@@ -189,64 +77,64 @@ type Device struct {
 // Identity is what a function tells the guest about its region besides the
 // layout.
 type Identity struct {
-	Protocol   uint8  // class code low byte (ProtocolFICM when 0)
-	Name       string // up to NameSize bytes, no NUL
+	Protocol   uint8  // class code low byte (abi.ProtocolFICM when 0)
+	Name       string // up to abi.NameSize bytes, no NUL
 	RWReadOnly bool   // the read-write section is mapped read-only for this peer
 }
 
 // New builds peer id's device for a FICM group (see NewWithIdentity).
-func New(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell) (*Device, error) {
+func New(id int, layout abi.Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell) (*Device, error) {
 	return NewWithIdentity(id, layout, vectors, stateTable, router, bell, Identity{})
 }
 
 // NewWithIdentity builds peer id's device. stateTable is the shared state
 // table memory (at least layout.StateTableSize() bytes); the model writes
 // this peer's entry in it. vectors is the number of MSI-X vectors.
-func NewWithIdentity(id int, layout Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell, ident Identity) (*Device, error) {
+func NewWithIdentity(id int, layout abi.Layout, vectors int, stateTable []byte, router pci.MSIRouter, bell Doorbell, ident Identity) (*Device, error) {
 	if err := layout.Validate(); err != nil {
 		return nil, err
 	}
 	if id < 0 || id >= layout.Peers {
-		return nil, fmt.Errorf("%w: peer id %d of %d peers", ErrLayout, id, layout.Peers)
+		return nil, fmt.Errorf("%w: peer id %d of %d peers", abi.ErrLayout, id, layout.Peers)
 	}
 	if uint64(len(stateTable)) < layout.StateTableSize() {
-		return nil, fmt.Errorf("%w: state table of %d bytes, need %d", ErrLayout, len(stateTable), layout.StateTableSize())
+		return nil, fmt.Errorf("%w: state table of %d bytes, need %d", abi.ErrLayout, len(stateTable), layout.StateTableSize())
 	}
-	if vectors < 1 || vectors > 64 {
-		return nil, fmt.Errorf("%w: %d MSI-X vectors (1..64)", ErrLayout, vectors)
+	if vectors < 1 || vectors > abi.MaxVectors {
+		return nil, fmt.Errorf("%w: %d MSI-X vectors (1..%d)", abi.ErrLayout, vectors, abi.MaxVectors)
 	}
-	if len(ident.Name) > NameSize || strings.IndexByte(ident.Name, 0) >= 0 {
-		return nil, fmt.Errorf("%w: region name %q (at most %d bytes, no NUL)", ErrLayout, ident.Name, NameSize)
+	if len(ident.Name) > abi.NameSize || strings.IndexByte(ident.Name, 0) >= 0 {
+		return nil, fmt.Errorf("%w: region name %q (at most %d bytes, no NUL)", abi.ErrLayout, ident.Name, abi.NameSize)
 	}
 	if ident.Protocol == 0 {
-		ident.Protocol = ProtocolFICM
+		ident.Protocol = abi.ProtocolFICM
 	}
-	cfg := pci.NewConfigSpace(pci.Header{VendorID: VendorID, DeviceID: DeviceID, Class: ClassOther | uint32(ident.Protocol),
-		SubsystemVendorID: VendorID, SubsystemID: DeviceID, Revision: 2})
-	if err := cfg.AddMemBAR(RegBAR, regSize, false, false); err != nil {
+	cfg := pci.NewConfigSpace(pci.Header{VendorID: abi.VendorID, DeviceID: abi.DeviceID, Class: abi.ClassOther | uint32(ident.Protocol),
+		SubsystemVendorID: abi.VendorID, SubsystemID: abi.DeviceID, Revision: abi.Revision})
+	if err := cfg.AddMemBAR(abi.RegBAR, abi.RegBARSize, false, false); err != nil {
 		return nil, err
 	}
-	if err := cfg.AddMemBAR(MSIXBAR, regSize, false, false); err != nil {
+	if err := cfg.AddMemBAR(abi.MSIXBAR, abi.MSIXBARSize, false, false); err != nil {
 		return nil, err
 	}
-	if err := cfg.AddMemBAR(MemBAR, layout.BARSize(), true, true); err != nil {
+	if err := cfg.AddMemBAR(abi.MemBAR, layout.BARSize(), true, true); err != nil {
 		return nil, err
 	}
 	// Vendor capability: id, next, length, reserved, then the fields at
 	// the Cap* offsets (see the package documentation); body starts after the ID and next-pointer bytes.
-	body := make([]byte, CapLength-2)
-	body[0] = CapLength
-	binary.LittleEndian.PutUint32(body[CapStateTableSize-2:], uint32(layout.StateTableSize()))
-	binary.LittleEndian.PutUint64(body[CapRWSize-2:], layout.RWSize)
-	binary.LittleEndian.PutUint64(body[CapOutputSize-2:], layout.OutputSize)
+	body := make([]byte, abi.CapLength-2)
+	body[abi.CapLengthOffset-2] = abi.CapLength
+	binary.LittleEndian.PutUint32(body[abi.CapStateTableSize-2:], uint32(layout.StateTableSize()))
+	binary.LittleEndian.PutUint64(body[abi.CapRWSize-2:], layout.RWSize)
+	binary.LittleEndian.PutUint64(body[abi.CapOutputSize-2:], layout.OutputSize)
 	if ident.RWReadOnly {
-		binary.LittleEndian.PutUint32(body[CapFlags-2:], CapFlagRWReadOnly)
+		binary.LittleEndian.PutUint32(body[abi.CapFlags-2:], abi.CapFlagRWReadOnly)
 	}
-	copy(body[CapName-2:], ident.Name)
+	copy(body[abi.CapName-2:], ident.Name)
 	if _, err := cfg.AddVendorCapability(body, make([]byte, len(body))); err != nil {
 		return nil, err
 	}
-	msix, err := pci.NewMSIX(cfg, vectors, MSIXBAR, 0, regSize/2, router)
+	msix, err := pci.NewMSIX(cfg, vectors, abi.MSIXBAR, 0, abi.MSIXPBAOffset, router)
 	if err != nil {
 		return nil, err
 	}
@@ -257,7 +145,7 @@ func NewWithIdentity(id int, layout Layout, vectors int, stateTable []byte, rout
 }
 
 // Layout returns the memory layout.
-func (d *Device) Layout() Layout { return d.layout }
+func (d *Device) Layout() abi.Layout { return d.layout }
 
 // ID returns this peer's id.
 func (d *Device) ID() int { return d.id }
@@ -312,36 +200,36 @@ func (d *Device) BARs() []pci.BAR { return d.cfg.BARs() }
 func (d *Device) ReadBAR(bar int, offset uint64, data []byte) {
 	clear(data)
 	switch bar {
-	case RegBAR:
+	case abi.RegBAR:
 		if len(data) != 4 || offset%4 != 0 {
 			return
 		}
 		var v uint32
 		d.mu.Lock()
 		switch offset {
-		case RegID:
+		case abi.RegID:
 			v = uint32(d.id)
-		case RegMaxPeers:
+		case abi.RegMaxPeers:
 			v = uint32(d.layout.Peers)
-		case RegIntControl:
+		case abi.RegIntControl:
 			if d.intEnabled {
-				v = 1
+				v = abi.IntControlEnabled
 			}
-		case RegState:
+		case abi.RegState:
 			v = d.myState
 		}
 		d.mu.Unlock()
-		if offset == RegIntStatus && d.intxPending() {
+		if offset == abi.RegIntStatus && d.intxPending() {
 			v = 1
 		}
 		binary.LittleEndian.PutUint32(data, v)
-	case MSIXBAR:
-		if offset < regSize/2 {
+	case abi.MSIXBAR:
+		if offset < abi.MSIXPBAOffset {
 			d.msix.ReadTable(offset, data)
 		} else {
-			d.msix.ReadPBA(offset-regSize/2, data)
+			d.msix.ReadPBA(offset-abi.MSIXPBAOffset, data)
 		}
-	case MemBAR:
+	case abi.MemBAR:
 		// Mapped as memory by the VMM; a read that traps is outside the
 		// used part of the BAR.
 		for i := range data {
@@ -353,41 +241,41 @@ func (d *Device) ReadBAR(bar int, offset uint64, data []byte) {
 // WriteBAR implements pci.Device.
 func (d *Device) WriteBAR(bar int, offset uint64, data []byte) {
 	switch bar {
-	case RegBAR:
+	case abi.RegBAR:
 		if len(data) != 4 || offset%4 != 0 {
 			return
 		}
 		v := binary.LittleEndian.Uint32(data)
 		switch offset {
-		case RegIntControl:
+		case abi.RegIntControl:
 			d.mu.Lock()
-			d.intEnabled = v&1 != 0
+			d.intEnabled = v&abi.IntControlEnabled != 0
 			d.mu.Unlock()
 			d.bell.InterruptModeChanged()
-		case RegDoorbell:
-			peer, vector := int(v>>16), int(v&0xFFFF)
+		case abi.RegDoorbell:
+			peer, vector := int(v>>abi.DoorbellPeerShift), int(v&abi.DoorbellVectorMask)
 			if err := d.bell.Ring(peer, vector); err != nil {
 				d.mu.Lock()
 				d.dropped++
 				d.mu.Unlock()
 			}
-		case RegState:
+		case abi.RegState:
 			d.mu.Lock()
 			changed := d.myState != v
 			d.myState = v
-			binary.LittleEndian.PutUint32(d.state[4*d.id:], v)
+			binary.LittleEndian.PutUint32(d.state[abi.StateEntryOffset(d.id):], v)
 			d.mu.Unlock()
 			if changed {
 				d.bell.StateChanged(v)
 			}
 		}
-	case MSIXBAR:
-		if offset < regSize/2 {
+	case abi.MSIXBAR:
+		if offset < abi.MSIXPBAOffset {
 			_ = d.msix.WriteTable(offset, data)
 		} else {
-			d.msix.WritePBA(offset-regSize/2, data)
+			d.msix.WritePBA(offset-abi.MSIXPBAOffset, data)
 		}
-	case MemBAR:
+	case abi.MemBAR:
 		// A write to a read-only section (another peer's output, the state
 		// table) traps here: drop it.
 		d.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"rainforest/vmm/pci"
+	"rainforest/vmm/shmem/abi"
 )
 
 type fakeBell struct {
@@ -62,7 +63,7 @@ func (r *fakeRouter) Fire(v int) error {
 
 func newTestDevice(t *testing.T) (*Device, *fakeBell, *fakeRouter, []byte) {
 	t.Helper()
-	l := Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
+	l := abi.Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
 	table := make([]byte, l.StateTableSize())
 	bell, router := &fakeBell{peers: 3}, &fakeRouter{}
 	d, err := New(1, l, 4, table, router, bell)
@@ -74,70 +75,62 @@ func newTestDevice(t *testing.T) (*Device, *fakeBell, *fakeRouter, []byte) {
 
 func reg(d *Device, off uint64) uint32 {
 	b := make([]byte, 4)
-	d.ReadBAR(RegBAR, off, b)
+	d.ReadBAR(abi.RegBAR, off, b)
 	return binary.LittleEndian.Uint32(b)
 }
 
 func writeReg(d *Device, off uint64, v uint32) {
 	b := make([]byte, 4)
 	binary.LittleEndian.PutUint32(b, v)
-	d.WriteBAR(RegBAR, off, b)
+	d.WriteBAR(abi.RegBAR, off, b)
 }
 
 func TestLayout(t *testing.T) {
-	l := Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
-	if l.StateTableSize() != 4096 || l.RWOffset() != 4096 || l.OutputOffset(0) != 8192 || l.OutputOffset(2) != 8192+2*8192 || l.Size() != 8192+3*8192 {
-		t.Errorf("layout offsets: st %d rw %d out0 %d out2 %d size %d", l.StateTableSize(), l.RWOffset(), l.OutputOffset(0), l.OutputOffset(2), l.Size())
+	l := abi.Layout{Peers: 3, RWSize: 4096, OutputSize: 8192}
+	if _, err := New(0, abi.Layout{Peers: 0, OutputSize: 4096}, 4, make([]byte, 4096), &fakeRouter{}, &fakeBell{}); !errors.Is(err, abi.ErrLayout) {
+		t.Errorf("invalid layout accepted: %v", err)
 	}
-	if l.BARSize() != 32768 {
-		t.Errorf("BAR size %d", l.BARSize())
-	}
-	for _, bad := range []Layout{{Peers: 0, OutputSize: 4096}, {Peers: 2, OutputSize: 100}, {Peers: 2, OutputSize: 4096, RWSize: 10}, {Peers: MaxPeers + 1, OutputSize: 4096}} {
-		if err := bad.Validate(); !errors.Is(err, ErrLayout) {
-			t.Errorf("%+v accepted", bad)
-		}
-	}
-	if _, err := New(3, l, 4, make([]byte, 4096), &fakeRouter{}, &fakeBell{}); !errors.Is(err, ErrLayout) {
+	if _, err := New(3, l, 4, make([]byte, 4096), &fakeRouter{}, &fakeBell{}); !errors.Is(err, abi.ErrLayout) {
 		t.Errorf("peer id out of range accepted: %v", err)
 	}
-	if _, err := New(0, l, 4, make([]byte, 4), &fakeRouter{}, &fakeBell{}); !errors.Is(err, ErrLayout) {
+	if _, err := New(0, l, 4, make([]byte, 4), &fakeRouter{}, &fakeBell{}); !errors.Is(err, abi.ErrLayout) {
 		t.Errorf("short state table accepted: %v", err)
 	}
 }
 
 func TestRegisters(t *testing.T) {
 	d, bell, _, table := newTestDevice(t)
-	if reg(d, RegID) != 1 || reg(d, RegMaxPeers) != 3 || reg(d, RegIntControl) != 0 {
-		t.Errorf("id %d peers %d int %d", reg(d, RegID), reg(d, RegMaxPeers), reg(d, RegIntControl))
+	if reg(d, abi.RegID) != 1 || reg(d, abi.RegMaxPeers) != 3 || reg(d, abi.RegIntControl) != 0 {
+		t.Errorf("id %d peers %d int %d", reg(d, abi.RegID), reg(d, abi.RegMaxPeers), reg(d, abi.RegIntControl))
 	}
-	writeReg(d, RegDoorbell, 2<<16|3)
-	writeReg(d, RegDoorbell, 7<<16|0) // no such peer: dropped
-	writeReg(d, RegDoorbell, 0<<16|9) // no such vector: dropped
+	writeReg(d, abi.RegDoorbell, 2<<16|3)
+	writeReg(d, abi.RegDoorbell, 7<<16|0) // no such peer: dropped
+	writeReg(d, abi.RegDoorbell, 0<<16|9) // no such vector: dropped
 	if len(bell.rings) != 1 || bell.rings[0] != [2]int{2, 3} {
 		t.Errorf("rings %v", bell.rings)
 	}
 	if dropped, _ := d.Stats(); dropped != 2 {
 		t.Errorf("dropped %d, want 2", dropped)
 	}
-	writeReg(d, RegState, 0xABCD)
-	writeReg(d, RegState, 0xABCD) // the same value: no state change
-	if binary.LittleEndian.Uint32(table[4:]) != 0xABCD || reg(d, RegState) != 0xABCD || len(bell.states) != 1 {
+	writeReg(d, abi.RegState, 0xABCD)
+	writeReg(d, abi.RegState, 0xABCD) // the same value: no state change
+	if binary.LittleEndian.Uint32(table[4:]) != 0xABCD || reg(d, abi.RegState) != 0xABCD || len(bell.states) != 1 {
 		t.Errorf("state not mirrored once: table %x states %v", table[:12], bell.states)
 	}
-	writeReg(d, RegID, 9) // read-only
-	if reg(d, RegID) != 1 {
+	writeReg(d, abi.RegID, 9) // read-only
+	if reg(d, abi.RegID) != 1 {
 		t.Error("ID is writable")
 	}
 	modes := bell.modes
-	writeReg(d, RegIntControl, 1)
-	if reg(d, RegIntControl) != 1 || !d.InterruptsEnabled() {
+	writeReg(d, abi.RegIntControl, 1)
+	if reg(d, abi.RegIntControl) != 1 || !d.InterruptsEnabled() {
 		t.Error("INT_CONTROL not set")
 	}
 	if bell.modes != modes+1 {
 		t.Error("an INT_CONTROL write was not reported as an interrupt mode change")
 	}
 	// Writes to read-only memory that trap are counted and dropped.
-	d.WriteBAR(MemBAR, 8192, []byte{1, 2, 3, 4})
+	d.WriteBAR(abi.MemBAR, 8192, []byte{1, 2, 3, 4})
 	if _, ro := d.Stats(); ro != 1 {
 		t.Errorf("read-only writes %d", ro)
 	}
@@ -147,11 +140,11 @@ func TestConfigSpace(t *testing.T) {
 	d, _, _, _ := newTestDevice(t)
 	b := make([]byte, 4)
 	d.ReadConfig(0, b)
-	if binary.LittleEndian.Uint16(b) != VendorID || binary.LittleEndian.Uint16(b[2:]) != DeviceID {
+	if binary.LittleEndian.Uint16(b) != abi.VendorID || binary.LittleEndian.Uint16(b[2:]) != abi.DeviceID {
 		t.Errorf("ids %x", b)
 	}
 	bars := d.BARs()
-	if len(bars) != 3 || bars[2].Index != MemBAR || bars[2].Size != d.Layout().BARSize() || !bars[2].Is64 {
+	if len(bars) != 3 || bars[2].Index != abi.MemBAR || bars[2].Size != d.Layout().BARSize() || !bars[2].Is64 {
 		t.Errorf("BARs %+v", bars)
 	}
 	// Walk the capability list to the vendor capability with the sizes.
@@ -161,12 +154,12 @@ func TestConfigSpace(t *testing.T) {
 		hdr := make([]byte, 2)
 		d.ReadConfig(off, hdr)
 		if hdr[0] == 0x09 {
-			body := make([]byte, CapLength)
+			body := make([]byte, abi.CapLength)
 			d.ReadConfig(off, body)
 			st := binary.LittleEndian.Uint32(body[4:])
 			rw := binary.LittleEndian.Uint64(body[8:])
 			out := binary.LittleEndian.Uint64(body[16:])
-			if body[2] != CapLength || st != 4096 || rw != 4096 || out != 8192 {
+			if body[2] != abi.CapLength || st != 4096 || rw != 4096 || out != 8192 {
 				t.Errorf("vendor cap: state table %d output %d (%x)", st, out, body)
 			}
 			found = true
@@ -212,7 +205,7 @@ func TestINTxStatus(t *testing.T) {
 		d.ReadConfig(pci.RegStatus, st[:])
 		return st[0]&pci.StatusInterrupt != 0
 	}
-	if status() || reg(d, RegIntStatus) != 0 {
+	if status() || reg(d, abi.RegIntStatus) != 0 {
 		t.Fatal("INTx condition reported with nothing pending")
 	}
 	bell.mu.Lock()
@@ -220,11 +213,11 @@ func TestINTxStatus(t *testing.T) {
 	bell.mu.Unlock()
 	var dw [4]byte // a dword read of Command+Status, as Linux's INTx check does
 	d.ReadConfig(pci.RegCommand, dw[:])
-	if dw[2]&pci.StatusInterrupt == 0 || !status() || reg(d, RegIntStatus) != 1 {
+	if dw[2]&pci.StatusInterrupt == 0 || !status() || reg(d, abi.RegIntStatus) != 1 {
 		t.Error("pending INTx condition not reported")
 	}
-	writeReg(d, RegIntStatus, 0) // read-only
-	if reg(d, RegIntStatus) != 1 {
+	writeReg(d, abi.RegIntStatus, 0) // read-only
+	if reg(d, abi.RegIntStatus) != 1 {
 		t.Error("INT_STATUS writable")
 	}
 	modes := bell.modes
@@ -236,7 +229,7 @@ func TestINTxStatus(t *testing.T) {
 		t.Errorf("INTx disable: disabled %v, mode changes %d", d.INTxDisabled(), bell.modes-modes)
 	}
 	enableMSIX(t, d)
-	if !d.MSIXEnabled() || status() || reg(d, RegIntStatus) != 0 {
+	if !d.MSIXEnabled() || status() || reg(d, abi.RegIntStatus) != 0 {
 		t.Error("INTx condition reported while MSI-X is on")
 	}
 }
@@ -245,7 +238,7 @@ func TestINTxStatus(t *testing.T) {
 func enableMSIX(t *testing.T, d *Device) {
 	t.Helper()
 	for v := 0; v < 4; v++ {
-		d.WriteBAR(MSIXBAR, uint64(v*pci.MSIXEntrySize+12), []byte{0, 0, 0, 0})
+		d.WriteBAR(abi.MSIXBAR, uint64(v*pci.MSIXEntrySize+12), []byte{0, 0, 0, 0})
 	}
 	var p [1]byte
 	d.ReadConfig(pci.RegCapPointer, p[:])

@@ -1,19 +1,15 @@
 // Package ivshmemfake builds fake QEMU ivshmem PCI functions in a fake
-// sysfs and /dev tree (rainforest/rfcom/fakesys), and a fake VMM that
-// delivers their doorbells, for tests of rainforest/rfcom/ivshmem and the
+// sysfs and /dev tree (rainforest/rfcom/fakesys), and a fake VMM (a
+// fakesys.VMM with ivshmem's registers) that delivers their doorbells, for tests of rainforest/rfcom/ivshmem and the
 // tools built on it. Plain files stand in for the BARs and a FIFO for
 // /dev/uioN; two functions share one memory file through a symlink.
 package ivshmemfake
 
 import (
-	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -128,113 +124,20 @@ type Peer struct {
 	Resource0, UIO string
 }
 
-// noBell marks an empty Doorbell register (peer 0xFFFF, vector 0xFFFF:
-// never written by the tests' rings).
-const noBell = 0xFFFF_FFFF
-
-// VMM stands in for QEMU and the ivshmem server: it takes each peer's
-// Doorbell register writes and, for a write to peer i (the index in the
-// peers slice), sets bit 0 of i's IntrStatus and, if i's IntrMask allows
-// it, signals i's uio FIFO (INTx).
-type VMM struct {
-	peers  []Peer
-	regs   [][]byte
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	rung   int64
+// ivshmemRegisters are ivshmem's BAR0 registers for the fake VMM: a
+// doorbell sets bit 0 of IntrStatus and interrupts while bit 0 of
+// IntrMask is set.
+func ivshmemRegisters() fakesys.Registers {
+	return fakesys.Registers{Doorbell: 12, Status: 4, Enable: 0, StatusBits: func(int) uint32 { return 1 }}
 }
 
-// StartVMM maps the peers' register BARs and starts delivering doorbells
-// until Stop.
-func StartVMM(peers []Peer) (*VMM, error) {
-	v := &VMM{peers: peers}
-	for _, p := range peers {
-		f, err := os.OpenFile(p.Resource0, os.O_RDWR, 0)
-		if err != nil {
-			v.unmap()
-			return nil, err
-		}
-		b, err := unix.Mmap(int(f.Fd()), 0, 16, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-		f.Close()
-		if err != nil {
-			v.unmap()
-			return nil, err
-		}
-		v.regs = append(v.regs, b)
-		store(b, 12, noBell)
+// StartVMM starts a fake VMM standing in for QEMU and the ivshmem server
+// (see fakesys.VMM): peers[i] is peer i, the IVPosition the server gave
+// it. It delivers doorbells until Stop.
+func StartVMM(peers []Peer) (*fakesys.VMM, error) {
+	fp := make([]fakesys.Peer, len(peers))
+	for i, p := range peers {
+		fp[i] = fakesys.Peer{ID: i, Resource0: p.Resource0, UIO: p.UIO}
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	v.cancel = cancel
-	v.wg.Go(func() { v.run(ctx) })
-	return v, nil
-}
-
-// Rung returns the number of doorbells delivered.
-func (v *VMM) Rung() int64 {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	return v.rung
-}
-
-func (v *VMM) run(ctx context.Context) {
-	writers := make([]*os.File, len(v.peers))
-	defer func() {
-		for _, w := range writers {
-			if w != nil {
-				w.Close()
-			}
-		}
-	}()
-	for ctx.Err() == nil {
-		for i := range v.regs {
-			bell := swap(v.regs[i], 12, noBell)
-			if bell == noBell {
-				continue
-			}
-			target := int(bell >> 16)
-			if target >= len(v.regs) {
-				continue
-			}
-			v.mu.Lock()
-			v.rung++
-			v.mu.Unlock()
-			or(v.regs[target], 4, 1)
-			if load(v.regs[target], 0)&1 == 0 || v.peers[target].UIO == "" {
-				continue
-			}
-			for try := 0; try < 2; try++ {
-				if writers[target] == nil {
-					// Fails (ENXIO) while nobody has the uio device open.
-					w, err := os.OpenFile(v.peers[target].UIO, os.O_WRONLY|unix.O_NONBLOCK, 0)
-					if err != nil {
-						break
-					}
-					writers[target] = w
-				}
-				// A full pipe: an interrupt is already pending.
-				_, err := writers[target].Write([]byte{1, 0, 0, 0})
-				if err == nil || errors.Is(err, unix.EAGAIN) {
-					break
-				}
-				writers[target].Close() // the reader went away: reopen
-				writers[target] = nil
-			}
-		}
-		time.Sleep(20 * time.Microsecond)
-	}
-}
-
-func (v *VMM) unmap() {
-	for _, b := range v.regs {
-		_ = unix.Munmap(b)
-	}
-	v.regs = nil
-}
-
-// Stop stops delivering doorbells and unmaps the registers.
-func (v *VMM) Stop() {
-	v.cancel()
-	v.wg.Wait()
-	v.unmap()
+	return fakesys.StartVMM(ivshmemRegisters(), fp)
 }

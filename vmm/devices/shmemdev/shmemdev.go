@@ -25,6 +25,7 @@ import (
 	"rainforest/vmm/interrupt"
 	"rainforest/vmm/pci"
 	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // ErrConfig reports a shared-memory device that cannot be set up or
@@ -37,8 +38,8 @@ var errNoTarget = errors.New("doorbell target not connected")
 
 // Config describes one peer's shared-memory function.
 type Config struct {
-	ID     int          // this peer's id (0..Layout.Peers-1)
-	Layout shmem.Layout // the same for every peer
+	ID     int        // this peer's id (0..Layout.Peers-1)
+	Layout abi.Layout // the same for every peer
 	// Region is the whole region (state table, read-write section, all
 	// output sections), len >= Layout.Size(); typically a MAP_SHARED
 	// mapping of a memfd shared by all peers' VMMs, kept mapped by the
@@ -114,7 +115,7 @@ func New(cfg Config) (*Device, error) {
 	return &Device{cfg: cfg, peers: map[int][]*eventfd.EventFD{}}, nil
 }
 
-func checkPeer(l shmem.Layout, p PeerDoorbells) error {
+func checkPeer(l abi.Layout, p PeerDoorbells) error {
 	if p.Peer < 0 || p.Peer >= l.Peers {
 		return fmt.Errorf("%w: peer %d of %d", ErrConfig, p.Peer, l.Peers)
 	}
@@ -145,7 +146,7 @@ func (d *Device) Plug(r *devices.Resources) (pci.Device, error) {
 	d.model = model
 	r.OnRemove(d.unplugged)
 	for _, p := range Pieces(l, d.cfg.ID, d.cfg.Identity.RWReadOnly) {
-		if err := r.MapBAR(shmem.MemBAR, p.Offset, d.cfg.Region[p.Offset:p.Offset+p.Size], p.ReadOnly); err != nil {
+		if err := r.MapBAR(abi.MemBAR, p.Offset, d.cfg.Region[p.Offset:p.Offset+p.Size], p.ReadOnly); err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
 		}
 	}
@@ -234,7 +235,7 @@ func (d *Device) ConnectPeer(p PeerDoorbells) error {
 	d.peers[p.Peer] = dups
 	for v, dup := range dups {
 		value := uint64(p.Peer)<<16 | uint64(v)
-		if err := d.r.IOEventFD(shmem.RegBAR, shmem.RegDoorbell, 4, &value, dup); err != nil {
+		if err := d.r.IOEventFD(abi.RegBAR, abi.RegDoorbell, 4, &value, dup); err != nil {
 			return fmt.Errorf("%w: peer %d vector %d doorbell: %w", ErrConfig, p.Peer, v, err)
 		}
 	}
@@ -331,7 +332,7 @@ type Piece struct {
 
 // Pieces splits the used part of the memory BAR of peer id into runs of
 // equal access, adjacent runs merged.
-func Pieces(l shmem.Layout, id int, rwReadOnly bool) []Piece {
+func Pieces(l abi.Layout, id int, rwReadOnly bool) []Piece {
 	parts := []Piece{{Offset: 0, Size: l.StateTableSize(), ReadOnly: true}}
 	if l.RWSize > 0 {
 		parts = append(parts, Piece{Offset: l.RWOffset(), Size: l.RWSize, ReadOnly: rwReadOnly})

@@ -5,14 +5,14 @@ import (
 	"testing"
 
 	"rainforest/vmm/eventfd"
-	"rainforest/vmm/shmem"
+	"rainforest/vmm/shmem/abi"
 )
 
 // The memory BAR is split into runs by access: state table read-only,
 // read-write section, own output read-write, the others read-only, with
 // adjacent runs of the same access merged.
 func TestPieces(t *testing.T) {
-	l := shmem.Layout{Peers: 4, RWSize: 8192, OutputSize: 4096}
+	l := abi.Layout{Peers: 4, RWSize: 8192, OutputSize: 4096}
 	got := Pieces(l, 2, false)
 	want := []Piece{
 		{Offset: 0, Size: 4096, ReadOnly: true},
@@ -29,18 +29,18 @@ func TestPieces(t *testing.T) {
 			t.Errorf("piece %d = %+v, want %+v", i, got[i], want[i])
 		}
 	}
-	if got := Pieces(shmem.Layout{Peers: 2, OutputSize: 4096}, 0, false); len(got) != 3 || got[1].ReadOnly || got[1].Size != 4096 {
+	if got := Pieces(abi.Layout{Peers: 2, OutputSize: 4096}, 0, false); len(got) != 3 || got[1].ReadOnly || got[1].Size != 4096 {
 		t.Errorf("peer 0 of 2: %+v", got)
 	}
 	// A read-only grant of a segment maps its read-write section read-only.
-	if got := Pieces(shmem.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}, 0, true); len(got) != 3 || !got[0].ReadOnly || got[0].Size != 4096+8192 || got[1].ReadOnly {
+	if got := Pieces(abi.Layout{Peers: 2, RWSize: 8192, OutputSize: 4096}, 0, true); len(got) != 3 || !got[0].ReadOnly || got[0].Size != 4096+8192 || got[1].ReadOnly {
 		t.Errorf("read-only segment pieces %+v", got)
 	}
 }
 
 // Bad configurations are refused with ErrConfig before anything is made.
 func TestNewRejects(t *testing.T) {
-	l := shmem.Layout{Peers: 2, OutputSize: 4096}
+	l := abi.Layout{Peers: 2, OutputSize: 4096}
 	region := make([]byte, l.Size())
 	ev, err := eventfd.New()
 	if err != nil {
@@ -48,7 +48,7 @@ func TestNewRejects(t *testing.T) {
 	}
 	defer ev.Close()
 	for _, c := range []Config{
-		{ID: 0, Layout: shmem.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
+		{ID: 0, Layout: abi.Layout{Peers: 0, OutputSize: 4096}, Region: region, Vectors: 1},
 		{ID: 0, Layout: l, Region: region[:4096], Vectors: 1},
 		{ID: 0, Layout: l, Region: region, Vectors: 0},
 		{ID: 0, Layout: l, Region: region, Vectors: 65},
