@@ -242,12 +242,12 @@ func (d *Device) ConnectPeer(p PeerDoorbells) error {
 	return nil
 }
 
-// signalPeers raises vector 0 on every connected peer.
+// signalPeers raises the state-change vector on every connected peer.
 func (d *Device) signalPeers() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for _, evs := range d.peers {
-		_ = evs[0].Signal() // a peer that went away has nobody to tell
+		_ = evs[abi.StateChangeVector].Signal() // a peer that went away has nobody to tell
 	}
 	d.states++
 }
