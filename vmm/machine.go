@@ -397,7 +397,10 @@ func (m *Machine) runVCPU(i int, v *vcpu) error {
 	if err := unix.SchedSetaffinity(0, &set); err != nil {
 		return fmt.Errorf("vcpu %d: pin to core %d: %w", i, v.core, err)
 	}
-	v.tid.Store(int32(unix.Gettid()))
+	tid := unix.Gettid()
+	v.tid.Store(int32(tid))
+	// Named for top -H and the idle wake-up benchmark; best effort.
+	_ = os.WriteFile(fmt.Sprintf("/proc/self/task/%d/comm", tid), []byte(fmt.Sprintf("vcpu%d", i)), 0)
 	log := m.log.With("vcpu", i)
 	for !m.stopping.Load() {
 		m.park(v)
