@@ -92,6 +92,24 @@ func (s *Supervisor) update(so *subOS, change func(*Info)) {
 	}
 }
 
+// removeDevice asks so's VMM to remove device id once the guest released
+// it, within timeout. A device the VMM no longer has counts as removed (the
+// guest let go of it on its own), and the returned detail says so; a
+// failure is recorded as the event what+"-failed".
+func (s *Supervisor) removeDevice(ctx context.Context, so *subOS, id string, timeout time.Duration, what, detail string, start time.Time) (string, error) {
+	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
+	defer cancel()
+	err := vmmctl.Detach(cctx, s.ctlPath(so.info.Name), id, timeout)
+	switch {
+	case errors.Is(err, vmmctl.ErrNotFound):
+		return detail + " (the guest had removed it already)", nil
+	case err != nil:
+		s.event(s.who(ctx), what+"-failed", so.info.Name, time.Since(start), detail+": "+err.Error())
+		return "", vmmError(err)
+	}
+	return detail, nil
+}
+
 func checkTimeout(d time.Duration) (time.Duration, error) {
 	switch {
 	case d == 0:
@@ -165,16 +183,9 @@ func (s *Supervisor) DetachDisk(ctx context.Context, name, disk string, timeout 
 	if !found {
 		return fmt.Errorf("%w: %q has no disk %q", ErrNoDevice, name, disk)
 	}
-	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
-	defer cancel()
-	err = vmmctl.Detach(cctx, s.ctlPath(name), d.ID, timeout)
-	detail := fmt.Sprintf("disk %s %s", d.ID, d.Path)
-	switch {
-	case errors.Is(err, vmmctl.ErrNotFound):
-		detail += " (the guest had removed it already)"
-	case err != nil:
-		s.event(s.who(ctx), "detach-failed", name, time.Since(start), detail+": "+err.Error())
-		return vmmError(err)
+	detail, err := s.removeDevice(ctx, so, d.ID, timeout, "detach", fmt.Sprintf("disk %s %s", d.ID, d.Path), start)
+	if err != nil {
+		return err
 	}
 	s.update(so, func(i *Info) {
 		var keep []Disk
@@ -259,16 +270,9 @@ func (s *Supervisor) Revoke(ctx context.Context, name, segment string, timeout t
 	if _, ok := so.info.SegmentPeers[segment]; !ok {
 		return fmt.Errorf("%w: %q is not granted segment %q", ErrNoDevice, name, segment)
 	}
-	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
-	defer cancel()
-	err = vmmctl.Detach(cctx, s.ctlPath(name), vmm.RegionDeviceID(segment), timeout)
-	detail := "segment " + segment
-	switch {
-	case errors.Is(err, vmmctl.ErrNotFound):
-		detail += " (the guest had removed it already)"
-	case err != nil:
-		s.event(s.who(ctx), "revoke-failed", name, time.Since(start), detail+": "+err.Error())
-		return vmmError(err)
+	detail, err := s.removeDevice(ctx, so, vmm.RegionDeviceID(segment), timeout, "revoke", "segment "+segment, start)
+	if err != nil {
+		return err
 	}
 	s.dropSegmentSlot(name, segment)
 	s.update(so, func(i *Info) {

@@ -56,6 +56,14 @@ type ioeventfdKey struct {
 	value uint64
 }
 
+func keyOf(fd int, addr uint64, n uint32, pio bool, match *uint64) ioeventfdKey {
+	k := ioeventfdKey{fd: fd, addr: addr, n: n, pio: pio}
+	if match != nil {
+		k.match, k.value = true, *match
+	}
+	return k
+}
+
 // New opens the KVM device at path ("/dev/kvm" when empty) and creates a
 // VM with the in-kernel irqchip (PIC, IOAPIC, local APICs), a PIT and the
 // legacy GSI routing. On error nothing is left open.
@@ -261,10 +269,9 @@ func (v *VM) Asserted(gsi uint32) (bool, error) {
 // of exactly *match when match is set) signal the eventfd fd in the
 // kernel, without an exit.
 func (v *VM) AddIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64) error {
-	k := ioeventfdKey{fd: fd, addr: addr, n: n, pio: pio}
+	k := keyOf(fd, addr, n, pio, match)
 	var err error
 	if match != nil {
-		k.match, k.value = true, *match
 		err = v.kvm.IOEventFDMatch(fd, addr, n, pio, *match)
 	} else {
 		err = v.kvm.IOEventFD(fd, addr, n, pio)
@@ -280,10 +287,9 @@ func (v *VM) AddIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64
 
 // RemoveIOEventFD undoes AddIOEventFD (same arguments).
 func (v *VM) RemoveIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64) error {
-	k := ioeventfdKey{fd: fd, addr: addr, n: n, pio: pio}
+	k := keyOf(fd, addr, n, pio, match)
 	var err error
 	if match != nil {
-		k.match, k.value = true, *match
 		err = v.kvm.RemoveIOEventFDMatch(fd, addr, n, pio, *match)
 	} else {
 		err = v.kvm.RemoveIOEventFD(fd, addr, n, pio)

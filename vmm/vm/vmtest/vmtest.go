@@ -194,12 +194,17 @@ func (v *VM) UnmapMemory(slot uint32) error {
 	return v.slots.Free(slot)
 }
 
-// AddIOEventFD implements devices.VM.
-func (v *VM) AddIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64) error {
+func bell(fd int, addr uint64, n uint32, pio bool, match *uint64) Bell {
 	b := Bell{FD: fd, Addr: addr, N: n, PIO: pio}
 	if match != nil {
 		b.Match, b.Value = true, *match
 	}
+	return b
+}
+
+// AddIOEventFD implements devices.VM.
+func (v *VM) AddIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64) error {
+	b := bell(fd, addr, n, pio, match)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	for o := range v.bells {
@@ -213,10 +218,7 @@ func (v *VM) AddIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64
 
 // RemoveIOEventFD implements devices.VM.
 func (v *VM) RemoveIOEventFD(fd int, addr uint64, n uint32, pio bool, match *uint64) error {
-	b := Bell{FD: fd, Addr: addr, N: n, PIO: pio}
-	if match != nil {
-		b.Match, b.Value = true, *match
-	}
+	b := bell(fd, addr, n, pio, match)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if !v.bells[b] {
