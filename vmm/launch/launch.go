@@ -15,7 +15,6 @@ import (
 	"net"
 	"os"
 	"sort"
-	"strings"
 	"sync"
 
 	"rainforest/rfm/vmmctl"
@@ -221,6 +220,7 @@ func (s *subOS) Grant(_ context.Context, r config.Region, files []*os.File) (vmm
 		closeAll(files)
 		return vmmctl.Device{}, fmt.Errorf("%w: region %q: only segments are granted at run time", vmmctl.ErrInvalid, r.Name)
 	}
+	s.reconcileLocked()
 	sc, err := s.ms.Add(r, files)
 	if err != nil {
 		if errors.Is(err, vmmctl.ErrExists) {
@@ -244,22 +244,36 @@ func (s *subOS) Detach(ctx context.Context, id string) error {
 	if id == "console" {
 		return fmt.Errorf("%w: the console stays", vmmctl.ErrInvalid)
 	}
-	if err := s.l.RemoveDevice(ctx, id); err != nil {
-		return classify(err)
-	}
+	err := s.l.RemoveDevice(ctx, id)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.kinds, id)
-	if name, ok := strings.CutPrefix(id, "region/"); ok {
-		return s.ms.Remove(name)
+	s.reconcileLocked()
+	return classify(err)
+}
+
+// reconcileLocked forgets what belonged to devices that are gone, removed
+// by Detach or released by the guest on its own: their descriptions, and
+// for regions their mapping and files (so that Export no longer hands them
+// to a supervisor).
+func (s *subOS) reconcileLocked() {
+	present := s.l.DeviceSlots()
+	for id := range s.kinds {
+		if _, ok := present[id]; !ok {
+			delete(s.kinds, id)
+		}
 	}
-	return nil
+	for _, r := range s.ms.Regions() {
+		if _, ok := present[vmm.RegionDeviceID(r.Name)]; !ok {
+			_ = s.ms.Remove(r.Name) // unmapping cannot fail for a mapping we made
+		}
+	}
 }
 
 // Devices implements vmmctl.Handler.
 func (s *subOS) Devices() []vmmctl.Device {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.reconcileLocked()
 	var out []vmmctl.Device
 	for id, slot := range s.l.DeviceSlots() {
 		d, ok := s.kinds[id]
@@ -274,4 +288,9 @@ func (s *subOS) Devices() []vmmctl.Device {
 }
 
 // Export implements vmmctl.Handler.
-func (s *subOS) Export() ([]config.Region, []*os.File) { return s.ms.Export() }
+func (s *subOS) Export() ([]config.Region, []*os.File) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.reconcileLocked()
+	return s.ms.Export()
+}
