@@ -1,11 +1,13 @@
 // Command rfbench measures one VMM run: it starts the command given after
 // "--", reports the time until the marker appears on the command's stdout
-// and the command's /proc/PID/status memory at that moment, waits for it to
-// exit, and prints one measure.FormatLine result line on stdout. It is
-// built statically (CGO_ENABLED=0) so that it runs inside the nested L1
-// guest.
+// and the command's /proc/PID/status memory at that moment, optionally
+// counts the context switches of the command's threads over a window
+// while its guest is idle (-idle-after, -idle-delay, -idle-window), waits
+// for it to exit, and prints one measure.FormatLine result line on stdout.
+// It is built statically (CGO_ENABLED=0) so that it runs inside the nested
+// L1 guest.
 //
-//	rfbench -vmm rfm -run 1 -marker RF-INIT-REACHED -- rfm vmm --kernel ...
+//	rfbench -vmm rfm -run 1 -marker RF-INIT-REACHED -idle-after RF-MEMTOTAL-KB -idle-delay 3s -idle-window 10s -- rfm vmm --kernel ...
 package main
 
 import (
@@ -16,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"rainforest/bench/boot/measure"
 )
@@ -26,6 +29,11 @@ func main() {
 	marker := flag.String("marker", "RF-INIT-REACHED", "console text that ends the boot-time measurement")
 	timeout := flag.Duration("timeout", measure.DefaultTimeout, "kill the VMM after this long")
 	echo := flag.Bool("echo", true, "copy the VMM's console lines to stdout, prefixed with [vmm#run]")
+	var idle measure.IdleSpec
+	flag.StringVar(&idle.After, "idle-after", "", "console text after which the guest is idle")
+	flag.DurationVar(&idle.Delay, "idle-delay", 3*time.Second, "wait from -idle-after to the idle window")
+	flag.DurationVar(&idle.Window, "idle-window", 0, "count the VMM's thread wake-ups over this long while the guest is idle (0: do not)")
+	flag.DurationVar(&idle.Every, "idle-every", measure.DefaultIdleEvery, "how often the threads' states are noted during the idle window")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: rfbench [flags] -- command [args...]")
@@ -38,7 +46,7 @@ func main() {
 		echoTo = os.Stdout
 	}
 	s := measure.Measure(ctx, measure.Spec{
-		VMM: *vmm, Run: *run, Argv: flag.Args(), Marker: *marker, Timeout: *timeout, Echo: echoTo,
+		VMM: *vmm, Run: *run, Argv: flag.Args(), Marker: *marker, Timeout: *timeout, Echo: echoTo, Idle: idle,
 	})
 	fmt.Println(measure.FormatLine(s))
 	if !s.OK() {
