@@ -14,7 +14,7 @@ var testMarkers = Markers{Ready: "READY", Added: "ADDED", Removed: "REMOVED"}
 
 func TestFormatParseRoundTrip(t *testing.T) {
 	for _, s := range []Sample{
-		{System: "rfm", Run: 1, Op: OpAdd, Request: 80 * time.Millisecond, Guest: 950 * time.Millisecond},
+		{System: "rfm", Run: 1, Op: OpAdd, Request: 80 * time.Millisecond, Guest: 950 * time.Millisecond, CLI: 40 * time.Millisecond},
 		{System: "qemu", Run: 2, Op: OpRemove, Request: time.Millisecond, Guest: 300 * time.Millisecond, Removed: 310 * time.Millisecond},
 		{System: "qemu", Run: 3, Op: OpAdd, Error: "qmp: device_add: GenericError: \"no slot\"\n"},
 	} {
@@ -115,6 +115,10 @@ func TestMeasure(t *testing.T) {
 	cfg.defaults()
 	var calls []string
 	removed := make(chan time.Time, 1)
+	baseline := func(context.Context) (time.Duration, error) {
+		calls = append(calls, "baseline")
+		return time.Millisecond, nil
+	}
 	samples := measure(context.Background(), cfg, con,
 		func(ctx context.Context) error {
 			g.say("READY")
@@ -122,8 +126,9 @@ func TestMeasure(t *testing.T) {
 			return err
 		},
 		ops{
-			prepare: func(context.Context) error { calls = append(calls, "prepare"); return nil },
-			add:     func(context.Context) error { calls = append(calls, "add"); g.say("ADDED"); return nil },
+			prepare:  func(context.Context) error { calls = append(calls, "prepare"); return nil },
+			baseline: baseline,
+			add:      func(context.Context) error { calls = append(calls, "add"); g.say("ADDED"); return nil },
 			remove: func(context.Context) error {
 				calls = append(calls, "remove")
 				g.say("REMOVED")
@@ -132,14 +137,14 @@ func TestMeasure(t *testing.T) {
 			},
 			removed: func(context.Context) (time.Time, error) { return <-removed, nil },
 		})
-	if strings.Join(calls, " ") != "prepare add remove" {
+	if strings.Join(calls, " ") != "prepare baseline add baseline remove" {
 		t.Errorf("calls %q", calls)
 	}
 	if len(samples) != 2 {
 		t.Fatalf("samples %+v", samples)
 	}
 	add, rm := samples[0], samples[1]
-	if !add.OK() || add.Op != OpAdd || add.System != "fake" || add.Run != 3 || add.Guest <= 0 || add.Request <= 0 || add.Removed != 0 {
+	if !add.OK() || add.Op != OpAdd || add.System != "fake" || add.Run != 3 || add.Guest <= 0 || add.Request <= 0 || add.Removed != 0 || add.CLI != time.Millisecond {
 		t.Errorf("add %+v", add)
 	}
 	if !rm.OK() || rm.Op != OpRemove || rm.Guest <= 0 || rm.Removed <= 0 {
@@ -180,6 +185,12 @@ func TestMeasureFailures(t *testing.T) {
 	})
 	if !s[0].OK() || !strings.Contains(s[1].Error, "deadline") {
 		t.Errorf("no removal event: %+v", s)
+	}
+	// A failed baseline.
+	s = measure(context.Background(), cfg, con, ready, ops{add: ok, remove: ok,
+		baseline: func(context.Context) (time.Duration, error) { return 0, boom }})
+	if s[0].Error != "baseline: boom" {
+		t.Errorf("baseline: %+v", s)
 	}
 	// A failed prepare.
 	s = measure(context.Background(), cfg, con, ready, ops{prepare: func(context.Context) error { return boom }, add: ok, remove: ok})

@@ -26,8 +26,8 @@ type RFM struct {
 }
 
 // MeasureRFM creates the subOS, follows its console socket, times `rfm
-// attach NAME --disk HOT,ro --id hot` and `rfm detach NAME hot`, and
-// destroys the subOS.
+// attach NAME --disk HOT,ro --id hot` and `rfm detach NAME hot` (each
+// after timing an `rfm inspect NAME`, Sample.CLI), and destroys the subOS.
 func MeasureRFM(ctx context.Context, cfg Config, r RFM) []Sample {
 	cfg.defaults()
 	rfm := func(ctx context.Context, args ...string) error {

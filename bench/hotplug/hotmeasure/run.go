@@ -67,6 +67,9 @@ func (c *Config) prefix() string { return fmt.Sprintf("[%s#%d] ", c.System, c.Ru
 type ops struct {
 	// prepare runs before the add's clock starts (nil: nothing).
 	prepare func(ctx context.Context) error
+	// baseline, when set, runs before each request's clock starts and
+	// returns how long a request that changes nothing takes (Sample.CLI).
+	baseline func(ctx context.Context) (time.Duration, error)
 	// add and remove issue the request and return once it is answered.
 	add, remove func(ctx context.Context) error
 	// removed waits for the VMM to say the device is gone (nil: the
@@ -102,7 +105,7 @@ func measure(ctx context.Context, cfg Config, con *Console, ready func(context.C
 			return failed(cfg, fmt.Errorf("prepare the add: %w", err))
 		}
 	}
-	if err := timeOp(ctx, cfg, con, &add, cfg.Markers.Added, o.add, nil); err != nil {
+	if err := timeOp(ctx, cfg, con, &add, cfg.Markers.Added, o.baseline, o.add, nil); err != nil {
 		add.Error = err.Error()
 		remove.Error = "not measured: the add failed"
 		return []Sample{add, remove}
@@ -111,7 +114,7 @@ func measure(ctx context.Context, cfg Config, con *Console, ready func(context.C
 		remove.Error = err.Error()
 		return []Sample{add, remove}
 	}
-	if err := timeOp(ctx, cfg, con, &remove, cfg.Markers.Removed, o.remove, o.removed); err != nil {
+	if err := timeOp(ctx, cfg, con, &remove, cfg.Markers.Removed, o.baseline, o.remove, o.removed); err != nil {
 		remove.Error = err.Error()
 	}
 	return []Sample{add, remove}
@@ -119,11 +122,19 @@ func measure(ctx context.Context, cfg Config, con *Console, ready func(context.C
 
 // timeOp issues one request and fills s with the times from issuing it
 // to its answer, to the guest's marker, and (removed not nil) to the
-// VMM's word that the device is gone, else to the answer.
-func timeOp(ctx context.Context, cfg Config, con *Console, s *Sample, marker string, request func(context.Context) error,
-	removed func(context.Context) (time.Time, error)) error {
+// VMM's word that the device is gone, else to the answer; and with the
+// baseline's time, when there is one (run first).
+func timeOp(ctx context.Context, cfg Config, con *Console, s *Sample, marker string, baseline func(context.Context) (time.Duration, error),
+	request func(context.Context) error, removed func(context.Context) (time.Time, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
 	defer cancel()
+	if baseline != nil {
+		d, err := baseline(ctx)
+		if err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+		s.CLI = d
+	}
 	t0 := time.Now()
 	if err := request(ctx); err != nil {
 		return err

@@ -53,6 +53,10 @@ type Sample struct {
 	// rfm detach returning (it answers once the guest has released the
 	// disk and the VMM removed it).
 	Removed time.Duration `json:"removed_ns,omitempty"`
+	// CLI (rfm only) is how long `rfm inspect NAME` took just before the
+	// request: a process start and one API call that changes nothing,
+	// the part of an rfm request's time that is the command line tool's.
+	CLI time.Duration `json:"cli_ns,omitempty"`
 }
 
 // OK reports whether the operation completed.
@@ -76,6 +80,7 @@ func FormatLine(s Sample) string {
 		{Key: "request_us", Value: strconv.FormatInt(s.Request.Microseconds(), 10)},
 		{Key: "guest_us", Value: strconv.FormatInt(s.Guest.Microseconds(), 10)},
 		{Key: "removed_us", Value: strconv.FormatInt(s.Removed.Microseconds(), 10)},
+		{Key: "cli_us", Value: strconv.FormatInt(s.CLI.Microseconds(), 10)},
 	}, s.Error)
 }
 
@@ -85,7 +90,7 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 	if !ok || err != nil {
 		return Sample{}, ok, err
 	}
-	durations := map[string]*time.Duration{"request_us": &s.Request, "guest_us": &s.Guest, "removed_us": &s.Removed}
+	durations := map[string]*time.Duration{"request_us": &s.Request, "guest_us": &s.Guest, "removed_us": &s.Removed, "cli_us": &s.CLI}
 	for _, f := range fields {
 		switch {
 		case f.Key == "system":

@@ -31,6 +31,9 @@ type Summary struct {
 	RequestMS benchkit.Stats `json:"request_ms"`
 	GuestMS   benchkit.Stats `json:"guest_ms"`
 	RemovedMS benchkit.Stats `json:"removed_ms"`
+	// CLIMS is the command line tool's part of a request (Sample.CLI),
+	// for systems that have one, ms.
+	CLIMS benchkit.Stats `json:"cli_ms"`
 }
 
 // Summarize groups samples by system (systems in that order, others
@@ -42,8 +45,11 @@ func Summarize(samples []hotmeasure.Sample, systems ...string) []Summary {
 	for _, g := range groups {
 		system, op, _ := strings.Cut(g.Name, "\x00")
 		sum := Summary{System: system, Op: op, OK: len(g.OK), Failed: g.Failed}
-		var done, req, guest, removed []float64
+		var done, req, guest, removed, cli []float64
 		for _, s := range g.OK {
+			if s.CLI > 0 {
+				cli = append(cli, ms(s.CLI))
+			}
 			done = append(done, ms(s.Done()))
 			req = append(req, ms(s.Request))
 			guest = append(guest, ms(s.Guest))
@@ -53,6 +59,7 @@ func Summarize(samples []hotmeasure.Sample, systems ...string) []Summary {
 		}
 		sum.DoneMS, sum.DoneP99MS = benchkit.StatsOf(done), benchkit.Percentile(done, 99)
 		sum.RequestMS, sum.GuestMS, sum.RemovedMS = benchkit.StatsOf(req), benchkit.StatsOf(guest), benchkit.StatsOf(removed)
+		sum.CLIMS = benchkit.StatsOf(cli)
 		out = append(out, sum)
 	}
 	return out
@@ -134,6 +141,12 @@ func WriteTable(w io.Writer, r *Report) error {
 		"the guest's line that /dev/vdb went and the VMM saying the device is gone (QEMU: DEVICE_DELETED; rfm: rfm detach returned).\n" +
 		"request: until the request was answered (rfm attach/detach exited, QMP returned); guest: until the guest's line. p99 is the\n" +
 		"nearest rank: with fewer than 100 runs, the maximum.\n")
+	for _, s := range r.Summaries {
+		if s.CLIMS.N > 0 {
+			fmt.Fprintf(&b, "%s %s: a request that changes nothing (rfm inspect, timed just before) took %.0f ms (median; %.0f-%.0f): "+
+				"the command line tool's part of the request.\n", s.System, s.Op, s.CLIMS.Median, s.CLIMS.Min, s.CLIMS.Max)
+		}
+	}
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "Note: %s\n", n)
 	}

@@ -15,9 +15,14 @@ func sample(system string, run int, op string, guestMS, removedMS int, errText s
 		Guest: time.Duration(guestMS) * time.Millisecond, Removed: time.Duration(removedMS) * time.Millisecond, Error: errText}
 }
 
+func withCLI(s hotmeasure.Sample, ms int) hotmeasure.Sample {
+	s.CLI = time.Duration(ms) * time.Millisecond
+	return s
+}
+
 func testSamples() []hotmeasure.Sample {
 	return []hotmeasure.Sample{
-		sample("rfm", 1, hotmeasure.OpAdd, 100, 0, ""),
+		withCLI(sample("rfm", 1, hotmeasure.OpAdd, 100, 0, ""), 40),
 		sample("rfm", 1, hotmeasure.OpRemove, 50, 60, ""),
 		sample("qemu", 1, hotmeasure.OpAdd, 400, 0, ""),
 		sample("qemu", 1, hotmeasure.OpRemove, 300, 200, ""),
@@ -41,6 +46,9 @@ func TestSummarize(t *testing.T) {
 		t.Fatalf("order %q", got)
 	}
 	rfmAdd, rfmRm, qemuAdd, qemuRm := sums[0], sums[1], sums[2], sums[3]
+	if rfmAdd.CLIMS.N != 1 || rfmAdd.CLIMS.Median != 40 || qemuAdd.CLIMS.N != 0 {
+		t.Errorf("cli %+v %+v", rfmAdd.CLIMS, qemuAdd.CLIMS)
+	}
 	if rfmAdd.OK != 2 || rfmAdd.DoneMS.Median != 200 || rfmAdd.DoneP99MS != 300 || rfmAdd.DoneMS.Min != 100 || rfmAdd.RequestMS.Median != 10 {
 		t.Errorf("rfm add %+v", rfmAdd)
 	}
@@ -68,6 +76,7 @@ func TestWriteTable(t *testing.T) {
 		`(?m)^ +rfm/qemu +add +0\.67x +0\.75x`,
 		`(?m)^ +rfm/qemu +remove +0\.30x +0\.20x`,
 		`Note: a note`, `FAILED rfm run 2 remove: not seen`, `nearest rank`,
+		`rfm add: a request that changes nothing \(rfm inspect, timed just before\) took 40 ms \(median; 40-40\)`,
 	} {
 		if !regexp.MustCompile(re).MatchString(out) {
 			t.Errorf("table lacks %s:\n%s", re, out)
