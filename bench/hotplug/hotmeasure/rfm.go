@@ -65,6 +65,11 @@ func MeasureRFM(ctx context.Context, cfg Config, r RFM) []Sample {
 		return nil
 	}
 	return measure(ctx, cfg, con, ready, ops{
+		baseline: func(ctx context.Context) (time.Duration, error) {
+			t0 := time.Now()
+			err := rfm(ctx, "inspect", r.Name)
+			return time.Since(t0), err
+		},
 		add: func(ctx context.Context) error {
 			return rfm(ctx, "attach", r.Name, "--disk", cfg.HotDisk+",ro", "--id", HotID)
 		},
