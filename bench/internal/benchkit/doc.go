@@ -5,6 +5,7 @@
 //   - the session's workspace: a temporary directory with the measured
 //     programs built statically into it (NewWorkspace, BuildStatic); the
 //     session itself runs through internal/kvmhost, nested or directly;
+//     a measurer's bound on a run whose VMM cannot be killed (Bounded);
 //   - the result-line codec, `PREFIX k=v k2="quoted v"` on one line so that
 //     it survives a serial console (FormatLine, LineFields, SplitFields,
 //     ParseLines), and the Collector that parses such lines as a session

@@ -21,7 +21,11 @@ import (
 	"time"
 
 	"rainforest/bench/boot/measure"
+	"rainforest/bench/internal/benchkit"
 )
+
+// exitGrace is how long a VMM killed at its timeout may take to exit.
+const exitGrace = 30 * time.Second
 
 func main() {
 	vmm := flag.String("vmm", "vmm", "name of the VMM measured (result label)")
@@ -45,8 +49,12 @@ func main() {
 	if *echo {
 		echoTo = os.Stdout
 	}
-	s := measure.Measure(ctx, measure.Spec{
-		VMM: *vmm, Run: *run, Argv: flag.Args(), Marker: *marker, Timeout: *timeout, Echo: echoTo, Idle: idle,
+	spec := measure.Spec{VMM: *vmm, Run: *run, Argv: flag.Args(), Marker: *marker, Timeout: *timeout, Echo: echoTo, Idle: idle}
+	// A VMM that cannot be killed (stuck in a nested guest's kernel) keeps
+	// its console open and Measure waiting: give up on it and say so.
+	s := benchkit.Bounded(*timeout+exitGrace, func() measure.Sample { return measure.Measure(ctx, spec) }, func() measure.Sample {
+		return measure.Sample{VMM: *vmm, Run: *run, ExitCode: -1,
+			Error: fmt.Sprintf("the VMM did not end within %v of its %v timeout (killed, but stuck: left behind)", exitGrace, *timeout)}
 	})
 	fmt.Println(measure.FormatLine(s))
 	if !s.OK() {

@@ -20,7 +20,11 @@ import (
 	"time"
 
 	"rainforest/bench/hotplug/hotmeasure"
+	"rainforest/bench/internal/benchkit"
 )
+
+// exitGrace is how long a run may take to clean up after its timeout.
+const exitGrace = time.Minute
 
 func main() {
 	var cfg hotmeasure.Config
@@ -53,14 +57,21 @@ func main() {
 	if *echo {
 		cfg.Echo = os.Stdout
 	}
-	var samples []hotmeasure.Sample
-	if cfg.System == "rfm" {
-		r.CreateArgs = flag.Args()
-		samples = hotmeasure.MeasureRFM(ctx, cfg, r)
-	} else {
+	measure := func() []hotmeasure.Sample {
+		if cfg.System == "rfm" {
+			r.CreateArgs = flag.Args()
+			return hotmeasure.MeasureRFM(ctx, cfg, r)
+		}
 		q.Argv = flag.Args()
-		samples = hotmeasure.MeasureQEMU(ctx, cfg, q)
+		return hotmeasure.MeasureQEMU(ctx, cfg, q)
 	}
+	// A VMM that cannot be killed (stuck in a nested guest's kernel) can
+	// keep the run waiting: give up on it and say so.
+	samples := benchkit.Bounded(*timeout+exitGrace, measure, func() []hotmeasure.Sample {
+		err := fmt.Sprintf("the run did not end within %v of its %v timeout (a VMM stuck: left behind)", exitGrace, *timeout)
+		return []hotmeasure.Sample{{System: cfg.System, Run: cfg.Run, Op: hotmeasure.OpAdd, Error: err},
+			{System: cfg.System, Run: cfg.Run, Op: hotmeasure.OpRemove, Error: err}}
+	})
 	status := 0
 	for _, s := range samples {
 		fmt.Println(hotmeasure.FormatLine(s))
