@@ -50,6 +50,7 @@ bench: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
 	$(GO) run ./bench/ficm
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 
 clean:
 	rm -rf $(BIN) build

@@ -6,6 +6,13 @@
 // per VMM the time from process start to the guest's /init and the VMM's
 // memory overhead (VmRSS at /init; VmHWM too), plus the rfm/qemu ratios.
 //
+// Each guest then stays idle (rf.cmd="sleep 25" before it powers off), and
+// over a 10 s window starting 3 s after /init has started that command,
+// the context switches of every thread of the VMM process are counted
+// (package wakeups): the wake-ups per second of the VMM's own threads,
+// whose goal is 0, and separately of its vCPU threads, with each thread's
+// count and what it was blocked in during the window.
+//
 // Where this host's KVM cannot run Linux guests (nested.Needed), both VMMs
 // run inside one nested L1 guest: the static rfm and rfbench binaries, and
 // QEMU with its libraries and firmware, are copied into L1's initramfs
@@ -33,11 +40,18 @@ import (
 	"rainforest/internal/kvmhost"
 )
 
-// Settings shared by both VMMs.
+// Settings shared by both VMMs. The guest sleeps guestIdle in rf.cmd
+// before it powers off; the idle window opens idleDelay after idleAfter,
+// the last line /init prints before it runs rf.cmd, and lasts idleWindow
+// (well inside guestIdle).
 const (
 	guestCPUs      = 2
 	guestMemoryMiB = 512
-	cmdline        = "console=ttyS0 reboot=acpi panic=-1 quiet rf.poweroff=1"
+	cmdline        = `console=ttyS0 reboot=acpi panic=-1 quiet rf.poweroff=1 rf.cmd="sleep 25"`
+	guestIdle      = 25 * time.Second
+	idleAfter      = "RF-MEMTOTAL-KB"
+	idleDelay      = 3 * time.Second
+	idleWindow     = 10 * time.Second
 	// nestedSetting is the line that names the nested measurement setting.
 	nestedSetting = "nested: L1 = QEMU TCG with emulated AMD-V; ratios are meaningful, absolute times are not"
 )
@@ -54,6 +68,9 @@ type options struct {
 	timeout    time.Duration
 	runTimeout time.Duration
 	verbose    bool
+	// rfm is a static rfm binary to measure instead of one built from
+	// this tree (empty: build ./cmd/rfm).
+	rfm string
 }
 
 func main() {
@@ -71,7 +88,8 @@ func main() {
 	flag.StringVar(&o.hugetlbfs, "hugetlbfs", "/dev/hugepages", "hugetlbfs mount for QEMU's guest RAM (direct runs)")
 	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole nested session (default 5m + 3m per boot)")
 	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one boot")
-	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console (and each guest console) to stderr")
+	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console (and each guest console) to stderr; show each thread's idle wake-ups")
+	flag.StringVar(&o.rfm, "rfm", "", "measure this static rfm binary (e.g. an older build, to compare) instead of building ./cmd/rfm")
 	flag.Parse()
 	if o.runs < 1 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: boot [-n runs] [-json file] [flags]")
@@ -93,17 +111,25 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		return nil, fmt.Errorf("image: %w", err)
 	}
 	need, why := kvmhost.Choose(o.nestedMode)
-	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-boot-", "rainforest/cmd/rfm", "rainforest/bench/boot/cmd/rfbench")
+	pkgs := []string{"rainforest/bench/boot/cmd/rfbench", "rainforest/cmd/rfm"}
+	if o.rfm != "" {
+		pkgs = pkgs[:1]
+	}
+	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-boot-", pkgs...)
 	if err != nil {
 		return nil, err
 	}
 	defer ws.Remove()
-	bins := binaries{rfm: ws.Binaries[0], rfbench: ws.Binaries[1]}
+	bins := binaries{rfbench: ws.Binaries[0], rfm: o.rfm}
+	if o.rfm == "" {
+		bins.rfm = ws.Binaries[1]
+	}
 	plan := &benchPlan{runs: o.runs, runTimeout: o.runTimeout, qemuCPU: o.qemuCPU, verbose: o.verbose}
 	rep := &report.Report{
 		Nested: need, HostReason: why, Runs: o.runs, CPUs: guestCPUs, MemoryMiB: guestMemoryMiB,
-		Cmdline: cmdline, TargetInitMS: float64(report.TargetInit / time.Millisecond),
-		TargetOverheadMiB: report.TargetOverheadMiB, Date: time.Now().UTC().Format(time.RFC3339),
+		Cmdline: cmdline, IdleAfter: idleAfter, IdleDelayS: idleDelay.Seconds(), IdleWindowS: idleWindow.Seconds(),
+		TargetInitMS:      float64(report.TargetInit / time.Millisecond),
+		TargetOverheadMiB: report.TargetOverheadMiB, Date: time.Now().UTC().Format(time.RFC3339), RFMBinary: o.rfm,
 	}
 	h := &kvmhost.Host{Nested: need, Why: why, L1: img, QEMU: o.qemu}
 	if o.verbose {
@@ -116,24 +142,29 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		fmt.Fprintf(log, "bench/boot: %s; measuring directly on this host\n", why)
 		rep.Setting = "direct: " + why + "; absolute times compare with the targets"
 	}
-	sess := newSession(log, o.runs)
+	sess := newSession(log, o.runs, o.verbose)
 	err = runSession(ctx, o, plan, h, img, bins, sess.line)
 	rep.Commands = plan.commands
 	return rep, sess.finish(rep, err)
 }
 
 // session gathers a measuring session's samples as its lines arrive and
-// shows each one on the log.
+// shows each one on the log (verbose: with each thread's idle wake-ups).
 type session struct {
 	log     io.Writer
 	runs    int
 	collect *benchkit.Collector[measure.Sample]
 }
 
-func newSession(log io.Writer, runs int) *session {
+func newSession(log io.Writer, runs int, verbose bool) *session {
 	s := &session{log: log, runs: runs}
 	s.collect = &benchkit.Collector[measure.Sample]{Parse: measure.ParseLine, Progress: func(m measure.Sample, n int) {
 		fmt.Fprintf(log, "bench/boot: [%d/%d] %s\n", n, 2*runs, progressLine(m))
+		if verbose && m.Idle != nil {
+			for _, l := range report.ThreadLines(*m.Idle) {
+				fmt.Fprintf(log, "bench/boot:     %s\n", l)
+			}
+		}
 	}}
 	return s
 }
@@ -172,8 +203,12 @@ func progressLine(s measure.Sample) string {
 	if !s.OK() {
 		return fmt.Sprintf("%s run %d failed: %s", s.VMM, s.Run, benchkit.ShortenError(s.Error))
 	}
-	return fmt.Sprintf("%s run %d: /init after %.1f ms, VmRSS %.1f MiB (VmHWM %.1f MiB)", s.VMM, s.Run,
+	line := fmt.Sprintf("%s run %d: /init after %.1f ms, VmRSS %.1f MiB (VmHWM %.1f MiB)", s.VMM, s.Run,
 		float64(s.Init)/float64(time.Millisecond), float64(s.Status.VmRSS)/1024, float64(s.Status.VmHWM)/1024)
+	if s.Idle != nil {
+		line += fmt.Sprintf("; idle wake-ups/s: VMM threads %.1f, vCPU threads %.1f", s.Idle.PerSecond(false), s.Idle.PerSecond(true))
+	}
+	return line
 }
 
 // fillReport adds the measurer's samples (and the lines that did not
@@ -196,6 +231,9 @@ func fillReport(rep *report.Report, samples []measure.Sample, errs []error) {
 	}
 	rep.Notes = append(rep.Notes,
 		"runs alternate the order rfm/qemu; both boot the same PVH vmlinux and initramfs with the same command line",
+		fmt.Sprintf("idle wake-ups: voluntary + nonvoluntary context switches of each thread of the VMM process (/proc/PID/task/*/status) "+
+			"over %v from %v after the guest printed %s and started rf.cmd (sleep %v); vCPU threads are rfm's vcpuN and QEMU's \"CPU N/KVM\", "+
+			"the VMM's own threads are all the others", idleWindow, idleDelay, idleAfter, guestIdle),
 		"rfm pins its 2 vCPUs to cores 0-1; QEMU's threads are not pinned",
 		"QEMU keeps the -kernel ELF file mapped; its resident pages are most of QEMU's file+shmem")
 	if rep.Nested {

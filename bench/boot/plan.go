@@ -60,6 +60,7 @@ func (p *benchPlan) argv(paths vmmPaths) map[string][]string {
 			"-smp", strconv.Itoa(guestCPUs), "-m", mem,
 			"-object", "memory-backend-file,id=ram,size=" + mem + ",mem-path=" + paths.hugetlbfs + ",prealloc=on",
 			"-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-L", paths.qemuData,
+			"-name", "bench,debug-threads=on", // vCPU threads named "CPU N/KVM"
 			"-kernel", paths.kernel, "-initrd", paths.initrd, "-append", cmdline},
 	}
 }
@@ -81,8 +82,9 @@ func (p *benchPlan) script(paths vmmPaths) string {
 			order = []string{vmmQEMU, vmmRFM}
 		}
 		for _, name := range order {
-			fmt.Fprintf(&b, "%s -vmm %s -run %d -timeout %s -echo=%t -marker %s -- %s\n",
-				shquote.Quote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker, p.commands[name])
+			fmt.Fprintf(&b, "%s -vmm %s -run %d -timeout %s -echo=%t -marker %s -idle-after %s -idle-delay %s -idle-window %s -- %s\n",
+				shquote.Quote(paths.rfbench), name, i, p.runTimeout, p.verbose, images.InitReachedMarker,
+				idleAfter, idleDelay, idleWindow, p.commands[name])
 		}
 	}
 	b.WriteString("true\n")

@@ -11,6 +11,7 @@ import (
 
 	"rainforest/bench/boot/measure"
 	"rainforest/bench/boot/report"
+	"rainforest/bench/boot/wakeups"
 	"rainforest/bench/internal/benchkit"
 	"rainforest/internal/nested"
 )
@@ -30,6 +31,9 @@ func TestScript(t *testing.T) {
 	if strings.Join(runs, " ") != "rfm1 qemu1 qemu2 rfm2" {
 		t.Fatalf("run order %v in\n%s", runs, s)
 	}
+	if !strings.Contains(s, " -idle-after RF-MEMTOTAL-KB -idle-delay 3s -idle-window 10s -- ") {
+		t.Errorf("no idle window in\n%s", s)
+	}
 	quoted := "'" + cmdline + "'"
 	for _, name := range []string{vmmRFM, vmmQEMU} {
 		c := p.commands[name]
@@ -43,7 +47,7 @@ func TestScript(t *testing.T) {
 		}
 	}
 	for _, want := range []string{"-M microvm,acpi=on,memory-backend=ram", "-enable-kvm", "-smp 2", "-m 512M",
-		"mem-path=/dev/hugepages,prealloc=on", "-nodefaults", "-no-user-config", "-nographic", "-serial stdio", "-L /usr/share/qemu"} {
+		"mem-path=/dev/hugepages,prealloc=on", "-nodefaults", "-no-user-config", "-nographic", "-serial stdio", "-L /usr/share/qemu", "-name bench,debug-threads=on"} {
 		if !strings.Contains(p.commands[vmmQEMU], want) {
 			t.Errorf("qemu command lacks %q", want)
 		}
@@ -56,8 +60,12 @@ func TestScript(t *testing.T) {
 // them, marked partial, with the session's error.
 func TestSessionKeepsWhatCompleted(t *testing.T) {
 	var log strings.Builder
-	s := newSession(&log, 2)
-	ok := measure.Sample{VMM: vmmRFM, Run: 1, Init: 1500 * time.Millisecond, Status: measure.ProcStatus{VmRSS: 4096, VmHWM: 5120, HugetlbPages: 512 * 1024}}
+	s := newSession(&log, 2, true)
+	ok := measure.Sample{VMM: vmmRFM, Run: 1, Init: 1500 * time.Millisecond, Status: measure.ProcStatus{VmRSS: 4096, VmHWM: 5120, HugetlbPages: 512 * 1024},
+		Idle: &wakeups.Window{Duration: 10 * time.Second, Threads: []wakeups.Count{
+			{TID: 7, Name: "rfm", Voluntary: 1000, BlockedIn: map[string]int{"nanosleep 10ms": 10}},
+			{TID: 9, Name: "vcpu0", VCPU: true, Voluntary: 50},
+		}}}
 	stream := []string{
 		infoPrefix + " kernel=6.1.0-test cpus=2 hugepages_free=300",
 		"QEMU emulator version 7.2.0",
@@ -68,7 +76,9 @@ func TestSessionKeepsWhatCompleted(t *testing.T) {
 	}
 	for i, l := range stream {
 		s.line(l)
-		if i == 2 && !strings.Contains(log.String(), "bench/boot: [1/4] rfm run 1: /init after 1500.0 ms, VmRSS 4.0 MiB (VmHWM 5.0 MiB)\n") {
+		if i == 2 && !strings.Contains(log.String(), "bench/boot: [1/4] rfm run 1: /init after 1500.0 ms, VmRSS 4.0 MiB (VmHWM 5.0 MiB); idle wake-ups/s: VMM threads 100.0, vCPU threads 5.0\n"+
+			"bench/boot:     tid 7 \"rfm\": 100.0/s (1000 voluntary, 0 not); blocked in: nanosleep 10ms 10/10\n"+
+			"bench/boot:     tid 9 \"vcpu0\": 5.0/s (50 voluntary, 0 not)\n") {
 			t.Fatalf("no progress line after the first sample:\n%s", log.String())
 		}
 	}
@@ -93,7 +103,7 @@ func TestSessionKeepsWhatCompleted(t *testing.T) {
 
 	// One that ends after the first sample: no ratios, the other VMM's
 	// row says it has nothing.
-	s = newSession(io.Discard, 2)
+	s = newSession(io.Discard, 2, false)
 	s.line(measure.FormatLine(ok))
 	rep = &report.Report{Runs: 2}
 	if err := s.finish(rep, silent); err == nil || rep.Ratios != nil {
@@ -107,7 +117,7 @@ func TestSessionKeepsWhatCompleted(t *testing.T) {
 
 	// A session that ends before anything was measured still reports.
 	rep = &report.Report{Runs: 2}
-	if err := newSession(io.Discard, 2).finish(rep, silent); err == nil || !rep.Partial || len(rep.Samples) != 0 {
+	if err := newSession(io.Discard, 2, false).finish(rep, silent); err == nil || !rep.Partial || len(rep.Samples) != 0 {
 		t.Errorf("empty session: %v, %+v", err, rep)
 	}
 	if err := report.WriteTable(io.Discard, rep); err != nil {
@@ -115,7 +125,7 @@ func TestSessionKeepsWhatCompleted(t *testing.T) {
 	}
 
 	// A complete session with every sample.
-	s = newSession(io.Discard, 1)
+	s = newSession(io.Discard, 1, false)
 	s.line(measure.FormatLine(ok))
 	s.line(measure.FormatLine(measure.Sample{VMM: vmmQEMU, Run: 1, Init: time.Second}))
 	rep = &report.Report{Runs: 1}

@@ -1,11 +1,13 @@
 package measure
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
+	"rainforest/bench/boot/wakeups"
 	"rainforest/bench/internal/benchkit"
 )
 
@@ -32,6 +34,9 @@ type Sample struct {
 	ExitCode int `json:"exit_code"`
 	// Status is the VMM's /proc/PID/status when the marker appeared.
 	Status ProcStatus `json:"status_kib"`
+	// Idle is the context switches of the VMM's threads while its guest
+	// was idle, when measured (Spec.Idle).
+	Idle *wakeups.Window `json:"idle,omitempty"`
 }
 
 // OK reports whether the run succeeded.
@@ -40,7 +45,7 @@ func (s Sample) OK() bool { return s.Error == "" }
 // FormatLine renders s as one line: LinePrefix followed by key=value
 // fields; values that need it are Go-quoted (benchkit.FormatLine).
 func FormatLine(s Sample) string {
-	return benchkit.FormatLine(LinePrefix, []benchkit.Field{
+	fields := []benchkit.Field{
 		{Key: "vmm", Value: s.VMM},
 		{Key: "run", Value: strconv.Itoa(s.Run)},
 		{Key: "init_us", Value: strconv.FormatInt(s.Init.Microseconds(), 10)},
@@ -52,7 +57,13 @@ func FormatLine(s Sample) string {
 		{Key: "rss_file_kib", Value: strconv.FormatUint(s.Status.RssFile, 10)},
 		{Key: "rss_shmem_kib", Value: strconv.FormatUint(s.Status.RssShmem, 10)},
 		{Key: "hugetlb_kib", Value: strconv.FormatUint(s.Status.HugetlbPages, 10)},
-	}, s.Error)
+	}
+	if s.Idle != nil {
+		threads, _ := json.Marshal(s.Idle.Threads) // a []wakeups.Count always encodes
+		fields = append(fields, benchkit.Field{Key: "idle_window_us", Value: strconv.FormatInt(s.Idle.Duration.Microseconds(), 10)},
+			benchkit.Field{Key: "idle_threads", Value: string(threads)})
+	}
+	return benchkit.FormatLine(LinePrefix, fields, s.Error)
 }
 
 // ParseLine parses a result line. ok is false when the line carries no
@@ -64,8 +75,10 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 		return Sample{}, ok, err
 	}
 	ints := map[string]*int64{}
-	var initUS, exitUS, exitCode, run int64
-	ints["init_us"], ints["exit_us"], ints["exit_code"], ints["run"] = &initUS, &exitUS, &exitCode, &run
+	var initUS, exitUS, exitCode, run, idleUS int64
+	ints["init_us"], ints["exit_us"], ints["exit_code"], ints["run"], ints["idle_window_us"] = &initUS, &exitUS, &exitCode, &run, &idleUS
+	var idleThreads []wakeups.Count
+	haveIdle := false
 	uints := map[string]*uint64{
 		"vmrss_kib": &s.Status.VmRSS, "vmhwm_kib": &s.Status.VmHWM, "rss_anon_kib": &s.Status.RssAnon,
 		"rss_file_kib": &s.Status.RssFile, "rss_shmem_kib": &s.Status.RssShmem, "hugetlb_kib": &s.Status.HugetlbPages,
@@ -76,6 +89,11 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 			s.VMM = f.Value
 		case f.Key == benchkit.ErrorKey:
 			s.Error = f.Value
+		case f.Key == "idle_threads":
+			if err := json.Unmarshal([]byte(f.Value), &idleThreads); err != nil {
+				return Sample{}, true, fmt.Errorf("%w: idle_threads: %v", ErrBadLine, err)
+			}
+			haveIdle = true
 		case ints[f.Key] != nil:
 			n, err := strconv.ParseInt(f.Value, 10, 64)
 			if err != nil {
@@ -98,6 +116,9 @@ func ParseLine(line string) (s Sample, ok bool, err error) {
 	}
 	s.Run, s.ExitCode = int(run), int(exitCode)
 	s.Init, s.Exit = time.Duration(initUS)*time.Microsecond, time.Duration(exitUS)*time.Microsecond
+	if haveIdle {
+		s.Idle = &wakeups.Window{Duration: time.Duration(idleUS) * time.Microsecond, Threads: idleThreads}
+	}
 	return s, true, nil
 }
 

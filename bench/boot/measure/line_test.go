@@ -2,9 +2,12 @@ package measure
 
 import (
 	"errors"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"rainforest/bench/boot/wakeups"
 )
 
 func TestFormatParseRoundTrip(t *testing.T) {
@@ -13,6 +16,11 @@ func TestFormatParseRoundTrip(t *testing.T) {
 			Status: ProcStatus{VmRSS: 8180, VmHWM: 8180, RssAnon: 6300, RssFile: 4, RssShmem: 1876, HugetlbPages: 524288}},
 		{VMM: "qemu", Run: 2, ExitCode: -1, Error: "marker \"X\" not seen; stderr: a=b\n\tpanic"},
 		{VMM: "my vmm", Run: 3, ExitCode: 2},
+		{VMM: "qemu", Run: 4, Init: time.Second, Idle: &wakeups.Window{Duration: 10 * time.Second, Threads: []wakeups.Count{
+			{TID: 10, Name: "qemu-system-x86", Voluntary: 120, Nonvoluntary: 3, BlockedIn: map[string]int{"ppoll 1s [do_sys_poll]": 10}},
+			{TID: 12, Name: "CPU 0/KVM", VCPU: true, Voluntary: 800, Started: true},
+			{TID: 13, Name: "a \"quoted\" name=x", Ended: true},
+		}}},
 	} {
 		line := FormatLine(s)
 		if strings.Contains(line, "\n") {
@@ -22,7 +30,7 @@ func TestFormatParseRoundTrip(t *testing.T) {
 		if err != nil || !ok {
 			t.Fatalf("ParseLine(%q) = %v, %v", line, ok, err)
 		}
-		if got != s {
+		if !reflect.DeepEqual(got, s) {
 			t.Fatalf("round trip:\n got %+v\nwant %+v", got, s)
 		}
 	}
@@ -79,5 +87,11 @@ func TestParseOutput(t *testing.T) {
 	}
 	if len(errs) != 1 {
 		t.Fatalf("errs %v", errs)
+	}
+}
+
+func TestParseLineBadIdleThreads(t *testing.T) {
+	if _, ok, err := ParseLine(`RF-BENCH vmm=a idle_window_us=10 idle_threads="[{"`); !ok || !errors.Is(err, ErrBadLine) {
+		t.Errorf("ok=%v err=%v", ok, err)
 	}
 }

@@ -38,7 +38,25 @@ type Spec struct {
 	// Echo, when not nil, receives the VMM's console output line by line,
 	// each line prefixed with "[VMM#Run] " (at most maxEcho lines).
 	Echo io.Writer
+	// Idle, when its Window is set, also counts the VMM's wake-ups while
+	// its guest is idle.
+	Idle IdleSpec
 }
+
+// IdleSpec says when a VMM's guest is idle and how long to count its
+// threads' wake-ups (package wakeups) then.
+type IdleSpec struct {
+	// After is the console text after which the guest is idle; it
+	// appears after Spec.Marker.
+	After string
+	// Delay is the wait from After to the window, Window the window's
+	// length, and Every how often the threads' states are noted during
+	// it (default DefaultIdleEvery).
+	Delay, Window, Every time.Duration
+}
+
+// DefaultIdleEvery is IdleSpec.Every when left zero.
+const DefaultIdleEvery = time.Second
 
 // Measure starts the VMM, timestamps the start, scans its stdout for the
 // marker, reads /proc/PID/status the moment the marker appears, and waits
@@ -51,6 +69,13 @@ func Measure(ctx context.Context, spec Spec) Sample {
 	}
 	if spec.Timeout <= 0 {
 		spec.Timeout = DefaultTimeout
+	}
+	if spec.Idle.Window > 0 && spec.Idle.After == "" {
+		s.Error = "measure: idle window without its console text"
+		return s
+	}
+	if spec.Idle.Every <= 0 {
+		spec.Idle.Every = DefaultIdleEvery
 	}
 	ctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
@@ -72,13 +97,23 @@ func Measure(ctx context.Context, spec Spec) Sample {
 	}
 	echo := &lineEcho{w: spec.Echo, prefix: fmt.Sprintf("[%s#%d] ", spec.VMM, spec.Run)}
 	var statusErr error
-	found := scanMarker(stdout, []byte(spec.Marker), echo, func() {
+	watches := []*watch{{marker: []byte(spec.Marker), onFound: func() {
 		s.Init = time.Since(start)
 		s.Status, statusErr = ReadStatus(cmd.Process.Pid)
-	})
+	}}}
+	idle := newIdleWatch(ctx, cmd.Process.Pid, spec.Idle)
+	if idle != nil {
+		watches = append(watches, &watch{marker: []byte(spec.Idle.After), onFound: idle.start})
+	}
+	scanMarkers(stdout, watches, echo)
+	found := watches[0].found
 	echo.flush()
 	waitErr := cmd.Wait()
 	s.Exit = time.Since(start)
+	var idleErr error
+	if idle != nil {
+		s.Idle, idleErr = idle.result(watches[1].found)
+	}
 	if cmd.ProcessState != nil {
 		s.ExitCode = cmd.ProcessState.ExitCode()
 	}
@@ -88,6 +123,9 @@ func Measure(ctx context.Context, spec Spec) Sample {
 	}
 	if statusErr != nil {
 		problems = append(problems, statusErr.Error())
+	}
+	if idleErr != nil {
+		problems = append(problems, idleErr.Error())
 	}
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		problems = append(problems, fmt.Sprintf("timed out after %v", spec.Timeout))
@@ -103,31 +141,46 @@ func Measure(ctx context.Context, spec Spec) Sample {
 	return s
 }
 
-// scanMarker reads r to EOF, calling onFound once, as soon as marker has
-// appeared (also across read boundaries), and copying everything to echo.
-func scanMarker(r io.Reader, marker []byte, echo *lineEcho, onFound func()) bool {
+// watch is a console text scanMarkers looks for.
+type watch struct {
+	marker  []byte
+	onFound func()
+	found   bool
+}
+
+// scanMarkers reads r to EOF, calling each watch's onFound once, as soon
+// as its marker has appeared (also across read boundaries), in the order
+// of watches, and copying everything to echo. A later watch is looked for
+// only once the earlier ones were found.
+func scanMarkers(r io.Reader, watches []*watch, echo *lineEcho) {
 	buf := make([]byte, 32*1024)
 	var carry []byte
-	found := false
+	next := 0 // the watch looked for
 	for {
 		n, err := r.Read(buf)
 		if n > 0 {
 			chunk := buf[:n]
-			if !found {
-				window := append(carry, chunk...)
-				if bytes.Contains(window, marker) {
-					found = true
-					onFound()
-					carry = nil
-				} else {
-					keep := min(len(marker)-1, len(window))
-					carry = append([]byte(nil), window[len(window)-keep:]...)
+			window := append(carry, chunk...)
+			for next < len(watches) {
+				w := watches[next]
+				i := bytes.Index(window, w.marker)
+				if i < 0 {
+					break
 				}
+				w.found = true
+				w.onFound()
+				window = window[i+len(w.marker):]
+				next++
+			}
+			carry = nil
+			if next < len(watches) {
+				keep := min(len(watches[next].marker)-1, len(window))
+				carry = append([]byte(nil), window[len(window)-keep:]...)
 			}
 			echo.write(chunk)
 		}
 		if err != nil {
-			return found
+			return
 		}
 	}
 }

@@ -49,3 +49,41 @@ func TestMeasureBadSpec(t *testing.T) {
 		t.Fatal("missing binary succeeded")
 	}
 }
+
+func TestMeasureIdle(t *testing.T) {
+	s := Measure(context.Background(), Spec{
+		VMM: "sh", Run: 1, Marker: "INIT",
+		Idle: IdleSpec{After: "IDLE", Delay: 10 * time.Millisecond, Window: 200 * time.Millisecond, Every: 50 * time.Millisecond},
+		// Both markers in one write; the shell then sleeps in a child.
+		Argv: []string{"sh", "-c", "printf 'INIT\\nIDLE\\n'; sleep 2; echo done"},
+	})
+	if !s.OK() {
+		t.Fatal(s.Error)
+	}
+	if s.Idle == nil || s.Idle.Duration <= 0 || len(s.Idle.Threads) == 0 || s.Idle.Threads[0].Name != "sh" || s.Idle.Threads[0].VCPU {
+		t.Fatalf("idle %+v", s.Idle)
+	}
+	if s.Idle.Threads[0].Describe() == "" {
+		t.Errorf("thread states not noted: %+v", s.Idle.Threads[0])
+	}
+}
+
+func TestMeasureIdleFailures(t *testing.T) {
+	idle := IdleSpec{After: "IDLE", Window: time.Hour}
+	for name, c := range map[string]struct {
+		argv []string
+		want string
+	}{
+		"exits":    {[]string{"sh", "-c", "echo INIT; echo IDLE"}, "exited before the idle window"},
+		"no idle":  {[]string{"sh", "-c", "echo INIT"}, `idle marker "IDLE" not seen`},
+		"reversed": {[]string{"sh", "-c", "echo IDLE; echo INIT"}, `idle marker "IDLE" not seen`},
+	} {
+		s := Measure(context.Background(), Spec{VMM: "sh", Marker: "INIT", Idle: idle, Argv: c.argv})
+		if s.OK() || !strings.Contains(s.Error, c.want) || s.Idle != nil {
+			t.Errorf("%s: %+v", name, s)
+		}
+	}
+	if s := Measure(context.Background(), Spec{VMM: "sh", Marker: "INIT", Idle: IdleSpec{Window: time.Second}, Argv: []string{"true"}}); s.OK() {
+		t.Error("idle window without a marker accepted")
+	}
+}

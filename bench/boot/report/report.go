@@ -1,6 +1,8 @@
 // Package report summarizes boot benchmark samples: per VMM median, min
-// and max of the time to /init and of the memory overhead, the ratios
-// between two VMMs, and a text table; the Report is also the JSON document
+// and max of the time to /init, of the memory overhead and of the idle
+// wake-ups per second (the VMM's own threads and its vCPU threads apart),
+// the ratios between two VMMs, and a text table with the threads that woke
+// while the guest was idle; the Report is also the JSON document
 // (benchkit.WriteJSONFile).
 package report
 
@@ -12,6 +14,7 @@ import (
 	"time"
 
 	"rainforest/bench/boot/measure"
+	"rainforest/bench/boot/wakeups"
 	"rainforest/bench/internal/benchkit"
 )
 
@@ -42,6 +45,11 @@ type Summary struct {
 	MappedMiB benchkit.Stats `json:"rss_file_shmem_mib"`
 	// HugetlbMiB is the hugetlb memory mapped at the marker (guest RAM), MiB.
 	HugetlbMiB benchkit.Stats `json:"hugetlb_mib"`
+	// IdleVMM and IdleVCPU are the wake-ups per second, while the guest
+	// was idle, of the VMM's own threads and of its vCPU threads (samples
+	// with an idle window only).
+	IdleVMM  benchkit.Stats `json:"idle_vmm_wakeups_per_s"`
+	IdleVCPU benchkit.Stats `json:"idle_vcpu_wakeups_per_s"`
 }
 
 // Summarize groups samples by VMM, in the order of vmms (VMMs not listed
@@ -51,8 +59,12 @@ func Summarize(samples []measure.Sample, vmms ...string) []Summary {
 	out := make([]Summary, 0, len(groups))
 	for _, g := range groups {
 		sum := Summary{VMM: g.Name, OK: len(g.OK), Failed: g.Failed}
-		var initMS, over, hwm, anon, mapped, huge []float64
+		var initMS, over, hwm, anon, mapped, huge, idleVMM, idleVCPU []float64
 		for _, s := range g.OK {
+			if s.Idle != nil {
+				idleVMM = append(idleVMM, s.Idle.PerSecond(false))
+				idleVCPU = append(idleVCPU, s.Idle.PerSecond(true))
+			}
 			initMS = append(initMS, float64(s.Init)/float64(time.Millisecond))
 			over = append(over, kibToMiB(s.Status.VmRSS))
 			hwm = append(hwm, kibToMiB(s.Status.VmHWM))
@@ -62,6 +74,7 @@ func Summarize(samples []measure.Sample, vmms ...string) []Summary {
 		}
 		sum.InitMS, sum.OverheadMiB, sum.HWMMiB = benchkit.StatsOf(initMS), benchkit.StatsOf(over), benchkit.StatsOf(hwm)
 		sum.AnonMiB, sum.MappedMiB, sum.HugetlbMiB = benchkit.StatsOf(anon), benchkit.StatsOf(mapped), benchkit.StatsOf(huge)
+		sum.IdleVMM, sum.IdleVCPU = benchkit.StatsOf(idleVMM), benchkit.StatsOf(idleVCPU)
 		out = append(out, sum)
 	}
 	return out
@@ -110,6 +123,15 @@ type Report struct {
 	CPUs       int    `json:"cpus"`
 	MemoryMiB  int    `json:"memory_mib"`
 	Cmdline    string `json:"cmdline"`
+	// IdleAfter, IdleDelayS and IdleWindowS say when the idle window
+	// opened (IdleDelayS seconds after the guest printed IdleAfter) and
+	// how long it was.
+	IdleAfter   string  `json:"idle_after"`
+	IdleDelayS  float64 `json:"idle_delay_s"`
+	IdleWindowS float64 `json:"idle_window_s"`
+	// RFMBinary is the rfm binary measured when it was given (-rfm)
+	// rather than built from this tree.
+	RFMBinary string `json:"rfm_binary,omitempty"`
 	// Commands are the VMM command lines, by VMM name.
 	Commands  map[string]string `json:"commands"`
 	Samples   []measure.Sample  `json:"samples"`
@@ -127,7 +149,11 @@ func WriteTable(w io.Writer, r *Report) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "Boot to /init and VMM memory overhead: %d run(s) per VMM, %d vCPUs, %d MiB guest RAM on 2 MiB hugepages\n",
 		r.Runs, r.CPUs, r.MemoryMiB)
-	fmt.Fprintf(&b, "%s\n\n", r.Setting)
+	fmt.Fprintf(&b, "%s\n", r.Setting)
+	if r.RFMBinary != "" {
+		fmt.Fprintf(&b, "rfm measured: %s (not built from this tree)\n", r.RFMBinary)
+	}
+	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "VMM\tok\tinit ms med\tmin\tmax\toverhead MiB med\tmin\tmax\tVmHWM MiB med\tanon\tfile+shmem\thugetlb MiB\t")
 	for _, s := range r.Summaries {
@@ -150,6 +176,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	}
 	fmt.Fprintf(&b, "\n%s. anon and file+shmem (medians) split VmRSS into RssAnon and RssFile+RssShmem.\n", OverheadNote)
 	fmt.Fprintf(&b, "Targets on real KVM: start to /init < %.0f ms, overhead < %.0f MiB.\n", r.TargetInitMS, r.TargetOverheadMiB)
+	writeIdle(&b, r)
 	for _, n := range r.Notes {
 		fmt.Fprintf(&b, "Note: %s\n", n)
 	}
@@ -162,4 +189,67 @@ func WriteTable(w io.Writer, r *Report) error {
 		return fmt.Errorf("report: %w", err)
 	}
 	return nil
+}
+
+// writeIdle writes the idle wake-up table, when a sample has an idle
+// window, and the VMM threads (not vCPUs) that woke in each run.
+func writeIdle(b *strings.Builder, r *Report) {
+	var waking []string
+	for _, s := range r.Samples {
+		if s.Idle == nil {
+			continue
+		}
+		threads := s.Idle.Waking(false)
+		if len(threads) == 0 {
+			waking = append(waking, fmt.Sprintf("  %s run %d: none", s.VMM, s.Run))
+		}
+		for _, c := range threads {
+			waking = append(waking, fmt.Sprintf("  %s run %d: %s", s.VMM, s.Run, threadLine(*s.Idle, c)))
+		}
+	}
+	if len(waking) == 0 {
+		return
+	}
+	fmt.Fprintf(b, "\nIdle wake-ups per second: context switches over %.0f s from %.0f s after the guest printed %s (then idle in rf.cmd)\n\n",
+		r.IdleWindowS, r.IdleDelayS, r.IdleAfter)
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "VMM\truns\tVMM threads med\tmin\tmax\tvCPU threads med\tmin\tmax\t")
+	for _, s := range r.Summaries {
+		if s.IdleVMM.N == 0 {
+			fmt.Fprintf(tw, "%s\t0\t-\t-\t-\t-\t-\t-\t\n", s.VMM)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.VMM, s.IdleVMM.N,
+			s.IdleVMM.Median, s.IdleVMM.Min, s.IdleVMM.Max, s.IdleVCPU.Median, s.IdleVCPU.Min, s.IdleVCPU.Max)
+	}
+	tw.Flush()
+	fmt.Fprintf(b, "\nVMM threads (not vCPUs) that woke while the guest was idle, most frequent first, with what they were seen blocked in:\n%s\n\n",
+		strings.Join(waking, "\n"))
+}
+
+// ThreadLines describes every thread of w that woke, the VMM's own
+// threads first, one line each.
+func ThreadLines(w wakeups.Window) []string {
+	var out []string
+	for _, vcpu := range []bool{false, true} {
+		for _, c := range w.Waking(vcpu) {
+			out = append(out, threadLine(w, c))
+		}
+	}
+	return out
+}
+
+// threadLine says how often thread c woke and in what it was blocked.
+func threadLine(w wakeups.Window, c wakeups.Count) string {
+	line := fmt.Sprintf("tid %d %q: %.1f/s (%d voluntary, %d not)", c.TID, c.Name, w.Rate(c), c.Voluntary, c.Nonvoluntary)
+	switch {
+	case c.Started:
+		line += ", started in the window"
+	case c.Ended:
+		line += ", ended in the window"
+	}
+	if d := c.Describe(); d != "" {
+		line += "; blocked in: " + d
+	}
+	return line
 }

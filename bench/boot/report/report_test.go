@@ -3,11 +3,13 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"rainforest/bench/boot/measure"
+	"rainforest/bench/boot/wakeups"
 	"rainforest/bench/internal/benchkit"
 )
 
@@ -17,10 +19,22 @@ func sample(vmm string, run int, initMS int, rssKiB uint64, errText string) meas
 			RssShmem: rssKiB / 4, HugetlbPages: 512 * 1024}}
 }
 
+// idle is a 10 s window in which the VMM's own threads woke vmm times
+// (one of them all of those) and its vCPU vcpu times.
+func idle(vmm, vcpu uint64, name string) *wakeups.Window {
+	w := &wakeups.Window{Duration: 10 * time.Second, Threads: []wakeups.Count{
+		{TID: 1, Name: name, Voluntary: vmm, BlockedIn: map[string]int{"futex wait no timeout": 10}},
+		{TID: 2, Name: name},
+		{TID: 3, Name: "vcpu0", VCPU: true, Voluntary: vcpu},
+	}}
+	return w
+}
+
 func testSamples() []measure.Sample {
+	withIdle := func(s measure.Sample, w *wakeups.Window) measure.Sample { s.Idle = w; return s }
 	return []measure.Sample{
-		sample("qemu", 1, 100, 80*1024, ""),
-		sample("rfm", 1, 40, 4*1024, ""),
+		withIdle(sample("qemu", 1, 100, 80*1024, ""), idle(1000, 200, "qemu-system-x86")),
+		withIdle(sample("rfm", 1, 40, 4*1024, ""), idle(0, 100, "rfm")),
 		sample("rfm", 2, 60, 6*1024, ""),
 		sample("qemu", 2, 120, 82*1024, ""),
 		sample("rfm", 3, 0, 0, "marker not seen"),
@@ -46,6 +60,9 @@ func TestSummarize(t *testing.T) {
 	if qemu.InitMS.Median != 110 || qemu.OverheadMiB.Median != 81 {
 		t.Fatalf("qemu %+v", qemu)
 	}
+	if rfm.IdleVMM != (benchkit.Stats{N: 1}) || rfm.IdleVCPU != (benchkit.Stats{N: 1, Median: 10, Min: 10, Max: 10}) || qemu.IdleVMM.Median != 100 {
+		t.Fatalf("idle rfm %+v %+v, qemu %+v", rfm.IdleVMM, rfm.IdleVCPU, qemu.IdleVMM)
+	}
 	if sums[2].OK != 0 || sums[2].InitMS != (benchkit.Stats{}) {
 		t.Fatalf("absent %+v", sums[2])
 	}
@@ -66,7 +83,7 @@ func testReport() *Report {
 	s := testSamples()
 	sums := Summarize(s, "rfm", "qemu")
 	r := RatiosOf(sums[0], sums[1])
-	return &Report{Setting: "nested: test", Nested: true, Runs: 3, CPUs: 2, MemoryMiB: 512,
+	return &Report{Setting: "nested: test", Nested: true, Runs: 3, CPUs: 2, MemoryMiB: 512, IdleAfter: "RF-MEMTOTAL-KB", IdleDelayS: 3, IdleWindowS: 10,
 		Samples: s, Summaries: sums, Ratios: &r, TargetInitMS: 125, TargetOverheadMiB: 5,
 		Notes: []string{"a note"}}
 }
@@ -81,10 +98,16 @@ func TestWriteTable(t *testing.T) {
 		"3 run(s) per VMM, 2 vCPUs, 512 MiB", "nested: test",
 		"rfm  2/3", "qemu  3/3", "rfm/qemu", "0.45x", "0.06x",
 		"hugetlb pages", "< 125 ms", "< 5 MiB", "Note: a note", "FAILED rfm run 3: marker not seen",
+		"Idle wake-ups per second: context switches over 10 s from 3 s after the guest printed RF-MEMTOTAL-KB",
+		"  rfm run 1: none\n", "  qemu run 1: tid 1 \"qemu-system-x86\": 100.0/s (1000 voluntary, 0 not); blocked in: futex wait no timeout 10/10\n",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
+	}
+	if !regexp.MustCompile(`(?m)^ +rfm +1 +0\.0 +0\.0 +0\.0 +10\.0 +10\.0 +10\.0$`).MatchString(out) ||
+		!regexp.MustCompile(`(?m)^ +qemu +1 +100\.0 +100\.0 +100\.0 +20\.0`).MatchString(out) {
+		t.Errorf("idle rows:\n%s", out)
 	}
 	// Columns line up: the header and each data row have the same width.
 	lines := strings.Split(out, "\n")

@@ -1,6 +1,9 @@
 package benchkit
 
-import "slices"
+import (
+	"math"
+	"slices"
+)
 
 // Stats are the median, minimum and maximum of N values.
 type Stats struct {
@@ -24,4 +27,18 @@ func StatsOf(v []float64) Stats {
 		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
 	return Stats{N: len(s), Median: m, Min: s[0], Max: s[len(s)-1]}
+}
+
+// Percentile returns the p-th percentile (0 < p <= 100) of v by the
+// nearest-rank method: the smallest value with at least p% of the values
+// at or below it (for p99 of fewer than 100 values, the maximum). It does
+// not reorder v; empty input gives 0.
+func Percentile(v []float64, p float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	rank := int(math.Ceil(p / 100 * float64(len(s))))
+	return s[min(max(rank, 1), len(s))-1]
 }

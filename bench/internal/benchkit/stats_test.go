@@ -22,3 +22,32 @@ func TestStatsOf(t *testing.T) {
 		t.Error("StatsOf reordered its input")
 	}
 }
+
+func TestPercentile(t *testing.T) {
+	hundred := make([]float64, 100)
+	for i := range hundred {
+		hundred[i] = float64(100 - i) // 100 .. 1
+	}
+	for _, c := range []struct {
+		in   []float64
+		p    float64
+		want float64
+	}{
+		{nil, 99, 0},
+		{[]float64{7}, 99, 7},
+		{[]float64{5, 1, 4, 2, 3}, 99, 5},
+		{[]float64{5, 1, 4, 2, 3}, 50, 3},
+		{[]float64{5, 1, 4, 2, 3}, 20, 1},
+		{hundred, 99, 99},
+		{hundred, 100, 100},
+		{hundred, 1, 1},
+		{hundred, 0.001, 1},
+	} {
+		if got := Percentile(c.in, c.p); got != c.want {
+			t.Errorf("Percentile(%v, %v) = %v, want %v", c.in, c.p, got, c.want)
+		}
+	}
+	if hundred[0] != 100 {
+		t.Error("Percentile reordered its input")
+	}
+}
