@@ -28,15 +28,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"rainforest/bench/boot/measure"
 	"rainforest/bench/boot/report"
 	"rainforest/bench/internal/benchkit"
-	"rainforest/images"
 	"rainforest/internal/kvmhost"
 )
 
@@ -58,10 +55,7 @@ const (
 
 // options are the command-line settings.
 type options struct {
-	runs       int
-	jsonPath   string
-	imagesDir  string
-	nestedMode string
+	benchkit.Common
 	qemu       string
 	qemuCPU    string
 	hugetlbfs  string
@@ -75,14 +69,7 @@ type options struct {
 
 func main() {
 	var o options
-	imagesDir := os.Getenv("RF_IMAGES")
-	if imagesDir == "" {
-		imagesDir = "build/images"
-	}
-	flag.IntVar(&o.runs, "n", 3, "boots per VMM")
-	flag.StringVar(&o.jsonPath, "json", "build/bench/boot.json", "write the results as JSON to this file (empty: do not)")
-	flag.StringVar(&o.imagesDir, "images", imagesDir, "directory of the default subOS image (built by make image)")
-	flag.StringVar(&o.nestedMode, "nested", "auto", "run inside the nested QEMU layer: auto, always or never")
+	o.AddFlags(flag.CommandLine, "boot", 3, "boots per VMM")
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary measured (and, nested, the one running L1)")
 	flag.StringVar(&o.qemuCPU, "qemu-cpu", "host", "the -cpu model of the measured QEMU")
 	flag.StringVar(&o.hugetlbfs, "hugetlbfs", "/dev/hugepages", "hugetlbfs mount for QEMU's guest RAM (direct runs)")
@@ -91,14 +78,11 @@ func main() {
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console (and each guest console) to stderr; show each thread's idle wake-ups")
 	flag.StringVar(&o.rfm, "rfm", "", "measure this static rfm binary (e.g. an older build, to compare) instead of building ./cmd/rfm")
 	flag.Parse()
-	if o.runs < 1 || flag.NArg() > 0 {
+	if o.Runs < 1 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: boot [-n runs] [-json file] [flags]")
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := run(ctx, o, os.Stderr)
-	os.Exit(benchkit.Finish(os.Stdout, os.Stderr, "bench/boot", rep, err, report.WriteTable, o.jsonPath))
+	benchkit.Main("bench/boot", func(ctx context.Context) (*report.Report, error) { return run(ctx, o, os.Stderr) }, report.WriteTable, o.JSONPath)
 }
 
 // run builds what the benchmark needs, runs it (nested or directly) and
@@ -106,27 +90,23 @@ func main() {
 // so does one whose session ended early, holding the samples measured
 // before and marked partial.
 func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
-	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
-	}
-	need, why := kvmhost.Choose(o.nestedMode)
 	pkgs := []string{"rainforest/bench/boot/cmd/rfbench", "rainforest/cmd/rfm"}
 	if o.rfm != "" {
 		pkgs = pkgs[:1]
 	}
-	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-boot-", pkgs...)
+	ws, err := benchkit.Prepare(ctx, o.Common, log, "rf-bench-boot-", pkgs...)
 	if err != nil {
 		return nil, err
 	}
 	defer ws.Remove()
+	img, need, why := ws.Image, ws.Nested, ws.Why
 	bins := binaries{rfbench: ws.Binaries[0], rfm: o.rfm}
 	if o.rfm == "" {
 		bins.rfm = ws.Binaries[1]
 	}
-	plan := &benchPlan{runs: o.runs, runTimeout: o.runTimeout, qemuCPU: o.qemuCPU, verbose: o.verbose}
+	plan := &benchPlan{runs: o.Runs, runTimeout: o.runTimeout, qemuCPU: o.qemuCPU, verbose: o.verbose}
 	rep := &report.Report{
-		Nested: need, HostReason: why, Runs: o.runs, CPUs: guestCPUs, MemoryMiB: guestMemoryMiB,
+		Nested: need, HostReason: why, Runs: o.Runs, CPUs: guestCPUs, MemoryMiB: guestMemoryMiB,
 		Cmdline: cmdline, IdleAfter: idleAfter, IdleDelayS: idleDelay.Seconds(), IdleWindowS: idleWindow.Seconds(),
 		TargetInitMS:      float64(report.TargetInit / time.Millisecond),
 		TargetOverheadMiB: report.TargetOverheadMiB, Date: time.Now().UTC().Format(time.RFC3339), RFMBinary: o.rfm,
@@ -142,7 +122,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		fmt.Fprintf(log, "bench/boot: %s; measuring directly on this host\n", why)
 		rep.Setting = "direct: " + why + "; absolute times compare with the targets"
 	}
-	sess := newSession(log, o.runs, o.verbose)
+	sess := newSession(log, o.Runs, o.verbose)
 	err = runSession(ctx, o, plan, h, img, bins, sess.line)
 	rep.Commands = plan.commands
 	return rep, sess.finish(rep, err)

@@ -30,43 +30,30 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"rainforest/bench/hotplug/hotmeasure"
 	"rainforest/bench/hotplug/report"
 	"rainforest/bench/internal/benchkit"
-	"rainforest/images"
 	"rainforest/internal/kvmhost"
 )
 
 // options are the command-line settings.
 type options struct {
-	runs       int
-	jsonPath   string
-	imagesDir  string
-	nestedMode string
-	qemu       string
-	qemuCPU    string
-	settle     time.Duration
-	opTimeout  time.Duration
-	timeout    time.Duration
-	verbose    bool
+	benchkit.Common
+	qemu      string
+	qemuCPU   string
+	settle    time.Duration
+	opTimeout time.Duration
+	timeout   time.Duration
+	verbose   bool
 }
 
 func main() {
 	var o options
-	imagesDir := os.Getenv("RF_IMAGES")
-	if imagesDir == "" {
-		imagesDir = "build/images"
-	}
-	flag.IntVar(&o.runs, "n", 5, "runs per system (each boots a guest and adds and removes a disk once)")
-	flag.StringVar(&o.jsonPath, "json", "build/bench/hotplug.json", "write the results as JSON to this file (empty: do not)")
-	flag.StringVar(&o.imagesDir, "images", imagesDir, "directory of the default subOS image (built by make image)")
-	flag.StringVar(&o.nestedMode, "nested", "auto", "run inside the nested QEMU layer: auto, always or never")
+	o.AddFlags(flag.CommandLine, "hotplug", 5, "runs per system (each boots a guest and adds and removes a disk once)")
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary measured (and, nested, the one running L1)")
 	flag.StringVar(&o.qemuCPU, "qemu-cpu", "host", "the -cpu model of the measured QEMU")
 	flag.DurationVar(&o.settle, "settle", hotmeasure.DefaultSettle, "pause before each request, the guest idle")
@@ -74,30 +61,23 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default 5m + 4m per run and system)")
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole session (L1's console and each guest's) to stderr")
 	flag.Parse()
-	if o.runs < 1 || flag.NArg() > 0 {
+	if o.Runs < 1 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: hotplug [-n runs] [-json file] [flags]")
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := run(ctx, o, os.Stderr)
-	os.Exit(benchkit.Finish(os.Stdout, os.Stderr, "bench/hotplug", rep, err, report.WriteTable, o.jsonPath))
+	benchkit.Main("bench/hotplug", func(ctx context.Context) (*report.Report, error) { return run(ctx, o, os.Stderr) }, report.WriteTable, o.JSONPath)
 }
 
 // run builds what the benchmark needs, runs the session (nested or
 // directly) and returns the report; a session that ended early gives the
 // samples measured before, marked partial, with its error.
 func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
-	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
-	}
-	need, why := kvmhost.Choose(o.nestedMode)
-	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-hotplug-", "rainforest/bench/hotplug/cmd/rfhotbench", "rainforest/cmd/rfm")
+	ws, err := benchkit.Prepare(ctx, o.Common, log, "rf-bench-hotplug-", "rainforest/bench/hotplug/cmd/rfhotbench", "rainforest/cmd/rfm")
 	if err != nil {
 		return nil, err
 	}
 	defer ws.Remove()
+	img, need, why := ws.Image, ws.Nested, ws.Why
 	h := &kvmhost.Host{Nested: need, Why: why, L1: img, QEMU: o.qemu}
 	if o.verbose {
 		h.Log = log
@@ -107,8 +87,8 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		return nil, err
 	}
 	runTimeout := 4 * time.Minute
-	plan := &benchPlan{runs: o.runs, qemuCPU: o.qemuCPU, settle: o.settle, opTimeout: o.opTimeout, runTimeout: runTimeout, verbose: o.verbose}
-	rep := &report.Report{Nested: need, HostReason: why, Runs: o.runs, CPUs: 1, MemoryMiB: guestMemoryMiB, Cmdline: cmdline(),
+	plan := &benchPlan{runs: o.Runs, qemuCPU: o.qemuCPU, settle: o.settle, opTimeout: o.opTimeout, runTimeout: runTimeout, verbose: o.verbose}
+	rep := &report.Report{Nested: need, HostReason: why, Runs: o.Runs, CPUs: 1, MemoryMiB: guestMemoryMiB, Cmdline: cmdline(),
 		Date: time.Now().UTC().Format(time.RFC3339)}
 	if need {
 		rep.Setting = "nested: L1 = QEMU TCG with emulated AMD-V (" + why + "); compare the systems, not absolute times"
@@ -119,9 +99,9 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	}
 	timeout := o.timeout
 	if timeout <= 0 {
-		timeout = 5*time.Minute + time.Duration(2*o.runs)*runTimeout
+		timeout = 5*time.Minute + time.Duration(2*o.Runs)*runTimeout
 	}
-	sess := newSession(log, o.runs)
+	sess := newSession(log, o.Runs)
 	script := plan.script()
 	rep.Commands = plan.commands
 	res, err := h.Run(ctx, kvmhost.Script{

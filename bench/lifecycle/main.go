@@ -24,9 +24,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"rainforest/bench/internal/benchkit"
@@ -34,16 +32,12 @@ import (
 	"rainforest/bench/lifecycle/report"
 	"rainforest/bench/lifecycle/sample"
 	"rainforest/bench/lifecycle/subos"
-	"rainforest/images"
 	"rainforest/internal/kvmhost"
 )
 
 // options are the command-line settings.
 type options struct {
-	runs       int
-	jsonPath   string
-	imagesDir  string
-	nestedMode string
+	benchkit.Common
 	lxc        bool
 	qemu       string
 	memoryMiB  int
@@ -54,14 +48,7 @@ type options struct {
 
 func main() {
 	var o options
-	imagesDir := os.Getenv("RF_IMAGES")
-	if imagesDir == "" {
-		imagesDir = images.DefaultOutDir
-	}
-	flag.IntVar(&o.runs, "n", 5, "create/destroy cycles per system")
-	flag.StringVar(&o.jsonPath, "json", "build/bench/lifecycle.json", "write the results as JSON to this file (empty: do not)")
-	flag.StringVar(&o.imagesDir, "images", imagesDir, "directory of the default subOS image (built by make image)")
-	flag.StringVar(&o.nestedMode, "nested", "auto", "run rfm inside the nested QEMU layer: auto, always or never")
+	o.AddFlags(flag.CommandLine, "lifecycle", 5, "create/destroy cycles per system")
 	flag.BoolVar(&o.lxc, "lxc", true, "measure LXC containers too")
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary running the nested L1 guest")
 	flag.IntVar(&o.memoryMiB, "memory-mib", 256, "subOS RAM, MiB (2 MiB hugepages)")
@@ -69,33 +56,26 @@ func main() {
 	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one cycle's waits")
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console to stderr")
 	flag.Parse()
-	if o.runs < 1 || o.memoryMiB < 2 || flag.NArg() > 0 {
+	if o.Runs < 1 || o.memoryMiB < 2 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: lifecycle [-n runs] [-json file] [flags]")
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	rep, err := run(ctx, o, os.Stderr)
-	os.Exit(benchkit.Finish(os.Stdout, os.Stderr, "bench/lifecycle", rep, err, report.WriteTable, o.jsonPath))
+	benchkit.Main("bench/lifecycle", func(ctx context.Context) (*report.Report, error) { return run(ctx, o, os.Stderr) }, report.WriteTable, o.JSONPath)
 }
 
 // run measures LXC and then rfm and returns the report. A report with
 // failed samples comes with an error; so does one whose rfm session ended
 // early, holding the samples measured before and marked partial.
 func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) {
-	img, err := images.Build(ctx, images.Options{OutDir: o.imagesDir, Log: log})
-	if err != nil {
-		return nil, fmt.Errorf("image: %w", err)
-	}
-	need, why := kvmhost.Choose(o.nestedMode)
-	ws, err := benchkit.NewWorkspace(ctx, "rf-bench-lifecycle-", "rainforest/cmd/rfm", "rainforest/bench/lifecycle/cmd/rflifecycle")
+	ws, err := benchkit.Prepare(ctx, o.Common, log, "rf-bench-lifecycle-", "rainforest/cmd/rfm", "rainforest/bench/lifecycle/cmd/rflifecycle")
 	if err != nil {
 		return nil, err
 	}
 	defer ws.Remove()
+	img, need, why := ws.Image, ws.Nested, ws.Why
 	bins := binaries{rfm: ws.Binaries[0], measurer: ws.Binaries[1]}
 	rep := &report.Report{
-		Settings: map[string]string{}, Nested: need, HostReason: why, Runs: o.runs,
+		Settings: map[string]string{}, Nested: need, HostReason: why, Runs: o.Runs,
 		Guest: fmt.Sprintf("subOS: 1 core, %d MiB on 2 MiB hugepages, default image (kernel %s); "+
 			"container: busybox template, no network", o.memoryMiB, img.KernelVersion),
 		Commands: map[string]map[string]string{}, Skipped: map[string]string{},
@@ -119,7 +99,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		rep.Skipped[lxc.System] = "-lxc=false"
 	}
 
-	plan := &rfmPlan{runs: o.runs, memoryMiB: o.memoryMiB, runTimeout: o.runTimeout}
+	plan := &rfmPlan{runs: o.Runs, memoryMiB: o.memoryMiB, runTimeout: o.runTimeout}
 	h := &kvmhost.Host{Nested: need, Why: why, L1: img, QEMU: o.qemu}
 	if o.verbose {
 		h.Log = log
@@ -131,7 +111,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		fmt.Fprintf(log, "bench/lifecycle: %s; measuring rfm directly on this host\n", why)
 		rep.Settings[subos.System] = "directly on this host: " + why
 	}
-	collect := &benchkit.Collector[sample.Sample]{Parse: sample.ParseLine, Progress: func(s sample.Sample, n int) { progress(log, s, n, o.runs) }}
+	collect := &benchkit.Collector[sample.Sample]{Parse: sample.ParseLine, Progress: func(s sample.Sample, n int) { progress(log, s, n, o.Runs) }}
 	err = runSession(ctx, o, plan, h, img, bins, ws.Dir, func(line string) {
 		if info, ok := strings.CutPrefix(line, infoPrefix+" "); ok {
 			fmt.Fprintf(log, "bench/lifecycle: session started: %s\n", info)
@@ -139,7 +119,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 		collect.Line(line)
 	})
 	rep.Commands[subos.System] = plan.commands
-	return rep, finish(rep, collect, o.runs, err)
+	return rep, finish(rep, collect, o.Runs, err)
 }
 
 // progress shows one cycle's sample as it arrives.

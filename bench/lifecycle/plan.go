@@ -142,10 +142,10 @@ func runLXC(ctx context.Context, o options, work string, log io.Writer) ([]sampl
 	}
 	cmds := lxc.Commands(cfg, cfg.NamePrefix+"N")
 	var samples []sample.Sample
-	for i := 1; i <= o.runs; i++ {
+	for i := 1; i <= o.Runs; i++ {
 		s := lxc.Cycle(ctx, cfg, i)
 		samples = append(samples, s)
-		progress(log, s, len(samples), o.runs)
+		progress(log, s, len(samples), o.Runs)
 		if ctx.Err() != nil {
 			break
 		}
