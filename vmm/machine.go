@@ -30,7 +30,6 @@ import (
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/bus"
 	"rainforest/vmm/devices"
-	"rainforest/vmm/eventfd"
 	"rainforest/vmm/guestmem"
 	"rainforest/vmm/hostcpu"
 	"rainforest/vmm/interrupt"
@@ -110,9 +109,6 @@ type Machine struct {
 	exit     Exit
 	exitCh   chan struct{}
 
-	stopEv *eventfd.EventFD // signalled (and never drained) once stopping
-	wg     sync.WaitGroup   // machine goroutines, waited for by Close
-
 	closeMu sync.Mutex
 	closers []func() error // run in reverse by Close
 }
@@ -153,10 +149,6 @@ func New(cfg Config) (_ *Machine, err error) {
 			m.Close()
 		}
 	}()
-	if m.stopEv, err = eventfd.New(); err != nil {
-		return nil, err
-	}
-	m.AddCloser(m.stopEv.Close)
 	if m.vm, err = vm.New(cfg.KVMPath); err != nil {
 		return nil, err
 	}
@@ -289,21 +281,10 @@ func (m *Machine) AddCloser(f func() error) {
 	m.closers = append(m.closers, f)
 }
 
-// goroutine runs f on a goroutine that Close waits for; f must return once
-// the machine stops (stopEv is signalled).
-func (m *Machine) goroutine(f func()) {
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		f()
-	}()
-}
-
 // Close stops the machine if it runs, waits for its goroutines and releases
 // everything.
 func (m *Machine) Close() error {
 	m.Stop(Exit{Reason: ExitStopped})
-	m.wg.Wait()
 	m.closeMu.Lock()
 	closers := m.closers
 	m.closers = nil
@@ -321,9 +302,6 @@ func (m *Machine) Stop(e Exit) {
 		m.exit = e
 		m.stopping.Store(true)
 		close(m.exitCh)
-		if m.stopEv != nil {
-			_ = m.stopEv.Signal()
-		}
 		m.pauseMu.Lock()
 		m.pauseCnd.Broadcast()
 		m.pauseMu.Unlock()

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"time"
 
@@ -170,9 +169,4 @@ func noArgs(pos []string) error {
 		return usagef("unexpected argument %q", pos[0])
 	}
 	return nil
-}
-
-func parseUint(s string) (int, error) {
-	v, err := strconv.ParseUint(s, 0, 31)
-	return int(v), err
 }

@@ -209,17 +209,6 @@ func TestVMMDocument(t *testing.T) {
 	}
 }
 
-func contains(s, sub string) bool { return len(s) >= len(sub) && (s == sub || indexOf(s, sub) >= 0) }
-
-func indexOf(s, sub string) int {
-	for i := 0; i+len(sub) <= len(s); i++ {
-		if s[i:i+len(sub)] == sub {
-			return i
-		}
-	}
-	return -1
-}
-
 // With IRQ steering on, host interrupts avoid exactly the cores subOSes own.
 func TestSteerIRQs(t *testing.T) {
 	var calls [][]int
