@@ -234,14 +234,13 @@ func (f *vmmFlags) document() (*config.Document, error) {
 	return doc, nil
 }
 
-// flagProblem names the flag behind a document field in err.
+// flagProblem names the flag behind the document field err is about.
 func flagProblem(err error) error {
-	msg := err.Error()
-	for field, flag := range map[string]string{"memory ": "--memory", "page_size": "--page-size", "cpu_profile": "--cpu-profile",
-		"log_level": "--log-level", "name ": "--name", "cores": "--cpus", "disks[": "--disk"} {
-		if strings.Contains(msg, ": "+field) {
-			return fmt.Errorf("%s: %w", flag, err)
-		}
+	flags := map[string]string{"name": "--name", "kernel": "--kernel", "cores": "--cpus", "memory": "--memory",
+		"page_size": "--page-size", "cpu_profile": "--cpu-profile", "log_level": "--log-level", "disks": "--disk", "console": "--console"}
+	var fe *config.FieldError
+	if errors.As(err, &fe) && flags[fe.Field] != "" {
+		return fmt.Errorf("%s: %w", flags[fe.Field], err)
 	}
 	return err
 }

@@ -133,6 +133,17 @@ func (r Region) Validate() error {
 	return nil
 }
 
+// FieldError is a document refused because of one field (named as in
+// the JSON); it wraps ErrInvalid.
+type FieldError struct {
+	Field string
+	Msg   string
+}
+
+func (e *FieldError) Error() string { return ErrInvalid.Error() + ": " + e.Msg }
+
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
 // Decode reads one document: at most MaxDocument bytes, Version only, no
 // unknown fields; the result is validated.
 func Decode(r io.Reader) (*Document, error) {
@@ -188,68 +199,68 @@ var namePattern = regexp.MustCompile(`^[a-z0-9][a-z0-9_.-]{0,31}$`)
 // Validate checks everything that can be checked without touching the
 // host: the files, cores and hugepages are checked when the VMM starts.
 func (d *Document) Validate() error {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: "+format, append([]any{ErrInvalid}, args...)...)
+	bad := func(field, format string, args ...any) error {
+		return &FieldError{Field: field, Msg: fmt.Sprintf(format, args...)}
 	}
 	switch {
 	case d.Version != Version:
-		return bad("version %d, this rfm understands version %d", d.Version, Version)
+		return bad("version", "version %d, this rfm understands version %d", d.Version, Version)
 	case !namePattern.MatchString(d.Name):
-		return bad("name %q: 1-32 of a-z 0-9 _ . -, starting with a letter or digit", d.Name)
+		return bad("name", "name %q: 1-32 of a-z 0-9 _ . -, starting with a letter or digit", d.Name)
 	case d.Kernel == "":
-		return bad("no kernel")
+		return bad("kernel", "no kernel")
 	case len(d.Cores) == 0:
-		return bad("no cores")
+		return bad("cores", "no cores")
 	case len(d.Cores) > MaxCores:
-		return bad("%d cores, at most %d", len(d.Cores), MaxCores)
+		return bad("cores", "%d cores, at most %d", len(d.Cores), MaxCores)
 	case len(d.Disks) > MaxDisks:
-		return bad("%d disks, at most %d", len(d.Disks), MaxDisks)
+		return bad("disks", "%d disks, at most %d", len(d.Disks), MaxDisks)
 	case len(d.Regions) > MaxRegions:
-		return bad("%d regions, at most %d", len(d.Regions), MaxRegions)
+		return bad("regions", "%d regions, at most %d", len(d.Regions), MaxRegions)
 	}
 	seen := map[int]bool{}
 	for _, c := range d.Cores {
 		if c < 0 || seen[c] {
-			return bad("cores %v: each core once, none negative", d.Cores)
+			return bad("cores", "cores %v: each core once, none negative", d.Cores)
 		}
 		seen[c] = true
 	}
 	ps, err := d.Pages()
 	if err != nil {
-		return bad("page_size: %v", err)
+		return bad("page_size", "page_size: %v", err)
 	}
 	if d.Memory < 2<<20 || d.Memory%uint64(ps) != 0 {
-		return bad("memory %d: at least 2 MiB, a multiple of the %s page size", d.Memory, ps)
+		return bad("memory", "memory %d: at least 2 MiB, a multiple of the %s page size", d.Memory, ps)
 	}
 	switch d.CPUProfile {
 	case "", "host", "nested-safe":
 	default:
-		return bad("cpu_profile %q: host or nested-safe", d.CPUProfile)
+		return bad("cpu_profile", "cpu_profile %q: host or nested-safe", d.CPUProfile)
 	}
 	switch d.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return bad("log_level %q: debug, info, warn or error", d.LogLevel)
+		return bad("log_level", "log_level %q: debug, info, warn or error", d.LogLevel)
 	}
 	switch d.Console.Mode {
 	case "", ConsoleStdio, ConsoleNone:
 		if d.Console.Path != "" {
-			return bad("console: path %q is only for mode %q", d.Console.Path, ConsoleFile)
+			return bad("console", "console: path %q is only for mode %q", d.Console.Path, ConsoleFile)
 		}
 	case ConsoleFile:
 		if d.Console.Path == "" {
-			return bad("console: mode %q needs a path", ConsoleFile)
+			return bad("console", "console: mode %q needs a path", ConsoleFile)
 		}
 	default:
-		return bad("console mode %q: stdio, none or file", d.Console.Mode)
+		return bad("console", "console mode %q: stdio, none or file", d.Console.Mode)
 	}
 	ids := map[string]bool{}
 	for i, disk := range d.WithDiskIDs() {
 		if err := disk.Check(); err != nil {
-			return bad("disks[%d]: %v", i, err)
+			return bad("disks", "disks[%d]: %v", i, err)
 		}
 		if ids[disk.ID] {
-			return bad("disks[%d]: id %q used twice", i, disk.ID)
+			return bad("disks", "disks[%d]: id %q used twice", i, disk.ID)
 		}
 		ids[disk.ID] = true
 	}
@@ -259,7 +270,7 @@ func (d *Document) Validate() error {
 			return err
 		}
 		if names[r.Name] {
-			return bad("region %q given twice", r.Name)
+			return bad("regions", "region %q given twice", r.Name)
 		}
 		names[r.Name] = true
 	}
