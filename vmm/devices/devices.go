@@ -19,7 +19,6 @@
 package devices
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -404,10 +403,10 @@ func (r *Resources) OnRemove(f func() error) {
 	r.undo = append(r.undo, f)
 }
 
-// Wait returns a context-aware wait on evs that also ends when the device
-// is removed (eventfd.ErrStopped); for the device's goroutines.
-func (r *Resources) Wait(ctx context.Context, evs []*eventfd.EventFD) ([]int, error) {
-	return eventfd.Wait(ctx, r.stop, evs)
+// Wait waits on evs until one is signalled or the device is removed
+// (eventfd.ErrStopped); for the device's goroutines.
+func (r *Resources) Wait(evs []*eventfd.EventFD) ([]int, error) {
+	return eventfd.Wait(r.stop, evs)
 }
 
 // place maps the BARs where the bus put them (bus.Add's place callback,

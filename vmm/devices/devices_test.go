@@ -85,7 +85,7 @@ func (d *device) Plug(r *Resources) (pci.Device, error) {
 		return nil, err
 	}
 	r.Go(func(stop *eventfd.EventFD) {
-		_, _ = r.Wait(d.t.Context(), nil)
+		_, _ = r.Wait(nil)
 		d.mu.Lock()
 		d.stopped = true
 		d.mu.Unlock()

@@ -1,12 +1,12 @@
 // Package eventfd wraps Linux eventfds, the doorbells between KVM and the
 // VMM: KVM signals one when the guest writes a registered address
 // (ioeventfd) and injects an interrupt when one is signalled (irqfd), and
-// the VMM's own threads sleep on them. Waits here block in poll(2) with no
-// timeout: an idle VMM makes no wake-ups of its own.
+// the VMM's own threads sleep on them. Wait blocks in poll(2) with no
+// timeout, ended by a stop eventfd: an idle VMM makes no wake-ups of its
+// own.
 package eventfd
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -88,31 +88,16 @@ func (e *EventFD) Pending() bool {
 // Close closes the eventfd.
 func (e *EventFD) Close() error { return unix.Close(e.fd) }
 
-// Wait blocks until one of evs is signalled, stop is signalled, or ctx is
-// done, and returns the indexes of the signalled ones (drained). It sleeps
-// in poll(2) without a timeout; ctx's end wakes it through an eventfd of
-// its own, so nothing polls periodically. It returns ErrStopped once stop
-// is signalled (stop is not drained: every waiter sees it) and ctx's error
-// once ctx is done.
-func Wait(ctx context.Context, stop *EventFD, evs []*EventFD) ([]int, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	fds := make([]unix.PollFd, 0, len(evs)+2)
+// Wait blocks until one of evs or stop is signalled and returns the
+// indexes of the signalled ones (drained), or ErrStopped once stop is
+// signalled (stop is not drained: every waiter sees it). It sleeps in
+// poll(2) without a timeout, so nothing wakes it periodically.
+func Wait(stop *EventFD, evs []*EventFD) ([]int, error) {
+	fds := make([]unix.PollFd, 0, len(evs)+1)
 	for _, e := range evs {
 		fds = append(fds, unix.PollFd{Fd: int32(e.Fd()), Events: unix.POLLIN})
 	}
 	fds = append(fds, unix.PollFd{Fd: int32(stop.Fd()), Events: unix.POLLIN})
-	if ctx.Done() != nil {
-		wake, err := New()
-		if err != nil {
-			return nil, err
-		}
-		defer wake.Close()
-		release := context.AfterFunc(ctx, func() { _ = wake.Signal() })
-		defer release()
-		fds = append(fds, unix.PollFd{Fd: int32(wake.Fd()), Events: unix.POLLIN})
-	}
 	for {
 		for i := range fds {
 			fds[i].Revents = 0
@@ -126,9 +111,6 @@ func Wait(ctx context.Context, stop *EventFD, evs []*EventFD) ([]int, error) {
 		}
 		if fds[len(evs)].Revents != 0 {
 			return nil, ErrStopped
-		}
-		if err := ctx.Err(); err != nil {
-			return nil, err
 		}
 		var ready []int
 		for i := range evs {

@@ -6,7 +6,6 @@
 package virtiodev
 
 import (
-	"context"
 	"errors"
 	"io"
 
@@ -76,7 +75,7 @@ func (d *Device) Plug(r *devices.Resources) (pci.Device, error) {
 	}
 	r.Go(func(*eventfd.EventFD) {
 		for {
-			ready, err := r.Wait(context.Background(), evs)
+			ready, err := r.Wait(evs)
 			if err != nil {
 				return
 			}
