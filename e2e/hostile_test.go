@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// chaosScript kills the supervisor with SIGKILL at random points of a loop
+// of creates, destroys, segment grants and revokes (at least chaosOps
+// operations), restarts it each time and prints what it then manages
+// (rfm ps), what runs (VMM processes) and which cgroups exist, for the test
+// to compare. At the end everything is destroyed and the hugepages, the
+// cgroups and the supervisor's descriptors are compared with the start.
+const chaosScript = `
+set -u
+grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+hp=/sys/kernel/mm/hugepages/hugepages-2048kB
+export RF_IMAGES="$L2"
+serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done; }
+state() {
+	echo "RF-VMMS $(pgrep -f '[r]fm vmm --control-fd' | sort -n | tr '\n' ' ')"
+	g=""; for d in /sys/fs/cgroup/rainforest/*/; do [ -d "$d" ] && g="$g $(basename "$d")"; done
+	echo "RF-CGROUPS$g"
+	"$RFM" ps -o json
+}
+rnd() { od -An -N2 -tu2 /dev/urandom | tr -d ' '; }
+free_before=$(cat $hp/free_hugepages)
+serve
+ops=0; kills=0; i=0
+while [ $i -lt CHAOS_OPS ]; do
+	i=$((i+1))
+	r=$(rnd)
+	n=x; [ $((r % 2)) = 0 ] && n=y
+	case $(( (r / 2) % 6 )) in
+	0|1|2) set -- create $n --cores 1 --memory 128M --append rf.agent=0 ;;
+	3) set -- destroy $n ;;
+	4) set -- grant $n --segment s$(( (r / 12) % 2 )),size=2M ;;
+	5) set -- revoke $n s$(( (r / 12) % 2 )) ;;
+	esac
+	"$RFM" "$@" >/tmp/op.out 2>&1 &
+	op=$!
+	ops=$((ops+1))
+	if [ $(( (r / 24) % 3 )) != 0 ]; then
+		usleep $(( ($(rnd) % 1500) * 1000 ))
+		kill -9 $(cat /tmp/serve.pid)
+		kills=$((kills+1))
+		wait $op
+		echo "== op-$i"
+		echo "RF-OP $* (killed)"
+		serve
+		state
+	else
+		wait $op; echo "== op-$i"; echo "RF-OP $* (exit $?)"
+	fi
+done
+echo "== loop"
+echo "RF-OPS $ops"
+echo "RF-KILLS $kills"
+echo "== fds"
+"$RFM" destroy x >/dev/null 2>&1; "$RFM" destroy y >/dev/null 2>&1
+kill -9 $(cat /tmp/serve.pid); serve
+echo "RF-FDS-BEFORE $(ls /proc/$(cat /tmp/serve.pid)/fd | wc -l)"
+"$RFM" create x --cores 1 --memory 128M --append rf.agent=0 >/dev/null
+"$RFM" create y --cores 1 --memory 128M --append rf.agent=0 >/dev/null
+"$RFM" grant x --segment s0,size=2M >/dev/null
+kill -9 $(cat /tmp/serve.pid); serve
+kill -9 $(pgrep -f '[r]fm vmm --control-fd')
+j=0; while [ -n "$("$RFM" ps -q 2>/dev/null || "$RFM" ps | tail -n +2)" ] && [ $j -lt 150 ]; do sleep 0.2; j=$((j+1)); done
+for k in 1 2 3; do
+	"$RFM" create x --cores 1 --memory 128M --append rf.agent=0 >/dev/null
+	"$RFM" grant x --segment s0,size=2M >/dev/null
+	"$RFM" revoke x s0 >/dev/null
+	"$RFM" destroy x >/dev/null
+done
+echo "RF-FDS-AFTER $(ls /proc/$(cat /tmp/serve.pid)/fd | wc -l)"
+echo "== end"
+state
+kill $(cat /tmp/serve.pid); wait $(cat /tmp/serve.pid) 2>/dev/null
+echo "RF-FREE-BEFORE $free_before"
+echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
+echo "== events"
+"$RFM" events 2>&1 | tail -n 400
+echo "== serve-log"
+grep -iE 'panic|fatal|quarantin|orphan|rollback' /tmp/serve.log | tail -n 40
+`
+
+// chaosOps is the number of operations of the chaos loop.
+const chaosOps = 60
+
+// vmmState is what one check printed: the VMM processes, the subOS
+// cgroups, and the subOSes (name -> pid) the supervisor lists.
+type vmmState struct {
+	vmms    []int
+	cgroups []string
+	subos   map[string]int
+}
+
+func parseState(t *testing.T, sec string) vmmState {
+	t.Helper()
+	var st vmmState
+	for _, f := range strings.Fields(Field(sec, "RF-VMMS")) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			st.vmms = append(st.vmms, pid)
+		}
+	}
+	st.cgroups = strings.Fields(Field(sec, "RF-CGROUPS"))
+	sort.Strings(st.cgroups)
+	st.subos = map[string]int{}
+	if i := strings.Index(sec, "["); i >= 0 {
+		for _, e := range parsePS(t, sec[i:]) {
+			st.subos[e.Name] = e.PID
+		}
+	}
+	return st
+}
+
+// problems says how st breaks the invariants: every VMM process is a
+// listed subOS and every listed subOS is a running VMM, and the cgroups
+// are exactly the listed subOSes'.
+func (st vmmState) problems() []string {
+	var out []string
+	running := map[int]bool{}
+	for _, p := range st.vmms {
+		running[p] = true
+	}
+	listed := map[int]string{}
+	var names []string
+	for n, p := range st.subos {
+		listed[p] = n
+		names = append(names, n)
+		if !running[p] {
+			out = append(out, fmt.Sprintf("subOS %s listed with pid %d, which is not a running VMM", n, p))
+		}
+	}
+	for _, p := range st.vmms {
+		if _, ok := listed[p]; !ok {
+			out = append(out, fmt.Sprintf("VMM pid %d runs but no subOS lists it (lost)", p))
+		}
+	}
+	sort.Strings(names)
+	if strings.Join(names, " ") != strings.Join(st.cgroups, " ") {
+		out = append(out, fmt.Sprintf("cgroups %v, subOSes %v", st.cgroups, names))
+	}
+	return out
+}
+
+var opSection = regexp.MustCompile(`^op-\d+$`)
+
+// TestHostile is the hostile-world session: the supervisor killed at random
+// points of a loop of lifecycle operations loses no subOS, no ledger entry,
+// no hugepage, cgroup or descriptor.
+func TestHostile(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	h := newTestHost(ctx, t, 3) // one housekeeping core and one for each of two subOSes
+	script := strings.ReplaceAll(chaosScript, "CHAOS_OPS", strconv.Itoa(chaosOps))
+	out, _, err := h.Run(ctx, script, 25*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs := Sections(out)
+	loop := secs["loop"]
+	ops, _ := strconv.Atoi(Field(loop, "RF-OPS"))
+	kills, _ := strconv.Atoi(Field(loop, "RF-KILLS"))
+	if ops < chaosOps || kills < chaosOps/3 {
+		t.Fatalf("chaos loop ran %d operations with %d kills; want %d and at least %d:\n%s", ops, kills, chaosOps, chaosOps/3, out)
+	}
+	t.Logf("chaos: %d operations, %d supervisor kills", ops, kills)
+	checked := 0
+	for name, sec := range secs {
+		if !opSection.MatchString(name) || !strings.Contains(sec, "(killed)") {
+			continue
+		}
+		checked++
+		for _, p := range parseState(t, sec).problems() {
+			t.Errorf("after %s (%s): %s", name, Field(sec, "RF-OP"), p)
+		}
+	}
+	if checked < chaosOps/3 {
+		t.Errorf("only %d restarts were checked", checked)
+	}
+	end := parseState(t, secs["end"])
+	if len(end.vmms) != 0 || len(end.cgroups) != 0 || len(end.subos) != 0 {
+		t.Errorf("after destroying everything: VMMs %v, cgroups %v, subOSes %v", end.vmms, end.cgroups, end.subos)
+	}
+	if b, a := Field(secs["end"], "RF-FREE-BEFORE"), Field(secs["end"], "RF-FREE-AFTER"); b == "" || a != b {
+		t.Errorf("hugepages free before %q after %q (leaked)", b, a)
+	}
+	if b, a := Field(secs["fds"], "RF-FDS-BEFORE"), Field(secs["fds"], "RF-FDS-AFTER"); b == "" || a != b {
+		t.Errorf("supervisor descriptors before %q after %q create/kill/re-adopt cycles (leaked)", b, a)
+	}
+	if t.Failed() {
+		t.Logf("events:\n%s\nsupervisor log:\n%s", secs["events"], secs["serve-log"])
+	}
+}
