@@ -1,7 +1,8 @@
 // Command rfcom is the RFcom tool for programs and people inside a subOS:
 // it lists the FICM device, the segments granted and the board, sends and
 // receives frames over RFcom channels, benchmarks 64-byte messages, maps
-// shared segments and prints the supervisor's control messages.
+// shared segments and prints the supervisor's control messages; for tests
+// it also floods doorbells and rings.
 //
 // Usage:
 //
@@ -15,6 +16,8 @@
 //	rfcom control [--count N] [--timeout D]
 //	rfcom board
 //	rfcom daemon [--socket PATH]
+//	rfcom flood doorbell --peer N [--vector V] [--duration D | --count C]
+//	rfcom flood msg [--to supervisor|PEER|NAME] [--duration D | --count C]
 //
 // rfcom daemon owns this subOS's RFcom node and serves local programs on a
 // Unix socket (rainforest/rfcom/local), so that several of them use RFcom
@@ -29,6 +32,18 @@
 // bench --ivshmem runs the same benchmark between two QEMU guests over
 // QEMU's ivshmem-doorbell device (rainforest/rfcom/ivshmem) as a baseline:
 // --peer names the ivshmem peer id, --peers the group size (2).
+//
+// flood does what a malicious guest would, for the hardening tests: flood
+// doorbell writes peer N's doorbell (vector V, 0 by default) through the
+// FICM device's DOORBELL register as fast as it can, without joining the
+// group, and prints "RF-FLOOD doorbells=N seconds=S rate=R"; flood msg joins
+// the group (not beside a daemon) and sends 62-byte datagrams (type 0x86,
+// a sequence number first) to the supervisor (the default), a peer id or
+// a subOS name as fast as the ring takes them, retrying at once on a full
+// ring, and prints "RF-FLOOD messages=N refused=M seconds=S" (M: attempts
+// that found the ring full). Both run for --duration (10s by default) or
+// until --count operations went through, and report what they did when
+// SIGINT or SIGTERM ends them early.
 //
 // Exit status: 0 on success, 1 on failure (one line "rfcom: ..." on
 // stderr), 2 on a usage error. The environment variables RFCOM_SYS_ROOT
