@@ -2,7 +2,7 @@
 // it lists the FICM device, the segments granted and the board, sends and
 // receives frames over RFcom channels, benchmarks 64-byte messages, maps
 // shared segments and prints the supervisor's control messages; for tests
-// it also floods doorbells and rings.
+// it also floods doorbells and rings and benchmarks a disk.
 //
 // Usage:
 //
@@ -18,6 +18,7 @@
 //	rfcom daemon [--socket PATH]
 //	rfcom flood doorbell --peer N [--vector V] [--duration D | --count C]
 //	rfcom flood msg [--to supervisor|PEER|NAME] [--duration D | --count C]
+//	rfcom diskbench --dev PATH [--seconds S] [--write --i-know-it-is-scratch]
 //
 // rfcom daemon owns this subOS's RFcom node and serves local programs on a
 // Unix socket (rainforest/rfcom/local), so that several of them use RFcom
@@ -45,6 +46,18 @@
 // until --count operations went through, and report what they did when
 // SIGINT or SIGTERM ends them early.
 //
+// diskbench measures a disk as fio would with O_DIRECT at queue depth 1,
+// each phase for --seconds (5 by default): sequential 1 MiB reads, random
+// 4 KiB reads and, with --write, the same as writes (it overwrites the
+// device, so --write needs --i-know-it-is-scratch, and a read-only,
+// mounted or busy device is refused). It prints one line "RF-DISK direct=1
+// size_bytes=N seconds=S seq_read_mbps=MB/s rand_read_iops=N
+// rand_read_p50_us=US rand_read_p99_us=US" followed, with --write, by
+// seq_write_mbps, rand_write_iops, rand_write_p50_us and rand_write_p99_us
+// (MB are 10^6 bytes). On a regular file whose file system refuses
+// O_DIRECT (tmpfs) it measures through the page cache, says so on stderr
+// and prints direct=0.
+//
 // Exit status: 0 on success, 1 on failure (one line "rfcom: ..." on
 // stderr), 2 on a usage error. The environment variables RFCOM_SYS_ROOT
 // and RFCOM_DEV_ROOT replace /sys and /dev (for tests).
@@ -67,6 +80,8 @@ type env struct {
 	stdout, stderr io.Writer
 	sys, dev       string
 	socket         string // $RFCOM_SOCKET
+	// openFile is os.OpenFile (a stand-in in tests of diskbench).
+	openFile func(name string, flag int, perm os.FileMode) (*os.File, error)
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -78,6 +93,7 @@ func runContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	e := &env{
 		ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr,
 		sys: getenv("RFCOM_SYS_ROOT"), dev: getenv("RFCOM_DEV_ROOT"), socket: getenv("RFCOM_SOCKET"),
+		openFile: os.OpenFile,
 	}
 	return e.main(args)
 }
