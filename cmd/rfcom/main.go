@@ -43,8 +43,9 @@
 // a subOS name as fast as the ring takes them, retrying at once on a full
 // ring, and prints "RF-FLOOD messages=N refused=M seconds=S" (M: attempts
 // that found the ring full). Both run for --duration (10s by default) or
-// until --count operations went through, and report what they did when
-// SIGINT or SIGTERM ends them early.
+// until --count operations went through; they print their line also when
+// SIGINT or SIGTERM ends them early (exit 0) and when a send fails (exit 1,
+// e.g. the peer died).
 //
 // diskbench measures a disk as fio would with O_DIRECT at queue depth 1,
 // each phase for --seconds (5 by default): sequential 1 MiB reads, random
