@@ -414,17 +414,42 @@ func (n *Node) send(ctx context.Context, peer int, m queue.Message, abort func()
 // Send sends an application datagram of type typ (0x80..0xFF) to peer,
 // waiting while the ring to it is full.
 func (n *Node) Send(ctx context.Context, peer int, typ uint8, payload []byte) error {
-	if typ < FirstDatagramType {
-		return fmt.Errorf("%w: %#x (0x80..0xff)", ErrBadType, typ)
-	}
-	if len(payload) > MaxDatagram {
-		return fmt.Errorf("%w: %d bytes (max %d)", ErrTooLong, len(payload), MaxDatagram)
-	}
-	if err := n.checkPeer(peer); err != nil {
+	m, err := n.datagram(peer, typ, payload)
+	if err != nil {
 		return err
 	}
-	m, _ := queue.NewMessage(typ, payload)
 	return n.send(ctx, peer, m, nil)
+}
+
+// TrySend is Send without waiting: when the ring to peer is full it sends
+// nothing and reports false (the caller decides whether to retry).
+func (n *Node) TrySend(peer int, typ uint8, payload []byte) (sent bool, err error) {
+	select {
+	case <-n.done:
+		return false, ErrClosed
+	default:
+	}
+	m, err := n.datagram(peer, typ, payload)
+	if err != nil {
+		return false, err
+	}
+	full, err := n.trySend(peer, m)
+	return !full && err == nil, err
+}
+
+// datagram checks a datagram for peer and returns its message.
+func (n *Node) datagram(peer int, typ uint8, payload []byte) (queue.Message, error) {
+	if typ < FirstDatagramType {
+		return queue.Message{}, fmt.Errorf("%w: %#x (0x80..0xff)", ErrBadType, typ)
+	}
+	if len(payload) > MaxDatagram {
+		return queue.Message{}, fmt.Errorf("%w: %d bytes (max %d)", ErrTooLong, len(payload), MaxDatagram)
+	}
+	if err := n.checkPeer(peer); err != nil {
+		return queue.Message{}, err
+	}
+	m, _ := queue.NewMessage(typ, payload)
+	return m, nil
 }
 
 // Multicast sends the same datagram to every peer in peers (each once),

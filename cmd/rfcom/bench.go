@@ -81,7 +81,7 @@ func (e *env) bench(args []string) error {
 	oc, ocancel := context.WithTimeout(ctx, openTimeout)
 	defer ocancel()
 	if !*ivs {
-		if err := refuseBesideDaemon(oc, e.socketPath(*sock)); err != nil {
+		if err := refuseBesideDaemon(oc, e.socketPath(*sock), "bench"); err != nil {
 			return err
 		}
 	}

@@ -28,6 +28,12 @@ const usageText = `usage: rfcom COMMAND [flags]
   control [--count N] [--timeout D]    print the supervisor's messages
   board                                print the supervisor's board
   daemon [--socket PATH]               serve RFcom to this subOS's programs
+  flood doorbell --peer N [--vector V] [--duration D | --count C]
+                                       ring a peer's doorbell as fast as possible
+  flood msg [--to supervisor|PEER|NAME] [--duration D | --count C]
+                                       send datagrams as fast as the ring takes them
+  diskbench --dev PATH [--seconds S] [--write --i-know-it-is-scratch]
+                                       sequential 1 MiB and random 4 KiB direct I/O
 send, recv, control, ls and board take --socket PATH too, and go through
 the daemon when one answers there (default $RFCOM_SOCKET or /run/rfcom.sock)`
 
@@ -49,7 +55,7 @@ func (e *env) main(args []string) int {
 	cmds := map[string]func([]string) error{
 		"ls": e.ls, "send": e.send, "recv": e.recv, "bench": e.bench,
 		"map": e.mapCmd, "control": e.control, "board": e.boardCmd,
-		"daemon": e.daemon,
+		"daemon": e.daemon, "flood": e.flood, "diskbench": e.diskbench,
 	}
 	name := args[0]
 	if name == "help" || name == "-h" || name == "--help" {

@@ -187,14 +187,15 @@ func (e *env) groupInfo(ctx context.Context, path string) (rfcom.GroupInfo, erro
 	return g, err
 }
 
-// refuseBesideDaemon fails when a daemon holds the FICM device.
-func refuseBesideDaemon(ctx context.Context, path string) error {
+// refuseBesideDaemon fails when a daemon holds the FICM device that
+// command needs alone.
+func refuseBesideDaemon(ctx context.Context, path, command string) error {
 	running, err := local.Running(ctx, path)
 	switch {
 	case err != nil:
 		return fmt.Errorf("cannot tell whether an rfcom daemon holds the FICM device (socket %s): %w", path, err)
 	case running:
-		return fmt.Errorf("the rfcom daemon on %s holds the FICM device: stop it to run bench, which needs the device alone", path)
+		return fmt.Errorf("the rfcom daemon on %s holds the FICM device: stop it to run %s, which needs the device alone", path, command)
 	}
 	return nil
 }
