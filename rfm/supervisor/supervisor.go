@@ -2,8 +2,10 @@
 // resource ledger, creates and destroys subOSes (one `rfm vmm` process each,
 // in its own cgroup with exclusive cores and hugepages reserved before it
 // starts), records every adjustment in an append-only audit log, and
-// re-adopts running subOSes after a restart. The ledger decides; the
-// Actuator applies; the Launcher runs VMM processes.
+// re-adopts running subOSes after a restart. Every change is written as an
+// intent to the subOS's record before it is made, so that a supervisor
+// killed at any instant loses no subOS (see lifecycle.go). The ledger
+// decides; the Actuator applies; the Launcher runs VMM processes.
 package supervisor
 
 import (
@@ -154,8 +156,11 @@ func New(cfg Config) (*Supervisor, error) {
 		s.Close()
 		return nil, fmt.Errorf("FICM group: %w", err)
 	}
+	s.opMu.Lock() // watchers may reclaim meanwhile
 	s.settleDeviceChanges()
-	if err := s.verifyRunning(); err != nil {
+	err = s.verifyRunning()
+	s.opMu.Unlock()
+	if err != nil {
 		s.Close()
 		return nil, fmt.Errorf("after recovery: %w", err)
 	}
