@@ -286,6 +286,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 		if err := s.cfg.Actuator.ReleaseHugePages(a.Node, a.PageSize, so.added); err != nil {
 			s.log.Warn("release hugepages", "subos", a.Name, "err", err)
 		}
+		s.at("reclaim:pages-released")
 		so.added = 0
 		if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
 			s.log.Error("store", "subos", a.Name, "err", err)
@@ -420,6 +421,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, err
 	}
 	starting.added = added
+	s.at("create:hugepages-added")
 	undo = append(undo, func() {
 		if added > 0 {
 			_ = s.cfg.Actuator.ReleaseHugePages(alloc.Node, alloc.PageSize, added)
