@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -99,6 +100,11 @@ func (a actuatorAdapter) EnsureHugePages(node int, ps, pages uint64) (uint64, er
 }
 func (a actuatorAdapter) ReleaseHugePages(node int, ps, pages uint64) error {
 	return a.a.ReleaseHugePages(node, ps, pages)
+}
+func (a actuatorAdapter) PoolSize(node int, ps uint64) (uint64, error) { return a.a.PoolSize(node, ps) }
+func (a actuatorAdapter) Groups() ([]string, error)                    { return a.a.Groups() }
+func (a actuatorAdapter) KillGroup(ctx context.Context, name string) ([]int, error) {
+	return a.a.KillGroup(ctx, name)
 }
 
 func serveCommand(g *globalFlags) *cobra.Command {

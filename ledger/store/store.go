@@ -2,10 +2,12 @@
 // its allocation, VMM process identity and create request) and an
 // append-only audit log of events, in a bbolt file.
 //
-// The file has two buckets: "records" maps a subOS name to its Record as
+// The file has three buckets: "records" maps a subOS name to its Record as
 // JSON; "events" maps a big-endian uint64 sequence number to an Event as
-// JSON. Events are only ever added, with sequence numbers that increase
-// across reopenings; nothing rewrites or removes them.
+// JSON; "quarantine" maps a big-endian uint64 sequence number to a
+// Quarantined record (one the supervisor could not use, kept verbatim).
+// Events are only ever added, with sequence numbers that increase across
+// reopenings; nothing rewrites or removes them.
 package store
 
 import (
@@ -24,8 +26,17 @@ import (
 
 // Bucket names.
 const (
-	RecordsBucket = "records"
-	EventsBucket  = "events"
+	RecordsBucket    = "records"
+	EventsBucket     = "events"
+	QuarantineBucket = "quarantine"
+)
+
+// Phases of a record: where the subOS is in its lifecycle. A record
+// written before phases existed has none, which means PhaseRunning.
+const (
+	PhaseRunning    = "running"    // the VMM runs (or ran) under this record
+	PhaseCreating   = "creating"   // written before create's first side effect
+	PhaseDestroying = "destroying" // written before destroy's first side effect
 )
 
 // LockTimeout is how long Open waits for another process (another
@@ -46,6 +57,30 @@ type Record struct {
 	StartTime  uint64            `json:"start_time"`     // /proc/PID/stat field 22, tells a reused PID apart
 	Spec       json.RawMessage   `json:"spec,omitempty"` // the create request
 	Created    time.Time         `json:"created"`
+	// Phase is one of the Phase constants; "" reads as PhaseRunning.
+	Phase string `json:"phase,omitempty"`
+	// Intent is the change the supervisor was about to make when it wrote
+	// the record (its own format), absent when none is under way.
+	Intent json.RawMessage `json:"intent,omitempty"`
+}
+
+// Running says whether r is in PhaseRunning (or has no phase).
+func (r Record) Running() bool { return r.Phase == "" || r.Phase == PhaseRunning }
+
+// Unreadable is a record whose bytes do not decode.
+type Unreadable struct {
+	Name string
+	Err  error // wraps ErrCorrupt
+}
+
+// Quarantined is a record taken out of use: its bytes as they were, why,
+// and when.
+type Quarantined struct {
+	Seq    uint64    `json:"seq"`
+	Name   string    `json:"name"`
+	Reason string    `json:"reason"`
+	Time   time.Time `json:"time"`
+	Raw    []byte    `json:"raw"` // the record's stored bytes, verbatim
 }
 
 // Event is one entry of the audit log.
@@ -75,7 +110,7 @@ func Open(path string) (*Store, error) {
 		return nil, fmt.Errorf("store: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range []string{RecordsBucket, EventsBucket} {
+		for _, b := range []string{RecordsBucket, EventsBucket, QuarantineBucket} {
 			if _, err := tx.CreateBucketIfNotExists([]byte(b)); err != nil {
 				return fmt.Errorf("bucket %s: %w", b, err)
 			}
@@ -144,6 +179,70 @@ func (s *Store) Records() (rs []Record, err error) {
 		return err
 	})
 	return rs, err
+}
+
+// Load returns every record that decodes, sorted by name, and the names of
+// those that do not: one bad record does not hide the others.
+func (s *Store) Load() (rs []Record, bad []Unreadable, err error) {
+	err = s.view(func(tx *Tx) error {
+		return tx.records().ForEach(func(k, v []byte) error {
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				bad = append(bad, Unreadable{Name: string(k), Err: err})
+				return nil
+			}
+			rs = append(rs, r)
+			return nil
+		})
+	})
+	return rs, bad, err
+}
+
+// Quarantine moves name's record, its bytes unchanged, out of the records
+// into the quarantine with reason, in one transaction; ErrNotFound when
+// there is none.
+func (s *Store) Quarantine(name, reason string) error {
+	return s.Update(func(tx *Tx) error {
+		v := tx.records().Get([]byte(name))
+		if v == nil {
+			return fmt.Errorf("store: quarantine %q: %w", name, ErrNotFound)
+		}
+		q := tx.tx.Bucket([]byte(QuarantineBucket))
+		seq, err := q.NextSequence()
+		if err != nil {
+			return fmt.Errorf("store: quarantine %q: %w", name, err)
+		}
+		e, err := json.Marshal(Quarantined{Seq: seq, Name: name, Reason: reason, Time: time.Now().UTC(), Raw: append([]byte(nil), v...)})
+		if err != nil {
+			return fmt.Errorf("store: quarantine %q: %w", name, err)
+		}
+		if err := q.Put(seqKey(seq), e); err != nil {
+			return fmt.Errorf("store: quarantine %q: %w", name, err)
+		}
+		if err := tx.records().Delete([]byte(name)); err != nil {
+			return fmt.Errorf("store: quarantine %q: %w", name, err)
+		}
+		return nil
+	})
+}
+
+// Quarantined lists the quarantined records, oldest first. An entry that
+// does not decode is listed with its bytes as Raw and a Reason saying so.
+func (s *Store) Quarantined() (qs []Quarantined, err error) {
+	err = s.view(func(tx *Tx) error {
+		return tx.tx.Bucket([]byte(QuarantineBucket)).ForEach(func(k, v []byte) error {
+			var q Quarantined
+			if err := json.Unmarshal(v, &q); err != nil {
+				q = Quarantined{Reason: fmt.Sprintf("%v: quarantine entry: %v", ErrCorrupt, err), Raw: append([]byte(nil), v...)}
+			}
+			if len(k) == 8 {
+				q.Seq = binary.BigEndian.Uint64(k)
+			}
+			qs = append(qs, q)
+			return nil
+		})
+	})
+	return qs, err
 }
 
 // Append adds e to the audit log and returns its sequence number. It sets

@@ -338,3 +338,83 @@ func TestConcurrentAppends(t *testing.T) {
 		}
 	}
 }
+
+// putRaw writes bytes as name's record, bypassing Put's encoding.
+func putRaw(t *testing.T, path, name string, v []byte) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bolt.Tx) error { return tx.Bucket([]byte(RecordsBucket)).Put([]byte(name), v) }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A record that does not decode is reported by Load beside the others
+// (Records fails on it: the supervisor used to refuse to start), and
+// Quarantine moves its bytes unchanged.
+func TestLoadAndQuarantine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rfm.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(record("web", 1)); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	bad := []byte(`{"allocation":{"name":"db"`)
+	putRaw(t, path, "db", bad)
+	if s, err = Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Records(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("Records: %v, want ErrCorrupt", err)
+	}
+	rs, unreadable, err := s.Load()
+	if err != nil || len(rs) != 1 || rs[0].Allocation.Name != "web" || len(unreadable) != 1 || unreadable[0].Name != "db" || !errors.Is(unreadable[0].Err, ErrCorrupt) {
+		t.Fatalf("Load: %+v %+v %v", rs, unreadable, err)
+	}
+	if err := s.Quarantine("db", "undecodable"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Quarantine("db", "again"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second quarantine: %v", err)
+	}
+	if rs, err := s.Records(); err != nil || len(rs) != 1 {
+		t.Fatalf("Records after quarantine: %+v %v", rs, err)
+	}
+	qs, err := s.Quarantined()
+	if err != nil || len(qs) != 1 || qs[0].Name != "db" || qs[0].Reason != "undecodable" || string(qs[0].Raw) != string(bad) || qs[0].Time.IsZero() || qs[0].Seq != 1 {
+		t.Fatalf("Quarantined: %+v %v", qs, err)
+	}
+}
+
+// A record written before phases existed reads as running; phase and
+// intent round-trip.
+func TestRecordPhase(t *testing.T) {
+	s, path := openTemp(t)
+	s.Close()
+	putRaw(t, path, "old", []byte(`{"allocation":{"name":"old"},"pid":7,"start_time":9}`))
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	r, err := s.Get("old")
+	if err != nil || !r.Running() || r.Phase != "" || r.Intent != nil {
+		t.Fatalf("old record: %+v %v", r, err)
+	}
+	n := record("new", 2)
+	n.Phase, n.Intent = PhaseCreating, json.RawMessage(`{"op":"create"}`)
+	if err := s.Put(n); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get("new")
+	if err != nil || got.Running() || got.Phase != PhaseCreating || string(got.Intent) != `{"op":"create"}` {
+		t.Fatalf("new record: %+v %v", got, err)
+	}
+}

@@ -69,6 +69,9 @@ type Actuator struct {
 	// them to emulate the kernel populating and clearing a directory.
 	mkdir func(path string) error
 	rmdir func(path string) error
+	// kill sends SIGKILL to a process; tests replace it to emulate the
+	// kernel taking it out of its group.
+	kill func(pid int) error
 	// hugeSettle, when set, runs after nr_hugepages in dir is written;
 	// tests use it to emulate the kernel filling the pool.
 	hugeSettle func(dir string)
@@ -99,6 +102,7 @@ func New(cfg Config) (*Actuator, error) {
 		cfg:   cfg,
 		mkdir: func(p string) error { return os.Mkdir(p, 0o755) },
 		rmdir: os.Remove,
+		kill:  killProcess,
 	}
 	hier, version, err := detect(cfg.CgroupRoot)
 	if err != nil {

@@ -116,6 +116,13 @@ func (c *Client) Events(ctx context.Context, since uint64, limit int) ([]store.E
 	return ev, err
 }
 
+// Quarantined returns the ledger records the supervisor took out of use.
+func (c *Client) Quarantined(ctx context.Context) ([]store.Quarantined, error) {
+	var qs []store.Quarantined
+	err := c.do(ctx, http.MethodGet, "/v1/quarantine", nil, &qs)
+	return qs, err
+}
+
 // Check validates a spec against the supervisor's ledger.
 func (c *Client) Check(ctx context.Context, spec supervisor.Spec) (CheckResult, error) {
 	var r CheckResult

@@ -28,7 +28,10 @@ func (u untouchable) EnsureHugePages(int, uint64, uint64) (uint64, error) {
 	u.t.Error("EnsureHugePages called")
 	return 0, errors.New("untouchable")
 }
-func (u untouchable) ReleaseHugePages(int, uint64, uint64) error { return nil }
+func (u untouchable) ReleaseHugePages(int, uint64, uint64) error       { return nil }
+func (u untouchable) PoolSize(int, uint64) (uint64, error)             { return 0, nil }
+func (u untouchable) Groups() ([]string, error)                        { return nil, nil }
+func (u untouchable) KillGroup(context.Context, string) ([]int, error) { return nil, nil }
 func (u untouchable) Start(context.Context, []string, string, []*os.File, func(int) error) (supervisor.Process, error) {
 	u.t.Error("Start called")
 	return nil, errors.New("untouchable")

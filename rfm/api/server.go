@@ -52,6 +52,13 @@ type Backend interface {
 	Revoke(ctx context.Context, name, segment string, timeout time.Duration) error
 }
 
+// QuarantineLister is a Backend that lists the ledger records it took out
+// of use (a *supervisor.Supervisor does); GET /v1/quarantine answers 404
+// for one that is not.
+type QuarantineLister interface {
+	Quarantined() ([]store.Quarantined, error)
+}
+
 // MessageRequest is POST /v1/subos/{name}/message's body.
 type MessageRequest struct {
 	Text string `json:"text"`
@@ -132,6 +139,22 @@ func Handler(b Backend) http.Handler {
 			return
 		}
 		reply(w, http.StatusOK, ev)
+	})
+	mux.HandleFunc("GET /v1/quarantine", func(w http.ResponseWriter, r *http.Request) {
+		ql, ok := b.(QuarantineLister)
+		if !ok {
+			reply(w, http.StatusNotFound, ErrorBody{Error: "this supervisor keeps no quarantine"})
+			return
+		}
+		qs, err := ql.Quarantined()
+		if err != nil {
+			fail(w, err)
+			return
+		}
+		if qs == nil {
+			qs = []store.Quarantined{}
+		}
+		reply(w, http.StatusOK, qs)
 	})
 	mux.HandleFunc("POST /v1/check", func(w http.ResponseWriter, r *http.Request) {
 		var spec supervisor.Spec

@@ -2,7 +2,6 @@ package supervisor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -69,16 +68,15 @@ func vmmError(err error) error {
 	return err
 }
 
-// persist writes so's record as it is now. Called under opMu.
-func (s *Supervisor) persist(so *subOS) error {
-	s.mu.Lock()
-	info := so.info
-	s.mu.Unlock()
-	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers})
-	if err != nil {
-		return err
+// persist writes so's record as it is now, with no change under way.
+// Called under opMu.
+func (s *Supervisor) persist(so *subOS) error { return s.writeRecord(so, store.PhaseRunning, nil) }
+
+// unintend clears an intent written for a change that did not happen.
+func (s *Supervisor) unintend(so *subOS) {
+	if err := s.persist(so); err != nil {
+		s.log.Error("store", "subos", so.info.Name, "err", err)
 	}
-	return s.store.Put(store.Record{Allocation: info.Allocation, PID: so.proc.PID(), StartTime: so.proc.StartTime(), Spec: raw, Created: info.Created})
 }
 
 // update changes so's info under mu and persists it; a failed write is
@@ -147,11 +145,17 @@ func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk,
 	if err := blk.CheckPath(d.Path); err != nil {
 		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
 	}
+	if err := s.intend(so, intent{Op: opAttach, Disk: &d}); err != nil {
+		return Disk{}, err
+	}
+	s.at("attach:vmm")
 	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d)
 	if err != nil {
+		s.unintend(so)
 		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))
 		return Disk{}, vmmError(err)
 	}
+	s.at("attach:record")
 	s.update(so, func(i *Info) { i.Spec.Disks = append(append([]Disk(nil), i.Spec.Disks...), d) })
 	s.event(s.who(ctx), "attach", name, time.Since(start), fmt.Sprintf("disk %s %s slot %d", d.ID, d, dev.Slot))
 	return d, nil
@@ -183,10 +187,16 @@ func (s *Supervisor) DetachDisk(ctx context.Context, name, disk string, timeout 
 	if !found {
 		return fmt.Errorf("%w: %q has no disk %q", ErrNoDevice, name, disk)
 	}
-	detail, err := s.removeDevice(ctx, so, d.ID, timeout, "detach", fmt.Sprintf("disk %s %s", d.ID, d.Path), start)
-	if err != nil {
+	if err := s.intend(so, intent{Op: opDetach, Disk: &d}); err != nil {
 		return err
 	}
+	s.at("detach:vmm")
+	detail, err := s.removeDevice(ctx, so, d.ID, timeout, "detach", fmt.Sprintf("disk %s %s", d.ID, d.Path), start)
+	if err != nil {
+		s.unintend(so)
+		return err
+	}
+	s.at("detach:record")
 	s.update(so, func(i *Info) {
 		var keep []Disk
 		for _, x := range i.Spec.Disks {
@@ -228,13 +238,19 @@ func (s *Supervisor) Grant(ctx context.Context, name string, g SegmentGrant) (er
 		}
 	}()
 	r := regionOf(sg.reg, slot, g.ReadOnly)
-	dev, err := vmmctl.Grant(ctx, s.ctlPath(name), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
-	if err != nil {
-		return vmmError(err)
-	}
 	if g.Size == 0 {
 		g.Size = sg.reg.Spec().Layout.RWSize
 	}
+	if err := s.intend(so, intent{Op: opGrant, Segment: &g}); err != nil {
+		return err
+	}
+	s.at("grant:vmm")
+	dev, err := vmmctl.Grant(ctx, s.ctlPath(name), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
+	if err != nil {
+		s.unintend(so)
+		return vmmError(err)
+	}
+	s.at("grant:record")
 	s.update(so, func(i *Info) {
 		i.Spec.Segments = append(append([]SegmentGrant(nil), i.Spec.Segments...), g)
 		peers := map[string]int{g.Name: slot}
@@ -270,10 +286,22 @@ func (s *Supervisor) Revoke(ctx context.Context, name, segment string, timeout t
 	if _, ok := so.info.SegmentPeers[segment]; !ok {
 		return fmt.Errorf("%w: %q is not granted segment %q", ErrNoDevice, name, segment)
 	}
-	detail, err := s.removeDevice(ctx, so, vmm.RegionDeviceID(segment), timeout, "revoke", "segment "+segment, start)
-	if err != nil {
+	g := SegmentGrant{Name: segment}
+	for _, x := range so.info.Spec.Segments {
+		if x.Name == segment {
+			g = x
+		}
+	}
+	if err := s.intend(so, intent{Op: opRevoke, Segment: &g}); err != nil {
 		return err
 	}
+	s.at("revoke:vmm")
+	detail, err := s.removeDevice(ctx, so, vmm.RegionDeviceID(segment), timeout, "revoke", "segment "+segment, start)
+	if err != nil {
+		s.unintend(so)
+		return err
+	}
+	s.at("revoke:record")
 	s.dropSegmentSlot(name, segment)
 	s.update(so, func(i *Info) {
 		var keep []SegmentGrant

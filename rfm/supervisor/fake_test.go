@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"syscall"
 	"testing"
@@ -23,10 +24,18 @@ import (
 type fakeActuator struct {
 	mu      sync.Mutex
 	groups  map[string][]int
-	pages   int64
-	failOn  string // operation to fail
+	members map[string][]int // pids moved into each group
+	pages   int64            // pages added to the pool (of fakePoolBase)
+	failOn  string           // operation to fail
 	removed []string
+	// host, when set, is the launcher whose processes are in the groups:
+	// the ones that have not exited keep a group busy, and KillGroup
+	// kills them.
+	host *fakeLauncher
 }
+
+// fakePoolBase is the hugepage pool's size before the supervisor adds.
+const fakePoolBase = 100
 
 type fakeGroup struct {
 	name string
@@ -38,7 +47,54 @@ func (g fakeGroup) AddProcess(pid int) error {
 	if g.a.failOn == "addprocess" {
 		return errors.New("fake: cannot move process")
 	}
+	g.a.mu.Lock()
+	defer g.a.mu.Unlock()
+	if g.a.members == nil {
+		g.a.members = map[string][]int{}
+	}
+	g.a.members[g.name] = append(g.a.members[g.name], pid)
 	return nil
+}
+
+// live is the group's processes that have not exited. Called under mu.
+func (a *fakeActuator) live(name string) []int {
+	if a.host == nil {
+		return nil
+	}
+	var out []int
+	for _, pid := range a.members[name] {
+		if a.host.alive(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+func (a *fakeActuator) Groups() ([]string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []string
+	for n := range a.groups {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func (a *fakeActuator) KillGroup(_ context.Context, name string) ([]int, error) {
+	a.mu.Lock()
+	pids := a.live(name)
+	a.mu.Unlock()
+	for _, pid := range pids {
+		a.host.kill(pid)
+	}
+	return pids, nil
+}
+
+func (a *fakeActuator) PoolSize(node int, ps uint64) (uint64, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return uint64(fakePoolBase + a.pages), nil
 }
 
 func (a *fakeActuator) CreateGroup(name string, cores, nodes []int) (Group, error) {
@@ -57,7 +113,14 @@ func (a *fakeActuator) CreateGroup(name string, cores, nodes []int) (Group, erro
 func (a *fakeActuator) RemoveGroup(name string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if pids := a.live(name); len(pids) > 0 {
+		return fmt.Errorf("fake: group %s busy: %v", name, pids)
+	}
+	if _, ok := a.groups[name]; !ok {
+		return fmt.Errorf("fake: no group %s", name)
+	}
 	delete(a.groups, name)
+	delete(a.members, name)
 	a.removed = append(a.removed, name)
 	return nil
 }
@@ -88,6 +151,9 @@ type fakeLauncher struct {
 	fail  bool
 	argv  [][]string
 	gate  chan struct{} // when set, Start waits for it (a slow VMM start)
+	// afterStart, when set, runs once the VMM runs, before Start returns
+	// (a test crashes the supervisor there).
+	afterStart func()
 }
 
 type fakeProcess struct {
@@ -139,6 +205,11 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string,
 	l.procs[p.pid] = p
 	l.argv = append(l.argv, argv)
 	os.WriteFile(logPath, []byte("RF-INIT-REACHED\n"), 0o600)
+	if l.afterStart != nil {
+		l.mu.Unlock()
+		defer l.mu.Lock()
+		l.afterStart()
+	}
 	return p, nil
 }
 
@@ -161,6 +232,10 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 	p.devices = map[string]vmmctl.Device{}
 	for i, d := range launch.Config.WithDiskIDs() {
 		p.devices[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Slot: 1 + i, Path: d.Path}
+	}
+	for i, r := range launch.Config.Regions {
+		id := "region/" + r.Name
+		p.devices[id] = vmmctl.Device{ID: id, Kind: "region", Name: r.Name, Slot: 20 + i}
 	}
 	if err := launch.Reply(nil); err != nil {
 		ln.Close()
@@ -215,6 +290,17 @@ func (p *fakeProcess) Detach(ctx context.Context, id string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.devices, id)
+	// Like the real VMM, Export no longer hands out a removed region.
+	off := 0
+	for i, r := range p.regions {
+		if "region/"+r.Name == id {
+			closeFiles(p.files[off : off+r.Files()])
+			p.files = append(p.files[:off:off], p.files[off+r.Files():]...)
+			p.regions = append(p.regions[:i:i], p.regions[i+1:]...)
+			break
+		}
+		off += r.Files()
+	}
 	return nil
 }
 
@@ -232,6 +318,32 @@ func (p *fakeProcess) Export() ([]config.Region, []*os.File) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return append([]config.Region(nil), p.regions...), append([]*os.File(nil), p.files...)
+}
+
+// alive says whether fake process pid was started and has not exited.
+func (l *fakeLauncher) alive(pid int) bool {
+	l.mu.Lock()
+	p, ok := l.procs[pid]
+	l.mu.Unlock()
+	if !ok {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// kill makes fake process pid exit.
+func (l *fakeLauncher) kill(pid int) {
+	l.mu.Lock()
+	p, ok := l.procs[pid]
+	l.mu.Unlock()
+	if ok {
+		p.exit()
+	}
 }
 
 func (l *fakeLauncher) Adopt(pid int, start uint64) (Process, error) {

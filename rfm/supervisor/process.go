@@ -211,6 +211,7 @@ func (p *adoptedProcess) watch() {
 	}
 	unix.Close(p.fd)
 	p.stop.Close()
+	p.Release() // the write end too: nothing needs it once watch ends
 	if exited {
 		close(p.done)
 	}

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -60,5 +61,49 @@ func TestExecLauncherEarlyExit(t *testing.T) {
 	_, err = l.Start(context.Background(), []string{"-c", `read x <&4; exec sleep 30`}, log, nil, func(int) error { return os.ErrPermission })
 	if err == nil {
 		t.Error("failing prepare did not fail Start")
+	}
+}
+
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd:", err)
+	}
+	return len(ents)
+}
+
+// An adopted VMM that exits leaves no descriptor behind: the watcher's
+// stop pipe used to keep its write end until Release, which nobody calls
+// for a VMM that exited.
+func TestAdoptedExitClosesFDs(t *testing.T) {
+	l := ExecLauncher{}
+	const cycles = 10
+	cycle := func() {
+		cmd := exec.Command("sleep", "600")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		st, err := procStartTime("/proc", cmd.Process.Pid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := l.Adopt(cmd.Process.Pid, st)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Signal(syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		<-p.Done()
+		_ = cmd.Wait()
+	}
+	cycle() // the runtime's own descriptors (pidfd poller, /dev/null) settle
+	before := openFDs(t)
+	for range cycles {
+		cycle()
+	}
+	if after := openFDs(t); after-before >= cycles {
+		t.Errorf("%d descriptors open after %d adopt+exit cycles, %d before", after, cycles, before)
 	}
 }

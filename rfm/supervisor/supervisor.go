@@ -2,8 +2,10 @@
 // resource ledger, creates and destroys subOSes (one `rfm vmm` process each,
 // in its own cgroup with exclusive cores and hugepages reserved before it
 // starts), records every adjustment in an append-only audit log, and
-// re-adopts running subOSes after a restart. The ledger decides; the
-// Actuator applies; the Launcher runs VMM processes.
+// re-adopts running subOSes after a restart. Every change is written as an
+// intent to the subOS's record before it is made, so that a supervisor
+// killed at any instant loses no subOS (see lifecycle.go). The ledger
+// decides; the Actuator applies; the Launcher runs VMM processes.
 package supervisor
 
 import (
@@ -48,6 +50,13 @@ type Actuator interface {
 	RemoveGroup(name string) error
 	EnsureHugePages(node int, pageSize uint64, pages uint64) (added uint64, err error)
 	ReleaseHugePages(node int, pageSize uint64, pages uint64) error
+	// PoolSize is the size (nr_hugepages) of node's pool of pageSize pages.
+	PoolSize(node int, pageSize uint64) (uint64, error)
+	// Groups lists the subOS cgroups that exist (by name), and KillGroup
+	// kills every process in one and waits until it is empty, returning
+	// their pids: a restarted supervisor's way to orphans.
+	Groups() ([]string, error)
+	KillGroup(ctx context.Context, name string) ([]int, error)
 }
 
 // Config configures a Supervisor.
@@ -85,6 +94,10 @@ type Supervisor struct {
 	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
 	share      sharing        // regions; under opMu
+
+	// crashPoint, set by tests only, is called at each step of an
+	// operation (see at).
+	crashPoint func(step string)
 }
 
 type subOS struct {
@@ -92,6 +105,7 @@ type subOS struct {
 	proc    Process
 	added   uint64 // hugepages the actuator added for this subOS
 	stopped chan struct{}
+	pending *intent // a device change a previous supervisor left unfinished
 }
 
 // persisted is what the store keeps beside the allocation.
@@ -137,9 +151,18 @@ func New(cfg Config) (*Supervisor, error) {
 		st.Close()
 		return nil, err
 	}
+	s.killOrphans()
 	if err := s.startSharing(); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("FICM group: %w", err)
+	}
+	s.opMu.Lock() // watchers may reclaim meanwhile
+	s.settleDeviceChanges()
+	err = s.verifyRunning()
+	s.opMu.Unlock()
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("after recovery: %w", err)
 	}
 	return s, nil
 }
@@ -173,39 +196,6 @@ func (s *Supervisor) consolePath(name string) string {
 }
 
 func (s *Supervisor) logPath(name string) string { return filepath.Join(s.cfg.RunDir, name+".log") }
-
-// readopt rebuilds state from the store after a (re)start.
-func (s *Supervisor) readopt() error {
-	recs, err := s.store.Records()
-	if err != nil {
-		return err
-	}
-	for _, r := range recs {
-		var p persisted
-		if err := json.Unmarshal(r.Spec, &p); err != nil {
-			s.log.Warn("unreadable record", "subos", r.Allocation.Name, "err", err)
-		}
-		if err := s.ledger.Adopt(r.Allocation); err != nil {
-			return fmt.Errorf("re-adopt %s: %w", r.Allocation.Name, err)
-		}
-		info := Info{Name: r.Allocation.Name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
-			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true,
-			Peer: p.Peer, SegmentPeers: p.SegmentPeers}
-		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
-		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
-		if err != nil {
-			s.log.Warn("VMM of a recorded subOS is gone; reclaiming", "subos", info.Name, "err", err)
-			s.reclaim(so, s.cfg.Who, fmt.Sprintf("VMM gone at supervisor start: %v", err))
-			continue
-		}
-		so.proc = proc
-		s.subos[info.Name] = so
-		s.watch(so)
-		s.event(s.cfg.Who, "adopt", info.Name, 0, fmt.Sprintf("pid %d cores %s", r.PID, units.FormatCPUList(r.Allocation.Cores)))
-	}
-	s.steerIRQs()
-	return s.ledger.Verify()
-}
 
 type actorKey struct{}
 
@@ -269,17 +259,40 @@ func (s *Supervisor) watch(so *subOS) {
 }
 
 // reclaim frees everything a subOS held and removes its record.
-func (s *Supervisor) reclaim(so *subOS, who, why string) {
+func (s *Supervisor) reclaim(so *subOS, who, why string) { s.teardown(so, who, "reclaim", why) }
+
+// teardown frees everything a subOS held (killing what still runs in its
+// cgroup) and removes its record, then logs the event what. The record
+// says destroying until it is gone, and says so before the hugepage pool
+// shrinks, so that a successor finishes the work after a crash.
+func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	start := time.Now()
 	a := so.info.Allocation
+	if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
+		s.log.Error("store", "subos", a.Name, "err", err)
+	}
+	s.at("reclaim:group")
+	if pids := s.killGroup(a.Name); len(pids) > 0 {
+		why += fmt.Sprintf(" (killed pids %v left in its cgroup)", pids)
+	}
 	if err := s.cfg.Actuator.RemoveGroup(a.Name); err != nil {
 		s.log.Warn("remove cgroup", "subos", a.Name, "err", err)
 	}
 	if so.added > 0 {
+		if err := s.poolIntent(so, store.PhaseDestroying, opDestroy, false); err != nil {
+			s.log.Error("store", "subos", a.Name, "err", err)
+		}
+		s.at("reclaim:pages")
 		if err := s.cfg.Actuator.ReleaseHugePages(a.Node, a.PageSize, so.added); err != nil {
 			s.log.Warn("release hugepages", "subos", a.Name, "err", err)
 		}
+		s.at("reclaim:pages-released")
+		so.added = 0
+		if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
+			s.log.Error("store", "subos", a.Name, "err", err)
+		}
 	}
+	s.at("reclaim:record")
 	if _, err := s.ledger.Release(a.Name); err != nil && !errors.Is(err, ledger.ErrNotFound) {
 		s.log.Warn("ledger release", "subos", a.Name, "err", err)
 	}
@@ -289,7 +302,7 @@ func (s *Supervisor) reclaim(so *subOS, who, why string) {
 	os.Remove(s.consolePath(a.Name))
 	s.leave(so.info)
 	s.steerIRQs()
-	s.event(who, "reclaim", a.Name, time.Since(start), why)
+	s.event(who, what, a.Name, time.Since(start), why)
 }
 
 // steerIRQs moves host interrupts off the cores subOSes own now (when
@@ -388,28 +401,44 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
 	// Listed as starting while the slow steps run.
+	starting := &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{})}
 	s.mu.Lock()
-	s.subos[spec.Name] = &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{})}
+	s.subos[spec.Name] = starting
 	s.mu.Unlock()
 	undo = append(undo, func() {
 		s.mu.Lock()
 		delete(s.subos, spec.Name)
 		s.mu.Unlock()
 	})
+	// The intent record, before any side effect: a successor rolls back.
+	if err := s.poolIntent(starting, store.PhaseCreating, opCreate, true); err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, func() { _ = s.store.Delete(spec.Name) })
+	s.at("create:hugepages")
 	added, err := s.cfg.Actuator.EnsureHugePages(alloc.Node, alloc.PageSize, alloc.Pages)
 	if err != nil {
 		return Info{}, err
 	}
+	starting.added = added
+	s.at("create:hugepages-added")
 	undo = append(undo, func() {
 		if added > 0 {
 			_ = s.cfg.Actuator.ReleaseHugePages(alloc.Node, alloc.PageSize, added)
+			starting.added = 0
+			_ = s.writeRecord(starting, store.PhaseCreating, &intent{Op: opCreate})
 		}
 	})
+	if err := s.writeRecord(starting, store.PhaseCreating, &intent{Op: opCreate}); err != nil {
+		return Info{}, err
+	}
+	s.at("create:cgroup")
 	group, err := s.cfg.Actuator.CreateGroup(spec.Name, alloc.Cores, []int{alloc.Node})
 	if err != nil {
 		return Info{}, err
 	}
 	undo = append(undo, func() { _ = s.cfg.Actuator.RemoveGroup(spec.Name) })
+	s.at("create:join")
 	member, err := s.join(spec.Name, spec.Segments)
 	if err != nil {
 		return Info{}, err
@@ -451,18 +480,20 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	logPath := s.logPath(spec.Name)
 	os.Remove(s.consolePath(spec.Name))
 	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
+	s.at("create:start")
 	proc, err := s.cfg.Launcher.Start(ctx, args, logPath, []*os.File{lnFile}, prepare)
 	if err != nil {
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
+	s.at("create:record")
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
 		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
 	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers})
 	if err != nil {
 		return Info{}, err
 	}
-	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created}); err != nil {
+	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created, Phase: store.PhaseRunning}); err != nil {
 		return Info{}, err
 	}
 	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
@@ -529,8 +560,14 @@ func (s *Supervisor) Destroy(ctx context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
+	// A successor finishes the destroy from here on.
+	if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
+		s.log.Error("store", "subos", name, "err", err)
+	}
+	s.at("destroy:stop")
 	stopProcess(so.proc, 10*time.Second)
 	close(so.stopped)
+	s.at("destroy:reclaim")
 	s.reclaim(so, s.who(ctx), "destroyed")
 	s.mu.Lock()
 	delete(s.subos, name)
