@@ -99,7 +99,7 @@ func (s *Supervisor) update(so *subOS, change func(*Info)) {
 func (s *Supervisor) removeDevice(ctx context.Context, so *subOS, id string, timeout time.Duration, what, detail string, start time.Time) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
 	defer cancel()
-	err := vmmctl.Detach(cctx, s.ctlPath(so.info.Name), id, timeout)
+	err := vmmctl.Detach(cctx, s.vmm(so), id, timeout)
 	switch {
 	case errors.Is(err, vmmctl.ErrNotFound):
 		return detail + " (the guest had removed it already)", nil
@@ -147,7 +147,7 @@ func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk,
 	if err := blk.CheckPath(d.Path); err != nil {
 		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
 	}
-	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d)
+	dev, err := vmmctl.AttachDisk(ctx, s.vmm(so), d)
 	if err != nil {
 		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))
 		return Disk{}, vmmError(err)
@@ -228,7 +228,7 @@ func (s *Supervisor) Grant(ctx context.Context, name string, g SegmentGrant) (er
 		}
 	}()
 	r := regionOf(sg.reg, slot, g.ReadOnly)
-	dev, err := vmmctl.Grant(ctx, s.ctlPath(name), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
+	dev, err := vmmctl.Grant(ctx, s.vmm(so), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
 	if err != nil {
 		return vmmError(err)
 	}

@@ -102,9 +102,21 @@ type fakeProcess struct {
 	devices map[string]vmmctl.Device
 	// refuse makes the fake guest never release a device.
 	refuse bool
+	// servedBy, when set, is the pid the supervisor expects to serve the
+	// control socket (a test of a socket served by someone else).
+	servedBy int
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
+
+// ControlPID: the fake VMM serves its control socket from the test
+// process (controlPID), unless a test says otherwise.
+func (p *fakeProcess) ControlPID() int {
+	if p.servedBy != 0 {
+		return p.servedBy
+	}
+	return os.Getpid()
+}
 func (p *fakeProcess) StartTime() uint64     { return uint64(p.pid) * 10 }
 func (p *fakeProcess) Done() <-chan struct{} { return p.done }
 func (p *fakeProcess) Signal(syscall.Signal) error {
@@ -174,7 +186,7 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 		closeFiles(p.files)
 		p.mu.Unlock()
 	}()
-	go vmmctl.Serve(ctx, ln, p, slog.New(slog.NewTextHandler(io.Discard, nil))) // ends with ctx
+	go vmmctl.Serve(ctx, ln, launch.From.UID, p, slog.New(slog.NewTextHandler(io.Discard, nil))) // ends with ctx
 	return nil
 }
 
