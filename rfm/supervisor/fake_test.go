@@ -108,6 +108,14 @@ type fakeProcess struct {
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
+func (p *fakeProcess) StartTime() uint64     { return uint64(p.pid) * 10 }
+func (p *fakeProcess) Done() <-chan struct{} { return p.done }
+func (p *fakeProcess) Signal(syscall.Signal) error {
+	p.exit()
+	return nil
+}
+func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
+func (p *fakeProcess) Release() {}
 
 // ControlPID: the fake VMM serves its control socket from the test
 // process (controlPID), unless a test says otherwise.
@@ -117,14 +125,6 @@ func (p *fakeProcess) ControlPID() int {
 	}
 	return os.Getpid()
 }
-func (p *fakeProcess) StartTime() uint64     { return uint64(p.pid) * 10 }
-func (p *fakeProcess) Done() <-chan struct{} { return p.done }
-func (p *fakeProcess) Signal(syscall.Signal) error {
-	p.exit()
-	return nil
-}
-func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
-func (p *fakeProcess) Release() {}
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(int) error) (Process, error) {
 	if l.gate != nil {

@@ -54,10 +54,6 @@ type Actuator interface {
 type Config struct {
 	StateDir     string // holds ledger.db
 	RunDir       string // holds subOS logs and console sockets
-	// SocketGroup, when > 0, is the gid of the group that may use the API
-	// and the subOS consoles, whose sockets live in RunDir: a RunDir New
-	// creates is then 0750 with that group (else 0700). StateDir is 0700.
-	SocketGroup int
 	Housekeeping []int  // cores kept for the host (default: the first online core)
 	Inventory    *partitioner.Inventory
 	Actuator     Actuator
@@ -71,6 +67,10 @@ type Config struct {
 	// FICMPeers is the FICM group's size, the supervisor included
 	// (DefaultFICMPeers when 0).
 	FICMPeers int
+	// SocketGroup, when > 0, is the gid of the group that may use the API
+	// and the subOS consoles, whose sockets live in RunDir: a RunDir New
+	// creates is then 0750 with that group (else 0700). StateDir is 0700.
+	SocketGroup int
 }
 
 // Supervisor manages subOSes.
