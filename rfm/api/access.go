@@ -123,4 +123,3 @@ func PeerName(c net.Conn) string {
 	}
 	return fmt.Sprintf("uid %d pid %d", cred.UID, cred.PID)
 }
-
