@@ -116,6 +116,15 @@ func ServicePolicy(group string) (Policy, error) {
 	return p, nil
 }
 
+// ConsolePolicy is who may attach to a subOS's console, the guest's
+// terminal: root and the members of the API group gid, called name
+// (NoGroup: root only). The VMM, which may run as an unprivileged uid, is
+// not its owner. Its Allow is the shape of consolesock.Options.Allow;
+// Check(Of(conn)) is preferred where the connection is at hand.
+func ConsolePolicy(gid int, name string) Policy {
+	return Policy{Owner: 0, Group: gid, GroupName: name}
+}
+
 // ErrNoSuchGroup reports a group name the host does not know.
 var ErrNoSuchGroup = errors.New("no such group")
 

@@ -313,3 +313,13 @@ func TestRefusalsBounded(t *testing.T) {
 		t.Errorf("next window: %s", buf.String())
 	}
 }
+
+func TestConsolePolicy(t *testing.T) {
+	p := ConsolePolicy(990, "rainforest")
+	if !p.Allow(0, 0, 1) || p.Allow(1000, 1000, 0) || !p.Allow(1000, 990, 0) {
+		t.Errorf("console policy %v: root, stranger, member by gid decided wrong", p)
+	}
+	if ConsolePolicy(NoGroup, "").Allow(1000, 990, 0) {
+		t.Error("without a group a non-root peer may attach")
+	}
+}
