@@ -6,6 +6,7 @@ package peercredtest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -76,8 +77,10 @@ func dial(network, path string) error {
 	return err
 }
 
+// isClosed: the server closed the connection on the child, which is how
+// refusals look.
 func isClosed(err error) bool {
-	return strings.Contains(err.Error(), "connection reset") || strings.Contains(err.Error(), "broken pipe")
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // Dir returns a new directory that every user may enter (removed when the
