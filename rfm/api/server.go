@@ -1,7 +1,7 @@
 // Package api is the supervisor's HTTP/JSON API, served on a Unix socket
 // (no network listener) to root and the members of one group (Listen),
-// and its client. The API is
-// described by the OpenAPI document served at /openapi.json.
+// and its client. The API is described by the OpenAPI document served at
+// /openapi.json.
 package api
 
 import (
