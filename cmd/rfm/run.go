@@ -120,7 +120,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {
 		return err
 	}
-	ln, err := api.Listen(g.socket)
+	ln, err := api.Listen(g.socket, f.access, log)
 	if err != nil {
 		return err
 	}

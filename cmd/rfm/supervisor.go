@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"rainforest/ficm/board"
+	"rainforest/internal/peercred"
 	"rainforest/internal/units"
 	"rainforest/partitioner"
 	"rainforest/rfm/actuator"
@@ -50,6 +51,9 @@ func (g *globalFlags) print(w io.Writer, v any, table func(w io.Writer)) error {
 type supervisorFlags struct {
 	stateDir, runDir, cgroupRoot, housekeeping string
 	steerIRQs                                  bool
+	group                                      string
+	// access is who may use the API and the consoles (set by open).
+	access peercred.Policy
 }
 
 func (f *supervisorFlags) add(cmd *cobra.Command) {
@@ -58,6 +62,7 @@ func (f *supervisorFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup filesystem root")
 	cmd.Flags().StringVar(&f.housekeeping, "housekeeping", "", "host cores kept for the supervisor and the host (default: the first online core)")
 	cmd.Flags().BoolVar(&f.steerIRQs, "steer-irqs", false, "keep host interrupts off subOS cores")
+	cmd.Flags().StringVar(&f.group, "group", "rainforest", "group whose members may use the API and attach consoles besides root (none when it does not exist)")
 }
 
 // open discovers the machine and opens the supervisor.
@@ -78,12 +83,21 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	if err != nil {
 		return nil, err
 	}
+	if f.access, err = peercred.ServicePolicy(f.group); err != nil {
+		return nil, fmt.Errorf("--group: %w", err)
+	}
+	if f.group != "" && f.access.Group == peercred.NoGroup {
+		log.Warn("the API group does not exist: only root may use the API and the consoles", "group", f.group)
+	}
 	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
 	}
 	if f.steerIRQs {
 		cfg.SteerIRQs = act.SteerIRQs
+	}
+	if f.access.Group > 0 {
+		cfg.SocketGroup = f.access.Group
 	}
 	return supervisor.New(cfg)
 }
@@ -113,7 +127,9 @@ func serveCommand(g *globalFlags) *cobra.Command {
 		Use:   "serve",
 		Short: "Run the supervisor daemon (API on a Unix socket)",
 		Long: `Run the supervisor: it discovers the machine, keeps the resource ledger,
-and serves the API on --socket (mode 0600). SubOSes keep running when it
+and serves the API on --socket to root and the members of --group (the
+socket is 0660 root:GROUP, or 0600 when the group does not exist; others
+are refused with 403). SubOSes keep running when it
 stops or dies; a restarted supervisor re-adopts them.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -126,7 +142,7 @@ stops or dies; a restarted supervisor re-adopts them.`,
 			if err := os.MkdirAll(filepath.Dir(g.socket), 0o700); err != nil {
 				return err
 			}
-			ln, err := api.Listen(g.socket)
+			ln, err := api.Listen(g.socket, f.access, log)
 			if err != nil {
 				return err
 			}

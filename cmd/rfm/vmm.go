@@ -91,7 +91,7 @@ descriptors beside it; the control socket then also takes runtime requests
 				if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
 					return err
 				}
-				o.Config, o.Regions = l.Config, l.Files
+				o.Config, o.Regions, o.ControlUID = l.Config, l.Files, l.From.UID
 			case f.configFile != "":
 				doc, err := readDocument(f.configFile)
 				if err != nil {

@@ -43,7 +43,7 @@ func TestQuarantineRoute(t *testing.T) {
 func TestClientQuarantined(t *testing.T) {
 	b := &quarantineBackend{qs: []store.Quarantined{{Seq: 3, Name: "db", Reason: "corrupt", Raw: []byte("x")}}}
 	path := filepath.Join(t.TempDir(), "rfm.sock")
-	ln, err := Listen(path)
+	ln, err := Listen(path, ownPolicy(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,7 @@
 // Package api is the supervisor's HTTP/JSON API, served on a Unix socket
-// (mode 0600, root only; no network listener), and its client. The API is
-// described by the OpenAPI document served at /openapi.json.
+// (no network listener) to root and the members of one group (Listen),
+// and its client. The API is described by the OpenAPI document served at
+// /openapi.json.
 package api
 
 import (
@@ -14,10 +15,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
@@ -315,29 +313,6 @@ func fail(w http.ResponseWriter, err error) {
 	reply(w, code, body)
 }
 
-// Listen creates the API socket at path with mode 0600.
-func Listen(path string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("API socket %s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("another supervisor is serving %s", path)
-		}
-		os.Remove(path)
-	}
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("API socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
-}
-
 // Serve serves the API on ln until ctx ends.
 func Serve(ctx context.Context, ln net.Listener, b Backend) error {
 	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second,
@@ -356,30 +331,4 @@ func Serve(ctx context.Context, ln net.Listener, b Backend) error {
 		return nil
 	}
 	return err
-}
-
-// PeerName describes the process at the other end of a Unix socket
-// connection from its kernel-checked credentials, e.g. "uid 0 pid 4242
-// (rfm)"; "api" when they cannot be read.
-func PeerName(c net.Conn) string {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return "api"
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return "api"
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil || credErr != nil {
-		return "api"
-	}
-	name := fmt.Sprintf("uid %d pid %d", cred.Uid, cred.Pid)
-	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", cred.Pid)); err == nil {
-		name += " (" + strings.TrimSpace(string(comm)) + ")"
-	}
-	return name
 }

@@ -183,7 +183,7 @@ func startServer(t *testing.T) (*Client, *fakeBackend) {
 	t.Helper()
 	b := &fakeBackend{subos: map[string]supervisor.Info{}}
 	path := filepath.Join(t.TempDir(), "rfm.sock")
-	ln, err := Listen(path)
+	ln, err := Listen(path, ownPolicy(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,12 +278,12 @@ func TestOpenAPIServed(t *testing.T) {
 
 func TestListenRefusesLiveSocket(t *testing.T) {
 	startServerPath := filepath.Join(t.TempDir(), "s.sock")
-	ln, err := Listen(startServerPath)
+	ln, err := Listen(startServerPath, ownPolicy(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	if _, err := Listen(startServerPath); err == nil || !strings.Contains(err.Error(), "another supervisor") {
+	if _, err := Listen(startServerPath, ownPolicy(), nil); err == nil || !strings.Contains(err.Error(), "another supervisor") {
 		t.Errorf("second Listen: %v", err)
 	}
 }
@@ -316,7 +316,7 @@ func TestDeviceRoutes(t *testing.T) {
 		}
 	}
 	sock := filepath.Join(t.TempDir(), "api.sock")
-	ln, err := Listen(sock)
+	ln, err := Listen(sock, ownPolicy(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,7 +97,7 @@ func (s *Supervisor) update(so *subOS, change func(*Info)) {
 func (s *Supervisor) removeDevice(ctx context.Context, so *subOS, id string, timeout time.Duration, what, detail string, start time.Time) (string, error) {
 	cctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
 	defer cancel()
-	err := vmmctl.Detach(cctx, s.ctlPath(so.info.Name), id, timeout)
+	err := vmmctl.Detach(cctx, s.vmm(so), id, timeout)
 	switch {
 	case errors.Is(err, vmmctl.ErrNotFound):
 		return detail + " (the guest had removed it already)", nil
@@ -149,7 +149,7 @@ func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk,
 		return Disk{}, err
 	}
 	s.at("attach:vmm")
-	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d)
+	dev, err := vmmctl.AttachDisk(ctx, s.vmm(so), d)
 	if err != nil {
 		s.unintend(so)
 		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))
@@ -245,7 +245,7 @@ func (s *Supervisor) Grant(ctx context.Context, name string, g SegmentGrant) (er
 		return err
 	}
 	s.at("grant:vmm")
-	dev, err := vmmctl.Grant(ctx, s.ctlPath(name), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
+	dev, err := vmmctl.Grant(ctx, s.vmm(so), r, append([]*os.File{sg.reg.MemFile()}, sg.reg.Bells()...))
 	if err != nil {
 		s.unintend(so)
 		return vmmError(err)

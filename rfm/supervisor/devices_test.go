@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"rainforest/rfm/vmmctl"
 )
 
 func eventsOf(t *testing.T, s *Supervisor) string {
@@ -188,5 +190,30 @@ func TestGrantRevoke(t *testing.T) {
 	}
 	if ev := eventsOf(t, s); !strings.Contains(ev, "grant b segment cache 8192 bytes read-only") || !strings.Contains(ev, "revoke a segment cache") {
 		t.Errorf("audit log:\n%s", ev)
+	}
+}
+
+// The supervisor talks only to the subOS's own VMM: a control socket
+// served by another process gets no request.
+func TestControlPeerMustBeTheVMM(t *testing.T) {
+	dir := t.TempDir()
+	l := &fakeLauncher{}
+	s := newTestSupervisor(t, dir, &fakeActuator{}, l)
+	ctx := context.Background()
+	info, err := s.Create(ctx, testSpec(t, "a", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.procs[info.PID].servedBy = 1 // the VMM is pid 1; this process serves
+	data := filepath.Join(t.TempDir(), "data.img")
+	os.WriteFile(data, make([]byte, 4096), 0o600)
+	if _, err := s.AttachDisk(ctx, "a", Disk{Path: data}); !errors.Is(err, vmmctl.ErrWrongPeer) {
+		t.Errorf("AttachDisk through another server: %v", err)
+	}
+	if l.procs[info.PID].has("disk0") {
+		t.Error("the impostor got the request")
+	}
+	if err := s.Grant(ctx, "a", SegmentGrant{Name: "cache", Size: 4096}); !errors.Is(err, vmmctl.ErrWrongPeer) {
+		t.Errorf("Grant through another server: %v", err)
 	}
 }

@@ -168,6 +168,9 @@ type fakeProcess struct {
 	devices map[string]vmmctl.Device
 	// refuse makes the fake guest never release a device.
 	refuse bool
+	// servedBy, when set, is the pid the supervisor expects to serve the
+	// control socket (a test of a socket served by someone else).
+	servedBy int
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -179,6 +182,15 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 }
 func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
 func (p *fakeProcess) Release() {}
+
+// ControlPID: the fake VMM serves its control socket from the test
+// process (controlPID), unless a test says otherwise.
+func (p *fakeProcess) ControlPID() int {
+	if p.servedBy != 0 {
+		return p.servedBy
+	}
+	return os.Getpid()
+}
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(int) error) (Process, error) {
 	if l.gate != nil {
@@ -249,7 +261,7 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 		closeFiles(p.files)
 		p.mu.Unlock()
 	}()
-	go vmmctl.Serve(ctx, ln, p, slog.New(slog.NewTextHandler(io.Discard, nil))) // ends with ctx
+	go vmmctl.Serve(ctx, ln, launch.From.UID, p, slog.New(slog.NewTextHandler(io.Discard, nil))) // ends with ctx
 	return nil
 }
 

@@ -301,7 +301,7 @@ func (s *Supervisor) settleDeviceChange(so *subOS) {
 	name := so.info.Name
 	ctx, cancel := context.WithTimeout(context.Background(), recoveryTimeout)
 	defer cancel()
-	devs, err := vmmctl.Devices(ctx, s.ctlPath(name))
+	devs, err := vmmctl.Devices(ctx, s.vmm(so))
 	if err != nil {
 		s.log.Warn("cannot ask VMM for its devices; record kept as it was", "subos", name, "err", err)
 		s.event(s.cfg.Who, "recover", name, 0, fmt.Sprintf("%s interrupted; VMM did not list its devices (%v): record kept as it was", in.Op, err))

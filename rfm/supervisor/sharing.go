@@ -75,6 +75,22 @@ type sharing struct {
 
 func (s *Supervisor) ctlPath(name string) string { return filepath.Join(s.cfg.RunDir, name+".ctl") }
 
+// vmm names so's control socket and the VMM process that must serve it
+// (vmmctl.DialVMM checks).
+func (s *Supervisor) vmm(so *subOS) vmmctl.VMM {
+	return vmmctl.VMM{Path: s.ctlPath(so.info.Name), PID: controlPID(so.proc)}
+}
+
+// controlPID is the pid that serves a VMM's control socket: the VMM
+// process's own, unless the Process says otherwise with a ControlPID
+// method (the tests' fake VMMs serve from the test process).
+func controlPID(p Process) int {
+	if c, ok := p.(interface{ ControlPID() int }); ok {
+		return c.ControlPID()
+	}
+	return p.PID()
+}
+
 // startSharing makes (or, from re-adopted VMMs, recovers) the FICM group and
 // the segments, and starts the supervisor's FICM peer.
 func (s *Supervisor) startSharing() error {
@@ -145,7 +161,7 @@ func (s *Supervisor) stopSharing() {
 // recoverRegions asks a re-adopted VMM for its regions and keeps the ones
 // the supervisor does not hold yet.
 func (s *Supervisor) recoverRegions(so *subOS) {
-	regions, files, err := exportRegions(s.ctlPath(so.info.Name))
+	regions, files, err := exportRegions(s.vmm(so))
 	if err != nil {
 		s.log.Warn("cannot recover shared memory from subOS", "subos", so.info.Name, "err", err)
 		return
@@ -192,10 +208,10 @@ func closeFiles(fs []*os.File) {
 	}
 }
 
-func exportRegions(path string) ([]config.Region, []*os.File, error) {
+func exportRegions(v vmmctl.VMM) ([]config.Region, []*os.File, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	return vmmctl.Export(ctx, path)
+	return vmmctl.Export(ctx, v)
 }
 
 // segmentProblems lists what is wrong with grants on their own.

@@ -76,6 +76,10 @@ type Config struct {
 	// FICMPeers is the FICM group's size, the supervisor included
 	// (DefaultFICMPeers when 0).
 	FICMPeers int
+	// SocketGroup, when > 0, is the gid of the group that may use the API
+	// and the subOS consoles, whose sockets live in RunDir: a RunDir New
+	// creates is then 0750 with that group (else 0700). StateDir is 0700.
+	SocketGroup int
 }
 
 // Supervisor manages subOSes.
@@ -133,9 +137,21 @@ func New(cfg Config) (*Supervisor, error) {
 	if cfg.FICMPeers == 0 {
 		cfg.FICMPeers = DefaultFICMPeers
 	}
-	for _, d := range []string{cfg.StateDir, cfg.RunDir} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, err
+	// Both directories must be the supervisor's alone: whoever can write
+	// there can swap the ledger or plant a socket.
+	if err := prepareDir("state directory", cfg.StateDir, 0o700, 0); err != nil {
+		return nil, err
+	}
+	runMode := os.FileMode(0o700)
+	if cfg.SocketGroup > 0 {
+		runMode = 0o750
+	}
+	if err := prepareDir("run directory", cfg.RunDir, runMode, cfg.SocketGroup); err != nil {
+		return nil, err
+	}
+	if cfg.SocketGroup > 0 {
+		if p := groupReachProblem(cfg.RunDir, cfg.SocketGroup); p != "" {
+			cfg.Logger.Warn("run directory", "problem", p)
 		}
 	}
 	l, err := ledger.New(cfg.Inventory, cfg.Housekeeping)

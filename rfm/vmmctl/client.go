@@ -79,11 +79,12 @@ func SendLaunch(c *net.UnixConn, doc *config.Document, files []*os.File) error {
 	return Send(c, Message{Op: OpLaunch, Config: body}, files)
 }
 
-// Call sends one request to the control socket at path and returns the
-// reply and its files (the caller's); a reply carrying an error comes back
-// as that error (its files closed). ctx bounds the whole exchange.
-func Call(ctx context.Context, path string, req Message, files []*os.File) (Message, []*os.File, error) {
-	c, err := Dial(path)
+// Call sends one request to v's control socket, once DialVMM checked that
+// v serves it, and returns the reply and its files (the caller's); a reply
+// carrying an error comes back as that error (its files closed). ctx
+// bounds the whole exchange.
+func Call(ctx context.Context, v VMM, req Message, files []*os.File) (Message, []*os.File, error) {
+	c, err := DialVMM(v)
 	if err != nil {
 		return Message{}, nil, err
 	}
@@ -113,8 +114,8 @@ func Call(ctx context.Context, path string, req Message, files []*os.File) (Mess
 }
 
 // Export asks the VMM for the regions it holds and their files.
-func Export(ctx context.Context, path string) ([]config.Region, []*os.File, error) {
-	m, files, err := Call(ctx, path, Message{Op: OpExport}, nil)
+func Export(ctx context.Context, v VMM) ([]config.Region, []*os.File, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpExport}, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -138,20 +139,20 @@ func oneDevice(m Message, files []*os.File, err error) (Device, error) {
 }
 
 // AttachDisk hot-adds a disk.
-func AttachDisk(ctx context.Context, path string, d config.Disk) (Device, error) {
-	return oneDevice(Call(ctx, path, Message{Op: OpAttachDisk, Disk: &d}, nil))
+func AttachDisk(ctx context.Context, v VMM, d config.Disk) (Device, error) {
+	return oneDevice(Call(ctx, v, Message{Op: OpAttachDisk, Disk: &d}, nil))
 }
 
 // Grant hot-adds a region's shared-memory function; files are its memfd
 // and eventfds (see the package documentation).
-func Grant(ctx context.Context, path string, r config.Region, files []*os.File) (Device, error) {
-	return oneDevice(Call(ctx, path, Message{Op: OpGrant, Regions: []config.Region{r}}, files))
+func Grant(ctx context.Context, v VMM, r config.Region, files []*os.File) (Device, error) {
+	return oneDevice(Call(ctx, v, Message{Op: OpGrant, Regions: []config.Region{r}}, files))
 }
 
 // Detach asks the guest to release device id and removes it; the guest has
 // timeout to let go. ctx must allow a little more than timeout.
-func Detach(ctx context.Context, path, id string, timeout time.Duration) error {
-	_, files, err := Call(ctx, path, Message{Op: OpDetach, ID: id, TimeoutMS: timeout.Milliseconds()}, nil)
+func Detach(ctx context.Context, v VMM, id string, timeout time.Duration) error {
+	_, files, err := Call(ctx, v, Message{Op: OpDetach, ID: id, TimeoutMS: timeout.Milliseconds()}, nil)
 	for _, f := range files {
 		f.Close()
 	}
@@ -159,8 +160,8 @@ func Detach(ctx context.Context, path, id string, timeout time.Duration) error {
 }
 
 // Devices lists the devices plugged into the VMM.
-func Devices(ctx context.Context, path string) ([]Device, error) {
-	m, files, err := Call(ctx, path, Message{Op: OpDevices}, nil)
+func Devices(ctx context.Context, v VMM) ([]Device, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpDevices}, nil)
 	for _, f := range files {
 		f.Close()
 	}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rainforest/internal/peercred"
 	"rainforest/vmm/config"
 )
 
@@ -59,6 +60,13 @@ func Listener(fd int) (*net.UnixListener, error) {
 		return nil, fmt.Errorf("control socket %d: not a Unix socket listener", fd)
 	}
 	ln.SetUnlinkOnClose(false)
+	// From now on clients (the supervisor checking whom it talks to) see
+	// this process as the server, not the supervisor that created the
+	// socket.
+	if err := peercred.Relisten(ln); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %d: %w", fd, err)
+	}
 	return ln, nil
 }
 
@@ -68,7 +76,9 @@ type Launch struct {
 	// Files are the regions' files, in the document's order (the
 	// receiver's; SplitFiles was checked).
 	Files []*os.File
-	conn  *net.UnixConn
+	// From is who sent it (the supervisor): Serve answers only its uid.
+	From peercred.Cred
+	conn *net.UnixConn
 }
 
 // Reply answers the launch request ({} or the error) and closes the
@@ -90,6 +100,11 @@ func AcceptLaunch(ln *net.UnixListener, timeout time.Duration) (*Launch, error) 
 	_ = ln.SetDeadline(time.Time{})
 	if err != nil {
 		return nil, fmt.Errorf("control socket: no launch request from the supervisor: %w", err)
+	}
+	from, err := peercred.Of(conn)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("control socket: launch request: %w", err)
 	}
 	_ = conn.SetDeadline(time.Now().Add(requestTimeout))
 	msg, files, err := Recv(conn)
@@ -113,12 +128,16 @@ func AcceptLaunch(ln *net.UnixListener, timeout time.Duration) (*Launch, error) 
 		conn.Close()
 		return nil, err
 	}
-	return &Launch{Config: doc, Files: files, conn: conn}, nil
+	return &Launch{Config: doc, Files: files, From: from, conn: conn}, nil
 }
 
 // Serve answers requests on ln until ctx ends (then it closes ln), each
-// connection on a goroutine of its own that Serve waits for.
-func Serve(ctx context.Context, ln *net.UnixListener, h Handler, log *slog.Logger) {
+// connection on a goroutine of its own that Serve waits for. Only
+// connections from uid supervisor (the launch's sender, Launch.From.UID)
+// are answered; the others are closed unread and logged (bounded): the
+// export request alone hands out every region's memory and doorbells.
+func Serve(ctx context.Context, ln *net.UnixListener, supervisor uint32, h Handler, log *slog.Logger) {
+	refusals := peercred.NewRefusals(log)
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
@@ -130,6 +149,14 @@ func Serve(ctx context.Context, ln *net.UnixListener, h Handler, log *slog.Logge
 				log.Warn("control socket", "err", err)
 			}
 			return
+		}
+		if cred, err := peercred.Of(conn); err != nil || cred.UID != supervisor {
+			if err == nil {
+				err = fmt.Errorf("%w: uid %d is not the supervisor's uid %d", peercred.ErrRefused, cred.UID, supervisor)
+			}
+			conn.Close()
+			refusals.Refused("control socket", cred, err)
+			continue
 		}
 		wg.Add(1)
 		go func() {

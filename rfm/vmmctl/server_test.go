@@ -99,6 +99,9 @@ func TestLaunchAndRequests(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if l.From.PID != int32(os.Getpid()) || l.From.UID != uint32(os.Geteuid()) {
+		t.Errorf("launch from %+v, want this process", l.From)
+	}
 	if l.Config.Name != "web" || len(l.Files) != 3 {
 		t.Fatalf("launch %+v with %d files", l.Config, len(l.Files))
 	}
@@ -117,43 +120,45 @@ func TestLaunchAndRequests(t *testing.T) {
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		Serve(ctx, ln, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		Serve(ctx, ln, l.From.UID, h, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
 	defer func() { cancel(); <-served }()
 
 	bg := context.Background()
-	d, err := AttachDisk(bg, path, config.Disk{ID: "data", Path: "/d.img", ReadOnly: true})
+	// The listener was made here, so this process serves it.
+	vm := VMM{Path: path, PID: os.Getpid()}
+	d, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/d.img", ReadOnly: true})
 	if err != nil || d.Slot != 3 || !d.ReadOnly {
 		t.Fatalf("AttachDisk = %+v, %v", d, err)
 	}
-	if _, err := AttachDisk(bg, path, config.Disk{ID: "data", Path: "/e.img"}); !errors.Is(err, ErrExists) {
+	if _, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/e.img"}); !errors.Is(err, ErrExists) {
 		t.Errorf("second disk data: %v", err)
 	}
-	if _, err := AttachDisk(bg, path, config.Disk{ID: "x", Path: "/missing.img"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no such file") {
+	if _, err := AttachDisk(bg, vm, config.Disk{ID: "x", Path: "/missing.img"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing disk: %v", err)
 	}
-	devs, err := Devices(bg, path)
+	devs, err := Devices(bg, vm)
 	if err != nil || len(devs) != 1 || devs[0].ID != "data" {
 		t.Errorf("Devices = %+v, %v", devs, err)
 	}
-	if err := Detach(bg, path, "nope", time.Second); !errors.Is(err, ErrNotFound) {
+	if err := Detach(bg, vm, "nope", time.Second); !errors.Is(err, ErrNotFound) {
 		t.Errorf("detach of an unknown device: %v", err)
 	}
-	if err := Detach(bg, path, "data", 50*time.Millisecond); !errors.Is(err, ErrNotReleased) {
+	if err := Detach(bg, vm, "data", 50*time.Millisecond); !errors.Is(err, ErrNotReleased) {
 		t.Errorf("detach the guest ignores: %v", err)
 	}
 	h.release <- struct{}{}
-	if err := Detach(bg, path, "data", 5*time.Second); err != nil {
+	if err := Detach(bg, vm, "data", 5*time.Second); err != nil {
 		t.Errorf("detach: %v", err)
 	}
-	if err := Detach(bg, path, "data", 0); !errors.Is(err, ErrInvalid) {
+	if err := Detach(bg, vm, "data", 0); !errors.Is(err, ErrInvalid) {
 		t.Errorf("detach without a timeout: %v", err)
 	}
 	r := config.Region{Name: "seg2", Protocol: 2, Peers: 2, RWSize: 4096, OutputSize: 4096, Vectors: 1, Self: 0}
-	if _, err := Grant(bg, path, r, tempFiles(t, 2)); !errors.Is(err, ErrInvalid) {
+	if _, err := Grant(bg, vm, r, tempFiles(t, 2)); !errors.Is(err, ErrInvalid) {
 		t.Errorf("grant with too few files: %v", err)
 	}
-	if d, err := Grant(bg, path, r, tempFiles(t, 3)); err != nil || d.Name != "seg2" {
+	if d, err := Grant(bg, vm, r, tempFiles(t, 3)); err != nil || d.Name != "seg2" {
 		t.Errorf("Grant = %+v, %v", d, err)
 	}
 	h.mu.Lock()
@@ -164,7 +169,7 @@ func TestLaunchAndRequests(t *testing.T) {
 		f.Close()
 	}
 	h.mu.Unlock()
-	if _, _, err := Call(bg, path, Message{Op: "reboot"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown operation "reboot"`) {
+	if _, _, err := Call(bg, vm, Message{Op: "reboot"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown operation "reboot"`) {
 		t.Errorf("unknown operation: %v", err)
 	}
 }

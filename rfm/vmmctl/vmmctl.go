@@ -27,8 +27,12 @@
 //     error saying so.
 //   - devices: the devices plugged now.
 //
-// The socket lives in the supervisor's run directory (mode 0700); only its
-// owner can connect.
+// Who may talk on it: the socket file is born mode 0600 (Listen) in the
+// supervisor's run directory; the VMM answers only connections from the
+// uid that sent the launch request (Serve), closing others unread; and the
+// supervisor talks only to the subOS's own VMM process (Call checks the
+// server's SO_PEERCRED pid, which the VMM makes its own with
+// peercred.Relisten in Listener).
 package vmmctl
 
 import (
@@ -41,6 +45,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rainforest/internal/peercred"
 	"rainforest/vmm/config"
 )
 
@@ -250,12 +255,12 @@ func SplitFiles(regions []config.Region, files []*os.File) (mem []*os.File, bell
 	return mem, bells, nil
 }
 
-// Listen creates the control socket at path (replacing a stale one) and
-// returns its listener, which does not remove path when closed (the VMM
-// that inherits it keeps serving there).
+// Listen creates the control socket at path (replacing a stale one), its
+// file born with mode 0600, and returns its listener, which does not
+// remove path when closed (the VMM that inherits it keeps serving there).
 func Listen(path string) (*net.UnixListener, error) {
 	os.Remove(path)
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
+	ln, err := peercred.Listen("unixpacket", path, 0o600, -1)
 	if err != nil {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
@@ -263,11 +268,43 @@ func Listen(path string) (*net.UnixListener, error) {
 	return ln, nil
 }
 
-// Dial connects to the control socket at path.
+// Dial connects to the control socket at path, whoever serves it (the
+// launch, before the VMM took the socket over; see DialVMM).
 func Dial(path string) (*net.UnixConn, error) {
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		return nil, fmt.Errorf("control socket of VMM: %w", err)
+	}
+	return c, nil
+}
+
+// ErrWrongPeer reports a control socket served by another process than
+// the subOS's VMM.
+var ErrWrongPeer = errors.New("control socket is not served by the subOS's VMM")
+
+// VMM names one VMM's control socket: its path, and the pid of the VMM
+// process in the caller's PID namespace (the kernel translates the
+// server's pid into it, so a VMM in a PID namespace of its own still
+// shows its pid here).
+type VMM struct {
+	Path string
+	PID  int
+}
+
+// DialVMM connects to v's control socket and checks, before anything is
+// sent, that the process serving it is v.PID (its SO_PEERCRED).
+func DialVMM(v VMM) (*net.UnixConn, error) {
+	c, err := Dial(v.Path)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := peercred.Of(c)
+	if err == nil && (v.PID <= 0 || int(cred.PID) != v.PID) {
+		err = fmt.Errorf("%w: %s is served by pid %d (uid %d), the VMM is pid %d", ErrWrongPeer, v.Path, cred.PID, cred.UID, v.PID)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
 }

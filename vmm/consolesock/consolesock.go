@@ -14,6 +14,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"rainforest/internal/peercred"
 )
 
 // writeTimeout bounds how long guest output waits for one client.
@@ -41,12 +43,8 @@ func Listen(ctx context.Context, path string, input func([]byte)) (*Server, erro
 		}
 		os.Remove(path)
 	}
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	ln, err := peercred.ListenUnix(path, 0o600, -1) // 0600 from birth
 	if err != nil {
-		return nil, fmt.Errorf("console socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		ln.Close()
 		return nil, fmt.Errorf("console socket: %w", err)
 	}
 	s := &Server{ln: ln, path: path, input: input, clients: map[*net.UnixConn]struct{}{}}

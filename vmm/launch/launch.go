@@ -30,8 +30,10 @@ type Options struct {
 	// with vmmctl.SplitFiles); Run takes charge of them.
 	Regions []*os.File
 	// Control is the control socket to serve while the guest runs (nil:
-	// none).
-	Control *net.UnixListener
+	// none), answering only uid ControlUID: the launch's sender
+	// (vmmctl.Launch.From.UID).
+	Control    *net.UnixListener
+	ControlUID uint32
 	// Stdout and Stdin are the console in ConsoleStdio mode (Stdin may be
 	// nil).
 	Stdout io.Writer
@@ -106,7 +108,7 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 		served := make(chan struct{})
 		go func() { // owner: Run; stopped below
 			defer close(served)
-			vmmctl.Serve(sctx, o.Control, h, log)
+			vmmctl.Serve(sctx, o.Control, o.ControlUID, h, log)
 		}()
 		defer func() { stop(); <-served }()
 	}
