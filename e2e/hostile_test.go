@@ -90,6 +90,43 @@ echo "== serve-log"
 grep -iE 'panic|fatal|quarantin|orphan|rollback' /tmp/serve.log | tail -n 40
 `
 
+// floodScript runs after chaosScript in the same session: an attacker
+// subOS floods its serial and virtio consoles, its disk (limited to
+// floodIOPS) and a victim subOS's doorbells, and sends FICM messages to
+// the supervisor as fast as it can, while the script checks that the
+// supervisor answers, that the victim answers on its console, and prints
+// what the limits held the attacker to.
+const floodScript = `
+echo "== flood-setup"
+dd if=/dev/zero of=/tmp/scratch.img bs=1M count=16 2>/dev/null
+serve
+"$RFM" create victim --cores 1 --memory 128M --append 'rf.agent=0 rf.cmd="rfcom daemon >/tmp/d.log 2>&1 &"'; echo "RF-STATUS-VICTIM $?"
+vpeer=$("$RFM" inspect victim -o json | sed -n 's/.*"ficm_peer": \([0-9]*\).*/\1/p')
+echo "RF-VICTIM-PEER $vpeer"
+"$RFM" create attacker --cores 1 --memory 128M --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 10 & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
+echo "== flood"
+sleep 10
+for k in 1 2 3; do
+	if "$RFM" ps >/dev/null; then echo "RF-PS-OK $k"; fi
+	sleep 2
+done
+printf 'echo RF-VICTIM-$((6*7))\n' | "$RFM" console victim >/dev/null 2>&1 &
+cpid=$!
+i=0; while ! "$RFM" logs victim 2>/dev/null | grep -q RF-VICTIM-42 && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+kill $cpid 2>/dev/null
+"$RFM" logs victim | grep -q RF-VICTIM-42 && echo "RF-VICTIM-ALIVE 1"
+i=0; while ! "$RFM" logs attacker 2>/dev/null | grep -q 'RF-DISK' && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done
+sleep 35
+echo "== flood-results"
+echo "RF-LOG-BYTES $(wc -c < /run/rainforest/attacker.log)"
+"$RFM" logs attacker | grep -E '^RF-(DISK|FLOOD)' | tail -n 4
+"$RFM" inspect attacker -o json | grep -iE 'throttl|dropped|coalesc' | head -n 20
+"$RFM" events | grep -iE 'throttl|limit' | tail -n 5
+"$RFM" destroy attacker; "$RFM" destroy victim
+echo "RF-LOGS-LEFT $(ls /run/rainforest/ | grep -c -E '^(attacker|victim)')"
+kill $(cat /tmp/serve.pid)
+`
+
 // chaosOps is the number of operations of the chaos loop.
 const chaosOps = 60
 
