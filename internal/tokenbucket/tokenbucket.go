@@ -70,6 +70,28 @@ func (b *Bucket) refill(now time.Time) {
 	}
 }
 
+// Delay returns how long until Take(now, cost) would succeed, taking
+// nothing: 0 when it would now.
+func (b *Bucket) Delay(now time.Time, cost uint64) time.Duration {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.delay(now, cost)
+}
+
+// delay is Delay with b.mu held.
+func (b *Bucket) delay(now time.Time, cost uint64) time.Duration {
+	b.refill(now)
+	need := math.Min(float64(cost), b.limit.size())
+	if b.tokens >= need {
+		return 0
+	}
+	wait := time.Duration(math.Ceil((need - b.tokens) / float64(b.limit.Rate) * float64(time.Second)))
+	return max(wait, 1)
+}
+
 // Take takes cost tokens at now when there are enough (or, for a cost
 // above the burst, when the bucket is full) and returns 0; otherwise it
 // takes nothing and returns how long until the same Take would succeed.
@@ -79,14 +101,11 @@ func (b *Bucket) Take(now time.Time, cost uint64) time.Duration {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.refill(now)
-	need := math.Min(float64(cost), b.limit.size())
-	if b.tokens >= need {
-		b.tokens -= float64(cost)
-		return 0
+	if w := b.delay(now, cost); w > 0 {
+		return w
 	}
-	wait := time.Duration(math.Ceil((need - b.tokens) / float64(b.limit.Rate) * float64(time.Second)))
-	return max(wait, 1)
+	b.tokens -= float64(cost)
+	return 0
 }
 
 // Clock is the time source of the callers that wait for tokens.

@@ -27,6 +27,9 @@ func TestRateAndBurst(t *testing.T) {
 			t.Fatalf("take %d within the burst waits %v", i, w)
 		}
 	}
+	if w := b.Delay(t0, 1); w != 100*time.Millisecond {
+		t.Fatalf("Delay on an empty bucket: %v, want 100ms", w)
+	}
 	if w := b.Take(t0, 1); w != 100*time.Millisecond {
 		t.Fatalf("empty bucket: wait %v, want 100ms", w)
 	}
