@@ -175,17 +175,18 @@ func TestHeaderAndBodyBounds(t *testing.T) {
 // Every operation documents the limits' answers.
 func TestOpenAPIDocumentsLimits(t *testing.T) {
 	var doc struct {
-		Paths map[string]map[string]struct {
-			Responses map[string]any `json:"responses"`
-		} `json:"paths"`
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
 	}
 	if err := json.Unmarshal(openAPI, &doc); err != nil {
 		t.Fatal(err)
 	}
 	for path, ops := range doc.Paths {
-		for method, op := range ops {
-			if op.Responses == nil {
-				continue
+		for method, raw := range ops {
+			var op struct {
+				Responses map[string]any `json:"responses"`
+			}
+			if json.Unmarshal(raw, &op) != nil || op.Responses == nil {
+				continue // parameters
 			}
 			for _, code := range []string{"429", "503"} {
 				if _, ok := op.Responses[code]; !ok {
