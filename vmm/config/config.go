@@ -132,7 +132,17 @@ type Region struct {
 	Vectors    int    `json:"vectors"`
 	Self       int    `json:"self"` // this VMM's peer id
 	RWReadOnly bool   `json:"rw_readonly,omitempty"`
+	// Doorbells limits this subOS's doorbells to each other peer
+	// (doorbells per second and burst); absent means the VMM's default
+	// (shmemdev.DefaultDoorbellLimit).
+	Doorbells tokenbucket.Limit `json:"doorbells,omitzero"`
 }
+
+// Bounds of a region's doorbell limit.
+const (
+	MinDoorbells = 100
+	MaxDoorbells = 10_000_000
+)
 
 // Files is the number of descriptors that travel with r: its memfd and
 // its eventfds.
@@ -150,6 +160,9 @@ func (r Region) Validate() error {
 		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrInvalid, r.Name, r.Vectors, MaxVectors)
 	case r.Self < 0 || r.Self >= r.Peers:
 		return fmt.Errorf("%w: region %q: peer id %d of %d", ErrInvalid, r.Name, r.Self, r.Peers)
+	}
+	if err := checkLimit("doorbells", r.Doorbells, MinDoorbells, MaxDoorbells); err != nil {
+		return fmt.Errorf("%w: region %q: %w", ErrInvalid, r.Name, err)
 	}
 	return nil
 }

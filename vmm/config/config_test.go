@@ -142,3 +142,20 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestRegionDoorbellLimit(t *testing.T) {
+	r := Region{Name: "ficm", Peers: 2, Vectors: 1, OutputSize: 4096}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("default: %v", err)
+	}
+	r.Doorbells = tokenbucket.Limit{Rate: 1000, Burst: 10}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("1000/s: %v", err)
+	}
+	for _, l := range []tokenbucket.Limit{{Burst: 10}, {Rate: 1}, {Rate: MaxDoorbells + 1}} {
+		r.Doorbells = l
+		if err := r.Validate(); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "doorbells") {
+			t.Errorf("%+v: %v", l, err)
+		}
+	}
+}

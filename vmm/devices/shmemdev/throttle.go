@@ -7,6 +7,19 @@ import (
 	"rainforest/internal/tokenbucket"
 )
 
+// DefaultDoorbellLimit is the doorbell limit of a region that sets none:
+// 50000 doorbells/s to each peer with a burst of 1024. FICM rings NAPI
+// style, once per batch and only while the receiver sleeps, so its
+// normal use is far below; a strict ping-pong at a ~10 us round trip
+// (about 50000/s each way, the fastest a pair of peers exchanges) is at
+// the limit's edge and its excess is coalesced, never lost. What it
+// bounds is a storm: one peer can raise at most 50000 interrupts/s in
+// another (a few percent of a core), where an unlimited ioeventfd lets
+// a spinning guest raise millions.
+func DefaultDoorbellLimit() tokenbucket.Limit {
+	return tokenbucket.Limit{Rate: 50_000, Burst: 1024}
+}
+
 // ThrottleStats counts what the doorbell limit did.
 type ThrottleStats struct {
 	// Throttled counts doorbells over their peer's limit: each left a
