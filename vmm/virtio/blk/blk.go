@@ -287,6 +287,12 @@ func (d *Device) Activate(a virtio.Activation) error {
 	return nil
 }
 
+// Quiesce stops serving until the next Activate: a held request and its
+// timer are dropped, so nothing touches guest memory or interrupts once
+// it returns. The device adapter calls it when the device's goroutine
+// stops (removal, machine teardown), before its vectors go.
+func (d *Device) Quiesce() { d.Reset() }
+
 // Reset implements virtio.DeviceModel.
 func (d *Device) Reset() {
 	d.mu.Lock()

@@ -99,7 +99,7 @@ func TestThrottledRequestIsServedByTheTimer(t *testing.T) {
 }
 
 func TestResetAndCloseDropTheTimer(t *testing.T) {
-	for _, how := range []string{"reset", "close"} {
+	for _, how := range []string{"reset", "close", "quiesce"} {
 		clk := fakeclock.New(t0)
 		r := newRig(t, 64, blk.Options{IOPS: tokenbucket.Limit{Rate: 1, Burst: 1}, Clock: clk})
 		r.header(blk.TypeIn, 0)
@@ -110,10 +110,15 @@ func TestResetAndCloseDropTheTimer(t *testing.T) {
 		if clk.Pending() != 1 {
 			t.Fatalf("%s: no timer armed", how)
 		}
-		if how == "reset" {
+		switch how {
+		case "reset":
 			r.dev.Reset()
-		} else if err := r.dev.Close(); err != nil {
-			t.Fatal(err)
+		case "quiesce":
+			r.dev.Quiesce()
+		default:
+			if err := r.dev.Close(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if clk.Pending() != 0 || r.dev.Throttled() {
 			t.Fatalf("%s: timer or held request left", how)
