@@ -5,9 +5,9 @@
 // read-only); its DOORBELL register is wired by ioeventfds with datamatch
 // straight to the peers' interrupt eventfds; and its own vectors' eventfds
 // reach the guest as MSI-X messages or, while the guest has MSI-X off, as
-// INTA# through level-triggered resampling irqfds. Either way no VMM thread
-// is on a doorbell's path: the sender's write ends in the kernel, and so
-// does the receiver's interrupt.
+// INTA# through level-triggered resampling irqfds. Either way, without a
+// doorbell limit (below), no VMM thread is on a doorbell's path: the
+// sender's write ends in the kernel, and so does the receiver's interrupt.
 //
 // Doorbell limit: with Config.DoorbellLimit set, a peer's doorbells are
 // not wired into the kernel; they exit to the VMM (the vCPU thread's MMIO
