@@ -149,6 +149,7 @@ type Device struct {
 	writeThrough bool          // VIRTIO_BLK_F_FLUSH not negotiated
 	held         *virtio.Chain // popped, waiting for tokens
 	stopTimer    func() bool   // the armed wake-up of a throttled queue
+	timerGen     uint64        // bumped per timer: a stale wake-up does nothing
 	closed       bool
 	stats        Stats
 }
@@ -237,6 +238,7 @@ func (d *Device) Throttled() bool {
 // dropHeld forgets the held request and stops the wake-up; d.mu is held.
 func (d *Device) dropHeld() {
 	d.held = nil
+	d.timerGen++
 	if d.stopTimer != nil {
 		d.stopTimer()
 		d.stopTimer = nil
@@ -313,10 +315,14 @@ func (d *Device) QueueNotify(q int) {
 	d.serveQueue()
 }
 
-// wake serves a throttled queue once its wait is over.
-func (d *Device) wake() {
+// wake serves a throttled queue once its wait is over; gen is the
+// timer's (one dropped since does nothing).
+func (d *Device) wake(gen uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if gen != d.timerGen {
+		return
+	}
 	d.stopTimer = nil
 	if d.closed || d.q == nil {
 		return
@@ -349,7 +355,9 @@ func (d *Device) serveQueue() {
 				d.stats.Throttled++
 			}
 			d.held = &c
-			d.stopTimer = d.clock.AfterFunc(wait, d.wake)
+			d.timerGen++
+			gen := d.timerGen
+			d.stopTimer = d.clock.AfterFunc(wait, func() { d.wake(gen) })
 			break
 		}
 		written := d.handle(&c)

@@ -6,6 +6,7 @@ import (
 
 	"rainforest/internal/tokenbucket"
 	"rainforest/internal/tokenbucket/fakeclock"
+	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
 	vt "rainforest/vmm/virtio/virtiotest"
 )
@@ -149,5 +150,55 @@ func TestOversizedRequestIsDelayedNotRefused(t *testing.T) {
 	clk.Advance(time.Millisecond)
 	if _, _, ok := r.drv.TakeUsed(); !ok {
 		t.Fatal("second request not served once the bucket was full")
+	}
+}
+
+// unstoppableClock is a fake clock whose timers cannot be stopped, as a
+// system timer that has already fired and waits for the device's mutex.
+type unstoppableClock struct{ *fakeclock.Clock }
+
+func (c unstoppableClock) AfterFunc(d time.Duration, f func()) func() bool {
+	c.Clock.AfterFunc(d, f)
+	return func() bool { return false }
+}
+
+// A reset racing a timer that can no longer be stopped keeps the limit:
+// the stale wake-up serves nothing early, and the requests of the new
+// queue are served by their own timers.
+func TestStaleWakeUpIgnored(t *testing.T) {
+	clk := unstoppableClock{fakeclock.New(t0)}
+	r := newRig(t, 64, blk.Options{IOPS: tokenbucket.Limit{Rate: 10, Burst: 1}, Clock: clk})
+	r.header(blk.TypeIn, 0)
+	read := vt.Buf{Addr: dataAddr, Len: 512, Write: true}
+	r.drv.AddIndirect(0x70000, hdr, read, status)
+	r.drv.AddIndirect(0x70100, hdr, read, status)
+	r.dev.QueueNotify(0) // one served, one held: timer 1 due at +100ms
+	clk.Advance(50 * time.Millisecond)
+	// The driver resets the device and sets it up again with a new queue.
+	r.dev.Reset()
+	drv := vt.NewDriver(r.drv.Mem, 16, 0x8000)
+	q, err := virtio.NewQueue(drv.Mem, drv.Config(), virtio.FeatureIndirectDesc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.dev.Activate(virtio.Activation{Mem: drv.Mem, Features: virtio.FeatureVersion1 | blk.FeatureFlush, Queues: []*virtio.Queue{q}, IRQ: r.irq}); err != nil {
+		t.Fatal(err)
+	}
+	drv.AddIndirect(0x70200, hdr, read, status)
+	drv.AddIndirect(0x70300, hdr, read, status)
+	r.dev.QueueNotify(0) // no token yet: held, timer 2 due at +100ms
+	if _, _, ok := drv.TakeUsed(); ok {
+		t.Fatal("served without a token")
+	}
+	clk.Advance(60 * time.Millisecond) // timer 1 fires: stale
+	if _, _, ok := drv.TakeUsed(); !ok {
+		t.Fatal("first request after the reset not served by its own timer")
+	}
+	if _, _, ok := drv.TakeUsed(); ok {
+		t.Fatal("stale wake-up served a request over the limit")
+	}
+	clk.Advance(100 * time.Millisecond)
+	if _, _, ok := drv.TakeUsed(); !ok {
+		t.Fatal("second request not served by its timer")
 	}
 }
