@@ -316,7 +316,8 @@ func (m *Machine) AddDisk(d config.Disk) (int, error) {
 // O_DIRECT when asked) and makes its virtio-blk model; the closer releases
 // the backing.
 func OpenDisk(d config.Disk) (virtio.DeviceModel, io.Closer, error) {
-	model, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID})
+	model, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID,
+		IOPS: d.IOPS, Bandwidth: d.Bandwidth})
 	if err != nil {
 		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
 	}

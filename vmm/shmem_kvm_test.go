@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"rainforest/internal/tokenbucket"
 	"rainforest/vmm/devices/shmemdev"
 	"rainforest/vmm/eventfd"
 	"rainforest/vmm/pci"
@@ -73,16 +74,22 @@ func programMSIX(t *testing.T, m *Machine, sm *shmemdev.Device, vector uint32) {
 // memory function over one region and connected to the other.
 func shmemPair(t *testing.T, l abi.Layout) (a, b *Machine, sa, sb *shmemdev.Device, region []byte) {
 	t.Helper()
+	return shmemPairLimited(t, l, tokenbucket.Limit{})
+}
+
+// shmemPairLimited is shmemPair with each side's doorbells held to limit.
+func shmemPairLimited(t *testing.T, l abi.Layout, limit tokenbucket.Limit) (a, b *Machine, sa, sb *shmemdev.Device, region []byte) {
+	t.Helper()
 	needKVM(t)
 	cores := onlineCores(t, 2)
 	region = sharedPage(t, int(l.Size()))
 	b = newTestMachine(t, cores[1:2], ram.Page4K, testguest.MinMemory)
 	a = newTestMachine(t, cores[:1], ram.Page4K, testguest.MinMemory)
 	var err error
-	if sa, err = a.AddSharedMemory(shmemdev.Config{ID: 0, Layout: l, Region: region, Vectors: 1}); err != nil {
+	if sa, err = a.AddSharedMemory(shmemdev.Config{ID: 0, Layout: l, Region: region, Vectors: 1, DoorbellLimit: limit}); err != nil {
 		t.Fatal(err)
 	}
-	if sb, err = b.AddSharedMemory(shmemdev.Config{ID: 1, Layout: l, Region: region, Vectors: 1}); err != nil {
+	if sb, err = b.AddSharedMemory(shmemdev.Config{ID: 1, Layout: l, Region: region, Vectors: 1, DoorbellLimit: limit}); err != nil {
 		t.Fatal(err)
 	}
 	if err := sa.ConnectPeer(shmemdev.PeerDoorbells{Peer: 1, Vectors: []*eventfd.EventFD{sb.Vector(0)}}); err != nil {

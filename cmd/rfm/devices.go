@@ -46,7 +46,7 @@ rfm detach takes.`,
 			})
 		},
 	}
-	cmd.Flags().StringVar(&disk, "disk", "", "raw image or block device, PATH[,ro][,direct]")
+	cmd.Flags().StringVar(&disk, "disk", "", "raw image or block device, "+config.DiskSyntax)
 	cmd.Flags().StringVar(&id, "id", "", "the disk's id (default: the first free diskN)")
 	return cmd
 }
@@ -58,6 +58,9 @@ func diskOptions(d config.Disk) string {
 	}
 	if d.Direct {
 		s += ",direct"
+	}
+	if l := (config.Disk{IOPS: d.IOPS, Bandwidth: d.Bandwidth}).String(); l != "" {
+		s += l // ",iops=N,..." (the path left empty)
 	}
 	return s
 }

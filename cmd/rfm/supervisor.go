@@ -211,7 +211,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringVar(&spec.Kernel, "kernel", filepath.Join(img, "vmlinux"), "kernel")
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
-	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device PATH[,ro][,direct]; repeatable")
+	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device "+config.DiskSyntax+"; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	return cmd

@@ -165,7 +165,7 @@ descriptors beside it; the control socket then also takes runtime requests
 	fl.StringVar(&f.cpus, "cpus", "", "host cores, one vCPU each, as a list, e.g. 2-3 (required)")
 	fl.StringVar(&f.memory, "memory", "512M", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.pageSize, "page-size", "2M", "backing page size: 2M, 1G or 4k")
-	fl.StringArrayVar(&f.disks, "disk", nil, "raw image or block device as virtio-blk, PATH[,ro][,direct]; repeatable")
+	fl.StringArrayVar(&f.disks, "disk", nil, "raw image or block device as virtio-blk, "+config.DiskSyntax+"; repeatable")
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, none, or a file path for the log")
 	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")

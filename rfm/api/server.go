@@ -313,12 +313,18 @@ func fail(w http.ResponseWriter, err error) {
 	reply(w, code, body)
 }
 
-// Serve serves the API on ln until ctx ends.
+// Serve serves the API on ln until ctx ends, within DefaultLimits.
 func Serve(ctx context.Context, ln net.Listener, b Backend) error {
-	srv := &http.Server{Handler: Handler(b), ReadHeaderTimeout: 10 * time.Second,
+	return ServeLimited(ctx, ln, b, DefaultLimits())
+}
+
+// ServeLimited serves the API on ln until ctx ends, within lim.
+func ServeLimited(ctx context.Context, ln net.Listener, b Backend, lim Limits) error {
+	srv := &http.Server{Handler: lim.limitRequests(Handler(b)), ReadHeaderTimeout: lim.ReadHeaderTimeout,
+		MaxHeaderBytes: lim.MaxHeaderBytes, IdleTimeout: lim.IdleTimeout, ConnState: lim.connState(),
 		// The audit log names who asked: the client's credentials.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return supervisor.WithActor(ctx, PeerName(c))
+			return lim.withConnBucket(supervisor.WithActor(ctx, PeerName(c)))
 		}}
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

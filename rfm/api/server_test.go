@@ -15,6 +15,7 @@ import (
 
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
+	"rainforest/internal/tokenbucket"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
@@ -300,6 +301,8 @@ func TestDeviceRoutes(t *testing.T) {
 		{"POST", "/v1/subos/web/disks", `{"path": "/taken"}`, 409},
 		{"POST", "/v1/subos/nobody/disks", `{"path": "/d.img"}`, 404},
 		{"POST", "/v1/subos/web/disks", `{"path": "/d.img", "cache": "none"}`, 400},
+		{"POST", "/v1/subos/web/disks", `{"path": "/d.img", "iops": {"rate": 100}, "bandwidth": {"rate": 1048576, "burst": 4194304}}`, 201},
+		{"POST", "/v1/subos/web/disks", `{"path": "/d.img", "iops": {"rate": 100, "size": 1}}`, 400},
 		{"DELETE", "/v1/subos/web/disks/disk1", ``, 204},
 		{"DELETE", "/v1/subos/web/disks/busy?timeout=1s", ``, 409},
 		{"DELETE", "/v1/subos/web/disks/disk7", ``, 404},
@@ -324,8 +327,8 @@ func TestDeviceRoutes(t *testing.T) {
 	defer cancel()
 	go Serve(ctx, ln, b)
 	c := NewClient(sock)
-	d, err := c.AttachDisk(ctx, "web", supervisor.Disk{Path: "/d.img", Direct: true})
-	if err != nil || d.ID != "disk1" || !d.Direct {
+	d, err := c.AttachDisk(ctx, "web", supervisor.Disk{Path: "/d.img", Direct: true, IOPS: tokenbucket.Limit{Rate: 500, Burst: 50}})
+	if err != nil || d.ID != "disk1" || !d.Direct || d.IOPS != (tokenbucket.Limit{Rate: 500, Burst: 50}) {
 		t.Errorf("AttachDisk = %+v, %v", d, err)
 	}
 	var ae *APIError

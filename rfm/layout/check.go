@@ -344,6 +344,9 @@ func (ck *checker) subOS(i int) {
 		}
 		disks[key] = j
 		ck.file(i, s.Name, field, d.Path, true)
+		if err := d.Check(); err != nil {
+			add(fmt.Sprintf("disks[%d]", j), "%v", err)
+		}
 	}
 
 	// Devices.

@@ -181,6 +181,8 @@ func TestCheckProblems(t *testing.T) {
 		}, `subos "db": disks[1].path: %d/data.img is also disks[0]`},
 		{"disk written by two", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Disks[0].Path = e.disk },
 			`subos "db": disks[0].path: %d/disk.img is also used by subos "web"; subOSes may share a disk only when all of them have it readonly`},
+		{"disk iops too low", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Disks[0].IOPS.Rate = 1 },
+			`subos "db": disks[0]: iops: rate 1 per second, want 10..10000000`},
 		{"bad device address", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[0].Devices = []string{"00:1f.2"} },
 			`subos "web": devices: "00:1f.2" is not a PCI address (want domain:bus:slot.function, e.g. 0000:00:1f.2)`},
 		{"device missing", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[0].Devices = []string{"0000:09:00.0"} },

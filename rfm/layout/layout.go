@@ -19,6 +19,10 @@
 //	    memory: 512M
 //	    node: 0            # optional
 //	    disks: [{path: build/images/disk.img, readonly: true}]
+//	    # a disk may be rate limited: iops (requests/s) and bandwidth
+//	    # (bytes/s, a size), each with an optional iops_burst or
+//	    # bandwidth_burst (one second's worth by default):
+//	    # disks: [{path: data.img, iops: 1000, bandwidth: 100M}]
 //	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
 //

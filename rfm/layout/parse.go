@@ -245,6 +245,17 @@ func (p *parser) integer(n *yaml.Node, path string) (int, bool) {
 	return i, true
 }
 
+// count reads a whole number of 0 or more.
+func (p *parser) count(n *yaml.Node, path string, dst *uint64) {
+	if c, ok := p.integer(n, path); ok {
+		if c < 0 {
+			p.errorf(n, path, "want 0 or more, got %d", c)
+			return
+		}
+		*dst = uint64(c)
+	}
+}
+
 func (p *parser) boolean(n *yaml.Node, path string, dst *bool) {
 	v, ok := p.scalar(n, path)
 	if !ok {
@@ -395,6 +406,10 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 					{"path", func(v *yaml.Node, path string) { p.str(v, path, &d.Path) }},
 					{"readonly", func(v *yaml.Node, path string) { p.boolean(v, path, &d.ReadOnly) }},
 					{"direct", func(v *yaml.Node, path string) { p.boolean(v, path, &d.Direct) }},
+					{"iops", func(v *yaml.Node, path string) { p.count(v, path, &d.IOPS.Rate) }},
+					{"iops_burst", func(v *yaml.Node, path string) { p.count(v, path, &d.IOPS.Burst) }},
+					{"bandwidth", func(v *yaml.Node, path string) { p.size(v, path, &d.Bandwidth.Rate) }},
+					{"bandwidth_burst", func(v *yaml.Node, path string) { p.size(v, path, &d.Bandwidth.Burst) }},
 				})
 				s.Disks = append(s.Disks, d)
 			})

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"rainforest/internal/tokenbucket"
 )
 
 const goodLayout = `# rfm layout
@@ -30,6 +32,10 @@ subos:
     initrd: ""
     disks:
       - path: data.img
+        iops: 1000
+        iops_burst: 50
+        bandwidth: 100M
+        bandwidth_burst: 1G
     segments:
       - {name: cache, size: 2M}
       - name: config
@@ -70,7 +76,8 @@ func TestParseGood(t *testing.T) {
 	if !slices.Equal(db.Segments, []Segment{{Name: "cache", Size: 2 << 20}, {Name: "config", ReadOnly: true}}) {
 		t.Errorf("db segments = %+v", db.Segments)
 	}
-	if !slices.Equal(db.Disks, []Disk{{Path: "data.img"}}) {
+	if !slices.Equal(db.Disks, []Disk{{Path: "data.img", IOPS: tokenbucket.Limit{Rate: 1000, Burst: 50},
+		Bandwidth: tokenbucket.Limit{Rate: 100 << 20, Burst: 1 << 30}}}) {
 		t.Errorf("db disks = %+v", db.Disks)
 	}
 	req := web.Request()
@@ -123,7 +130,7 @@ subos:
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
 		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append, segments)`,
-		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct)`,
+		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)

@@ -14,6 +14,7 @@ import (
 	"rainforest/ficm/endpoint"
 	"rainforest/ficm/queue"
 	"rainforest/ficm/ring"
+	"rainforest/internal/tokenbucket"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -36,12 +37,31 @@ type HostStats struct {
 	CorruptPeers    uint64 // peers whose queue to the Host was found corrupt
 	ReplyFailures   uint64 // PONGs that could not be sent
 	BoardSkipped    uint64 // BOARD notifications not sent (full queue, ...)
+	Throttled       uint64 // messages over their peer's rate, dropped unhandled
 }
+
+// DefaultPeerLimit is each peer's message rate to the Host: what a guest
+// sends the supervisor is PINGs (rfcom ping, liveness checks), a few a
+// second, so 200/s with a burst of a full queue (FICMSlots) never touches
+// normal use, while a guest flooding the Host costs it a ring read per
+// message and no reply.
+func DefaultPeerLimit() tokenbucket.Limit { return tokenbucket.Limit{Rate: 200, Burst: FICMSlots} }
+
+// throttleLogEvery bounds the Host's log lines about one throttled peer.
+const throttleLogEvery = time.Minute
 
 type hostCounters struct {
 	received, pingsAnswered, pongsMatched, pongsUnexpected, unhonoured,
 	notControl, malformed, badFrames, corruptPeers, replyFailures,
-	boardSkipped atomic.Uint64
+	boardSkipped, throttled atomic.Uint64
+}
+
+// peerLimit is one peer's message bucket and the state of its log line;
+// Run's goroutine only.
+type peerLimit struct {
+	bucket  *tokenbucket.Bucket
+	dropped uint64    // since the last log line
+	lastLog time.Time // zero: never logged
 }
 
 // pending is a Ping in progress.
@@ -72,6 +92,9 @@ type Host struct {
 	sections [][]byte // every peer's endpoint section
 	corrupt  []bool   // peers reported corrupt; Run's goroutine only
 	stats    hostCounters
+
+	clock  tokenbucket.Clock
+	limits []peerLimit // per peer; Run's goroutine only
 }
 
 // FICMVector is the FICM group's doorbell vector: the device's
@@ -163,7 +186,25 @@ func NewHost(r *Region, log *slog.Logger) (*Host, error) {
 		pings:      make(map[uint64]pending),
 		corrupt:    make([]bool, peers),
 		sections:   sections,
+		clock:      tokenbucket.SystemClock{},
+		limits:     newPeerLimits(peers, DefaultPeerLimit(), time.Now()),
 	}, nil
+}
+
+func newPeerLimits(peers int, l tokenbucket.Limit, now time.Time) []peerLimit {
+	limits := make([]peerLimit, peers)
+	for i := range limits {
+		limits[i].bucket = tokenbucket.New(l, now)
+	}
+	return limits
+}
+
+// LimitPeers sets each peer's message rate to the Host (the zero Limit:
+// unlimited) and the clock that times it, in place of DefaultPeerLimit
+// and the system clock. Call it before Run.
+func (h *Host) LimitPeers(l tokenbucket.Limit, clock tokenbucket.Clock) {
+	h.clock = clock
+	h.limits = newPeerLimits(h.peers, l, clock.Now())
 }
 
 // Peers returns the number of peers in the group (the Host included).
@@ -200,8 +241,35 @@ func (h *Host) Run(ctx context.Context) error {
 			continue
 		}
 		h.stats.received.Add(1)
+		if !h.admit(from) {
+			continue
+		}
 		h.handle(from, m)
 	}
+}
+
+// admit takes a token of peer from's bucket. A message over the rate is
+// dropped, not left in the ring: what peers send the Host is PINGs, which
+// their senders retry, and a ring left full would still wake the loop,
+// where a drained one costs a read per message and no reply. The drop is
+// counted, and logged at most once a throttleLogEvery per peer.
+func (h *Host) admit(from int) bool {
+	if from < 0 || from >= len(h.limits) {
+		return true
+	}
+	pl := &h.limits[from]
+	now := h.clock.Now()
+	if pl.bucket.Take(now, 1) == 0 {
+		return true
+	}
+	h.stats.throttled.Add(1)
+	pl.dropped++
+	if pl.lastLog.IsZero() || now.Sub(pl.lastLog) >= throttleLogEvery {
+		h.log.Warn("FICM peer sends the supervisor more than its rate; dropping its messages",
+			"peer", from, "rate", pl.bucket.Limit().Rate, "dropped_since_last_report", pl.dropped)
+		pl.lastLog, pl.dropped = now, 0
+	}
+	return false
 }
 
 // peerFailed accounts a receive error from one peer.
@@ -396,6 +464,7 @@ func (h *Host) Stats() HostStats {
 		CorruptPeers:    s.corruptPeers.Load(),
 		ReplyFailures:   s.replyFailures.Load(),
 		BoardSkipped:    s.boardSkipped.Load(),
+		Throttled:       s.throttled.Load(),
 	}
 }
 

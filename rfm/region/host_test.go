@@ -149,6 +149,12 @@ func (g *group) logText() string {
 
 func newGroup(t *testing.T, peers int, running ...int) *group {
 	t.Helper()
+	return newGroupWith(t, peers, nil, running...)
+}
+
+// newGroupWith is newGroup with setup called on the Host before Run.
+func newGroupWith(t *testing.T, peers int, setup func(*Host), running ...int) *group {
+	t.Helper()
 	r, err := Create(ficmSpec(t, peers))
 	if err != nil {
 		t.Fatal(err)
@@ -157,6 +163,9 @@ func newGroup(t *testing.T, peers int, running ...int) *group {
 	log := slog.New(slog.NewTextHandler(lockedWriter{g.logMu, g.logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if g.h, err = NewHost(r, log); err != nil {
 		t.Fatal(err)
+	}
+	if setup != nil {
+		setup(g.h)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -28,7 +28,7 @@ type Spec struct {
 
 // Disk is a raw image or block device given to a subOS as virtio-blk,
 // exactly as its VMM's configuration holds it (id, path, readonly,
-// direct).
+// direct, and the iops and bandwidth rate limits).
 type Disk = config.Disk
 
 // Request converts the spec to a ledger request.

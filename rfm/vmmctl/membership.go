@@ -73,7 +73,11 @@ func (ms *Membership) Add(r config.Region, files []*os.File) (shmemdev.Config, e
 		return eventfd.Borrow(fd)
 	}
 	cfg := shmemdev.Config{ID: r.Self, Layout: l, Region: m[:l.Size():l.Size()], Vectors: r.Vectors,
-		Identity: shmem.Identity{Protocol: r.Protocol, Name: r.Name, RWReadOnly: r.RWReadOnly}}
+		Identity:      shmem.Identity{Protocol: r.Protocol, Name: r.Name, RWReadOnly: r.RWReadOnly},
+		DoorbellLimit: r.Doorbells}
+	if cfg.DoorbellLimit.Unlimited() {
+		cfg.DoorbellLimit = shmemdev.DefaultDoorbellLimit()
+	}
 	for v := range r.Vectors {
 		cfg.Incoming = append(cfg.Incoming, ev(r.Self, v))
 	}

@@ -18,6 +18,7 @@ import (
 
 	"rainforest/rfm/region"
 	"rainforest/vmm/config"
+	"rainforest/vmm/devices/shmemdev"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -257,6 +258,9 @@ func TestMembership(t *testing.T) {
 		if p.Peer == 2 || len(p.Vectors) != 2 {
 			t.Errorf("peer %+v", p)
 		}
+	}
+	if c.DoorbellLimit != shmemdev.DefaultDoorbellLimit() {
+		t.Errorf("doorbell limit %+v, want the default", c.DoorbellLimit)
 	}
 	copy(r.Memory()[l.Size()-4:], "same")
 	if string(c.Region[l.Size()-4:]) != "same" {

@@ -17,8 +17,11 @@ import (
 	"fmt"
 	"io"
 	"regexp"
+	"strconv"
 	"strings"
 
+	"rainforest/internal/tokenbucket"
+	"rainforest/internal/units"
 	"rainforest/vmm/ram"
 )
 
@@ -81,7 +84,25 @@ type Disk struct {
 	ReadOnly bool   `json:"readonly,omitempty"`
 	// Direct opens the backing with O_DIRECT (no host page cache).
 	Direct bool `json:"direct,omitempty"`
+	// IOPS limits the guest's requests per second and Bandwidth its read
+	// and written bytes per second, each a token bucket whose burst is
+	// one second's worth when not given (as Firecracker's rate limiters);
+	// absent means unlimited. A request over a limit waits, it is never
+	// refused.
+	IOPS      tokenbucket.Limit `json:"iops,omitzero"`
+	Bandwidth tokenbucket.Limit `json:"bandwidth,omitzero"`
 }
+
+// Bounds of a disk's rate limits: a limit under the minimum would stall
+// the guest's I/O for seconds per request, and one above the maximum is
+// no limit at all.
+const (
+	MinIOPS       = 10
+	MaxIOPS       = 10_000_000
+	MinBandwidth  = 64 << 10
+	MaxBandwidth  = 1 << 40
+	maxBurstRatio = 3600 // a burst is at most an hour's worth
+)
 
 // Console modes.
 const (
@@ -111,7 +132,17 @@ type Region struct {
 	Vectors    int    `json:"vectors"`
 	Self       int    `json:"self"` // this VMM's peer id
 	RWReadOnly bool   `json:"rw_readonly,omitempty"`
+	// Doorbells limits this subOS's doorbells to each other peer
+	// (doorbells per second and burst); absent means the VMM's default
+	// (shmemdev.DefaultDoorbellLimit).
+	Doorbells tokenbucket.Limit `json:"doorbells,omitzero"`
 }
+
+// Bounds of a region's doorbell limit.
+const (
+	MinDoorbells = 100
+	MaxDoorbells = 10_000_000
+)
 
 // Files is the number of descriptors that travel with r: its memfd and
 // its eventfds.
@@ -129,6 +160,9 @@ func (r Region) Validate() error {
 		return fmt.Errorf("%w: region %q: %d vectors (1..%d)", ErrInvalid, r.Name, r.Vectors, MaxVectors)
 	case r.Self < 0 || r.Self >= r.Peers:
 		return fmt.Errorf("%w: region %q: peer id %d of %d", ErrInvalid, r.Name, r.Self, r.Peers)
+	}
+	if err := checkLimit("doorbells", r.Doorbells, MinDoorbells, MaxDoorbells); err != nil {
+		return fmt.Errorf("%w: region %q: %w", ErrInvalid, r.Name, err)
 	}
 	return nil
 }
@@ -306,25 +340,65 @@ func (k Disk) Check() error {
 	if k.ID != "" && !idPattern.MatchString(k.ID) {
 		return fmt.Errorf("id %q: 1-32 of letters, digits, _ . -", k.ID)
 	}
+	if err := checkLimit("iops", k.IOPS, MinIOPS, MaxIOPS); err != nil {
+		return err
+	}
+	return checkLimit("bandwidth", k.Bandwidth, MinBandwidth, MaxBandwidth)
+}
+
+// checkLimit checks a rate limit: unlimited, or a rate in [lo, hi] with a
+// burst of at most maxBurstRatio seconds' worth.
+func checkLimit(name string, l tokenbucket.Limit, lo, hi uint64) error {
+	switch {
+	case l.Rate == 0 && l.Burst != 0:
+		return fmt.Errorf("%s: a burst without a rate", name)
+	case l.Rate == 0:
+		return nil
+	case l.Rate < lo || l.Rate > hi:
+		return fmt.Errorf("%s: rate %d per second, want %d..%d", name, l.Rate, lo, hi)
+	case l.Burst > l.Rate*maxBurstRatio:
+		return fmt.Errorf("%s: burst %d is more than %d seconds' worth", name, l.Burst, maxBurstRatio)
+	}
 	return nil
 }
 
-// ParseDisk parses the command-line form of a disk, PATH[,ro][,direct].
+// DiskSyntax is the command-line form of a disk.
+const DiskSyntax = "PATH[,ro][,direct][,iops=N][,iops-burst=N][,bw=SIZE][,bw-burst=SIZE]"
+
+// ParseDisk parses the command-line form of a disk (DiskSyntax): iops is
+// requests per second, bw bytes per second (a size such as 100M), each
+// with an optional burst; the result is checked.
 func ParseDisk(s string) (Disk, error) {
 	parts := strings.Split(s, ",")
 	d := Disk{Path: parts[0]}
 	if d.Path == "" {
-		return Disk{}, fmt.Errorf("disk %q: no path (PATH[,ro][,direct])", s)
+		return Disk{}, fmt.Errorf("disk %q: no path (%s)", s, DiskSyntax)
 	}
 	for _, opt := range parts[1:] {
-		switch opt {
-		case "ro":
+		key, value, hasValue := strings.Cut(opt, "=")
+		var err error
+		switch {
+		case opt == "ro":
 			d.ReadOnly = true
-		case "direct":
+		case opt == "direct":
 			d.Direct = true
+		case hasValue && key == "iops":
+			d.IOPS.Rate, err = strconv.ParseUint(value, 10, 64)
+		case hasValue && key == "iops-burst":
+			d.IOPS.Burst, err = strconv.ParseUint(value, 10, 64)
+		case hasValue && key == "bw":
+			d.Bandwidth.Rate, err = units.ParseSize(value)
+		case hasValue && key == "bw-burst":
+			d.Bandwidth.Burst, err = units.ParseSize(value)
 		default:
-			return Disk{}, fmt.Errorf("disk %q: unknown option %q (PATH[,ro][,direct])", s, opt)
+			return Disk{}, fmt.Errorf("disk %q: unknown option %q (%s)", s, opt, DiskSyntax)
 		}
+		if err != nil {
+			return Disk{}, fmt.Errorf("disk %q: %s: %w", s, key, err)
+		}
+	}
+	if err := d.Check(); err != nil {
+		return Disk{}, fmt.Errorf("disk %q: %w", s, err)
 	}
 	return d, nil
 }
@@ -337,6 +411,18 @@ func (k Disk) String() string {
 	}
 	if k.Direct {
 		s += ",direct"
+	}
+	if k.IOPS.Rate != 0 {
+		s += ",iops=" + strconv.FormatUint(k.IOPS.Rate, 10)
+	}
+	if k.IOPS.Burst != 0 {
+		s += ",iops-burst=" + strconv.FormatUint(k.IOPS.Burst, 10)
+	}
+	if k.Bandwidth.Rate != 0 {
+		s += ",bw=" + strconv.FormatUint(k.Bandwidth.Rate, 10)
+	}
+	if k.Bandwidth.Burst != 0 {
+		s += ",bw-burst=" + strconv.FormatUint(k.Bandwidth.Burst, 10)
 	}
 	return s
 }

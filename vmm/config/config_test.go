@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"rainforest/internal/tokenbucket"
 )
 
 const good = `{"version": 1, "name": "web", "kernel": "/k", "cores": [2, 3], "memory": 536870912,
@@ -70,19 +72,48 @@ func TestParseDisk(t *testing.T) {
 		"/dev/sdb,direct": {Path: "/dev/sdb", Direct: true},
 		"/x,ro,direct":    {Path: "/x", ReadOnly: true, Direct: true},
 		"/x,direct,ro,ro": {Path: "/x", ReadOnly: true, Direct: true},
+		"/x,iops=1000":    {Path: "/x", IOPS: tokenbucket.Limit{Rate: 1000}},
+		"/x,iops=500,iops-burst=2000,bw=100M,bw-burst=1G": {Path: "/x",
+			IOPS: tokenbucket.Limit{Rate: 500, Burst: 2000}, Bandwidth: tokenbucket.Limit{Rate: 100 << 20, Burst: 1 << 30}},
 	} {
 		got, err := ParseDisk(in)
 		if err != nil || got != want {
 			t.Errorf("ParseDisk(%q) = %+v, %v", in, got, err)
 		}
 	}
-	for _, in := range []string{"", ",ro", "/a,rw", "/a,"} {
+	for _, in := range []string{"", ",ro", "/a,rw", "/a,", "/a,iops", "/a,iops=x", "/a,iops=1",
+		"/a,iops-burst=10", "/a,bw=1K", "/a,bw=2T", "/a,bw=1M,bw-burst=1T", "/a,bw=-1"} {
 		if _, err := ParseDisk(in); err == nil {
 			t.Errorf("ParseDisk(%q) accepted", in)
 		}
 	}
 	if s := (Disk{Path: "/x", ReadOnly: true, Direct: true}).String(); s != "/x,ro,direct" {
 		t.Errorf("String = %q", s)
+	}
+	limited := Disk{Path: "/x", IOPS: tokenbucket.Limit{Rate: 100, Burst: 200}, Bandwidth: tokenbucket.Limit{Rate: 1 << 20, Burst: 1 << 21}}
+	if back, err := ParseDisk(limited.String()); err != nil || back != limited {
+		t.Errorf("round trip of %q: %+v, %v", limited.String(), back, err)
+	}
+}
+
+func TestDiskLimitsInDocument(t *testing.T) {
+	doc := `{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{},
+		"disks":[{"path":"/a","iops":{"rate":1000,"burst":100},"bandwidth":{"rate":1048576}}]}`
+	d, err := Decode(strings.NewReader(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k := d.Disks[0]; k.IOPS != (tokenbucket.Limit{Rate: 1000, Burst: 100}) || k.Bandwidth.Rate != 1<<20 {
+		t.Fatalf("disk %+v", k)
+	}
+	b, _ := (&Document{Version: 1, Disks: []Disk{{Path: "/a"}}}).Encode()
+	if strings.Contains(string(b), "iops") || strings.Contains(string(b), "bandwidth") {
+		t.Errorf("unlimited disk encodes its limits: %s", b)
+	}
+	bad := strings.Replace(doc, `"rate":1000,`, "", 1)
+	var fe *FieldError
+	if _, err := Decode(strings.NewReader(bad)); !errors.As(err, &fe) || fe.Field != "disks" || !strings.Contains(err.Error(), "burst without a rate") {
+		t.Errorf("burst without rate: %v", err)
 	}
 }
 
@@ -110,4 +141,21 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip: %v", err)
 		}
 	})
+}
+
+func TestRegionDoorbellLimit(t *testing.T) {
+	r := Region{Name: "ficm", Peers: 2, Vectors: 1, OutputSize: 4096}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("default: %v", err)
+	}
+	r.Doorbells = tokenbucket.Limit{Rate: 1000, Burst: 10}
+	if err := r.Validate(); err != nil {
+		t.Fatalf("1000/s: %v", err)
+	}
+	for _, l := range []tokenbucket.Limit{{Burst: 10}, {Rate: 1}, {Rate: MaxDoorbells + 1}} {
+		r.Doorbells = l
+		if err := r.Validate(); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "doorbells") {
+			t.Errorf("%+v: %v", l, err)
+		}
+	}
 }

@@ -5,9 +5,18 @@
 // read-only); its DOORBELL register is wired by ioeventfds with datamatch
 // straight to the peers' interrupt eventfds; and its own vectors' eventfds
 // reach the guest as MSI-X messages or, while the guest has MSI-X off, as
-// INTA# through level-triggered resampling irqfds. Either way no VMM thread
-// is on a doorbell's path: the sender's write ends in the kernel, and so
-// does the receiver's interrupt.
+// INTA# through level-triggered resampling irqfds. Either way, without a
+// doorbell limit (below), no VMM thread is on a doorbell's path: the
+// sender's write ends in the kernel, and so does the receiver's interrupt.
+//
+// Doorbell limit: with Config.DoorbellLimit set, a peer's doorbells are
+// not wired into the kernel; they exit to the VMM (the vCPU thread's MMIO
+// write, the "fallback" path) and each target peer has a token bucket. A
+// doorbell over it is not lost but coalesced: its vector stays pending
+// and is raised once when tokens return (see ThrottleStats). This costs
+// an exit per doorbell, so the limit guards against a guest storming
+// another with interrupts; without it, the ioeventfd path has no VMM
+// thread on it at all.
 //
 // Writes of a new value to the STATE register raise vector 0 on every
 // connected peer (ivshmem v2's state-change interrupt); removing the
@@ -20,6 +29,7 @@ import (
 	"fmt"
 	"sync"
 
+	"rainforest/internal/tokenbucket"
 	"rainforest/vmm/devices"
 	"rainforest/vmm/eventfd"
 	"rainforest/vmm/interrupt"
@@ -54,6 +64,12 @@ type Config struct {
 	// Identity names the region and its protocol for the guest;
 	// RWReadOnly maps the read-write section read-only for this peer.
 	Identity shmem.Identity
+	// DoorbellLimit limits this guest's doorbells to each peer (see the
+	// package documentation); the zero Limit wires them straight into
+	// the kernel, unlimited.
+	DoorbellLimit tokenbucket.Limit
+	// Clock times the doorbell limit (the system clock when nil).
+	Clock tokenbucket.Clock
 }
 
 // PeerDoorbells are the incoming vectors of one peer: Vectors[v] raises
@@ -72,6 +88,8 @@ type Stats struct {
 	Fallback uint64
 	// StateChanges counts state-change interrupts sent to the peers.
 	StateChanges uint64
+	// Doorbells is what the doorbell limit did.
+	Doorbells ThrottleStats
 }
 
 // Device is one peer's shared-memory function.
@@ -80,6 +98,7 @@ type Device struct {
 	model *shmem.Device
 	r     *devices.Resources
 	msix  *interrupt.MSIXGroup
+	limit *throttle // nil: doorbells go through ioeventfds
 
 	mu       sync.Mutex
 	peers    map[int][]*eventfd.EventFD // our duplicates of the peers' eventfds
@@ -112,7 +131,11 @@ func New(cfg Config) (*Device, error) {
 		}
 	}
 	cfg.Region = cfg.Region[:l.Size():l.Size()]
-	return &Device{cfg: cfg, peers: map[int][]*eventfd.EventFD{}}, nil
+	d := &Device{cfg: cfg, peers: map[int][]*eventfd.EventFD{}}
+	if !cfg.DoorbellLimit.Unlimited() {
+		d.limit = newThrottle(cfg.DoorbellLimit, cfg.Clock, d.signalPeer)
+	}
+	return d, nil
 }
 
 func checkPeer(l abi.Layout, p PeerDoorbells) error {
@@ -161,6 +184,9 @@ func (d *Device) Plug(r *devices.Resources) (pci.Device, error) {
 // unplugged zeroes this peer's state, tells the peers, and closes the
 // duplicated peer eventfds (the ioeventfds using them are gone by now).
 func (d *Device) unplugged() error {
+	if d.limit != nil {
+		d.limit.close()
+	}
 	off := 4 * d.cfg.ID
 	if binary.LittleEndian.Uint32(d.cfg.Region[off:]) != 0 {
 		binary.LittleEndian.PutUint32(d.cfg.Region[off:], 0)
@@ -194,14 +220,19 @@ func (d *Device) Vector(v int) *eventfd.EventFD { return d.msix.EventFD(v) }
 // Stats returns the device's counters.
 func (d *Device) Stats() Stats {
 	dropped, ro := d.model.Stats()
+	var bells ThrottleStats
+	if d.limit != nil {
+		bells = d.limit.statsNow()
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return Stats{Dropped: dropped, ROWrites: ro, Fallback: d.fallback, StateChanges: d.states}
+	return Stats{Dropped: dropped, ROWrites: ro, Fallback: d.fallback, StateChanges: d.states, Doorbells: bells}
 }
 
 // ConnectPeer wires this guest's doorbell writes of peer<<16|v to
 // p.Vectors[v] (an ioeventfd with datamatch on the DOORBELL register), so
-// they reach that peer without an exit. The eventfds are duplicated: the
+// they reach that peer without an exit; under a DoorbellLimit they exit
+// to the VMM instead and are signalled there. The eventfds are duplicated: the
 // peer's VM may be gone first. Each peer is connected once; the device
 // must be plugged (or being plugged).
 func (d *Device) ConnectPeer(p PeerDoorbells) error {
@@ -233,6 +264,9 @@ func (d *Device) ConnectPeer(p PeerDoorbells) error {
 	// From here the dups belong to the device (closed at removal), even
 	// if a registration fails.
 	d.peers[p.Peer] = dups
+	if d.limit != nil {
+		return nil // the doorbells exit to bell.Ring
+	}
 	for v, dup := range dups {
 		value := uint64(p.Peer)<<16 | uint64(v)
 		if err := d.r.IOEventFD(abi.RegBAR, abi.RegDoorbell, 4, &value, dup); err != nil {
@@ -292,12 +326,27 @@ func (b bell) Ring(peer, vector int) error {
 		return d.msix.Fire(vector)
 	}
 	d.mu.Lock()
+	evs, ok := d.peers[peer]
+	if !ok || vector < 0 || vector >= len(evs) {
+		d.mu.Unlock()
+		return fmt.Errorf("%w: peer %d vector %d", errNoTarget, peer, vector)
+	}
+	d.fallback++
+	d.mu.Unlock()
+	if d.limit != nil {
+		return d.limit.ring(peer, vector)
+	}
+	return d.signalPeer(peer, vector)
+}
+
+// signalPeer raises vector of a connected peer.
+func (d *Device) signalPeer(peer, vector int) error {
+	d.mu.Lock()
 	defer d.mu.Unlock()
 	evs, ok := d.peers[peer]
 	if !ok || vector < 0 || vector >= len(evs) {
 		return fmt.Errorf("%w: peer %d vector %d", errNoTarget, peer, vector)
 	}
-	d.fallback++
 	return evs[vector].Signal()
 }
 

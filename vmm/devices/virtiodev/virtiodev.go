@@ -15,6 +15,13 @@ import (
 	"rainforest/vmm/virtio"
 )
 
+// Quiescer is a device model that may work outside QueueNotify (from a
+// timer); Quiesce stops that, and is called when the device's goroutine
+// stops.
+type Quiescer interface {
+	Quiesce()
+}
+
 // Device is a virtio device model on its way into, or in, a PCI slot.
 type Device struct {
 	model virtio.DeviceModel
@@ -74,6 +81,11 @@ func (d *Device) Plug(r *devices.Resources) (pci.Device, error) {
 		}
 	}
 	r.Go(func(*eventfd.EventFD) {
+		// A model that serves from a timer too (a rate-limited disk)
+		// stops with the goroutine, before the vectors are released.
+		if q, ok := d.model.(Quiescer); ok {
+			defer q.Quiesce()
+		}
 		for {
 			ready, err := r.Wait(evs)
 			if err != nil {

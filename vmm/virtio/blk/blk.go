@@ -15,6 +15,13 @@
 // negotiate it must see every completed write stable (virtio 1.2,
 // 5.2.6.2), so then every write, discard and write-zeroes is followed by
 // fdatasync before it completes.
+//
+// Rate limits: Options.IOPS and Options.Bandwidth are token buckets
+// (requests/s and bytes/s, each with a burst). A request over the limit
+// is held, popped but not served, until the buckets refill; QueueNotify
+// never sleeps, and a timer of Options.Clock serves the held request and
+// the rest of the queue when tokens return. Reset and Close drop the
+// timer, so teardown never waits on a throttled queue.
 package blk
 
 import (
@@ -23,7 +30,9 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"time"
 
+	"rainforest/internal/tokenbucket"
 	"rainforest/vmm/virtio"
 )
 
@@ -105,6 +114,19 @@ type Options struct {
 	Direct bool
 	// ID is the serial returned by GET_ID (at most IDLen bytes used).
 	ID string
+	// IOPS limits requests per second (every request counts one) and
+	// Bandwidth the data bytes per second of reads and writes; the zero
+	// Limit is unlimited.
+	IOPS      tokenbucket.Limit
+	Bandwidth tokenbucket.Limit
+	// Clock times the limits (the system clock when nil).
+	Clock tokenbucket.Clock
+}
+
+// Stats are a device's counters.
+type Stats struct {
+	// Throttled counts requests held back by a rate limit (each once).
+	Throttled uint64
 }
 
 // Device is a virtio-blk device model.
@@ -117,10 +139,19 @@ type Device struct {
 	lbs      uint64 // logical block size in sectors
 	config   [configLen]byte
 
+	clock tokenbucket.Clock
+	ops   *tokenbucket.Bucket // nil: unlimited
+	bytes *tokenbucket.Bucket // nil: unlimited
+
 	mu           sync.Mutex
 	q            *virtio.Queue
 	irq          virtio.Interrupts
-	writeThrough bool // VIRTIO_BLK_F_FLUSH not negotiated
+	writeThrough bool          // VIRTIO_BLK_F_FLUSH not negotiated
+	held         *virtio.Chain // popped, waiting for tokens
+	stopTimer    func() bool   // the armed wake-up of a throttled queue
+	timerGen     uint64        // bumped per timer: a stale wake-up does nothing
+	closed       bool
+	stats        Stats
 }
 
 var _ virtio.DeviceModel = (*Device)(nil)
@@ -136,9 +167,16 @@ func New(f *os.File, opts Options) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("blk: %w", err)
 	}
+	clock := opts.Clock
+	if clock == nil {
+		clock = tokenbucket.SystemClock{}
+	}
 	d := &Device{
 		b:        b,
 		opts:     opts,
+		clock:    clock,
+		ops:      tokenbucket.New(opts.IOPS, clock.Now()),
+		bytes:    tokenbucket.New(opts.Bandwidth, clock.Now()),
 		capacity: uint64(b.info.Size) / SectorSize,
 		lbs:      uint64(b.info.LogicalBlockSize) / SectorSize,
 		features: FeatureSegMax | FeatureBlkSize | FeatureFlush,
@@ -173,11 +211,38 @@ func New(f *os.File, opts Options) (*Device, error) {
 func (d *Device) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.closed = true
+	d.dropHeld()
+	d.q, d.irq = nil, nil
 	if !d.owned {
 		return nil
 	}
 	d.owned = false
 	return d.b.f.Close()
+}
+
+// Stats returns the device's counters.
+func (d *Device) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.stats
+}
+
+// Throttled reports whether a request is held for tokens.
+func (d *Device) Throttled() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.held != nil
+}
+
+// dropHeld forgets the held request and stops the wake-up; d.mu is held.
+func (d *Device) dropHeld() {
+	d.held = nil
+	d.timerGen++
+	if d.stopTimer != nil {
+		d.stopTimer()
+		d.stopTimer = nil
+	}
 }
 
 // Info describes the device's backing and what it offers.
@@ -218,33 +283,81 @@ func (d *Device) Activate(a virtio.Activation) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.dropHeld()
 	d.q, d.irq = a.Queues[0], a.IRQ
 	d.writeThrough = a.Features&FeatureFlush == 0
 	return nil
 }
 
+// Quiesce stops serving until the next Activate: a held request and its
+// timer are dropped, so nothing touches guest memory or interrupts once
+// it returns. The device adapter calls it when the device's goroutine
+// stops (removal, machine teardown), before its vectors go.
+func (d *Device) Quiesce() { d.Reset() }
+
 // Reset implements virtio.DeviceModel.
 func (d *Device) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.dropHeld()
 	d.q, d.irq = nil, nil
 }
 
 // QueueNotify implements virtio.DeviceModel: it serves every available
-// request.
+// request, or, under a rate limit, those the buckets allow (the rest are
+// served by a timer when tokens return).
 func (d *Device) QueueNotify(q int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if q != 0 || d.q == nil {
+	if q != 0 || d.q == nil || d.stopTimer != nil {
+		return // a throttled queue waits for its timer
+	}
+	d.serveQueue()
+}
+
+// wake serves a throttled queue once its wait is over; gen is the
+// timer's (one dropped since does nothing).
+func (d *Device) wake(gen uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if gen != d.timerGen {
 		return
 	}
+	d.stopTimer = nil
+	if d.closed || d.q == nil {
+		return
+	}
+	d.serveQueue()
+}
+
+// serveQueue serves the held request and then the queue until it is
+// empty or a limit holds a request back; d.mu is held.
+func (d *Device) serveQueue() {
 	for {
-		c, ok, err := d.q.Pop()
-		if err != nil {
-			d.irq.NeedsReset()
-			return
+		var c virtio.Chain
+		wasHeld := d.held != nil
+		if wasHeld {
+			c, d.held = *d.held, nil
+		} else {
+			var ok bool
+			var err error
+			c, ok, err = d.q.Pop()
+			if err != nil {
+				d.irq.NeedsReset()
+				return
+			}
+			if !ok {
+				break
+			}
 		}
-		if !ok {
+		if wait := d.admit(&c); wait > 0 {
+			if !wasHeld {
+				d.stats.Throttled++
+			}
+			d.held = &c
+			d.timerGen++
+			gen := d.timerGen
+			d.stopTimer = d.clock.AfterFunc(wait, func() { d.wake(gen) })
 			break
 		}
 		written := d.handle(&c)
@@ -256,6 +369,41 @@ func (d *Device) QueueNotify(q int) {
 	if d.q.NeedsNotify() {
 		_ = d.irq.UsedBuffer(0) // nothing better to do when delivery fails
 	}
+}
+
+// admit takes the tokens of request c and returns 0, or takes none and
+// returns how long until it can; d.mu is held.
+func (d *Device) admit(c *virtio.Chain) time.Duration {
+	if d.ops == nil && d.bytes == nil {
+		return 0
+	}
+	now := d.clock.Now()
+	n := dataLen(c)
+	if wait := max(d.ops.Delay(now, 1), d.bytes.Delay(now, n)); wait > 0 {
+		return wait
+	}
+	d.ops.Take(now, 1)
+	d.bytes.Take(now, n)
+	return 0
+}
+
+// dataLen is the data a request moves, for the bandwidth limit: the
+// payload of a write, the data buffers of a read (the status byte aside);
+// other requests count none.
+func dataLen(c *virtio.Chain) uint64 {
+	var hdr [headerLen]byte
+	if virtio.ReadBuffers(c.Readable, 0, hdr[:]) < headerLen {
+		return 0
+	}
+	switch binary.LittleEndian.Uint32(hdr[0:]) {
+	case TypeIn:
+		if w := c.WritableLen(); w > 0 {
+			return w - 1
+		}
+	case TypeOut:
+		return c.ReadableLen() - headerLen
+	}
+	return 0
 }
 
 // handle serves one request and returns the bytes written to the chain.
