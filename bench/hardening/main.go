@@ -61,7 +61,7 @@ func main() {
 	flag.IntVar(&o.diskSeconds, "disk-seconds", 3, "seconds per diskbench phase")
 	flag.IntVar(&o.ficmN, "ficm-n", 500, "FICM round trips (and streamed messages) per mode and run")
 	flag.DurationVar(&o.runTimeout, "run-timeout", 5*time.Minute, "bound on one measurement's waits")
-	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default 5m + 8m per repeat)")
+	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default 5m + 12m per repeat)")
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console to stderr")
 	flag.Parse()
 	if o.Runs < 1 || o.memoryMiB < 2 || o.diskMiB < 2 || o.diskSeconds < 1 || o.ficmN < 1 || flag.NArg() > 0 {
@@ -99,7 +99,7 @@ func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 	}
 	timeout := o.timeout
 	if timeout <= 0 {
-		timeout = 5*time.Minute + time.Duration(o.Runs)*8*time.Minute
+		timeout = 5*time.Minute + time.Duration(o.Runs)*12*time.Minute
 	}
 	collect := &benchkit.Collector[Sample]{Parse: parseLine, Progress: func(s Sample, n int) { fmt.Fprintln(log, progressLine(s)) }}
 	res, err := h.Run(ctx, kvmhost.Script{
@@ -107,7 +107,7 @@ func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 		Files: []kvmhost.File{
 			{Var: "RFM", Host: ws.Binaries[0], L1: "/bin/rfm"},
 			{Var: "RFLIFECYCLE", Host: ws.Binaries[1], L1: "/bin/rflifecycle"},
-			{Var: "L2", Host: filepath.Dir(img.Kernel), L1: "/l2", Names: []string{filepath.Base(img.Kernel), filepath.Base(img.Initramfs)}},
+			{Var: "L2", Host: filepath.Dir(img.Kernel), L1: "/l2", Names: []string{"vmlinux", "initramfs.cpio.gz"}},
 		},
 		CPUs: nestedCPUs, MemoryMiB: nestedMemoryMiB, HugePages: nestedHugePages, Timeout: timeout,
 		Lines: func(line string) {
@@ -140,7 +140,8 @@ func finish(rep *Report, collect *benchkit.Collector[Sample], runs int, sessionE
 			"create returned: until the API call returned",
 		"virtio-blk: rfcom diskbench (the project's stand-in for fio, which the busybox image lacks): O_DIRECT in the guest, "+
 			"sequential 1 MiB and random 4 KiB at queue depth 1, on a non-sparse scratch file in the measuring layer",
-		"FICM: rfcom bench between two subOSes (uio_pci_generic), 64-byte messages, as bench/rfcom")
+		"FICM: rfcom bench between two subOSes (uio_pci_generic), 64-byte messages, as bench/rfcom",
+		"hardened/plain above 1 is a cost for times and latencies (ms, µs), below 1 for rates (MB/s, IOPS, msgs/s)")
 	if sessionErr != nil {
 		rep.MarkPartial(sessionErr)
 		return sessionErr
