@@ -103,10 +103,11 @@ fail() { echo "` + linePrefix + ` config=$1 rep=$2 metric=$3 | ` + failedPayload
 gone() { i=0; while rfm inspect "$1" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
 # await NAME TEXT: copy NAME's log to $WORK/NAME.out until it holds TEXT,
 # the subOS is gone or the run's bound passed.
-await() { i=0; while [ $i -lt $AWAIT ]; do rfm logs "$1" >"$WORK/$1.new" 2>/dev/null || break; mv "$WORK/$1.new" "$WORK/$1.out"; grep -q "$2" "$WORK/$1.out" && break; sleep 0.5; i=$((i+1)); done; }
+await() { i=0; while [ $i -lt $AWAIT ]; do rfm logs "$1" >"$WORK/$1.new" 2>/dev/null || break; cat "$WORK/$1.new" >"$WORK/$1.out"; grep -q "$2" "$WORK/$1.out" && break; sleep 0.5; i=$((i+1)); done; }
 # result C REP METRIC NAME TEXT: tag NAME's log lines holding TEXT, or fail.
 result() { if grep -q "$5" "$WORK/$4.out" 2>/dev/null; then grep "$5" "$WORK/$4.out" | tag $1 $2 $3; else fail $1 $2 $3 "no '$5' line in the log of subOS $4"; fi; }
-serve() { rm -rf "$WORK/state"; rfm serve --housekeeping 0 --state-dir "$WORK/state" --run-dir "$WORK/run" $1 >>"$WORK/serve-$2.log" 2>&1 & spid=$!
+# serve FLAGS RUN: a supervisor with a fresh ledger.
+serve() { rfm serve --housekeeping 0 --state-dir "$WORK/state-$2" --run-dir "$WORK/run" $1 >"$WORK/serve-$2.log" 2>&1 & spid=$!
 	i=0; while ! rfm ps >/dev/null 2>&1 && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done; }
 `
 
@@ -139,7 +140,7 @@ func (p *benchPlan) writeRun(b *strings.Builder, c string, rep int) {
 	id := fmt.Sprintf("%s %d", c, rep)
 	suffix := fmt.Sprintf("%c%d", c[0], rep)
 	mem := strconv.Itoa(p.memoryMiB) + "M"
-	fmt.Fprintf(b, "echo '== %s'\nserve %s %s\n", id, shquote.Quote(serveFlags(c)), c)
+	fmt.Fprintf(b, "echo '== %s'\nserve %s %s\n", id, shquote.Quote(serveFlags(c)), suffix)
 	// Boot: the lifecycle measurer, one create->init cycle.
 	fmt.Fprintf(b, `"$RFLIFECYCLE" -socket "$WORK/rfm.sock" -n 1 -name boot-%s- -kernel "$L2/vmlinux" -initrd "$L2/initramfs.cpio.gz" -cpus 1 -memory-mib %d -marker %s -timeout %s | tag %s %s`+"\n",
 		suffix, p.memoryMiB, images.InitReachedMarker, p.runTimeout, id, metricBoot)

@@ -40,8 +40,8 @@ func TestScript(t *testing.T) {
 	}
 	for _, want := range []string{
 		"WORK=/tmp/rf-hardening\nAWAIT=600\n",
-		"serve '' hardened\n",
-		"serve '" + plainServeFlags + "' plain\n",
+		"serve '' h1\n",
+		"serve '" + plainServeFlags + "' p2\n",
 		`dd if=/dev/urandom of="$WORK/scratch.img" bs=1M count=64`,
 		`"$RFLIFECYCLE" -socket "$WORK/rfm.sock" -n 1 -name boot-p2- -kernel "$L2/vmlinux" -initrd "$L2/initramfs.cpio.gz" -cpus 1 -memory-mib 256 -marker ` +
 			images.InitReachedMarker + " -timeout 5m0s | tag plain 2 boot\n",
@@ -81,16 +81,23 @@ func TestScriptHelpersMakeParsableLines(t *testing.T) {
 	if err != nil {
 		t.Skip("no sh")
 	}
-	script := "RFM=false\nL2=/l2\nWORK=" + t.TempDir() + "\nAWAIT=1\n" + scriptHead +
+	// A fake rfm whose logs of any subOS hold an RF-DISK line.
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "rfm")
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\n[ \"$3\" = logs ] && printf 'boot\\r\\nRF-DISK direct=1 seq_read_mbps=7\\r\\n'\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	script := "RFM=" + fake + "\nL2=/l2\nWORK=" + dir + "\nAWAIT=3\n" + scriptHead +
 		"printf 'RF-DISK direct=1 size_bytes=1 seq_read_mbps=10.5 rand_read_iops=100\\r\\n' | tag plain 3 disk\n" +
 		"fail hardened 2 boot 'no line'\n" +
-		"result plain 1 ficm fb-p1 'bench: peer'\n"
+		"result plain 1 ficm fb-p1 'bench: peer'\n" +
+		"await disk-h1 'RF-DISK '; result hardened 1 disk disk-h1 'RF-DISK '\n"
 	out, err := exec.Command(sh, "-c", script).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
-	if len(lines) != 3 {
+	if len(lines) != 4 {
 		t.Fatalf("output %q", out)
 	}
 	s, ok, err := parseLine(lines[0])
@@ -104,5 +111,9 @@ func TestScriptHelpersMakeParsableLines(t *testing.T) {
 	s, ok, err = parseLine(lines[2])
 	if !ok || err != nil || s.Metric != metricFICM || !strings.Contains(s.Error, "no 'bench: peer' line in the log of subOS fb-p1") {
 		t.Errorf("missing result line %q: %+v %t %v", lines[2], s, ok, err)
+	}
+	s, ok, err = parseLine(lines[3])
+	if !ok || err != nil || s.Config != cfgHardened || s.Metric != metricDisk || s.Values["seq_read_mbps"] != 7 {
+		t.Errorf("awaited log line %q: %+v %t %v", lines[3], s, ok, err)
 	}
 }
