@@ -51,6 +51,7 @@ bench: setup image
 	$(GO) run ./bench/ficm
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
 
 clean:
 	rm -rf $(BIN) build

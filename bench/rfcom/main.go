@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"rainforest/bench/internal/benchkit"
+	"rainforest/bench/internal/rfcomresult"
 	"rainforest/e2e"
 	"rainforest/internal/kvmhost"
 	"rainforest/internal/shquote"
@@ -165,15 +166,6 @@ func run(ctx context.Context, o options, log io.Writer) (*Report, error) {
 func script(o options) string {
 	n := strconv.Itoa(o.n)
 	ficmPeers := strconv.Itoa(supervisor.DefaultFICMPeers)
-	retry := func(cmd string) string {
-		return "i=0; until " + cmd + "; do i=$((i+1)); [ $i -gt 100 ] && break; sleep 1; done"
-	}
-	serve := func(extra string) string {
-		return "rfcom bench --serve" + extra + " --mode irq --timeout 900s; rfcom bench --serve" + extra + " --mode poll --timeout 900s"
-	}
-	client := func(target string) string {
-		return retry("rfcom bench "+target+" --n "+n+" --mode irq") + "; " + retry("rfcom bench "+target+" --n "+n+" --mode poll")
-	}
 	var b strings.Builder
 	b.WriteString(`set -u
 grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -184,8 +176,8 @@ echo "== rfm"
 "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & spid=$!
 i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
 `)
-	fmt.Fprintf(&b, "\"$RFM\" create a --cores 1 --memory %s --append 'rf.poweroff=1 rf.cmd=\"%s\"' >/dev/null\n", guestMemory, serve(""))
-	fmt.Fprintf(&b, "\"$RFM\" create b --cores 2 --memory %s --append 'rf.poweroff=1 rf.cmd=\"%s\"' >/dev/null\n", guestMemory, client("--to a"))
+	fmt.Fprintf(&b, "\"$RFM\" create a --cores 1 --memory %s --append 'rf.poweroff=1 rf.cmd=\"%s\"' >/dev/null\n", guestMemory, rfcomresult.ServeCommand("", "irq", "poll"))
+	fmt.Fprintf(&b, "\"$RFM\" create b --cores 2 --memory %s --append 'rf.poweroff=1 rf.cmd=\"%s\"' >/dev/null\n", guestMemory, rfcomresult.ClientCommand("--to a", o.n, "irq", "poll"))
 	b.WriteString(`gone b; gone a
 grep '^bench:' /run/rainforest/b.log | sed 's/^/RF-RESULT rfm /'
 grep '^rfcom:' /run/rainforest/a.log /run/rainforest/b.log
@@ -211,7 +203,7 @@ q() {
 	b.WriteString(`# a connects to the ivshmem server first: it is peer 0
 i=0; while ! grep -q RF-INIT-REACHED /tmp/qa.log && [ $i -lt 600 ]; do sleep 0.5; i=$((i+1)); done
 `)
-	fmt.Fprintf(&b, "q 2 '%s' >/tmp/qb.log 2>&1\n", "rfcom bench --ivshmem --peers "+ficmPeers+" --peer 0 --n 1 --mode irq; "+retry("rfcom bench --ivshmem --peers "+ficmPeers+" --peer 0 --n "+n+" --mode poll"))
+	fmt.Fprintf(&b, "q 2 '%s' >/tmp/qb.log 2>&1\n", "rfcom bench --ivshmem --peers "+ficmPeers+" --peer 0 --n 1 --mode irq; "+rfcomresult.Retry("rfcom bench --ivshmem --peers "+ficmPeers+" --peer 0 --n "+n+" --mode poll"))
 	b.WriteString(`wait $qa
 kill $ipid
 grep '^bench:' /tmp/qb.log | sed 's/^/RF-RESULT qemu /'
@@ -225,9 +217,8 @@ true
 
 // Result lines of `rfcom bench`, prefixed by the script with the system.
 var (
-	rttLine  = regexp.MustCompile(`^RF-RESULT (\w+) bench: peer \d+ mode (\w+) 64-byte round trip median (\S+) p99 (\S+), one-way ~(\S+) `)
-	failLine = regexp.MustCompile(`^RF-FAILED (\w+) (\w+) rfcom: (.*)$`)
-	tputLine = regexp.MustCompile(`^RF-RESULT (\w+) bench: peer \d+ mode (\w+) throughput .*: ([0-9.]+) msgs/s at the receiver`)
+	resultLine = regexp.MustCompile(`^RF-RESULT (\w+) (bench: .*)$`)
+	failLine   = regexp.MustCompile(`^RF-FAILED (\w+) (\w+) rfcom: (.*)$`)
 )
 
 // results gathers the rows from the session's lines as they arrive and
@@ -252,27 +243,25 @@ func (r *results) find(sys, mode string) *Row {
 
 // line takes one line of the session's output.
 func (r *results) line(line string) {
-	ns := func(s string) float64 {
-		d, err := time.ParseDuration(s)
-		if err != nil {
-			return 0
-		}
-		return float64(d.Nanoseconds())
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if m := rttLine.FindStringSubmatch(line); m != nil {
-		row := r.find(m[1], m[2])
-		row.RTTMedian, row.RTTP99, row.OneWay = ns(m[3]), ns(m[4]), ns(m[5])
-		fmt.Fprintf(r.log, "rfcom bench: %s %s: 64-byte round trip median %s, p99 %s\n", m[1], m[2], dur(row.RTTMedian), dur(row.RTTP99))
+	if m := resultLine.FindStringSubmatch(line); m != nil {
+		res, ok := rfcomresult.Parse(m[2])
+		if !ok {
+			return
+		}
+		row := r.find(m[1], res.Mode)
+		if res.RTT {
+			row.RTTMedian, row.RTTP99, row.OneWay = res.RTTMedian, res.RTTP99, res.OneWay
+			fmt.Fprintf(r.log, "rfcom bench: %s %s: 64-byte round trip median %s, p99 %s\n", m[1], res.Mode, dur(row.RTTMedian), dur(row.RTTP99))
+		} else {
+			row.MsgsPerS = res.MsgsPerS
+			fmt.Fprintf(r.log, "rfcom bench: %s %s: %.0f msgs/s\n", m[1], res.Mode, row.MsgsPerS)
+		}
 	} else if m := failLine.FindStringSubmatch(line); m != nil {
 		row := r.find(m[1], m[2])
 		row.Error = strings.TrimSpace(m[3])
 		fmt.Fprintf(r.log, "rfcom bench: %s %s failed: %s\n", m[1], m[2], row.Error)
-	} else if m := tputLine.FindStringSubmatch(line); m != nil {
-		row := r.find(m[1], m[2])
-		row.MsgsPerS, _ = strconv.ParseFloat(m[3], 64)
-		fmt.Fprintf(r.log, "rfcom bench: %s %s: %.0f msgs/s\n", m[1], m[2], row.MsgsPerS)
 	}
 }
 

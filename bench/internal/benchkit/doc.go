@@ -1,6 +1,6 @@
 // Package benchkit holds what RainForest's benchmarks (bench/boot,
-// bench/lifecycle, bench/rfcom, bench/hotplug) share, so that they behave and print
-// alike:
+// bench/lifecycle, bench/rfcom, bench/hotplug, bench/hardening) share, so
+// that they behave and print alike:
 //
 //   - the session's workspace: a temporary directory with the measured
 //     programs built statically into it (NewWorkspace, BuildStatic); the
