@@ -152,6 +152,27 @@ func Open(path string, opts Options) (*Device, error) {
 	return d, nil
 }
 
+// Adopt serves f, a disk's backing opened by someone else (the supervisor
+// of a jailed VMM: read-only or with O_DIRECT as the disk asks), like Open
+// serves a path; the device takes charge of f (closed on error too).
+func Adopt(f *os.File, opts Options) (*Device, error) {
+	st, err := f.Stat()
+	if err == nil {
+		_, err = kindOf(f.Name(), st.Mode())
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blk: %w", err)
+	}
+	d, err := New(f, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	d.owned = true
+	return d, nil
+}
+
 // blockDeviceReadOnly reports whether path is a read-only block device
 // (BLKROGET); false when it is not a block device or cannot be asked.
 func blockDeviceReadOnly(path string) bool {
