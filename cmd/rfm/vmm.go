@@ -30,7 +30,7 @@ type vmmFlags struct {
 	disks                                     []string
 	consoleSocket, configFile                 string
 	readyFD, waitFD, controlFD                int
-	allowEmulated                             bool
+	allowEmulated, noSeccomp                  bool
 	logLevel                                  string
 }
 
@@ -91,14 +91,14 @@ descriptors beside it; the control socket then also takes runtime requests
 				if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
 					return err
 				}
-				o.Config, o.Regions = l.Config, l.Files
+				o.Config, o.Regions, o.Named = l.Config, l.Files, l.Named
 			case f.configFile != "":
 				doc, err := readDocument(f.configFile)
 				if err != nil {
 					return err
 				}
-				if len(doc.Regions) > 0 {
-					return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
+				if len(doc.Regions) > 0 || len(doc.Files) > 0 {
+					return fmt.Errorf("--config %s: regions and named files need their descriptors, which only the control socket carries", f.configFile)
 				}
 				o.Config = doc
 			default:
@@ -107,6 +107,9 @@ descriptors beside it; the control socket then also takes runtime requests
 					return err
 				}
 				o.Config = doc
+			}
+			if f.noSeccomp {
+				o.Config.NoSeccomp = true
 			}
 			if l != nil {
 				// The launch is answered once the machine is built (Ready)
@@ -174,6 +177,7 @@ descriptors beside it; the control socket then also takes runtime requests
 	fl.IntVar(&f.controlFD, "control-fd", -1, "inherited listening control socket of the supervisor: the configuration and its regions arrive there")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
+	fl.BoolVar(&f.noSeccomp, "no-seccomp", false, "debugging: a jailed VMM runs without its system-call filter")
 	for _, n := range []string{"ready-fd", "wait-fd", "control-fd"} {
 		_ = fl.MarkHidden(n)
 	}
