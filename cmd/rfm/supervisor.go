@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -49,6 +50,8 @@ func (g *globalFlags) print(w io.Writer, v any, table func(w io.Writer)) error {
 type supervisorFlags struct {
 	stateDir, runDir, cgroupRoot, housekeeping string
 	steerIRQs                                  bool
+	noJail, noSeccomp                          bool
+	vmmUID, vmmGID                             int
 }
 
 func (f *supervisorFlags) add(cmd *cobra.Command) {
@@ -57,6 +60,10 @@ func (f *supervisorFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup filesystem root")
 	cmd.Flags().StringVar(&f.housekeeping, "housekeeping", "", "host cores kept for the supervisor and the host (default: the first online core)")
 	cmd.Flags().BoolVar(&f.steerIRQs, "steer-irqs", false, "keep host interrupts off subOS cores")
+	cmd.Flags().IntVar(&f.vmmUID, "vmm-uid", 0, "uid of the jailed VMMs (default: user "+supervisor.DefaultVMMUser+" if it exists, else "+strconv.Itoa(supervisor.DefaultVMMID)+")")
+	cmd.Flags().IntVar(&f.vmmGID, "vmm-gid", 0, "gid of the jailed VMMs (default: as --vmm-uid)")
+	cmd.Flags().BoolVar(&f.noJail, "no-jail", false, "debugging: run VMMs as root, unjailed (still given their files as descriptors)")
+	cmd.Flags().BoolVar(&f.noSeccomp, "no-seccomp", false, "debugging: jailed VMMs run without their system-call filter")
 }
 
 // open discovers the machine and opens the supervisor.
@@ -80,6 +87,7 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
+		Jail: supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
 	}
 	if f.steerIRQs {
 		cfg.SteerIRQs = act.SteerIRQs

@@ -8,6 +8,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/rfm/vmmctl"
@@ -147,7 +149,12 @@ func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk,
 	if err := blk.CheckPath(d.Path); err != nil {
 		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
 	}
-	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d)
+	backing, err := os.OpenFile(d.Path, diskFlags(d)|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
+	}
+	defer backing.Close() // the VMM has its own copy
+	dev, err := vmmctl.AttachDisk(ctx, s.ctlPath(name), d, backing)
 	if err != nil {
 		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))
 		return Disk{}, vmmError(err)

@@ -26,6 +26,7 @@ type fakeActuator struct {
 	pages   int64
 	failOn  string // operation to fail
 	removed []string
+	limits  map[string][2]uint64 // memory.max, pids.max by group
 }
 
 type fakeGroup struct {
@@ -34,6 +35,16 @@ type fakeGroup struct {
 }
 
 func (g fakeGroup) Path() string { return "/fake/" + g.name }
+func (g fakeGroup) Limit(memoryMax uint64, pidsMax int) error {
+	g.a.mu.Lock()
+	defer g.a.mu.Unlock()
+	if g.a.limits == nil {
+		g.a.limits = map[string][2]uint64{}
+	}
+	g.a.limits[g.name] = [2]uint64{memoryMax, uint64(pidsMax)}
+	return nil
+}
+
 func (g fakeGroup) AddProcess(pid int) error {
 	if g.a.failOn == "addprocess" {
 		return errors.New("fake: cannot move process")
@@ -100,6 +111,10 @@ type fakeProcess struct {
 	regions []config.Region
 	files   []*os.File
 	devices map[string]vmmctl.Device
+	// named are the descriptors that came with the launch (name ->
+	// received file's name), backings the hot-added disks' first bytes.
+	named    map[string]string
+	backings map[string]string
 	// refuse makes the fake guest never release a device.
 	refuse bool
 }
@@ -158,6 +173,11 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 		return err
 	}
 	p.doc, p.regions, p.files = launch.Config, launch.Config.Regions, launch.Files
+	p.named = map[string]string{}
+	for name, f := range launch.Named {
+		p.named[name] = f.Name()
+		f.Close()
+	}
 	p.devices = map[string]vmmctl.Device{}
 	for i, d := range launch.Config.WithDiskIDs() {
 		p.devices[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Slot: 1 + i, Path: d.Path}
@@ -178,9 +198,18 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 	return nil
 }
 
-func (p *fakeProcess) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, error) {
+func (p *fakeProcess) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (vmmctl.Device, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if backing != nil {
+		b := make([]byte, 8)
+		n, _ := backing.ReadAt(b, 0)
+		backing.Close()
+		if p.backings == nil {
+			p.backings = map[string]string{}
+		}
+		p.backings[d.ID] = string(b[:n])
+	}
 	if _, ok := p.devices[d.ID]; ok {
 		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, d.ID)
 	}
@@ -267,7 +296,8 @@ const testDevice = "0000:03:00.0"
 
 func newTestSupervisor(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher) *Supervisor {
 	t.Helper()
-	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l})
+	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l,
+		Jail: JailConfig{KVMPath: filepath.Join(dir, "kvm")}})
 	if err != nil {
 		t.Fatal(err)
 	}

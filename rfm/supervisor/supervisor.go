@@ -40,6 +40,8 @@ var (
 type Group interface {
 	Path() string
 	AddProcess(pid int) error
+	// Limit sets the group's memory.max and pids.max (0: unchanged).
+	Limit(memoryMax uint64, pidsMax int) error
 }
 
 // Actuator applies allocations to the host (rfm/actuator in production).
@@ -67,6 +69,8 @@ type Config struct {
 	// FICMPeers is the FICM group's size, the supervisor included
 	// (DefaultFICMPeers when 0).
 	FICMPeers int
+	// Jail confines the VMMs (see JailConfig).
+	Jail JailConfig
 }
 
 // Supervisor manages subOSes.
@@ -85,6 +89,9 @@ type Supervisor struct {
 	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
 	share      sharing        // regions; under opMu
+
+	// exits says how the VMMs of subOSes gone on their own ended; under mu.
+	exits map[string]Exit
 }
 
 type subOS struct {
@@ -189,7 +196,7 @@ func (s *Supervisor) readopt() error {
 			return fmt.Errorf("re-adopt %s: %w", r.Allocation.Name, err)
 		}
 		info := Info{Name: r.Allocation.Name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
-			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true,
+			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), VMMLog: s.vmmLogPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true,
 			Peer: p.Peer, SegmentPeers: p.SegmentPeers}
 		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
 		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
@@ -260,7 +267,9 @@ func (s *Supervisor) watch(so *subOS) {
 			return
 		}
 		// Listed (as stopping) until its resources are free.
-		s.reclaim(so, s.cfg.Who, "VMM exited: "+logTail(so.info.Log, 1))
+		e := vmmExit(so.info.VMMLog)
+		s.recordExit(so.info.Name, e)
+		s.reclaim(so, s.cfg.Who, "VMM exited: "+e.Log)
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
@@ -287,6 +296,7 @@ func (s *Supervisor) reclaim(so *subOS, who, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	os.Remove(s.jailDir(a.Name))
 	s.leave(so.info)
 	s.steerIRQs()
 	s.event(who, "reclaim", a.Name, time.Since(start), why)
@@ -427,9 +437,20 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("control socket: %w", err)
 	}
 	defer lnFile.Close()
+	logPath := s.logPath(spec.Name)
 	doc := vmmDocument(spec, alloc, s.consolePath(spec.Name), member.regions)
+	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name)}
+	named, unjail, err := s.confine(doc)
+	if err != nil {
+		return Info{}, err
+	}
+	defer closeNamed(named) // the VMM has its own copies once started
+	undo = append(undo, unjail)
 	if err := doc.Validate(); err != nil {
 		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := group.Limit(vmmLimits(doc)); err != nil {
+		return Info{}, err
 	}
 	var ctl *net.UnixConn
 	defer func() {
@@ -446,18 +467,17 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		if ctl, err = vmmctl.Dial(ctlPath); err != nil {
 			return err
 		}
-		return vmmctl.SendLaunch(ctl, doc, member.files)
+		files, _ := vmmctl.LaunchFiles(member.files, named)
+		return vmmctl.SendLaunch(ctl, doc, files)
 	}
-	logPath := s.logPath(spec.Name)
-	os.Remove(s.consolePath(spec.Name))
 	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
-	proc, err := s.cfg.Launcher.Start(ctx, args, logPath, []*os.File{lnFile}, prepare)
+	proc, err := s.cfg.Launcher.Start(ctx, args, s.vmmLogPath(spec.Name), []*os.File{lnFile}, prepare)
 	if err != nil {
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
-		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
+		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, VMMLog: s.vmmLogPath(spec.Name), Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
 	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers})
 	if err != nil {
 		return Info{}, err
@@ -468,6 +488,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
+	delete(s.exits, spec.Name)
 	s.mu.Unlock()
 	s.watch(so)
 	s.steerIRQs()
@@ -558,6 +579,10 @@ func (s *Supervisor) Get(name string) (Info, error) {
 	defer s.mu.Unlock()
 	so, ok := s.subos[name]
 	if !ok {
+		if e, gone := s.exits[name]; gone {
+			// Gone on its own: how it ended stays visible.
+			return Info{Name: name, State: StateExited, LastExit: &e}, nil
+		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
 	return so.info, nil
