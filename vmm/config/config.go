@@ -90,6 +90,9 @@ type Jail struct {
 	// UID and GID are the VMM's after the jail (never 0).
 	UID int `json:"uid"`
 	GID int `json:"gid"`
+	// HostMountNS is the supervisor's mount namespace ("mnt:[N]"): the
+	// VMM refuses to pivot in it.
+	HostMountNS string `json:"host_mount_ns"`
 }
 
 // Names of the descriptors in Document.Files.
