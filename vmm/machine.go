@@ -381,7 +381,7 @@ func (m *Machine) runVCPU(i int, v *vcpu) error {
 	tid := unix.Gettid()
 	v.tid.Store(int32(tid))
 	// Named for top -H and the idle wake-up benchmark; best effort.
-	_ = os.WriteFile(fmt.Sprintf("/proc/self/task/%d/comm", tid), []byte(fmt.Sprintf("vcpu%d", i)), 0)
+	_ = setThreadName(fmt.Sprintf("vcpu%d", i))
 	log := m.log.With("vcpu", i)
 	for !m.stopping.Load() {
 		m.park(v)

@@ -2,6 +2,7 @@ package seccomp
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -114,6 +115,11 @@ func filteredHelper(mode string) int {
 	}
 	if err := Install(); err != nil {
 		fmt.Println("error:", err)
+		return 1
+	}
+	// Opening a file fails, and the process lives on.
+	if _, err := os.Open("/proc/self/status"); !errors.Is(err, unix.EACCES) {
+		fmt.Println("error: open under the filter:", err)
 		return 1
 	}
 	fmt.Println("ready")
