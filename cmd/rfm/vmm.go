@@ -97,8 +97,11 @@ descriptors beside it; the control socket then also takes runtime requests
 				if err != nil {
 					return err
 				}
-				if len(doc.Regions) > 0 || len(doc.Files) > 0 {
-					return fmt.Errorf("--config %s: regions and named files need their descriptors, which only the control socket carries", f.configFile)
+				if len(doc.Regions) > 0 {
+					return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
+				}
+				if len(doc.Files) > 0 {
+					return fmt.Errorf("--config %s: files (named descriptors) need the control socket, which carries them", f.configFile)
 				}
 				o.Config = doc
 			default:
