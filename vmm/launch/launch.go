@@ -79,7 +79,9 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 	}
 	cfg, closeConsole, err := linuxConfig(doc, o, log)
 	if err == nil && doc.Jail != nil {
-		err = enterJail(doc, o, cfg.DiskFiles)
+		if err = enterJail(doc, o, cfg.DiskFiles); err != nil {
+			closeConsole()
+		}
 	}
 	if err != nil {
 		for i := range mems {
