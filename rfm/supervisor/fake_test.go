@@ -99,6 +99,7 @@ type fakeLauncher struct {
 	fail  bool
 	argv  [][]string
 	gate  chan struct{} // when set, Start waits for it (a slow VMM start)
+	crash string        // when set, Start writes it to the VMM's log and fails
 }
 
 type fakeProcess struct {
@@ -135,6 +136,10 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string,
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.crash != "" {
+		os.WriteFile(logPath, []byte(l.crash), 0o600)
+		return nil, errors.New("fake: VMM exited before running")
+	}
 	if l.fail {
 		return nil, errors.New("fake: VMM exited before running")
 	}

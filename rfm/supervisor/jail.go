@@ -207,9 +207,19 @@ type Exit struct {
 // maxExits bounds the exits remembered for subOSes gone.
 const maxExits = 64
 
-// vmmExit reads how the VMM of so ended from the end of its own log (at
-// most seccomp.MaxTail bytes).
-func vmmExit(logPath string) Exit {
+// fileSize is path's size (0 when it cannot be read).
+func fileSize(path string) int64 {
+	st, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// vmmExit reads how a VMM ended from the end of its own log (at most
+// seccomp.MaxTail bytes, none before from: the log is appended to by every
+// VMM of the name, and an older crash is not this one's).
+func vmmExit(logPath string, from int64) Exit {
 	e := Exit{Time: time.Now().UTC(), Log: logTail(logPath, 1)}
 	if len(e.Log) > 512 {
 		e.Log = e.Log[:512]
@@ -217,7 +227,7 @@ func vmmExit(logPath string) Exit {
 	if f, err := os.Open(logPath); err == nil {
 		defer f.Close()
 		if st, err := f.Stat(); err == nil {
-			off := max(st.Size()-seccomp.MaxTail, 0)
+			off := max(st.Size()-seccomp.MaxTail, from, 0)
 			tail, _ := io.ReadAll(io.NewSectionReader(f, off, seccomp.MaxTail))
 			if name, ok := seccomp.Violation(tail); ok {
 				e.Seccomp = name

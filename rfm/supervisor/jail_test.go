@@ -143,7 +143,34 @@ func TestSeccompExitRecorded(t *testing.T) {
 func TestVMMExitWithoutViolation(t *testing.T) {
 	log := filepath.Join(t.TempDir(), "a.vmm.log")
 	os.WriteFile(log, []byte("level=ERROR msg=\"vcpu 0: internal error\"\n"), 0o600)
-	if e := vmmExit(log); e.Seccomp != "" || !strings.Contains(e.Log, "internal error") {
+	if e := vmmExit(log, 0); e.Seccomp != "" || !strings.Contains(e.Log, "internal error") {
 		t.Errorf("exit %+v", e)
+	}
+	// An earlier VMM's crash, before this one's part of the log, is not
+	// this one's.
+	old := "SIGSYS: bad system call\nrax    0x65\n"
+	os.WriteFile(log, []byte(old+"level=INFO msg=stopped\n"), 0o600)
+	if e := vmmExit(log, int64(len(old))); e.Seccomp != "" {
+		t.Errorf("earlier crash attributed: %+v", e)
+	}
+	if e := vmmExit(log, 0); e.Seccomp != "ptrace" {
+		t.Errorf("crash not found: %+v", e)
+	}
+}
+
+// A VMM its filter kills while starting: Create fails, and the system
+// call is named all the same.
+func TestSeccompDuringStart(t *testing.T) {
+	l := &fakeLauncher{crash: "SIGSYS: bad system call\nPC=0x1 m=0 sigcode=1\n\nrax    0x65\n"}
+	s := newTestSupervisor(t, t.TempDir(), &fakeActuator{}, l)
+	defer s.Close()
+	if _, err := s.Create(context.Background(), testSpec(t, "a", 1)); err == nil {
+		t.Fatal("created")
+	}
+	if got, err := s.Get("a"); err != nil || got.LastExit == nil || got.LastExit.Seccomp != "ptrace" {
+		t.Errorf("Get = %+v, %v", got, err)
+	}
+	if ev := eventsOf(t, s); !strings.Contains(ev, "seccomp a VMM killed by its seccomp filter: system call ptrace") {
+		t.Errorf("events:\n%s", ev)
 	}
 }

@@ -99,6 +99,8 @@ type subOS struct {
 	proc    Process
 	added   uint64 // hugepages the actuator added for this subOS
 	stopped chan struct{}
+	// logFrom is where this VMM's part of its (appended) log begins.
+	logFrom int64
 }
 
 // persisted is what the store keeps beside the allocation.
@@ -198,7 +200,7 @@ func (s *Supervisor) readopt() error {
 		info := Info{Name: r.Allocation.Name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
 			Created: r.Created, ConsoleSocket: s.consolePath(r.Allocation.Name), Log: s.logPath(r.Allocation.Name), VMMLog: s.vmmLogPath(r.Allocation.Name), Cgroup: p.Cgroup, Adopted: true,
 			Peer: p.Peer, SegmentPeers: p.SegmentPeers}
-		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
+		so := &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog)}
 		proc, err := s.cfg.Launcher.Adopt(r.PID, r.StartTime)
 		if err != nil {
 			s.log.Warn("VMM of a recorded subOS is gone; reclaiming", "subos", info.Name, "err", err)
@@ -267,7 +269,7 @@ func (s *Supervisor) watch(so *subOS) {
 			return
 		}
 		// Listed (as stopping) until its resources are free.
-		e := vmmExit(so.info.VMMLog)
+		e := vmmExit(so.info.VMMLog, so.logFrom)
 		s.recordExit(so.info.Name, e)
 		s.reclaim(so, s.cfg.Who, "VMM exited: "+e.Log)
 		s.mu.Lock()
@@ -471,8 +473,12 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return vmmctl.SendLaunch(ctl, doc, files)
 	}
 	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
+	logFrom := fileSize(s.vmmLogPath(spec.Name))
 	proc, err := s.cfg.Launcher.Start(ctx, args, s.vmmLogPath(spec.Name), []*os.File{lnFile}, prepare)
 	if err != nil {
+		if e := vmmExit(s.vmmLogPath(spec.Name), logFrom); e.Seccomp != "" {
+			s.recordExit(spec.Name, e)
+		}
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
@@ -485,7 +491,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created}); err != nil {
 		return Info{}, err
 	}
-	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
 	delete(s.exits, spec.Name)
