@@ -164,6 +164,7 @@ func Adopt(f *os.File, opts Options) (*Device, error) {
 		f.Close()
 		return nil, fmt.Errorf("blk: %w", err)
 	}
+	opts.probeByFD = true
 	d, err := New(f, opts)
 	if err != nil {
 		f.Close()
@@ -299,6 +300,8 @@ func newBacking(f *os.File, opts Options) (*backing, error) {
 	if !b.info.ReadOnly {
 		if kind == KindBlockDevice {
 			b.probeBlockDevice(st.Rdev)
+		} else if opts.probeByFD {
+			b.probeOwnFile(fd, size, st.Blksize)
 		} else {
 			b.probeFile(filepath.Dir(name), st.Blksize)
 		}
@@ -378,6 +381,12 @@ func fsTypeName(typ int64) string {
 // is not offered and write-zeroes writes zeroes.
 func (b *backing) probeFile(dir string, fsBlock int64) {
 	punch, zero := probeFallocate(dir)
+	b.setFallocateModes(punch, zero, fsBlock)
+}
+
+// setFallocateModes offers discard and write-zeroes by the file system's
+// fallocate modes.
+func (b *backing) setFallocateModes(punch, zero bool, fsBlock int64) {
 	const maxSectors = maxSegmentBytes / SectorSize
 	b.maxZeroes = maxSectors
 	b.info.WriteZeroes = ZeroWrite
@@ -395,6 +404,18 @@ func (b *backing) probeFile(dir string, fsBlock int64) {
 			b.discardAlign = uint32(fsBlock / SectorSize)
 		}
 	}
+}
+
+// probeOwnFile is probeFile for a file known only by its descriptor: it
+// punches a hole past the end of the file (KEEP_SIZE), which changes
+// neither its size nor its data, to learn whether the file system can
+// discard. ZERO_RANGE past the end would allocate blocks there, so it is
+// not tried and write-zeroes writes zeroes.
+func (b *backing) probeOwnFile(fd int, size, fsBlock int64) {
+	const n = 64 << 10
+	off := (size + 2*n - 1) / n * n
+	punch := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil
+	b.setFallocateModes(punch, false, fsBlock)
 }
 
 // probeFallocate reports whether the file system holding dir supports

@@ -105,6 +105,9 @@ type Options struct {
 	Direct bool
 	// ID is the serial returned by GET_ID (at most IDLen bytes used).
 	ID string
+	// probeByFD finds a regular file's fallocate modes on the file itself
+	// (Adopt: its name is no path to probe beside).
+	probeByFD bool
 }
 
 // Device is a virtio-blk device model.
