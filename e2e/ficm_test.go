@@ -28,7 +28,7 @@ grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgro
 export RF_IMAGES="$L2"
 serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; }
 serve
-gone() { i=0; while "$RFM" inspect "$1" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
+gone() { i=0; while "$RFM" inspect "$1" -o json 2>/dev/null | grep -qE '"state": "(running|starting|stopping)"' && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
 echo "== create"
 "$RFM" create a --cores 1 --memory 256M --segment shared,size=64K --append 'rf.poweroff=1 rf.cmd="rfcom ls; rfcom map shared --write from-a && rfcom recv --port 7 --count 2 --timeout 200s && rfcom bench --serve --mode irq --timeout 200s; rfcom daemon >/tmp/d.log 2>&1 & until [ -S /run/rfcom.sock ]; do sleep 0.2; done; rfcom control --count 1 --timeout 200s; cat /tmp/d.log"'; echo "RF-STATUS-A $?"
 "$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; rfcom map secret --read 4; i=0; until rfcom bench --to a --n 200 --mode irq --timeout 100s; do i=$((i+1)); [ $i -gt 15 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"

@@ -35,7 +35,7 @@ echo "== ps-after"
 "$RFM" ps -o json
 echo "== kill-vmm"
 kill -9 $("$RFM" inspect b -o json | sed -n 's/^  "pid": \([0-9]*\),/\1/p')
-i=0; while "$RFM" inspect b >/dev/null 2>&1 && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
+i=0; while "$RFM" inspect b -o json 2>/dev/null | grep -qE '"state": "(running|starting|stopping)"' && [ $i -lt 50 ]; do sleep 0.2; i=$((i+1)); done
 "$RFM" ps
 echo "== logs"
 i=0; while ! "$RFM" logs a | grep -q "hello from" && [ $i -lt 150 ]; do sleep 1; i=$((i+1)); done

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
+	"golang.org/x/sys/unix"
 
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
@@ -33,6 +35,13 @@ type LinuxConfig struct {
 	Kernel  string // PVH ELF vmlinux or bzImage
 	Initrd  string // optional
 	Cmdline string
+	// KernelFile and InitrdFile, when set, are read instead of opening
+	// Kernel and Initrd (a jailed VMM's descriptors; the caller keeps
+	// them).
+	KernelFile, InitrdFile *os.File
+	// DiskFiles, by disk ID, are backings used instead of opening the
+	// disks' paths; the machine takes charge of them.
+	DiskFiles map[string]*os.File
 	// Disks are given to the guest as virtio-blk devices, each under its
 	// ID (config.Document.WithDiskIDs fills them in).
 	Disks []config.Disk
@@ -43,6 +52,10 @@ type LinuxConfig struct {
 	// ConsoleSocket, when set, serves the console on a Unix socket there
 	// (rfm console attaches to it).
 	ConsoleSocket string
+	// ConsoleListener, when set, is served instead of creating
+	// ConsoleSocket (made by the supervisor of a jailed VMM); the machine
+	// takes charge of it.
+	ConsoleListener *net.UnixListener
 	// Ready, when set, is called once the machine is built and about to run
 	// (a supervisor waits for it to know the subOS started).
 	Ready func()
@@ -72,7 +85,7 @@ func (c *LinuxConfig) Check() error {
 	if err := c.checkFiles(); err != nil {
 		return err
 	}
-	k, err := os.Open(c.Kernel)
+	k, err := c.openKernel()
 	if err != nil {
 		return fmt.Errorf("kernel: %w", err)
 	}
@@ -100,11 +113,20 @@ func (c *LinuxConfig) checkFiles() error {
 	if c.Kernel == "" {
 		return errors.New("no kernel given")
 	}
-	for _, f := range []struct{ what, path string }{{"kernel", c.Kernel}, {"initrd", c.Initrd}} {
-		if f.path == "" {
+	for _, f := range []struct {
+		what, path string
+		file       *os.File
+	}{{"kernel", c.Kernel, c.KernelFile}, {"initrd", c.Initrd, c.InitrdFile}} {
+		if f.path == "" && f.file == nil {
 			continue
 		}
-		st, err := os.Stat(f.path)
+		var st os.FileInfo
+		var err error
+		if f.file != nil {
+			st, err = f.file.Stat()
+		} else {
+			st, err = os.Stat(f.path)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.what, err)
 		}
@@ -113,6 +135,9 @@ func (c *LinuxConfig) checkFiles() error {
 		}
 	}
 	for _, d := range c.Disks {
+		if _, given := c.DiskFiles[d.ID]; given {
+			continue // checked by blk.Adopt
+		}
 		if err := blk.CheckPath(d.Path); err != nil {
 			return fmt.Errorf("disk: %w", err)
 		}
@@ -186,7 +211,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err := m.Mem.WriteAt(tables, acpi.DefaultBase); err != nil {
 		return nil, fmt.Errorf("write ACPI tables: %w", err)
 	}
-	kernel, err := os.Open(cfg.Kernel)
+	kernel, err := cfg.openKernel()
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
@@ -196,8 +221,8 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
 	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: cfg.Cmdline, RAMSize: cfg.MemSize, RSDPAddr: rsdp}
-	if cfg.Initrd != "" {
-		initrd, err := os.Open(cfg.Initrd)
+	if cfg.Initrd != "" || cfg.InitrdFile != nil {
+		initrd, err := reopen(cfg.InitrdFile, cfg.Initrd)
 		if err != nil {
 			return nil, fmt.Errorf("initrd: %w", err)
 		}
@@ -225,13 +250,16 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	// register shares the PCI configuration ports (setupPCI).
 	out := cfg.Console
 	var uartp atomic.Pointer[serial.UART]
-	if cfg.ConsoleSocket != "" {
-		sock, err := consolesock.Listen(ctx, cfg.ConsoleSocket, func(b []byte) {
+	if cfg.ConsoleSocket != "" || cfg.ConsoleListener != nil {
+		input := func(b []byte) {
 			if u := uartp.Load(); u != nil {
 				u.Enqueue(b)
 			}
-		})
-		if err != nil {
+		}
+		var sock *consolesock.Server
+		if cfg.ConsoleListener != nil {
+			sock = consolesock.Serve(ctx, cfg.ConsoleListener, input)
+		} else if sock, err = consolesock.Listen(ctx, cfg.ConsoleSocket, input); err != nil {
 			return nil, err
 		}
 		m.AddCloser(sock.Close)
@@ -280,7 +308,9 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 // the shared-memory functions into the PCI bus.
 func (m *Machine) addDevices(cfg *LinuxConfig) error {
 	for _, d := range cfg.Disks {
-		if _, err := m.AddDisk(d); err != nil {
+		f := cfg.DiskFiles[d.ID]
+		delete(cfg.DiskFiles, d.ID) // the machine's now
+		if _, err := m.AddDiskFile(d, f); err != nil {
 			return err
 		}
 	}
@@ -301,11 +331,30 @@ func (m *Machine) addDevices(cfg *LinuxConfig) error {
 
 // AddDisk opens d's backing and plugs it as a virtio-blk device under d.ID
 // (see AddDevice): at boot, or hot-added while the guest runs.
-func (m *Machine) AddDisk(d config.Disk) (int, error) {
+func (m *Machine) AddDisk(d config.Disk) (int, error) { return m.AddDiskFile(d, nil) }
+
+// AddDiskFile is AddDisk on backing f, already open (nil: open d.Path);
+// it takes charge of f.
+func (m *Machine) AddDiskFile(d config.Disk, f *os.File) (int, error) {
 	if d.ID == "" {
+		if f != nil {
+			f.Close()
+		}
 		return 0, fmt.Errorf("disk %s: no id", d.Path)
 	}
-	model, backing, err := OpenDisk(d)
+	var model virtio.DeviceModel
+	var backing io.Closer
+	var err error
+	if f != nil {
+		var dev *blk.Device
+		dev, err = blk.Adopt(f, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID})
+		if err != nil {
+			err = fmt.Errorf("disk %s: %w", d.ID, err)
+		}
+		model, backing = dev, dev
+	} else {
+		model, backing, err = OpenDisk(d)
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -322,6 +371,24 @@ func OpenDisk(d config.Disk) (virtio.DeviceModel, io.Closer, error) {
 		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
 	}
 	return model, model, nil
+}
+
+// openKernel opens the kernel: a duplicate of KernelFile when given (the
+// caller keeps KernelFile), else the path.
+func (c *LinuxConfig) openKernel() (*os.File, error) { return reopen(c.KernelFile, c.Kernel) }
+
+// reopen returns a file to read f from (a duplicate, closed by the caller),
+// or path opened when f is nil. Reads are positioned (ReadAt), so sharing
+// the offset does not matter.
+func reopen(f *os.File, path string) (*os.File, error) {
+	if f == nil {
+		return os.Open(path)
+	}
+	fd, err := unix.FcntlInt(f.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("duplicate %s: %w", f.Name(), err)
+	}
+	return os.NewFile(uintptr(fd), f.Name()), nil
 }
 
 // pumpInput copies console input into the UART until the machine stops or

@@ -80,6 +80,9 @@ type Config struct {
 	Logger    *slog.Logger
 	SysRoot   string // sysfs root, "/sys" when empty
 	KVMPath   string // "/dev/kvm" when empty
+	// KVMFile, when set, is an open /dev/kvm used instead of KVMPath; the
+	// machine takes charge of it.
+	KVMFile *os.File
 }
 
 // Machine is one VM with its memory, buses, devices and vCPUs.
@@ -149,7 +152,7 @@ func New(cfg Config) (_ *Machine, err error) {
 			m.Close()
 		}
 	}()
-	if m.vm, err = vm.New(cfg.KVMPath); err != nil {
+	if m.vm, err = newVM(cfg); err != nil {
 		return nil, err
 	}
 	m.AddCloser(m.vm.Close)
@@ -378,7 +381,7 @@ func (m *Machine) runVCPU(i int, v *vcpu) error {
 	tid := unix.Gettid()
 	v.tid.Store(int32(tid))
 	// Named for top -H and the idle wake-up benchmark; best effort.
-	_ = os.WriteFile(fmt.Sprintf("/proc/self/task/%d/comm", tid), []byte(fmt.Sprintf("vcpu%d", i)), 0)
+	_ = setThreadName(fmt.Sprintf("vcpu%d", i))
 	log := m.log.With("vcpu", i)
 	for !m.stopping.Load() {
 		m.park(v)
@@ -511,4 +514,16 @@ func regsSummary(c *kvm.VCPU) string {
 		return fmt.Sprintf("RIP %#x", r.RIP)
 	}
 	return fmt.Sprintf("RIP %#x CS %#x CR0 %#x", r.RIP, s.CS.Selector, s.CR0)
+}
+
+// newVM creates the VM on cfg.KVMFile when given, else on cfg.KVMPath.
+func newVM(cfg Config) (*vm.VM, error) {
+	if cfg.KVMFile == nil {
+		return vm.New(cfg.KVMPath)
+	}
+	sys, err := kvm.FromFile(cfg.KVMFile)
+	if err != nil {
+		return nil, err
+	}
+	return vm.NewOn(sys)
 }

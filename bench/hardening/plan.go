@@ -100,7 +100,7 @@ export RF_IMAGES="$L2"
 rfm() { "$RFM" --socket "$WORK/rfm.sock" "$@"; }
 tag() { tr -d '\r' | sed "s/^/` + linePrefix + ` config=$1 rep=$2 metric=$3 | /"; }
 fail() { echo "` + linePrefix + ` config=$1 rep=$2 metric=$3 | ` + failedPayload + ` $4"; }
-gone() { i=0; while rfm inspect "$1" >/dev/null 2>&1 && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
+gone() { i=0; while rfm inspect "$1" -o json 2>/dev/null | grep -qE '"state": "(running|starting|stopping)"' && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }
 # await NAME TEXT: copy NAME's log to $WORK/NAME.out until it holds TEXT,
 # the subOS is gone or the run's bound passed.
 await() { i=0; while [ $i -lt $AWAIT ]; do rfm logs "$1" >"$WORK/$1.new" 2>/dev/null || break; cat "$WORK/$1.new" >"$WORK/$1.out"; grep -q "$2" "$WORK/$1.out" && break; sleep 0.5; i=$((i+1)); done; }

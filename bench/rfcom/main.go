@@ -171,7 +171,7 @@ func script(o options) string {
 grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 export RF_IMAGES="$L2"
 echo "RF-BENCH-INFO kernel=$(uname -r) cpus=$(nproc)"
-gone() { i=0; while "$RFM" inspect "$1" >/dev/null 2>&1 && [ $i -lt 3600 ]; do sleep 1; i=$((i+1)); done; }
+gone() { i=0; while "$RFM" inspect "$1" -o json 2>/dev/null | grep -qE '"state": "(running|starting|stopping)"' && [ $i -lt 3600 ]; do sleep 1; i=$((i+1)); done; }
 echo "== rfm"
 "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & spid=$!
 i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done

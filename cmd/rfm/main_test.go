@@ -57,6 +57,7 @@ func TestVMMBadInput(t *testing.T) {
 	cfgUnknown := doc("unknown.json", `{"version": 1, "cpus": 2, `+base+`}`)
 	cfgVersion := doc("version.json", `{"version": 2, `+base+`}`)
 	cfgRegions := doc("regions.json", `{"version": 1, `+base+`, "regions": [{"name": "r", "protocol": 2, "peers": 2, "output_size": 4096, "vectors": 1, "self": 0}]}`)
+	cfgFiles := doc("files.json", `{"version": 1, `+base+`, "files": {"kvm": 0}}`)
 
 	cases := []struct {
 		name      string
@@ -87,6 +88,7 @@ func TestVMMBadInput(t *testing.T) {
 		{"config with an unknown field", []string{"--config", cfgUnknown}, `unknown field "cpus"`, false},
 		{"config of another version", []string{"--config", cfgVersion}, "version 2, this rfm understands version 1", false},
 		{"config with regions", []string{"--config", cfgRegions}, "regions need their descriptors", false},
+		{"config with named files", []string{"--config", cfgFiles}, "files (named descriptors) need the control socket", false},
 		{"offline core", []string{"--kernel", kernel, "--cpus", "4095"}, "core 4095 is not online", true},
 		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "--memory: VMM configuration: memory 3145728: at least 2 MiB, a multiple of the 2 MiB page size", true},
 		{"too few hugepages", []string{"--kernel", kernel, "--cpus", "0", "--memory", "4000G"}, "not enough free hugepages", true},

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -54,6 +55,8 @@ type supervisorFlags struct {
 	group                                      string
 	// access is who may use the API and the consoles (set by open).
 	access peercred.Policy
+	noJail, noSeccomp                          bool
+	vmmUID, vmmGID                             int
 }
 
 func (f *supervisorFlags) add(cmd *cobra.Command) {
@@ -63,6 +66,10 @@ func (f *supervisorFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.housekeeping, "housekeeping", "", "host cores kept for the supervisor and the host (default: the first online core)")
 	cmd.Flags().BoolVar(&f.steerIRQs, "steer-irqs", false, "keep host interrupts off subOS cores")
 	cmd.Flags().StringVar(&f.group, "group", "rainforest", "group whose members may use the API and attach consoles besides root (none when it does not exist)")
+	cmd.Flags().IntVar(&f.vmmUID, "vmm-uid", 0, "uid of the jailed VMMs (default: user "+supervisor.DefaultVMMUser+" if it exists, else "+strconv.Itoa(supervisor.DefaultVMMID)+")")
+	cmd.Flags().IntVar(&f.vmmGID, "vmm-gid", 0, "gid of the jailed VMMs (default: as --vmm-uid)")
+	cmd.Flags().BoolVar(&f.noJail, "no-jail", false, "debugging: run VMMs as root, unjailed (still given their files as descriptors)")
+	cmd.Flags().BoolVar(&f.noSeccomp, "no-seccomp", false, "debugging: jailed VMMs run without their system-call filter")
 }
 
 // open discovers the machine and opens the supervisor.
@@ -92,6 +99,7 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
+		Jail: supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
 	}
 	if f.steerIRQs {
 		cfg.SteerIRQs = act.SteerIRQs

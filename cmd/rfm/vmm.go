@@ -30,7 +30,7 @@ type vmmFlags struct {
 	disks                                     []string
 	consoleSocket, configFile                 string
 	readyFD, waitFD, controlFD                int
-	allowEmulated                             bool
+	allowEmulated, noSeccomp                  bool
 	logLevel                                  string
 }
 
@@ -91,7 +91,7 @@ descriptors beside it; the control socket then also takes runtime requests
 				if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
 					return err
 				}
-				o.Config, o.Regions, o.ControlUID = l.Config, l.Files, l.From.UID
+				o.Config, o.Regions, o.Named, o.ControlUID = l.Config, l.Files, l.Named, l.From.UID
 			case f.configFile != "":
 				doc, err := readDocument(f.configFile)
 				if err != nil {
@@ -100,6 +100,9 @@ descriptors beside it; the control socket then also takes runtime requests
 				if len(doc.Regions) > 0 {
 					return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
 				}
+				if len(doc.Files) > 0 {
+					return fmt.Errorf("--config %s: files (named descriptors) need the control socket, which carries them", f.configFile)
+				}
 				o.Config = doc
 			default:
 				doc, err := f.document()
@@ -107,6 +110,9 @@ descriptors beside it; the control socket then also takes runtime requests
 					return err
 				}
 				o.Config = doc
+			}
+			if f.noSeccomp {
+				o.Config.NoSeccomp = true
 			}
 			if l != nil {
 				// The launch is answered once the machine is built (Ready)
@@ -174,6 +180,7 @@ descriptors beside it; the control socket then also takes runtime requests
 	fl.IntVar(&f.controlFD, "control-fd", -1, "inherited listening control socket of the supervisor: the configuration and its regions arrive there")
 	fl.BoolVar(&f.allowEmulated, "allow-emulated-kvm", false, "boot even where KVM emulates guest kernel code")
 	fl.StringVar(&f.logLevel, "log-level", "warn", "VMM log level: debug, info, warn, error")
+	fl.BoolVar(&f.noSeccomp, "no-seccomp", false, "debugging: a jailed VMM runs without its system-call filter")
 	for _, n := range []string{"ready-fd", "wait-fd", "control-fd"} {
 		_ = fl.MarkHidden(n)
 	}

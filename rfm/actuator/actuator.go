@@ -45,6 +45,7 @@ type Config struct {
 const (
 	cpusetController = "cpuset"
 	memoryController = "memory"
+	pidsController   = "pids"
 )
 
 // hierarchy is one mounted cgroup hierarchy the actuator uses.
@@ -131,6 +132,9 @@ func detect(root string) ([]hierarchy, string, error) {
 		if slices.Contains(ctrls, memoryController) {
 			h.controllers = append(h.controllers, memoryController)
 		}
+		if slices.Contains(ctrls, pidsController) {
+			h.controllers = append(h.controllers, pidsController)
+		}
 		return []hierarchy{h}, "v2", nil
 	}
 	unified := filepath.Join(root, "unified")
@@ -148,6 +152,9 @@ func detect(root string) ([]hierarchy, string, error) {
 			hier = append(hier, hierarchy{root: v1Memory, controllers: []string{memoryController}})
 		case haveUnified && slices.Contains(unifiedCtrls, memoryController):
 			hier = append(hier, hierarchy{root: unified, v2: true, controllers: []string{memoryController}})
+		}
+		if v1Pids := filepath.Join(root, pidsController); exists(filepath.Join(v1Pids, "pids.max")) && !sameDir(v1Pids, v1Cpuset) && !sameDir(v1Pids, v1Memory) {
+			hier = append(hier, hierarchy{root: v1Pids, controllers: []string{pidsController}})
 		}
 		return hier, "v1", nil
 	}

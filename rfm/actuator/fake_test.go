@@ -333,8 +333,8 @@ func TestGroupV2(t *testing.T) {
 	}
 	p := filepath.Join(root, "rainforest")
 	for file, want := range map[string]string{
-		root + "/cgroup.subtree_control": "+cpuset", // memory was already on
-		p + "/cgroup.subtree_control":    "+memory",
+		root + "/cgroup.subtree_control": "+pids", // memory was already on; the fake keeps the last write
+		p + "/cgroup.subtree_control":    "+pids",
 		p + "/cpuset.cpus":               "", // inherits everything
 		p + "/cpuset.cpus.exclusive":     "1-2",
 		p + "/vm1/cpuset.cpus":           "1-2",
@@ -378,7 +378,7 @@ func TestGroupV2WithoutPartitions(t *testing.T) {
 		os.Remove(filepath.Join(p, "cpuset.cpus.exclusive"))
 		return os.Remove(filepath.Join(p, "cpuset.cpus.partition"))
 	}
-	writeFiles(t, root, map[string]string{"cgroup.subtree_control": "cpuset memory"})
+	writeFiles(t, root, map[string]string{"cgroup.subtree_control": "cpuset memory pids"})
 	g, err := a.CreateGroup("vm1", []int{3}, []int{0})
 	if err != nil {
 		t.Fatal(err)
@@ -386,7 +386,7 @@ func TestGroupV2WithoutPartitions(t *testing.T) {
 	if g.Exclusive() || !strings.Contains(g.ExclusiveNote(), "not supported") {
 		t.Errorf("exclusive %v note %q", g.Exclusive(), g.ExclusiveNote())
 	}
-	if got := readFile(t, filepath.Join(root, "cgroup.subtree_control")); got != "cpuset memory" {
+	if got := readFile(t, filepath.Join(root, "cgroup.subtree_control")); got != "cpuset memory pids" {
 		t.Errorf("root subtree_control rewritten: %q", got)
 	}
 }
@@ -411,5 +411,39 @@ func TestLists(t *testing.T) {
 	}
 	if got := formatMask([]int{0, 1, 32}); got != "1,00000003" {
 		t.Errorf("formatMask = %q", got)
+	}
+}
+
+// Limit writes memory.max and pids.max on v2, memory.limit_in_bytes on
+// v1 (whose fake has no pids hierarchy: skipped).
+func TestGroupLimit(t *testing.T) {
+	root := fakeV2(t)
+	a := newFake(t, root)
+	g, err := a.CreateGroup("vm1", []int{1}, []int{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, root, map[string]string{"rainforest/vm1/memory.max": "max", "rainforest/vm1/pids.max": "max"})
+	if err := g.Limit(256<<20, 300); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(root, "rainforest/vm1/memory.max")); got != "268435456" {
+		t.Errorf("memory.max = %q", got)
+	}
+	if got := readFile(t, filepath.Join(root, "rainforest/vm1/pids.max")); got != "300" {
+		t.Errorf("pids.max = %q", got)
+	}
+
+	root = fakeV1(t)
+	a = newFake(t, root)
+	if g, err = a.CreateGroup("vm1", []int{1}, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, root, map[string]string{"memory/rainforest/vm1/memory.limit_in_bytes": "9223372036854771712"})
+	if err := g.Limit(128<<20, 300); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(root, "memory/rainforest/vm1/memory.limit_in_bytes")); got != "134217728" {
+		t.Errorf("memory.limit_in_bytes = %q", got)
 	}
 }

@@ -460,6 +460,34 @@ func (a *Actuator) dropParentExclusive(h hierarchy, dir string) {
 	_ = writeString(pex, units.FormatCPUList(minus(have, mine)))
 }
 
+// Limit bounds the group's memory (v2 memory.max, v1
+// memory.limit_in_bytes) and its number of tasks, threads included
+// (pids.max), in the hierarchies that carry those controllers; a
+// controller the host lacks is skipped. 0 leaves a limit alone.
+func (g *Group) Limit(memoryMax uint64, pidsMax int) error {
+	a := g.a
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for i, h := range a.hier {
+		dir := g.dirs[i]
+		if memoryMax > 0 && h.has(memoryController) {
+			file := "memory.max"
+			if !h.v2 {
+				file = "memory.limit_in_bytes"
+			}
+			if err := writeString(filepath.Join(dir, file), strconv.FormatUint(memoryMax, 10)); err != nil {
+				return fmt.Errorf("limit group %s: %w", g.name, err)
+			}
+		}
+		if pidsMax > 0 && h.has(pidsController) {
+			if err := writeString(filepath.Join(dir, "pids.max"), strconv.Itoa(pidsMax)); err != nil {
+				return fmt.Errorf("limit group %s: %w", g.name, err)
+			}
+		}
+	}
+	return nil
+}
+
 // AddProcess moves process pid (all its threads) into the group in every
 // hierarchy. If a move fails, the hierarchies already moved are moved back.
 func (g *Group) AddProcess(pid int) error {

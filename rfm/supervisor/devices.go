@@ -7,6 +7,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/rfm/vmmctl"
@@ -145,11 +147,16 @@ func (s *Supervisor) AttachDisk(ctx context.Context, name string, d Disk) (Disk,
 	if err := blk.CheckPath(d.Path); err != nil {
 		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
 	}
+	backing, err := os.OpenFile(d.Path, diskFlags(d)|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return Disk{}, &ProblemsError{Problems: []ledger.Problem{{Field: "disk.path", Message: err.Error()}}}
+	}
+	defer backing.Close() // the VMM has its own copy
 	if err := s.intend(so, intent{Op: opAttach, Disk: &d}); err != nil {
 		return Disk{}, err
 	}
 	s.at("attach:vmm")
-	dev, err := vmmctl.AttachDisk(ctx, s.vmm(so), d)
+	dev, err := vmmctl.AttachDisk(ctx, s.vmm(so), d, backing)
 	if err != nil {
 		s.unintend(so)
 		s.event(s.who(ctx), "attach-failed", name, time.Since(start), fmt.Sprintf("disk %s %s: %v", d.ID, d, err))

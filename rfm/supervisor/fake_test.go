@@ -32,6 +32,7 @@ type fakeActuator struct {
 	// the ones that have not exited keep a group busy, and KillGroup
 	// kills them.
 	host *fakeLauncher
+	limits  map[string][2]uint64 // memory.max, pids.max by group
 }
 
 // fakePoolBase is the hugepage pool's size before the supervisor adds.
@@ -43,6 +44,16 @@ type fakeGroup struct {
 }
 
 func (g fakeGroup) Path() string { return "/fake/" + g.name }
+func (g fakeGroup) Limit(memoryMax uint64, pidsMax int) error {
+	g.a.mu.Lock()
+	defer g.a.mu.Unlock()
+	if g.a.limits == nil {
+		g.a.limits = map[string][2]uint64{}
+	}
+	g.a.limits[g.name] = [2]uint64{memoryMax, uint64(pidsMax)}
+	return nil
+}
+
 func (g fakeGroup) AddProcess(pid int) error {
 	if g.a.failOn == "addprocess" {
 		return errors.New("fake: cannot move process")
@@ -154,6 +165,7 @@ type fakeLauncher struct {
 	// afterStart, when set, runs once the VMM runs, before Start returns
 	// (a test crashes the supervisor there).
 	afterStart func()
+	crash string        // when set, Start writes it to the VMM's log and fails
 }
 
 type fakeProcess struct {
@@ -166,6 +178,10 @@ type fakeProcess struct {
 	regions []config.Region
 	files   []*os.File
 	devices map[string]vmmctl.Device
+	// named are the descriptors that came with the launch (name ->
+	// received file's name), backings the hot-added disks' first bytes.
+	named    map[string]string
+	backings map[string]string
 	// refuse makes the fake guest never release a device.
 	refuse bool
 	// servedBy, when set, is the pid the supervisor expects to serve the
@@ -198,6 +214,10 @@ func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string,
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.crash != "" {
+		os.WriteFile(logPath, []byte(l.crash), 0o600)
+		return nil, errors.New("fake: VMM exited before running")
+	}
 	if l.fail {
 		return nil, errors.New("fake: VMM exited before running")
 	}
@@ -241,6 +261,11 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 		return err
 	}
 	p.doc, p.regions, p.files = launch.Config, launch.Config.Regions, launch.Files
+	p.named = map[string]string{}
+	for name, f := range launch.Named {
+		p.named[name] = f.Name()
+		f.Close()
+	}
 	p.devices = map[string]vmmctl.Device{}
 	for i, d := range launch.Config.WithDiskIDs() {
 		p.devices[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Slot: 1 + i, Path: d.Path}
@@ -265,9 +290,18 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 	return nil
 }
 
-func (p *fakeProcess) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, error) {
+func (p *fakeProcess) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (vmmctl.Device, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if backing != nil {
+		b := make([]byte, 8)
+		n, _ := backing.ReadAt(b, 0)
+		backing.Close()
+		if p.backings == nil {
+			p.backings = map[string]string{}
+		}
+		p.backings[d.ID] = string(b[:n])
+	}
 	if _, ok := p.devices[d.ID]; ok {
 		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, d.ID)
 	}
@@ -391,7 +425,8 @@ const testDevice = "0000:03:00.0"
 
 func newTestSupervisor(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher) *Supervisor {
 	t.Helper()
-	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l})
+	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l,
+		Jail: JailConfig{KVMPath: filepath.Join(dir, "kvm")}})
 	if err != nil {
 		t.Fatal(err)
 	}

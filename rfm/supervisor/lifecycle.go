@@ -158,9 +158,9 @@ func (s *Supervisor) readopt() error {
 func (s *Supervisor) recordedSubOS(r store.Record, p persisted) *subOS {
 	name := r.Allocation.Name
 	info := Info{Name: name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
-		Created: r.Created, ConsoleSocket: s.consolePath(name), Log: s.logPath(name), Cgroup: p.Cgroup, Adopted: true,
+		Created: r.Created, ConsoleSocket: s.consolePath(name), Log: s.logPath(name), VMMLog: s.vmmLogPath(name), Cgroup: p.Cgroup, Adopted: true,
 		Peer: p.Peer, SegmentPeers: p.SegmentPeers}
-	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{})}
+	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog)}
 }
 
 func (s *Supervisor) recoverRecord(r store.Record) {

@@ -368,7 +368,7 @@ func TestCrashProperty(t *testing.T) {
 				}
 				h.l.kill(info.PID)
 				for { // the supervisor's watcher reclaims it
-					if _, err := s.Get(name); err != nil {
+					if info, err := s.Get(name); err != nil || info.State == StateExited {
 						return
 					}
 					time.Sleep(time.Millisecond)

@@ -47,6 +47,11 @@ type Launcher interface {
 // (0-2 are stdio, 3 and 4 the ready and wait pipes).
 const FirstExtraFD = 5
 
+// vmmCloneFlags are the namespaces a VMM starts in. In its new PID
+// namespace the VMM is init: signals reach it only for the handlers it has,
+// and the Go runtime has one for every signal stopProcess sends.
+const vmmCloneFlags = syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET
+
 // ExecLauncher runs `RFM vmm ...` processes.
 type ExecLauncher struct {
 	RFM      string // path of the rfm binary
@@ -75,7 +80,10 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, 
 	cmd.Stdin = nil
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = append([]*os.File{wr, goRd}, files...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Its own session (it outlives the supervisor) and its own mount, PID,
+	// IPC and network namespaces, in which it jails itself (vmm/jail) once
+	// it has its files.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Cloneflags: vmmCloneFlags}
 	err = cmd.Start()
 	wr.Close()
 	goRd.Close()

@@ -52,6 +52,9 @@ const (
 	StateStarting State = "starting"
 	StateRunning  State = "running"
 	StateStopping State = "stopping"
+	// StateExited: the VMM ended on its own and its resources are free
+	// (Info then carries only the name and LastExit).
+	StateExited State = "exited"
 )
 
 // Info describes a subOS (GET /v1/subos/{name}).
@@ -70,4 +73,8 @@ type Info struct {
 	Peer int `json:"ficm_peer,omitempty"`
 	// SegmentPeers maps each granted segment to the subOS's slot in it.
 	SegmentPeers map[string]int `json:"segment_peers,omitempty"`
+	// VMMLog is the VMM's own log (the guest console is Log).
+	VMMLog string `json:"vmm_log,omitempty"`
+	// LastExit is how the VMM ended, for a subOS gone on its own.
+	LastExit *Exit `json:"last_exit,omitempty"`
 }

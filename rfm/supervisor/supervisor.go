@@ -42,6 +42,8 @@ var (
 type Group interface {
 	Path() string
 	AddProcess(pid int) error
+	// Limit sets the group's memory.max and pids.max (0: unchanged).
+	Limit(memoryMax uint64, pidsMax int) error
 }
 
 // Actuator applies allocations to the host (rfm/actuator in production).
@@ -80,6 +82,8 @@ type Config struct {
 	// and the subOS consoles, whose sockets live in RunDir: a RunDir New
 	// creates is then 0750 with that group (else 0700). StateDir is 0700.
 	SocketGroup int
+	// Jail confines the VMMs (see JailConfig).
+	Jail JailConfig
 }
 
 // Supervisor manages subOSes.
@@ -102,6 +106,8 @@ type Supervisor struct {
 	// crashPoint, set by tests only, is called at each step of an
 	// operation (see at).
 	crashPoint func(step string)
+	// exits says how the VMMs of subOSes gone on their own ended; under mu.
+	exits map[string]Exit
 }
 
 type subOS struct {
@@ -110,6 +116,8 @@ type subOS struct {
 	added   uint64 // hugepages the actuator added for this subOS
 	stopped chan struct{}
 	pending *intent // a device change a previous supervisor left unfinished
+	// logFrom is where this VMM's part of its (appended) log begins.
+	logFrom int64
 }
 
 // persisted is what the store keeps beside the allocation.
@@ -266,7 +274,9 @@ func (s *Supervisor) watch(so *subOS) {
 			return
 		}
 		// Listed (as stopping) until its resources are free.
-		s.reclaim(so, s.cfg.Who, "VMM exited: "+logTail(so.info.Log, 1))
+		e := vmmExit(so.info.VMMLog, so.logFrom)
+		s.recordExit(so.info.Name, e)
+		s.reclaim(so, s.cfg.Who, "VMM exited: "+e.Log)
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
@@ -316,6 +326,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	os.Remove(s.jailDir(a.Name))
 	s.leave(so.info)
 	s.steerIRQs()
 	s.event(who, what, a.Name, time.Since(start), why)
@@ -472,9 +483,20 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("control socket: %w", err)
 	}
 	defer lnFile.Close()
+	logPath := s.logPath(spec.Name)
 	doc := vmmDocument(spec, alloc, s.consolePath(spec.Name), member.regions)
+	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name)}
+	named, unjail, err := s.confine(doc)
+	if err != nil {
+		return Info{}, err
+	}
+	defer closeNamed(named) // the VMM has its own copies once started
+	undo = append(undo, unjail)
 	if err := doc.Validate(); err != nil {
 		return Info{}, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if err := group.Limit(vmmLimits(doc)); err != nil {
+		return Info{}, err
 	}
 	var ctl *net.UnixConn
 	defer func() {
@@ -491,20 +513,23 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		if ctl, err = vmmctl.Dial(ctlPath); err != nil {
 			return err
 		}
-		return vmmctl.SendLaunch(ctl, doc, member.files)
+		files, _ := vmmctl.LaunchFiles(member.files, named)
+		return vmmctl.SendLaunch(ctl, doc, files)
 	}
-	logPath := s.logPath(spec.Name)
-	os.Remove(s.consolePath(spec.Name))
 	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
+	logFrom := fileSize(s.vmmLogPath(spec.Name))
 	s.at("create:start")
-	proc, err := s.cfg.Launcher.Start(ctx, args, logPath, []*os.File{lnFile}, prepare)
+	proc, err := s.cfg.Launcher.Start(ctx, args, s.vmmLogPath(spec.Name), []*os.File{lnFile}, prepare)
 	if err != nil {
+		if e := vmmExit(s.vmmLogPath(spec.Name), logFrom); e.Seccomp != "" {
+			s.recordExit(spec.Name, e)
+		}
 		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
 	s.at("create:record")
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
-		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
+		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, VMMLog: s.vmmLogPath(spec.Name), Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
 	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers})
 	if err != nil {
 		return Info{}, err
@@ -512,9 +537,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created, Phase: store.PhaseRunning}); err != nil {
 		return Info{}, err
 	}
-	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{})}
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
+	delete(s.exits, spec.Name)
 	s.mu.Unlock()
 	s.watch(so)
 	s.steerIRQs()
@@ -611,6 +637,10 @@ func (s *Supervisor) Get(name string) (Info, error) {
 	defer s.mu.Unlock()
 	so, ok := s.subos[name]
 	if !ok {
+		if e, gone := s.exits[name]; gone {
+			// Gone on its own: how it ended stays visible.
+			return Info{Name: name, State: StateExited, LastExit: &e}, nil
+		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
 	return so.info, nil

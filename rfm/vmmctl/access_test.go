@@ -170,7 +170,7 @@ func TestDialVMMRefusesOtherServer(t *testing.T) {
 			t.Errorf("VMM pid %d: %v, want ErrWrongPeer", pid, err)
 		}
 	}
-	if _, err := AttachDisk(context.Background(), VMM{Path: path, PID: os.Getpid() + 1}, config.Disk{ID: "d", Path: "/d.img"}); !errors.Is(err, ErrWrongPeer) {
+	if _, err := AttachDisk(context.Background(), VMM{Path: path, PID: os.Getpid() + 1}, config.Disk{ID: "d", Path: "/d.img"}, nil); !errors.Is(err, ErrWrongPeer) {
 		t.Errorf("AttachDisk: %v", err)
 	}
 	h.mu.Lock()

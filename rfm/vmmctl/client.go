@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sort"
 	"time"
 
 	"rainforest/vmm/config"
@@ -63,9 +64,10 @@ func replyError(m Message) error {
 	return fmt.Errorf("%w: %s", ErrVMM, m.Error)
 }
 
-// SendLaunch sends the launch request on c: the document and its regions'
-// files. The VMM reads it once it may start (after the supervisor moved
-// it into its cgroup).
+// SendLaunch sends the launch request on c: the document, its regions'
+// files and then the files its descriptor table (Document.Files) names,
+// in index order (LaunchFiles builds both). The VMM reads it once it may
+// start (after the supervisor moved it into its cgroup).
 func SendLaunch(c *net.UnixConn, doc *config.Document, files []*os.File) error {
 	body, err := doc.Encode()
 	if err != nil {
@@ -73,8 +75,8 @@ func SendLaunch(c *net.UnixConn, doc *config.Document, files []*os.File) error {
 	}
 	if n, err := FileCount(doc.Regions); err != nil {
 		return err
-	} else if n != len(files) {
-		return fmt.Errorf("%w: %d descriptors for regions needing %d", ErrProtocol, len(files), n)
+	} else if n+len(doc.Files) != len(files) {
+		return fmt.Errorf("%w: %d descriptors for regions needing %d and %d named", ErrProtocol, len(files), n, len(doc.Files))
 	}
 	return Send(c, Message{Op: OpLaunch, Config: body}, files)
 }
@@ -138,9 +140,35 @@ func oneDevice(m Message, files []*os.File, err error) (Device, error) {
 	return m.Devices[0], nil
 }
 
-// AttachDisk hot-adds a disk.
-func AttachDisk(ctx context.Context, v VMM, d config.Disk) (Device, error) {
-	return oneDevice(Call(ctx, v, Message{Op: OpAttachDisk, Disk: &d}, nil))
+// AttachDisk hot-adds a disk; backing, when not nil, is the disk's file
+// opened by the caller (a jailed VMM cannot open d.Path), else the VMM
+// opens d.Path.
+func AttachDisk(ctx context.Context, v VMM, d config.Disk, backing *os.File) (Device, error) {
+	var files []*os.File
+	if backing != nil {
+		files = []*os.File{backing}
+	}
+	return oneDevice(Call(ctx, v, Message{Op: OpAttachDisk, Disk: &d}, files))
+}
+
+// LaunchFiles orders a launch's files: the regions' files, then named's
+// files in name order; table is the document's descriptor table
+// (Document.Files) for them.
+func LaunchFiles(regionFiles []*os.File, named map[string]*os.File) (files []*os.File, table map[string]int) {
+	names := make([]string, 0, len(named))
+	for name := range named {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	files = append([]*os.File(nil), regionFiles...)
+	if len(names) > 0 {
+		table = make(map[string]int, len(names))
+	}
+	for i, name := range names {
+		table[name] = i
+		files = append(files, named[name])
+	}
+	return files, table
 }
 
 // Grant hot-adds a region's shared-memory function; files are its memfd

@@ -24,8 +24,10 @@ const requestTimeout = 10 * time.Second
 // ErrNotFound, ErrExists, ErrNotReleased or ErrInvalid reach the caller as
 // such.
 type Handler interface {
-	// AttachDisk hot-adds a disk.
-	AttachDisk(ctx context.Context, d config.Disk) (Device, error)
+	// AttachDisk hot-adds a disk; backing, when not nil, is its file,
+	// already open (the handler takes charge of it), else d.Path is
+	// opened.
+	AttachDisk(ctx context.Context, d config.Disk, backing *os.File) (Device, error)
 	// Grant hot-adds a region's device; it takes charge of files (closing
 	// them on error).
 	Grant(ctx context.Context, r config.Region, files []*os.File) (Device, error)
@@ -76,6 +78,9 @@ type Launch struct {
 	// Files are the regions' files, in the document's order (the
 	// receiver's; SplitFiles was checked).
 	Files []*os.File
+	// Named are the files of the document's descriptor table
+	// (Document.Files), by name (the receiver's).
+	Named map[string]*os.File
 	// From is who sent it (the supervisor): Serve answers only its uid.
 	From peercred.Cred
 	conn *net.UnixConn
@@ -115,9 +120,20 @@ func AcceptLaunch(ln *net.UnixListener, timeout time.Duration) (*Launch, error) 
 	if err == nil {
 		doc, err = msg.Document()
 	}
+	var named map[string]*os.File
 	if err == nil {
-		if _, _, err = SplitFiles(doc.Regions, files); err != nil {
-			files = nil // SplitFiles closed them
+		var n int
+		if n, err = FileCount(doc.Regions); err == nil && n+len(doc.Files) != len(files) {
+			err = fmt.Errorf("%w: %d descriptors for regions needing %d and %d named", ErrProtocol, len(files), n, len(doc.Files))
+		}
+		if err == nil {
+			for name, i := range doc.Files { // validated: each index once, in range
+				if named == nil {
+					named = map[string]*os.File{}
+				}
+				named[name] = files[n+i]
+			}
+			files = files[:n]
 		}
 	}
 	if err != nil {
@@ -128,7 +144,7 @@ func AcceptLaunch(ln *net.UnixListener, timeout time.Duration) (*Launch, error) 
 		conn.Close()
 		return nil, err
 	}
-	return &Launch{Config: doc, Files: files, From: from, conn: conn}, nil
+	return &Launch{Config: doc, Files: files, Named: named, From: from, conn: conn}, nil
 }
 
 // Serve answers requests on ln until ctx ends (then it closes ln), each
@@ -192,8 +208,16 @@ func answer(ctx context.Context, conn *net.UnixConn, h Handler, log *slog.Logger
 			err = fmt.Errorf("%w: %s without a disk", ErrInvalid, msg.Op)
 			break
 		}
+		if len(files) > 1 {
+			err = fmt.Errorf("%w: %s with %d descriptors, want at most 1", ErrInvalid, msg.Op, len(files))
+			break
+		}
+		var backing *os.File
+		if len(files) == 1 {
+			backing = take()[0]
+		}
 		var d Device
-		if d, err = h.AttachDisk(ctx, *msg.Disk); err == nil {
+		if d, err = h.AttachDisk(ctx, *msg.Disk, backing); err == nil {
 			reply.Devices = []Device{d}
 		}
 	case OpGrant:

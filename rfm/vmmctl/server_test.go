@@ -29,11 +29,19 @@ type handler struct {
 	devices []Device
 	release chan struct{}
 	granted []*os.File
+	// backing is the first byte of the last attached disk's file.
+	backing string
 }
 
-func (h *handler) AttachDisk(_ context.Context, d config.Disk) (Device, error) {
+func (h *handler) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (Device, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if backing != nil {
+		b := make([]byte, 1)
+		backing.ReadAt(b, 0)
+		backing.Close()
+		h.backing = string(b)
+	}
 	if strings.Contains(d.Path, "missing") {
 		return Device{}, fmt.Errorf("%w: %s: no such file", ErrInvalid, d.Path)
 	}
@@ -84,7 +92,9 @@ func TestLaunchAndRequests(t *testing.T) {
 	}
 	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{1}, Memory: 64 << 20,
 		Regions: []config.Region{{Name: "seg", Protocol: 2, Peers: 2, RWSize: 4096, OutputSize: 4096, Vectors: 1, Self: 1}}}
-	files := tempFiles(t, 3)
+	all := tempFiles(t, 5)
+	files, table := LaunchFiles(all[:3], map[string]*os.File{config.FileKernel: all[3]})
+	doc.Files = table
 	c, err := Dial(path)
 	if err != nil {
 		t.Fatal(err)
@@ -103,9 +113,14 @@ func TestLaunchAndRequests(t *testing.T) {
 	if l.From.PID != int32(os.Getpid()) || l.From.UID != uint32(os.Geteuid()) {
 		t.Errorf("launch from %+v, want this process", l.From)
 	}
-	if l.Config.Name != "web" || len(l.Files) != 3 {
-		t.Fatalf("launch %+v with %d files", l.Config, len(l.Files))
+	if l.Config.Name != "web" || len(l.Files) != 3 || len(l.Named) != 1 {
+		t.Fatalf("launch %+v with %d files, named %v", l.Config, len(l.Files), l.Named)
 	}
+	b := make([]byte, 1)
+	if _, err := l.Named[config.FileKernel].ReadAt(b, 0); err != nil || string(b) != "d" {
+		t.Errorf("named kernel file reads %q, %v", b, err)
+	}
+	l.Named[config.FileKernel].Close()
 	for _, f := range l.Files {
 		f.Close()
 	}
@@ -128,14 +143,19 @@ func TestLaunchAndRequests(t *testing.T) {
 	bg := context.Background()
 	// The listener was made here, so this process serves it.
 	vm := VMM{Path: path, PID: os.Getpid()}
-	d, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/d.img", ReadOnly: true})
+	d, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/d.img", ReadOnly: true}, all[4])
 	if err != nil || d.Slot != 3 || !d.ReadOnly {
 		t.Fatalf("AttachDisk = %+v, %v", d, err)
 	}
-	if _, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/e.img"}); !errors.Is(err, ErrExists) {
+	h.mu.Lock()
+	if h.backing != "e" {
+		t.Errorf("disk backing reads %q, want the file sent", h.backing)
+	}
+	h.mu.Unlock()
+	if _, err := AttachDisk(bg, vm, config.Disk{ID: "data", Path: "/e.img"}, nil); !errors.Is(err, ErrExists) {
 		t.Errorf("second disk data: %v", err)
 	}
-	if _, err := AttachDisk(bg, vm, config.Disk{ID: "x", Path: "/missing.img"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no such file") {
+	if _, err := AttachDisk(bg, vm, config.Disk{ID: "x", Path: "/missing.img"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing disk: %v", err)
 	}
 	devs, err := Devices(bg, vm)

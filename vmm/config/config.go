@@ -73,7 +73,47 @@ type Document struct {
 	LogLevel string `json:"log_level,omitempty"`
 	// AllowEmulatedKVM boots even where KVM emulates guest kernel code.
 	AllowEmulatedKVM bool `json:"allow_emulated_kvm,omitempty"`
+	// Files names the descriptors that travel with the document after the
+	// regions' files: name (see FileKVM ... FileDisk) -> index among them.
+	// A named descriptor replaces the path the VMM would otherwise open.
+	Files map[string]int `json:"files,omitempty"`
+	// Jail, when set, makes the VMM enter its jail (vmm/jail) once it has
+	// its descriptors.
+	Jail *Jail `json:"jail,omitempty"`
+	// NoSeccomp leaves the VMM without its system-call filter (debugging
+	// only; the VMM warns loudly).
+	NoSeccomp bool `json:"no_seccomp,omitempty"`
 }
+
+// Jail is the unprivileged identity and the empty root directory of a
+// jailed VMM.
+type Jail struct {
+	// Root is an empty directory the VMM mounts its tmpfs root on.
+	Root string `json:"root"`
+	// UID and GID are the VMM's after the jail (never 0).
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// HostMountNS is the supervisor's mount namespace ("mnt:[N]"): the
+	// VMM refuses to pivot in it.
+	HostMountNS string `json:"host_mount_ns"`
+}
+
+// Names of the descriptors in Document.Files.
+const (
+	FileKVM           = "kvm"            // an open /dev/kvm
+	FileKernel        = "kernel"         // the kernel image, readable
+	FileInitrd        = "initrd"         // the initrd, readable
+	FileConsoleSocket = "console_socket" // a listening Unix stream socket
+	FileConsoleLog    = "console_log"    // the console output file, writable
+	// FileDiskPrefix + a disk's ID: its backing, opened as the disk asks.
+	FileDiskPrefix = "disk/"
+)
+
+// MaxFiles bounds the named descriptors.
+const MaxFiles = 8 + MaxDisks
+
+// DiskFile is the name of disk id's descriptor.
+func DiskFile(id string) string { return FileDiskPrefix + id }
 
 // Disk is a raw image file or block device given to the guest as a
 // virtio-blk device.
@@ -298,6 +338,17 @@ func (d *Document) Validate() error {
 		}
 		ids[disk.ID] = true
 	}
+	if err := d.validateFiles(ids); err != nil {
+		return err
+	}
+	if j := d.Jail; j != nil {
+		if j.Root == "" || !strings.HasPrefix(j.Root, "/") {
+			return bad("jail", "jail: root %q is not an absolute path", j.Root)
+		}
+		if j.UID <= 0 || j.GID <= 0 || j.UID > 1<<31-2 || j.GID > 1<<31-2 {
+			return bad("jail", "jail: uid %d, gid %d: an unprivileged id (1..2^31-2) each", j.UID, j.GID)
+		}
+	}
 	names := map[string]bool{}
 	for _, r := range d.Regions {
 		if err := r.Validate(); err != nil {
@@ -309,6 +360,48 @@ func (d *Document) Validate() error {
 		names[r.Name] = true
 	}
 	return nil
+}
+
+// validateFiles checks the descriptor table: known names (disks among
+// the document's disk ids), each index once, indexes 0..len-1.
+func (d *Document) validateFiles(diskIDs map[string]bool) error {
+	if len(d.Files) > MaxFiles {
+		return &FieldError{Field: "files", Msg: fmt.Sprintf("files: %d descriptors, at most %d", len(d.Files), MaxFiles)}
+	}
+	used := make([]string, len(d.Files))
+	for name, i := range d.Files {
+		known := false
+		switch name {
+		case FileKVM, FileKernel, FileConsoleSocket, FileConsoleLog:
+			known = true
+		case FileInitrd:
+			known = d.Initrd != ""
+		default:
+			id, ok := strings.CutPrefix(name, FileDiskPrefix)
+			known = ok && diskIDs[id]
+		}
+		if !known {
+			return &FieldError{Field: "files", Msg: fmt.Sprintf("files: unknown descriptor name %q", name)}
+		}
+		if name == FileConsoleLog && d.Console.Mode != ConsoleFile {
+			return &FieldError{Field: "files", Msg: fmt.Sprintf("files: %q is only for console mode %q", name, ConsoleFile)}
+		}
+		if i < 0 || i >= len(d.Files) {
+			return &FieldError{Field: "files", Msg: fmt.Sprintf("files: %q at index %d, want 0..%d", name, i, len(d.Files)-1)}
+		}
+		if used[i] != "" {
+			return &FieldError{Field: "files", Msg: fmt.Sprintf("files: index %d used by %q and %q", i, min(used[i], name), max(used[i], name))}
+		}
+		used[i] = name
+	}
+	return nil
+}
+
+// FileIndex returns the index of the named descriptor among the named
+// files, and whether the document names it.
+func (d *Document) FileIndex(name string) (int, bool) {
+	i, ok := d.Files[name]
+	return i, ok
 }
 
 // Pages returns the backing page size (2M when unset).

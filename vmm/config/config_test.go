@@ -159,3 +159,58 @@ func TestRegionDoorbellLimit(t *testing.T) {
 		}
 	}
 }
+
+// The descriptor table names known descriptors, each index once, in range.
+func TestFilesTable(t *testing.T) {
+	ok := strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"kvm": 0, "kernel": 1, "disk/disk0": 2, "disk/data": 3, "console_log": 4, "console_socket": 5},`, 1)
+	d, err := Decode(strings.NewReader(ok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i, ok := d.FileIndex(DiskFile("data")); !ok || i != 3 {
+		t.Errorf("FileIndex(disk/data) = %d, %v", i, ok)
+	}
+	if _, ok := d.FileIndex(FileInitrd); ok {
+		t.Error("initrd found")
+	}
+	for _, c := range []struct{ files, want string }{
+		{`{"kvm": 0, "kernel": 0}`, `index 0 used by "kernel" and "kvm"`},
+		{`{"kvm": 1}`, `"kvm" at index 1, want 0..0`},
+		{`{"kvm": -1}`, `"kvm" at index -1`},
+		{`{"bogus": 0}`, `unknown descriptor name "bogus"`},
+		{`{"disk/nope": 0}`, `unknown descriptor name "disk/nope"`},
+		{`{"initrd": 0}`, `unknown descriptor name "initrd"`}, // no initrd in the document
+		{`{"disk/": 0}`, `unknown descriptor name "disk/"`},
+	} {
+		doc := strings.Replace(good, `"version": 1,`, `"version": 1, "files": `+c.files+`,`, 1)
+		_, err := Decode(strings.NewReader(doc))
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != "files" || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("files %s: %v, want %q", c.files, err, c.want)
+		}
+	}
+	noFile := strings.Replace(good, `"mode": "file", "path": "/run/web.log", `, ``, 1)
+	noFile = strings.Replace(noFile, `"version": 1,`, `"version": 1, "files": {"console_log": 0},`, 1)
+	if _, err := Decode(strings.NewReader(noFile)); err == nil || !strings.Contains(err.Error(), "only for console mode") {
+		t.Errorf("console_log without file mode: %v", err)
+	}
+}
+
+func TestJailIdentity(t *testing.T) {
+	for _, c := range []struct {
+		jail string
+		ok   bool
+	}{
+		{`{"root": "/run/rf/jail/web", "uid": 64434, "gid": 64434}`, true},
+		{`{"root": "/run/rf/jail/web", "uid": 0, "gid": 64434}`, false},
+		{`{"root": "/run/rf/jail/web", "uid": 64434, "gid": 0}`, false},
+		{`{"root": "jail/web", "uid": 64434, "gid": 64434}`, false},
+		{`{"root": "/j", "uid": 64434, "gid": 64434, "cap": 1}`, false},
+	} {
+		doc := strings.Replace(good, `"version": 1,`, `"version": 1, "jail": `+c.jail+`,`, 1)
+		_, err := Decode(strings.NewReader(doc))
+		if (err == nil) != c.ok {
+			t.Errorf("jail %s: %v", c.jail, err)
+		}
+	}
+}

@@ -24,7 +24,6 @@ const writeTimeout = 200 * time.Millisecond
 // Server serves one console socket.
 type Server struct {
 	ln    *net.UnixListener
-	path  string
 	input func([]byte)
 
 	mu      sync.Mutex
@@ -33,10 +32,21 @@ type Server struct {
 	stopCtx func() bool
 }
 
-// Listen creates the socket at path (replacing a stale one) and starts
-// accepting clients until ctx ends or Close is called. input receives what
-// clients type.
+// Listen creates the socket at path (replacing a stale one) and serves it
+// (Serve) until ctx ends or Close is called. input receives what clients
+// type.
 func Listen(ctx context.Context, path string, input func([]byte)) (*Server, error) {
+	ln, err := NewListener(path)
+	if err != nil {
+		return nil, err
+	}
+	return Serve(ctx, ln, input), nil
+}
+
+// NewListener creates the console socket at path, mode 0600, replacing a
+// stale socket (but nothing else). A supervisor makes it for a jailed VMM,
+// which gets the listener as a descriptor and calls Serve.
+func NewListener(path string) (*net.UnixListener, error) {
 	if fi, err := os.Lstat(path); err == nil {
 		if fi.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("console socket %s: exists and is not a socket", path)
@@ -47,11 +57,17 @@ func Listen(ctx context.Context, path string, input func([]byte)) (*Server, erro
 	if err != nil {
 		return nil, fmt.Errorf("console socket: %w", err)
 	}
-	s := &Server{ln: ln, path: path, input: input, clients: map[*net.UnixConn]struct{}{}}
+	return ln, nil
+}
+
+// Serve accepts clients on ln until ctx ends or Close is called; the
+// server takes charge of ln. input receives what clients type.
+func Serve(ctx context.Context, ln *net.UnixListener, input func([]byte)) *Server {
+	s := &Server{ln: ln, input: input, clients: map[*net.UnixConn]struct{}{}}
 	s.wg.Add(1)
 	go s.accept()
 	s.stopCtx = context.AfterFunc(ctx, func() { s.shutdown() })
-	return s, nil
+	return s
 }
 
 func (s *Server) accept() {
@@ -116,7 +132,8 @@ func (s *Server) Clients() int {
 }
 
 // Close stops listening, disconnects clients, waits for their goroutines
-// and removes the socket.
+// and removes the socket (when the listener was made here: one received as
+// a descriptor leaves its path to its maker).
 func (s *Server) Close() error {
 	s.stopCtx()
 	err := s.shutdown()

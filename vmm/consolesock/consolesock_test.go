@@ -91,3 +91,49 @@ func TestAttach(t *testing.T) {
 		t.Errorf("attach: %v", err)
 	}
 }
+
+// A listener made elsewhere (a jailed VMM receives it as a descriptor)
+// is served the same way; Close leaves its path to its maker.
+func TestServeGivenListener(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "console.sock")
+	ln, err := NewListener(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.SetUnlinkOnClose(false) // the maker keeps the path
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fl, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	typed := make(chan []byte, 1)
+	s := Serve(context.Background(), fl.(*net.UnixListener), func(b []byte) { typed <- b })
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("x"))
+	if got := <-typed; string(got) != "x" {
+		t.Errorf("input %q", got)
+	}
+	c.Close()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(path); err != nil {
+		t.Errorf("socket removed by a server that did not make it: %v", err)
+	}
+}
+
+func TestNewListenerRefusesNonSocket(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(path, nil, 0o600)
+	if _, err := NewListener(path); err == nil {
+		t.Fatal("replaced a regular file")
+	}
+}

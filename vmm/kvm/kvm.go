@@ -81,6 +81,13 @@ func OpenPath(path string) (*System, error) {
 	case err != nil:
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	return FromFile(f)
+}
+
+// FromFile uses f, an already-open /dev/kvm (a jailed VMM has no path to
+// open), after checking the API version; the System takes charge of f
+// (it is closed on error too).
+func FromFile(f *os.File) (*System, error) {
 	v, err := gokvm.GetAPIVersion(f.Fd())
 	if err != nil {
 		f.Close()

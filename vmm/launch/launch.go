@@ -20,6 +20,7 @@ import (
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/config"
+	"rainforest/vmm/seccomp"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -29,6 +30,10 @@ type Options struct {
 	// Regions are the regions' files, in the document's order (checked
 	// with vmmctl.SplitFiles); Run takes charge of them.
 	Regions []*os.File
+	// Named are the files of the document's descriptor table
+	// (config.Document.Files) by name, used instead of opening paths; Run
+	// takes charge of them.
+	Named map[string]*os.File
 	// Control is the control socket to serve while the guest runs (nil:
 	// none), answering only uid ControlUID: the launch's sender
 	// (vmmctl.Launch.From.UID).
@@ -64,11 +69,22 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 	log := Logger(doc, o.Log)
 	ms := &vmmctl.Membership{}
 	defer ms.Close() // after the machine is closed: its devices map the regions
+	// Close what the machine did not take.
+	defer func() {
+		for _, f := range o.Named {
+			f.Close()
+		}
+	}()
 	mems, bells, err := vmmctl.SplitFiles(doc.Regions, o.Regions)
 	if err != nil {
 		return vmm.Exit{}, err
 	}
 	cfg, closeConsole, err := linuxConfig(doc, o, log)
+	if err == nil && doc.Jail != nil {
+		if err = enterJail(doc, o, cfg.DiskFiles); err != nil {
+			closeConsole()
+		}
+	}
 	if err != nil {
 		for i := range mems {
 			closeAll(append(bells[i], mems[i]))
@@ -94,7 +110,14 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 		return vmm.Exit{}, err
 	}
 	defer l.Close()
-	h := &subOS{l: l, ms: ms, kinds: map[string]vmmctl.Device{}}
+	if doc.Jail != nil {
+		if doc.NoSeccomp {
+			log.Warn("SECCOMP FILTER OFF (no_seccomp): the jailed VMM may make any system call; for debugging only")
+		} else if err := seccomp.Install(); err != nil {
+			return vmm.Exit{}, err
+		}
+	}
+	h := &subOS{l: l, ms: ms, kinds: map[string]vmmctl.Device{}, jailed: doc.Jail != nil}
 	for _, d := range cfg.Disks {
 		h.kinds[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Path: d.Path, ReadOnly: d.ReadOnly}
 	}
@@ -147,17 +170,68 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
 	}
-	closer := func() {}
+	// take hands a named file over (to the machine or to the closer).
+	take := func(name string) *os.File {
+		f := o.Named[name]
+		delete(o.Named, name)
+		return f
+	}
+	var owned []*os.File // closed by the closer
+	cfg.KVMFile = take(config.FileKVM)
+	if f := take(config.FileKernel); f != nil {
+		cfg.KernelFile, owned = f, append(owned, f)
+	}
+	if f := take(config.FileInitrd); f != nil {
+		cfg.InitrdFile, owned = f, append(owned, f)
+	}
+	for _, d := range cfg.Disks {
+		if f := take(config.DiskFile(d.ID)); f != nil {
+			if cfg.DiskFiles == nil {
+				cfg.DiskFiles = map[string]*os.File{}
+			}
+			cfg.DiskFiles[d.ID] = f
+		}
+	}
+	closer := func() { closeAll(owned) }
+	fail := func(err error) (vmm.LinuxConfig, func(), error) {
+		closer()
+		if cfg.ConsoleListener != nil {
+			cfg.ConsoleListener.Close()
+		}
+		if cfg.KVMFile != nil {
+			cfg.KVMFile.Close()
+		}
+		for _, f := range cfg.DiskFiles {
+			f.Close()
+		}
+		return vmm.LinuxConfig{}, nil, err
+	}
+	if f := take(config.FileConsoleSocket); f != nil {
+		ln, err := net.FileListener(f)
+		f.Close()
+		if err != nil {
+			return fail(fmt.Errorf("console socket: %w", err))
+		}
+		ul, ok := ln.(*net.UnixListener)
+		if !ok {
+			ln.Close()
+			return fail(fmt.Errorf("console socket: not a Unix socket listener"))
+		}
+		ul.SetUnlinkOnClose(false) // the supervisor's path
+		cfg.ConsoleListener, cfg.ConsoleSocket = ul, ""
+	}
 	switch doc.Console.Mode {
 	case "", config.ConsoleStdio:
 		cfg.Console, cfg.ConsoleIn = o.Stdout, o.Stdin
 	case config.ConsoleFile:
-		f, err := os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-		if err != nil {
-			return vmm.LinuxConfig{}, nil, fmt.Errorf("console: %w", err)
+		f := take(config.FileConsoleLog)
+		if f == nil {
+			var err error
+			if f, err = os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+				return fail(fmt.Errorf("console: %w", err))
+			}
 		}
-		cfg.Console = f
-		closer = func() { f.Close() }
+		cfg.Console, owned = f, append(owned, f)
 	}
 	return cfg, closer, nil
 }
@@ -169,6 +243,8 @@ type subOS struct {
 	mu sync.Mutex
 	// kinds describes the devices by id, for Devices.
 	kinds map[string]vmmctl.Device
+	// jailed: there is no path to open; disks come as descriptors.
+	jailed bool
 }
 
 // classify maps the machine's errors to the protocol's.
@@ -185,9 +261,22 @@ func classify(err error) error {
 }
 
 // AttachDisk implements vmmctl.Handler.
-func (s *subOS) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, error) {
+func (s *subOS) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (_ vmmctl.Device, err error) {
+	defer func() {
+		if err != nil && backing != nil {
+			backing.Close()
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.jailed && backing == nil {
+		return vmmctl.Device{}, fmt.Errorf("%w: disk %q: a jailed VMM opens no paths; send the disk's descriptor", vmmctl.ErrInvalid, d.ID)
+	}
+	if backing != nil {
+		if err := fitsFileSizeLimit(backing, d.ReadOnly); err != nil {
+			return vmmctl.Device{}, fmt.Errorf("%w: disk %q: %w", vmmctl.ErrInvalid, d.ID, err)
+		}
+	}
 	if d.ID == "" {
 		for n := 0; ; n++ {
 			if _, taken := s.l.DeviceSlots()[fmt.Sprintf("disk%d", n)]; !taken {
@@ -202,7 +291,8 @@ func (s *subOS) AttachDisk(_ context.Context, d config.Disk) (vmmctl.Device, err
 	if _, taken := s.l.DeviceSlots()[d.ID]; taken {
 		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, d.ID)
 	}
-	slot, err := s.l.AddDisk(d)
+	slot, err := s.l.AddDiskFile(d, backing)
+	backing = nil // the machine's now
 	if err != nil {
 		if errors.Is(err, vmm.ErrDeviceExists) {
 			return vmmctl.Device{}, classify(err)

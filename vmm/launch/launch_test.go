@@ -2,6 +2,8 @@ package launch
 
 import (
 	"bytes"
+	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -54,5 +56,83 @@ func TestLinuxConfig(t *testing.T) {
 	Logger(doc, &out).Debug("hello")
 	if !strings.Contains(out.String(), "subos=web") {
 		t.Errorf("log line %q", out.String())
+	}
+}
+
+// Named descriptors replace the paths: /dev/kvm, kernel, disks, the
+// console log and the console listener.
+func TestLinuxConfigNamedFiles(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *os.File {
+		f, err := os.Create(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "c.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lf, err := ln.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var out bytes.Buffer
+	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/nonexistent/k", Cores: []int{0}, Memory: 64 << 20,
+		Disks:   []config.Disk{{Path: "/nonexistent/a"}, {ID: "data", Path: "/nonexistent/b"}},
+		Console: config.Console{Mode: config.ConsoleFile, Path: "/nonexistent/log", Socket: "/nonexistent/sock"}}
+	kernel, log, data := open("k"), open("log"), open("b")
+	named := map[string]*os.File{config.FileKernel: kernel, config.FileConsoleLog: log,
+		config.DiskFile("data"): data, config.FileConsoleSocket: lf}
+	cfg, done, err := linuxConfig(doc, Options{Named: named}, Logger(doc, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.KernelFile != kernel || cfg.Console != log || cfg.DiskFiles["data"] != data || cfg.DiskFiles["disk0"] != nil {
+		t.Errorf("kernel %v console %v disks %v", cfg.KernelFile, cfg.Console, cfg.DiskFiles)
+	}
+	if cfg.ConsoleListener == nil || cfg.ConsoleSocket != "" {
+		t.Errorf("console listener %v socket %q", cfg.ConsoleListener, cfg.ConsoleSocket)
+	}
+	if len(named) != 0 {
+		t.Errorf("files left over: %v", named)
+	}
+	cfg.ConsoleListener.Close()
+	data.Close()
+	done()
+	if _, err := kernel.Stat(); err == nil {
+		t.Error("kernel file left open by the closer")
+	}
+}
+
+// The limits follow the document: vCPUs raise RLIMIT_NOFILE, a writable
+// disk larger than the log bounds raises RLIMIT_FSIZE, a read-only one
+// does not.
+func TestJailLimits(t *testing.T) {
+	doc := &config.Document{Cores: []int{0, 1}, Disks: []config.Disk{{ID: "big", Path: "/b"}, {ID: "ro", Path: "/r", ReadOnly: true}}}
+	if NoFileLimit(doc) <= NoFileLimit(&config.Document{Cores: []int{0}}) {
+		t.Error("NOFILE does not grow with vCPUs")
+	}
+	if NoFileLimit(doc) < 31*253 {
+		t.Errorf("NOFILE %d below 31 slots of full regions", NoFileLimit(doc))
+	}
+	dir := t.TempDir()
+	big, _ := os.Create(filepath.Join(dir, "big"))
+	defer big.Close()
+	ro, _ := os.Create(filepath.Join(dir, "ro"))
+	defer ro.Close()
+	base := uint64(ConsoleLogBound + VMMLogBound)
+	if got := FileSizeLimit(map[string]*os.File{"big": big}, doc); got != base {
+		t.Errorf("small disk: FSIZE %d, want %d", got, base)
+	}
+	ro.Truncate(int64(base) * 4)
+	if got := FileSizeLimit(map[string]*os.File{"big": big, "ro": ro}, doc); got != base {
+		t.Errorf("large read-only disk: FSIZE %d, want %d", got, base)
+	}
+	big.Truncate(int64(base) * 2)
+	if got := FileSizeLimit(map[string]*os.File{"big": big}, doc); got != base*2 {
+		t.Errorf("large writable disk: FSIZE %d, want %d", got, base*2)
 	}
 }

@@ -75,6 +75,12 @@ func New(path string) (_ *VM, err error) {
 	if err != nil {
 		return nil, err
 	}
+	return NewOn(sys)
+}
+
+// NewOn is New on an open KVM device (kvm.FromFile: a jailed VMM's
+// descriptor); the VM takes charge of sys (closed on error too).
+func NewOn(sys *kvm.System) (_ *VM, err error) {
 	v := &VM{sys: sys, slots: NewIDs("memory slot", 0, MaxSlots), gsis: NewIDs("GSI", layout.IOAPICPins, layout.MaxGSI),
 		mapped: map[uint32]mapping{}, irqfds: map[irqfdKey]bool{}, ioeventfds: map[ioeventfdKey]bool{}}
 	defer func() {

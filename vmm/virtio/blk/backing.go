@@ -152,6 +152,28 @@ func Open(path string, opts Options) (*Device, error) {
 	return d, nil
 }
 
+// Adopt serves f, a disk's backing opened by someone else (the supervisor
+// of a jailed VMM: read-only or with O_DIRECT as the disk asks), like Open
+// serves a path; the device takes charge of f (closed on error too).
+func Adopt(f *os.File, opts Options) (*Device, error) {
+	st, err := f.Stat()
+	if err == nil {
+		_, err = kindOf(f.Name(), st.Mode())
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("blk: %w", err)
+	}
+	opts.probeByFD = true
+	d, err := New(f, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	d.owned = true
+	return d, nil
+}
+
 // blockDeviceReadOnly reports whether path is a read-only block device
 // (BLKROGET); false when it is not a block device or cannot be asked.
 func blockDeviceReadOnly(path string) bool {
@@ -278,6 +300,8 @@ func newBacking(f *os.File, opts Options) (*backing, error) {
 	if !b.info.ReadOnly {
 		if kind == KindBlockDevice {
 			b.probeBlockDevice(st.Rdev)
+		} else if opts.probeByFD {
+			b.probeOwnFile(fd, size, st.Blksize)
 		} else {
 			b.probeFile(filepath.Dir(name), st.Blksize)
 		}
@@ -357,6 +381,12 @@ func fsTypeName(typ int64) string {
 // is not offered and write-zeroes writes zeroes.
 func (b *backing) probeFile(dir string, fsBlock int64) {
 	punch, zero := probeFallocate(dir)
+	b.setFallocateModes(punch, zero, fsBlock)
+}
+
+// setFallocateModes offers discard and write-zeroes by the file system's
+// fallocate modes.
+func (b *backing) setFallocateModes(punch, zero bool, fsBlock int64) {
 	const maxSectors = maxSegmentBytes / SectorSize
 	b.maxZeroes = maxSectors
 	b.info.WriteZeroes = ZeroWrite
@@ -374,6 +404,18 @@ func (b *backing) probeFile(dir string, fsBlock int64) {
 			b.discardAlign = uint32(fsBlock / SectorSize)
 		}
 	}
+}
+
+// probeOwnFile is probeFile for a file known only by its descriptor: it
+// punches a hole past the end of the file (KEEP_SIZE), which changes
+// neither its size nor its data, to learn whether the file system can
+// discard. ZERO_RANGE past the end would allocate blocks there, so it is
+// not tried and write-zeroes writes zeroes.
+func (b *backing) probeOwnFile(fd int, size, fsBlock int64) {
+	const n = 64 << 10
+	off := (size + 2*n - 1) / n * n
+	punch := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n) == nil
+	b.setFallocateModes(punch, false, fsBlock)
 }
 
 // probeFallocate reports whether the file system holding dir supports

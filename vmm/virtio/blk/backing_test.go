@@ -241,3 +241,57 @@ func TestDirectRefused(t *testing.T) {
 		t.Skip("no file system refusing O_DIRECT here (ramfs needs root; tmpfs takes O_DIRECT since Linux 6.6)")
 	}
 }
+
+// A file adopted by descriptor (its name is no path: a jailed VMM's disk)
+// has its discard support probed on its own file system, as Open does by
+// path, and the probe changes neither its size nor its data.
+func TestAdoptProbesOwnFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "disk.img")
+	data := bytes.Repeat([]byte{0xa5}, 1<<20)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	opened, err := blk.Open(path, blk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := opened.Info().Discard
+	opened.Close()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.Dup(int(f.Fd()))
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Named as received over a socket: no directory to probe in.
+	adopted, err := blk.Adopt(os.NewFile(uintptr(fd), "vmmctl"), blk.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adopted.Close()
+	t.Logf("discard %v", want)
+	if got := adopted.Info().Discard; got != want {
+		t.Errorf("adopted file offers discard %v, opened by path %v", got, want)
+	}
+	after, err := os.ReadFile(path)
+	if err != nil || !bytes.Equal(after, data) {
+		t.Errorf("probe changed the image: %d bytes, %v", len(after), err)
+	}
+}
+
+func TestAdoptRefusesFIFO(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := unix.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(fifo, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := blk.Adopt(f, blk.Options{}); !errors.Is(err, blk.ErrFileType) {
+		t.Errorf("Adopt(FIFO) = %v", err)
+	}
+}

@@ -121,6 +121,9 @@ type Options struct {
 	Bandwidth tokenbucket.Limit
 	// Clock times the limits (the system clock when nil).
 	Clock tokenbucket.Clock
+	// probeByFD finds a regular file's fallocate modes on the file itself
+	// (Adopt: its name is no path to probe beside).
+	probeByFD bool
 }
 
 // Stats are a device's counters.
