@@ -19,6 +19,7 @@ import (
 	"regexp"
 	"strings"
 
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
 )
 
@@ -98,7 +99,19 @@ type Console struct {
 	Path string `json:"path,omitempty"`
 	// Socket, when set, also serves the console on a Unix socket there.
 	Socket string `json:"socket,omitempty"`
+	// LogSize caps the console log when it is a regular file (stdout or
+	// ConsoleFile), in bytes: 0 for consolelog.DefaultMaxSize, else
+	// between consolelog.MinMaxSize and MaxConsoleLog. The log rotates on
+	// its descriptor when full (see vmm/consolelog).
+	LogSize uint64 `json:"log_size,omitempty"`
+	// LogRate is the guest's sustained console output rate in bytes a
+	// second (0 for consolelog.DefaultRate, at most MaxConsoleLog); output
+	// beyond it is dropped and counted.
+	LogRate uint64 `json:"log_rate,omitempty"`
 }
+
+// MaxConsoleLog bounds Console.LogSize and Console.LogRate.
+const MaxConsoleLog = 1 << 30
 
 // Region is a shared-memory region this VMM is a member of. Its memfd and
 // Peers x Vectors eventfds (peer-major) travel beside the document.
@@ -253,6 +266,12 @@ func (d *Document) Validate() error {
 		}
 	default:
 		return bad("console", "console mode %q: stdio, none or file", d.Console.Mode)
+	}
+	if s := d.Console.LogSize; s != 0 && (s < consolelog.MinMaxSize || s > MaxConsoleLog) {
+		return bad("console", "console: log_size %d: 0 (default) or %d to %d bytes", s, consolelog.MinMaxSize, MaxConsoleLog)
+	}
+	if r := d.Console.LogRate; r > MaxConsoleLog {
+		return bad("console", "console: log_rate %d: at most %d bytes a second", r, MaxConsoleLog)
 	}
 	ids := map[string]bool{}
 	for i, disk := range d.WithDiskIDs() {

@@ -20,6 +20,7 @@ import (
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/config"
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/shmem/abi"
 )
 
@@ -146,18 +147,47 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
 	}
 	closer := func() {}
+	var logFile *os.File
 	switch doc.Console.Mode {
 	case "", config.ConsoleStdio:
 		cfg.Console, cfg.ConsoleIn = o.Stdout, o.Stdin
+		logFile, _ = o.Stdout.(*os.File)
 	case config.ConsoleFile:
-		f, err := os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		// Read-write, not appending: the log rotates on this descriptor
+		// (vmm/consolelog).
+		f, err := os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_RDWR, 0o600)
 		if err != nil {
 			return vmm.LinuxConfig{}, nil, fmt.Errorf("console: %w", err)
 		}
-		cfg.Console = f
+		logFile = f
 		closer = func() { f.Close() }
 	}
+	if logFile != nil {
+		w, err := consolelog.New(logFile, consoleLogOptions(doc.Console))
+		if err != nil {
+			closer()
+			return vmm.LinuxConfig{}, nil, fmt.Errorf("console: %w", err)
+		}
+		cfg.Console = w
+		fileCloser := closer
+		closer = func() {
+			st := w.Stats()
+			log.Info("console output", "written", st.Written, "dropped", st.Dropped, "rotated", st.Rotated)
+			fileCloser()
+		}
+	}
 	return cfg, closer, nil
+}
+
+// consoleLogOptions are the console log's cap and rate from the document
+// (zero: the defaults). The burst is the default or a second's worth,
+// whichever is more.
+func consoleLogOptions(c config.Console) consolelog.Options {
+	o := consolelog.Options{MaxSize: int64(c.LogSize), Rate: int(c.LogRate)}
+	if o.Rate > consolelog.DefaultBurst {
+		o.Burst = o.Rate
+	}
+	return o
 }
 
 // subOS answers the control socket's runtime requests (vmmctl.Handler).
