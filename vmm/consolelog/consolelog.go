@@ -25,8 +25,11 @@
 // A Write never waits for anything but one bounded write to the file (at
 // most the cap, at rotation) and never fails for lack of room: dropping is
 // the policy, not an error. A descriptor that is not a regular file (a
-// terminal, a pipe) cannot be truncated; there the Writer only
-// rate-limits.
+// terminal, a pipe) cannot be truncated and its writes can block (a full
+// pipe, a stopped terminal): there the Writer rate-limits and queues up to
+// QueueSize bytes for a goroutine of its own that writes them; what does
+// not fit is dropped and counted like the rate limit's excess. Close stops
+// that goroutine (after the write it is in, if any).
 package consolelog
 
 import (
@@ -46,6 +49,7 @@ const (
 	MinMaxSize     = 16 << 10  // bytes; below this the markers crowd out the output
 	DefaultRate    = 64 << 10  // bytes a second
 	DefaultBurst   = 256 << 10 // bytes
+	QueueSize      = 64 << 10  // bytes waiting for a terminal or pipe
 )
 
 // Options configure a Writer; zero fields take the defaults.
@@ -80,6 +84,13 @@ type Writer struct {
 	size    int64  // the file's size as far as this Writer knows
 	pending uint64 // dropped bytes not yet reported by a marker
 	stats   Stats
+	queue   []byte // not a regular file: output for drain
+	closed  bool
+
+	wake    chan struct{} // capacity 1; drain's
+	stop    chan struct{}
+	drained chan struct{}
+	once    sync.Once
 }
 
 // ErrOptions is returned for invalid Options.
@@ -118,7 +129,60 @@ func New(f *os.File, opt Options) (*Writer, error) {
 			return nil, err
 		}
 	}
+	if !w.regular {
+		w.wake, w.stop, w.drained = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+		go w.drain()
+	}
 	return w, nil
+}
+
+// Close stops the goroutine that writes to a terminal or pipe, after the
+// write it is in; output still queued is discarded. The file stays open.
+func (w *Writer) Close() error {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+	if w.stop != nil {
+		w.once.Do(func() { close(w.stop) })
+		<-w.drained
+	}
+	return nil
+}
+
+// drain writes queued output to a terminal or pipe; it may block there, on
+// its own goroutine.
+func (w *Writer) drain() {
+	defer close(w.drained)
+	var out []byte
+	for {
+		select {
+		case <-w.wake:
+		case <-w.stop:
+			return
+		}
+		w.mu.Lock()
+		out, w.queue = w.queue, out[:0]
+		w.mu.Unlock()
+		for b := out; len(b) > 0; {
+			n, err := unix.Write(w.fd, b)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if errors.Is(err, unix.EAGAIN) { // a non-blocking descriptor
+				select {
+				case <-w.stop:
+					return
+				default:
+				}
+				unix.Poll([]unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLOUT}}, 100)
+				continue
+			}
+			if err != nil || n <= 0 {
+				break // the reader is gone: output has nowhere to go
+			}
+			b = b[n:]
+		}
+	}
 }
 
 // Write implements io.Writer. It reports all of p written unless the file
@@ -129,7 +193,17 @@ func (w *Writer) Write(p []byte) (int, error) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return len(p), nil
+	}
 	n := w.bucket.Take(w.now(), len(p))
+	if !w.regular {
+		n = min(n, QueueSize-len(w.queue))
+		if n > 0 && w.pending > 0 {
+			n = min(n, QueueSize-len(w.queue)-64) // room for the marker
+		}
+		n = max(n, 0)
+	}
 	if n < len(p) {
 		w.stats.Dropped += uint64(len(p) - n)
 	}
@@ -171,14 +245,16 @@ func (w *Writer) writeLocked(b []byte) error {
 			return err
 		}
 	}
-	for len(b) > 0 {
-		var n int
-		var err error
-		if w.regular {
-			n, err = unix.Pwrite(w.fd, b, w.size)
-		} else {
-			n, err = unix.Write(w.fd, b)
+	if !w.regular {
+		w.queue = append(w.queue, b...)
+		select {
+		case w.wake <- struct{}{}:
+		default:
 		}
+		return nil
+	}
+	for len(b) > 0 {
+		n, err := unix.Pwrite(w.fd, b, w.size)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

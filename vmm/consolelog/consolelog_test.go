@@ -149,7 +149,7 @@ func TestAppendDescriptor(t *testing.T) {
 	defer f.Close()
 	other, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
 	defer other.Close()
-	w, err := New(os.NewFile(f.Fd(), "stdout"), Options{MaxSize: MinMaxSize, Rate: 1 << 30, Burst: 1 << 30})
+	w, err := New(f, Options{MaxSize: MinMaxSize, Rate: 1 << 30, Burst: 1 << 30})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,5 +226,56 @@ func TestBucket(t *testing.T) {
 	c.advance(time.Hour)
 	if got := b.Take(c.now(), 80); got != 50 {
 		t.Errorf("refill beyond burst: %d", got)
+	}
+}
+
+// A pipe nobody reads does not block Write: output beyond the queue is
+// dropped and counted, and reported once the reader catches up.
+func TestPipeNeverBlocks(t *testing.T) {
+	r, wf, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer wf.Close()
+	c := newClock()
+	w, err := New(wf, Options{Rate: 1 << 30, Burst: 1 << 30, Now: c.now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("z"), 4096)
+	for range 4096 { // 16 MiB into a 64 KiB pipe nobody reads
+		if n, err := w.Write(chunk); n != len(chunk) || err != nil {
+			t.Fatalf("write: %d, %v", n, err)
+		}
+	}
+	st := w.Stats()
+	if st.Dropped == 0 || st.Written+st.Dropped != 16<<20 || st.Written > 2*QueueSize+1<<20 {
+		t.Fatalf("stats %+v", st)
+	}
+	// The reader catches up: the next output follows a drop marker.
+	got := make(chan []byte)
+	go func() {
+		var all []byte
+		buf := make([]byte, 64<<10)
+		for !bytes.Contains(all, []byte("resumed\n")) {
+			n, err := r.Read(buf)
+			if err != nil {
+				break
+			}
+			all = append(all, buf[:n]...)
+		}
+		got <- all
+	}()
+	for w.Stats().Written == st.Written { // the queue has room once drain moved on
+		w.Write([]byte("resumed\n"))
+		time.Sleep(time.Millisecond)
+	}
+	all := <-got
+	if !regexp.MustCompile(`\[rfm: \d+ bytes of console output dropped\]\nresumed\n`).Match(all) {
+		t.Errorf("no marker before the resumed output; tail %q", all[max(0, len(all)-120):])
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
 	}
 }

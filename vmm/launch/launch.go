@@ -171,6 +171,7 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		cfg.Console = w
 		fileCloser := closer
 		closer = func() {
+			w.Close()
 			st := w.Stats()
 			log.Info("console output", "written", st.Written, "dropped", st.Dropped, "rotated", st.Rotated)
 			fileCloser()
