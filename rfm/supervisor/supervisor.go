@@ -174,6 +174,12 @@ func (s *Supervisor) consolePath(name string) string {
 
 func (s *Supervisor) logPath(name string) string { return filepath.Join(s.cfg.RunDir, name+".log") }
 
+// vmmLogPath is where a VMM's own log (its stderr) goes when it is kept
+// apart from the console log.
+func (s *Supervisor) vmmLogPath(name string) string {
+	return filepath.Join(s.cfg.RunDir, name+".vmm.log")
+}
+
 // readopt rebuilds state from the store after a (re)start.
 func (s *Supervisor) readopt() error {
 	recs, err := s.store.Records()
@@ -260,7 +266,7 @@ func (s *Supervisor) watch(so *subOS) {
 			return
 		}
 		// Listed (as stopping) until its resources are free.
-		s.reclaim(so, s.cfg.Who, "VMM exited: "+logTail(so.info.Log, 1))
+		s.reclaim(so, s.cfg.Who, exitDetail(so.proc, so.info.Log))
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
@@ -287,6 +293,10 @@ func (s *Supervisor) reclaim(so *subOS, who, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	// The logs are on tmpfs and guest-written: they go with the subOS
+	// (the reclaim event keeps the last line).
+	os.Remove(s.logPath(a.Name))
+	os.Remove(s.vmmLogPath(a.Name))
 	s.leave(so.info)
 	s.steerIRQs()
 	s.event(who, "reclaim", a.Name, time.Since(start), why)
