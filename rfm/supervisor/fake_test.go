@@ -111,11 +111,11 @@ func (p *fakeProcess) Signal(syscall.Signal) error {
 	p.exit()
 	return nil
 }
-func (p *fakeProcess) exit() { p.once.Do(func() { close(p.done) }) }
+func (p *fakeProcess) exit()    { p.once.Do(func() { close(p.done) }) }
+func (p *fakeProcess) Release() {}
 
 // ExitStatus plays childProcess's.
 func (p *fakeProcess) ExitStatus() string { return "exit status 1" }
-func (p *fakeProcess) Release()           {}
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(int) error) (Process, error) {
 	if l.gate != nil {
