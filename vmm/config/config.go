@@ -268,10 +268,10 @@ func (d *Document) Validate() error {
 		return bad("console", "console mode %q: stdio, none or file", d.Console.Mode)
 	}
 	if s := d.Console.LogSize; s != 0 && (s < consolelog.MinMaxSize || s > MaxConsoleLog) {
-		return bad("console", "console: log_size %d: 0 (default) or %d to %d bytes", s, consolelog.MinMaxSize, MaxConsoleLog)
+		return bad("console.log_size", "console: log_size %d: 0 (default) or %d to %d bytes", s, consolelog.MinMaxSize, MaxConsoleLog)
 	}
 	if r := d.Console.LogRate; r > MaxConsoleLog {
-		return bad("console", "console: log_rate %d: at most %d bytes a second", r, MaxConsoleLog)
+		return bad("console.log_rate", "console: log_rate %d: at most %d bytes a second", r, MaxConsoleLog)
 	}
 	ids := map[string]bool{}
 	for i, disk := range d.WithDiskIDs() {
