@@ -86,6 +86,7 @@ type Writer struct {
 	stats   Stats
 	queue   []byte // not a regular file: output for drain
 	closed  bool
+	writing bool // drain is in a write(2)
 
 	wake    chan struct{} // capacity 1; drain's
 	stop    chan struct{}
@@ -136,15 +137,22 @@ func New(f *os.File, opt Options) (*Writer, error) {
 	return w, nil
 }
 
-// Close stops the goroutine that writes to a terminal or pipe, after the
-// write it is in; output still queued is discarded. The file stays open.
+// Close stops the goroutine that writes to a terminal or pipe and waits
+// for it, unless it is inside a write(2), which nothing can interrupt (a
+// stopped terminal, a pipe nobody reads): then it ends as soon as that
+// write returns, touching nothing of the Writer's but its own state.
+// Output still queued is discarded. The file stays open (and the caller
+// should keep it so until the process exits when Close did not wait).
 func (w *Writer) Close() error {
 	w.mu.Lock()
 	w.closed = true
+	busy := w.writing
 	w.mu.Unlock()
 	if w.stop != nil {
 		w.once.Do(func() { close(w.stop) })
-		<-w.drained
+		if !busy {
+			<-w.drained
+		}
 	}
 	return nil
 }
@@ -161,27 +169,41 @@ func (w *Writer) drain() {
 			return
 		}
 		w.mu.Lock()
-		out, w.queue = w.queue, out[:0]
-		w.mu.Unlock()
-		for b := out; len(b) > 0; {
-			n, err := unix.Write(w.fd, b)
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			if errors.Is(err, unix.EAGAIN) { // a non-blocking descriptor
-				select {
-				case <-w.stop:
-					return
-				default:
-				}
-				unix.Poll([]unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLOUT}}, 100)
-				continue
-			}
-			if err != nil || n <= 0 {
-				break // the reader is gone: output has nowhere to go
-			}
-			b = b[n:]
+		if w.closed {
+			w.mu.Unlock()
+			return
 		}
+		out, w.queue = w.queue, out[:0]
+		w.writing = true
+		w.mu.Unlock()
+		w.writeOut(out)
+		w.mu.Lock()
+		w.writing = false
+		w.mu.Unlock()
+	}
+}
+
+// writeOut writes out to the terminal or pipe, blocking as long as it
+// blocks.
+func (w *Writer) writeOut(out []byte) {
+	for b := out; len(b) > 0; {
+		n, err := unix.Write(w.fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if errors.Is(err, unix.EAGAIN) { // a non-blocking descriptor
+			select {
+			case <-w.stop:
+				return
+			default:
+			}
+			unix.Poll([]unix.PollFd{{Fd: int32(w.fd), Events: unix.POLLOUT}}, 100)
+			continue
+		}
+		if err != nil || n <= 0 {
+			return // the reader is gone: output has nowhere to go
+		}
+		b = b[n:]
 	}
 }
 

@@ -279,3 +279,37 @@ func TestPipeNeverBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Close does not wait for a write that cannot end (a pipe nobody reads).
+func TestCloseWithStuckPipe(t *testing.T) {
+	r, wf, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer wf.Close()
+	w, err := New(wf, Options{Rate: 1 << 30, Burst: 1 << 30})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("z"), 4096)
+	for range 1024 {
+		w.Write(chunk)
+	}
+	for {
+		w.mu.Lock()
+		busy := w.writing && len(w.queue) > 0
+		w.mu.Unlock()
+		if busy { // drain is stuck in write(2) with more queued
+			break
+		}
+		w.Write(chunk)
+		time.Sleep(time.Millisecond)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := w.Write(chunk); n != len(chunk) {
+		t.Error("write after Close")
+	}
+}
