@@ -238,7 +238,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 		if out == nil {
 			out = sock
 		} else {
-			out = io.MultiWriter(out, sock)
+			out = io.MultiWriter(sock, out) // the socket never fails; the log may
 		}
 	}
 	uart := serial.New(out, m.IRQLine(acpi.COM1IRQ), 0)
