@@ -46,6 +46,26 @@ func TestConsoleTailsEscape(t *testing.T) {
 	}
 }
 
+// rfm run's console tails follow a log that rotated in place.
+func TestConsoleTailsFollowRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.log")
+	os.WriteFile(path, []byte("old line one\nold line two\n"), 0o600)
+	var out syncBuffer
+	tails := &consoleTails{out: &out}
+	tails.follow("a", path)
+	for !bytes.Contains(out.Bytes(), []byte("two\n")) {
+		yield()
+	}
+	os.WriteFile(path, []byte("[rfm: log rotated]\nnew\n"), 0o600) // truncates in place
+	for !bytes.Contains(out.Bytes(), []byte("new\n")) {
+		yield()
+	}
+	tails.stop()
+	if got := out.String(); !bytes.Contains([]byte(got), []byte("a       | [rfm: log rotated]\na       | new\n")) {
+		t.Errorf("got %q", got)
+	}
+}
+
 // syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
 type syncBuffer struct {
 	mu sync.Mutex

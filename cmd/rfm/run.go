@@ -245,6 +245,15 @@ func (t *consoleTails) follow(name, path string) {
 				partial = ""
 				continue
 			}
+			// At the end: a log that rotated (vmm/consolelog truncates it
+			// in place) is shorter than where we are; start over.
+			if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+				if fi, err := f.Stat(); err == nil && fi.Size() < pos {
+					f.Seek(0, io.SeekStart)
+					r.Reset(f)
+					partial = ""
+				}
+			}
 			select {
 			case <-t.done:
 				return
