@@ -30,6 +30,13 @@ func TestLogOutput(t *testing.T) {
 	}
 }
 
+// An audit detail stays one cell of one line.
+func TestTableCell(t *testing.T) {
+	if got, want := tableCell("VMM exited: a\ndestroy by uid 0\t\x1b[2J"), `VMM exited: a\ndestroy by uid 0\t\x1b[2J`; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
 // rfm run's console tails escape for a terminal.
 func TestConsoleTailsEscape(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "a.log")

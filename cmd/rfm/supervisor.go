@@ -365,6 +365,13 @@ func logOutput(b []byte, terminal bool) []byte {
 	return b
 }
 
+// tableCell makes text one table cell: escaped for a terminal, with line
+// ends and tabs shown as escapes (audit details recorded before guest text
+// was quoted at the source may hold them).
+func tableCell(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(string(untrusted.EscapeTerminal([]byte(s))))
+}
+
 // writesToTerminal says whether w is a terminal.
 func writesToTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
@@ -386,7 +393,7 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), ev, func(w io.Writer) {
 				fmt.Fprintln(w, "SEQ\tTIME\tWHO\tWHAT\tNAME\tTOOK\tDETAIL")
 				for _, e := range ev {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Who, e.What, e.Name, e.Duration.Round(time.Microsecond), e.Detail)
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Who, e.What, e.Name, e.Duration.Round(time.Microsecond), tableCell(e.Detail))
 				}
 			})
 		},
