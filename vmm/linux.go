@@ -14,6 +14,7 @@ import (
 	gokvm "github.com/bobuhiro11/gokvm/kvm"
 	"golang.org/x/sys/unix"
 
+	"rainforest/internal/peercred"
 	"rainforest/vmm/acpi"
 	"rainforest/vmm/boot"
 	"rainforest/vmm/config"
@@ -56,6 +57,9 @@ type LinuxConfig struct {
 	// ConsoleSocket (made by the supervisor of a jailed VMM); the machine
 	// takes charge of it.
 	ConsoleListener *net.UnixListener
+	// ConsoleAllow, when set, decides which peers may attach to the
+	// console socket (consolesock.Options.Allow).
+	ConsoleAllow func(peercred.Cred) bool
 	// Ready, when set, is called once the machine is built and about to run
 	// (a supervisor waits for it to know the subOS started).
 	Ready func()
@@ -257,16 +261,21 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 			}
 		}
 		var sock *consolesock.Server
-		if cfg.ConsoleListener != nil {
-			sock = consolesock.Serve(ctx, cfg.ConsoleListener, input)
-		} else if sock, err = consolesock.Listen(ctx, cfg.ConsoleSocket, input); err != nil {
+		ln := cfg.ConsoleListener
+		if ln == nil {
+			if ln, err = consolesock.NewListener(cfg.ConsoleSocket, peercred.NoGroup); err != nil {
+				return nil, err
+			}
+		}
+		if sock, err = consolesock.Serve(ctx, ln, input, consolesock.Options{Allow: cfg.ConsoleAllow}); err != nil {
+			ln.Close()
 			return nil, err
 		}
 		m.AddCloser(sock.Close)
 		if out == nil {
 			out = sock
 		} else {
-			out = io.MultiWriter(out, sock)
+			out = io.MultiWriter(sock, out) // the socket never fails; the log may
 		}
 	}
 	uart := serial.New(out, m.IRQLine(acpi.COM1IRQ), 0)

@@ -78,6 +78,8 @@ func TestVMMBadInput(t *testing.T) {
 		{"zero memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "0M"}, "--memory: invalid size \"0M\": must be more than 0 bytes", false},
 		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
 		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
+		{"bad console log size", []string{"--kernel", garbage, "--cpus", "0", "--console-log-size", "lots"}, "--console-log-size: invalid size", false},
+		{"tiny console log", []string{"--kernel", garbage, "--cpus", "0", "--console-log-size", "1k"}, "--console-log-size: VMM configuration: console: log_size 1024", false},
 		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
 		{"bad control fd", []string{"--control-fd", "97"}, "--control-fd: control socket: 97 is not an open descriptor", false},
 		{"control fd not a socket", []string{"--control-fd", "0"}, "--control-fd: control socket 0", false},

@@ -19,6 +19,7 @@ import (
 	"rainforest/internal/kvmhost"
 	"rainforest/internal/shquote"
 	"rainforest/internal/units"
+	"rainforest/internal/untrusted"
 	"rainforest/partitioner"
 	"rainforest/rfm/api"
 	"rainforest/rfm/layout"
@@ -141,7 +142,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 			}
 		}
 	}
-	tails := &consoleTails{out: out}
+	tails := &consoleTails{out: out, escape: writesToTerminal(out)}
 	defer tails.stop()
 	sizes := l.SegmentSizes()
 	for _, so := range l.SubOSes {
@@ -201,13 +202,15 @@ func problemsError(probs []layout.Problem) error {
 }
 
 // consoleTails prints subOS console logs as they grow, each line prefixed
-// with the subOS's name.
+// with the subOS's name; escaped (untrusted.EscapeTerminal) when escape is
+// set, for a terminal.
 type consoleTails struct {
-	out  io.Writer
-	mu   sync.Mutex // serializes lines from several subOSes
-	wg   sync.WaitGroup
-	done chan struct{}
-	once sync.Once
+	out    io.Writer
+	escape bool
+	mu     sync.Mutex // serializes lines from several subOSes
+	wg     sync.WaitGroup
+	done   chan struct{}
+	once   sync.Once
 }
 
 func (t *consoleTails) follow(name, path string) {
@@ -233,11 +236,23 @@ func (t *consoleTails) follow(name, path string) {
 			line, err := r.ReadString('\n')
 			partial += line
 			if err == nil {
+				if t.escape {
+					partial = string(untrusted.EscapeTerminal([]byte(partial)))
+				}
 				t.mu.Lock()
 				fmt.Fprintf(t.out, "%-8s| %s", name, partial)
 				t.mu.Unlock()
 				partial = ""
 				continue
+			}
+			// At the end: a log that rotated (vmm/consolelog truncates it
+			// in place) is shorter than where we are; start over.
+			if pos, err := f.Seek(0, io.SeekCurrent); err == nil {
+				if fi, err := f.Stat(); err == nil && fi.Size() < pos {
+					f.Seek(0, io.SeekStart)
+					r.Reset(f)
+					partial = ""
+				}
 			}
 			select {
 			case <-t.done:

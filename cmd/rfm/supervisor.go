@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,6 +19,7 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/internal/peercred"
 	"rainforest/internal/units"
+	"rainforest/internal/untrusted"
 	"rainforest/partitioner"
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
@@ -54,9 +56,9 @@ type supervisorFlags struct {
 	steerIRQs                                  bool
 	group                                      string
 	// access is who may use the API and the consoles (set by open).
-	access peercred.Policy
-	noJail, noSeccomp                          bool
-	vmmUID, vmmGID                             int
+	access            peercred.Policy
+	noJail, noSeccomp bool
+	vmmUID, vmmGID    int
 }
 
 func (f *supervisorFlags) add(cmd *cobra.Command) {
@@ -358,14 +360,52 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 }
 
 func logsCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	var tail uint64
+	var raw bool
+	cmd := &cobra.Command{
 		Use:   "logs NAME",
-		Short: "Print a subOS's console and VMM log",
-		Args:  cobra.ExactArgs(1),
+		Short: "Print the end of a subOS's console and VMM log",
+		Long: `Print the end of a subOS's console and VMM log: the last --tail bytes.
+
+The text is the guest's. Printed to a terminal, control characters, escape
+sequences, invalid UTF-8 and invisible characters are shown escaped (\x1b,
+\u202e) so that the guest cannot drive the terminal; --raw prints them as
+they are. Piped or redirected, the bytes are written as they are.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return g.client().Log(cmd.Context(), args[0], cmd.OutOrStdout())
+			var b bytes.Buffer
+			if err := g.client().LogTail(cmd.Context(), args[0], tail, &b); err != nil {
+				return err
+			}
+			_, err := cmd.OutOrStdout().Write(logOutput(b.Bytes(), !raw && writesToTerminal(cmd.OutOrStdout())))
+			return err
 		},
 	}
+	cmd.Flags().Uint64Var(&tail, "tail", api.DefaultLogTail, fmt.Sprintf("bytes from the end of the log (at most %d)", api.MaxLogTail))
+	cmd.Flags().BoolVar(&raw, "raw", false, "print control characters unescaped, also to a terminal")
+	return cmd
+}
+
+// logOutput is guest log text as printed: escaped for a terminal
+// (untrusted.EscapeTerminal), as is otherwise.
+func logOutput(b []byte, terminal bool) []byte {
+	if terminal {
+		return untrusted.EscapeTerminal(b)
+	}
+	return b
+}
+
+// tableCell makes text one table cell: escaped for a terminal, with line
+// ends and tabs shown as escapes (audit details recorded before guest text
+// was quoted at the source may hold them).
+func tableCell(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(string(untrusted.EscapeTerminal([]byte(s))))
+}
+
+// writesToTerminal says whether w is a terminal.
+func writesToTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && isTerminal(f)
 }
 
 func eventsCommand(g *globalFlags) *cobra.Command {
@@ -383,7 +423,7 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 			return g.print(cmd.OutOrStdout(), ev, func(w io.Writer) {
 				fmt.Fprintln(w, "SEQ\tTIME\tWHO\tWHAT\tNAME\tTOOK\tDETAIL")
 				for _, e := range ev {
-					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Who, e.What, e.Name, e.Duration.Round(time.Microsecond), e.Detail)
+					fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Time.Local().Format(time.DateTime), e.Who, e.What, e.Name, e.Duration.Round(time.Microsecond), tableCell(e.Detail))
 				}
 			})
 		},

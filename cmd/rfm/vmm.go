@@ -32,12 +32,13 @@ type vmmFlags struct {
 	readyFD, waitFD, controlFD                int
 	allowEmulated, noSeccomp                  bool
 	logLevel                                  string
+	consoleLogSize                            string
 }
 
 // documentFlags are the flags that build the configuration document; they
 // cannot be mixed with --config or a launch over --control-fd.
 var documentFlags = []string{"name", "kernel", "initrd", "cmdline", "append", "cpus", "memory", "page-size",
-	"disk", "console", "console-socket", "cpu-profile", "allow-emulated-kvm", "log-level"}
+	"disk", "console", "console-socket", "cpu-profile", "allow-emulated-kvm", "log-level", "console-log-size"}
 
 func vmmCommand() *cobra.Command {
 	var f vmmFlags
@@ -173,6 +174,7 @@ descriptors beside it; the control socket then also takes runtime requests
 	fl.StringVar(&f.pageSize, "page-size", "2M", "backing page size: 2M, 1G or 4k")
 	fl.StringArrayVar(&f.disks, "disk", nil, "raw image or block device as virtio-blk, "+config.DiskSyntax+"; repeatable")
 	fl.StringVar(&f.console, "console", "stdio", "serial console: stdio, none, or a file path for the log")
+	fl.StringVar(&f.consoleLogSize, "console-log-size", "", "cap of the console log when it is a file, e.g. 1M (default 1M); it rotates when full")
 	fl.StringVar(&f.consoleSocket, "console-socket", "", "also serve the console on this Unix socket (attach with rfm console)")
 	fl.StringVar(&f.profile, "cpu-profile", "host", "CPUID profile: host or nested-safe")
 	fl.IntVar(&f.readyFD, "ready-fd", -1, "write \"ready\" to this inherited file descriptor once the subOS runs")
@@ -228,6 +230,13 @@ func (f *vmmFlags) document() (*config.Document, error) {
 	default:
 		doc.Console = config.Console{Mode: config.ConsoleFile, Path: f.console, Socket: f.consoleSocket}
 	}
+	if f.consoleLogSize != "" {
+		size, err := units.ParseNonZeroSize(f.consoleLogSize)
+		if err != nil {
+			return nil, fmt.Errorf("--console-log-size: %w", err)
+		}
+		doc.Console.LogSize = size
+	}
 	for _, d := range f.disks {
 		disk, err := config.ParseDisk(d)
 		if err != nil {
@@ -244,7 +253,8 @@ func (f *vmmFlags) document() (*config.Document, error) {
 // flagProblem names the flag behind the document field err is about.
 func flagProblem(err error) error {
 	flags := map[string]string{"name": "--name", "kernel": "--kernel", "cores": "--cpus", "memory": "--memory",
-		"page_size": "--page-size", "cpu_profile": "--cpu-profile", "log_level": "--log-level", "disks": "--disk", "console": "--console"}
+		"page_size": "--page-size", "cpu_profile": "--cpu-profile", "log_level": "--log-level", "disks": "--disk", "console": "--console",
+		"console.log_size": "--console-log-size"}
 	var fe *config.FieldError
 	if errors.As(err, &fe) && flags[fe.Field] != "" {
 		return fmt.Errorf("%s: %w", flags[fe.Field], err)

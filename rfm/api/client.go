@@ -104,10 +104,24 @@ func (c *Client) Get(ctx context.Context, name string) (supervisor.Info, error) 
 	return info, err
 }
 
-// Log copies a subOS's console log to w.
+// Log copies the last DefaultLogTail bytes of a subOS's console log to w,
+// as the guest wrote them (see untrusted.EscapeTerminal before printing
+// them to a terminal).
 func (c *Client) Log(ctx context.Context, name string, w io.Writer) error {
 	return c.do(ctx, http.MethodGet, "/v1/subos/"+url.PathEscape(name)+"/log", nil, w)
 }
+
+// LogTail copies the last tail bytes (at most MaxLogTail) of a subOS's
+// console log to w, as the guest wrote them.
+func (c *Client) LogTail(ctx context.Context, name string, tail uint64, w io.Writer) error {
+	return c.do(ctx, http.MethodGet, "/v1/subos/"+url.PathEscape(name)+"/log?tail="+strconv.FormatUint(tail, 10), nil, w)
+}
+
+// Bounds of a log request: the server reads only the log's end.
+const (
+	DefaultLogTail = 256 << 10 // bytes
+	MaxLogTail     = 16 << 20  // bytes
+)
 
 // Events returns audit events after since.
 func (c *Client) Events(ctx context.Context, since uint64, limit int) ([]store.Event, error) {

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
 	"rainforest/ficm/endpoint"
+	"rainforest/internal/untrusted"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
@@ -115,14 +115,19 @@ func Handler(b Backend) http.Handler {
 			fail(w, err)
 			return
 		}
-		f, err := os.Open(info.Log)
+		tail, err := uintParam(r, "tail", DefaultLogTail)
+		if err != nil {
+			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+			return
+		}
+		// Only the end of the guest-written log is read, however big.
+		b, err := untrusted.ReadTail(info.Log, int64(min(tail, MaxLogTail)))
 		if err != nil {
 			fail(w, err)
 			return
 		}
-		defer f.Close()
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		io.Copy(w, f)
+		w.Write(b)
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
 		since, err1 := uintParam(r, "since", 0)

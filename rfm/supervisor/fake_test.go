@@ -31,8 +31,8 @@ type fakeActuator struct {
 	// host, when set, is the launcher whose processes are in the groups:
 	// the ones that have not exited keep a group busy, and KillGroup
 	// kills them.
-	host *fakeLauncher
-	limits  map[string][2]uint64 // memory.max, pids.max by group
+	host   *fakeLauncher
+	limits map[string][2]uint64 // memory.max, pids.max by group
 }
 
 // fakePoolBase is the hugepage pool's size before the supervisor adds.
@@ -165,7 +165,7 @@ type fakeLauncher struct {
 	// afterStart, when set, runs once the VMM runs, before Start returns
 	// (a test crashes the supervisor there).
 	afterStart func()
-	crash string        // when set, Start writes it to the VMM's log and fails
+	crash      string // when set, Start writes it to the VMM's log and fails
 }
 
 type fakeProcess struct {
@@ -207,6 +207,9 @@ func (p *fakeProcess) ControlPID() int {
 	}
 	return os.Getpid()
 }
+
+// ExitStatus plays childProcess's.
+func (p *fakeProcess) ExitStatus() string { return "exit status 1" }
 
 func (l *fakeLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(int) error) (Process, error) {
 	if l.gate != nil {

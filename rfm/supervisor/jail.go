@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rainforest/internal/peercred"
 	"rainforest/ledger"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
@@ -135,10 +136,17 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 			return nil, undo, err
 		}
 	}
-	if err := open(config.FileConsoleLog, doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND); err != nil {
+	// Readable too: the VMM rotates the log on this descriptor, keeping
+	// its newest part (vmm/consolelog).
+	if err := open(config.FileConsoleLog, doc.Console.Path, os.O_CREATE|os.O_RDWR|os.O_APPEND); err != nil {
 		return nil, undo, err
 	}
-	ln, err := consolesock.NewListener(doc.Console.Socket)
+	group := peercred.NoGroup
+	if s.cfg.SocketGroup > 0 {
+		group = s.cfg.SocketGroup
+	}
+	doc.Console.Group = s.cfg.SocketGroup
+	ln, err := consolesock.NewListener(doc.Console.Socket, group)
 	if err != nil {
 		return nil, undo, err
 	}

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/internal/untrusted"
 )
 
 // Process is a running VMM process.
@@ -60,7 +62,9 @@ type ExecLauncher struct {
 
 // Start implements Launcher.
 func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, files []*os.File, prepare func(pid int) error) (Process, error) {
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	// Read-write: the VMM's console log (vmm/consolelog) rotates on this
+	// descriptor and reads its tail back to keep it.
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("subOS log: %w", err)
 	}
@@ -170,6 +174,17 @@ type childProcess struct {
 	done  chan struct{}
 }
 
+// ExitStatus says how the process ended ("exit status 1", "signal:
+// killed"); see exitDetail.
+func (p *childProcess) ExitStatus() string {
+	select {
+	case <-p.done:
+		return p.cmd.ProcessState.String()
+	default:
+		return "still running"
+	}
+}
+
 func (p *childProcess) PID() int                        { return p.cmd.Process.Pid }
 func (p *childProcess) StartTime() uint64               { return p.start }
 func (p *childProcess) Done() <-chan struct{}           { return p.done }
@@ -247,17 +262,41 @@ func procStartTime(procRoot string, pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// logTail returns the last n lines of a log file, joined with " | ".
+// Bounds on the guest-written log text that reaches errors and audit
+// events.
+const (
+	logTailBytes = 16 << 10 // read from the end of a log, at most
+	logLineBytes = 200      // of each line quoted
+)
+
+// logTail returns the last n lines of a log file, each quoted and bounded
+// (untrusted.Quote: the guest writes the log), joined with " | ". It reads
+// at most logTailBytes from the end of the file, however big it is.
 func logTail(path string, n int) string {
-	b, err := os.ReadFile(path)
+	b, err := untrusted.ReadTail(path, logTailBytes)
 	if err != nil {
 		return "(no log)"
 	}
-	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
+	lines := untrusted.LastLines(b, n)
+	if len(lines) == 0 {
+		return "(empty log)"
 	}
-	return strings.Join(lines, " | ")
+	q := make([]string, len(lines))
+	for i, l := range lines {
+		q[i] = untrusted.Quote(l, logLineBytes)
+	}
+	return strings.Join(q, " | ")
+}
+
+// exitDetail is the audit detail of a VMM that exited on its own: its
+// exit status where known (a child's, not an adopted process's) and its
+// log's last line, quoted and bounded.
+func exitDetail(p Process, logPath string) string {
+	status := "exit status unknown"
+	if e, ok := p.(interface{ ExitStatus() string }); ok {
+		status = e.ExitStatus()
+	}
+	return fmt.Sprintf("VMM exited (%s); last console line: %s", status, logTail(logPath, 1))
 }
 
 // stopProcess asks a VMM to stop (SIGTERM: it powers the guest off hard and

@@ -107,3 +107,18 @@ func TestAdoptedExitClosesFDs(t *testing.T) {
 		t.Errorf("%d descriptors open after %d adopt+exit cycles, %d before", after, cycles, before)
 	}
 }
+
+// A child VMM's exit status is known once it exited; the reclaim event
+// names it.
+func TestExecLauncherExitStatus(t *testing.T) {
+	l := ExecLauncher{RFM: "/bin/sh"}
+	log := filepath.Join(t.TempDir(), "vmm.log")
+	p, err := l.Start(context.Background(), []string{"-c", `read x <&4; echo ready >&3; read y <&4; printf 'last \033[2J line\n'; exit 3`}, log, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Done()
+	if got, want := exitDetail(p, log), `VMM exited (exit status 3); last console line: "last \x1b[2J line"`; got != want {
+		t.Errorf("detail %s, want %s", got, want)
+	}
+}

@@ -276,7 +276,7 @@ func (s *Supervisor) watch(so *subOS) {
 		// Listed (as stopping) until its resources are free.
 		e := vmmExit(so.info.VMMLog, so.logFrom)
 		s.recordExit(so.info.Name, e)
-		s.reclaim(so, s.cfg.Who, "VMM exited: "+e.Log)
+		s.reclaim(so, s.cfg.Who, exitDetail(so.proc, so.info.Log))
 		s.mu.Lock()
 		delete(s.subos, so.info.Name)
 		s.mu.Unlock()
@@ -327,6 +327,10 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	}
 	os.Remove(s.consolePath(a.Name))
 	os.Remove(s.jailDir(a.Name))
+	// The logs are on tmpfs and guest-written: they go with the subOS
+	// (the reclaim event keeps the last line).
+	os.Remove(s.logPath(a.Name))
+	os.Remove(s.vmmLogPath(a.Name))
 	s.leave(so.info)
 	s.steerIRQs()
 	s.event(who, what, a.Name, time.Since(start), why)

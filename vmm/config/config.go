@@ -22,6 +22,7 @@ import (
 
 	"rainforest/internal/tokenbucket"
 	"rainforest/internal/units"
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
 )
 
@@ -159,7 +160,22 @@ type Console struct {
 	Path string `json:"path,omitempty"`
 	// Socket, when set, also serves the console on a Unix socket there.
 	Socket string `json:"socket,omitempty"`
+	// LogSize caps the console log when it is a regular file (stdout or
+	// ConsoleFile), in bytes: 0 for consolelog.DefaultMaxSize, else
+	// between consolelog.MinMaxSize and MaxConsoleLog. The log rotates on
+	// its descriptor when full (see vmm/consolelog).
+	LogSize uint64 `json:"log_size,omitempty"`
+	// LogRate is the guest's sustained console output rate in bytes a
+	// second (0 for consolelog.DefaultRate, at most MaxConsoleLog); output
+	// beyond it is dropped and counted.
+	LogRate uint64 `json:"log_rate,omitempty"`
+	// Group, when > 0, is the gid whose members may attach to Socket
+	// besides root and the VMM's controller (the supervisor's API group).
+	Group int `json:"group,omitempty"`
 }
+
+// MaxConsoleLog bounds Console.LogSize and Console.LogRate.
+const MaxConsoleLog = 256 << 20
 
 // Region is a shared-memory region this VMM is a member of. Its memfd and
 // Peers x Vectors eventfds (peer-major) travel beside the document.
@@ -327,6 +343,15 @@ func (d *Document) Validate() error {
 		}
 	default:
 		return bad("console", "console mode %q: stdio, none or file", d.Console.Mode)
+	}
+	if d.Console.Group < 0 {
+		return bad("console.group", "console: group %d: a gid, or 0 for none", d.Console.Group)
+	}
+	if s := d.Console.LogSize; s != 0 && (s < consolelog.MinMaxSize || s > MaxConsoleLog) {
+		return bad("console.log_size", "console: log_size %d: 0 (default) or %d to %d bytes", s, consolelog.MinMaxSize, MaxConsoleLog)
+	}
+	if r := d.Console.LogRate; r > MaxConsoleLog {
+		return bad("console.log_rate", "console: log_rate %d: at most %d bytes a second", r, MaxConsoleLog)
 	}
 	ids := map[string]bool{}
 	for i, disk := range d.WithDiskIDs() {

@@ -10,7 +10,7 @@ import (
 
 const good = `{"version": 1, "name": "web", "kernel": "/k", "cores": [2, 3], "memory": 536870912,
  "page_size": "2M", "disks": [{"path": "/d.img", "readonly": true}, {"id": "data", "path": "/dev/vg/data", "direct": true}],
- "console": {"mode": "file", "path": "/run/web.log", "socket": "/run/web.sock"},
+ "console": {"mode": "file", "log_size": 65536, "log_rate": 4096, "path": "/run/web.log", "socket": "/run/web.sock"},
  "regions": [{"name": "ficm", "protocol": 1, "peers": 16, "rw_size": 0, "output_size": 65536, "vectors": 1, "self": 3}]}`
 
 func TestDecode(t *testing.T) {
@@ -52,6 +52,9 @@ func TestDecodeRefuses(t *testing.T) {
 		{strings.Replace(good, `{"id": "data", `, `{"id": "disk0", `, 1), `id "disk0" used twice`},
 		{strings.Replace(good, `"path": "/d.img"`, `"path": ""`, 1), "disks[0]: no path"},
 		{strings.Replace(good, `"mode": "file"`, `"mode": "tty"`, 1), `console mode "tty"`},
+		{strings.Replace(good, `"log_size": 65536`, `"log_size": 100`, 1), "log_size 100"},
+		{strings.Replace(good, `"log_size": 65536`, `"log_size": 2147483648`, 1), "log_size 2147483648"},
+		{strings.Replace(good, `"log_rate": 4096`, `"log_rate": 2147483648`, 1), "log_rate 2147483648"},
 		{strings.Replace(good, `"self": 3`, `"self": 16`, 1), "peer id 16 of 16"},
 		{strings.Replace(good, `"vectors": 1`, `"vectors": 0`, 1), "0 vectors"},
 		{good + good, "after top-level value"},
@@ -189,7 +192,7 @@ func TestFilesTable(t *testing.T) {
 			t.Errorf("files %s: %v, want %q", c.files, err, c.want)
 		}
 	}
-	noFile := strings.Replace(good, `"mode": "file", "path": "/run/web.log", `, ``, 1)
+	noFile := strings.Replace(strings.Replace(good, `"mode": "file", `, ``, 1), `"path": "/run/web.log", `, ``, 1)
 	noFile = strings.Replace(noFile, `"version": 1,`, `"version": 1, "files": {"console_log": 0},`, 1)
 	if _, err := Decode(strings.NewReader(noFile)); err == nil || !strings.Contains(err.Error(), "only for console mode") {
 		t.Errorf("console_log without file mode: %v", err)

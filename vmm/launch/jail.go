@@ -20,7 +20,7 @@ import (
 // with EFBIG past the limit. Block devices are not limited.
 const (
 	// ConsoleLogBound bounds the console log file's size.
-	ConsoleLogBound = 256 << 20
+	ConsoleLogBound = config.MaxConsoleLog
 	// VMMLogBound bounds the VMM's own log file.
 	VMMLogBound = 64 << 20
 )

@@ -17,9 +17,11 @@ import (
 	"sort"
 	"sync"
 
+	"rainforest/internal/peercred"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/config"
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/seccomp"
 	"rainforest/vmm/shmem/abi"
 )
@@ -220,20 +222,65 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		ul.SetUnlinkOnClose(false) // the supervisor's path
 		cfg.ConsoleListener, cfg.ConsoleSocket = ul, ""
 	}
+	cfg.ConsoleAllow = consoleAllow(doc.Console, o)
+	var logFile *os.File
 	switch doc.Console.Mode {
 	case "", config.ConsoleStdio:
 		cfg.Console, cfg.ConsoleIn = o.Stdout, o.Stdin
+		logFile, _ = o.Stdout.(*os.File)
 	case config.ConsoleFile:
 		f := take(config.FileConsoleLog)
 		if f == nil {
+			// Read-write, not appending: the log rotates on this
+			// descriptor (vmm/consolelog).
 			var err error
-			if f, err = os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err != nil {
+			if f, err = os.OpenFile(doc.Console.Path, os.O_CREATE|os.O_RDWR, 0o600); err != nil {
 				return fail(fmt.Errorf("console: %w", err))
 			}
 		}
-		cfg.Console, owned = f, append(owned, f)
+		logFile, owned = f, append(owned, f)
+	}
+	if logFile != nil {
+		w, err := consolelog.New(logFile, consoleLogOptions(doc.Console))
+		if err != nil {
+			return fail(fmt.Errorf("console: %w", err))
+		}
+		cfg.Console = w
+		fileCloser := closer
+		closer = func() {
+			w.Close()
+			st := w.Stats()
+			log.Info("console output", "written", st.Written, "dropped", st.Dropped, "rotated", st.Rotated)
+			fileCloser()
+		}
 	}
 	return cfg, closer, nil
+}
+
+// consoleAllow is who may attach to the console socket: root, the VMM's
+// controller (the supervisor, or this process's user when run by hand)
+// and members of the document's console group.
+func consoleAllow(c config.Console, o Options) func(peercred.Cred) bool {
+	owner := uint32(os.Geteuid())
+	if o.Control != nil {
+		owner = o.ControlUID
+	}
+	p := peercred.Policy{Owner: owner, Group: peercred.NoGroup}
+	if c.Group > 0 {
+		p.Group = c.Group
+	}
+	return func(cr peercred.Cred) bool { return p.Check(cr) == nil }
+}
+
+// consoleLogOptions are the console log's cap and rate from the document
+// (zero: the defaults). The burst is the default or a second's worth,
+// whichever is more.
+func consoleLogOptions(c config.Console) consolelog.Options {
+	o := consolelog.Options{MaxSize: int64(c.LogSize), Rate: int(c.LogRate)}
+	if o.Rate > consolelog.DefaultBurst {
+		o.Burst = o.Rate
+	}
+	return o
 }
 
 // subOS answers the control socket's runtime requests (vmmctl.Handler).

@@ -10,6 +10,7 @@ import (
 
 	"rainforest/vmm"
 	"rainforest/vmm/config"
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
 )
 
@@ -35,18 +36,41 @@ func TestLinuxConfig(t *testing.T) {
 	if cfg.Console != &out || cfg.ConsoleSocket != "/run/web.sock" {
 		t.Errorf("console %v socket %q", cfg.Console, cfg.ConsoleSocket)
 	}
-	// A console file is opened (append) and closed by the returned func.
-	doc.Console = config.Console{Mode: config.ConsoleFile, Path: filepath.Join(t.TempDir(), "web.log")}
+	// A console file is opened, capped (consolelog) and closed by the
+	// returned func.
+	logPath := filepath.Join(t.TempDir(), "web.log")
+	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, LogSize: consolelog.MinMaxSize}
 	doc.Cmdline = "console=ttyS0"
 	cfg, done, err = linuxConfig(doc, Options{}, Logger(doc, &out))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Console == nil || cfg.Cmdline != "console=ttyS0 rf.cat=/x" {
-		t.Errorf("console %v cmdline %q", cfg.Console, cfg.Cmdline)
+	if _, ok := cfg.Console.(*consolelog.Writer); !ok || cfg.Cmdline != "console=ttyS0 rf.cat=/x" {
+		t.Errorf("console %T cmdline %q", cfg.Console, cfg.Cmdline)
+	}
+	for range 4096 {
+		cfg.Console.Write([]byte("0123456789abcdef"))
 	}
 	done()
-	doc.Console.Path = "/nonexistent/dir/web.log"
+	if fi, err := os.Stat(logPath); err != nil || fi.Size() > consolelog.MinMaxSize {
+		t.Errorf("console file not capped: %v %v", fi.Size(), err)
+	}
+	// A regular file as stdout (the supervisor's log) is capped too.
+	stdout, err := os.OpenFile(filepath.Join(t.TempDir(), "stdout"), os.O_CREATE|os.O_RDWR|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdout.Close()
+	doc.Console = config.Console{}
+	cfg, done, err = linuxConfig(doc, Options{Stdout: stdout}, Logger(doc, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := cfg.Console.(*consolelog.Writer); !ok {
+		t.Errorf("stdout file console %T", cfg.Console)
+	}
+	done()
+	doc.Console = config.Console{Mode: config.ConsoleFile, Path: "/nonexistent/dir/web.log"}
 	if _, _, err := linuxConfig(doc, Options{}, Logger(doc, &out)); err == nil || !strings.Contains(err.Error(), "console") {
 		t.Errorf("unopenable console file: %v", err)
 	}
@@ -90,7 +114,8 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.KernelFile != kernel || cfg.Console != log || cfg.DiskFiles["data"] != data || cfg.DiskFiles["disk0"] != nil {
+	// The console log descriptor is written through the capped writer.
+	if _, capped := cfg.Console.(*consolelog.Writer); cfg.KernelFile != kernel || !capped || cfg.DiskFiles["data"] != data || cfg.DiskFiles["disk0"] != nil {
 		t.Errorf("kernel %v console %v disks %v", cfg.KernelFile, cfg.Console, cfg.DiskFiles)
 	}
 	if cfg.ConsoleListener == nil || cfg.ConsoleSocket != "" {
