@@ -109,11 +109,12 @@ func (w *Waiter) Read(ctx context.Context, fd int, buf []byte) (int, error) {
 		for i := range fds {
 			fds[i].Revents = 0
 		}
+		w.polls.Add(1) // counted while it waits (tests watch for it)
 		_, err := unix.Poll(fds, -1)
 		if errors.Is(err, unix.EINTR) {
-			continue // a signal (the Go runtime's own): not a wake-up of ours
+			w.polls.Add(^uint64(0)) // a signal (the Go runtime's own): not a wake-up of ours
+			continue
 		}
-		w.polls.Add(1)
 		if err != nil {
 			return 0, fmt.Errorf("poll: %w", err)
 		}
