@@ -17,6 +17,9 @@
 #   FUZZPKGS   package patterns to search; default ./...
 #   FUZZMATCH  regexp the target name must match; default all
 #   FUZZPAR    fuzzing workers per target (-parallel); default 1
+#   FUZZMINIMIZE  time to minimize each new input (-fuzzminimizetime);
+#              default 5s (Go's 60s stalls short runs of targets with
+#              large inputs)
 #   FUZZLOG    directory for each target's output; default a temporary one
 #   FUZZREPORT file to which the summary table is also written (markdown)
 set -uo pipefail
@@ -65,7 +68,7 @@ for dir in "${dirs[@]}"; do
 		# corpus is read from, and crashers written to, testdata/fuzz.
 		(cd "$dir" && /usr/bin/time -f 'cpu %U %S' -o "$log.time" \
 			"$bin" -test.run '^$' -test.fuzz "^$t\$" -test.fuzztime "$fuzztime" \
-			-test.parallel "$par" -test.fuzzcachedir "$cache/$pkg" >"$log" 2>&1)
+			-test.parallel "$par" -test.fuzzminimizetime "${FUZZMINIMIZE:-5s}" -test.fuzzcachedir "$cache/$pkg" >"$log" 2>&1)
 		rc=$?
 		wall=$((SECONDS - start))
 		cpu=$(awk '/^cpu /{printf "%.1f", $2 + $3}' "$log.time" 2>/dev/null)

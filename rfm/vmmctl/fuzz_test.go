@@ -220,7 +220,9 @@ func FuzzMessage(f *testing.F) {
 			}
 			checkReply(t, m)
 		}
-		if after := openFDs(t); after != before {
+		// More after is a leak; fewer is something of an earlier run
+		// closed late (a finalizer), not this run's doing.
+		if after := openFDs(t); after > before {
 			t.Fatalf("%d descriptors open before, %d after", before, after)
 		}
 	})
