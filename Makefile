@@ -5,7 +5,7 @@ GO ?= go
 IMAGES ?= build/images
 BIN := bin
 
-.PHONY: all setup build image run test unit kvm e2e bench vet clean
+.PHONY: all setup build image run test unit kvm e2e bench vet fuzz fuzz-smoke clean
 
 all: build
 
@@ -52,6 +52,17 @@ bench: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
+
+# Every fuzz target in the repository, one after another, FUZZTIME each
+# (scripts/fuzz.sh: summary table; non-zero exit on a crash, the crasher
+# kept in the package's testdata/fuzz as a regression test).
+FUZZTIME ?= 30s
+fuzz:
+	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
+
+# What CI runs: each target briefly beyond its committed corpus.
+fuzz-smoke:
+	FUZZTIME=3s FUZZMINIMIZE=1s ./scripts/fuzz.sh
 
 clean:
 	rm -rf $(BIN) build

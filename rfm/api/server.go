@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path"
 	"strconv"
 	"time"
 
@@ -232,7 +233,62 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, bd)
 	})
-	return mux
+	return routeErrors(mux)
+}
+
+// routeErrors answers the requests no route takes (no such path, a method
+// the path does not have, a path not in canonical form) with a JSON
+// ErrorBody like every other error, instead of ServeMux's plain-text 404
+// and 405 and its redirects: 405 with the Allow header for a known path,
+// 404 otherwise. (Found by FuzzHandler.)
+func routeErrors(mux *http.ServeMux) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h, pattern := mux.Handler(r)
+		// A route ("METHOD /path") for a canonical path; ServeMux
+		// redirects the others.
+		if strings.Contains(pattern, " ") && r.URL.Path == canonicalPath(r.URL.Path) {
+			mux.ServeHTTP(w, r)
+			return
+		}
+		probe := &statusProbe{header: http.Header{}}
+		h.ServeHTTP(probe, r)
+		if probe.code == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", probe.header.Get("Allow"))
+			reply(w, http.StatusMethodNotAllowed, ErrorBody{Error: fmt.Sprintf("method %q not allowed on %s (allowed: %s)", r.Method, r.URL.Path, probe.header.Get("Allow"))})
+			return
+		}
+		reply(w, http.StatusNotFound, ErrorBody{Error: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
+	})
+}
+
+// canonicalPath is p cleaned as ServeMux cleans it (a trailing slash
+// kept).
+func canonicalPath(p string) string {
+	c := path.Clean("/" + p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c
+}
+
+// statusProbe is a ResponseWriter that keeps the status and headers a
+// handler answers with and drops the body.
+type statusProbe struct {
+	header http.Header
+	code   int
+}
+
+func (p *statusProbe) Header() http.Header { return p.header }
+
+func (p *statusProbe) WriteHeader(code int) {
+	if p.code == 0 {
+		p.code = code
+	}
+}
+
+func (p *statusProbe) Write(b []byte) (int, error) {
+	p.WriteHeader(http.StatusOK)
+	return len(b), nil
 }
 
 func uintParam(r *http.Request, name string, def uint64) (uint64, error) {

@@ -325,8 +325,13 @@ func (u *UART) writeReg(offset uint64, v byte) {
 			return
 		}
 		if u.mcr&MCRLoop != 0 {
-			if u.push([]byte{v}) == 0 {
+			// A looped-back byte that finds the FIFO full is an
+			// overrun the guest sees, not lost terminal input
+			// (Dropped).
+			if u.rxLen == len(u.rx) {
 				u.lsrErr |= LSROverrun
+			} else {
+				u.push([]byte{v})
 			}
 		} else if _, err := u.out.Write([]byte{v}); err != nil {
 			u.outErrs++
