@@ -36,6 +36,7 @@ vet:
 test: setup image vet
 	./scripts/hugepages.sh 600
 	RF_REQUIRE_KVM=1 RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -race -count=1 -timeout 60m ./...
+	$(MAKE) fuzz-smoke
 
 unit:
 	$(GO) test -race -count=1 ./...
@@ -60,7 +61,8 @@ FUZZTIME ?= 30s
 fuzz:
 	FUZZTIME=$(FUZZTIME) ./scripts/fuzz.sh
 
-# What CI runs: each target briefly beyond its committed corpus.
+# Each target briefly beyond its committed corpus (the last step of make
+# test, so CI runs it).
 fuzz-smoke:
 	FUZZTIME=3s FUZZMINIMIZE=1s ./scripts/fuzz.sh
 

@@ -19,7 +19,10 @@ import (
 // fuzzHandler answers runtime requests at once, without a VMM.
 type fuzzHandler struct{}
 
-func (fuzzHandler) AttachDisk(_ context.Context, d config.Disk) (Device, error) {
+func (fuzzHandler) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (Device, error) {
+	if backing != nil {
+		backing.Close() // the handler owns it
+	}
 	if d.Path == "/taken" {
 		return Device{}, ErrExists
 	}
