@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -193,6 +194,10 @@ var opSection = regexp.MustCompile(`^op-\d+$`)
 // points of a loop of lifecycle operations loses no subOS, no ledger entry,
 // no hugepage, cgroup or descriptor.
 func TestHostile(t *testing.T) {
+	// Not yet run in the nested layer: opt in until it has passed there.
+	if os.Getenv("RF_HOSTILE") != "1" {
+		t.Skip("set RF_HOSTILE=1: the chaos session has not been validated in the nested layer yet")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
 	h := newTestHost(ctx, t, 3) // one housekeeping core and one for each of two subOSes
