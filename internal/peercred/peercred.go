@@ -15,6 +15,7 @@ package peercred
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os/user"
 	"slices"
@@ -133,7 +134,8 @@ func LookupGroup(name string) (int, error) {
 	g, err := user.LookupGroup(name)
 	if err != nil {
 		var unknown user.UnknownGroupError
-		if errors.As(err, &unknown) {
+		// A host without /etc/group (a minimal initramfs) has no groups.
+		if errors.As(err, &unknown) || errors.Is(err, fs.ErrNotExist) {
 			return 0, fmt.Errorf("group %q: %w", name, ErrNoSuchGroup)
 		}
 		return 0, fmt.Errorf("group %q: %w", name, err)

@@ -135,19 +135,49 @@ func pivot(root string, sys bool) error {
 			return err
 		}
 	}
-	if err := step("pivot_root", unix.PivotRoot(root, old)); err != nil {
+	if err := unix.PivotRoot(root, old); errors.Is(err, unix.EINVAL) {
+		// The host's root is an initramfs (rootfs), which cannot be
+		// pivoted away from: move the jail over it and chroot, as
+		// switch_root does. The old root stays underneath, out of reach
+		// of a process without CAP_SYS_CHROOT (dropped next).
+		if err := moveRoot(root, old); err != nil {
+			return err
+		}
+	} else if err := step("pivot_root", err); err != nil {
 		return err
-	}
-	if err := step("chdir", unix.Chdir("/")); err != nil {
-		return err
-	}
-	if err := step("detach old root", unix.Unmount("/old", unix.MNT_DETACH)); err != nil {
-		return err
-	}
-	if err := step("remove old root", os.Remove("/old")); err != nil {
-		return err
+	} else {
+		if err := step("chdir", unix.Chdir("/")); err != nil {
+			return err
+		}
+		if err := step("detach old root", unix.Unmount("/old", unix.MNT_DETACH)); err != nil {
+			return err
+		}
+		if err := step("remove old root", os.Remove("/old")); err != nil {
+			return err
+		}
 	}
 	return step("root read-only", unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY|flags, ""))
+}
+
+// moveRoot makes root the root where pivot_root cannot (an initramfs
+// host): it moves the mount over "/" and chroots into it.
+func moveRoot(root, old string) error {
+	if err := os.Remove(old); err != nil {
+		return fmt.Errorf("jail: remove old root: %w", err)
+	}
+	if err := unix.Chdir(root); err != nil {
+		return fmt.Errorf("jail: chdir: %w", err)
+	}
+	if err := unix.Mount(root, "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("jail: move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("jail: chroot: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("jail: chdir: %w", err)
+	}
+	return nil
 }
 
 // Limit sets RLIMIT_NOFILE and RLIMIT_FSIZE (soft = hard) where not 0.
