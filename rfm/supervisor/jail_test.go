@@ -60,7 +60,10 @@ func TestCreateConfinesVMM(t *testing.T) {
 	if _, err := s.AttachDisk(ctx, "a", Disk{ID: "x", Path: extra}); err != nil {
 		t.Fatal(err)
 	}
-	if got := p.backings["x"]; got != "EXTRA..." {
+	p.mu.Lock()
+	got := p.backings["x"]
+	p.mu.Unlock()
+	if got != "EXTRA..." {
 		t.Errorf("hot-added disk's descriptor reads %q", got)
 	}
 	if err := s.Destroy(ctx, "a"); err != nil {
