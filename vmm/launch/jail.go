@@ -48,7 +48,9 @@ func NoFileLimit(doc *config.Document) uint64 {
 // FileSizeLimit is RLIMIT_FSIZE for a VMM with these disk files: the log
 // bounds, or the largest writable regular file when larger.
 func FileSizeLimit(disks map[string]*os.File, doc *config.Document) uint64 {
-	limit := uint64(ConsoleLogBound + VMMLogBound)
+	// Guest RAM is a memfd sized with ftruncate, which RLIMIT_FSIZE
+	// bounds too (4k pages; hugetlb files are not limited).
+	limit := uint64(ConsoleLogBound+VMMLogBound) + doc.Memory
 	for _, d := range doc.WithDiskIDs() {
 		f := disks[d.ID]
 		if f == nil || d.ReadOnly {
