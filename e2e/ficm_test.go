@@ -33,6 +33,8 @@ echo "== create"
 "$RFM" create a --cores 1 --memory 256M --segment shared,size=64K --append 'rf.poweroff=1 rf.cmd="rfcom ls; rfcom map shared --write from-a && rfcom recv --port 7 --count 2 --timeout 200s && rfcom bench --serve --mode irq --timeout 200s; rfcom daemon >/tmp/d.log 2>&1 & until [ -S /run/rfcom.sock ]; do sleep 0.2; done; rfcom control --count 1 --timeout 200s; cat /tmp/d.log"'; echo "RF-STATUS-A $?"
 "$RFM" create b --cores 2 --memory 256M --segment shared,ro --append 'rf.poweroff=1 rf.cmd="i=0; until rfcom send --to a --port 7 hello ficm; do i=$((i+1)); [ $i -gt 200 ] && break; sleep 1; done; rfcom map shared --read 6; rfcom map shared --write from-b; rfcom map secret --read 4; i=0; until rfcom bench --to a --n 200 --mode irq --timeout 100s; do i=$((i+1)); [ $i -gt 15 ] && break; sleep 1; done"'; echo "RF-STATUS-B $?"
 "$RFM" create c --cores 3 --memory 256M --segment shared,size=8K; echo "RF-STATUS-BADSIZE $?"
+# Logs go with their subOS (deleted on reclaim): keep copies to read after.
+tail -F /run/rainforest/a.log > /tmp/a.log 2>/dev/null & tail -F /run/rainforest/b.log > /tmp/b.log 2>/dev/null &
 echo "== board"
 "$RFM" board
 "$RFM" ps
@@ -44,16 +46,16 @@ echo "== wait-b"
 gone b
 echo "== message"
 i=0
-while ! grep -q 'control: ctl-hello' /run/rainforest/a.log && [ $i -lt 300 ]; do
+while ! grep -q 'control: ctl-hello' /tmp/a.log && [ $i -lt 300 ]; do
 	"$RFM" message a ctl-hello 2>>/tmp/msg.err; sleep 1; i=$((i+1))
 done
 echo "RF-MSG-TRIES $i"
 head -n 1 /tmp/msg.err
 gone a
 echo "== log-a"
-grep -v '^\[' /run/rainforest/a.log | head -n 100
+grep -v '^\[' /tmp/a.log | head -n 100
 echo "== log-b"
-grep -v '^\[' /run/rainforest/b.log | head -n 100
+grep -v '^\[' /tmp/b.log | head -n 100
 echo "== events"
 "$RFM" events | tail -n 12
 kill $(cat /tmp/serve.pid)
