@@ -21,7 +21,7 @@ type GroupInfo struct {
 // Inspect opens the FICM device without interrupts and reads this peer's
 // id, the group size and the board. It returns ErrNoDevice without one.
 func Inspect(ctx context.Context, opts Options) (GroupInfo, error) {
-	sys, devRoot := opts.roots()
+	sys, devRoot := opts.Roots()
 	infos, err := device.Find(sys)
 	if err != nil {
 		return GroupInfo{}, err

@@ -101,8 +101,10 @@ type Options struct {
 	LosslessDatagrams bool
 }
 
-func (o Options) roots() (string, string) {
-	sys, dev := o.SysRoot, o.DevRoot
+// Roots are the sysfs and /dev roots o names ("/sys" and "/dev" when
+// empty).
+func (o Options) Roots() (sys, dev string) {
+	sys, dev = o.SysRoot, o.DevRoot
 	if sys == "" {
 		sys = "/sys"
 	}
@@ -178,7 +180,7 @@ type Node struct {
 // Open finds the FICM device (protocol 1) under opts.SysRoot, opens it,
 // marks this peer alive (STATE=1) and starts a Node on it.
 func Open(ctx context.Context, opts Options) (*Node, error) {
-	sys, devRoot := opts.roots()
+	sys, devRoot := opts.Roots()
 	infos, err := device.Find(sys)
 	if err != nil {
 		return nil, err

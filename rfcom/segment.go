@@ -25,7 +25,7 @@ type SegmentInfo struct {
 // openSegments opens every segment device (without interrupts) and calls
 // visit with it until visit returns true (the device is kept open).
 func openSegments(ctx context.Context, opts Options, visit func(*device.Device) bool) error {
-	sys, dev := opts.roots()
+	sys, dev := opts.Roots()
 	infos, err := device.Find(sys)
 	if err != nil {
 		return err

@@ -151,13 +151,7 @@ func flagSet(fs *flag.FlagSet, name string) bool {
 // as the board page and no state table. The returned function closes the
 // device (after the Node).
 func (e *env) openIvshmem(ctx context.Context, peers int, o rfcom.Options) (*rfcom.Node, func() error, error) {
-	sys, dev := o.SysRoot, o.DevRoot
-	if sys == "" {
-		sys = "/sys"
-	}
-	if dev == "" {
-		dev = "/dev"
-	}
+	sys, dev := o.Roots()
 	infos, err := ivshmem.Find(sys)
 	if err != nil {
 		return nil, nil, err

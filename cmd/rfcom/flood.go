@@ -137,13 +137,7 @@ func (e *env) signalContext() (context.Context, context.CancelFunc) {
 // its interrupts): its doorbell register is all the doorbell flood needs.
 func (e *env) openFICMRegisters(ctx context.Context) (*device.Device, error) {
 	o := e.options()
-	sys, dev := o.SysRoot, o.DevRoot
-	if sys == "" {
-		sys = "/sys"
-	}
-	if dev == "" {
-		dev = "/dev"
-	}
+	sys, dev := o.Roots()
 	infos, err := device.Find(sys)
 	if err != nil {
 		return nil, err
