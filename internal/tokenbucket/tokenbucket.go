@@ -108,6 +108,24 @@ func (b *Bucket) Take(now time.Time, cost uint64) time.Duration {
 	return 0
 }
 
+// TakeUpTo takes as many of n tokens as the bucket holds at now (never
+// going into debt) and returns how many it took: a caller that can cut its
+// work short, such as a log dropping what is over its rate, takes a part.
+func (b *Bucket) TakeUpTo(now time.Time, n uint64) uint64 {
+	if b == nil {
+		return n
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill(now)
+	if b.tokens < 1 {
+		return 0
+	}
+	got := min(n, uint64(b.tokens))
+	b.tokens -= float64(got)
+	return got
+}
+
 // Clock is the time source of the callers that wait for tokens.
 type Clock interface {
 	Now() time.Time

@@ -118,3 +118,23 @@ func TestFakeClockAfterFunc(t *testing.T) {
 	}
 	clk.Advance(2 * time.Second)
 }
+
+func TestTakeUpToTakesAPart(t *testing.T) {
+	b := tokenbucket.New(tokenbucket.Limit{Rate: 100, Burst: 50}, t0)
+	if got := b.TakeUpTo(t0, 80); got != 50 {
+		t.Errorf("first take %d, want the burst (50)", got)
+	}
+	if got := b.TakeUpTo(t0, 1); got != 0 {
+		t.Errorf("empty bucket gave %d", got)
+	}
+	if d := b.Delay(t0, 10); d != 100*time.Millisecond {
+		t.Errorf("delay %v, want 100ms", d)
+	}
+	if got := b.TakeUpTo(t0.Add(time.Hour), 80); got != 50 {
+		t.Errorf("refill beyond the burst: %d", got)
+	}
+	var unlimited *tokenbucket.Bucket
+	if got := unlimited.TakeUpTo(t0, 1<<40); got != 1<<40 {
+		t.Errorf("nil bucket gave %d", got)
+	}
+}

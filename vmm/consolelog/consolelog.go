@@ -41,6 +41,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"rainforest/internal/tokenbucket"
 )
 
 // Defaults and limits of Options.
@@ -78,7 +80,7 @@ type Writer struct {
 	regular bool
 	max     int64
 	now     func() time.Time
-	bucket  *Bucket
+	bucket  *tokenbucket.Bucket
 
 	mu      sync.Mutex
 	size    int64  // the file's size as far as this Writer knows
@@ -115,7 +117,7 @@ func New(f *os.File, opt Options) (*Writer, error) {
 	if opt.Now == nil {
 		opt.Now = time.Now
 	}
-	w := &Writer{f: f, fd: int(f.Fd()), max: opt.MaxSize, now: opt.Now, bucket: NewBucket(opt.Rate, opt.Burst)}
+	w := &Writer{f: f, fd: int(f.Fd()), max: opt.MaxSize, now: opt.Now, bucket: tokenbucket.New(tokenbucket.Limit{Rate: uint64(opt.Rate), Burst: uint64(opt.Burst)}, opt.Now())}
 	var st unix.Stat_t
 	if err := unix.Fstat(w.fd, &st); err != nil {
 		return nil, fmt.Errorf("console log: %w", err)
@@ -218,7 +220,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if w.closed {
 		return len(p), nil
 	}
-	n := w.bucket.Take(w.now(), len(p))
+	n := int(w.bucket.TakeUpTo(w.now(), uint64(len(p))))
 	if !w.regular {
 		n = min(n, QueueSize-len(w.queue))
 		if n > 0 && w.pending > 0 {

@@ -211,24 +211,6 @@ func TestOptionsRefused(t *testing.T) {
 	}
 }
 
-func TestBucket(t *testing.T) {
-	c := newClock()
-	b := NewBucket(100, 50)
-	if got := b.Take(c.now(), 80); got != 50 {
-		t.Errorf("first take %d", got)
-	}
-	if got := b.Take(c.now(), 1); got != 0 {
-		t.Errorf("empty bucket gave %d", got)
-	}
-	if d := b.Wait(c.now(), 10); d != 100*time.Millisecond {
-		t.Errorf("wait %v", d)
-	}
-	c.advance(time.Hour)
-	if got := b.Take(c.now(), 80); got != 50 {
-		t.Errorf("refill beyond burst: %d", got)
-	}
-}
-
 // A pipe nobody reads does not block Write: output beyond the queue is
 // dropped and counted, and reported once the reader catches up.
 func TestPipeNeverBlocks(t *testing.T) {
