@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"rainforest/internal/peercred"
-	"rainforest/vmm/consolelog"
+	"rainforest/internal/tokenbucket"
 )
 
 // Defaults of Options.
@@ -70,7 +70,7 @@ type Server struct {
 	ln    *net.UnixListener
 	input func([]byte)
 	opt   Options
-	in    *consolelog.Bucket
+	in    *tokenbucket.Bucket
 	done  chan struct{} // closed at shutdown
 
 	mu      sync.Mutex
@@ -156,7 +156,7 @@ func Serve(ctx context.Context, ln *net.UnixListener, input func([]byte), opt Op
 	if opt.MaxClients < 0 || opt.BufferSize < 0 || opt.InputRate < 0 {
 		return nil, fmt.Errorf("%w: %d clients, buffer %d, input rate %d", ErrOptions, opt.MaxClients, opt.BufferSize, opt.InputRate)
 	}
-	s := &Server{ln: ln, input: input, opt: opt, in: consolelog.NewBucket(opt.InputRate, inputBurst),
+	s := &Server{ln: ln, input: input, opt: opt, in: tokenbucket.New(tokenbucket.Limit{Rate: uint64(opt.InputRate), Burst: inputBurst}, time.Now()),
 		done: make(chan struct{}), clients: map[*client]struct{}{}}
 	s.wg.Add(1)
 	go s.accept()
@@ -219,7 +219,7 @@ func (s *Server) read(cl *client) {
 	for {
 		n, err := cl.c.Read(buf)
 		for b := buf[:n]; len(b) > 0; {
-			got := s.in.Take(time.Now(), len(b))
+			got := int(s.in.TakeUpTo(time.Now(), uint64(len(b))))
 			if got > 0 {
 				if s.input != nil {
 					s.input(append([]byte(nil), b[:got]...))
@@ -227,7 +227,7 @@ func (s *Server) read(cl *client) {
 				b = b[got:]
 				continue
 			}
-			t := time.NewTimer(s.in.Wait(time.Now(), len(b)))
+			t := time.NewTimer(s.in.Delay(time.Now(), uint64(len(b))))
 			select {
 			case <-t.C:
 			case <-s.done:
