@@ -24,7 +24,7 @@ set -u
 grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 hp=/sys/kernel/mm/hugepages/hugepages-2048kB
 export RF_IMAGES="$L2"
-serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 150 ]; do sleep 0.2; i=$((i+1)); done; }
+serve() { "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid; local w=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $w -lt 150 ]; do sleep 0.2; w=$((w+1)); done; }
 state() {
 	echo "RF-VMMS $(vmms | sort -n | tr '\n' ' ')"
 	g=""; for d in /sys/fs/cgroup/rainforest/*/; do [ -d "$d" ] && g="$g $(basename "$d")"; done
