@@ -48,7 +48,7 @@ while [ $i -lt CHAOS_OPS ]; do
 	r=$(rnd)
 	n=x; [ $((r % 2)) = 0 ] && n=y
 	case $(( (r / 2) % 6 )) in
-	0|1|2) set -- create $n --cores 1 --memory 128M --append rf.agent=0 ;;
+	0|1|2) set -- create $n --cpus 1 --memory 128M --append rf.agent=0 ;;
 	3) set -- destroy $n ;;
 	4) set -- grant $n --segment s$(( (r / 12) % 2 )),size=2M ;;
 	5) set -- revoke $n s$(( (r / 12) % 2 )) ;;
@@ -76,14 +76,14 @@ echo "== fds"
 "$RFM" destroy x >/dev/null 2>&1; "$RFM" destroy y >/dev/null 2>&1
 kill -9 $(cat /tmp/serve.pid); serve
 echo "RF-FDS-BEFORE $(ls /proc/$(cat /tmp/serve.pid)/fd | wc -l)"
-"$RFM" create x --cores 1 --memory 128M --append rf.agent=0 >/dev/null
-"$RFM" create y --cores 1 --memory 128M --append rf.agent=0 >/dev/null
+"$RFM" create x --cpus 1 --memory 128M --append rf.agent=0 >/dev/null
+"$RFM" create y --cpus 1 --memory 128M --append rf.agent=0 >/dev/null
 "$RFM" grant x --segment s0,size=2M >/dev/null
 kill -9 $(cat /tmp/serve.pid); serve
 kill -9 $(vmms)
 j=0; while "$RFM" ps | tail -n +2 | grep -q . && [ $j -lt 150 ]; do sleep 0.2; j=$((j+1)); done
 for k in 1 2 3; do
-	"$RFM" create x --cores 1 --memory 128M --append rf.agent=0 >/dev/null
+	"$RFM" create x --cpus 1 --memory 128M --append rf.agent=0 >/dev/null
 	"$RFM" grant x --segment s0,size=2M >/dev/null
 	"$RFM" revoke x s0 >/dev/null
 	"$RFM" destroy x >/dev/null
@@ -110,10 +110,10 @@ const floodScript = `
 echo "== flood-setup"
 dd if=/dev/zero of=/tmp/scratch.img bs=1M count=16 2>/dev/null
 serve
-"$RFM" create victim --cores 1 --memory 128M --append 'rf.agent=0 rf.cmd="rfcom daemon >/tmp/d.log 2>&1 &"'; echo "RF-STATUS-VICTIM $?"
+"$RFM" create victim --cpus 1 --memory 128M --append 'rf.agent=0 rf.cmd="rfcom daemon >/tmp/d.log 2>&1 &"'; echo "RF-STATUS-VICTIM $?"
 vpeer=$("$RFM" inspect victim -o json | sed -n 's/.*"ficm_peer": \([0-9]*\).*/\1/p')
 echo "RF-VICTIM-PEER $vpeer"
-"$RFM" create attacker --cores 1 --memory 128M --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
+"$RFM" create attacker --cpus 1 --memory 128M --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
 echo "== flood"
 sleep 10
 ok=0
