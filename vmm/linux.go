@@ -27,7 +27,7 @@ import (
 	"rainforest/vmm/serial"
 	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
-	"rainforest/vmm/virtio/console"
+	virtioconsole "rainforest/vmm/virtio/console"
 )
 
 // LinuxConfig is a subOS booting a Linux kernel.
@@ -252,31 +252,18 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 
 	// Legacy platform: COM1, ACPI PM registers and the status port. The reset
 	// register shares the PCI configuration ports (setupPCI).
-	out := cfg.Console
 	var uartp atomic.Pointer[serial.UART]
-	if cfg.ConsoleSocket != "" || cfg.ConsoleListener != nil {
-		input := func(b []byte) {
-			if u := uartp.Load(); u != nil {
-				u.Enqueue(b)
-			}
+	input := func(b []byte) {
+		if u := uartp.Load(); u != nil {
+			u.Enqueue(b)
 		}
-		var sock *consolesock.Server
-		ln := cfg.ConsoleListener
-		if ln == nil {
-			if ln, err = consolesock.NewListener(cfg.ConsoleSocket, peercred.NoGroup); err != nil {
-				return nil, err
-			}
-		}
-		if sock, err = consolesock.Serve(ctx, ln, input, consolesock.Options{Allow: cfg.ConsoleAllow}); err != nil {
-			ln.Close()
-			return nil, err
-		}
+	}
+	out, sock, err := consoleOutput(ctx, cfg, input)
+	if err != nil {
+		return nil, err
+	}
+	if sock != nil {
 		m.AddCloser(sock.Close)
-		if out == nil {
-			out = sock
-		} else {
-			out = io.MultiWriter(sock, out) // the socket never fails; the log may
-		}
 	}
 	uart := serial.New(out, m.IRQLine(acpi.COM1IRQ), 0)
 	uartp.Store(uart)
@@ -304,7 +291,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err := m.MMIO.Insert(status, layout.GuestStatusMMIO, layout.GuestStatusLen); err != nil {
 		return nil, err
 	}
-	if err := m.addDevices(cfg); err != nil {
+	if err := m.addDevices(cfg, out); err != nil {
 		return nil, err
 	}
 	if cfg.ConsoleIn != nil {
@@ -313,9 +300,41 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	return status, nil
 }
 
-// addDevices plugs a virtio-blk function per disk, a virtio-console and
-// the shared-memory functions into the PCI bus.
-func (m *Machine) addDevices(cfg *LinuxConfig) error {
+// consoleOutput returns where both consoles' output goes (the serial
+// console's and the virtio console's, hvc0): cfg.Console and, when cfg
+// asks for one, the console socket it serves, whose clients' input goes
+// to input (the serial console's: the guest's login console). The
+// socket's Write never waits for a client (see consolesock), so neither
+// console's vCPU stalls on one. out is io.Discard when there is neither;
+// the caller closes sock.
+func consoleOutput(ctx context.Context, cfg *LinuxConfig, input func([]byte)) (out io.Writer, sock *consolesock.Server, err error) {
+	out = cfg.Console
+	if cfg.ConsoleSocket != "" || cfg.ConsoleListener != nil {
+		ln := cfg.ConsoleListener
+		if ln == nil {
+			if ln, err = consolesock.NewListener(cfg.ConsoleSocket, peercred.NoGroup); err != nil {
+				return nil, nil, err
+			}
+		}
+		if sock, err = consolesock.Serve(ctx, ln, input, consolesock.Options{Allow: cfg.ConsoleAllow}); err != nil {
+			ln.Close()
+			return nil, nil, err
+		}
+		if out == nil {
+			out = sock
+		} else {
+			out = io.MultiWriter(sock, out) // the socket never fails; the log may
+		}
+	}
+	if out == nil {
+		out = io.Discard
+	}
+	return out, sock, nil
+}
+
+// addDevices plugs a virtio-blk function per disk, a virtio-console
+// writing to console and the shared-memory functions into the PCI bus.
+func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
 	for _, d := range cfg.Disks {
 		f := cfg.DiskFiles[d.ID]
 		delete(cfg.DiskFiles, d.ID) // the machine's now
@@ -323,11 +342,7 @@ func (m *Machine) addDevices(cfg *LinuxConfig) error {
 			return err
 		}
 	}
-	out := cfg.Console
-	if out == nil {
-		out = io.Discard
-	}
-	if _, err := m.AddVirtio("console", console.New(out, console.Options{}), nil); err != nil {
+	if _, err := m.AddVirtio("console", virtioconsole.New(console, virtioconsole.Options{}), nil); err != nil {
 		return err
 	}
 	for _, sc := range cfg.SharedMemory {

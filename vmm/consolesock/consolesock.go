@@ -9,14 +9,14 @@
 // message, and disconnected. Connections beyond Options.MaxClients, and
 // peers that Options.Allow refuses, are told why and closed. Bytes clients
 // send are handed to the guest as console input at a bounded rate (reading
-// from the client pauses beyond it).
+// from the client pauses beyond it). The client side is
+// rainforest/rfm/consoleclient.
 package consolesock
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"sync"
@@ -364,23 +364,4 @@ func (s *Server) shutdown() error {
 		}
 	})
 	return s.shutErr
-}
-
-// Attach connects to the console socket at path and copies in to the
-// console and the console to out until ctx ends or the socket closes.
-func Attach(ctx context.Context, path string, in io.Reader, out io.Writer) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
-	if err != nil {
-		return fmt.Errorf("attach console: %w", err)
-	}
-	defer c.Close()
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	go func() { io.Copy(c, in) }() // ends when in ends or c is closed
-	_, err = io.Copy(out, c)
-	if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-		return nil
-	}
-	return err
 }

@@ -222,32 +222,6 @@ func TestListenRefusesNonSocket(t *testing.T) {
 	}
 }
 
-func TestAttach(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "c.sock")
-	got := make(chan []byte, 1)
-	s, err := Listen(context.Background(), path, func(b []byte) { got <- b })
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	var out bytes.Buffer
-	done := make(chan error, 1)
-	go func() { done <- Attach(ctx, path, bytes.NewReader([]byte("x")), &out) }()
-	select {
-	case b := <-got:
-		if string(b) != "x" {
-			t.Errorf("input %q", b)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("no input")
-	}
-	cancel()
-	if err := <-done; err != nil {
-		t.Errorf("attach: %v", err)
-	}
-}
-
 // A listener made elsewhere (a jailed VMM receives it as a descriptor)
 // is served the same way; Close leaves its path to its maker.
 func TestServeGivenListener(t *testing.T) {
