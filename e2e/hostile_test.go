@@ -91,11 +91,12 @@ done
 echo "RF-FDS-AFTER $(ls /proc/$(cat /tmp/serve.pid)/fd | wc -l)"
 echo "== end"
 state
+echo "== events"
+"$RFM" events 2>&1 | tail -n 400
+echo "== end-free"
 kill $(cat /tmp/serve.pid); wait $(cat /tmp/serve.pid) 2>/dev/null
 echo "RF-FREE-BEFORE $free_before"
 echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
-echo "== events"
-"$RFM" events 2>&1 | tail -n 400
 echo "== serve-log"
 grep -iE 'panic|fatal|quarantin|orphan|rollback' /tmp/serve.log | tail -n 40
 `
@@ -251,7 +252,7 @@ func checkChaos(t *testing.T, secs map[string]string, out string) {
 	if len(end.vmms) != 0 || len(end.cgroups) != 0 || len(end.subos) != 0 {
 		t.Errorf("after destroying everything: VMMs %v, cgroups %v, subOSes %v", end.vmms, end.cgroups, end.subos)
 	}
-	if b, a := Field(secs["end"], "RF-FREE-BEFORE"), Field(secs["end"], "RF-FREE-AFTER"); b == "" || a != b {
+	if b, a := Field(secs["end-free"], "RF-FREE-BEFORE"), Field(secs["end-free"], "RF-FREE-AFTER"); b == "" || a != b {
 		t.Errorf("hugepages free before %q after %q (leaked)", b, a)
 	}
 	if b, a := Field(secs["fds"], "RF-FDS-BEFORE"), Field(secs["fds"], "RF-FDS-AFTER"); b == "" || a != b {
