@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/spf13/cobra"
 
 	"rainforest/ficm/board"
 	"rainforest/ledger"
@@ -561,5 +562,30 @@ func TestCLICompletion(t *testing.T) {
 				t.Errorf("status %d, completions %q, want %q\nstderr:\n%s", r.status, got, c.want, r.stderr)
 			}
 		})
+	}
+}
+
+// Every command's help shows examples, and rfm vmm's internal flags are
+// hidden.
+func TestCommandsHaveExamples(t *testing.T) {
+	root := rootCommand(&globalFlags{})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Example == "" && c.Runnable() {
+			t.Errorf("%s has no examples", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	vmm, _, err := root.Find([]string{"vmm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"control-fd", "ready-fd", "wait-fd", "cpus"} {
+		if f := vmm.Flags().Lookup(n); f == nil || !f.Hidden {
+			t.Errorf("rfm vmm --%s is not hidden", n)
+		}
 	}
 }

@@ -91,12 +91,19 @@ Exit status:
 		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
 		genManCommand(root))
 	addCompletions(root, g)
+	// cobra's own commands get examples too.
 	root.InitDefaultCompletionCmd()
+	root.InitDefaultHelpCmd()
 	for _, c := range root.Commands() {
-		if c.Name() == "completion" {
+		switch c.Name() {
+		case "help":
+			c.Example = "  rfm help create"
+		case "completion":
 			c.Example = `  rfm completion bash > /etc/bash_completion.d/rfm
-  source <(rfm completion bash)
-  rfm completion zsh > "${fpath[1]}/_rfm"`
+  source <(rfm completion bash)`
+			for _, sh := range c.Commands() {
+				sh.Example = "  source <(rfm completion " + sh.Name() + ")"
+			}
 		}
 	}
 	usageErrors(root)
