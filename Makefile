@@ -4,8 +4,12 @@ export PATH := $(PATH):/usr/local/go/bin
 GO ?= go
 IMAGES ?= build/images
 BIN := bin
+# make install puts rfm, its man pages and its bash completion under
+# $(DESTDIR)$(PREFIX).
+PREFIX ?= /usr/local
+DESTDIR ?=
 
-.PHONY: all setup build image run test unit kvm e2e bench vet fuzz fuzz-smoke clean
+.PHONY: all setup build image run test unit kvm e2e bench vet fuzz fuzz-smoke clean install
 
 all: build
 
@@ -15,6 +19,12 @@ setup:
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfm ./cmd/rfm
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfimage ./cmd/rfimage
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions
+	install -m 0755 $(BIN)/rfm $(DESTDIR)$(PREFIX)/bin/rfm
+	$(BIN)/rfm gen-man $(DESTDIR)$(PREFIX)/share/man/man1
+	$(BIN)/rfm completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/rfm
 
 # The image carries the rfcom tool, built static and reproducible.
 image: build

@@ -16,15 +16,15 @@ const bootScript = `
 hp=/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages
 free_before=$(cat $hp)
 boot() { name=$1; shift; echo "== $name"; timeout 180 "$RFM" vmm --name "$name" --initrd "$L2/initramfs.cpio.gz" --console stdio --log-level info "$@"; echo "RF-STATUS $?"; }
-boot pvh --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
-boot bzimage --kernel "$L2/bzImage" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
-boot intx --kernel "$L2/vmlinux" --cpus 0-1 --memory 512M --disk "$L2/disk.img,ro" --append 'pci=nomsi rf.cat=/hello.txt rf.cmd="grep virtio /proc/interrupts" rf.poweroff=1'
-boot status --kernel "$L2/vmlinux" --cpus 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
-boot reboot --kernel "$L2/vmlinux" --cpus 0 --memory 256M --append 'rf.cmd="echo RF-HVC-$((2*3)) >/dev/hvc0; reboot -f"'
-boot badcores --kernel "$L2/vmlinux" --cpus 0,0 --memory 256M
-boot nokernel --kernel "$L2/missing" --cpus 0 --memory 256M
+boot pvh --kernel "$L2/vmlinux" --cores 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
+boot bzimage --kernel "$L2/bzImage" --cores 0-1 --memory 512M --disk "$L2/disk.img,ro" --append "rf.cat=/hello.txt rf.poweroff=1"
+boot intx --kernel "$L2/vmlinux" --cores 0-1 --memory 512M --disk "$L2/disk.img,ro" --append 'pci=nomsi rf.cat=/hello.txt rf.cmd="grep virtio /proc/interrupts" rf.poweroff=1'
+boot status --kernel "$L2/vmlinux" --cores 1 --memory 256M --append 'rf.cmd="exit 3" rf.poweroff=1'
+boot reboot --kernel "$L2/vmlinux" --cores 0 --memory 256M --append 'rf.cmd="echo RF-HVC-$((2*3)) >/dev/hvc0; reboot -f"'
+boot badcores --kernel "$L2/vmlinux" --cores 0,0 --memory 256M
+boot nokernel --kernel "$L2/missing" --cores 0 --memory 256M
 echo "== attach"
-timeout 180 "$RFM" vmm --name attach --kernel "$L2/vmlinux" --initrd "$L2/initramfs.cpio.gz" --cpus 0 --memory 256M --console none --console-socket /tmp/c.sock &
+timeout 180 "$RFM" vmm --name attach --kernel "$L2/vmlinux" --initrd "$L2/initramfs.cpio.gz" --cores 0 --memory 256M --console none --console-socket /tmp/c.sock &
 vmm=$!
 i=0; while [ ! -S /tmp/c.sock ] && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
 "$RFM" console /tmp/c.sock </dev/null >/tmp/attach.out &

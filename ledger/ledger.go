@@ -70,7 +70,10 @@ func (a Allocation) clone() Allocation {
 }
 
 // Problem is one reason a request cannot be satisfied; Check returns all of them.
-type Problem struct{ Field, Message string }
+type Problem struct {
+	Field   string `json:"field"`
+	Message string `json:"message"`
+}
 
 func (p Problem) Error() string { return p.Field + ": " + p.Message }
 

@@ -54,7 +54,7 @@ func (p *benchPlan) argv(paths vmmPaths) map[string][]string {
 	mem := strconv.Itoa(guestMemoryMiB) + "M"
 	return map[string][]string{
 		vmmRFM: {paths.rfm, "vmm", "--name", "bench", "--kernel", paths.kernel, "--initrd", paths.initrd,
-			"--cpus", "0-" + strconv.Itoa(guestCPUs-1), "--memory", mem, "--page-size", "2M",
+			"--cores", "0-" + strconv.Itoa(guestCPUs-1), "--memory", mem, "--page-size", "2M",
 			"--console", "stdio", "--cmdline", cmdline},
 		vmmQEMU: {paths.qemu, "-M", "microvm,acpi=on,memory-backend=ram", "-enable-kvm", "-cpu", p.qemuCPU,
 			"-smp", strconv.Itoa(guestCPUs), "-m", mem,

@@ -41,7 +41,7 @@ func TestScript(t *testing.T) {
 			t.Errorf("%s command %q lacks the shared kernel, initrd or cmdline", name, c)
 		}
 	}
-	for _, want := range []string{"--page-size 2M", "--memory 512M", "--cpus 0-1"} {
+	for _, want := range []string{"--page-size 2M", "--memory 512M", "--cores 0-1"} {
 		if !strings.Contains(p.commands[vmmRFM], want) {
 			t.Errorf("rfm command lacks %q", want)
 		}

@@ -25,6 +25,9 @@ memory beyond the hugepage pools or not page-aligned, unsupported page sizes,
 missing files, and PCI devices (passthrough is not supported yet). Every
 problem is listed; the exit status is 1 when there is any. rfm run and rfm
 create run the same checks.`,
+		Example: `  rfm check layout.yaml
+  rfm check layout.yaml -o json
+  rfm check --sysfs /tmp/other/sys --procfs /tmp/other/proc layout.yaml`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f, err := os.Open(args[0])
@@ -46,7 +49,7 @@ create run the same checks.`,
 				return err
 			}
 			probs := l.Check(inv, supervisor.Admission{Ledger: led})
-			err = g.print(cmd.OutOrStdout(), probs, func(w io.Writer) {
+			err = g.print(cmd.OutOrStdout(), nonNil(probs), func(w io.Writer) {
 				if len(probs) == 0 {
 					fmt.Fprintf(w, "%s: ok (%d subOSes)\n", args[0], len(l.SubOSes))
 				}
@@ -55,12 +58,13 @@ create run the same checks.`,
 				}
 			})
 			if err == nil && len(probs) > 0 {
-				return exitError{1}
+				return exitError{code: exitFailed}
 			}
 			return err
 		},
 	}
 	cmd.Flags().StringVar(&sys, "sysfs", "/sys", "sysfs root (for checking against another machine's tree)")
 	cmd.Flags().StringVar(&proc, "procfs", "/proc", "procfs root")
+	g.addOutputFlag(cmd, "")
 	return cmd
 }

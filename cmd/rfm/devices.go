@@ -25,15 +25,16 @@ disk. The guest's kernel sees it appear (ACPI PCI hotplug) and loads its
 driver by itself. The disk gets an id (disk0, disk1, ... or --id) that
 rfm detach takes.`,
 		Example: `  rfm attach web --disk /var/lib/images/data.img
-  rfm attach web --disk /dev/vg0/db,direct --id db`,
+  rfm attach web --disk /dev/vg0/db,direct --id db
+  rfm attach web --disk scratch.img,iops=500,bw=20M -o json`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if disk == "" {
-				return fmt.Errorf("--disk is required")
+				return usageErrorf("--disk is required: the image or device to attach, %s", config.DiskSyntax)
 			}
 			d, err := config.ParseDisk(disk)
 			if err != nil {
-				return fmt.Errorf("--disk: %w", err)
+				return usageErrorf("--disk: %w", err)
 			}
 			d.Path, d.ID = abs(d.Path), id
 			got, err := g.client().AttachDisk(cmd.Context(), args[0], d)
@@ -48,6 +49,7 @@ rfm detach takes.`,
 	}
 	cmd.Flags().StringVar(&disk, "disk", "", "raw image or block device, "+config.DiskSyntax)
 	cmd.Flags().StringVar(&id, "id", "", "the disk's id (default: the first free diskN)")
+	g.addOutputFlag(cmd, "")
 	return cmd
 }
 
@@ -101,7 +103,7 @@ segment creates it and must give its size; ro makes this grant read-only.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if segment == "" {
-				return fmt.Errorf("--segment is required")
+				return usageErrorf("--segment is required: NAME[,size=SIZE][,ro]")
 			}
 			grant, err := parseSegment(segment)
 			if err != nil {

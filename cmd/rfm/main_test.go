@@ -65,25 +65,25 @@ func TestVMMBadInput(t *testing.T) {
 		want      string
 		needsReal bool
 	}{
-		{"no kernel flag", []string{"--cpus", "0"}, "--kernel is required", false},
-		{"missing kernel", []string{"--kernel", filepath.Join(dir, "nope"), "--cpus", "0"}, "no such file", false},
-		{"empty kernel", []string{"--kernel", empty, "--cpus", "0"}, "not a non-empty regular file", false},
-		{"garbage kernel", []string{"--kernel", garbage, "--cpus", "0"}, "kernel " + garbage, false},
-		{"truncated ELF", []string{"--kernel", elfNoNote, "--cpus", "0"}, "kernel " + elfNoNote, false},
-		{"missing initrd", []string{"--kernel", garbage, "--initrd", filepath.Join(dir, "nope"), "--cpus", "0"}, "initrd", false},
-		{"no cpus", []string{"--kernel", garbage}, "--cpus is required", false},
-		{"duplicated core", []string{"--kernel", garbage, "--cpus", "0,0"}, "--cpus: invalid CPU list \"0,0\": CPU 0 is listed twice", false},
-		{"bad cpu list", []string{"--kernel", garbage, "--cpus", "0-x"}, "--cpus", false},
-		{"bad memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "lots"}, "--memory: invalid size \"lots\"", false},
-		{"zero memory", []string{"--kernel", garbage, "--cpus", "0", "--memory", "0M"}, "--memory: invalid size \"0M\": must be more than 0 bytes", false},
-		{"bad page size", []string{"--kernel", garbage, "--cpus", "0", "--page-size", "3M"}, "unsupported page size", false},
-		{"bad profile", []string{"--kernel", garbage, "--cpus", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
-		{"bad console log size", []string{"--kernel", garbage, "--cpus", "0", "--console-log-size", "lots"}, "--console-log-size: invalid size", false},
-		{"tiny console log", []string{"--kernel", garbage, "--cpus", "0", "--console-log-size", "1k"}, "--console-log-size: VMM configuration: console: log_size 1024", false},
-		{"bad disk option", []string{"--kernel", garbage, "--cpus", "0", "--disk", "x,rw"}, "unknown option", false},
+		{"no kernel flag", []string{"--cores", "0"}, "--kernel is required", false},
+		{"missing kernel", []string{"--kernel", filepath.Join(dir, "nope"), "--cores", "0"}, "no such file", false},
+		{"empty kernel", []string{"--kernel", empty, "--cores", "0"}, "not a non-empty regular file", false},
+		{"garbage kernel", []string{"--kernel", garbage, "--cores", "0"}, "kernel " + garbage, false},
+		{"truncated ELF", []string{"--kernel", elfNoNote, "--cores", "0"}, "kernel " + elfNoNote, false},
+		{"missing initrd", []string{"--kernel", garbage, "--initrd", filepath.Join(dir, "nope"), "--cores", "0"}, "initrd", false},
+		{"no cpus", []string{"--kernel", garbage}, "--cores is required", false},
+		{"duplicated core", []string{"--kernel", garbage, "--cores", "0,0"}, "--cores: invalid CPU list \"0,0\": CPU 0 is listed twice", false},
+		{"bad cpu list", []string{"--kernel", garbage, "--cores", "0-x"}, "--cores", false},
+		{"bad memory", []string{"--kernel", garbage, "--cores", "0", "--memory", "lots"}, "--memory: invalid size \"lots\"", false},
+		{"zero memory", []string{"--kernel", garbage, "--cores", "0", "--memory", "0M"}, "--memory: invalid size \"0M\": must be more than 0 bytes", false},
+		{"bad page size", []string{"--kernel", garbage, "--cores", "0", "--page-size", "3M"}, "unsupported page size", false},
+		{"bad profile", []string{"--kernel", garbage, "--cores", "0", "--cpu-profile", "fast"}, "--cpu-profile", false},
+		{"bad console log size", []string{"--kernel", garbage, "--cores", "0", "--console-log-size", "lots"}, "--console-log-size: invalid size", false},
+		{"tiny console log", []string{"--kernel", garbage, "--cores", "0", "--console-log-size", "1k"}, "--console-log-size: VMM configuration: console: log_size 1024", false},
+		{"bad disk option", []string{"--kernel", garbage, "--cores", "0", "--disk", "x,rw"}, "unknown option", false},
 		{"bad control fd", []string{"--control-fd", "97"}, "--control-fd: control socket: 97 is not an open descriptor", false},
 		{"control fd not a socket", []string{"--control-fd", "0"}, "--control-fd: control socket 0", false},
-		{"flags and control fd", []string{"--kernel", garbage, "--cpus", "0", "--control-fd", "0"}, "--kernel, --cpus: the configuration comes from --config or the control socket, not flags", false},
+		{"flags and control fd", []string{"--kernel", garbage, "--cores", "0", "--control-fd", "0"}, "--kernel, --cores: the configuration comes from --config or the control socket, not flags", false},
 		{"config and control fd", []string{"--config", cfgGood, "--control-fd", "0"}, "--config and --control-fd", false},
 		{"flags and config", []string{"--config", cfgGood, "--memory", "1G"}, "--memory: the configuration comes from", false},
 		{"missing config", []string{"--config", filepath.Join(dir, "nope.json")}, "--config: open", false},
@@ -91,10 +91,10 @@ func TestVMMBadInput(t *testing.T) {
 		{"config of another version", []string{"--config", cfgVersion}, "version 2, this rfm understands version 1", false},
 		{"config with regions", []string{"--config", cfgRegions}, "regions need their descriptors", false},
 		{"config with named files", []string{"--config", cfgFiles}, "files (named descriptors) need the control socket", false},
-		{"offline core", []string{"--kernel", kernel, "--cpus", "4095"}, "core 4095 is not online", true},
-		{"memory not page multiple", []string{"--kernel", kernel, "--cpus", "0", "--memory", "3M"}, "--memory: VMM configuration: memory 3145728: at least 2 MiB, a multiple of the 2 MiB page size", true},
-		{"too few hugepages", []string{"--kernel", kernel, "--cpus", "0", "--memory", "4000G"}, "not enough free hugepages", true},
-		{"missing disk", []string{"--kernel", kernel, "--cpus", "0", "--disk", filepath.Join(dir, "nope.img")}, "disk:", true},
+		{"offline core", []string{"--kernel", kernel, "--cores", "4095"}, "core 4095 is not online", true},
+		{"memory not page multiple", []string{"--kernel", kernel, "--cores", "0", "--memory", "3M"}, "--memory: VMM configuration: memory 3145728: at least 2 MiB, a multiple of the 2 MiB page size", true},
+		{"too few hugepages", []string{"--kernel", kernel, "--cores", "0", "--memory", "4000G"}, "not enough free hugepages", true},
+		{"missing disk", []string{"--kernel", kernel, "--cores", "0", "--disk", filepath.Join(dir, "nope.img")}, "disk:", true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -138,7 +138,7 @@ func TestVMMTruncatedBzImage(t *testing.T) {
 	}
 	cut := filepath.Join(t.TempDir(), "bzImage")
 	os.WriteFile(cut, bz[:len(bz)/2], 0o644)
-	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", cut, "--cpus", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
+	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", cut, "--cores", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit %v, want 2:\n%s", err, out)
 	}
@@ -158,7 +158,7 @@ func TestVMMRefusesEmulatedKVM(t *testing.T) {
 	if kernel == "" {
 		t.Skip("no image built (make image)")
 	}
-	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", kernel, "--cpus", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
+	out, err := exec.Command(rfmBinary(t), "vmm", "--kernel", kernel, "--cores", "0", "--memory", "64M", "--page-size", "4k", "--console", "none").CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit %v, want 2:\n%s", err, out)
 	}

@@ -49,6 +49,10 @@ once every subOS has ended on its own. While it runs, the API is served on
 
 Where this host's KVM cannot run Linux natively, the whole run happens inside
 the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
+		Example: `  rfm run                                  # the default layout and image
+  rfm run layout.yaml
+  rfm run --append "rf.cat=/hello.txt rf.poweroff=1"
+  RF_IMAGES=/srv/images rfm run --nested never layout.yaml`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -67,6 +71,7 @@ the nested layer (a QEMU guest with an emulated AMD-V CPU).`,
 	cmd.Flags().StringVar(&imagesDir, "images", defaultImagesDir(), "directory of the default subOS image (built by make image)")
 	cmd.Flags().StringVar(&nestedMode, "nested", "auto", "run inside the nested QEMU layer: auto, always or never")
 	cmd.Flags().StringVar(&appendArgs, "append", "", "extra kernel command line for every subOS")
+	fixedValues(cmd, "nested", "auto", kvmhost.NestedAlways, kvmhost.NestedNever)
 	return cmd
 }
 
@@ -299,7 +304,7 @@ func runNested(ctx context.Context, img *images.Image, args []string, appendArgs
 		return err
 	}
 	if res.ExitStatus != 0 {
-		return exitError{res.ExitStatus}
+		return exitError{code: res.ExitStatus}
 	}
 	return nil
 }

@@ -3,7 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,28 +26,14 @@ import (
 	"rainforest/vmm/config"
 )
 
-// globalFlags are shared by the client commands.
+// globalFlags are shared by the client commands: --socket, and -o of
+// those that print a result (addOutputFlag).
 type globalFlags struct {
 	socket string
-	output string
+	output outputFormat
 }
 
 func (g *globalFlags) client() *api.Client { return api.NewClient(g.socket) }
-
-// print writes v as JSON with -o json, else calls table.
-func (g *globalFlags) print(w io.Writer, v any, table func(w io.Writer)) error {
-	switch g.output {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "", "table":
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		table(tw)
-		return tw.Flush()
-	}
-	return fmt.Errorf("-o %q: use table or json", g.output)
-}
 
 // supervisorFlags configure rfm serve and rfm run.
 type supervisorFlags struct {
@@ -141,6 +126,9 @@ and serves the API on --socket to root and the members of --group (the
 socket is 0660 root:GROUP, or 0600 when the group does not exist; others
 are refused with 403). SubOSes keep running when it
 stops or dies; a restarted supervisor re-adopts them.`,
+		Example: `  rfm serve
+  rfm serve --group wheel --steer-irqs
+  RFM_SOCKET=/tmp/rfm.sock rfm serve --state-dir /tmp/rf --run-dir /tmp/rf/run`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
@@ -171,19 +159,53 @@ func createCommand(g *globalFlags) *cobra.Command {
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
-		Short: "Create a subOS",
-		Args:  cobra.ExactArgs(1),
+		Short: "Create a subOS on cores and hugepage memory of its own",
+		Long: `Create a subOS: the supervisor reserves its cores and hugepage memory,
+applies them (cgroup, hugepage pool) and starts its VMM, which boots the
+kernel. The subOS runs until rfm destroy; rfm ps lists it, rfm console
+attaches to its console and rfm logs prints it. NAME is 1 to 32 of a-z, 0-9
+and -, starting with a letter or digit.
+
+What it gets:
+  --cpus N           how many host cores (one vCPU each); the supervisor
+                     picks them, whole cores before SMT siblings, never the
+                     housekeeping cores nor another subOS's
+  --cores LIST       exactly these host cores instead, e.g. 2-3 or 4,6
+                     (rfm vmm's --cores is such a list too)
+  --node N           NUMA node of its memory (default: the cores' node)
+  --memory SIZE      guest RAM, a multiple of --page-size, e.g. 512M or 4G
+  --page-size SIZE   hugepages backing that RAM: 2M or 1G
+What it boots (default: the image make image built, in $RF_IMAGES):
+  --kernel PATH      PVH vmlinux or bzImage
+  --initrd PATH      initramfs
+  --append TEXT      extra kernel command line (the rf.* parameters of the
+                     default image are in the README)
+What it is given:
+  --disk ` + config.DiskSyntax + `
+                     a raw image or block device as virtio-blk; repeatable
+  --segment NAME[,size=SIZE][,ro]
+                     a shared segment (rfcom map finds it in the guest); the
+                     first grant of a name must give its size; repeatable
+  --device PCI       PCI passthrough: not supported yet, refused
+
+Sizes take K, M and G suffixes (powers of 1024). The request is checked
+whole first: every problem is listed and nothing is reserved.`,
+		Example: `  rfm create web --cpus 2 --memory 1G
+  rfm create db --cores 4-5 --memory 4G --page-size 1G --disk /var/lib/images/db.img,direct
+  rfm create a --cpus 1 --segment shared,size=1M --append "rf.cat=/hello.txt"
+  rfm create web --cpus 2 -o json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
 			var err error
 			if spec.Memory, err = units.ParseNonZeroSize(memory); err != nil {
-				return fmt.Errorf("--memory: %w", err)
+				return usageErrorf("--memory: %w", err)
 			}
 			if spec.PageSize, err = units.ParseNonZeroSize(pageSize); err != nil {
-				return fmt.Errorf("--page-size: %w", err)
+				return usageErrorf("--page-size: %w", err)
 			}
 			if spec.Cores, err = units.ParseCPUList(cores); err != nil {
-				return fmt.Errorf("--cores: %w", err)
+				return usageErrorf("--cores: %w", err)
 			}
 			if node >= 0 {
 				spec.Node = &node
@@ -191,7 +213,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 			for _, d := range disks {
 				disk, err := config.ParseDisk(d)
 				if err != nil {
-					return fmt.Errorf("--disk: %w", err)
+					return usageErrorf("--disk: %w", err)
 				}
 				disk.Path = abs(disk.Path)
 				spec.Disks = append(spec.Disks, disk)
@@ -208,13 +230,14 @@ func createCommand(g *globalFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return g.print(cmd.OutOrStdout(), info, func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
+			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
 		},
 	}
+	g.addOutputFlag(cmd, "")
 	img := defaultImagesDir()
 	fl := cmd.Flags()
-	fl.IntVar(&spec.CPUs, "cpus", 1, "number of cores")
-	fl.StringVar(&cores, "cores", "", "explicit host cores (overrides --cpus)")
+	fl.IntVar(&spec.CPUs, "cpus", 1, "how many host cores (a count; the supervisor picks them)")
+	fl.StringVar(&cores, "cores", "", "exactly these host cores, a list such as 2-3 (overrides --cpus)")
 	fl.IntVar(&node, "node", -1, "NUMA node for memory (default: the cores' node)")
 	fl.StringVar(&memory, "memory", "512M", "guest RAM")
 	fl.StringVar(&pageSize, "page-size", "2M", "hugepage size: 2M or 1G")
@@ -224,6 +247,7 @@ func createCommand(g *globalFlags) *cobra.Command {
 	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device "+config.DiskSyntax+"; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
+	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
 	return cmd
 }
 
@@ -238,11 +262,11 @@ func parseSegment(v string) (supervisor.SegmentGrant, error) {
 		case k == "size":
 			n, err := units.ParseNonZeroSize(val)
 			if err != nil {
-				return g, fmt.Errorf("--segment %q: %w", v, err)
+				return g, usageErrorf("--segment %q: %w", v, err)
 			}
 			g.Size = n
 		default:
-			return g, fmt.Errorf("--segment %q: unknown option %q (size=SIZE or ro)", v, p)
+			return g, usageErrorf("--segment %q: unknown option %q (size=SIZE or ro)", v, p)
 		}
 	}
 	return g, nil
@@ -252,7 +276,9 @@ func messageCommand(g *globalFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "message NAME TEXT...",
 		Short: "Send a control message to a subOS over FICM (read there with rfcom control)",
-		Args:  cobra.MinimumNArgs(2),
+		Example: `  rfm message web reload config
+  rfm message db "flush now"`,
+		Args: cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.client().Message(cmd.Context(), args[0], strings.Join(args[1:], " "))
 		},
@@ -260,14 +286,20 @@ func messageCommand(g *globalFlags) *cobra.Command {
 }
 
 func boardCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "board",
 		Short: "Show the published board: each subOS's FICM peer id and cores",
-		Args:  cobra.NoArgs,
+		Example: `  rfm board
+  rfm board -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			bd, err := g.client().Board(cmd.Context())
 			if err != nil {
 				return err
+			}
+			bd.Entries = nonNil(bd.Entries)
+			for i := range bd.Entries {
+				bd.Entries[i].CommCores = nonNil(bd.Entries[i].CommCores)
 			}
 			return g.print(cmd.OutOrStdout(), bd, func(w io.Writer) {
 				fmt.Fprintln(w, "PEER\tNAME\tSTATE\tCORES")
@@ -282,6 +314,8 @@ func boardCommand(g *globalFlags) *cobra.Command {
 			})
 		},
 	}
+	g.addOutputFlag(cmd, "")
+	return cmd
 }
 
 func abs(p string) string {
@@ -295,19 +329,71 @@ func abs(p string) string {
 }
 
 func destroyCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "destroy NAME...",
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "destroy NAME... | --all",
 		Short: "Destroy subOSes and free their resources",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			for _, n := range args {
-				if err := g.client().Destroy(cmd.Context(), n); err != nil {
-					return fmt.Errorf("%s: %w", n, err)
-				}
+		Long: `Destroy subOSes: stop their VMMs and free their cores, memory, disks and
+segment grants. Each destroyed subOS's name is printed as it goes. With
+several names, every one is tried; the exit status is that of a failure
+(3 for a name that does not exist). --all destroys every subOS and exits 1
+if any could not be destroyed.`,
+		Example: `  rfm destroy web
+  rfm destroy web db
+  rfm destroy --all`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case all && len(args) > 0:
+				return fmt.Errorf("--all destroys every subOS: give no names with it")
+			case !all && len(args) == 0:
+				return fmt.Errorf("name the subOSes to destroy, or give --all")
 			}
 			return nil
 		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c := g.client()
+			if all {
+				list, err := c.List(cmd.Context())
+				if err != nil {
+					return err
+				}
+				for _, i := range list {
+					args = append(args, i.Name)
+				}
+				if len(args) == 0 {
+					fmt.Fprintln(cmd.ErrOrStderr(), "rfm: no subOS to destroy")
+				}
+			}
+			var fails []error
+			for _, n := range args {
+				err := c.Destroy(cmd.Context(), n)
+				switch {
+				case err == nil:
+					fmt.Fprintf(cmd.OutOrStdout(), "destroyed %s\n", n)
+				case all && errors.Is(err, api.ErrNotFound):
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: already gone\n", n)
+				default:
+					fails = append(fails, fmt.Errorf("destroy %s: %w", n, err))
+				}
+			}
+			switch {
+			case len(fails) == 0:
+				return nil
+			case all:
+				return exitError{code: exitFailed, err: fmt.Errorf("%d of %d subOSes not destroyed:\n%w", len(fails), len(args), errors.Join(fails...))}
+			}
+			return errors.Join(fails...)
+		},
 	}
+	cmd.Flags().BoolVar(&all, "all", false, "destroy every subOS")
+	return cmd
+}
+
+// infoJSON is info with its empty lists shown as [] in JSON.
+func infoJSON(i supervisor.Info) supervisor.Info {
+	i.Allocation.Cores = nonNil(i.Allocation.Cores)
+	i.Allocation.Devices = nonNil(i.Allocation.Devices)
+	return i
 }
 
 func psTable(w io.Writer, list []supervisor.Info) {
@@ -327,36 +413,57 @@ func pageSizeLabel(ps uint64) string {
 }
 
 func psCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	var quiet bool
+	cmd := &cobra.Command{
 		Use:   "ps",
 		Short: "List subOSes with their cores and memory",
-		Args:  cobra.NoArgs,
+		Example: `  rfm ps
+  rfm ps -q                     # names only, one a line
+  rfm ps -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			list, err := g.client().List(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return g.print(cmd.OutOrStdout(), list, func(w io.Writer) { psTable(w, list) })
+			if quiet {
+				for _, i := range list {
+					fmt.Fprintln(cmd.OutOrStdout(), i.Name)
+				}
+				return nil
+			}
+			out := make([]supervisor.Info, 0, len(list))
+			for _, i := range list {
+				out = append(out, infoJSON(i))
+			}
+			return g.print(cmd.OutOrStdout(), out, func(w io.Writer) { psTable(w, list) })
 		},
 	}
+	g.addOutputFlag(cmd, "")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print the names only, one a line (overrides -o)")
+	return cmd
 }
 
 func inspectCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "inspect NAME",
-		Short: "Show everything about a subOS",
-		Args:  cobra.ExactArgs(1),
+		Short: "Show everything about a subOS (JSON unless -o table)",
+		Example: `  rfm inspect web
+  rfm inspect web -o table`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			info, err := g.client().Get(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
 			if g.output == "" {
-				g.output = "json"
+				g.output = outputJSON
 			}
-			return g.print(cmd.OutOrStdout(), info, func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
+			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
 		},
 	}
+	g.addOutputFlag(cmd, " (default json)")
+	return cmd
 }
 
 func logsCommand(g *globalFlags) *cobra.Command {
@@ -371,6 +478,9 @@ The text is the guest's. Printed to a terminal, control characters, escape
 sequences, invalid UTF-8 and invisible characters are shown escaped (\x1b,
 \u202e) so that the guest cannot drive the terminal; --raw prints them as
 they are. Piped or redirected, the bytes are written as they are.`,
+		Example: `  rfm logs web
+  rfm logs web --tail 4096
+  rfm logs web > web.log`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var b bytes.Buffer
@@ -414,12 +524,16 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "Print the audit log of every adjustment",
-		Args:  cobra.NoArgs,
+		Example: `  rfm events
+  rfm events --since 120 --limit 20
+  rfm events -o json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ev, err := g.client().Events(cmd.Context(), since, limit)
 			if err != nil {
 				return err
 			}
+			ev = nonNil(ev)
 			return g.print(cmd.OutOrStdout(), ev, func(w io.Writer) {
 				fmt.Fprintln(w, "SEQ\tTIME\tWHO\tWHAT\tNAME\tTOOK\tDETAIL")
 				for _, e := range ev {
@@ -430,5 +544,6 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 	}
 	cmd.Flags().Uint64Var(&since, "since", 0, "only events after this sequence number")
 	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many events")
+	g.addOutputFlag(cmd, "")
 	return cmd
 }

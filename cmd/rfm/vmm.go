@@ -26,7 +26,7 @@ const attachTimeout = 30 * time.Second
 // vmmFlags are the settings of one subOS's VMM process.
 type vmmFlags struct {
 	name, kernel, initrd, cmdline, appendArgs string
-	cpus, memory, pageSize, console, profile  string
+	cores, memory, pageSize, console, profile string
 	disks                                     []string
 	consoleSocket, configFile                 string
 	readyFD, waitFD, controlFD                int
@@ -37,7 +37,7 @@ type vmmFlags struct {
 
 // documentFlags are the flags that build the configuration document; they
 // cannot be mixed with --config or a launch over --control-fd.
-var documentFlags = []string{"name", "kernel", "initrd", "cmdline", "append", "cpus", "memory", "page-size",
+var documentFlags = []string{"name", "kernel", "initrd", "cmdline", "append", "cores", "cpus", "memory", "page-size",
 	"disk", "console", "console-socket", "cpu-profile", "allow-emulated-kvm", "log-level", "console-log-size"}
 
 func vmmCommand() *cobra.Command {
@@ -57,109 +57,19 @@ control socket given with --control-fd, with the shared-memory regions'
 descriptors beside it; the control socket then also takes runtime requests
 (hot-adding and removing disks and segments).`,
 		Example: `  rfm vmm --kernel build/images/vmlinux --initrd build/images/initramfs.cpio.gz \
-          --cpus 2-3 --memory 512M --disk build/images/disk.img,ro --append "rf.cat=/hello.txt"
+          --cores 2-3 --memory 512M --disk build/images/disk.img,ro --append "rf.cat=/hello.txt"
+  rfm vmm --kernel build/images/bzImage --cores 1 --memory 256M --console /tmp/a.log --console-socket /tmp/a.sock
   rfm vmm --config web.json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var mixed []string
-			for _, n := range documentFlags {
-				if cmd.Flags().Changed(n) {
-					mixed = append(mixed, "--"+n)
-				}
+			err := f.run(cmd)
+			var ee exitError
+			if err != nil && !errors.As(err, &ee) {
+				// The VMM's own failures are configuration errors: status
+				// 2, as a guest's.
+				return exitError{code: exitUsage, err: err}
 			}
-			if f.configFile != "" && f.controlFD >= 0 {
-				return fmt.Errorf("--config and --control-fd: the configuration comes from one place")
-			}
-			if (f.configFile != "" || f.controlFD >= 0) && len(mixed) > 0 {
-				return fmt.Errorf("%s: the configuration comes from --config or the control socket, not flags", strings.Join(mixed, ", "))
-			}
-			o := launch.Options{Stdout: os.Stdout, Log: cmd.ErrOrStderr()}
-			if f.controlFD >= 0 {
-				ln, err := vmmctl.Listener(f.controlFD)
-				if err != nil {
-					return fmt.Errorf("--control-fd: %w", err)
-				}
-				defer ln.Close()
-				o.Control = ln
-			}
-			if err := f.waitGo(); err != nil {
-				return err
-			}
-			var l *vmmctl.Launch
-			switch {
-			case o.Control != nil:
-				var err error
-				if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
-					return err
-				}
-				o.Config, o.Regions, o.Named, o.ControlUID = l.Config, l.Files, l.Named, l.From.UID
-			case f.configFile != "":
-				doc, err := readDocument(f.configFile)
-				if err != nil {
-					return err
-				}
-				if len(doc.Regions) > 0 {
-					return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
-				}
-				if len(doc.Files) > 0 {
-					return fmt.Errorf("--config %s: files (named descriptors) need the control socket, which carries them", f.configFile)
-				}
-				o.Config = doc
-			default:
-				doc, err := f.document()
-				if err != nil {
-					return err
-				}
-				o.Config = doc
-			}
-			if f.noSeccomp {
-				o.Config.NoSeccomp = true
-			}
-			if l != nil {
-				// The launch is answered once the machine is built (Ready)
-				// or refused.
-				answered := false
-				defer func() {
-					if !answered {
-						_ = l.Reply(errors.New("the VMM could not start; see its log"))
-					}
-				}()
-				ready := o.Ready
-				o.Ready = func() {
-					answered = true
-					_ = l.Reply(nil)
-					if ready != nil {
-						ready()
-					}
-				}
-			}
-			if f.readyFD >= 0 {
-				r := os.NewFile(uintptr(f.readyFD), "ready")
-				if r == nil {
-					return fmt.Errorf("--ready-fd %d: not a file descriptor", f.readyFD)
-				}
-				prev := o.Ready
-				o.Ready = func() {
-					if prev != nil {
-						prev()
-					}
-					fmt.Fprintln(r, "ready")
-					r.Close()
-				}
-			}
-			if o.Config.Console.Mode == "" || o.Config.Console.Mode == config.ConsoleStdio {
-				if restore, ok := rawTerminal(os.Stdin); ok {
-					o.Stdin = os.Stdin
-					defer restore()
-				} else if !isTerminal(os.Stdin) {
-					o.Stdin = os.Stdin
-				}
-			}
-			e, err := launch.Run(cmd.Context(), o)
-			if err != nil {
-				return err
-			}
-			return exitFor(launch.Logger(o.Config, cmd.ErrOrStderr()), e)
+			return err
 		},
 	}
 	fl := cmd.Flags()
@@ -169,7 +79,9 @@ descriptors beside it; the control socket then also takes runtime requests
 	fl.StringVar(&f.initrd, "initrd", "", "initramfs")
 	fl.StringVar(&f.cmdline, "cmdline", "", "kernel command line (default: "+vmm.DefaultCmdline()+")")
 	fl.StringVar(&f.appendArgs, "append", "", "extra kernel command line arguments")
-	fl.StringVar(&f.cpus, "cpus", "", "host cores, one vCPU each, as a list, e.g. 2-3 (required)")
+	fl.StringVar(&f.cores, "cores", "", "host cores, one vCPU each, as a list, e.g. 2-3 (required; unlike rfm create --cpus, not a count)")
+	fl.StringVar(&f.cores, "cpus", "", "old name of --cores")
+	_ = fl.MarkDeprecated("cpus", "use --cores (a list of host cores, e.g. 2-3)")
 	fl.StringVar(&f.memory, "memory", "512M", "guest RAM, e.g. 512M or 2G")
 	fl.StringVar(&f.pageSize, "page-size", "2M", "backing page size: 2M, 1G or 4k")
 	fl.StringArrayVar(&f.disks, "disk", nil, "raw image or block device as virtio-blk, "+config.DiskSyntax+"; repeatable")
@@ -186,7 +98,113 @@ descriptors beside it; the control socket then also takes runtime requests
 	for _, n := range []string{"ready-fd", "wait-fd", "control-fd"} {
 		_ = fl.MarkHidden(n)
 	}
+	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages", "4k\tordinary pages (testing)")
+	fixedValues(cmd, "cpu-profile", "host", "nested-safe")
+	fixedValues(cmd, "log-level", "debug", "info", "warn", "error")
 	return cmd
+}
+
+// run runs the VMM; its error is the process's.
+func (f *vmmFlags) run(cmd *cobra.Command) error {
+	var mixed []string
+	for _, n := range documentFlags {
+		if cmd.Flags().Changed(n) {
+			mixed = append(mixed, "--"+n)
+		}
+	}
+	if f.configFile != "" && f.controlFD >= 0 {
+		return fmt.Errorf("--config and --control-fd: the configuration comes from one place")
+	}
+	if (f.configFile != "" || f.controlFD >= 0) && len(mixed) > 0 {
+		return fmt.Errorf("%s: the configuration comes from --config or the control socket, not flags", strings.Join(mixed, ", "))
+	}
+	o := launch.Options{Stdout: os.Stdout, Log: cmd.ErrOrStderr()}
+	if f.controlFD >= 0 {
+		ln, err := vmmctl.Listener(f.controlFD)
+		if err != nil {
+			return fmt.Errorf("--control-fd: %w", err)
+		}
+		defer ln.Close()
+		o.Control = ln
+	}
+	if err := f.waitGo(); err != nil {
+		return err
+	}
+	var l *vmmctl.Launch
+	switch {
+	case o.Control != nil:
+		var err error
+		if l, err = vmmctl.AcceptLaunch(o.Control, attachTimeout); err != nil {
+			return err
+		}
+		o.Config, o.Regions, o.Named, o.ControlUID = l.Config, l.Files, l.Named, l.From.UID
+	case f.configFile != "":
+		doc, err := readDocument(f.configFile)
+		if err != nil {
+			return err
+		}
+		if len(doc.Regions) > 0 {
+			return fmt.Errorf("--config %s: regions need their descriptors, which only the control socket carries", f.configFile)
+		}
+		if len(doc.Files) > 0 {
+			return fmt.Errorf("--config %s: files (named descriptors) need the control socket, which carries them", f.configFile)
+		}
+		o.Config = doc
+	default:
+		doc, err := f.document()
+		if err != nil {
+			return err
+		}
+		o.Config = doc
+	}
+	if f.noSeccomp {
+		o.Config.NoSeccomp = true
+	}
+	if l != nil {
+		// The launch is answered once the machine is built (Ready)
+		// or refused.
+		answered := false
+		defer func() {
+			if !answered {
+				_ = l.Reply(errors.New("the VMM could not start; see its log"))
+			}
+		}()
+		ready := o.Ready
+		o.Ready = func() {
+			answered = true
+			_ = l.Reply(nil)
+			if ready != nil {
+				ready()
+			}
+		}
+	}
+	if f.readyFD >= 0 {
+		r := os.NewFile(uintptr(f.readyFD), "ready")
+		if r == nil {
+			return fmt.Errorf("--ready-fd %d: not a file descriptor", f.readyFD)
+		}
+		prev := o.Ready
+		o.Ready = func() {
+			if prev != nil {
+				prev()
+			}
+			fmt.Fprintln(r, "ready")
+			r.Close()
+		}
+	}
+	if o.Config.Console.Mode == "" || o.Config.Console.Mode == config.ConsoleStdio {
+		if restore, ok := rawTerminal(os.Stdin); ok {
+			o.Stdin = os.Stdin
+			defer restore()
+		} else if !isTerminal(os.Stdin) {
+			o.Stdin = os.Stdin
+		}
+	}
+	e, err := launch.Run(cmd.Context(), o)
+	if err != nil {
+		return err
+	}
+	return exitFor(launch.Logger(o.Config, cmd.ErrOrStderr()), e)
 }
 
 // readDocument reads a configuration document from a file.
@@ -208,12 +226,12 @@ func (f *vmmFlags) document() (*config.Document, error) {
 	if f.kernel == "" {
 		return nil, fmt.Errorf("--kernel is required")
 	}
-	cores, err := units.ParseCPUList(f.cpus)
+	cores, err := units.ParseCPUList(f.cores)
 	if err != nil {
-		return nil, fmt.Errorf("--cpus: %w", err)
+		return nil, fmt.Errorf("--cores: %w", err)
 	}
 	if len(cores) == 0 {
-		return nil, fmt.Errorf("--cpus is required (host cores, e.g. 1-2)")
+		return nil, fmt.Errorf("--cores is required (host cores, e.g. 1-2)")
 	}
 	mem, err := units.ParseNonZeroSize(f.memory)
 	if err != nil {
@@ -252,7 +270,7 @@ func (f *vmmFlags) document() (*config.Document, error) {
 
 // flagProblem names the flag behind the document field err is about.
 func flagProblem(err error) error {
-	flags := map[string]string{"name": "--name", "kernel": "--kernel", "cores": "--cpus", "memory": "--memory",
+	flags := map[string]string{"name": "--name", "kernel": "--kernel", "cores": "--cores", "memory": "--memory",
 		"page_size": "--page-size", "cpu_profile": "--cpu-profile", "log_level": "--log-level", "disks": "--disk", "console": "--console",
 		"console.log_size": "--console-log-size"}
 	var fe *config.FieldError
@@ -291,7 +309,7 @@ func exitFor(log *slog.Logger, e vmm.Exit) error {
 		fmt.Fprintf(os.Stderr, "rfm: guest ended: %s: %v\n", e.Reason, e.Err)
 	}
 	if e.Status != 0 {
-		return exitError{e.Status}
+		return exitError{code: e.Status}
 	}
 	return nil
 }

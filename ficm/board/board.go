@@ -115,26 +115,26 @@ var (
 // Entry is one subOS on the board.
 type Entry struct {
 	// Peer is the subOS's FICM peer id.
-	Peer int
+	Peer int `json:"peer"`
 	// State is StateRunning or StateStopping.
-	State uint8
+	State uint8 `json:"state"`
 	// CommCores are the host core numbers of its communication cores
 	// (at most MaxCommCores).
-	CommCores []int
+	CommCores []int `json:"comm_cores"`
 	// MAC is its MAC address; all zero for none.
-	MAC [6]byte
+	MAC [6]byte `json:"mac"`
 	// Name is the subOS's name (1..31 bytes of [A-Za-z0-9._-]).
-	Name string
+	Name string `json:"name"`
 }
 
 // Board is a consistent snapshot of the page.
 type Board struct {
 	// Seq is the seqlock value the snapshot was taken at (even).
-	Seq uint64
+	Seq uint64 `json:"seq"`
 	// Supervisor is the supervisor's peer id.
-	Supervisor int
+	Supervisor int `json:"supervisor"`
 	// Entries are the board's entries in page order.
-	Entries []Entry
+	Entries []Entry `json:"entries"`
 }
 
 // Lookup returns the entry named name.

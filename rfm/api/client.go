@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"strconv"
+	"syscall"
 	"time"
 
 	"rainforest/ficm/board"
@@ -21,9 +24,35 @@ import (
 // DefaultSocket is where rfm serve listens.
 const DefaultSocket = "/run/rainforest/rfm.sock"
 
+// VersionHeader is the response header in which a supervisor may name its
+// build (BuildVersion); a client of another build then says so when a
+// request fails, instead of leaving the user with a puzzling error.
+const VersionHeader = "X-Rainforest-Version"
+
+// Errors a caller branches on (errors.Is): the request's outcome, whatever
+// the message.
+var (
+	// ErrNotFound: the supervisor answered 404 (no such subOS, disk,
+	// segment or endpoint).
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the supervisor answered 409 (the name is taken, the
+	// device busy, the guest did not release it).
+	ErrConflict = errors.New("conflict")
+	// ErrPermission: the socket's permissions refused this user, or the
+	// supervisor answered 403.
+	ErrPermission = errors.New("permission denied")
+	// ErrNotReachable: no supervisor listens on the socket.
+	ErrNotReachable = errors.New("supervisor not reachable")
+	// ErrVersionMismatch: a request failed and the supervisor is another
+	// build than this client.
+	ErrVersionMismatch = errors.New("supervisor of another version")
+)
+
 // Client talks to a supervisor over its Unix socket.
 type Client struct {
-	http *http.Client
+	http    *http.Client
+	socket  string
+	version string // this client's build (BuildVersion)
 }
 
 // NewClient returns a client for the API socket at path.
@@ -32,16 +61,122 @@ func NewClient(path string) *Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}
-	return &Client{http: &http.Client{Transport: tr}}
+	return &Client{http: &http.Client{Transport: tr}, socket: path, version: BuildVersion()}
 }
 
-// APIError is a non-2xx answer.
+// BuildVersion names this program's build: its module version, with the
+// VCS revision when the build recorded one (a "-dirty" suffix for a
+// modified tree), e.g. "(devel) 2ea451f1c0de".
+func BuildVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return ""
+	}
+	v, rev, dirty := bi.Main.Version, "", false
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			dirty = s.Value == "true"
+		}
+	}
+	if rev != "" {
+		v += " " + rev[:min(len(rev), 12)]
+		if dirty {
+			v += "-dirty"
+		}
+	}
+	return v
+}
+
+// APIError is a non-2xx answer. errors.Is matches ErrNotFound (404),
+// ErrConflict (409) and ErrPermission (403).
 type APIError struct {
 	Status int
 	Body   ErrorBody
 }
 
 func (e *APIError) Error() string { return e.Body.Error }
+
+// Is reports whether the status is the one target stands for.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Status == http.StatusNotFound
+	case ErrConflict:
+		return e.Status == http.StatusConflict
+	case ErrPermission:
+		return e.Status == http.StatusForbidden
+	}
+	return false
+}
+
+// SocketError is a request that did not reach the supervisor, or whose
+// answer was cut off. Its message says what to do, without the transport's
+// detail; errors.Is matches ErrNotReachable or ErrPermission where one
+// applies, and the underlying system error.
+type SocketError struct {
+	Socket string
+	Err    error // the transport's error
+}
+
+func (e *SocketError) Error() string {
+	switch {
+	case errors.Is(e.Err, ErrPermission):
+		return fmt.Sprintf("permission denied on %s: run as root or join the rainforest group", e.Socket)
+	case errors.Is(e.Err, ErrNotReachable):
+		return fmt.Sprintf("no supervisor is listening on %s: start it with `rfm serve`", e.Socket)
+	case errors.Is(e.Err, io.EOF), errors.Is(e.Err, io.ErrUnexpectedEOF), errors.Is(e.Err, syscall.ECONNRESET), errors.Is(e.Err, syscall.EPIPE):
+		return fmt.Sprintf("the supervisor on %s closed the connection before answering: see its log", e.Socket)
+	}
+	var errno syscall.Errno
+	if errors.As(e.Err, &errno) {
+		return fmt.Sprintf("cannot talk to the supervisor on %s: %s", e.Socket, errno.Error())
+	}
+	return fmt.Sprintf("cannot talk to the supervisor on %s", e.Socket)
+}
+
+func (e *SocketError) Unwrap() error { return e.Err }
+
+// socketError classifies a transport error.
+func (c *Client) socketError(err error) error {
+	switch {
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		err = errors.Join(ErrPermission, err)
+	case errors.Is(err, syscall.ENOENT), errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOTDIR):
+		err = errors.Join(ErrNotReachable, err)
+	}
+	return &SocketError{Socket: c.socket, Err: err}
+}
+
+// VersionError is a failed request to a supervisor of another build: the
+// likely reason it failed. errors.Is matches ErrVersionMismatch and the
+// failure's own errors.
+type VersionError struct {
+	Server, Client string
+	Err            error // the request's failure
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("the supervisor runs rainforest %s but this rfm is %s: use the rfm of the supervisor's build or restart rfm serve from this one (%v)", e.Server, e.Client, e.Err)
+}
+
+func (e *VersionError) Unwrap() []error { return []error{ErrVersionMismatch, e.Err} }
+
+// decodeError describes an answer that does not decode, without Go type
+// names.
+func decodeError(method, path string, err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Errorf("the supervisor's answer to %s %s does not fit this rfm: %s holds a JSON %s", method, path, te.Field, te.Value)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("the supervisor's answer to %s %s is not complete JSON", method, path)
+	}
+	return fmt.Errorf("the supervisor's answer to %s %s: %w", method, path, err)
+}
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
@@ -58,13 +193,25 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return fmt.Errorf("supervisor not reachable (is rfm serve running?): %w", err)
+		if ctx.Err() != nil {
+			return fmt.Errorf("%s %s: interrupted", method, path)
+		}
+		return c.socketError(err)
 	}
 	defer resp.Body.Close()
+	err = c.answer(resp, method, path, out)
+	if sv := resp.Header.Get(VersionHeader); err != nil && sv != "" && sv != c.version {
+		return &VersionError{Server: sv, Client: c.version, Err: err}
+	}
+	return err
+}
+
+// answer reads a response into out (a writer takes the body as it is).
+func (c *Client) answer(resp *http.Response, method, path string, out any) error {
 	if resp.StatusCode >= 300 {
 		e := &APIError{Status: resp.StatusCode}
-		if err := json.NewDecoder(resp.Body).Decode(&e.Body); err != nil {
-			e.Body.Error = resp.Status
+		if err := json.NewDecoder(resp.Body).Decode(&e.Body); err != nil || e.Body.Error == "" {
+			e.Body.Error = fmt.Sprintf("%s %s: the supervisor answered %s", method, path, resp.Status)
 		}
 		return e
 	}
@@ -72,10 +219,15 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return nil
 	}
 	if w, ok := out.(io.Writer); ok {
-		_, err := io.Copy(w, resp.Body)
-		return err
+		if _, err := io.Copy(w, resp.Body); err != nil {
+			return c.socketError(err)
+		}
+		return nil
 	}
-	return json.NewDecoder(resp.Body).Decode(out)
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return decodeError(method, path, err)
+	}
+	return nil
 }
 
 // Create creates a subOS.

@@ -185,13 +185,13 @@ func (l *Layout) ResolvePaths(dir string) {
 type Problem struct {
 	// Index is the subOS's position in Layout.SubOSes; -1 for a problem
 	// of the layout as a whole (supervisor, defaults).
-	Index int
+	Index int `json:"index"`
 	// SubOS is the subOS's name ("" when it has none or Index is -1).
-	SubOS string
+	SubOS string `json:"subos"`
 	// Field is the layout field at fault, e.g. "cores", "disks[1].path",
 	// "supervisor.cores".
-	Field   string
-	Message string
+	Field   string `json:"field"`
+	Message string `json:"message"`
 }
 
 func (p Problem) Error() string {

@@ -1,0 +1,591 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/spf13/cobra"
+
+	"rainforest/ficm/board"
+	"rainforest/ledger"
+	"rainforest/ledger/store"
+	"rainforest/partitioner"
+	"rainforest/rfm/api"
+	"rainforest/rfm/supervisor"
+)
+
+// cliBackend is the supervisor behind the CLI tests' API server: the
+// real api.Handler over canned state. The embedded Backend (nil) stands
+// for any method the tests do not reach.
+type cliBackend struct {
+	api.Backend
+	mu    sync.Mutex
+	subos map[string]supervisor.Info
+}
+
+func newCLIBackend(t *testing.T) *cliBackend {
+	log := filepath.Join(t.TempDir(), "web.log")
+	if err := os.WriteFile(log, []byte("web booted\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	web := supervisor.Info{Name: "web", State: supervisor.StateRunning, PID: 42, Log: log, Peer: 1,
+		Allocation: ledger.Allocation{Name: "web", Cores: []int{2, 3}, Node: 0, Memory: 1 << 30, PageSize: 2 << 20, Pages: 512},
+		Spec: supervisor.Spec{Name: "web", CPUs: 2, Memory: 1 << 30, Kernel: "/images/vmlinux",
+			Disks:    []supervisor.Disk{{ID: "disk1", Path: "/images/disk.img", ReadOnly: true}},
+			Segments: []supervisor.SegmentGrant{{Name: "cache", Size: 4096}}},
+		SegmentPeers: map[string]int{"cache": 1},
+	}
+	// stuck cannot be destroyed: its guest holds on (409).
+	stuck := supervisor.Info{Name: "stuck", State: supervisor.StateStopping, Spec: supervisor.Spec{Name: "stuck", Memory: 2 << 20, Kernel: "/k"}}
+	return &cliBackend{subos: map[string]supervisor.Info{"web": web, "stuck": stuck}}
+}
+
+func notFound(what string) error { return fmt.Errorf("%w: %q", supervisor.ErrNotFound, what) }
+
+func (b *cliBackend) Create(_ context.Context, s supervisor.Spec) (supervisor.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s.Name == "bad" {
+		return supervisor.Info{}, &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "cores", Message: "core 0 is the supervisor's"}}}
+	}
+	if _, ok := b.subos[s.Name]; ok {
+		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrExists, s.Name)
+	}
+	i := supervisor.Info{Name: s.Name, State: supervisor.StateRunning, Spec: s, Created: time.Unix(1700000000, 0).UTC(),
+		Allocation: ledger.Allocation{Name: s.Name, Cores: []int{4}, Memory: s.Memory, PageSize: s.PageSize, Pages: s.Memory / s.PageSize}}
+	b.subos[s.Name] = i
+	return i, nil
+}
+
+func (b *cliBackend) Destroy(_ context.Context, name string) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if name == "stuck" {
+		return fmt.Errorf("%w: the guest of %q does not let go", supervisor.ErrInUse, name)
+	}
+	if _, ok := b.subos[name]; !ok {
+		return notFound(name)
+	}
+	delete(b.subos, name)
+	return nil
+}
+
+func (b *cliBackend) List() []supervisor.Info {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []supervisor.Info
+	for _, i := range b.subos {
+		out = append(out, i)
+	}
+	slices.SortFunc(out, func(x, y supervisor.Info) int { return strings.Compare(x.Name, y.Name) })
+	return out
+}
+
+func (b *cliBackend) Get(name string) (supervisor.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	i, ok := b.subos[name]
+	if !ok {
+		return i, notFound(name)
+	}
+	return i, nil
+}
+
+func (b *cliBackend) Events(since uint64, limit int) ([]store.Event, error) {
+	if since > 0 {
+		return nil, nil // nothing newer: JSON null, which rfm prints as []
+	}
+	return []store.Event{{Seq: 1, Time: time.Unix(1700000000, 0).UTC(), Who: "uid 0 pid 1", What: "create", Name: "web", Duration: time.Millisecond}}, nil
+}
+
+func (b *cliBackend) Check(supervisor.Spec) []ledger.Problem { return nil }
+
+func (b *cliBackend) Inventory() *partitioner.Inventory { return &partitioner.Inventory{} }
+
+func (b *cliBackend) Message(_ context.Context, name, text string) error {
+	_, err := b.Get(name)
+	return err
+}
+
+func (b *cliBackend) Board() (board.Board, error) {
+	return board.Board{Seq: 2, Entries: []board.Entry{{Peer: 1, State: board.StateRunning, CommCores: []int{2}, Name: "web"}}}, nil
+}
+
+func (b *cliBackend) AttachDisk(_ context.Context, name string, d supervisor.Disk) (supervisor.Disk, error) {
+	if _, err := b.Get(name); err != nil {
+		return d, err
+	}
+	d.ID = "disk2"
+	return d, nil
+}
+
+func (b *cliBackend) DetachDisk(_ context.Context, name, disk string, _ time.Duration) error {
+	if _, err := b.Get(name); err != nil {
+		return err
+	}
+	switch disk {
+	case "disk1":
+		return nil
+	case "busy":
+		return fmt.Errorf("%w: %s", supervisor.ErrInUse, disk)
+	}
+	return fmt.Errorf("%w: %s", supervisor.ErrNoDevice, disk)
+}
+
+func (b *cliBackend) Grant(_ context.Context, name string, g supervisor.SegmentGrant) error {
+	_, err := b.Get(name)
+	return err
+}
+
+func (b *cliBackend) Revoke(_ context.Context, name, segment string, _ time.Duration) error {
+	if _, err := b.Get(name); err != nil {
+		return err
+	}
+	if segment != "cache" {
+		return fmt.Errorf("%w: segment %s", supervisor.ErrNoDevice, segment)
+	}
+	return nil
+}
+
+// serveAPI serves h on a Unix socket in a new directory and returns the
+// socket's path.
+func serveAPI(t *testing.T, h http.Handler) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "rfm-cli-") // short: socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "rfm.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h}
+	done := make(chan struct{})
+	go func() { // owner: the test; Cleanup waits
+		defer close(done)
+		_ = srv.Serve(ln)
+	}()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return sock
+}
+
+// openAPIDoc loads the API document the JSON output is checked against,
+// with github.com/getkin/kin-openapi: the maintained OpenAPI 3 library for
+// Go (the issue names it); it resolves the document's $refs and validates
+// values against its schemas.
+func openAPIDoc(t *testing.T) *openapi3.T {
+	t.Helper()
+	doc, err := openapi3.NewLoader().LoadFromFile(filepath.Join("..", "..", "rfm", "api", "openapi.json"))
+	if err != nil {
+		t.Fatalf("load openapi.json: %v", err)
+	}
+	return doc
+}
+
+// schemaRef names a schema of the API document: a response's (method,
+// path, status) or a component's (component).
+type schemaRef struct {
+	method, path string
+	status       int
+	component    string // the items of an array of this component
+}
+
+func (r schemaRef) find(t *testing.T, doc *openapi3.T) *openapi3.Schema {
+	t.Helper()
+	if r.component != "" {
+		s := doc.Components.Schemas[r.component]
+		if s == nil {
+			t.Fatalf("openapi.json has no schema %s", r.component)
+		}
+		return &openapi3.Schema{Type: &openapi3.Types{openapi3.TypeArray}, Items: s}
+	}
+	item := doc.Paths.Find(r.path)
+	if item == nil || item.GetOperation(r.method) == nil {
+		t.Fatalf("openapi.json has no %s %s", r.method, r.path)
+	}
+	resp := item.GetOperation(r.method).Responses.Status(r.status)
+	if resp == nil || resp.Value == nil || resp.Value.Content.Get("application/json") == nil {
+		t.Fatalf("openapi.json has no JSON %d response for %s %s", r.status, r.method, r.path)
+	}
+	return resp.Value.Content.Get("application/json").Schema.Value
+}
+
+// checkJSON validates out against schema, and that it has no key the
+// schema does not declare (keys of another spelling, such as PascalCase,
+// would otherwise pass).
+func checkJSON(t *testing.T, schema *openapi3.Schema, out []byte) {
+	t.Helper()
+	var v any
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("output is not JSON: %v\n%s", err, out)
+	}
+	if err := schema.VisitJSON(v); err != nil {
+		t.Errorf("output does not fit the API document's schema: %v\n%s", err, out)
+	}
+	for _, p := range undeclared(schema, v, "") {
+		t.Errorf("output key %s is not in the API document's schema", p)
+	}
+}
+
+func undeclared(s *openapi3.Schema, v any, at string) []string {
+	if s == nil {
+		return nil
+	}
+	var bad []string
+	switch v := v.(type) {
+	case map[string]any:
+		for k, x := range v {
+			switch {
+			case s.Properties[k] != nil:
+				bad = append(bad, undeclared(s.Properties[k].Value, x, at+"."+k)...)
+			case s.AdditionalProperties.Schema != nil:
+				bad = append(bad, undeclared(s.AdditionalProperties.Schema.Value, x, at+"."+k)...)
+			default:
+				bad = append(bad, at+"."+k)
+			}
+		}
+	case []any:
+		if s.Items != nil {
+			for i, x := range v {
+				bad = append(bad, undeclared(s.Items.Value, x, fmt.Sprintf("%s[%d]", at, i))...)
+			}
+		}
+	}
+	return bad
+}
+
+// run is one run of the rfm binary.
+type run struct {
+	stdout, stderr string
+	status         int
+}
+
+func runRFM(t *testing.T, bin string, env []string, args ...string) run {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	r := run{stdout: stdout.String(), stderr: stderr.String()}
+	switch {
+	case errors.As(err, &ee):
+		r.status = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("rfm %s: %v", strings.Join(args, " "), err)
+	}
+	return r
+}
+
+// checkErrorText fails for the transport and Go detail no message may
+// show.
+func checkErrorText(t *testing.T, stderr string) {
+	t.Helper()
+	for _, bad := range []string{"dial unix", "*api.", "Go struct", "goroutine ", "connect: ", "supervisor.", "%!"} {
+		if strings.Contains(stderr, bad) {
+			t.Errorf("error text shows %q:\n%s", bad, stderr)
+		}
+	}
+}
+
+// Every command against the real API handler over a fake supervisor: its
+// exit status, its JSON (checked against the API document) and its error
+// text.
+func TestCLI(t *testing.T) {
+	bin := rfmBinary(t)
+	doc := openAPIDoc(t)
+	dir := t.TempDir()
+	layoutFile := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(filepath.Join(dir, "vmlinux"), []byte("k"), 0o644)
+	os.WriteFile(layoutFile, []byte("defaults:\n  kernel: vmlinux\nsubos:\n  - name: a\n    cores: [4095]\n    memory: 3M\n"), 0o644)
+	manDir := filepath.Join(dir, "man")
+
+	cases := []struct {
+		name   string
+		args   []string
+		status int
+		// stdout: what it must contain; schema: the JSON it must fit.
+		stdout string
+		schema *schemaRef
+		// stderr: what it must contain; code: the JSON error's code
+		// (-o json).
+		stderr, code string
+	}{
+		{name: "no command", args: nil, status: 0, stdout: "Exit status:"},
+		{name: "unknown command", args: []string{"pss"}, status: 2, stderr: `unknown command "pss": did you mean ps?`},
+		{name: "unknown flag", args: []string{"ps", "--bogus"}, status: 2, stderr: "unknown flag: --bogus"},
+		{name: "unknown output format", args: []string{"ps", "-o", "yaml"}, status: 2, stderr: `unknown output format "yaml": use table or json`},
+		{name: "-o where nothing is printed", args: []string{"destroy", "web", "-o", "json"}, status: 2, stderr: "unknown shorthand flag: 'o'"},
+
+		{name: "ps", args: []string{"ps"}, status: 0, stdout: "NAME"},
+		{name: "ps json", args: []string{"ps", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/subos", status: 200}},
+		{name: "ps quiet", args: []string{"ps", "-q"}, status: 0, stdout: "stuck\nweb\n"},
+		{name: "ps with an argument", args: []string{"ps", "web"}, status: 2, stderr: "usage: rfm ps"},
+
+		{name: "inspect", args: []string{"inspect", "web"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/subos/{name}", status: 200}},
+		{name: "inspect table", args: []string{"inspect", "web", "-o", "table"}, status: 0, stdout: "web"},
+		{name: "inspect unknown", args: []string{"inspect", "nope"}, status: 3, stderr: `"nope"`},
+		{name: "inspect unknown json", args: []string{"inspect", "nope", "-o", "json"}, status: 3, stderr: `no such subOS: \"nope\"`, code: "not_found"},
+		{name: "inspect without a name", args: []string{"inspect"}, status: 2, stderr: "accepts 1 arg(s), received 0"},
+
+		{name: "create", args: []string{"create", "db", "--cpus", "1", "--memory", "64M", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos", status: 201}},
+		{name: "create table", args: []string{"create", "db", "--memory", "64M"}, status: 0, stdout: "db"},
+		{name: "create taken", args: []string{"create", "web"}, status: 4, stderr: `"web"`},
+		{name: "create taken json", args: []string{"create", "web", "-o", "json"}, status: 4, code: "conflict"},
+		{name: "create refused", args: []string{"create", "bad", "-o", "json"}, status: 1, stderr: "core 0 is the supervisor's", code: "failed"},
+		{name: "create bad memory", args: []string{"create", "db", "--memory", "lots"}, status: 2, stderr: `--memory: invalid size "lots"`},
+		{name: "create bad disk", args: []string{"create", "db", "--disk", "x,rw"}, status: 2, stderr: "--disk"},
+		{name: "create bad segment", args: []string{"create", "db", "--segment", "s,big"}, status: 2, stderr: `unknown option "big"`},
+
+		{name: "destroy", args: []string{"destroy", "web"}, status: 0, stdout: "destroyed web"},
+		{name: "destroy unknown", args: []string{"destroy", "nope"}, status: 3, stderr: `"nope"`},
+		{name: "destroy busy", args: []string{"destroy", "stuck"}, status: 4, stderr: "destroy stuck"},
+		{name: "destroy all", args: []string{"destroy", "--all"}, status: 1, stdout: "destroyed web", stderr: "1 of 2 subOSes not destroyed"},
+		{name: "destroy nothing", args: []string{"destroy"}, status: 2, stderr: "or give --all"},
+		{name: "destroy all and names", args: []string{"destroy", "--all", "web"}, status: 2, stderr: "give no names"},
+
+		{name: "logs", args: []string{"logs", "web"}, status: 0, stdout: "web booted"},
+		{name: "logs unknown", args: []string{"logs", "nope"}, status: 3, stderr: `"nope"`},
+		{name: "logs bad tail", args: []string{"logs", "web", "--tail", "-1"}, status: 2, stderr: "--tail"},
+
+		{name: "events", args: []string{"events"}, status: 0, stdout: "create"},
+		{name: "events json", args: []string{"events", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/events", status: 200}},
+		{name: "events none", args: []string{"events", "--since", "5", "-o", "json"}, status: 0, stdout: "[]\n"},
+
+		{name: "board", args: []string{"board"}, status: 0, stdout: "web"},
+		{name: "board json", args: []string{"board", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/board", status: 200}},
+
+		{name: "message", args: []string{"message", "web", "hello", "there"}, status: 0},
+		{name: "message unknown", args: []string{"message", "nope", "hello"}, status: 3, stderr: `"nope"`},
+		{name: "message without text", args: []string{"message", "web"}, status: 2, stderr: "requires at least 2 arg(s)"},
+
+		{name: "attach", args: []string{"attach", "web", "--disk", "/images/data.img", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos/{name}/disks", status: 201}},
+		{name: "attach unknown", args: []string{"attach", "nope", "--disk", "/images/data.img"}, status: 3, stderr: `"nope"`},
+		{name: "attach without disk", args: []string{"attach", "web"}, status: 2, stderr: "--disk is required"},
+		{name: "detach", args: []string{"detach", "web", "disk1"}, status: 0},
+		{name: "detach busy", args: []string{"detach", "web", "busy"}, status: 4, stderr: "busy"},
+		{name: "detach unknown disk", args: []string{"detach", "web", "disk9"}, status: 3, stderr: "disk9"},
+
+		{name: "grant", args: []string{"grant", "web", "--segment", "cache,size=4K"}, status: 0},
+		{name: "grant unknown", args: []string{"grant", "nope", "--segment", "cache"}, status: 3, stderr: `"nope"`},
+		{name: "grant without segment", args: []string{"grant", "web"}, status: 2, stderr: "--segment is required"},
+		{name: "revoke", args: []string{"revoke", "web", "cache"}, status: 0},
+		{name: "revoke unknown segment", args: []string{"revoke", "web", "other"}, status: 3, stderr: "other"},
+
+		{name: "console unknown", args: []string{"console", "nope"}, status: 3, stderr: `"nope"`},
+
+		{name: "check json", args: []string{"check", layoutFile, "-o", "json"}, status: 1, stdout: `"subos": "a"`, schema: &schemaRef{component: "LayoutProblem"}},
+		{name: "check missing file", args: []string{"check", filepath.Join(dir, "none.yaml")}, status: 1, stderr: "none.yaml"},
+		{name: "check without file", args: []string{"check"}, status: 2, stderr: "usage: rfm check"},
+
+		{name: "serve with an argument", args: []string{"serve", "now"}, status: 2, stderr: `unknown command "now"`},
+		{name: "run with two layouts", args: []string{"run", "a.yaml", "b.yaml"}, status: 2, stderr: "accepts at most 1 arg(s)"},
+		{name: "vmm bad cores", args: []string{"vmm", "--kernel", "/k", "--cores", "0-x", "--console", "none"}, status: 2, stderr: "--cores: invalid CPU list"},
+		{name: "gen-man", args: []string{"gen-man", manDir}, status: 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			sock := serveAPI(t, api.Handler(newCLIBackend(t)))
+			r := runRFM(t, bin, []string{"RFM_SOCKET=" + sock}, c.args...)
+			if r.status != c.status {
+				t.Errorf("exit status %d, want %d\nstdout:\n%s\nstderr:\n%s", r.status, c.status, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stdout, c.stdout) {
+				t.Errorf("stdout lacks %q:\n%s", c.stdout, r.stdout)
+			}
+			if !strings.Contains(r.stderr, c.stderr) {
+				t.Errorf("stderr lacks %q:\n%s", c.stderr, r.stderr)
+			}
+			if c.schema != nil {
+				checkJSON(t, c.schema.find(t, doc), []byte(r.stdout))
+			}
+			if c.status == 0 && r.stderr != "" {
+				t.Errorf("stderr of a success:\n%s", r.stderr)
+			}
+			if c.code != "" {
+				var e struct{ Error, Code string }
+				if err := json.Unmarshal([]byte(r.stderr), &e); err != nil || e.Code != c.code || e.Error == "" {
+					t.Errorf("want a JSON error with code %q on stderr, got (%v):\n%s", c.code, err, r.stderr)
+				}
+			}
+			checkErrorText(t, r.stderr)
+		})
+	}
+	if _, err := os.Stat(filepath.Join(manDir, "rfm-create.1")); err != nil {
+		t.Errorf("gen-man wrote no page for rfm create: %v", err)
+	}
+}
+
+// With no supervisor, or one rfm may not reach, or one of another build,
+// rfm says which, without transport detail.
+func TestCLIDaemonErrors(t *testing.T) {
+	bin := rfmBinary(t)
+	dir, err := os.MkdirTemp("", "rfm-cli-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+
+	t.Run("no socket", func(t *testing.T) {
+		sock := filepath.Join(dir, "none.sock")
+		r := runRFM(t, bin, nil, "ps", "--socket", sock)
+		want := "rfm: no supervisor is listening on " + sock + ": start it with `rfm serve`\n"
+		if r.status != 1 || r.stderr != want {
+			t.Errorf("status %d, stderr %q; want 1, %q", r.status, r.stderr, want)
+		}
+		r = runRFM(t, bin, nil, "ps", "--socket", sock, "-o", "json")
+		if r.status != 1 || !strings.Contains(r.stderr, `"code":"not_reachable"`) {
+			t.Errorf("json: status %d, stderr %s", r.status, r.stderr)
+		}
+	})
+	t.Run("stale socket", func(t *testing.T) {
+		sock := filepath.Join(dir, "stale.sock")
+		ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.SetUnlinkOnClose(false)
+		ln.Close() // the file stays, nobody listens: connection refused
+		r := runRFM(t, bin, nil, "inspect", "web", "--socket", sock)
+		if r.status != 1 || !strings.Contains(r.stderr, "no supervisor is listening on "+sock) {
+			t.Errorf("status %d, stderr %q", r.status, r.stderr)
+		}
+		checkErrorText(t, r.stderr)
+	})
+	t.Run("permission", func(t *testing.T) {
+		sock := serveAPI(t, api.Handler(newCLIBackend(t)))
+		if err := os.Chmod(sock, 0); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "ps", "--socket", sock)
+		if os.Getuid() == 0 {
+			// root connects whatever the mode: run rfm as nobody, from
+			// a directory nobody can read.
+			exe := filepath.Join(dir, "rfm")
+			copyFile(t, bin, exe)
+			for _, d := range []string{dir, filepath.Dir(sock)} {
+				if err := os.Chmod(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cmd = exec.Command(exe, "ps", "--socket", sock)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+			cmd.Dir = "/"
+		}
+		out, err := cmd.CombinedOutput()
+		var ee *exec.ExitError
+		want := "rfm: permission denied on " + sock + ": run as root or join the rainforest group\n"
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || string(out) != want {
+			t.Errorf("%v, output %q; want status 1 and %q", err, out, want)
+		}
+	})
+	t.Run("other version", func(t *testing.T) {
+		h := api.Handler(newCLIBackend(t))
+		sock := serveAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(api.VersionHeader, "v9.9.9 0123456789ab")
+			h.ServeHTTP(w, r)
+		}))
+		// What works still works.
+		if r := runRFM(t, bin, nil, "ps", "-q", "--socket", sock); r.status != 0 || r.stdout != "stuck\nweb\n" {
+			t.Errorf("ps: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
+		}
+		// A failure names both builds.
+		r := runRFM(t, bin, nil, "inspect", "nope", "--socket", sock, "-o", "json")
+		if r.status != 1 || !strings.Contains(r.stderr, "the supervisor runs rainforest v9.9.9 0123456789ab but this rfm is ") ||
+			!strings.Contains(r.stderr, `"code":"version_mismatch"`) {
+			t.Errorf("status %d, stderr %s", r.status, r.stderr)
+		}
+	})
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The shell completes subOS names from the supervisor, the disks and
+// segments of the one named, and flag values; with no supervisor, nothing
+// and no error.
+func TestCLICompletion(t *testing.T) {
+	bin := rfmBinary(t)
+	sock := serveAPI(t, api.Handler(newCLIBackend(t)))
+	none := filepath.Join(t.TempDir(), "none.sock")
+	cases := []struct {
+		socket string
+		args   []string
+		want   []string
+	}{
+		{sock, []string{"inspect", ""}, []string{"stuck", "web"}},
+		{sock, []string{"inspect", "w"}, []string{"web"}},
+		{sock, []string{"destroy", "web", ""}, []string{"stuck"}},
+		{sock, []string{"detach", "web", ""}, []string{"disk1"}},
+		{sock, []string{"revoke", "web", ""}, []string{"cache"}},
+		{sock, []string{"ps", "-o", ""}, []string{"table", "json"}},
+		{sock, []string{"create", "x", "--page-size", ""}, []string{"2M", "1G"}},
+		{sock, []string{"vmm", "--page-size", ""}, []string{"2M", "1G", "4k"}},
+		{none, []string{"inspect", ""}, nil},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.args, " "), func(t *testing.T) {
+			r := runRFM(t, bin, []string{"RFM_SOCKET=" + c.socket}, append([]string{"__completeNoDesc"}, c.args...)...)
+			var got []string
+			for _, l := range strings.Split(strings.TrimSpace(r.stdout), "\n") {
+				if l != "" && !strings.HasPrefix(l, ":") {
+					got = append(got, l)
+				}
+			}
+			if r.status != 0 || !slices.Equal(got, c.want) {
+				t.Errorf("status %d, completions %q, want %q\nstderr:\n%s", r.status, got, c.want, r.stderr)
+			}
+		})
+	}
+}
+
+// Every command's help shows examples, and rfm vmm's internal flags are
+// hidden.
+func TestCommandsHaveExamples(t *testing.T) {
+	root := rootCommand(&globalFlags{})
+	var walk func(c *cobra.Command)
+	walk = func(c *cobra.Command) {
+		if c.Example == "" && c.Runnable() {
+			t.Errorf("%s has no examples", c.CommandPath())
+		}
+		for _, sub := range c.Commands() {
+			walk(sub)
+		}
+	}
+	walk(root)
+	vmm, _, err := root.Find([]string{"vmm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []string{"control-fd", "ready-fd", "wait-fd", "cpus"} {
+		if f := vmm.Flags().Lookup(n); f == nil || !f.Hidden {
+			t.Errorf("rfm vmm --%s is not hidden", n)
+		}
+	}
+}
