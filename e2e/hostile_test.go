@@ -9,8 +9,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"rainforest/vmm/consolelog"
 )
 
 // chaosScript kills the supervisor with SIGKILL at random points of a loop
@@ -114,7 +112,7 @@ serve
 "$RFM" create victim --cpus 1 --memory 128M --append 'rf.agent=0 rf.cmd="rfcom daemon >/tmp/d.log 2>&1 &"'; echo "RF-STATUS-VICTIM $?"
 vpeer=$("$RFM" inspect victim -o json | sed -n 's/.*"ficm_peer": \([0-9]*\).*/\1/p')
 echo "RF-VICTIM-PEER $vpeer"
-"$RFM" create attacker --cpus 1 --memory 128M --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
+"$RFM" create attacker --cpus 1 --memory 128M --console-log-size FLOOD_LOG --console-rate 1K --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
 echo "== flood"
 sleep 10
 ok=0
@@ -132,6 +130,8 @@ i=0; while ! "$RFM" logs attacker 2>/dev/null | grep -q 'RF-DISK' && [ $i -lt 12
 sleep 35
 echo "== flood-results"
 echo "RF-LOG-BYTES $(wc -c < /run/rainforest/attacker.log)"
+echo "RF-LOG-ROTATED $(grep -c 'rfm: log rotated' /run/rainforest/attacker.log)"
+echo "RF-LOG-DROPPED $(grep -c 'bytes of console output dropped' /run/rainforest/attacker.log)"
 "$RFM" logs attacker | grep -E '^RF-(DISK|FLOOD) ' | tail -n 4
 "$RFM" inspect attacker -o json | grep -iE 'throttl|dropped|coalesc' | head -n 20
 "$RFM" events | grep -iE 'throttl|limit' | tail -n 5
@@ -143,8 +143,12 @@ kill $(cat /tmp/serve.pid)
 // chaosOps is the number of operations of the chaos loop.
 const chaosOps = 60
 
-// floodIOPS is the attacker disk's request limit.
-const floodIOPS = 100
+// floodIOPS is the attacker disk's request limit, floodLog the cap of its
+// console log (its console output is held to 1 KiB a second past a burst).
+const (
+	floodIOPS = 100
+	floodLog  = 16 << 10
+)
 
 // vmmState is what one check printed: the VMM processes, the subOS
 // cgroups, and the subOSes (name -> pid) the supervisor lists.
@@ -216,7 +220,7 @@ func TestHostile(t *testing.T) {
 	defer cancel()
 	h := newTestHost(ctx, t, 3) // one housekeeping core and one for each of two subOSes
 	script := strings.ReplaceAll(chaosScript, "CHAOS_OPS", strconv.Itoa(chaosOps)) +
-		strings.ReplaceAll(floodScript, "FLOOD_IOPS", strconv.Itoa(floodIOPS))
+		strings.NewReplacer("FLOOD_IOPS", strconv.Itoa(floodIOPS), "FLOOD_LOG", strconv.Itoa(floodLog)).Replace(floodScript)
 	out, _, err := h.Run(ctx, script, 35*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -278,8 +282,11 @@ func checkFlood(t *testing.T, secs map[string]string, out string) {
 	if Field(flood, "RF-VICTIM-ALIVE") != "1" {
 		t.Errorf("the victim did not answer on its console during the flood")
 	}
-	if n, err := strconv.ParseInt(Field(res, "RF-LOG-BYTES"), 10, 64); err != nil || n > consolelog.DefaultMaxSize {
-		t.Errorf("attacker console log is %q bytes; cap %d", Field(res, "RF-LOG-BYTES"), consolelog.DefaultMaxSize)
+	if n, err := strconv.ParseInt(Field(res, "RF-LOG-BYTES"), 10, 64); err != nil || n > floodLog {
+		t.Errorf("attacker console log is %q bytes; cap %d", Field(res, "RF-LOG-BYTES"), floodLog)
+	}
+	if n, _ := strconv.Atoi(Field(res, "RF-LOG-ROTATED")); n < 1 {
+		t.Errorf("the attacker's console log was never rotated: the flood did not reach its cap")
 	}
 	disk := keyValues(Field(res, "RF-DISK"))
 	if len(disk) == 0 {

@@ -154,7 +154,7 @@ stops or dies; a restarted supervisor re-adopts them.`,
 
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
-	var memory, pageSize, cores string
+	var memory, pageSize, cores, logSize, logRate string
 	var disks, segments []string
 	var node int
 	cmd := &cobra.Command{
@@ -187,6 +187,13 @@ What it is given:
                      a shared segment (rfcom map finds it in the guest); the
                      first grant of a name must give its size; repeatable
   --device PCI       PCI passthrough: not supported yet, refused
+Its console (rfm logs, rfm console):
+  --console-log-size SIZE
+                     cap of the console log, rotated in place when full
+                     (default 1M, at least 16K)
+  --console-rate SIZE
+                     guest console output kept per second; the rest is
+                     dropped and counted (default 64K)
 
 Sizes take K, M and G suffixes (powers of 1024). The request is checked
 whole first: every problem is listed and nothing is reserved.`,
@@ -209,6 +216,16 @@ whole first: every problem is listed and nothing is reserved.`,
 			}
 			if node >= 0 {
 				spec.Node = &node
+			}
+			if logSize != "" {
+				if spec.ConsoleLogSize, err = units.ParseNonZeroSize(logSize); err != nil {
+					return usageErrorf("--console-log-size: %w", err)
+				}
+			}
+			if logRate != "" {
+				if spec.ConsoleLogRate, err = units.ParseNonZeroSize(logRate); err != nil {
+					return usageErrorf("--console-rate: %w", err)
+				}
 			}
 			for _, d := range disks {
 				disk, err := config.ParseDisk(d)
@@ -247,6 +264,8 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device "+config.DiskSyntax+"; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
+	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
+	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
 	return cmd
 }

@@ -26,6 +26,7 @@ func TestCreateConfinesVMM(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "data.img")
 	os.WriteFile(img, make([]byte, 4096), 0o600)
 	spec.Disks = []Disk{{ID: "data", Path: img, ReadOnly: true}}
+	spec.ConsoleLogSize, spec.ConsoleLogRate = 64<<10, 1<<10
 	info, err := s.Create(ctx, spec)
 	if err != nil {
 		t.Fatal(err)
@@ -41,7 +42,8 @@ func TestCreateConfinesVMM(t *testing.T) {
 	if doc.Jail == nil || doc.Jail.Root != s.jailDir("a") || doc.Jail.UID != uid || doc.Jail.GID != gid || doc.Jail.HostMountNS == "" || doc.NoSeccomp {
 		t.Errorf("jail %+v no_seccomp %v", doc.Jail, doc.NoSeccomp)
 	}
-	if doc.Console.Mode != config.ConsoleFile || doc.Console.Path != info.Log || info.VMMLog == info.Log {
+	if doc.Console.Mode != config.ConsoleFile || doc.Console.Path != info.Log || info.VMMLog == info.Log ||
+		doc.Console.LogSize != 64<<10 || doc.Console.LogRate != 1<<10 {
 		t.Errorf("console %+v, log %s, VMM log %s", doc.Console, info.Log, info.VMMLog)
 	}
 	if fi, err := os.Stat(info.ConsoleSocket); err != nil || fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 {

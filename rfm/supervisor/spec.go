@@ -24,6 +24,12 @@ type Spec struct {
 	Devices []string `json:"devices,omitempty"`
 	// Segments are shared segments granted to the subOS.
 	Segments []SegmentGrant `json:"segments,omitempty"`
+	// ConsoleLogSize caps the console log in bytes (0: 1 MiB); it rotates
+	// in place when full.
+	ConsoleLogSize uint64 `json:"console_log_size,omitempty"`
+	// ConsoleLogRate is the guest's sustained console output in bytes a
+	// second (0: 64 KiB); what is over it is dropped and counted.
+	ConsoleLogRate uint64 `json:"console_log_rate,omitempty"`
 }
 
 // Disk is a raw image or block device given to a subOS as virtio-blk,

@@ -28,6 +28,7 @@ import (
 	"rainforest/partitioner"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/virtio/blk"
 )
 
@@ -365,6 +366,21 @@ func (s *Supervisor) steerIRQs() {
 
 // Check lists everything wrong with spec, changing nothing: the files, the
 // segment grants, what the supervisor refuses (RequestProblems) and what
+// consoleProblems are spec's console log settings outside the bounds the
+// VMM accepts.
+func consoleProblems(spec Spec) []ledger.Problem {
+	var probs []ledger.Problem
+	if n := spec.ConsoleLogSize; n != 0 && (n < consolelog.MinMaxSize || n > config.MaxConsoleLog) {
+		probs = append(probs, ledger.Problem{Field: "console_log_size",
+			Message: fmt.Sprintf("%d bytes is outside %d..%d", n, consolelog.MinMaxSize, config.MaxConsoleLog)})
+	}
+	if r := spec.ConsoleLogRate; r > config.MaxConsoleLog {
+		probs = append(probs, ledger.Problem{Field: "console_log_rate",
+			Message: fmt.Sprintf("%d bytes a second is over %d", r, config.MaxConsoleLog)})
+	}
+	return probs
+}
+
 // the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(checkFiles(spec), segmentProblems(spec.Segments)...)
@@ -423,7 +439,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
 	spec.Disks = withDiskIDs(spec.Disks)
-	if probs := append(checkFiles(spec), RequestProblems(spec.Request())...); len(probs) > 0 {
+	if probs := append(append(checkFiles(spec), consoleProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
@@ -489,7 +505,8 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	defer lnFile.Close()
 	logPath := s.logPath(spec.Name)
 	doc := vmmDocument(spec, alloc, s.consolePath(spec.Name), member.regions)
-	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name)}
+	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name),
+		LogSize: spec.ConsoleLogSize, LogRate: spec.ConsoleLogRate}
 	named, unjail, err := s.confine(doc)
 	if err != nil {
 		return Info{}, err

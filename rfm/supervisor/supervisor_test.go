@@ -293,3 +293,21 @@ func TestCheckFilesDisks(t *testing.T) {
 		}
 	}
 }
+
+// TestConsoleLimitsRefused: console log settings the VMM would refuse are
+// refused at create, before anything is reserved, each naming its field.
+func TestConsoleLimitsRefused(t *testing.T) {
+	dir := t.TempDir()
+	s := newTestSupervisor(t, dir, &fakeActuator{}, &fakeLauncher{})
+	defer s.Close()
+	spec := testSpec(t, "a", 2)
+	spec.ConsoleLogSize, spec.ConsoleLogRate = 100, 1<<40
+	_, err := s.Create(context.Background(), spec)
+	var pe *ProblemsError
+	if !errors.As(err, &pe) || len(pe.Problems) != 2 || pe.Problems[0].Field != "console_log_size" || pe.Problems[1].Field != "console_log_rate" {
+		t.Fatalf("err %v", err)
+	}
+	if a := s.ledger.Allocations(); len(a) != 0 {
+		t.Errorf("reserved %v", a)
+	}
+}
