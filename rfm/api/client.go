@@ -71,6 +71,9 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if out == nil {
 		return nil
 	}
+	if read, ok := out.(func(io.Reader) error); ok { // a stream, read as it comes
+		return read(resp.Body)
+	}
 	if w, ok := out.(io.Writer); ok {
 		_, err := io.Copy(w, resp.Body)
 		return err
