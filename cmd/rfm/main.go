@@ -41,7 +41,9 @@ func main() {
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "", "output format: table or json")
 	root.AddCommand(vmmCommand(), runCommand(g), consoleCommand(g), serveCommand(g), createCommand(g),
 		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
-		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g))
+		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
+		versionCommand(g), infoCommand(g))
+	addVersionFlag(root, g)
 	err := root.ExecuteContext(ctx)
 	stop()
 	var ee exitError
