@@ -500,8 +500,7 @@ func TestCLIDaemonErrors(t *testing.T) {
 	t.Run("other version", func(t *testing.T) {
 		h := api.Handler(newCLIBackend(t))
 		sock := serveAPI(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set(api.VersionHeader, "v9.9.9 0123456789ab")
-			h.ServeHTTP(w, r)
+			h.ServeHTTP(otherBuild{w}, r)
 		}))
 		// What works still works.
 		if r := runRFM(t, bin, nil, "ps", "-q", "--socket", sock); r.status != 0 || r.stdout != "stuck\nweb\n" {
@@ -509,7 +508,7 @@ func TestCLIDaemonErrors(t *testing.T) {
 		}
 		// A failure names both builds.
 		r := runRFM(t, bin, nil, "inspect", "nope", "--socket", sock, "-o", "json")
-		if r.status != 1 || !strings.Contains(r.stderr, "the supervisor runs rainforest v9.9.9 0123456789ab but this rfm is ") ||
+		if r.status != 1 || !strings.Contains(r.stderr, "the supervisor runs rainforest v9.9.9+0123456789ab but this rfm is ") ||
 			!strings.Contains(r.stderr, `"code":"version_mismatch"`) {
 			t.Errorf("status %d, stderr %s", r.status, r.stderr)
 		}
@@ -588,4 +587,17 @@ func TestCommandsHaveExamples(t *testing.T) {
 			t.Errorf("rfm vmm --%s is not hidden", n)
 		}
 	}
+}
+
+// otherBuild is a response naming a supervisor build of another commit.
+type otherBuild struct{ http.ResponseWriter }
+
+func (o otherBuild) WriteHeader(code int) {
+	o.Header().Set(api.VersionHeader, "v9.9.9+0123456789ab")
+	o.ResponseWriter.WriteHeader(code)
+}
+
+func (o otherBuild) Write(b []byte) (int, error) {
+	o.Header().Set(api.VersionHeader, "v9.9.9+0123456789ab")
+	return o.ResponseWriter.Write(b)
 }

@@ -487,11 +487,12 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 
 func logsCommand(g *globalFlags) *cobra.Command {
 	var tail uint64
-	var raw bool
+	var raw, follow bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print the end of a subOS's console and VMM log",
 		Long: `Print the end of a subOS's console and VMM log: the last --tail bytes.
+With -f, keep printing the log as it grows, until the subOS ends or Ctrl-C.
 
 The text is the guest's. Printed to a terminal, control characters, escape
 sequences, invalid UTF-8 and invisible characters are shown escaped (\x1b,
@@ -499,9 +500,13 @@ sequences, invalid UTF-8 and invisible characters are shown escaped (\x1b,
 they are. Piped or redirected, the bytes are written as they are.`,
 		Example: `  rfm logs web
   rfm logs web --tail 4096
+  rfm logs web -f --tail 0
   rfm logs web > web.log`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if follow {
+				return followLog(cmd, g, args[0], tail, !raw && writesToTerminal(cmd.OutOrStdout()))
+			}
 			var b bytes.Buffer
 			if err := g.client().LogTail(cmd.Context(), args[0], tail, &b); err != nil {
 				return err
@@ -512,6 +517,7 @@ they are. Piped or redirected, the bytes are written as they are.`,
 	}
 	cmd.Flags().Uint64Var(&tail, "tail", api.DefaultLogTail, fmt.Sprintf("bytes from the end of the log (at most %d)", api.MaxLogTail))
 	cmd.Flags().BoolVar(&raw, "raw", false, "print control characters unescaped, also to a terminal")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing the log as it grows, until the subOS ends or Ctrl-C")
 	return cmd
 }
 
@@ -538,17 +544,34 @@ func writesToTerminal(w io.Writer) bool {
 }
 
 func eventsCommand(g *globalFlags) *cobra.Command {
-	var since uint64
+	var since string
 	var limit int
+	var follow bool
 	cmd := &cobra.Command{
 		Use:   "events",
 		Short: "Print the audit log of every adjustment",
 		Example: `  rfm events
   rfm events --since 120 --limit 20
-  rfm events -o json`,
+  rfm events --since 10m
+  rfm events --follow -o json`,
+		Long: `Print the audit log of every adjustment, oldest first. With --follow, keep
+printing new events as they are recorded, until Ctrl-C (only new ones,
+unless --since says from where); -o json then prints one JSON object a
+line.
+
+--since takes a sequence number (events after it), a time (RFC 3339, e.g.
+2026-01-02T15:04:05Z) or a duration back from now (e.g. 10m, 2h).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ev, err := g.client().Events(cmd.Context(), since, limit)
+			q, err := parseSince(since, time.Now())
+			if err != nil {
+				return err
+			}
+			q.Limit = limit
+			if follow {
+				return followEvents(cmd, g, q)
+			}
+			ev, err := g.client().EventsMatching(cmd.Context(), q)
 			if err != nil {
 				return err
 			}
@@ -561,8 +584,9 @@ func eventsCommand(g *globalFlags) *cobra.Command {
 			})
 		},
 	}
-	cmd.Flags().Uint64Var(&since, "since", 0, "only events after this sequence number")
-	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many events")
+	cmd.Flags().StringVar(&since, "since", "", "only events after this sequence number, or from this time (RFC 3339) or this long ago (10m)")
+	cmd.Flags().IntVar(&limit, "limit", 1000, "at most this many events (without --follow)")
+	cmd.Flags().BoolVar(&follow, "follow", false, "keep printing new events as they are recorded, until Ctrl-C")
 	g.addOutputFlag(cmd, "")
 	return cmd
 }

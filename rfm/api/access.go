@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"rainforest/internal/buildinfo"
 	"rainforest/internal/peercred"
 )
 
@@ -105,7 +106,7 @@ func forbid(c *net.UnixConn, why error) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(refuseTimeout))
 	body, _ := json.Marshal(ErrorBody{Error: "forbidden: " + why.Error()})
-	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s\n", len(body)+1, body)
+	fmt.Fprintf(c, "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s: %s\r\nConnection: close\r\n\r\n%s\n", len(body)+1, VersionHeader, buildinfo.Read(), body)
 	_ = c.CloseWrite()
 	// Drop what the peer sent: closing with unread data would reset the
 	// connection under the 403.

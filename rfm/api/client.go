@@ -10,12 +10,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
 
 	"rainforest/ficm/board"
+	"rainforest/internal/buildinfo"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
 	"rainforest/rfm/supervisor"
@@ -23,11 +23,6 @@ import (
 
 // DefaultSocket is where rfm serve listens.
 const DefaultSocket = "/run/rainforest/rfm.sock"
-
-// VersionHeader is the response header in which a supervisor may name its
-// build (BuildVersion); a client of another build then says so when a
-// request fails, instead of leaving the user with a puzzling error.
-const VersionHeader = "X-Rainforest-Version"
 
 // Errors a caller branches on (errors.Is): the request's outcome, whatever
 // the message.
@@ -52,7 +47,7 @@ var (
 type Client struct {
 	http    *http.Client
 	socket  string
-	version string // this client's build (BuildVersion)
+	version string // this client's build (buildinfo.Info.String)
 }
 
 // NewClient returns a client for the API socket at path.
@@ -61,33 +56,7 @@ func NewClient(path string) *Client {
 		var d net.Dialer
 		return d.DialContext(ctx, "unix", path)
 	}}
-	return &Client{http: &http.Client{Transport: tr}, socket: path, version: BuildVersion()}
-}
-
-// BuildVersion names this program's build: its module version, with the
-// VCS revision when the build recorded one (a "-dirty" suffix for a
-// modified tree), e.g. "(devel) 2ea451f1c0de".
-func BuildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return ""
-	}
-	v, rev, dirty := bi.Main.Version, "", false
-	for _, s := range bi.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	if rev != "" {
-		v += " " + rev[:min(len(rev), 12)]
-		if dirty {
-			v += "-dirty"
-		}
-	}
-	return v
+	return &Client{http: &http.Client{Transport: tr}, socket: path, version: buildinfo.Read().String()}
 }
 
 // APIError is a non-2xx answer. errors.Is matches ErrNotFound (404),
@@ -200,7 +169,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	}
 	defer resp.Body.Close()
 	err = c.answer(resp, method, path, out)
-	if sv := resp.Header.Get(VersionHeader); err != nil && sv != "" && sv != c.version {
+	if sv := resp.Header.Get(VersionHeader); err != nil && buildinfo.Differ(sv, c.version) {
 		return &VersionError{Server: sv, Client: c.version, Err: err}
 	}
 	return err
@@ -217,6 +186,9 @@ func (c *Client) answer(resp *http.Response, method, path string, out any) error
 	}
 	if out == nil {
 		return nil
+	}
+	if read, ok := out.(func(io.Reader) error); ok { // a stream, read as it comes
+		return read(resp.Body)
 	}
 	if w, ok := out.(io.Writer); ok {
 		if _, err := io.Copy(w, resp.Body); err != nil {

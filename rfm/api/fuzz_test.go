@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -34,6 +35,8 @@ func FuzzHandler(f *testing.F) {
 	f.Add("POST", "/v1/subos/web/message", `{"text":"hi\u0000"}`, "")
 	f.Add("GET", "/v1/events?since=18446744073709551616&limit=x", "", "")
 	f.Add("GET", "/v1/board", "", "")
+	f.Add("GET", "/v1/events?follow=1&since=0", "", "")
+	f.Add("GET", "/v1/version", "", "")
 	f.Add("PUT", "/v1/subos", "", "")
 	f.Add("GET", "/nope", "", "")
 	f.Add("GET", "/v1/../v1/subos", "", "")
@@ -48,6 +51,11 @@ func FuzzHandler(f *testing.F) {
 		if contentType != "" {
 			req.Header.Set("Content-Type", contentType)
 		}
+		// A client already gone: a stream (?follow=1) sends what it has
+		// and stops; the fake backend's other answers ignore the context.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		req = req.WithContext(ctx)
 		b := &fakeBackend{subos: map[string]supervisor.Info{"web": {Name: "web", State: supervisor.StateRunning}}}
 		w := httptest.NewRecorder()
 		// A request that hangs the handler is a crash too.

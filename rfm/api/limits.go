@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"rainforest/internal/buildinfo"
 	"rainforest/internal/tokenbucket"
 )
 
@@ -122,5 +123,5 @@ func (l Limits) connState() func(net.Conn, http.ConnState) {
 // overCapResponse is the whole reply to a connection over the cap.
 func overCapResponse() []byte {
 	body, _ := json.Marshal(ErrorBody{Error: "too many connections to the API"})
-	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(body), body)
+	return fmt.Appendf(nil, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s: %s\r\nConnection: close\r\n\r\n%s", len(body), VersionHeader, buildinfo.Read(), body)
 }

@@ -21,6 +21,7 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/ficm/control"
 	"rainforest/ficm/endpoint"
+	"rainforest/internal/buildinfo"
 	"rainforest/internal/untrusted"
 	"rainforest/ledger"
 	"rainforest/ledger/store"
@@ -76,9 +77,68 @@ type CheckResult struct {
 	Problems []ledger.Problem `json:"problems"`
 }
 
-// Handler returns the API's HTTP handler.
+// VersionHeader is the response header every API response carries: the
+// server's build (buildinfo.Info.String).
+const VersionHeader = "X-Rainforest-Version"
+
+// VersionResult is GET /v1/version's response.
+type VersionResult struct {
+	buildinfo.Info
+	// APIVersion is the API document's info.version.
+	APIVersion string `json:"api_version"`
+}
+
+// APIVersion is the version of the API this server speaks.
+const APIVersion = "1"
+
+// Inventory is GET /v1/inventory's response: the machine as discovered,
+// and, from a Backend that reports it, what the ledger says of it now.
+type Inventory struct {
+	*partitioner.Inventory
+	Usage *supervisor.Usage `json:"usage,omitempty"`
+}
+
+// UsageReporter is a Backend that reports the ledger's usage (a
+// *supervisor.Supervisor does); GET /v1/inventory then includes it.
+type UsageReporter interface {
+	Usage() supervisor.Usage
+}
+
+// Handler returns the API's HTTP handler. Streams it serves end with
+// their request.
 func Handler(b Backend) http.Handler {
-	mux := http.NewServeMux()
+	mux, _ := routes(b, nil)
+	return withVersion(routeErrors(mux))
+}
+
+// withVersion sets VersionHeader on every response of h.
+func withVersion(h http.Handler) http.Handler {
+	v := buildinfo.Read().String()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(VersionHeader, v)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// routeTable is a ServeMux that remembers its patterns (checked against
+// the API document by the tests).
+type routeTable struct {
+	mux      *http.ServeMux
+	patterns []string
+}
+
+func (t *routeTable) HandleFunc(pattern string, h func(http.ResponseWriter, *http.Request)) {
+	t.patterns = append(t.patterns, pattern)
+	t.mux.HandleFunc(pattern, h)
+}
+
+// routes returns the API's routes and their patterns ("METHOD /path");
+// streams (following a log or the events) also end when stop closes.
+func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
+	mux := &routeTable{mux: http.NewServeMux()}
+	mux.HandleFunc("GET /v1/version", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, http.StatusOK, VersionResult{Info: buildinfo.Read(), APIVersion: APIVersion})
+	})
 	mux.HandleFunc("GET /openapi.json", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openAPI)
@@ -117,9 +177,14 @@ func Handler(b Backend) http.Handler {
 			fail(w, err)
 			return
 		}
-		tail, err := uintParam(r, "tail", DefaultLogTail)
-		if err != nil {
+		tail, err1 := uintParam(r, "tail", DefaultLogTail)
+		follow, err2 := boolParam(r, "follow")
+		if err := errors.Join(err1, err2); err != nil {
 			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+			return
+		}
+		if follow {
+			followLog(w, r, b, info, int64(min(tail, MaxLogTail)), stop)
 			return
 		}
 		// Only the end of the guest-written log is read, however big.
@@ -132,16 +197,24 @@ func Handler(b Backend) http.Handler {
 		w.Write(b)
 	})
 	mux.HandleFunc("GET /v1/events", func(w http.ResponseWriter, r *http.Request) {
-		since, err1 := uintParam(r, "since", 0)
-		limit, err2 := uintParam(r, "limit", 1000)
-		if err := errors.Join(err1, err2); err != nil {
+		limit, err1 := uintParam(r, "limit", 1000)
+		follow, err2 := boolParam(r, "follow")
+		since, past, err3 := sinceParam(r, b)
+		if err := errors.Join(err1, err2, err3); err != nil {
 			reply(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+			return
+		}
+		if follow {
+			followEvents(w, r, b, since, past, stop)
 			return
 		}
 		ev, err := b.Events(since, int(min(limit, 10000)))
 		if err != nil {
 			fail(w, err)
 			return
+		}
+		if ev == nil {
+			ev = []store.Event{} // [], not null
 		}
 		reply(w, http.StatusOK, ev)
 	})
@@ -167,9 +240,19 @@ func Handler(b Backend) http.Handler {
 			return
 		}
 		probs := b.Check(spec)
+		if probs == nil {
+			probs = []ledger.Problem{} // [], not null
+		}
 		reply(w, http.StatusOK, CheckResult{OK: len(probs) == 0, Problems: probs})
 	})
-	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, r *http.Request) { reply(w, http.StatusOK, b.Inventory()) })
+	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, r *http.Request) {
+		inv := Inventory{Inventory: b.Inventory()}
+		if ur, ok := b.(UsageReporter); ok {
+			u := ur.Usage()
+			inv.Usage = &u
+		}
+		reply(w, http.StatusOK, inv)
+	})
 	mux.HandleFunc("POST /v1/subos/{name}/message", func(w http.ResponseWriter, r *http.Request) {
 		var m MessageRequest
 		if !decode(w, r, &m) {
@@ -234,7 +317,7 @@ func Handler(b Backend) http.Handler {
 		}
 		reply(w, http.StatusOK, bd)
 	})
-	return routeErrors(mux)
+	return mux.mux, mux.patterns
 }
 
 // routeErrors answers the requests no route takes (no such path, a method
@@ -382,12 +465,17 @@ func Serve(ctx context.Context, ln net.Listener, b Backend) error {
 
 // ServeLimited serves the API on ln until ctx ends, within lim.
 func ServeLimited(ctx context.Context, ln net.Listener, b Backend, lim Limits) error {
-	srv := &http.Server{Handler: lim.limitRequests(Handler(b)), ReadHeaderTimeout: lim.ReadHeaderTimeout,
+	// Streams end when the server shuts down (Shutdown waits for requests
+	// to end, and a stream would not on its own).
+	stopStreams := make(chan struct{})
+	mux, _ := routes(b, stopStreams)
+	srv := &http.Server{Handler: withVersion(lim.limitRequests(routeErrors(mux))), ReadHeaderTimeout: lim.ReadHeaderTimeout,
 		MaxHeaderBytes: lim.MaxHeaderBytes, IdleTimeout: lim.IdleTimeout, ConnState: lim.connState(),
 		// The audit log names who asked: the client's credentials.
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
 			return lim.withConnBucket(supervisor.WithActor(ctx, PeerName(c)))
 		}}
+	srv.RegisterOnShutdown(func() { close(stopStreams) })
 	stop := context.AfterFunc(ctx, func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

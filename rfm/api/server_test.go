@@ -29,6 +29,33 @@ type fakeBackend struct {
 	creates  int
 	actors   []string
 	messages []string
+	// events, when set, is the audit log Events reads (else it answers
+	// one canned event); addEvent appends and publishes to feed.
+	events []store.Event
+	feed   supervisor.EventFeed
+}
+
+func (f *fakeBackend) SubscribeEvents(ctx context.Context) *supervisor.Subscription {
+	return f.feed.Subscribe(ctx)
+}
+
+// addEvent records an event and publishes it, as the supervisor does.
+func (f *fakeBackend) addEvent(e store.Event) store.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e.Seq = uint64(len(f.events)) + 1
+	if e.Time.IsZero() {
+		e.Time = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Duration(e.Seq) * time.Minute)
+	}
+	f.events = append(f.events, e)
+	f.feed.Publish(e)
+	return e
+}
+
+func (f *fakeBackend) Usage() supervisor.Usage {
+	return supervisor.Usage{Housekeeping: []int{0}, FreeCores: []int{2, 3},
+		Allocations: []ledger.Allocation{{Name: "a", Cores: []int{1}, Memory: 32 << 20, PageSize: 2 << 20, Pages: 16}},
+		Pools:       []supervisor.PoolUsage{{Node: 0, PageSize: 2 << 20, Capacity: 64, Owned: 16, Free: 48}}}
 }
 
 func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor.Info, error) {
@@ -42,7 +69,8 @@ func (f *fakeBackend) Create(ctx context.Context, s supervisor.Spec) (supervisor
 	if _, ok := f.subos[s.Name]; ok {
 		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrExists, s.Name)
 	}
-	i := supervisor.Info{Name: s.Name, State: supervisor.StateRunning, Spec: s}
+	i := supervisor.Info{Name: s.Name, State: supervisor.StateRunning, Spec: s,
+		Allocation: ledger.Allocation{Name: s.Name, Cores: []int{1}, Memory: s.Memory, PageSize: 2 << 20}}
 	f.subos[s.Name] = i
 	return i, nil
 }
@@ -113,7 +141,18 @@ func (f *fakeBackend) Get(name string) (supervisor.Info, error) {
 }
 
 func (f *fakeBackend) Events(since uint64, limit int) ([]store.Event, error) {
-	return []store.Event{{Seq: since + 1, What: "create"}}, nil
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.events == nil {
+		return []store.Event{{Seq: since + 1, What: "create"}}, nil
+	}
+	var out []store.Event
+	for _, e := range f.events {
+		if e.Seq > since && (limit <= 0 || len(out) < limit) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeBackend) Check(s supervisor.Spec) []ledger.Problem {
@@ -123,7 +162,14 @@ func (f *fakeBackend) Check(s supervisor.Spec) []ledger.Problem {
 	return nil
 }
 
-func (f *fakeBackend) Inventory() *partitioner.Inventory { return &partitioner.Inventory{} }
+func (f *fakeBackend) Inventory() *partitioner.Inventory {
+	return &partitioner.Inventory{
+		CPUs: []partitioner.CPU{{ID: 0, Online: true, Siblings: []int{0}}, {ID: 1, Online: true, Core: 1, Siblings: []int{1}}},
+		Nodes: []partitioner.Node{{ID: 0, CPUs: []int{0, 1}, MemTotal: 8 << 30, MemFree: 6 << 30,
+			HugePages: []partitioner.HugePool{{PageSize: 2 << 20, Total: 64, Free: 48}}}},
+		Devices: []partitioner.PCIDevice{{Address: "0000:03:00.0", Vendor: 0x8086, Device: 0x1533, Class: 0x020000, Driver: "vfio-pci", IOMMUGroup: 3, Node: -1}},
+	}
+}
 
 func (f *fakeBackend) Message(ctx context.Context, name, text string) error {
 	if _, err := f.Get(name); err != nil {

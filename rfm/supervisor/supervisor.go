@@ -109,6 +109,8 @@ type Supervisor struct {
 	crashPoint func(step string)
 	// exits says how the VMMs of subOSes gone on their own ended; under mu.
 	exits map[string]Exit
+	// feed hands the audit events to their subscribers (SubscribeEvents).
+	feed EventFeed
 }
 
 type subOS struct {
@@ -207,6 +209,7 @@ func (s *Supervisor) Close() error {
 	s.opMu.Lock()
 	s.stopSharing()
 	s.opMu.Unlock()
+	s.feed.Close()
 	return s.store.Close()
 }
 
@@ -246,10 +249,19 @@ func (s *Supervisor) who(ctx context.Context) string {
 
 // event appends to the audit log; a failing log write is reported, never
 // fatal to the operation already done.
+// Appending and publishing happen under the feed's lock, so that
+// subscribers get the events in sequence order.
 func (s *Supervisor) event(who, what, name string, d time.Duration, detail string) {
-	if _, err := s.store.Append(store.Event{Time: time.Now().UTC(), Who: who, What: what, Name: name, Duration: d, Detail: detail}); err != nil {
+	s.feed.mu.Lock()
+	defer s.feed.mu.Unlock()
+	e := store.Event{Time: time.Now().UTC(), Who: who, What: what, Name: name, Duration: d, Detail: detail}
+	seq, err := s.store.Append(e)
+	if err != nil {
 		s.log.Error("audit log", "err", err)
+		return
 	}
+	e.Seq = seq
+	s.feed.publishLocked(e)
 }
 
 // watch reclaims a subOS's resources when its VMM exits on its own.
