@@ -133,7 +133,8 @@ echo "RF-LOG-BYTES $(wc -c < /run/rainforest/attacker.log)"
 echo "RF-LOG-ROTATED $(grep -c 'rfm: log rotated' /run/rainforest/attacker.log)"
 echo "RF-LOG-DROPPED $(grep -c 'bytes of console output dropped' /run/rainforest/attacker.log)"
 "$RFM" logs attacker | grep -E '^RF-(DISK|FLOOD) ' | tail -n 4
-"$RFM" inspect attacker -o json | grep -iE 'throttl|dropped|coalesc' | head -n 20
+echo "RF-ATTACKER-STATE $("$RFM" inspect attacker -o json | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p')"
+"$RFM" inspect attacker -o json | grep -A6 last_exit
 "$RFM" events | grep -iE 'throttl|limit' | tail -n 5
 "$RFM" destroy attacker; "$RFM" destroy victim
 echo "RF-LOGS-LEFT $(ls /run/rainforest/ | grep -c -E '^(attacker|victim)')"
@@ -278,6 +279,9 @@ func checkFlood(t *testing.T, secs map[string]string, out string) {
 	}
 	if got := Field(flood, "RF-PS-OK"); got != "3" {
 		t.Errorf("the supervisor answered %s of 3 times during the flood", got)
+	}
+	if got := Field(res, "RF-ATTACKER-STATE"); got != "running" {
+		t.Errorf("the attacker's VMM is %q after the flood, not running: its limits must hold it, not kill it", got)
 	}
 	if Field(flood, "RF-VICTIM-ALIVE") != "1" {
 		t.Errorf("the victim did not answer on its console during the flood")

@@ -3,8 +3,10 @@ package api
 import (
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"rainforest/rfm/supervisor"
@@ -41,5 +43,18 @@ func TestLogTail(t *testing.T) {
 	}
 	if err := c.Log(ctx, "nope", &out); err == nil {
 		t.Error("log of an unknown subOS")
+	}
+	// A subOS that exited has no log any more: 404, saying so.
+	b.mu.Lock()
+	b.subos["gone"] = supervisor.Info{Name: "gone", State: supervisor.StateExited}
+	b.mu.Unlock()
+	for _, follow := range []bool{false, true} {
+		err := c.LogTail(ctx, "gone", 10, &out)
+		if follow {
+			err = c.FollowLog(ctx, "gone", 10, &out)
+		}
+		if !errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), `subOS "gone" has exited`) {
+			t.Errorf("log of an exited subOS (follow %v): %v", follow, err)
+		}
 	}
 }

@@ -177,6 +177,10 @@ func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
 			fail(w, err)
 			return
 		}
+		if info.State == supervisor.StateExited {
+			reply(w, http.StatusNotFound, ErrorBody{Error: fmt.Sprintf("subOS %q has exited and its console log went with it (rfm inspect %s says how it ended)", info.Name, info.Name)})
+			return
+		}
 		tail, err1 := uintParam(r, "tail", DefaultLogTail)
 		follow, err2 := boolParam(r, "follow")
 		if err := errors.Join(err1, err2); err != nil {

@@ -80,6 +80,8 @@ var Syscalls = []string{
 	"epoll_create1", "epoll_ctl", "epoll_pwait", "epoll_pwait2", "epoll_wait", "eventfd2", "ppoll", "poll",
 	// Disks.
 	"pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "fallocate", "fsync", "fdatasync",
+	// The console log rotating in place on its descriptor (vmm/consolelog).
+	"ftruncate",
 	// Sockets (control and console; received descriptors).
 	"accept4", "recvmsg", "sendmsg", "recvfrom", "sendto", "getsockopt", "setsockopt", "getsockname",
 	"getpeername", "shutdown",

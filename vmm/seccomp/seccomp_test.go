@@ -2,6 +2,7 @@ package seccomp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"rainforest/vmm/consolelog"
 	"rainforest/vmm/jail"
 )
 
@@ -106,6 +108,14 @@ func TestMain(m *testing.M) {
 // installs the filter, says "ready" and, on a vCPU-like locked thread,
 // makes a forbidden system call (getppid) once stdin has a line.
 func filteredHelper(mode string) int {
+	// The console log is opened before the jail and the filter, as a
+	// VMM's is (it arrives as a descriptor).
+	logFile, err := os.CreateTemp("", "rf-seccomp-log-")
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	os.Remove(logFile.Name())
 	if root, ok := strings.CutPrefix(mode, "jail:"); ok {
 		root, host, _ := strings.Cut(root, ":")
 		if err := jail.Enter(jail.Config{Root: root, UID: 64434, GID: 64434, NoFile: 256, FileSize: 1 << 20, HostMountNS: host}); err != nil {
@@ -115,6 +125,12 @@ func filteredHelper(mode string) int {
 	}
 	if err := Install(); err != nil {
 		fmt.Println("error:", err)
+		return 1
+	}
+	// The console log rotates under the filter (fstat, pread64,
+	// ftruncate, pwrite64).
+	if err := rotateLog(logFile); err != nil {
+		fmt.Println("error: console log under the filter:", err)
 		return 1
 	}
 	// Opening a file fails, and the process lives on.
@@ -133,6 +149,26 @@ func filteredHelper(mode string) int {
 	<-done
 	fmt.Println("survived")
 	return 0
+}
+
+// rotateLog writes four times a minimal cap's worth to a console log on f
+// and checks that it rotated.
+func rotateLog(f *os.File) error {
+	w, err := consolelog.New(f, consolelog.Options{MaxSize: consolelog.MinMaxSize, Rate: 1 << 20, Burst: 1 << 20})
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	line := bytes.Repeat([]byte("0123456789abcde\n"), consolelog.MinMaxSize/16)
+	for range 4 {
+		if _, err := w.Write(line); err != nil {
+			return err
+		}
+	}
+	if st := w.Stats(); st.Rotated == 0 {
+		return fmt.Errorf("never rotated: %+v", st)
+	}
+	return nil
 }
 
 // runFiltered starts the helper, lets check look at it while it is
