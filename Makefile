@@ -16,8 +16,10 @@ all: build
 setup:
 	./scripts/setup.sh
 
+# -buildvcs=auto: rfm version names the commit it was built from, whatever
+# GOFLAGS says (a checkout without git still builds).
 build:
-	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfm ./cmd/rfm
+	CGO_ENABLED=0 $(GO) build -buildvcs=auto -o $(BIN)/rfm ./cmd/rfm
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/rfimage ./cmd/rfimage
 
 install: build
