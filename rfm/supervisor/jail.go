@@ -98,7 +98,12 @@ func (s *Supervisor) vmmLogPath(name string) string {
 // caller closes the files once the VMM has them (closeNamed); undo
 // removes the jail directory.
 func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, undo func(), err error) {
-	undo = func() {}
+	var made []string // what undo removes, newest last
+	undo = func() {
+		for i := len(made) - 1; i >= 0; i-- {
+			os.Remove(made[i])
+		}
+	}
 	named = map[string]*os.File{}
 	defer func() {
 		if err != nil {
@@ -141,6 +146,7 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 	if err := open(config.FileConsoleLog, doc.Console.Path, os.O_CREATE|os.O_RDWR|os.O_APPEND); err != nil {
 		return nil, undo, err
 	}
+	made = append(made, doc.Console.Path)
 	group := peercred.NoGroup
 	if s.cfg.SocketGroup > 0 {
 		group = s.cfg.SocketGroup
@@ -151,7 +157,7 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 		return nil, undo, err
 	}
 	ln.SetUnlinkOnClose(false) // the socket is the VMM's to serve now
-	undo = func() { os.Remove(doc.Console.Socket) }
+	made = append(made, doc.Console.Socket)
 	lf, err := ln.File()
 	ln.Close()
 	if err != nil {
@@ -177,7 +183,7 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
 		return nil, undo, err
 	}
-	undo = func() { os.Remove(doc.Console.Socket); os.Remove(dir) }
+	made = append(made, dir)
 	doc.Jail = &config.Jail{Root: dir, UID: uid, GID: gid, HostMountNS: host}
 	doc.NoSeccomp = s.cfg.Jail.NoSeccomp
 	return named, undo, nil

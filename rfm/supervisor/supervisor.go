@@ -551,6 +551,9 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	args := []string{"vmm", "--control-fd", strconv.Itoa(FirstExtraFD)}
 	logFrom := fileSize(s.vmmLogPath(spec.Name))
+	// A create that fails leaves no log behind (its error carries the
+	// VMM's last words).
+	undo = append(undo, func() { os.Remove(s.vmmLogPath(spec.Name)) })
 	s.at("create:start")
 	proc, err := s.cfg.Launcher.Start(ctx, args, s.vmmLogPath(spec.Name), []*os.File{lnFile}, prepare)
 	if err != nil {

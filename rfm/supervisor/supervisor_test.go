@@ -67,7 +67,9 @@ func TestCreateRollsBack(t *testing.T) {
 	for _, fail := range []string{"hugepages", "cgroup", "launch", "addprocess"} {
 		t.Run(fail, func(t *testing.T) {
 			act, l := &fakeActuator{failOn: fail}, &fakeLauncher{fail: fail == "launch"}
-			s := newTestSupervisor(t, t.TempDir(), act, l)
+			dir := t.TempDir()
+			os.WriteFile(filepath.Join(dir, "kvm"), nil, 0o600) // the fake KVM device
+			s := newTestSupervisor(t, dir, act, l)
 			defer s.Close()
 			if _, err := s.Create(context.Background(), testSpec(t, "a", 1)); err == nil {
 				t.Fatal("create succeeded")
@@ -81,6 +83,10 @@ func TestCreateRollsBack(t *testing.T) {
 			recs, _ := s.store.Records()
 			if len(recs) != 0 {
 				t.Errorf("records left: %v", recs)
+			}
+			// No log, socket or jail directory of the failed subOS.
+			if left, _ := filepath.Glob(filepath.Join(dir, "run", "a*")); len(left) != 0 {
+				t.Errorf("files left: %v", left)
 			}
 		})
 	}
