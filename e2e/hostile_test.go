@@ -100,9 +100,10 @@ grep -iE 'panic|fatal|quarantin|orphan|rollback' /tmp/serve.log | tail -n 40
 `
 
 // floodScript runs after chaosScript in the same session: an attacker
-// subOS floods its serial and virtio consoles, its disk (limited to
-// floodIOPS) and a victim subOS's doorbells, and sends FICM messages to
-// the supervisor as fast as it can, while the script checks that the
+// subOS floods its serial and virtio consoles (first, alone: a nested
+// vCPU shared with the other floods would starve them), then its disk
+// (limited to floodIOPS) and a victim subOS's doorbells while it sends
+// FICM messages to the supervisor as fast as it can; the script checks that the
 // supervisor answers, that the victim answers on its console, and prints
 // what the limits held the attacker to.
 const floodScript = `
@@ -112,7 +113,7 @@ serve
 "$RFM" create victim --cpus 1 --memory 128M --append 'rf.agent=0 rf.cmd="rfcom daemon >/tmp/d.log 2>&1 &"'; echo "RF-STATUS-VICTIM $?"
 vpeer=$("$RFM" inspect victim -o json | sed -n 's/.*"ficm_peer": \([0-9]*\).*/\1/p')
 echo "RF-VICTIM-PEER $vpeer"
-"$RFM" create attacker --cpus 1 --memory 128M --console-log-size FLOOD_LOG --console-rate 1K --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch & timeout 40 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 40 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait\""; echo "RF-STATUS-ATTACKER $?"
+"$RFM" create attacker --cpus 1 --memory 128M --console-log-size FLOOD_LOG --console-rate 1K --disk /tmp/scratch.img,iops=FLOOD_IOPS --append "rf.agent=0 rf.cmd=\"timeout 12 yes RF-FLOOD-SERIAL-0123456789abcdef & timeout 12 sh -c 'yes RF-FLOOD-HVC-0123456789abcdef > /dev/hvc0'; wait; rfcom flood doorbell --peer $vpeer --duration 40s & rfcom flood msg --duration 40s & rfcom diskbench --dev /dev/vda --seconds 8 --write --i-know-it-is-scratch; wait\""; echo "RF-STATUS-ATTACKER $?"
 echo "== flood"
 sleep 10
 ok=0
@@ -136,6 +137,10 @@ echo "RF-LOG-DROPPED $(grep -c 'bytes of console output dropped' /run/rainforest
 echo "RF-ATTACKER-STATE $("$RFM" inspect attacker -o json | sed -n 's/.*"state": "\([a-z]*\)".*/\1/p')"
 "$RFM" inspect attacker -o json | grep -A6 last_exit
 "$RFM" events | grep -iE 'throttl|limit' | tail -n 5
+echo "== attacker-log"
+"$RFM" logs attacker | tail -c 2000
+echo
+echo "== flood-end"
 "$RFM" destroy attacker; "$RFM" destroy victim
 echo "RF-LOGS-LEFT $(ls /run/rainforest/ | grep -c -E '^(attacker|victim)')"
 kill $(cat /tmp/serve.pid)
@@ -274,6 +279,11 @@ func checkChaos(t *testing.T, secs map[string]string, out string) {
 // and destroying both left no file behind.
 func checkFlood(t *testing.T, secs map[string]string, out string) {
 	setup, flood, res := secs["flood-setup"], secs["flood"], secs["flood-results"]
+	defer func() {
+		if t.Failed() {
+			t.Logf("the attacker's console log, its end:\n%s", secs["attacker-log"])
+		}
+	}()
 	if Field(setup, "RF-STATUS-VICTIM") != "0" || Field(setup, "RF-STATUS-ATTACKER") != "0" {
 		t.Fatalf("flood subOSes did not start:\n%s", out)
 	}
@@ -311,7 +321,7 @@ func checkFlood(t *testing.T, secs map[string]string, out string) {
 	if !strings.Contains(res, "RF-FLOOD doorbells=") || !strings.Contains(res, "RF-FLOOD messages=") {
 		t.Errorf("the doorbell and message floods printed no result:\n%s", res)
 	}
-	if got := Field(secs["flood-results"], "RF-LOGS-LEFT"); got != "0" {
+	if got := Field(secs["flood-end"], "RF-LOGS-LEFT"); got != "0" {
 		t.Errorf("%s files of the destroyed subOSes remain in the run directory", got)
 	}
 	t.Logf("flood results:\n%s", res)

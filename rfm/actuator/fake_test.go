@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"rainforest/internal/units"
@@ -445,5 +446,30 @@ func TestGroupLimit(t *testing.T) {
 	}
 	if got := readFile(t, filepath.Join(root, "memory/rainforest/vm1/memory.limit_in_bytes")); got != "134217728" {
 		t.Errorf("memory.limit_in_bytes = %q", got)
+	}
+}
+
+// A group whose killed process is still exiting is empty in cgroup.procs
+// but busy for a moment: RemoveGroup waits for it instead of leaving it.
+func TestRemoveGroupWaitsForExit(t *testing.T) {
+	root := fakeV1(t)
+	a := newFake(t, root)
+	if _, err := a.CreateGroup("vm1", []int{1}, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	busy := 3
+	remove := a.rmdir
+	a.rmdir = func(p string) error {
+		if busy > 0 {
+			busy--
+			return &os.PathError{Op: "remove", Path: p, Err: syscall.EBUSY}
+		}
+		return remove(p)
+	}
+	if err := a.RemoveGroup("vm1"); err != nil || busy != 0 {
+		t.Fatalf("remove: %v (busy answers left %d)", err, busy)
+	}
+	if _, err := a.OpenGroup("vm1"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("group still there: %v", err)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"rainforest/internal/units"
 )
@@ -429,7 +431,7 @@ func (a *Actuator) RemoveGroup(name string) error {
 		if h.v2 && h.has(cpusetController) {
 			a.dropParentExclusive(h, d)
 		}
-		if err := a.rmdir(d); err != nil {
+		if err := a.rmdirSettled(d); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -553,4 +555,23 @@ func (g *Group) Processes() ([]int, error) {
 	}
 	slices.Sort(pids)
 	return pids, nil
+}
+
+// settleTime bounds how long RemoveGroup waits for a group whose
+// processes were just killed to empty.
+const settleTime = 2 * time.Second
+
+// rmdirSettled removes a group directory, retrying while the kernel says
+// it is busy for at most settleTime: a process killed a moment ago has
+// left cgroup.procs but may still be exiting (tearing down a guest's
+// memory), and the group stays populated until it is gone.
+func (a *Actuator) rmdirSettled(dir string) error {
+	deadline := time.Now().Add(settleTime)
+	for {
+		err := a.rmdir(dir)
+		if !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(killPoll)
+	}
 }
