@@ -45,7 +45,7 @@ const kickSignal = unix.SIGURG
 
 // ErrEmulatedKVM means the host's KVM interprets guest kernel code and so
 // cannot boot a Linux kernel.
-var ErrEmulatedKVM = errors.New("this host's /dev/kvm emulates guest kernel code (kvm_pvm, no VT-x/AMD-V): it cannot boot Linux; run inside the nested layer (make e2e) or on a host with hardware virtualization")
+var ErrEmulatedKVM = errors.New("this host's /dev/kvm emulates guest kernel code (kvm_pvm, no VT-x/AMD-V): it cannot boot Linux; use a host with hardware virtualization, or rfm run, which boots its layout inside a nested QEMU layer on such a host")
 
 // ExitReason says why a machine stopped.
 type ExitReason string

@@ -95,3 +95,17 @@ func TestLogTailBounded(t *testing.T) {
 		t.Errorf("empty log: %s", got)
 	}
 }
+
+// A VMM that failed to start is explained by its last error line, not by
+// the informational lines around it.
+func TestVMMLastWords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "a.vmm.log")
+	os.WriteFile(path, []byte("time=x level=INFO msg=start\nrfm: no kernel\ntime=x level=INFO msg=\"console output\" written=0\n"), 0o600)
+	if got, want := vmmLastWords(path), `"rfm: no kernel"`; got != want {
+		t.Errorf("vmmLastWords = %s, want %s", got, want)
+	}
+	os.WriteFile(path, []byte("a\nb\nc\nd\n"), 0o600)
+	if got, want := vmmLastWords(path), `"b" | "c" | "d"`; got != want {
+		t.Errorf("without an error line: %s, want %s", got, want)
+	}
+}

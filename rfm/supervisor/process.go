@@ -2,9 +2,11 @@ package supervisor
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -113,7 +115,7 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, 
 	if _, err := goWr.Write([]byte("go\n")); err != nil {
 		_ = cmd.Process.Kill()
 		<-p.done
-		return nil, fmt.Errorf("VMM exited before starting: %s", logTail(logPath, 3))
+		return nil, fmt.Errorf("VMM exited before starting: %s", vmmLastWords(logPath))
 	}
 	ready := make(chan error, 1)
 	go func() { // ends when the pipe yields a line or EOF (the VMM exited)
@@ -122,7 +124,11 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, 
 			ready <- nil
 			return
 		}
-		ready <- fmt.Errorf("VMM exited before running (%v)", err)
+		if err == nil || errors.Is(err, io.EOF) {
+			ready <- errors.New("VMM exited before running")
+			return
+		}
+		ready <- fmt.Errorf("VMM exited before running: %w", err)
 	}()
 	select {
 	case err = <-ready:
@@ -132,7 +138,7 @@ func (l ExecLauncher) Start(ctx context.Context, argv []string, logPath string, 
 	if err != nil {
 		_ = cmd.Process.Kill()
 		<-p.done
-		return nil, fmt.Errorf("%w: %s", err, logTail(logPath, 3))
+		return nil, fmt.Errorf("%w: %s", err, vmmLastWords(logPath))
 	}
 	return p, nil
 }
@@ -286,6 +292,23 @@ func logTail(path string, n int) string {
 		q[i] = untrusted.Quote(l, logLineBytes)
 	}
 	return strings.Join(q, " | ")
+}
+
+// vmmLastWords says why a VMM that failed to start ended: its last error
+// line ("rfm: ..."), quoted and bounded, when its log has one among its
+// last lines, else those lines.
+func vmmLastWords(path string) string {
+	b, err := untrusted.ReadTail(path, logTailBytes)
+	if err != nil {
+		return "(no log)"
+	}
+	lines := untrusted.LastLines(b, 20)
+	for i := len(lines) - 1; i >= 0; i-- {
+		if bytes.HasPrefix(lines[i], []byte("rfm: ")) {
+			return untrusted.Quote(lines[i], 2*logLineBytes)
+		}
+	}
+	return logTail(path, 3)
 }
 
 // exitDetail is the audit detail of a VMM that exited on its own: its
