@@ -153,7 +153,9 @@ func detect(root string) ([]hierarchy, string, error) {
 		case haveUnified && slices.Contains(unifiedCtrls, memoryController):
 			hier = append(hier, hierarchy{root: unified, v2: true, controllers: []string{memoryController}})
 		}
-		if v1Pids := filepath.Join(root, pidsController); exists(filepath.Join(v1Pids, "pids.max")) && !sameDir(v1Pids, v1Cpuset) && !sameDir(v1Pids, v1Memory) {
+		// The root of a v1 pids hierarchy has no pids.max (only its
+		// children do): it is found by its cgroup.procs.
+		if v1Pids := filepath.Join(root, pidsController); exists(filepath.Join(v1Pids, "cgroup.procs")) && !sameDir(v1Pids, v1Cpuset) && !sameDir(v1Pids, v1Memory) {
 			hier = append(hier, hierarchy{root: v1Pids, controllers: []string{pidsController}})
 		}
 		return hier, "v1", nil

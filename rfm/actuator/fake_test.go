@@ -415,8 +415,8 @@ func TestLists(t *testing.T) {
 	}
 }
 
-// Limit writes memory.max and pids.max on v2, memory.limit_in_bytes on
-// v1 (whose fake has no pids hierarchy: skipped).
+// Limit writes memory.max and pids.max on v2, memory.limit_in_bytes and
+// (where a pids hierarchy is mounted) pids.max on v1.
 func TestGroupLimit(t *testing.T) {
 	root := fakeV2(t)
 	a := newFake(t, root)
@@ -446,6 +446,21 @@ func TestGroupLimit(t *testing.T) {
 	}
 	if got := readFile(t, filepath.Join(root, "memory/rainforest/vm1/memory.limit_in_bytes")); got != "134217728" {
 		t.Errorf("memory.limit_in_bytes = %q", got)
+	}
+
+	// v1 with a pids hierarchy, whose root has no pids.max.
+	root = fakeV1(t)
+	writeFiles(t, root, map[string]string{"pids/cgroup.procs": "1\n"})
+	a = newFake(t, root)
+	if g, err = a.CreateGroup("vm1", []int{1}, []int{0}); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, root, map[string]string{"memory/rainforest/vm1/memory.limit_in_bytes": "9223372036854771712", "pids/rainforest/vm1/pids.max": "max"})
+	if err := g.Limit(128<<20, 300); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFile(t, filepath.Join(root, "pids/rainforest/vm1/pids.max")); got != "300" {
+		t.Errorf("v1 pids.max = %q", got)
 	}
 }
 
