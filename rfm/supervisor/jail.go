@@ -158,6 +158,23 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 		return nil, undo, fmt.Errorf("console socket: %w", err)
 	}
 	named[config.FileConsoleSocket] = lf
+	if v := doc.Vsock; v != nil {
+		// The vsock device's host socket, as the console's: the jailed
+		// VMM has no path to create it at.
+		vln, err := peercred.ListenUnix(v.Socket, 0o600, peercred.NoGroup)
+		if err != nil {
+			return nil, undo, fmt.Errorf("vsock socket: %w", err)
+		}
+		vln.SetUnlinkOnClose(false) // the VMM's to serve now
+		consoleUndo := undo
+		undo = func() { consoleUndo(); os.Remove(v.Socket) }
+		vf, err := vln.File()
+		vln.Close()
+		if err != nil {
+			return nil, undo, fmt.Errorf("vsock socket: %w", err)
+		}
+		named[config.FileVsockSocket] = vf
+	}
 	_, doc.Files = vmmctl.LaunchFiles(nil, named)
 	if s.cfg.Jail.Disabled {
 		return named, undo, nil
@@ -177,7 +194,8 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 	if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
 		return nil, undo, err
 	}
-	undo = func() { os.Remove(doc.Console.Socket); os.Remove(dir) }
+	sockets := undo
+	undo = func() { sockets(); os.Remove(dir) }
 	doc.Jail = &config.Jail{Root: dir, UID: uid, GID: gid, HostMountNS: host}
 	doc.NoSeccomp = s.cfg.Jail.NoSeccomp
 	return named, undo, nil

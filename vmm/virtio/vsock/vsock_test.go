@@ -201,7 +201,7 @@ func TestMalformed(t *testing.T) {
 		{"op zero", mod(func(h *vsock.Header) { h.Op = 0 }), nil, false},
 		{"payload on request", mod(func(h *vsock.Header) {}), []byte("x"), false},
 		{"length past chain", mod(func(h *vsock.Header) { h.Op, h.Len = vsock.OpRW, 100 }), []byte("short"), true},
-		{"length past max", mod(func(h *vsock.Header) { h.Op, h.Len = vsock.OpRW, vsock.MaxPacket + 1 }), make([]byte, vsock.MaxPacket+1), true},
+		{"length past max", mod(func(h *vsock.Header) { h.Op, h.Len = vsock.OpRW, vsock.MaxPacket+1 }), make([]byte, vsock.MaxPacket+1), true},
 		{"flags on request", mod(func(h *vsock.Header) { h.Flags = 1 }), nil, false},
 		{"shutdown without flags", mod(func(h *vsock.Header) { h.Op = vsock.OpShutdown }), nil, false},
 		{"shutdown unknown flags", mod(func(h *vsock.Header) { h.Op, h.Flags = vsock.OpShutdown, 4 }), nil, false},
