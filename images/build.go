@@ -99,6 +99,8 @@ func DefaultModules() []string {
 	return []string{
 		"virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
 		"virtio_pci", "virtio_blk", "virtio_console", "uio", "uio_pci_generic",
+		// virtio-vsock, the agent's channel to the supervisor.
+		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 	}
 }
 

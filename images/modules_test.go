@@ -3,6 +3,7 @@ package images
 import (
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -106,5 +107,34 @@ func TestModuleName(t *testing.T) {
 		if got := ModuleName(in); got != want {
 			t.Errorf("ModuleName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// The vsock modules of DefaultModules resolve, in load order, against
+// the Debian cloud kernel's dependencies (its modules.dep lines).
+func TestDefaultModulesVsock(t *testing.T) {
+	const dep = fixtureModulesDep + `kernel/net/vmw_vsock/vsock.ko:
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko: kernel/net/vmw_vsock/vsock.ko
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/drivers/virtio/virtio.ko kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/drivers/virtio/virtio_ring.ko kernel/net/vmw_vsock/vsock.ko
+`
+	ix, err := ParseModulesDep(strings.NewReader(dep))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string // as Build: the modules the kernel has
+	for _, m := range DefaultModules() {
+		if ix.Has(m) {
+			want = append(want, m)
+		}
+	}
+	mods, err := ix.Resolve(want...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := names(mods)
+	at := func(m string) int { return slices.Index(got, m) }
+	if at("vsock") < 0 || at("vsock") > at("vmw_vsock_virtio_transport_common") ||
+		at("vmw_vsock_virtio_transport_common") > at("vmw_vsock_virtio_transport") || at("virtio") > at("vmw_vsock_virtio_transport") {
+		t.Errorf("load order %v", got)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
 	virtioconsole "rainforest/vmm/virtio/console"
+	"rainforest/vmm/virtio/vsock"
 )
 
 // LinuxConfig is a subOS booting a Linux kernel.
@@ -69,6 +70,16 @@ type LinuxConfig struct {
 	// SharedMemory lists shared-memory PCI functions to add (regions the
 	// supervisor made this subOS a member of).
 	SharedMemory []shmemdev.Config
+	// Vsock, when set, gives the guest a virtio-vsock device whose host
+	// side is the Unix socket Vsock.Socket (see vmm/virtio/vsock).
+	Vsock *config.Vsock
+	// VsockListener, when set, is served instead of creating
+	// Vsock.Socket (made by the supervisor of a jailed VMM); the machine
+	// takes charge of it.
+	VsockListener *net.UnixListener
+	// VsockNoDial refuses the guest's connections to the host (a jailed
+	// VMM reaches no paths): they get RST.
+	VsockNoDial bool
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -350,7 +361,36 @@ func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
 			return err
 		}
 	}
+	if cfg.Vsock != nil {
+		if err := m.addVsock(cfg); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// addVsock plugs the virtio-vsock function, serving cfg.VsockListener or
+// a listener it creates at cfg.Vsock.Socket.
+func (m *Machine) addVsock(cfg *LinuxConfig) error {
+	ln := cfg.VsockListener
+	cfg.VsockListener = nil // the device's now
+	if ln == nil {
+		var err error
+		ln, err = peercred.ListenUnix(cfg.Vsock.Socket, 0o600, peercred.NoGroup)
+		if err != nil {
+			return fmt.Errorf("vsock: cannot listen on %s (remove a stale socket there, or choose another path): %w", cfg.Vsock.Socket, err)
+		}
+	}
+	opts := vsock.Options{CID: cfg.Vsock.CID, Listener: ln, Logger: m.log}
+	if !cfg.VsockNoDial {
+		opts.Dial = vsock.DialUnix(cfg.Vsock.Socket)
+	}
+	dev, err := vsock.New(opts)
+	if err != nil {
+		return fmt.Errorf("vsock: cid %d: %w", cfg.Vsock.CID, err)
+	}
+	_, err = m.AddVirtio("vsock", dev, dev)
+	return err
 }
 
 // AddDisk opens d's backing and plugs it as a virtio-blk device under d.ID

@@ -164,6 +164,22 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 		return nil, undo, fmt.Errorf("console socket: %w", err)
 	}
 	named[config.FileConsoleSocket] = lf
+	if v := doc.Vsock; v != nil {
+		// The vsock device's host socket, as the console's: the jailed
+		// VMM has no path to create it at.
+		vln, err := peercred.ListenUnix(v.Socket, 0o600, peercred.NoGroup)
+		if err != nil {
+			return nil, undo, fmt.Errorf("vsock socket: %w", err)
+		}
+		vln.SetUnlinkOnClose(false) // the VMM's to serve now
+		made = append(made, v.Socket)
+		vf, err := vln.File()
+		vln.Close()
+		if err != nil {
+			return nil, undo, fmt.Errorf("vsock socket: %w", err)
+		}
+		named[config.FileVsockSocket] = vf
+	}
 	_, doc.Files = vmmctl.LaunchFiles(nil, named)
 	if s.cfg.Jail.Disabled {
 		return named, undo, nil

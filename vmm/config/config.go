@@ -70,6 +70,8 @@ type Document struct {
 	Disks      []Disk   `json:"disks,omitempty"`
 	Console    Console  `json:"console"`
 	Regions    []Region `json:"regions,omitempty"`
+	// Vsock, when set, gives the guest a virtio-vsock device.
+	Vsock *Vsock `json:"vsock,omitempty"`
 	// LogLevel is the VMM's log level: debug, info, warn (default), error.
 	LogLevel string `json:"log_level,omitempty"`
 	// AllowEmulatedKVM boots even where KVM emulates guest kernel code.
@@ -106,6 +108,7 @@ const (
 	FileInitrd        = "initrd"         // the initrd, readable
 	FileConsoleSocket = "console_socket" // a listening Unix stream socket
 	FileConsoleLog    = "console_log"    // the console output file, writable
+	FileVsockSocket   = "vsock_socket"   // a listening Unix stream socket for vsock
 	// FileDiskPrefix + a disk's ID: its backing, opened as the disk asks.
 	FileDiskPrefix = "disk/"
 )
@@ -145,6 +148,25 @@ const (
 	maxBurstRatio = 3600 // a burst is at most an hour's worth
 )
 
+// Vsock is a guest's virtio-vsock device and its host side, as in
+// Firecracker: host processes connect to the Unix socket Socket and write
+// "CONNECT <port>\n" to reach guest port port; a guest connecting to the
+// host (CID 2) port P reaches the Unix socket "<Socket>_<P>" (not under
+// the jail, which has no paths: there the guest gets RST).
+type Vsock struct {
+	// CID is the guest's context ID: MinVsockCID..MaxVsockCID.
+	CID uint64 `json:"cid"`
+	// Socket is the host-side Unix socket's absolute path.
+	Socket string `json:"socket"`
+}
+
+// Bounds of a guest's CID (0-2 are reserved; the host is 2; 2^32-1 is
+// VMADDR_CID_ANY).
+const (
+	MinVsockCID = 3
+	MaxVsockCID = 1<<32 - 2
+)
+
 // Console modes.
 const (
 	ConsoleStdio = "stdio"
@@ -173,6 +195,10 @@ type Console struct {
 	// besides root and the VMM's controller (the supervisor's API group).
 	Group int `json:"group,omitempty"`
 }
+
+// maxVsockSocket bounds Vsock.Socket: sun_path holds 107 bytes and a
+// guest port adds up to 11 ("_4294967295").
+const maxVsockSocket = 107 - 11
 
 // MaxConsoleLog bounds Console.LogSize and Console.LogRate.
 const MaxConsoleLog = 256 << 20
@@ -353,6 +379,17 @@ func (d *Document) Validate() error {
 	if r := d.Console.LogRate; r > MaxConsoleLog {
 		return bad("console.log_rate", "console: log_rate %d: at most %d bytes a second", r, MaxConsoleLog)
 	}
+	if v := d.Vsock; v != nil {
+		if v.CID < MinVsockCID || v.CID > MaxVsockCID {
+			return bad("vsock.cid", "vsock: cid %d: a guest CID, %d to %d", v.CID, MinVsockCID, uint64(MaxVsockCID))
+		}
+		if !strings.HasPrefix(v.Socket, "/") {
+			return bad("vsock.socket", "vsock: socket %q is not an absolute path", v.Socket)
+		}
+		if len(v.Socket) > maxVsockSocket {
+			return bad("vsock.socket", "vsock: socket path of %d bytes, at most %d (a Unix socket path, with room for \"_<port>\")", len(v.Socket), maxVsockSocket)
+		}
+	}
 	ids := map[string]bool{}
 	for i, disk := range d.WithDiskIDs() {
 		if err := disk.Check(); err != nil {
@@ -401,6 +438,8 @@ func (d *Document) validateFiles(diskIDs map[string]bool) error {
 			known = true
 		case FileInitrd:
 			known = d.Initrd != ""
+		case FileVsockSocket:
+			known = d.Vsock != nil
 		default:
 			id, ok := strings.CutPrefix(name, FileDiskPrefix)
 			known = ok && diskIDs[id]

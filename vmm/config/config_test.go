@@ -217,3 +217,41 @@ func TestJailIdentity(t *testing.T) {
 		}
 	}
 }
+
+func TestVsock(t *testing.T) {
+	with := func(v string) string {
+		return strings.Replace(good, `"version": 1,`, `"version": 1, "vsock": `+v+`,`, 1)
+	}
+	d, err := Decode(strings.NewReader(with(`{"cid": 3, "socket": "/run/web.vsock"}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Vsock == nil || d.Vsock.CID != 3 || d.Vsock.Socket != "/run/web.vsock" {
+		t.Fatalf("vsock %+v", d.Vsock)
+	}
+	if _, err := Decode(strings.NewReader(with(`{"cid": 4294967294, "socket": "/v"}`))); err != nil {
+		t.Fatalf("largest CID: %v", err)
+	}
+	for _, c := range []struct{ v, field, want string }{
+		{`{"cid": 2, "socket": "/v"}`, "vsock.cid", "cid 2: a guest CID, 3 to 4294967294"},
+		{`{"cid": 4294967295, "socket": "/v"}`, "vsock.cid", "cid 4294967295"},
+		{`{"cid": 3, "socket": "run/v"}`, "vsock.socket", `socket "run/v" is not an absolute path`},
+		{`{"cid": 3}`, "vsock.socket", `socket "" is not an absolute path`},
+		{`{"cid": 3, "socket": "/` + strings.Repeat("v", 100) + `"}`, "vsock.socket", "socket path of 101 bytes"},
+	} {
+		_, err := Decode(strings.NewReader(with(c.v)))
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("vsock %s: %v, want %s: %q", c.v, err, c.field, c.want)
+		}
+	}
+	// Its listener may come as a descriptor, only with a vsock section.
+	files := strings.Replace(with(`{"cid": 3, "socket": "/v"}`), `"version": 1,`, `"version": 1, "files": {"vsock_socket": 0},`, 1)
+	if _, err := Decode(strings.NewReader(files)); err != nil {
+		t.Fatalf("vsock_socket: %v", err)
+	}
+	files = strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"vsock_socket": 0},`, 1)
+	if _, err := Decode(strings.NewReader(files)); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "vsock_socket"`) {
+		t.Fatalf("vsock_socket without vsock: %v", err)
+	}
+}

@@ -171,6 +171,11 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, Profile: profile, Logger: log, SysRoot: o.SysRoot},
 		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
+		Vsock: doc.Vsock,
+		// A jailed VMM has no host paths to dial: guest-initiated vsock
+		// connections get RST (host-initiated ones come through the
+		// listener it is given).
+		VsockNoDial: doc.Jail != nil,
 	}
 	// take hands a named file over (to the machine or to the closer).
 	take := func(name string) *os.File {
@@ -200,6 +205,9 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		if cfg.ConsoleListener != nil {
 			cfg.ConsoleListener.Close()
 		}
+		if cfg.VsockListener != nil {
+			cfg.VsockListener.Close()
+		}
 		if cfg.KVMFile != nil {
 			cfg.KVMFile.Close()
 		}
@@ -221,6 +229,14 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		}
 		ul.SetUnlinkOnClose(false) // the supervisor's path
 		cfg.ConsoleListener, cfg.ConsoleSocket = ul, ""
+	}
+	if f := take(config.FileVsockSocket); f != nil {
+		ul, err := unixListener(f)
+		if err != nil {
+			return fail(fmt.Errorf("vsock socket: %w", err))
+		}
+		ul.SetUnlinkOnClose(false) // the supervisor's path
+		cfg.VsockListener = ul
 	}
 	cfg.ConsoleAllow = consoleAllow(doc.Console, o)
 	var logFile *os.File
@@ -255,6 +271,22 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		}
 	}
 	return cfg, closer, nil
+}
+
+// unixListener turns a listening socket's descriptor into a listener
+// (f is closed).
+func unixListener(f *os.File) (*net.UnixListener, error) {
+	ln, err := net.FileListener(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	ul, ok := ln.(*net.UnixListener)
+	if !ok {
+		ln.Close()
+		return nil, errors.New("not a Unix socket listener")
+	}
+	return ul, nil
 }
 
 // consoleAllow is who may attach to the console socket: root, the VMM's

@@ -161,3 +161,39 @@ func TestJailLimits(t *testing.T) {
 		t.Errorf("large writable disk: FSIZE %d, want %d", got, base*2)
 	}
 }
+
+// The vsock section reaches the machine; a jailed VMM gets its listener
+// as a descriptor and dials no host paths.
+func TestLinuxConfigVsock(t *testing.T) {
+	var out bytes.Buffer
+	sock := filepath.Join(t.TempDir(), "v.sock")
+	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{2}, Memory: 64 << 20,
+		Vsock: &config.Vsock{CID: 3, Socket: sock}}
+	cfg, done, err := linuxConfig(doc, Options{Stdout: &out}, Logger(doc, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if cfg.Vsock == nil || cfg.Vsock.CID != 3 || cfg.VsockListener != nil || cfg.VsockNoDial {
+		t.Fatalf("vsock %+v, listener %v, no dial %v", cfg.Vsock, cfg.VsockListener, cfg.VsockNoDial)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.File()
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc.Jail = &config.Jail{Root: "/j", UID: 1, GID: 1}
+	cfg, done, err = linuxConfig(doc, Options{Stdout: &out, Named: map[string]*os.File{config.FileVsockSocket: f}}, Logger(doc, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if cfg.VsockListener == nil || !cfg.VsockNoDial {
+		t.Fatalf("jailed: listener %v, no dial %v", cfg.VsockListener, cfg.VsockNoDial)
+	}
+	cfg.VsockListener.Close()
+}
