@@ -50,6 +50,12 @@ type Request struct {
 	Memory   uint64   // bytes, multiple of PageSize
 	PageSize uint64   // 2<<20 or 1<<30
 	Devices  []string // PCI addresses to pass through (whole IOMMU groups)
+	Class    Class    // Batch or LatencyCritical; "" means Batch
+
+	// anyNode lets Node be a node none of Cores is on: an adopted
+	// allocation's cores may have moved off its memory node by resizes
+	// and loans.
+	anyNode bool
 }
 
 // Allocation is what a subOS owns.
@@ -61,11 +67,24 @@ type Allocation struct {
 	PageSize uint64   `json:"page_size"`
 	Pages    uint64   `json:"pages"`   // Memory / PageSize
 	Devices  []string `json:"devices"` // sorted PCI addresses, whole IOMMU groups
+	// Class is Batch or LatencyCritical; a record written before classes
+	// existed has none, which Reserve and Adopt read as Batch.
+	Class Class `json:"class,omitempty"`
+	// Borrowed lists the loans this subOS holds, most recent last. Cores,
+	// Memory and Pages above include what they lend it; OwnedCores and
+	// OwnedPages leave it out.
+	Borrowed []Loan `json:"borrowed,omitempty"`
+	// Lent lists the loans this subOS has made, as Get and Allocations
+	// report them. It is a view of the borrowers' Borrowed: Adopt ignores
+	// it, and a subOS's Cores and Memory do not include what it lent.
+	Lent []Loan `json:"lent,omitempty"`
 }
 
 func (a Allocation) clone() Allocation {
 	a.Cores = slices.Clone(a.Cores)
 	a.Devices = slices.Clone(a.Devices)
+	a.Borrowed = cloneLoans(a.Borrowed)
+	a.Lent = cloneLoans(a.Lent)
 	return a
 }
 
@@ -127,11 +146,12 @@ type Ledger struct {
 	housekeeping []int            // sorted
 
 	// Mutable state.
-	capacity    map[poolKey]uint64 // pages
-	used        map[poolKey]uint64 // pages
-	owner       map[int]string     // cpu -> owner; absent = free
-	deviceOwner map[string]string  // address -> owner; absent = free
-	allocs      map[string]Allocation
+	capacity    map[poolKey]uint64    // pages
+	used        map[poolKey]uint64    // pages
+	owner       map[int]string        // cpu -> owner; absent = free
+	deviceOwner map[string]string     // address -> owner; absent = free
+	allocs      map[string]Allocation // Lent is never set here; see lentBy
+	nextLoan    uint64                // the highest loan ID handed out or adopted
 }
 
 // New returns a ledger dividing inv. The housekeeping cores are owned by
@@ -310,8 +330,10 @@ func (l *Ledger) Reserve(req Request) (Allocation, error) {
 
 // Adopt records an allocation that already exists, e.g. of a subOS that
 // kept running while the supervisor restarted. It is validated like an
-// explicit Reserve (cores, node, memory, page size, devices), and Pages
-// must equal Memory/PageSize. Devices are recorded as whole IOMMU groups.
+// explicit Reserve (cores, node, memory, page size, devices; but the
+// memory node need not be a node of the cores, which resizes and loans can
+// move), and Pages must equal Memory/PageSize; its Borrowed loans must be
+// consistent with it, their lenders need not exist (yet). Devices are recorded as whole IOMMU groups.
 func (l *Ledger) Adopt(a Allocation) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -325,7 +347,8 @@ func (l *Ledger) Adopt(a Allocation) error {
 	if supportedPageSize(a.PageSize) && a.Pages != a.Memory/a.PageSize {
 		pre.add(ErrInvalid, "pages", fmt.Sprintf("%d pages of %s is not %d bytes", a.Pages, sizeName(a.PageSize), a.Memory))
 	}
-	req := Request{Name: a.Name, Cores: a.Cores, Node: a.Node, Memory: a.Memory, PageSize: a.PageSize, Devices: a.Devices}
+	l.checkBorrowed(a, &pre)
+	req := Request{Name: a.Name, Cores: a.Cores, Node: a.Node, Memory: a.Memory, PageSize: a.PageSize, Devices: a.Devices, Class: a.Class, anyNode: true}
 	if a.Node < 0 {
 		req.Node = -1 // reported above; do not report it twice
 	}
@@ -333,6 +356,10 @@ func (l *Ledger) Adopt(a Allocation) error {
 	probs = append(pre, probs...)
 	if len(probs) > 0 {
 		return probs.err("adopt", a.Name)
+	}
+	planned.Borrowed = cloneLoans(a.Borrowed)
+	for _, ln := range planned.Borrowed {
+		l.nextLoan = max(l.nextLoan, ln.ID)
 	}
 	l.commit(planned)
 	return nil
@@ -349,7 +376,10 @@ func (l *Ledger) commit(a Allocation) {
 	l.allocs[a.Name] = a.clone()
 }
 
-// Release frees everything name owns and returns what it owned.
+// Release frees everything name owns and returns its allocation as it was.
+// Its loans are unwound first, as Unwind does: what it borrowed goes back
+// to the lenders, what it lent becomes the borrowers' own. A caller that
+// must apply those moves calls Unwind before Release.
 func (l *Ledger) Release(name string) (Allocation, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -357,6 +387,9 @@ func (l *Ledger) Release(name string) (Allocation, error) {
 	if !ok {
 		return Allocation{}, fmt.Errorf("ledger: release %q: %w", name, ErrNotFound)
 	}
+	released := a.clone()
+	l.unwind(name, &Change{Op: "release"})
+	a = l.allocs[name]
 	for _, c := range a.Cores {
 		delete(l.owner, c)
 	}
@@ -369,22 +402,22 @@ func (l *Ledger) Release(name string) (Allocation, error) {
 		delete(l.used, k)
 	}
 	delete(l.allocs, name)
-	return a.clone(), nil
+	return released, nil
 }
 
-// Allocations returns every allocation, sorted by name.
+// Allocations returns every allocation, sorted by name, with Lent filled in.
 func (l *Ledger) Allocations() []Allocation {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	out := make([]Allocation, 0, len(l.allocs))
 	for _, a := range l.allocs {
-		out = append(out, a.clone())
+		out = append(out, l.view(a))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
-// Get returns name's allocation.
+// Get returns name's allocation, with Lent filled in.
 func (l *Ledger) Get(name string) (Allocation, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -392,7 +425,7 @@ func (l *Ledger) Get(name string) (Allocation, bool) {
 	if !ok {
 		return Allocation{}, false
 	}
-	return a.clone(), true
+	return l.view(a), true
 }
 
 // Owner returns the owner of cpu: "" when free (or unknown), Supervisor for
@@ -493,6 +526,7 @@ func (l *Ledger) Verify() error {
 		}
 		used[poolKey{a.Node, a.PageSize}] += a.Pages
 	}
+	errs = append(errs, l.verifyLoans()...)
 	for c, o := range l.owner {
 		switch {
 		case o == "":

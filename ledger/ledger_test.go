@@ -207,7 +207,7 @@ func TestNewCopiesInventory(t *testing.T) {
 func TestReserveRelease(t *testing.T) {
 	l := newTestLedger(t)
 	a := mustReserve(t, l, Request{Name: "web", CPUs: 2, Node: -1, Memory: 64 * mib, PageSize: 2 * mib, Devices: []string{"0000:02:00.0"}})
-	want := Allocation{Name: "web", Cores: []int{2, 3}, Node: 1, Memory: 64 * mib, PageSize: 2 * mib, Pages: 32, Devices: []string{"0000:02:00.0"}}
+	want := Allocation{Name: "web", Cores: []int{2, 3}, Node: 1, Memory: 64 * mib, PageSize: 2 * mib, Pages: 32, Devices: []string{"0000:02:00.0"}, Class: Batch}
 	if !reflect.DeepEqual(a, want) {
 		t.Fatalf("Reserve = %+v, want %+v", a, want)
 	}

@@ -133,6 +133,15 @@ func (l *Ledger) plan(req Request) (Allocation, problems) {
 
 	devices := l.planDevices(req.Devices, &ps)
 
+	class := req.Class
+	switch class {
+	case "":
+		class = Batch
+	case Batch, LatencyCritical:
+	default:
+		ps.add(ErrInvalid, "class", fmt.Sprintf("unknown class %q: want %q or %q", class, LatencyCritical, Batch))
+	}
+
 	if len(ps) > 0 {
 		return Allocation{}, ps
 	}
@@ -144,6 +153,7 @@ func (l *Ledger) plan(req Request) (Allocation, problems) {
 		PageSize: req.PageSize,
 		Pages:    pages,
 		Devices:  devices,
+		Class:    class,
 	}, nil
 }
 
@@ -183,7 +193,7 @@ func (l *Ledger) planExplicitCores(req Request, nodeOK bool, ps *problems) ([]in
 		if !nodeOK {
 			return cores, -1
 		}
-		if perNode[req.Node] == 0 {
+		if perNode[req.Node] == 0 && !req.anyNode {
 			nodes := make([]string, 0, len(perNode))
 			for _, n := range sortedKeys(perNode) {
 				nodes = append(nodes, fmt.Sprint(n))

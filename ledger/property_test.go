@@ -63,6 +63,7 @@ type propertyRun struct {
 	l        *Ledger
 	released []Allocation // for re-adoption
 	names    []string
+	done     map[string][2]int // elastic op -> successes, refusals
 }
 
 func (p *propertyRun) randomName() string {
@@ -89,6 +90,14 @@ func (p *propertyRun) randomPageSize() uint64 {
 
 func (p *propertyRun) randomRequest() Request {
 	r := Request{Name: p.randomName(), Node: -1, PageSize: p.randomPageSize()}
+	switch p.rng.IntN(12) {
+	case 0, 1, 2, 3:
+		r.Class = LatencyCritical
+	case 4, 5:
+		r.Class = Batch
+	case 6:
+		r.Class = "best-effort" // refused
+	}
 	switch p.rng.IntN(3) {
 	case 0: // explicit cores, mostly free ones
 		free := p.l.FreeCores()
@@ -217,7 +226,9 @@ func (p *propertyRun) reserve(step int) {
 		}
 	}
 	for name, old := range before.allocs {
-		if got, _ := p.l.Get(name); !reflect.DeepEqual(got, old) {
+		got, _ := p.l.Get(name)
+		got.Lent = nil // a view, not recorded
+		if !reflect.DeepEqual(got, old) {
 			t.Fatalf("step %d: Reserve changed %q: %+v -> %+v", step, name, old, got)
 		}
 	}
@@ -241,6 +252,23 @@ func (p *propertyRun) release(step int) {
 	}
 	if err != nil || !reflect.DeepEqual(a, old) {
 		p.t.Fatalf("step %d: Release(%q) = %+v, %v, want %+v", step, name, a, err, old)
+	}
+	// What it borrowed went back to its lenders, not to the free pool.
+	for _, ln := range old.Borrowed {
+		if _, ok := before.allocs[ln.Lender]; !ok {
+			continue
+		}
+		for _, c := range ln.Cores {
+			if o := p.l.Owner(c); o != ln.Lender {
+				p.t.Fatalf("step %d: Release(%q): borrowed cpu %d went to %q, not its lender %q", step, name, c, o, ln.Lender)
+			}
+		}
+	}
+	// What it lent stays with the borrowers, now their own.
+	for _, ln := range p.l.Loans() {
+		if ln.Lender == name {
+			p.t.Fatalf("step %d: Release(%q) left loan %+v", step, name, ln)
+		}
 	}
 	p.released = append(p.released, a)
 }
@@ -325,6 +353,14 @@ func (p *propertyRun) restart(step int) {
 
 func TestPropertyRandomOperations(t *testing.T) {
 	const steps = 2000
+	total := map[string][2]int{} // elastic op -> successes, refusals over all seeds
+	defer func() {
+		for _, op := range []string{"resize-cpus", "resize-memory", "lend", "preempt", "return", "set-class"} {
+			if n := total[op]; n[0] < 20 || n[1] < 20 {
+				t.Errorf("degenerate run: %s succeeded %d times, was refused %d times", op, n[0], n[1])
+			}
+		}
+	}()
 	for seed := range uint64(8) {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(seed, 0x5eed))
@@ -342,7 +378,7 @@ func TestPropertyRandomOperations(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := &propertyRun{t: t, rng: rng, inv: inv, l: l, hk: l.Housekeeping(),
-				names: []string{"a", "b", "c", "web", "db-1", "x9", "cache", "zz"}}
+				names: []string{"a", "b", "c", "web", "db-1", "x9", "cache", "zz"}, done: map[string][2]int{}}
 			var ok, refused int
 			for step := range steps {
 				switch k := rng.IntN(100); {
@@ -354,21 +390,36 @@ func TestPropertyRandomOperations(t *testing.T) {
 					} else {
 						refused++
 					}
-				case k < 72:
+				case k < 60:
 					p.release(step)
-				case k < 88:
+				case k < 68:
 					p.adopt(step)
-				case k < 95:
+				case k < 72:
 					p.setCapacity(step)
-				default:
+				case k < 75:
 					p.restart(step)
+				case k < 80:
+					p.resizeCPUs(step)
+				case k < 84:
+					p.resizeMemory(step)
+				case k < 89:
+					p.lend(step)
+				case k < 93:
+					p.preempt(step)
+				case k < 98:
+					p.giveBack(step)
+				default:
+					p.setClass(step)
 				}
 				p.checkPublic(step)
 			}
 			if ok < 25 || refused < 100 {
 				t.Errorf("degenerate run: %d reserved, %d refused", ok, refused)
 			}
-			t.Logf("%d cpus, %d nodes: %d reserved, %d refused", len(inv.CPUs), len(inv.Nodes), ok, refused)
+			for op, n := range p.done {
+				total[op] = [2]int{total[op][0] + n[0], total[op][1] + n[1]}
+			}
+			t.Logf("%d cpus, %d nodes: %d reserved, %d refused; elastic ops (ok, refused): %v", len(inv.CPUs), len(inv.Nodes), ok, refused, p.done)
 		})
 	}
 }
