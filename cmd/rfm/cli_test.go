@@ -370,6 +370,11 @@ func TestCLI(t *testing.T) {
 		{name: "events json", args: []string{"events", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/events", status: 200}},
 		{name: "events none", args: []string{"events", "--since", "5", "-o", "json"}, status: 0, stdout: "[]\n"},
 
+		{name: "version", args: []string{"version"}, status: 0, stdout: "Server:\n Version:"},
+		{name: "version json", args: []string{"version", "-o", "json"}, status: 0, stdout: `"client":`},
+		{name: "info", args: []string{"info"}, status: 0, stdout: "Cores:"},
+		{name: "info json", args: []string{"info", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/inventory", status: 200}},
+
 		{name: "board", args: []string{"board"}, status: 0, stdout: "web"},
 		{name: "board json", args: []string{"board", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/board", status: 200}},
 
@@ -506,9 +511,24 @@ func TestCLIDaemonErrors(t *testing.T) {
 		if r := runRFM(t, bin, nil, "ps", "-q", "--socket", sock); r.status != 0 || r.stdout != "stuck\nweb\n" {
 			t.Errorf("ps: status %d, stdout %q, stderr %q", r.status, r.stdout, r.stderr)
 		}
-		// A failure names both builds.
+		// A failure names both builds, when this rfm knows its commit
+		// (built in a git checkout); one that does not cannot tell, and
+		// reports the failure as it is.
 		r := runRFM(t, bin, nil, "inspect", "nope", "--socket", sock, "-o", "json")
-		if r.status != 1 || !strings.Contains(r.stderr, "the supervisor runs rainforest v9.9.9+0123456789ab but this rfm is ") ||
+		v := runRFM(t, bin, nil, "version", "--socket", sock, "-o", "json")
+		var rep struct {
+			Client struct {
+				Commit string `json:"commit"`
+			} `json:"client"`
+		}
+		if err := json.Unmarshal([]byte(v.stdout), &rep); err != nil || rep.Client.Commit == "" {
+			t.Fatalf("version: %v\n%s", err, v.stdout)
+		}
+		if rep.Client.Commit == "devel" {
+			if r.status != 3 || !strings.Contains(r.stderr, `"code":"not_found"`) {
+				t.Errorf("an rfm without a commit: status %d, stderr %s", r.status, r.stderr)
+			}
+		} else if r.status != 1 || !strings.Contains(r.stderr, "the supervisor runs rainforest v9.9.9+0123456789ab but this rfm is ") ||
 			!strings.Contains(r.stderr, `"code":"version_mismatch"`) {
 			t.Errorf("status %d, stderr %s", r.status, r.stderr)
 		}

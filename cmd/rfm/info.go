@@ -62,7 +62,7 @@ func buildRows(w io.Writer, in buildinfo.Info) {
 }
 
 func versionCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "version",
 		Short: "Print the version of rfm and of the supervisor it talks to",
 		Long: `Print the version of this rfm (the client) and of the supervisor serving
@@ -75,6 +75,8 @@ printed and rfm exits 1. rfm --version does the same.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return printVersion(cmd, g) },
 	}
+	g.addOutputFlag(cmd, "")
+	return cmd
 }
 
 // addVersionFlag gives root --version, which prints what rfm version
@@ -91,7 +93,7 @@ func addVersionFlag(root *cobra.Command, g *globalFlags) {
 }
 
 func infoCommand(g *globalFlags) *cobra.Command {
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "info",
 		Short: "Summarise the machine and who owns what: cores, hugepages, devices",
 		Long: `Summarise the machine as the supervisor discovered it and its ledger now:
@@ -113,6 +115,8 @@ each subOS owns; and the PCI devices with their IOMMU groups and owners.
 			return g.print(cmd.OutOrStdout(), inv, func(w io.Writer) { infoTable(w, inv) })
 		},
 	}
+	g.addOutputFlag(cmd, "")
+	return cmd
 }
 
 // infoTable writes the inventory and usage for people.

@@ -14,7 +14,8 @@ import (
 func rfmBinary(t *testing.T) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "rfm")
-	cmd := exec.Command("go", "build", "-o", bin, ".")
+	// As make build does: the commit is stamped where git knows it.
+	cmd := exec.Command("go", "build", "-buildvcs=auto", "-o", bin, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("build rfm: %v\n%s", err, out)

@@ -250,7 +250,7 @@ func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
 		reply(w, http.StatusOK, CheckResult{OK: len(probs) == 0, Problems: probs})
 	})
 	mux.HandleFunc("GET /v1/inventory", func(w http.ResponseWriter, r *http.Request) {
-		inv := Inventory{Inventory: b.Inventory()}
+		inv := Inventory{Inventory: withLists(b.Inventory())}
 		if ur, ok := b.(UsageReporter); ok {
 			u := ur.Usage()
 			inv.Usage = &u
@@ -491,4 +491,23 @@ func ServeLimited(ctx context.Context, ln net.Listener, b Backend, lim Limits) e
 		return nil
 	}
 	return err
+}
+
+// withLists is a copy of inv whose empty lists are [] rather than null, as
+// the API document has them.
+func withLists(inv *partitioner.Inventory) *partitioner.Inventory {
+	if inv == nil {
+		return nil
+	}
+	c := *inv
+	if c.CPUs == nil {
+		c.CPUs = []partitioner.CPU{}
+	}
+	if c.Nodes == nil {
+		c.Nodes = []partitioner.Node{}
+	}
+	if c.Devices == nil {
+		c.Devices = []partitioner.PCIDevice{}
+	}
+	return &c
 }
