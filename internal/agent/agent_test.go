@@ -439,3 +439,30 @@ func TestServeConnPipe(t *testing.T) {
 		t.Errorf("ServeConn: %v", err)
 	}
 }
+
+// The host's side of the handshake, as the supervisor will use it,
+// against the agent.
+func TestHostHandshakeWithAgent(t *testing.T) {
+	agentEnd, hostEnd := net.Pipe()
+	defer hostEnd.Close()
+	s := NewServer(Config{Software: "rf-agent test", Proc: os.DirFS("/proc")})
+	done := make(chan error, 1)
+	go func() { done <- s.ServeConn(context.Background(), agentEnd) }()
+	pc := agentproto.NewConn(hostEnd)
+	h, err := agentproto.HostHandshake(pc, "rfm test")
+	if err != nil || h.Software != "rf-agent test" {
+		t.Fatalf("HostHandshake: %+v, %v", h, err)
+	}
+	if err := pc.Send(&agentproto.Watch{HeartbeatMS: 1000, StatsMS: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []agentproto.Type{agentproto.TypeHeartbeat, agentproto.TypeStats} {
+		if m, err := pc.Recv(); err != nil || m.Type() != want {
+			t.Fatalf("got %v, %v; want %s", m, err, want)
+		}
+	}
+	hostEnd.Close()
+	if err := <-done; err != nil {
+		t.Errorf("ServeConn after the host closed: %v", err)
+	}
+}

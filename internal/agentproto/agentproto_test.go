@@ -176,3 +176,53 @@ func TestEncodeValidates(t *testing.T) {
 		}
 	}
 }
+
+func TestHostHandshake(t *testing.T) {
+	agentHello := &Hello{ProtocolMajor: ProtocolMajor, ProtocolMinor: ProtocolMinor + 1, Software: "rf-agent 2", NProc: 2}
+	for name, tc := range map[string]struct {
+		agent   []Frame
+		wantErr error
+		answers bool
+	}{
+		"ok":            {agent: []Frame{{Type: 99, Body: []byte("future")}, mustEncode(t, agentHello)}, answers: true},
+		"other major":   {agent: []Frame{mustEncode(t, &Hello{ProtocolMajor: 2, Software: "rf-agent 9"})}, wantErr: ErrVersion},
+		"not hello":     {agent: []Frame{mustEncode(t, &Heartbeat{Seq: 1})}, wantErr: ErrMalformed},
+		"refused":       {agent: []Frame{mustEncode(t, &Error{Code: ErrCodeBusy, Message: "x"})}},
+		"closed before": {wantErr: io.EOF},
+	} {
+		var in bytes.Buffer
+		for _, f := range tc.agent {
+			WriteFrame(&in, f)
+		}
+		var out bytes.Buffer
+		h, err := HostHandshake(NewConn(struct {
+			io.Reader
+			io.Writer
+		}{&in, &out}), "rfm test")
+		switch {
+		case name == "refused":
+			var e *Error
+			if !errors.As(err, &e) || e.Code != ErrCodeBusy {
+				t.Errorf("%s: %v, want the agent's error", name, err)
+			}
+		case tc.wantErr != nil:
+			if !errors.Is(err, tc.wantErr) {
+				t.Errorf("%s: %v, want %v", name, err, tc.wantErr)
+			}
+		case err != nil || !reflect.DeepEqual(h, agentHello):
+			t.Errorf("%s: %+v, %v", name, h, err)
+		}
+		if answered := out.Len() > 0; answered != tc.answers {
+			t.Errorf("%s: the host answered: %v, want %v", name, answered, tc.answers)
+		}
+	}
+}
+
+func mustEncode(t *testing.T, m Message) Frame {
+	t.Helper()
+	f, err := Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
