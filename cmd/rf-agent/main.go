@@ -1,0 +1,100 @@
+// Command rf-agent is the agent inside every subOS (the paper's subOScon).
+// It listens on a vsock port (agentproto.Port, 1024) for the supervisor,
+// which connects through the VMM's vsock Unix socket ("CONNECT 1024\n"),
+// and speaks internal/agentproto: a hello with its versions, the kernel,
+// the hostname and the online CPUs; heartbeats and stats reports from
+// /proc (per-CPU use, memory, load, pressure, processes) at the intervals
+// the host asks for; and commands run on the host's behalf (rfm exec),
+// with pipes or a pseudo-terminal, at most --max-execs at once, killed
+// with their process tree when the host goes away.
+//
+// It is a static binary (CGO_ENABLED=0) started by the image's /init,
+// which restarts it if it exits. It logs to stderr (the console) and stops
+// on SIGTERM or SIGINT, killing the commands it runs.
+//
+// Usage:
+//
+//	rf-agent [--port N] [--max-execs N] [--debug]
+//	rf-agent --version
+//
+// Examples:
+//
+//	rf-agent                  # listen on vsock port 1024
+//	rf-agent --max-execs 4    # run at most 4 commands at once
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"rainforest/internal/agent"
+	"rainforest/internal/agentproto"
+	"rainforest/internal/buildinfo"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("rf-agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	port := fs.Uint("port", agentproto.Port, "vsock port to listen on")
+	maxExecs := fs.Int("max-execs", agent.DefaultMaxExecs, "most commands run at once")
+	debug := fs.Bool("debug", false, "log every connection")
+	version := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: rf-agent [--port N] [--max-execs N] [--debug]\n       rf-agent --version\n\nexamples:\n  rf-agent                  # listen on vsock port %d\n  rf-agent --max-execs 4    # run at most 4 commands at once\n\n", agentproto.Port)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "rf-agent: unexpected argument %q; it takes flags only (see --help)\n", fs.Arg(0))
+		return 2
+	}
+	if *port == 0 || *port > 1<<32-2 {
+		fmt.Fprintf(stderr, "rf-agent: --port %d is not a vsock port (1..4294967294)\n", *port)
+		return 2
+	}
+	if *maxExecs < 1 {
+		fmt.Fprintf(stderr, "rf-agent: --max-execs %d: give at least 1\n", *maxExecs)
+		return 2
+	}
+	software := "rf-agent " + buildinfo.Read().String()
+	if *version {
+		fmt.Fprintf(stdout, "%s (protocol %d.%d)\n", software, agentproto.ProtocolMajor, agentproto.ProtocolMinor)
+		return 0
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level})).With("prog", "rf-agent")
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	ln, err := listenVsock(uint32(*port))
+	if err != nil {
+		log.Error("cannot listen; is the vsock driver (vmw_vsock_virtio_transport) loaded?", "port", *port, "err", err)
+		return 1
+	}
+	log.Info("listening", "vsock_port", *port, "version", software)
+	s := agent.NewServer(agent.Config{Software: software, Proc: os.DirFS("/proc"), MaxExecs: *maxExecs, Logger: log})
+	if err := s.Serve(ctx, ln); err != nil {
+		log.Error("stopped", "err", err)
+		return 1
+	}
+	return 0
+}
