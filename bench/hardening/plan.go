@@ -74,9 +74,11 @@ func order(rep int) [2]string {
 }
 
 // diskCommand is the disk subOS's guest command; the sleep keeps it (and
-// its log) until the script has read its result and destroys it.
+// its log) until the script has read its result and destroys it. Its end
+// marker, built from $m like the FICM client's, is awaited so that the
+// result line, slow on a serial console, is whole when it is read.
 func (p *benchPlan) diskCommand() string {
-	return fmt.Sprintf("rfcom diskbench --dev /dev/vda --seconds %d --write --i-know-it-is-scratch; sleep 600", p.diskSeconds)
+	return fmt.Sprintf("m=RF-DISK; rfcom diskbench --dev /dev/vda --seconds %d --write --i-know-it-is-scratch; echo $m-DONE; sleep 600", p.diskSeconds)
 }
 
 // ficmServer and ficmClient are the FICM pair's guest commands. The
@@ -146,13 +148,13 @@ func (p *benchPlan) writeRun(b *strings.Builder, c string, rep int) {
 		suffix, p.memoryMiB, images.InitReachedMarker, p.runTimeout, id, metricBoot)
 	// Disk: a subOS on the scratch disk running diskbench.
 	d := "disk-" + suffix
-	fmt.Fprintf(b, "rfm create %s --cores 1 --memory %s --disk \"$WORK/scratch.img\" --append %s >/dev/null && await %s 'RF-DISK '\n",
+	fmt.Fprintf(b, "rfm create %s --cores 1 --memory %s --disk \"$WORK/scratch.img\" --append %s >/dev/null && await %s RF-DISK-DONE\n",
 		d, mem, appendArg(p.diskCommand()), d)
 	fmt.Fprintf(b, "result %s %s %s 'RF-DISK '\nrfm destroy %s >/dev/null 2>&1; gone %s\n", id, metricDisk, d, d, d)
 	// FICM: the pair, the server first.
 	srv, cli := "fa-"+suffix, "fb-"+suffix
 	fmt.Fprintf(b, "rfm create %s --cores 1 --memory %s --append %s >/dev/null\n", srv, mem, appendArg(p.ficmServer()))
 	fmt.Fprintf(b, "rfm create %s --cores 2 --memory %s --append %s >/dev/null && await %s RF-FICM-DONE\n", cli, mem, appendArg(p.ficmClient(srv)), cli)
-	fmt.Fprintf(b, "result %s %s %s 'bench: peer'\nrfm destroy %s %s >/dev/null 2>&1; gone %s; gone %s\n", id, metricFICM, cli, cli, srv, cli, srv)
+	fmt.Fprintf(b, "result %s %s %s 'bench: peer [0-9][0-9]* mode'\nrfm destroy %s %s >/dev/null 2>&1; gone %s; gone %s\n", id, metricFICM, cli, cli, srv, cli, srv)
 	b.WriteString("kill $spid; wait $spid\n")
 }
