@@ -57,8 +57,9 @@ func TestKVMSharedMemoryDoorbellRoundTrip(t *testing.T) {
 }
 
 // A guest flooding a peer with doorbells is held to the limit: the burst
-// is delivered at once, the rest coalesce, and the last one is delivered
-// once tokens return, so the peer sees every doorbell it was not spared.
+// is delivered at once, the rest coalesce into pending vectors, and every
+// pending one is delivered once tokens return; the peer never takes more
+// interrupts than were delivered.
 func TestKVMSharedMemoryDoorbellFlood(t *testing.T) {
 	const flood = 200
 	l := abi.Layout{Peers: 2, OutputSize: 4096}
@@ -82,20 +83,28 @@ func TestKVMSharedMemoryDoorbellFlood(t *testing.T) {
 	if st.Throttled == 0 || st.Coalesced == 0 {
 		t.Fatalf("flood of %d not throttled: %+v", flood, st)
 	}
-	// Every doorbell not throttled, plus one per pending delivery, and
-	// the pending one is delivered (the deadline is the test's, not a
-	// threshold).
+	// Nothing is left pending: every throttled doorbell either merged
+	// into a pending vector or was delivered later (the deadline is the
+	// test's, not a threshold).
 	for {
 		st = sa.Stats().Doorbells
-		n, _ := b.Mem.Uint64(testguest.CounterFor(shmemTestVector))
-		want := flood - st.Throttled + st.Deferred
-		if st.Deferred > 0 && n == want {
+		if st.Deferred > 0 && st.Throttled-st.Coalesced == st.Deferred {
 			break
-		}
-		if n > want {
-			t.Fatalf("B took %d interrupts, more than the %d delivered (%+v)", n, want, st)
 		}
 		time.Sleep(time.Millisecond)
 	}
-	t.Logf("flood of %d: %+v", flood, st)
+	// B took at most what was delivered: the doorbells let through and
+	// the deferred deliveries. (It may take fewer: MSIs that reach a
+	// vector still pending in its local APIC merge there, which a loaded
+	// host makes likely for the back-to-back burst.)
+	want := flood - st.Throttled + st.Deferred
+	var n uint64
+	for n == 0 {
+		n, _ = b.Mem.Uint64(testguest.CounterFor(shmemTestVector))
+		time.Sleep(time.Millisecond)
+	}
+	if n > want {
+		t.Fatalf("B took %d interrupts, more than the %d delivered (%+v)", n, want, st)
+	}
+	t.Logf("flood of %d: %+v; B took %d of %d delivered", flood, st, n, want)
 }
