@@ -78,7 +78,7 @@ func (s *Supervisor) writeRecord(so *subOS, phase string, in *intent) error {
 	s.mu.Lock()
 	info := so.info
 	s.mu.Unlock()
-	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers})
+	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers, CID: so.cid})
 	if err != nil {
 		return err
 	}
@@ -160,7 +160,7 @@ func (s *Supervisor) recordedSubOS(r store.Record, p persisted) *subOS {
 	info := Info{Name: name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
 		Created: r.Created, ConsoleSocket: s.consolePath(name), Log: s.logPath(name), VMMLog: s.vmmLogPath(name), Cgroup: p.Cgroup, Adopted: true,
 		Peer: p.Peer, SegmentPeers: p.SegmentPeers}
-	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog)}
+	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog), cid: p.CID}
 }
 
 func (s *Supervisor) recoverRecord(r store.Record) {
@@ -219,6 +219,7 @@ func (s *Supervisor) recoverRecord(r store.Record) {
 	}
 	s.subos[name] = so
 	s.watch(so)
+	s.startAgent(so)
 	s.event(s.cfg.Who, "adopt", name, 0, fmt.Sprintf("pid %d cores %s", r.PID, units.FormatCPUList(r.Allocation.Cores)))
 }
 

@@ -83,4 +83,7 @@ type Info struct {
 	VMMLog string `json:"vmm_log,omitempty"`
 	// LastExit is how the VMM ended, for a subOS gone on its own.
 	LastExit *Exit `json:"last_exit,omitempty"`
+	// Agent is what the supervisor knows of the subOS's agent (absent
+	// for a subOS without a vsock device).
+	Agent *AgentInfo `json:"agent,omitempty"`
 }

@@ -121,6 +121,10 @@ type subOS struct {
 	pending *intent // a device change a previous supervisor left unfinished
 	// logFrom is where this VMM's part of its (appended) log begins.
 	logFrom int64
+	// cid is the guest's vsock CID (0: no vsock device, a subOS created
+	// before agents); agent follows its agent (nil without). Under mu.
+	cid   uint32
+	agent *agentSession
 }
 
 // persisted is what the store keeps beside the allocation.
@@ -130,6 +134,8 @@ type persisted struct {
 	Cgroup       string         `json:"cgroup"`
 	Peer         int            `json:"ficm_peer,omitempty"`
 	SegmentPeers map[string]int `json:"segment_peers,omitempty"`
+	// CID is the guest's vsock CID (0: none).
+	CID uint32 `json:"vsock_cid,omitempty"`
 }
 
 // New opens the ledger store, rebuilds the ledger from it and re-adopts the
@@ -196,6 +202,15 @@ func New(cfg Config) (*Supervisor, error) {
 
 // Close stops watching subOSes (they keep running) and closes the store.
 func (s *Supervisor) Close() error {
+	s.mu.Lock()
+	running := make([]*subOS, 0, len(s.subos))
+	for _, so := range s.subos {
+		running = append(running, so)
+	}
+	s.mu.Unlock()
+	for _, so := range running {
+		s.stopAgent(so)
+	}
 	s.mu.Lock()
 	for _, so := range s.subos {
 		close(so.stopped)
@@ -307,6 +322,7 @@ func (s *Supervisor) reclaim(so *subOS, who, why string) { s.teardown(so, who, "
 func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	start := time.Now()
 	a := so.info.Allocation
+	s.stopAgent(so)
 	if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
 		s.log.Error("store", "subos", a.Name, "err", err)
 	}
@@ -339,6 +355,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 		s.log.Error("store delete", "subos", a.Name, "err", err)
 	}
 	os.Remove(s.consolePath(a.Name))
+	os.Remove(s.vsockPath(a.Name))
 	os.Remove(s.jailDir(a.Name))
 	// The logs are on tmpfs and guest-written: they go with the subOS
 	// (the reclaim event keeps the last line).
@@ -460,7 +477,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
 	// Listed as starting while the slow steps run.
-	starting := &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{})}
+	starting := &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{}), cid: s.allocCID()}
 	s.mu.Lock()
 	s.subos[spec.Name] = starting
 	s.mu.Unlock()
@@ -519,6 +536,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	doc := vmmDocument(spec, alloc, s.consolePath(spec.Name), member.regions)
 	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name),
 		LogSize: spec.ConsoleLogSize, LogRate: spec.ConsoleLogRate}
+	doc.Vsock = &config.Vsock{CID: uint64(starting.cid), Socket: s.vsockPath(spec.Name)}
 	named, unjail, err := s.confine(doc)
 	if err != nil {
 		return Info{}, err
@@ -566,19 +584,20 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	s.at("create:record")
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
 		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, VMMLog: s.vmmLogPath(spec.Name), Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
-	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers})
+	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers, CID: starting.cid})
 	if err != nil {
 		return Info{}, err
 	}
 	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created, Phase: store.PhaseRunning}); err != nil {
 		return Info{}, err
 	}
-	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom}
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom, cid: starting.cid}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
 	delete(s.exits, spec.Name)
 	s.mu.Unlock()
 	s.watch(so)
+	s.startAgent(so)
 	s.steerIRQs()
 	s.publish()
 	s.event(s.who(ctx), "create", spec.Name, time.Since(start), fmt.Sprintf("pid %d cores %s node %d memory %d", proc.PID(), units.FormatCPUList(alloc.Cores), alloc.Node, alloc.Memory))
@@ -661,7 +680,7 @@ func (s *Supervisor) List() []Info {
 	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.subos))
 	for _, so := range s.subos {
-		out = append(out, so.info)
+		out = append(out, withAgent(so))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -679,7 +698,7 @@ func (s *Supervisor) Get(name string) (Info, error) {
 		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return so.info, nil
+	return withAgent(so), nil
 }
 
 // Events returns audit events after seq since.
