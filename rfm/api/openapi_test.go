@@ -144,6 +144,8 @@ func TestOpenAPIResponses(t *testing.T) {
 		{"DELETE", "/v1/subos/web/segments/cache?timeout=30s", "", 204, false},
 		{"DELETE", "/v1/subos/web/segments/cache", "", 422, false},
 		{"DELETE", "/v1/subos/web/segments/cache?timeout=x", "", 400, false},
+		{"GET", "/v1/subos/web/stats", "", 409, false},
+		{"POST", "/v1/subos/web/exec", `{"argv": ["true"]}`, 400, false},
 	}
 	covered := map[string]bool{}
 	mux, patterns := routes(b, nil)

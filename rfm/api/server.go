@@ -313,6 +313,7 @@ func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	agentRoutes(mux, b, stop)
 	mux.HandleFunc("GET /v1/board", func(w http.ResponseWriter, r *http.Request) {
 		bd, err := b.Board()
 		if err != nil {
@@ -450,7 +451,7 @@ func fail(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, supervisor.ErrNoDevice), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
 		code = http.StatusNotFound
-	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, endpoint.ErrFull),
+	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, supervisor.ErrNoAgent), errors.Is(err, endpoint.ErrFull),
 		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse):
 		code = http.StatusConflict
 	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory), errors.Is(err, supervisor.ErrNoPeerSlot):

@@ -352,3 +352,7 @@ func (s *Supervisor) Exec(ctx context.Context, name string, req agentproto.Exec)
 	}
 	return &ExecStream{Conn: pc, c: c}, nil
 }
+
+// NewExecStream is an ExecStream over c, a connection to an agent past
+// its Exec request (tests build them over pipes).
+func NewExecStream(c net.Conn) *ExecStream { return &ExecStream{Conn: agentproto.NewConn(c), c: c} }
