@@ -39,6 +39,7 @@ type cliBackend struct {
 }
 
 func newCLIBackend(t *testing.T) *cliBackend {
+	beat := time.Unix(1700000000, 0).UTC()
 	log := filepath.Join(t.TempDir(), "web.log")
 	if err := os.WriteFile(log, []byte("web booted\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -49,6 +50,7 @@ func newCLIBackend(t *testing.T) *cliBackend {
 			Disks:    []supervisor.Disk{{ID: "disk1", Path: "/images/disk.img", ReadOnly: true}},
 			Segments: []supervisor.SegmentGrant{{Name: "cache", Size: 4096}}},
 		SegmentPeers: map[string]int{"cache": 1},
+		Agent:        &supervisor.AgentInfo{State: supervisor.AgentHealthy, Version: "rf-agent test, protocol 1.0", LastHeartbeat: &beat},
 	}
 	// stuck cannot be destroyed: its guest holds on (409).
 	stuck := supervisor.Info{Name: "stuck", State: supervisor.StateStopping, Spec: supervisor.Spec{Name: "stuck", Memory: 2 << 20, Kernel: "/k"}}
@@ -394,6 +396,21 @@ func TestCLI(t *testing.T) {
 		{name: "grant without segment", args: []string{"grant", "web"}, status: 2, stderr: "--segment is required"},
 		{name: "revoke", args: []string{"revoke", "web", "cache"}, status: 0},
 		{name: "revoke unknown segment", args: []string{"revoke", "web", "other"}, status: 3, stderr: "other"},
+
+		{name: "exec", args: []string{"exec", "web", "--", "sh", "-c", "echo hi; exit 3"}, status: 3, stdout: "sh -c echo hi; exit 3\n"},
+		{name: "exec zero", args: []string{"exec", "web", "--", "true"}, status: 0, stdout: "true\n"},
+		{name: "exec killed", args: []string{"exec", "web", "--", "killed"}, status: 137},
+		{name: "exec cannot run", args: []string{"exec", "web", "--", "nosuch"}, status: 127, stderr: `cannot run "nosuch"`},
+		{name: "exec no agent", args: []string{"exec", "stuck", "--", "true"}, status: 4, stderr: "no agent"},
+		{name: "exec unknown", args: []string{"exec", "nope", "--", "true"}, status: 3, stderr: `"nope"`},
+		{name: "exec without command", args: []string{"exec", "web"}, status: 2, stderr: "no command"},
+		{name: "exec without command after --", args: []string{"exec", "web", "--"}, status: 2, stderr: "no command"},
+		{name: "exec two names", args: []string{"exec", "web", "db", "--", "true"}, status: 2, stderr: "one subOS name"},
+		{name: "exec bad env", args: []string{"exec", "-e", "X", "web", "--", "true"}, status: 2, stderr: "NAME=VALUE"},
+		{name: "stats", args: []string{"stats", "web"}, status: 0, stdout: "MEMORY"},
+		{name: "stats json", args: []string{"stats", "web", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/subos/{name}/stats", status: 200}},
+		{name: "stats no agent", args: []string{"stats", "stuck"}, status: 4, stderr: "no report"},
+		{name: "stats unknown", args: []string{"stats", "nope"}, status: 3, stderr: `"nope"`},
 
 		{name: "console unknown", args: []string{"console", "nope"}, status: 3, stderr: `"nope"`},
 

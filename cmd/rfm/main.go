@@ -3,7 +3,7 @@
 //
 //	rfm run [LAYOUT]   supervisor in the foreground with a layout's subOSes
 //	rfm serve          the supervisor daemon (API on a Unix socket)
-//	rfm create/destroy/ps/inspect/console/logs/events/check
+//	rfm create/destroy/ps/inspect/console/logs/events/check/exec/stats
 //	rfm vmm [flags]    run one subOS in the foreground (the VMM process)
 //
 // The CLI uses github.com/spf13/cobra: the de-facto standard for Go
@@ -89,7 +89,7 @@ Exit status:
 	root.AddCommand(vmmCommand(), runCommand(g), console, serveCommand(g), createCommand(g),
 		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
 		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
-		versionCommand(g), infoCommand(g), genManCommand(root))
+		versionCommand(g), infoCommand(g), execCommand(g), statsCommand(g), genManCommand(root))
 	addVersionFlag(root, g)
 	addCompletions(root, g)
 	// cobra's own commands get examples too.

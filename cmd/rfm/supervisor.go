@@ -416,11 +416,15 @@ func infoJSON(i supervisor.Info) supervisor.Info {
 }
 
 func psTable(w io.Writer, list []supervisor.Info) {
-	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tCREATED")
+	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tAGENT\tCREATED")
 	for _, i := range list {
 		a := i.Allocation
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\n", i.Name, i.State, i.PID, units.FormatCPUList(a.Cores), a.Node,
-			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), i.Peer, strings.Join(a.Devices, ","), i.Created.Local().Format(time.DateTime))
+		agent := "-"
+		if i.Agent != nil {
+			agent = string(i.Agent.State)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\t%s\n", i.Name, i.State, i.PID, units.FormatCPUList(a.Cores), a.Node,
+			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), i.Peer, strings.Join(a.Devices, ","), agent, i.Created.Local().Format(time.DateTime))
 	}
 }
 
