@@ -28,9 +28,11 @@ install: build
 	$(BIN)/rfm gen-man $(DESTDIR)$(PREFIX)/share/man/man1
 	$(BIN)/rfm completion bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/rfm
 
-# The image carries the rfcom tool, built static and reproducible.
+# The image carries the rfcom tool and the agent, built static and
+# reproducible.
 image: build
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -buildid=' -o $(IMAGES)/tools/rfcom ./cmd/rfcom
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w -buildid=' -o $(IMAGES)/tools/rf-agent ./cmd/rf-agent
 	$(BIN)/rfimage -out $(IMAGES)
 
 # Set up, build, and boot the default subOS with its console on this terminal.

@@ -42,14 +42,16 @@ type Host struct {
 // NewHost prepares a host: it builds a static rfm into workDir and finds
 // the image in imagesDir (building it if needed).
 func NewHost(ctx context.Context, repoRoot, imagesDir, workDir string, log io.Writer) (*Host, error) {
-	// The image's rfcom tool, built as `make image` does (reproducibly, so
-	// an image made by make stays up to date).
-	rfcom := filepath.Join(workDir, "rfcom")
-	if err := goBuild(ctx, repoRoot, rfcom, "./cmd/rfcom", "-trimpath", "-ldflags=-s -w -buildid="); err != nil {
-		return nil, err
-	}
-	if err := installTool(rfcom, filepath.Join(imagesDir, images.ToolsDirName, "rfcom")); err != nil {
-		return nil, err
+	// The image's tools (rfcom) and agent, built as `make image` does
+	// (reproducibly, so an image made by make stays up to date).
+	for _, tool := range []string{"rfcom", "rf-agent"} {
+		bin := filepath.Join(workDir, tool)
+		if err := goBuild(ctx, repoRoot, bin, "./cmd/"+tool, "-trimpath", "-ldflags=-s -w -buildid="); err != nil {
+			return nil, err
+		}
+		if err := installTool(bin, filepath.Join(imagesDir, images.ToolsDirName, tool)); err != nil {
+			return nil, err
+		}
 	}
 	img, err := images.Build(ctx, images.Options{OutDir: imagesDir, Log: log})
 	if err != nil {

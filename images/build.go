@@ -27,19 +27,20 @@
 // It prints "RF-INIT-REACHED" right after mounting /proc (for boot timing),
 // then "RF-CPUS <n>" and "RF-MEMTOTAL-KB <n>".
 //
-// # The in-guest agent slot
-//
-// When Options.InputDir contains usr/bin/rf-agent, that file is placed at
-// /usr/bin/rf-agent (mode 0755) in the initramfs, and /init starts it in the
-// background (output on the console) before running rf.cmd or the shell.
-//
-// # Guest tools
+// # Guest tools and the agent
 //
 // The static programs in Options.ToolsDir (default <OutDir>/tools; `make
-// image` builds the rfcom tool there) are placed at /usr/bin/<name> (mode
-// 0755); the stamp records their digests, so a changed tool rebuilds the
-// initramfs, and every caller building into the same OutDir gets the same
-// image.
+// image` builds rfcom and rf-agent there) are placed at /usr/bin/<name>
+// (mode 0755); the stamp records their digests, so a changed tool rebuilds
+// the initramfs, and every caller building into the same OutDir gets the
+// same image. It is the one way programs get into the image.
+//
+// When /usr/bin/rf-agent is there (and rf.agent is not 0), /init runs it
+// in the background before rf.cmd or the shell, in a loop that restarts
+// it whenever it exits, after a pause doubling from 1 to 32 seconds, with
+// one console line per exit ("RF-AGENT-EXIT <status>"). The agent itself
+// prints nothing while all is well, and waits silently where the guest
+// has no vsock device.
 package images
 
 import (
@@ -87,7 +88,6 @@ const (
 	DiskName      = "disk.img"
 	stampName     = "build.stamp"
 	cacheDirName  = "cache"
-	agentPath     = "usr/bin/rf-agent"
 	// stampFormat changes whenever the layout of the outputs changes.
 	stampFormat = 1
 )
@@ -159,8 +159,6 @@ type Options struct {
 	BusyboxPackage string
 	// Modules overrides DefaultModules.
 	Modules []string
-	// InputDir optionally holds extra inputs; currently usr/bin/rf-agent.
-	InputDir string
 	// ToolsDir holds static programs for /usr/bin (see the package doc);
 	// default <OutDir>/tools, which may be missing.
 	ToolsDir string
@@ -204,7 +202,6 @@ type stamp struct {
 	BusyboxPackage string   `json:"busybox_package"`
 	BusyboxVersion string   `json:"busybox_version"`
 	Modules        []Module `json:"modules"`
-	AgentSHA256    string   `json:"agent_sha256,omitempty"`
 	// Tools maps each guest tool's name to its SHA-256.
 	Tools    map[string]string `json:"tools,omitempty"`
 	DiskKind string            `json:"disk_kind"`
@@ -273,17 +270,6 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	var agent string
-	var agentSum string
-	if opts.InputDir != "" {
-		p := filepath.Join(opts.InputDir, filepath.FromSlash(agentPath))
-		if data, err := os.ReadFile(p); err == nil {
-			sum := sha256.Sum256(data)
-			agent, agentSum = p, hex.EncodeToString(sum[:])
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("images: agent: %w", err)
-		}
-	}
 	tools, toolSums, err := findTools(opts.ToolsDir, filepath.Join(out, ToolsDirName))
 	if err != nil {
 		return nil, err
@@ -295,7 +281,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	st := stamp{
 		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
-		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, AgentSHA256: agentSum,
+		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods,
 		Tools: toolSums, DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods)))),
 	}
 	img := &Image{
@@ -344,11 +330,6 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	if err := AddModules(a, modDir, mods, "lib/modules"); err != nil {
 		return nil, err
-	}
-	if agent != "" {
-		if err := a.AddHostFile(agentPath, 0o755, agent); err != nil {
-			return nil, err
-		}
 	}
 	names := make([]string, 0, len(tools))
 	for n := range tools {
@@ -547,8 +528,18 @@ cat_path=$(param rf.cat)
 if [ -n "$cat_path" ]; then
 	cat "/mnt$cat_path"
 fi
+# The agent, restarted whenever it exits (one console line each time),
+# after a pause doubling from 1 to 32 seconds.
 if [ -x /usr/bin/rf-agent ] && [ "$(param rf.agent)" != 0 ]; then
-	/usr/bin/rf-agent &
+	(
+		pause=1
+		while :; do
+			/usr/bin/rf-agent </dev/null
+			echo "RF-AGENT-EXIT $? (restarting in ${pause}s)"
+			sleep $pause
+			[ $pause -lt 32 ] && pause=$((pause * 2))
+		done
+	) &
 fi
 status=0
 cmd=$(param rf.cmd)

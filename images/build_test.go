@@ -33,7 +33,7 @@ func TestMetaTarget(t *testing.T) {
 func TestL2InitScript(t *testing.T) {
 	s := l2Init([]Module{{Name: "virtio_ring"}, {Name: "virtio"}})
 	order := []string{"mount -t proc", InitReachedMarker, "insmod /lib/modules/virtio_ring.ko", "insmod /lib/modules/virtio.ko",
-		"RF-CPUS", "RF-MEMTOTAL-KB", "/dev/vda", "rf.cat", "rf-agent", "rf.cmd", "rf.poweroff", "poweroff -f"}
+		"RF-CPUS", "RF-MEMTOTAL-KB", "/dev/vda", "rf.cat", "rf-agent", "RF-AGENT-EXIT", "rf.cmd", "rf.poweroff", "poweroff -f"}
 	last := -1
 	for _, want := range order {
 		i := strings.Index(s, want)

@@ -9,8 +9,11 @@
 // with their process tree when the host goes away.
 //
 // It is a static binary (CGO_ENABLED=0) started by the image's /init,
-// which restarts it if it exits. It logs to stderr (the console) and stops
-// on SIGTERM or SIGINT, killing the commands it runs.
+// which restarts it if it exits. It logs to stderr (the console), only
+// what is wrong (--debug: every connection), and stops on SIGTERM or
+// SIGINT, killing the commands it runs. Where there is no vsock device (a
+// guest of plain `rfm vmm` without one) it waits silently, trying again
+// with a growing pause (listenPatiently): the console stays the guest's.
 //
 // Usage:
 //
@@ -30,14 +33,45 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"rainforest/internal/agent"
 	"rainforest/internal/agentproto"
 	"rainforest/internal/buildinfo"
 )
+
+// Pauses between attempts to listen (a guest without a vsock device, or
+// whose driver is still loading).
+const (
+	listenRetryMin = time.Second
+	listenRetryMax = time.Minute
+)
+
+// listenPatiently calls listen until it works or ctx ends (its error
+// then), pausing from listenRetryMin to listenRetryMax between tries. It
+// logs at debug level only: a guest without vsock is no fault.
+func listenPatiently(ctx context.Context, listen func() (net.Listener, error), log *slog.Logger) (net.Listener, error) {
+	pause := listenRetryMin
+	for {
+		ln, err := listen()
+		if err == nil {
+			return ln, nil
+		}
+		log.Debug("cannot listen yet; is there a vsock device, and its driver (vmw_vsock_virtio_transport)?", "err", err, "retry_in", pause)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+		pause = min(2*pause, listenRetryMax)
+	}
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -85,12 +119,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ln, err := listenVsock(uint32(*port))
+	ln, err := listenPatiently(ctx, func() (net.Listener, error) { return listenVsock(uint32(*port)) }, log)
 	if err != nil {
-		log.Error("cannot listen; is the vsock driver (vmw_vsock_virtio_transport) loaded?", "port", *port, "err", err)
-		return 1
+		return 0 // stopped while waiting
 	}
-	log.Info("listening", "vsock_port", *port, "version", software)
+	log.Debug("listening", "vsock_port", *port, "version", software)
 	s := agent.NewServer(agent.Config{Software: software, Proc: os.DirFS("/proc"), MaxExecs: *maxExecs, Logger: log})
 	if err := s.Serve(ctx, ln); err != nil {
 		log.Error("stopped", "err", err)

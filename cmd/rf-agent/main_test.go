@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -156,5 +158,32 @@ func TestFDListener(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("Serve: %v", err)
+	}
+}
+
+// Without vsock the agent keeps trying, silently, until it can listen or
+// is stopped.
+func TestListenPatiently(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	tries := 0
+	ln, err := listenPatiently(context.Background(), func() (net.Listener, error) {
+		tries++
+		if tries < 3 {
+			return nil, errors.New("address family not supported")
+		}
+		return net.Listen("unix", t.TempDir()+"/a.sock")
+	}, log)
+	if err != nil || tries != 3 {
+		t.Fatalf("%v after %d tries", err, tries)
+	}
+	ln.Close()
+	if logs.Len() != 0 {
+		t.Errorf("logged at info level:\n%s", logs.String())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := listenPatiently(ctx, func() (net.Listener, error) { return nil, errors.New("no") }, log); !errors.Is(err, context.Canceled) {
+		t.Errorf("stopped while waiting: %v", err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 func main() {
 	out := flag.String("out", images.DefaultOutDir, "output and cache directory")
 	verbose := flag.Bool("v", false, "show progress (apt output, build steps)")
-	input := flag.String("input", "", "input directory (optional usr/bin/rf-agent)")
 	force := flag.Bool("force", false, "rebuild even when the cached image is up to date")
 	flag.Parse()
 
@@ -28,7 +27,7 @@ func main() {
 	if *verbose {
 		log = os.Stderr
 	}
-	img, err := images.Build(ctx, images.Options{OutDir: *out, InputDir: *input, Log: log, Force: *force})
+	img, err := images.Build(ctx, images.Options{OutDir: *out, Log: log, Force: *force})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rfimage:", err)
 		os.Exit(1)

@@ -90,7 +90,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		go func() {
 			defer wg.Done()
 			if err := s.ServeConn(ctx, c); err != nil {
-				s.log.Info("connection ended", "err", err)
+				s.log.Debug("connection ended", "err", err)
 			}
 		}()
 	}
