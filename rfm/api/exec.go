@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"rainforest/internal/agentproto"
@@ -102,8 +103,12 @@ func agentRoutes(mux *routeTable, b Backend, stop <-chan struct{}) {
 // stop closes. Only the messages each side may send go through.
 func relayExec(cc *agentproto.Conn, conn net.Conn, ex *supervisor.ExecStream, stop <-chan struct{}) {
 	done := make(chan struct{})
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer close(done)
+	wg.Add(2)
 	go func() {
+		defer wg.Done()
 		select {
 		case <-stop:
 		case <-done:
@@ -112,6 +117,7 @@ func relayExec(cc *agentproto.Conn, conn net.Conn, ex *supervisor.ExecStream, st
 		ex.Close()
 	}()
 	go func() { // client -> agent
+		defer wg.Done()
 		for {
 			m, err := cc.Recv()
 			if errors.Is(err, agentproto.ErrUnknownType) {

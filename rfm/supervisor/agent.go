@@ -105,6 +105,10 @@ type agentSession struct {
 	stats    time.Duration
 	log      *slog.Logger
 
+	// onChange, when set, is told of every change of state (seen by
+	// checkHealth), from the session's goroutines.
+	onChange func(from AgentState, now AgentInfo)
+
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -113,6 +117,7 @@ type agentSession struct {
 	connected bool // ever
 	lastBeat  time.Time
 	report    *AgentStats
+	reported  AgentState // the state onChange was last told of
 }
 
 func (s *Supervisor) newAgentSession(name string) *agentSession {
@@ -122,6 +127,17 @@ func (s *Supervisor) newAgentSession(name string) *agentSession {
 		dial: func(ctx context.Context) (net.Conn, error) { return vsock.Dial(ctx, path, agentproto.Port) },
 		now:  time.Now, beat: AgentHeartbeat, stats: AgentStatsInterval,
 		log: s.log.With("subos", name),
+		onChange: func(from AgentState, now AgentInfo) {
+			detail := fmt.Sprintf("agent %s, was %s", now.State, from)
+			if now.Version != "" {
+				detail += "; version " + strconv.Quote(now.Version)
+			}
+			if now.State == AgentUnhealthy && now.LastHeartbeat != nil {
+				detail += "; last heartbeat " + now.LastHeartbeat.Format(time.RFC3339)
+				s.log.Warn("agent silent: subOS marked unhealthy (it keeps running)", "subos", name, "last_heartbeat", now.LastHeartbeat)
+			}
+			s.event(s.cfg.Who, "agent-"+string(now.State), name, 0, detail)
+		},
 	}
 }
 
@@ -151,10 +167,45 @@ func (s *Supervisor) stopAgent(so *subOS) {
 func (a *agentSession) start() {
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel, a.done = cancel, make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
 	go func() {
-		defer close(a.done)
+		defer wg.Done()
 		a.run(ctx)
 	}()
+	go func() { // notices silence: no message arrives to say so
+		defer wg.Done()
+		t := time.NewTicker(a.beat)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.checkHealth()
+			}
+		}
+	}()
+	go func() {
+		wg.Wait()
+		close(a.done)
+	}()
+}
+
+// checkHealth tells onChange when the state changed since it last did.
+func (a *agentSession) checkHealth() {
+	now := a.info()
+	a.mu.Lock()
+	from := a.reported
+	if from == "" {
+		from = AgentUnknown
+	}
+	changed := now.State != from
+	a.reported = now.State
+	a.mu.Unlock()
+	if changed && a.onChange != nil {
+		a.onChange(from, now)
+	}
 }
 
 func (a *agentSession) stop() {
@@ -212,6 +263,7 @@ func (a *agentSession) follow(ctx context.Context) (worked bool, err error) {
 	a.connected, a.version, a.lastBeat = true, version, a.now()
 	a.mu.Unlock()
 	a.log.Info("agent connected", "version", strconv.Quote(version))
+	a.checkHealth()
 	for {
 		// A guest that stops talking without closing is dropped after
 		// twice the silence that marks it unhealthy, and redialled.

@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -47,7 +48,14 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestAgentHealth(t *testing.T) {
 	clock := &fakeClock{t: time.Unix(1000, 0)}
 	guest := make(chan net.Conn, 1)
+	var mu sync.Mutex
+	var changes []string
 	a := &agentSession{name: "a", software: "rfm test", now: clock.now, beat: time.Second, stats: time.Second,
+		onChange: func(from AgentState, now AgentInfo) {
+			mu.Lock()
+			defer mu.Unlock()
+			changes = append(changes, string(from)+">"+string(now.State))
+		},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		dial: func(ctx context.Context) (net.Conn, error) {
 			h, g := net.Pipe()
@@ -72,7 +80,11 @@ func TestAgentHealth(t *testing.T) {
 	if w, ok := m.(*agentproto.Watch); err != nil || !ok || w.HeartbeatMS != 1000 || w.StatsMS != 1000 {
 		t.Fatalf("watch: %#v %v", m, err)
 	}
-	eventually(t, "connected", func() bool { return a.info().State == AgentHealthy })
+	eventually(t, "connected and told", func() bool {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return a.reported == AgentHealthy
+	})
 	if v := a.info().Version; !strings.Contains(v, "rf-agent fake") {
 		t.Errorf("version %q", v)
 	}
@@ -84,10 +96,12 @@ func TestAgentHealth(t *testing.T) {
 	if st := a.info().State; st != AgentUnhealthy {
 		t.Errorf("after 3 silent intervals: %s", st)
 	}
+	a.checkHealth()
 	if err := pc.Send(&agentproto.Heartbeat{Seq: 1}); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "healthy again", func() bool { return a.info().State == AgentHealthy })
+	a.checkHealth()
 	if a.latest() != nil {
 		t.Error("a report before any was sent")
 	}
@@ -106,6 +120,12 @@ func TestAgentHealth(t *testing.T) {
 	clock.add(4 * time.Second)
 	if st := a.info().State; st != AgentUnhealthy {
 		t.Errorf("disconnected and silent: %s", st)
+	}
+	a.checkHealth()
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "[unknown>healthy healthy>unhealthy unhealthy>healthy healthy>unhealthy]"; fmt.Sprint(changes) != want {
+		t.Errorf("changes %v, want %s", changes, want)
 	}
 }
 
@@ -240,6 +260,14 @@ func TestSupervisorAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(s.vsockPath("a")); !os.IsNotExist(err) {
 		t.Errorf("vsock socket left after destroy: %v", err)
+	}
+	ev, _ := s.Events(0, 100)
+	var healthy bool
+	for _, e := range ev {
+		healthy = healthy || (e.What == "agent-healthy" && e.Name == "a" && strings.Contains(e.Detail, `"rf-agent test, protocol 1.0"`))
+	}
+	if !healthy {
+		t.Errorf("no agent-healthy event: %+v", ev)
 	}
 }
 
