@@ -86,6 +86,10 @@ The subOS needs an agent: rfm inspect NAME shows agent.state healthy.`,
 				return err
 			}
 			defer ex.Close()
+			// Ctrl-C (without a raw terminal) ends the stream, which kills
+			// the command in the guest.
+			stop := context.AfterFunc(ctx, func() { ex.Close() })
+			defer stop()
 			if tty && interactive && term.IsTerminal(inFd) {
 				st, err := term.MakeRaw(inFd)
 				if err == nil {
@@ -98,7 +102,11 @@ The subOS needs an agent: rfm inspect NAME shows agent.state healthy.`,
 			if interactive {
 				go sendStdin(cmd.InOrStdin(), ex)
 			}
-			return receive(ex, name, argv[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
+			err = receive(ex, name, argv[0], cmd.OutOrStdout(), cmd.ErrOrStderr())
+			if ctx.Err() != nil {
+				return exitError{code: exitSignal + int(syscall.SIGINT)}
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "forward standard input to the command")
