@@ -222,15 +222,6 @@ func eventsSince(t *testing.T, s *Supervisor, seq uint64) []store.Event {
 	return es
 }
 
-func lastSeq(t *testing.T, s *Supervisor) uint64 {
-	t.Helper()
-	seq, err := s.store.LastSeq()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return seq
-}
-
 func hasEvent(es []store.Event, what, name string) bool {
 	return slices.ContainsFunc(es, func(e store.Event) bool { return e.What == what && e.Name == name })
 }

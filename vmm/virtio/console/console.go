@@ -21,8 +21,6 @@ const (
 
 	// DefaultInputBuffer is the input buffer size when Options leaves it 0.
 	DefaultInputBuffer = 64 << 10
-
-	configLen = 12 // cols, rows, max_nr_ports, emerg_wr
 )
 
 // ErrInputFull is returned by Enqueue when the input buffer cannot take
