@@ -79,7 +79,7 @@ echo "RF-FDS-BEFORE $(ls /proc/$(cat /tmp/serve.pid)/fd | wc -l)"
 "$RFM" grant x --segment s0,size=2M >/dev/null
 kill -9 $(cat /tmp/serve.pid); serve
 kill -9 $(vmms)
-j=0; while "$RFM" ps | tail -n +2 | grep -q . && [ $j -lt 150 ]; do sleep 0.2; j=$((j+1)); done
+j=0; while [ -n "$("$RFM" ps -q)" ] && [ $j -lt 150 ]; do sleep 0.2; j=$((j+1)); done
 for k in 1 2 3; do
 	"$RFM" create x --cpus 1 --memory 128M --append rf.agent=0 >/dev/null
 	"$RFM" grant x --segment s0,size=2M >/dev/null

@@ -249,9 +249,7 @@ const (
 
 // Events returns audit events after since.
 func (c *Client) Events(ctx context.Context, since uint64, limit int) ([]store.Event, error) {
-	var ev []store.Event
-	err := c.do(ctx, http.MethodGet, "/v1/events?since="+strconv.FormatUint(since, 10)+"&limit="+strconv.Itoa(limit), nil, &ev)
-	return ev, err
+	return c.EventsMatching(ctx, EventQuery{Since: since, Limit: limit})
 }
 
 // Quarantined returns the ledger records the supervisor took out of use.
@@ -270,9 +268,11 @@ func (c *Client) Check(ctx context.Context, spec supervisor.Spec) (CheckResult, 
 
 // Inventory returns the discovered machine.
 func (c *Client) Inventory(ctx context.Context) (*partitioner.Inventory, error) {
-	var inv partitioner.Inventory
-	err := c.do(ctx, http.MethodGet, "/v1/inventory", nil, &inv)
-	return &inv, err
+	rep, err := c.InventoryReport(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return rep.Inventory, nil
 }
 
 // Message sends a control text message to a subOS over FICM.
