@@ -400,41 +400,48 @@ func (m *Machine) AddDisk(d config.Disk) (int, error) { return m.AddDiskFile(d, 
 // AddDiskFile is AddDisk on backing f, already open (nil: open d.Path);
 // it takes charge of f.
 func (m *Machine) AddDiskFile(d config.Disk, f *os.File) (int, error) {
-	if d.ID == "" {
-		if f != nil {
-			f.Close()
-		}
-		return 0, fmt.Errorf("disk %s: no id", d.Path)
-	}
-	var model virtio.DeviceModel
-	var backing io.Closer
-	var err error
-	if f != nil {
-		var dev *blk.Device
-		dev, err = blk.Adopt(f, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID})
-		if err != nil {
-			err = fmt.Errorf("disk %s: %w", d.ID, err)
-		}
-		model, backing = dev, dev
-	} else {
-		model, backing, err = OpenDisk(d)
-	}
+	model, backing, err := diskModel(d, f)
 	if err != nil {
 		return 0, err
 	}
 	return m.AddVirtio(d.ID, model, backing)
 }
 
+// diskModel makes d's virtio-blk model on backing f, already open (nil:
+// open d.Path); it takes charge of f.
+func diskModel(d config.Disk, f *os.File) (virtio.DeviceModel, io.Closer, error) {
+	if d.ID == "" {
+		if f != nil {
+			f.Close()
+		}
+		return nil, nil, fmt.Errorf("disk %s: no id", d.Path)
+	}
+	if f == nil {
+		return OpenDisk(d)
+	}
+	dev, err := blk.Adopt(f, diskOptions(d))
+	if err != nil {
+		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
+	}
+	return dev, dev, nil
+}
+
 // OpenDisk opens a disk's backing (a regular file or a block device, with
 // O_DIRECT when asked) and makes its virtio-blk model; the closer releases
 // the backing.
 func OpenDisk(d config.Disk) (virtio.DeviceModel, io.Closer, error) {
-	model, err := blk.Open(d.Path, blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID,
-		IOPS: d.IOPS, Bandwidth: d.Bandwidth})
+	model, err := blk.Open(d.Path, diskOptions(d))
 	if err != nil {
 		return nil, nil, fmt.Errorf("disk %s: %w", d.ID, err)
 	}
 	return model, model, nil
+}
+
+// diskOptions are the device options of d, the same whether the VMM opens
+// the backing or is handed it (a jailed VMM): its limits included.
+func diskOptions(d config.Disk) blk.Options {
+	return blk.Options{ReadOnly: d.ReadOnly, Direct: d.Direct, ID: "rf-" + d.ID,
+		IOPS: d.IOPS, Bandwidth: d.Bandwidth}
 }
 
 // openKernel opens the kernel: a duplicate of KernelFile when given (the

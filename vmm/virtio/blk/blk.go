@@ -231,6 +231,12 @@ func (d *Device) Stats() Stats {
 	return d.stats
 }
 
+// Limits returns the device's rate limits: requests and bytes per second
+// (the zero Limit where unlimited).
+func (d *Device) Limits() (iops, bandwidth tokenbucket.Limit) {
+	return d.ops.Limit(), d.bytes.Limit()
+}
+
 // Throttled reports whether a request is held for tokens.
 func (d *Device) Throttled() bool {
 	d.mu.Lock()
