@@ -419,6 +419,8 @@ func TestCLI(t *testing.T) {
 		{name: "check without file", args: []string{"check"}, status: 2, stderr: "usage: rfm check"},
 
 		{name: "serve with an argument", args: []string{"serve", "now"}, status: 2, stderr: `unknown command "now"`},
+		{name: "serve metrics without a port", args: []string{"serve", "--metrics", "9464"}, status: 2, stderr: `--metrics: "9464" is not HOST:PORT`},
+		{name: "serve metrics port not a number", args: []string{"serve", "--metrics", "127.0.0.1:http"}, status: 2, stderr: "the port must be a number"},
 		{name: "run with two layouts", args: []string{"run", "a.yaml", "b.yaml"}, status: 2, stderr: "accepts at most 1 arg(s)"},
 		{name: "vmm bad cores", args: []string{"vmm", "--kernel", "/k", "--cores", "0-x", "--console", "none"}, status: 2, stderr: "--cores: invalid CPU list"},
 		{name: "gen-man", args: []string{"gen-man", manDir}, status: 0},
@@ -453,6 +455,30 @@ func TestCLI(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(manDir, "rfm-create.1")); err != nil {
 		t.Errorf("gen-man wrote no page for rfm create: %v", err)
+	}
+}
+
+// rfm serve takes its --metrics address before the supervisor starts: one
+// in use is a failure (exit 1) naming it, and nothing else is done.
+func TestServeMetricsAddressTaken(t *testing.T) {
+	bin := rfmBinary(t)
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	dir := t.TempDir()
+	state, run := filepath.Join(dir, "state"), filepath.Join(dir, "run")
+	r := runRFM(t, bin, []string{"RFM_SOCKET=" + filepath.Join(dir, "rfm.sock")}, "serve", "--metrics", taken.Addr().String(),
+		"--state-dir", state, "--run-dir", run, "--cgroup-root", dir)
+	if r.status != 1 || !strings.Contains(r.stderr, "--metrics") || !strings.Contains(r.stderr, taken.Addr().String()) ||
+		!strings.Contains(r.stderr, "address already in use") {
+		t.Errorf("exit status %d, want 1 and the address in use named:\n%s", r.status, r.stderr)
+	}
+	for _, p := range []string{state, run} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s was made: the supervisor started", p)
+		}
 	}
 }
 

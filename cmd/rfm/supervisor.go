@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -16,12 +17,14 @@ import (
 	"github.com/spf13/cobra"
 
 	"rainforest/ficm/board"
+	"rainforest/internal/buildinfo"
 	"rainforest/internal/peercred"
 	"rainforest/internal/units"
 	"rainforest/internal/untrusted"
 	"rainforest/partitioner"
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
+	"rainforest/rfm/metrics"
 	"rainforest/rfm/supervisor"
 	"rainforest/vmm/config"
 )
@@ -118,6 +121,7 @@ func (a actuatorAdapter) KillGroup(ctx context.Context, name string) ([]int, err
 
 func serveCommand(g *globalFlags) *cobra.Command {
 	var f supervisorFlags
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the supervisor daemon (API on a Unix socket)",
@@ -125,13 +129,36 @@ func serveCommand(g *globalFlags) *cobra.Command {
 and serves the API on --socket to root and the members of --group (the
 socket is 0660 root:GROUP, or 0600 when the group does not exist; others
 are refused with 403). SubOSes keep running when it
-stops or dies; a restarted supervisor re-adopts them.`,
+stops or dies; a restarted supervisor re-adopts them.
+
+With --metrics HOST:PORT it also serves Prometheus metrics at
+http://HOST:PORT/metrics over TCP, to whoever reaches that address (no
+authentication: bind it to 127.0.0.1 or a management network): the
+ledger's cores and hugepages, the subOSes by state, audit events and VMM
+exits, and each subOS's agent health and latest report. The README lists
+the metric families.`,
 		Example: `  rfm serve
   rfm serve --group wheel --steer-irqs
+  rfm serve --metrics 127.0.0.1:9464        # curl http://127.0.0.1:9464/metrics
   RFM_SOCKET=/tmp/rfm.sock rfm serve --state-dir /tmp/rf --run-dir /tmp/rf/run`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if metricsAddr != "" {
+				if err := metrics.CheckAddr(metricsAddr); err != nil {
+					return usageErrorf("--metrics: %w", err)
+				}
+			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil))
+			// The metrics address is taken before the supervisor
+			// starts: one that is in use stops rfm serve at once.
+			var metricsLn net.Listener
+			if metricsAddr != "" {
+				var err error
+				if metricsLn, err = net.Listen("tcp", metricsAddr); err != nil {
+					return fmt.Errorf("--metrics: %w", err)
+				}
+				defer metricsLn.Close()
+			}
 			s, err := f.open(log)
 			if err != nil {
 				return err
@@ -144,12 +171,47 @@ stops or dies; a restarted supervisor re-adopts them.`,
 			if err != nil {
 				return err
 			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			if metricsLn != nil {
+				done, err := serveMetrics(ctx, metricsLn, s, log)
+				if err != nil {
+					ln.Close()
+					return err
+				}
+				defer func() { // before s.Close
+					cancel()
+					<-done
+				}()
+			}
 			log.Info("serving", "socket", g.socket, "subos", len(s.List()))
-			return api.Serve(cmd.Context(), ln, s)
+			return api.Serve(ctx, ln, s)
 		},
 	}
 	f.add(cmd)
+	cmd.Flags().StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics at http://HOST:PORT/metrics, e.g. 127.0.0.1:9464 (default: none)")
+	fixedValues(cmd, "metrics", "127.0.0.1:9464\tthis host only", ":9464\tevery address of this host")
 	return cmd
+}
+
+// serveMetrics serves s's metrics on ln until ctx ends; done is closed
+// when the server has stopped. A server that fails on its own is logged:
+// the supervisor goes on without it.
+func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor, log *slog.Logger) (done <-chan struct{}, err error) {
+	reg, err := metrics.NewRegistry(s, buildinfo.Read())
+	if err != nil {
+		return nil, err
+	}
+	h := metrics.Handler(reg, log)
+	ch := make(chan struct{})
+	go func() {
+		defer close(ch)
+		if err := metrics.Serve(ctx, ln, h); err != nil {
+			log.Error("metrics server stopped; the supervisor goes on without it", "err", err)
+		}
+	}()
+	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+metrics.Path)
+	return ch, nil
 }
 
 func createCommand(g *globalFlags) *cobra.Command {

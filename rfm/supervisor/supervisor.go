@@ -111,6 +111,8 @@ type Supervisor struct {
 	exits map[string]Exit
 	// feed hands the audit events to their subscribers (SubscribeEvents).
 	feed EventFeed
+	// counts are the running totals Counters returns.
+	counts counts
 }
 
 type subOS struct {
@@ -276,6 +278,7 @@ func (s *Supervisor) event(who, what, name string, d time.Duration, detail strin
 		return
 	}
 	e.Seq = seq
+	s.counts.event(what)
 	s.feed.publishLocked(e)
 }
 
@@ -303,6 +306,7 @@ func (s *Supervisor) watch(so *subOS) {
 		}
 		// Listed (as stopping) until its resources are free.
 		e := vmmExit(so.info.VMMLog, so.logFrom)
+		s.counts.vmmExit()
 		s.recordExit(so.info.Name, e)
 		s.reclaim(so, s.cfg.Who, exitDetail(so.proc, so.info.Log))
 		s.mu.Lock()
