@@ -109,8 +109,16 @@ func (f faultReporter) Write(_ uint64, data []byte) {
 
 func newTestMachine(t *testing.T, cores []int, pageSize ram.PageSize, mem uint64) *Machine {
 	t.Helper()
-	m, err := New(Config{Name: "kvmtest", MemSize: mem, PageSize: pageSize, HostCores: cores,
-		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	return newTestMachineConfig(t, Config{HostCores: cores, PageSize: pageSize, MemSize: mem})
+}
+
+// newTestMachineConfig makes a machine of cfg (named, logging warnings)
+// closed when the test ends.
+func newTestMachineConfig(t *testing.T, cfg Config) *Machine {
+	t.Helper()
+	cfg.Name = "kvmtest"
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	m, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,6 +132,14 @@ func newTestMachine(t *testing.T, cores []int, pageSize ram.PageSize, mem uint64
 
 func startGuest(t *testing.T, m *Machine, code []byte) (*portRecorder, func() Exit) {
 	t.Helper()
+	return startGuestVCPUs(t, m, code, m.NumVCPUs())
+}
+
+// startGuestVCPUs runs code on vCPUs 0..n-1; the others stay as KVM
+// made them, waiting for an INIT/SIPI that never comes (as a vCPU a Linux
+// guest keeps offline).
+func startGuestVCPUs(t *testing.T, m *Machine, code []byte, n int) (*portRecorder, func() Exit) {
+	t.Helper()
 	rec := newPortRecorder()
 	if err := m.MMIO.Insert(rec, testguest.MMIOPort, 0x1000); err != nil {
 		t.Fatal(err)
@@ -135,7 +151,7 @@ func startGuest(t *testing.T, m *Machine, code []byte) (*portRecorder, func() Ex
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < m.NumVCPUs(); i++ {
+	for i := 0; i < n; i++ {
 		r := *regs
 		r.RAX = uint64(i) // each vCPU reports its index
 		r.RBX = uint64(i)

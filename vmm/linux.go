@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -219,7 +220,10 @@ func BootLinux(ctx context.Context, cfg LinuxConfig) (Exit, error) {
 }
 
 func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.GuestStatus, error) {
-	tables, rsdp, err := acpi.Build(acpi.Config{NumCPUs: len(cfg.HostCores), HotplugSlots: acpi.AllHotplugSlots}, acpi.DefaultBase)
+	// The MADT lists every vCPU; the kernel boots the first BootVCPUs
+	// and leaves the rest present and offline, for the guest to online
+	// when the VMM has given them cores.
+	tables, rsdp, err := acpi.Build(acpi.Config{NumCPUs: m.NumVCPUs(), HotplugSlots: acpi.AllHotplugSlots}, acpi.DefaultBase)
 	if err != nil {
 		return nil, err
 	}
@@ -235,7 +239,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: cfg.Cmdline, RAMSize: cfg.MemSize, RSDPAddr: rsdp}
+	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: BootCmdline(cfg.Cmdline, m.BootVCPUs(), m.NumVCPUs()), RAMSize: cfg.MemSize, RSDPAddr: rsdp}
 	if cfg.Initrd != "" || cfg.InitrdFile != nil {
 		initrd, err := reopen(cfg.InitrdFile, cfg.Initrd)
 		if err != nil {
@@ -513,6 +517,16 @@ func bit(b bool) uint8 {
 		return 1
 	}
 	return 0
+}
+
+// BootCmdline is cmdline for a machine of vcpus vCPUs that boots boot of
+// them: with maxcpus=<boot> appended when there are more (last, so that
+// it wins over one in cmdline).
+func BootCmdline(cmdline string, boot, vcpus int) string {
+	if vcpus <= boot {
+		return cmdline
+	}
+	return strings.TrimSpace(cmdline + " maxcpus=" + strconv.Itoa(boot))
 }
 
 // DefaultCmdline is the kernel command line for a subOS on this VMM.

@@ -72,14 +72,22 @@ type Exit struct {
 // Config is the part of a machine's configuration that does not depend on
 // what it boots.
 type Config struct {
-	Name      string
-	MemSize   uint64
-	PageSize  ram.PageSize
-	HostCores []int // one vCPU per core, in order
-	Profile   CPUProfile
-	Logger    *slog.Logger
-	SysRoot   string // sysfs root, "/sys" when empty
-	KVMPath   string // "/dev/kvm" when empty
+	Name     string
+	MemSize  uint64
+	PageSize ram.PageSize
+	// HostCores are the vCPUs the guest boots with, one per core, in
+	// order.
+	HostCores []int
+	// MaxVCPUs is how many vCPUs the machine has (0 or less than
+	// len(HostCores): len(HostCores)). Those beyond len(HostCores) are
+	// present to the guest (CPUID, the ACPI MADT) but not booted (a
+	// Linux guest gets maxcpus=); their threads wait in KVM_RUN pinned
+	// to HostCores[0] until PinVCPUs gives them cores of their own.
+	MaxVCPUs int
+	Profile  CPUProfile
+	Logger   *slog.Logger
+	SysRoot  string // sysfs root, "/sys" when empty
+	KVMPath  string // "/dev/kvm" when empty
 	// KVMFile, when set, is an open /dev/kvm used instead of KVMPath; the
 	// machine takes charge of it.
 	KVMFile *os.File
@@ -102,6 +110,12 @@ type Machine struct {
 	started atomic.Bool // Run began: devices come and go by hotplug
 
 	vcpus []*vcpu
+	// pinMu serialises PinVCPUs; affinity pins a started thread (a
+	// test hook; unix.SchedSetaffinity otherwise).
+	pinMu    sync.Mutex
+	affinity func(tid, core int) error
+	// hostCores are the host's online cores when the machine was made.
+	hostCores []int
 
 	stopping atomic.Bool
 	pauseMu  sync.Mutex
@@ -117,9 +131,13 @@ type Machine struct {
 }
 
 type vcpu struct {
-	cpu  *kvm.VCPU
+	cpu *kvm.VCPU
+	// mu guards core, and tid's changes: the thread pins itself to core
+	// and publishes its tid under it, so a re-pin either finds no thread
+	// yet (and sets the core it will take) or re-pins the thread.
+	mu   sync.Mutex
 	core int
-	tid  atomic.Int32
+	tid  atomic.Int32 // the thread's id while it runs, else 0
 }
 
 // New creates the VM, its memory and its vCPUs; nothing runs yet. On error
@@ -134,18 +152,24 @@ func New(cfg Config) (_ *Machine, err error) {
 	if cfg.PageSize == 0 {
 		cfg.PageSize = ram.Page2M
 	}
-	node, err := hostcpu.Topology{Root: cfg.SysRoot}.Check(cfg.HostCores)
+	topo := hostcpu.Topology{Root: cfg.SysRoot}
+	node, err := topo.Check(cfg.HostCores)
 	if err != nil {
 		return nil, err
 	}
-	if len(cfg.HostCores) > 254 {
-		return nil, fmt.Errorf("%d vCPUs: at most 254 are supported", len(cfg.HostCores))
+	hostCores, err := topo.Online()
+	if err != nil {
+		return nil, err
+	}
+	nvcpus := max(cfg.MaxVCPUs, len(cfg.HostCores))
+	if nvcpus > VCPULimit {
+		return nil, fmt.Errorf("%d vCPUs: at most %d are supported", nvcpus, VCPULimit)
 	}
 	memOpts := ram.Options{Name: "rf-" + cfg.Name, Size: cfg.MemSize, PageSize: cfg.PageSize, Node: node, Prefault: true, SysRoot: cfg.SysRoot}
 	if err := ram.Check(memOpts); err != nil {
 		return nil, err
 	}
-	m := &Machine{cfg: cfg, log: cfg.Logger, exitCh: make(chan struct{})}
+	m := &Machine{cfg: cfg, log: cfg.Logger, exitCh: make(chan struct{}), affinity: setAffinity, hostCores: hostCores}
 	m.pauseCnd = sync.NewCond(&m.pauseMu)
 	defer func() {
 		if err != nil {
@@ -190,13 +214,17 @@ func New(cfg Config) (_ *Machine, err error) {
 		return nil, err
 	}
 	deadline := m.vm.System().CheckExtension(kvm.CapTSCDeadlineTimer) > 0
-	for i, core := range cfg.HostCores {
+	for i := range nvcpus {
+		core := cfg.HostCores[0] // parked until PinVCPUs gives it a core
+		if i < len(cfg.HostCores) {
+			core = cfg.HostCores[i]
+		}
 		c, err := m.vm.KVM().CreateVCPU(i)
 		if err != nil {
 			return nil, err
 		}
 		m.AddCloser(c.Close)
-		if err := c.SetCPUID(BuildCPUID(supported, i, len(cfg.HostCores), cfg.Profile, deadline)); err != nil {
+		if err := c.SetCPUID(BuildCPUID(supported, i, nvcpus, cfg.Profile, deadline)); err != nil {
 			return nil, fmt.Errorf("vcpu %d: %w", i, err)
 		}
 		if err := setupLAPIC(c); err != nil {
@@ -204,7 +232,7 @@ func New(cfg Config) (_ *Machine, err error) {
 		}
 		m.vcpus = append(m.vcpus, &vcpu{cpu: c, core: core})
 	}
-	m.log.Debug("machine created", "vcpus", len(m.vcpus), "memory", cfg.MemSize, "pagesize", cfg.PageSize.String(), "node", node)
+	m.log.Debug("machine created", "vcpus", len(m.vcpus), "booted", len(cfg.HostCores), "memory", cfg.MemSize, "pagesize", cfg.PageSize.String(), "node", node)
 	return m, nil
 }
 
@@ -254,8 +282,13 @@ func (m *Machine) Chassis() *devices.Chassis { return m.chassis }
 // model (the serial port, the SCI).
 func (m *Machine) IRQLine(gsi uint32) *interrupt.Line { return m.lines.Line(gsi) }
 
-// NumVCPUs returns the number of vCPUs.
+// NumVCPUs returns the number of vCPUs (Config.MaxVCPUs, or one per host
+// core).
 func (m *Machine) NumVCPUs() int { return len(m.vcpus) }
+
+// BootVCPUs returns the number of vCPUs the guest boots with (one per
+// Config.HostCores).
+func (m *Machine) BootVCPUs() int { return len(m.cfg.HostCores) }
 
 // VCPU returns vCPU i.
 func (m *Machine) VCPU(i int) *kvm.VCPU { return m.vcpus[i].cpu }
@@ -373,13 +406,22 @@ func (m *Machine) Run(ctx context.Context) Exit {
 // affinity was changed, so Go discards it when the goroutine ends.
 func (m *Machine) runVCPU(i int, v *vcpu) error {
 	runtime.LockOSThread()
-	var set unix.CPUSet
-	set.Set(v.core)
-	if err := unix.SchedSetaffinity(0, &set); err != nil {
-		return fmt.Errorf("vcpu %d: pin to core %d: %w", i, v.core, err)
-	}
 	tid := unix.Gettid()
+	v.mu.Lock()
+	core := v.core
+	if err := setAffinity(0, core); err != nil {
+		v.mu.Unlock()
+		return fmt.Errorf("vcpu %d: pin to core %d: %w", i, core, err)
+	}
 	v.tid.Store(int32(tid))
+	v.mu.Unlock()
+	// Once the goroutine ends the thread exits (it stays locked), and its
+	// id may be reused: PinVCPUs must no longer reach it.
+	defer func() {
+		v.mu.Lock()
+		v.tid.Store(0)
+		v.mu.Unlock()
+	}()
 	// Named for top -H and the idle wake-up benchmark; best effort.
 	_ = setThreadName(fmt.Sprintf("vcpu%d", i))
 	log := m.log.With("vcpu", i)

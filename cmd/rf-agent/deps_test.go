@@ -20,6 +20,7 @@ func TestAgentDeps(t *testing.T) {
 		"rainforest/internal/agentproto": true,
 		"rainforest/internal/procstat":   true,
 		"rainforest/internal/buildinfo":  true,
+		"rainforest/internal/units":      true, // CPU lists; standard library only
 	}
 	out, err := exec.Command(goCmd, "list", "-deps", "rainforest/cmd/rf-agent").Output()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -22,7 +23,7 @@ func TestUsage(t *testing.T) {
 		code int
 		out  string
 	}{
-		{[]string{"--version"}, 0, "protocol 1.0"},
+		{[]string{"--version"}, 0, fmt.Sprintf("protocol %d.%d", agentproto.ProtocolMajor, agentproto.ProtocolMinor)},
 		{[]string{"--help"}, 0, "examples:"},
 		{[]string{"extra"}, 2, `unexpected argument "extra"`},
 		{[]string{"--port", "0"}, 2, "not a vsock port"},

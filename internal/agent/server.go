@@ -5,7 +5,9 @@
 // On each connection it sends its Hello, checks the host's, and then
 // serves what the host asks for: heartbeats and stats reports (Watch),
 // or one command (Exec) with pipes or a pseudo-terminal, its output
-// streamed back, stdin forwarded, and its exit status reported. At most
+// streamed back, stdin forwarded, and its exit status reported, or a
+// change of the online CPUs (CPUs: written to sysfs, cpuN/online, and
+// read back). SetCPUs is the host's side of the last. At most
 // Config.MaxExecs commands run at once. A command whose host goes away
 // (the connection ends, or a write to it fails) is killed with its
 // process tree.
@@ -46,6 +48,9 @@ type Config struct {
 	MaxExecs int
 	// Logger gets connection events; nil discards them.
 	Logger *slog.Logger
+	// SysRoot is the guest's sysfs ("/sys" when empty), where CPUs go
+	// online and offline.
+	SysRoot string
 }
 
 // Server serves the agent protocol.
@@ -54,6 +59,7 @@ type Server struct {
 	log   *slog.Logger
 	execs chan struct{} // a slot per running command
 	start time.Time
+	cpus  sync.Mutex // one CPU change at a time
 }
 
 // NewServer returns a Server.
@@ -138,8 +144,13 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 		release := sync.OnceFunc(func() { <-s.execs })
 		defer release()
 		return s.exec(ctx, c, pc, m, release)
+	case *agentproto.CPUs:
+		if err := pc.Send(s.setCPUs(m.Online)); err != nil {
+			return fmt.Errorf("agent: cpus: %w", err)
+		}
+		return nil
 	default:
-		return refuse(pc, agentproto.ErrCodeBadRequest, fmt.Sprintf("expected watch or exec, got %s", m.Type()))
+		return refuse(pc, agentproto.ErrCodeBadRequest, fmt.Sprintf("expected watch, exec or cpus, got %s", m.Type()))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -36,6 +37,9 @@ func sampleMessages() []Message {
 		&Exit{Code: 3},
 		&Exit{Code: -1, Signal: 9, Error: "killed"},
 		&Error{Code: ErrCodeBusy, Message: "16 commands are running"},
+		&CPUs{Online: 3},
+		&CPUsResult{Online: []int{0, 1, 2}},
+		&CPUsResult{Online: []int{0, 1}, Error: "cpu2: device or resource busy"},
 	}
 }
 
@@ -129,11 +133,30 @@ func TestDecodeBounds(t *testing.T) {
 		"exit code":          {TypeExit, []byte(`{"code":256}`)},
 		"error without code": {TypeError, []byte(`{"message":"x"}`)},
 		"wrong field type":   {TypeHeartbeat, []byte(`{"seq":"7"}`)},
+		"no cpus online":     {TypeCPUs, []byte(`{"online":0}`)},
+		"negative online":    {TypeCPUs, []byte(`{"online":-1}`)},
+		"online too many":    {TypeCPUs, []byte(`{"online":4097}`)},
+		"online huge":        {TypeCPUs, []byte(`{"online":1e40}`)},
+		"result unsorted":    {TypeCPUsResult, []byte(`{"online":[0,2,1]}`)},
+		"result repeats":     {TypeCPUsResult, []byte(`{"online":[0,0]}`)},
+		"result negative":    {TypeCPUsResult, []byte(`{"online":[-1]}`)},
+		"result huge cpu":    {TypeCPUsResult, []byte(`{"online":[70000]}`)},
+		"result too long":    {TypeCPUsResult, []byte(`{"online":[` + manyIDs(MaxCPUs+1) + `]}`)},
+		"result long error":  {TypeCPUsResult, []byte(`{"online":[0],"error":"` + strings.Repeat("x", MaxText+1) + `"}`)},
 	} {
 		if m, err := Decode(f); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: Decode = %#v, %v; want ErrMalformed", name, m, err)
 		}
 	}
+}
+
+// manyIDs is the CPU list 0..n-1 as JSON numbers.
+func manyIDs(n int) string {
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = strconv.Itoa(i)
+	}
+	return strings.Join(ids, ",")
 }
 
 // Unknown types and fields are a newer minor version's: the type is
@@ -170,7 +193,7 @@ func TestCheckVersion(t *testing.T) {
 
 // Encode refuses what Decode would.
 func TestEncodeValidates(t *testing.T) {
-	for _, m := range []Message{&Exec{}, &Watch{}, &Signal{}, &Data{Stream: TypeExit}, &Data{Stream: TypeStdout, Bytes: make([]byte, MaxChunk+1)}} {
+	for _, m := range []Message{&Exec{}, &Watch{}, &Signal{}, &CPUs{}, &CPUsResult{Online: []int{1, 0}}, &Data{Stream: TypeExit}, &Data{Stream: TypeStdout, Bytes: make([]byte, MaxChunk+1)}} {
 		if _, err := Encode(m); !errors.Is(err, ErrMalformed) {
 			t.Errorf("Encode(%#v) = %v, want ErrMalformed", m, err)
 		}

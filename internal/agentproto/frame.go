@@ -12,7 +12,7 @@
 // # Bodies
 //
 // Control messages (hello, heartbeat, stats, watch, exec, resize, signal,
-// exit, error) are JSON objects with snake_case keys: they are rare (one
+// exit, error, cpus, cpus_result) are JSON objects with snake_case keys: they are rare (one
 // every few seconds), easy to read in a trace, and a minor protocol
 // version can add fields that an older peer ignores. The exec streams
 // (stdout, stderr, stdin) are the raw bytes with no encoding, since they
@@ -36,6 +36,12 @@
 //     Signal, and ends with Exit, then closes. The host closing the
 //     connection kills the command's process tree. An agent already
 //     running its maximum of commands answers Error "busy".
+//   - CPUs (since 1.1): the agent makes exactly the guest's CPUs
+//     0..online-1 online (lowest first) and the higher ones offline
+//     (highest first; never CPU 0), stopping at the first CPU that
+//     refuses, answers CPUsResult with the online CPUs it then reads
+//     and the refusal, and closes. The host sends it only to an agent
+//     whose hello says 1.1 or later (an older one would ignore it).
 //
 // # Untrusted input
 //

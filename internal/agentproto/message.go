@@ -14,7 +14,7 @@ import (
 // older peer ignores.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 0
+	ProtocolMinor = 1 // 1.1: cpus, cpus_result
 )
 
 // Type is a message type, the first byte of a frame.
@@ -35,6 +35,8 @@ const (
 	TypeSignal     Type = 11 // host: signal the command
 	TypeExit       Type = 12 // agent: the command ended
 	TypeError      Type = 13 // both: a refusal; the sender closes
+	TypeCPUs       Type = 14 // host: set the online CPUs (1.1)
+	TypeCPUsResult Type = 15 // agent: the online CPUs after a CPUs (1.1)
 )
 
 var typeNames = map[Type]string{
@@ -42,6 +44,7 @@ var typeNames = map[Type]string{
 	TypeWatch: "watch", TypeExec: "exec", TypeStdout: "stdout",
 	TypeStderr: "stderr", TypeStdin: "stdin", TypeStdinClose: "stdin_close",
 	TypeResize: "resize", TypeSignal: "signal", TypeExit: "exit", TypeError: "error",
+	TypeCPUs: "cpus", TypeCPUsResult: "cpus_result",
 }
 
 func (t Type) String() string {
@@ -58,7 +61,7 @@ const (
 	MaxArg         = 32 << 10 // one argv or env entry
 	MaxArgs        = 1024     // argv entries; env entries likewise
 	MaxChunk       = 64 << 10 // one stdout, stderr or stdin chunk
-	MaxCPUs        = 4096     // CPU entries in a stats report
+	MaxCPUs        = 4096     // CPU entries in a stats report or a CPU list; online CPUs asked for
 	MaxCPUID       = 1 << 16
 	MaxLoad        = 1e6
 	MinIntervalMS  = 100
@@ -220,6 +223,20 @@ type Exit struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// CPUs asks the agent to make exactly the guest's CPUs 0..Online-1 online
+// and every higher one offline (CPU 0 is never offlined).
+type CPUs struct {
+	Online int `json:"online"`
+}
+
+// CPUsResult answers CPUs: the guest's online CPUs after the attempt,
+// and, when a CPU refused to change (or the request could not be met),
+// why.
+type CPUsResult struct {
+	Online []int  `json:"online"`
+	Error  string `json:"error,omitempty"`
+}
+
 // Error is a refusal; its sender closes the connection.
 type Error struct {
 	Code    string `json:"code"` // ErrCode*
@@ -248,6 +265,8 @@ func (*Resize) Type() Type     { return TypeResize }
 func (*Signal) Type() Type     { return TypeSignal }
 func (*Exit) Type() Type       { return TypeExit }
 func (*Error) Type() Type      { return TypeError }
+func (*CPUs) Type() Type       { return TypeCPUs }
+func (*CPUsResult) Type() Type { return TypeCPUsResult }
 
 // NewHello returns this side's Hello with the protocol version set.
 func NewHello(software string) *Hello {
@@ -315,6 +334,10 @@ func Decode(f Frame) (Message, error) {
 		m = &Exit{}
 	case TypeError:
 		m = &Error{}
+	case TypeCPUs:
+		m = &CPUs{}
+	case TypeCPUsResult:
+		m = &CPUsResult{}
 	default:
 		return nil, fmt.Errorf("%w: %d", ErrUnknownType, uint8(f.Type))
 	}
@@ -512,4 +535,23 @@ func (e *Error) validate() error {
 		return err
 	}
 	return checkString(TypeError, "message", e.Message, MaxText)
+}
+
+func (c *CPUs) validate() error {
+	if c.Online < 1 || c.Online > MaxCPUs {
+		return malformed(TypeCPUs, "online %d out of range 1..%d", c.Online, MaxCPUs)
+	}
+	return nil
+}
+
+func (r *CPUsResult) validate() error {
+	if len(r.Online) > MaxCPUs {
+		return malformed(TypeCPUsResult, "%d CPUs (at most %d)", len(r.Online), MaxCPUs)
+	}
+	for i, c := range r.Online {
+		if c < 0 || c >= MaxCPUID || (i > 0 && c <= r.Online[i-1]) {
+			return malformed(TypeCPUsResult, "cpu ids must increase and be 0..%d (online[%d] is %d)", MaxCPUID-1, i, c)
+		}
+	}
+	return checkString(TypeCPUsResult, "error", r.Error, MaxText)
 }

@@ -264,7 +264,7 @@ func TestSupervisorAgent(t *testing.T) {
 	ev, _ := s.Events(0, 100)
 	var healthy bool
 	for _, e := range ev {
-		healthy = healthy || (e.What == "agent-healthy" && e.Name == "a" && strings.Contains(e.Detail, `"rf-agent test, protocol 1.0"`))
+		healthy = healthy || (e.What == "agent-healthy" && e.Name == "a" && strings.Contains(e.Detail, fmt.Sprintf(`"rf-agent test, protocol %d.%d"`, agentproto.ProtocolMajor, agentproto.ProtocolMinor)))
 	}
 	if !healthy {
 		t.Errorf("no agent-healthy event: %+v", ev)

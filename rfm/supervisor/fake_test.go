@@ -187,6 +187,8 @@ type fakeProcess struct {
 	// servedBy, when set, is the pid the supervisor expects to serve the
 	// control socket (a test of a socket served by someone else).
 	servedBy int
+	// cores are the fake vCPUs' cores since set_cpus (nil: the launch's).
+	cores []int
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -359,6 +361,46 @@ func (p *fakeProcess) Devices() []vmmctl.Device {
 	var out []vmmctl.Device
 	for _, d := range p.devices {
 		out = append(out, d)
+	}
+	return out
+}
+
+// SetCPUs plays vmm.Machine.PinVCPUs: 1 to VCPUs() distinct cores.
+func (p *fakeProcess) SetCPUs(cores []int) ([]vmmctl.VCPUPin, error) {
+	p.mu.Lock()
+	n := p.doc.VCPUs()
+	p.mu.Unlock()
+	if len(cores) == 0 || len(cores) > n {
+		return nil, fmt.Errorf("%w: %d cores for %d vCPUs", vmmctl.ErrInvalid, len(cores), n)
+	}
+	seen := map[int]bool{}
+	for _, c := range cores {
+		if seen[c] || c < 0 {
+			return nil, fmt.Errorf("%w: cores %v", vmmctl.ErrInvalid, cores)
+		}
+		seen[c] = true
+	}
+	p.mu.Lock()
+	p.cores = append([]int(nil), cores...)
+	p.mu.Unlock()
+	return p.VCPUs(), nil
+}
+
+// VCPUs plays vmm.Machine.VCPUPins: vCPU i on cores[i], the rest on
+// cores[0].
+func (p *fakeProcess) VCPUs() []vmmctl.VCPUPin {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cores := p.cores
+	if cores == nil {
+		cores = p.doc.Cores
+	}
+	out := make([]vmmctl.VCPUPin, p.doc.VCPUs())
+	for i := range out {
+		out[i] = vmmctl.VCPUPin{VCPU: i, Core: cores[0], TID: p.pid*100 + i}
+		if i < len(cores) {
+			out[i].Core = cores[i]
+		}
 	}
 	return out
 }

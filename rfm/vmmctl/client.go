@@ -195,3 +195,24 @@ func Devices(ctx context.Context, v VMM) ([]Device, error) {
 	}
 	return m.Devices, err
 }
+
+// SetCPUs pins the VMM's vCPU i to host core cores[i] and the vCPUs
+// beyond them to cores[0], and returns every vCPU's pinning; a refusal
+// (ErrInvalid: a core given twice, not online, more cores than vCPUs)
+// changes nothing.
+func SetCPUs(ctx context.Context, v VMM, cores []int) ([]VCPUPin, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpSetCPUs, Cores: cores}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	return m.VCPUs, err
+}
+
+// VCPUs returns where the VMM's vCPU threads run.
+func VCPUs(ctx context.Context, v VMM) ([]VCPUPin, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpVCPUs}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	return m.VCPUs, err
+}

@@ -45,6 +45,14 @@ func (fuzzHandler) Detach(_ context.Context, id string) error {
 
 func (fuzzHandler) Devices() []Device                     { return []Device{{ID: "console", Kind: "console"}} }
 func (fuzzHandler) Export() ([]config.Region, []*os.File) { return nil, nil }
+func (fuzzHandler) VCPUs() []VCPUPin                      { return []VCPUPin{{VCPU: 0, Core: 2, TID: 7}} }
+
+func (fuzzHandler) SetCPUs(cores []int) ([]VCPUPin, error) {
+	if len(cores) > 1 {
+		return nil, ErrInvalid
+	}
+	return []VCPUPin{{VCPU: 0, Core: cores[0]}}, nil
+}
 
 // openFDs counts this process's open descriptors.
 func openFDs(t *testing.T) int {
@@ -137,6 +145,10 @@ func FuzzMessage(f *testing.F) {
 	f.Add([]byte(`{"op":"detach","id":"busy","timeout_ms":5}`), uint8(0), uint8(1))
 	f.Add([]byte(`{"op":"attach_disk","disk":{"path":"/taken"}}`), uint8(1), uint8(1))
 	f.Add([]byte(`{"op":"export"}`), uint8(0), uint8(1))
+	f.Add([]byte(`{"op":"set_cpus","cores":[3]}`), uint8(0), uint8(1))
+	f.Add([]byte(`{"op":"set_cpus","cores":[3,4]}`), uint8(0), uint8(1))
+	f.Add([]byte(`{"op":"vcpus"}`), uint8(0), uint8(1))
+	f.Add([]byte(`{"vcpus":[{"vcpu":0,"core":2,"tid":7},{"vcpu":1,"core":2}]}`), uint8(0), uint8(2))
 	f.Add([]byte(`{"error":"gone","code":"not_found"}`), uint8(2), uint8(2))
 	f.Add([]byte(`{"devices":[{"id":"disk0","kind":"disk","slot":3}]}`), uint8(0), uint8(2))
 	f.Add([]byte{}, uint8(0), uint8(2))

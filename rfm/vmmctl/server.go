@@ -36,6 +36,12 @@ type Handler interface {
 	Detach(ctx context.Context, id string) error
 	// Devices lists the devices plugged now.
 	Devices() []Device
+	// SetCPUs pins vCPU i to cores[i] and the vCPUs beyond them to
+	// cores[0], or changes nothing and fails; it returns every vCPU's
+	// pinning.
+	SetCPUs(cores []int) ([]VCPUPin, error)
+	// VCPUs returns every vCPU's pinning.
+	VCPUs() []VCPUPin
 	// Export returns the regions held and their files (still the
 	// handler's).
 	Export() ([]config.Region, []*os.File)
@@ -203,6 +209,14 @@ func answer(ctx context.Context, conn *net.UnixConn, h Handler, log *slog.Logger
 		reply.Regions, out = h.Export()
 	case OpDevices:
 		reply.Devices = h.Devices()
+	case OpVCPUs:
+		reply.VCPUs = h.VCPUs()
+	case OpSetCPUs:
+		if len(msg.Cores) == 0 || len(msg.Cores) > config.MaxCores {
+			err = fmt.Errorf("%w: %s with %d cores, want 1 to %d", ErrInvalid, msg.Op, len(msg.Cores), config.MaxCores)
+			break
+		}
+		reply.VCPUs, err = h.SetCPUs(msg.Cores)
 	case OpAttachDisk:
 		if msg.Disk == nil {
 			err = fmt.Errorf("%w: %s without a disk", ErrInvalid, msg.Op)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +32,8 @@ type handler struct {
 	granted []*os.File
 	// backing is the first byte of the last attached disk's file.
 	backing string
+	// pins are the two vCPUs' cores.
+	pins []VCPUPin
 }
 
 func (h *handler) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (Device, error) {
@@ -81,6 +84,31 @@ func (h *handler) Devices() []Device {
 }
 
 func (h *handler) Export() ([]config.Region, []*os.File) { return nil, nil }
+
+// SetCPUs plays a machine of two vCPUs on a host of cores 0-3.
+func (h *handler) SetCPUs(cores []int) ([]VCPUPin, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(cores) > 2 {
+		return nil, fmt.Errorf("%w: %d cores for 2 vCPUs", ErrInvalid, len(cores))
+	}
+	for _, c := range cores {
+		if c < 0 || c > 3 {
+			return nil, fmt.Errorf("%w: core %d is not online", ErrInvalid, c)
+		}
+	}
+	h.pins = []VCPUPin{{VCPU: 0, Core: cores[0], TID: 100}, {VCPU: 1, Core: cores[0], TID: 101}}
+	if len(cores) > 1 {
+		h.pins[1].Core = cores[1]
+	}
+	return append([]VCPUPin(nil), h.pins...), nil
+}
+
+func (h *handler) VCPUs() []VCPUPin {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]VCPUPin(nil), h.pins...)
+}
 
 // The launch document and its files arrive; later requests reach the
 // handler and come back with their errors classified.
@@ -190,6 +218,22 @@ func TestLaunchAndRequests(t *testing.T) {
 		f.Close()
 	}
 	h.mu.Unlock()
+	pins, err := SetCPUs(bg, vm, []int{3, 1})
+	if want := []VCPUPin{{0, 3, 100}, {1, 1, 101}}; err != nil || !reflect.DeepEqual(pins, want) {
+		t.Errorf("SetCPUs = %+v, %v; want %+v", pins, err, want)
+	}
+	if pins, err := VCPUs(bg, vm); err != nil || len(pins) != 2 || pins[0].Core != 3 {
+		t.Errorf("VCPUs = %+v, %v", pins, err)
+	}
+	if _, err := SetCPUs(bg, vm, []int{3, 1, 2}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "3 cores for 2 vCPUs") {
+		t.Errorf("SetCPUs of too many cores: %v", err)
+	}
+	if _, err := SetCPUs(bg, vm, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "set_cpus with 0 cores") {
+		t.Errorf("SetCPUs of no cores: %v", err)
+	}
+	if pins, _ := VCPUs(bg, vm); pins[0].Core != 3 || pins[1].Core != 1 {
+		t.Errorf("refused SetCPUs changed the pinning: %+v", pins)
+	}
 	if _, _, err := Call(bg, vm, Message{Op: "reboot"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown operation "reboot"`) {
 		t.Errorf("unknown operation: %v", err)
 	}

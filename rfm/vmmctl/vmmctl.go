@@ -26,6 +26,13 @@
 //     timeout_ms to let go, else the device stays and the reply is an
 //     error saying so.
 //   - devices: the devices plugged now.
+//   - set_cpus {"cores": [...]}: pin vCPU i's thread to host core
+//     cores[i] and every vCPU beyond them to cores[0] (where a vCPU the
+//     guest keeps offline waits, costing no host CPU); the guest then
+//     onlines vCPUs 0..len(cores)-1 (through its agent). 1 to the
+//     machine's vCPU count of distinct host cores; a refusal changes
+//     nothing. Reply: every vCPU's pinning ({"vcpus": [...]}).
+//   - vcpus: every vCPU's pinning, as the host kernel has it.
 //
 // Who may talk on it: the socket file is born mode 0600 (Listen) in the
 // supervisor's run directory; the VMM answers only connections from the
@@ -66,6 +73,8 @@ const (
 	OpGrant      = "grant"
 	OpDetach     = "detach"
 	OpDevices    = "devices"
+	OpSetCPUs    = "set_cpus"
+	OpVCPUs      = "vcpus"
 )
 
 // ErrProtocol reports a malformed control message.
@@ -82,7 +91,11 @@ type Message struct {
 	// TimeoutMS bounds how long a detach waits for the guest.
 	TimeoutMS int64    `json:"timeout_ms,omitempty"`
 	Devices   []Device `json:"devices,omitempty"`
-	Error     string   `json:"error,omitempty"`
+	// Cores are a set_cpus request's host cores, vCPU i's at i.
+	Cores []int `json:"cores,omitempty"`
+	// VCPUs are the vCPUs' pinnings (set_cpus and vcpus replies).
+	VCPUs []VCPUPin `json:"vcpus,omitempty"`
+	Error string    `json:"error,omitempty"`
 	// Code classifies Error for callers that branch (see the sentinels).
 	Code string `json:"code,omitempty"`
 }
@@ -96,6 +109,16 @@ type Device struct {
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`
+}
+
+// VCPUPin is where one vCPU's thread runs: the host core it is pinned
+// to (-1 when its affinity is not one core), as the host kernel has it
+// while the thread runs, and the thread's id in the VMM's PID namespace
+// (0 while it does not run).
+type VCPUPin struct {
+	VCPU int `json:"vcpu"`
+	Core int `json:"core"`
+	TID  int `json:"tid,omitempty"`
 }
 
 // Document decodes the launch message's configuration document.

@@ -59,8 +59,15 @@ type Document struct {
 	// is added to it.
 	Cmdline string `json:"cmdline,omitempty"`
 	Append  string `json:"append,omitempty"`
-	// Cores are host cores, one vCPU each, in order.
+	// Cores are host cores, one vCPU each, in order: the vCPUs the guest
+	// boots with.
 	Cores []int `json:"cores"`
+	// MaxVCPUs is how many vCPUs the machine has (0: len(Cores)), so that
+	// the subOS can grow to that many cores while it runs: the guest's
+	// ACPI tables list them all, it boots len(Cores) (maxcpus=), and the
+	// others wait offline, their threads on Cores[0], until the VMM
+	// re-pins them (vmmctl set_cpus) and the guest onlines them.
+	MaxVCPUs int `json:"max_vcpus,omitempty"`
 	// Memory is the guest RAM in bytes, PageSize its backing: "4k", "2M"
 	// or "1G" ("2M" when empty).
 	Memory   uint64 `json:"memory"`
@@ -329,6 +336,8 @@ func (d *Document) Validate() error {
 		return bad("cores", "no cores")
 	case len(d.Cores) > MaxCores:
 		return bad("cores", "%d cores, at most %d", len(d.Cores), MaxCores)
+	case d.MaxVCPUs != 0 && (d.MaxVCPUs < len(d.Cores) || d.MaxVCPUs > MaxCores):
+		return bad("max_vcpus", "max_vcpus %d: 0 (as many as cores) or %d (the cores given) to %d", d.MaxVCPUs, len(d.Cores), MaxCores)
 	case len(d.Disks) > MaxDisks:
 		return bad("disks", "%d disks, at most %d", len(d.Disks), MaxDisks)
 	case len(d.Regions) > MaxRegions:
@@ -475,6 +484,10 @@ func (d *Document) Pages() (ram.PageSize, error) {
 	}
 	return ram.ParsePageSize(d.PageSize)
 }
+
+// VCPUs returns the machine's vCPU count: MaxVCPUs, or len(Cores) when
+// it is 0.
+func (d *Document) VCPUs() int { return max(d.MaxVCPUs, len(d.Cores)) }
 
 // WithDiskIDs returns the disks with default IDs filled in ("disk<i>").
 func (d *Document) WithDiskIDs() []Disk {

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -45,6 +46,9 @@ func TestDecodeRefuses(t *testing.T) {
 		{strings.Replace(good, `"memory": 536870912`, `"memory": "512M"`, 1), `field "memory"`},
 		{strings.Replace(good, `"cores": [2, 3]`, `"cores": []`, 1), "no cores"},
 		{strings.Replace(good, `"cores": [2, 3]`, `"cores": [2, 2]`, 1), "each core once"},
+		{strings.Replace(good, `"cores": [2, 3]`, `"cores": [2, 3], "max_vcpus": 1`, 1), "max_vcpus 1: 0 (as many as cores) or 2 (the cores given) to 254"},
+		{strings.Replace(good, `"cores": [2, 3]`, `"cores": [2, 3], "max_vcpus": -4`, 1), "max_vcpus -4"},
+		{strings.Replace(good, `"cores": [2, 3]`, `"cores": [2, 3], "max_vcpus": 255`, 1), "max_vcpus 255"},
 		{strings.Replace(good, `"memory": 536870912`, `"memory": 536870913`, 1), "multiple of the 2 MiB page size"},
 		{strings.Replace(good, `"page_size": "2M"`, `"page_size": "3M"`, 1), "page_size"},
 		{strings.Replace(good, `"name": "web"`, `"name": "Web Server"`, 1), `name "Web Server"`},
@@ -65,6 +69,31 @@ func TestDecodeRefuses(t *testing.T) {
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%.60s...: %v, want an ErrInvalid naming %q", c.doc, err, c.want)
 		}
+	}
+}
+
+// max_vcpus is the machine's vCPU count, len(cores) when absent; a
+// refusal names the field.
+func TestMaxVCPUs(t *testing.T) {
+	d, err := Decode(strings.NewReader(good))
+	if err != nil || d.MaxVCPUs != 0 || d.VCPUs() != 2 {
+		t.Fatalf("without max_vcpus: %d vCPUs (%+v, %v)", d.VCPUs(), d, err)
+	}
+	for _, n := range []int{2, 3, MaxCores} {
+		doc := strings.Replace(good, `"cores": [2, 3]`, fmt.Sprintf(`"cores": [2, 3], "max_vcpus": %d`, n), 1)
+		d, err := Decode(strings.NewReader(doc))
+		if err != nil || d.VCPUs() != n {
+			t.Fatalf("max_vcpus %d: %v", n, err)
+		}
+		b, _ := d.Encode()
+		if !strings.Contains(string(b), fmt.Sprintf(`"max_vcpus":%d`, n)) {
+			t.Errorf("encoded without max_vcpus %d: %s", n, b)
+		}
+	}
+	var fe *FieldError
+	_, err = Decode(strings.NewReader(strings.Replace(good, `"cores": [2, 3]`, `"cores": [2, 3], "max_vcpus": 1`, 1)))
+	if !errors.As(err, &fe) || fe.Field != "max_vcpus" {
+		t.Errorf("max_vcpus below the cores: %v", err)
 	}
 }
 
@@ -125,6 +154,7 @@ func TestDiskLimitsInDocument(t *testing.T) {
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(good))
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{}}`))
+	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0,1],"max_vcpus":4,"memory":2097152,"console":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Decode(strings.NewReader(string(data)))
 		if err != nil {

@@ -168,7 +168,8 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		cmdline += " " + doc.Append
 	}
 	cfg := vmm.LinuxConfig{
-		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, Profile: profile, Logger: log, SysRoot: o.SysRoot},
+		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, MaxVCPUs: doc.MaxVCPUs,
+			Profile: profile, Logger: log, SysRoot: o.SysRoot},
 		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
 		Vsock: doc.Vsock,
@@ -464,4 +465,28 @@ func (s *subOS) Export() ([]config.Region, []*os.File) {
 	defer s.mu.Unlock()
 	s.reconcileLocked()
 	return s.ms.Export()
+}
+
+// SetCPUs implements vmmctl.Handler: it re-pins the vCPU threads
+// (vmm.Machine.PinVCPUs); cores the machine refuses are ErrInvalid.
+func (s *subOS) SetCPUs(cores []int) ([]vmmctl.VCPUPin, error) {
+	if err := s.l.PinVCPUs(cores); err != nil {
+		if errors.Is(err, vmm.ErrPinning) {
+			return nil, fmt.Errorf("%w: %w", vmmctl.ErrInvalid, err)
+		}
+		return nil, err
+	}
+	return s.VCPUs(), nil
+}
+
+// VCPUs implements vmmctl.Handler.
+func (s *subOS) VCPUs() []vmmctl.VCPUPin { return vcpuPins(s.l.VCPUPins()) }
+
+// vcpuPins converts the machine's pinnings to the protocol's.
+func vcpuPins(pins []vmm.VCPUPin) []vmmctl.VCPUPin {
+	out := make([]vmmctl.VCPUPin, len(pins))
+	for i, p := range pins {
+		out[i] = vmmctl.VCPUPin{VCPU: p.VCPU, Core: p.Core, TID: p.TID}
+	}
+	return out
 }

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -19,7 +20,7 @@ import (
 // document says.
 func TestLinuxConfig(t *testing.T) {
 	var out bytes.Buffer
-	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{2, 3}, Memory: 64 << 20,
+	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{2, 3}, MaxVCPUs: 4, Memory: 64 << 20,
 		PageSize: "4k", Append: "rf.cat=/x", Disks: []config.Disk{{Path: "/a"}, {ID: "data", Path: "/b", Direct: true}},
 		Console: config.Console{Socket: "/run/web.sock"}, CPUProfile: "nested-safe"}
 	cfg, done, err := linuxConfig(doc, Options{Stdout: &out}, Logger(doc, &out))
@@ -29,6 +30,9 @@ func TestLinuxConfig(t *testing.T) {
 	done()
 	if cfg.Cmdline != vmm.DefaultCmdline()+" rf.cat=/x" || cfg.PageSize != ram.Page4K || cfg.Profile != vmm.ProfileNestedSafe {
 		t.Errorf("cmdline %q page size %v profile %v", cfg.Cmdline, cfg.PageSize, cfg.Profile)
+	}
+	if !slices.Equal(cfg.HostCores, []int{2, 3}) || cfg.MaxVCPUs != 4 {
+		t.Errorf("host cores %v, max vCPUs %d; want [2 3], 4", cfg.HostCores, cfg.MaxVCPUs)
 	}
 	if len(cfg.Disks) != 2 || cfg.Disks[0].ID != "disk0" || cfg.Disks[1].ID != "data" || !cfg.Disks[1].Direct {
 		t.Errorf("disks %+v", cfg.Disks)

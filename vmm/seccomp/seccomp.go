@@ -13,7 +13,9 @@
 // runtime (futexes, signals for preemption, thread creation, memory), the
 // netpoller, eventfds, positioned and vectored disk I/O, the control and
 // console sockets (accept4, recvmsg and sendmsg with descriptors), mbind
-// and sched_setaffinity, and ioctl. ioctl is allowed only for the request
+// and sched_setaffinity (also on other threads: the control socket
+// re-pins vCPU threads and reads their affinity, vmm.Machine.PinVCPUs),
+// and ioctl. ioctl is allowed only for the request
 // numbers the VMM makes: the KVM system, VM and vCPU ioctls it uses, the
 // block-device queries of a hot-added disk, and TCGETS/TCSETS of a stdio
 // console; prctl only for PR_SET_NAME (vCPU threads name themselves).

@@ -133,6 +133,12 @@ func filteredHelper(mode string) int {
 		fmt.Println("error: console log under the filter:", err)
 		return 1
 	}
+	// A vCPU thread is re-pinned and its affinity read from another
+	// thread (vmm.Machine.PinVCPUs, VCPUPins).
+	if err := repinThread(); err != nil {
+		fmt.Println("error: re-pinning a thread under the filter:", err)
+		return 1
+	}
 	// Opening a file fails, and the process lives on.
 	if _, err := os.Open("/proc/self/status"); !errors.Is(err, unix.EACCES) {
 		fmt.Println("error: open under the filter:", err)
@@ -149,6 +155,39 @@ func filteredHelper(mode string) int {
 	<-done
 	fmt.Println("survived")
 	return 0
+}
+
+// repinThread pins a locked thread, from another thread, to one of the
+// cores it may run on, and reads its affinity back.
+func repinThread() error {
+	tids := make(chan int)
+	release := make(chan struct{})
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		tids <- unix.Gettid()
+		<-release
+	}()
+	tid := <-tids
+	defer close(release)
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(tid, &set); err != nil {
+		return fmt.Errorf("sched_getaffinity: %w", err)
+	}
+	core := -1
+	for c := 0; c < len(set)*64 && core < 0; c++ {
+		if set.IsSet(c) {
+			core = c
+		}
+	}
+	var one unix.CPUSet
+	one.Set(core)
+	if err := unix.SchedSetaffinity(tid, &one); err != nil {
+		return fmt.Errorf("sched_setaffinity: %w", err)
+	}
+	if err := unix.SchedGetaffinity(tid, &set); err != nil || set != one {
+		return fmt.Errorf("affinity after pinning to %d: %v (%v)", core, set, err)
+	}
+	return nil
 }
 
 // rotateLog writes four times a minimal cap's worth to a console log on f
