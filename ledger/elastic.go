@@ -841,3 +841,48 @@ func (l *Ledger) verifyLoans() []error {
 	}
 	return errs
 }
+
+// Restore puts back allocations as a Change's caller saw them before the
+// change (Get of every subOS the change touched), undoing it: the caller
+// could not apply it to the host. Each named subOS must still exist, and
+// the restored cores must be free or held by the restored subOSes
+// (ErrInvalid otherwise, changing nothing).
+func (l *Ledger) Restore(allocs []Allocation) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	names := map[string]bool{}
+	for _, a := range allocs {
+		if _, ok := l.allocs[a.Name]; !ok {
+			return fmt.Errorf("ledger: restore %q: %w", a.Name, ErrNotFound)
+		}
+		names[a.Name] = true
+	}
+	for _, a := range allocs {
+		for _, c := range a.Cores {
+			if o, held := l.owner[c]; held && !names[o] {
+				return fmt.Errorf("ledger: restore %q: core %d is %q's now: %w", a.Name, c, o, ErrInvalid)
+			}
+		}
+	}
+	for _, a := range allocs {
+		cur := l.allocs[a.Name]
+		for _, c := range cur.Cores {
+			delete(l.owner, c)
+		}
+		k := poolKey{cur.Node, cur.PageSize}
+		l.used[k] -= cur.Pages
+		if l.used[k] == 0 {
+			delete(l.used, k)
+		}
+	}
+	for _, a := range allocs {
+		a = a.clone()
+		a.Lent = nil // a view, rebuilt from the borrowers
+		for _, c := range a.Cores {
+			l.owner[c] = a.Name
+		}
+		l.used[poolKey{a.Node, a.PageSize}] += a.Pages
+		l.allocs[a.Name] = a
+	}
+	return nil
+}

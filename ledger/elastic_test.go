@@ -254,3 +254,39 @@ func TestOldAllocationRecord(t *testing.T) {
 		t.Errorf("JSON %s, want %s", out, want)
 	}
 }
+
+// Restore undoes a resize and a loan exactly, and refuses to take cores
+// another subOS holds now.
+func TestRestore(t *testing.T) {
+	l := newTestLedger(t)
+	mustReserve(t, l, Request{Name: "a", Cores: []int{1, 5, 4}, Node: 0, Memory: 64 * mib, PageSize: 2 * mib})
+	mustReserve(t, l, Request{Name: "b", Cores: []int{2}, Node: 0, Memory: 64 * mib, PageSize: 2 * mib, anyNode: true})
+	for _, op := range []func() (Change, error){
+		func() (Change, error) { return l.ResizeCPUs("a", 2) },
+		func() (Change, error) { return l.ResizeCPUs("a", 1) },
+		func() (Change, error) { return l.Lend(LendRequest{From: "a", To: "b", CPUs: 2, Memory: 16 * mib}) },
+	} {
+		before := takeSnapshot(l)
+		var saved []Allocation
+		for _, n := range []string{"a", "b"} {
+			a, _ := l.Get(n)
+			saved = append(saved, a)
+		}
+		mustChange(t, l, op)
+		if err := l.Restore(saved); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Verify(); err != nil {
+			t.Fatal(err)
+		}
+		if after := takeSnapshot(l); !reflect.DeepEqual(before, after) {
+			t.Errorf("restore did not undo the change:\n%+v\n%+v", before, after)
+		}
+	}
+	// b grows onto a core; restoring a's old allocation holding it is refused.
+	old, _ := l.Get("a")
+	mustChange(t, l, func() (Change, error) { return l.ResizeCPUs("a", 1) })
+	mustReserve(t, l, Request{Name: "c", Cores: []int{4}, Node: 0, Memory: 2 * mib, PageSize: 2 * mib})
+	expectElasticRefused(t, l, func() error { return l.Restore([]Allocation{old}) }, []error{ErrInvalid}, "core 4")
+	expectElasticRefused(t, l, func() error { return l.Restore([]Allocation{{Name: "zz"}}) }, []error{ErrNotFound})
+}

@@ -149,6 +149,38 @@ func (b *cliBackend) DetachDisk(_ context.Context, name, disk string, _ time.Dur
 	return fmt.Errorf("%w: %s", supervisor.ErrNoDevice, disk)
 }
 
+func (b *cliBackend) ResizeCPUs(_ context.Context, name string, n int) (supervisor.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	info, ok := b.subos[name]
+	if !ok {
+		return supervisor.Info{}, notFound(name)
+	}
+	if n > 3 {
+		return supervisor.Info{}, fmt.Errorf("%w: %q can have at most 3 cpus (its max_cpus, fixed when it was created)", supervisor.ErrInvalid, name)
+	}
+	info.Allocation.Cores = []int{2, 3, 4}[:n]
+	return info, nil
+}
+
+func (b *cliBackend) Lend(_ context.Context, r supervisor.LendRequest) (ledger.Loan, error) {
+	if _, err := b.Get(r.From); err != nil {
+		return ledger.Loan{}, err
+	}
+	return ledger.Loan{ID: 1, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Cores: []int{3}}, nil
+}
+
+func (b *cliBackend) Return(_ context.Context, r supervisor.ReturnRequest) error {
+	if r.ID > 1 {
+		return fmt.Errorf("%w: %d", ledger.ErrNoLoan, r.ID)
+	}
+	return nil
+}
+
+func (b *cliBackend) Loans() []ledger.Loan {
+	return []ledger.Loan{{ID: 1, Lender: "web", Borrower: "db", Kind: ledger.KindLend, Cores: []int{3}}}
+}
+
 func (b *cliBackend) Grant(_ context.Context, name string, g supervisor.SegmentGrant) error {
 	_, err := b.Get(name)
 	return err
@@ -409,6 +441,21 @@ func TestCLI(t *testing.T) {
 		{name: "exec bad env", args: []string{"exec", "-e", "X", "web", "--", "true"}, status: 2, stderr: "NAME=VALUE"},
 		{name: "stats", args: []string{"stats", "web"}, status: 0, stdout: "MEMORY"},
 		{name: "stats json", args: []string{"stats", "web", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/subos/{name}/stats", status: 200}},
+		{name: "resize", args: []string{"resize", "web", "--cpus", "3"}, status: 0, stdout: "2-4"},
+		{name: "resize json", args: []string{"resize", "web", "--cpus", "1", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos/{name}/resize", status: 200}},
+		{name: "resize without --cpus", args: []string{"resize", "web"}, status: 2, stderr: "--cpus is required"},
+		{name: "resize to 0", args: []string{"resize", "web", "--cpus", "0"}, status: 2, stderr: "at least one core"},
+		{name: "resize beyond max", args: []string{"resize", "web", "--cpus", "5"}, status: 1, stderr: "max_cpus"},
+		{name: "resize unknown", args: []string{"resize", "nope", "--cpus", "1"}, status: 3, stderr: `"nope"`},
+		{name: "lend", args: []string{"lend", "web", "db", "--cpus", "1"}, status: 0, stdout: "LENDER"},
+		{name: "lend json", args: []string{"lend", "web", "db", "--cpus", "1", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/loans", status: 201}},
+		{name: "lend without --cpus", args: []string{"lend", "web", "db"}, status: 2, stderr: "--cpus is required"},
+		{name: "return", args: []string{"return", "1"}, status: 0},
+		{name: "return by names", args: []string{"return", "web", "db", "--cpus", "1"}, status: 0},
+		{name: "return no loan id", args: []string{"return", "x"}, status: 2, stderr: "no loan id"},
+		{name: "return unknown loan", args: []string{"return", "9"}, status: 3, stderr: "no such loan"},
+		{name: "loans", args: []string{"loans"}, status: 0, stdout: "BORROWER"},
+		{name: "loans json", args: []string{"loans", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/loans", status: 200}},
 		{name: "stats no agent", args: []string{"stats", "stuck"}, status: 4, stderr: "no report"},
 		{name: "stats unknown", args: []string{"stats", "nope"}, status: 3, stderr: `"nope"`},
 

@@ -24,9 +24,9 @@ const completionTimeout = 2 * time.Second
 func addCompletions(root *cobra.Command, g *globalFlags) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats":
+		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats", "resize":
 			c.ValidArgsFunction = g.completeArgs(false, nil)
-		case "destroy":
+		case "destroy", "lend", "return":
 			c.ValidArgsFunction = g.completeArgs(true, nil)
 		case "detach":
 			c.ValidArgsFunction = g.completeArgs(false, func(i supervisor.Info) []string {

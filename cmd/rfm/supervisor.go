@@ -107,6 +107,9 @@ func (a actuatorAdapter) CreateGroup(name string, cores, nodes []int) (superviso
 	return a.a.CreateGroup(name, cores, nodes)
 }
 func (a actuatorAdapter) RemoveGroup(name string) error { return a.a.RemoveGroup(name) }
+func (a actuatorAdapter) SetCores(name string, cores []int) error {
+	return a.a.SetCores(name, cores)
+}
 func (a actuatorAdapter) EnsureHugePages(node int, ps, pages uint64) (uint64, error) {
 	return a.a.EnsureHugePages(node, ps, pages)
 }
@@ -317,6 +320,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl := cmd.Flags()
 	fl.IntVar(&spec.CPUs, "cpus", 1, "how many host cores (a count; the supervisor picks them)")
 	fl.StringVar(&cores, "cores", "", "exactly these host cores, a list such as 2-3 (overrides --cpus)")
+	fl.IntVar(&spec.MaxCPUs, "max-cpus", 0, "the most cores rfm resize can grow it to (default: every core of its node but the host's)")
 	fl.IntVar(&node, "node", -1, "NUMA node for memory (default: the cores' node)")
 	fl.StringVar(&memory, "memory", "512M", "guest RAM")
 	fl.StringVar(&pageSize, "page-size", "2M", "hugepage size: 2M or 1G")
@@ -478,14 +482,14 @@ func infoJSON(i supervisor.Info) supervisor.Info {
 }
 
 func psTable(w io.Writer, list []supervisor.Info) {
-	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tAGENT\tCREATED")
+	fmt.Fprintln(w, "NAME\tSTATE\tPID\tCORES\tLOANS\tNODE\tMEMORY\tPAGES\tPEER\tDEVICES\tAGENT\tCREATED")
 	for _, i := range list {
 		a := i.Allocation
 		agent := "-"
 		if i.Agent != nil {
 			agent = string(i.Agent.State)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\t%s\n", i.Name, i.State, i.PID, units.FormatCPUList(a.Cores), a.Node,
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%d\t%dM\t%d x %s\t%d\t%s\t%s\t%s\n", i.Name, i.State, i.PID, units.FormatCPUList(a.Cores), loanSummary(a), a.Node,
 			a.Memory>>20, a.Pages, pageSizeLabel(a.PageSize), i.Peer, strings.Join(a.Devices, ","), agent, i.Created.Local().Format(time.DateTime))
 	}
 }

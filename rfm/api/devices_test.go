@@ -24,6 +24,10 @@ func (u untouchable) CreateGroup(string, []int, []int) (supervisor.Group, error)
 	return nil, errors.New("untouchable")
 }
 func (u untouchable) RemoveGroup(string) error { return nil }
+func (u untouchable) SetCores(string, []int) error {
+	u.t.Error("SetCores called")
+	return errors.New("untouchable")
+}
 func (u untouchable) EnsureHugePages(int, uint64, uint64) (uint64, error) {
 	u.t.Error("EnsureHugePages called")
 	return 0, errors.New("untouchable")

@@ -146,6 +146,18 @@ func TestOpenAPIResponses(t *testing.T) {
 		{"DELETE", "/v1/subos/web/segments/cache?timeout=x", "", 400, false},
 		{"GET", "/v1/subos/web/stats", "", 409, false},
 		{"POST", "/v1/subos/web/exec", `{"argv": ["true"]}`, 400, false},
+		{"POST", "/v1/subos/web/resize", `{"cpus": 2}`, 200, false},
+		{"POST", "/v1/subos/web/resize", `{"cpus": 9}`, 422, false},
+		{"POST", "/v1/subos/web/resize", `{"cpus": 0}`, 422, false},
+		{"POST", "/v1/subos/none/resize", `{"cpus": 1}`, 404, false},
+		{"POST", "/v1/subos/web/resize", `{"memory": 1}`, 400, false},
+		{"GET", "/v1/loans", "", 200, false},
+		{"POST", "/v1/loans", `{"from": "web", "to": "db", "cpus": 1}`, 201, false},
+		{"POST", "/v1/loans", `{"from": "web", "to": "db", "cpus": 3}`, 507, false},
+		{"POST", "/v1/loans", `{"from": "web", "to": "web", "cpus": 1}`, 422, false},
+		{"POST", "/v1/loans/return", `{"id": 1}`, 204, false},
+		{"POST", "/v1/loans/return", `{"id": 7}`, 404, false},
+		{"POST", "/v1/loans/return", `{"id": "x"}`, 400, false},
 	}
 	covered := map[string]bool{}
 	mux, patterns := routes(b, nil)

@@ -314,6 +314,7 @@ func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
 		w.WriteHeader(http.StatusNoContent)
 	})
 	agentRoutes(mux, b, stop)
+	elasticRoutes(mux, b)
 	mux.HandleFunc("GET /v1/board", func(w http.ResponseWriter, r *http.Request) {
 		bd, err := b.Board()
 		if err != nil {
@@ -449,10 +450,10 @@ func fail(w http.ResponseWriter, err error) {
 	}
 	code := http.StatusInternalServerError
 	switch {
-	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, supervisor.ErrNoDevice), errors.Is(err, ledger.ErrNotFound), errors.Is(err, os.ErrNotExist):
+	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, supervisor.ErrNoDevice), errors.Is(err, ledger.ErrNotFound), errors.Is(err, ledger.ErrNoLoan), errors.Is(err, os.ErrNotExist):
 		code = http.StatusNotFound
 	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, supervisor.ErrNoAgent), errors.Is(err, endpoint.ErrFull),
-		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse):
+		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse), errors.Is(err, supervisor.ErrGuestRefused), errors.Is(err, errors.ErrUnsupported):
 		code = http.StatusConflict
 	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory), errors.Is(err, supervisor.ErrNoPeerSlot):
 		code = http.StatusInsufficientStorage

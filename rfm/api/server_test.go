@@ -388,3 +388,42 @@ func TestDeviceRoutes(t *testing.T) {
 		t.Errorf("Revoke = %v", err)
 	}
 }
+
+// The elastic routes: subOS web resizes; a loan of one core from web to
+// another subOS exists while lent.
+func (f *fakeBackend) ResizeCPUs(_ context.Context, name string, n int) (supervisor.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	info, ok := f.subos[name]
+	if !ok {
+		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	}
+	if n > 4 {
+		return supervisor.Info{}, fmt.Errorf("%w: %q can have at most 4 cpus", supervisor.ErrInvalid, name)
+	}
+	info.Allocation.Cores = nil
+	for i := range n {
+		info.Allocation.Cores = append(info.Allocation.Cores, i+1)
+	}
+	f.subos[name] = info
+	return info, nil
+}
+
+func (f *fakeBackend) Lend(_ context.Context, r supervisor.LendRequest) (ledger.Loan, error) {
+	if r.From == r.To {
+		return ledger.Loan{}, fmt.Errorf("%w: a subOS cannot lend to itself", ledger.ErrInvalid)
+	}
+	if r.CPUs > 1 {
+		return ledger.Loan{}, fmt.Errorf("%w: %w", ledger.ErrInsufficient, ledger.ErrNoCores)
+	}
+	return ledger.Loan{ID: 1, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Cores: []int{2}}, nil
+}
+
+func (f *fakeBackend) Return(_ context.Context, r supervisor.ReturnRequest) error {
+	if r.ID != 1 {
+		return fmt.Errorf("%w: %d", ledger.ErrNoLoan, r.ID)
+	}
+	return nil
+}
+
+func (f *fakeBackend) Loans() []ledger.Loan { return nil }

@@ -12,6 +12,7 @@ import (
 	"rainforest/internal/units"
 	"rainforest/ledger"
 	"rainforest/partitioner"
+	"rainforest/vmm/config"
 )
 
 // Checker is the ledger as Check uses it; *ledger.Ledger satisfies it.
@@ -232,6 +233,9 @@ func (ck *checker) subOS(i int) {
 		add("cpus", "missing: give cpus (how many) or cores (which host CPUs)")
 	case len(s.Cores) > 0 && s.CPUs != 0 && s.CPUs != len(s.Cores):
 		add("cpus", "%d does not match the %d cores listed in cores; give one of them", s.CPUs, len(s.Cores))
+	}
+	if size := max(s.CPUs, len(s.Cores)); s.MaxCPUs != 0 && (s.MaxCPUs < size || s.MaxCPUs > config.MaxCores) {
+		add("max_cpus", "%d: want from the subOS's %d cpus to %d", s.MaxCPUs, size, config.MaxCores)
 	}
 	seen := map[int]bool{}
 	for _, id := range s.Cores {

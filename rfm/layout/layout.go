@@ -16,6 +16,8 @@
 //	subos:
 //	  - name: web
 //	    cpus: 2            # or cores: [2,3] for explicit placement
+//	    max_cpus: 4        # the most rfm resize can grow it to (default:
+//	                       # every core of its node but the host's)
 //	    memory: 512M
 //	    node: 0            # optional
 //	    disks: [{path: build/images/disk.img, readonly: true}]
@@ -89,6 +91,9 @@ type SubOS struct {
 	CPUs int
 	// Cores are explicit host CPUs (explicit placement).
 	Cores []int
+	// MaxCPUs is the most cores the subOS can grow to while it runs; 0
+	// means every core of its memory node but the host's.
+	MaxCPUs int
 	// Node is the NUMA node of the memory; -1 means the node of the cores.
 	Node int
 	// Memory is the guest RAM in bytes, a multiple of PageSize.

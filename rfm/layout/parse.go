@@ -385,6 +385,11 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 			}
 		}},
 		{"cores", func(v *yaml.Node, path string) { p.cpuList(v, path, &s.Cores) }},
+		{"max_cpus", func(v *yaml.Node, path string) {
+			if c, ok := p.integer(v, path); ok {
+				s.MaxCPUs = c
+			}
+		}},
 		{"node", func(v *yaml.Node, path string) {
 			if c, ok := p.integer(v, path); ok {
 				s.Node = c

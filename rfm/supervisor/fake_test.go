@@ -121,6 +121,19 @@ func (a *fakeActuator) CreateGroup(name string, cores, nodes []int) (Group, erro
 	return fakeGroup{name, a}, nil
 }
 
+func (a *fakeActuator) SetCores(name string, cores []int) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.failOn == "setcores" {
+		return errors.New("fake: cpuset refused")
+	}
+	if _, ok := a.groups[name]; !ok {
+		return fmt.Errorf("fake: no group %s", name)
+	}
+	a.groups[name] = append([]int(nil), cores...)
+	return nil
+}
+
 func (a *fakeActuator) RemoveGroup(name string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()

@@ -73,14 +73,15 @@ const (
 // and guest RAM when it is not hugetlb ("4k"); tasks for each vCPU's
 // locked thread and as many runtime threads, plus the base.
 func vmmLimits(doc *config.Document) (memoryMax uint64, pidsMax int) {
-	memoryMax = vmmOverhead + vmmOverheadPerVCPU*uint64(len(doc.Cores))
+	vcpus := max(doc.MaxVCPUs, len(doc.Cores))
+	memoryMax = vmmOverhead + vmmOverheadPerVCPU*uint64(vcpus)
 	for _, r := range doc.Regions {
 		memoryMax += r.RWSize + uint64(r.Peers)*r.OutputSize + 1<<20
 	}
 	if doc.PageSize == "4k" {
 		memoryMax += doc.Memory
 	}
-	return memoryMax, baseThreads + 2*len(doc.Cores)
+	return memoryMax, baseThreads + 2*vcpus
 }
 
 func (s *Supervisor) jailDir(name string) string {

@@ -50,6 +50,7 @@ type intent struct {
 	Pool    *poolChange   `json:"pool,omitempty"`    // a hugepage pool change about to be made
 	Disk    *Disk         `json:"disk,omitempty"`    // attach, detach
 	Segment *SegmentGrant `json:"segment,omitempty"` // grant, revoke
+	Cores   *coreChange   `json:"cores,omitempty"`   // cores
 }
 
 // poolChange is a change of the allocation's hugepage pool about to be
@@ -275,8 +276,8 @@ func (s *Supervisor) killOrphans() {
 	}
 }
 
-// settleDeviceChanges finishes the device changes that were under way when
-// the previous supervisor stopped. Called once the regions are recovered.
+// settleDeviceChanges finishes the device and core changes that were
+// under way when the previous supervisor stopped. Called once the regions are recovered.
 func (s *Supervisor) settleDeviceChanges() {
 	s.mu.Lock()
 	var todo []*subOS
@@ -287,6 +288,11 @@ func (s *Supervisor) settleDeviceChanges() {
 	}
 	s.mu.Unlock()
 	for _, so := range todo {
+		if in := so.pending; in.Op == opCores && in.Cores != nil {
+			so.pending = nil
+			s.settleCoreChange(so, in)
+			continue
+		}
 		s.settleDeviceChange(so)
 	}
 }

@@ -9,9 +9,15 @@ import (
 
 // Spec is a request to create a subOS (the API's POST /v1/subos body).
 type Spec struct {
-	Name          string `json:"name"`
-	CPUs          int    `json:"cpus,omitempty"`
-	Cores         []int  `json:"cores,omitempty"`
+	Name  string `json:"name"`
+	CPUs  int    `json:"cpus,omitempty"`
+	Cores []int  `json:"cores,omitempty"`
+	// MaxCPUs is the most cores the subOS can grow to while it runs
+	// (ResizeCPUs, loans): its VMM makes that many vCPUs, the ones
+	// beyond its size offline and parked. 0 at create means every core
+	// of its memory node but the host's; the created subOS's spec says
+	// the number chosen.
+	MaxCPUs       int    `json:"max_cpus,omitempty"`
 	Node          *int   `json:"node,omitempty"`
 	Memory        uint64 `json:"memory"`              // bytes
 	PageSize      uint64 `json:"page_size,omitempty"` // bytes; 2 MiB by default

@@ -17,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -60,6 +61,8 @@ type Actuator interface {
 	// their pids: a restarted supervisor's way to orphans.
 	Groups() ([]string, error)
 	KillGroup(ctx context.Context, name string) ([]int, error)
+	// SetCores changes the cores of a group whose processes run.
+	SetCores(name string, cores []int) error
 }
 
 // Config configures a Supervisor.
@@ -352,6 +355,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 		}
 	}
 	s.at("reclaim:record")
+	s.unwindLoans(a.Name)
 	if _, err := s.ledger.Release(a.Name); err != nil && !errors.Is(err, ledger.ErrNotFound) {
 		s.log.Warn("ledger release", "subos", a.Name, "err", err)
 	}
@@ -399,6 +403,16 @@ func (s *Supervisor) steerIRQs() {
 
 // Check lists everything wrong with spec, changing nothing: the files, the
 // segment grants, what the supervisor refuses (RequestProblems) and what
+// maxCPUsProblems says what is wrong with spec's max_cpus: below its
+// size, or more vCPUs than a VMM makes.
+func maxCPUsProblems(spec Spec) []ledger.Problem {
+	size := max(spec.CPUs, len(spec.Cores))
+	if n := spec.MaxCPUs; n != 0 && (n < size || n > config.MaxCores) {
+		return []ledger.Problem{{Field: "max_cpus", Message: fmt.Sprintf("%d: want from the subOS's %d cpus to %d", n, size, config.MaxCores)}}
+	}
+	return nil
+}
+
 // consoleProblems are spec's console log settings outside the bounds the
 // VMM accepts.
 func consoleProblems(spec Spec) []ledger.Problem {
@@ -416,7 +430,7 @@ func consoleProblems(spec Spec) []ledger.Problem {
 
 // the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
-	probs := append(checkFiles(spec), segmentProblems(spec.Segments)...)
+	probs := append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -472,7 +486,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
 	spec.Disks = withDiskIDs(spec.Disks)
-	if probs := append(append(checkFiles(spec), consoleProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
+	if probs := append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
@@ -480,6 +494,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, err
 	}
 	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
+	spec.MaxCPUs = s.maxCPUsFor(spec, alloc)
 	// Listed as starting while the slow steps run.
 	starting := &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{}), cid: s.allocCID()}
 	s.mu.Lock()
@@ -614,9 +629,30 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 func vmmDocument(spec Spec, a ledger.Allocation, console string, regions []config.Region) *config.Document {
 	return &config.Document{
 		Version: config.Version, Name: spec.Name, Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.CmdlineAppend,
-		Cores: a.Cores, Memory: a.Memory, PageSize: pageSizeName(a.PageSize), Disks: spec.Disks,
+		Cores: a.Cores, MaxVCPUs: spec.MaxCPUs, Memory: a.Memory, PageSize: pageSizeName(a.PageSize), Disks: spec.Disks,
 		Console: config.Console{Mode: config.ConsoleStdio, Socket: console}, Regions: regions, LogLevel: "info",
 	}
+}
+
+// maxCPUsFor is the max_cpus of a subOS created from spec on a: what the
+// spec asks for (at least its size), else every core of its memory node
+// but the housekeeping ones, within what a VMM supports.
+func (s *Supervisor) maxCPUsFor(spec Spec, a ledger.Allocation) int {
+	n := spec.MaxCPUs
+	if n == 0 && s.cfg.Inventory != nil {
+		hk := s.ledger.Housekeeping()
+		for _, node := range s.cfg.Inventory.Nodes {
+			if node.ID != a.Node {
+				continue
+			}
+			for _, c := range node.CPUs {
+				if !slices.Contains(hk, c) {
+					n++
+				}
+			}
+		}
+	}
+	return min(max(n, len(a.Cores)), config.MaxCores)
 }
 
 // withDiskIDs gives every disk without an id the first free "diskN".
@@ -684,7 +720,7 @@ func (s *Supervisor) List() []Info {
 	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.subos))
 	for _, so := range s.subos {
-		out = append(out, withAgent(so))
+		out = append(out, s.withLoans(withAgent(so)))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -702,7 +738,15 @@ func (s *Supervisor) Get(name string) (Info, error) {
 		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return withAgent(so), nil
+	return s.withLoans(withAgent(so)), nil
+}
+
+// withLoans fills in the loans info's subOS made (the ledger's view).
+func (s *Supervisor) withLoans(info Info) Info {
+	if a, ok := s.ledger.Get(info.Name); ok {
+		info.Allocation.Lent = a.Lent
+	}
+	return info
 }
 
 // Events returns audit events after seq since.
