@@ -1,7 +1,11 @@
-// Command lifecycle is RainForest's subOS lifecycle benchmark (make bench):
-// it measures subOS create and destroy latency through the supervisor's
-// API over repeated cycles, and, side by side in the same session, LXC
-// container create and destroy latency on the same machine.
+// Command lifecycle is RainForest's subOS lifecycle benchmark (make bench),
+// the CPU rows of the paper's Table 4: it measures subOS create and
+// destroy latency through the supervisor's API over repeated cycles, and
+// in each cycle a CPU resize of the running subOS (one core more: CPU
+// online; and back: CPU offline, POST /v1/subos/{name}/resize), and, side
+// by side in the same session, LXC container create, destroy and cpuset
+// resize (lxc-cgroup) on the same machine. -n 100 gives the paper's 100
+// repetitions.
 //
 // rfm: `rfm serve` runs with the measurer rflifecycle
 // (bench/lifecycle/cmd/rflifecycle) as its API client, from one script
@@ -165,6 +169,10 @@ func fillReport(rep *report.Report) {
 		"rfm create->init: POST /v1/subos until RF-INIT-REACHED (the guest's /init) is in the subOS log; "+
 			"create return: until the API call returned (the VMM runs); destroy: DELETE until the supervisor lists no subOS "+
 			"(its cores are free in the ledger); destroy return: until the DELETE returned",
+		"rfm cpu online/offline: POST /v1/subos/{name}/resize from 1 core to 2 and back, once its agent is healthy, until "+
+			"the call returned: cgroup cpuset, vCPU thread pinning and the guest's CPU online/offline through its agent all done; "+
+			"lxc cpu online/offline: lxc-cgroup cpuset.cpus from one CPU to two and back",
+		"not measured yet: Table 4's memory online/offline (virtio-mem resize is not wired), and QEMU/KVM through libvirt",
 		"lxc create->init: lxc-create -t busybox + lxc-start -d until lxc-attach -- true succeeds; create return: until "+
 			"lxc-start -d returned; destroy: lxc-stop -k + lxc-destroy; destroy return: until lxc-stop -k returned")
 	if rep.Nested {

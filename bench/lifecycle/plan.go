@@ -79,7 +79,7 @@ func (p *rfmPlan) serveArgv(paths rfmPaths) []string {
 func (p *rfmPlan) measurerArgv(paths rfmPaths) []string {
 	return p.record("measure", []string{paths.measurer, "-socket", paths.socket(), "-n", strconv.Itoa(p.runs),
 		"-kernel", paths.kernel, "-initrd", paths.initrd, "-cpus", "1", "-memory-mib", strconv.Itoa(p.memoryMiB),
-		"-marker", images.InitReachedMarker, "-timeout", p.runTimeout.String()})
+		"-marker", images.InitReachedMarker, "-timeout", p.runTimeout.String(), "-resize"})
 }
 
 // script renders the L1 script: start rfm serve, run the measurer, stop
@@ -137,6 +137,7 @@ func runLXC(ctx context.Context, o options, work string, log io.Writer) ([]sampl
 		return nil, nil, err
 	}
 	cfg := lxc.Config{NamePrefix: "rf-bench-lc-" + strconv.Itoa(os.Getpid()) + "-", ConfigFile: filepath.Join(work, "lxc.conf")}
+	cfg.ResizeFrom, cfg.ResizeTo = lxc.ResizeCPUs()
 	if err := lxc.WriteConfig(cfg.ConfigFile); err != nil {
 		return nil, nil, err
 	}

@@ -23,7 +23,7 @@ func TestScript(t *testing.T) {
 		"mount -t cgroup2 cgroup2 /sys/fs/cgroup",
 		"mkdir -p /tmp/rf-bench\n",
 		"/bin/rfm serve --socket /tmp/rf-bench/rfm.sock --state-dir /tmp/rf-bench/state --run-dir /tmp/rf-bench/run --housekeeping 0 >/tmp/rf-bench/serve.log 2>&1 &",
-		"/bin/rflifecycle -socket /tmp/rf-bench/rfm.sock -n 5 -kernel /l2/vmlinux -initrd /l2/initramfs.cpio.gz -cpus 1 -memory-mib 256 -marker RF-INIT-REACHED -timeout 5m0s",
+		"/bin/rflifecycle -socket /tmp/rf-bench/rfm.sock -n 5 -kernel /l2/vmlinux -initrd /l2/initramfs.cpio.gz -cpus 1 -memory-mib 256 -marker RF-INIT-REACHED -timeout 5m0s -resize",
 		"kill $serve", "exit $st", "tail -n 40 /tmp/rf-bench/serve.log", "tail -n 20 /tmp/rf-bench/run/*.log",
 	} {
 		if !strings.Contains(s, want) {

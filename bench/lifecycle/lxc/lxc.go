@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"rainforest/bench/lifecycle/sample"
+	"rainforest/internal/units"
 )
 
 // System is the name of the measured system in samples.
@@ -77,6 +78,10 @@ type Config struct {
 	Poll time.Duration
 	// Exec runs the tools (default Run).
 	Exec Exec
+	// ResizeFrom and ResizeTo, when set, are cpulists: the running
+	// container's cpuset is set to ResizeFrom, then timed growing to
+	// ResizeTo (CPU online) and back (CPU offline).
+	ResizeFrom, ResizeTo string
 }
 
 // WriteConfig writes ConfigText to path.
@@ -90,11 +95,30 @@ func WriteConfig(path string) error {
 // Commands returns the command lines of one cycle for a container name,
 // for the report.
 func Commands(cfg Config, name string) map[string]string {
-	return map[string]string{
+	m := map[string]string{
 		"create":  "lxc-create -t busybox -n " + name + " -f " + cfg.ConfigFile + " && lxc-start -n " + name + " -d",
 		"init":    "lxc-attach -n " + name + " -- true, retried every " + pollOf(cfg).String() + " until it succeeds",
 		"destroy": "lxc-stop -k -n " + name + " && lxc-destroy -n " + name,
 	}
+	if cfg.ResizeFrom != "" {
+		m["cpu online"] = "lxc-cgroup -n " + name + " cpuset.cpus " + cfg.ResizeTo + " (from " + cfg.ResizeFrom + ")"
+		m["cpu offline"] = "lxc-cgroup -n " + name + " cpuset.cpus " + cfg.ResizeFrom
+	}
+	return m
+}
+
+// ResizeCPUs returns the cpulists of a container's resize on this host:
+// its first online CPU, and its first two ("" when it has only one).
+func ResizeCPUs() (from, to string) {
+	b, err := os.ReadFile("/sys/devices/system/cpu/online")
+	if err != nil {
+		return "", ""
+	}
+	cpus, err := units.ParseCPUList(strings.TrimSpace(string(b)))
+	if err != nil || len(cpus) < 2 {
+		return "", ""
+	}
+	return strconv.Itoa(cpus[0]), units.FormatCPUList(cpus[:2])
 }
 
 func pollOf(cfg Config) time.Duration {
@@ -155,6 +179,26 @@ func Cycle(ctx context.Context, cfg Config, run int) sample.Sample {
 		}
 	}
 	s.CreateInit = time.Since(start)
+	if cfg.ResizeFrom != "" {
+		// Table 4's CPU online and offline of a container: its cpuset
+		// grows by a core and shrinks back.
+		if err := step("lxc-cgroup", "-n", name, "cpuset.cpus", cfg.ResizeFrom); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		start = time.Now()
+		if err := step("lxc-cgroup", "-n", name, "cpuset.cpus", cfg.ResizeTo); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		s.CPUOnline = time.Since(start)
+		start = time.Now()
+		if err := step("lxc-cgroup", "-n", name, "cpuset.cpus", cfg.ResizeFrom); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		s.CPUOffline = time.Since(start)
+	}
 
 	start = time.Now()
 	if err := step("lxc-stop", "-k", "-n", name); err != nil {

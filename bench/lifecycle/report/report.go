@@ -23,11 +23,16 @@ type Reference struct {
 	CreateMS  float64 `json:"create_ms"`
 	DestroyMS float64 `json:"destroy_ms"`
 	Remark    string  `json:"remark,omitempty"`
+	// CPUOnlineMS and CPUOfflineMS are the reference's CPU resize times
+	// (0: none given).
+	CPUOnlineMS  float64 `json:"cpu_online_ms,omitempty"`
+	CPUOfflineMS float64 `json:"cpu_offline_ms,omitempty"`
 }
 
 // PaperTable4 is the RainForest paper's Table 4 line for RainForest.
 func PaperTable4() Reference {
-	return Reference{Source: "paper Table 4", System: "RainForest", CreateMS: 6100, DestroyMS: 0, Remark: "create 6.1 s, destroy ~0"}
+	return Reference{Source: "paper Table 4", System: "RainForest", CreateMS: 6100, DestroyMS: 0, CPUOnlineMS: 66, CPUOfflineMS: 54,
+		Remark: "create 6.1 s, destroy ~0; CPU online 66 ms, offline 54 ms (Xen: 126 and 127 ms)"}
 }
 
 // Summary aggregates the successful samples of one system.
@@ -43,6 +48,12 @@ type Summary struct {
 	DestroyReturnMS benchkit.Stats `json:"destroy_return_ms"`
 	// DestroyMS: destroy request until everything is free, ms.
 	DestroyMS benchkit.Stats `json:"destroy_ms"`
+	// CPUOnlineMS and CPUOfflineMS are the resizes (Table 4), with
+	// their 99th percentiles; N is 0 where none was measured.
+	CPUOnlineMS   benchkit.Stats `json:"cpu_online_ms"`
+	CPUOnlineP99  float64        `json:"cpu_online_p99_ms"`
+	CPUOfflineMS  benchkit.Stats `json:"cpu_offline_ms"`
+	CPUOfflineP99 float64        `json:"cpu_offline_p99_ms"`
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -54,10 +65,17 @@ func Summarize(samples []sample.Sample, systems ...string) []Summary {
 	out := make([]Summary, 0, len(groups))
 	for _, g := range groups {
 		sum := Summary{System: g.Name, OK: len(g.OK), Failed: g.Failed}
-		var ci, cr, dr, d []float64
+		var ci, cr, dr, d, on, off []float64
 		for _, s := range g.OK {
 			ci, cr = append(ci, ms(s.CreateInit)), append(cr, ms(s.CreateReturn))
 			dr, d = append(dr, ms(s.DestroyReturn)), append(d, ms(s.Destroy))
+			if s.CPUOnline > 0 && s.CPUOffline > 0 {
+				on, off = append(on, ms(s.CPUOnline)), append(off, ms(s.CPUOffline))
+			}
+		}
+		sum.CPUOnlineMS, sum.CPUOfflineMS = benchkit.StatsOf(on), benchkit.StatsOf(off)
+		if len(on) > 0 {
+			sum.CPUOnlineP99, sum.CPUOfflineP99 = benchkit.Percentile(on, 99), benchkit.Percentile(off, 99)
 		}
 		sum.CreateInitMS, sum.CreateReturnMS = benchkit.StatsOf(ci), benchkit.StatsOf(cr)
 		sum.DestroyReturnMS, sum.DestroyMS = benchkit.StatsOf(dr), benchkit.StatsOf(d)
@@ -127,6 +145,7 @@ func WriteTable(w io.Writer, r *Report) error {
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
+	writeResizeTable(&b, r)
 	for _, ref := range r.References {
 		fmt.Fprintf(&b, "Reference: %s, %s: %s.\n", ref.Source, ref.System, ref.Remark)
 	}
@@ -145,4 +164,47 @@ func WriteTable(w io.Writer, r *Report) error {
 		return fmt.Errorf("report: %w", err)
 	}
 	return nil
+}
+
+// writeResizeTable adds the CPU resize rows of Table 4: per system the
+// median, 99th percentile and maximum of CPU online and offline, and the
+// ratio of each system's median to rfm's.
+func writeResizeTable(b *strings.Builder, r *Report) {
+	var base Summary
+	for _, s := range r.Summaries {
+		if s.System == "rfm" {
+			base = s
+		}
+	}
+	measured := false
+	for _, s := range r.Summaries {
+		measured = measured || s.CPUOnlineMS.N > 0
+	}
+	if !measured {
+		return
+	}
+	b.WriteString("\nCPU resize of a running instance, one core more and back (Table 4's CPU online and offline):\n")
+	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\tn\tonline ms med\tp99\tmax\toffline ms med\tp99\tmax\tonline vs rfm\toffline vs rfm\t")
+	for _, s := range r.Summaries {
+		if s.CPUOnlineMS.N == 0 {
+			fmt.Fprintf(tw, "%s\t0\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.System)
+			continue
+		}
+		ratio := func(x, y float64) string {
+			if y <= 0 {
+				return "-"
+			}
+			return fmt.Sprintf("%.2fx", x/y)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", s.System, s.CPUOnlineMS.N,
+			s.CPUOnlineMS.Median, s.CPUOnlineP99, s.CPUOnlineMS.Max, s.CPUOfflineMS.Median, s.CPUOfflineP99, s.CPUOfflineMS.Max,
+			ratio(s.CPUOnlineMS.Median, base.CPUOnlineMS.Median), ratio(s.CPUOfflineMS.Median, base.CPUOfflineMS.Median))
+	}
+	for _, ref := range r.References {
+		if ref.CPUOnlineMS > 0 {
+			fmt.Fprintf(tw, "%s (%s)\t\t%.0f\t\t\t%.0f\t\t\t\t\t\n", ref.System, ref.Source, ref.CPUOnlineMS, ref.CPUOfflineMS)
+		}
+	}
+	_ = tw.Flush()
 }

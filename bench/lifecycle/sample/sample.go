@@ -41,6 +41,13 @@ type Sample struct {
 	// Destroy is the time from the destroy request until everything is
 	// free (rfm: the ledger lists no subOS; lxc: lxc-destroy returned).
 	Destroy time.Duration `json:"destroy_ns"`
+	// CPUOnline and CPUOffline are a running instance's CPU resize from
+	// one core to two and back (Table 4's CPU online and offline): rfm,
+	// POST /v1/subos/{name}/resize until it returned, the guest's CPU
+	// online or offline; lxc, lxc-cgroup cpuset.cpus. Zero when not
+	// measured.
+	CPUOnline  time.Duration `json:"cpu_online_ns,omitempty"`
+	CPUOffline time.Duration `json:"cpu_offline_ns,omitempty"`
 }
 
 // OK reports whether the cycle succeeded.
@@ -59,6 +66,8 @@ func durationFields(s *Sample) []struct {
 		{"create_init_us", &s.CreateInit},
 		{"destroy_return_us", &s.DestroyReturn},
 		{"destroy_us", &s.Destroy},
+		{"cpu_online_us", &s.CPUOnline},
+		{"cpu_offline_us", &s.CPUOffline},
 	}
 }
 

@@ -38,6 +38,8 @@ type Client interface {
 	Destroy(ctx context.Context, name string) error
 	List(ctx context.Context) ([]supervisor.Info, error)
 	Log(ctx context.Context, name string, w io.Writer) error
+	Get(ctx context.Context, name string) (supervisor.Info, error)
+	ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error)
 }
 
 // Config describes the cycles to measure.
@@ -54,6 +56,10 @@ type Config struct {
 	// Poll is the interval between looks at the log and the ledger
 	// (default DefaultPoll).
 	Poll time.Duration
+	// Resize, when set, measures a CPU resize of the running subOS from
+	// its size to one more core and back (Spec.MaxCPUs must allow it),
+	// once its agent is healthy.
+	Resize bool
 }
 
 func (c Config) withDefaults() Config {
@@ -111,6 +117,12 @@ func Cycle(ctx context.Context, c Client, cfg Config, run int) sample.Sample {
 		return s
 	}
 	s.CreateInit = time.Since(start)
+	if cfg.Resize {
+		if err := resize(ctx, c, cfg, spec.Name, max(spec.CPUs, len(spec.Cores)), &s); err != nil {
+			s.Error = fmt.Sprintf("%s: %v", spec.Name, err)
+			return s
+		}
+	}
 
 	start = time.Now()
 	err = c.Destroy(ctx, spec.Name)
@@ -126,6 +138,35 @@ func Cycle(ctx context.Context, c Client, cfg Config, run int) sample.Sample {
 	}
 	s.Destroy = time.Since(start)
 	return s
+}
+
+// resize waits for the subOS's agent, then times a resize from n cores to
+// n+1 (online) and back (offline).
+func resize(ctx context.Context, c Client, cfg Config, name string, n int, s *sample.Sample) error {
+	wctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	for {
+		info, err := c.Get(wctx, name)
+		if err == nil && info.Agent != nil && info.Agent.State == supervisor.AgentHealthy {
+			break
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("agent not healthy after %v: %w", cfg.Timeout, wctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	start := time.Now()
+	if _, err := c.ResizeCPUs(ctx, name, n+1); err != nil {
+		return fmt.Errorf("cpu online: %w", err)
+	}
+	s.CPUOnline = time.Since(start)
+	start = time.Now()
+	if _, err := c.ResizeCPUs(ctx, name, n); err != nil {
+		return fmt.Errorf("cpu offline: %w", err)
+	}
+	s.CPUOffline = time.Since(start)
+	return nil
 }
 
 // livenessEvery is how many log polls pass between checks that the subOS

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,6 +72,8 @@ type fakeClient struct {
 	destroyErr  error
 	vanish      bool // the subOS disappears right after Create
 	lingers     int  // List keeps showing a destroyed subOS this many times
+	resizeErr   error
+	resizes     []int
 
 	mu        sync.Mutex
 	subos     map[string]supervisor.Info
@@ -140,6 +143,33 @@ func (c *fakeClient) List(ctx context.Context) ([]supervisor.Info, error) {
 
 func (c *fakeClient) Log(ctx context.Context, name string, w io.Writer) error {
 	return errors.New("not used: the log file is readable")
+}
+
+func (c *fakeClient) Get(ctx context.Context, name string) (supervisor.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.subos[name]
+	if !ok {
+		return supervisor.Info{}, supervisor.ErrNotFound
+	}
+	info.Agent = &supervisor.AgentInfo{State: supervisor.AgentHealthy}
+	return info, nil
+}
+
+func (c *fakeClient) ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.subos[name]
+	if !ok {
+		return supervisor.Info{}, supervisor.ErrNotFound
+	}
+	if c.resizeErr != nil {
+		return supervisor.Info{}, c.resizeErr
+	}
+	info.Allocation.Cores = []int{1, 2}[:n]
+	c.subos[name] = info
+	c.resizes = append(c.resizes, n)
+	return info, nil
 }
 
 func newFake(t *testing.T) *fakeClient {
@@ -239,5 +269,24 @@ func TestWaitReady(t *testing.T) {
 	err := WaitReady(context.Background(), &notReady{}, 120*time.Millisecond)
 	if err == nil || !strings.Contains(err.Error(), "not reachable") {
 		t.Errorf("err %v", err)
+	}
+}
+
+// With Resize, a cycle times growing the running subOS by a core and
+// shrinking it back; a refused resize fails the cycle and destroys it.
+func TestCycleResize(t *testing.T) {
+	c := newFake(t)
+	cfg := testConfig()
+	cfg.Resize = true
+	cfg.Spec.CPUs = 1
+	s := Cycle(context.Background(), c, cfg, 1)
+	if !s.OK() || s.CPUOnline <= 0 || s.CPUOffline <= 0 || !slices.Equal(c.resizes, []int{2, 1}) {
+		t.Fatalf("sample %+v, resizes %v", s, c.resizes)
+	}
+	c = newFake(t)
+	c.resizeErr = errors.New("guest refused")
+	s = Cycle(context.Background(), c, cfg, 2)
+	if s.OK() || !strings.Contains(s.Error, "cpu online: guest refused") || len(c.destroyed) != 1 {
+		t.Errorf("refused resize: sample %+v, destroyed %v", s, c.destroyed)
 	}
 }

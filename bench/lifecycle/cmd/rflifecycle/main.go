@@ -1,5 +1,6 @@
 // Command rflifecycle measures subOS create and destroy latency against a
 // running `rfm serve`: it creates, waits for the guest's init marker,
+// (with -resize) grows the running subOS by one core and shrinks it back,
 // destroys and waits for the ledger to free the cores, -n times, and
 // prints one sample.FormatLine result line per cycle on stdout. It is built
 // statically (CGO_ENABLED=0) so that it runs inside the nested L1 guest.
@@ -35,6 +36,7 @@ func main() {
 	appendArgs := flag.String("append", "", "extra kernel command line")
 	marker := flag.String("marker", images.InitReachedMarker, "guest console text that means init runs")
 	timeout := flag.Duration("timeout", subos.DefaultTimeout, "bound on one cycle's waits")
+	resize := flag.Bool("resize", false, "time a CPU resize (one core more and back) of each running subOS")
 	ready := flag.Duration("ready-timeout", 60*time.Second, "how long to wait for the supervisor to answer")
 	flag.Parse()
 	if *runs < 1 || *kernel == "" || flag.NArg() > 0 {
@@ -54,7 +56,10 @@ func main() {
 	cfg := subos.Config{
 		Spec: supervisor.Spec{CPUs: *cpus, Memory: *memMiB << 20, PageSize: 2 << 20, Kernel: *kernel, Initrd: *initrd,
 			CmdlineAppend: strings.TrimSpace(*appendArgs)},
-		NamePrefix: *prefix, Marker: *marker, Timeout: *timeout,
+		NamePrefix: *prefix, Marker: *marker, Timeout: *timeout, Resize: *resize,
+	}
+	if *resize {
+		cfg.Spec.MaxCPUs = *cpus + 1
 	}
 	failed := false
 	for i := 1; i <= *runs; i++ {
