@@ -133,8 +133,12 @@ func progress(log io.Writer, s sample.Sample, n, runs int) {
 		return
 	}
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-	fmt.Fprintf(log, "bench/lifecycle: [%d/%d] %s cycle %d: create->init %.1f ms (returned %.1f ms), destroy %.1f ms (returned %.1f ms)\n",
-		n, runs, s.System, s.Run, ms(s.CreateInit), ms(s.CreateReturn), ms(s.Destroy), ms(s.DestroyReturn))
+	resize := ""
+	if s.CPUOnline > 0 {
+		resize = fmt.Sprintf(", cpu online %.1f ms, offline %.1f ms", ms(s.CPUOnline), ms(s.CPUOffline))
+	}
+	fmt.Fprintf(log, "bench/lifecycle: [%d/%d] %s cycle %d: create->init %.1f ms (returned %.1f ms)%s, destroy %.1f ms (returned %.1f ms)\n",
+		n, runs, s.System, s.Run, ms(s.CreateInit), ms(s.CreateReturn), resize, ms(s.Destroy), ms(s.DestroyReturn))
 }
 
 // finish adds the rfm samples that arrived to rep (before LXC's) and

@@ -168,7 +168,7 @@ func WriteTable(w io.Writer, r *Report) error {
 
 // writeResizeTable adds the CPU resize rows of Table 4: per system the
 // median, 99th percentile and maximum of CPU online and offline, and the
-// ratio of each system's median to rfm's.
+// ratio of rfm's median to each system's.
 func writeResizeTable(b *strings.Builder, r *Report) {
 	var base Summary
 	for _, s := range r.Summaries {
@@ -185,7 +185,7 @@ func writeResizeTable(b *strings.Builder, r *Report) {
 	}
 	b.WriteString("\nCPU resize of a running instance, one core more and back (Table 4's CPU online and offline):\n")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "system\tn\tonline ms med\tp99\tmax\toffline ms med\tp99\tmax\tonline vs rfm\toffline vs rfm\t")
+	fmt.Fprintln(tw, "system\tn\tonline ms med\tp99\tmax\toffline ms med\tp99\tmax\trfm/this online\toffline\t")
 	for _, s := range r.Summaries {
 		if s.CPUOnlineMS.N == 0 {
 			fmt.Fprintf(tw, "%s\t0\t-\t-\t-\t-\t-\t-\t-\t-\t\n", s.System)
@@ -199,7 +199,7 @@ func writeResizeTable(b *strings.Builder, r *Report) {
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%s\t%s\t\n", s.System, s.CPUOnlineMS.N,
 			s.CPUOnlineMS.Median, s.CPUOnlineP99, s.CPUOnlineMS.Max, s.CPUOfflineMS.Median, s.CPUOfflineP99, s.CPUOfflineMS.Max,
-			ratio(s.CPUOnlineMS.Median, base.CPUOnlineMS.Median), ratio(s.CPUOfflineMS.Median, base.CPUOfflineMS.Median))
+			ratio(base.CPUOnlineMS.Median, s.CPUOnlineMS.Median), ratio(base.CPUOfflineMS.Median, s.CPUOfflineMS.Median))
 	}
 	for _, ref := range r.References {
 		if ref.CPUOnlineMS > 0 {
