@@ -29,6 +29,10 @@ func TestUsage(t *testing.T) {
 		{[]string{"--port", "0"}, 2, "not a vsock port"},
 		{[]string{"--max-execs", "0"}, 2, "at least 1"},
 		{[]string{"--bogus"}, 2, "flag provided but not defined"},
+		{[]string{"latency"}, 2, "give one p99 latency"},
+		{[]string{"latency", "fast"}, 2, `"fast"`},
+		{[]string{"latency", "--help"}, 0, "rf-agent latency 12.5ms"},
+		{[]string{"latency", "--socket", "/nonexistent/l.sock", "3ms"}, 1, "is rf-agent running?"},
 	} {
 		var out, errb bytes.Buffer
 		if code := run(tc.args, &out, &errb); code != tc.code || !strings.Contains(out.String()+errb.String(), tc.out) {
@@ -186,5 +190,32 @@ func TestListenPatiently(t *testing.T) {
 	cancel()
 	if _, err := listenPatiently(ctx, func() (net.Listener, error) { return nil, errors.New("no") }, log); !errors.Is(err, context.Canceled) {
 		t.Errorf("stopped while waiting: %v", err)
+	}
+}
+
+// rf-agent latency sends one sample to the agent's socket.
+func TestLatencyCommand(t *testing.T) {
+	dir, err := os.MkdirTemp("", "rfl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	path := dir + "/latency.sock"
+	c, err := agent.ListenLatency(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var errb bytes.Buffer
+	if code := run([]string{"latency", "--socket", path, "12.5ms"}, &bytes.Buffer{}, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	buf := make([]byte, 512)
+	n, _, err := c.ReadFrom(buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := agent.ParseLatency(buf[:n]); err != nil || got.String() != "12.5ms" {
+		t.Errorf("the socket got %q (%v, %v)", buf[:n], got, err)
 	}
 }

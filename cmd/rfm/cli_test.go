@@ -163,6 +163,23 @@ func (b *cliBackend) ResizeCPUs(_ context.Context, name string, n int) (supervis
 	return info, nil
 }
 
+func (b *cliBackend) SetAutoscale(_ context.Context, name string, a *supervisor.AutoscaleSpec) (supervisor.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	info, ok := b.subos[name]
+	if !ok {
+		return supervisor.Info{}, notFound(name)
+	}
+	if name != "web" {
+		return supervisor.Info{}, &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "autoscale", Message: "only a latency-critical subOS autoscales; this one is batch"}}}
+	}
+	info.Spec.Class = ledger.LatencyCritical
+	info.Spec.Autoscale = a
+	return info, nil
+}
+
+func (b *cliBackend) ReportLatency(context.Context, string, time.Duration) error { return nil }
+
 func (b *cliBackend) Lend(_ context.Context, r supervisor.LendRequest) (ledger.Loan, error) {
 	if _, err := b.Get(r.From); err != nil {
 		return ledger.Loan{}, err
@@ -447,6 +464,14 @@ func TestCLI(t *testing.T) {
 		{name: "resize to 0", args: []string{"resize", "web", "--cpus", "0"}, status: 2, stderr: "at least one core"},
 		{name: "resize beyond max", args: []string{"resize", "web", "--cpus", "5"}, status: 1, stderr: "max_cpus"},
 		{name: "resize unknown", args: []string{"resize", "nope", "--cpus", "1"}, status: 3, stderr: `"nope"`},
+		{name: "autoscale", args: []string{"autoscale", "web", "--lower", "5ms", "--upper", "20ms"}, status: 0, stdout: "web"},
+		{name: "autoscale json", args: []string{"autoscale", "web", "--lower", "5ms", "--upper", "20ms", "--window", "10s", "-o", "json"}, status: 0, stdout: `"upper": "20ms"`, schema: &schemaRef{method: "PUT", path: "/v1/subos/{name}/autoscale", status: 200}},
+		{name: "autoscale off", args: []string{"autoscale", "web", "--off", "-o", "json"}, status: 0, schema: &schemaRef{method: "DELETE", path: "/v1/subos/{name}/autoscale", status: 200}},
+		{name: "autoscale lt >= ut", args: []string{"autoscale", "web", "--lower", "20ms", "--upper", "5ms"}, status: 2, stderr: "must be below --upper"},
+		{name: "autoscale without thresholds", args: []string{"autoscale", "web", "--lower", "5ms"}, status: 2, stderr: "--lower and --upper are required"},
+		{name: "autoscale off with thresholds", args: []string{"autoscale", "web", "--off", "--upper", "5ms"}, status: 2, stderr: "--off takes no --upper"},
+		{name: "autoscale batch", args: []string{"autoscale", "stuck", "--lower", "5ms", "--upper", "20ms"}, status: 1, stderr: "only a latency-critical subOS autoscales"},
+		{name: "autoscale unknown", args: []string{"autoscale", "nope", "--lower", "5ms", "--upper", "20ms"}, status: 3, stderr: `"nope"`},
 		{name: "lend", args: []string{"lend", "web", "db", "--cpus", "1"}, status: 0, stdout: "LENDER"},
 		{name: "lend json", args: []string{"lend", "web", "db", "--cpus", "1", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/loans", status: 201}},
 		{name: "lend without --cpus", args: []string{"lend", "web", "db"}, status: 2, stderr: "--cpus is required"},

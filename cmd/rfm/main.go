@@ -89,7 +89,7 @@ Exit status:
 	root.AddCommand(vmmCommand(), runCommand(g), console, serveCommand(g), createCommand(g),
 		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
 		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
-		versionCommand(g), infoCommand(g), execCommand(g), statsCommand(g), resizeCommand(g), lendCommand(g),
+		versionCommand(g), infoCommand(g), execCommand(g), statsCommand(g), resizeCommand(g), autoscaleCommand(g), lendCommand(g),
 		returnCommand(g), loansCommand(g), genManCommand(root))
 	addVersionFlag(root, g)
 	addCompletions(root, g)

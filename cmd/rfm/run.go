@@ -184,6 +184,11 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64) supervisor.Spec {
 	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, MaxCPUs: so.MaxCPUs, Memory: so.Memory, PageSize: so.PageSize,
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
+	spec.Class = so.Class
+	if a := so.Autoscale; a != nil {
+		spec.Autoscale = &supervisor.AutoscaleSpec{Lower: supervisor.Duration(a.Lower), Upper: supervisor.Duration(a.Upper),
+			Window: supervisor.Duration(a.Window), Cooldown: supervisor.Duration(a.Cooldown), MinCPUs: a.MinCPUs, MaxCPUs: a.MaxCPUs}
+	}
 	if so.Node >= 0 {
 		n := so.Node
 		spec.Node = &n

@@ -240,6 +240,8 @@ What it gets:
   --node N           NUMA node of its memory (default: the cores' node)
   --memory SIZE      guest RAM, a multiple of --page-size, e.g. 512M or 4G
   --page-size SIZE   hugepages backing that RAM: 2M or 1G
+  --class CLASS      batch (default) or latency-critical: a latency-critical
+                     subOS may take cores from batch ones (rfm autoscale)
 What it boots (default: the image make image built, in $RF_IMAGES):
   --kernel PATH      PVH vmlinux or bzImage
   --initrd PATH      initramfs
@@ -265,7 +267,8 @@ whole first: every problem is listed and nothing is reserved.`,
 		Example: `  rfm create web --cpus 2 --memory 1G
   rfm create db --cores 4-5 --memory 4G --page-size 1G --disk /var/lib/images/db.img,direct
   rfm create a --cpus 1 --segment shared,size=1M --append "rf.cat=/hello.txt"
-  rfm create web --cpus 2 -o json`,
+  rfm create web --cpus 2 -o json
+  rfm create api --cpus 2 --class latency-critical`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
@@ -321,6 +324,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.IntVar(&spec.CPUs, "cpus", 1, "how many host cores (a count; the supervisor picks them)")
 	fl.StringVar(&cores, "cores", "", "exactly these host cores, a list such as 2-3 (overrides --cpus)")
 	fl.IntVar(&spec.MaxCPUs, "max-cpus", 0, "the most cores rfm resize can grow it to (default: every core of its node but the host's)")
+	fl.StringVar((*string)(&spec.Class), "class", "", "batch (default) or latency-critical")
 	fl.IntVar(&node, "node", -1, "NUMA node for memory (default: the cores' node)")
 	fl.StringVar(&memory, "memory", "512M", "guest RAM")
 	fl.StringVar(&pageSize, "page-size", "2M", "hugepage size: 2M or 1G")
@@ -333,6 +337,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
 	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
+	fixedValues(cmd, "class", "batch\tmay lend its cores (the default)", "latency-critical\tmay take cores from batch subOSes")
 	return cmd
 }
 

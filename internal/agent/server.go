@@ -7,7 +7,9 @@
 // or one command (Exec) with pipes or a pseudo-terminal, its output
 // streamed back, stdin forwarded, and its exit status reported, or a
 // change of the online CPUs (CPUs: written to sysfs, cpuN/online, and
-// read back). SetCPUs is the host's side of the last. At most
+// read back). SetCPUs is the host's side of the last. Applications in the
+// guest push their p99 latency to a Unix socket (ServeLatency, SendLatency:
+// the autoscaler's source); stats reports carry the latest sample. At most
 // Config.MaxExecs commands run at once. A command whose host goes away
 // (the connection ends, or a write to it fails) is killed with its
 // process tree.
@@ -51,6 +53,9 @@ type Config struct {
 	// SysRoot is the guest's sysfs ("/sys" when empty), where CPUs go
 	// online and offline.
 	SysRoot string
+	// Latency, when set, holds the latest latency sample applications
+	// pushed (ServeLatency); stats reports carry it.
+	Latency *Latency
 }
 
 // Server serves the agent protocol.
@@ -240,6 +245,9 @@ func (s *Server) watch(ctx context.Context, c net.Conn, pc *agentproto.Conn, w *
 		if err != nil {
 			s.log.Warn("reading /proc for a stats report", "err", err)
 			return nil
+		}
+		if s.cfg.Latency != nil {
+			st.Latency = s.cfg.Latency.Sample(time.Now())
 		}
 		return pc.Send(st)
 	}

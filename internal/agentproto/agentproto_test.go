@@ -26,6 +26,7 @@ func sampleMessages() []Message {
 				IO: &Pressure{Some: PressureLine{TotalUS: 99}}},
 			Processes: 42,
 		},
+		&Stats{Seq: 3, Latency: &LatencySample{Seq: 9, P99US: 12500, AgeMS: 1500}},
 		&Watch{HeartbeatMS: 1000, StatsMS: 0},
 		&Exec{Argv: []string{"sh", "-c", "echo hi"}, Env: []string{"A=b=c"}, Dir: "/tmp", Stdin: true, TTY: true, Rows: 24, Cols: 80},
 		&Data{Stream: TypeStdout, Bytes: []byte("out\x00\xff")},

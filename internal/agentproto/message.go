@@ -14,7 +14,7 @@ import (
 // older peer ignores.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 1 // 1.1: cpus, cpus_result
+	ProtocolMinor = 2 // 1.1: cpus, cpus_result; 1.2: stats latency
 )
 
 // Type is a message type, the first byte of a frame.
@@ -67,6 +67,10 @@ const (
 	MinIntervalMS  = 100
 	MaxIntervalMS  = 3600 * 1000
 	MaxSignal      = 64
+	// MaxLatencyUS bounds a latency sample's p99 (an hour), MaxLatencyAgeMS
+	// its age (a day).
+	MaxLatencyUS    = 3600 * 1000 * 1000
+	MaxLatencyAgeMS = 24 * 3600 * 1000
 )
 
 // Sentinel errors.
@@ -115,6 +119,18 @@ type Stats struct {
 	Load       Load     `json:"load"`
 	PSI        *PSI     `json:"psi,omitempty"` // nil without /proc/pressure
 	Processes  uint32   `json:"processes"`
+	// Latency is the latest latency sample an application in the guest
+	// pushed to the agent (protocol 1.2); nil when none has.
+	Latency *LatencySample `json:"latency,omitempty"`
+}
+
+// LatencySample is an application's p99 latency, as it pushed it to the
+// agent: Seq counts the samples the agent took (a report repeating the
+// last one repeats its Seq), AgeMS is how long before the report it came.
+type LatencySample struct {
+	Seq   uint64 `json:"seq"`
+	P99US uint64 `json:"p99_us"`
+	AgeMS uint64 `json:"age_ms"`
 }
 
 // CPUUse is the share of one CPU's time (percent, 0..100) over the
@@ -415,6 +431,14 @@ func (s *Stats) validate() error {
 	}{{"load1", l.Load1}, {"load5", l.Load5}, {"load15", l.Load15}} {
 		if err := checkRange(TypeStats, f.name, f.v, 0, MaxLoad); err != nil {
 			return err
+		}
+	}
+	if l := s.Latency; l != nil {
+		if l.P99US > MaxLatencyUS {
+			return malformed(TypeStats, "latency.p99_us %d (at most %d)", l.P99US, MaxLatencyUS)
+		}
+		if l.AgeMS > MaxLatencyAgeMS {
+			return malformed(TypeStats, "latency.age_ms %d (at most %d)", l.AgeMS, MaxLatencyAgeMS)
 		}
 	}
 	if s.PSI != nil {

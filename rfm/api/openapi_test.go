@@ -158,6 +158,16 @@ func TestOpenAPIResponses(t *testing.T) {
 		{"POST", "/v1/loans/return", `{"id": 1}`, 204, false},
 		{"POST", "/v1/loans/return", `{"id": 7}`, 404, false},
 		{"POST", "/v1/loans/return", `{"id": "x"}`, 400, false},
+		{"PUT", "/v1/subos/web/autoscale", `{"lower": "5ms", "upper": "20ms", "window": "10s"}`, 200, false},
+		{"PUT", "/v1/subos/web/autoscale", `{"lower": "20ms", "upper": "5ms"}`, 422, false},
+		{"PUT", "/v1/subos/web/autoscale", `{"lower": 5, "upper": "20ms"}`, 400, false},
+		{"PUT", "/v1/subos/none/autoscale", `{"lower": "5ms", "upper": "20ms"}`, 404, false},
+		{"DELETE", "/v1/subos/web/autoscale", "", 200, false},
+		{"DELETE", "/v1/subos/none/autoscale", "", 404, false},
+		{"POST", "/v1/subos/web/latency", `{"p99_us": 12500}`, 204, false},
+		{"POST", "/v1/subos/web/latency", `{}`, 422, false},
+		{"POST", "/v1/subos/web/latency", `{"p99_us": "x"}`, 400, false},
+		{"POST", "/v1/subos/none/latency", `{"p99_us": 1}`, 404, false},
 	}
 	covered := map[string]bool{}
 	mux, patterns := routes(b, nil)

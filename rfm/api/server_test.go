@@ -427,3 +427,29 @@ func (f *fakeBackend) Return(_ context.Context, r supervisor.ReturnRequest) erro
 }
 
 func (f *fakeBackend) Loans() []ledger.Loan { return nil }
+
+// The autoscale routes: subOS web is latency-critical.
+func (f *fakeBackend) SetAutoscale(_ context.Context, name string, a *supervisor.AutoscaleSpec) (supervisor.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	info, ok := f.subos[name]
+	if !ok {
+		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	}
+	if a != nil && a.Lower >= a.Upper {
+		return supervisor.Info{}, &supervisor.ProblemsError{Problems: []ledger.Problem{{Field: "autoscale", Message: "lower threshold (lt) must be below the upper (ut)"}}}
+	}
+	info.Spec.Class = ledger.LatencyCritical
+	info.Spec.Autoscale = a
+	f.subos[name] = info
+	return info, nil
+}
+
+func (f *fakeBackend) ReportLatency(_ context.Context, name string, _ time.Duration) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.subos[name]; !ok {
+		return fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	}
+	return nil
+}

@@ -12,6 +12,7 @@ import (
 	"rainforest/internal/units"
 	"rainforest/ledger"
 	"rainforest/partitioner"
+	"rainforest/rfm/autoscale"
 	"rainforest/vmm/config"
 )
 
@@ -236,6 +237,33 @@ func (ck *checker) subOS(i int) {
 	}
 	if size := max(s.CPUs, len(s.Cores)); s.MaxCPUs != 0 && (s.MaxCPUs < size || s.MaxCPUs > config.MaxCores) {
 		add("max_cpus", "%d: want from the subOS's %d cpus to %d", s.MaxCPUs, size, config.MaxCores)
+	}
+	switch s.Class {
+	case "", ledger.Batch, ledger.LatencyCritical:
+	default:
+		add("class", "unknown class %q: want %q or %q", s.Class, ledger.LatencyCritical, ledger.Batch)
+	}
+	if a := s.Autoscale; a != nil {
+		if s.Class != ledger.LatencyCritical {
+			add("autoscale", "only a %s subOS autoscales (set class: %s)", ledger.LatencyCritical, ledger.LatencyCritical)
+		}
+		if a.MaxCPUs > 0 && s.MaxCPUs > 0 && a.MaxCPUs > s.MaxCPUs {
+			add("autoscale.max_cpus", "%d is above the subOS's max_cpus %d", a.MaxCPUs, s.MaxCPUs)
+		}
+		name := s.Name
+		if !namePattern.MatchString(name) {
+			name = "subos"
+		}
+		if err := (autoscale.Config{Targets: []autoscale.Target{a.Target(name)}}).Validate(); err != nil {
+			errs := []error{err}
+			if j, ok := err.(interface{ Unwrap() []error }); ok {
+				errs = j.Unwrap()
+			}
+			for _, e := range errs {
+				msg := strings.TrimPrefix(e.Error(), "autoscale: ")
+				add("autoscale", "%s", strings.TrimSuffix(msg, ": "+autoscale.ErrConfig.Error()))
+			}
+		}
 	}
 	seen := map[int]bool{}
 	for _, id := range s.Cores {

@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"rainforest/ledger"
 	"rainforest/partitioner"
@@ -73,6 +74,15 @@ func TestCheckProblems(t *testing.T) {
 		mutate func(e *checkEnv, f *fakeChecker)
 		want   string // "%d" in it is replaced by the temp dir
 	}{
+		{"unknown class", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Class = "urgent" },
+			`subos "db": class: unknown class "urgent": want "latency-critical" or "batch"`},
+		{"autoscale on batch", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[1].Autoscale = &Autoscale{Lower: 5 * time.Millisecond, Upper: 20 * time.Millisecond}
+		}, `subos "db": autoscale: only a latency-critical subOS autoscales (set class: latency-critical)`},
+		{"autoscale lt >= ut", func(e *checkEnv, f *fakeChecker) {
+			e.layout.SubOSes[1].Class = ledger.LatencyCritical
+			e.layout.SubOSes[1].Autoscale = &Autoscale{Lower: 20 * time.Millisecond, Upper: 5 * time.Millisecond}
+		}, `subos "db": autoscale: target "db": lower threshold (lt) 20ms must be below the upper (ut) 5ms`},
 		{"duplicate name", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Name = "web" },
 			`subos "web": name: "web" is also the name of subos[0]`},
 		{"bad name", func(e *checkEnv, f *fakeChecker) { e.layout.SubOSes[1].Name = "Web_1" },

@@ -27,6 +27,18 @@
 //	    # disks: [{path: data.img, iops: 1000, bandwidth: 100M}]
 //	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
+//	  - name: api
+//	    cpus: 2
+//	    memory: 512M
+//	    class: latency-critical  # or batch (the default): a latency-
+//	                             # critical subOS may take batch cores
+//	    autoscale:         # only for a latency-critical subOS: while its
+//	      lower: 5ms       # p99 (reported in the guest: rf-agent latency)
+//	      upper: 20ms      # stays above upper, a core comes from a batch
+//	      window: 10s      # subOS; below lower, one goes back. window
+//	      cooldown: 10s    # (10s), cooldown (the window), min_cpus (1)
+//	      min_cpus: 2      # and max_cpus (its max_cpus) are optional;
+//	      max_cpus: 4      # lower < upper
 //
 // Sizes and cpulist strings follow internal/units: whole numbers of bytes
 // with an optional unit K, M, G or T, optionally followed by B or iB, all
@@ -40,8 +52,10 @@ import (
 
 	"fmt"
 	"path/filepath"
+	"time"
 
 	"rainforest/ledger"
+	"rainforest/rfm/autoscale"
 )
 
 // DefaultMaxBytes is the size limit Parse applies when given maxBytes <= 0.
@@ -114,6 +128,24 @@ type SubOS struct {
 	// Segments are shared-memory segments this subOS is granted (the
 	// supervisor creates a segment with its first grant).
 	Segments []Segment
+	// Class is ledger.Batch ("" too) or ledger.LatencyCritical.
+	Class ledger.Class
+	// Autoscale is the latency-driven autoscaling policy of a
+	// latency-critical subOS; nil: none.
+	Autoscale *Autoscale
+}
+
+// Autoscale is a subOS's autoscale section (see the supervisor's
+// AutoscaleSpec); zero fields take the defaults.
+type Autoscale struct {
+	Lower, Upper     time.Duration
+	Window, Cooldown time.Duration
+	MinCPUs, MaxCPUs int
+}
+
+// Target is a's policy for subOS name, as package autoscale takes it.
+func (a Autoscale) Target(name string) autoscale.Target {
+	return autoscale.Target{Name: name, Lower: a.Lower, Upper: a.Upper, Window: a.Window, Cooldown: a.Cooldown, MinCores: a.MinCPUs, MaxCores: a.MaxCPUs}
 }
 
 // Segment is a grant of a named shared-memory segment.
@@ -159,6 +191,7 @@ func (s SubOS) Request() ledger.Request {
 		Memory:   s.Memory,
 		PageSize: s.PageSize,
 		Devices:  append([]string(nil), s.Devices...),
+		Class:    s.Class,
 	}
 }
 

@@ -8,10 +8,12 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"rainforest/internal/units"
+	"rainforest/ledger"
 )
 
 // Errors Parse returns (wrapped; test with errors.Is).
@@ -256,6 +258,20 @@ func (p *parser) count(n *yaml.Node, path string, dst *uint64) {
 	}
 }
 
+// duration reads a Go duration ("5ms", "1.5s").
+func (p *parser) duration(n *yaml.Node, path string, dst *time.Duration) {
+	v, ok := p.scalar(n, path)
+	if !ok {
+		return
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		p.errorf(n, path, "want a duration such as 5ms or 10s, got %q", v)
+		return
+	}
+	*dst = d
+}
+
 func (p *parser) boolean(n *yaml.Node, path string, dst *bool) {
 	v, ok := p.scalar(n, path)
 	if !ok {
@@ -427,6 +443,31 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 			})
 		}},
 		{"cmdline_append", func(v *yaml.Node, path string) { p.str(v, path, &s.CmdlineAppend) }},
+		{"class", func(v *yaml.Node, path string) {
+			var c string
+			p.str(v, path, &c)
+			s.Class = ledger.Class(c)
+		}},
+		{"autoscale", func(v *yaml.Node, path string) {
+			a := &Autoscale{}
+			p.mapping(v, path, []field{
+				{"lower", func(v *yaml.Node, path string) { p.duration(v, path, &a.Lower) }},
+				{"upper", func(v *yaml.Node, path string) { p.duration(v, path, &a.Upper) }},
+				{"window", func(v *yaml.Node, path string) { p.duration(v, path, &a.Window) }},
+				{"cooldown", func(v *yaml.Node, path string) { p.duration(v, path, &a.Cooldown) }},
+				{"min_cpus", func(v *yaml.Node, path string) {
+					if c, ok := p.integer(v, path); ok {
+						a.MinCPUs = c
+					}
+				}},
+				{"max_cpus", func(v *yaml.Node, path string) {
+					if c, ok := p.integer(v, path); ok {
+						a.MaxCPUs = c
+					}
+				}},
+			})
+			s.Autoscale = a
+		}},
 		{"segments", func(v *yaml.Node, path string) {
 			p.sequence(v, path, func(item *yaml.Node, ip string) {
 				var g Segment

@@ -5,8 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"rainforest/internal/tokenbucket"
+	"rainforest/ledger"
 )
 
 const goodLayout = `# rfm layout
@@ -129,7 +131,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append, segments)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, segments)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -139,6 +141,21 @@ subos:
 	var pe *ParseError
 	if !errors.As(err, &pe) || pe.Line != 3 {
 		t.Errorf("first ParseError = %+v", pe)
+	}
+}
+
+func TestParseAutoscale(t *testing.T) {
+	l, err := Parse(strings.NewReader("subos:\n- name: api\n  class: latency-critical\n  autoscale: {lower: 5ms, upper: 20ms, window: 10s, cooldown: 5s, min_cpus: 2, max_cpus: 4}\n- name: batch\n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := l.SubOSes[0]
+	want := Autoscale{Lower: 5 * time.Millisecond, Upper: 20 * time.Millisecond, Window: 10 * time.Second, Cooldown: 5 * time.Second, MinCPUs: 2, MaxCPUs: 4}
+	if s.Class != ledger.LatencyCritical || s.Autoscale == nil || *s.Autoscale != want || s.Request().Class != ledger.LatencyCritical {
+		t.Errorf("api = class %q autoscale %+v", s.Class, s.Autoscale)
+	}
+	if b := l.SubOSes[1]; b.Class != "" || b.Autoscale != nil {
+		t.Errorf("batch = class %q autoscale %+v", b.Class, b.Autoscale)
 	}
 }
 
@@ -155,6 +172,8 @@ func TestParseErrors(t *testing.T) {
 		{"fraction", "subos:\n- memory: 1.5G\n", `line 2: subos[0].memory: invalid size "1.5G": want a whole number`},
 		{"no number", "subos:\n- memory: lots\n", `subos[0].memory: invalid size "lots"`},
 		{"bad page size", "defaults: {page_size: huge}\n", `line 1: defaults.page_size: invalid size`},
+		{"bad duration", "subos:\n- autoscale: {lower: 5, upper: 20ms}\n", `line 2: subos[0].autoscale.lower: want a duration such as 5ms or 10s, got "5"`},
+		{"autoscale unknown field", "subos:\n- autoscale: {low: 5ms}\n", `subos[0].autoscale: unknown field "low"`},
 		{"cpus not a number", "subos:\n- cpus: two\n", `line 2: subos[0].cpus: want a whole number, got "two"`},
 		{"negative node", "subos:\n- node: -1\n", `line 2: subos[0].node: want a node number (0 or more), got -1`},
 		{"bad cpulist", "subos:\n- cores: 3-1\n", `line 2: subos[0].cores: invalid CPU list "3-1": range 3-1 runs backwards (write 1-3)`},

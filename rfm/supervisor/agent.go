@@ -108,6 +108,9 @@ type agentSession struct {
 	// onChange, when set, is told of every change of state (seen by
 	// checkHealth), from the session's goroutines.
 	onChange func(from AgentState, now AgentInfo)
+	// onLatency, when set, gets each new latency sample a report
+	// carries (the autoscaler's guest source), from the session's goroutine.
+	onLatency func(ls agentproto.LatencySample, received time.Time)
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -118,6 +121,8 @@ type agentSession struct {
 	lastBeat  time.Time
 	report    *AgentStats
 	reported  AgentState // the state onChange was last told of
+	// latencySeq is the Seq of the last latency sample passed on.
+	latencySeq uint64
 }
 
 func (s *Supervisor) newAgentSession(name string) *agentSession {
@@ -137,6 +142,14 @@ func (s *Supervisor) newAgentSession(name string) *agentSession {
 				s.log.Warn("agent silent: subOS marked unhealthy (it keeps running)", "subos", name, "last_heartbeat", now.LastHeartbeat)
 			}
 			s.event(s.cfg.Who, "agent-"+string(now.State), name, 0, detail)
+		},
+		onLatency: func(ls agentproto.LatencySample, _ time.Time) {
+			x, err := agentLatency(name, ls.P99US, ls.AgeMS, s.now()) // the autoscaler's clock
+			if err != nil {
+				s.log.Debug("agent latency sample ignored", "subos", name, "err", err)
+				return
+			}
+			s.observeLatency(name, x.P99, x.Time)
 		},
 	}
 }
@@ -285,7 +298,15 @@ func (a *agentSession) follow(ctx context.Context) (worked bool, err error) {
 			a.mu.Lock()
 			a.lastBeat = now // a report is a sign of life too
 			a.report = &AgentStats{Name: a.name, Time: now.UTC(), Stats: *m}
+			ls := m.Latency
+			fresh := ls != nil && ls.Seq != a.latencySeq
+			if fresh {
+				a.latencySeq = ls.Seq
+			}
 			a.mu.Unlock()
+			if fresh && a.onLatency != nil {
+				a.onLatency(*ls, now)
+			}
 		case *agentproto.Error:
 			return true, m
 		}

@@ -23,6 +23,15 @@ type fakeGuest struct {
 	mu     sync.Mutex
 	online int
 	refuse bool
+	// latency, when its Seq is set, goes in a stats report with each
+	// heartbeat.
+	latency agentproto.LatencySample
+}
+
+func (g *fakeGuest) setLatency(l agentproto.LatencySample) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.latency = l
 }
 
 func (g *fakeGuest) cpus() int {
@@ -113,6 +122,12 @@ func (g *fakeGuest) serve(c net.Conn) {
 	case *agentproto.Watch:
 		for seq := uint64(1); ; seq++ {
 			if pc.Send(&agentproto.Heartbeat{Seq: seq}) != nil {
+				return
+			}
+			g.mu.Lock()
+			lat := g.latency
+			g.mu.Unlock()
+			if lat.Seq != 0 && pc.Send(&agentproto.Stats{Seq: seq, Latency: &lat}) != nil {
 				return
 			}
 			time.Sleep(50 * time.Millisecond)

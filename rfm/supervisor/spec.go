@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"rainforest/ledger"
+	"rainforest/rfm/autoscale"
 	"rainforest/vmm/config"
 )
 
@@ -36,6 +37,14 @@ type Spec struct {
 	// ConsoleLogRate is the guest's sustained console output in bytes a
 	// second (0: 64 KiB); what is over it is dropped and counted.
 	ConsoleLogRate uint64 `json:"console_log_rate,omitempty"`
+	// Class is "batch" (the default) or "latency-critical": a
+	// latency-critical subOS may take cores from batch ones (preemption,
+	// the autoscaler).
+	Class ledger.Class `json:"class,omitempty"`
+	// Autoscale, for a latency-critical subOS, moves cores to it from
+	// batch subOSes while its p99 latency stays above Upper, and back
+	// while it stays below Lower (see autoscale.go); nil: off.
+	Autoscale *AutoscaleSpec `json:"autoscale,omitempty"`
 }
 
 // Disk is a raw image or block device given to a subOS as virtio-blk,
@@ -53,7 +62,7 @@ func (s Spec) Request() ledger.Request {
 	if ps == 0 {
 		ps = 2 << 20
 	}
-	return ledger.Request{Name: s.Name, CPUs: s.CPUs, Cores: s.Cores, Node: node, Memory: s.Memory, PageSize: ps, Devices: s.Devices}
+	return ledger.Request{Name: s.Name, CPUs: s.CPUs, Cores: s.Cores, Node: node, Memory: s.Memory, PageSize: ps, Devices: s.Devices, Class: s.Class}
 }
 
 // State is a subOS's lifecycle state.
@@ -92,4 +101,7 @@ type Info struct {
 	// Agent is what the supervisor knows of the subOS's agent (absent
 	// for a subOS without a vsock device).
 	Agent *AgentInfo `json:"agent,omitempty"`
+	// AutoscaleLast is the autoscaler's last decision on the subOS (for
+	// one with autoscale on, once it has stepped).
+	AutoscaleLast *autoscale.Decision `json:"autoscale_last,omitempty"`
 }

@@ -88,6 +88,12 @@ type Config struct {
 	SocketGroup int
 	// Jail confines the VMMs (see JailConfig).
 	Jail JailConfig
+	// Now is the clock of latency samples and of the autoscaler (nil:
+	// time.Now); tests set it.
+	Now func() time.Time
+	// AutoscaleTicks, when set, steps the autoscaler at each value
+	// received (instead of every AutoscaleInterval); tests set it.
+	AutoscaleTicks <-chan time.Time
 }
 
 // Supervisor manages subOSes.
@@ -116,6 +122,8 @@ type Supervisor struct {
 	feed EventFeed
 	// counts are the running totals Counters returns.
 	counts counts
+	// auto is the latency-driven autoscaler (autoscale.go).
+	auto autoscaler
 }
 
 type subOS struct {
@@ -202,11 +210,13 @@ func New(cfg Config) (*Supervisor, error) {
 		s.Close()
 		return nil, fmt.Errorf("after recovery: %w", err)
 	}
+	s.startAutoscaler()
 	return s, nil
 }
 
 // Close stops watching subOSes (they keep running) and closes the store.
 func (s *Supervisor) Close() error {
+	s.stopAutoscaler()
 	s.mu.Lock()
 	running := make([]*subOS, 0, len(s.subos))
 	for _, so := range s.subos {
@@ -430,7 +440,7 @@ func consoleProblems(spec Spec) []ledger.Problem {
 
 // the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
-	probs := append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...)
+	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -487,6 +497,9 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	spec.Disks = withDiskIDs(spec.Disks)
 	if probs := append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
+		return Info{}, &ProblemsError{Problems: probs}
+	}
+	if probs := autoscaleProblems(spec); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
@@ -720,7 +733,7 @@ func (s *Supervisor) List() []Info {
 	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.subos))
 	for _, so := range s.subos {
-		out = append(out, s.withLoans(withAgent(so)))
+		out = append(out, s.withAutoscale(s.withLoans(withAgent(so))))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -738,7 +751,15 @@ func (s *Supervisor) Get(name string) (Info, error) {
 		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return s.withLoans(withAgent(so)), nil
+	return s.withAutoscale(s.withLoans(withAgent(so))), nil
+}
+
+// withAutoscale fills in the autoscaler's last decision on info's subOS.
+func (s *Supervisor) withAutoscale(info Info) Info {
+	if info.Spec.Autoscale != nil {
+		info.AutoscaleLast = s.autoscaleLast(info.Name)
+	}
+	return info
 }
 
 // withLoans fills in the loans info's subOS made (the ledger's view).
