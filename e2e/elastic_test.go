@@ -12,7 +12,8 @@ import (
 
 // elasticScript resizes running subOSes in one session: a (core 1, room
 // for 3) grows to 2 cores, lends one to b (core 3) and gets it back, and
-// shrinks to 1. After each step it prints what the guest, the host
+// shrinks to 1. Then b, latency-critical, takes a core from a (batch)
+// when its guest pushes a high p99, and gives it back when it is low. After each step it prints what the guest, the host
 // (vCPU thread affinities, cgroup cpuset) and the ledger say, and a
 // process started in a's guest before the first step must still be
 // running at the end. Refused resizes must change nothing.
@@ -38,7 +39,7 @@ state() {
 }
 echo "== create"
 "$RFM" create a --cores 1 --max-cpus 3 --memory 256M; echo "RF-STATUS-A $?"
-"$RFM" create b --cores 3 --memory 256M; echo "RF-STATUS-B $?"
+"$RFM" create b --cores 3 --memory 256M --class latency-critical; echo "RF-STATUS-B $?"
 healthy a; healthy b
 "$RFM" ps
 "$RFM" exec a -- sh -c 'setsid sh -c "while :; do date +%s > /tmp/alive; sleep 1; done" </dev/null >/dev/null 2>&1 &'; echo "RF-WORKER $?"
@@ -65,6 +66,26 @@ echo "== refused"
 "$RFM" resize a --cpus 0 2>&1; echo "RF-STATUS $?"
 "$RFM" lend b a --cpus 1 2>&1; echo "RF-STATUS $?"
 state a
+echo "== autoscale"
+# b is latency-critical: its application pushes a p99 above the upper
+# threshold, and a core comes from a (batch); then below the lower one,
+# and it goes back.
+"$RFM" resize a --cpus 2 >/dev/null; echo "RF-STATUS $?"
+"$RFM" autoscale b --lower 5ms --upper 20ms; echo "RF-STATUS $?"
+# push NAME VALUE SECONDS: the guest's application reports its p99 once a second.
+push() { "$RFM" exec "$1" -- sh -c "i=0; while [ \$i -lt $3 ]; do rf-agent latency $2; i=\$((i+1)); sleep 1; done"; }
+push b 50ms 40 &
+i=0; while ! "$RFM" events | grep -q ' autoscale  *b .*upper' && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+"$RFM" events | grep ' autoscale'
+state b
+wait
+push b 1ms 40 &
+i=0; while ! "$RFM" events | grep -q ' autoscale  *b .*lower' && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
+"$RFM" events | grep ' autoscale'
+wait
+echo "== autoscale-back"
+state b
+"$RFM" autoscale b --off >/dev/null; echo "RF-STATUS $?"
 echo "== alive"
 t1=$("$RFM" exec a -- cat /tmp/alive); sleep 3; t2=$("$RFM" exec a -- cat /tmp/alive)
 echo "RF-ALIVE $t1 $t2"
@@ -201,6 +222,16 @@ func TestElastic(t *testing.T) {
 		t.Errorf("resize beyond max_cpus does not say so:\n%s", ref)
 	}
 	checkCPUState(t, "refused", "a", ref, 1, "1", "1")
+	as := secs["autoscale"]
+	if !strings.Contains(as, "p99 50ms > upper 20ms") {
+		t.Fatalf("no autoscale event moving a core for a pushed p99 of 50 ms:\n%s\nserve log:\n%s", as, secs["serve-log"])
+	}
+	checkCPUState(t, "autoscale", "b", as, 2, "2-3", "2,3")
+	back := secs["autoscale-back"]
+	if !strings.Contains(as+back, "< lower 5ms") {
+		t.Errorf("no autoscale event giving the core back for a p99 of 1 ms:\n%s", as+back)
+	}
+	checkCPUState(t, "autoscale back", "b", back, 1, "3", "3")
 	alive := strings.Fields(Field(secs["alive"], "RF-ALIVE"))
 	if len(alive) != 2 || alive[0] == alive[1] || alive[0] == "" {
 		t.Errorf("the guest's worker process did not keep running through the resizes: %v\n%s", alive, secs["alive"])
