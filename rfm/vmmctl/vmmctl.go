@@ -110,7 +110,7 @@ type Message struct {
 	// Memory is the hotplug memory's state (set_memory and memory
 	// replies).
 	Memory *Memory `json:"memory,omitempty"`
-	Error  string       `json:"error,omitempty"`
+	Error  string  `json:"error,omitempty"`
 	// Code classifies Error for callers that branch (see the sentinels).
 	Code string `json:"code,omitempty"`
 }
