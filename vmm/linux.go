@@ -239,7 +239,11 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err != nil {
 		return nil, fmt.Errorf("kernel: %w", err)
 	}
-	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: BootCmdline(cfg.Cmdline, m.BootVCPUs(), m.NumVCPUs()), RAMSize: cfg.MemSize, RSDPAddr: rsdp}
+	cmdline := BootCmdline(cfg.Cmdline, m.BootVCPUs(), m.NumVCPUs())
+	if m.memdev != nil {
+		cmdline = MemoryCmdline(cmdline)
+	}
+	p := boot.Params{Kernel: kernel, KernelSize: kst.Size(), Cmdline: cmdline, RAMSize: cfg.MemSize, RSDPAddr: rsdp}
 	if cfg.Initrd != "" || cfg.InitrdFile != nil {
 		initrd, err := reopen(cfg.InitrdFile, cfg.Initrd)
 		if err != nil {
@@ -348,7 +352,9 @@ func consoleOutput(ctx context.Context, cfg *LinuxConfig, input func([]byte)) (o
 }
 
 // addDevices plugs a virtio-blk function per disk, a virtio-console
-// writing to console and the shared-memory functions into the PCI bus.
+// writing to console, the shared-memory functions, the virtio-vsock
+// function and the virtio-mem function (with hotplug memory) into the
+// PCI bus.
 func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
 	for _, d := range cfg.Disks {
 		f := cfg.DiskFiles[d.ID]
@@ -370,8 +376,16 @@ func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
 			return err
 		}
 	}
+	if m.memdev != nil {
+		if _, err := m.AddVirtio(MemoryDeviceID, m.memdev, nil); err != nil {
+			return err
+		}
+	}
 	return nil
 }
+
+// MemoryDeviceID is the device id of the virtio-mem function.
+const MemoryDeviceID = "memory"
 
 // addVsock plugs the virtio-vsock function, serving cfg.VsockListener or
 // a listener it creates at cfg.Vsock.Socket.

@@ -37,6 +37,7 @@ import (
 	"rainforest/vmm/layout"
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/virtio/mem"
 	"rainforest/vmm/vm"
 )
 
@@ -85,9 +86,14 @@ type Config struct {
 	// to HostCores[0] until PinVCPUs gives them cores of their own.
 	MaxVCPUs int
 	Profile  CPUProfile
-	Logger   *slog.Logger
-	SysRoot  string // sysfs root, "/sys" when empty
-	KVMPath  string // "/dev/kvm" when empty
+	// HotplugMemory, when not 0, is the size of a hotplug memory region
+	// above RAM (layout.HotplugBase), of PageSize pages, that the guest
+	// plugs through a virtio-mem device (SetMemory); a multiple of
+	// config.HotplugBlockSize.
+	HotplugMemory uint64
+	Logger        *slog.Logger
+	SysRoot       string // sysfs root, "/sys" when empty
+	KVMPath       string // "/dev/kvm" when empty
 	// KVMFile, when set, is an open /dev/kvm used instead of KVMPath; the
 	// machine takes charge of it.
 	KVMFile *os.File
@@ -106,6 +112,7 @@ type Machine struct {
 	chassis *devices.Chassis
 	sci     *platform.SCI
 	slots   *slots
+	memdev  *mem.Device // the hotplug memory's model, or nil
 
 	started atomic.Bool // Run began: devices come and go by hotplug
 
@@ -194,6 +201,13 @@ func New(cfg Config) (_ *Machine, err error) {
 		if _, err = m.vm.MapMemory(r.GPA, r.Data, false); err != nil {
 			return nil, err
 		}
+	}
+	if cfg.HotplugMemory > 0 {
+		r, err := m.setupHotplugMemory(node)
+		if err != nil {
+			return nil, err
+		}
+		regions = append(regions, r)
 	}
 	if m.Mem, err = guestmem.New(regions...); err != nil {
 		return nil, err

@@ -202,6 +202,8 @@ type fakeProcess struct {
 	servedBy int
 	// cores are the fake vCPUs' cores since set_cpus (nil: the launch's).
 	cores []int
+	// memory is the hotplug memory plugged since set_memory.
+	memory uint64
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -521,4 +523,27 @@ func (p *fakeProcess) lastRegion() config.Region {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.regions[len(p.regions)-1]
+}
+
+// SetMemory plays vmm.Machine.SetMemory and a guest that plugs at once
+// whatever is asked of the document's hotplug memory.
+func (p *fakeProcess) SetMemory(_ context.Context, requested uint64) (vmmctl.Memory, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	region, bs := p.doc.HotplugMemory, uint64(2<<20)
+	if region == 0 || requested%bs != 0 || requested > region {
+		return vmmctl.Memory{}, fmt.Errorf("%w: requested %d of a %d-byte region", vmmctl.ErrInvalid, requested, region)
+	}
+	p.memory = requested
+	return vmmctl.Memory{Requested: requested, Plugged: requested, RegionSize: region, BlockSize: bs}, nil
+}
+
+// Memory plays vmm.Machine.MemoryState.
+func (p *fakeProcess) Memory() (vmmctl.Memory, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.doc.HotplugMemory == 0 {
+		return vmmctl.Memory{}, fmt.Errorf("%w: no hotplug memory", vmmctl.ErrInvalid)
+	}
+	return vmmctl.Memory{Requested: p.memory, Plugged: p.memory, RegionSize: p.doc.HotplugMemory, BlockSize: 2 << 20}, nil
 }

@@ -216,3 +216,38 @@ func VCPUs(ctx context.Context, v VMM) ([]VCPUPin, error) {
 	}
 	return m.VCPUs, err
 }
+
+// SetMemory asks the VMM's guest to plug requested bytes of hotplug
+// memory (0: unplug it all) and returns at once with the memory's state;
+// MemoryState follows the guest. ErrInvalid: the VMM has no hotplug
+// memory, or the size is not a multiple of its block size or exceeds
+// its region.
+func SetMemory(ctx context.Context, v VMM, requested uint64) (*Memory, error) {
+	return SetMemoryWait(ctx, v, requested, 0)
+}
+
+// SetMemoryWait is SetMemory waiting up to wait (at most 10 minutes) for
+// the guest to plug what was requested; the state may still fall short
+// (a partial result, not an error).
+func SetMemoryWait(ctx context.Context, v VMM, requested uint64, wait time.Duration) (*Memory, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpSetMemory, Requested: requested, TimeoutMS: wait.Milliseconds()}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	if err == nil && m.Memory == nil {
+		err = fmt.Errorf("%w: set_memory reply without the memory's state", ErrProtocol)
+	}
+	return m.Memory, err
+}
+
+// MemoryState returns the VMM's hotplug memory state.
+func MemoryState(ctx context.Context, v VMM) (*Memory, error) {
+	m, files, err := Call(ctx, v, Message{Op: OpMemory}, nil)
+	for _, f := range files {
+		f.Close()
+	}
+	if err == nil && m.Memory == nil {
+		err = fmt.Errorf("%w: memory reply without the memory's state", ErrProtocol)
+	}
+	return m.Memory, err
+}

@@ -47,6 +47,17 @@ func (fuzzHandler) Devices() []Device                     { return []Device{{ID:
 func (fuzzHandler) Export() ([]config.Region, []*os.File) { return nil, nil }
 func (fuzzHandler) VCPUs() []VCPUPin                      { return []VCPUPin{{VCPU: 0, Core: 2, TID: 7}} }
 
+func (fuzzHandler) Memory() (Memory, error) {
+	return Memory{Requested: 2 << 20, Plugged: 2 << 20, RegionSize: 8 << 20, BlockSize: 2 << 20}, nil
+}
+
+func (fuzzHandler) SetMemory(_ context.Context, requested uint64) (Memory, error) {
+	if requested%(2<<20) != 0 || requested > 8<<20 {
+		return Memory{}, ErrInvalid
+	}
+	return Memory{Requested: requested, Plugged: requested, RegionSize: 8 << 20, BlockSize: 2 << 20}, nil
+}
+
 func (fuzzHandler) SetCPUs(cores []int) ([]VCPUPin, error) {
 	if len(cores) > 1 {
 		return nil, ErrInvalid

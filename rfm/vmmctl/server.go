@@ -42,6 +42,13 @@ type Handler interface {
 	SetCPUs(cores []int) ([]VCPUPin, error)
 	// VCPUs returns every vCPU's pinning.
 	VCPUs() []VCPUPin
+	// SetMemory asks the guest to plug requested bytes of hotplug
+	// memory and waits until it has or ctx ends; it returns the state
+	// then (ctx ending is not an error: the state says how far the
+	// guest got).
+	SetMemory(ctx context.Context, requested uint64) (Memory, error)
+	// Memory returns the hotplug memory's state.
+	Memory() (Memory, error)
 	// Export returns the regions held and their files (still the
 	// handler's).
 	Export() ([]config.Region, []*os.File)
@@ -257,6 +264,24 @@ func answer(ctx context.Context, conn *net.UnixConn, h Handler, log *slog.Logger
 		_ = conn.SetDeadline(time.Now().Add(timeout + requestTimeout))
 		dctx, cancel := context.WithTimeout(ctx, timeout)
 		err = h.Detach(dctx, msg.ID)
+		cancel()
+	case OpMemory:
+		var st Memory
+		if st, err = h.Memory(); err == nil {
+			reply.Memory = &st
+		}
+	case OpSetMemory:
+		timeout := time.Duration(msg.TimeoutMS) * time.Millisecond
+		if timeout < 0 || timeout > 10*time.Minute {
+			err = fmt.Errorf("%w: set_memory with a timeout of %d ms, want 0 to 10 minutes", ErrInvalid, msg.TimeoutMS)
+			break
+		}
+		_ = conn.SetDeadline(time.Now().Add(timeout + requestTimeout))
+		mctx, cancel := context.WithTimeout(ctx, timeout)
+		var st Memory
+		if st, err = h.SetMemory(mctx, msg.Requested); err == nil {
+			reply.Memory = &st
+		}
 		cancel()
 	default:
 		err = fmt.Errorf("%w: unknown operation %q", ErrInvalid, msg.Op)

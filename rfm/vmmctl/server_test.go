@@ -34,6 +34,33 @@ type handler struct {
 	backing string
 	// pins are the two vCPUs' cores.
 	pins []VCPUPin
+	// mem is the hotplug memory: a guest that plugs at most 4 blocks.
+	mem Memory
+}
+
+const fakeBlock = 2 << 20
+
+// SetMemory plays a guest that plugs up to 4 blocks of a 16-block region
+// at once and then stalls until ctx ends.
+func (h *handler) SetMemory(ctx context.Context, requested uint64) (Memory, error) {
+	h.mu.Lock()
+	if requested%fakeBlock != 0 || requested > 16*fakeBlock {
+		h.mu.Unlock()
+		return Memory{}, fmt.Errorf("%w: requested %d", ErrInvalid, requested)
+	}
+	h.mem = Memory{Requested: requested, Plugged: min(requested, 4*fakeBlock), RegionSize: 16 * fakeBlock, BlockSize: fakeBlock}
+	st := h.mem
+	h.mu.Unlock()
+	if st.Plugged != st.Requested {
+		<-ctx.Done()
+	}
+	return st, nil
+}
+
+func (h *handler) Memory() (Memory, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.mem, nil
 }
 
 func (h *handler) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (Device, error) {
@@ -233,6 +260,24 @@ func TestLaunchAndRequests(t *testing.T) {
 	}
 	if pins, _ := VCPUs(bg, vm); pins[0].Core != 3 || pins[1].Core != 1 {
 		t.Errorf("refused SetCPUs changed the pinning: %+v", pins)
+	}
+	st, err := SetMemory(bg, vm, 2*fakeBlock)
+	if want := (Memory{Requested: 2 * fakeBlock, Plugged: 2 * fakeBlock, RegionSize: 16 * fakeBlock, BlockSize: fakeBlock}); err != nil || *st != want {
+		t.Errorf("SetMemory = %+v, %v; want %+v", st, err, want)
+	}
+	// A guest that stops short: the reply is the partial state, no error.
+	st, err = SetMemoryWait(bg, vm, 6*fakeBlock, 20*time.Millisecond)
+	if err != nil || st.Requested != 6*fakeBlock || st.Plugged != 4*fakeBlock {
+		t.Errorf("SetMemoryWait = %+v, %v; want 4 of 6 blocks", st, err)
+	}
+	if st, err := MemoryState(bg, vm); err != nil || st.Plugged != 4*fakeBlock || st.Requested != 6*fakeBlock {
+		t.Errorf("MemoryState = %+v, %v", st, err)
+	}
+	if _, err := SetMemory(bg, vm, fakeBlock+1); !errors.Is(err, ErrInvalid) {
+		t.Errorf("SetMemory of a partial block: %v", err)
+	}
+	if _, _, err := Call(bg, vm, Message{Op: OpSetMemory, TimeoutMS: -1}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "timeout") {
+		t.Errorf("set_memory with a negative timeout: %v", err)
 	}
 	if _, _, err := Call(bg, vm, Message{Op: "reboot"}, nil); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), `unknown operation "reboot"`) {
 		t.Errorf("unknown operation: %v", err)

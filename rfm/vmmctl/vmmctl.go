@@ -33,6 +33,14 @@
 //     machine's vCPU count of distinct host cores; a refusal changes
 //     nothing. Reply: every vCPU's pinning ({"vcpus": [...]}).
 //   - vcpus: every vCPU's pinning, as the host kernel has it.
+//   - set_memory {"requested": N, "timeout_ms": T}: ask the guest to plug
+//     N bytes of the VMM's hotplug memory (virtio-mem; a multiple of its
+//     block size, at most its region; 0 unplugs it all) and wait up to T
+//     (0: not at all, at most 10 minutes) for the guest to get there.
+//     Reply: the memory's state ({"memory": {...}}), whose plugged size
+//     may fall short of the requested one: a partial result, not an
+//     error.
+//   - memory: the hotplug memory's state.
 //
 // Who may talk on it: the socket file is born mode 0600 (Listen) in the
 // supervisor's run directory; the VMM answers only connections from the
@@ -75,6 +83,8 @@ const (
 	OpDevices    = "devices"
 	OpSetCPUs    = "set_cpus"
 	OpVCPUs      = "vcpus"
+	OpSetMemory  = "set_memory"
+	OpMemory     = "memory"
 )
 
 // ErrProtocol reports a malformed control message.
@@ -95,7 +105,12 @@ type Message struct {
 	Cores []int `json:"cores,omitempty"`
 	// VCPUs are the vCPUs' pinnings (set_cpus and vcpus replies).
 	VCPUs []VCPUPin `json:"vcpus,omitempty"`
-	Error string    `json:"error,omitempty"`
+	// Requested is a set_memory request's size in bytes.
+	Requested uint64 `json:"requested,omitempty"`
+	// Memory is the hotplug memory's state (set_memory and memory
+	// replies).
+	Memory *Memory `json:"memory,omitempty"`
+	Error  string  `json:"error,omitempty"`
 	// Code classifies Error for callers that branch (see the sentinels).
 	Code string `json:"code,omitempty"`
 }
@@ -119,6 +134,16 @@ type VCPUPin struct {
 	VCPU int `json:"vcpu"`
 	Core int `json:"core"`
 	TID  int `json:"tid,omitempty"`
+}
+
+// Memory is a VMM's hotplug memory (virtio-mem): the bytes the
+// guest is asked to plug, the bytes it has plugged, the region's size
+// and its block size.
+type Memory struct {
+	Requested  uint64 `json:"requested"`
+	Plugged    uint64 `json:"plugged"`
+	RegionSize uint64 `json:"region_size"`
+	BlockSize  uint64 `json:"block_size"`
 }
 
 // Document decodes the launch message's configuration document.

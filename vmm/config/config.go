@@ -43,7 +43,13 @@ const (
 	MaxVectors = 64
 	// MaxPeers bounds a region's peers.
 	MaxPeers = 253
+	// MaxHotplugMemory bounds the hotplug memory region.
+	MaxHotplugMemory = 1 << 40
 )
+
+// HotplugBlockSize is the block size of hotplug memory on pages of size
+// p: 2 MiB, or the page size when larger.
+func HotplugBlockSize(p ram.PageSize) uint64 { return max(2<<20, uint64(p)) }
 
 // ErrInvalid wraps every reason a document is refused.
 var ErrInvalid = errors.New("VMM configuration")
@@ -72,6 +78,12 @@ type Document struct {
 	// or "1G" ("2M" when empty).
 	Memory   uint64 `json:"memory"`
 	PageSize string `json:"page_size,omitempty"`
+	// HotplugMemory, when not 0, is the size in bytes of a memory region
+	// above RAM, of the same page size, that the guest plugs and unplugs
+	// through a virtio-mem device as the host asks (vmmctl set_memory):
+	// a multiple of HotplugBlockSize, at most MaxHotplugMemory. The
+	// guest starts with none of it plugged.
+	HotplugMemory uint64 `json:"hotplug_memory,omitempty"`
 	// CPUProfile is "host" (default) or "nested-safe".
 	CPUProfile string   `json:"cpu_profile,omitempty"`
 	Disks      []Disk   `json:"disks,omitempty"`
@@ -356,6 +368,9 @@ func (d *Document) Validate() error {
 	}
 	if d.Memory < 2<<20 || d.Memory%uint64(ps) != 0 {
 		return bad("memory", "memory %d: at least 2 MiB, a multiple of the %s page size", d.Memory, ps)
+	}
+	if h, bs := d.HotplugMemory, HotplugBlockSize(ps); h%bs != 0 || h > MaxHotplugMemory {
+		return bad("hotplug_memory", "hotplug_memory %d: 0 (none) or a multiple of the %d-byte block size, at most %d", h, bs, uint64(MaxHotplugMemory))
 	}
 	switch d.CPUProfile {
 	case "", "host", "nested-safe":

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"rainforest/internal/tokenbucket"
+	"rainforest/vmm/ram"
 )
 
 const good = `{"version": 1, "name": "web", "kernel": "/k", "cores": [2, 3], "memory": 536870912,
@@ -283,5 +284,41 @@ func TestVsock(t *testing.T) {
 	files = strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"vsock_socket": 0},`, 1)
 	if _, err := Decode(strings.NewReader(files)); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "vsock_socket"`) {
 		t.Fatalf("vsock_socket without vsock: %v", err)
+	}
+}
+
+func TestHotplugMemory(t *testing.T) {
+	for _, c := range []struct {
+		pages string
+		size  uint64
+		ok    bool
+	}{
+		{"2M", 0, true},
+		{"2M", 2 << 20, true},
+		{"4k", 64 << 20, true},
+		{"2M", MaxHotplugMemory, true},
+		{"2M", 1 << 20, false},
+		{"4k", 4096, false},
+		{"1G", 2 << 20, false},
+		{"1G", 2 << 30, true},
+		{"2M", MaxHotplugMemory + 2<<20, false},
+	} {
+		doc := strings.Replace(good, `"cores": [2, 3]`, fmt.Sprintf(`"cores": [2, 3], "hotplug_memory": %d`, c.size), 1)
+		doc = strings.Replace(doc, `"page_size": "2M"`, fmt.Sprintf(`"page_size": %q`, c.pages), 1)
+		doc = strings.Replace(doc, `"memory": 536870912`, `"memory": 1073741824`, 1)
+		d, err := Decode(strings.NewReader(doc))
+		if c.ok {
+			if err != nil || d.HotplugMemory != c.size {
+				t.Errorf("%s pages, %d: %v", c.pages, c.size, err)
+			}
+			continue
+		}
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "hotplug_memory" {
+			t.Errorf("%s pages, %d: %v, want a hotplug_memory error", c.pages, c.size, err)
+		}
+	}
+	if HotplugBlockSize(ram.Page4K) != 2<<20 || HotplugBlockSize(ram.Page1G) != 1<<30 {
+		t.Error("block sizes")
 	}
 }

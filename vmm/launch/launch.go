@@ -24,6 +24,7 @@ import (
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/seccomp"
 	"rainforest/vmm/shmem/abi"
+	"rainforest/vmm/virtio/mem"
 )
 
 // Options are one VMM's inputs.
@@ -169,7 +170,7 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 	}
 	cfg := vmm.LinuxConfig{
 		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, MaxVCPUs: doc.MaxVCPUs,
-			Profile: profile, Logger: log, SysRoot: o.SysRoot},
+			HotplugMemory: doc.HotplugMemory, Profile: profile, Logger: log, SysRoot: o.SysRoot},
 		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
 		Vsock: doc.Vsock,
@@ -481,6 +482,43 @@ func (s *subOS) SetCPUs(cores []int) ([]vmmctl.VCPUPin, error) {
 
 // VCPUs implements vmmctl.Handler.
 func (s *subOS) VCPUs() []vmmctl.VCPUPin { return vcpuPins(s.l.VCPUPins()) }
+
+// SetMemory implements vmmctl.Handler: it asks the guest for requested
+// bytes of hotplug memory (vmm.Machine.SetMemory) and waits for it until
+// ctx ends; a machine without hotplug memory, or a size it refuses, is
+// ErrInvalid.
+func (s *subOS) SetMemory(ctx context.Context, requested uint64) (vmmctl.Memory, error) {
+	if err := s.l.SetMemory(requested); err != nil {
+		return vmmctl.Memory{}, memoryError(err)
+	}
+	st, err := s.l.WaitMemory(ctx)
+	if err != nil && ctx.Err() == nil {
+		return vmmctl.Memory{}, err
+	}
+	return memoryState(st), nil // a partial result when ctx ended first
+}
+
+// Memory implements vmmctl.Handler.
+func (s *subOS) Memory() (vmmctl.Memory, error) {
+	st, err := s.l.MemoryState()
+	if err != nil {
+		return vmmctl.Memory{}, memoryError(err)
+	}
+	return memoryState(st), nil
+}
+
+// memoryError classifies the machine's refusals of a memory request.
+func memoryError(err error) error {
+	if errors.Is(err, vmm.ErrNoHotplugMemory) || errors.Is(err, mem.ErrRequested) {
+		return fmt.Errorf("%w: %w", vmmctl.ErrInvalid, err)
+	}
+	return err
+}
+
+// memoryState converts the machine's memory state to the protocol's.
+func memoryState(st vmm.MemoryState) vmmctl.Memory {
+	return vmmctl.Memory{Requested: st.Requested, Plugged: st.Plugged, RegionSize: st.RegionSize, BlockSize: st.BlockSize}
+}
 
 // vcpuPins converts the machine's pinnings to the protocol's.
 func vcpuPins(pins []vmm.VCPUPin) []vmmctl.VCPUPin {

@@ -2,6 +2,8 @@ package launch
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -9,10 +11,12 @@ import (
 	"strings"
 	"testing"
 
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm"
 	"rainforest/vmm/config"
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/virtio/mem"
 )
 
 // The document becomes the machine's configuration: the default command
@@ -200,4 +204,28 @@ func TestLinuxConfigVsock(t *testing.T) {
 		t.Fatalf("jailed: listener %v, no dial %v", cfg.VsockListener, cfg.VsockNoDial)
 	}
 	cfg.VsockListener.Close()
+}
+
+// The document's hotplug memory reaches the machine; the machine's
+// refusals of a memory request are the protocol's ErrInvalid.
+func TestLinuxConfigHotplugMemory(t *testing.T) {
+	var out bytes.Buffer
+	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/k", Cores: []int{2}, Memory: 64 << 20,
+		HotplugMemory: 1 << 30}
+	cfg, done, err := linuxConfig(doc, Options{Stdout: &out}, Logger(doc, &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if cfg.HotplugMemory != 1<<30 {
+		t.Errorf("hotplug memory %d", cfg.HotplugMemory)
+	}
+	for _, err := range []error{vmm.ErrNoHotplugMemory, fmt.Errorf("x: %w", mem.ErrRequested)} {
+		if got := memoryError(err); !errors.Is(got, vmmctl.ErrInvalid) || !errors.Is(got, err) {
+			t.Errorf("memoryError(%v) = %v", err, got)
+		}
+	}
+	if got := memoryState(vmm.MemoryState{Addr: 1 << 32, RegionSize: 8, BlockSize: 2, Requested: 6, Plugged: 4}); got != (vmmctl.Memory{Requested: 6, Plugged: 4, RegionSize: 8, BlockSize: 2}) {
+		t.Errorf("memoryState = %+v", got)
+	}
 }

@@ -21,6 +21,7 @@
 //	0xFEE0_0000  local APICs
 //	0xFFFB_C000  KVM identity map page (Intel), 0xFFFB_D000 TSS (3 pages)
 //	0x1_0000_0000 RAM above LowRAMEnd continues here
+//	...          hotplug memory (virtio-mem) from the next GiB boundary (HotplugBase)
 //
 // I/O ports: COM1 at 0x3F8, the guest status port 0x501, the ACPI PM1a
 // event, control and timer blocks at 0x600-0x60B, the GPE0 block at
@@ -92,3 +93,18 @@ const (
 	// MaxGSI bounds the GSIs the VMM allocates.
 	MaxGSI = 1024
 )
+
+// HotplugAlign aligns the hotplug memory region (virtio-mem), which
+// starts at the first multiple of it at or above the end of RAM and
+// above 4 GiB.
+const HotplugAlign = 1 << 30
+
+// HotplugBase returns the guest physical address of the hotplug memory
+// region of a guest with memSize bytes of RAM.
+func HotplugBase(memSize uint64) uint64 {
+	end := uint64(HighRAMStart)
+	if memSize > LowRAMEnd {
+		end += memSize - LowRAMEnd
+	}
+	return (end + HotplugAlign - 1) &^ (HotplugAlign - 1)
+}

@@ -73,7 +73,11 @@ type Options struct {
 	PageSize PageSize // Page4K, Page2M or Page1G
 	Node     int      // NUMA node to bind to, or -1 for none
 	Prefault bool     // fault every page in now
-	SysRoot  string   // sysfs root for pool checks ("/sys" when empty)
+	// NoReserve maps without reserving hugepages (MAP_NORESERVE) and
+	// skips the pool check: memory plugged piecemeal later (Populate),
+	// given back with Release.
+	NoReserve bool
+	SysRoot   string // sysfs root for pool checks ("/sys" when empty)
 }
 
 // RAM is an allocated, mapped memory region.
@@ -92,6 +96,9 @@ func Check(opts Options) error {
 		if opts.PageSize != Page4K {
 			return fmt.Errorf("%w: unsupported page size %d", ErrSize, opts.PageSize)
 		}
+		return nil
+	}
+	if opts.NoReserve {
 		return nil
 	}
 	need := opts.Size / uint64(opts.PageSize)
@@ -172,7 +179,11 @@ func Allocate(opts Options) (r *RAM, err error) {
 	if err := f.Truncate(int64(opts.Size)); err != nil {
 		return nil, fmt.Errorf("size guest memory to %d bytes: %w", opts.Size, err)
 	}
-	data, err := unix.Mmap(fd, 0, int(opts.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mflags := unix.MAP_SHARED
+	if opts.NoReserve {
+		mflags |= unix.MAP_NORESERVE
+	}
+	data, err := unix.Mmap(fd, 0, int(opts.Size), unix.PROT_READ|unix.PROT_WRITE, mflags)
 	if err != nil {
 		if errors.Is(err, unix.ENOMEM) && opts.PageSize.Huge() {
 			return nil, fmt.Errorf("%w: mapping %d bytes of %s pages: %v", ErrHugePages, opts.Size, opts.PageSize, err)
@@ -216,6 +227,43 @@ func populate(data []byte) error {
 		data[i] = 0
 	}
 	return nil
+}
+
+// Populate faults in the pages of [off, off+size) (multiples of the page
+// size): a short hugepage pool is an error wrapping ErrHugePages, never a
+// SIGBUS later.
+func (r *RAM) Populate(off, size uint64) error {
+	b, err := r.span(off, size)
+	if err != nil {
+		return err
+	}
+	return populate(b)
+}
+
+// Release gives the pages of [off, off+size) (multiples of the page size)
+// back to the host by punching a hole in the memfd; the range reads as
+// zeros afterwards and takes pages again when touched.
+func (r *RAM) Release(off, size uint64) error {
+	if _, err := r.span(off, size); err != nil {
+		return err
+	}
+	if size == 0 {
+		return nil
+	}
+	if err := unix.Fallocate(int(r.File.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, int64(off), int64(size)); err != nil {
+		return fmt.Errorf("release guest memory %#x+%#x: %w", off, size, err)
+	}
+	return nil
+}
+
+// span returns [off, off+size) of the memory, checked to be page-aligned
+// and inside it.
+func (r *RAM) span(off, size uint64) ([]byte, error) {
+	ps := uint64(r.PageSize)
+	if off%ps != 0 || size%ps != 0 || off > uint64(len(r.Data)) || size > uint64(len(r.Data))-off {
+		return nil, fmt.Errorf("%w: range %#x+%#x of %#x bytes of %s pages", ErrSize, off, size, len(r.Data), r.PageSize)
+	}
+	return r.Data[off : off+size], nil
 }
 
 // Close unmaps the memory and closes the memfd.

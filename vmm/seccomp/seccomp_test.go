@@ -18,6 +18,7 @@ import (
 
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/jail"
+	"rainforest/vmm/ram"
 )
 
 // The policy assembles into a BPF program, and every name is a system
@@ -123,8 +124,25 @@ func filteredHelper(mode string) int {
 			return 1
 		}
 	}
+	// Hotplug memory is made before the filter, plugged (madvise
+	// MADV_POPULATE_WRITE) and unplugged (fallocate PUNCH_HOLE) under it
+	// (vmm/virtio/mem through vmm/ram).
+	hot, err := ram.Allocate(ram.Options{Name: "rf-seccomp-hotplug", Size: 1 << 20, PageSize: ram.Page4K, Node: -1, NoReserve: true})
+	if err != nil {
+		fmt.Println("error:", err)
+		return 1
+	}
+	defer hot.Close()
 	if err := Install(); err != nil {
 		fmt.Println("error:", err)
+		return 1
+	}
+	if err := hot.Populate(0, 64<<10); err != nil {
+		fmt.Println("error: plugging hotplug memory under the filter:", err)
+		return 1
+	}
+	if err := hot.Release(0, 64<<10); err != nil {
+		fmt.Println("error: unplugging hotplug memory under the filter:", err)
 		return 1
 	}
 	// The console log rotates under the filter (fstat, pread64,

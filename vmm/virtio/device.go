@@ -37,6 +37,7 @@ const (
 	TypeConsole uint16 = 3
 	TypeVsock   uint16 = 19
 	TypeFS      uint16 = 26
+	TypeMem     uint16 = 24
 )
 
 // Interrupts is how an active device model signals the driver. Its

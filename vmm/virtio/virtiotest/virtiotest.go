@@ -200,3 +200,10 @@ func (i *IRQ) NeedsResetCount() int {
 	defer i.mu.Unlock()
 	return i.needsReset
 }
+
+// ConfigCount returns how often ConfigChanged was called.
+func (i *IRQ) ConfigCount() int {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.configs
+}
