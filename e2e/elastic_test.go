@@ -74,15 +74,15 @@ echo "== autoscale"
 "$RFM" autoscale b --lower 5ms --upper 20ms; echo "RF-STATUS $?"
 # push NAME VALUE SECONDS: the guest's application reports its p99 once a second.
 push() { "$RFM" exec "$1" -- sh -c "i=0; while [ \$i -lt $3 ]; do rf-agent latency $2; i=\$((i+1)); sleep 1; done"; }
-push b 50ms 40 &
+push b 50ms 40 & pusher=$!
 i=0; while ! "$RFM" events | grep -q ' autoscale  *b .*upper' && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
 "$RFM" events | grep ' autoscale'
 state b
-wait
-push b 1ms 40 &
+wait $pusher
+push b 1ms 40 & pusher=$!
 i=0; while ! "$RFM" events | grep -q ' autoscale  *b .*lower' && [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done
 "$RFM" events | grep ' autoscale'
-wait
+wait $pusher
 echo "== autoscale-back"
 state b
 "$RFM" autoscale b --off >/dev/null; echo "RF-STATUS $?"
