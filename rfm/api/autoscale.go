@@ -29,15 +29,7 @@ var errNoAutoscaler = fmt.Errorf("%w: this supervisor has no autoscaler", errors
 
 func autoscaleRoutes(mux *routeTable, b Backend) {
 	ab, _ := b.(AutoscaleBackend)
-	guard := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if ab == nil {
-				fail(w, errNoAutoscaler)
-				return
-			}
-			h(w, r)
-		}
-	}
+	guard := guarded(ab != nil, errNoAutoscaler)
 	mux.HandleFunc("PUT /v1/subos/{name}/autoscale", guard(func(w http.ResponseWriter, r *http.Request) {
 		var req supervisor.AutoscaleSpec
 		if !decode(w, r, &req) {

@@ -30,17 +30,20 @@ type ResizeRequest struct {
 // errNotElastic answers the elastic routes of a backend that is not.
 var errNotElastic = fmt.Errorf("%w: this supervisor does not resize subOSes", errors.ErrUnsupported)
 
+// guarded wraps the handlers of an optional backend interface: where the
+// Backend lacks it (available false) they answer err instead.
+func guarded(available bool, err error) func(http.HandlerFunc) http.HandlerFunc {
+	return func(h http.HandlerFunc) http.HandlerFunc {
+		if available {
+			return h
+		}
+		return func(w http.ResponseWriter, _ *http.Request) { fail(w, err) }
+	}
+}
+
 func elasticRoutes(mux *routeTable, b Backend) {
 	eb, _ := b.(ElasticBackend)
-	guard := func(h http.HandlerFunc) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			if eb == nil {
-				fail(w, errNotElastic)
-				return
-			}
-			h(w, r)
-		}
-	}
+	guard := guarded(eb != nil, errNotElastic)
 	mux.HandleFunc("POST /v1/subos/{name}/resize", guard(func(w http.ResponseWriter, r *http.Request) {
 		var req ResizeRequest
 		if !decode(w, r, &req) {

@@ -309,8 +309,8 @@ func (s *Supervisor) moveCores(ctx context.Context, so *subOS, before, after []i
 		}
 	})
 	guest := func(n int) error { return s.guestCPUs(cctx, so, n) }
-	pin := func(cores []int) error {
-		if _, err := vmmctl.SetCPUs(cctx, vmm, cores); err != nil {
+	pin := func(ctx context.Context, cores []int) error {
+		if _, err := vmmctl.SetCPUs(ctx, vmm, cores); err != nil {
 			return fmt.Errorf("subOS %q: pinning its vCPUs to %s: %w", name, units.FormatCPUList(cores), err)
 		}
 		return nil
@@ -319,15 +319,23 @@ func (s *Supervisor) moveCores(ctx context.Context, so *subOS, before, after []i
 		if err := guest(len(after)); err != nil {
 			return fail(err)
 		}
-		undo = append(undo, func() { _ = s.guestCPUs(context.WithoutCancel(cctx), so, len(before)) })
-		if err := pin(assign); err != nil {
+		undo = append(undo, func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), coreStepTimeout)
+			defer cancel()
+			_ = s.guestCPUs(uctx, so, len(before))
+		})
+		if err := pin(cctx, assign); err != nil {
 			return fail(err)
 		}
 	} else {
-		if err := pin(assign); err != nil {
+		if err := pin(cctx, assign); err != nil {
 			return fail(err)
 		}
-		undo = append(undo, func() { _ = pin(current) })
+		undo = append(undo, func() {
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), coreStepTimeout)
+			defer cancel()
+			_ = pin(uctx, current)
+		})
 		if len(after) > len(before) {
 			if err := guest(len(after)); err != nil {
 				return fail(err)
