@@ -138,6 +138,7 @@ type autoscaler struct {
 	ctrl    *autoscale.Controller
 	targets []autoscale.Target
 	recent  []autoscale.Sample // to feed a controller rebuilt for new targets
+	idle    bool               // the last step had no targets and cleared its state (under mu)
 
 	stop chan struct{}
 	done chan struct{}
@@ -236,6 +237,18 @@ func (s *Supervisor) autoscaleTargets() []autoscale.Target {
 // autoscaleStep runs one step of the autoscaler at now: the queued
 // samples go to the controller, and the moves it decides are made.
 func (s *Supervisor) autoscaleStep(ctx context.Context, now time.Time) {
+	// With no policy and nothing to forget, a tick does not wait behind
+	// a create or a resize for the operation lock.
+	targets := s.autoscaleTargets()
+	s.auto.mu.Lock()
+	idle := len(targets) == 0 && s.auto.idle
+	s.auto.idle = len(targets) == 0
+	if idle {
+		s.auto.pending = nil
+		s.auto.mu.Unlock()
+		return
+	}
+	s.auto.mu.Unlock()
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
 	s.auto.mu.Lock()
@@ -243,7 +256,7 @@ func (s *Supervisor) autoscaleStep(ctx context.Context, now time.Time) {
 	s.auto.pending = nil
 	s.auto.mu.Unlock()
 
-	targets := s.autoscaleTargets()
+	targets = s.autoscaleTargets()
 	var window time.Duration
 	for _, t := range targets {
 		window = max(window, t.Window, autoscale.DefaultWindow)

@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -179,9 +180,7 @@ func (s *Supervisor) change(ctx context.Context, decide func() (ledger.Change, e
 		moves = append(moves, coreMove{so: so, before: old, after: a})
 	}
 	// Losers first: a core leaves one subOS before it joins another.
-	slices.SortStableFunc(moves, func(x, y coreMove) int {
-		return len(y.before.Cores) - len(y.after.Cores) - (len(x.before.Cores) - len(x.after.Cores))
-	})
+	slices.SortStableFunc(moves, func(x, y coreMove) int { return cmp.Compare(y.lost(), x.lost()) })
 	restore := func() {
 		saved := make([]ledger.Allocation, 0, len(ch.Allocations))
 		for _, a := range ch.Allocations {
@@ -260,6 +259,9 @@ type coreMove struct {
 	so            *subOS
 	before, after ledger.Allocation
 }
+
+// lost is how many cores the move takes away (negative: gives).
+func (m coreMove) lost() int { return len(m.before.Cores) - len(m.after.Cores) }
 
 // describeMoves is the audit detail of m: the cores, and the loan.
 func describeMoves(m coreMove, ch ledger.Change) string {
