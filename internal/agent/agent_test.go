@@ -522,7 +522,7 @@ func TestServeAcceptFailures(t *testing.T) {
 	done2 := make(chan error, 1)
 	go func() { done2 <- s.Serve(context.Background(), ln2) }()
 	_ = newClient(t, hostEnd2) // the handshake: the connection is being served
-	ln2.Close() // the blocked Accept fails for good (net.ErrClosed)
+	ln2.Close()                // the blocked Accept fails for good (net.ErrClosed)
 	if err := <-done2; err == nil {
 		t.Error("Serve ended by a closed listener returned nil, want the accept error")
 	}

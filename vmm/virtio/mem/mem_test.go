@@ -464,7 +464,7 @@ func TestAccessible(t *testing.T) {
 		{blockSize, 2 * blockSize, true},
 		{blockSize, 0, true},
 		{2*blockSize + 5, 10, true},
-		{blockSize - 1, 2, false},            // starts in unplugged block 0
+		{blockSize - 1, 2, false},             // starts in unplugged block 0
 		{2 * blockSize, blockSize + 1, false}, // runs into block 3
 		{regionSize, 1, false},
 		{regionSize - 1, 2, false},
