@@ -64,7 +64,7 @@ func (m *Machine) setupHotplugMemory(node int) (guestmem.Region, error) {
 		return guestmem.Region{}, fmt.Errorf("hotplug memory: %w", err)
 	}
 	m.memdev = dev
-	return guestmem.Region{GPA: base, Data: r.Data}, nil
+	return guestmem.Region{GPA: base, Data: r.Data, File: r.File}, nil
 }
 
 // MemoryState is the hotplug memory's state.

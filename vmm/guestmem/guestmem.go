@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 )
 
@@ -21,6 +22,12 @@ var ErrOutOfRange = errors.New("guest address out of range")
 type Region struct {
 	GPA  uint64
 	Data []byte
+	// File, when not nil, is the shareable file Data maps (the guest
+	// RAM's memfd), Data starting at byte Offset of it: what another
+	// process (a vhost-user back end) maps to reach this region. The
+	// region's owner keeps it open.
+	File   *os.File
+	Offset uint64
 }
 
 // End returns the first GPA after the region.
