@@ -3,6 +3,8 @@ package vmm
 import (
 	"encoding/binary"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -70,6 +72,14 @@ func (m *Machine) mmioWrite(addr uint64, n int, v uint64) {
 func TestKVMShareQueuesBypassTheVMM(t *testing.T) {
 	needKVM(t)
 	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
+	// A back end that is not there is an error naming the share, and
+	// leaves no device.
+	if _, err := m.AddShare(t.Context(), config.Share{ID: "gone", Tag: "gone", Socket: filepath.Join(t.TempDir(), "none")}, nil); err == nil || !strings.Contains(err.Error(), "share gone") {
+		t.Fatalf("share without a back end: %v", err)
+	}
+	if _, ok := m.DeviceSlots()["gone"]; ok {
+		t.Fatal("a share without a back end was plugged")
+	}
 	b, err := vut.New(vut.Config{Features: virtio.FeatureVersion1 | vhostuser.FeatureProtocolFeatures,
 		Protocol: vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck, Queues: 2})
 	if err != nil {
