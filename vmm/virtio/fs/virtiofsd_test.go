@@ -25,7 +25,7 @@ import (
 // /usr/libexec/virtiofsd) runs without a sandbox as any user, QEMU's
 // (qemu-system-common, /usr/lib/qemu/virtiofsd) needs root for its chroot
 // sandbox. It skips the test when there is none it can run.
-func virtiofsdCommand(t *testing.T, socket, dir string) *exec.Cmd {
+func virtiofsdCommand(t testing.TB, socket, dir string) *exec.Cmd {
 	t.Helper()
 	for _, path := range []string{"/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"} {
 		if _, err := os.Stat(path); err != nil {
@@ -47,7 +47,7 @@ func virtiofsdCommand(t *testing.T, socket, dir string) *exec.Cmd {
 
 // startVirtiofsd runs virtiofsd on a new directory and connects to it.
 // exited is closed when it exits; kill kills it.
-func startVirtiofsd(t *testing.T) (cn *vhostuser.Conn, kill func() error, exited <-chan struct{}) {
+func startVirtiofsd(t testing.TB) (cn *vhostuser.Conn, kill func() error, exited <-chan struct{}) {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "hello"), []byte("hi"), 0o644); err != nil {
@@ -95,34 +95,51 @@ func startVirtiofsd(t *testing.T) (cn *vhostuser.Conn, kill func() error, exited
 	return cn, cmd.Process.Kill, done
 }
 
-// FUSE_INIT, as the guest's virtio-fs driver sends it first.
+// FUSE messages, as the guest's virtio-fs driver sends them.
 const (
+	fuseGetattr    = 3
 	fuseInit       = 26
 	fuseInHeader   = 40
 	fuseOutHeader  = 16
 	fuseInitInSize = 64
+	fuseGetattrIn  = 16
+	rootNode       = 1
 )
 
-func TestRealVirtiofsd(t *testing.T) {
+// rig is a virtio-fs device on a real virtiofsd, activated on guest memory
+// of a memfd with the test as the guest's driver.
+type rig struct {
+	d       *fs.Device
+	mem     *guestmem.Memory
+	queues  []*virtio.Queue
+	drivers []*vt.Driver
+	bells   *doorbells
+	stop    *eventfd.EventFD // signalled when virtiofsd exits
+	kill    func() error
+	exited  <-chan struct{}
+	unique  uint64
+	taken   uint16 // used elements taken from the request queue
+	feature uint64
+}
+
+func newRig(t testing.TB) *rig {
 	cn, kill, exited := startVirtiofsd(t)
 	d, err := fs.New(t.Context(), cn, fs.Options{Tag: "rf-test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
 	be := d.BackEnd()
 	t.Logf("virtiofsd: features %#x protocol %#x queues %d", be.Features, be.Protocol, be.Queues)
 	if be.Protocol&vhostuser.ProtocolReplyAck == 0 {
-		t.Log("virtiofsd does not acknowledge requests: the activation below is not confirmed step by step")
+		t.Log("virtiofsd does not acknowledge requests: the activation is not confirmed step by step")
 	}
-
 	// Guest memory on a memfd, as the VMM's RAM.
 	memfd, err := unix.MemfdCreate("guest", unix.MFD_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := os.NewFile(uintptr(memfd), "guest")
-	defer f.Close()
 	const size = 4 << 20
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
@@ -131,78 +148,117 @@ func TestRealVirtiofsd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer unix.Munmap(data)
+	t.Cleanup(func() {
+		unix.Munmap(data)
+		f.Close()
+	})
 	mem, err := guestmem.New(guestmem.Region{GPA: 0, Data: data, File: f})
 	if err != nil {
 		t.Fatal(err)
 	}
-	features := virtio.FeatureVersion1 | d.ServedTransportFeatures()
-	drivers := []*vt.Driver{vt.NewDriver(mem, 16, 0x10000), vt.NewDriver(mem, 16, 0x20000)}
-	var queues []*virtio.Queue
-	for _, drv := range drivers {
-		q, err := virtio.NewQueue(mem, drv.Config(), features)
+	r := &rig{d: d, mem: mem, kill: kill, exited: exited, feature: virtio.FeatureVersion1 | d.ServedTransportFeatures()}
+	r.drivers = []*vt.Driver{vt.NewDriver(mem, 16, 0x10000), vt.NewDriver(mem, 16, 0x20000)}
+	for _, drv := range r.drivers {
+		q, err := virtio.NewQueue(mem, drv.Config(), r.feature)
 		if err != nil {
 			t.Fatal(err)
 		}
-		queues = append(queues, q)
+		r.queues = append(r.queues, q)
 	}
-	bells := &doorbells{kicks: newEvents(t, 2), calls: newEvents(t, 2)}
-	if err := d.Activate(virtio.Activation{Mem: mem, Features: features, Queues: queues, IRQ: &vt.IRQ{}, Doorbells: bells}); err != nil {
+	r.bells = &doorbells{kicks: newEvents(t, 2), calls: newEvents(t, 2)}
+	if r.stop, err = eventfd.New(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.stop.Close() })
+	go func() { // owner: the test; ends when virtiofsd exits (killed at cleanup)
+		<-exited
+		r.stop.Signal()
+	}()
+	return r
+}
+
+// activate is the driver's DRIVER_OK.
+func (r *rig) activate(t testing.TB, irq virtio.Interrupts) {
+	if err := r.d.Activate(virtio.Activation{Mem: r.mem, Features: r.feature, Queues: r.queues, IRQ: irq, Doorbells: r.bells}); err != nil {
 		t.Fatalf("activate on virtiofsd: %v", err)
 	}
+}
 
-	// FUSE_INIT on the request queue: virtiofsd reads it from guest
-	// memory, answers in it, and signals the call eventfd.
+// request sends a FUSE request (opcode, node, argument) on the request
+// queue and returns the answer (header and body), as the guest's driver
+// gets it: from guest memory once the call eventfd is signalled.
+func (r *rig) request(t testing.TB, opcode uint32, node uint64, arg []byte) []byte {
 	const in, out = 0x40000, 0x41000
-	req := make([]byte, fuseInHeader+fuseInitInSize)
+	r.unique += 2
+	req := make([]byte, fuseInHeader+len(arg))
 	le := binary.LittleEndian
 	le.PutUint32(req[0:], uint32(len(req)))
-	le.PutUint32(req[4:], fuseInit)
-	le.PutUint64(req[8:], 2) // unique
-	le.PutUint32(req[fuseInHeader:], 7)
-	le.PutUint32(req[fuseInHeader+4:], 31)
-	le.PutUint32(req[fuseInHeader+8:], 128<<10)
-	if err := mem.WriteAt(req, in); err != nil {
+	le.PutUint32(req[4:], opcode)
+	le.PutUint64(req[8:], r.unique)
+	le.PutUint64(req[16:], node)
+	copy(req[fuseInHeader:], arg)
+	if err := r.mem.WriteAt(req, in); err != nil {
 		t.Fatal(err)
 	}
-	drv := drivers[1]
+	drv := r.drivers[1]
+	// With EVENT_IDX the driver asks for an interrupt at the next used
+	// element, as Linux does once it has taken the previous ones.
+	drv.SetUsedEvent(r.taken)
 	head := drv.AddChain(vt.Buf{Addr: in, Len: uint32(len(req))}, vt.Buf{Addr: out, Len: 256, Write: true})
-	if err := bells.kicks[1].Signal(); err != nil {
+	if err := r.bells.kicks[1].Signal(); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := eventfd.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop.Close()
-	go func() { // owner: the test; ends at the latest when virtiofsd exits
-		<-exited
-		stop.Signal()
-	}()
 	// libvhost-user signals a call eventfd when it is given one (for
 	// reconnections): wait until an interrupt comes with the answer.
 	var id uint16
 	var n uint32
 	for {
-		if _, err := eventfd.Wait(stop, bells.calls[1:]); err != nil {
-			t.Fatalf("no interrupt from virtiofsd: %v", err)
-		}
 		var ok bool
 		if id, n, ok = drv.TakeUsed(); ok {
 			break
 		}
+		if _, err := eventfd.Wait(r.stop, r.bells.calls[1:]); err != nil {
+			t.Fatalf("no interrupt from virtiofsd: %v", err)
+		}
 	}
-	if id != head || n < fuseOutHeader+8 {
+	r.taken++
+	if id != head || n < fuseOutHeader || n > 256 {
 		t.Fatalf("used element %d of %d bytes", id, n)
 	}
-	reply, _ := mem.Slice(out, uint64(n))
-	if le.Uint32(reply[0:]) != n || int32(le.Uint32(reply[4:])) != 0 || le.Uint64(reply[8:]) != 2 {
+	reply, _ := r.mem.Slice(out, uint64(n))
+	if le.Uint32(reply[0:]) != n || int32(le.Uint32(reply[4:])) != 0 || le.Uint64(reply[8:]) != r.unique {
 		t.Fatalf("FUSE reply header % x", reply[:fuseOutHeader])
 	}
-	if major := le.Uint32(reply[fuseOutHeader:]); major != 7 {
-		t.Fatalf("FUSE_INIT answered major %d", major)
+	return reply
+}
+
+// init sends FUSE_INIT, which virtiofsd wants first.
+func (r *rig) init(t testing.TB) []byte {
+	arg := make([]byte, fuseInitInSize)
+	binary.LittleEndian.PutUint32(arg[0:], 7)
+	binary.LittleEndian.PutUint32(arg[4:], 31)
+	binary.LittleEndian.PutUint32(arg[8:], 128<<10)
+	return r.request(t, fuseInit, 0, arg)
+}
+
+func TestRealVirtiofsd(t *testing.T) {
+	r := newRig(t)
+	d := r.d
+	r.activate(t, &vt.IRQ{})
+
+	// FUSE_INIT on the request queue: virtiofsd reads it from guest
+	// memory, answers in it, and signals the call eventfd.
+	reply := r.init(t)
+	le := binary.LittleEndian
+	if len(reply) < fuseOutHeader+8 || le.Uint32(reply[fuseOutHeader:]) != 7 {
+		t.Fatalf("FUSE_INIT answered % x", reply)
 	}
-	t.Logf("FUSE_INIT answered: %d bytes, minor %d", n, le.Uint32(reply[fuseOutHeader+4:]))
+	t.Logf("FUSE_INIT answered: %d bytes, minor %d", len(reply), le.Uint32(reply[fuseOutHeader+4:]))
+	// The root directory's attributes.
+	attr := r.request(t, fuseGetattr, rootNode, make([]byte, fuseGetattrIn))
+	if mode := le.Uint32(attr[fuseOutHeader+16+60:]); mode&unix.S_IFMT != unix.S_IFDIR {
+		t.Fatalf("the root's mode %#o", mode)
+	}
 
 	// Reset stops the queues (GET_VRING_BASE) with virtiofsd's answer.
 	d.Reset()
@@ -210,19 +266,31 @@ func TestRealVirtiofsd(t *testing.T) {
 		t.Fatalf("after reset: %v", err)
 	}
 	irq := &resetIRQ{reset: make(chan struct{}, 1)}
-	if err := d.Activate(virtio.Activation{Mem: mem, Features: features, Queues: queues, IRQ: irq, Doorbells: bells}); err != nil {
-		t.Fatalf("activate again: %v", err)
-	}
+	r.activate(t, irq)
 
 	// virtiofsd dying is the back end's failure: the device reports it
 	// and asks the driver for a reset.
-	if err := kill(); err != nil {
+	if err := r.kill(); err != nil {
 		t.Fatal(err)
 	}
 	<-d.Done()
 	<-irq.reset
 	if !errors.Is(d.Err(), vhostuser.ErrClosed) {
 		t.Fatalf("after virtiofsd died: %v", d.Err())
+	}
+}
+
+// BenchmarkRealVirtiofsdGetattr is a FUSE request's round trip on the
+// request queue to virtiofsd and back (kick, virtiofsd's work, call), as
+// a guest's stat of the share's root makes it without the VMM on the
+// path.
+func BenchmarkRealVirtiofsdGetattr(b *testing.B) {
+	r := newRig(b)
+	r.activate(b, &vt.IRQ{})
+	r.init(b)
+	arg := make([]byte, fuseGetattrIn)
+	for b.Loop() {
+		r.request(b, fuseGetattr, rootNode, arg)
 	}
 }
 
@@ -242,7 +310,7 @@ type doorbells struct {
 func (d *doorbells) Kick(q int) *eventfd.EventFD { return d.kicks[q] }
 func (d *doorbells) Call(q int) *eventfd.EventFD { return d.calls[q] }
 
-func newEvents(t *testing.T, n int) []*eventfd.EventFD {
+func newEvents(t testing.TB, n int) []*eventfd.EventFD {
 	var evs []*eventfd.EventFD
 	for range n {
 		ev, err := eventfd.New()
