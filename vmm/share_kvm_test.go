@@ -71,6 +71,14 @@ func (m *Machine) mmioWrite(addr uint64, n int, v uint64) {
 // interrupts the guest through KVM (the MSI-X vector's irqfd itself).
 func TestKVMShareQueuesBypassTheVMM(t *testing.T) {
 	needKVM(t)
+	// The back end outlives the machine (cleanups run last first), as a
+	// virtiofsd its supervisor stops after the VMM.
+	b, err := vut.New(vut.Config{Features: virtio.FeatureVersion1 | vhostuser.FeatureProtocolFeatures,
+		Protocol: vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck, Queues: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
 	m := newTestMachine(t, onlineCores(t, 1), ram.Page4K, testguest.MinMemory)
 	// A back end that is not there is an error naming the share, and
 	// leaves no device.
@@ -80,12 +88,6 @@ func TestKVMShareQueuesBypassTheVMM(t *testing.T) {
 	if _, ok := m.DeviceSlots()["gone"]; ok {
 		t.Fatal("a share without a back end was plugged")
 	}
-	b, err := vut.New(vut.Config{Features: virtio.FeatureVersion1 | vhostuser.FeatureProtocolFeatures,
-		Protocol: vhostuser.ProtocolMQ | vhostuser.ProtocolReplyAck, Queues: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
 	uc := b.FrontEnd()
 	f, err := uc.File()
 	uc.Close()
