@@ -6,7 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Extra packages may be named as arguments (make bench adds lxc, its baseline).
-pkgs=(qemu-system-x86 busybox-static e2fsprogs cpio lz4 ca-certificates "$@")
+# The virtio-fs back end: Debian's virtiofsd package (/usr/libexec/virtiofsd)
+# where the release has it (13 and later, bookworm-backports); on Debian 12
+# QEMU's own virtiofsd (/usr/lib/qemu/virtiofsd, in qemu-system-common,
+# which qemu-system-x86 pulls in) serves instead.
+pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs cpio lz4 ca-certificates "$@")
+if apt-cache policy virtiofsd 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then
+	pkgs+=(virtiofsd)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

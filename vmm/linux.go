@@ -26,9 +26,11 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
+	"rainforest/vmm/vhostuser"
 	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
 	virtioconsole "rainforest/vmm/virtio/console"
+	"rainforest/vmm/virtio/fs"
 	"rainforest/vmm/virtio/vsock"
 )
 
@@ -81,6 +83,14 @@ type LinuxConfig struct {
 	// VsockNoDial refuses the guest's connections to the host (a jailed
 	// VMM reaches no paths): they get RST.
 	VsockNoDial bool
+	// Shares are given to the guest as virtio-fs devices, each under its
+	// ID (config.Document.WithShareIDs fills them in), on the vhost-user
+	// back end at its socket.
+	Shares []config.Share
+	// ShareFiles, by share ID, are Unix stream sockets connected to the
+	// shares' back ends, used instead of connecting to their paths (a
+	// jailed VMM's); the machine takes charge of them.
+	ShareFiles map[string]*os.File
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -170,7 +180,14 @@ type Linux struct {
 // NewLinux checks cfg, creates the machine, loads the kernel and builds the
 // platform and devices; nothing runs yet. Configuration errors come back
 // before anything is made; on error nothing is left behind.
-func NewLinux(ctx context.Context, cfg LinuxConfig) (*Linux, error) {
+func NewLinux(ctx context.Context, cfg LinuxConfig) (_ *Linux, err error) {
+	defer func() {
+		if err != nil { // the shares' sockets not taken yet
+			for _, f := range cfg.ShareFiles {
+				f.Close()
+			}
+		}
+	}()
 	if err := cfg.Check(); err != nil {
 		return nil, err
 	}
@@ -310,7 +327,7 @@ func (m *Machine) setupLinux(ctx context.Context, cfg *LinuxConfig) (*platform.G
 	if err := m.MMIO.Insert(status, layout.GuestStatusMMIO, layout.GuestStatusLen); err != nil {
 		return nil, err
 	}
-	if err := m.addDevices(cfg, out); err != nil {
+	if err := m.addDevices(ctx, cfg, out); err != nil {
 		return nil, err
 	}
 	if cfg.ConsoleIn != nil {
@@ -353,9 +370,9 @@ func consoleOutput(ctx context.Context, cfg *LinuxConfig, input func([]byte)) (o
 
 // addDevices plugs a virtio-blk function per disk, a virtio-console
 // writing to console, the shared-memory functions, the virtio-vsock
-// function and the virtio-mem function (with hotplug memory) into the
-// PCI bus.
-func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
+// function, a virtio-fs function per share and the virtio-mem function
+// (with hotplug memory) into the PCI bus.
+func (m *Machine) addDevices(ctx context.Context, cfg *LinuxConfig, console io.Writer) error {
 	for _, d := range cfg.Disks {
 		f := cfg.DiskFiles[d.ID]
 		delete(cfg.DiskFiles, d.ID) // the machine's now
@@ -373,6 +390,13 @@ func (m *Machine) addDevices(cfg *LinuxConfig, console io.Writer) error {
 	}
 	if cfg.Vsock != nil {
 		if err := m.addVsock(cfg); err != nil {
+			return err
+		}
+	}
+	for _, s := range cfg.Shares {
+		f := cfg.ShareFiles[s.ID]
+		delete(cfg.ShareFiles, s.ID) // the machine's now
+		if _, err := m.AddShare(ctx, s, f); err != nil {
 			return err
 		}
 	}
@@ -409,6 +433,40 @@ func (m *Machine) addVsock(cfg *LinuxConfig) error {
 	}
 	_, err = m.AddVirtio("vsock", dev, dev)
 	return err
+}
+
+// AddShare connects to share s's vhost-user back end (on f, a connected
+// Unix stream socket, which it takes charge of; nil: it connects to
+// s.Socket) and plugs s as a virtio-fs device under s.ID (see AddDevice).
+// The back end's failure later is logged and makes the guest's driver
+// reset the device (vmm/vhostuser).
+func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int, error) {
+	log := m.log.With("share", s.ID, "tag", s.Tag)
+	opts := vhostuser.Options{Logger: log}
+	var cn *vhostuser.Conn
+	if f != nil {
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return 0, fmt.Errorf("share %s: %w", s.ID, err)
+		}
+		uc, ok := c.(*net.UnixConn)
+		if !ok {
+			c.Close()
+			return 0, fmt.Errorf("share %s: its descriptor is not a Unix socket", s.ID)
+		}
+		cn = vhostuser.New(uc, opts)
+	} else {
+		var err error
+		if cn, err = vhostuser.Dial(ctx, s.Socket, opts); err != nil {
+			return 0, fmt.Errorf("share %s: %w", s.ID, err)
+		}
+	}
+	dev, err := fs.New(ctx, cn, fs.Options{Tag: s.Tag, Logger: log})
+	if err != nil {
+		return 0, fmt.Errorf("share %s: %w", s.ID, err)
+	}
+	return m.AddVirtio(s.ID, dev, dev)
 }
 
 // AddDisk opens d's backing and plugs it as a virtio-blk device under d.ID

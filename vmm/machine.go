@@ -193,9 +193,11 @@ func New(cfg Config) (_ *Machine, err error) {
 	m.AddCloser(m.ram.Close)
 	var regions []guestmem.Region
 	low := min(cfg.MemSize, layout.LowRAMEnd)
-	regions = append(regions, guestmem.Region{GPA: 0, Data: m.ram.Data[:low]})
+	// Every region names its memfd, so that vhost-user back ends can map
+	// guest RAM (vmm/vhostuser's memory table).
+	regions = append(regions, guestmem.Region{GPA: 0, Data: m.ram.Data[:low], File: m.ram.File})
 	if cfg.MemSize > layout.LowRAMEnd {
-		regions = append(regions, guestmem.Region{GPA: layout.HighRAMStart, Data: m.ram.Data[low:]})
+		regions = append(regions, guestmem.Region{GPA: layout.HighRAMStart, Data: m.ram.Data[low:], File: m.ram.File, Offset: low})
 	}
 	for _, r := range regions {
 		if _, err = m.vm.MapMemory(r.GPA, r.Data, false); err != nil {

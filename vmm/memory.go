@@ -81,7 +81,7 @@ func (m *Machine) setupHotplugMemory(node int) (guestmem.Region, error) {
 		return guestmem.Region{}, fmt.Errorf("hotplug memory: %w", err)
 	}
 	m.memdev = dev
-	return guestmem.Region{GPA: base, Data: r.Data, Accessible: dev.Accessible}, nil
+	return guestmem.Region{GPA: base, Data: r.Data, Accessible: dev.Accessible, File: r.File}, nil
 }
 
 // MemoryState is the hotplug memory's state.

@@ -118,9 +118,10 @@ type Message struct {
 // Device is a device plugged into a VMM.
 type Device struct {
 	ID   string `json:"id"`
-	Kind string `json:"kind"` // "disk", "region", "console"
+	Kind string `json:"kind"` // "disk", "region", "console", "share"
 	Slot int    `json:"slot"`
-	// Path is a disk's backing; Name a region's name.
+	// Path is a disk's backing or a share's back-end socket; Name a
+	// region's name or a share's tag.
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`

@@ -24,6 +24,7 @@ import (
 	"rainforest/internal/units"
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/virtio/fs"
 )
 
 // Version is the document version this VMM understands.
@@ -39,6 +40,8 @@ const (
 	MaxDisks = 16
 	// MaxRegions bounds the shared-memory regions.
 	MaxRegions = 16
+	// MaxShares bounds the shared directories (virtio-fs devices).
+	MaxShares = 8
 	// MaxVectors bounds a region's vectors per peer.
 	MaxVectors = 64
 	// MaxPeers bounds a region's peers.
@@ -111,6 +114,9 @@ type Document struct {
 	Regions    []Region `json:"regions,omitempty"`
 	// Vsock, when set, gives the guest a virtio-vsock device.
 	Vsock *Vsock `json:"vsock,omitempty"`
+	// Shares are host directories given to the guest as virtio-fs
+	// devices, each served by a vhost-user back end (virtiofsd).
+	Shares []Share `json:"shares,omitempty"`
 	// LogLevel is the VMM's log level: debug, info, warn (default), error.
 	LogLevel string `json:"log_level,omitempty"`
 	// AllowEmulatedKVM boots even where KVM emulates guest kernel code.
@@ -150,10 +156,16 @@ const (
 	FileVsockSocket   = "vsock_socket"   // a listening Unix stream socket for vsock
 	// FileDiskPrefix + a disk's ID: its backing, opened as the disk asks.
 	FileDiskPrefix = "disk/"
+	// FileSharePrefix + a share's ID: a Unix stream socket connected to
+	// its vhost-user back end.
+	FileSharePrefix = "share/"
 )
 
 // MaxFiles bounds the named descriptors.
-const MaxFiles = 8 + MaxDisks
+const MaxFiles = 8 + MaxDisks + MaxShares
+
+// ShareFile is the name of share id's descriptor.
+func ShareFile(id string) string { return FileSharePrefix + id }
 
 // DiskFile is the name of disk id's descriptor.
 func DiskFile(id string) string { return FileDiskPrefix + id }
@@ -198,6 +210,26 @@ type Vsock struct {
 	// Socket is the host-side Unix socket's absolute path.
 	Socket string `json:"socket"`
 }
+
+// Share is a host directory given to the guest as a virtio-fs device
+// (vmm/virtio/fs). The VMM does not open the directory: a vhost-user back
+// end (virtiofsd), started by the supervisor, serves it, and the VMM
+// connects to the back end's socket.
+type Share struct {
+	// ID names the device ("share0", "share1", ... when empty).
+	ID string `json:"id,omitempty"`
+	// Tag is what the guest mounts the share by (mount -t virtiofs TAG
+	// DIR): 1 to 36 bytes of printable ASCII without spaces.
+	Tag string `json:"tag"`
+	// Socket is the back end's vhost-user socket, an absolute path. A
+	// jailed VMM, which reaches no paths, is given the connected socket
+	// as the descriptor ShareFile(ID) instead, and Socket may be empty.
+	Socket string `json:"socket,omitempty"`
+}
+
+// maxSocketPath bounds a Unix socket path (sun_path holds 107 bytes and a
+// NUL).
+const maxSocketPath = 107
 
 // Bounds of a guest's CID (0-2 are reserved; the host is 2; 2^32-1 is
 // VMADDR_CID_ANY).
@@ -374,6 +406,8 @@ func (d *Document) Validate() error {
 		return bad("disks", "%d disks, at most %d", len(d.Disks), MaxDisks)
 	case len(d.Regions) > MaxRegions:
 		return bad("regions", "%d regions, at most %d", len(d.Regions), MaxRegions)
+	case len(d.Shares) > MaxShares:
+		return bad("shares", "%d shares, at most %d", len(d.Shares), MaxShares)
 	}
 	seen := map[int]bool{}
 	for _, c := range d.Cores {
@@ -444,7 +478,11 @@ func (d *Document) Validate() error {
 		}
 		ids[disk.ID] = true
 	}
-	if err := d.validateFiles(ids); err != nil {
+	shareIDs, err := d.validateShares(ids)
+	if err != nil {
+		return err
+	}
+	if err := d.validateFiles(ids, shareIDs); err != nil {
 		return err
 	}
 	if j := d.Jail; j != nil {
@@ -468,9 +506,59 @@ func (d *Document) Validate() error {
 	return nil
 }
 
-// validateFiles checks the descriptor table: known names (disks among
-// the document's disk ids), each index once, indexes 0..len-1.
-func (d *Document) validateFiles(diskIDs map[string]bool) error {
+// reservedDeviceIDs are the device ids the VMM gives its own devices.
+var reservedDeviceIDs = map[string]bool{"console": true, "vsock": true, "memory": true}
+
+// validateShares checks the shares: ids unique among the devices (the
+// disks' ids given), tags unique and mountable, a socket path or a
+// descriptor for each. It returns the share ids.
+func (d *Document) validateShares(diskIDs map[string]bool) (map[string]bool, error) {
+	ids, tags := map[string]bool{}, map[string]bool{}
+	for i, s := range d.WithShareIDs() {
+		field := func(name string) string { return fmt.Sprintf("shares[%d].%s", i, name) }
+		bad := func(name, format string, args ...any) error {
+			return &FieldError{Field: field(name), Msg: fmt.Sprintf("%s: ", field(name)) + fmt.Sprintf(format, args...)}
+		}
+		switch {
+		case !idPattern.MatchString(s.ID):
+			return nil, bad("id", "id %q: 1-32 of letters, digits, _ . -", s.ID)
+		case ids[s.ID] || diskIDs[s.ID] || reservedDeviceIDs[s.ID]:
+			return nil, bad("id", "id %q is another device's", s.ID)
+		case tags[s.Tag]:
+			return nil, bad("tag", "tag %q used twice", s.Tag)
+		}
+		if err := fs.CheckTag(s.Tag); err != nil {
+			return nil, bad("tag", "%v", err)
+		}
+		_, given := d.Files[ShareFile(s.ID)]
+		switch {
+		case s.Socket == "" && !given:
+			return nil, bad("socket", "no socket (the back end's vhost-user socket, or the descriptor %q)", ShareFile(s.ID))
+		case s.Socket != "" && !strings.HasPrefix(s.Socket, "/"):
+			return nil, bad("socket", "socket %q is not an absolute path", s.Socket)
+		case len(s.Socket) > maxSocketPath:
+			return nil, bad("socket", "socket path of %d bytes, at most %d", len(s.Socket), maxSocketPath)
+		}
+		ids[s.ID], tags[s.Tag] = true, true
+	}
+	return ids, nil
+}
+
+// WithShareIDs returns the shares with default IDs filled in
+// ("share<i>").
+func (d *Document) WithShareIDs() []Share {
+	out := append([]Share(nil), d.Shares...)
+	for i := range out {
+		if out[i].ID == "" {
+			out[i].ID = fmt.Sprintf("share%d", i)
+		}
+	}
+	return out
+}
+
+// validateFiles checks the descriptor table: known names (disks and
+// shares among the document's ids), each index once, indexes 0..len-1.
+func (d *Document) validateFiles(diskIDs, shareIDs map[string]bool) error {
 	if len(d.Files) > MaxFiles {
 		return &FieldError{Field: "files", Msg: fmt.Sprintf("files: %d descriptors, at most %d", len(d.Files), MaxFiles)}
 	}
@@ -485,8 +573,11 @@ func (d *Document) validateFiles(diskIDs map[string]bool) error {
 		case FileVsockSocket:
 			known = d.Vsock != nil
 		default:
-			id, ok := strings.CutPrefix(name, FileDiskPrefix)
-			known = ok && diskIDs[id]
+			if id, ok := strings.CutPrefix(name, FileDiskPrefix); ok {
+				known = diskIDs[id]
+			} else if id, ok := strings.CutPrefix(name, FileSharePrefix); ok {
+				known = shareIDs[id]
+			}
 		}
 		if !known {
 			return &FieldError{Field: "files", Msg: fmt.Sprintf("files: unknown descriptor name %q", name)}

@@ -156,6 +156,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(good))
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{}}`))
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0,1],"max_vcpus":4,"memory":2097152,"console":{}}`))
+	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{},"shares":[{"tag":"t","socket":"/s"},{"id":"b","tag":"u"}],"files":{"share/b":0}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Decode(strings.NewReader(string(data)))
 		if err != nil {
@@ -320,5 +321,48 @@ func TestHotplugMemory(t *testing.T) {
 	}
 	if HotplugBlockSize(ram.Page4K) != 2<<20 || HotplugBlockSize(ram.Page1G) != 1<<30 {
 		t.Error("block sizes")
+	}
+}
+
+func TestShares(t *testing.T) {
+	with := func(v string) string {
+		return strings.Replace(good, `"version": 1,`, `"version": 1, "shares": `+v+`,`, 1)
+	}
+	d, err := Decode(strings.NewReader(with(`[{"tag": "home", "socket": "/run/web.home.vfs"}, {"id": "src", "tag": "src", "socket": "/run/src.vfs"}]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	shares := d.WithShareIDs()
+	if len(shares) != 2 || shares[0].ID != "share0" || shares[0].Tag != "home" || shares[1].ID != "src" || shares[1].Socket != "/run/src.vfs" {
+		t.Fatalf("shares %+v", shares)
+	}
+	for _, c := range []struct{ v, field, want string }{
+		{`[{"tag": "", "socket": "/s"}]`, "shares[0].tag", "1 to 36 bytes"},
+		{`[{"tag": "` + strings.Repeat("t", 37) + `", "socket": "/s"}]`, "shares[0].tag", "1 to 36 bytes"},
+		{`[{"tag": "my home", "socket": "/s"}]`, "shares[0].tag", "printable ASCII without spaces"},
+		{`[{"tag": "a", "socket": "/s"}, {"tag": "a", "socket": "/t"}]`, "shares[1].tag", `tag "a" used twice`},
+		{`[{"id": "data", "tag": "a", "socket": "/s"}]`, "shares[0].id", `id "data" is another device's`},
+		{`[{"id": "console", "tag": "a", "socket": "/s"}]`, "shares[0].id", `id "console" is another device's`},
+		{`[{"tag": "a", "socket": "/s"}, {"id": "share0", "tag": "b", "socket": "/s"}]`, "shares[1].id", `id "share0" is another device's`},
+		{`[{"id": "a b", "tag": "a", "socket": "/s"}]`, "shares[0].id", `id "a b"`},
+		{`[{"tag": "a"}]`, "shares[0].socket", `no socket`},
+		{`[{"tag": "a", "socket": "run/s"}]`, "shares[0].socket", `socket "run/s" is not an absolute path`},
+		{`[{"tag": "a", "socket": "/` + strings.Repeat("s", 107) + `"}]`, "shares[0].socket", "socket path of 108 bytes"},
+		{`[` + strings.Repeat(`{"tag": "a", "socket": "/s"},`, MaxShares) + `{"tag": "b", "socket": "/s"}]`, "shares", "9 shares, at most 8"},
+	} {
+		_, err := Decode(strings.NewReader(with(c.v)))
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("shares %s: %v, want %s: %q", c.v, err, c.field, c.want)
+		}
+	}
+	// A jailed VMM's share comes as a connected socket, without a path.
+	files := strings.Replace(with(`[{"id": "home", "tag": "home"}]`), `"version": 1,`, `"version": 1, "files": {"share/home": 0},`, 1)
+	if _, err := Decode(strings.NewReader(files)); err != nil {
+		t.Fatalf("share descriptor: %v", err)
+	}
+	files = strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"share/home": 0},`, 1)
+	if _, err := Decode(strings.NewReader(files)); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "share/home"`) {
+		t.Fatalf("share descriptor without the share: %v", err)
 	}
 }

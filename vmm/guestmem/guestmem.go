@@ -11,6 +11,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
 )
 
@@ -30,6 +31,12 @@ type Region struct {
 	// Data may be touched now (hotplug memory: only plugged blocks are
 	// mapped readable); nil means all of Data always may.
 	Accessible func(off, n uint64) bool
+	// File, when not nil, is the shareable file Data maps (the guest
+	// RAM's memfd), Data starting at byte Offset of it: what another
+	// process (a vhost-user back end) maps to reach this region. The
+	// region's owner keeps it open.
+	File   *os.File
+	Offset uint64
 }
 
 // End returns the first GPA after the region.

@@ -128,6 +128,9 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 		id := vmm.RegionDeviceID(r.Name)
 		h.kinds[id] = vmmctl.Device{ID: id, Kind: "region", Name: r.Name, ReadOnly: r.RWReadOnly}
 	}
+	for _, s := range cfg.Shares {
+		h.kinds[s.ID] = vmmctl.Device{ID: s.ID, Kind: "share", Name: s.Tag, Path: s.Socket}
+	}
 	h.kinds["console"] = vmmctl.Device{ID: "console", Kind: "console"}
 	if o.Control != nil {
 		sctx, stop := context.WithCancel(ctx)
@@ -173,7 +176,8 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 			HotplugMemory: doc.HotplugMemory, Profile: profile, Logger: log, SysRoot: o.SysRoot},
 		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
-		Vsock: doc.Vsock,
+		Vsock:  doc.Vsock,
+		Shares: doc.WithShareIDs(),
 		// A jailed VMM has no host paths to dial: guest-initiated vsock
 		// connections get RST (host-initiated ones come through the
 		// listener it is given).
@@ -201,6 +205,14 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 			cfg.DiskFiles[d.ID] = f
 		}
 	}
+	for _, s := range cfg.Shares {
+		if f := take(config.ShareFile(s.ID)); f != nil {
+			if cfg.ShareFiles == nil {
+				cfg.ShareFiles = map[string]*os.File{}
+			}
+			cfg.ShareFiles[s.ID] = f
+		}
+	}
 	closer := func() { closeAll(owned) }
 	fail := func(err error) (vmm.LinuxConfig, func(), error) {
 		closer()
@@ -214,6 +226,9 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 			cfg.KVMFile.Close()
 		}
 		for _, f := range cfg.DiskFiles {
+			f.Close()
+		}
+		for _, f := range cfg.ShareFiles {
 			f.Close()
 		}
 		return vmm.LinuxConfig{}, nil, err

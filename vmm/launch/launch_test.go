@@ -114,10 +114,11 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	var out bytes.Buffer
 	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/nonexistent/k", Cores: []int{0}, Memory: 64 << 20,
 		Disks:   []config.Disk{{Path: "/nonexistent/a"}, {ID: "data", Path: "/nonexistent/b"}},
+		Shares:  []config.Share{{Tag: "home", Socket: "/nonexistent/vfs"}, {ID: "src", Tag: "src"}},
 		Console: config.Console{Mode: config.ConsoleFile, Path: "/nonexistent/log", Socket: "/nonexistent/sock"}}
-	kernel, log, data := open("k"), open("log"), open("b")
+	kernel, log, data, share := open("k"), open("log"), open("b"), open("share")
 	named := map[string]*os.File{config.FileKernel: kernel, config.FileConsoleLog: log,
-		config.DiskFile("data"): data, config.FileConsoleSocket: lf}
+		config.DiskFile("data"): data, config.FileConsoleSocket: lf, config.ShareFile("src"): share}
 	cfg, done, err := linuxConfig(doc, Options{Named: named}, Logger(doc, &out))
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +130,11 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	if cfg.ConsoleListener == nil || cfg.ConsoleSocket != "" {
 		t.Errorf("console listener %v socket %q", cfg.ConsoleListener, cfg.ConsoleSocket)
 	}
+	// Shares get their ids; the one with a descriptor goes to the machine.
+	if len(cfg.Shares) != 2 || cfg.Shares[0].ID != "share0" || cfg.ShareFiles["src"] != share || cfg.ShareFiles["share0"] != nil {
+		t.Errorf("shares %+v files %v", cfg.Shares, cfg.ShareFiles)
+	}
+	share.Close()
 	if len(named) != 0 {
 		t.Errorf("files left over: %v", named)
 	}

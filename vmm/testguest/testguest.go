@@ -182,6 +182,9 @@ func (c *Code) MovRBX(v uint64) *Code {
 // Store64 stores RBX at [RAX].
 func (c *Code) Store64() *Code { c.b = append(c.b, 0x48, 0x89, 0x18); return c }
 
+// Store16 stores BX's low 16 bits at [RAX].
+func (c *Code) Store16() *Code { c.b = append(c.b, 0x66, 0x89, 0x18); return c }
+
 // Store32 stores EBX at [RAX].
 func (c *Code) Store32() *Code { c.b = append(c.b, 0x89, 0x18); return c }
 

@@ -8,7 +8,10 @@
 // panics or loops unboundedly on guest values.
 package virtio
 
-import "rainforest/vmm/guestmem"
+import (
+	"rainforest/vmm/eventfd"
+	"rainforest/vmm/guestmem"
+)
 
 // Feature bits the transport handles (device-independent).
 const (
@@ -55,12 +58,48 @@ type Interrupts interface {
 	NeedsReset()
 }
 
+// Doorbells are a queue's notifications as eventfds, for a device model
+// that hands its queues to another process (ExternalQueues): the other
+// process then waits on the kicks and signals the calls itself, and the
+// VMM is on neither path. Either method returns nil when the transport
+// has no such eventfd for the queue now.
+type Doorbells interface {
+	// Kick returns the eventfd the driver's notifications of queue q
+	// signal (an ioeventfd on the queue's notify register).
+	Kick(q int) *eventfd.EventFD
+	// Call returns an eventfd whose signal delivers queue q's used-buffer
+	// interrupt to the driver with no VMM thread on the path (the irqfd
+	// of the MSI-X vector the driver gave the queue). It is nil while the
+	// driver takes the queue's interrupts another way (INTx, or no
+	// vector): then the model relays them through Interrupts.UsedBuffer.
+	// The answer holds for one activation.
+	Call(q int) *eventfd.EventFD
+}
+
+// ExternalQueues is a DeviceModel whose virtqueues another process serves
+// (a vhost-user back end reading the rings in shared guest memory). For
+// such a model the transport offers only the transport features the other
+// process implements (ServedTransportFeatures), and the VMM leaves the
+// queue-notify eventfds to the model (Activation.Doorbells) instead of
+// turning their signals into QueueNotify calls; QueueNotify still comes for
+// notifications that reach the VMM (a notify write no ioeventfd matched),
+// and the model forwards them.
+type ExternalQueues interface {
+	DeviceModel
+	// ServedTransportFeatures returns the bits of TransportFeatures the
+	// queues' server implements; only those are offered.
+	ServedTransportFeatures() uint64
+}
+
 // Activation is what a device model gets when the driver sets DRIVER_OK.
 type Activation struct {
 	Mem      *guestmem.Memory
 	Features uint64   // negotiated features
 	Queues   []*Queue // by queue index; nil where the driver did not enable one
 	IRQ      Interrupts
+	// Doorbells are the queues' eventfds where the transport has them
+	// (nil: none), for ExternalQueues models.
+	Doorbells Doorbells
 }
 
 // DeviceModel is one virtio device type. The transport never runs

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"rainforest/vmm/eventfd"
 	"rainforest/vmm/guestmem"
 	"rainforest/vmm/pci"
 )
@@ -104,9 +105,23 @@ type PCIDevice struct {
 	isr          uint8
 	generation   atomic.Uint32
 	needsReset   atomic.Bool
+	// kicks are the queues' notify eventfds, for an ExternalQueues
+	// model (UseKickEventFDs); router is the MSI-X router, whose vector
+	// eventfds are the queues' calls when it has them.
+	kicks  []*eventfd.EventFD
+	router pci.MSIRouter
 }
 
-var _ pci.INTxDevice = (*PCIDevice)(nil)
+var (
+	_ pci.INTxDevice = (*PCIDevice)(nil)
+	_ Doorbells      = (*PCIDevice)(nil)
+)
+
+// vectorEventFDs is an MSI router whose vectors are eventfds wired to the
+// guest (interrupt.MSIXGroup).
+type vectorEventFDs interface {
+	EventFD(vector int) *eventfd.EventFD
+}
 
 // NewPCIDevice wraps model in the virtio-pci transport. mem is guest
 // memory for the virtqueues; router delivers this function's MSI-X
@@ -117,7 +132,7 @@ func NewPCIDevice(model DeviceModel, mem *guestmem.Memory, router pci.MSIRouter)
 	if nq < 1 || nq > MaxQueues {
 		return nil, fmt.Errorf("%w: %d queues", ErrBadModel, nq)
 	}
-	d := &PCIDevice{model: model, mem: mem}
+	d := &PCIDevice{model: model, mem: mem, router: router}
 	for i := 0; i < nq; i++ {
 		m := model.QueueMax(i)
 		if m == 0 || m > MaxQueueSize || m&(m-1) != 0 {
@@ -388,7 +403,46 @@ func (d *PCIDevice) selected() *queueState {
 }
 
 func (d *PCIDevice) offeredFeatures() uint64 {
+	if x, ok := d.model.(ExternalQueues); ok {
+		return d.model.Features() | TransportFeatures&x.ServedTransportFeatures()
+	}
 	return d.model.Features() | TransportFeatures
+}
+
+// UseKickEventFDs gives the transport the queues' notify eventfds (one per
+// queue, registered as ioeventfds by the VMM), for an ExternalQueues model
+// to hand on (Doorbells.Kick). Call it before the function is on the bus;
+// the caller keeps them open until the device is removed.
+func (d *PCIDevice) UseKickEventFDs(evs []*eventfd.EventFD) error {
+	if len(evs) != len(d.queues) {
+		return fmt.Errorf("%w: %d kick eventfds for %d queues", ErrBadModel, len(evs), len(d.queues))
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.kicks = append([]*eventfd.EventFD(nil), evs...)
+	return nil
+}
+
+// Kick implements Doorbells.
+func (d *PCIDevice) Kick(q int) *eventfd.EventFD {
+	if q < 0 || q >= len(d.kicks) {
+		return nil
+	}
+	return d.kicks[q]
+}
+
+// Call implements Doorbells: while MSI-X is enabled, the eventfd of the
+// vector the driver gave queue q, when the router has one.
+func (d *PCIDevice) Call(q int) *eventfd.EventFD {
+	if q < 0 || q >= len(d.queues) || !d.msix.Enabled() {
+		return nil
+	}
+	v := d.queues[q].vector.Load()
+	r, ok := d.router.(vectorEventFDs)
+	if v == NoVector || !ok {
+		return nil
+	}
+	return r.EventFD(int(v))
 }
 
 // commonField is one register of the common config, written as a whole
@@ -511,7 +565,7 @@ func (d *PCIDevice) setStatusLocked(v uint8) bool {
 }
 
 func (d *PCIDevice) activateLocked() bool {
-	a := Activation{Mem: d.mem, Features: d.drvFeatures, Queues: make([]*Queue, len(d.queues)), IRQ: d}
+	a := Activation{Mem: d.mem, Features: d.drvFeatures, Queues: make([]*Queue, len(d.queues)), IRQ: d, Doorbells: d}
 	for i, qs := range d.queues {
 		if !qs.enabled {
 			continue

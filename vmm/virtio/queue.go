@@ -108,6 +108,10 @@ func NewQueue(mem *guestmem.Memory, cfg QueueConfig, features uint64) (*Queue, e
 // Size returns the queue size.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
 
+// Config returns what the driver programmed for the queue (checked by
+// NewQueue: the rings lie in guest memory).
+func (q *Queue) Config() QueueConfig { return q.cfg }
+
 func (q *Queue) fail(format string, args ...any) error {
 	q.broken = true
 	return fmt.Errorf("%w: "+format, append([]any{ErrMalformed}, args...)...)

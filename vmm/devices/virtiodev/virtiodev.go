@@ -1,8 +1,9 @@
 // Package virtiodev plugs a virtio device model into the chassis as a
 // virtio-pci function: an MSI-X vector per queue plus one for configuration
 // changes, an ioeventfd per queue notify register (a device-owned goroutine
-// turns their signals into QueueNotify calls), and INTA# for guests that
-// leave MSI-X off.
+// turns their signals into QueueNotify calls, except for a model whose
+// queues another process serves, virtio.ExternalQueues, which gets the
+// eventfds themselves), and INTA# for guests that leave MSI-X off.
 package virtiodev
 
 import (
@@ -79,6 +80,15 @@ func (d *Device) Plug(r *devices.Resources) (pci.Device, error) {
 		if err := r.IOEventFD(virtio.BARIndex, fn.NotifyOffsetOf(q), 2, nil, ev); err != nil {
 			return nil, err
 		}
+	}
+	if _, ok := d.model.(virtio.ExternalQueues); ok {
+		// Another process serves the queues: it waits on the kicks
+		// itself (the model hands them on at activation).
+		if err := fn.UseKickEventFDs(evs); err != nil {
+			return nil, err
+		}
+		d.fn = fn
+		return fn, nil
 	}
 	r.Go(func(*eventfd.EventFD) {
 		// A model that serves from a timer too (a rate-limited disk)
