@@ -118,9 +118,10 @@ type Message struct {
 // Device is a device plugged into a VMM.
 type Device struct {
 	ID   string `json:"id"`
-	Kind string `json:"kind"` // "disk", "region", "console"
+	Kind string `json:"kind"` // "disk", "net", "region", "console"
 	Slot int    `json:"slot"`
-	// Path is a disk's backing; Name a region's name.
+	// Path is a disk's backing; Name a region's name, or a net's TAP
+	// interface when the VMM opened it by name.
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`
