@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -31,6 +32,8 @@ import (
 	"rainforest/vmm/virtio/blk"
 	virtioconsole "rainforest/vmm/virtio/console"
 	"rainforest/vmm/virtio/fs"
+	virtionet "rainforest/vmm/virtio/net"
+	"rainforest/vmm/virtio/net/tap"
 	"rainforest/vmm/virtio/vsock"
 )
 
@@ -91,6 +94,13 @@ type LinuxConfig struct {
 	// shares' back ends, used instead of connecting to their paths (a
 	// jailed VMM's); the machine takes charge of them.
 	ShareFiles map[string]*os.File
+	// Nets are given to the guest as virtio-net devices on TAP
+	// interfaces, each under its ID (config.Document.WithNetIDs fills
+	// them in).
+	Nets []config.Net
+	// NetFiles, by net ID, are TAP descriptors used instead of opening
+	// the nets' interfaces by name; the machine takes charge of them.
+	NetFiles map[string]*os.File
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -368,15 +378,32 @@ func consoleOutput(ctx context.Context, cfg *LinuxConfig, input func([]byte)) (o
 	return out, sock, nil
 }
 
-// addDevices plugs a virtio-blk function per disk, a virtio-console
-// writing to console, the shared-memory functions, the virtio-vsock
-// function, a virtio-fs function per share and the virtio-mem function
-// (with hotplug memory) into the PCI bus.
+// addDevices plugs a virtio-blk function per disk, a virtio-net function
+// per net, a virtio-console writing to console, the shared-memory
+// functions, the virtio-vsock function, a virtio-fs function per share
+// and the virtio-mem function (with hotplug memory) into the PCI bus.
 func (m *Machine) addDevices(ctx context.Context, cfg *LinuxConfig, console io.Writer) error {
+	defer func() { // descriptors no device took (after a failure)
+		for id, f := range cfg.NetFiles {
+			f.Close()
+			delete(cfg.NetFiles, id)
+		}
+		for id, f := range cfg.ShareFiles {
+			f.Close()
+			delete(cfg.ShareFiles, id)
+		}
+	}()
 	for _, d := range cfg.Disks {
 		f := cfg.DiskFiles[d.ID]
 		delete(cfg.DiskFiles, d.ID) // the machine's now
 		if _, err := m.AddDiskFile(d, f); err != nil {
+			return err
+		}
+	}
+	for _, n := range cfg.Nets {
+		f := cfg.NetFiles[n.ID]
+		delete(cfg.NetFiles, n.ID) // the machine's now
+		if _, err := m.AddNet(n, f); err != nil {
 			return err
 		}
 	}
@@ -468,6 +495,61 @@ func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int
 	}
 	return m.AddVirtio(s.ID, dev, dev)
 }
+
+// AddNet plugs a virtio-net device for n under n.ID on its TAP: f when
+// given (a descriptor attached to the interface, which the machine takes
+// charge of), else the interface n.Tap opened by name. The device drops
+// frames the guest sends from another MAC unless n.AnySourceMAC; its
+// counters are logged when it goes.
+func (m *Machine) AddNet(n config.Net, f *os.File) (int, error) {
+	dev, err := netDevice(n, f, m.log)
+	if err != nil {
+		return 0, err
+	}
+	return m.AddVirtio(n.ID, dev, closerFunc(func() error {
+		err := dev.Close()
+		s := dev.Stats()
+		m.log.Info("net closed", "net", n.ID, "tx_packets", s.TxPackets, "tx_bytes", s.TxBytes,
+			"rx_packets", s.RxPackets, "rx_bytes", s.RxBytes, "tx_dropped", s.TxDropped(), "tx_spoofed", s.TxSpoofed,
+			"rx_dropped", s.RxDropped(), "rx_no_buffers", s.RxNoBuffers, "malformed", s.Malformed)
+		return err
+	}))
+}
+
+// netDevice makes n's virtio-net model on TAP descriptor f (nil: open
+// n.Tap); it takes charge of f.
+func netDevice(n config.Net, f *os.File, log *slog.Logger) (*virtionet.Device, error) {
+	mac, err := n.HardwareAddr()
+	if err != nil || n.ID == "" {
+		if f != nil {
+			f.Close()
+		}
+		if err == nil {
+			err = errors.New("no id")
+		}
+		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+	}
+	var backend *tap.Tap
+	if f != nil {
+		backend, err = tap.Adopt(f)
+	} else {
+		backend, err = tap.Open(n.Tap)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+	}
+	dev, err := virtionet.New(backend, virtionet.Options{MAC: mac, FilterSourceMAC: !n.AnySourceMAC,
+		Logger: log.With("net", n.ID)})
+	if err != nil {
+		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+	}
+	return dev, nil
+}
+
+// closerFunc is a function as an io.Closer.
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
 
 // AddDisk opens d's backing and plugs it as a virtio-blk device under d.ID
 // (see AddDevice): at boot, or hot-added while the guest runs.

@@ -118,10 +118,11 @@ type Message struct {
 // Device is a device plugged into a VMM.
 type Device struct {
 	ID   string `json:"id"`
-	Kind string `json:"kind"` // "disk", "region", "console", "share"
+	Kind string `json:"kind"` // "disk", "net", "region", "console", "share"
 	Slot int    `json:"slot"`
 	// Path is a disk's backing or a share's back-end socket; Name a
-	// region's name or a share's tag.
+	// region's name, a share's tag, or a net's TAP interface when the VMM
+	// opened it by name.
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`

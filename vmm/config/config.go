@@ -1,7 +1,8 @@
 // Package config is the VMM's launch contract: one versioned JSON document
 // that says everything a subOS's VMM needs — what to boot, on which host
-// cores, with how much memory of which page size, which disks, where the
-// console goes, and which shared-memory regions it is a member of.
+// cores, with how much memory of which page size, which disks and network
+// interfaces, where the console goes, and which shared-memory regions it
+// is a member of.
 //
 // The supervisor sends it over the VMM's control socket (rfm/vmmctl), with
 // the regions' descriptors beside it; `rfm vmm --config FILE` reads it from
@@ -38,6 +39,8 @@ const (
 	MaxCores = 254
 	// MaxDisks bounds the disks at boot.
 	MaxDisks = 16
+	// MaxNets bounds the network interfaces.
+	MaxNets = 8
 	// MaxRegions bounds the shared-memory regions.
 	MaxRegions = 16
 	// MaxShares bounds the shared directories (virtio-fs devices).
@@ -117,6 +120,9 @@ type Document struct {
 	// Shares are host directories given to the guest as virtio-fs
 	// devices, each served by a vhost-user back end (virtiofsd).
 	Shares []Share `json:"shares,omitempty"`
+	// Nets are the guest's network interfaces (virtio-net on TAP
+	// interfaces).
+	Nets []Net `json:"nets,omitempty"`
 	// LogLevel is the VMM's log level: debug, info, warn (default), error.
 	LogLevel string `json:"log_level,omitempty"`
 	// AllowEmulatedKVM boots even where KVM emulates guest kernel code.
@@ -159,16 +165,88 @@ const (
 	// FileSharePrefix + a share's ID: a Unix stream socket connected to
 	// its vhost-user back end.
 	FileSharePrefix = "share/"
+	// FileNetPrefix + a net's ID: /dev/net/tun attached to its TAP
+	// interface (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
+	FileNetPrefix = "net/"
 )
 
 // MaxFiles bounds the named descriptors.
-const MaxFiles = 8 + MaxDisks + MaxShares
+const MaxFiles = 8 + MaxDisks + MaxShares + MaxNets
 
 // ShareFile is the name of share id's descriptor.
 func ShareFile(id string) string { return FileSharePrefix + id }
 
 // DiskFile is the name of disk id's descriptor.
 func DiskFile(id string) string { return FileDiskPrefix + id }
+
+// NetFile is the name of net id's descriptor.
+func NetFile(id string) string { return FileNetPrefix + id }
+
+// Net is a guest network interface: a virtio-net device whose frames go
+// through a TAP interface on the host (vmm/virtio/net/tap), made by the
+// supervisor. The VMM opens the TAP by name, or (a jailed VMM) is handed
+// its descriptor as Files[NetFile(ID)].
+type Net struct {
+	// ID names the device ("net0", "net1", ... when empty).
+	ID string `json:"id,omitempty"`
+	// MAC is the guest's address, aa:bb:cc:dd:ee:ff: unicast, not zero.
+	MAC string `json:"mac"`
+	// Tap is the host's TAP interface (when no descriptor is given).
+	Tap string `json:"tap,omitempty"`
+	// AnySourceMAC lets the guest send frames from any Ethernet source;
+	// by default frames from a source other than MAC are dropped and
+	// counted.
+	AnySourceMAC bool `json:"any_source_mac,omitempty"`
+}
+
+var (
+	macPattern = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
+	// tapPattern: an interface name (IFNAMSIZ-1 bytes, no slash or
+	// space; "." and ".." are refused apart).
+	tapPattern = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,15}$`)
+)
+
+// HardwareAddr returns the MAC as six bytes.
+func (n Net) HardwareAddr() ([6]byte, error) {
+	var a [6]byte
+	if !macPattern.MatchString(n.MAC) {
+		return a, fmt.Errorf("mac %q: six hex bytes separated by colons", n.MAC)
+	}
+	for i := range a {
+		v, _ := strconv.ParseUint(n.MAC[3*i:3*i+2], 16, 8)
+		a[i] = byte(v)
+	}
+	if a == [6]byte{} || a[0]&1 != 0 {
+		return a, fmt.Errorf("mac %s: not a unicast address", n.MAC)
+	}
+	return a, nil
+}
+
+// Check validates a net on its own (whether its TAP comes by name or as
+// a descriptor is the document's to check).
+func (n Net) Check() error {
+	if n.ID != "" && !idPattern.MatchString(n.ID) {
+		return fmt.Errorf("id %q: 1-32 of letters, digits, _ . -", n.ID)
+	}
+	if _, err := n.HardwareAddr(); err != nil {
+		return err
+	}
+	if n.Tap != "" && (!tapPattern.MatchString(n.Tap) || n.Tap == "." || n.Tap == "..") {
+		return fmt.Errorf("tap %q: an interface name, 1-15 of letters, digits, _ . -", n.Tap)
+	}
+	return nil
+}
+
+// WithNetIDs returns the nets with default IDs filled in ("net<i>").
+func (d *Document) WithNetIDs() []Net {
+	out := append([]Net(nil), d.Nets...)
+	for i := range out {
+		if out[i].ID == "" {
+			out[i].ID = fmt.Sprintf("net%d", i)
+		}
+	}
+	return out
+}
 
 // Disk is a raw image file or block device given to the guest as a
 // virtio-blk device.
@@ -408,6 +486,8 @@ func (d *Document) Validate() error {
 		return bad("regions", "%d regions, at most %d", len(d.Regions), MaxRegions)
 	case len(d.Shares) > MaxShares:
 		return bad("shares", "%d shares, at most %d", len(d.Shares), MaxShares)
+	case len(d.Nets) > MaxNets:
+		return bad("nets", "%d nets, at most %d", len(d.Nets), MaxNets)
 	}
 	seen := map[int]bool{}
 	for _, c := range d.Cores {
@@ -478,11 +558,15 @@ func (d *Document) Validate() error {
 		}
 		ids[disk.ID] = true
 	}
-	shareIDs, err := d.validateShares(ids)
+	netIDs, err := d.validateNets(ids)
 	if err != nil {
 		return err
 	}
-	if err := d.validateFiles(ids, shareIDs); err != nil {
+	shareIDs, err := d.validateShares(union(ids, netIDs))
+	if err != nil {
+		return err
+	}
+	if err := d.validateFiles(ids, netIDs, shareIDs); err != nil {
 		return err
 	}
 	if j := d.Jail; j != nil {
@@ -544,6 +628,51 @@ func (d *Document) validateShares(diskIDs map[string]bool) (map[string]bool, err
 	return ids, nil
 }
 
+// union is the set of the keys of a and b.
+func union(a, b map[string]bool) map[string]bool {
+	out := make(map[string]bool, len(a)+len(b))
+	for k := range a {
+		out[k] = true
+	}
+	for k := range b {
+		out[k] = true
+	}
+	return out
+}
+
+// validateNets checks the nets: each valid, ids unique among the nets,
+// the disks and the devices every machine may have, MACs unique, and a
+// TAP for each: a name, or a descriptor (the only way for a jailed VMM).
+// It returns the nets' ids.
+func (d *Document) validateNets(diskIDs map[string]bool) (map[string]bool, error) {
+	bad := func(format string, args ...any) error {
+		return &FieldError{Field: "nets", Msg: fmt.Sprintf(format, args...)}
+	}
+	ids, macs := map[string]bool{}, map[[6]byte]bool{}
+	for i, n := range d.WithNetIDs() {
+		if err := n.Check(); err != nil {
+			return nil, bad("nets[%d]: %v", i, err)
+		}
+		if ids[n.ID] || diskIDs[n.ID] || reservedDeviceIDs[n.ID] {
+			return nil, bad("nets[%d]: id %q already names a device", i, n.ID)
+		}
+		ids[n.ID] = true
+		mac, _ := n.HardwareAddr()
+		if macs[mac] {
+			return nil, bad("nets[%d]: mac %s used twice", i, n.MAC)
+		}
+		macs[mac] = true
+		_, given := d.Files[NetFile(n.ID)]
+		switch {
+		case !given && d.Jail != nil:
+			return nil, bad("nets[%d]: a jailed VMM opens no TAP; pass descriptor %q", i, NetFile(n.ID))
+		case !given && n.Tap == "":
+			return nil, bad("nets[%d]: no tap and no descriptor %q", i, NetFile(n.ID))
+		}
+	}
+	return ids, nil
+}
+
 // WithShareIDs returns the shares with default IDs filled in
 // ("share<i>").
 func (d *Document) WithShareIDs() []Share {
@@ -556,9 +685,10 @@ func (d *Document) WithShareIDs() []Share {
 	return out
 }
 
-// validateFiles checks the descriptor table: known names (disks and
-// shares among the document's ids), each index once, indexes 0..len-1.
-func (d *Document) validateFiles(diskIDs, shareIDs map[string]bool) error {
+// validateFiles checks the descriptor table: known names (disks, nets
+// and shares among the document's ids), each index once, indexes
+// 0..len-1.
+func (d *Document) validateFiles(diskIDs, netIDs, shareIDs map[string]bool) error {
 	if len(d.Files) > MaxFiles {
 		return &FieldError{Field: "files", Msg: fmt.Sprintf("files: %d descriptors, at most %d", len(d.Files), MaxFiles)}
 	}
@@ -577,6 +707,8 @@ func (d *Document) validateFiles(diskIDs, shareIDs map[string]bool) error {
 				known = diskIDs[id]
 			} else if id, ok := strings.CutPrefix(name, FileSharePrefix); ok {
 				known = shareIDs[id]
+			} else if id, ok := strings.CutPrefix(name, FileNetPrefix); ok {
+				known = netIDs[id]
 			}
 		}
 		if !known {

@@ -157,6 +157,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{}}`))
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0,1],"max_vcpus":4,"memory":2097152,"console":{}}`))
 	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{},"shares":[{"tag":"t","socket":"/s"},{"id":"b","tag":"u"}],"files":{"share/b":0}}`))
+	f.Add([]byte(`{"version":1,"name":"a","kernel":"k","cores":[0],"memory":2097152,"console":{},"nets":[{"mac":"52:54:00:00:00:01","tap":"t0"},{"id":"b","mac":"52:54:00:00:00:02"}],"files":{"net/b":0}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Decode(strings.NewReader(string(data)))
 		if err != nil {
@@ -364,5 +365,65 @@ func TestShares(t *testing.T) {
 	files = strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"share/home": 0},`, 1)
 	if _, err := Decode(strings.NewReader(files)); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "share/home"`) {
 		t.Fatalf("share descriptor without the share: %v", err)
+	}
+}
+
+func TestNets(t *testing.T) {
+	with := func(nets string) string {
+		return strings.Replace(good, `"version": 1,`, `"version": 1, "nets": `+nets+`,`, 1)
+	}
+	d, err := Decode(strings.NewReader(with(`[{"mac": "52:54:00:12:34:56", "tap": "rf-web0"},
+		{"id": "back", "mac": "52:54:00:AB:cd:EF", "tap": "rf-web1", "any_source_mac": true}]`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nets := d.WithNetIDs()
+	if nets[0].ID != "net0" || nets[1].ID != "back" || !nets[1].AnySourceMAC || nets[0].Tap != "rf-web0" {
+		t.Fatalf("nets %+v", nets)
+	}
+	if mac, err := nets[1].HardwareAddr(); err != nil || mac != [6]byte{0x52, 0x54, 0, 0xab, 0xcd, 0xef} {
+		t.Fatalf("mac %x %v", mac, err)
+	}
+	// The TAP may come as a descriptor instead of a name; a jailed VMM
+	// needs the descriptor.
+	files := func(doc string) string {
+		return strings.Replace(doc, `"version": 1,`, `"version": 1, "files": {"net/net0": 0},`, 1)
+	}
+	jail := func(doc string) string {
+		return strings.Replace(doc, `"version": 1,`, `"version": 1, "jail": {"root": "/j", "uid": 1000, "gid": 1000},`, 1)
+	}
+	for _, doc := range []string{files(with(`[{"mac": "52:54:00:12:34:56"}]`)), jail(files(with(`[{"mac": "52:54:00:12:34:56", "tap": "t"}]`)))} {
+		if _, err := Decode(strings.NewReader(doc)); err != nil {
+			t.Errorf("descriptor: %v", err)
+		}
+	}
+	eight := strings.Repeat(`{"mac": "52:54:00:00:00:01", "tap": "t"},`, MaxNets+1)
+	for _, c := range []struct{ doc, want string }{
+		{with(`[{"tap": "t"}]`), `nets[0]: mac ""`},
+		{with(`[{"mac": "52:54:00:12:34", "tap": "t"}]`), `mac "52:54:00:12:34"`},
+		{with(`[{"mac": "52-54-00-12-34-56", "tap": "t"}]`), `mac "52-54-00-12-34-56"`},
+		{with(`[{"mac": "01:00:5e:00:00:01", "tap": "t"}]`), "not a unicast address"},
+		{with(`[{"mac": "00:00:00:00:00:00", "tap": "t"}]`), "not a unicast address"},
+		{with(`[{"mac": "52:54:00:12:34:56", "tap": "t"}, {"mac": "52:54:00:12:34:56", "tap": "u"}]`), "nets[1]: mac 52:54:00:12:34:56 used twice"},
+		{with(`[{"mac": "52:54:00:12:34:56", "tap": "t"}, {"id": "net0", "mac": "52:54:00:12:34:57", "tap": "u"}]`), `nets[1]: id "net0" already names a device`},
+		{with(`[{"id": "data", "mac": "52:54:00:12:34:56", "tap": "t"}]`), `id "data" already names a device`},
+		{with(`[{"id": "console", "mac": "52:54:00:12:34:56", "tap": "t"}]`), `id "console" already names a device`},
+		{with(`[{"id": "a/b", "mac": "52:54:00:12:34:56", "tap": "t"}]`), `id "a/b"`},
+		{with(`[{"mac": "52:54:00:12:34:56"}]`), `nets[0]: no tap and no descriptor "net/net0"`},
+		{with(`[{"mac": "52:54:00:12:34:56", "tap": "a-very-long-name"}]`), `tap "a-very-long-name"`},
+		{with(`[{"mac": "52:54:00:12:34:56", "tap": ".."}]`), `tap ".."`},
+		{with(`[{"mac": "52:54:00:12:34:56", "tap": "a b"}]`), `tap "a b"`},
+		{jail(with(`[{"mac": "52:54:00:12:34:56", "tap": "t"}]`)), `a jailed VMM opens no TAP; pass descriptor "net/net0"`},
+		{with(`[` + eight[:len(eight)-1] + `]`), "9 nets, at most 8"},
+	} {
+		_, err := Decode(strings.NewReader(c.doc))
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != "nets" || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want nets: %q", c.want, err, c.want)
+		}
+	}
+	// A descriptor for a net the document does not have is unknown.
+	if _, err := Decode(strings.NewReader(files(good))); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "net/net0"`) {
+		t.Errorf("net/net0 without nets: %v", err)
 	}
 }

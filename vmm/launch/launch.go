@@ -124,6 +124,9 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 	for _, d := range cfg.Disks {
 		h.kinds[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Path: d.Path, ReadOnly: d.ReadOnly}
 	}
+	for _, n := range cfg.Nets {
+		h.kinds[n.ID] = vmmctl.Device{ID: n.ID, Kind: "net", Name: n.Tap}
+	}
 	for _, r := range doc.Regions {
 		id := vmm.RegionDeviceID(r.Name)
 		h.kinds[id] = vmmctl.Device{ID: id, Kind: "region", Name: r.Name, ReadOnly: r.RWReadOnly}
@@ -174,7 +177,7 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 	cfg := vmm.LinuxConfig{
 		Config: vmm.Config{Name: doc.Name, MemSize: doc.Memory, PageSize: ps, HostCores: doc.Cores, MaxVCPUs: doc.MaxVCPUs,
 			HotplugMemory: doc.HotplugMemory, Profile: profile, Logger: log, SysRoot: o.SysRoot},
-		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(),
+		Kernel: doc.Kernel, Initrd: doc.Initrd, Cmdline: cmdline, Disks: doc.WithDiskIDs(), Nets: doc.WithNetIDs(),
 		ConsoleSocket: doc.Console.Socket, AllowEmulatedKVM: doc.AllowEmulatedKVM,
 		Vsock:  doc.Vsock,
 		Shares: doc.WithShareIDs(),
@@ -213,6 +216,14 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 			cfg.ShareFiles[s.ID] = f
 		}
 	}
+	for _, n := range cfg.Nets {
+		if f := take(config.NetFile(n.ID)); f != nil {
+			if cfg.NetFiles == nil {
+				cfg.NetFiles = map[string]*os.File{}
+			}
+			cfg.NetFiles[n.ID] = f
+		}
+	}
 	closer := func() { closeAll(owned) }
 	fail := func(err error) (vmm.LinuxConfig, func(), error) {
 		closer()
@@ -229,6 +240,9 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 			f.Close()
 		}
 		for _, f := range cfg.ShareFiles {
+			f.Close()
+		}
+		for _, f := range cfg.NetFiles {
 			f.Close()
 		}
 		return vmm.LinuxConfig{}, nil, err

@@ -115,10 +115,11 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/nonexistent/k", Cores: []int{0}, Memory: 64 << 20,
 		Disks:   []config.Disk{{Path: "/nonexistent/a"}, {ID: "data", Path: "/nonexistent/b"}},
 		Shares:  []config.Share{{Tag: "home", Socket: "/nonexistent/vfs"}, {ID: "src", Tag: "src"}},
+		Nets:    []config.Net{{MAC: "52:54:00:00:00:01", Tap: "rf0"}, {ID: "back", MAC: "52:54:00:00:00:02"}},
 		Console: config.Console{Mode: config.ConsoleFile, Path: "/nonexistent/log", Socket: "/nonexistent/sock"}}
-	kernel, log, data, share := open("k"), open("log"), open("b"), open("share")
+	kernel, log, data, share, tun := open("k"), open("log"), open("b"), open("share"), open("tun")
 	named := map[string]*os.File{config.FileKernel: kernel, config.FileConsoleLog: log,
-		config.DiskFile("data"): data, config.FileConsoleSocket: lf, config.ShareFile("src"): share}
+		config.DiskFile("data"): data, config.FileConsoleSocket: lf, config.ShareFile("src"): share, config.NetFile("back"): tun}
 	cfg, done, err := linuxConfig(doc, Options{Named: named}, Logger(doc, &out))
 	if err != nil {
 		t.Fatal(err)
@@ -126,6 +127,10 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	// The console log descriptor is written through the capped writer.
 	if _, capped := cfg.Console.(*consolelog.Writer); cfg.KernelFile != kernel || !capped || cfg.DiskFiles["data"] != data || cfg.DiskFiles["disk0"] != nil {
 		t.Errorf("kernel %v console %v disks %v", cfg.KernelFile, cfg.Console, cfg.DiskFiles)
+	}
+	// Nets get their ids, and the TAP descriptor of the one that has one.
+	if len(cfg.Nets) != 2 || cfg.Nets[0].ID != "net0" || cfg.NetFiles["back"] != tun || cfg.NetFiles["net0"] != nil {
+		t.Errorf("nets %+v files %v", cfg.Nets, cfg.NetFiles)
 	}
 	if cfg.ConsoleListener == nil || cfg.ConsoleSocket != "" {
 		t.Errorf("console listener %v socket %q", cfg.ConsoleListener, cfg.ConsoleSocket)
@@ -140,6 +145,7 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	}
 	cfg.ConsoleListener.Close()
 	data.Close()
+	tun.Close()
 	done()
 	if _, err := kernel.Stat(); err == nil {
 		t.Error("kernel file left open by the closer")

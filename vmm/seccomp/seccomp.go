@@ -17,8 +17,9 @@
 // re-pins vCPU threads and reads their affinity, vmm.Machine.PinVCPUs),
 // and ioctl. ioctl is allowed only for the request
 // numbers the VMM makes: the KVM system, VM and vCPU ioctls it uses, the
-// block-device queries of a hot-added disk, and TCGETS/TCSETS of a stdio
-// console; prctl only for PR_SET_NAME (vCPU threads name themselves).
+// block-device queries of a hot-added disk, TCGETS/TCSETS of a stdio
+// console, and TUNSETOFFLOAD (a virtio-net driver starting its device sets
+// its TAP's offloads, vmm/virtio/net/tap); prctl only for PR_SET_NAME (vCPU threads name themselves).
 // Opening files fails with EACCES instead of trapping: after the jail
 // there is nothing to open (disks hot-added to a jailed VMM come as
 // descriptors), but the disk model probes the image's file system
@@ -136,6 +137,7 @@ var IoctlRequests = map[string]uint64{
 	"BLKROGET": unix.BLKROGET, "BLKGETSIZE64": unix.BLKGETSIZE64, "BLKSSZGET": unix.BLKSSZGET,
 	"BLKDISCARD": unix.BLKDISCARD, "BLKZEROOUT": unix.BLKZEROOUT,
 	"TCGETS": unix.TCGETS, "TCSETS": unix.TCSETS,
+	"TUNSETOFFLOAD": unix.TUNSETOFFLOAD,
 }
 
 // openAction makes opening a file fail with EACCES.

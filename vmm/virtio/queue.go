@@ -263,6 +263,48 @@ func (q *Queue) Push(head uint16, written uint32) error {
 	return nil
 }
 
+// Used is one element of the used ring: a chain's head and the count of
+// bytes written into its writable buffers.
+type Used struct {
+	Head uint16
+	Len  uint32
+}
+
+// PushMany returns the chains used to the driver, in order, and publishes
+// them with one write of the used index: the driver sees all of them or
+// none (a frame spread over several receive buffers arrives whole). A
+// head out of range returns ErrMalformed before anything is written.
+func (q *Queue) PushMany(used []Used) error {
+	if q.broken {
+		return ErrBroken
+	}
+	for _, u := range used {
+		if u.Head >= q.cfg.Size {
+			return fmt.Errorf("%w: push head %d >= size %d", ErrMalformed, u.Head, q.cfg.Size)
+		}
+	}
+	if len(used) == 0 {
+		return nil
+	}
+	idx := q.usedIdx
+	for _, u := range used {
+		elem := q.cfg.Device + 4 + 8*uint64(idx%q.cfg.Size)
+		if err := q.mem.PutUint32(elem, uint32(u.Head)); err != nil {
+			return q.fail("used ring: %w", err)
+		}
+		if err := q.mem.PutUint32(elem+4, u.Len); err != nil {
+			return q.fail("used ring: %w", err)
+		}
+		idx++
+	}
+	q.usedIdx = idx
+	q.fence.Add(1) // the elements are visible before the index
+	if err := q.mem.PutUint16(q.cfg.Device+2, q.usedIdx); err != nil {
+		return q.fail("used idx: %w", err)
+	}
+	return nil
+}
+
 // NeedsNotify reports whether the driver wants a used-buffer notification
 // for the buffers pushed since the last call.
 func (q *Queue) NeedsNotify() bool {
