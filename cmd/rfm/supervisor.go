@@ -25,6 +25,7 @@ import (
 	"rainforest/rfm/actuator"
 	"rainforest/rfm/api"
 	"rainforest/rfm/metrics"
+	"rainforest/rfm/netdev"
 	"rainforest/rfm/supervisor"
 	"rainforest/vmm/config"
 )
@@ -89,7 +90,8 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
-		Jail: supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
+		Network: netdev.Host{},
+		Jail:    supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
 	}
 	if f.steerIRQs {
 		cfg.SteerIRQs = act.SteerIRQs
@@ -220,7 +222,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
 	var memory, maxMemory, pageSize, cores, logSize, logRate string
-	var disks, segments []string
+	var disks, segments, nets []string
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -269,7 +271,10 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create a --cpus 1 --segment shared,size=1M --append "rf.cat=/hello.txt"
   rfm create web --cpus 2 -o json
   rfm create api --cpus 2 --class latency-critical
-  rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G`,
+  rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G
+  rfm create web --cpus 1 --net bridge=br0
+  rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
+  rfm create router --cpus 1 --net tap=rf-router0`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
@@ -309,6 +314,13 @@ whole first: every problem is listed and nothing is reserved.`,
 				disk.Path = abs(disk.Path)
 				spec.Disks = append(spec.Disks, disk)
 			}
+			for _, v := range nets {
+				nic, err := parseNIC(v)
+				if err != nil {
+					return err
+				}
+				spec.Nets = append(spec.Nets, nic)
+			}
 			for _, sg := range segments {
 				grant, err := parseSegment(sg)
 				if err != nil {
@@ -341,11 +353,47 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device "+config.DiskSyntax+"; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
+	fl.StringArrayVar(&nets, "net", nil, "network interface "+nicSyntax+"; repeatable")
 	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
 	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
 	fixedValues(cmd, "class", "batch\tmay lend its cores (the default)", "latency-critical\tmay take cores from batch subOSes")
 	return cmd
+}
+
+// nicSyntax is --net's syntax.
+const nicSyntax = "bridge=NAME[,create][,address=CIDR][,tap=NAME][,mac=MAC][,id=ID] or tap=NAME[,mac=MAC][,id=ID]"
+
+// parseNIC parses --net: a TAP in a bridge (made when create is given,
+// with the host's address on it), or a TAP on its own.
+func parseNIC(v string) (supervisor.NIC, error) {
+	var n supervisor.NIC
+	for _, p := range strings.Split(v, ",") {
+		k, val, hasVal := strings.Cut(p, "=")
+		switch {
+		case k == "bridge" && hasVal && val != "":
+			n.Bridge = val
+		case k == "tap" && hasVal && val != "":
+			n.TAP = val
+		case k == "mac" && hasVal:
+			n.MAC = val
+		case k == "id" && hasVal:
+			n.ID = val
+		case k == "address" && hasVal:
+			n.BridgeAddress = val
+		case p == "create":
+			n.CreateBridge = true
+		default:
+			return n, usageErrorf("--net %q: unknown or empty option %q (%s)", v, p, nicSyntax)
+		}
+	}
+	if n.Bridge == "" && n.TAP == "" {
+		return n, usageErrorf("--net %q: give bridge=NAME or tap=NAME (%s)", v, nicSyntax)
+	}
+	if n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != "") {
+		return n, usageErrorf("--net %q: create and address are for a bridge", v)
+	}
+	return n, nil
 }
 
 // parseSegment parses --segment NAME[,size=SIZE][,ro].

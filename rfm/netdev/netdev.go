@@ -232,3 +232,55 @@ func ParseMAC(s string) (net.HardwareAddr, error) {
 	}
 	return mac, nil
 }
+
+// Host is the host's network as the supervisor uses it (its Network
+// interface): the functions above, on the host's current network
+// namespace.
+type Host struct{}
+
+// CheckBridge implements supervisor.Network.
+func (Host) CheckBridge(name string) error { return CheckBridge(name) }
+
+// EnsureBridge implements supervisor.Network: a bridge it creates gets
+// the host address addr (CIDR) when not "".
+func (Host) EnsureBridge(name string, create bool, addr string) (bool, error) {
+	created, err := EnsureBridge(name, create)
+	if err != nil || !created || addr == "" {
+		return created, err
+	}
+	a, err := netlink.ParseAddr(addr)
+	if err == nil {
+		var link netlink.Link
+		if link, err = netlink.LinkByName(name); err == nil {
+			err = netlink.AddrAdd(link, a)
+		}
+	}
+	if err != nil {
+		_ = RemoveBridge(name)
+		return false, fmt.Errorf("address %s on bridge %s: %w", addr, name, err)
+	}
+	return true, nil
+}
+
+// RemoveBridge implements supervisor.Network.
+func (Host) RemoveBridge(name string) error { return RemoveBridge(name) }
+
+// Exists implements supervisor.Network.
+func (Host) Exists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
+
+// OpenTAP implements supervisor.Network: TAP name, created, in bridge
+// (when not "") and up.
+func (Host) OpenTAP(name, bridge string) (*os.File, error) {
+	t, err := OpenTAP(name)
+	if err != nil {
+		return nil, err
+	}
+	if err := Join(t.Name, bridge); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t.File, nil
+}

@@ -486,8 +486,19 @@ const testDevice = "0000:03:00.0"
 
 func newTestSupervisor(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher) *Supervisor {
 	t.Helper()
-	s, err := New(Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l,
-		Jail: JailConfig{KVMPath: filepath.Join(dir, "kvm")}})
+	return newTestSupervisorNet(t, dir, act, l, nil)
+}
+
+// newTestSupervisorNet is newTestSupervisor with the host network nw
+// (nil: none).
+func newTestSupervisorNet(t *testing.T, dir string, act *fakeActuator, l *fakeLauncher, nw *fakeNetwork) *Supervisor {
+	t.Helper()
+	cfg := Config{StateDir: dir, RunDir: filepath.Join(dir, "run"), Inventory: testInventory(), Actuator: act, Launcher: l,
+		Jail: JailConfig{KVMPath: filepath.Join(dir, "kvm")}}
+	if nw != nil {
+		cfg.Network = nw
+	}
+	s, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -95,10 +95,10 @@ func (s *Supervisor) vmmLogPath(name string) string {
 }
 
 // confine gives doc its descriptors (the files it would open, opened
-// here: the VMM opens no path) and, unless disabled, its jail. The
-// caller closes the files once the VMM has them (closeNamed); undo
-// removes the jail directory.
-func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, undo func(), err error) {
+// here: the VMM opens no path, and extra, already open, which it takes
+// charge of) and, unless disabled, its jail. The caller closes the files
+// once the VMM has them (closeNamed); undo removes the jail directory.
+func (s *Supervisor) confine(doc *config.Document, extra map[string]*os.File) (named map[string]*os.File, undo func(), err error) {
 	var made []string // what undo removes, newest last
 	undo = func() {
 		for i := len(made) - 1; i >= 0; i-- {
@@ -106,6 +106,10 @@ func (s *Supervisor) confine(doc *config.Document) (named map[string]*os.File, u
 		}
 	}
 	named = map[string]*os.File{}
+	for name, f := range extra {
+		named[name] = f
+		delete(extra, name)
+	}
 	defer func() {
 		if err != nil {
 			closeNamed(named)

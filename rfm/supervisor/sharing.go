@@ -415,7 +415,7 @@ func (s *Supervisor) publish() {
 		if len(cores) > board.MaxCommCores {
 			cores = cores[:board.MaxCommCores]
 		}
-		entries = append(entries, board.Entry{Peer: so.info.Peer, State: st, CommCores: append([]int(nil), cores...), Name: so.info.Name})
+		entries = append(entries, board.Entry{Peer: so.info.Peer, State: st, CommCores: append([]int(nil), cores...), Name: so.info.Name, MAC: firstMAC(so.info.Spec)})
 	}
 	s.mu.Unlock()
 	sort.Slice(entries, func(i, j int) bool { return entries[i].Peer < entries[j].Peer })

@@ -34,6 +34,9 @@ type Spec struct {
 	// Devices are PCI addresses to pass through. Passthrough does not
 	// exist yet: Check and Create refuse a spec with any (RequestProblems).
 	Devices []string `json:"devices,omitempty"`
+	// Nets are its network interfaces: virtio-net devices on TAP devices
+	// the supervisor makes (see NIC).
+	Nets []NIC `json:"nets,omitempty"`
 	// Segments are shared segments granted to the subOS.
 	Segments []SegmentGrant `json:"segments,omitempty"`
 	// ConsoleLogSize caps the console log in bytes (0: 1 MiB); it rotates

@@ -74,8 +74,11 @@ type Config struct {
 	Inventory    *partitioner.Inventory
 	Actuator     Actuator
 	Launcher     Launcher
-	Logger       *slog.Logger
-	Who          string // recorded as the actor of audit events
+	// Network makes the host side of NICs (TAPs, bridges); nil: subOSes
+	// with NICs are refused.
+	Network Network
+	Logger  *slog.Logger
+	Who     string // recorded as the actor of audit events
 	// SteerIRQs, when set, keeps host interrupts off subOS cores: it is
 	// called with every core subOSes own after each change, and returns a
 	// function undoing its previous call (rfm/actuator's SteerIRQs).
@@ -351,6 +354,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	if err := s.cfg.Actuator.RemoveGroup(a.Name); err != nil {
 		s.log.Warn("remove cgroup", "subos", a.Name, "err", err)
 	}
+	s.releaseNICs(so) // its VMM is gone, and its TAPs with it
 	if so.added > 0 {
 		if err := s.poolIntent(so, store.PhaseDestroying, opDestroy, false); err != nil {
 			s.log.Error("store", "subos", a.Name, "err", err)
@@ -452,7 +456,7 @@ func maxMemoryProblems(spec Spec) []ledger.Problem {
 // the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
-	probs = append(probs, maxMemoryProblems(spec)...)
+	probs = append(append(probs, maxMemoryProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -511,9 +515,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if probs := append(append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), maxMemoryProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
-	if probs := autoscaleProblems(spec); len(probs) > 0 {
+	if probs := append(autoscaleProblems(spec), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
+	spec.Nets = withNICDefaults(spec) // the created spec names its TAPs and MACs
 	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
 	if err != nil {
 		return Info{}, err
@@ -585,7 +590,14 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	doc.Console = config.Console{Mode: config.ConsoleFile, Path: logPath, Socket: s.consolePath(spec.Name),
 		LogSize: spec.ConsoleLogSize, LogRate: spec.ConsoleLogRate}
 	doc.Vsock = &config.Vsock{CID: uint64(starting.cid), Socket: s.vsockPath(spec.Name)}
-	named, unjail, err := s.confine(doc)
+	s.at("create:nets")
+	nets, tapFiles, closeNICs, err := s.openNICs(spec)
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, closeNICs)
+	doc.Nets = nets
+	named, unjail, err := s.confine(doc, tapFiles)
 	if err != nil {
 		return Info{}, err
 	}

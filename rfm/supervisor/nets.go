@@ -1,0 +1,266 @@
+package supervisor
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"time"
+
+	"rainforest/ledger"
+	"rainforest/rfm/netdev"
+	"rainforest/vmm/config"
+)
+
+// Network interfaces (RFtun). Each NIC of a subOS is a virtio-net device
+// in its VMM on a TAP device the supervisor creates for it, optionally in
+// a bridge (the user's, or one the supervisor makes and removes again
+// with its last subOS). The supervisor opens the TAP (IFF_VNET_HDR, so
+// offloads pass through) and hands the descriptor to the jailed VMM,
+// which needs no network privilege; the TAP lives exactly as long as a
+// descriptor of it is open, so it goes with the VMM whatever happens to
+// the supervisor. The VMM's backend threads that move the frames run in
+// the subOS's cgroup, with its vCPUs.
+
+// NIC is a network interface of a subOS.
+type NIC struct {
+	// ID names the device in the VMM ("net0", "net1", ... by default).
+	ID string `json:"id,omitempty"`
+	// Bridge, when set, is the bridge its TAP joins.
+	Bridge string `json:"bridge,omitempty"`
+	// CreateBridge makes Bridge when it does not exist, with the host's
+	// address BridgeAddress (CIDR, optional) on it; the supervisor
+	// removes a bridge it made when its last subOS is gone.
+	CreateBridge  bool   `json:"create_bridge,omitempty"`
+	BridgeAddress string `json:"bridge_address,omitempty"`
+	// TAP is the TAP device's name (by default "rf-<subOS><index>", or a
+	// hashed "rf<hex><index>" when that is too long).
+	TAP string `json:"tap,omitempty"`
+	// MAC is the guest's address (by default derived from the subOS's
+	// name and the NIC's index, so it stays the same across re-creates).
+	MAC string `json:"mac,omitempty"`
+}
+
+// Network makes the host side of NICs (rfm/netdev in production).
+type Network interface {
+	// CheckBridge says whether bridge name exists (netdev.ErrNoBridge,
+	// netdev.ErrNotBridge).
+	CheckBridge(name string) error
+	// EnsureBridge makes bridge name exist and be up, creating it (with
+	// the host address addr, when not "") when create is set.
+	EnsureBridge(name string, create bool, addr string) (created bool, err error)
+	// RemoveBridge removes bridge name when it has no ports left.
+	RemoveBridge(name string) error
+	// Exists says whether a network device called name exists.
+	Exists(name string) bool
+	// OpenTAP creates TAP name, puts it in bridge (when not "") and sets
+	// it up; it returns its descriptor.
+	OpenTAP(name, bridge string) (*os.File, error)
+}
+
+// nicIDPattern is what a NIC's id may be (the VMM's device id rule).
+var nicIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
+
+// withNICDefaults fills in the ids, TAP names and MACs spec's NICs leave
+// out.
+func withNICDefaults(spec Spec) []NIC {
+	out := append([]NIC(nil), spec.Nets...)
+	for i := range out {
+		n := &out[i]
+		if n.ID == "" {
+			n.ID = "net" + strconv.Itoa(i)
+		}
+		if n.TAP == "" {
+			n.TAP = defaultTAPName(spec.Name, i)
+		}
+		if n.MAC == "" {
+			n.MAC = netdev.MAC(spec.Name, i).String()
+		}
+	}
+	return out
+}
+
+// defaultTAPName is the TAP name of NIC i of subOS name: "rf-<name><i>",
+// or "rf<8 hex digits of the name's hash><i>" when that is longer than a
+// device name may be.
+func defaultTAPName(name string, i int) string {
+	n := "rf-" + name + strconv.Itoa(i)
+	if netdev.CheckName(n) == nil {
+		return n
+	}
+	sum := sha256.Sum256([]byte(name))
+	return "rf" + hex.EncodeToString(sum[:4]) + strconv.Itoa(i)
+}
+
+// nicProblems lists what is wrong with spec's NICs, on their own and
+// beside others (the NICs of the subOSes that exist): ids, TAP names and
+// MACs unique, TAP names free on the host, bridges there unless they are
+// to be made, addresses well-formed.
+func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
+	var probs []ledger.Problem
+	add := func(i int, field, format string, args ...any) {
+		probs = append(probs, ledger.Problem{Field: fmt.Sprintf("nets[%d].%s", i, field), Message: fmt.Sprintf(format, args...)})
+	}
+	if len(spec.Nets) > config.MaxNets {
+		return []ledger.Problem{{Field: "nets", Message: fmt.Sprintf("%d NICs, at most %d", len(spec.Nets), config.MaxNets)}}
+	}
+	taken := map[string]string{} // TAP or MAC -> what holds it
+	for _, o := range others {
+		taken["tap "+o.TAP], taken["mac "+o.MAC] = "another subOS", "another subOS"
+	}
+	ids := map[string]bool{}
+	for i, n := range withNICDefaults(spec) {
+		switch {
+		case !nicIDPattern.MatchString(n.ID):
+			add(i, "id", "%q: 1 to 32 of letters, digits, _ . -", n.ID)
+		case ids[n.ID]:
+			add(i, "id", "%q names two NICs", n.ID)
+		}
+		ids[n.ID] = true
+		mac, err := netdev.ParseMAC(n.MAC)
+		if err != nil {
+			add(i, "mac", "%v", err)
+		} else if who := taken["mac "+mac.String()]; who != "" {
+			add(i, "mac", "%s is %s's already: two NICs cannot share a MAC", mac, who)
+		} else {
+			taken["mac "+mac.String()] = "an earlier NIC of this subOS"
+		}
+		if err := netdev.CheckName(n.TAP); err != nil {
+			add(i, "tap", "%v", err)
+		} else if who := taken["tap "+n.TAP]; who != "" {
+			add(i, "tap", "TAP %q is %s's already", n.TAP, who)
+		} else if s.cfg.Network != nil && s.cfg.Network.Exists(n.TAP) {
+			add(i, "tap", "a network device called %q exists already on the host (choose another tap name)", n.TAP)
+		} else {
+			taken["tap "+n.TAP] = "an earlier NIC of this subOS"
+		}
+		switch {
+		case n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != ""):
+			add(i, "bridge", "create_bridge and bridge_address need a bridge name")
+		case n.Bridge != "":
+			if err := netdev.CheckName(n.Bridge); err != nil {
+				add(i, "bridge", "%v", err)
+			} else if !n.CreateBridge && s.cfg.Network != nil {
+				if err := s.cfg.Network.CheckBridge(n.Bridge); err != nil {
+					add(i, "bridge", "%v", err)
+				}
+			}
+		}
+		if n.BridgeAddress != "" {
+			if _, err := netip.ParsePrefix(n.BridgeAddress); err != nil {
+				add(i, "bridge_address", "%q: want an address with its prefix length, such as 10.77.0.1/24", n.BridgeAddress)
+			}
+		}
+	}
+	if len(spec.Nets) > 0 && s.cfg.Network == nil {
+		probs = append(probs, ledger.Problem{Field: "nets", Message: "this supervisor makes no network devices (no network back end configured)"})
+	}
+	return probs
+}
+
+// allNICs lists the NICs of every subOS but name.
+func (s *Supervisor) allNICs(except string) []NIC {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []NIC
+	for n, so := range s.subos {
+		if n != except {
+			out = append(out, withNICDefaults(so.info.Spec)...)
+		}
+	}
+	return out
+}
+
+// openNICs makes the TAPs (and the bridges to be made) of spec's NICs and
+// returns the VMM's nets and their descriptors (named by
+// config.NetFile). undo closes the descriptors and removes bridges it
+// made; after a launch the descriptors are the VMM's.
+func (s *Supervisor) openNICs(spec Spec) (nets []config.Net, files map[string]*os.File, undo func(), err error) {
+	files = map[string]*os.File{}
+	var made []string
+	undo = func() {
+		for _, f := range files {
+			f.Close()
+		}
+		for _, br := range made {
+			s.removeBridgeWhenEmpty(br, spec.Name, nil)
+		}
+	}
+	defer func() {
+		if err != nil {
+			undo()
+		}
+	}()
+	for _, n := range withNICDefaults(spec) {
+		if n.Bridge != "" {
+			created, err := s.cfg.Network.EnsureBridge(n.Bridge, n.CreateBridge, n.BridgeAddress)
+			if err != nil {
+				return nil, nil, undo, fmt.Errorf("%w: nets %s: %w", ErrInvalid, n.ID, err)
+			}
+			if created {
+				made = append(made, n.Bridge)
+			}
+		}
+		f, err := s.cfg.Network.OpenTAP(n.TAP, n.Bridge)
+		if err != nil {
+			return nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
+		}
+		files[config.NetFile(n.ID)] = f
+		nets = append(nets, config.Net{ID: n.ID, MAC: n.MAC, Tap: n.TAP})
+	}
+	return nets, files, undo, nil
+}
+
+// removeBridgeWhenEmpty removes bridge br once the TAPs in taps are gone
+// (they go when their VMM's last descriptor closes) and no subOS but
+// except has a NIC in it; a bridge with other ports is left alone.
+func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
+	for _, n := range s.allNICs(except) {
+		if n.Bridge == br {
+			return // another subOS still uses it
+		}
+	}
+	deadline := time.Now().Add(3 * time.Second)
+	for _, t := range taps {
+		for s.cfg.Network.Exists(t) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	if err := s.cfg.Network.RemoveBridge(br); err != nil {
+		s.log.Warn("remove bridge", "bridge", br, "err", err)
+	}
+}
+
+// releaseNICs removes the bridges so's NICs had the supervisor make, once
+// its VMM is gone (its TAPs go with it).
+func (s *Supervisor) releaseNICs(so *subOS) {
+	if s.cfg.Network == nil {
+		return
+	}
+	nics := withNICDefaults(so.info.Spec)
+	for _, n := range nics {
+		if n.Bridge != "" && n.CreateBridge {
+			var taps []string
+			for _, m := range nics {
+				if m.Bridge == n.Bridge {
+					taps = append(taps, m.TAP)
+				}
+			}
+			s.removeBridgeWhenEmpty(n.Bridge, so.info.Name, taps)
+		}
+	}
+}
+
+// firstMAC is the MAC of a subOS's first NIC, as the board lists it.
+func firstMAC(spec Spec) [6]byte {
+	var out [6]byte
+	if nics := withNICDefaults(spec); len(nics) > 0 {
+		if mac, err := netdev.ParseMAC(nics[0].MAC); err == nil {
+			copy(out[:], mac)
+		}
+	}
+	return out
+}
