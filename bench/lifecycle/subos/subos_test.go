@@ -3,6 +3,7 @@ package subos
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -288,5 +289,46 @@ func TestCycleResize(t *testing.T) {
 	s = Cycle(context.Background(), c, cfg, 2)
 	if s.OK() || !strings.Contains(s.Error, "cpu online: guest refused") || len(c.destroyed) != 1 {
 		t.Errorf("refused resize: sample %+v, destroyed %v", s, c.destroyed)
+	}
+}
+
+// With MemoryStep, a cycle times growing the running subOS's memory by
+// the step and back, after its CPU resize; a failed memory resize fails
+// the cycle and destroys the subOS.
+func TestCycleMemory(t *testing.T) {
+	c := newFake(t)
+	cfg := testConfig()
+	cfg.Resize, cfg.MemoryStep = true, 512<<20
+	cfg.Spec.CPUs, cfg.Spec.Memory = 1, 256<<20
+	var calls []string
+	var memErr error
+	cfg.ResizeMemory = func(ctx context.Context, name string, bytes uint64) error {
+		calls = append(calls, fmt.Sprintf("%s %d MiB after %d cpu resizes", name, bytes>>20, len(c.resizes)))
+		return memErr
+	}
+	s := Cycle(context.Background(), c, cfg, 1)
+	if !s.OK() || s.MemOnline <= 0 || s.MemOffline <= 0 || s.CPUOnline <= 0 {
+		t.Fatalf("sample %+v", s)
+	}
+	if want := []string{"lc-1 768 MiB after 2 cpu resizes", "lc-1 256 MiB after 2 cpu resizes"}; !slices.Equal(calls, want) {
+		t.Errorf("memory resizes %q, want %q", calls, want)
+	}
+
+	c = newFake(t)
+	memErr = errors.New("requested 805306368, plugged 268435456")
+	s = Cycle(context.Background(), c, cfg, 2)
+	if s.OK() || !strings.Contains(s.Error, "memory online: requested") || len(c.destroyed) != 1 {
+		t.Errorf("failed memory resize: sample %+v, destroyed %v", s, c.destroyed)
+	}
+
+	// Memory only: no CPU resize.
+	c = newFake(t)
+	cfg.Resize, memErr = false, nil
+	if s = Cycle(context.Background(), c, cfg, 3); !s.OK() || s.CPUOnline != 0 || s.MemOnline <= 0 || len(c.resizes) != 0 {
+		t.Errorf("memory only: sample %+v, cpu resizes %v", s, c.resizes)
+	}
+	cfg.ResizeMemory = nil
+	if s = Cycle(context.Background(), newFake(t), cfg, 4); !strings.Contains(s.Error, "no way to resize memory") {
+		t.Errorf("no ResizeMemory: %+v", s)
 	}
 }
