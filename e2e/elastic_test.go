@@ -12,7 +12,7 @@ import (
 
 // elasticScript resizes running subOSes in one session: a (core 1, room
 // for 3) grows to 2 cores, lends one to b (core 3) and gets it back, and
-// shrinks to 1. Then b, latency-critical, takes a core from a (batch)
+// shrinks to 1; its memory grows by 512 MiB (virtio-mem) and shrinks back. Then b, latency-critical, takes a core from a (batch)
 // when its guest pushes a high p99, and gives it back when it is low. After each step it prints what the guest, the host
 // (vCPU thread affinities, cgroup cpuset) and the ledger say, and a
 // process started in a's guest before the first step must still be
@@ -37,9 +37,16 @@ state() {
 		case "$(cat $t/comm)" in vcpu*) echo "RF-THREAD-$1 $(cat $t/comm) $(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' $t/status)";; esac
 	done
 }
+# mstate NAME prints what the guest, the ledger and the host's hugepage
+# pool say of NAME's memory.
+mstate() {
+	echo "RF-MEMTOTAL-$1 $("$RFM" exec "$1" -- sed -n 's/^MemTotal:[[:space:]]*\([0-9]*\) kB/\1/p' /proc/meminfo)"
+	echo "RF-LEDGERMEM-$1 $("$RFM" inspect "$1" -o json | tr -d ' \n' | sed -n 's/.*"allocation":{"name":"[a-z0-9-]*","cores":\[[0-9,]*\],"node":[0-9]*,"memory":\([0-9]*\).*/\1/p')"
+	echo "RF-HUGEFREE $(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages)"
+}
 echo "== create"
-"$RFM" create a --cores 1 --max-cpus 3 --memory 256M; echo "RF-STATUS-A $?"
-"$RFM" create b --cores 3 --memory 256M --class latency-critical; echo "RF-STATUS-B $?"
+"$RFM" create a --cores 1 --max-cpus 3 --memory 256M --max-memory 768M; echo "RF-STATUS-A $?"
+"$RFM" create b --cores 3 --memory 256M --max-memory 512M --class latency-critical; echo "RF-STATUS-B $?"
 healthy a; healthy b
 "$RFM" ps
 "$RFM" exec a -- sh -c 'setsid sh -c "while :; do date +%s > /tmp/alive; sleep 1; done" </dev/null >/dev/null 2>&1 &'; echo "RF-WORKER $?"
@@ -61,6 +68,32 @@ state b
 echo "== shrink"
 "$RFM" resize a --cpus 1; echo "RF-STATUS $?"
 state a
+echo "== memory-before"
+mstate a
+echo "== memory-grow"
+"$RFM" resize a --memory 768M; echo "RF-STATUS $?"
+mstate a
+"$RFM" exec a -- cat /sys/devices/system/memory/auto_online_blocks
+"$RFM" exec a -- dd if=/dev/zero of=/dev/null bs=1M count=1 2>&1 | tail -n 1
+echo "== memory-lend"
+"$RFM" lend a b --memory 256M; echo "RF-STATUS $?"
+"$RFM" ps
+mstate a
+mstate b
+echo "== memory-return"
+"$RFM" return a b; echo "RF-STATUS $?"
+"$RFM" loans -o json
+mstate a
+mstate b
+echo "== memory-shrink"
+"$RFM" resize a --memory 256M; echo "RF-STATUS $?"
+mstate a
+echo "== memory-refused"
+"$RFM" resize a --memory 1G 2>&1; echo "RF-STATUS $?"
+"$RFM" resize a --memory 100M 2>&1; echo "RF-STATUS $?"
+"$RFM" create c --cores 2 --memory 64M >/dev/null 2>&1 && "$RFM" resize c --memory 512M 2>&1; echo "RF-STATUS $?"
+"$RFM" destroy c >/dev/null 2>&1
+mstate a
 echo "== refused"
 "$RFM" resize a --cpus 4 2>&1; echo "RF-STATUS $?"
 "$RFM" resize a --cpus 0 2>&1; echo "RF-STATUS $?"
@@ -153,6 +186,73 @@ func checkCPUState(t *testing.T, step, name, sec string, n int, cpulist, ledger 
 	}
 }
 
+// memState is what elasticScript's mstate printed for a.
+type memState struct{ memTotalKiB, ledger, hugeFree int }
+
+func parseMemState(sec, name string) memState {
+	var st memState
+	st.memTotalKiB, _ = strconv.Atoi(Field(sec, "RF-MEMTOTAL-"+name))
+	st.ledger, _ = strconv.Atoi(Field(sec, "RF-LEDGERMEM-"+name))
+	st.hugeFree, _ = strconv.Atoi(Field(sec, "RF-HUGEFREE"))
+	return st
+}
+
+// checkMemory checks a's memory resize: the guest's MemTotal grows by the
+// 512 MiB plugged and shrinks back, the ledger follows, the host's
+// hugepage pool gives the pages and gets them back, and sizes that are
+// refused change nothing.
+func checkMemory(t *testing.T, secs map[string]string) {
+	t.Helper()
+	const mib = 1 << 20
+	before, grown, shrunk, refused := parseMemState(secs["memory-before"], "a"), parseMemState(secs["memory-grow"], "a"),
+		parseMemState(secs["memory-shrink"], "a"), parseMemState(secs["memory-refused"], "a")
+	if Field(secs["memory-grow"], "RF-STATUS") != "0" || Field(secs["memory-shrink"], "RF-STATUS") != "0" {
+		t.Errorf("rfm resize --memory failed:\n%s\n%s", secs["memory-grow"], secs["memory-shrink"])
+	}
+	if before.memTotalKiB == 0 || before.ledger != 256*mib {
+		t.Errorf("before the resize: MemTotal %d KiB, the ledger %d bytes; want some, and 256 MiB:\n%s", before.memTotalKiB, before.ledger, secs["memory-before"])
+	}
+	if d := grown.memTotalKiB - before.memTotalKiB; d < 500*1024 || d > 512*1024 {
+		t.Errorf("plugging 512 MiB grew the guest's MemTotal by %d KiB (%d -> %d)", d, before.memTotalKiB, grown.memTotalKiB)
+	}
+	if grown.ledger != 768*mib || before.hugeFree-grown.hugeFree != 256 {
+		t.Errorf("grown: the ledger gives a %d bytes, the pool's free pages went %d -> %d; want 768 MiB and 256 pages taken", grown.ledger, before.hugeFree, grown.hugeFree)
+	}
+	// A loan of 256 MiB from a to b, and its return.
+	lend, ret := secs["memory-lend"], secs["memory-return"]
+	if Field(lend, "RF-STATUS") != "0" || Field(ret, "RF-STATUS") != "0" {
+		t.Errorf("rfm lend/return --memory failed:\n%s\n%s", lend, ret)
+	}
+	la, lb, ra, rb := parseMemState(lend, "a"), parseMemState(lend, "b"), parseMemState(ret, "a"), parseMemState(ret, "b")
+	if la.ledger != 512*mib || lb.ledger != 512*mib || grown.memTotalKiB-la.memTotalKiB != 256*1024 || la.hugeFree != grown.hugeFree {
+		t.Errorf("lent 256 MiB from a to b: a holds %d bytes (MemTotal %d KiB, was %d), b %d bytes, free pages %d (were %d)",
+			la.ledger, la.memTotalKiB, grown.memTotalKiB, lb.ledger, la.hugeFree, grown.hugeFree)
+	}
+	if !strings.Contains(lend, "+256M<a") || !strings.Contains(lend, "-256M>b") {
+		t.Errorf("rfm ps does not show the memory loan on both sides:\n%s", lend)
+	}
+	if ra.ledger != 768*mib || rb.ledger != 256*mib || ra.memTotalKiB != grown.memTotalKiB || lb.memTotalKiB-rb.memTotalKiB != 256*1024 {
+		t.Errorf("returned: a holds %d bytes (MemTotal %d KiB), b %d bytes (MemTotal %d KiB, %d while lent)", ra.ledger, ra.memTotalKiB, rb.ledger, rb.memTotalKiB, lb.memTotalKiB)
+	}
+	if d := before.memTotalKiB - shrunk.memTotalKiB; d < -4*1024 || d > 4*1024 || shrunk.ledger != 256*mib || shrunk.hugeFree != before.hugeFree {
+		t.Errorf("shrunk: MemTotal %d KiB (was %d), the ledger %d bytes, %d free pages (were %d); want the memory and the pages back",
+			shrunk.memTotalKiB, before.memTotalKiB, shrunk.ledger, shrunk.hugeFree, before.hugeFree)
+	}
+	ref := secs["memory-refused"]
+	var codes []string
+	for _, l := range strings.Split(ref, "\n") {
+		if v, ok := strings.CutPrefix(l, "RF-STATUS "); ok {
+			codes = append(codes, strings.TrimSpace(v))
+		}
+	}
+	if !slices.Equal(codes, []string{"1", "1", "1"}) || !strings.Contains(ref, "max_memory") || !strings.Contains(ref, "boot memory") || !strings.Contains(ref, "no hotplug memory") {
+		t.Errorf("refused memory resizes (beyond max_memory, below the boot memory, a subOS without hotplug memory) exited %v, want [1 1 1] saying why:\n%s", codes, ref)
+	}
+	if refused != shrunk {
+		t.Errorf("refused memory resizes changed something: %+v, was %+v", refused, shrunk)
+	}
+}
+
 func TestElastic(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -208,6 +308,7 @@ func TestElastic(t *testing.T) {
 		t.Errorf("rfm resize a --cpus 1 failed:\n%s", sh)
 	}
 	checkCPUState(t, "shrink", "a", sh, 1, "1", "1")
+	checkMemory(t, secs)
 	ref := secs["refused"]
 	var codes []string
 	for _, l := range strings.Split(ref, "\n") {

@@ -101,6 +101,8 @@ func DefaultModules() []string {
 		"virtio_pci", "virtio_blk", "virtio_console", "uio", "uio_pci_generic",
 		// virtio-vsock, the agent's channel to the supervisor.
 		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
+		// virtio-mem, memory resize while the guest runs.
+		"virtio_mem",
 	}
 }
 

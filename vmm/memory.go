@@ -25,19 +25,33 @@ func MemoryCmdline(cmdline string) string {
 }
 
 // memoryBacking backs a virtio-mem region with a memfd mapped without a
-// hugepage reservation: plugging faults the range's pages in (a short
-// pool is a refusal the guest sees, never a fault), unplugging punches
-// them out of the memfd, so the host gets them back and a later plug
-// reads zeros.
+// hugepage reservation: plugging makes the range accessible and faults
+// its pages in (a short pool is a refusal the guest sees, never a fault);
+// unplugging punches them out of the memfd, so the host gets them back
+// and a later plug reads zeros, and makes the range inaccessible again.
+// Unplugged memory is inaccessible (the device requires the driver to
+// accept VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE), so a guest that touches
+// it anyway faults, and its VMM stops, rather than taking free pages of
+// the host's pool that the ledger has not given it.
 type memoryBacking struct{ r *ram.RAM }
 
 var _ mem.Backing = memoryBacking{}
 
 // Plug implements mem.Backing.
-func (b memoryBacking) Plug(off, size uint64) error { return b.r.Populate(off, size) }
+func (b memoryBacking) Plug(off, size uint64) error {
+	if err := b.r.Protect(off, size, true); err != nil {
+		return err
+	}
+	if err := b.r.Populate(off, size); err != nil {
+		return errors.Join(err, b.Unplug(off, size))
+	}
+	return nil
+}
 
 // Unplug implements mem.Backing.
-func (b memoryBacking) Unplug(off, size uint64) error { return b.r.Release(off, size) }
+func (b memoryBacking) Unplug(off, size uint64) error {
+	return errors.Join(b.r.Release(off, size), b.r.Protect(off, size, false))
+}
 
 // setupHotplugMemory allocates the hotplug region of cfg.HotplugMemory
 // bytes above RAM, maps it into the guest as one memory slot and makes
@@ -55,6 +69,9 @@ func (m *Machine) setupHotplugMemory(node int) (guestmem.Region, error) {
 		return guestmem.Region{}, fmt.Errorf("hotplug memory: %w", err)
 	}
 	m.AddCloser(r.Close)
+	if err := r.Protect(0, cfg.HotplugMemory, false); err != nil { // nothing is plugged yet
+		return guestmem.Region{}, fmt.Errorf("hotplug memory: %w", err)
+	}
 	base := layout.HotplugBase(cfg.MemSize)
 	dev, err := mem.New(mem.Options{Addr: base, RegionSize: cfg.HotplugMemory, BlockSize: bs, Backing: memoryBacking{r}})
 	if err != nil {
@@ -64,7 +81,7 @@ func (m *Machine) setupHotplugMemory(node int) (guestmem.Region, error) {
 		return guestmem.Region{}, fmt.Errorf("hotplug memory: %w", err)
 	}
 	m.memdev = dev
-	return guestmem.Region{GPA: base, Data: r.Data}, nil
+	return guestmem.Region{GPA: base, Data: r.Data, Accessible: dev.Accessible}, nil
 }
 
 // MemoryState is the hotplug memory's state.

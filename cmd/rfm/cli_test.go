@@ -163,6 +163,25 @@ func (b *cliBackend) ResizeCPUs(_ context.Context, name string, n int) (supervis
 	return info, nil
 }
 
+// ResizeMemory: 512 MiB steps up to 2 GiB; asked for 1536 MiB, the guest
+// stops at 1 GiB.
+func (b *cliBackend) ResizeMemory(_ context.Context, name string, bytes uint64) (supervisor.Info, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	info, ok := b.subos[name]
+	switch {
+	case !ok:
+		return supervisor.Info{}, notFound(name)
+	case bytes > 2<<30:
+		return supervisor.Info{}, fmt.Errorf("%w: above %q's max_memory 2 GiB (fixed when it was created)", supervisor.ErrInvalid, name)
+	case bytes == 1536<<20:
+		info.Allocation.Memory = 1 << 30
+		return info, &supervisor.PartialError{Name: name, Requested: bytes, Memory: 1 << 30, Plugged: 512 << 20}
+	}
+	info.Allocation.Memory = bytes
+	return info, nil
+}
+
 func (b *cliBackend) SetAutoscale(_ context.Context, name string, a *supervisor.AutoscaleSpec) (supervisor.Info, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -183,6 +202,9 @@ func (b *cliBackend) ReportLatency(context.Context, string, time.Duration) error
 func (b *cliBackend) Lend(_ context.Context, r supervisor.LendRequest) (ledger.Loan, error) {
 	if _, err := b.Get(r.From); err != nil {
 		return ledger.Loan{}, err
+	}
+	if r.Memory > 0 {
+		return ledger.Loan{ID: 2, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Pages: r.Memory >> 21, Memory: r.Memory}, nil
 	}
 	return ledger.Loan{ID: 1, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Cores: []int{3}}, nil
 }
@@ -460,7 +482,12 @@ func TestCLI(t *testing.T) {
 		{name: "stats json", args: []string{"stats", "web", "-o", "json"}, status: 0, schema: &schemaRef{method: "GET", path: "/v1/subos/{name}/stats", status: 200}},
 		{name: "resize", args: []string{"resize", "web", "--cpus", "3"}, status: 0, stdout: "2-4"},
 		{name: "resize json", args: []string{"resize", "web", "--cpus", "1", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos/{name}/resize", status: 200}},
-		{name: "resize without --cpus", args: []string{"resize", "web"}, status: 2, stderr: "--cpus is required"},
+		{name: "resize without --cpus", args: []string{"resize", "web"}, status: 2, stderr: "--cpus or --memory is required"},
+		{name: "resize memory", args: []string{"resize", "web", "--memory", "1G"}, status: 0, stdout: "web"},
+		{name: "resize cpus and memory json", args: []string{"resize", "web", "--cpus", "2", "--memory", "512M", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos/{name}/resize", status: 200}},
+		{name: "resize memory partial", args: []string{"resize", "web", "--memory", "1536M"}, status: 4, stderr: "asked for 1536M of memory, the guest reached 1G (512M of it hotplugged)"},
+		{name: "resize memory beyond max", args: []string{"resize", "web", "--memory", "4G"}, status: 1, stderr: "max_memory"},
+		{name: "resize memory bad size", args: []string{"resize", "web", "--memory", "lots"}, status: 2, stderr: "--memory"},
 		{name: "resize to 0", args: []string{"resize", "web", "--cpus", "0"}, status: 2, stderr: "at least one core"},
 		{name: "resize beyond max", args: []string{"resize", "web", "--cpus", "5"}, status: 1, stderr: "max_cpus"},
 		{name: "resize unknown", args: []string{"resize", "nope", "--cpus", "1"}, status: 3, stderr: `"nope"`},
@@ -474,7 +501,11 @@ func TestCLI(t *testing.T) {
 		{name: "autoscale unknown", args: []string{"autoscale", "nope", "--lower", "5ms", "--upper", "20ms"}, status: 3, stderr: `"nope"`},
 		{name: "lend", args: []string{"lend", "web", "db", "--cpus", "1"}, status: 0, stdout: "LENDER"},
 		{name: "lend json", args: []string{"lend", "web", "db", "--cpus", "1", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/loans", status: 201}},
-		{name: "lend without --cpus", args: []string{"lend", "web", "db"}, status: 2, stderr: "--cpus is required"},
+		{name: "lend without --cpus", args: []string{"lend", "web", "db"}, status: 2, stderr: "--cpus or --memory is required"},
+		{name: "lend memory", args: []string{"lend", "web", "db", "--memory", "256M"}, status: 0, stdout: "256M"},
+		{name: "lend memory json", args: []string{"lend", "web", "db", "--memory", "256M", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/loans", status: 201}},
+		{name: "lend bad memory", args: []string{"lend", "web", "db", "--memory", "0"}, status: 2, stderr: "--memory"},
+		{name: "return memory", args: []string{"return", "web", "db", "--memory", "128M"}, status: 0},
 		{name: "return", args: []string{"return", "1"}, status: 0},
 		{name: "return by names", args: []string{"return", "web", "db", "--cpus", "1"}, status: 0},
 		{name: "return no loan id", args: []string{"return", "x"}, status: 2, stderr: "no loan id"},

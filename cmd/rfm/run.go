@@ -182,7 +182,7 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 // specFromLayout converts a layout's subOS; sizes gives every segment's size
 // (any grant may be the first to reach the supervisor).
 func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64) supervisor.Spec {
-	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, MaxCPUs: so.MaxCPUs, Memory: so.Memory, PageSize: so.PageSize,
+	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, MaxCPUs: so.MaxCPUs, Memory: so.Memory, MaxMemory: so.MaxMemory, PageSize: so.PageSize,
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
 	spec.Class = so.Class
 	if a := so.Autoscale; a != nil {

@@ -219,7 +219,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
-	var memory, pageSize, cores, logSize, logRate string
+	var memory, maxMemory, pageSize, cores, logSize, logRate string
 	var disks, segments []string
 	var node int
 	cmd := &cobra.Command{
@@ -268,13 +268,19 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create db --cores 4-5 --memory 4G --page-size 1G --disk /var/lib/images/db.img,direct
   rfm create a --cpus 1 --segment shared,size=1M --append "rf.cat=/hello.txt"
   rfm create web --cpus 2 -o json
-  rfm create api --cpus 2 --class latency-critical`,
+  rfm create api --cpus 2 --class latency-critical
+  rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
 			var err error
 			if spec.Memory, err = units.ParseNonZeroSize(memory); err != nil {
 				return usageErrorf("--memory: %w", err)
+			}
+			if maxMemory != "" {
+				if spec.MaxMemory, err = units.ParseNonZeroSize(maxMemory); err != nil {
+					return usageErrorf("--max-memory: %w", err)
+				}
 			}
 			if spec.PageSize, err = units.ParseNonZeroSize(pageSize); err != nil {
 				return usageErrorf("--page-size: %w", err)
@@ -327,6 +333,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringVar((*string)(&spec.Class), "class", "", "batch (default) or latency-critical")
 	fl.IntVar(&node, "node", -1, "NUMA node for memory (default: the cores' node)")
 	fl.StringVar(&memory, "memory", "512M", "guest RAM")
+	fl.StringVar(&maxMemory, "max-memory", "", "the most memory rfm resize can grow it to, e.g. 1G (default: --memory, fixed)")
 	fl.StringVar(&pageSize, "page-size", "2M", "hugepage size: 2M or 1G")
 	fl.StringVar(&spec.Kernel, "kernel", filepath.Join(img, "vmlinux"), "kernel")
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")

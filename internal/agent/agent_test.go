@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -464,5 +466,73 @@ func TestHostHandshakeWithAgent(t *testing.T) {
 	hostEnd.Close()
 	if err := <-done; err != nil {
 		t.Errorf("ServeConn after the host closed: %v", err)
+	}
+}
+
+// flakyListener gives Serve the accept results of errs in turn, then the
+// connections of conns, then blocks until closed.
+type flakyListener struct {
+	mu     sync.Mutex
+	errs   []error
+	conns  []net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	if len(l.conns) > 0 {
+		c := l.conns[0]
+		l.conns = l.conns[1:]
+		l.mu.Unlock()
+		return c, nil
+	}
+	l.mu.Unlock()
+	<-l.closed
+	return nil, net.ErrClosed
+}
+
+func (l *flakyListener) Close() error   { l.once.Do(func() { close(l.closed) }); return nil }
+func (l *flakyListener) Addr() net.Addr { return &net.UnixAddr{Name: "flaky", Net: "unix"} }
+
+// An accept that fails for a passing reason is retried; one that fails
+// for good ends Serve and every connection with it, so that the agent
+// exits (and is restarted) instead of living on without a listener.
+func TestServeAcceptFailures(t *testing.T) {
+	s := NewServer(Config{Software: "rf-agent test", Proc: os.DirFS("/proc")})
+	agentEnd, hostEnd := net.Pipe()
+	ln := &flakyListener{errs: []error{syscall.ECONNABORTED, fmt.Errorf("vsock accept: %w", syscall.ECONNRESET)}, conns: []net.Conn{agentEnd}, closed: make(chan struct{})}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(context.Background(), ln) }()
+	cl := newClient(t, hostEnd)
+	cl.exec(&agentproto.Exec{Argv: []string{"echo", "after retries"}})
+	if out, _, exit, _ := cl.result(); out != "after retries\n" || exit == nil {
+		t.Fatalf("exec after transient accept failures: %q %+v", out, exit)
+	}
+	// A lasting failure, with a connection still open.
+	agentEnd2, hostEnd2 := net.Pipe()
+	defer hostEnd2.Close()
+	ln2 := &flakyListener{conns: []net.Conn{agentEnd2}, closed: make(chan struct{})}
+	done2 := make(chan error, 1)
+	go func() { done2 <- s.Serve(context.Background(), ln2) }()
+	_ = newClient(t, hostEnd2) // the handshake: the connection is being served
+	ln2.Close()                // the blocked Accept fails for good (net.ErrClosed)
+	if err := <-done2; err == nil {
+		t.Error("Serve ended by a closed listener returned nil, want the accept error")
+	}
+	// The open connection ended with it.
+	hostEnd2.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := hostEnd2.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("the connection outlived Serve: read %v", err)
+	}
+	ln.Close()
+	if err := <-done; err == nil {
+		t.Error("Serve returned nil after its listener closed under it")
 	}
 }

@@ -25,6 +25,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"rainforest/internal/agentproto"
@@ -81,22 +82,41 @@ func NewServer(cfg Config) *Server {
 
 // Serve accepts connections from ln and serves each in its own goroutine
 // until ctx is done or ln fails; it closes ln, and returns once every
-// connection has ended (ctx's end closes them, which kills their
-// commands). It returns nil when ctx ended it.
+// connection has ended (its end closes them, which kills their commands).
+// An accept that fails for a passing reason (a connection the host reset
+// before it was accepted, a signal, a moment without memory or
+// descriptors) is retried after a short pause; any other failure ends
+// every connection too and is returned, so that the agent exits and is
+// restarted rather than going on without a listener. It returns nil when
+// ctx ended it.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	pause := acceptPauseMin
 	for {
 		c, err := ln.Accept()
+		if err != nil && ctx.Err() == nil && transientAccept(err) {
+			s.log.Warn("accept failed; retrying", "err", err, "retry_in", pause)
+			select {
+			case <-time.After(pause):
+			case <-ctx.Done():
+			}
+			pause = min(2*pause, acceptPauseMax)
+			continue
+		}
 		if err != nil {
 			ln.Close()
 			if ctx.Err() != nil {
 				return nil
 			}
+			cancel() // end the connections too: wg.Wait must not outlive the listener
 			return fmt.Errorf("agent: accepting a connection: %w", err)
 		}
+		pause = acceptPauseMin
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -105,6 +125,23 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			}
 		}()
 	}
+}
+
+// Pauses after an accept that failed for a passing reason.
+const (
+	acceptPauseMin = 5 * time.Millisecond
+	acceptPauseMax = time.Second
+)
+
+// transientAccept reports whether an accept failed for a passing reason.
+func transientAccept(err error) bool {
+	for _, e := range []error{syscall.ECONNABORTED, syscall.ECONNRESET, syscall.EINTR, syscall.EPROTO, syscall.EPERM,
+		syscall.ENOMEM, syscall.ENOBUFS, syscall.EMFILE, syscall.ENFILE, syscall.ETIMEDOUT} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 // ServeConn serves one connection until the host closes it, the request

@@ -16,15 +16,20 @@ import (
 // answer 409.
 type ElasticBackend interface {
 	ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error)
+	ResizeMemory(ctx context.Context, name string, bytes uint64) (supervisor.Info, error)
 	Lend(ctx context.Context, r supervisor.LendRequest) (ledger.Loan, error)
 	Return(ctx context.Context, r supervisor.ReturnRequest) error
 	Loans() []ledger.Loan
 }
 
-// ResizeRequest is POST /v1/subos/{name}/resize's body.
+// ResizeRequest is POST /v1/subos/{name}/resize's body: cores, memory
+// or both (cores first).
 type ResizeRequest struct {
-	// CPUs is the number of cores the subOS is to hold.
-	CPUs int `json:"cpus"`
+	// CPUs is the number of cores the subOS is to hold (0: unchanged).
+	CPUs int `json:"cpus,omitempty"`
+	// Memory is the memory the subOS is to hold, in bytes: its boot
+	// memory plus a multiple of its hotplug block (0: unchanged).
+	Memory uint64 `json:"memory,omitempty"`
 }
 
 // errNotElastic answers the elastic routes of a backend that is not.
@@ -49,11 +54,23 @@ func elasticRoutes(mux *routeTable, b Backend) {
 		if !decode(w, r, &req) {
 			return
 		}
-		if req.CPUs < 1 {
+		switch {
+		case req.CPUs < 0:
 			reply(w, http.StatusUnprocessableEntity, ErrorBody{Error: fmt.Sprintf("cpus: %d; a subOS needs at least one", req.CPUs)})
 			return
+		case req.CPUs == 0 && req.Memory == 0:
+			reply(w, http.StatusUnprocessableEntity, ErrorBody{Error: "say what to resize: cpus, memory or both"})
+			return
 		}
-		info, err := eb.ResizeCPUs(r.Context(), r.PathValue("name"), req.CPUs)
+		name := r.PathValue("name")
+		var info supervisor.Info
+		var err error
+		if req.CPUs > 0 {
+			info, err = eb.ResizeCPUs(r.Context(), name, req.CPUs)
+		}
+		if err == nil && req.Memory > 0 {
+			info, err = eb.ResizeMemory(r.Context(), name, req.Memory)
+		}
 		if err != nil {
 			fail(w, err)
 			return
@@ -96,6 +113,15 @@ func elasticRoutes(mux *routeTable, b Backend) {
 func (c *Client) ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error) {
 	var out supervisor.Info
 	err := c.do(ctx, http.MethodPost, "/v1/subos/"+url.PathEscape(name)+"/resize", ResizeRequest{CPUs: n}, &out)
+	return out, err
+}
+
+// ResizeMemory makes a running subOS hold bytes of memory; a guest that
+// got only part of the way is an *APIError (409) whose Body.Partial says
+// where it stopped.
+func (c *Client) ResizeMemory(ctx context.Context, name string, bytes uint64) (supervisor.Info, error) {
+	var out supervisor.Info
+	err := c.do(ctx, http.MethodPost, "/v1/subos/"+url.PathEscape(name)+"/resize", ResizeRequest{Memory: bytes}, &out)
 	return out, err
 }
 

@@ -69,6 +69,18 @@ type MessageRequest struct {
 type ErrorBody struct {
 	Error    string           `json:"error"`
 	Problems []ledger.Problem `json:"problems,omitempty"`
+	// Partial, on a memory resize the guest made only in part (409),
+	// says what was asked and what the subOS holds now.
+	Partial *PartialResize `json:"partial,omitempty"`
+}
+
+// PartialResize is a memory resize the guest made only in part, in
+// bytes: the subOS holds Memory (Plugged of it hotplugged), not
+// Requested.
+type PartialResize struct {
+	Requested uint64 `json:"requested"`
+	Memory    uint64 `json:"memory"`
+	Plugged   uint64 `json:"plugged"`
 }
 
 // CheckResult is POST /v1/check's response.
@@ -449,12 +461,16 @@ func fail(w http.ResponseWriter, err error) {
 	if errors.As(err, &lp) {
 		body.Problems = lp.Problems
 	}
+	var partial *supervisor.PartialError
+	if errors.As(err, &partial) {
+		body.Partial = &PartialResize{Requested: partial.Requested, Memory: partial.Memory, Plugged: partial.Plugged}
+	}
 	code := http.StatusInternalServerError
 	switch {
 	case errors.Is(err, supervisor.ErrNotFound), errors.Is(err, supervisor.ErrNoDevice), errors.Is(err, ledger.ErrNotFound), errors.Is(err, ledger.ErrNoLoan), errors.Is(err, os.ErrNotExist):
 		code = http.StatusNotFound
 	case errors.Is(err, supervisor.ErrExists), errors.Is(err, ledger.ErrExists), errors.Is(err, supervisor.ErrNotListening), errors.Is(err, supervisor.ErrNoAgent), errors.Is(err, endpoint.ErrFull),
-		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse), errors.Is(err, supervisor.ErrGuestRefused), errors.Is(err, errors.ErrUnsupported):
+		errors.Is(err, supervisor.ErrDeviceExists), errors.Is(err, supervisor.ErrInUse), errors.Is(err, supervisor.ErrGuestRefused), errors.Is(err, supervisor.ErrPartial), errors.Is(err, errors.ErrUnsupported):
 		code = http.StatusConflict
 	case errors.Is(err, ledger.ErrNoCores), errors.Is(err, ledger.ErrNoMemory), errors.Is(err, supervisor.ErrNoPeerSlot):
 		code = http.StatusInsufficientStorage

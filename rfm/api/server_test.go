@@ -409,12 +409,38 @@ func (f *fakeBackend) ResizeCPUs(_ context.Context, name string, n int) (supervi
 	return info, nil
 }
 
+// ResizeMemory: web grows to at most 1 GiB in 2 MiB blocks; asked for
+// 768 MiB, its guest stops at 512 MiB.
+func (f *fakeBackend) ResizeMemory(_ context.Context, name string, bytes uint64) (supervisor.Info, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	info, ok := f.subos[name]
+	switch {
+	case !ok:
+		return supervisor.Info{}, fmt.Errorf("%w: %q", supervisor.ErrNotFound, name)
+	case bytes%(2<<20) != 0:
+		return supervisor.Info{}, fmt.Errorf("%w: not a multiple of the 2 MiB block", supervisor.ErrInvalid)
+	case bytes > 1<<30:
+		return supervisor.Info{}, fmt.Errorf("%w: %w", ledger.ErrInsufficient, ledger.ErrNoMemory)
+	case bytes == 768<<20:
+		info.Allocation.Memory = 512 << 20
+		f.subos[name] = info
+		return info, &supervisor.PartialError{Name: name, Requested: bytes, Memory: 512 << 20, Plugged: 256 << 20}
+	}
+	info.Allocation.Memory = bytes
+	f.subos[name] = info
+	return info, nil
+}
+
 func (f *fakeBackend) Lend(_ context.Context, r supervisor.LendRequest) (ledger.Loan, error) {
 	if r.From == r.To {
 		return ledger.Loan{}, fmt.Errorf("%w: a subOS cannot lend to itself", ledger.ErrInvalid)
 	}
 	if r.CPUs > 1 {
 		return ledger.Loan{}, fmt.Errorf("%w: %w", ledger.ErrInsufficient, ledger.ErrNoCores)
+	}
+	if r.Memory > 0 {
+		return ledger.Loan{ID: 2, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Pages: r.Memory >> 21, Memory: r.Memory}, nil
 	}
 	return ledger.Loan{ID: 1, Lender: r.From, Borrower: r.To, Kind: ledger.KindLend, Cores: []int{2}}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"rainforest/partitioner"
 	"rainforest/rfm/autoscale"
 	"rainforest/vmm/config"
+	"rainforest/vmm/ram"
 )
 
 // Checker is the ledger as Check uses it; *ledger.Ledger satisfies it.
@@ -237,6 +238,11 @@ func (ck *checker) subOS(i int) {
 	}
 	if size := max(s.CPUs, len(s.Cores)); s.MaxCPUs != 0 && (s.MaxCPUs < size || s.MaxCPUs > config.MaxCores) {
 		add("max_cpus", "%d: want from the subOS's %d cpus to %d", s.MaxCPUs, size, config.MaxCores)
+	}
+	if s.Memory != 0 {
+		if msg := config.MaxMemoryProblem(s.Memory, s.MaxMemory, ram.PageSize(s.PageSize)); msg != "" {
+			add("max_memory", "%s", msg)
+		}
 	}
 	switch s.Class {
 	case "", ledger.Batch, ledger.LatencyCritical:

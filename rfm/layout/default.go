@@ -18,6 +18,11 @@ const (
 // DefaultMaxMemory caps the memory of each subOS of the default layout.
 const DefaultMaxMemory = 512 << 20
 
+// DefaultHotplugMemory is how much each subOS of the default layout can
+// grow by while it runs (rfm resize --memory): its max_memory is its
+// memory plus this. It costs nothing until plugged.
+const DefaultHotplugMemory = 512 << 20
+
 // Default returns the built-in layout for inv: the supervisor keeps the
 // first online CPU, and the other online CPUs are split between two
 // subOSes, DefaultSubOSA and DefaultSubOSB, by explicit placement.
@@ -30,7 +35,7 @@ const DefaultMaxMemory = 512 << 20
 // never share a CPU.
 //
 // Each subOS gets min(DefaultMaxMemory, MemTotal/8) of 2M pages (at least
-// one page), boots images/vmlinux with images/initramfs.cpio.gz, and has
+// one page), can grow by DefaultHotplugMemory while it runs, boots images/vmlinux with images/initramfs.cpio.gz, and has
 // images/disk.img read-only, where images is imagesDir.
 func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 	l := &Layout{Defaults: Defaults{
@@ -62,15 +67,16 @@ func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 			name = DefaultSubOSB
 		}
 		l.SubOSes = append(l.SubOSes, SubOS{
-			Name:     name,
-			Cores:    cores,
-			Node:     -1,
-			Memory:   mem,
-			PageSize: DefaultPageSize,
-			Kernel:   l.Defaults.Kernel,
-			Initrd:   l.Defaults.Initrd,
-			Disks:    []Disk{{Path: filepath.Join(imagesDir, images.DiskName), ReadOnly: true}},
-			Segments: []Segment{{Name: DefaultSegment, Size: DefaultSegmentSize}},
+			Name:      name,
+			Cores:     cores,
+			Node:      -1,
+			Memory:    mem,
+			MaxMemory: mem + DefaultHotplugMemory,
+			PageSize:  DefaultPageSize,
+			Kernel:    l.Defaults.Kernel,
+			Initrd:    l.Defaults.Initrd,
+			Disks:     []Disk{{Path: filepath.Join(imagesDir, images.DiskName), ReadOnly: true}},
+			Segments:  []Segment{{Name: DefaultSegment, Size: DefaultSegmentSize}},
 		})
 	}
 	return l

@@ -19,6 +19,9 @@
 //	    max_cpus: 4        # the most rfm resize can grow it to (default:
 //	                       # every core of its node but the host's)
 //	    memory: 512M
+//	    max_memory: 1G     # the most rfm resize --memory can grow it to:
+//	                       # memory plus a multiple of 2 MiB (default:
+//	                       # memory, fixed)
 //	    node: 0            # optional
 //	    disks: [{path: build/images/disk.img, readonly: true}]
 //	    # a disk may be rate limited: iops (requests/s) and bandwidth
@@ -112,6 +115,10 @@ type SubOS struct {
 	Node int
 	// Memory is the guest RAM in bytes, a multiple of PageSize.
 	Memory uint64
+	// MaxMemory, when above Memory, is the most memory the subOS can grow
+	// to while it runs (its hotplug memory is the difference); 0 means
+	// its memory is fixed.
+	MaxMemory uint64
 	// PageSize is the hugepage size backing Memory (PageSize2M or
 	// PageSize1G).
 	PageSize uint64

@@ -416,6 +416,7 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 			}
 		}},
 		{"memory", func(v *yaml.Node, path string) { p.size(v, path, &s.Memory) }},
+		{"max_memory", func(v *yaml.Node, path string) { p.size(v, path, &s.MaxMemory) }},
 		{"page_size", func(v *yaml.Node, path string) { p.size(v, path, &s.PageSize) }},
 		{"kernel", func(v *yaml.Node, path string) { p.str(v, path, &s.Kernel) }},
 		{"initrd", func(v *yaml.Node, path string) { p.str(v, path, &s.Initrd) }},

@@ -72,33 +72,43 @@ func (s *Supervisor) ResizeCPUs(ctx context.Context, name string, n int) (Info, 
 	return s.Get(name)
 }
 
-// LendRequest asks that From lend To some of its own cores.
+// LendRequest asks that From lend To some of its own cores, or memory
+// (bytes, a multiple of both subOSes' hotplug blocks), or both.
 type LendRequest struct {
-	From string `json:"from"`
-	To   string `json:"to"`
-	CPUs int    `json:"cpus"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	CPUs   int    `json:"cpus,omitempty"`
+	Memory uint64 `json:"memory,omitempty"`
 }
 
-// Lend moves CPUs of From's own cores to To, recorded as a loan, while
-// both run. It returns the loan.
+// Lend moves CPUs of From's own cores and Memory of its own hotplugged
+// memory to To, recorded as one loan, while both run: From's guest takes
+// the CPUs offline and unplugs the memory, then To's brings them online
+// and plugs it, all or nothing. It returns the loan.
 func (s *Supervisor) Lend(ctx context.Context, r LendRequest) (ledger.Loan, error) {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
-	if r.CPUs < 1 {
-		return ledger.Loan{}, fmt.Errorf("%w: lend %d cpus: lend at least one", ErrInvalid, r.CPUs)
+	if r.CPUs < 0 || r.CPUs == 0 && r.Memory == 0 {
+		return ledger.Loan{}, fmt.Errorf("%w: lend %d cpus and %d bytes: lend at least one cpu or some memory", ErrInvalid, r.CPUs, r.Memory)
 	}
 	for _, name := range []string{r.From, r.To} {
-		if _, err := s.elastic(name); err != nil {
+		var err error
+		if r.CPUs > 0 {
+			_, err = s.elastic(name)
+		} else {
+			_, err = s.running(name)
+		}
+		if err != nil {
 			return ledger.Loan{}, err
 		}
 	}
 	to, _ := s.Get(r.To)
-	if have, max := len(to.Allocation.Cores), maxCPUs(to); have+r.CPUs > max {
+	if have, max := len(to.Allocation.Cores), maxCPUs(to); r.CPUs > 0 && have+r.CPUs > max {
 		return ledger.Loan{}, fmt.Errorf("%w: %q holds %d cpus and can have at most %d (its max_cpus)", ErrInvalid, r.To, have, max)
 	}
 	var loan ledger.Loan
 	err := s.change(ctx, func() (ledger.Change, error) {
-		ch, err := s.ledger.Lend(ledger.LendRequest{From: r.From, To: r.To, CPUs: r.CPUs})
+		ch, err := s.ledger.Lend(ledger.LendRequest{From: r.From, To: r.To, CPUs: r.CPUs, Memory: r.Memory})
 		if err == nil && ch.Loan != nil {
 			loan = *ch.Loan
 		}
@@ -107,16 +117,18 @@ func (s *Supervisor) Lend(ctx context.Context, r LendRequest) (ledger.Loan, erro
 	return loan, err
 }
 
-// ReturnRequest says which borrowed cores go back: loan ID, or the loans
-// From made To; CPUs of them (0: all).
+// ReturnRequest says which borrowed cores and memory go back: loan ID, or
+// the loans From made To; CPUs and Memory (bytes) of them (both 0: all).
 type ReturnRequest struct {
-	ID   uint64 `json:"id,omitempty"`
-	From string `json:"from,omitempty"` // the lender
-	To   string `json:"to,omitempty"`   // the borrower
-	CPUs int    `json:"cpus,omitempty"`
+	ID     uint64 `json:"id,omitempty"`
+	From   string `json:"from,omitempty"` // the lender
+	To     string `json:"to,omitempty"`   // the borrower
+	CPUs   int    `json:"cpus,omitempty"`
+	Memory uint64 `json:"memory,omitempty"`
 }
 
-// Return gives borrowed cores back to their lender while both run.
+// Return gives borrowed cores and memory back to their lender while both
+// run.
 func (s *Supervisor) Return(ctx context.Context, r ReturnRequest) error {
 	s.opMu.Lock()
 	defer s.opMu.Unlock()
@@ -127,7 +139,7 @@ func (s *Supervisor) Return(ctx context.Context, r ReturnRequest) error {
 		return fmt.Errorf("%w: return %d cpus", ErrInvalid, r.CPUs)
 	}
 	return s.change(ctx, func() (ledger.Change, error) {
-		return s.ledger.Return(ledger.ReturnRequest{ID: r.ID, Lender: r.From, Borrower: r.To, CPUs: r.CPUs})
+		return s.ledger.Return(ledger.ReturnRequest{ID: r.ID, Lender: r.From, Borrower: r.To, CPUs: r.CPUs, Memory: r.Memory})
 	})
 }
 
@@ -156,8 +168,10 @@ func maxCPUs(info Info) int {
 }
 
 // change makes a ledger change (decide) and applies it to every running
-// subOS whose cores it moves; it restores the ledger when they cannot all
-// follow. Called under opMu.
+// subOS whose cores or memory it moves: cores first, then memory, losers
+// first each time; it restores the ledger when they cannot all follow (a
+// guest that moves only part of the memory fails the change: loans move
+// all or nothing). Called under opMu.
 func (s *Supervisor) change(ctx context.Context, decide func() (ledger.Change, error)) (err error) {
 	start := time.Now()
 	before := map[string]ledger.Allocation{}
@@ -168,19 +182,6 @@ func (s *Supervisor) change(ctx context.Context, decide func() (ledger.Change, e
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	var moves []coreMove
-	for _, a := range ch.Allocations {
-		old := before[a.Name]
-		s.mu.Lock()
-		so := s.subos[a.Name]
-		s.mu.Unlock()
-		if so == nil || slices.Equal(old.Cores, a.Cores) {
-			continue
-		}
-		moves = append(moves, coreMove{so: so, before: old, after: a})
-	}
-	// Losers first: a core leaves one subOS before it joins another.
-	slices.SortStableFunc(moves, func(x, y coreMove) int { return cmp.Compare(y.lost(), x.lost()) })
 	restore := func() {
 		saved := make([]ledger.Allocation, 0, len(ch.Allocations))
 		for _, a := range ch.Allocations {
@@ -190,39 +191,107 @@ func (s *Supervisor) change(ctx context.Context, decide func() (ledger.Change, e
 			s.log.Error("ledger restore after a failed change", "op", ch.Op, "err", rerr)
 		}
 	}
-	for _, m := range moves {
-		if err := s.intend(m.so, intent{Op: opCores, Cores: &coreChange{Before: m.before.Cores, After: m.after.Cores}}); err != nil {
-			for _, d := range moves {
-				s.unintend(d.so)
+	var moves, mems []move
+	intents := map[*subOS]*intent{}
+	for _, a := range ch.Allocations {
+		old := before[a.Name]
+		s.mu.Lock()
+		so := s.subos[a.Name]
+		var info Info
+		if so != nil {
+			info = so.info
+		}
+		s.mu.Unlock()
+		if so == nil {
+			continue
+		}
+		if !slices.Equal(old.Cores, a.Cores) {
+			moves = append(moves, move{so: so, before: old, after: a})
+			intents[so] = &intent{Op: opCores, Cores: &coreChange{Before: old.Cores, After: a.Cores}}
+		}
+		if old.Memory != a.Memory {
+			if err := memoryRoom(info, a.Memory); err != nil {
+				restore()
+				return err
 			}
+			mems = append(mems, move{so: so, before: old, after: a})
+			if intents[so] == nil {
+				intents[so] = &intent{Op: opMemory}
+			}
+			intents[so].Memory = &memoryChange{Before: old.Memory, After: a.Memory}
+		}
+	}
+	// Losers first: a core or a page leaves one subOS before it joins
+	// another.
+	slices.SortStableFunc(moves, func(x, y move) int { return cmp.Compare(y.lostCores(), x.lostCores()) })
+	slices.SortStableFunc(mems, func(x, y move) int { return cmp.Compare(y.lostMemory(), x.lostMemory()) })
+	unintendAll := func() {
+		for so := range intents {
+			s.unintend(so)
+		}
+	}
+	for so, in := range intents {
+		if err := s.intend(so, *in); err != nil {
+			unintendAll()
 			restore()
 			return err
 		}
 	}
+	// undo puts back the core moves before index cores and the memory
+	// moves up to index memory (negative: none).
+	undo := func(cores, memory int) {
+		for j := memory; j >= 0; j-- {
+			d := mems[j]
+			if uerr := s.guestMemory(context.WithoutCancel(ctx), d.so, d.before.Memory); uerr != nil {
+				s.log.Error("undo a memory change", "subos", d.so.info.Name, "err", uerr)
+			}
+		}
+		for j := cores - 1; j >= 0; j-- {
+			d := moves[j]
+			if uerr := s.moveCores(context.WithoutCancel(ctx), d.so, d.after.Cores, d.before.Cores); uerr != nil {
+				s.log.Error("undo a core change", "subos", d.so.info.Name, "err", uerr)
+			}
+		}
+		unintendAll()
+		restore()
+	}
 	for i, m := range moves {
 		s.at("cores:" + m.so.info.Name)
 		if err := s.moveCores(ctx, m.so, m.before.Cores, m.after.Cores); err != nil {
-			for j := i - 1; j >= 0; j-- {
-				d := moves[j]
-				if uerr := s.moveCores(context.WithoutCancel(ctx), d.so, d.after.Cores, d.before.Cores); uerr != nil {
-					s.log.Error("undo a core change", "subos", d.so.info.Name, "err", uerr)
-				}
-			}
-			for _, d := range moves {
-				s.unintend(d.so)
-			}
-			restore()
+			undo(i, -1)
+			s.event(s.who(ctx), ch.Op+"-failed", m.so.info.Name, time.Since(start), err.Error())
+			return err
+		}
+	}
+	for i, m := range mems {
+		s.at("memory:" + m.so.info.Name)
+		err := s.growPool(m.so, m.before, m.after)
+		if err == nil {
+			err = s.guestMemory(ctx, m.so, m.after.Memory)
+		}
+		var perr *PartialError
+		if errors.As(err, &perr) {
+			err = fmt.Errorf("%w: subOS %q reached %s of memory, not %s, in %s; the change is undone", ErrGuestRefused,
+				perr.Name, units.FormatSize(perr.Memory), units.FormatSize(perr.Requested), perr.Waited.Round(time.Millisecond))
+		}
+		if err != nil {
+			undo(len(moves), i)
 			s.event(s.who(ctx), ch.Op+"-failed", m.so.info.Name, time.Since(start), err.Error())
 			return err
 		}
 	}
 	// Every subOS the change touched gets its new allocation, moved or not
 	// (a loan between subOSes that do not run changes only records), the
-	// losers' records first: a successor must never find a core in two
-	// records.
-	order := make([]string, 0, len(ch.Allocations))
+	// losers' records first: a successor must never find a core or a page
+	// in two records.
+	var order []string
 	for _, m := range moves {
 		order = append(order, m.after.Name)
+	}
+	for _, m := range mems {
+		if !slices.Contains(order, m.after.Name) {
+			order = append(order, m.after.Name)
+		}
 	}
 	after := map[string]ledger.Allocation{}
 	for _, a := range ch.Allocations {
@@ -251,20 +320,24 @@ func (s *Supervisor) change(ctx context.Context, decide func() (ledger.Change, e
 	for _, m := range moves {
 		s.event(s.who(ctx), ch.Op, m.so.info.Name, took, describeMoves(m, ch))
 	}
+	for _, m := range mems {
+		s.event(s.who(ctx), ch.Op, m.so.info.Name, took, describeMemory(m, ch))
+	}
 	return nil
 }
 
-// coreMove is one subOS's part of a change.
-type coreMove struct {
+// move is one subOS's part of a change: its cores, or its memory (memory
+// moves between subOSes, a loan or a return, are all or nothing).
+type move struct {
 	so            *subOS
 	before, after ledger.Allocation
 }
 
-// lost is how many cores the move takes away (negative: gives).
-func (m coreMove) lost() int { return len(m.before.Cores) - len(m.after.Cores) }
+// lostCores is how many cores the move takes away (negative: gives).
+func (m move) lostCores() int { return len(m.before.Cores) - len(m.after.Cores) }
 
 // describeMoves is the audit detail of m: the cores, and the loan.
-func describeMoves(m coreMove, ch ledger.Change) string {
+func describeMoves(m move, ch ledger.Change) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cpus %d -> %d (cores %s -> %s)", len(m.before.Cores), len(m.after.Cores),
 		units.FormatCPUList(m.before.Cores), units.FormatCPUList(m.after.Cores))
@@ -454,9 +527,10 @@ func (s *Supervisor) settleCoreChange(so *subOS, in *intent) {
 }
 
 // unwindLoans settles the loans of a subOS about to go (see
-// ledger.Unwind): lenders get their cores back on the host, borrowers keep
-// what it lent them as their own. Best effort: a lender that cannot take
-// its cores back keeps them in the ledger, idle. Called under opMu.
+// ledger.Unwind): lenders get their cores and memory back on the host,
+// borrowers keep what it lent them as their own. Best effort: a lender
+// that cannot take them back keeps them in the ledger, idle. Called under
+// opMu.
 func (s *Supervisor) unwindLoans(name string) {
 	before := map[string]ledger.Allocation{}
 	for _, a := range s.ledger.Allocations() {
@@ -485,11 +559,20 @@ func (s *Supervisor) unwindLoans(name string) {
 				s.log.Warn("lender did not take its cores back", "subos", a.Name, "err", err)
 			}
 		}
+		if old := before[a.Name]; running && old.Memory < a.Memory {
+			err := s.growPool(so, old, a)
+			if err == nil {
+				err = s.guestMemory(context.Background(), so, a.Memory)
+			}
+			if err != nil {
+				s.log.Warn("lender did not plug its memory back; the ledger keeps it for it", "subos", a.Name, "err", err)
+			}
+		}
 		if err := s.persist(so); err != nil {
 			s.log.Error("store", "subos", a.Name, "err", err)
 		}
-		s.event(s.cfg.Who, "unwind", a.Name, 0, fmt.Sprintf("loans of %s settled: cores %s -> %s", name,
-			units.FormatCPUList(before[a.Name].Cores), units.FormatCPUList(a.Cores)))
+		s.event(s.cfg.Who, "unwind", a.Name, 0, fmt.Sprintf("loans of %s settled: cores %s -> %s, memory %s -> %s", name,
+			units.FormatCPUList(before[a.Name].Cores), units.FormatCPUList(a.Cores), units.FormatSize(before[a.Name].Memory), units.FormatSize(a.Memory)))
 	}
 }
 

@@ -202,8 +202,9 @@ type fakeProcess struct {
 	servedBy int
 	// cores are the fake vCPUs' cores since set_cpus (nil: the launch's).
 	cores []int
-	// memory is the hotplug memory plugged since set_memory.
-	memory uint64
+	// memory is the hotplug memory plugged since set_memory, requested
+	// the size last asked; a guest with a ceiling plugs no more than it.
+	memory, requested, ceiling uint64
 }
 
 func (p *fakeProcess) PID() int              { return p.pid }
@@ -526,7 +527,8 @@ func (p *fakeProcess) lastRegion() config.Region {
 }
 
 // SetMemory plays vmm.Machine.SetMemory and a guest that plugs at once
-// whatever is asked of the document's hotplug memory.
+// whatever is asked of the document's hotplug memory, up to its ceiling
+// when it has one.
 func (p *fakeProcess) SetMemory(_ context.Context, requested uint64) (vmmctl.Memory, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -534,8 +536,18 @@ func (p *fakeProcess) SetMemory(_ context.Context, requested uint64) (vmmctl.Mem
 	if region == 0 || requested%bs != 0 || requested > region {
 		return vmmctl.Memory{}, fmt.Errorf("%w: requested %d of a %d-byte region", vmmctl.ErrInvalid, requested, region)
 	}
-	p.memory = requested
-	return vmmctl.Memory{Requested: requested, Plugged: requested, RegionSize: region, BlockSize: bs}, nil
+	p.requested, p.memory = requested, requested
+	if p.ceiling > 0 {
+		p.memory = min(requested, p.ceiling)
+	}
+	return vmmctl.Memory{Requested: requested, Plugged: p.memory, RegionSize: region, BlockSize: bs}, nil
+}
+
+// plugged returns the hotplug memory plugged and requested.
+func (p *fakeProcess) plugged() (plugged, requested uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.memory, p.requested
 }
 
 // Memory plays vmm.Machine.MemoryState.
@@ -545,5 +557,5 @@ func (p *fakeProcess) Memory() (vmmctl.Memory, error) {
 	if p.doc.HotplugMemory == 0 {
 		return vmmctl.Memory{}, fmt.Errorf("%w: no hotplug memory", vmmctl.ErrInvalid)
 	}
-	return vmmctl.Memory{Requested: p.memory, Plugged: p.memory, RegionSize: p.doc.HotplugMemory, BlockSize: 2 << 20}, nil
+	return vmmctl.Memory{Requested: p.requested, Plugged: p.memory, RegionSize: p.doc.HotplugMemory, BlockSize: 2 << 20}, nil
 }

@@ -70,7 +70,7 @@ const (
 
 // vmmLimits are the VMM's cgroup limits for doc: memory for the VMM
 // itself, the regions it maps (shared memory pages may be charged to it)
-// and guest RAM when it is not hugetlb ("4k"); tasks for each vCPU's
+// and guest RAM, hotplug memory included, when it is not hugetlb ("4k"); tasks for each vCPU's
 // locked thread and as many runtime threads, plus the base.
 func vmmLimits(doc *config.Document) (memoryMax uint64, pidsMax int) {
 	vcpus := max(doc.MaxVCPUs, len(doc.Cores))
@@ -79,7 +79,7 @@ func vmmLimits(doc *config.Document) (memoryMax uint64, pidsMax int) {
 		memoryMax += r.RWSize + uint64(r.Peers)*r.OutputSize + 1<<20
 	}
 	if doc.PageSize == "4k" {
-		memoryMax += doc.Memory
+		memoryMax += doc.Memory + doc.HotplugMemory
 	}
 	return memoryMax, baseThreads + 2*vcpus
 }

@@ -51,6 +51,7 @@ type intent struct {
 	Disk    *Disk         `json:"disk,omitempty"`    // attach, detach
 	Segment *SegmentGrant `json:"segment,omitempty"` // grant, revoke
 	Cores   *coreChange   `json:"cores,omitempty"`   // cores
+	Memory  *memoryChange `json:"memory,omitempty"`  // memory
 }
 
 // poolChange is a change of the allocation's hugepage pool about to be
@@ -288,9 +289,14 @@ func (s *Supervisor) settleDeviceChanges() {
 	}
 	s.mu.Unlock()
 	for _, so := range todo {
-		if in := so.pending; in.Op == opCores && in.Cores != nil {
+		if in := so.pending; in.Cores != nil || in.Memory != nil {
 			so.pending = nil
-			s.settleCoreChange(so, in)
+			if in.Cores != nil {
+				s.settleCoreChange(so, in)
+			}
+			if in.Memory != nil {
+				s.settleMemoryChange(so, in)
+			}
 			continue
 		}
 		s.settleDeviceChange(so)

@@ -18,9 +18,14 @@ type Spec struct {
 	// beyond its size offline and parked. 0 at create means every core
 	// of its memory node but the host's; the created subOS's spec says
 	// the number chosen.
-	MaxCPUs       int    `json:"max_cpus,omitempty"`
-	Node          *int   `json:"node,omitempty"`
-	Memory        uint64 `json:"memory"`              // bytes
+	MaxCPUs int    `json:"max_cpus,omitempty"`
+	Node    *int   `json:"node,omitempty"`
+	Memory  uint64 `json:"memory"` // bytes
+	// MaxMemory, when above Memory, is the most memory the subOS can grow
+	// to while it runs (ResizeMemory): its VMM gets a hotplug region of
+	// the difference, plugged into the guest through virtio-mem as asked.
+	// 0: none; the subOS's memory is fixed.
+	MaxMemory     uint64 `json:"max_memory,omitempty"`
 	PageSize      uint64 `json:"page_size,omitempty"` // bytes; 2 MiB by default
 	Kernel        string `json:"kernel"`
 	Initrd        string `json:"initrd,omitempty"`

@@ -30,6 +30,7 @@ import (
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 	"rainforest/vmm/consolelog"
+	"rainforest/vmm/ram"
 	"rainforest/vmm/virtio/blk"
 )
 
@@ -411,8 +412,6 @@ func (s *Supervisor) steerIRQs() {
 	s.restoreIRQ = restore
 }
 
-// Check lists everything wrong with spec, changing nothing: the files, the
-// segment grants, what the supervisor refuses (RequestProblems) and what
 // maxCPUsProblems says what is wrong with spec's max_cpus: below its
 // size, or more vCPUs than a VMM makes.
 func maxCPUsProblems(spec Spec) []ledger.Problem {
@@ -438,9 +437,22 @@ func consoleProblems(spec Spec) []ledger.Problem {
 	return probs
 }
 
+// maxMemoryProblems says what is wrong with spec's max_memory: below its
+// memory, a hotplug region that is not a multiple of its block size, or
+// larger than a VMM takes.
+func maxMemoryProblems(spec Spec) []ledger.Problem {
+	if msg := config.MaxMemoryProblem(spec.Memory, spec.MaxMemory, ram.PageSize(spec.Request().PageSize)); msg != "" {
+		return []ledger.Problem{{Field: "max_memory", Message: msg}}
+	}
+	return nil
+}
+
+// Check lists everything wrong with spec, changing nothing: the files, the
+// segment grants, what the supervisor refuses (RequestProblems) and what
 // the ledger cannot give.
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
+	probs = append(probs, maxMemoryProblems(spec)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -496,7 +508,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, fmt.Errorf("%w: %q", ErrExists, spec.Name)
 	}
 	spec.Disks = withDiskIDs(spec.Disks)
-	if probs := append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
+	if probs := append(append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), maxMemoryProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	if probs := autoscaleProblems(spec); len(probs) > 0 {
@@ -508,6 +520,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, func() { _, _ = s.ledger.Release(spec.Name) })
 	spec.MaxCPUs = s.maxCPUsFor(spec, alloc)
+	if spec.MaxMemory == alloc.Memory {
+		spec.MaxMemory = 0 // no hotplug memory
+	}
+	spec.Memory = alloc.Memory // the boot memory, which never goes
 	// Listed as starting while the slow steps run.
 	starting := &subOS{info: Info{Name: spec.Name, State: StateStarting, Allocation: alloc, Spec: spec, Created: time.Now().UTC()}, stopped: make(chan struct{}), cid: s.allocCID()}
 	s.mu.Lock()
@@ -644,7 +660,16 @@ func vmmDocument(spec Spec, a ledger.Allocation, console string, regions []confi
 		Version: config.Version, Name: spec.Name, Kernel: spec.Kernel, Initrd: spec.Initrd, Append: spec.CmdlineAppend,
 		Cores: a.Cores, MaxVCPUs: spec.MaxCPUs, Memory: a.Memory, PageSize: pageSizeName(a.PageSize), Disks: spec.Disks,
 		Console: config.Console{Mode: config.ConsoleStdio, Socket: console}, Regions: regions, LogLevel: "info",
+		HotplugMemory: hotplugMemory(spec),
 	}
+}
+
+// hotplugMemory is the size of spec's hotplug memory region.
+func hotplugMemory(spec Spec) uint64 {
+	if spec.MaxMemory <= spec.Memory {
+		return 0
+	}
+	return spec.MaxMemory - spec.Memory
 }
 
 // maxCPUsFor is the max_cpus of a subOS created from spec on a: what the

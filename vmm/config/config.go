@@ -51,6 +51,26 @@ const (
 // p: 2 MiB, or the page size when larger.
 func HotplugBlockSize(p ram.PageSize) uint64 { return max(2<<20, uint64(p)) }
 
+// MaxMemoryProblem says what is wrong with a machine of memory bytes on
+// pages of size p that is to grow to maxMemory bytes while it runs (its
+// hotplug memory is the difference): "" when nothing is, or when
+// maxMemory is 0 or memory (no hotplug memory).
+func MaxMemoryProblem(memory, maxMemory uint64, p ram.PageSize) string {
+	if maxMemory == 0 || maxMemory == memory {
+		return ""
+	}
+	block := HotplugBlockSize(p)
+	switch {
+	case maxMemory < memory:
+		return fmt.Sprintf("%s is below the memory %s", units.FormatSize(maxMemory), units.FormatSize(memory))
+	case (maxMemory-memory)%block != 0:
+		return fmt.Sprintf("%s: max_memory - memory (%s) must be a multiple of the %s hotplug block", units.FormatSize(maxMemory), units.FormatSize(maxMemory-memory), units.FormatSize(block))
+	case maxMemory-memory > MaxHotplugMemory:
+		return fmt.Sprintf("%s: max_memory - memory must be at most %s", units.FormatSize(maxMemory), units.FormatSize(MaxHotplugMemory))
+	}
+	return ""
+}
+
 // ErrInvalid wraps every reason a document is refused.
 var ErrInvalid = errors.New("VMM configuration")
 

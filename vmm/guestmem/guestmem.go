@@ -17,10 +17,19 @@ import (
 // ErrOutOfRange is returned when an access is not fully inside one region.
 var ErrOutOfRange = errors.New("guest address out of range")
 
+// ErrInaccessible is returned when an access falls in a part of a region
+// that is not accessible now (unplugged hotplug memory); it wraps
+// ErrOutOfRange.
+var ErrInaccessible = fmt.Errorf("%w: guest memory not plugged", ErrOutOfRange)
+
 // Region is a contiguous piece of guest physical memory.
 type Region struct {
 	GPA  uint64
 	Data []byte
+	// Accessible, when set, says whether the n bytes at offset off of
+	// Data may be touched now (hotplug memory: only plugged blocks are
+	// mapped readable); nil means all of Data always may.
+	Accessible func(off, n uint64) bool
 }
 
 // End returns the first GPA after the region.
@@ -68,6 +77,9 @@ func (m *Memory) Slice(gpa, n uint64) ([]byte, error) {
 			off := gpa - r.GPA
 			if n > uint64(len(r.Data))-off {
 				break
+			}
+			if r.Accessible != nil && !r.Accessible(off, n) {
+				return nil, fmt.Errorf("%w: %d bytes at %#x", ErrInaccessible, n, gpa)
 			}
 			return r.Data[off : off+n : off+n], nil
 		}

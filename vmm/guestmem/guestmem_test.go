@@ -51,3 +51,22 @@ func TestNewRejects(t *testing.T) {
 		t.Error("empty region accepted")
 	}
 }
+
+func TestInaccessible(t *testing.T) {
+	open := false
+	m, err := New(Region{GPA: 0x1000, Data: make([]byte, 0x1000), Accessible: func(off, n uint64) bool { return open && off >= 0x800 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 8)
+	if err := m.ReadAt(b, 0x1900); !errors.Is(err, ErrInaccessible) || !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("read of an inaccessible part: %v", err)
+	}
+	open = true
+	if err := m.ReadAt(b, 0x1900); err != nil {
+		t.Fatalf("read of an accessible part: %v", err)
+	}
+	if err := m.WriteAt(b, 0x1000); !errors.Is(err, ErrInaccessible) {
+		t.Fatalf("write below the accessible part: %v", err)
+	}
+}

@@ -256,6 +256,25 @@ func (r *RAM) Release(off, size uint64) error {
 	return nil
 }
 
+// Protect makes the pages of [off, off+size) (multiples of the page
+// size) readable and writable (access) or inaccessible to this process
+// and to KVM: a guest (or a device model) touching an inaccessible page
+// faults instead of taking a page from the pool.
+func (r *RAM) Protect(off, size uint64, access bool) error {
+	b, err := r.span(off, size)
+	if err != nil || size == 0 {
+		return err
+	}
+	prot := unix.PROT_NONE
+	if access {
+		prot = unix.PROT_READ | unix.PROT_WRITE
+	}
+	if err := unix.Mprotect(b, prot); err != nil {
+		return fmt.Errorf("protect guest memory %#x+%#x: %w", off, size, err)
+	}
+	return nil
+}
+
 // span returns [off, off+size) of the memory, checked to be page-aligned
 // and inside it.
 func (r *RAM) span(off, size uint64) ([]byte, error) {

@@ -2,8 +2,10 @@ package ram
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -66,5 +68,53 @@ func TestAllocate4K(t *testing.T) {
 	r.Data[len(r.Data)-1] = 1
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// mapPerms returns the permissions /proc/self/maps gives the mapping
+// holding addr.
+func mapPerms(t *testing.T, addr uintptr) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var lo, hi uintptr
+		var perms string
+		if _, err := fmt.Sscanf(line, "%x-%x %s", &lo, &hi, &perms); err == nil && lo <= addr && addr < hi {
+			return perms
+		}
+	}
+	t.Fatalf("no mapping holds %#x", addr)
+	return ""
+}
+
+func TestProtect(t *testing.T) {
+	const page = 4096
+	r, err := Allocate(Options{Size: 4 * page, PageSize: Page4K, Node: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	addr := reflect.ValueOf(r.Data).Pointer() + page
+	if err := r.Protect(page, 2*page, false); err != nil {
+		t.Fatal(err)
+	}
+	if p := mapPerms(t, addr); !strings.HasPrefix(p, "---") {
+		t.Errorf("after Protect(false): %s, want no access", p)
+	}
+	if err := r.Protect(page, 2*page, true); err != nil {
+		t.Fatal(err)
+	}
+	if p := mapPerms(t, addr); !strings.HasPrefix(p, "rw") {
+		t.Errorf("after Protect(true): %s, want rw", p)
+	}
+	r.Data[page] = 1
+	if err := r.Protect(page+1, page, false); !errors.Is(err, ErrSize) {
+		t.Errorf("unaligned Protect: %v, want ErrSize", err)
+	}
+	if err := r.Protect(3*page, 2*page, false); !errors.Is(err, ErrSize) {
+		t.Errorf("Protect past the end: %v, want ErrSize", err)
 	}
 }

@@ -6,10 +6,12 @@
 //
 // The model knows neither KVM nor how memory is backed: it keeps the
 // plugged blocks in a bitmap and asks a Backing to make a range usable
-// (Plug) or to give its pages back to the host (Unplug). Only the
-// optional feature VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE is left out (the
-// driver may read unplugged memory; it reads zeros), as are ACPI_PXM and
-// PERSISTENT_SUSPEND: no features are offered.
+// (Plug) or to give its pages back to the host (Unplug). The device
+// offers VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE and refuses to start
+// without it (Activate fails, the device needs a reset): unplugged memory
+// may be made inaccessible by the Backing, and a driver that would read
+// it must not use the device. ACPI_PXM and PERSISTENT_SUSPEND are not
+// offered.
 //
 // Everything the driver sends is untrusted: a request outside the usable
 // region, unaligned, for no blocks, or for blocks in the wrong state gets
@@ -29,7 +31,8 @@ import (
 	"rainforest/vmm/virtio"
 )
 
-// Feature bits of virtio-mem (none is offered).
+// Feature bits of virtio-mem (UNPLUGGED_INACCESSIBLE is offered and
+// required).
 const (
 	FeatureACPIPXM               uint64 = 1 << 0
 	FeatureUnpluggedInaccessible uint64 = 1 << 1
@@ -170,8 +173,34 @@ func New(opts Options) (*Device, error) {
 // Type implements virtio.DeviceModel.
 func (d *Device) Type() uint16 { return virtio.TypeMem }
 
-// Features implements virtio.DeviceModel: none.
-func (d *Device) Features() uint64 { return 0 }
+// Accessible reports whether the n bytes at offset off of the region lie
+// in plugged blocks (n 0: the block holding off): what guest memory accessors
+// ask before touching the region, whose unplugged blocks are inaccessible.
+func (d *Device) Accessible(off, n uint64) bool {
+	bs := d.opts.BlockSize
+	if off >= d.opts.RegionSize || n > d.opts.RegionSize-off {
+		return false
+	}
+	first, last := off/bs, off/bs
+	if n > 0 {
+		last = (off + n - 1) / bs
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for b := first; b <= last; b++ {
+		if d.bitmap[b/64]&(1<<(b%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// Features implements virtio.DeviceModel: UNPLUGGED_INACCESSIBLE.
+func (d *Device) Features() uint64 { return FeatureUnpluggedInaccessible }
+
+// ErrInaccessibleRequired means the driver did not accept
+// VIRTIO_MEM_F_UNPLUGGED_INACCESSIBLE, which the device requires.
+var ErrInaccessibleRequired = errors.New("virtio-mem: the driver must accept UNPLUGGED_INACCESSIBLE (unplugged memory is inaccessible)")
 
 // NumQueues implements virtio.DeviceModel: the guest-request queue.
 func (d *Device) NumQueues() int { return 1 }
@@ -207,6 +236,9 @@ func (d *Device) Activate(a virtio.Activation) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.q = nil
+	if a.Features&FeatureUnpluggedInaccessible == 0 {
+		return ErrInaccessibleRequired
+	}
 	if len(a.Queues) > 0 {
 		d.q = a.Queues[0]
 	}

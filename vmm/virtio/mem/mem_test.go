@@ -87,7 +87,7 @@ func (r *rig) activate() {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if err := r.dev.Activate(virtio.Activation{Mem: r.mem, Queues: []*virtio.Queue{q}, IRQ: r.irq}); err != nil {
+	if err := r.dev.Activate(virtio.Activation{Mem: r.mem, Features: mem.FeatureUnpluggedInaccessible, Queues: []*virtio.Queue{q}, IRQ: r.irq}); err != nil {
 		r.t.Fatal(err)
 	}
 }
@@ -173,7 +173,7 @@ func TestConfigSpace(t *testing.T) {
 	if binary.LittleEndian.Uint64(tail) != 0 {
 		t.Errorf("read far past the end: %x", tail)
 	}
-	if r.dev.Type() != 24 || r.dev.Features() != 0 || r.dev.NumQueues() != 1 {
+	if r.dev.Type() != 24 || r.dev.Features() != mem.FeatureUnpluggedInaccessible || r.dev.NumQueues() != 1 {
 		t.Errorf("type %d features %#x queues %d", r.dev.Type(), r.dev.Features(), r.dev.NumQueues())
 	}
 }
@@ -428,6 +428,50 @@ func TestNewRefuses(t *testing.T) {
 	} {
 		if _, err := mem.New(o); !errors.Is(err, mem.ErrOptions) {
 			t.Errorf("New(%+v): %v", o, err)
+		}
+	}
+}
+
+// A driver that does not accept UNPLUGGED_INACCESSIBLE gets no device: it
+// might read unplugged memory, which the VMM makes inaccessible.
+func TestActivateNeedsUnpluggedInaccessible(t *testing.T) {
+	r := newRig(t)
+	q, err := virtio.NewQueue(r.mem, r.drv.Config(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.dev.Activate(virtio.Activation{Mem: r.mem, Queues: []*virtio.Queue{q}, IRQ: r.irq})
+	if !errors.Is(err, mem.ErrInaccessibleRequired) {
+		t.Fatalf("activate without UNPLUGGED_INACCESSIBLE: %v, want ErrInaccessibleRequired", err)
+	}
+}
+
+func TestAccessible(t *testing.T) {
+	r := newRig(t)
+	if r.dev.Accessible(0, 1) {
+		t.Fatal("nothing plugged, yet block 0 is")
+	}
+	if err := r.dev.SetRequested(2 * blockSize); err != nil {
+		t.Fatal(err)
+	}
+	if typ, _ := r.do(mem.ReqPlug, regionAddr+blockSize, 2); typ != mem.RespACK {
+		t.Fatalf("plug blocks 1-2: %d", typ)
+	}
+	for _, c := range []struct {
+		off, n uint64
+		want   bool
+	}{
+		{blockSize, 2 * blockSize, true},
+		{blockSize, 0, true},
+		{2*blockSize + 5, 10, true},
+		{blockSize - 1, 2, false},             // starts in unplugged block 0
+		{2 * blockSize, blockSize + 1, false}, // runs into block 3
+		{regionSize, 1, false},
+		{regionSize - 1, 2, false},
+		{1<<64 - 1, 1, false},
+	} {
+		if got := r.dev.Accessible(c.off, c.n); got != c.want {
+			t.Errorf("Accessible(%#x, %#x) = %v, want %v", c.off, c.n, got, c.want)
 		}
 	}
 }
