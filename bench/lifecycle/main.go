@@ -13,8 +13,9 @@
 // that internal/kvmhost runs: where this host's KVM cannot run Linux
 // guests (nested.Needed), inside one nested L1 guest (3 vCPUs: core 0
 // housekeeping, guests on the others), otherwise on this host. The CPU
-// resize is POST /v1/subos/{name}/resize, the memory resize `rfm resize
-// NAME --memory` (virtio-mem).
+// and memory resizes are POST /v1/subos/{name}/resize (what `rfm resize
+// NAME --cpus N` and `--memory SIZE` send), the memory through the
+// subOS's virtio-mem device (created with max_memory = memory + step).
 //
 // QEMU: the VM rows run where the subOSes run, measured by the same
 // rflifecycle in the same script, its cycles alternating with rfm's: a
@@ -242,12 +243,14 @@ func fillReport(rep *report.Report) {
 			"second core (as libvirt pins a vCPU it adds), until the guest's command, which checks every 5 ms for the CPU's "+
 			"sysfs online file, wrote 1 to it and said so on the console; qemu cpu offline: QMP device_del until DEVICE_DELETED "+
 			"of the vCPU or its APIC (the guest kernel took the CPU offline and ejected it, QEMU removed it)",
-		"rfm memory online/offline: rfm resize NAME --memory from the subOS's memory to one step more and back, until it "+
-			"returned: the guest has plugged (unplugged) the step through the subOS's virtio-mem device, its blocks onlined "+
-			"(offlined) by the guest kernel (memhp_default_state=online_movable)",
+		"rfm memory online/offline: POST /v1/subos/{name}/resize {\"memory\": N} (rfm resize --memory) from the subOS's "+
+			"memory to one step more and back, once its agent is healthy, until the call returned: ledger and hugepage pool, "+
+			"then the guest plugged (unplugged) the step through the subOS's virtio-mem device, its blocks onlined (offlined) "+
+			"by the guest kernel (memhp_default_state=online_movable)",
 		"qemu memory online/offline: QMP qom-set of the virtio-mem device's requested-size to the step and back to 0, until "+
-			"its size (what the guest has plugged; qom-get polled every 2 ms) got there; same guest kernel and command-line "+
-			"setting; both the base RAM and the virtio-mem region on 2 MiB hugepages",
+			"its size (what the guest has plugged) got there, at QEMU's stamp of the MEMORY_DEVICE_SIZE_CHANGE event saying "+
+			"so (QEMU delays that event up to 1 s, rate-limited, but stamps it when the size changed; nothing polls QEMU "+
+			"meanwhile); same guest kernel and memhp_default_state; the base RAM and the virtio-mem region on 2 MiB hugepages",
 		"lxc create: lxc-create -t busybox + lxc-start -d until lxc-attach -- true succeeds; create return: until "+
 			"lxc-start -d returned; destroy: lxc-stop -k + lxc-destroy; destroy return: until lxc-stop -k returned; "+
 			"cpu online/offline: lxc-cgroup cpuset.cpus from one CPU to two and back; memory online/offline: lxc-cgroup of "+

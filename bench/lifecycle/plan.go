@@ -179,9 +179,10 @@ func (p *sessionPlan) qemuSteps() map[string]string {
 	}
 	if p.memoryStepMiB > 0 {
 		path := "/machine/peripheral/" + qemu.MemoryID
-		m["memory online"] = fmt.Sprintf("QMP qom-set %s requested-size %d, then qom-get %s size every %v until it is that",
-			path, uint64(p.memoryStepMiB)<<20, path, qemu.DefaultPoll)
-		m["memory offline"] = fmt.Sprintf("QMP qom-set %s requested-size 0, then qom-get size until it is 0", path)
+		m["memory online"] = fmt.Sprintf("QMP qom-set %s requested-size %d, until QEMU's MEMORY_DEVICE_SIZE_CHANGE event "+
+			"says its size (what the guest plugged) is that, timed by QEMU's stamp of the event (it rate-limits the event, "+
+			"not the stamp); then qom-get %s size, outside the clock, checks it", path, uint64(p.memoryStepMiB)<<20, path)
+		m["memory offline"] = fmt.Sprintf("QMP qom-set %s requested-size 0, until MEMORY_DEVICE_SIZE_CHANGE says size 0 (likewise)", path)
 	}
 	return m
 }

@@ -6,7 +6,8 @@
 // benchmarks send: qmp_capabilities, quit, query-hotpluggable-cpus,
 // query-cpus-fast (its own process standing for each vCPU thread),
 // device_add and device_del (a vCPU), qom-set and qom-get (a virtio-mem
-// device's requested-size and size); it prints each command it gets as a
+// device's requested-size and size, with MEMORY_DEVICE_SIZE_CHANGE
+// events); it prints each command it gets as a
 // console line, "fakeqemu: NAME".
 package fakeqemu
 
@@ -32,9 +33,10 @@ type Options struct {
 	Boot []string
 	// CPUOnline is printed once a vCPU was added (empty: nothing).
 	CPUOnline string
-	// MemoryPolls is how many qom-get of size answer the old size after a
-	// qom-set of requested-size.
-	MemoryPolls int
+	// MemoryEvents is how many MEMORY_DEVICE_SIZE_CHANGE events follow a
+	// qom-set of requested-size, the last at the size requested (0: none,
+	// the size does not change).
+	MemoryEvents int
 	// ExitAtOnce makes the fake print Stderr and exit 1 before it
 	// listens.
 	ExitAtOnce bool
@@ -49,7 +51,7 @@ func Requested() bool { return os.Getenv(envVar) == "1" }
 func Command(o Options) (argv []string, env string) {
 	argv = []string{os.Args[0], "-test.run=^$", "-qmp", "unix:" + o.QMPSocket + ",server=on,wait=off",
 		"-fake-boot", strings.Join(o.Boot, "\n"), "-fake-cpu-online", o.CPUOnline,
-		"-fake-memory-polls", strconv.Itoa(o.MemoryPolls), "-fake-exit", strconv.FormatBool(o.ExitAtOnce), "-fake-stderr", o.Stderr}
+		"-fake-memory-events", strconv.Itoa(o.MemoryEvents), "-fake-exit", strconv.FormatBool(o.ExitAtOnce), "-fake-stderr", o.Stderr}
 	return argv, envVar + "=1"
 }
 
@@ -68,8 +70,8 @@ func parse(args []string) Options {
 			}
 		case "-fake-cpu-online":
 			o.CPUOnline = v
-		case "-fake-memory-polls":
-			o.MemoryPolls, _ = strconv.Atoi(v)
+		case "-fake-memory-events":
+			o.MemoryEvents, _ = strconv.Atoi(v)
 		case "-fake-exit":
 			o.ExitAtOnce = v == "true"
 		case "-fake-stderr":
@@ -114,10 +116,8 @@ type fake struct {
 	o        Options
 	conn     net.Conn
 	cpuAdded bool
-	// requested and size are the virtio-mem device's; polls counts the
-	// qom-get of size since the last qom-set.
+	// requested and size are the virtio-mem device's.
 	requested, size uint64
-	polls           int
 }
 
 // say prints a console line.
@@ -198,15 +198,11 @@ func (f *fake) answer(cmd string, args map[string]any) (any, string) {
 		if args["property"] != "requested-size" || !ok {
 			return nil, fmt.Sprintf("bad qom-set %v", args)
 		}
-		f.requested, f.polls = uint64(v), 0
+		f.requested = uint64(v)
 		return map[string]any{}, ""
 	case "qom-get":
 		if args["property"] != "size" {
 			return nil, fmt.Sprintf("bad qom-get %v", args)
-		}
-		f.polls++
-		if f.polls > f.o.MemoryPolls {
-			f.size = f.requested
 		}
 		return f.size, ""
 	}
@@ -224,5 +220,15 @@ func (f *fake) after(cmd string, args map[string]any) {
 		// QEMU (7.2) says only that the vCPU's APIC went.
 		f.cpuAdded = false
 		f.event("DEVICE_DELETED", map[string]any{"path": "/machine/peripheral/" + fmt.Sprint(args["id"]) + "/lapic"})
+	case "qom-set":
+		// The guest plugs or unplugs in steps; QEMU says so for each.
+		from, n := f.size, uint64(f.o.MemoryEvents)
+		for i := uint64(1); i <= n; i++ {
+			f.size = from + (f.requested-from)*i/n
+			if f.requested < from {
+				f.size = from - (from-f.requested)*i/n
+			}
+			f.event("MEMORY_DEVICE_SIZE_CHANGE", map[string]any{"id": "vmem0", "size": f.size, "qom-path": "/machine/peripheral/vmem0"})
+		}
 	}
 }

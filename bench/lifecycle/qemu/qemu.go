@@ -19,7 +19,8 @@
 //     and ejected it, and QEMU removed it);
 //   - memory online and offline: qom-set of a virtio-mem device's
 //     requested-size to the step and back to 0, until its size (what
-//     the guest has plugged; qom-get, polled) gets there;
+//     the guest has plugged) got there, as QEMU's
+//     MEMORY_DEVICE_SIZE_CHANGE event says;
 //   - destroy: QMP quit, timed until QEMU answered and until its process
 //     exited.
 package qemu
@@ -35,6 +36,7 @@ import (
 	"strings"
 	"time"
 
+	"rainforest/bench/hotplug/qmp"
 	"rainforest/bench/internal/qemuguest"
 	"rainforest/bench/lifecycle/sample"
 )
@@ -51,11 +53,8 @@ const (
 	MemoryID = "vmem0"
 )
 
-// Defaults for Config fields left zero.
-const (
-	DefaultPoll    = 2 * time.Millisecond
-	DefaultTimeout = 5 * time.Minute
-)
+// DefaultTimeout bounds each wait of a cycle when Config.Timeout is zero.
+const DefaultTimeout = 5 * time.Minute
 
 // ErrGuestRefused means the guest said it could not bring the CPU
 // online.
@@ -95,9 +94,6 @@ type Config struct {
 	// Timeout bounds each wait of a cycle: the boot, each operation
 	// (default DefaultTimeout).
 	Timeout time.Duration
-	// Poll is the interval between qom-get of the virtio-mem device's
-	// size (default DefaultPoll).
-	Poll time.Duration
 	// Echo, when not nil, gets the guest's console, each line prefixed
 	// with "[qemu#RUN] ".
 	Echo io.Writer
@@ -106,9 +102,6 @@ type Config struct {
 func (c Config) withDefaults() Config {
 	if c.Timeout <= 0 {
 		c.Timeout = DefaultTimeout
-	}
-	if c.Poll <= 0 {
-		c.Poll = DefaultPoll
 	}
 	return c
 }
@@ -305,7 +298,11 @@ func isDeviceOrPart(id string) func(json.RawMessage) bool {
 }
 
 // setMemory sets the virtio-mem device's requested size and returns the
-// time until its size (what the guest has plugged) got there.
+// time until its size (what the guest has plugged) got there: QEMU's time
+// of its MEMORY_DEVICE_SIZE_CHANGE event saying so. QEMU rate-limits that
+// event (one a second per device, the latest kept) but stamps it when the
+// size changed, so a late event does not move the time, and nothing
+// polls QEMU meanwhile. A qom-get of the size checks it afterwards.
 func setMemory(ctx context.Context, cfg Config, g *qemuguest.Guest, size uint64) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -314,22 +311,53 @@ func setMemory(ctx context.Context, cfg Config, g *qemuguest.Guest, size uint64)
 	if _, err := g.QMP.Execute(ctx, "qom-set", map[string]any{"path": path, "property": "requested-size", "value": size}); err != nil {
 		return 0, err
 	}
-	for {
-		raw, err := g.QMP.Execute(ctx, "qom-get", map[string]any{"path": path, "property": "size"})
-		if err != nil {
-			return 0, err
-		}
-		var got uint64
-		if err := json.Unmarshal(raw, &got); err != nil {
-			return 0, fmt.Errorf("qom-get %s size: %w", path, err)
-		}
-		if got == size {
-			return time.Since(start), nil
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("the guest has %d bytes plugged after %v, %d requested: %w", got, cfg.Timeout, size, ctx.Err())
-		case <-time.After(cfg.Poll):
-		}
+	e, err := g.QMP.WaitFor(ctx, "MEMORY_DEVICE_SIZE_CHANGE", sizeReached(size, start))
+	if err != nil {
+		qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		got, gerr := memorySize(qctx, g)
+		return 0, fmt.Errorf("no size change of %s to %d bytes after %v (qom-get size: %d, %v): %w", MemoryID, size, cfg.Timeout, got, gerr, err)
 	}
+	got, err := memorySize(ctx, g)
+	if err != nil {
+		return 0, err
+	}
+	if got != size {
+		return 0, fmt.Errorf("QEMU said %s reached %d bytes, but its size is %d", MemoryID, size, got)
+	}
+	return e.Emitted.Sub(start), nil
+}
+
+// sizeReached matches the MEMORY_DEVICE_SIZE_CHANGE event of the
+// virtio-mem device that says its size is size, stamped at or after
+// since.
+func sizeReached(size uint64, since time.Time) func(qmp.Event) bool {
+	since = since.Round(0).Truncate(time.Microsecond) // QEMU's stamps are whole microseconds
+	path := "/machine/peripheral/" + MemoryID
+	return func(e qmp.Event) bool {
+		var d struct {
+			ID      string  `json:"id"`
+			QOMPath string  `json:"qom-path"`
+			Size    *uint64 `json:"size"`
+		}
+		if json.Unmarshal(e.Data, &d) != nil || d.Size == nil || (d.ID != MemoryID && d.QOMPath != path) {
+			return false
+		}
+		return *d.Size == size && !e.Emitted.IsZero() && !e.Emitted.Before(since)
+	}
+}
+
+// memorySize is the virtio-mem device's size: what the guest has
+// plugged.
+func memorySize(ctx context.Context, g *qemuguest.Guest) (uint64, error) {
+	path := "/machine/peripheral/" + MemoryID
+	raw, err := g.QMP.Execute(ctx, "qom-get", map[string]any{"path": path, "property": "size"})
+	if err != nil {
+		return 0, err
+	}
+	var got uint64
+	if err := json.Unmarshal(raw, &got); err != nil {
+		return 0, fmt.Errorf("qom-get %s size: %w", path, err)
+	}
+	return got, nil
 }

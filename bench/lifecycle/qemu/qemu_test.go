@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"rainforest/bench/hotplug/qmp"
 	"rainforest/bench/internal/fakeqemu"
 	"rainforest/bench/internal/guestconsole"
 
@@ -37,7 +38,7 @@ func config(t *testing.T, o fakeqemu.Options) Config {
 }
 
 func TestCycle(t *testing.T) {
-	cfg := config(t, fakeqemu.Options{Boot: []string{"bios", "INIT", "READY"}, CPUOnline: "CPU-UP", MemoryPolls: 3})
+	cfg := config(t, fakeqemu.Options{Boot: []string{"bios", "INIT", "READY"}, CPUOnline: "CPU-UP", MemoryEvents: 3})
 	var echo strings.Builder
 	cfg.Echo = &echo
 	// The fake's process stands for the new vCPU's thread: pin it to a
@@ -65,15 +66,15 @@ func TestCycle(t *testing.T) {
 			t.Errorf("%s not measured: %+v", name, s)
 		}
 	}
-	// The commands in order; the memory's size is polled until it got
-	// there.
+	// The commands in order; the memory's size is checked once QEMU
+	// said it got there.
 	var cmds []string
 	for _, l := range strings.Split(echo.String(), "\n") {
 		if _, c, ok := strings.Cut(l, "fakeqemu: "); ok {
 			cmds = append(cmds, c)
 		}
 	}
-	want := "qmp_capabilities query-hotpluggable-cpus device_add query-cpus-fast device_del query-hotpluggable-cpus qom-set qom-get qom-get qom-get qom-get qom-set qom-get qom-get qom-get qom-get quit"
+	want := "qmp_capabilities query-hotpluggable-cpus device_add query-cpus-fast device_del query-hotpluggable-cpus qom-set qom-get qom-set qom-get quit"
 	if strings.Join(cmds, " ") != want {
 		t.Errorf("commands\n%s\nwant\n%s", strings.Join(cmds, " "), want)
 	}
@@ -216,5 +217,45 @@ func TestGuestCommand(t *testing.T) {
 				t.Errorf("online file %q", b)
 			}
 		})
+	}
+}
+
+func TestSizeReached(t *testing.T) {
+	start := time.Unix(100, 500) // 100 s and 0.5 µs: QEMU stamps whole microseconds
+	match := sizeReached(512<<20, start)
+	ev := func(data string, at time.Time) qmp.Event {
+		return qmp.Event{Name: "MEMORY_DEVICE_SIZE_CHANGE", Data: json.RawMessage(data), Emitted: at}
+	}
+	at := time.Unix(101, 0)
+	for _, tc := range []struct {
+		e    qmp.Event
+		want bool
+	}{
+		{ev(`{"id":"vmem0","size":536870912,"qom-path":"/machine/peripheral/vmem0"}`, at), true},
+		{ev(`{"size":536870912,"qom-path":"/machine/peripheral/vmem0"}`, at), true},                 // no id
+		{ev(`{"id":"vmem0","size":536870912,"qom-path":"/machine/peripheral/vmem0"}`, start), true}, // the same microsecond
+		{ev(`{"id":"vmem0","size":268435456}`, at), false},                                          // on the way
+		{ev(`{"id":"vmem0","size":536870912}`, time.Unix(99, 0)), false},                            // before the request
+		{ev(`{"id":"vmem0","size":536870912}`, time.Time{}), false},                                 // no stamp
+		{ev(`{"id":"other","size":536870912,"qom-path":"/machine/peripheral/other"}`, at), false},
+		{ev(`{"id":"vmem0"}`, at), false},
+	} {
+		if got := match(tc.e); got != tc.want {
+			t.Errorf("%s at %v: %v, want %v", tc.e.Data, tc.e.Emitted, got, tc.want)
+		}
+	}
+	if !sizeReached(0, start)(ev(`{"id":"vmem0","size":0}`, at)) {
+		t.Error("size 0 not matched")
+	}
+}
+
+// TestCycleMemoryNeverThere: a guest that never plugs fails the memory
+// online within the timeout, saying what size QEMU has.
+func TestCycleMemoryNeverThere(t *testing.T) {
+	cfg := config(t, fakeqemu.Options{Boot: []string{"INIT", "READY"}})
+	cfg.Resize, cfg.Timeout = false, 2*time.Second
+	s := Cycle(t.Context(), cfg, 1)
+	if !strings.Contains(s.Error, "memory online: no size change of vmem0 to 536870912 bytes") || !strings.Contains(s.Error, "qom-get size: 0") {
+		t.Errorf("sample %+v", s)
 	}
 }

@@ -3,9 +3,9 @@
 // until it returns (the VMM runs) and until the guest's init marker appears
 // in the subOS's log; destroy from the DELETE call until it returns and
 // until the supervisor no longer lists the subOS (its cores are free).
-// On the running subOS it can time a CPU resize (one core more and back,
-// through the API) and a memory resize (a step more and back, through
-// Config.ResizeMemory).
+// On the running subOS it can time a CPU resize (one core more and back)
+// and a memory resize (a step more and back: virtio-mem), each through
+// POST /v1/subos/{name}/resize until it returns.
 package subos
 
 import (
@@ -43,6 +43,7 @@ type Client interface {
 	Log(ctx context.Context, name string, w io.Writer) error
 	Get(ctx context.Context, name string) (supervisor.Info, error)
 	ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error)
+	ResizeMemory(ctx context.Context, name string, bytes uint64) (supervisor.Info, error)
 }
 
 // Config describes the cycles to measure.
@@ -64,14 +65,10 @@ type Config struct {
 	// once its agent is healthy.
 	Resize bool
 	// MemoryStep, when not 0, measures a memory resize of the running
-	// subOS from Spec.Memory to that many bytes more and back, through
-	// ResizeMemory (Spec's hotplug memory must allow it), once its agent
-	// is healthy, after the CPU resize.
+	// subOS from Spec.Memory to that many bytes more and back
+	// (Spec.MaxMemory must allow it), once its agent is healthy, after
+	// the CPU resize.
 	MemoryStep uint64
-	// ResizeMemory sets subOS name's memory (its base and what is
-	// plugged) to bytes, returning once the guest has plugged or
-	// unplugged the difference.
-	ResizeMemory func(ctx context.Context, name string, bytes uint64) error
 }
 
 func (c Config) withDefaults() Config {
@@ -183,16 +180,13 @@ func resize(ctx context.Context, c Client, cfg Config, spec supervisor.Spec, s *
 		s.CPUOffline = time.Since(start)
 	}
 	if cfg.MemoryStep > 0 {
-		if cfg.ResizeMemory == nil {
-			return errors.New("memory online: no way to resize memory (Config.ResizeMemory)")
-		}
 		start := time.Now()
-		if err := cfg.ResizeMemory(ctx, name, spec.Memory+cfg.MemoryStep); err != nil {
+		if _, err := c.ResizeMemory(ctx, name, spec.Memory+cfg.MemoryStep); err != nil {
 			return fmt.Errorf("memory online: %w", err)
 		}
 		s.MemOnline = time.Since(start)
 		start = time.Now()
-		if err := cfg.ResizeMemory(ctx, name, spec.Memory); err != nil {
+		if _, err := c.ResizeMemory(ctx, name, spec.Memory); err != nil {
 			return fmt.Errorf("memory offline: %w", err)
 		}
 		s.MemOffline = time.Since(start)

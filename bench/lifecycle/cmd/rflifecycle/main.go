@@ -82,6 +82,9 @@ func main() {
 		if *resize {
 			cfg.Spec.MaxCPUs = *cpus + 1
 		}
+		if cfg.MemoryStep > 0 {
+			cfg.Spec.MaxMemory = cfg.Spec.Memory + cfg.MemoryStep
+		}
 		if err := subos.WaitReady(ctx, c, *ready); err != nil {
 			cycles[subos.System] = func(run int) sample.Sample {
 				return sample.Sample{System: subos.System, Run: run, Error: err.Error()}
