@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"rainforest/bench/internal/fakeqemu"
+	"rainforest/internal/qemubundle"
 )
 
 func TestMain(m *testing.M) {
@@ -87,12 +88,16 @@ func TestStartExits(t *testing.T) {
 	}
 }
 
-func TestFindBIOS(t *testing.T) {
-	if _, err := FindBIOS("/nonexistent/qemu"); err == nil {
-		// A host with SeaBIOS installed finds it in /usr/share/seabios.
-		return
+func TestBIOSFile(t *testing.T) {
+	host, err := FindBIOS("qemu-system-x86_64")
+	if err != nil {
+		if _, ferr := BIOSFile("qemu-system-x86_64"); ferr == nil {
+			t.Error("BIOSFile without a BIOS")
+		}
+		t.Skip("no pc BIOS on this host:", err)
 	}
-	if _, err := BIOSFile("/nonexistent/qemu"); err == nil {
-		t.Error("BIOSFile without a BIOS")
+	f, err := BIOSFile("qemu-system-x86_64")
+	if err != nil || f.Host != host || f.L1 != qemubundle.GuestDataDir+"/"+PCBIOS {
+		t.Errorf("BIOS file %+v, %v", f, err)
 	}
 }

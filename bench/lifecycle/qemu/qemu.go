@@ -123,14 +123,14 @@ func Cycle(ctx context.Context, cfg Config, run int) sample.Sample {
 	}
 	defer g.Close()
 	s.CreateReturn = g.Connected.Sub(g.Started)
-	at, err := wait(ctx, cfg, g, cfg.Markers.Init, "")
+	at, err := wait(ctx, cfg, g, cfg.Markers.Init)
 	if err != nil {
 		s.Error = fmt.Sprintf("create: %v", err)
 		return s
 	}
 	s.CreateInit = at.Sub(g.Started)
 	if cfg.Resize || cfg.MemoryStep > 0 {
-		if _, err := wait(ctx, cfg, g, cfg.Markers.Ready, ""); err != nil {
+		if _, err := wait(ctx, cfg, g, cfg.Markers.Ready); err != nil {
 			s.Error = fmt.Sprintf("guest command: %v", err)
 			return s
 		}
@@ -169,13 +169,14 @@ func Cycle(ctx context.Context, cfg Config, run int) sample.Sample {
 }
 
 // wait returns when the console line marker first appeared (at any
-// time), waiting up to cfg.Timeout; a refusal line, when not empty, ends
-// the wait with ErrGuestRefused.
-func wait(ctx context.Context, cfg Config, g *qemuguest.Guest, marker, refusal string) (time.Time, error) {
-	return waitSince(ctx, cfg, g, marker, refusal, time.Time{})
+// time), waiting up to cfg.Timeout.
+func wait(ctx context.Context, cfg Config, g *qemuguest.Guest, marker string) (time.Time, error) {
+	return waitSince(ctx, cfg, g, marker, "", time.Time{})
 }
 
-// waitSince is wait for a line that appeared at or after since.
+// waitSince returns when the console line marker first appeared at or
+// after since, waiting up to cfg.Timeout; a refusal line, when not
+// empty, ends the wait with ErrGuestRefused.
 func waitSince(ctx context.Context, cfg Config, g *qemuguest.Guest, marker, refusal string, since time.Time) (time.Time, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, cfg.Timeout, fmt.Errorf("no %s after %v", marker, cfg.Timeout))
 	defer cancel()
