@@ -2,15 +2,12 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"rainforest/bench/internal/qemuguest"
 	"rainforest/internal/kvmhost"
-	"rainforest/internal/qemubundle"
 	"rainforest/internal/shquote"
 	"rainforest/vmm"
 )
@@ -137,31 +134,9 @@ func files(h *kvmhost.Host, qemu, rfhotbench, rfm, imageDir string) ([]kvmhost.F
 	if !h.Nested {
 		return fs, nil
 	}
-	bios, err := findBIOS(qemu)
+	bios, err := qemuguest.BIOSFile(qemu)
 	if err != nil {
 		return nil, err
 	}
-	return append(fs, kvmhost.File{Host: bios, L1: filepath.Join(qemubundle.GuestDataDir, pcBIOS)}), nil
-}
-
-// pcBIOS is the firmware of QEMU's pc machine (SeaBIOS).
-const pcBIOS = "bios-256k.bin"
-
-// findBIOS finds the pc machine's BIOS on this host: in QEMU's data
-// directory or SeaBIOS's (Debian's QEMU looks in both).
-func findBIOS(qemu string) (string, error) {
-	var dirs []string
-	if p, err := exec.LookPath(qemu); err == nil {
-		if real, err := filepath.EvalSymlinks(p); err == nil {
-			dirs = append(dirs, filepath.Join(filepath.Dir(real), "..", "share", "qemu"))
-		}
-	}
-	dirs = append(dirs, "/usr/share/qemu", "/usr/share/seabios")
-	for _, d := range dirs {
-		p := filepath.Join(d, pcBIOS)
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s (QEMU's pc machine BIOS) not found in %s: apt-get install seabios", pcBIOS, strings.Join(dirs, ", "))
+	return append(fs, bios), nil
 }

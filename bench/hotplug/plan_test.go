@@ -15,6 +15,8 @@ import (
 	"rainforest/bench/hotplug/hotmeasure"
 	"rainforest/bench/hotplug/report"
 	"rainforest/bench/internal/benchkit"
+	"rainforest/bench/internal/guestconsole"
+	"rainforest/bench/internal/qemuguest"
 	"rainforest/internal/kvmhost"
 	"rainforest/internal/nested"
 	"rainforest/internal/qemubundle"
@@ -97,7 +99,7 @@ func TestGuestCommand(t *testing.T) {
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}
-	con := hotmeasure.WatchConsole(out, []string{markerReady, markerAdded, markerRemoved}, nil, "")
+	con := guestconsole.Watch(out, []string{markerReady, markerAdded, markerRemoved}, nil, "")
 	ctx := t.Context()
 	for _, step := range []struct {
 		marker string
@@ -126,7 +128,7 @@ func TestFiles(t *testing.T) {
 	if err != nil || len(fs) != 3 {
 		t.Fatalf("direct: %v %+v", err, fs)
 	}
-	if _, err := findBIOS("qemu-system-x86_64"); err != nil {
+	if _, err := qemuguest.FindBIOS("qemu-system-x86_64"); err != nil {
 		t.Skip("no pc BIOS on this host:", err)
 	}
 	h.Nested = true

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"rainforest/bench/internal/guestconsole"
 )
 
 var testMarkers = Markers{Ready: "READY", Added: "ADDED", Removed: "REMOVED"}
@@ -54,57 +56,12 @@ func (g *fakeGuest) say(line string) {
 	io.WriteString(g.w, line+"\r\n")
 }
 
-func newFakeGuest(t *testing.T, echo io.Writer) (*fakeGuest, *Console) {
+func newFakeGuest(t *testing.T, echo io.Writer) (*fakeGuest, *guestconsole.Console) {
 	r, w := io.Pipe()
 	g := &fakeGuest{w: w}
-	con := WatchConsole(r, testMarkers.list(), echo, "[g#1] ")
+	con := guestconsole.Watch(r, testMarkers.list(), echo, "[g#1] ")
 	t.Cleanup(func() { w.Close(); <-con.Closed() })
 	return g, con
-}
-
-func TestConsoleWait(t *testing.T) {
-	var echo strings.Builder
-	g, con := newFakeGuest(t, &echo)
-	ctx := context.Background()
-	g.say("boot noise")
-	g.say("x ADDED y") // before the clock: not an answer to a later wait
-	first, err := con.Wait(ctx, "ADDED", time.Time{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	since := first.Add(time.Nanosecond)
-	got := make(chan time.Time)
-	go func() {
-		at, err := con.Wait(ctx, "ADDED", since)
-		if err != nil {
-			t.Error(err)
-		}
-		got <- at
-	}()
-	g.say("ADDED")
-	if at := <-got; at.Before(since) {
-		t.Errorf("Wait returned the earlier line: %v < %v", at, since)
-	}
-	if !con.Seen("ADDED") || con.Seen("REMOVED") {
-		t.Error("Seen")
-	}
-	short, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
-	defer cancel()
-	if _, err := con.Wait(short, "REMOVED", time.Time{}); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("missing marker: %v", err)
-	}
-	g.say("READY")
-	g.w.Close()
-	<-con.Closed()
-	if _, err := con.Wait(ctx, "READY", time.Time{}); err != nil {
-		t.Errorf("a marker seen before the end: %v", err)
-	}
-	if _, err := con.Wait(ctx, "REMOVED", time.Time{}); !errors.Is(err, ErrConsoleEnded) {
-		t.Errorf("after the end: %v", err)
-	}
-	if want := "[g#1] boot noise\n[g#1] x ADDED y\n[g#1] ADDED\n[g#1] READY\n"; echo.String() != want {
-		t.Errorf("echo %q, want %q", echo.String(), want)
-	}
 }
 
 // TestMeasure drives a fake system whose guest answers each request on

@@ -3,13 +3,9 @@ package hotmeasure
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"os/exec"
-	"strings"
-	"sync"
 	"time"
 
-	"rainforest/bench/hotplug/qmp"
+	"rainforest/bench/internal/qemuguest"
 )
 
 // QEMU says how to run a QEMU guest.
@@ -26,54 +22,16 @@ type QEMU struct {
 // marker and the DEVICE_DELETED event), and quits QEMU.
 func MeasureQEMU(ctx context.Context, cfg Config, q QEMU) []Sample {
 	cfg.defaults()
-	if len(q.Argv) == 0 {
-		return failed(cfg, fmt.Errorf("no QEMU command"))
-	}
-	runCtx, kill := context.WithCancel(ctx)
-	defer kill()
-	cmd := exec.CommandContext(runCtx, q.Argv[0], q.Argv[1:]...)
-	stdout, err := cmd.StdoutPipe()
+	g, err := qemuguest.Start(ctx, qemuguest.Config{Argv: q.Argv, QMPSocket: q.QMPSocket, Markers: cfg.Markers.list(),
+		Echo: cfg.Echo, Prefix: cfg.prefix(), Connect: cfg.Boot})
 	if err != nil {
 		return failed(cfg, err)
 	}
-	stderr := &tail{max: 2048}
-	cmd.Stderr = stderr
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		return failed(cfg, fmt.Errorf("start qemu: %w", err))
-	}
-	con := WatchConsole(stdout, cfg.Markers.list(), cfg.Echo, cfg.prefix())
-	exited := make(chan error, 1)
-	go func() { // owner: MeasureQEMU, which waits for it below
-		<-con.Closed() // Wait closes stdout: the console first
-		exited <- cmd.Wait()
-	}()
-	var client *qmp.Client
-	defer func() {
-		if client == nil {
-			kill()
-		} else {
-			quitCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			client.Execute(quitCtx, "quit", nil) // QEMU may close the socket before it answers
-			cancel()
-			client.Close()
-		}
-		select {
-		case <-exited:
-		case <-time.After(30 * time.Second):
-			kill()
-			<-exited
-		}
-	}()
-	bootCtx, cancel := context.WithTimeout(ctx, cfg.Boot)
-	client, err = qmp.Dial(bootCtx, q.QMPSocket)
-	cancel()
-	if err != nil {
-		return failed(cfg, qemuError(err, stderr))
-	}
+	defer g.Close()
+	client := g.QMP
 	ready := func(ctx context.Context) error {
-		_, err := con.Wait(ctx, cfg.Markers.Ready, time.Time{})
-		return qemuError(err, stderr)
+		_, err := g.Console.Wait(ctx, cfg.Markers.Ready, time.Time{})
+		return g.Err(err)
 	}
 	isHot := func(data json.RawMessage) bool {
 		var d struct {
@@ -81,7 +39,7 @@ func MeasureQEMU(ctx context.Context, cfg Config, q QEMU) []Sample {
 		}
 		return json.Unmarshal(data, &d) == nil && d.Device == HotID
 	}
-	return measure(ctx, cfg, con, ready, ops{
+	return measure(ctx, cfg, g.Console, ready, ops{
 		prepare: func(ctx context.Context) error {
 			_, err := client.Execute(ctx, "blockdev-add", map[string]any{
 				"driver": "file", "node-name": HotNode, "filename": cfg.HotDisk, "read-only": true})
@@ -100,39 +58,4 @@ func MeasureQEMU(ctx context.Context, cfg Config, q QEMU) []Sample {
 			return e.Received, err
 		},
 	})
-}
-
-// qemuError adds what QEMU printed on stderr to err.
-func qemuError(err error, stderr *tail) error {
-	if err == nil {
-		return nil
-	}
-	if s := strings.TrimSpace(stderr.String()); s != "" {
-		return fmt.Errorf("%w; qemu stderr: %s", err, s)
-	}
-	return err
-}
-
-// tail keeps the last max bytes written to it; exec's copying goroutine
-// writes it while the run reads it.
-type tail struct {
-	max int
-	mu  sync.Mutex
-	b   []byte
-}
-
-func (t *tail) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.b = append(t.b, p...)
-	if len(t.b) > t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tail) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.b)
 }

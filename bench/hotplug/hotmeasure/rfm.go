@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"rainforest/bench/internal/guestconsole"
 	"strings"
 	"time"
 )
@@ -51,7 +52,7 @@ func MeasureRFM(ctx context.Context, cfg Config, r RFM) []Sample {
 	if err != nil {
 		return failed(cfg, err)
 	}
-	con := WatchConsole(conn, cfg.Markers.list(), cfg.Echo, cfg.prefix())
+	con := guestconsole.Watch(conn, cfg.Markers.list(), cfg.Echo, cfg.prefix())
 	defer func() { conn.Close(); <-con.Closed() }()
 	logPath := filepath.Join(r.RunDir, r.Name+".log")
 	// The guest may have printed Ready before the console was attached:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"rainforest/bench/internal/guestconsole"
 	"time"
 )
 
@@ -88,7 +89,7 @@ func failed(cfg Config, err error) []Sample {
 
 // measure waits for the guest to be ready, then times the add and the
 // remove.
-func measure(ctx context.Context, cfg Config, con *Console, ready func(context.Context) error, o ops) []Sample {
+func measure(ctx context.Context, cfg Config, con *guestconsole.Console, ready func(context.Context) error, o ops) []Sample {
 	bootCtx, cancel := context.WithTimeout(ctx, cfg.Boot)
 	err := ready(bootCtx)
 	cancel()
@@ -124,7 +125,7 @@ func measure(ctx context.Context, cfg Config, con *Console, ready func(context.C
 // to its answer, to the guest's marker, and (removed not nil) to the
 // VMM's word that the device is gone, else to the answer; and with the
 // baseline's time, when there is one (run first).
-func timeOp(ctx context.Context, cfg Config, con *Console, s *Sample, marker string, baseline func(context.Context) (time.Duration, error),
+func timeOp(ctx context.Context, cfg Config, con *guestconsole.Console, s *Sample, marker string, baseline func(context.Context) (time.Duration, error),
 	request func(context.Context) error, removed func(context.Context) (time.Time, error)) error {
 	ctx, cancel := context.WithTimeout(ctx, cfg.OpTimeout)
 	defer cancel()

@@ -3,7 +3,9 @@
 // greeting and leaves capabilities negotiation mode, Execute runs one
 // command and returns its answer, and WaitEvent returns when an event
 // arrived. Every message is timestamped as it is read, so that an event's
-// arrival can be compared with other clocks of the same process.
+// arrival can be compared with other clocks of the same process; an event
+// also carries QEMU's own time of it (which, for an event QEMU
+// rate-limits, can be well before its arrival).
 package qmp
 
 import (
@@ -35,6 +37,9 @@ type Event struct {
 	Data json.RawMessage
 	// Received is when the client read it.
 	Received time.Time
+	// Emitted is QEMU's time of the event (its wall clock, to the
+	// microsecond), zero when it gave none.
+	Emitted time.Time
 }
 
 // message is any message QEMU sends.
@@ -45,8 +50,12 @@ type message struct {
 		Class string `json:"class"`
 		Desc  string `json:"desc"`
 	} `json:"error"`
-	Event string          `json:"event"`
-	Data  json.RawMessage `json:"data"`
+	Event     string          `json:"event"`
+	Data      json.RawMessage `json:"data"`
+	Timestamp *struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
 }
 
 // Client is one QMP connection. Its reader goroutine runs until the
@@ -125,7 +134,11 @@ func (c *Client) read(greeting chan<- error) {
 			greeting <- nil
 		case m.Event != "":
 			c.mu.Lock()
-			c.events = append(c.events, Event{Name: m.Event, Data: m.Data, Received: now})
+			e := Event{Name: m.Event, Data: m.Data, Received: now}
+			if ts := m.Timestamp; ts != nil {
+				e.Emitted = time.Unix(ts.Seconds, ts.Microseconds*int64(time.Microsecond/time.Nanosecond))
+			}
+			c.events = append(c.events, e)
 			close(c.changed)
 			c.changed = make(chan struct{})
 			c.mu.Unlock()
@@ -186,10 +199,17 @@ func (c *Client) Execute(ctx context.Context, command string, arguments any) (js
 // client connected and for which match (nil: any) accepts its data,
 // waiting for it until ctx ends or the connection does.
 func (c *Client) WaitEvent(ctx context.Context, name string, match func(data json.RawMessage) bool) (Event, error) {
+	return c.WaitFor(ctx, name, func(e Event) bool { return match == nil || match(e.Data) })
+}
+
+// WaitFor returns the first event named name that arrived since the
+// client connected and that match accepts, waiting for it until ctx ends
+// or the connection does.
+func (c *Client) WaitFor(ctx context.Context, name string, match func(Event) bool) (Event, error) {
 	for {
 		c.mu.Lock()
 		for _, e := range c.events {
-			if e.Name == name && (match == nil || match(e.Data)) {
+			if e.Name == name && match(e) {
 				c.mu.Unlock()
 				return e, nil
 			}

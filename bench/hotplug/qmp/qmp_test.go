@@ -108,8 +108,12 @@ func TestExecuteAndEvents(t *testing.T) {
 		return json.Unmarshal(data, &d) == nil && d.Device == "hot"
 	}
 	e, err := c.WaitEvent(ctx, "DEVICE_DELETED", isHot)
-	if err != nil || e.Name != "DEVICE_DELETED" || e.Received.IsZero() {
+	if err != nil || e.Name != "DEVICE_DELETED" || e.Received.IsZero() || !e.Emitted.Equal(time.Unix(1, 2000)) {
 		t.Fatalf("event %+v, %v", e, err)
+	}
+	// WaitFor sees the whole event: QEMU's time of it among the rest.
+	if e, err := c.WaitFor(ctx, "RESUME", func(e Event) bool { return e.Emitted.Equal(time.Unix(1, 1000)) }); err != nil || e.Name != "RESUME" {
+		t.Fatalf("WaitFor %+v, %v", e, err)
 	}
 	if e, err := c.WaitEvent(ctx, "RESUME", nil); err != nil || e.Name != "RESUME" {
 		t.Fatalf("RESUME %+v, %v", e, err)

@@ -2,8 +2,9 @@
 // host with the lxc-* tools, as the peer of a subOS's lifecycle: create is
 // lxc-create (busybox template) plus lxc-start -d, timed until they return
 // and until `lxc-attach -- true` succeeds (the container's init runs);
-// destroy is lxc-stop -k plus lxc-destroy. Containers are removed even
-// when a cycle fails.
+// destroy is lxc-stop -k plus lxc-destroy; CPU and memory online and
+// offline are lxc-cgroup changes of the running container's cpuset and
+// memory limit. Containers are removed even when a cycle fails.
 package lxc
 
 import (
@@ -12,6 +13,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -82,6 +84,29 @@ type Config struct {
 	// container's cpuset is set to ResizeFrom, then timed growing to
 	// ResizeTo (CPU online) and back (CPU offline).
 	ResizeFrom, ResizeTo string
+	// Memory, when its Key is set, is a memory limit change timed the
+	// same way, after the CPU one (MemoryLimits).
+	Memory MemoryResize
+}
+
+// MemoryResize is a change of a container's memory limit: its cgroup
+// file Key set to From, then timed growing to To (memory online) and
+// back (memory offline). For a container this is only a limit change:
+// no memory is added to or taken from anything.
+type MemoryResize struct {
+	Key, From, To string
+}
+
+// MemoryLimits returns the memory resize of a container from base bytes
+// to step bytes more on this host: memory.limit_in_bytes where the cgroup
+// v1 memory controller is mounted (at sysRoot/fs/cgroup/memory, sysRoot
+// normally /sys), else cgroup v2's memory.max.
+func MemoryLimits(sysRoot string, base, step uint64) MemoryResize {
+	key := "memory.max"
+	if fi, err := os.Stat(filepath.Join(sysRoot, "fs", "cgroup", "memory")); err == nil && fi.IsDir() {
+		key = "memory.limit_in_bytes"
+	}
+	return MemoryResize{Key: key, From: strconv.FormatUint(base, 10), To: strconv.FormatUint(base+step, 10)}
 }
 
 // WriteConfig writes ConfigText to path.
@@ -103,6 +128,10 @@ func Commands(cfg Config, name string) map[string]string {
 	if cfg.ResizeFrom != "" {
 		m["cpu online"] = "lxc-cgroup -n " + name + " cpuset.cpus " + cfg.ResizeTo + " (from " + cfg.ResizeFrom + ")"
 		m["cpu offline"] = "lxc-cgroup -n " + name + " cpuset.cpus " + cfg.ResizeFrom
+	}
+	if mr := cfg.Memory; mr.Key != "" {
+		m["memory online"] = "lxc-cgroup -n " + name + " " + mr.Key + " " + mr.To + " (from " + mr.From + ")"
+		m["memory offline"] = "lxc-cgroup -n " + name + " " + mr.Key + " " + mr.From
 	}
 	return m
 }
@@ -198,6 +227,26 @@ func Cycle(ctx context.Context, cfg Config, run int) sample.Sample {
 			return s
 		}
 		s.CPUOffline = time.Since(start)
+	}
+	if mr := cfg.Memory; mr.Key != "" {
+		// Table 4's memory online and offline of a container: its
+		// memory limit grows by the step and shrinks back.
+		if err := step("lxc-cgroup", "-n", name, mr.Key, mr.From); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		start = time.Now()
+		if err := step("lxc-cgroup", "-n", name, mr.Key, mr.To); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		s.MemOnline = time.Since(start)
+		start = time.Now()
+		if err := step("lxc-cgroup", "-n", name, mr.Key, mr.From); err != nil {
+			s.Error = err.Error()
+			return s
+		}
+		s.MemOffline = time.Since(start)
 	}
 
 	start = time.Now()

@@ -107,3 +107,49 @@ func TestWriteConfigAndCommands(t *testing.T) {
 		t.Errorf("commands %v", cmds)
 	}
 }
+
+// With a cpuset and a memory resize, a cycle times the lxc-cgroup
+// changes of the running container: cpuset first, then the memory limit.
+func TestCycleResizes(t *testing.T) {
+	f := &fakeTools{}
+	cfg := testConfig(f)
+	cfg.ResizeFrom, cfg.ResizeTo = "0", "0-1"
+	cfg.Memory = MemoryResize{Key: "memory.max", From: "268435456", To: "805306368"}
+	s := Cycle(context.Background(), cfg, 2)
+	if !s.OK() || s.CPUOnline <= 0 || s.CPUOffline <= 0 || s.MemOnline <= 0 || s.MemOffline <= 0 {
+		t.Fatalf("sample %+v", s)
+	}
+	var cgroup []string
+	for _, c := range f.calls {
+		if rest, ok := strings.CutPrefix(c, "lxc-cgroup -n rf-t-2 "); ok {
+			cgroup = append(cgroup, rest)
+		}
+	}
+	want := "cpuset.cpus 0|cpuset.cpus 0-1|cpuset.cpus 0|memory.max 268435456|memory.max 805306368|memory.max 268435456"
+	if strings.Join(cgroup, "|") != want {
+		t.Errorf("lxc-cgroup calls %q, want %q", cgroup, want)
+	}
+	cmds := Commands(cfg, "n")
+	if cmds["memory online"] != "lxc-cgroup -n n memory.max 805306368 (from 268435456)" || cmds["memory offline"] != "lxc-cgroup -n n memory.max 268435456" {
+		t.Errorf("commands %v", cmds)
+	}
+
+	f = &fakeTools{fail: map[string]error{"lxc-cgroup": errors.New("exit status 1")}}
+	cfg.Exec, cfg.ResizeFrom = f.exec, ""
+	if s := Cycle(context.Background(), cfg, 3); !strings.Contains(s.Error, "memory.max") {
+		t.Errorf("refused limit: %+v", s)
+	}
+}
+
+func TestMemoryLimits(t *testing.T) {
+	root := t.TempDir()
+	if got := MemoryLimits(root, 256<<20, 512<<20); got != (MemoryResize{Key: "memory.max", From: "268435456", To: "805306368"}) {
+		t.Errorf("cgroup v2: %+v", got)
+	}
+	if err := os.MkdirAll(filepath.Join(root, "fs", "cgroup", "memory"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if got := MemoryLimits(root, 256<<20, 512<<20); got.Key != "memory.limit_in_bytes" || got.To != "805306368" {
+		t.Errorf("cgroup v1: %+v", got)
+	}
+}

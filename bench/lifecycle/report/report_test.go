@@ -3,6 +3,7 @@ package report
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,81 @@ func samples() []sample.Sample {
 		{System: "rfm", Run: 2, CreateReturn: 800 * ms, CreateInit: 3400 * ms, DestroyReturn: 90 * ms, Destroy: 100 * ms},
 		{System: "rfm", Run: 3, CreateReturn: 700 * ms, CreateInit: 3200 * ms, DestroyReturn: 80 * ms, Destroy: 90 * ms},
 		{System: "rfm", Run: 4, Error: "create lc-4: no hugepages"},
+	}
+}
+
+// resizeSamples are samples of all three systems with resizes.
+func resizeSamples() []sample.Sample {
+	ms := time.Millisecond
+	var out []sample.Sample
+	for i, f := range []time.Duration{1, 2, 3} {
+		out = append(out,
+			sample.Sample{System: "rfm", Run: i + 1, CreateInit: 3000 * ms * f, Destroy: 80 * ms * f, CPUOnline: 60 * ms * f, CPUOffline: 50 * ms * f,
+				MemOnline: 40 * ms * f, MemOffline: 300 * ms * f},
+			sample.Sample{System: "qemu", Run: i + 1, CreateInit: 6000 * ms * f, Destroy: 20 * ms * f, CPUOnline: 120 * ms * f, CPUOffline: 100 * ms * f,
+				MemOnline: 80 * ms * f, MemOffline: 600 * ms * f},
+			sample.Sample{System: "lxc", Run: i + 1, CreateInit: 300 * ms * f, Destroy: 10 * ms * f, CPUOnline: 2 * ms * f, CPUOffline: 2 * ms * f})
+	}
+	return out
+}
+
+func TestRatios(t *testing.T) {
+	sums := Summarize(resizeSamples(), "rfm", "qemu", "lxc")
+	if sums[0].MemOnlineMS != (benchkit.Stats{N: 3, Median: 80, Min: 40, Max: 120}) || sums[0].MemOfflineP99 != 900 || sums[0].CreateInitP99 != 9000 ||
+		sums[2].MemOnlineMS.N != 0 {
+		t.Errorf("summaries %+v", sums)
+	}
+	rs := Ratios(sums, "rfm", "qemu", "lxc", "absent")
+	// qemu: all six operations; lxc: no memory rows.
+	if len(rs) != 10 {
+		t.Fatalf("ratios %+v", rs)
+	}
+	for i, op := range Operations() {
+		if r := rs[i]; r.Against != "qemu" || r.Op != op {
+			t.Errorf("ratio %d: %+v", i, r)
+		}
+	}
+	if r := rs[0]; r.Median != 0.5 || r.P99 != 0.5 || r.Max != 0.5 {
+		t.Errorf("create ratio %+v", r)
+	}
+	if r := rs[1]; r.Median != 4 {
+		t.Errorf("destroy ratio %+v", r)
+	}
+	if r := rs[6]; r.Against != "lxc" || r.Op != OpCreate || r.Median != 10 {
+		t.Errorf("lxc create ratio %+v", r)
+	}
+	if Ratios(sums, "absent", "qemu") != nil {
+		t.Error("ratios of a system without a summary")
+	}
+}
+
+func TestWriteTable4(t *testing.T) {
+	r := testReport()
+	r.Samples = resizeSamples()
+	r.Summaries = Summarize(r.Samples, "rfm", "qemu", "lxc")
+	r.Ratios = Ratios(r.Summaries, "rfm", "qemu", "lxc")
+	var b bytes.Buffer
+	if err := WriteTable(&b, r); err != nil {
+		t.Fatal(err)
+	}
+	out := b.String()
+	for _, re := range []string{
+		`system +operation +n +med +p99 +max`,
+		`rfm +create +3 +6000\.0 +9000\.0 +9000\.0`,
+		`rfm +memory online +3 +80\.0 +120\.0 +120\.0`,
+		`qemu +memory offline +3 +1200\.0 +1800\.0 +1800\.0`,
+		`lxc +memory online +0 +- +- +-`,
+		`RainForest \(paper Table 4\) +cpu online +66`,
+		`rfm/qemu +cpu online +0\.50x +0\.50x +0\.50x`,
+		`rfm/qemu +memory offline +0\.50x`,
+		`rfm/lxc +cpu offline +25\.00x`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("table lacks %s:\n%s", re, out)
+		}
+	}
+	if strings.Contains(out, "rfm/lxc  memory") {
+		t.Errorf("a ratio of an operation lxc did not measure:\n%s", out)
 	}
 }
 

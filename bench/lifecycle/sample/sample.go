@@ -22,7 +22,7 @@ var ErrBadLine = errors.New("sample: bad result line")
 
 // Sample is one create/destroy cycle.
 type Sample struct {
-	// System names what was measured ("rfm", "lxc"); Run numbers the cycle.
+	// System names what was measured ("rfm", "qemu", "lxc"); Run numbers the cycle.
 	System string `json:"system"`
 	Run    int    `json:"run"`
 	// Error is empty when the whole cycle succeeded; the durations may be
@@ -48,6 +48,14 @@ type Sample struct {
 	// measured.
 	CPUOnline  time.Duration `json:"cpu_online_ns,omitempty"`
 	CPUOffline time.Duration `json:"cpu_offline_ns,omitempty"`
+	// MemOnline and MemOffline are a running instance's memory resize by
+	// 512 MiB and back (Table 4's memory online and offline): rfm, rfm
+	// resize --memory until the guest plugged or unplugged it (virtio-mem);
+	// qemu, qom-set of its virtio-mem device's requested-size until its
+	// size got there; lxc, lxc-cgroup of the memory limit. Zero when not
+	// measured.
+	MemOnline  time.Duration `json:"mem_online_ns,omitempty"`
+	MemOffline time.Duration `json:"mem_offline_ns,omitempty"`
 }
 
 // OK reports whether the cycle succeeded.
@@ -68,6 +76,8 @@ func durationFields(s *Sample) []struct {
 		{"destroy_us", &s.Destroy},
 		{"cpu_online_us", &s.CPUOnline},
 		{"cpu_offline_us", &s.CPUOffline},
+		{"mem_online_us", &s.MemOnline},
+		{"mem_offline_us", &s.MemOffline},
 	}
 }
 

@@ -11,6 +11,8 @@ func TestFormatParseRoundTrip(t *testing.T) {
 	for _, s := range []Sample{
 		{System: "rfm", Run: 1, CreateReturn: 639251 * time.Microsecond, CreateInit: 3122845 * time.Microsecond,
 			DestroyReturn: 122600 * time.Microsecond, Destroy: 126775 * time.Microsecond},
+		{System: "qemu", Run: 2, CreateInit: time.Second, CPUOnline: 66 * time.Millisecond, CPUOffline: 54 * time.Millisecond,
+			MemOnline: 70 * time.Millisecond, MemOffline: 600 * time.Millisecond},
 		{System: "lxc", Run: 7, Error: "lxc-start -n x -d: exit status 1: \"quoted\" = and\nnewline"},
 		{System: "odd name=x", Run: 0},
 	} {

@@ -3,6 +3,9 @@
 // until it returns (the VMM runs) and until the guest's init marker appears
 // in the subOS's log; destroy from the DELETE call until it returns and
 // until the supervisor no longer lists the subOS (its cores are free).
+// On the running subOS it can time a CPU resize (one core more and back)
+// and a memory resize (a step more and back: virtio-mem), each through
+// POST /v1/subos/{name}/resize until it returns.
 package subos
 
 import (
@@ -40,6 +43,7 @@ type Client interface {
 	Log(ctx context.Context, name string, w io.Writer) error
 	Get(ctx context.Context, name string) (supervisor.Info, error)
 	ResizeCPUs(ctx context.Context, name string, n int) (supervisor.Info, error)
+	ResizeMemory(ctx context.Context, name string, bytes uint64) (supervisor.Info, error)
 }
 
 // Config describes the cycles to measure.
@@ -60,6 +64,11 @@ type Config struct {
 	// its size to one more core and back (Spec.MaxCPUs must allow it),
 	// once its agent is healthy.
 	Resize bool
+	// MemoryStep, when not 0, measures a memory resize of the running
+	// subOS from Spec.Memory to that many bytes more and back
+	// (Spec.MaxMemory must allow it), once its agent is healthy, after
+	// the CPU resize.
+	MemoryStep uint64
 }
 
 func (c Config) withDefaults() Config {
@@ -117,8 +126,8 @@ func Cycle(ctx context.Context, c Client, cfg Config, run int) sample.Sample {
 		return s
 	}
 	s.CreateInit = time.Since(start)
-	if cfg.Resize {
-		if err := resize(ctx, c, cfg, spec.Name, max(spec.CPUs, len(spec.Cores)), &s); err != nil {
+	if cfg.Resize || cfg.MemoryStep > 0 {
+		if err := resize(ctx, c, cfg, spec, &s); err != nil {
 			s.Error = fmt.Sprintf("%s: %v", spec.Name, err)
 			return s
 		}
@@ -140,9 +149,11 @@ func Cycle(ctx context.Context, c Client, cfg Config, run int) sample.Sample {
 	return s
 }
 
-// resize waits for the subOS's agent, then times a resize from n cores to
-// n+1 (online) and back (offline).
-func resize(ctx context.Context, c Client, cfg Config, name string, n int, s *sample.Sample) error {
+// resize waits for the subOS's agent, then times a resize from its n
+// cores to n+1 (online) and back (offline), and one from its memory to
+// cfg.MemoryStep more (online) and back (offline), as cfg asks.
+func resize(ctx context.Context, c Client, cfg Config, spec supervisor.Spec, s *sample.Sample) error {
+	name, n := spec.Name, max(spec.CPUs, len(spec.Cores))
 	wctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	for {
@@ -156,16 +167,30 @@ func resize(ctx context.Context, c Client, cfg Config, name string, n int, s *sa
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	start := time.Now()
-	if _, err := c.ResizeCPUs(ctx, name, n+1); err != nil {
-		return fmt.Errorf("cpu online: %w", err)
+	if cfg.Resize {
+		start := time.Now()
+		if _, err := c.ResizeCPUs(ctx, name, n+1); err != nil {
+			return fmt.Errorf("cpu online: %w", err)
+		}
+		s.CPUOnline = time.Since(start)
+		start = time.Now()
+		if _, err := c.ResizeCPUs(ctx, name, n); err != nil {
+			return fmt.Errorf("cpu offline: %w", err)
+		}
+		s.CPUOffline = time.Since(start)
 	}
-	s.CPUOnline = time.Since(start)
-	start = time.Now()
-	if _, err := c.ResizeCPUs(ctx, name, n); err != nil {
-		return fmt.Errorf("cpu offline: %w", err)
+	if cfg.MemoryStep > 0 {
+		start := time.Now()
+		if _, err := c.ResizeMemory(ctx, name, spec.Memory+cfg.MemoryStep); err != nil {
+			return fmt.Errorf("memory online: %w", err)
+		}
+		s.MemOnline = time.Since(start)
+		start = time.Now()
+		if _, err := c.ResizeMemory(ctx, name, spec.Memory); err != nil {
+			return fmt.Errorf("memory offline: %w", err)
+		}
+		s.MemOffline = time.Since(start)
 	}
-	s.CPUOffline = time.Since(start)
 	return nil
 }
 

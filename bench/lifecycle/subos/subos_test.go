@@ -3,6 +3,7 @@ package subos
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -74,6 +75,8 @@ type fakeClient struct {
 	lingers     int  // List keeps showing a destroyed subOS this many times
 	resizeErr   error
 	resizes     []int
+	memErr      error
+	memResizes  []string
 
 	mu        sync.Mutex
 	subos     map[string]supervisor.Info
@@ -169,6 +172,20 @@ func (c *fakeClient) ResizeCPUs(ctx context.Context, name string, n int) (superv
 	info.Allocation.Cores = []int{1, 2}[:n]
 	c.subos[name] = info
 	c.resizes = append(c.resizes, n)
+	return info, nil
+}
+
+func (c *fakeClient) ResizeMemory(ctx context.Context, name string, bytes uint64) (supervisor.Info, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	info, ok := c.subos[name]
+	if !ok {
+		return supervisor.Info{}, supervisor.ErrNotFound
+	}
+	c.memResizes = append(c.memResizes, fmt.Sprintf("%s %d MiB after %d cpu resizes", name, bytes>>20, len(c.resizes)))
+	if c.memErr != nil {
+		return info, c.memErr
+	}
 	return info, nil
 }
 
@@ -288,5 +305,36 @@ func TestCycleResize(t *testing.T) {
 	s = Cycle(context.Background(), c, cfg, 2)
 	if s.OK() || !strings.Contains(s.Error, "cpu online: guest refused") || len(c.destroyed) != 1 {
 		t.Errorf("refused resize: sample %+v, destroyed %v", s, c.destroyed)
+	}
+}
+
+// With MemoryStep, a cycle times growing the running subOS's memory by
+// the step and back, after its CPU resize; a failed memory resize fails
+// the cycle and destroys the subOS.
+func TestCycleMemory(t *testing.T) {
+	c := newFake(t)
+	cfg := testConfig()
+	cfg.Resize, cfg.MemoryStep = true, 512<<20
+	cfg.Spec.CPUs, cfg.Spec.Memory = 1, 256<<20
+	s := Cycle(context.Background(), c, cfg, 1)
+	if !s.OK() || s.MemOnline <= 0 || s.MemOffline <= 0 || s.CPUOnline <= 0 {
+		t.Fatalf("sample %+v", s)
+	}
+	if want := []string{"lc-1 768 MiB after 2 cpu resizes", "lc-1 256 MiB after 2 cpu resizes"}; !slices.Equal(c.memResizes, want) {
+		t.Errorf("memory resizes %q, want %q", c.memResizes, want)
+	}
+
+	c = newFake(t)
+	c.memErr = errors.New("asked for 768M of memory, the guest reached 512M")
+	s = Cycle(context.Background(), c, cfg, 2)
+	if s.OK() || !strings.Contains(s.Error, "memory online: asked for 768M") || len(c.destroyed) != 1 {
+		t.Errorf("failed memory resize: sample %+v, destroyed %v", s, c.destroyed)
+	}
+
+	// Memory only: no CPU resize.
+	c = newFake(t)
+	cfg.Resize = false
+	if s = Cycle(context.Background(), c, cfg, 3); !s.OK() || s.CPUOnline != 0 || s.MemOnline <= 0 || len(c.resizes) != 0 {
+		t.Errorf("memory only: sample %+v, cpu resizes %v", s, c.resizes)
 	}
 }

@@ -1,4 +1,8 @@
-package hotmeasure
+// Package guestconsole follows a guest's console (a VMM's serial output,
+// or a console socket) for marker lines and notes when each appeared, so
+// that a benchmark can time an operation from its request to the guest's
+// word that it is done. bench/hotplug and bench/lifecycle share it.
+package guestconsole
 
 import (
 	"context"
@@ -12,9 +16,9 @@ import (
 	"rainforest/internal/lines"
 )
 
-// ErrConsoleEnded means a guest console ended (the VMM exited or the
+// ErrEnded means a guest console ended (the VMM exited or the
 // connection closed) before a marker appeared.
-var ErrConsoleEnded = errors.New("hotmeasure: the guest console ended")
+var ErrEnded = errors.New("guestconsole: the guest console ended")
 
 // maxEcho bounds the console lines echoed per run.
 const maxEcho = 300
@@ -34,9 +38,9 @@ type Console struct {
 	done    chan struct{} // closed when the reader goroutine ends
 }
 
-// WatchConsole starts following r for markers. When echo is not nil, it
-// gets each console line prefixed with prefix.
-func WatchConsole(r io.Reader, markers []string, echo io.Writer, prefix string) *Console {
+// Watch starts following r for markers. When echo is not nil, it gets
+// each console line prefixed with prefix.
+func Watch(r io.Reader, markers []string, echo io.Writer, prefix string) *Console {
 	c := &Console{markers: markers, echo: echo, prefix: prefix, seen: map[string][]time.Time{},
 		changed: make(chan struct{}), done: make(chan struct{})}
 	go c.read(r) // owner: c; ends when r does
@@ -80,7 +84,7 @@ func (c *Console) Seen(marker string) bool {
 }
 
 // Wait returns when marker first appeared at or after since, waiting for
-// it until ctx ends or the console does (ErrConsoleEnded).
+// it until ctx ends or the console does (ErrEnded).
 func (c *Console) Wait(ctx context.Context, marker string, since time.Time) (time.Time, error) {
 	for {
 		c.mu.Lock()
@@ -96,7 +100,7 @@ func (c *Console) Wait(ctx context.Context, marker string, since time.Time) (tim
 		case <-changed:
 		case <-c.done:
 			if !c.ended(marker, since) {
-				return time.Time{}, fmt.Errorf("%w before %s", ErrConsoleEnded, marker)
+				return time.Time{}, fmt.Errorf("%w before %s", ErrEnded, marker)
 			}
 		case <-ctx.Done():
 			return time.Time{}, fmt.Errorf("waiting for %s on the console: %w", marker, ctx.Err())
