@@ -18,6 +18,8 @@
 //	                  then print "RF-CMD-EXIT <status>"
 //	rf.poweroff=1     power off after rf.cmd instead of starting a shell
 //	rf.agent=0        do not start /usr/bin/rf-agent
+//	rf.ip=A/N[,GW]    give the first NIC address A/N (and a default
+//	                  route through GW), and set it up
 //
 // Before powering off it writes a non-zero exit status of rf.cmd (or of the
 // shell) to the VMM's status register (port 0x501, memory-mapped at
@@ -103,6 +105,8 @@ func DefaultModules() []string {
 		"vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport",
 		// virtio-mem, memory resize while the guest runs.
 		"virtio_mem",
+		// virtio-net, the subOS's NICs.
+		"virtio_net",
 	}
 }
 
@@ -523,6 +527,18 @@ param() {
 }
 ` + InsmodLines(mods, "/lib/modules") + `echo "RF-CPUS $(nproc) $(grep -c ^processor /proc/cpuinfo)"
 echo "RF-MEMTOTAL-KB $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
+ip link set lo up
+# rf.ip=ADDR/LEN[,GATEWAY]: the first NIC's address and default route.
+ip_conf=$(param rf.ip)
+if [ -n "$ip_conf" ]; then
+	nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+	if [ -n "$nic" ] && ip link set "$nic" up && ip addr add "${ip_conf%%,*}" dev "$nic"; then
+		case "$ip_conf" in *,*) ip route add default via "${ip_conf#*,}" ;; esac
+		echo "RF-IP $nic ${ip_conf%%,*}"
+	else
+		echo "RF-IP-FAILED ${nic:-no NIC}"
+	fi
+fi
 if [ -b /dev/vda ]; then
 	mount -o ro /dev/vda /mnt || echo "RF-MOUNT-FAILED /dev/vda"
 fi

@@ -35,8 +35,13 @@ func L1Image(t testing.TB) *images.Image {
 		"kernel/virt/lib/irqbypass.ko:\n"+
 			"kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"+
 			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/drivers/crypto/ccp/ccp.ko:\n", 0o644)
-	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko"} {
+			"kernel/drivers/crypto/ccp/ccp.ko:\n"+
+			"kernel/drivers/net/tun.ko:\n"+
+			"kernel/net/llc/llc.ko:\n"+
+			"kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n"+
+			"kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n", 0o644)
+	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko",
+		"kernel/drivers/net/tun.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko"} {
 		WriteFile(t, filepath.Join(mods, m), "module "+m, 0o644)
 	}
 	return &images.Image{

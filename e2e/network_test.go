@@ -1,0 +1,93 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// networkScript gives two subOSes a NIC each on a bridge the supervisor
+// makes (with the L1 host's address on it): each guest reaches the L1
+// host and the other guest; a NIC on a bridge that does not exist, a TAP
+// name that is taken and a MAC that is another subOS's are refused with
+// nothing made; destroying the subOSes removes their TAPs and the bridge.
+const networkScript = `
+set -u
+grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
+export RF_IMAGES="$L2"
+"$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid
+i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
+healthy() { local i=0; while ! "$RFM" inspect "$1" -o json | grep -q '"state": "healthy"' && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done; }
+echo "== create"
+"$RFM" create a --cores 1 --memory 128M --net bridge=rfbr0,create,address=10.77.0.1/24 --append "rf.ip=10.77.0.2/24"; echo "RF-STATUS-A $?"
+"$RFM" create b --cores 2 --memory 128M --net bridge=rfbr0 --append "rf.ip=10.77.0.3/24"; echo "RF-STATUS-B $?"
+healthy a; healthy b
+echo "RF-BRIDGE-PORTS $(ls /sys/class/net/rfbr0/brif | tr '\n' ' ')"
+"$RFM" inspect a -o json | tr -d ' \n' | sed -n 's/.*"nets":\[\([^]]*\)\].*/RF-NETS-A \1/p'
+echo "== ping"
+"$RFM" exec a -- ip addr show
+"$RFM" exec a -- ping -c 3 -W 5 10.77.0.1; echo "RF-PING-HOST $?"
+"$RFM" exec a -- ping -c 3 -W 5 10.77.0.3; echo "RF-PING-PEER $?"
+ping -c 2 -W 5 10.77.0.3; echo "RF-PING-FROM-HOST $?"
+echo "== refused"
+"$RFM" create c --cores 3 --memory 64M --net bridge=nosuchbr 2>&1; echo "RF-STATUS $?"
+"$RFM" create c --cores 3 --memory 64M --net tap=rf-a0 2>&1; echo "RF-STATUS $?"
+mac=$("$RFM" inspect a -o json | tr -d ' \n' | sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p')
+"$RFM" create c --cores 3 --memory 64M --net "tap=rf-c0,mac=$mac" 2>&1; echo "RF-STATUS $?"
+echo "RF-LINKS $(ls /sys/class/net | tr '\n' ' ')"
+echo "== destroy"
+"$RFM" destroy a b; echo "RF-STATUS $?"
+sleep 1
+echo "RF-LINKS $(ls /sys/class/net | tr '\n' ' ')"
+kill $(cat /tmp/serve.pid); wait $(cat /tmp/serve.pid) 2>/dev/null
+echo "== serve-log"
+tail -n 30 /tmp/serve.log
+`
+
+func TestNetwork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+	h := newTestHost(ctx, t, 4)
+	out, _, err := h.Run(ctx, networkScript, 15*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secs := Sections(out)
+	cr := secs["create"]
+	if Field(cr, "RF-STATUS-A") != "0" || Field(cr, "RF-STATUS-B") != "0" {
+		t.Fatalf("create failed:\n%s\nserve log:\n%s", cr, secs["serve-log"])
+	}
+	if ports := strings.Fields(Field(cr, "RF-BRIDGE-PORTS")); len(ports) != 2 || ports[0] != "rf-a0" || ports[1] != "rf-b0" {
+		t.Errorf("bridge rfbr0 has ports %v, want rf-a0 rf-b0:\n%s", ports, cr)
+	}
+	if nets := Field(cr, "RF-NETS-A"); !strings.Contains(nets, `"tap":"rf-a0"`) || !strings.Contains(nets, `"mac":"`) {
+		t.Errorf("inspect a does not name its NIC's TAP and MAC: %q", nets)
+	}
+	p := secs["ping"]
+	for _, f := range []string{"RF-PING-HOST", "RF-PING-PEER", "RF-PING-FROM-HOST"} {
+		if Field(p, f) != "0" {
+			t.Errorf("%s failed:\n%s", f, p)
+		}
+	}
+	ref := secs["refused"]
+	var codes []string
+	for _, l := range strings.Split(ref, "\n") {
+		if v, ok := strings.CutPrefix(l, "RF-STATUS "); ok {
+			codes = append(codes, strings.TrimSpace(v))
+		}
+	}
+	if strings.Join(codes, " ") != "1 1 1" || !strings.Contains(ref, "no such bridge") || !strings.Contains(ref, `TAP "rf-a0"`) || !strings.Contains(ref, "cannot share a MAC") {
+		t.Errorf("refused creates (a missing bridge, a taken TAP, a taken MAC) exited %v, want 1 1 1 saying why:\n%s", codes, ref)
+	}
+	if links := Field(ref, "RF-LINKS"); strings.Contains(links, "rf-c0") {
+		t.Errorf("a refused create left a TAP behind: %s", links)
+	}
+	d := secs["destroy"]
+	if Field(d, "RF-STATUS") != "0" {
+		t.Errorf("destroy failed:\n%s", d)
+	}
+	if links := Field(d, "RF-LINKS"); strings.Contains(links, "rf-a0") || strings.Contains(links, "rf-b0") || strings.Contains(links, "rfbr0") {
+		t.Errorf("destroy left network devices behind: %s\nserve log:\n%s", links, secs["serve-log"])
+	}
+}
