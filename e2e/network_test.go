@@ -24,7 +24,7 @@ echo "== create"
 "$RFM" create b --cores 2 --memory 128M --net bridge=rfbr0 --append "rf.ip=10.77.0.3/24"; echo "RF-STATUS-B $?"
 healthy a; healthy b
 echo "RF-BRIDGE-PORTS $(ls /sys/class/net/rfbr0/brif | tr '\n' ' ')"
-"$RFM" inspect a -o json | tr -d ' \n' | sed -n 's/.*"nets":\[\([^]]*\)\].*/RF-NETS-A \1/p'
+"$RFM" inspect a -o json | tr -d ' \n' | sed -n 's/.*"nets":\[\([^]]*\)\].*/RF-NETS-A \1/p'; echo
 echo "== ping"
 "$RFM" exec a -- ip addr show
 "$RFM" exec a -- ping -c 3 -W 5 10.77.0.1; echo "RF-PING-HOST $?"

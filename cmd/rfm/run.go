@@ -185,6 +185,9 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, MaxCPUs: so.MaxCPUs, Memory: so.Memory, MaxMemory: so.MaxMemory, PageSize: so.PageSize,
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
 	spec.Class = so.Class
+	for _, n := range so.Nets {
+		spec.Nets = append(spec.Nets, supervisor.NIC{ID: n.ID, Bridge: n.Bridge, CreateBridge: n.CreateBridge, BridgeAddress: n.BridgeAddress, TAP: n.TAP, MAC: n.MAC})
+	}
 	if a := so.Autoscale; a != nil {
 		spec.Autoscale = &supervisor.AutoscaleSpec{Lower: supervisor.Duration(a.Lower), Upper: supervisor.Duration(a.Upper),
 			Window: supervisor.Duration(a.Window), Cooldown: supervisor.Duration(a.Cooldown), MinCPUs: a.MinCPUs, MaxCPUs: a.MaxCPUs}

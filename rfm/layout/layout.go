@@ -30,6 +30,9 @@
 //	    # disks: [{path: data.img, iops: 1000, bandwidth: 100M}]
 //	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
+//	    nets:              # NICs: virtio-net on a TAP the supervisor makes
+//	      - network: lan   # a network below; or bridge: br0 (the user's),
+//	                       # or tap: rf-web0 alone; mac: and id: optional
 //	  - name: api
 //	    cpus: 2
 //	    memory: 512M
@@ -42,6 +45,10 @@
 //	      cooldown: 10s    # (10s), cooldown (the window), min_cpus (1)
 //	      min_cpus: 2      # and max_cpus (its max_cpus) are optional;
 //	      max_cpus: 4      # lower < upper
+//	networks:
+//	  - name: lan          # a bridge (bridge: NAME, default the name)
+//	    create: true       # made by the supervisor, removed with its last
+//	    address: 10.77.0.1/24   # subOS; the host's address on it
 //
 // Sizes and cpulist strings follow internal/units: whole numbers of bytes
 // with an optional unit K, M, G or T, optionally followed by B or iB, all
@@ -83,7 +90,34 @@ const MaxCmdlineAppend = 2048
 type Layout struct {
 	Supervisor Supervisor
 	Defaults   Defaults
-	SubOSes    []SubOS
+	// Networks are the named networks subOS NICs join (nets: [{network:
+	// NAME}]).
+	Networks []Network
+	SubOSes  []SubOS
+}
+
+// Network is a named network of the layout: a bridge (Bridge, or the
+// network's name), made by the supervisor when Create is set (with the
+// host's Address on it, CIDR, optional) and removed with its last subOS.
+type Network struct {
+	Name    string
+	Bridge  string
+	Create  bool
+	Address string
+}
+
+// NIC is a network interface of a subOS: a TAP in a bridge (Network's,
+// resolved by Parse into Bridge, CreateBridge and BridgeAddress; or
+// Bridge named directly), or a TAP on its own; TAP, MAC and ID default
+// as the supervisor says.
+type NIC struct {
+	Network       string
+	Bridge        string
+	CreateBridge  bool
+	BridgeAddress string
+	TAP           string
+	MAC           string
+	ID            string
 }
 
 // Supervisor holds the supervisor's own resources.
@@ -135,6 +169,8 @@ type SubOS struct {
 	// Segments are shared-memory segments this subOS is granted (the
 	// supervisor creates a segment with its first grant).
 	Segments []Segment
+	// Nets are its network interfaces.
+	Nets []NIC
 	// Class is ledger.Batch ("" too) or ledger.LatencyCritical.
 	Class ledger.Class
 	// Autoscale is the latency-driven autoscaling policy of a

@@ -366,6 +366,24 @@ func (p *parser) layout(doc *yaml.Node) *Layout {
 				{"page_size", func(v *yaml.Node, path string) { p.size(v, path, &l.Defaults.PageSize) }},
 			})
 		}},
+		{"networks", func(v *yaml.Node, path string) {
+			p.sequence(v, path, func(item *yaml.Node, ip string) {
+				var nw Network
+				p.mapping(item, ip, []field{
+					{"name", func(v *yaml.Node, path string) { p.str(v, path, &nw.Name) }},
+					{"bridge", func(v *yaml.Node, path string) { p.str(v, path, &nw.Bridge) }},
+					{"create", func(v *yaml.Node, path string) { p.boolean(v, path, &nw.Create) }},
+					{"address", func(v *yaml.Node, path string) { p.str(v, path, &nw.Address) }},
+				})
+				if nw.Name == "" {
+					p.errorf(item, ip, "a network needs a name")
+				}
+				if nw.Bridge == "" {
+					nw.Bridge = nw.Name
+				}
+				l.Networks = append(l.Networks, nw)
+			})
+		}},
 		{"subos", func(v *yaml.Node, path string) {
 			// Defaults may come later in the file: apply them after.
 			p.sequence(v, path, func(item *yaml.Node, ip string) {
@@ -379,12 +397,12 @@ func (p *parser) layout(doc *yaml.Node) *Layout {
 		}},
 	})
 	for _, sub := range subs {
-		l.SubOSes = append(l.SubOSes, p.subOS(sub.n, sub.path, l.Defaults))
+		l.SubOSes = append(l.SubOSes, p.subOS(sub.n, sub.path, l.Defaults, l.Networks))
 	}
 	return l
 }
 
-func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
+func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network) SubOS {
 	s := SubOS{Node: -1, Kernel: d.Kernel, Initrd: d.Initrd, PageSize: d.PageSize}
 	if s.PageSize == 0 {
 		s.PageSize = DefaultPageSize
@@ -468,6 +486,35 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults) SubOS {
 				}},
 			})
 			s.Autoscale = a
+		}},
+		{"nets", func(v *yaml.Node, path string) {
+			p.sequence(v, path, func(item *yaml.Node, ip string) {
+				var nic NIC
+				p.mapping(item, ip, []field{
+					{"network", func(v *yaml.Node, path string) { p.str(v, path, &nic.Network) }},
+					{"bridge", func(v *yaml.Node, path string) { p.str(v, path, &nic.Bridge) }},
+					{"tap", func(v *yaml.Node, path string) { p.str(v, path, &nic.TAP) }},
+					{"mac", func(v *yaml.Node, path string) { p.str(v, path, &nic.MAC) }},
+					{"id", func(v *yaml.Node, path string) { p.str(v, path, &nic.ID) }},
+				})
+				switch {
+				case nic.Network != "" && nic.Bridge != "":
+					p.errorf(item, ip, "give network or bridge, not both")
+				case nic.Network != "":
+					found := false
+					for _, nw := range networks {
+						if nw.Name == nic.Network {
+							nic.Bridge, nic.CreateBridge, nic.BridgeAddress, found = nw.Bridge, nw.Create, nw.Address, true
+						}
+					}
+					if !found {
+						p.errorf(item, ip, "network %q is not in the layout's networks", nic.Network)
+					}
+				case nic.Bridge == "" && nic.TAP == "":
+					p.errorf(item, ip, "give network, bridge or tap")
+				}
+				s.Nets = append(s.Nets, nic)
+			})
 		}},
 		{"segments", func(v *yaml.Node, path string) {
 			p.sequence(v, path, func(item *yaml.Node, ip string) {

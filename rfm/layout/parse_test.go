@@ -2,6 +2,7 @@ package layout
 
 import (
 	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -131,7 +132,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, segments)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, segments)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -245,4 +246,39 @@ func FuzzParse(f *testing.F) {
 			_ = l.Check(nil, nil)
 		}
 	})
+}
+
+// A subOS's nets name a network of the layout (resolved to its bridge),
+// a bridge, or a TAP alone; a network that is not there is an error.
+func TestParseNets(t *testing.T) {
+	l, err := Parse(strings.NewReader(`networks:
+- name: lan
+  create: true
+  address: 10.77.0.1/24
+- name: up
+  bridge: br0
+subos:
+- name: web
+  cpus: 1
+  memory: 64M
+  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07"}, {tap: rf-x}]
+`), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []NIC{{Network: "lan", Bridge: "lan", CreateBridge: true, BridgeAddress: "10.77.0.1/24"},
+		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07"}, {TAP: "rf-x"}}
+	if got := l.SubOSes[0].Nets; !reflect.DeepEqual(got, want) {
+		t.Errorf("nets %+v, want %+v", got, want)
+	}
+	for _, bad := range []string{
+		"subos:\n- name: web\n  nets: [{network: nope}]\n",
+		"subos:\n- name: web\n  nets: [{}]\n",
+		"networks:\n- name: lan\nsubos:\n- name: web\n  nets: [{network: lan, bridge: br0}]\n",
+		"networks:\n- bridge: br0\n",
+	} {
+		if _, err := Parse(strings.NewReader(bad), 0); err == nil {
+			t.Errorf("Parse accepted:\n%s", bad)
+		}
+	}
 }

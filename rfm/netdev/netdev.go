@@ -154,11 +154,26 @@ func EnsureBridge(name string, create bool) (created bool, err error) {
 	if err := netlink.LinkAdd(br); err != nil {
 		return false, fmt.Errorf("create bridge %s: %w", name, err)
 	}
+	if err := netlink.LinkSetAlias(br, madeAlias); err != nil {
+		_ = netlink.LinkDel(br)
+		return false, fmt.Errorf("mark bridge %s as RainForest's: %w", name, err)
+	}
 	if err := netlink.LinkSetUp(br); err != nil {
 		_ = netlink.LinkDel(br)
 		return false, fmt.Errorf("set bridge %s up: %w", name, err)
 	}
 	return true, nil
+}
+
+// madeAlias is the alias (ifalias) of the bridges EnsureBridge creates:
+// the mark, kept by the kernel with the device, that lets a supervisor
+// (this one or a successor) know which bridges are its to remove.
+const madeAlias = "rainforest: made by rfm, removed with its last subOS"
+
+// Made says whether bridge name exists and was made by EnsureBridge.
+func Made(name string) bool {
+	br, err := bridgeLink(name)
+	return err == nil && br.Attrs().Alias == madeAlias
 }
 
 // Ports lists the devices in bridge name.
@@ -264,6 +279,9 @@ func (Host) EnsureBridge(name string, create bool, addr string) (bool, error) {
 
 // RemoveBridge implements supervisor.Network.
 func (Host) RemoveBridge(name string) error { return RemoveBridge(name) }
+
+// Made implements supervisor.Network.
+func (Host) Made(name string) bool { return Made(name) }
 
 // Exists implements supervisor.Network.
 func (Host) Exists(name string) bool {

@@ -92,6 +92,9 @@ func TestTAPAndBridge(t *testing.T) {
 		if created, err := EnsureBridge("rfbr0", true); err != nil || created {
 			t.Errorf("EnsureBridge of an existing bridge: created %v, %v", created, err)
 		}
+		if !Made("rfbr0") || Made("lo") || Made("nobr") {
+			t.Errorf("Made: rfbr0 %v lo %v nobr %v; want only the bridge EnsureBridge made", Made("rfbr0"), Made("lo"), Made("nobr"))
+		}
 		if err := CheckBridge("lo"); !errors.Is(err, ErrNotBridge) {
 			t.Errorf("CheckBridge(lo) = %v, want ErrNotBridge", err)
 		}

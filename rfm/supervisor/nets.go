@@ -54,6 +54,9 @@ type Network interface {
 	EnsureBridge(name string, create bool, addr string) (created bool, err error)
 	// RemoveBridge removes bridge name when it has no ports left.
 	RemoveBridge(name string) error
+	// Made says whether bridge name was made by EnsureBridge (a mark the
+	// host keeps with the device, so a successor knows it too).
+	Made(name string) bool
 	// Exists says whether a network device called name exists.
 	Exists(name string) bool
 	// OpenTAP creates TAP name, puts it in bridge (when not "") and sets
@@ -234,15 +237,18 @@ func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
 	}
 }
 
-// releaseNICs removes the bridges so's NICs had the supervisor make, once
-// its VMM is gone (its TAPs go with it).
+// releaseNICs removes the bridges so's NICs are in that the supervisor
+// made (whichever subOS asked for them) and no other subOS uses, once its
+// VMM is gone (its TAPs go with it).
 func (s *Supervisor) releaseNICs(so *subOS) {
 	if s.cfg.Network == nil {
 		return
 	}
 	nics := withNICDefaults(so.info.Spec)
+	done := map[string]bool{}
 	for _, n := range nics {
-		if n.Bridge != "" && n.CreateBridge {
+		if n.Bridge != "" && !done[n.Bridge] && s.cfg.Network.Made(n.Bridge) {
+			done[n.Bridge] = true
 			var taps []string
 			for _, m := range nics {
 				if m.Bridge == n.Bridge {

@@ -66,6 +66,12 @@ func (n *fakeNetwork) RemoveBridge(name string) error {
 	return nil
 }
 
+func (n *fakeNetwork) Made(name string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.bridges[name]
+}
+
 func (n *fakeNetwork) Exists(name string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -185,9 +191,23 @@ func TestNICs(t *testing.T) {
 	}
 
 	// Destroy: the TAPs go with the VMM, then the bridge the supervisor
-	// made; the user's stays.
+	// made, once no subOS uses it, whichever asked for it; the user's
+	// stays.
+	nw.failTAP = ""
+	other := testSpec(t, "db", 1)
+	other.Nets = []NIC{{Bridge: "lan"}}
+	if _, err := s.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
 	nw.gone("rf-web0", "rf-web1")
 	if err := s.Destroy(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if bridges, _ := nw.state(); !slices.Contains(bridges, "lan") {
+		t.Error("the bridge went while db still uses it")
+	}
+	nw.gone("rf-db0")
+	if err := s.Destroy(ctx, "db"); err != nil {
 		t.Fatal(err)
 	}
 	if bridges, _ := nw.state(); !slices.Equal(bridges, []string{"br0"}) {
