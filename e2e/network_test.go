@@ -30,6 +30,7 @@ echo "== ping"
 "$RFM" exec a -- ping -c 3 -W 5 10.77.0.1; echo "RF-PING-HOST $?"
 "$RFM" exec a -- ping -c 3 -W 5 10.77.0.3; echo "RF-PING-PEER $?"
 ping -c 2 -W 5 10.77.0.3; echo "RF-PING-FROM-HOST $?"
+"$RFM" stats a | sed -n 's/^HOST CPU[[:space:]]*/RF-HOSTCPU /p'
 echo "== refused"
 "$RFM" create c --cores 3 --memory 64M --net bridge=nosuchbr 2>&1; echo "RF-STATUS $?"
 "$RFM" create c --cores 3 --memory 64M --net tap=rf-a0 2>&1; echo "RF-STATUS $?"
@@ -69,6 +70,10 @@ func TestNetwork(t *testing.T) {
 		if Field(p, f) != "0" {
 			t.Errorf("%s failed:\n%s", f, p)
 		}
+	}
+	// The VMM's back-end threads (the NIC's frames) are charged to a.
+	if hc := Field(p, "RF-HOSTCPU"); !strings.Contains(hc, "VMM back ends") {
+		t.Errorf("rfm stats a shows no host CPU line: %q\n%s", hc, p)
 	}
 	ref := secs["refused"]
 	var codes []string

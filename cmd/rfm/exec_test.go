@@ -26,7 +26,9 @@ func (b *cliBackend) AgentStats(name string) (supervisor.AgentStats, error) {
 			Memory:    agentproto.Memory{Total: 1 << 30, Available: 768 << 20},
 			Load:      agentproto.Load{Load1: 0.5, Tasks: 60, Runnable: 1},
 			PSI:       &agentproto.PSI{CPU: &agentproto.Pressure{Some: agentproto.PressureLine{Avg10: 1.5}}},
-			Processes: 60}}, nil
+			Processes: 60},
+			Host: &supervisor.HostUsage{VCPUSeconds: 12.5, BackendSeconds: 0.75, OtherSeconds: 0.25,
+				Processes: []supervisor.HostProcess{{PID: 500, Comm: "rfm", CPUSeconds: 13.25}, {PID: 700, Comm: "virtiofsd", CPUSeconds: 0.25}}}}, nil
 	case "stuck":
 		return supervisor.AgentStats{}, fmt.Errorf("%w: subOS %q has sent no report yet", supervisor.ErrNoAgent, name)
 	}

@@ -300,3 +300,36 @@ func Descendants(fsys fs.FS, pid int) ([]int, error) {
 	}
 	return out, nil
 }
+
+// TaskStat is what the host reads of a process or thread from its
+// /proc/PID/stat (or /proc/PID/task/TID/stat).
+type TaskStat struct {
+	Comm string
+	// UTime and STime are the CPU time spent in user and kernel mode, in
+	// clock ticks (USER_HZ, 100 a second on Linux).
+	UTime, STime uint64
+}
+
+// UserHZ is Linux's clock tick rate for /proc times.
+const UserHZ = 100
+
+// ParseTaskStat parses a /proc/PID/stat line ("pid (comm) state ..."; the
+// comm may hold spaces and parentheses).
+func ParseTaskStat(stat []byte) (TaskStat, error) {
+	s := string(stat)
+	i, j := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if i < 0 || j < i {
+		return TaskStat{}, fmt.Errorf("%w: stat %q", ErrFormat, s)
+	}
+	f := strings.Fields(s[j+1:])
+	// After the comm: state is field 3, utime 14 and stime 15.
+	if len(f) < 13 {
+		return TaskStat{}, fmt.Errorf("%w: stat %q", ErrFormat, s)
+	}
+	u, err1 := strconv.ParseUint(f[11], 10, 64)
+	st, err2 := strconv.ParseUint(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return TaskStat{}, fmt.Errorf("%w: stat times %q %q", ErrFormat, f[11], f[12])
+	}
+	return TaskStat{Comm: s[i+1 : j], UTime: u, STime: st}, nil
+}

@@ -227,3 +227,15 @@ func TestSamplerLive(t *testing.T) {
 		t.Errorf("live report: %+v", st)
 	}
 }
+
+func TestParseTaskStat(t *testing.T) {
+	st, err := ParseTaskStat([]byte("4242 (vcpu (0) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 150 25 0 0 20 0 3 0 12345 1000 10 18446744073709551615\n"))
+	if err != nil || st.Comm != "vcpu (0) x" || st.UTime != 150 || st.STime != 25 {
+		t.Fatalf("ParseTaskStat = %+v, %v", st, err)
+	}
+	for _, bad := range []string{"", "1 comm S", "1 (c) S 1 2 3", "1 (c) S 1 1 1 0 -1 0 0 0 0 0 x 25"} {
+		if _, err := ParseTaskStat([]byte(bad)); err == nil {
+			t.Errorf("ParseTaskStat(%q) accepted", bad)
+		}
+	}
+}

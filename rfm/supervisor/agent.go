@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"sync"
@@ -71,6 +72,9 @@ type AgentStats struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"` // when the supervisor received it
 	agentproto.Stats
+	// Host is what the host charges the subOS (its cgroup's processes),
+	// read when asked; nil when it cannot be read.
+	Host *HostUsage `json:"host,omitempty"`
 }
 
 // firstCID is the CID of the first subOS (0-2 are reserved).
@@ -370,7 +374,16 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	if r == nil {
 		return AgentStats{}, fmt.Errorf("%w: subOS %q has sent no report yet (agent %s); is rf-agent in its image, and rf.agent not 0 on its command line?", ErrNoAgent, name, a.info().State)
 	}
-	return *r, nil
+	out := *r
+	s.mu.Lock()
+	cg, pid := so.info.Cgroup, so.info.PID
+	s.mu.Unlock()
+	if cg != "" {
+		if u, err := hostUsage(os.DirFS("/proc"), cg, pid); err == nil {
+			out.Host = u
+		}
+	}
+	return out, nil
 }
 
 // ExecStream is a command running in a subOS: the agent's connection,

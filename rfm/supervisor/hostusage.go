@@ -1,0 +1,100 @@
+package supervisor
+
+import (
+	"bufio"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"rainforest/internal/procstat"
+)
+
+// HostUsage is the CPU time the host charges a subOS: that of every
+// process in its cgroup, the way the paper accounts split-driver back
+// ends to the subOS they serve. The VMM's vCPU threads run the guest; its
+// other threads are its device back ends (virtio-net's frames, virtio-blk
+// I/O, vsock) and its control; other processes in the cgroup are back
+// ends of their own, such as virtiofsd.
+type HostUsage struct {
+	// VCPUSeconds is the CPU time of the VMM's vCPU threads.
+	VCPUSeconds float64 `json:"vcpu_seconds"`
+	// BackendSeconds is that of the VMM's other threads.
+	BackendSeconds float64 `json:"backend_seconds"`
+	// OtherSeconds is that of the other processes in the cgroup.
+	OtherSeconds float64 `json:"other_seconds"`
+	// Processes are the processes in the cgroup.
+	Processes []HostProcess `json:"processes"`
+}
+
+// HostProcess is one process of a subOS's cgroup.
+type HostProcess struct {
+	PID        int     `json:"pid"`
+	Comm       string  `json:"comm"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+}
+
+// maxCgroupProcs bounds the processes hostUsage reads.
+const maxCgroupProcs = 4096
+
+// hostUsage reads the CPU time of the processes in cgroup dir (its
+// cgroup.procs) from proc (a /proc), the VMM's (vmmPID) by thread.
+func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
+	f, err := os.Open(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil, fmt.Errorf("host usage: %w", err)
+	}
+	defer f.Close()
+	var pids []int
+	sc := bufio.NewScanner(f)
+	for sc.Scan() && len(pids) < maxCgroupProcs {
+		if pid, err := strconv.Atoi(strings.TrimSpace(sc.Text())); err == nil && pid > 0 {
+			pids = append(pids, pid)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("host usage: %w", err)
+	}
+	slices.Sort(pids)
+	u := &HostUsage{Processes: []HostProcess{}}
+	seconds := func(st procstat.TaskStat) float64 { return float64(st.UTime+st.STime) / procstat.UserHZ }
+	for _, pid := range pids {
+		b, err := fs.ReadFile(proc, strconv.Itoa(pid)+"/stat")
+		if err != nil {
+			continue // gone
+		}
+		st, err := procstat.ParseTaskStat(b)
+		if err != nil {
+			continue
+		}
+		u.Processes = append(u.Processes, HostProcess{PID: pid, Comm: st.Comm, CPUSeconds: seconds(st)})
+		if pid != vmmPID {
+			u.OtherSeconds += seconds(st)
+			continue
+		}
+		tasks, err := fs.ReadDir(proc, strconv.Itoa(pid)+"/task")
+		if err != nil {
+			u.BackendSeconds += seconds(st)
+			continue
+		}
+		for _, t := range tasks {
+			b, err := fs.ReadFile(proc, strconv.Itoa(pid)+"/task/"+t.Name()+"/stat")
+			if err != nil {
+				continue
+			}
+			ts, err := procstat.ParseTaskStat(b)
+			if err != nil {
+				continue
+			}
+			if strings.HasPrefix(ts.Comm, "vcpu") {
+				u.VCPUSeconds += seconds(ts)
+			} else {
+				u.BackendSeconds += seconds(ts)
+			}
+		}
+	}
+	return u, nil
+}
