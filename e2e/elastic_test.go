@@ -17,13 +17,8 @@ import (
 // (vCPU thread affinities, cgroup cpuset) and the ledger say, and a
 // process started in a's guest before the first step must still be
 // running at the end. Refused resizes must change nothing.
-const elasticScript = `
-set -u
-grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
-export RF_IMAGES="$L2"
-"$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid
-i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
-healthy() { local i=0; while ! "$RFM" inspect "$1" -o json | grep -q '"state": "healthy"' && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done; }
+const elasticScript = shellLib + `
+rfm_serve
 # state NAME prints what the guest, the host and the ledger say of NAME.
 state() {
 	local pid t

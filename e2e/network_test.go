@@ -12,13 +12,8 @@ import (
 // host and the other guest; a NIC on a bridge that does not exist, a TAP
 // name that is taken and a MAC that is another subOS's are refused with
 // nothing made; destroying the subOSes removes their TAPs and the bridge.
-const networkScript = `
-set -u
-grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
-export RF_IMAGES="$L2"
-"$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid
-i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
-healthy() { local i=0; while ! "$RFM" inspect "$1" -o json | grep -q '"state": "healthy"' && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done; }
+const networkScript = shellLib + `
+rfm_serve
 echo "== create"
 "$RFM" create a --cores 1 --memory 128M --net bridge=rfbr0,create,address=10.77.0.1/24 --append "rf.ip=10.77.0.2/24"; echo "RF-STATUS-A $?"
 "$RFM" create b --cores 2 --memory 128M --net bridge=rfbr0 --append "rf.ip=10.77.0.3/24"; echo "RF-STATUS-B $?"
