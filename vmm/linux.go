@@ -33,6 +33,7 @@ import (
 	virtioconsole "rainforest/vmm/virtio/console"
 	"rainforest/vmm/virtio/fs"
 	virtionet "rainforest/vmm/virtio/net"
+	"rainforest/vmm/virtio/net/framesock"
 	"rainforest/vmm/virtio/net/tap"
 	"rainforest/vmm/virtio/vsock"
 )
@@ -529,10 +530,15 @@ func netDevice(n config.Net, f *os.File, log *slog.Logger) (*virtionet.Device, e
 		}
 		return nil, fmt.Errorf("net %s: %w", n.ID, err)
 	}
-	var backend *tap.Tap
-	if f != nil {
+	var backend virtionet.Backend
+	switch {
+	case n.Backend == config.NetBackendSocket && f != nil:
+		backend, err = framesock.Adopt(f)
+	case n.Backend == config.NetBackendSocket:
+		err = errors.New("a socket backend needs its descriptor")
+	case f != nil:
 		backend, err = tap.Adopt(f)
-	} else {
+	default:
 		backend, err = tap.Open(n.Tap)
 	}
 	if err != nil {

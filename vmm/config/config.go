@@ -197,7 +197,18 @@ type Net struct {
 	// by default frames from a source other than MAC are dropped and
 	// counted.
 	AnySourceMAC bool `json:"any_source_mac,omitempty"`
+	// Backend is what carries the frames: "tap" (the default: a TAP, by
+	// name or descriptor) or "socket" (a connected SOCK_SEQPACKET Unix
+	// socket, passed as the descriptor, to a user-mode network process
+	// such as `rfm uplink`: plain frames, no offloads).
+	Backend string `json:"backend,omitempty"`
 }
+
+// Net backends.
+const (
+	NetBackendTAP    = "tap"
+	NetBackendSocket = "socket"
+)
 
 var (
 	macPattern = regexp.MustCompile(`^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$`)
@@ -233,6 +244,15 @@ func (n Net) Check() error {
 	}
 	if n.Tap != "" && (!tapPattern.MatchString(n.Tap) || n.Tap == "." || n.Tap == "..") {
 		return fmt.Errorf("tap %q: an interface name, 1-15 of letters, digits, _ . -", n.Tap)
+	}
+	switch n.Backend {
+	case "", NetBackendTAP:
+	case NetBackendSocket:
+		if n.Tap != "" {
+			return fmt.Errorf("backend %q takes no tap", n.Backend)
+		}
+	default:
+		return fmt.Errorf("backend %q: want %q or %q", n.Backend, NetBackendTAP, NetBackendSocket)
 	}
 	return nil
 }

@@ -427,3 +427,25 @@ func TestNets(t *testing.T) {
 		t.Errorf("net/net0 without nets: %v", err)
 	}
 }
+
+func TestNetBackends(t *testing.T) {
+	with := func(nets string, files string) string {
+		doc := strings.Replace(good, `"version": 1,`, `"version": 1, "nets": `+nets+`,`, 1)
+		if files != "" {
+			doc = strings.Replace(doc, `"version": 1,`, `"version": 1, "files": `+files+`,`, 1)
+		}
+		return doc
+	}
+	if _, err := Decode(strings.NewReader(with(`[{"mac": "52:54:00:12:34:56", "backend": "socket"}]`, `{"net/net0": 0}`))); err != nil {
+		t.Errorf("socket backend with its descriptor: %v", err)
+	}
+	for _, c := range []struct{ nets, files, want string }{
+		{`[{"mac": "52:54:00:12:34:56", "backend": "socket"}]`, "", "no tap and no descriptor"},
+		{`[{"mac": "52:54:00:12:34:56", "backend": "socket", "tap": "t"}]`, `{"net/net0": 0}`, "takes no tap"},
+		{`[{"mac": "52:54:00:12:34:56", "backend": "carrier-pigeon", "tap": "t"}]`, "", `backend "carrier-pigeon"`},
+	} {
+		if _, err := Decode(strings.NewReader(with(c.nets, c.files))); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("nets %s: %v, want %q", c.nets, err, c.want)
+		}
+	}
+}
