@@ -165,7 +165,7 @@ func (m *dhcpMessage) addr(code byte) (netip.Addr, bool) {
 
 // marshal encodes m, splitting options longer than 255 bytes (RFC 3396)
 // and padding to dhcpMinLen.
-func (m *dhcpMessage) marshal() []byte {
+func (m dhcpMessage) marshal() []byte {
 	b := make([]byte, dhcpFixedLen, dhcpMinLen)
 	b[0], b[1], b[2], b[3] = m.op, m.htype, m.hlen, m.hops
 	binary.BigEndian.PutUint32(b[4:], m.xid)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -92,29 +93,43 @@ func SeqpacketPair() (a, b *os.File, err error) {
 	return os.NewFile(uintptr(fds[0]), "frames"), os.NewFile(uintptr(fds[1]), "frames"), nil
 }
 
-// AcceptSeqpacket listens on the Unix socket path (which must not exist),
-// accepts one connection (the VMM's) and returns it, removing the path
-// and the listener either way. It returns ctx's error if ctx ends first.
-func AcceptSeqpacket(ctx context.Context, path string) (*SeqpacketConn, error) {
+// SeqpacketListener is a Unix socket path on which the uplink waits for
+// the VMM's frame connection.
+type SeqpacketListener struct {
+	l    *net.UnixListener
+	path string
+}
+
+// ListenSeqpacket listens on the Unix socket path, which must not exist;
+// Close removes it.
+func ListenSeqpacket(path string) (*SeqpacketListener, error) {
 	l, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: path, Net: "unixpacket"})
 	if err != nil {
 		return nil, fmt.Errorf("frame socket: %w", err)
 	}
 	l.SetUnlinkOnClose(true)
-	defer l.Close()
-	stop := context.AfterFunc(ctx, func() { l.Close() })
+	return &SeqpacketListener{l: l, path: path}, nil
+}
+
+// Accept waits for one connection (the VMM's) and returns it, or ctx's
+// error if ctx ends first.
+func (s *SeqpacketListener) Accept(ctx context.Context) (*SeqpacketConn, error) {
+	stop := context.AfterFunc(ctx, func() { s.l.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	c, err := l.AcceptUnix()
+	c, err := s.l.AcceptUnix()
 	if err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("frame socket %s: %w", path, ctx.Err())
+			return nil, fmt.Errorf("frame socket %s: %w", s.path, ctx.Err())
 		}
-		return nil, fmt.Errorf("frame socket %s: %w", path, err)
+		return nil, fmt.Errorf("frame socket %s: %w", s.path, err)
 	}
 	return &SeqpacketConn{c: c}, nil
 }
 
-// DialSeqpacket connects to an uplink listening on path (AcceptSeqpacket):
+// Close stops listening and removes the path.
+func (s *SeqpacketListener) Close() error { return s.l.Close() }
+
+// DialSeqpacket connects to an uplink listening on path (ListenSeqpacket):
 // the VMM's side.
 func DialSeqpacket(ctx context.Context, path string) (*SeqpacketConn, error) {
 	var d net.Dialer

@@ -179,10 +179,11 @@ func waitGoroutines(t *testing.T, base int) {
 // rig is an uplink on one end of a Pipe, running, with a guest on the
 // other end holding a DHCP lease.
 type rig struct {
-	u     *Uplink
-	guest *testGuest
-	lease lease
-	ran   chan error
+	u       *Uplink
+	guest   *testGuest
+	lease   lease
+	ran     chan error
+	stopped bool
 }
 
 func startRig(t *testing.T, cfg Config, prep ...func(*Uplink)) *rig {
@@ -202,9 +203,13 @@ func startRig(t *testing.T, cfg Config, prep ...func(*Uplink)) *rig {
 	return r
 }
 
-// stop closes the uplink and the guest.
+// stop closes the uplink and the guest (once).
 func (r *rig) stop(t *testing.T) {
 	t.Helper()
+	if r.stopped {
+		return
+	}
+	r.stopped = true
 	if err := r.u.Close(); err != nil {
 		t.Errorf("Close: %v", err)
 	}
