@@ -73,7 +73,8 @@ type Config struct {
 // fields take the defaults.
 type Limits struct {
 	// TCPConns is the most forwarded TCP connections open at once,
-	// outbound and published together (default 512).
+	// outbound and published together (default 256). Each holds at most
+	// 256 KiB of netstack buffer each way and 64 KiB of copy buffers.
 	TCPConns int
 	// TCPHandshakes is the most guest connection attempts being dialed
 	// on the host at once (default 64); further SYNs are ignored (the
@@ -207,7 +208,7 @@ func (l Limits) withDefaults() Limits {
 			*v = d
 		}
 	}
-	def(&l.TCPConns, 512)
+	def(&l.TCPConns, 256)
 	def(&l.TCPHandshakes, 64)
 	def(&l.UDPFlows, 256)
 	def(&l.PingFlows, 32)

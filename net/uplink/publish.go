@@ -148,21 +148,39 @@ func (pp *publishedPort) serveTCP() {
 	}
 }
 
-// connectGuest connects to the guest's port through the netstack, from
-// the gateway's address, and splices host to it. A guest not listening
-// refuses it, and the host peer's connection is closed.
+// DialGuest connects to the guest's TCP port through the netstack, from
+// the gateway's address, as a published port does: the supervisor's own
+// way to a service of the guest's with no host port. The caller closes
+// the connection; closing the uplink ends it (reads and writes fail).
+func (u *Uplink) DialGuest(ctx context.Context, port uint16) (net.Conn, error) {
+	if u.ctx.Err() != nil {
+		return nil, ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(ctx, u.cfg.Limits.DialTimeout)
+	defer cancel()
+	stop := context.AfterFunc(u.ctx, cancel)
+	defer stop()
+	c, err := gonet.DialTCPWithBind(ctx, u.st,
+		tcpip.FullAddress{NIC: nicID, Addr: u.gateway},
+		tcpip.FullAddress{NIC: nicID, Addr: u.guest, Port: port}, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: guest port %d: %w", port, err)
+	}
+	return c, nil
+}
+
+// connectGuest connects to the guest's port and splices host to it. A
+// guest not listening refuses it, and the host peer's connection is
+// closed.
 func (pp *publishedPort) connectGuest(host *net.TCPConn) {
 	u := pp.u
-	ctx, cancel := context.WithTimeout(u.ctx, u.cfg.Limits.DialTimeout)
-	g, err := gonet.DialTCPWithBind(ctx, u.st,
-		tcpip.FullAddress{NIC: nicID, Addr: u.gateway},
-		tcpip.FullAddress{NIC: nicID, Addr: u.guest, Port: pp.p.GuestPort}, ipv4.ProtocolNumber)
-	cancel()
+	c, err := u.DialGuest(u.ctx, pp.p.GuestPort)
 	if err != nil {
 		u.cfg.Logger.Debug("uplink: published port: guest refused", "publish", pp.p.String(), "err", err)
 		u.untrack(host)
 		return
 	}
+	g := c.(*gonet.TCPConn)
 	if !u.track(g) {
 		u.untrack(host)
 		return

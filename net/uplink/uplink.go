@@ -59,6 +59,12 @@ var ErrClosed = errors.New("uplink: closed")
 // nicID is the netstack's one NIC, the guest's link.
 const nicID tcpip.NICID = 1
 
+// The netstack's TCP buffer sizes, each way, of each connection.
+const (
+	tcpBufferDefault = 128 << 10
+	tcpBufferMax     = 256 << 10
+)
+
 // Uplink is one guest's user-mode network. New binds its published ports,
 // Run serves the guest's frames, Close releases everything.
 type Uplink struct {
@@ -85,7 +91,6 @@ type Uplink struct {
 	closed                bool
 	closers               map[io.Closer]struct{}
 	wg                    sync.WaitGroup
-	guestMAC              atomic.Value // tcpip.LinkAddress: the last Ethernet source of the guest
 	pingDeniedLogged      atomic.Bool
 	openPing              func() (pingConn, error)
 	now                   func() time.Time // the rate limits' clock
@@ -121,7 +126,6 @@ func New(cfg Config) (*Uplink, error) {
 		openPing:    openHostPing,
 		now:         time.Now,
 	}
-	u.guestMAC.Store(tcpip.LinkAddress(""))
 	u.pings = newPingTable()
 	u.link = newLink(uint32(cfg.MTU), u.mac, cfg.Limits.TxQueue, &u.stat)
 	if err := u.buildStack(); err != nil {
@@ -157,8 +161,15 @@ func (u *Uplink) buildStack() error {
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
+	// Each forwarded connection's netstack buffers are bounded (gVisor's
+	// defaults are a megabyte each way, growing), so that what a guest's
+	// connections can hold is about Limits.TCPConns times 2*tcpBufferMax.
 	sack := tcpip.TCPSACKEnabled(true)
 	u.st.SetTransportProtocolOption(tcp.ProtocolNumber, &sack)
+	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: tcpBufferDefault, Max: tcpBufferMax}
+	u.st.SetTransportProtocolOption(tcp.ProtocolNumber, &snd)
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: tcpBufferDefault, Max: tcpBufferMax}
+	u.st.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv)
 	if err := u.st.CreateNIC(nicID, ethernet.New(u.link)); err != nil {
 		return fmt.Errorf("uplink: netstack NIC: %s", err)
 	}
@@ -178,7 +189,7 @@ func (u *Uplink) buildStack() error {
 	if err := u.st.SetSpoofing(nicID, true); err != nil {
 		return fmt.Errorf("uplink: netstack spoofing: %s", err)
 	}
-	tcpFwd := tcp.NewForwarder(u.st, 0, u.cfg.Limits.TCPHandshakes, u.forwardTCP)
+	tcpFwd := tcp.NewForwarder(u.st, tcpBufferDefault, u.cfg.Limits.TCPHandshakes, u.forwardTCP)
 	u.st.SetTransportProtocolHandler(tcp.ProtocolNumber, tcpFwd.HandlePacket)
 	udpFwd := udp.NewForwarder(u.st, u.forwardUDP)
 	u.st.SetTransportProtocolHandler(udp.ProtocolNumber, udpFwd.HandlePacket)
@@ -320,7 +331,6 @@ func (u *Uplink) inbound(frame []byte) {
 			u.stat.dropSpoofed.Add(1)
 			return
 		}
-		u.guestMAC.Store(eth.SourceAddress())
 		if ip.TransportProtocol() == header.ICMPv4ProtocolNumber && !u.isLocal(ip.DestinationAddress()) {
 			u.divertICMP(eth.SourceAddress(), ip)
 			return

@@ -414,6 +414,26 @@ func TestUplink(t *testing.T) {
 		if from := <-served; !strings.HasPrefix(from, "10.0.2.2:") {
 			t.Errorf("the guest saw the connection from %s, want the gateway", from)
 		}
+		// The supervisor's way in, with no host port.
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.Copy(c, c)
+		}()
+		d, err := r.u.DialGuest(ctx, 80)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		if got := roundTrip(t, d, "from the supervisor"); got != "from the supervisor" {
+			t.Errorf("got %q", got)
+		}
+		if _, err := r.u.DialGuest(ctx, 81); err == nil {
+			t.Error("a port the guest does not listen on connected")
+		}
 	})
 
 	t.Run("published-udp", func(t *testing.T) {
