@@ -62,7 +62,7 @@ socket path listens). A published port already in use ends it with status 4.`,
 	fl := cmd.Flags()
 	fl.IntVar(&f.frameFD, "frame-fd", -1, "inherited SOCK_SEQPACKET socket carrying the guest's frames")
 	fl.StringVar(&f.frameSocket, "frame-socket", "", "listen on this Unix socket path for the VMM's frame connection")
-	fl.StringVar(&f.subnet, "subnet", uplink.DefaultSubnet.String(), "the private IPv4 network of the guest and the uplink")
+	fl.StringVar(&f.subnet, "subnet", uplink.DefaultSubnet, "the private IPv4 network of the guest and the uplink")
 	fl.StringVar(&f.gateway, "gateway", "", "the uplink's address (default the subnet's .2)")
 	fl.StringVar(&f.dns, "dns", "", "the DNS forwarder's address (default the subnet's .3)")
 	fl.StringVar(&f.guest, "guest", "", "the guest's address, leased by DHCP (default the subnet's .15)")

@@ -22,7 +22,7 @@ var ErrConfig = errors.New("uplink: bad configuration")
 
 // DefaultSubnet is the network of an uplink whose Config names none: as
 // slirp's, gateway 10.0.2.2, DNS 10.0.2.3, guest 10.0.2.15.
-var DefaultSubnet = netip.MustParsePrefix("10.0.2.0/24")
+const DefaultSubnet = "10.0.2.0/24"
 
 // DefaultResolvConf is where the host's resolvers are read from.
 const DefaultResolvConf = "/etc/resolv.conf"
@@ -228,7 +228,7 @@ func (l Limits) withDefaults() Limits {
 // nameservers are read from ResolvConf when none are given.
 func (c Config) withDefaults() (Config, error) {
 	if !c.Subnet.IsValid() {
-		c.Subnet = DefaultSubnet
+		c.Subnet = netip.MustParsePrefix(DefaultSubnet)
 	}
 	c.Subnet = c.Subnet.Masked()
 	if !c.Subnet.Addr().Is4() || c.Subnet.Bits() < 8 || c.Subnet.Bits() > 29 {

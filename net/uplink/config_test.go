@@ -40,7 +40,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Subnet != DefaultSubnet || c.Gateway.String() != "10.0.2.2" || c.DNS.String() != "10.0.2.3" ||
+	if c.Subnet.String() != DefaultSubnet || c.Gateway.String() != "10.0.2.2" || c.DNS.String() != "10.0.2.3" ||
 		c.Guest.String() != "10.0.2.15" || c.MAC.String() != "52:55:0a:00:02:02" || c.MTU != 1500 {
 		t.Errorf("defaults %+v", c)
 	}
@@ -123,7 +123,7 @@ func TestHostTarget(t *testing.T) {
 	u := &Uplink{cfg: Config{
 		Gateway: netip.MustParseAddr("10.0.2.2"), DNS: netip.MustParseAddr("10.0.2.3"),
 		Nameservers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
-	}, subnet: DefaultSubnet}
+	}, subnet: netip.MustParsePrefix(DefaultSubnet)}
 	a := func(s string) tcpip.Address { return tcpip.AddrFrom4(netip.MustParseAddr(s).As4()) }
 	cases := []struct {
 		dst      string

@@ -63,7 +63,8 @@ const dhcpFixedLen = 236
 // clients still require.
 const dhcpMinLen = 300
 
-var dhcpCookie = [4]byte{99, 130, 83, 99}
+// dhcpCookie is the magic cookie (99.130.83.99) before the options.
+const dhcpCookie = "\x63\x82\x53\x63"
 
 // Errors of parseDHCP.
 var (
@@ -110,7 +111,7 @@ func parseDHCP(b []byte) (dhcpMessage, error) {
 	copy(m.siaddr[:], b[20:24])
 	copy(m.giaddr[:], b[24:28])
 	copy(m.chaddr[:], b[28:44])
-	if [4]byte(b[dhcpFixedLen:dhcpFixedLen+4]) != dhcpCookie {
+	if string(b[dhcpFixedLen:dhcpFixedLen+4]) != dhcpCookie {
 		return m, errDHCPCookie
 	}
 	opts := b[dhcpFixedLen+4:]
@@ -176,7 +177,7 @@ func (m dhcpMessage) marshal() []byte {
 	copy(b[20:], m.siaddr[:])
 	copy(b[24:], m.giaddr[:])
 	copy(b[28:], m.chaddr[:])
-	b = append(b, dhcpCookie[:]...)
+	b = append(b, dhcpCookie...)
 	for _, o := range m.options {
 		data := o.data
 		for {

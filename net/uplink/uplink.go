@@ -68,33 +68,40 @@ const (
 // Uplink is one guest's user-mode network. New binds its published ports,
 // Run serves the guest's frames, Close releases everything.
 type Uplink struct {
-	cfg  Config
+	cfg  Config // with its defaults
 	stat counters
 	st   *stack.Stack
 	link *link
 
-	mac                   tcpip.LinkAddress
-	gateway, dns, guest   tcpip.Address
-	subnet                netip.Prefix
-	subnetBcast           tcpip.Address
-	flowRate, frameRate   *tokenbucket.Bucket
-	tcpConns, udpFlows    semaphore
-	pings                 *pingTable
-	dnsSlots              semaphore
-	started               atomic.Bool
-	ctx                   context.Context
-	cancel                context.CancelFunc
-	closeOnce             sync.Once
+	// The addresses, in the netstack's form.
+	mac                 tcpip.LinkAddress
+	gateway, dns, guest tcpip.Address
+	subnet              netip.Prefix
+	subnetBcast         tcpip.Address
+
+	// The limits.
+	flowRate, frameRate          *tokenbucket.Bucket
+	now                          func() time.Time // the buckets' clock
+	tcpConns, udpFlows, dnsSlots semaphore
+
+	// The services and flows.
 	published             []*publishedPort
 	dhcpConn, dnsConn     *gonet.UDPConn
-	mu                    sync.Mutex
-	closed                bool
-	closers               map[io.Closer]struct{}
-	wg                    sync.WaitGroup
-	pingDeniedLogged      atomic.Bool
+	pings                 *pingTable
 	openPing              func() (pingConn, error)
-	now                   func() time.Time // the rate limits' clock
-	pingUnavailableReason string
+	pingUnavailableReason string // why pings are dropped; "" when forwarded
+	pingDeniedLogged      atomic.Bool
+
+	// The lifetime: ctx ends when Close begins; every goroutine of the
+	// uplink's is counted in wg, every socket it holds is in closers.
+	started   atomic.Bool
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+	mu        sync.Mutex
+	closed    bool
+	closers   map[io.Closer]struct{}
+	wg        sync.WaitGroup
 }
 
 // New builds the uplink's netstack, its DHCP server and DNS forwarder,

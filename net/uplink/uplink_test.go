@@ -795,3 +795,23 @@ func tcpipAddr(s string) tcpip.Address { return tcpip.AddrFrom4(netip.MustParseA
 func testLogger(t *testing.T) *slog.Logger {
 	return slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 }
+
+// Frames over Limits.Frames are dropped before anything looks at them.
+func TestFrameRate(t *testing.T) {
+	u, err := New(Config{
+		Nameservers: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")},
+		Limits:      Limits{Frames: tokenbucket.Limit{Rate: 1, Burst: 2}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	frozen := time.Now().Add(-time.Hour)
+	u.now = func() time.Time { return frozen }
+	for range 5 {
+		u.inbound([]byte{1, 2, 3})
+	}
+	if s := u.Stats(); s.FramesIn != 5 || s.DropRate != 3 || s.DropMalformed != 2 {
+		t.Errorf("stats %+v: want 5 in, 3 over the rate, 2 malformed", s)
+	}
+}
