@@ -66,6 +66,13 @@ func TestUplinkCommand(t *testing.T) {
 		}
 	})
 
+	t.Run("completion", func(t *testing.T) {
+		r := runRFM(t, bin, nil, "__completeNoDesc", "uplink", "--log-level", "")
+		if got := strings.Fields(strings.Split(r.stdout, ":")[0]); r.status != 0 || strings.Join(got, " ") != "debug info warn error" {
+			t.Errorf("status %d, completions %q", r.status, got)
+		}
+	})
+
 	t.Run("port in use", func(t *testing.T) {
 		out, err := exec.Command(bin, append([]string{"uplink", "--frame-socket", sock, "--publish", "127.0.0.1:" + heldPort + ":80"}, ns...)...).CombinedOutput()
 		var ee *exec.ExitError

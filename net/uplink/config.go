@@ -389,6 +389,18 @@ func StaticCmdline(c Config, device string) (string, error) {
 	return fmt.Sprintf("ip=%s::%s:%s::%s:off:%s", c.Guest, c.Gateway, netmask(c.Subnet), device, c.DNS), nil
 }
 
+// ImageCmdline returns the argument of RainForest's own image that gives
+// its first NIC c's guest address and default route without DHCP:
+// rf.ip=GUEST/BITS,GATEWAY (images/build.go's /init). That init sets no
+// nameserver; the guest's resolv.conf names c.DNS for it to resolve.
+func ImageCmdline(c Config) (string, error) {
+	c, err := c.withStaticDefaults()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("rf.ip=%s/%d,%s", c.Guest, c.Subnet.Bits(), c.Gateway), nil
+}
+
 // withStaticDefaults is withDefaults without reading the host's
 // resolvers (the static command line needs none).
 func (c Config) withStaticDefaults() (Config, error) {

@@ -117,6 +117,12 @@ func TestStaticCmdline(t *testing.T) {
 	if _, err := StaticCmdline(Config{}, "eth0:1"); err == nil {
 		t.Error("a device with a colon accepted")
 	}
+	if s, err := ImageCmdline(Config{}); err != nil || s != "rf.ip=10.0.2.15/24,10.0.2.2" {
+		t.Errorf("ImageCmdline = %q, %v", s, err)
+	}
+	if _, err := ImageCmdline(Config{Subnet: netip.MustParsePrefix("10.0.0.0/31")}); err == nil {
+		t.Error("a /31 accepted")
+	}
 }
 
 func TestHostTarget(t *testing.T) {
