@@ -5,6 +5,7 @@
 //	rfm serve          the supervisor daemon (API on a Unix socket)
 //	rfm create/destroy/ps/inspect/console/logs/events/check/exec/stats
 //	rfm vmm [flags]    run one subOS in the foreground (the VMM process)
+//	rfm uplink [flags] one subOS's rootless user-mode network (hidden; its own process)
 //
 // The CLI uses github.com/spf13/cobra: the de-facto standard for Go
 // command trees (kubectl, docker), with flag parsing, help and completion.
@@ -90,7 +91,7 @@ Exit status:
 		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
 		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
 		versionCommand(g), infoCommand(g), execCommand(g), statsCommand(g), resizeCommand(g), autoscaleCommand(g), lendCommand(g),
-		returnCommand(g), loansCommand(g), genManCommand(root))
+		returnCommand(g), loansCommand(g), uplinkCommand(), genManCommand(root))
 	addVersionFlag(root, g)
 	addCompletions(root, g)
 	// cobra's own commands get examples too.
