@@ -186,7 +186,8 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
 	spec.Class = so.Class
 	for _, n := range so.Nets {
-		spec.Nets = append(spec.Nets, supervisor.NIC{ID: n.ID, Bridge: n.Bridge, CreateBridge: n.CreateBridge, BridgeAddress: n.BridgeAddress, TAP: n.TAP, MAC: n.MAC})
+		spec.Nets = append(spec.Nets, supervisor.NIC{ID: n.ID, Bridge: n.Bridge, CreateBridge: n.CreateBridge, BridgeAddress: n.BridgeAddress, TAP: n.TAP, MAC: n.MAC,
+			User: n.User, Publish: n.Publish, HostLoopback: n.HostLoopback})
 	}
 	if a := so.Autoscale; a != nil {
 		spec.Autoscale = &supervisor.AutoscaleSpec{Lower: supervisor.Duration(a.Lower), Upper: supervisor.Duration(a.Upper),

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -90,8 +91,8 @@ func (f *supervisorFlags) open(log *slog.Logger) (*supervisor.Supervisor, error)
 	cfg := supervisor.Config{
 		StateDir: f.stateDir, RunDir: f.runDir, Housekeeping: hk, Inventory: inv,
 		Actuator: actuatorAdapter{act}, Launcher: supervisor.ExecLauncher{RFM: self}, Logger: log,
-		Network: netdev.Host{},
-		Jail:    supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
+		Network: netdev.Host{}, Uplinks: supervisor.ExecUplink{RFM: self},
+		Jail: supervisor.JailConfig{Disabled: f.noJail, NoSeccomp: f.noSeccomp, UID: f.vmmUID, GID: f.vmmGID},
 	}
 	if f.steerIRQs {
 		cfg.SteerIRQs = act.SteerIRQs
@@ -222,7 +223,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
 	var memory, maxMemory, pageSize, cores, logSize, logRate string
-	var disks, segments, nets []string
+	var disks, segments, nets, publish []string
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -274,7 +275,8 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G
   rfm create web --cpus 1 --net bridge=br0
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
-  rfm create router --cpus 1 --net tap=rf-router0`,
+  rfm create router --cpus 1 --net tap=rf-router0
+  rfm create web --cpus 1 --net user --publish 8080:80`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
@@ -321,6 +323,15 @@ whole first: every problem is listed and nothing is reserved.`,
 				}
 				spec.Nets = append(spec.Nets, nic)
 			}
+			if len(publish) > 0 {
+				// On the first NIC on the uplink, made when there is none.
+				i := slices.IndexFunc(spec.Nets, func(n supervisor.NIC) bool { return n.User })
+				if i < 0 {
+					spec.Nets = append(spec.Nets, supervisor.NIC{User: true})
+					i = len(spec.Nets) - 1
+				}
+				spec.Nets[i].Publish = append(spec.Nets[i].Publish, publish...)
+			}
 			for _, sg := range segments {
 				grant, err := parseSegment(sg)
 				if err != nil {
@@ -354,6 +365,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	fl.StringArrayVar(&nets, "net", nil, "network interface "+nicSyntax+"; repeatable")
+	fl.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host through the uplink, [ADDR:]HOSTPORT:GUESTPORT[/udp] (adds a --net user NIC when there is none); repeatable")
 	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
 	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
@@ -362,7 +374,7 @@ whole first: every problem is listed and nothing is reserved.`,
 }
 
 // nicSyntax is --net's syntax.
-const nicSyntax = "bridge=NAME[,create][,address=CIDR][,tap=NAME][,mac=MAC][,id=ID] or tap=NAME[,mac=MAC][,id=ID]"
+const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]"
 
 // parseNIC parses --net: a TAP in a bridge (made when create is given,
 // with the host's address on it), or a TAP on its own.
@@ -383,12 +395,18 @@ func parseNIC(v string) (supervisor.NIC, error) {
 			n.BridgeAddress = val
 		case p == "create":
 			n.CreateBridge = true
+		case p == "user":
+			n.User = true
+		case k == "publish" && hasVal:
+			n.Publish = append(n.Publish, val)
+		case p == "host-loopback":
+			n.HostLoopback = true
 		default:
 			return n, usageErrorf("--net %q: unknown or empty option %q (%s)", v, p, nicSyntax)
 		}
 	}
-	if n.Bridge == "" && n.TAP == "" {
-		return n, usageErrorf("--net %q: give bridge=NAME or tap=NAME (%s)", v, nicSyntax)
+	if n.Bridge == "" && n.TAP == "" && !n.User {
+		return n, usageErrorf("--net %q: give user, bridge=NAME or tap=NAME (%s)", v, nicSyntax)
 	}
 	if n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != "") {
 		return n, usageErrorf("--net %q: create and address are for a bridge", v)

@@ -33,6 +33,8 @@
 //	    nets:              # NICs: virtio-net on a TAP the supervisor makes
 //	      - network: lan   # a network below; or bridge: br0 (the user's),
 //	                       # or tap: rf-web0 alone; mac: and id: optional
+//	      - user: true     # or the rootless uplink (NAT, DHCP, DNS)
+//	    ports: ["8080:80"] # guest ports published through the uplink
 //	  - name: api
 //	    cpus: 2
 //	    memory: 512M
@@ -118,6 +120,11 @@ type NIC struct {
 	TAP           string
 	MAC           string
 	ID            string
+	// User puts the NIC on the rootless uplink, publishing Publish
+	// ([ADDR:]HOSTPORT:GUESTPORT[/udp]; the subOS's ports: go here too).
+	User         bool
+	Publish      []string
+	HostLoopback bool
 }
 
 // Supervisor holds the supervisor's own resources.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -232,6 +233,15 @@ func (p *parser) str(n *yaml.Node, path string, dst *string) {
 	if v, ok := p.scalar(n, path); ok {
 		*dst = v
 	}
+}
+
+// strings reads a sequence of strings.
+func (p *parser) strings(n *yaml.Node, path string, dst *[]string) {
+	p.sequence(n, path, func(item *yaml.Node, ip string) {
+		var v string
+		p.str(item, ip, &v)
+		*dst = append(*dst, v)
+	})
 }
 
 func (p *parser) integer(n *yaml.Node, path string) (int, bool) {
@@ -496,6 +506,9 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 					{"tap", func(v *yaml.Node, path string) { p.str(v, path, &nic.TAP) }},
 					{"mac", func(v *yaml.Node, path string) { p.str(v, path, &nic.MAC) }},
 					{"id", func(v *yaml.Node, path string) { p.str(v, path, &nic.ID) }},
+					{"user", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.User) }},
+					{"host_loopback", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.HostLoopback) }},
+					{"publish", func(v *yaml.Node, path string) { p.strings(v, path, &nic.Publish) }},
 				})
 				switch {
 				case nic.Network != "" && nic.Bridge != "":
@@ -510,11 +523,22 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 					if !found {
 						p.errorf(item, ip, "network %q is not in the layout's networks", nic.Network)
 					}
-				case nic.Bridge == "" && nic.TAP == "":
-					p.errorf(item, ip, "give network, bridge or tap")
+				case nic.Bridge == "" && nic.TAP == "" && !nic.User:
+					p.errorf(item, ip, "give network, bridge, tap or user")
 				}
 				s.Nets = append(s.Nets, nic)
 			})
+		}},
+		{"ports", func(v *yaml.Node, path string) {
+			var ports []string
+			p.strings(v, path, &ports)
+			// On the first NIC on the uplink, made when there is none.
+			i := slices.IndexFunc(s.Nets, func(n NIC) bool { return n.User })
+			if i < 0 {
+				s.Nets = append(s.Nets, NIC{User: true})
+				i = len(s.Nets) - 1
+			}
+			s.Nets[i].Publish = append(s.Nets[i].Publish, ports...)
 		}},
 		{"segments", func(v *yaml.Node, path string) {
 			p.sequence(v, path, func(item *yaml.Node, ip string) {

@@ -132,7 +132,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, segments)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, ports, segments)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -262,6 +262,10 @@ subos:
   cpus: 1
   memory: 64M
   nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07"}, {tap: rf-x}]
+- name: api
+  cpus: 1
+  memory: 64M
+  ports: ["8080:80", "5353:53/udp"]
 `), 0)
 	if err != nil {
 		t.Fatal(err)
@@ -270,6 +274,9 @@ subos:
 		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07"}, {TAP: "rf-x"}}
 	if got := l.SubOSes[0].Nets; !reflect.DeepEqual(got, want) {
 		t.Errorf("nets %+v, want %+v", got, want)
+	}
+	if got := l.SubOSes[1].Nets; !reflect.DeepEqual(got, []NIC{{User: true, Publish: []string{"8080:80", "5353:53/udp"}}}) {
+		t.Errorf("ports gave nets %+v", got)
 	}
 	for _, bad := range []string{
 		"subos:\n- name: web\n  nets: [{network: nope}]\n",

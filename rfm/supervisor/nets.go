@@ -8,9 +8,12 @@ import (
 	"os"
 	"regexp"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"rainforest/ledger"
+	"rainforest/net/uplink"
 	"rainforest/rfm/netdev"
 	"rainforest/vmm/config"
 )
@@ -42,6 +45,15 @@ type NIC struct {
 	// MAC is the guest's address (by default derived from the subOS's
 	// name and the NIC's index, so it stays the same across re-creates).
 	MAC string `json:"mac,omitempty"`
+	// User puts the NIC on the rootless uplink instead of a TAP: a
+	// user-mode NAT of its own (see uplink.go) that leases the guest
+	// 10.0.2.15 and forwards its outbound connections, publishing the
+	// guest ports Publish names ([HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|udp])
+	// on the host. HostLoopback lets the guest reach the host's
+	// 127.0.0.1 at its gateway, 10.0.2.2.
+	User         bool     `json:"user,omitempty"`
+	Publish      []string `json:"publish,omitempty"`
+	HostLoopback bool     `json:"host_loopback,omitempty"`
 }
 
 // Network makes the host side of NICs (rfm/netdev in production).
@@ -76,7 +88,7 @@ func withNICDefaults(spec Spec) []NIC {
 		if n.ID == "" {
 			n.ID = "net" + strconv.Itoa(i)
 		}
-		if n.TAP == "" {
+		if n.TAP == "" && !n.User {
 			n.TAP = defaultTAPName(spec.Name, i)
 		}
 		if n.MAC == "" {
@@ -131,6 +143,18 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 		} else {
 			taken["mac "+mac.String()] = "an earlier NIC of this subOS"
 		}
+		if n.User {
+			if n.Bridge != "" || n.TAP != "" {
+				add(i, "user", "a NIC is on the uplink (user), in a bridge or on a TAP: give one")
+			}
+			for _, msg := range uplinkProblems(i, n) {
+				add(i, "publish", "%s", strings.TrimPrefix(msg, fmt.Sprintf("nets[%d].publish: ", i)))
+			}
+			continue
+		}
+		if len(n.Publish) > 0 || n.HostLoopback {
+			add(i, "publish", "publish and host_loopback are for a NIC on the uplink (user)")
+		}
 		if err := netdev.CheckName(n.TAP); err != nil {
 			add(i, "tap", "%v", err)
 		} else if who := taken["tap "+n.TAP]; who != "" {
@@ -158,8 +182,15 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			}
 		}
 	}
-	if len(spec.Nets) > 0 && s.cfg.Network == nil {
+	needTAPs, needUplinks := false, false
+	for _, n := range spec.Nets {
+		needTAPs, needUplinks = needTAPs || !n.User, needUplinks || n.User
+	}
+	if needTAPs && s.cfg.Network == nil {
 		probs = append(probs, ledger.Problem{Field: "nets", Message: "this supervisor makes no network devices (no network back end configured)"})
+	}
+	if needUplinks && s.cfg.Uplinks == nil {
+		probs = append(probs, ledger.Problem{Field: "nets", Message: "this supervisor starts no uplinks"})
 	}
 	return probs
 }
@@ -177,16 +208,20 @@ func (s *Supervisor) allNICs(except string) []NIC {
 	return out
 }
 
-// openNICs makes the TAPs (and the bridges to be made) of spec's NICs and
-// returns the VMM's nets and their descriptors (named by
-// config.NetFile). undo closes the descriptors and removes bridges it
-// made; after a launch the descriptors are the VMM's.
-func (s *Supervisor) openNICs(spec Spec) (nets []config.Net, files map[string]*os.File, undo func(), err error) {
+// openNICs makes the TAPs (and the bridges to be made) and the uplinks
+// (joined to the subOS's cgroup by join) of spec's NICs and returns the
+// VMM's nets and their descriptors (named by config.NetFile). undo
+// closes the descriptors, stops the uplinks and removes bridges it made;
+// after a launch the descriptors are the VMM's.
+func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []config.Net, files map[string]*os.File, uplinks []UplinkProcess, undo func(), err error) {
 	files = map[string]*os.File{}
 	var made []string
 	undo = func() {
 		for _, f := range files {
 			f.Close()
+		}
+		for _, p := range uplinks {
+			_ = p.Signal(syscall.SIGKILL)
 		}
 		for _, br := range made {
 			s.removeBridgeWhenEmpty(br, spec.Name, nil)
@@ -198,10 +233,20 @@ func (s *Supervisor) openNICs(spec Spec) (nets []config.Net, files map[string]*o
 		}
 	}()
 	for _, n := range withNICDefaults(spec) {
+		if n.User {
+			f, p, err := s.startUplink(n, join)
+			if err != nil {
+				return nil, nil, nil, undo, err
+			}
+			uplinks = append(uplinks, p)
+			files[config.NetFile(n.ID)] = f
+			nets = append(nets, config.Net{ID: n.ID, MAC: n.MAC, Backend: config.NetBackendSocket})
+			continue
+		}
 		if n.Bridge != "" {
 			created, err := s.cfg.Network.EnsureBridge(n.Bridge, n.CreateBridge, n.BridgeAddress)
 			if err != nil {
-				return nil, nil, undo, fmt.Errorf("%w: nets %s: %w", ErrInvalid, n.ID, err)
+				return nil, nil, nil, undo, fmt.Errorf("%w: nets %s: %w", ErrInvalid, n.ID, err)
 			}
 			if created {
 				made = append(made, n.Bridge)
@@ -209,12 +254,27 @@ func (s *Supervisor) openNICs(spec Spec) (nets []config.Net, files map[string]*o
 		}
 		f, err := s.cfg.Network.OpenTAP(n.TAP, n.Bridge)
 		if err != nil {
-			return nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
+			return nil, nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
 		}
 		files[config.NetFile(n.ID)] = f
 		nets = append(nets, config.Net{ID: n.ID, MAC: n.MAC, Tap: n.TAP})
 	}
-	return nets, files, undo, nil
+	return nets, files, uplinks, undo, nil
+}
+
+// uplinkCmdline is what the guest's command line gets for spec's NICs:
+// the small image's static address on the uplink (rf.ip=) when its first
+// NIC is on one and the command line sets none (an image of its own
+// takes the uplink's DHCP lease instead).
+func uplinkCmdline(spec Spec) string {
+	if len(spec.Nets) == 0 || !spec.Nets[0].User || strings.Contains(spec.CmdlineAppend, "rf.ip=") {
+		return ""
+	}
+	arg, err := uplink.ImageCmdline(uplink.Config{})
+	if err != nil {
+		return ""
+	}
+	return arg
 }
 
 // removeBridgeWhenEmpty removes bridge br once the TAPs in taps are gone

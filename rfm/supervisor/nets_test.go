@@ -214,3 +214,110 @@ func TestNICs(t *testing.T) {
 		t.Errorf("after destroy the bridges are %v, want the user's br0 only", bridges)
 	}
 }
+
+// fakeUplinks starts no process: each uplink "runs" until signalled.
+type fakeUplinks struct {
+	mu      sync.Mutex
+	started [][]string
+	joined  []int
+	fail    string
+	procs   []*fakeUplink
+}
+
+type fakeUplink struct {
+	pid  int
+	done chan struct{}
+	once sync.Once
+}
+
+func (u *fakeUplink) PID() int              { return u.pid }
+func (u *fakeUplink) Done() <-chan struct{} { return u.done }
+func (u *fakeUplink) Signal(os.Signal) error {
+	u.once.Do(func() { close(u.done) })
+	return nil
+}
+
+func (f *fakeUplinks) StartUplink(args []string, frames *os.File, join func(pid int) error) (UplinkProcess, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fail != "" {
+		return nil, errors.New(f.fail)
+	}
+	p := &fakeUplink{pid: 9000 + len(f.procs), done: make(chan struct{})}
+	if err := join(p.pid); err != nil {
+		return nil, err
+	}
+	f.started = append(f.started, args)
+	f.joined = append(f.joined, p.pid)
+	f.procs = append(f.procs, p)
+	return p, nil
+}
+
+func TestUplinkNIC(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	dir := t.TempDir()
+	ups := &fakeUplinks{}
+	s, err := New(Config{StateDir: dir, RunDir: dir + "/run", Inventory: testInventory(), Actuator: act, Launcher: l,
+		Jail: JailConfig{KVMPath: dir + "/kvm"}, Uplinks: ups})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	spec := testSpec(t, "web", 1)
+	spec.Nets = []NIC{{User: true, Publish: []string{"8080:80"}, HostLoopback: true}}
+	info, err := s.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := l.proc(info.PID).doc
+	if len(doc.Nets) != 1 || doc.Nets[0].Backend != "socket" || doc.Nets[0].Tap != "" || !strings.Contains(doc.Append, "rf.ip=10.0.2.15/24,10.0.2.2") {
+		t.Errorf("the VMM's nets %+v, append %q", doc.Nets, doc.Append)
+	}
+	if _, ok := doc.Files["net/net0"]; !ok {
+		t.Errorf("no frame socket for the VMM: %v", doc.Files)
+	}
+	if len(ups.started) != 1 || strings.Join(ups.started[0], " ") != "--publish 8080:80 --host-loopback" {
+		t.Errorf("uplinks started with %v", ups.started)
+	}
+	act.mu.Lock()
+	members := slices.Clone(act.members["web"])
+	act.mu.Unlock()
+	if !slices.Contains(members, ups.joined[0]) {
+		t.Errorf("the uplink %d is not in the subOS's cgroup (%v)", ups.joined[0], members)
+	}
+	// Refusals, before anything starts.
+	for _, c := range []struct {
+		nic  NIC
+		says string
+	}{
+		{NIC{User: true, Publish: []string{"80"}}, "publish"},
+		{NIC{User: true, Bridge: "br0"}, "give one"},
+		{NIC{TAP: "rf-x", Publish: []string{"8080:80"}}, "for a NIC on the uplink"},
+	} {
+		bad := testSpec(t, "db", 1)
+		bad.Nets = []NIC{c.nic}
+		if _, err := s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("create with %+v: %v, want %q", c.nic, err, c.says)
+		}
+	}
+	// An uplink that cannot start (a port in use): nothing is left.
+	ups.fail = "uplink: host port 8080/tcp is already in use"
+	bad := testSpec(t, "db", 1)
+	bad.Nets = []NIC{{User: true, Publish: []string{"8080:80"}}}
+	if _, err := s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "already in use") {
+		t.Errorf("create with a port in use: %v", err)
+	}
+	if _, err := s.Get("db"); err == nil {
+		t.Error("a failed create left its subOS")
+	}
+	ups.fail = ""
+	if err := s.Destroy(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ups.procs[0].done:
+	default:
+		t.Error("destroy left the uplink running")
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -75,8 +76,11 @@ type Config struct {
 	Actuator     Actuator
 	Launcher     Launcher
 	// Network makes the host side of NICs (TAPs, bridges); nil: subOSes
-	// with NICs are refused.
+	// with NICs on them are refused.
 	Network Network
+	// Uplinks starts the user-mode network processes of NICs on the
+	// uplink; nil: subOSes with such NICs are refused.
+	Uplinks UplinkStarter
 	Logger  *slog.Logger
 	Who     string // recorded as the actor of audit events
 	// SteerIRQs, when set, keeps host interrupts off subOS cores: it is
@@ -138,6 +142,10 @@ type subOS struct {
 	pending *intent // a device change a previous supervisor left unfinished
 	// logFrom is where this VMM's part of its (appended) log begins.
 	logFrom int64
+	// uplinks are the user-mode network processes of its NICs this
+	// supervisor started (a successor knows them only as processes of
+	// the subOS's cgroup, which go with it). Under mu.
+	uplinks []UplinkProcess
 	// cid is the guest's vsock CID (0: no vsock device, a subOS created
 	// before agents); agent follows its agent (nil without). Under mu.
 	cid   uint32
@@ -347,6 +355,7 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
 		s.log.Error("store", "subos", a.Name, "err", err)
 	}
+	s.stopUplinks(so) // their VMM is gone: they go too
 	s.at("reclaim:group")
 	if pids := s.killGroup(a.Name); len(pids) > 0 {
 		why += fmt.Sprintf(" (killed pids %v left in its cgroup)", pids)
@@ -591,12 +600,15 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		LogSize: spec.ConsoleLogSize, LogRate: spec.ConsoleLogRate}
 	doc.Vsock = &config.Vsock{CID: uint64(starting.cid), Socket: s.vsockPath(spec.Name)}
 	s.at("create:nets")
-	nets, tapFiles, closeNICs, err := s.openNICs(spec)
+	nets, tapFiles, uplinks, closeNICs, err := s.openNICs(spec, group.AddProcess)
 	if err != nil {
 		return Info{}, err
 	}
 	undo = append(undo, closeNICs)
 	doc.Nets = nets
+	if arg := uplinkCmdline(spec); arg != "" {
+		doc.Append = strings.TrimSpace(doc.Append + " " + arg)
+	}
 	named, unjail, err := s.confine(doc, tapFiles)
 	if err != nil {
 		return Info{}, err
@@ -651,7 +663,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created, Phase: store.PhaseRunning}); err != nil {
 		return Info{}, err
 	}
-	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom, cid: starting.cid}
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom, cid: starting.cid, uplinks: uplinks}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
 	delete(s.exits, spec.Name)
