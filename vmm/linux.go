@@ -34,6 +34,7 @@ import (
 	"rainforest/vmm/virtio/fs"
 	virtionet "rainforest/vmm/virtio/net"
 	"rainforest/vmm/virtio/net/framesock"
+	"rainforest/vmm/virtio/net/loop"
 	"rainforest/vmm/virtio/net/tap"
 	"rainforest/vmm/virtio/vsock"
 )
@@ -96,12 +97,29 @@ type LinuxConfig struct {
 	// jailed VMM's); the machine takes charge of them.
 	ShareFiles map[string]*os.File
 	// Nets are given to the guest as virtio-net devices on TAP
-	// interfaces, each under its ID (config.Document.WithNetIDs fills
-	// them in).
+	// interfaces or loop networks, each under its ID
+	// (config.Document.WithNetIDs fills them in).
 	Nets []config.Net
-	// NetFiles, by net ID, are TAP descriptors used instead of opening
-	// the nets' interfaces by name; the machine takes charge of them.
-	NetFiles map[string]*os.File
+	// NetFiles, by net ID, are the nets' descriptors: a TAP's, used
+	// instead of opening its interface by name, or a loop member's lanes
+	// and doorbells; the machine takes charge of them.
+	NetFiles map[string]NetFiles
+}
+
+// NetFiles are the descriptors a net's backend is made on: its TAP's
+// (nil: the VMM opens the TAP by name), or, for a loop member, its
+// network's lanes and doorbells.
+type NetFiles struct {
+	Tap  *os.File
+	Loop loop.Files
+}
+
+// Close closes every descriptor.
+func (f NetFiles) Close() {
+	if f.Tap != nil {
+		f.Tap.Close()
+	}
+	f.Loop.Close()
 }
 
 // CheckNativeKVM returns ErrEmulatedKVM when the host's KVM cannot run guest
@@ -497,13 +515,15 @@ func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int
 	return m.AddVirtio(s.ID, dev, dev)
 }
 
-// AddNet plugs a virtio-net device for n under n.ID on its TAP: f when
-// given (a descriptor attached to the interface, which the machine takes
-// charge of), else the interface n.Tap opened by name. The device drops
-// frames the guest sends from another MAC unless n.AnySourceMAC; its
-// counters are logged when it goes.
-func (m *Machine) AddNet(n config.Net, f *os.File) (int, error) {
-	dev, err := netDevice(n, f, m.log)
+// AddNet plugs a virtio-net device for n under n.ID on its backend: for
+// a loop member (n.Loop), the loop backend on files.Loop, its network's
+// lanes and doorbells; otherwise its TAP, files.Tap when given (a
+// descriptor attached to the interface), else the interface n.Tap opened
+// by name. The machine takes charge of files. The device drops frames the
+// guest sends from another MAC unless n.AnySourceMAC; its counters (and
+// a loop backend's) are logged when it goes.
+func (m *Machine) AddNet(n config.Net, files NetFiles) (int, error) {
+	dev, backend, err := netDevice(n, files, m.log)
 	if err != nil {
 		return 0, err
 	}
@@ -513,43 +533,68 @@ func (m *Machine) AddNet(n config.Net, f *os.File) (int, error) {
 		m.log.Info("net closed", "net", n.ID, "tx_packets", s.TxPackets, "tx_bytes", s.TxBytes,
 			"rx_packets", s.RxPackets, "rx_bytes", s.RxBytes, "tx_dropped", s.TxDropped(), "tx_spoofed", s.TxSpoofed,
 			"rx_dropped", s.RxDropped(), "rx_no_buffers", s.RxNoBuffers, "malformed", s.Malformed)
+		if lb, ok := backend.(*loop.Backend); ok {
+			ls := lb.Stats()
+			m.log.Info("loop net closed", "net", n.ID, "loop", n.Loop.Network, "tx_frames", ls.TxFrames, "rx_frames", ls.RxFrames,
+				"tx_spoofed_mac", ls.TxSpoofedMAC, "tx_spoofed_ip", ls.TxSpoofedIP, "tx_blocked", ls.TxBlocked,
+				"tx_unknown_dest", ls.TxUnknownDest, "tx_ring_full", ls.TxRingFull, "tx_ring_corrupt", ls.TxRingCorrupt,
+				"rx_spoofed", ls.RxSpoofed, "rx_misdirected", ls.RxMisdirected, "rx_bad_record", ls.RxBadRecord,
+				"rx_refused", ls.RxRefused, "rings_broken", ls.RingsBroken, "doorbells", ls.Doorbells)
+		}
 		return err
 	}))
 }
 
-// netDevice makes n's virtio-net model on TAP descriptor f (nil: open
-// n.Tap); it takes charge of f.
-func netDevice(n config.Net, f *os.File, log *slog.Logger) (*virtionet.Device, error) {
+// netDevice makes n's virtio-net model and its backend on files (a TAP's
+// descriptor, nil to open n.Tap; or a loop member's); it takes charge of
+// files.
+func netDevice(n config.Net, files NetFiles, log *slog.Logger) (*virtionet.Device, virtionet.Backend, error) {
 	mac, err := n.HardwareAddr()
 	if err != nil || n.ID == "" {
-		if f != nil {
-			f.Close()
-		}
+		files.Close()
 		if err == nil {
 			err = errors.New("no id")
 		}
-		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+		return nil, nil, fmt.Errorf("net %s: %w", n.ID, err)
 	}
+	log = log.With("net", n.ID)
 	var backend virtionet.Backend
 	switch {
-	case n.Backend == config.NetBackendSocket && f != nil:
-		backend, err = framesock.Adopt(f)
+	case n.Loop != nil:
+		if files.Tap != nil {
+			files.Tap.Close()
+		}
+		var lc loop.Config
+		if lc, err = n.Loop.Config(); err == nil {
+			lc.Logger = log
+			backend, err = loop.Open(lc, files.Loop)
+		} else {
+			files.Loop.Close()
+		}
+	case n.Backend == config.NetBackendSocket && files.Tap != nil:
+		files.Loop.Close()
+		backend, err = framesock.Adopt(files.Tap)
 	case n.Backend == config.NetBackendSocket:
+		files.Loop.Close()
 		err = errors.New("a socket backend needs its descriptor")
-	case f != nil:
-		backend, err = tap.Adopt(f)
+	case files.Tap != nil:
+		files.Loop.Close()
+		backend, err = tap.Adopt(files.Tap)
 	default:
+		files.Loop.Close()
 		backend, err = tap.Open(n.Tap)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+		return nil, nil, fmt.Errorf("net %s: %w", n.ID, err)
 	}
-	dev, err := virtionet.New(backend, virtionet.Options{MAC: mac, FilterSourceMAC: !n.AnySourceMAC,
-		Logger: log.With("net", n.ID)})
+	// A loop member always filters: the loop's source rules are its
+	// isolation promise (the backend checks again).
+	dev, err := virtionet.New(backend, virtionet.Options{MAC: mac, FilterSourceMAC: !n.AnySourceMAC || n.Loop != nil,
+		Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+		return nil, nil, fmt.Errorf("net %s: %w", n.ID, err)
 	}
-	return dev, nil
+	return dev, backend, nil
 }
 
 // closerFunc is a function as an io.Closer.

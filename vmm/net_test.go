@@ -6,7 +6,9 @@ import (
 	"os"
 	"testing"
 
+	"rainforest/rfm/loopnet"
 	"rainforest/vmm/config"
+	"rainforest/vmm/virtio/net/loop"
 	"rainforest/vmm/virtio/net/tap"
 )
 
@@ -19,7 +21,7 @@ func TestNetDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	if _, err := netDevice(config.Net{ID: "net0", MAC: "01:00:5e:00:00:01"}, r, log); err == nil {
+	if _, _, err := netDevice(config.Net{ID: "net0", MAC: "01:00:5e:00:00:01"}, NetFiles{Tap: r}, log); err == nil {
 		t.Fatal("multicast MAC accepted")
 	}
 	if err := r.Close(); !errors.Is(err, os.ErrClosed) {
@@ -27,7 +29,7 @@ func TestNetDevice(t *testing.T) {
 	}
 	r, w2, _ := os.Pipe()
 	defer w2.Close()
-	if _, err := netDevice(config.Net{ID: "net0", MAC: "52:54:00:00:00:01"}, r, log); !errors.Is(err, tap.ErrNotTap) {
+	if _, _, err := netDevice(config.Net{ID: "net0", MAC: "52:54:00:00:00:01"}, NetFiles{Tap: r}, log); !errors.Is(err, tap.ErrNotTap) {
 		t.Fatalf("a pipe as TAP: %v", err)
 	}
 	if err := r.Close(); !errors.Is(err, os.ErrClosed) {
@@ -39,7 +41,7 @@ func TestNetDevice(t *testing.T) {
 	if _, err := os.Stat(tap.Device); err != nil {
 		t.Skipf("no %s", tap.Device)
 	}
-	dev, err := netDevice(config.Net{ID: "net0", MAC: "52:54:00:00:00:01", Tap: "rfvmmtest0"}, nil, log)
+	dev, _, err := netDevice(config.Net{ID: "net0", MAC: "52:54:00:00:00:01", Tap: "rfvmmtest0"}, NetFiles{}, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,5 +50,53 @@ func TestNetDevice(t *testing.T) {
 	}
 	if err := dev.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoopNetDevice: a loop member's net is made on the loop backend from
+// its attachment's descriptors; one whose descriptors do not fit is
+// refused, its descriptors closed.
+func TestLoopNetDevice(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	n, err := loopnet.Create("lan", []loopnet.Member{{Name: "a", MAC: "02:00:00:00:00:01"}, {Name: "b", MAC: "02:00:00:00:00:02"}}, loop.MinSlots)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	files := func(a loopnet.Attachment) NetFiles {
+		var f NetFiles
+		for k := range 2 {
+			f.Loop.Lanes = append(f.Loop.Lanes, a.Files[config.LoopLaneFile(a.Net.ID, k)])
+			f.Loop.Bells = append(f.Loop.Bells, a.Files[config.LoopBellFile(a.Net.ID, k)])
+		}
+		return f
+	}
+	a, err := n.Attach("a", "lan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, backend, err := netDevice(a.Net, files(a), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := backend.(*loop.Backend); !ok || dev.MAC().String() != "02:00:00:00:00:01" {
+		t.Fatalf("backend %T, MAC %s", backend, dev.MAC())
+	}
+	if err := dev.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := n.Attach("b", "lan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := files(b)
+	f.Loop.Lanes[0], f.Loop.Lanes[1] = f.Loop.Lanes[1], f.Loop.Lanes[0] // its own lane read-only
+	if _, _, err := netDevice(b.Net, f, log); err == nil {
+		t.Fatal("lanes swapped: accepted")
+	}
+	for name, f := range b.Files {
+		if err := f.Close(); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("%s left open", name)
+		}
 	}
 }

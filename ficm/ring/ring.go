@@ -199,6 +199,26 @@ func (p *Producer) Slot(i int) *[SlotSize]byte {
 	return (*[SlotSize]byte)(p.slots[off : off+SlotSize])
 }
 
+// Span returns the reserved slots from the i-th on as one slice of the
+// ring's memory, up to the end of the reservation or of the ring's memory,
+// whichever comes first: a multiple of SlotSize bytes, for copying a
+// message of many slots without a call per slot. It panics outside the
+// reservation, as Slot does.
+func (p *Producer) Span(i int) []byte {
+	if i < 0 || uint32(i) >= p.reserved {
+		panic(fmt.Sprintf("ring: producer span from slot %d outside reservation of %d", i, p.reserved))
+	}
+	return span(p.slots, (p.prod+uint32(i))&p.mask, p.reserved-uint32(i), p.count)
+}
+
+// span is n slots from slot start of slots (count slots in all), cut at
+// the end of the memory.
+func span(slots []byte, start, n, count uint32) []byte {
+	n = min(n, count-start)
+	lo, hi := start*SlotSize, (start+n)*SlotSize
+	return slots[lo:hi:hi]
+}
+
 // Commit publishes the first n reserved slots to the consumer and ends the
 // reservation. It panics if n exceeds the reservation.
 func (p *Producer) Commit(n int) {
@@ -323,6 +343,18 @@ func (c *Consumer) Slot(i int) *[SlotSize]byte {
 	}
 	off := ((c.cons + uint32(i)) & c.mask) * SlotSize
 	return (*[SlotSize]byte)(c.slots[off : off+SlotSize])
+}
+
+// Span returns the peeked slots from the i-th on as one slice of the
+// ring's memory, up to the end of the peek or of the ring's memory,
+// whichever comes first (a multiple of SlotSize bytes). It is the peer's
+// memory: copy it before interpreting it. It panics outside the peek, as
+// Slot does.
+func (c *Consumer) Span(i int) []byte {
+	if i < 0 || uint32(i) >= c.peeked {
+		panic(fmt.Sprintf("ring: consumer span from slot %d outside peek of %d", i, c.peeked))
+	}
+	return span(c.slots, (c.cons+uint32(i))&c.mask, c.peeked-uint32(i), c.count)
 }
 
 // Release hands the first n peeked slots back to the producer and ends the

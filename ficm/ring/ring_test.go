@@ -131,6 +131,48 @@ func TestBatchReserveCommitPeekRelease(t *testing.T) {
 	mustPanic(t, func() { c.Release(1) })
 }
 
+// TestSpan: a reservation or peek that wraps around the ring's memory
+// comes as two spans, each the slots Slot gives, and nothing beyond the
+// reservation or peek.
+func TestSpan(t *testing.T) {
+	p, c, _, _ := newPair(t, 8, 5) // slot 5 of 8: the next 8 wrap after 3
+	if n, err := p.Reserve(6); n != 6 || err != nil {
+		t.Fatalf("Reserve(6) = %d, %v", n, err)
+	}
+	first := p.Span(0)
+	if len(first) != 3*SlotSize || cap(first) != len(first) || &first[0] != &p.Slot(0)[0] {
+		t.Fatalf("first span: %d bytes (cap %d)", len(first), cap(first))
+	}
+	if second := p.Span(3); len(second) != 3*SlotSize || &second[0] != &p.Slot(3)[0] {
+		t.Fatalf("span after the wrap: %d bytes", len(second))
+	}
+	if s := p.Span(4); len(s) != 2*SlotSize || &s[0] != &p.Slot(4)[0] {
+		t.Fatalf("span from slot 4: %d bytes", len(s))
+	}
+	for i := range 6 {
+		p.Slot(i)[0] = byte(10 + i)
+	}
+	p.Commit(6)
+	if n, err := c.Peek(2); n != 2 || err != nil {
+		t.Fatalf("Peek(2) = %d, %v", n, err)
+	}
+	if s := c.Span(0); len(s) != 2*SlotSize || s[0] != 10 || s[SlotSize] != 11 {
+		t.Fatalf("peeked span: %d bytes", len(s))
+	}
+	if n, _ := c.Peek(6); n != 6 {
+		t.Fatalf("Peek(6) = %d", n)
+	}
+	if s := c.Span(1); len(s) != 2*SlotSize || s[0] != 11 {
+		t.Fatalf("consumer span before the wrap: %d bytes", len(s))
+	}
+	if s := c.Span(3); len(s) != 3*SlotSize || s[0] != 13 || s[2*SlotSize] != 15 {
+		t.Fatalf("consumer span after the wrap: %d bytes", len(s))
+	}
+	mustPanic(t, func() { c.Span(6) })
+	mustPanic(t, func() { c.Span(-1) })
+	mustPanic(t, func() { p.Span(0) }) // committed: no reservation
+}
+
 func mustPanic(t *testing.T, f func()) {
 	t.Helper()
 	defer func() {

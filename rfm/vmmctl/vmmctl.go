@@ -121,8 +121,8 @@ type Device struct {
 	Kind string `json:"kind"` // "disk", "net", "region", "console", "share"
 	Slot int    `json:"slot"`
 	// Path is a disk's backing or a share's back-end socket; Name a
-	// region's name, a share's tag, or a net's TAP interface when the VMM
-	// opened it by name.
+	// region's name, a share's tag, a net's TAP interface when the VMM
+	// opened it by name, or a loop member's loop network.
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,6 +27,7 @@ import (
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/virtio/fs"
+	"rainforest/vmm/virtio/net/loop"
 )
 
 // Version is the document version this VMM understands.
@@ -168,10 +170,16 @@ const (
 	// FileNetPrefix + a net's ID: /dev/net/tun attached to its TAP
 	// interface (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
 	FileNetPrefix = "net/"
+	// FileLoopPrefix + a loop net's ID + "/lane/<i>" and "/bell/<i>":
+	// member i's lane (its region's memfd; read-write for this member,
+	// read-only for the others) and doorbell (an eventfd), for every
+	// member i of its loop network (LoopLaneFile, LoopBellFile).
+	FileLoopPrefix = "loop/"
 )
 
-// MaxFiles bounds the named descriptors.
-const MaxFiles = 8 + MaxDisks + MaxShares + MaxNets
+// MaxFiles bounds the named descriptors: room for two loop networks of
+// the most members besides the rest.
+const MaxFiles = 8 + MaxDisks + MaxShares + MaxNets + 2*2*loop.MaxMembers
 
 // ShareFile is the name of share id's descriptor.
 func ShareFile(id string) string { return FileSharePrefix + id }
@@ -182,10 +190,20 @@ func DiskFile(id string) string { return FileDiskPrefix + id }
 // NetFile is the name of net id's descriptor.
 func NetFile(id string) string { return FileNetPrefix + id }
 
+// LoopLaneFile is the name of the descriptor of member i's lane for loop
+// net id.
+func LoopLaneFile(id string, i int) string { return FileLoopPrefix + id + "/lane/" + strconv.Itoa(i) }
+
+// LoopBellFile is the name of the descriptor of member i's doorbell for
+// loop net id.
+func LoopBellFile(id string, i int) string { return FileLoopPrefix + id + "/bell/" + strconv.Itoa(i) }
+
 // Net is a guest network interface: a virtio-net device whose frames go
 // through a TAP interface on the host (vmm/virtio/net/tap), made by the
-// supervisor. The VMM opens the TAP by name, or (a jailed VMM) is handed
-// its descriptor as Files[NetFile(ID)].
+// supervisor, or, with Loop, to the other members of a loop network
+// (vmm/virtio/net/loop). The VMM opens the TAP by name, or (a jailed VMM)
+// is handed its descriptor as Files[NetFile(ID)]; a loop member is handed
+// its network's lanes and doorbells (LoopLaneFile, LoopBellFile).
 type Net struct {
 	// ID names the device ("net0", "net1", ... when empty).
 	ID string `json:"id,omitempty"`
@@ -195,13 +213,139 @@ type Net struct {
 	Tap string `json:"tap,omitempty"`
 	// AnySourceMAC lets the guest send frames from any Ethernet source;
 	// by default frames from a source other than MAC are dropped and
-	// counted.
+	// counted. A loop member may not have it.
 	AnySourceMAC bool `json:"any_source_mac,omitempty"`
 	// Backend is what carries the frames: "tap" (the default: a TAP, by
 	// name or descriptor) or "socket" (a connected SOCK_SEQPACKET Unix
 	// socket, passed as the descriptor, to a user-mode network process
 	// such as `rfm uplink`: plain frames, no offloads).
 	Backend string `json:"backend,omitempty"`
+	// Loop, when set, makes the net a member of a loop network instead
+	// of a TAP's (no Tap, no descriptor NetFile(ID)).
+	Loop *Loop `json:"loop,omitempty"`
+}
+
+// Loop is a net's membership of a loop network (RFloop): the network's
+// member table, the same in every member's document, and this member's
+// place in it. The member's MAC is the net's.
+type Loop struct {
+	// Network names the loop network: 1-32 of letters, digits, _ . -.
+	Network string `json:"network"`
+	// Self is this member's index in Members.
+	Self int `json:"self"`
+	// Members are the network's members in its order, this one
+	// included: 2 to loop.MaxMembers.
+	Members []LoopMember `json:"members"`
+	// Slots is every ring's slot count, a power of two from
+	// loop.MinSlots to loop.MaxSlots (0: loop.DefaultSlots).
+	Slots int `json:"slots,omitempty"`
+}
+
+// LoopMember is one member of a loop network.
+type LoopMember struct {
+	// Name is its subOS's name.
+	Name string `json:"name"`
+	// MAC is its address, aa:bb:cc:dd:ee:ff: unicast, unique in the
+	// network.
+	MAC string `json:"mac"`
+	// IP, when set, is its IPv4 address, unique in the network: the only
+	// IPv4 source (and ARP sender) it may use (see vmm/virtio/net/loop).
+	IP string `json:"ip,omitempty"`
+}
+
+// Config returns the loop backend's configuration of l (Validate first:
+// members whose MAC or IP do not parse are refused here too).
+func (l Loop) Config() (loop.Config, error) {
+	c := loop.Config{Network: l.Network, Self: l.Self, Slots: l.Slots}
+	for i, m := range l.Members {
+		mac, err := Net{MAC: m.MAC}.HardwareAddr()
+		if err != nil {
+			return loop.Config{}, fmt.Errorf("loop %s: member %d: %w", l.Network, i, err)
+		}
+		lm := loop.Member{Name: m.Name, MAC: mac}
+		if m.IP != "" {
+			if lm.IP, err = netip.ParseAddr(m.IP); err != nil {
+				return loop.Config{}, fmt.Errorf("loop %s: member %d: ip %q: %w", l.Network, i, m.IP, err)
+			}
+		}
+		c.Members = append(c.Members, lm)
+	}
+	return c, nil
+}
+
+// Validate checks a loop membership on its own (its fields named from
+// the membership: "members[1].mac"); a net's document checks it as
+// nets[i].loop, with the net's MAC.
+func (l Loop) Validate() error { return l.validate("") }
+
+// check validates a loop membership of the net at field (nets[i]) whose
+// MAC is mac.
+func (l Loop) check(field, mac string) error {
+	if err := l.validate(field + ".loop."); err != nil {
+		return err
+	}
+	self, _ := Net{MAC: l.Members[l.Self].MAC}.HardwareAddr()
+	if own, _ := (Net{MAC: mac}).HardwareAddr(); own != self {
+		return &FieldError{Field: field + ".mac", Msg: fmt.Sprintf("%s.mac: %s is not the mac of member %d (%s)", field, mac, l.Self, l.Members[l.Self].MAC)}
+	}
+	return nil
+}
+
+// validate checks l, naming its fields after prefix.
+func (l Loop) validate(prefix string) error {
+	bad := func(name, format string, args ...any) error {
+		f := prefix + name
+		return &FieldError{Field: f, Msg: f + ": " + fmt.Sprintf(format, args...)}
+	}
+	switch n := len(l.Members); {
+	case !idPattern.MatchString(l.Network):
+		return bad("network", "network %q: 1-32 of letters, digits, _ . -", l.Network)
+	case n < 2:
+		return bad("members", "loop network %q has %d member(s): a loop network needs at least two", l.Network, n)
+	case n > loop.MaxMembers:
+		return bad("members", "loop network %q has %d members, at most %d", l.Network, n, loop.MaxMembers)
+	case l.Self < 0 || l.Self >= n:
+		return bad("self", "self %d: an index among the %d members", l.Self, n)
+	}
+	if l.Slots != 0 {
+		if err := loop.CheckSlots(l.Slots); err != nil {
+			return bad("slots", "slots %d: a power of two from %d to %d (0: %d)", l.Slots, loop.MinSlots, loop.MaxSlots, loop.DefaultSlots)
+		}
+	}
+	names, macs, ips := map[string]bool{}, map[[6]byte]bool{}, map[netip.Addr]bool{}
+	for i, m := range l.Members {
+		member := fmt.Sprintf("members[%d]", i)
+		if !idPattern.MatchString(m.Name) {
+			return bad(member+".name", "name %q: 1-32 of letters, digits, _ . -", m.Name)
+		}
+		if names[m.Name] {
+			return bad(member+".name", "name %q used twice", m.Name)
+		}
+		names[m.Name] = true
+		a, err := Net{MAC: m.MAC}.HardwareAddr()
+		if err != nil {
+			return bad(member+".mac", "%v", err)
+		}
+		if macs[a] {
+			return bad(member+".mac", "mac %s used twice", m.MAC)
+		}
+		macs[a] = true
+		if m.IP == "" {
+			continue
+		}
+		ip, err := netip.ParseAddr(m.IP)
+		if err == nil {
+			err = loop.CheckIP(ip)
+		}
+		if err != nil {
+			return bad(member+".ip", "ip %q: a unicast IPv4 address", m.IP)
+		}
+		if ips[ip] {
+			return bad(member+".ip", "ip %s used twice", m.IP)
+		}
+		ips[ip] = true
+	}
+	return nil
 }
 
 // Net backends.
@@ -683,6 +827,12 @@ func (d *Document) validateNets(diskIDs map[string]bool) (map[string]bool, error
 		}
 		macs[mac] = true
 		_, given := d.Files[NetFile(n.ID)]
+		if n.Loop != nil {
+			if err := d.checkLoopNet(i, n); err != nil {
+				return nil, err
+			}
+			continue
+		}
 		switch {
 		case !given && d.Jail != nil:
 			return nil, bad("nets[%d]: a jailed VMM opens no TAP; pass descriptor %q", i, NetFile(n.ID))
@@ -691,6 +841,54 @@ func (d *Document) validateNets(diskIDs map[string]bool) (map[string]bool, error
 		}
 	}
 	return ids, nil
+}
+
+// checkLoopNet checks nets[i], n, a loop member: its membership, no
+// TAP, and every member's lane and doorbell among the descriptors.
+func (d *Document) checkLoopNet(i int, n Net) error {
+	field := fmt.Sprintf("nets[%d]", i)
+	_, tapFile := d.Files[NetFile(n.ID)]
+	switch {
+	case n.Tap != "" || tapFile:
+		return &FieldError{Field: field + ".tap", Msg: fmt.Sprintf("%s: a loop member has no TAP", field)}
+	case n.AnySourceMAC:
+		return &FieldError{Field: field + ".any_source_mac", Msg: fmt.Sprintf("%s: a loop member sends from its own MAC only", field)}
+	}
+	if err := n.Loop.check(field, n.MAC); err != nil {
+		return err
+	}
+	for k := range n.Loop.Members {
+		for _, name := range []string{LoopLaneFile(n.ID, k), LoopBellFile(n.ID, k)} {
+			if _, ok := d.Files[name]; !ok {
+				return &FieldError{Field: "files", Msg: fmt.Sprintf("files: no descriptor %q for loop net %s", name, n.ID)}
+			}
+		}
+	}
+	return nil
+}
+
+// loopFile reports whether name names a descriptor of a loop net of the
+// document: LoopLaneFile or LoopBellFile of one of its members.
+func (d *Document) loopFile(name string) bool {
+	rest, ok := strings.CutPrefix(name, FileLoopPrefix)
+	if !ok {
+		return false
+	}
+	for _, n := range d.WithNetIDs() {
+		if n.Loop == nil {
+			continue
+		}
+		tail, ok := strings.CutPrefix(rest, n.ID+"/")
+		if !ok {
+			continue
+		}
+		for k := range n.Loop.Members {
+			if tail == "lane/"+strconv.Itoa(k) || tail == "bell/"+strconv.Itoa(k) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // WithShareIDs returns the shares with default IDs filled in
@@ -729,6 +927,8 @@ func (d *Document) validateFiles(diskIDs, netIDs, shareIDs map[string]bool) erro
 				known = shareIDs[id]
 			} else if id, ok := strings.CutPrefix(name, FileNetPrefix); ok {
 				known = netIDs[id]
+			} else {
+				known = d.loopFile(name)
 			}
 		}
 		if !known {

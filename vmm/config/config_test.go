@@ -449,3 +449,90 @@ func TestNetBackends(t *testing.T) {
 		}
 	}
 }
+
+// TestLoopNets: a loop member's net, its descriptors, and every refusal
+// naming its field.
+func TestLoopNets(t *testing.T) {
+	base, err := Decode(strings.NewReader(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	members := []LoopMember{
+		{Name: "web", MAC: "02:00:00:00:00:01", IP: "10.0.0.1"},
+		{Name: "db", MAC: "02:00:00:00:00:02", IP: "10.0.0.2"},
+		{Name: "cache", MAC: "02:00:00:00:00:03"},
+	}
+	doc := func(f func(d *Document, n *Net)) *Document {
+		d := *base
+		n := Net{ID: "lan", MAC: "02:00:00:00:00:01", Loop: &Loop{Network: "lan0", Self: 0, Members: append([]LoopMember(nil), members...)}}
+		d.Files = map[string]int{}
+		for k := range members {
+			d.Files[LoopLaneFile("lan", k)] = len(d.Files)
+			d.Files[LoopBellFile("lan", k)] = len(d.Files)
+		}
+		if f != nil {
+			f(&d, &n)
+		}
+		d.Nets = []Net{n}
+		return &d
+	}
+	d := doc(nil)
+	if err := d.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := d.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Decode(strings.NewReader(string(b)))
+	if err != nil {
+		t.Fatalf("round trip: %v", err)
+	}
+	lc, err := back.Nets[0].Loop.Config()
+	if err != nil || lc.Self != 0 || len(lc.Members) != 3 || lc.Members[1].IP.String() != "10.0.0.2" || lc.Members[2].IP.IsValid() ||
+		lc.Members[2].MAC != [6]byte{2, 0, 0, 0, 0, 3} {
+		t.Fatalf("loop config %+v, %v", lc, err)
+	}
+	if LoopLaneFile("lan", 2) != "loop/lan/lane/2" || LoopBellFile("lan", 0) != "loop/lan/bell/0" {
+		t.Errorf("descriptor names %s %s", LoopLaneFile("lan", 2), LoopBellFile("lan", 0))
+	}
+	for _, c := range []struct {
+		field, want string
+		f           func(d *Document, n *Net)
+	}{
+		{"nets[0].loop.members", "has 1 member(s): a loop network needs at least two", func(d *Document, n *Net) {
+			n.Loop.Members = n.Loop.Members[:1]
+		}},
+		{"nets[0].loop.members", "at most 16", func(d *Document, n *Net) {
+			for i := len(n.Loop.Members); i <= 16; i++ {
+				n.Loop.Members = append(n.Loop.Members, LoopMember{Name: fmt.Sprintf("m%d", i), MAC: fmt.Sprintf("02:00:00:00:01:%02x", i)})
+			}
+		}},
+		{"nets[0].loop.network", `network ""`, func(d *Document, n *Net) { n.Loop.Network = "" }},
+		{"nets[0].loop.self", "self 3", func(d *Document, n *Net) { n.Loop.Self = 3 }},
+		{"nets[0].loop.slots", "slots 1000", func(d *Document, n *Net) { n.Loop.Slots = 1000 }},
+		{"nets[0].loop.members[1].name", `name "web" used twice`, func(d *Document, n *Net) { n.Loop.Members[1].Name = "web" }},
+		{"nets[0].loop.members[1].name", `name "a b"`, func(d *Document, n *Net) { n.Loop.Members[1].Name = "a b" }},
+		{"nets[0].loop.members[2].mac", "used twice", func(d *Document, n *Net) { n.Loop.Members[2].MAC = "02:00:00:00:00:02" }},
+		{"nets[0].loop.members[2].mac", "not a unicast address", func(d *Document, n *Net) { n.Loop.Members[2].MAC = "01:00:00:00:00:02" }},
+		{"nets[0].loop.members[1].ip", "ip 10.0.0.1 used twice", func(d *Document, n *Net) { n.Loop.Members[1].IP = "10.0.0.1" }},
+		{"nets[0].loop.members[1].ip", `ip "fe80::1"`, func(d *Document, n *Net) { n.Loop.Members[1].IP = "fe80::1" }},
+		{"nets[0].loop.members[1].ip", `ip "10.0.0"`, func(d *Document, n *Net) { n.Loop.Members[1].IP = "10.0.0" }},
+		{"nets[0].mac", "is not the mac of member 0", func(d *Document, n *Net) { n.MAC = "02:00:00:00:00:09" }},
+		{"nets[0].tap", "a loop member has no TAP", func(d *Document, n *Net) { n.Tap = "t0" }},
+		{"nets[0].tap", "a loop member has no TAP", func(d *Document, n *Net) { d.Files[NetFile("lan")] = len(d.Files) }},
+		{"nets[0].any_source_mac", "own MAC only", func(d *Document, n *Net) { n.AnySourceMAC = true }},
+		{"files", `no descriptor "loop/lan/bell/2"`, func(d *Document, n *Net) {
+			delete(d.Files, LoopBellFile("lan", 2))
+			d.Files[LoopLaneFile("lan", 2)] = len(d.Files) - 1
+		}},
+		{"files", `unknown descriptor name "loop/lan/lane/3"`, func(d *Document, n *Net) { d.Files[LoopLaneFile("lan", 3)] = len(d.Files) }},
+		{"files", `unknown descriptor name "loop/wan/lane/0"`, func(d *Document, n *Net) { d.Files[LoopLaneFile("wan", 0)] = len(d.Files) }},
+	} {
+		err := doc(c.f).Validate()
+		var fe *FieldError
+		if err == nil || !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %s: %q", c.field, err, c.field, c.want)
+		}
+	}
+}

@@ -125,7 +125,11 @@ func Run(ctx context.Context, o Options) (vmm.Exit, error) {
 		h.kinds[d.ID] = vmmctl.Device{ID: d.ID, Kind: "disk", Path: d.Path, ReadOnly: d.ReadOnly}
 	}
 	for _, n := range cfg.Nets {
-		h.kinds[n.ID] = vmmctl.Device{ID: n.ID, Kind: "net", Name: n.Tap}
+		name := n.Tap
+		if n.Loop != nil {
+			name = n.Loop.Network
+		}
+		h.kinds[n.ID] = vmmctl.Device{ID: n.ID, Kind: "net", Name: name}
 	}
 	for _, r := range doc.Regions {
 		id := vmm.RegionDeviceID(r.Name)
@@ -217,11 +221,19 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 		}
 	}
 	for _, n := range cfg.Nets {
-		if f := take(config.NetFile(n.ID)); f != nil {
-			if cfg.NetFiles == nil {
-				cfg.NetFiles = map[string]*os.File{}
+		var nf vmm.NetFiles
+		nf.Tap = take(config.NetFile(n.ID))
+		if n.Loop != nil {
+			for k := range n.Loop.Members {
+				nf.Loop.Lanes = append(nf.Loop.Lanes, take(config.LoopLaneFile(n.ID, k)))
+				nf.Loop.Bells = append(nf.Loop.Bells, take(config.LoopBellFile(n.ID, k)))
 			}
-			cfg.NetFiles[n.ID] = f
+		}
+		if nf.Tap != nil || n.Loop != nil {
+			if cfg.NetFiles == nil {
+				cfg.NetFiles = map[string]vmm.NetFiles{}
+			}
+			cfg.NetFiles[n.ID] = nf
 		}
 	}
 	closer := func() { closeAll(owned) }

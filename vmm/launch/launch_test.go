@@ -113,13 +113,21 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 	defer ln.Close()
 	var out bytes.Buffer
 	doc := &config.Document{Version: config.Version, Name: "web", Kernel: "/nonexistent/k", Cores: []int{0}, Memory: 64 << 20,
-		Disks:   []config.Disk{{Path: "/nonexistent/a"}, {ID: "data", Path: "/nonexistent/b"}},
-		Shares:  []config.Share{{Tag: "home", Socket: "/nonexistent/vfs"}, {ID: "src", Tag: "src"}},
-		Nets:    []config.Net{{MAC: "52:54:00:00:00:01", Tap: "rf0"}, {ID: "back", MAC: "52:54:00:00:00:02"}},
+		Disks:  []config.Disk{{Path: "/nonexistent/a"}, {ID: "data", Path: "/nonexistent/b"}},
+		Shares: []config.Share{{Tag: "home", Socket: "/nonexistent/vfs"}, {ID: "src", Tag: "src"}},
+		Nets: []config.Net{{MAC: "52:54:00:00:00:01", Tap: "rf0"}, {ID: "back", MAC: "52:54:00:00:00:02"},
+			{ID: "lan", MAC: "02:00:00:00:00:02", Loop: &config.Loop{Network: "lan0", Self: 1,
+				Members: []config.LoopMember{{Name: "db", MAC: "02:00:00:00:00:01"}, {Name: "web", MAC: "02:00:00:00:00:02"}}}}},
 		Console: config.Console{Mode: config.ConsoleFile, Path: "/nonexistent/log", Socket: "/nonexistent/sock"}}
 	kernel, log, data, share, tun := open("k"), open("log"), open("b"), open("share"), open("tun")
 	named := map[string]*os.File{config.FileKernel: kernel, config.FileConsoleLog: log,
 		config.DiskFile("data"): data, config.FileConsoleSocket: lf, config.ShareFile("src"): share, config.NetFile("back"): tun}
+	var loopFiles []*os.File
+	for k := range 2 {
+		lane, bell := open(fmt.Sprintf("lane%d", k)), open(fmt.Sprintf("bell%d", k))
+		named[config.LoopLaneFile("lan", k)], named[config.LoopBellFile("lan", k)] = lane, bell
+		loopFiles = append(loopFiles, lane, bell)
+	}
 	cfg, done, err := linuxConfig(doc, Options{Named: named}, Logger(doc, &out))
 	if err != nil {
 		t.Fatal(err)
@@ -129,8 +137,13 @@ func TestLinuxConfigNamedFiles(t *testing.T) {
 		t.Errorf("kernel %v console %v disks %v", cfg.KernelFile, cfg.Console, cfg.DiskFiles)
 	}
 	// Nets get their ids, and the TAP descriptor of the one that has one.
-	if len(cfg.Nets) != 2 || cfg.Nets[0].ID != "net0" || cfg.NetFiles["back"] != tun || cfg.NetFiles["net0"] != nil {
+	if len(cfg.Nets) != 3 || cfg.Nets[0].ID != "net0" || cfg.NetFiles["back"].Tap != tun || cfg.NetFiles["net0"].Tap != nil {
 		t.Errorf("nets %+v files %v", cfg.Nets, cfg.NetFiles)
+	}
+	// A loop member's lanes and doorbells, in member order.
+	if lf := cfg.NetFiles["lan"].Loop; len(lf.Lanes) != 2 || len(lf.Bells) != 2 || lf.Lanes[0] != loopFiles[0] ||
+		lf.Bells[0] != loopFiles[1] || lf.Lanes[1] != loopFiles[2] || lf.Bells[1] != loopFiles[3] {
+		t.Errorf("loop files %+v", lf)
 	}
 	if cfg.ConsoleListener == nil || cfg.ConsoleSocket != "" {
 		t.Errorf("console listener %v socket %q", cfg.ConsoleListener, cfg.ConsoleSocket)
