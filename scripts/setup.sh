@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Extra packages may be named as arguments (make bench adds lxc, its baseline).
-pkgs=(qemu-system-x86 busybox-static e2fsprogs cpio lz4 ca-certificates "$@")
+# mmdebstrap (with gpg and the archive keys) builds the Debian system image.
+pkgs=(qemu-system-x86 busybox-static e2fsprogs cpio lz4 ca-certificates mmdebstrap gpg debian-archive-keyring "$@")
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

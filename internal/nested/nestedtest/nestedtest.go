@@ -25,8 +25,8 @@ func WriteFile(t testing.TB, p, content string, perm os.FileMode) string {
 }
 
 // L1Image returns an Image whose modules directory has a modules.dep and
-// empty module files for kvm-amd and its dependencies, and a busybox that
-// is not executable.
+// fake module files for kvm-amd, virtio_pci and virtio_blk and their
+// dependencies, and a busybox that is not executable.
 func L1Image(t testing.TB) *images.Image {
 	t.Helper()
 	dir := t.TempDir()
@@ -35,8 +35,13 @@ func L1Image(t testing.TB) *images.Image {
 		"kernel/virt/lib/irqbypass.ko:\n"+
 			"kernel/arch/x86/kvm/kvm.ko: kernel/virt/lib/irqbypass.ko\n"+
 			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
-			"kernel/drivers/crypto/ccp/ccp.ko:\n", 0o644)
-	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko"} {
+			"kernel/drivers/crypto/ccp/ccp.ko:\n"+
+			"kernel/drivers/virtio/virtio.ko:\n"+
+			"kernel/drivers/virtio/virtio_ring.ko:\n"+
+			"kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"+
+			"kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n", 0o644)
+	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko",
+		"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko"} {
 		WriteFile(t, filepath.Join(mods, m), "module "+m, 0o644)
 	}
 	return &images.Image{
