@@ -5,6 +5,11 @@
 // ext2 test disk. Outputs are cached in a directory and rebuilt only when
 // the package versions or inputs change.
 //
+// On request, BuildDebian also builds a Debian system (systemd, networkd,
+// OpenSSH, iperf3, fio, the agent as a service) on an ext4 disk with
+// mmdebstrap, which the same kernel and initramfs boot with root= (see
+// "Switching to a root disk" below and debiandisk.go).
+//
 // The package also provides the deterministic newc cpio writer (Archive)
 // and the kernel module resolver (ModuleIndex) that other image builders,
 // such as the nested test layer, reuse.
@@ -28,6 +33,21 @@
 //
 // It prints "RF-INIT-REACHED" right after mounting /proc (for boot timing),
 // then "RF-CPUS <n>" and "RF-MEMTOTAL-KB <n>".
+//
+// # Switching to a root disk
+//
+// With root=DEV (or rf.root=DEV, which wins) on the command line, /init
+// boots a full system from a disk instead, such as the Debian image of
+// BuildDebian: after the lines above it loads the root modules
+// (Options.RootModules: ext4 where the kernel has it as a module; the
+// virtio modules are loaded already), waits up to 5 s for DEV (a path,
+// or LABEL=/UUID= found with findfs), mounts it read-only (read-write with
+// rw on the command line; type rootfstype= or detected) on /newroot, moves
+// /dev, /proc and /sys there, prints "RF-SWITCH-ROOT <device>" and
+// switch_roots to init= (default /sbin/init, systemd). rf.cat, rf.cmd,
+// rf.poweroff and the agent loop are then the new system's business.
+// When the disk cannot be used it prints "RF-ROOT-FAILED <reason>" and
+// goes on as without root=. Without root= nothing of this runs.
 //
 // # Guest tools and the agent
 //
@@ -110,6 +130,14 @@ func DefaultModules() []string {
 	}
 }
 
+// DefaultRootModules returns the modules /init loads before mounting a
+// root disk (root=): the file system of the Debian image. Modules the
+// kernel does not have (built in, as ext4 is in Debian's cloud kernel)
+// are skipped; the virtio modules of DefaultModules are loaded already.
+func DefaultRootModules() []string {
+	return []string{"ext4"}
+}
+
 // ErrNoKernel means the kernel package did not contain /boot/vmlinuz-*.
 var ErrNoKernel = errors.New("images: kernel package has no /boot/vmlinuz")
 
@@ -165,6 +193,8 @@ type Options struct {
 	BusyboxPackage string
 	// Modules overrides DefaultModules.
 	Modules []string
+	// RootModules overrides DefaultRootModules.
+	RootModules []string
 	// ToolsDir holds static programs for /usr/bin (see the package doc);
 	// default <OutDir>/tools, which may be missing.
 	ToolsDir string
@@ -196,8 +226,11 @@ type Image struct {
 	ModulesDir string
 	// Busybox is the unpacked static busybox binary on the host.
 	Busybox string
-	// Modules are the modules in the initramfs, in load order.
+	// Modules are the modules /init always loads, in load order.
 	Modules []Module
+	// RootModules are the further modules /init loads for a root disk
+	// (root=), in load order.
+	RootModules []Module
 }
 
 type stamp struct {
@@ -208,6 +241,7 @@ type stamp struct {
 	BusyboxPackage string   `json:"busybox_package"`
 	BusyboxVersion string   `json:"busybox_version"`
 	Modules        []Module `json:"modules"`
+	RootModules    []Module `json:"root_modules,omitempty"`
 	// Tools maps each guest tool's name to its SHA-256.
 	Tools    map[string]string `json:"tools,omitempty"`
 	DiskKind string            `json:"disk_kind"`
@@ -229,6 +263,9 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	if opts.Modules == nil {
 		opts.Modules = DefaultModules()
+	}
+	if opts.RootModules == nil {
+		opts.RootModules = DefaultRootModules()
 	}
 	log := opts.Log
 	if log == nil {
@@ -264,18 +301,16 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, err
 	}
-	var want []string
-	for _, m := range opts.Modules {
-		if ix.Has(m) {
-			want = append(want, m)
-		} else {
-			fmt.Fprintf(log, "images: kernel %s has no module %s, skipped\n", release, m)
-		}
-	}
-	mods, err := ix.Resolve(want...)
+	builtin := builtinModules(modDir)
+	mods, err := ix.Resolve(available(ix, builtin, opts.Modules, release, log)...)
 	if err != nil {
 		return nil, err
 	}
+	rootMods, err := ix.Resolve(append(available(ix, builtin, opts.Modules, release, io.Discard), available(ix, builtin, opts.RootModules, release, log)...)...)
+	if err != nil {
+		return nil, err
+	}
+	rootMods = rootMods[len(mods):] // Resolve keeps the order: the always-loaded ones come first
 	tools, toolSums, err := findTools(opts.ToolsDir, filepath.Join(out, ToolsDirName))
 	if err != nil {
 		return nil, err
@@ -287,8 +322,8 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	}
 	st := stamp{
 		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
-		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods,
-		Tools: toolSums, DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods)))),
+		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, RootModules: rootMods,
+		Tools: toolSums, DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods, rootMods)))),
 	}
 	img := &Image{
 		Kernel:               filepath.Join(out, VmlinuxName),
@@ -301,6 +336,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		ModulesDir:           modDir,
 		Busybox:              busybox,
 		Modules:              mods,
+		RootModules:          rootMods,
 	}
 	stampData, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
@@ -329,12 +365,12 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		return nil, err
 	}
 
-	fmt.Fprintf(log, "images: initramfs with %d modules\n", len(mods))
+	fmt.Fprintf(log, "images: initramfs with %d modules\n", len(mods)+len(rootMods))
 	a := NewArchive()
 	if err := AddBusybox(ctx, a, busybox); err != nil {
 		return nil, err
 	}
-	if err := AddModules(a, modDir, mods, "lib/modules"); err != nil {
+	if err := AddModules(a, modDir, append(append([]Module(nil), mods...), rootMods...), "lib/modules"); err != nil {
 		return nil, err
 	}
 	names := make([]string, 0, len(tools))
@@ -347,7 +383,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 			return nil, err
 		}
 	}
-	if err := a.AddFile("init", 0o755, []byte(l2Init(mods))); err != nil {
+	if err := a.AddFile("init", 0o755, []byte(l2Init(mods, rootMods))); err != nil {
 		return nil, err
 	}
 	var buf bytes.Buffer
@@ -366,6 +402,35 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		return nil, err
 	}
 	return img, nil
+}
+
+// available returns the modules of names that ix has, telling log about
+// the others that are not built into the kernel either.
+func available(ix *ModuleIndex, builtin map[string]bool, names []string, release string, log io.Writer) []string {
+	var have []string
+	for _, m := range names {
+		switch {
+		case ix.Has(m):
+			have = append(have, m)
+		case !builtin[ModuleName(m)]:
+			fmt.Fprintf(log, "images: kernel %s has no module %s, skipped\n", release, m)
+		}
+	}
+	return have
+}
+
+// builtinModules returns the names of the modules built into the kernel
+// (its modules.builtin; none when that is missing).
+func builtinModules(modDir string) map[string]bool {
+	data, err := os.ReadFile(filepath.Join(modDir, "modules.builtin"))
+	if err != nil {
+		return nil
+	}
+	names := map[string]bool{}
+	for _, l := range strings.Fields(string(data)) {
+		names[ModuleName(l)] = true
+	}
+	return names
 }
 
 // loadAndCacheModuleIndex indexes an unpacked kernel's modules and, the
@@ -506,8 +571,9 @@ func InsmodLines(mods []Module, guestDir string) string {
 	return b.String()
 }
 
-// l2Init renders the L2 /init script.
-func l2Init(mods []Module) string {
+// l2Init renders the L2 /init script: mods are loaded always, rootMods
+// before mounting a root disk.
+func l2Init(mods, rootMods []Module) string {
 	return `#!/bin/sh
 export PATH=/bin:/usr/bin
 mount -t proc proc /proc
@@ -527,7 +593,7 @@ param() {
 }
 ` + InsmodLines(mods, "/lib/modules") + `echo "RF-CPUS $(nproc) $(grep -c ^processor /proc/cpuinfo)"
 echo "RF-MEMTOTAL-KB $(sed -n 's/^MemTotal: *\([0-9]*\).*/\1/p' /proc/meminfo)"
-ip link set lo up
+` + switchRoot(rootMods) + `ip link set lo up
 # rf.ip=ADDR/LEN[,GATEWAY]: the first NIC's address and default route.
 ip_conf=$(param rf.ip)
 if [ -n "$ip_conf" ]; then
@@ -577,6 +643,68 @@ if [ "$status" != 0 ]; then
 fi
 poweroff -f
 `
+}
+
+// RootSwitchMarker starts the line /init prints right before it
+// switch_roots to a root disk ("RF-SWITCH-ROOT /dev/vda").
+const RootSwitchMarker = "RF-SWITCH-ROOT"
+
+// RootFailedMarker starts the line /init prints when it cannot use the
+// root disk ("RF-ROOT-FAILED /dev/vda: ..."); it then goes on as without
+// root=.
+const RootFailedMarker = "RF-ROOT-FAILED"
+
+// switchRoot renders the part of /init that boots a root disk (see the
+// package doc); it does nothing without root= or rf.root=.
+func switchRoot(rootMods []Module) string {
+	return `root=$(param rf.root)
+[ -n "$root" ] || root=$(param root)
+if [ -n "$root" ]; then
+` + indent(InsmodLines(rootMods, "/lib/modules")) + `	# rootdev SPEC prints the block device of SPEC (a path, LABEL= or UUID=).
+	rootdev() {
+		case "$1" in
+		LABEL=* | UUID=*) findfs "$1" 2>/dev/null ;;
+		*) [ -b "$1" ] && echo "$1" ;;
+		esac
+	}
+	i=0
+	while ! dev=$(rootdev "$root") && [ $i -lt 50 ]; do
+		sleep 0.1
+		i=$((i + 1))
+	done
+	mode=ro
+	case " $cmdline " in *" rw "*) mode=rw ;; esac
+	fstype=$(param rootfstype)
+	rootinit=$(param init)
+	[ -n "$rootinit" ] || rootinit=/sbin/init
+	mkdir -p /newroot
+	if [ -z "$dev" ]; then
+		echo "` + RootFailedMarker + ` $root: no such block device"
+	elif ! mount ${fstype:+-t "$fstype"} -o "$mode" "$dev" /newroot; then
+		echo "` + RootFailedMarker + ` $root: cannot mount $dev"
+	elif [ ! -e "/newroot$rootinit" ] && [ ! -L "/newroot$rootinit" ]; then
+		# (-L: /sbin/init is an absolute link, /lib/systemd/systemd, that
+		# only resolves inside the new root.)
+		umount /newroot
+		echo "` + RootFailedMarker + ` $root: no $rootinit on $dev"
+	else
+		echo "` + RootSwitchMarker + ` $dev"
+		umount /tmp
+		mount --move /dev /newroot/dev
+		mount --move /sys /newroot/sys
+		mount --move /proc /newroot/proc
+		exec switch_root /newroot "$rootinit"
+	fi
+fi
+`
+}
+
+// indent prefixes every line of s with a tab.
+func indent(s string) string {
+	if s == "" {
+		return ""
+	}
+	return "\t" + strings.ReplaceAll(strings.TrimSuffix(s, "\n"), "\n", "\n\t") + "\n"
 }
 
 // findMkfs returns the mkfs.ext2 path or "".

@@ -31,9 +31,10 @@ func TestMetaTarget(t *testing.T) {
 }
 
 func TestL2InitScript(t *testing.T) {
-	s := l2Init([]Module{{Name: "virtio_ring"}, {Name: "virtio"}})
+	s := l2Init([]Module{{Name: "virtio_ring"}, {Name: "virtio"}}, []Module{{Name: "jbd2"}, {Name: "ext4"}})
 	order := []string{"mount -t proc", InitReachedMarker, "insmod /lib/modules/virtio_ring.ko", "insmod /lib/modules/virtio.ko",
-		"RF-CPUS", "RF-MEMTOTAL-KB", "/dev/vda", "rf.cat", "rf-agent", "RF-AGENT-EXIT", "rf.cmd", "rf.poweroff", "poweroff -f"}
+		"RF-CPUS", "RF-MEMTOTAL-KB", "param rf.root", "insmod /lib/modules/jbd2.ko", "insmod /lib/modules/ext4.ko", "switch_root",
+		"/dev/vda", "rf.cat", "rf-agent", "RF-AGENT-EXIT", "rf.cmd", "rf.poweroff", "poweroff -f"}
 	last := -1
 	for _, want := range order {
 		i := strings.Index(s, want)

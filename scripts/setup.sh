@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 # The virtio-fs back end: Debian's virtiofsd package (/usr/libexec/virtiofsd)
 # where the release has it (13 and later, bookworm-backports); on Debian 12
 # QEMU's own virtiofsd (/usr/lib/qemu/virtiofsd, in qemu-system-common,
-# which qemu-system-x86 pulls in) serves instead.
-pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs cpio lz4 ca-certificates "$@")
+# which qemu-system-x86 pulls in) serves instead. mmdebstrap (with gpg and
+# the archive keys) builds the Debian system image.
+pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs cpio lz4 ca-certificates mmdebstrap gpg debian-archive-keyring "$@")
 if apt-cache policy virtiofsd 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then
 	pkgs+=(virtiofsd)
 fi

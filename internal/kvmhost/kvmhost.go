@@ -93,6 +93,26 @@ type File struct {
 	Names []string
 }
 
+// Disk is a disk image of which a script gets a writable, throwaway copy.
+type Disk struct {
+	// Var is the environment variable holding the copy's path: nested, a
+	// block device of L1 (/dev/vda, /dev/vdb, ... in the order of
+	// Script.Disks) whose writes go to a temporary overlay (QEMU's
+	// snapshot=on), so that a large image is not copied into L1's
+	// memory; directly, a sparse copy in a temporary directory removed
+	// when the session ends.
+	Var string
+	// Host is the raw image on this host; it is never written.
+	Host string
+}
+
+// diskModules are the modules L1 loads for Script.Disks (dependencies
+// are resolved).
+func diskModules() []string { return []string{"virtio_pci", "virtio_blk"} }
+
+// maxDisks is how many Script.Disks L1 can name /dev/vda to /dev/vdz.
+const maxDisks = 26
+
 // Script is one session.
 type Script struct {
 	// Text is the sh script. It runs with stdin from /dev/null and
@@ -102,6 +122,9 @@ type Script struct {
 	Text string
 	// Files are placed for the script and named to it by their Var.
 	Files []File
+	// Disks are given to the script as throwaway copies, named by their
+	// Var.
+	Disks []Disk
 	// QEMU, when set, is a QEMU binary (looked up in PATH) for the
 	// script: $QEMU is the binary and $QEMU_DATA its data directory
 	// (firmware); nested, it is copied into L1 with its libraries (on
@@ -202,7 +225,28 @@ func (s *Script) check() error {
 			return fmt.Errorf("%w: file %q -> %q needs a host path and an absolute L1 path", ErrBadScript, f.Host, f.L1)
 		}
 	}
+	if len(s.Disks) > maxDisks {
+		return fmt.Errorf("%w: %d disks, at most %d", ErrBadScript, len(s.Disks), maxDisks)
+	}
+	for _, d := range s.Disks {
+		if !isVarName(d.Var) || d.Host == "" {
+			return fmt.Errorf("%w: disk %q needs a variable name (not %q) and a host path", ErrBadScript, d.Host, d.Var)
+		}
+	}
 	return nil
+}
+
+// l1Disk returns the L1 device of the i'th disk.
+func l1Disk(i int) string { return "/dev/vd" + string(rune('a'+i)) }
+
+// diskQEMUArgs returns the QEMU arguments that attach disks to L1, with
+// throwaway writes.
+func diskQEMUArgs(disks []Disk) []string {
+	var args []string
+	for _, d := range disks {
+		args = append(args, "-drive", "file="+strings.ReplaceAll(d.Host, ",", ",,")+",format=raw,if=virtio,snapshot=on")
+	}
+	return args
 }
 
 // isVarName reports whether s is a shell variable name.
@@ -254,9 +298,19 @@ func (h *Host) runNested(ctx context.Context, s Script) (*Result, error) {
 		vars = append(vars, [2]string{QEMUVar, qemubundle.GuestBinary}, [2]string{QEMUDataVar, qemubundle.GuestDataDir},
 			[2]string{"LD_LIBRARY_PATH", strings.Join(bundle.LibDirs, ":")})
 	}
+	mods := s.Modules
+	for i, d := range s.Disks {
+		if _, err := os.Stat(d.Host); err != nil {
+			return nil, fmt.Errorf("kvmhost: disk: %w", err)
+		}
+		vars = append(vars, [2]string{d.Var, l1Disk(i)})
+	}
+	if len(s.Disks) > 0 {
+		mods = append(append([]string(nil), mods...), diskModules()...)
+	}
 	res, err := nested.Run(ctx, nested.Config{
-		L1Kernel: h.L1, ExtraFiles: files, Script: exports(vars) + s.Text,
-		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, HugePages: s.HugePages, Modules: s.Modules,
+		L1Kernel: h.L1, ExtraFiles: files, Script: exports(vars) + s.Text, QEMUArgs: diskQEMUArgs(s.Disks),
+		CPUs: s.CPUs, MemoryMiB: s.MemoryMiB, HugePages: s.HugePages, Modules: mods,
 		Timeout: s.Timeout, Silence: s.Silence, Log: h.Log, Lines: s.Lines, QEMU: h.QEMU,
 	})
 	if err != nil {
@@ -280,6 +334,20 @@ func (h *Host) runDirect(ctx context.Context, s Script) (*Result, error) {
 			return nil, err
 		}
 		vars = append(vars, [2]string{QEMUVar, bin}, [2]string{QEMUDataVar, data})
+	}
+	if len(s.Disks) > 0 {
+		dir, err := os.MkdirTemp("", "rf-disks-")
+		if err != nil {
+			return nil, fmt.Errorf("kvmhost: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		for i, d := range s.Disks {
+			dst := filepath.Join(dir, fmt.Sprintf("%d-%s", i, filepath.Base(d.Host)))
+			if out, err := exec.CommandContext(ctx, "cp", "--sparse=always", "--reflink=auto", "--", d.Host, dst).CombinedOutput(); err != nil {
+				return nil, fmt.Errorf("kvmhost: copy disk %s: %w: %s", d.Host, err, strings.TrimSpace(string(out)))
+			}
+			vars = append(vars, [2]string{d.Var, dst})
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.Timeout)
 	defer cancel()

@@ -159,3 +159,77 @@ echo '`+nested.ExitMarker+` 5'
 		t.Error("Path of a nested host is not the L1 path")
 	}
 }
+
+// TestRunDirectDisks gives a direct script a copy of each disk: what it
+// writes does not reach the image, and the copy is gone afterwards.
+func TestRunDirectDisks(t *testing.T) {
+	dir := t.TempDir()
+	img := nestedtest.WriteFile(t, filepath.Join(dir, "a,b.img"), "ORIGINAL", 0o644)
+	h := &Host{}
+	res, err := h.Run(context.Background(), Script{
+		Text:  `cat "$DISK"; echo; echo CHANGED >"$DISK"; cat "$DISK"; echo "path $DISK"`,
+		Disks: []Disk{{Var: "DISK", Host: img}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(res.Output, "ORIGINAL\nCHANGED\npath ") {
+		t.Errorf("output %q", res.Output)
+	}
+	if data, _ := os.ReadFile(img); string(data) != "ORIGINAL" {
+		t.Errorf("the image was written: %q", data)
+	}
+	copyPath := strings.TrimSpace(strings.TrimPrefix(res.Output[strings.Index(res.Output, "path "):], "path "))
+	if copyPath == img {
+		t.Fatal("the script got the image itself")
+	}
+	if _, err := os.Stat(copyPath); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the copy %s is left behind: %v", copyPath, err)
+	}
+}
+
+// TestRunNestedDisks checks that disks are attached to L1 with throwaway
+// writes, named /dev/vda, /dev/vdb to the script, and that L1 loads the
+// virtio-blk driver for them.
+func TestRunNestedDisks(t *testing.T) {
+	dir := t.TempDir()
+	a := nestedtest.WriteFile(t, filepath.Join(dir, "a,1.img"), "A", 0o644)
+	b := nestedtest.WriteFile(t, filepath.Join(dir, "b.img"), "B", 0o644)
+	q := nestedtest.QEMU(t, `args="$*"
+for want in "-drive file=`+filepath.Join(dir, "a,,1.img")+`,format=raw,if=virtio,snapshot=on" "-drive file=`+b+`,format=raw,if=virtio,snapshot=on"; do
+	case "$args" in *"$want"*) ;; *) echo "args lack $want: $args"; exit 1 ;; esac
+done
+while [ "$1" != -initrd ]; do shift; done
+for want in 'export A=/dev/vda' 'export B=/dev/vdb' 'lib/modules/virtio_blk.ko' 'lib/modules/virtio_pci.ko'; do
+	grep -q "$want" "$2" || { echo "initramfs lacks $want"; exit 1; }
+done
+echo '`+nested.HeartbeatMarker+` 1.00'
+echo `+nested.BeginMarker+`
+echo ok
+echo '`+nested.ExitMarker+` 0'
+`)
+	h := &Host{Nested: true, L1: nestedtest.L1Image(t), QEMU: q}
+	res, err := h.Run(context.Background(), Script{Text: "true\n", Disks: []Disk{{Var: "A", Host: a}, {Var: "B", Host: b}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Output != "ok\n" {
+		t.Errorf("output %q", res.Output)
+	}
+	if _, err := h.Run(context.Background(), Script{Text: "true\n", Disks: []Disk{{Var: "A", Host: filepath.Join(dir, "missing.img")}}}); err == nil {
+		t.Error("a missing disk image was accepted")
+	}
+}
+
+func TestBadDisks(t *testing.T) {
+	h := &Host{}
+	many := make([]Disk, maxDisks+1)
+	for i := range many {
+		many[i] = Disk{Var: "D", Host: "/x"}
+	}
+	for _, disks := range [][]Disk{{{Var: "1D", Host: "/x"}}, {{Var: "D"}}, many} {
+		if _, err := h.Run(context.Background(), Script{Text: "true", Disks: disks}); !errors.Is(err, ErrBadScript) {
+			t.Errorf("disks %d %+v: err = %v", len(disks), disks[0], err)
+		}
+	}
+}

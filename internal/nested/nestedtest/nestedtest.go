@@ -25,8 +25,8 @@ func WriteFile(t testing.TB, p, content string, perm os.FileMode) string {
 }
 
 // L1Image returns an Image whose modules directory has a modules.dep and
-// empty module files for kvm-amd and its dependencies, and a busybox that
-// is not executable.
+// fake module files for kvm-amd, virtio_pci and virtio_blk and their
+// dependencies, and a busybox that is not executable.
 func L1Image(t testing.TB) *images.Image {
 	t.Helper()
 	dir := t.TempDir()
@@ -39,9 +39,14 @@ func L1Image(t testing.TB) *images.Image {
 			"kernel/drivers/net/tun.ko:\n"+
 			"kernel/net/llc/llc.ko:\n"+
 			"kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n"+
-			"kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n", 0o644)
+			"kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n"+
+			"kernel/drivers/virtio/virtio.ko:\n"+
+			"kernel/drivers/virtio/virtio_ring.ko:\n"+
+			"kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"+
+			"kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n", 0o644)
 	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko",
-		"kernel/drivers/net/tun.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko"} {
+		"kernel/drivers/net/tun.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko",
+		"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko"} {
 		WriteFile(t, filepath.Join(mods, m), "module "+m, 0o644)
 	}
 	return &images.Image{
