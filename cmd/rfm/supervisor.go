@@ -20,6 +20,7 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/internal/buildinfo"
 	"rainforest/internal/peercred"
+	"rainforest/images"
 	"rainforest/internal/units"
 	"rainforest/internal/untrusted"
 	"rainforest/partitioner"
@@ -222,7 +223,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
-	var memory, maxMemory, pageSize, cores, logSize, logRate string
+	var memory, maxMemory, pageSize, cores, logSize, logRate, image string
 	var disks, segments, nets, publish []string
 	var node int
 	cmd := &cobra.Command{
@@ -276,7 +277,8 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create web --cpus 1 --net bridge=br0
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
   rfm create router --cpus 1 --net tap=rf-router0
-  rfm create web --cpus 1 --net user --publish 8080:80`,
+  rfm create web --cpus 1 --net user --publish 8080:80
+  rfm create deb1 --cpus 1 --memory 1G --image debian --net user --publish 2222:22`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
@@ -340,6 +342,13 @@ whole first: every problem is listed and nothing is reserved.`,
 				spec.Segments = append(spec.Segments, grant)
 			}
 			spec.Kernel, spec.Initrd = abs(spec.Kernel), abs(spec.Initrd)
+			switch image {
+			case "", "initramfs":
+			case "debian":
+				spec.Image = filepath.Join(defaultImagesDir(), images.DebianDiskName)
+			default:
+				spec.Image = abs(image)
+			}
 			info, err := g.client().Create(cmd.Context(), spec)
 			if err != nil {
 				return err
@@ -361,6 +370,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringVar(&spec.Kernel, "kernel", filepath.Join(img, "vmlinux"), "kernel")
 	fl.StringVar(&spec.Initrd, "initrd", filepath.Join(img, "initramfs.cpio.gz"), "initramfs")
 	fl.StringVar(&spec.CmdlineAppend, "append", "", "extra kernel command line")
+	fl.StringVar(&image, "image", "", "boot a system image: debian (rfimage --image debian), or a raw root disk's path; the subOS gets a copy of its own (default: the initramfs alone)")
 	fl.StringArrayVar(&disks, "disk", nil, "raw image or block device "+config.DiskSyntax+"; repeatable")
 	fl.StringArrayVar(&spec.Devices, "device", nil, "PCI device to pass through (not supported yet: refused)")
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")

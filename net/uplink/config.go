@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -335,10 +336,14 @@ func netmask(p netip.Prefix) netip.Addr {
 }
 
 // ReadResolvConf returns the nameservers of a resolv.conf(5) file, at
-// most three as the C library takes, each with port 53. A file with none
-// means the local resolver (127.0.0.1), as for the C library.
+// most three as the C library takes, each with port 53. A file with none,
+// or no file (a minimal host), means the local resolver (127.0.0.1), as
+// for the C library.
 func ReadResolvConf(path string) ([]netip.AddrPort, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return parseResolvConf(strings.NewReader(""))
+	}
 	if err != nil {
 		return nil, fmt.Errorf("host resolvers: %w", err)
 	}

@@ -91,8 +91,11 @@ func TestResolvConf(t *testing.T) {
 	if ns, _ := ReadResolvConf(p); len(ns) != 1 || ns[0].String() != "127.0.0.1:53" {
 		t.Errorf("a file with no nameserver: %v, want the local resolver", ns)
 	}
-	if _, err := ReadResolvConf(filepath.Join(dir, "missing")); err == nil {
-		t.Error("a missing file read")
+	if ns, err := ReadResolvConf(filepath.Join(dir, "missing")); err != nil || len(ns) != 1 || ns[0].String() != "127.0.0.1:53" {
+		t.Errorf("no file: %v, %v; want the local resolver, as the C library", ns, err)
+	}
+	if _, err := ReadResolvConf(dir); err == nil {
+		t.Error("a directory read as resolv.conf")
 	}
 	// The Config reads it when it names no nameservers.
 	os.WriteFile(p, []byte("nameserver 192.0.2.7\n"), 0o644)

@@ -31,6 +31,11 @@ type Spec struct {
 	Initrd        string `json:"initrd,omitempty"`
 	CmdlineAppend string `json:"cmdline_append,omitempty"`
 	Disks         []Disk `json:"disks,omitempty"`
+	// Image, when set, is a system image (a raw root disk, such as the
+	// Debian one rfimage builds) the subOS boots from: it gets a copy of
+	// its own as its first disk (id "root"), booted with root=/dev/vda;
+	// the copy goes with the subOS.
+	Image string `json:"image,omitempty"`
 	// Devices are PCI addresses to pass through. Passthrough does not
 	// exist yet: Check and Create refuse a spec with any (RequestProblems).
 	Devices []string `json:"devices,omitempty"`

@@ -388,6 +388,9 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	}
 	os.Remove(s.consolePath(a.Name))
 	os.Remove(s.vsockPath(a.Name))
+	if so.info.Spec.Image != "" {
+		os.Remove(s.imageCopyPath(a.Name))
+	}
 	os.Remove(s.jailDir(a.Name))
 	// The logs are on tmpfs and guest-written: they go with the subOS
 	// (the reclaim event keeps the last line).
@@ -486,6 +489,7 @@ func checkFiles(spec Spec) []ledger.Problem {
 	}
 	check("kernel", spec.Kernel, true)
 	check("initrd", spec.Initrd, false)
+	check("image", spec.Image, false)
 	for i, d := range spec.Disks {
 		// A disk may be a regular file or a block device: the device
 		// model's rule.
@@ -528,6 +532,15 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	spec.Nets = withNICDefaults(spec) // the created spec names its TAPs and MACs
+	if spec.Image != "" {
+		path, err := s.copyImage(spec.Name, spec.Image)
+		if err != nil {
+			return Info{}, err
+		}
+		undo = append(undo, func() { os.Remove(path) })
+		spec.Disks = append([]Disk{{ID: imageDiskID, Path: path}}, spec.Disks...)
+		spec.CmdlineAppend = strings.TrimSpace("root=/dev/vda " + spec.CmdlineAppend)
+	}
 	alloc, err := Admission{s.ledger}.Reserve(spec.Request())
 	if err != nil {
 		return Info{}, err

@@ -110,6 +110,11 @@ func (u ExecUplink) StartUplink(args []string, frames *os.File, join func(pid in
 		close(c.done)
 	}()
 	fail := func(err error) (UplinkProcess, error) {
+		// It may still be on its way out, saying why: give it a moment.
+		select {
+		case <-c.done:
+		case <-time.After(2 * time.Second):
+		}
 		_ = cmd.Process.Kill()
 		<-c.done
 		if msg := stderr.String(); msg != "" {
