@@ -35,7 +35,8 @@ const DefaultHotplugMemory = 512 << 20
 // never share a CPU.
 //
 // Each subOS gets min(DefaultMaxMemory, MemTotal/8) of 2M pages (at least
-// one page), can grow by DefaultHotplugMemory while it runs, boots images/vmlinux with images/initramfs.cpio.gz, and has
+// one page), can grow by DefaultHotplugMemory while it runs, has a NIC on
+// the rootless uplink (outbound network, no host setup), boots images/vmlinux with images/initramfs.cpio.gz, and has
 // images/disk.img read-only, where images is imagesDir.
 func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 	l := &Layout{Defaults: Defaults{
