@@ -8,15 +8,16 @@ import (
 )
 
 // uplinkScript gives a subOS a NIC on the rootless uplink: its guest
-// reaches a server on the L1 host's loopback through the NAT (with
-// host_loopback), a server in the guest is reached through a published
-// port, the uplink runs in the subOS's cgroup, a second subOS publishing
+// fetches a page from an HTTP server on the L1 host's loopback through
+// the NAT (with host_loopback), a server in the guest is reached through
+// a published port, the uplink runs in the subOS's cgroup, a second subOS publishing
 // the same port is refused with nothing left, and destroy leaves no
 // uplink behind.
 const uplinkScript = shellLib + `
 ip link set lo up
 rfm_serve
-busybox nc -l -p 9000 -e echo from-host &
+mkdir -p /tmp/www && echo from-host > /tmp/www/index.html
+busybox httpd -p 127.0.0.1:9000 -h /tmp/www
 echo "== create"
 "$RFM" create u --cores 1 --memory 128M --net user,host-loopback --publish 8080:80; st=$?; echo "RF-STATUS $st"
 if [ $st != 0 ]; then tail -n 20 /tmp/serve.log; echo "RF-EXIT-EARLY"; exit 1; fi
@@ -25,7 +26,7 @@ echo "RF-ADDR $("$RFM" exec u -- ip -4 -o addr show eth0 | sed -n 's/.* inet \([
 cg=$(ls -d /sys/fs/cgroup/rainforest/u 2>/dev/null || ls -d /sys/fs/cgroup/*/rainforest/u | head -n 1)
 for p in $(cat $cg/cgroup.procs); do tr '\0' ' ' < /proc/$p/cmdline | grep -q ' uplink ' && echo "RF-UPLINK-IN-CGROUP $p"; done
 echo "== outbound"
-"$RFM" exec u -- sh -c 'nc 10.0.2.2 9000 </dev/null'; echo "RF-STATUS $?"
+"$RFM" exec u -- wget -q -O - http://10.0.2.2:9000/index.html; echo "RF-STATUS $?"
 echo "== publish"
 "$RFM" exec u -- sh -c 'setsid nc -l -p 80 -e echo from-guest </dev/null >/dev/null 2>&1 &'
 sleep 2
@@ -62,7 +63,7 @@ func TestUplink(t *testing.T) {
 		t.Errorf("no uplink process in the subOS's cgroup:\n%s", cr)
 	}
 	if o := secs["outbound"]; Field(o, "RF-STATUS") != "0" || !strings.Contains(o, "from-host") {
-		t.Errorf("the guest did not reach the host's server through the uplink:\n%s\nserve log:\n%s", o, secs["serve-log"])
+		t.Errorf("the guest did not fetch the host's page through the uplink:\n%s\nserve log:\n%s", o, secs["serve-log"])
 	}
 	if p := secs["publish"]; Field(p, "RF-STATUS") != "0" || !strings.Contains(p, "from-guest") {
 		t.Errorf("the published port did not reach the guest's server:\n%s", p)

@@ -18,9 +18,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"rainforest/ficm/board"
+	"rainforest/images"
 	"rainforest/internal/buildinfo"
 	"rainforest/internal/peercred"
-	"rainforest/images"
 	"rainforest/internal/units"
 	"rainforest/internal/untrusted"
 	"rainforest/partitioner"
