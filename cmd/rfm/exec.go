@@ -291,6 +291,7 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 		}
 	}
 	fmt.Fprintf(w, "PROCESSES\t%d\n", st.Processes)
+	hostUsageLines(w, st.Host)
 	if watch {
 		fmt.Fprintln(w)
 	}

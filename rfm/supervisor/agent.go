@@ -71,6 +71,9 @@ type AgentStats struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"` // when the supervisor received it
 	agentproto.Stats
+	// Host is what the host spends on the subOS (its cgroup's CPU time,
+	// its shares' virtiofsd), read when asked.
+	Host *HostUsage `json:"host,omitempty"`
 }
 
 // firstCID is the CID of the first subOS (0-2 are reserved).
@@ -356,8 +359,10 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	s.mu.Lock()
 	so, ok := s.subos[name]
 	var a *agentSession
+	var host *HostUsage
 	if ok {
 		a = so.agent
+		host = hostUsage(so, "/proc")
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -370,7 +375,9 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	if r == nil {
 		return AgentStats{}, fmt.Errorf("%w: subOS %q has sent no report yet (agent %s); is rf-agent in its image, and rf.agent not 0 on its command line?", ErrNoAgent, name, a.info().State)
 	}
-	return *r, nil
+	out := *r
+	out.Host = host
+	return out, nil
 }
 
 // ExecStream is a command running in a subOS: the agent's connection,
