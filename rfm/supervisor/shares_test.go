@@ -526,3 +526,73 @@ func TestProcessTreeCPU(t *testing.T) {
 		t.Errorf("cgroup CPU %d %v", n, ok)
 	}
 }
+
+// ExecLauncher starts the real virtiofsd as the supervisor does: it does
+// not run before prepare returns, keeps its pid, and ends when the front
+// end's connection closes.
+func TestExecLauncherStartBackend(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("virtiofsd's sandbox needs root")
+	}
+	bin, err := share.Find(t.Context())
+	if err != nil {
+		t.Skip(err)
+	}
+	dir := t.TempDir()
+	sockDir, err := os.MkdirTemp("", "rfsh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(sockDir)
+	ln, conn, err := share.Socket(filepath.Join(sockDir, "s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	logPath := filepath.Join(t.TempDir(), "virtiofsd.log")
+	argv := append([]string{bin.Path}, bin.Args(BackendFirstFD, dir, false, share.DefaultSandbox())...)
+	var before string
+	p, err := ExecLauncher{}.StartBackend(t.Context(), argv, logPath, []*os.File{ln}, func(pid int) error {
+		before, _ = os.Readlink(fmt.Sprintf("/proc/%d/exe", pid))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(before, "virtiofsd") {
+		t.Errorf("virtiofsd ran before prepare returned (%s)", before)
+	}
+	// The same process becomes virtiofsd.
+	for {
+		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p.PID()))
+		if exe == bin.Path {
+			break
+		}
+		select {
+		case <-p.Done():
+			b, _ := os.ReadFile(logPath)
+			t.Fatalf("exited: %s", b)
+		default:
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st, err := procStartTime("/proc", p.PID()); err != nil || st != p.StartTime() {
+		t.Errorf("start time %d %v, recorded %d", st, err, p.StartTime())
+	}
+	conn.Close()
+	<-p.Done()
+	if s := p.(*childProcess).ExitStatus(); s != "exit status 0" {
+		b, _ := os.ReadFile(logPath)
+		t.Errorf("virtiofsd ended with %s: %s", s, b)
+	}
+	// A failing prepare kills it before it runs.
+	ln2, conn2, err := share.Socket(filepath.Join(sockDir, "s2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln2.Close()
+	defer conn2.Close()
+	if _, err := (ExecLauncher{}).StartBackend(t.Context(), argv, logPath, []*os.File{ln2}, func(int) error { return errors.New("no cgroup") }); err == nil || err.Error() != "no cgroup" {
+		t.Errorf("failing prepare: %v", err)
+	}
+}
