@@ -25,7 +25,7 @@ import (
 // the host's files; a third share is hot-added and read; the virtiofsd
 // processes are in the subOS's cgroup, their CPU time shows in rfm stats,
 // a restarted supervisor re-adopts them, and one killed fails its share
-// (rfm inspect, the audit log). Destroying the subOS ends every virtiofsd
+// (rfm inspect, the audit log) and the guest's reads of it with EIO. Destroying the subOS ends every virtiofsd
 // and removes the read-only view.
 const sharesScript = `
 set -u
@@ -44,6 +44,8 @@ echo "hot data" > $root/hot/hot.txt
 ln -s $root/secret $root/rw/abs-link
 ln -s ../secret $root/rw/rel-link
 ln -s /etc/passwd $root/rw/passwd-link
+# (the nested L1 guest has no /etc/passwd: give it one to aim at)
+[ -e /etc/passwd ] || echo 'root:x:0:0:RF-L1-PASSWD:/root:/bin/sh' > /etc/passwd
 serve
 echo "== create"
 "$RFM" create a --cores 1 --memory 256M --share $root/rw:rw --share $root/ro:ro,ro; echo "RF-STATUS $?"
@@ -67,7 +69,7 @@ echo "== ro"
 "$RFM" exec a -- rm /mnt/ro/readme 2>&1; echo "RF-RO-RM $?"
 echo "RF-RO-HOST $(ls $root/ro | tr '\n' ' ')$(cat $root/ro/readme)"
 echo "== escape"
-"$RFM" exec a -- sh -c 'ls -l /mnt/rw; cat /mnt/rw/abs-link; echo "RF-ABS $?"; cat /mnt/rw/rel-link; echo "RF-REL $?"; cat /mnt/rw/../secret; echo "RF-DOTDOT $?"' 2>&1
+"$RFM" exec a -- sh -c 'ls -l /mnt/rw; cat /mnt/rw/abs-link; echo "RF-ABS $?"; cat /mnt/rw/rel-link; echo "RF-REL $?"; cat /mnt/rw/../secret; echo "RF-DOTDOT $?"; cat /mnt/rw/passwd-link' 2>&1
 echo "RF-PASSWD-HOST $(md5sum < /etc/passwd 2>/dev/null | cut -c1-32)"
 echo "RF-PASSWD-GUEST $("$RFM" exec a -- sh -c 'md5sum < /mnt/rw/passwd-link | cut -c1-32' 2>/dev/null)"
 echo "== hot"
@@ -84,7 +86,7 @@ done
 for p in $(pids a); do echo "RF-CPU-AFTER $p $(cpu $p)"; done
 sleep 3
 "$RFM" stats a
-"$RFM" stats a -o json | tr -d ' \n' | sed -n 's/.*"host":\(.*\)}$/RF-HOST-USAGE \1/p'
+"$RFM" stats a -o json | tr -d ' \n' | sed -n 's/.*"host":\(.*\)}$/RF-HOST-USAGE \1/p'; echo
 echo "== unshare"
 "$RFM" exec a -- umount /mnt/hot; echo "RF-UMOUNT $?"
 "$RFM" unshare a hot; echo "RF-STATUS $?"
@@ -104,6 +106,11 @@ i=0; while ! "$RFM" inspect a -o json | grep -q '"state": "failed"' && [ $i -lt 
 "$RFM" inspect a -o json | tr -d '\n' | grep -o '"state": "failed",[^}]*'
 "$RFM" events | grep share-failed | cut -c1-300
 "$RFM" exec a -- cat /mnt/rw/from-guest; echo "RF-RW-STILL $?"
+# The guest's requests on the failed share get EIO from the VMM; the
+# subOS runs on.
+timeout 60 "$RFM" exec a -- cat /mnt/ro/readme 2>&1; echo "RF-RO-AFTER-FAIL $?"
+timeout 60 "$RFM" exec a -- ls /mnt/ro 2>&1; echo "RF-RO-LS-AFTER-FAIL $?"
+"$RFM" exec a -- cat /mnt/rw/from-guest; echo "RF-RW-STILL-AFTER $?"
 echo "== destroy"
 echo "RF-VIEWS-BEFORE $(grep -c /shares/ /proc/mounts)"
 "$RFM" destroy a; echo "RF-STATUS $?"
@@ -197,7 +204,7 @@ func TestShares(t *testing.T) {
 	})
 	t.Run("escape", func(t *testing.T) {
 		e := secs["escape"]
-		if strings.Contains(e, "RF-HOST-SECRET") {
+		if strings.Contains(e, "RF-HOST-SECRET") || strings.Contains(e, "RF-L1-PASSWD") {
 			t.Errorf("a symbolic link in the share reached the host's file outside it:\n%s", e)
 		}
 		for _, f := range []string{"RF-ABS", "RF-REL", "RF-DOTDOT"} {
@@ -205,7 +212,7 @@ func TestShares(t *testing.T) {
 				t.Errorf("%s: reading outside the share succeeded:\n%s", f, e)
 			}
 		}
-		if host := Field(e, "RF-PASSWD-HOST"); host != "" && Field(e, "RF-PASSWD-GUEST") == host {
+		if host := Field(e, "RF-PASSWD-HOST"); host == "" || Field(e, "RF-PASSWD-GUEST") == host {
 			t.Errorf("the link to /etc/passwd gave the guest the host's file:\n%s", e)
 		}
 	})
@@ -260,7 +267,10 @@ func TestShares(t *testing.T) {
 		if !strings.Contains(f, `"state": "failed"`) || !strings.Contains(f, "virtiofsd") || !strings.Contains(f, "share-failed") {
 			t.Errorf("a killed virtiofsd is not reported (inspect, events):\n%s", f)
 		}
-		if Field(f, "RF-RW-STILL") != "0" {
+		if Field(f, "RF-RO-AFTER-FAIL") != "1" || Field(f, "RF-RO-LS-AFTER-FAIL") != "1" || !strings.Contains(f, "I/O error") {
+			t.Errorf("reading the failed share did not fail with EIO at once:\n%s", f)
+		}
+		if Field(f, "RF-RW-STILL") != "0" || Field(f, "RF-RW-STILL-AFTER") != "0" {
 			t.Errorf("the other share stopped working:\n%s", f)
 		}
 	})

@@ -164,11 +164,11 @@ func TestRootIsRootfs(t *testing.T) {
 
 func TestArgs(t *testing.T) {
 	c := Binary{Path: "/usr/lib/qemu/virtiofsd"}
-	if got := strings.Join(c.Args(4, "/srv", true, SandboxChroot), " "); got != "-f --fd=4 -o source=/srv -o sandbox=chroot -o cache=auto" {
+	if got := strings.Join(c.Args(4, "/srv", true, SandboxChroot), " "); got != "-f --fd=4 -o source=/srv -o sandbox=chroot -o cache=auto --thread-pool-size=0" {
 		t.Errorf("C virtiofsd: %s", got)
 	}
 	r := Binary{Path: "/usr/libexec/virtiofsd", Rust: true, ReadOnlyFlag: true}
-	if got := strings.Join(r.Args(4, "/srv", true, SandboxNamespace), " "); got != "--fd=4 --shared-dir=/srv --sandbox=namespace --cache=auto --readonly" {
+	if got := strings.Join(r.Args(4, "/srv", true, SandboxNamespace), " "); got != "--fd=4 --shared-dir=/srv --sandbox=namespace --cache=auto --thread-pool-size=0 --readonly" {
 		t.Errorf("Rust virtiofsd: %s", got)
 	}
 }

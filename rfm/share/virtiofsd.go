@@ -103,14 +103,16 @@ func rootIsRootfs(path string) bool {
 // Args is virtiofsd's command line (without the binary) serving source
 // on the listening vhost-user socket at descriptor fd, in sandbox, with
 // --readonly where the binary has it and the share is read-only (source
-// is then the read-only view already).
+// is then the read-only view already). It has no thread pool: it answers
+// each queue's requests in order, which lets the VMM answer the ones left
+// when it fails (vmm/virtio/fs).
 func (b Binary) Args(fd int, source string, readOnly bool, sandbox Sandbox) []string {
 	if b.Rust {
-		args := []string{"--fd=" + strconv.Itoa(fd), "--shared-dir=" + source, "--sandbox=" + string(sandbox), "--cache=auto"}
+		args := []string{"--fd=" + strconv.Itoa(fd), "--shared-dir=" + source, "--sandbox=" + string(sandbox), "--cache=auto", "--thread-pool-size=0"}
 		if readOnly && b.ReadOnlyFlag {
 			args = append(args, "--readonly")
 		}
 		return args
 	}
-	return []string{"-f", "--fd=" + strconv.Itoa(fd), "-o", "source=" + source, "-o", "sandbox=" + string(sandbox), "-o", "cache=auto"}
+	return []string{"-f", "--fd=" + strconv.Itoa(fd), "-o", "source=" + source, "-o", "sandbox=" + string(sandbox), "-o", "cache=auto", "--thread-pool-size=0"}
 }

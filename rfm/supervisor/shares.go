@@ -36,7 +36,8 @@ import (
 // a restarted supervisor re-adopts them as it does VMMs. A virtiofsd that
 // ends while its VMM runs is reported: the share is failed in Info
 // (rfm inspect) with the reason, and the event "share-failed" is logged;
-// the guest's requests on it then get no answer (see docs/architecture.md).
+// the VMM then answers the guest's requests on it with EIO
+// (vmm/virtio/fs).
 // Destroying a subOS stops its VMM first, then the virtiofsd processes,
 // then removes the read-only views.
 
@@ -905,4 +906,22 @@ func backendsExited(backends map[string]*backend) string {
 		}
 	}
 	return out
+}
+
+// sweepShareDirs removes what the shares of subOSes that no longer exist
+// left in the run directory (a crash between a rollback's steps, an
+// orphan cgroup): read-only views, logs, sockets.
+func (s *Supervisor) sweepShareDirs() {
+	ents, err := os.ReadDir(filepath.Join(s.cfg.RunDir, "shares"))
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		s.mu.Lock()
+		_, live := s.subos[e.Name()]
+		s.mu.Unlock()
+		if !live && e.IsDir() {
+			s.removeShareDir(e.Name())
+		}
+	}
 }

@@ -156,8 +156,8 @@ func TestCreateWithShares(t *testing.T) {
 	}
 	view := filepath.Join(s.shareDir("a"), "share1")
 	want := [][]string{
-		{h.binary, "-f", "--fd=4", "-o", "source=" + rw, "-o", "sandbox=chroot", "-o", "cache=auto"},
-		{h.binary, "-f", "--fd=4", "-o", "source=" + view, "-o", "sandbox=chroot", "-o", "cache=auto"},
+		{h.binary, "-f", "--fd=4", "-o", "source=" + rw, "-o", "sandbox=chroot", "-o", "cache=auto", "--thread-pool-size=0"},
+		{h.binary, "-f", "--fd=4", "-o", "source=" + view, "-o", "sandbox=chroot", "-o", "cache=auto", "--thread-pool-size=0"},
 	}
 	for i := range want {
 		if !slices.Equal(args[i], want[i]) {
@@ -594,5 +594,29 @@ func TestExecLauncherStartBackend(t *testing.T) {
 	defer conn2.Close()
 	if _, err := (ExecLauncher{}).StartBackend(t.Context(), argv, logPath, []*os.File{ln2}, func(int) error { return errors.New("no cgroup") }); err == nil || err.Error() != "no cgroup" {
 		t.Errorf("failing prepare: %v", err)
+	}
+}
+
+// What the shares of a subOS that no longer exists left behind is
+// removed at start; a live subOS's is kept.
+func TestSweepShareDirs(t *testing.T) {
+	h := newShareHost(t)
+	s := h.start(t)
+	if _, err := s.Create(t.Context(), shareSpec(t, "a", ShareSpec{Path: t.TempDir(), Tag: "x", ReadOnly: true})); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	ghost := filepath.Join(h.dir, "run", "shares", "ghost")
+	if err := os.MkdirAll(filepath.Join(ghost, "share0"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(ghost, "share0.log"), []byte("x"), 0o600)
+	s = h.start(t)
+	defer s.Close()
+	if _, err := os.Stat(ghost); !os.IsNotExist(err) {
+		t.Errorf("the gone subOS's share directory stays: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(s.shareDir("a"), "share0")); err != nil {
+		t.Errorf("the live subOS's view went: %v", err)
 	}
 }

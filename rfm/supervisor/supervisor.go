@@ -225,6 +225,7 @@ func New(cfg Config) (*Supervisor, error) {
 		return nil, err
 	}
 	s.killOrphans()
+	s.sweepShareDirs()
 	if err := s.startSharing(); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("FICM group: %w", err)
