@@ -267,7 +267,7 @@ func TestShares(t *testing.T) {
 		if !strings.Contains(f, `"state": "failed"`) || !strings.Contains(f, "virtiofsd") || !strings.Contains(f, "share-failed") {
 			t.Errorf("a killed virtiofsd is not reported (inspect, events):\n%s", f)
 		}
-		if Field(f, "RF-RO-AFTER-FAIL") != "1" || Field(f, "RF-RO-LS-AFTER-FAIL") != "1" || !strings.Contains(f, "I/O error") {
+		if Field(f, "RF-RO-AFTER-FAIL") != "1" || Field(f, "RF-RO-LS-AFTER-FAIL") != "1" || !strings.Contains(f, "Input/output error") {
 			t.Errorf("reading the failed share did not fail with EIO at once:\n%s", f)
 		}
 		if Field(f, "RF-RW-STILL") != "0" || Field(f, "RF-RW-STILL-AFTER") != "0" {
