@@ -16,17 +16,18 @@ import (
 	"rainforest/rfm/supervisor"
 )
 
-// sharesScript runs one subOS with two shares (RFfuse): /srv/rw
-// read-write and /srv/ro read-only, each served by a virtiofsd the
-// supervisor starts in the subOS's cgroup. The guest writes a file the
-// host then reads; its writes to the read-only share fail with EROFS and
-// leave the host directory as it was; symbolic links in the share that
-// point outside it (absolute, and ../) and to /etc/passwd do not reach
-// the host's files; a third share is hot-added and read; the virtiofsd
-// processes are in the subOS's cgroup, their CPU time shows in rfm stats,
-// a restarted supervisor re-adopts them, and one killed fails its share
-// (rfm inspect, the audit log) and the guest's reads of it with EIO. Destroying the subOS ends every virtiofsd
-// and removes the read-only view.
+// sharesScript runs one subOS with two shares (RFfuse): rw read-write
+// and ro read-only, each served by a virtiofsd the supervisor starts in
+// the subOS's cgroup. The guest writes a file the host then reads; its
+// writes to the read-only share fail with EROFS and leave the host
+// directory as it was; symbolic links in the share that point outside it
+// (absolute, and ../) and to /etc/passwd do not reach the host's files;
+// a third share is hot-added, read and removed. The virtiofsd processes
+// are in the subOS's cgroup and their CPU time shows in rfm stats, the
+// agent reports the mounts, a restarted supervisor re-adopts the
+// virtiofsd, and one killed fails its share (rfm inspect, the audit log)
+// and the guest's reads of it with EIO. Destroying the subOS ends every
+// virtiofsd and removes the read-only view.
 const sharesScript = `
 set -u
 grep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -87,6 +88,7 @@ for p in $(pids a); do echo "RF-CPU-AFTER $p $(cpu $p)"; done
 sleep 3
 "$RFM" stats a
 "$RFM" stats a -o json | tr -d ' \n' | sed -n 's/.*"host":\(.*\)}$/RF-HOST-USAGE \1/p'; echo
+echo "RF-GUEST-SHARES $("$RFM" stats a -o json | tr -d ' \n' | grep -o '"shares":\[[^]]*\]')"
 echo "== unshare"
 "$RFM" exec a -- umount /mnt/hot; echo "RF-UMOUNT $?"
 "$RFM" unshare a hot; echo "RF-STATUS $?"
@@ -245,6 +247,9 @@ func TestShares(t *testing.T) {
 		}
 		if !grew {
 			t.Errorf("no virtiofsd used CPU serving the guest's load:\n%s", c)
+		}
+		if g := Field(c, "RF-GUEST-SHARES"); !strings.Contains(g, `{"tag":"rw","dir":"/mnt/rw"}`) || !strings.Contains(g, `{"tag":"hot","dir":"/mnt/hot"}`) {
+			t.Errorf("the agent does not report the shares mounted: %s", g)
 		}
 		var u supervisor.HostUsage
 		if err := json.Unmarshal([]byte(Field(c, "RF-HOST-USAGE")), &u); err != nil || u.CgroupCPUUsec == nil || len(u.Backends) != 3 {

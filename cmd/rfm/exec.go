@@ -198,7 +198,10 @@ func statsCommand(g *globalFlags) *cobra.Command {
 		Long: `Show a subOS's latest report from its agent (from the guest's /proc): the
 use of each CPU and of all of them in percent over the report's interval,
 memory used and total, the load averages, pressure stall information
-(PSI, where the guest kernel has it) and the number of processes.
+(PSI, where the guest kernel has it), the number of processes and the
+virtio-fs shares mounted; then what the host spends on the subOS: its
+cgroup's CPU time (its VMM and its shares' virtiofsd) and each
+virtiofsd's.
 
 --watch prints a new report every ` + supervisor.AgentStatsInterval.String() + ` until interrupted (with -o json, one
 JSON object a line).`,
@@ -291,7 +294,7 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 		}
 	}
 	fmt.Fprintf(w, "PROCESSES\t%d\n", st.Processes)
-	hostUsageLines(w, st.Host)
+	shareLines(w, st)
 	if watch {
 		fmt.Fprintln(w)
 	}

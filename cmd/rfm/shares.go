@@ -119,8 +119,13 @@ func sharesTable(w io.Writer, i supervisor.Info) {
 	}
 }
 
-// hostUsageLines prints what the host spends on the subOS (rfm stats).
-func hostUsageLines(w io.Writer, h *supervisor.HostUsage) {
+// shareLines prints the shares the guest has mounted and what the host
+// spends on the subOS (rfm stats).
+func shareLines(w io.Writer, st supervisor.AgentStats) {
+	for _, m := range st.Shares { // printable ASCII (agentproto checks)
+		fmt.Fprintf(w, "SHARE %s\tmounted at %s\n", m.Tag, m.Dir)
+	}
+	h := st.Host
 	if h == nil {
 		return
 	}
