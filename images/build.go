@@ -25,6 +25,9 @@
 //	rf.agent=0        do not start /usr/bin/rf-agent
 //	rf.ip=A/N[,GW]    give the first NIC address A/N (and a default
 //	                  route through GW), and set it up
+//	rf.shares=T1,T2   mount the virtio-fs shares tagged T1, T2 at /mnt/T1,
+//	                  /mnt/T2 (the supervisor sets it for a subOS's
+//	                  shares) and print "RF-SHARE <tag> <dir>" for each
 //
 // Before powering off it writes a non-zero exit status of rf.cmd (or of the
 // shell) to the VMM's status register (port 0x501, memory-mapped at
@@ -127,6 +130,8 @@ func DefaultModules() []string {
 		"virtio_mem",
 		// virtio-net, the subOS's NICs.
 		"virtio_net",
+		// virtio-fs, the subOS's shares (RFfuse).
+		"fuse", "virtiofs",
 	}
 }
 
@@ -612,6 +617,17 @@ cat_path=$(param rf.cat)
 if [ -n "$cat_path" ]; then
 	cat "/mnt$cat_path"
 fi
+# rf.shares=TAG[,TAG...] (the supervisor sets it): each virtio-fs share is
+# mounted at /mnt/TAG (at /shares/TAG where /mnt is a read-only disk).
+for tag in $(param rf.shares | tr , ' '); do
+	dir=/mnt/$tag
+	mkdir -p "$dir" 2>/dev/null || { dir=/shares/$tag; mkdir -p "$dir"; }
+	if mount -t virtiofs "$tag" "$dir"; then
+		echo "RF-SHARE $tag $dir"
+	else
+		echo "RF-SHARE-FAILED $tag"
+	fi
+done
 # The agent, restarted whenever it exits (one console line each time),
 # after a pause doubling from 1 to 32 seconds.
 if [ -x /usr/bin/rf-agent ] && [ "$(param rf.agent)" != 0 ]; then

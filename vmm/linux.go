@@ -484,8 +484,9 @@ func (m *Machine) addVsock(cfg *LinuxConfig) error {
 // AddShare connects to share s's vhost-user back end (on f, a connected
 // Unix stream socket, which it takes charge of; nil: it connects to
 // s.Socket) and plugs s as a virtio-fs device under s.ID (see AddDevice).
-// The back end's failure later is logged and makes the guest's driver
-// reset the device (vmm/vhostuser).
+// The back end's failure later is logged, sets DEVICE_NEEDS_RESET
+// (vmm/vhostuser), and from then on the device answers the guest's
+// requests with EIO (vmm/virtio/fs).
 func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int, error) {
 	log := m.log.With("share", s.ID, "tag", s.Tag)
 	opts := vhostuser.Options{Logger: log}

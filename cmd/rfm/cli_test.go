@@ -466,6 +466,16 @@ func TestCLI(t *testing.T) {
 		{name: "detach busy", args: []string{"detach", "web", "busy"}, status: 4, stderr: "busy"},
 		{name: "detach unknown disk", args: []string{"detach", "web", "disk9"}, status: 3, stderr: "disk9"},
 
+		{name: "share", args: []string{"share", "web", "--share", "/srv/docs:docs,ro", "-o", "json"}, status: 0, schema: &schemaRef{method: "POST", path: "/v1/subos/{name}/shares", status: 201}},
+		{name: "share table", args: []string{"share", "web", "--share", "/srv/docs:docs,ro"}, status: 0, stdout: "/srv/docs  ro"},
+		{name: "share unknown", args: []string{"share", "nope", "--share", "/srv:srv"}, status: 3, stderr: `"nope"`},
+		{name: "share without share", args: []string{"share", "web"}, status: 2, stderr: "--share is required"},
+		{name: "share bad", args: []string{"share", "web", "--share", "/srv"}, status: 2, stderr: "want /host/dir:TAG"},
+		{name: "unshare", args: []string{"unshare", "web", "docs"}, status: 0},
+		{name: "unshare busy", args: []string{"unshare", "web", "busy"}, status: 4, stderr: "mounted"},
+		{name: "create with shares", args: []string{"create", "db", "--memory", "64M", "--share", "/srv/a:a", "--share", "/srv/b:b,ro"}, status: 0, stdout: "db"},
+		{name: "create bad share", args: []string{"create", "db", "--share", "/srv/a:a,rw"}, status: 2, stderr: `unknown option "rw"`},
+
 		{name: "grant", args: []string{"grant", "web", "--segment", "cache,size=4K"}, status: 0},
 		{name: "grant unknown", args: []string{"grant", "nope", "--segment", "cache"}, status: 3, stderr: `"nope"`},
 		{name: "grant without segment", args: []string{"grant", "web"}, status: 2, stderr: "--segment is required"},

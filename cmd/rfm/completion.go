@@ -24,7 +24,7 @@ const completionTimeout = 2 * time.Second
 func addCompletions(root *cobra.Command, g *globalFlags) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats", "resize", "autoscale":
+		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats", "resize", "autoscale", "share":
 			c.ValidArgsFunction = g.completeArgs(false, nil)
 		case "destroy", "lend", "return":
 			c.ValidArgsFunction = g.completeArgs(true, nil)
@@ -35,6 +35,14 @@ func addCompletions(root *cobra.Command, g *globalFlags) {
 					ids = append(ids, d.ID)
 				}
 				return ids
+			})
+		case "unshare":
+			c.ValidArgsFunction = g.completeArgs(false, func(i supervisor.Info) []string {
+				var tags []string
+				for _, s := range i.Spec.Shares {
+					tags = append(tags, s.Tag)
+				}
+				return tags
 			})
 		case "revoke":
 			c.ValidArgsFunction = g.completeArgs(false, func(i supervisor.Info) []string {

@@ -199,7 +199,10 @@ func statsCommand(g *globalFlags) *cobra.Command {
 		Long: `Show a subOS's latest report from its agent (from the guest's /proc): the
 use of each CPU and of all of them in percent over the report's interval,
 memory used and total, the load averages, pressure stall information
-(PSI, where the guest kernel has it) and the number of processes.
+(PSI, where the guest kernel has it), the number of processes and the
+virtio-fs shares mounted; then what the host spends on the subOS: its
+cgroup's CPU time (its VMM and its shares' virtiofsd) and each
+virtiofsd's.
 
 --watch prints a new report every ` + supervisor.AgentStatsInterval.String() + ` until interrupted (with -o json, one
 JSON object a line).`,
@@ -299,6 +302,7 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 			fmt.Fprintf(w, "  %d\t%s %.2fs\n", p.PID, untrusted.EscapeTerminal([]byte(p.Comm)), p.CPUSeconds)
 		}
 	}
+	shareLines(w, st)
 	if watch {
 		fmt.Fprintln(w)
 	}

@@ -203,6 +203,7 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 	for _, g := range so.Segments {
 		spec.Segments = append(spec.Segments, supervisor.SegmentGrant{Name: g.Name, Size: sizes[g.Name], ReadOnly: g.ReadOnly})
 	}
+	spec.Shares = append(spec.Shares, so.Shares...)
 	return spec
 }
 

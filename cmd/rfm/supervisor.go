@@ -111,6 +111,10 @@ func (a actuatorAdapter) CreateGroup(name string, cores, nodes []int) (superviso
 	return a.a.CreateGroup(name, cores, nodes)
 }
 func (a actuatorAdapter) RemoveGroup(name string) error { return a.a.RemoveGroup(name) }
+
+// OpenGroup finds a subOS's cgroup (supervisor.GroupOpener: shares
+// hot-added to a running subOS).
+func (a actuatorAdapter) OpenGroup(name string) (supervisor.Group, error) { return a.a.OpenGroup(name) }
 func (a actuatorAdapter) SetCores(name string, cores []int) error {
 	return a.a.SetCores(name, cores)
 }
@@ -224,7 +228,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
 	var memory, maxMemory, pageSize, cores, logSize, logRate, image string
-	var disks, segments, nets, publish []string
+	var disks, segments, nets, publish, shares []string
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -257,6 +261,11 @@ What it is given:
   --segment NAME[,size=SIZE][,ro]
                      a shared segment (rfcom map finds it in the guest); the
                      first grant of a name must give its size; repeatable
+  --share /host/dir:TAG[,ro][,root]
+                     a host directory as virtio-fs, served by a virtiofsd in
+                     the subOS's cgroup; the image mounts it at /mnt/TAG. ro:
+                     read-only, enforced on the host; root: allow sharing /;
+                     repeatable
   --device PCI       PCI passthrough: not supported yet, refused
 Its console (rfm logs, rfm console):
   --console-log-size SIZE
@@ -278,7 +287,8 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
   rfm create router --cpus 1 --net tap=rf-router0
   rfm create web --cpus 1 --net user --publish 8080:80
-  rfm create deb1 --cpus 1 --memory 1G --image debian --net user --publish 2222:22`,
+  rfm create deb1 --cpus 1 --memory 1G --image debian --net user --publish 2222:22
+  rfm create dev --cpus 1 --share /srv/src:src --share /srv/docs:docs,ro`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			spec.Name = args[0]
@@ -334,6 +344,13 @@ whole first: every problem is listed and nothing is reserved.`,
 				}
 				spec.Nets[i].Publish = append(spec.Nets[i].Publish, publish...)
 			}
+			for _, v := range shares {
+				s, err := parseShare(v)
+				if err != nil {
+					return err
+				}
+				spec.Shares = append(spec.Shares, s)
+			}
 			for _, sg := range segments {
 				grant, err := parseSegment(sg)
 				if err != nil {
@@ -376,6 +393,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringArrayVar(&segments, "segment", nil, "shared segment NAME[,size=SIZE][,ro] (size creates it); repeatable")
 	fl.StringArrayVar(&nets, "net", nil, "network interface "+nicSyntax+"; repeatable")
 	fl.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host through the uplink, [ADDR:]HOSTPORT:GUESTPORT[/udp] (adds a --net user NIC when there is none); repeatable")
+	fl.StringArrayVar(&shares, "share", nil, shareFlagHelp)
 	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
 	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
@@ -636,7 +654,10 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 			if g.output == "" {
 				g.output = outputJSON
 			}
-			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) { psTable(w, []supervisor.Info{info}) })
+			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) {
+				psTable(w, []supervisor.Info{info})
+				sharesTable(w, info)
+			})
 		},
 	}
 	g.addOutputFlag(cmd, " (default json)")

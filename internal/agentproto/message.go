@@ -14,7 +14,7 @@ import (
 // older peer ignores.
 const (
 	ProtocolMajor = 1
-	ProtocolMinor = 2 // 1.1: cpus, cpus_result; 1.2: stats latency
+	ProtocolMinor = 3 // 1.1: cpus, cpus_result; 1.2: stats latency; 1.3: stats shares
 )
 
 // Type is a message type, the first byte of a frame.
@@ -71,6 +71,11 @@ const (
 	// its age (a day).
 	MaxLatencyUS    = 3600 * 1000 * 1000
 	MaxLatencyAgeMS = 24 * 3600 * 1000
+	// MaxShareMounts bounds a stats report's shares, MaxShareTag and
+	// MaxMountDir their tags and mount points (printable ASCII).
+	MaxShareMounts = 16
+	MaxShareTag    = 36
+	MaxMountDir    = 256
 )
 
 // Sentinel errors.
@@ -122,6 +127,37 @@ type Stats struct {
 	// Latency is the latest latency sample an application in the guest
 	// pushed to the agent (protocol 1.2); nil when none has.
 	Latency *LatencySample `json:"latency,omitempty"`
+	// Shares are the virtio-fs shares mounted in the guest (protocol
+	// 1.3), from /proc/mounts.
+	Shares []ShareMount `json:"shares,omitempty"`
+}
+
+// ShareMount is a virtio-fs share mounted in the guest: its tag and its
+// mount point.
+type ShareMount struct {
+	Tag string `json:"tag"`
+	Dir string `json:"dir"`
+}
+
+// CheckShareMount says what is wrong with m ("" when nothing): a tag of
+// 1 to MaxShareTag and a mount point of 1 to MaxMountDir bytes of
+// printable ASCII without spaces, the mount point absolute.
+func CheckShareMount(m ShareMount) string {
+	printable := func(s string) bool {
+		for i := 0; i < len(s); i++ {
+			if s[i] <= ' ' || s[i] > '~' {
+				return false
+			}
+		}
+		return true
+	}
+	switch {
+	case m.Tag == "" || len(m.Tag) > MaxShareTag || !printable(m.Tag):
+		return fmt.Sprintf("tag of %d bytes: want 1 to %d of printable ASCII", len(m.Tag), MaxShareTag)
+	case !strings.HasPrefix(m.Dir, "/") || len(m.Dir) > MaxMountDir || !printable(m.Dir):
+		return fmt.Sprintf("mount point of %d bytes: want an absolute path of at most %d bytes of printable ASCII", len(m.Dir), MaxMountDir)
+	}
+	return ""
 }
 
 // LatencySample is an application's p99 latency, as it pushed it to the
@@ -431,6 +467,14 @@ func (s *Stats) validate() error {
 	}{{"load1", l.Load1}, {"load5", l.Load5}, {"load15", l.Load15}} {
 		if err := checkRange(TypeStats, f.name, f.v, 0, MaxLoad); err != nil {
 			return err
+		}
+	}
+	if len(s.Shares) > MaxShareMounts {
+		return malformed(TypeStats, "%d shares (at most %d)", len(s.Shares), MaxShareMounts)
+	}
+	for i, m := range s.Shares {
+		if msg := CheckShareMount(m); msg != "" {
+			return malformed(TypeStats, "shares[%d]: %s", i, msg)
 		}
 	}
 	if l := s.Latency; l != nil {

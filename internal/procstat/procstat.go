@@ -1,7 +1,7 @@
 // Package procstat reads the guest's /proc for rf-agent's stats reports:
 // per-CPU use from /proc/stat deltas, memory from /proc/meminfo, load from
-// /proc/loadavg, pressure stall information from /proc/pressure, and the
-// process list. The parsers are pure functions over io.Reader and fs.FS
+// /proc/loadavg, pressure stall information from /proc/pressure, the
+// process list, and the virtio-fs shares mounted, from /proc/mounts. The parsers are pure functions over io.Reader and fs.FS
 // (an os.DirFS("/proc") in the agent, fixtures in tests).
 package procstat
 
@@ -332,4 +332,24 @@ func ParseTaskStat(stat []byte) (TaskStat, error) {
 		return TaskStat{}, fmt.Errorf("%w: stat times %q %q", ErrFormat, f[11], f[12])
 	}
 	return TaskStat{Comm: s[i+1 : j], UTime: u, STime: st}, nil
+}
+
+// ParseShareMounts lists the virtio-fs mounts of a /proc/mounts, at most
+// agentproto.MaxShareMounts; one agentproto.CheckShareMount refuses (a
+// mount point with spaces or non-ASCII, which the table escapes) is left
+// out.
+func ParseShareMounts(r io.Reader) ([]agentproto.ShareMount, error) {
+	var out []agentproto.ShareMount
+	sc := bufio.NewScanner(r)
+	for sc.Scan() && len(out) < agentproto.MaxShareMounts {
+		f := strings.Fields(sc.Text())
+		if len(f) < 3 || f[2] != "virtiofs" {
+			continue
+		}
+		m := agentproto.ShareMount{Tag: f[0], Dir: f[1]}
+		if agentproto.CheckShareMount(m) == "" && !strings.Contains(m.Dir, `\`) {
+			out = append(out, m)
+		}
+	}
+	return out, sc.Err()
 }

@@ -87,6 +87,10 @@ func (s *Sampler) Sample(now time.Time) (*agentproto.Stats, error) {
 		return nil, err
 	}
 	st.Processes = uint32(len(pids))
+	// The virtio-fs shares mounted (optional: a /proc without mounts).
+	if shares, err := parseFile(s.fsys, "mounts", ParseShareMounts); err == nil {
+		st.Shares = shares
+	}
 	s.seq++
 	st.Seq = s.seq
 	s.prev, s.prevTime = cur, now

@@ -176,6 +176,7 @@ func TestOpenAPIResponses(t *testing.T) {
 		{"POST", "/v1/subos/web/latency", `{"p99_us": "x"}`, 400, false},
 		{"POST", "/v1/subos/none/latency", `{"p99_us": 1}`, 404, false},
 	}
+	cases = append(cases, shareCases()...)
 	covered := map[string]bool{}
 	mux, patterns := routes(b, nil)
 	h := withVersion(routeErrors(mux))

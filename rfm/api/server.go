@@ -328,6 +328,7 @@ func routes(b Backend, stop <-chan struct{}) (*http.ServeMux, []string) {
 	agentRoutes(mux, b, stop)
 	elasticRoutes(mux, b)
 	autoscaleRoutes(mux, b)
+	shareRoutes(mux, b)
 	mux.HandleFunc("GET /v1/board", func(w http.ResponseWriter, r *http.Request) {
 		bd, err := b.Board()
 		if err != nil {

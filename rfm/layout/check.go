@@ -13,6 +13,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/partitioner"
 	"rainforest/rfm/autoscale"
+	"rainforest/rfm/share"
 	"rainforest/vmm/config"
 	"rainforest/vmm/ram"
 )
@@ -385,6 +386,12 @@ func (ck *checker) subOS(i int) {
 		if err := d.Check(); err != nil {
 			add(fmt.Sprintf("disks[%d]", j), "%v", err)
 		}
+	}
+
+	// Shares: directories that exist, tags unique and mountable, / only
+	// with allow_root.
+	for _, p := range share.Problems("shares", s.Shares) {
+		add(p.Field, "%s", p.Message)
 	}
 
 	// Devices.

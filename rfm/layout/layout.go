@@ -28,6 +28,10 @@
 //	    # (bytes/s, a size), each with an optional iops_burst or
 //	    # bandwidth_burst (one second's worth by default):
 //	    # disks: [{path: data.img, iops: 1000, bandwidth: 100M}]
+//	    # host directories as virtio-fs, mounted by the default image at
+//	    # /mnt/<tag>; readonly is enforced on the host, sharing / needs
+//	    # allow_root: true
+//	    shares: [{path: /srv/data, tag: data}, {path: /srv/docs, tag: docs, readonly: true}]
 //	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
 //	    nets:              # NICs: virtio-net on a TAP the supervisor makes
@@ -68,6 +72,7 @@ import (
 
 	"rainforest/ledger"
 	"rainforest/rfm/autoscale"
+	"rainforest/rfm/share"
 )
 
 // DefaultMaxBytes is the size limit Parse applies when given maxBytes <= 0.
@@ -178,6 +183,8 @@ type SubOS struct {
 	Segments []Segment
 	// Nets are its network interfaces.
 	Nets []NIC
+	// Shares are host directories given to it as virtio-fs devices.
+	Shares []Share
 	// Class is ledger.Batch ("" too) or ledger.LatencyCritical.
 	Class ledger.Class
 	// Autoscale is the latency-driven autoscaling policy of a
@@ -231,6 +238,10 @@ const (
 // as the VMM's configuration holds it.
 type Disk = config.Disk
 
+// Share is a host directory given to a subOS as a virtio-fs device
+// (path, tag, readonly, allow_root), as the supervisor takes it.
+type Share = share.Spec
+
 // Request is the ledger request for the subOS's resources.
 func (s SubOS) Request() ledger.Request {
 	return ledger.Request{
@@ -245,9 +256,9 @@ func (s SubOS) Request() ledger.Request {
 	}
 }
 
-// ResolvePaths makes the relative kernel, initrd and disk paths of l
-// relative to dir (normally the layout file's directory) instead of the
-// working directory.
+// ResolvePaths makes the relative kernel, initrd, disk and share paths
+// of l relative to dir (normally the layout file's directory) instead of
+// the working directory; share paths become absolute.
 func (l *Layout) ResolvePaths(dir string) {
 	rebase := func(p string) string {
 		if p == "" || filepath.IsAbs(p) {
@@ -263,6 +274,15 @@ func (l *Layout) ResolvePaths(dir string) {
 		s.Initrd = rebase(s.Initrd)
 		for j := range s.Disks {
 			s.Disks[j].Path = rebase(s.Disks[j].Path)
+		}
+		for j := range s.Shares {
+			// Absolute: the supervisor takes only absolute share paths.
+			if p := rebase(s.Shares[j].Path); p != "" {
+				if a, err := filepath.Abs(p); err == nil {
+					p = a
+				}
+				s.Shares[j].Path = p
+			}
 		}
 	}
 }

@@ -551,6 +551,19 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 				s.Segments = append(s.Segments, g)
 			})
 		}},
+		{"shares", func(v *yaml.Node, path string) {
+			p.sequence(v, path, func(item *yaml.Node, ip string) {
+				var sh Share
+				p.mapping(item, ip, []field{
+					{"id", func(v *yaml.Node, path string) { p.str(v, path, &sh.ID) }},
+					{"path", func(v *yaml.Node, path string) { p.str(v, path, &sh.Path) }},
+					{"tag", func(v *yaml.Node, path string) { p.str(v, path, &sh.Tag) }},
+					{"readonly", func(v *yaml.Node, path string) { p.boolean(v, path, &sh.ReadOnly) }},
+					{"allow_root", func(v *yaml.Node, path string) { p.boolean(v, path, &sh.AllowRoot) }},
+				})
+				s.Shares = append(s.Shares, sh)
+			})
+		}},
 	})
 	return s
 }

@@ -132,7 +132,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, ports, segments)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, ports, segments, shares)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {

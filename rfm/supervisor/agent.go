@@ -72,8 +72,9 @@ type AgentStats struct {
 	Name string    `json:"name"`
 	Time time.Time `json:"time"` // when the supervisor received it
 	agentproto.Stats
-	// Host is what the host charges the subOS (its cgroup's processes),
-	// read when asked; nil when it cannot be read.
+	// Host is what the host charges the subOS, read when asked: the CPU
+	// time of its cgroup's processes, and its shares' virtiofsd; nil when
+	// it cannot be read.
 	Host *HostUsage `json:"host,omitempty"`
 }
 
@@ -360,8 +361,10 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	s.mu.Lock()
 	so, ok := s.subos[name]
 	var a *agentSession
+	var backends []BackendUsage
 	if ok {
 		a = so.agent
+		backends = shareBackends(so, "/proc")
 	}
 	s.mu.Unlock()
 	if !ok {
@@ -380,6 +383,7 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	s.mu.Unlock()
 	if cg != "" {
 		if u, err := hostUsage(os.DirFS("/proc"), cg, pid); err == nil {
+			u.Backends = backends
 			out.Host = u
 		}
 	}

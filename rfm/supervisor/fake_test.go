@@ -179,6 +179,10 @@ type fakeLauncher struct {
 	// (a test crashes the supervisor there).
 	afterStart func()
 	crash      string // when set, Start writes it to the VMM's log and fails
+	// failBackend makes StartBackend fail; backendArgv are the back ends
+	// started.
+	failBackend bool
+	backendArgv [][]string
 }
 
 type fakeProcess struct {
@@ -294,6 +298,9 @@ func (p *fakeProcess) attach(lnFile *os.File) error {
 	for i, r := range launch.Config.Regions {
 		id := "region/" + r.Name
 		p.devices[id] = vmmctl.Device{ID: id, Kind: "region", Name: r.Name, Slot: 20 + i}
+	}
+	for i, sh := range launch.Config.WithShareIDs() {
+		p.devices[sh.ID] = vmmctl.Device{ID: sh.ID, Kind: "share", Name: sh.Tag, Slot: 30 + i}
 	}
 	if err := launch.Reply(nil); err != nil {
 		ln.Close()

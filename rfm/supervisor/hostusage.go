@@ -28,6 +28,9 @@ type HostUsage struct {
 	OtherSeconds float64 `json:"other_seconds"`
 	// Processes are the processes in the cgroup.
 	Processes []HostProcess `json:"processes"`
+	// Backends are its shares' virtiofsd processes (their sandboxes'
+	// children included).
+	Backends []BackendUsage `json:"backends,omitempty"`
 }
 
 // HostProcess is one process of a subOS's cgroup.

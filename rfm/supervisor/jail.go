@@ -81,7 +81,10 @@ func vmmLimits(doc *config.Document) (memoryMax uint64, pidsMax int) {
 	if doc.PageSize == "4k" {
 		memoryMax += doc.Memory + doc.HotplugMemory
 	}
-	return memoryMax, baseThreads + 2*vcpus
+	// Room for the virtiofsd of every share the subOS may have (hot-added
+	// ones too): they run in its cgroup.
+	memoryMax += config.MaxShares * backendMemory
+	return memoryMax, baseThreads + 2*vcpus + config.MaxShares*backendTasks
 }
 
 func (s *Supervisor) jailDir(name string) string {

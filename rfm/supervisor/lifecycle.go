@@ -42,6 +42,9 @@ const (
 	opDetach  = "detach"
 	opGrant   = "grant"
 	opRevoke  = "revoke"
+	// opShareAdd and opShareRemove hot-add and remove a share.
+	opShareAdd    = "share-add"
+	opShareRemove = "share-remove"
 )
 
 // intent is a change under way, kept in the record (store.Record.Intent).
@@ -52,6 +55,7 @@ type intent struct {
 	Segment *SegmentGrant `json:"segment,omitempty"` // grant, revoke
 	Cores   *coreChange   `json:"cores,omitempty"`   // cores
 	Memory  *memoryChange `json:"memory,omitempty"`  // memory
+	Share   *shareChange  `json:"share,omitempty"`   // share-add, share-remove
 }
 
 // poolChange is a change of the allocation's hugepage pool about to be
@@ -80,7 +84,10 @@ func (s *Supervisor) writeRecord(so *subOS, phase string, in *intent) error {
 	s.mu.Lock()
 	info := so.info
 	s.mu.Unlock()
-	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers, CID: so.cid})
+	s.mu.Lock()
+	backends := backendRecords(so)
+	s.mu.Unlock()
+	raw, err := json.Marshal(persisted{Spec: info.Spec, AddedPages: so.added, Cgroup: info.Cgroup, Peer: info.Peer, SegmentPeers: info.SegmentPeers, CID: so.cid, Backends: backends})
 	if err != nil {
 		return err
 	}
@@ -162,7 +169,7 @@ func (s *Supervisor) recordedSubOS(r store.Record, p persisted) *subOS {
 	info := Info{Name: name, State: StateRunning, PID: r.PID, Allocation: r.Allocation, Spec: p.Spec,
 		Created: r.Created, ConsoleSocket: s.consolePath(name), Log: s.logPath(name), VMMLog: s.vmmLogPath(name), Cgroup: p.Cgroup, Adopted: true,
 		Peer: p.Peer, SegmentPeers: p.SegmentPeers}
-	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog), cid: p.CID}
+	return &subOS{info: info, added: p.AddedPages, stopped: make(chan struct{}), logFrom: fileSize(info.VMMLog), cid: p.CID, backends: recordedBackends(p)}
 }
 
 func (s *Supervisor) recoverRecord(r store.Record) {
@@ -221,6 +228,7 @@ func (s *Supervisor) recoverRecord(r store.Record) {
 	}
 	s.subos[name] = so
 	s.watch(so)
+	s.adoptBackends(so, p)
 	s.startAgent(so)
 	s.event(s.cfg.Who, "adopt", name, 0, fmt.Sprintf("pid %d cores %s", r.PID, units.FormatCPUList(r.Allocation.Cores)))
 }
@@ -373,6 +381,8 @@ func (s *Supervisor) settleDeviceChange(so *subOS) {
 		so.info.Spec.Segments, so.info.SegmentPeers = segs, peers
 		s.mu.Unlock()
 		detail = fmt.Sprintf("%s of segment %s interrupted: %s", in.Op, g.Name, presence(present))
+	case in.Share != nil:
+		detail = s.settleShareChange(so, in, has[in.Share.Spec.ID])
 	default:
 		detail = "unknown change " + strconv.Quote(in.Op) + " interrupted: record kept as it was"
 	}

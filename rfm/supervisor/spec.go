@@ -42,6 +42,9 @@ type Spec struct {
 	// Nets are its network interfaces: virtio-net devices on TAP devices
 	// the supervisor makes (see NIC).
 	Nets []NIC `json:"nets,omitempty"`
+	// Shares are host directories given to it as virtio-fs devices, each
+	// served by a virtiofsd in its cgroup (see shares.go).
+	Shares []ShareSpec `json:"shares,omitempty"`
 	// Segments are shared segments granted to the subOS.
 	Segments []SegmentGrant `json:"segments,omitempty"`
 	// ConsoleLogSize caps the console log in bytes (0: 1 MiB); it rotates
@@ -117,4 +120,6 @@ type Info struct {
 	// AutoscaleLast is the autoscaler's last decision on the subOS (for
 	// one with autoscale on, once it has stepped).
 	AutoscaleLast *autoscale.Decision `json:"autoscale_last,omitempty"`
+	// Shares are its shares and the state of their virtiofsd.
+	Shares []ShareInfo `json:"shares,omitempty"`
 }

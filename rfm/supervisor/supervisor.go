@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	"rainforest/ledger"
 	"rainforest/ledger/store"
 	"rainforest/partitioner"
+	"rainforest/rfm/share"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 	"rainforest/vmm/consolelog"
@@ -102,6 +104,11 @@ type Config struct {
 	// AutoscaleTicks, when set, steps the autoscaler at each value
 	// received (instead of every AutoscaleInterval); tests set it.
 	AutoscaleTicks <-chan time.Time
+	// Virtiofsd lists where to look for virtiofsd, which serves shares
+	// (nil: share.DefaultBinaries), and ShareSandbox is its sandbox
+	// ("": share.DefaultSandbox).
+	Virtiofsd    []string
+	ShareSandbox share.Sandbox
 }
 
 // Supervisor manages subOSes.
@@ -132,6 +139,16 @@ type Supervisor struct {
 	counts counts
 	// auto is the latency-driven autoscaler (autoscale.go).
 	auto autoscaler
+	// vfsBinary is the virtiofsd found (under vfsMu); makeView and
+	// removeView make and remove read-only views of shared directories
+	// (share.ReadOnlyView and share.RemoveView; tests replace them).
+	vfsMu      sync.Mutex
+	vfsBinary  *share.Binary
+	makeView   func(src, dst string) error
+	removeView func(dst string) error
+	// backendGrace is how long a virtiofsd's end waits for its VMM's
+	// before it fails the share (backendExitGrace; tests shorten it).
+	backendGrace time.Duration
 }
 
 type subOS struct {
@@ -150,6 +167,8 @@ type subOS struct {
 	// before agents); agent follows its agent (nil without). Under mu.
 	cid   uint32
 	agent *agentSession
+	// backends are its shares' virtiofsd, by share id; under mu.
+	backends map[string]*backend
 }
 
 // persisted is what the store keeps beside the allocation.
@@ -161,6 +180,8 @@ type persisted struct {
 	SegmentPeers map[string]int `json:"segment_peers,omitempty"`
 	// CID is the guest's vsock CID (0: none).
 	CID uint32 `json:"vsock_cid,omitempty"`
+	// Backends are its shares' virtiofsd processes.
+	Backends []backendRecord `json:"backends,omitempty"`
 }
 
 // New opens the ledger store, rebuilds the ledger from it and re-adopts the
@@ -204,12 +225,14 @@ func New(cfg Config) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{}}
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{},
+		makeView: share.ReadOnlyView, removeView: share.RemoveView, backendGrace: backendExitGrace}
 	if err := s.readopt(); err != nil {
 		st.Close()
 		return nil, err
 	}
 	s.killOrphans()
+	s.sweepShareDirs()
 	if err := s.startSharing(); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("FICM group: %w", err)
@@ -243,6 +266,11 @@ func (s *Supervisor) Close() error {
 		close(so.stopped)
 		if so.proc != nil {
 			so.proc.Release()
+		}
+		for _, b := range so.backends {
+			if b.proc != nil {
+				b.proc.Release()
+			}
 		}
 	}
 	s.subos = map[string]*subOS{}
@@ -355,7 +383,8 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	if err := s.writeRecord(so, store.PhaseDestroying, &intent{Op: opDestroy}); err != nil {
 		s.log.Error("store", "subos", a.Name, "err", err)
 	}
-	s.stopUplinks(so) // their VMM is gone: they go too
+	s.stopUplinks(so)  // their VMM is gone: they go too
+	s.stopBackends(so) // after the VMM, before what else runs in the cgroup
 	s.at("reclaim:group")
 	if pids := s.killGroup(a.Name); len(pids) > 0 {
 		why += fmt.Sprintf(" (killed pids %v left in its cgroup)", pids)
@@ -363,6 +392,8 @@ func (s *Supervisor) teardown(so *subOS, who, what, why string) {
 	if err := s.cfg.Actuator.RemoveGroup(a.Name); err != nil {
 		s.log.Warn("remove cgroup", "subos", a.Name, "err", err)
 	}
+	// The read-only views, once no virtiofsd serves them.
+	s.removeShareDir(a.Name)
 	s.releaseNICs(so) // its VMM is gone, and its TAPs with it
 	if so.added > 0 {
 		if err := s.poolIntent(so, store.PhaseDestroying, opDestroy, false); err != nil {
@@ -469,6 +500,7 @@ func maxMemoryProblems(spec Spec) []ledger.Problem {
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
 	probs = append(append(probs, maxMemoryProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...)
+	probs = append(probs, s.shareProblems("shares", spec.Shares)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -529,6 +561,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	if probs := append(autoscaleProblems(spec), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
+		return Info{}, &ProblemsError{Problems: probs}
+	}
+	spec.Shares = share.WithIDs(spec.Shares)
+	if probs := s.shareProblems("shares", spec.Shares); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	spec.Nets = withNICDefaults(spec) // the created spec names its TAPs and MACs
@@ -622,6 +658,17 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if arg := uplinkCmdline(spec); arg != "" {
 		doc.Append = strings.TrimSpace(doc.Append + " " + arg)
 	}
+	// Shares: a virtiofsd each, in the subOS's cgroup; their sockets go
+	// to the VMM beside the TAPs.
+	s.at("create:shares")
+	shares, shareFiles, backends, stopShares, err := s.startShares(ctx, spec, group)
+	if err != nil {
+		return Info{}, err
+	}
+	undo = append(undo, stopShares)
+	doc.Shares = shares
+	doc.Append = strings.TrimSpace(doc.Append + " " + sharesCmdline(spec.Shares))
+	maps.Copy(tapFiles, shareFiles)
 	named, unjail, err := s.confine(doc, tapFiles)
 	if err != nil {
 		return Info{}, err
@@ -663,25 +710,28 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 		if e := vmmExit(s.vmmLogPath(spec.Name), logFrom); e.Seccomp != "" {
 			s.recordExit(spec.Name, e)
 		}
-		return Info{}, fmt.Errorf("subOS %s: %w", spec.Name, err)
+		return Info{}, fmt.Errorf("subOS %s: %w%s", spec.Name, err, backendsExited(backends))
 	}
 	undo = append(undo, func() { stopProcess(proc, 5*time.Second) })
 	s.at("create:record")
 	info = Info{Name: spec.Name, State: StateRunning, PID: proc.PID(), Allocation: alloc, Spec: spec, Created: time.Now().UTC(),
 		ConsoleSocket: s.consolePath(spec.Name), Log: logPath, VMMLog: s.vmmLogPath(spec.Name), Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers}
-	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers, CID: starting.cid})
+	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom, cid: starting.cid, backends: backends, uplinks: uplinks}
+	raw, err := json.Marshal(persisted{Spec: spec, AddedPages: added, Cgroup: group.Path(), Peer: member.peer, SegmentPeers: member.segPeers, CID: starting.cid, Backends: backendRecords(so)})
 	if err != nil {
 		return Info{}, err
 	}
 	if err := s.store.Put(store.Record{Allocation: alloc, PID: proc.PID(), StartTime: proc.StartTime(), Spec: raw, Created: info.Created, Phase: store.PhaseRunning}); err != nil {
 		return Info{}, err
 	}
-	so := &subOS{info: info, proc: proc, added: added, stopped: make(chan struct{}), logFrom: logFrom, cid: starting.cid, uplinks: uplinks}
 	s.mu.Lock()
 	s.subos[spec.Name] = so
 	delete(s.exits, spec.Name)
 	s.mu.Unlock()
 	s.watch(so)
+	for _, b := range backends {
+		s.watchBackend(so, b)
+	}
 	s.startAgent(so)
 	s.steerIRQs()
 	s.publish()
@@ -795,7 +845,7 @@ func (s *Supervisor) List() []Info {
 	defer s.mu.Unlock()
 	out := make([]Info, 0, len(s.subos))
 	for _, so := range s.subos {
-		out = append(out, s.withAutoscale(s.withLoans(withAgent(so))))
+		out = append(out, s.withAutoscale(s.withLoans(withShares(so, withAgent(so)))))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
@@ -813,7 +863,7 @@ func (s *Supervisor) Get(name string) (Info, error) {
 		}
 		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return s.withAutoscale(s.withLoans(withAgent(so))), nil
+	return s.withAutoscale(s.withLoans(withShares(so, withAgent(so)))), nil
 }
 
 // withAutoscale fills in the autoscaler's last decision on info's subOS.

@@ -151,6 +151,13 @@ func AttachDisk(ctx context.Context, v VMM, d config.Disk, backing *os.File) (De
 	return oneDevice(Call(ctx, v, Message{Op: OpAttachDisk, Disk: &d}, files))
 }
 
+// AttachShare hot-adds share s on sock, a Unix stream socket connected
+// to its vhost-user back end (the VMM gets its own copy: the caller
+// closes sock).
+func AttachShare(ctx context.Context, v VMM, s config.Share, sock *os.File) (Device, error) {
+	return oneDevice(Call(ctx, v, Message{Op: OpAttachShare, Share: &s}, []*os.File{sock}))
+}
+
 // LaunchFiles orders a launch's files: the regions' files, then named's
 // files in name order; table is the document's descriptor table
 // (Document.Files) for them.

@@ -54,6 +54,15 @@ type Handler interface {
 	Export() ([]config.Region, []*os.File)
 }
 
+// ShareHandler is a Handler that hot-adds shares (virtio-fs devices);
+// attach_share requests to a Handler without it are refused as invalid.
+type ShareHandler interface {
+	// AttachShare hot-adds share s on sock, a Unix stream socket
+	// connected to its vhost-user back end (the handler takes charge
+	// of it).
+	AttachShare(ctx context.Context, s config.Share, sock *os.File) (Device, error)
+}
+
 // Listener turns the inherited descriptor fd into the control socket's
 // listener (it does not remove the socket file when closed).
 func Listener(fd int) (*net.UnixListener, error) {
@@ -254,6 +263,21 @@ func answer(ctx context.Context, conn *net.UnixConn, h Handler, log *slog.Logger
 		var d Device
 		if d, err = h.Grant(ctx, msg.Regions[0], take()); err == nil {
 			reply.Devices = []Device{d}
+		}
+	case OpAttachShare:
+		sh, ok := h.(ShareHandler)
+		switch {
+		case !ok:
+			err = fmt.Errorf("%w: this VMM does not attach shares", ErrInvalid)
+		case msg.Share == nil:
+			err = fmt.Errorf("%w: %s without a share", ErrInvalid, msg.Op)
+		case len(files) != 1:
+			err = fmt.Errorf("%w: %s with %d descriptors, want the back end's socket", ErrInvalid, msg.Op, len(files))
+		default:
+			var d Device
+			if d, err = sh.AttachShare(ctx, *msg.Share, take()[0]); err == nil {
+				reply.Devices = []Device{d}
+			}
 		}
 	case OpDetach:
 		timeout := time.Duration(msg.TimeoutMS) * time.Millisecond

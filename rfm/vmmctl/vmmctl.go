@@ -21,6 +21,9 @@
 //     device ({"devices": [...]}).
 //   - grant {"regions": [one]} with that region's files: hot-add the
 //     region's shared-memory function. Reply: the device.
+//   - attach_share {"share": {...}} with one descriptor, a Unix stream
+//     socket connected to the share's vhost-user back end (virtiofsd):
+//     hot-add a virtio-fs device on it. Reply: the device.
 //   - detach {"id": "...", "timeout_ms": N}: ask the guest to release a
 //     device (a disk id, or "region/NAME") and remove it; the guest has
 //     timeout_ms to let go, else the device stays and the reply is an
@@ -75,16 +78,17 @@ const (
 
 // Operations.
 const (
-	OpLaunch     = "launch"
-	OpExport     = "export"
-	OpAttachDisk = "attach_disk"
-	OpGrant      = "grant"
-	OpDetach     = "detach"
-	OpDevices    = "devices"
-	OpSetCPUs    = "set_cpus"
-	OpVCPUs      = "vcpus"
-	OpSetMemory  = "set_memory"
-	OpMemory     = "memory"
+	OpLaunch      = "launch"
+	OpExport      = "export"
+	OpAttachDisk  = "attach_disk"
+	OpGrant       = "grant"
+	OpAttachShare = "attach_share"
+	OpDetach      = "detach"
+	OpDevices     = "devices"
+	OpSetCPUs     = "set_cpus"
+	OpVCPUs       = "vcpus"
+	OpSetMemory   = "set_memory"
+	OpMemory      = "memory"
 )
 
 // ErrProtocol reports a malformed control message.
@@ -97,7 +101,10 @@ type Message struct {
 	Config  json.RawMessage `json:"config,omitempty"`
 	Regions []config.Region `json:"regions,omitempty"`
 	Disk    *config.Disk    `json:"disk,omitempty"`
-	ID      string          `json:"id,omitempty"`
+	// Share is an attach_share request's share (its socket comes as the
+	// message's descriptor).
+	Share *config.Share `json:"share,omitempty"`
+	ID    string        `json:"id,omitempty"`
 	// TimeoutMS bounds how long a detach waits for the guest.
 	TimeoutMS int64    `json:"timeout_ms,omitempty"`
 	Devices   []Device `json:"devices,omitempty"`

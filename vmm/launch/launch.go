@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"regexp"
 	"sort"
 	"sync"
 
@@ -24,6 +25,7 @@ import (
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/seccomp"
 	"rainforest/vmm/shmem/abi"
+	"rainforest/vmm/virtio/fs"
 	"rainforest/vmm/virtio/mem"
 )
 
@@ -425,6 +427,53 @@ func (s *subOS) AttachDisk(_ context.Context, d config.Disk, backing *os.File) (
 	s.kinds[d.ID] = dev
 	return dev, nil
 }
+
+// AttachShare implements vmmctl.ShareHandler: it hot-adds a virtio-fs
+// device on sock, connected to the share's back end (a jailed VMM dials
+// no socket path; one that is not may be given s.Socket instead).
+func (s *subOS) AttachShare(ctx context.Context, sh config.Share, sock *os.File) (_ vmmctl.Device, err error) {
+	defer func() {
+		if err != nil && sock != nil {
+			sock.Close()
+		}
+	}()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sock == nil && (s.jailed || sh.Socket == "") {
+		return vmmctl.Device{}, fmt.Errorf("%w: share %q: send the back end's connected socket", vmmctl.ErrInvalid, sh.ID)
+	}
+	if !shareIDPattern.MatchString(sh.ID) {
+		return vmmctl.Device{}, fmt.Errorf("%w: share id %q: 1-32 of letters, digits, _ . -", vmmctl.ErrInvalid, sh.ID)
+	}
+	if err := fs.CheckTag(sh.Tag); err != nil {
+		return vmmctl.Device{}, fmt.Errorf("%w: share %q: %w", vmmctl.ErrInvalid, sh.ID, err)
+	}
+	s.reconcileLocked()
+	if _, taken := s.l.DeviceSlots()[sh.ID]; taken {
+		return vmmctl.Device{}, fmt.Errorf("%w: %q", vmmctl.ErrExists, sh.ID)
+	}
+	for _, d := range s.kinds {
+		if d.Kind == "share" && d.Name == sh.Tag {
+			return vmmctl.Device{}, fmt.Errorf("%w: share %q has tag %q already", vmmctl.ErrExists, d.ID, sh.Tag)
+		}
+	}
+	slot, err := s.l.AddShare(ctx, sh, sock)
+	sock = nil // the machine's now (closed on its error)
+	if err != nil {
+		if errors.Is(err, vmm.ErrDeviceExists) {
+			return vmmctl.Device{}, classify(err)
+		}
+		return vmmctl.Device{}, fmt.Errorf("%w: %w", vmmctl.ErrInvalid, err)
+	}
+	dev := vmmctl.Device{ID: sh.ID, Kind: "share", Slot: slot, Name: sh.Tag, Path: sh.Socket}
+	s.kinds[sh.ID] = dev
+	return dev, nil
+}
+
+var _ vmmctl.ShareHandler = (*subOS)(nil)
+
+// shareIDPattern is what a share's device id may be (config's rule).
+var shareIDPattern = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,32}$`)
 
 // Grant implements vmmctl.Handler.
 func (s *subOS) Grant(_ context.Context, r config.Region, files []*os.File) (vmmctl.Device, error) {

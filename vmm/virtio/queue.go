@@ -108,6 +108,20 @@ func NewQueue(mem *guestmem.Memory, cfg QueueConfig, features uint64) (*Queue, e
 // Size returns the queue size.
 func (q *Queue) Size() uint16 { return q.cfg.Size }
 
+// Resume continues a queue another process served so far (a vhost-user
+// back end that failed) from where its used ring stands: the next chain
+// taken is the one at the used index in the available ring. For a server
+// that returned chains in the order it took them, the chains from there
+// to the available index are exactly the ones it had not returned.
+func (q *Queue) Resume() error {
+	used, err := q.mem.Uint16(q.cfg.Device + 2)
+	if err != nil {
+		return q.fail("used idx: %w", err)
+	}
+	q.lastAvail, q.usedIdx, q.signalled = used, used, used
+	return nil
+}
+
 // Config returns what the driver programmed for the queue (checked by
 // NewQueue: the rings lie in guest memory).
 func (q *Queue) Config() QueueConfig { return q.cfg }

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"rainforest/vmm/vhostuser"
 	"rainforest/vmm/virtio"
@@ -70,10 +71,19 @@ type Options struct {
 }
 
 // Device is a virtio-fs device on a vhost-user back end. Close it (it
-// closes the connection) when it is removed.
+// closes the connection) when it is removed. Once the back end has failed
+// while the device is active, the device answers the guest's requests
+// with EIO itself (fail.go).
 type Device struct {
 	*vhostuser.Device
 	config [ConfigSize]byte
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	act     *virtio.Activation // while active
+	failing *failer            // answering with EIO since the back end failed
+	closed  bool
+	watcher sync.WaitGroup
 }
 
 var _ virtio.ExternalQueues = (*Device)(nil)
@@ -108,10 +118,92 @@ func New(ctx context.Context, cn *vhostuser.Conn, opts Options) (*Device, error)
 	if err != nil {
 		return nil, fmt.Errorf("virtio-fs %s: %w", opts.Tag, err)
 	}
-	d := &Device{Device: dev}
+	d := &Device{Device: dev, log: opts.Logger.With("virtio-fs", opts.Tag)}
 	copy(d.config[:TagSize], opts.Tag)
 	binary.LittleEndian.PutUint32(d.config[TagSize:], uint32(opts.RequestQueues))
+	d.watcher.Add(1)
+	go d.watch() // owner: the device; ends when the back end fails or Close
 	return d, nil
+}
+
+// watch takes the queues over when the back end fails.
+func (d *Device) watch() {
+	defer d.watcher.Done()
+	<-d.Device.Done()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.failOverLocked()
+}
+
+// failOverLocked starts answering with EIO if the back end has failed
+// while the device is active. Called under mu.
+func (d *Device) failOverLocked() {
+	select {
+	case <-d.Device.Done():
+	default:
+		return
+	}
+	if d.closed || d.act == nil || d.failing != nil {
+		return
+	}
+	f, err := startFailing(*d.act, d.log)
+	if err != nil {
+		d.log.Error("virtio-fs: cannot answer requests after the back end failed", "err", err)
+		return
+	}
+	d.log.Warn("virtio-fs: the back end failed; the guest's requests get EIO until the device is reset")
+	d.failing = f
+}
+
+// Activate implements virtio.DeviceModel.
+func (d *Device) Activate(va virtio.Activation) error {
+	if err := d.Device.Activate(va); err != nil {
+		return err
+	}
+	d.mu.Lock()
+	d.act = &va
+	d.failOverLocked() // the back end may have failed since
+	d.mu.Unlock()
+	return nil
+}
+
+// Reset implements virtio.DeviceModel.
+func (d *Device) Reset() {
+	d.mu.Lock()
+	f := d.failing
+	d.act, d.failing = nil, nil
+	d.mu.Unlock()
+	if f != nil {
+		f.end()
+	}
+	d.Device.Reset()
+}
+
+// QueueNotify implements virtio.DeviceModel.
+func (d *Device) QueueNotify(q int) {
+	d.mu.Lock()
+	f := d.failing
+	d.mu.Unlock()
+	if f != nil {
+		_ = f.poke.Signal()
+		return
+	}
+	d.Device.QueueNotify(q)
+}
+
+// Close closes the device and its connection.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	d.closed = true
+	f := d.failing
+	d.act, d.failing = nil, nil
+	d.mu.Unlock()
+	if f != nil {
+		f.end()
+	}
+	err := d.Device.Close()
+	d.watcher.Wait()
+	return err
 }
 
 // ReadConfig implements virtio.DeviceModel: the tag and the number of
