@@ -94,6 +94,13 @@ func (s *Supervisor) ResizeMemory(ctx context.Context, name string, bytes uint64
 	if bytes == a.Memory {
 		return info, nil
 	}
+	for _, ln := range a.Borrowed {
+		if ln.Memory > 0 && bytes < a.Memory {
+			// The ledger would give borrowed pages back first, which
+			// the lender's guest must plug: that is rfm return's work.
+			return Info{}, fmt.Errorf("%w: %q holds %s borrowed from %q (loan %d): give it back first (rfm return) to shrink it", ErrInvalid, name, units.FormatSize(ln.Memory), ln.Lender, ln.ID)
+		}
+	}
 	base, top := info.Spec.Memory, info.Spec.MaxMemory
 	start := time.Now()
 	if err := s.intend(so, intent{Op: opMemory, Memory: &memoryChange{Before: a.Memory, After: bytes}}); err != nil {

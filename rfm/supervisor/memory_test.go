@@ -218,6 +218,9 @@ func TestLendMemory(t *testing.T) {
 		t.Errorf("loan %+v", loan)
 	}
 	h.memory(t, "lent", 32<<20)
+	if _, err := h.s.ResizeMemory(ctx, "c", 32<<20); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "borrowed") {
+		t.Errorf("shrinking a borrower: %v, want a refusal naming the loan", err)
+	}
 	if cInfo, _ := h.s.Get("c"); cInfo.Allocation.Memory != 64<<20 || plugged("c") != 32<<20 {
 		t.Errorf("borrower holds %d bytes, %d plugged; want 64 MiB, 32 MiB", cInfo.Allocation.Memory, plugged("c"))
 	}
