@@ -147,8 +147,8 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			if n.Bridge != "" || n.TAP != "" {
 				add(i, "user", "a NIC is on the uplink (user), in a bridge or on a TAP: give one")
 			}
-			for _, msg := range uplinkProblems(i, n) {
-				add(i, "publish", "%s", strings.TrimPrefix(msg, fmt.Sprintf("nets[%d].publish: ", i)))
+			for _, msg := range publishProblems(n) {
+				add(i, "publish", "%s", msg)
 			}
 			continue
 		}

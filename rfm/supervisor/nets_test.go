@@ -13,9 +13,9 @@ import (
 	"rainforest/rfm/netdev"
 )
 
-// fakeNetwork plays the host's network: bridges and TAPs by name. A TAP
-// is an open pipe whose read end stands for the device: it "goes" when
-// the test closes the files the VMM was given (gone).
+// fakeNetwork plays the host's network: bridges and TAPs by name. A TAP's
+// descriptor is a pipe's write end; the TAP goes when the test says so
+// (gone).
 type fakeNetwork struct {
 	mu      sync.Mutex
 	bridges map[string]bool   // name -> made by the supervisor
@@ -98,8 +98,8 @@ func (n *fakeNetwork) OpenTAP(name, bridge string) (*os.File, error) {
 	return w, nil
 }
 
-// gone removes the TAPs whose descriptors were all closed: a closed pipe
-// end fails Stat... so the test says which went.
+// gone removes TAPs as the kernel does once their VMM's descriptors are
+// closed (the fake cannot tell on its own, so the test says which went).
 func (n *fakeNetwork) gone(taps ...string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -162,12 +162,12 @@ func uplinkArgs(n NIC) []string {
 	return args
 }
 
-// uplinkProblems lists what is wrong with NIC i's uplink settings.
-func uplinkProblems(i int, n NIC) []string {
+// publishProblems lists what is wrong with NIC n's published ports.
+func publishProblems(n NIC) []string {
 	var out []string
 	for _, p := range n.Publish {
 		if _, err := uplink.ParsePublish(p); err != nil {
-			out = append(out, fmt.Sprintf("nets[%d].publish: %v", i, err))
+			out = append(out, err.Error())
 		}
 	}
 	return out
