@@ -65,8 +65,8 @@ unit:
 e2e: setup image image-debian
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -v -timeout 60m ./e2e/...
 
-bench: setup image
-	./scripts/setup.sh lxc
+bench: setup image image-debian
+	./scripts/setup.sh lxc iperf3 sockperf
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
@@ -74,6 +74,7 @@ bench: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/net
 
 # Every fuzz target in the repository, one after another, FUZZTIME each
 # (scripts/fuzz.sh: summary table; non-zero exit on a crash, the crasher

@@ -12,9 +12,14 @@
 //	vsock:CID  a QEMU guest with a vhost-vsock device of that CID, through
 //	           the same agent (rf-agent) dialled over AF_VSOCK
 //
+// With -exec WHERE it runs one command there instead and prints its
+// output (the session configures guests with it); -wait retries until the
+// agent answers (a guest still booting).
+//
 // Usage:
 //
 //	rfnet -row NAME -addr SERVER-ADDRESS [-server WHERE] [-client WHERE] [-n N] [-secs S]
+//	rfnet -exec WHERE [-wait DURATION] -- COMMAND...
 package main
 
 import (
@@ -32,10 +37,12 @@ import (
 
 func main() {
 	var (
-		row, addr, server, client, rfm string
-		runs, secs                     int
-		timeout                        time.Duration
+		row, addr, server, client, rfm, execWhere string
+		runs, secs                                int
+		timeout, wait                             time.Duration
 	)
+	flag.StringVar(&execWhere, "exec", "", "run the command after -- there (local, rfm:NAME or vsock:CID) and print its output")
+	flag.DurationVar(&wait, "wait", 0, "with -exec: retry for this long while the command cannot be run")
 	flag.StringVar(&row, "row", "", "the path's name in the report")
 	flag.StringVar(&addr, "addr", "", "the server's address as the client reaches it")
 	flag.StringVar(&server, "server", "local", "where the servers run: local, rfm:NAME or vsock:CID")
@@ -45,6 +52,9 @@ func main() {
 	flag.IntVar(&secs, "secs", 10, "seconds each test runs")
 	flag.DurationVar(&timeout, "timeout", 3*time.Minute, "bound on each command beyond its seconds")
 	flag.Parse()
+	if execWhere != "" {
+		os.Exit(execOne(execWhere, rfm, wait, timeout, flag.Args()))
+	}
 	if row == "" || addr == "" || runs < 1 || secs < 1 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "usage: rfnet -row NAME -addr ADDRESS [-server WHERE] [-client WHERE] [-n N] [-secs S]")
 		os.Exit(2)
@@ -60,6 +70,31 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rfnet:", err)
 		os.Exit(1)
+	}
+}
+
+// execOne runs argv where and prints its output; it returns the exit
+// status.
+func execOne(where, rfm string, wait, timeout time.Duration, argv []string) int {
+	r, err := parseWhere(where, rfm)
+	if err != nil || len(argv) == 0 {
+		fmt.Fprintln(os.Stderr, "usage: rfnet -exec WHERE [-wait DURATION] -- COMMAND...")
+		return 2
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		out, err := r.run(ctx, argv)
+		cancel()
+		os.Stdout.Write(out)
+		if err == nil {
+			return 0
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintln(os.Stderr, "rfnet:", err)
+			return 1
+		}
+		time.Sleep(2 * time.Second)
 	}
 }
 
