@@ -164,7 +164,7 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 	w("ip link set lo up\n")
 	w("export RF_IMAGES=%s\n", q(dirOf(paths.kernel)))
 	b.WriteString(info("", "kernel", "$(uname -r)", "cpus", "$(nproc)", "iperf3", `"\"$(iperf3 --version | head -n 1)\""`,
-		"sockperf", `"\"$(sockperf --version 2>&1 | grep -o 'version #[^ ]*' | head -n 1)\""`))
+		"sockperf", `"\"$(sockperf --version 2>&1 | head -n 1 | tr -d '\"')\""`))
 	w("%s serve --housekeeping 0 >/tmp/serve.log 2>&1 & serve=$!\n", rfm)
 	w("i=0; while ! %s ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done\n", rfm)
 	w("healthy() { i=0; while ! %s inspect \"$1\" -o json | grep -q '\"state\": \"healthy\"' && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done; }\n", rfm)
@@ -196,10 +196,11 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 		w("loop=0\n%s || fail create\n", plain(""))
 		b.WriteString(info(RowRFloop, "skipped", `"\"-rfloop=false\""`))
 	}
-	w("healthy a; healthy b\n")
+	w("t0=$(date +%%s); healthy a; healthy b; echo \"agents healthy after $(( $(date +%%s) - t0 )) s\"\n")
 	for _, n := range []string{"a", "b"} {
-		w("%s exec %s -- systemctl is-system-running --wait >/dev/null 2>&1\n", rfm, n)
+		w("%s exec %s -- timeout 180 systemctl is-system-running --wait\n", rfm, n)
 	}
+	w("echo \"systems running after $(( $(date +%%s) - t0 )) s\"\n")
 	w("%s exec a -- %s\n", rfm, setAddr(tunMACA, tunAddrA))
 	w("%s exec b -- %s\n", rfm, setAddr(tunMACB, tunAddrB))
 	w("%s exec a -- ip -br addr\n", rfm)
@@ -219,15 +220,17 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 		p.record("qemu b", qb)
 		w("%s >/tmp/qa.log 2>&1 & qa=$!\n", qa)
 		w("%s >/tmp/qb.log 2>&1 & qb=$!\n", qb)
+		w("t0=$(date +%%s)\n")
 		w("for t in qat0 qbt0; do i=0; while [ ! -e /sys/class/net/$t ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; ip link set $t master %s up; done\n", qemuBridge)
 		for _, g := range []struct {
 			cid       int
 			mac, addr string
 		}{{qemuCIDA, qemuMACA, qemuAddrA}, {qemuCIDB, qemuMACB, qemuAddrB}} {
 			w("%s -exec vsock:%d -wait 600s -- true\n", rfnet, g.cid)
-			w("%s -exec vsock:%d -- systemctl is-system-running --wait\n", rfnet, g.cid)
+			w("%s -exec vsock:%d -- timeout 180 systemctl is-system-running --wait\n", rfnet, g.cid)
 			w("%s -exec vsock:%d -- %s\n", rfnet, g.cid, setAddr(g.mac, g.addr))
 		}
+		w("echo \"QEMU guests running after $(( $(date +%%s) - t0 )) s\"\n")
 		w("%s -exec vsock:%d -- ip -br addr\n", rfnet, qemuCIDA)
 		w("echo \"%s row=%s vhost_net_fds=$(ls -l /proc/$qa/fd /proc/$qb/fd 2>/dev/null | grep -c vhost-net)\"\n", sample.InfoPrefix, RowQEMUVhost)
 		w("%s || fail qemu-vhost\n", p.rfnetCmd(paths, RowQEMUVhost, strings.Split(qemuAddrB, "/")[0], fmt.Sprintf("vsock:%d", qemuCIDB), fmt.Sprintf("vsock:%d", qemuCIDA)))
