@@ -197,6 +197,7 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 		b.WriteString(info(RowRFloop, "skipped", `"\"-rfloop=false\""`))
 	}
 	w("t0=$(date +%%s); healthy a; healthy b; echo \"agents healthy after $(( $(date +%%s) - t0 )) s\"\n")
+	w("for n in a b; do %s inspect $n -o json | grep -q '\"state\": \"healthy\"' || { echo \"== $n not healthy; its console\"; %s logs $n | tail -n 25; }; done\n", rfm, rfm)
 	for _, n := range []string{"a", "b"} {
 		w("%s exec %s -- timeout 180 systemctl is-system-running --wait\n", rfm, n)
 	}
@@ -223,10 +224,11 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 		w("t0=$(date +%%s)\n")
 		w("for t in qat0 qbt0; do i=0; while [ ! -e /sys/class/net/$t ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; ip link set $t master %s up; done\n", qemuBridge)
 		for _, g := range []struct {
+			name      string
 			cid       int
 			mac, addr string
-		}{{qemuCIDA, qemuMACA, qemuAddrA}, {qemuCIDB, qemuMACB, qemuAddrB}} {
-			w("%s -exec vsock:%d -wait 600s -- true\n", rfnet, g.cid)
+		}{{"qa", qemuCIDA, qemuMACA, qemuAddrA}, {"qb", qemuCIDB, qemuMACB, qemuAddrB}} {
+			w("%s -exec vsock:%d -wait 600s -- true || { echo '== %s: no agent; its console'; tail -n 25 /tmp/%s.console; }\n", rfnet, g.cid, g.name, g.name)
 			w("%s -exec vsock:%d -- timeout 180 systemctl is-system-running --wait\n", rfnet, g.cid)
 			w("%s -exec vsock:%d -- %s\n", rfnet, g.cid, setAddr(g.mac, g.addr))
 		}
