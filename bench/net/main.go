@@ -70,7 +70,7 @@ func main() {
 	flag.BoolVar(&o.loop, "rfloop", true, "measure RFloop (skipped by itself when the supervisor refuses --net loop=...)")
 	flag.BoolVar(&o.qemuGuests, "qemu-guests", true, "measure the QEMU rows (vhost-net, slirp)")
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary measured (and, nested, the one running L1)")
-	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default 15m + 2 min per repetition)")
+	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default 30m + 2 min and 12 tests per repetition)")
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole L1 console to stderr")
 	flag.Parse()
 	if o.Runs < 1 || o.secs < 1 || flag.NArg() > 0 {
@@ -158,7 +158,7 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	}
 	script.Timeout = o.timeout
 	if script.Timeout <= 0 {
-		script.Timeout = 15*time.Minute + time.Duration(o.Runs)*2*time.Minute + time.Duration(o.Runs*12*o.secs)*time.Second
+		script.Timeout = 30*time.Minute + time.Duration(o.Runs)*2*time.Minute + time.Duration(o.Runs*12*o.secs)*time.Second
 	}
 	script.Text = plan.script(paths)
 	fmt.Fprintf(log, "bench/net: %s; measuring %s inside the nested L1 guest\n", ws.Why, strings.Join(Rows(), ", "))

@@ -25,12 +25,13 @@ func Rows() []string {
 	return []string{RowHost, RowRFloop, RowRFtun, RowQEMUVhost, RowUplink, RowSlirp}
 }
 
-// Nested L1 sizing: two guests at a time (two subOSes, then two QEMU
-// guests) of guestMiB each; the subOSes on 2 MiB hugepages, QEMU's in
-// plain memory; L1's initramfs holds QEMU, the tools and the L2 kernel.
+// Nested L1 sizing: four guests of guestMiB each (two subOSes and two
+// QEMU guests, booting side by side); the subOSes on 2 MiB hugepages,
+// QEMU's in plain memory; L1's initramfs holds QEMU, the tools and the L2
+// kernel.
 const (
 	nestedCPUs      = 3
-	nestedMemoryMiB = 4096
+	nestedMemoryMiB = 5120
 	guestMiB        = 512
 	nestedHugePages = 2*guestMiB/2 + 40
 )
@@ -173,6 +174,20 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 	w("echo '== host loopback'\n")
 	w("%s || fail host\n", p.rfnetCmd(paths, RowHost, "127.0.0.1", "local", "local"))
 
+	// The QEMU guests boot while the subOSes do (nested, a boot takes
+	// minutes of emulation), and idle while the subOSes are measured.
+	if p.qemu {
+		w("echo '== QEMU guests start'\n")
+		w("ip link add %s type bridge && ip link set %s up\n", qemuBridge, qemuBridge)
+		qa := expandDisks(shquote.Join(qemuArgv(paths, "qa", 1, paths.disks[2], qemuMACA, qemuCIDA, true)))
+		qb := expandDisks(shquote.Join(qemuArgv(paths, "qb", 2, paths.disks[3], qemuMACB, qemuCIDB, false)))
+		p.record("qemu a", qa)
+		p.record("qemu b", qb)
+		w("%s >/tmp/qa.log 2>&1 & qa=$!\n", qa)
+		w("%s >/tmp/qb.log 2>&1 & qb=$!\n", qb)
+		w("tq=$(date +%%s)\n")
+		w("for t in qat0 qbt0; do i=0; while [ ! -e /sys/class/net/$t ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; ip link set $t master %s up; done\n", qemuBridge)
+	}
 	w("echo '== subOSes'\n")
 	tunA := "bridge=" + tunBridge + ",create,address=" + tunHost + ",mac=" + tunMACA
 	tunB := "bridge=" + tunBridge + ",mac=" + tunMACB
@@ -214,15 +229,6 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 
 	if p.qemu {
 		w("echo '== QEMU guests'\n")
-		w("ip link add %s type bridge && ip link set %s up\n", qemuBridge, qemuBridge)
-		qa := expandDisks(shquote.Join(qemuArgv(paths, "qa", 1, paths.disks[2], qemuMACA, qemuCIDA, true)))
-		qb := expandDisks(shquote.Join(qemuArgv(paths, "qb", 2, paths.disks[3], qemuMACB, qemuCIDB, false)))
-		p.record("qemu a", qa)
-		p.record("qemu b", qb)
-		w("%s >/tmp/qa.log 2>&1 & qa=$!\n", qa)
-		w("%s >/tmp/qb.log 2>&1 & qb=$!\n", qb)
-		w("t0=$(date +%%s)\n")
-		w("for t in qat0 qbt0; do i=0; while [ ! -e /sys/class/net/$t ] && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done; ip link set $t master %s up; done\n", qemuBridge)
 		for _, g := range []struct {
 			name      string
 			cid       int
@@ -232,7 +238,7 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 			w("%s -exec vsock:%d -- timeout 180 systemctl is-system-running --wait\n", rfnet, g.cid)
 			w("%s -exec vsock:%d -- %s\n", rfnet, g.cid, setAddr(g.mac, g.addr))
 		}
-		w("echo \"QEMU guests running after $(( $(date +%%s) - t0 )) s\"\n")
+		w("echo \"QEMU guests running $(( $(date +%%s) - tq )) s after their start\"\n")
 		w("%s -exec vsock:%d -- ip -br addr\n", rfnet, qemuCIDA)
 		w("echo \"%s row=%s vhost_net_fds=$(ls -l /proc/$qa/fd /proc/$qb/fd 2>/dev/null | grep -c vhost-net)\"\n", sample.InfoPrefix, RowQEMUVhost)
 		w("%s || fail qemu-vhost\n", p.rfnetCmd(paths, RowQEMUVhost, strings.Split(qemuAddrB, "/")[0], fmt.Sprintf("vsock:%d", qemuCIDB), fmt.Sprintf("vsock:%d", qemuCIDA)))
