@@ -89,7 +89,9 @@ func L1Failed(err error) bool {
 // L1Modules are the modules /init loads to get /dev/kvm, and TAP devices
 // and bridges for subOS NICs, and vhost-net for QEMU guests' NICs
 // (dependencies are resolved from the kernel's module info).
-func L1Modules() []string { return []string{"irqbypass", "kvm", "kvm_amd", "tun", "bridge", "vhost_net"} }
+func L1Modules() []string {
+	return []string{"irqbypass", "kvm", "kvm_amd", "tun", "bridge", "vhost_net"}
+}
 
 // Config describes one L1 run.
 type Config struct {
