@@ -134,17 +134,29 @@ func virtiofsdFiles(ctx context.Context, t *testing.T) []kvmhost.File {
 		}
 		t.Skip(err)
 	}
-	out, err := exec.CommandContext(ctx, "ldd", bin.Path).Output()
-	if err != nil {
-		t.Fatalf("ldd %s: %v", bin.Path, err)
-	}
-	libs, err := qemubundle.ParseLdd(string(out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files := []kvmhost.File{{Host: bin.Path, L1: bin.Path}}
-	for _, l := range libs {
-		files = append(files, kvmhost.File{Host: l, L1: l})
+	return hostProgramFiles(ctx, t, bin.Path)
+}
+
+// hostProgramFiles are the host's programs at paths and their libraries,
+// placed at the same paths in the nested L1 guest.
+func hostProgramFiles(ctx context.Context, t *testing.T, paths ...string) []kvmhost.File {
+	var files []kvmhost.File
+	seen := map[string]bool{}
+	for _, p := range paths {
+		out, err := exec.CommandContext(ctx, "ldd", p).Output()
+		if err != nil {
+			t.Fatalf("ldd %s: %v", p, err)
+		}
+		libs, err := qemubundle.ParseLdd(string(out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range append([]string{p}, libs...) {
+			if !seen[f] {
+				seen[f] = true
+				files = append(files, kvmhost.File{Host: f, L1: f})
+			}
+		}
 	}
 	return files
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -528,22 +529,35 @@ func (m *Machine) AddNet(n config.Net, files NetFiles) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	return m.AddVirtio(n.ID, dev, closerFunc(func() error {
-		err := dev.Close()
-		s := dev.Stats()
-		m.log.Info("net closed", "net", n.ID, "tx_packets", s.TxPackets, "tx_bytes", s.TxBytes,
-			"rx_packets", s.RxPackets, "rx_bytes", s.RxBytes, "tx_dropped", s.TxDropped(), "tx_spoofed", s.TxSpoofed,
-			"rx_dropped", s.RxDropped(), "rx_no_buffers", s.RxNoBuffers, "malformed", s.Malformed)
+	counters := func() map[string]uint64 {
+		c := dev.Stats().Counters()
 		if lb, ok := backend.(*loop.Backend); ok {
-			ls := lb.Stats()
-			m.log.Info("loop net closed", "net", n.ID, "loop", n.Loop.Network, "tx_frames", ls.TxFrames, "rx_frames", ls.RxFrames,
-				"tx_spoofed_mac", ls.TxSpoofedMAC, "tx_spoofed_ip", ls.TxSpoofedIP, "tx_blocked", ls.TxBlocked,
-				"tx_unknown_dest", ls.TxUnknownDest, "tx_ring_full", ls.TxRingFull, "tx_ring_corrupt", ls.TxRingCorrupt,
-				"rx_spoofed", ls.RxSpoofed, "rx_misdirected", ls.RxMisdirected, "rx_bad_record", ls.RxBadRecord,
-				"rx_refused", ls.RxRefused, "rings_broken", ls.RingsBroken, "doorbells", ls.Doorbells)
+			maps.Copy(c, lb.Stats().Counters())
 		}
+		return c
+	}
+	m.netCounters.Store(n.ID, counters)
+	slot, err := m.AddVirtio(n.ID, dev, closerFunc(func() error {
+		err := dev.Close()
+		m.netCounters.Delete(n.ID)
+		m.log.Info("net closed", "net", n.ID, "counters", counters())
 		return err
 	}))
+	if err != nil {
+		m.netCounters.Delete(n.ID)
+	}
+	return slot, err
+}
+
+// NetCounters returns the counters of net id (its device's, and a loop
+// member's backend's, prefixed loop_; see virtio/net.Stats.Counters),
+// false when the machine has no such net.
+func (m *Machine) NetCounters(id string) (map[string]uint64, bool) {
+	f, ok := m.netCounters.Load(id)
+	if !ok {
+		return nil, false
+	}
+	return f.(func() map[string]uint64)(), true
 }
 
 // netDevice makes n's virtio-net model and its backend on files (a TAP's

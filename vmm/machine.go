@@ -113,6 +113,9 @@ type Machine struct {
 	sci     *platform.SCI
 	slots   *slots
 	memdev  *mem.Device // the hotplug memory's model, or nil
+	// netCounters are the nets' counter readers (func() map[string]uint64)
+	// by id, while their devices are plugged.
+	netCounters sync.Map
 
 	started atomic.Bool // Run began: devices come and go by hotplug
 

@@ -424,7 +424,7 @@ func TestCLI(t *testing.T) {
 		{name: "create with nets", args: []string{"create", "db", "--memory", "64M", "--net", "bridge=br0,create,address=10.77.0.1/24", "--net", "tap=rf-x"}, status: 0, stdout: "db"},
 		{name: "create with uplink", args: []string{"create", "db", "--memory", "64M", "--net", "user,host-loopback", "--publish", "8080:80"}, status: 0, stdout: "db"},
 		{name: "create bad net", args: []string{"create", "db", "--net", "bridge=br0,colour=red"}, status: 2, stderr: "unknown or empty option"},
-		{name: "create net without bridge or tap", args: []string{"create", "db", "--net", "mac=02:00:00:00:00:01"}, status: 2, stderr: "give user, bridge=NAME or tap=NAME"},
+		{name: "create net without bridge or tap", args: []string{"create", "db", "--net", "mac=02:00:00:00:00:01"}, status: 2, stderr: "give user, bridge=NAME, tap=NAME or loop=NAME"},
 		{name: "create taken", args: []string{"create", "web"}, status: 4, stderr: `"web"`},
 		{name: "create taken json", args: []string{"create", "web", "-o", "json"}, status: 4, code: "conflict"},
 		{name: "create refused", args: []string{"create", "bad", "-o", "json"}, status: 1, stderr: "core 0 is the supervisor's", code: "failed"},

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -301,6 +303,9 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 		for _, p := range h.Processes {
 			fmt.Fprintf(w, "  %d\t%s %.2fs\n", p.PID, untrusted.EscapeTerminal([]byte(p.Comm)), p.CPUSeconds)
 		}
+		for _, n := range h.NICs {
+			fmt.Fprintf(w, "NIC %s\t%s\n", n.ID, counterLine(n.Counters))
+		}
 	}
 	shareLines(w, st)
 	if watch {
@@ -310,3 +315,16 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 
 // jsonLine writes v as one line of JSON.
 func jsonLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// counterLine lists counters as name=value, sorted by name ("none" for
+// none).
+func counterLine(c map[string]uint64) string {
+	if len(c) == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(c)) {
+		parts = append(parts, k+"="+strconv.FormatUint(c[k], 10))
+	}
+	return strings.Join(parts, " ")
+}

@@ -31,6 +31,16 @@ type HostUsage struct {
 	// Backends are its shares' virtiofsd processes (their sandboxes'
 	// children included).
 	Backends []BackendUsage `json:"backends,omitempty"`
+	// NICs are its NICs' frame counters, as its VMM counts them.
+	NICs []NICCounters `json:"nics,omitempty"`
+}
+
+// NICCounters are one NIC's frame counters by name (tx_packets,
+// tx_dropped, tx_spoofed_mac, ..., a loop member's backend's prefixed
+// loop_: loop_tx_spoofed_ip, ...), the zero ones left out.
+type NICCounters struct {
+	ID       string            `json:"id"`
+	Counters map[string]uint64 `json:"counters"`
 }
 
 // HostProcess is one process of a subOS's cgroup.

@@ -4,9 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,6 +16,7 @@ import (
 
 	"rainforest/ledger"
 	"rainforest/net/uplink"
+	"rainforest/rfm/loopnet"
 	"rainforest/rfm/netdev"
 	"rainforest/vmm/config"
 )
@@ -54,6 +57,14 @@ type NIC struct {
 	User         bool     `json:"user,omitempty"`
 	Publish      []string `json:"publish,omitempty"`
 	HostLoopback bool     `json:"host_loopback,omitempty"`
+	// Loop puts the NIC on loop network Loop (RFloop, see loops.go)
+	// instead: LoopMembers are the network's members in order (this
+	// subOS among them; a later member may leave them out), LoopSubnet
+	// its IPv4 subnet (DefaultLoopSubnet when unset). Member k's MAC and
+	// address (k+2 in the subnet) are fixed by the network.
+	Loop        string   `json:"loop,omitempty"`
+	LoopMembers []string `json:"loop_members,omitempty"`
+	LoopSubnet  string   `json:"loop_subnet,omitempty"`
 }
 
 // Network makes the host side of NICs (rfm/netdev in production).
@@ -88,8 +99,11 @@ func withNICDefaults(spec Spec) []NIC {
 		if n.ID == "" {
 			n.ID = "net" + strconv.Itoa(i)
 		}
-		if n.TAP == "" && !n.User {
+		if n.TAP == "" && !n.User && n.Loop == "" {
 			n.TAP = defaultTAPName(spec.Name, i)
+		}
+		if k := slices.Index(n.LoopMembers, spec.Name); n.MAC == "" && n.Loop != "" && k >= 0 {
+			n.MAC = loopnet.MemberMAC(n.Loop, k)
 		}
 		if n.MAC == "" {
 			n.MAC = netdev.MAC(spec.Name, i).String()
@@ -113,8 +127,9 @@ func defaultTAPName(name string, i int) string {
 // nicProblems lists what is wrong with spec's NICs, on their own and
 // beside others (the NICs of the subOSes that exist): ids, TAP names and
 // MACs unique, TAP names free on the host, bridges there unless they are
-// to be made, addresses well-formed.
+// to be made, addresses well-formed, loop networks whole (loopProblems).
 func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
+	spec = s.withLoopMembers(spec)
 	var probs []ledger.Problem
 	add := func(i int, field, format string, args ...any) {
 		probs = append(probs, ledger.Problem{Field: fmt.Sprintf("nets[%d].%s", i, field), Message: fmt.Sprintf(format, args...)})
@@ -126,7 +141,7 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 	for _, o := range others {
 		taken["tap "+o.TAP], taken["mac "+o.MAC] = "another subOS", "another subOS"
 	}
-	ids := map[string]bool{}
+	ids, loops := map[string]bool{}, map[string]bool{}
 	for i, n := range withNICDefaults(spec) {
 		switch {
 		case !nicIDPattern.MatchString(n.ID):
@@ -135,6 +150,13 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			add(i, "id", "%q names two NICs", n.ID)
 		}
 		ids[n.ID] = true
+		if n.Loop != "" {
+			probs = append(probs, s.loopProblems(spec.Name, i, spec.Nets[i])...)
+			if loops[n.Loop] {
+				add(i, "loop", "two NICs on loop network %q", n.Loop)
+			}
+			loops[n.Loop] = true
+		}
 		mac, err := netdev.ParseMAC(n.MAC)
 		if err != nil {
 			add(i, "mac", "%v", err)
@@ -142,6 +164,9 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			add(i, "mac", "%s is %s's already: two NICs cannot share a MAC", mac, who)
 		} else {
 			taken["mac "+mac.String()] = "an earlier NIC of this subOS"
+		}
+		if n.Loop != "" {
+			continue
 		}
 		if n.User {
 			if n.Bridge != "" || n.TAP != "" {
@@ -184,7 +209,7 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 	}
 	needTAPs, needUplinks := false, false
 	for _, n := range spec.Nets {
-		needTAPs, needUplinks = needTAPs || !n.User, needUplinks || n.User
+		needTAPs, needUplinks = needTAPs || !n.User && n.Loop == "", needUplinks || n.User
 	}
 	if needTAPs && s.cfg.Network == nil {
 		probs = append(probs, ledger.Problem{Field: "nets", Message: "this supervisor makes no network devices (no network back end configured)"})
@@ -216,6 +241,7 @@ func (s *Supervisor) allNICs(except string) []NIC {
 func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []config.Net, files map[string]*os.File, uplinks []UplinkProcess, undo func(), err error) {
 	files = map[string]*os.File{}
 	var made []string
+	var undoLoops []func()
 	undo = func() {
 		for _, f := range files {
 			f.Close()
@@ -226,6 +252,9 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 		for _, br := range made {
 			s.removeBridgeWhenEmpty(br, spec.Name, nil)
 		}
+		for _, u := range undoLoops {
+			u()
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -233,6 +262,16 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 		}
 	}()
 	for _, n := range withNICDefaults(spec) {
+		if n.Loop != "" {
+			net, lf, undoLoop, err := s.openLoop(spec.Name, n)
+			if err != nil {
+				return nil, nil, nil, undo, err
+			}
+			undoLoops = append(undoLoops, undoLoop)
+			maps.Copy(files, lf)
+			nets = append(nets, net)
+			continue
+		}
 		if n.User {
 			f, p, err := s.startUplink(n, join)
 			if err != nil {
@@ -299,8 +338,10 @@ func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
 
 // releaseNICs removes the bridges so's NICs are in that the supervisor
 // made (whichever subOS asked for them) and no other subOS uses, once its
-// VMM is gone (its TAPs go with it).
+// VMM is gone (its TAPs go with it), and closes the loop networks it was
+// the last member of.
 func (s *Supervisor) releaseNICs(so *subOS) {
+	s.releaseLoops(so)
 	if s.cfg.Network == nil {
 		return
 	}

@@ -127,6 +127,9 @@ type Supervisor struct {
 	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
 	share      sharing        // regions; under opMu
+	// loops are the loop networks the supervisor holds, by name (under
+	// mu; made and closed under opMu; see loops.go).
+	loops map[string]*loopNet
 
 	// crashPoint, set by tests only, is called at each step of an
 	// operation (see at).
@@ -225,7 +228,7 @@ func New(cfg Config) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{},
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{}, loops: map[string]*loopNet{},
 		makeView: share.ReadOnlyView, removeView: share.RemoveView, backendGrace: backendExitGrace}
 	if err := s.readopt(); err != nil {
 		st.Close()
@@ -500,7 +503,7 @@ func maxMemoryProblems(spec Spec) []ledger.Problem {
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
 	probs = append(append(probs, maxMemoryProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...)
-	probs = append(probs, s.shareProblems("shares", spec.Shares)...)
+	probs = append(append(probs, s.shareProblems("shares", spec.Shares)...), sshKeyProblems(spec)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -560,7 +563,8 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if probs := append(append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), maxMemoryProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
-	if probs := append(autoscaleProblems(spec), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
+	spec = s.withLoopMembers(spec) // the created spec names its loop networks' members
+	if probs := append(append(autoscaleProblems(spec), sshKeyProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	spec.Shares = share.WithIDs(spec.Shares)
@@ -655,8 +659,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, closeNICs)
 	doc.Nets = nets
-	if arg := uplinkCmdline(spec); arg != "" {
-		doc.Append = strings.TrimSpace(doc.Append + " " + arg)
+	for _, arg := range []string{uplinkCmdline(spec), loopCmdline(spec), sshKeysCmdline(spec)} {
+		if arg != "" {
+			doc.Append = strings.TrimSpace(doc.Append + " " + arg)
+		}
 	}
 	// Shares: a virtiofsd each, in the subOS's cgroup; their sockets go
 	// to the VMM beside the TAPs.

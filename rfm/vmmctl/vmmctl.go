@@ -133,6 +133,10 @@ type Device struct {
 	Path     string `json:"path,omitempty"`
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"readonly,omitempty"`
+	// Counters are a net's frame counters by name (virtio/net's
+	// Stats.Counters; a loop member's backend's prefixed loop_), the
+	// zero ones left out.
+	Counters map[string]uint64 `json:"counters,omitempty"`
 }
 
 // VCPUPin is where one vCPU's thread runs: the host core it is pinned

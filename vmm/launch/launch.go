@@ -544,6 +544,9 @@ func (s *subOS) Devices() []vmmctl.Device {
 			d = vmmctl.Device{ID: id}
 		}
 		d.Slot = slot
+		if d.Kind == "net" {
+			d.Counters, _ = s.l.NetCounters(id)
+		}
 		out = append(out, d)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Slot < out[j].Slot })
