@@ -39,6 +39,7 @@ const (
 // Addresses. The RFloop members get theirs from the supervisor (in member
 // order); the bridge addresses are set in the guests by MAC.
 const (
+	loopNet     = "lan0"
 	loopAddrB   = "10.99.0.3"
 	tunBridge   = "rfbr0"
 	tunHost     = "10.77.0.1/24"
@@ -192,23 +193,24 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 	tunA := "bridge=" + tunBridge + ",create,address=" + tunHost + ",mac=" + tunMACA
 	tunB := "bridge=" + tunBridge + ",mac=" + tunMACB
 	up := "user,host-loopback"
-	plain := func(loop string) string {
+	// a names the loop network's members, b joins it by its name.
+	plain := func(loop bool) string {
 		var la, lb []string
-		if loop != "" {
-			la, lb = []string{loop}, []string{loop}
+		if loop {
+			la, lb = []string{"loop=" + loopNet + ",members=a+b"}, []string{"loop=" + loopNet}
 		}
 		return p.record("create", subOSCreate(paths, "a", 1, paths.disks[0], append(la, tunA, up))+" && "+
 			subOSCreate(paths, "b", 2, paths.disks[1], append(lb, tunB)))
 	}
 	if p.loop {
 		w("loop=1\n")
-		w("if ! { %s; } 2>/tmp/loop.err; then\n", plain("loop=lan0,members=a+b"))
+		w("if ! { %s; } 2>/tmp/loop.err; then\n", plain(true))
 		w("  %s destroy a b >/dev/null 2>&1\n", rfm)
 		w("  loop=0; %s\n", info(RowRFloop, "skipped", `"\"rfm create --net loop=lan0,members=a+b: $(head -c 300 /tmp/loop.err | tr '\n"' '  ')\""`))
-		w("  %s || fail create\n", plain(""))
+		w("  %s || fail create\n", plain(false))
 		w("fi\n")
 	} else {
-		w("loop=0\n%s || fail create\n", plain(""))
+		w("loop=0\n%s || fail create\n", plain(false))
 		b.WriteString(info(RowRFloop, "skipped", `"\"-rfloop=false\""`))
 	}
 	w("t0=$(date +%%s); healthy a; healthy b; echo \"agents healthy after $(( $(date +%%s) - t0 )) s\"\n")
