@@ -219,6 +219,19 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 		w("%s exec %s -- timeout 180 systemctl is-system-running --wait\n", rfm, n)
 	}
 	w("echo \"systems running after $(( $(date +%%s) - t0 )) s\"\n")
+	// Every guest is up and idle before the first guest row is measured.
+	if p.qemu {
+		for _, g := range []struct {
+			name      string
+			cid       int
+			mac, addr string
+		}{{"qa", qemuCIDA, qemuMACA, qemuAddrA}, {"qb", qemuCIDB, qemuMACB, qemuAddrB}} {
+			w("%s -exec vsock:%d -wait 600s -- true || { echo '== %s: no agent; its console'; tail -n 25 /tmp/%s.console; }\n", rfnet, g.cid, g.name, g.name)
+			w("%s -exec vsock:%d -- timeout 180 systemctl is-system-running --wait\n", rfnet, g.cid)
+			w("%s -exec vsock:%d -- %s\n", rfnet, g.cid, setAddr(g.mac, g.addr))
+		}
+		w("echo \"QEMU guests running $(( $(date +%%s) - tq )) s after their start\"\n")
+	}
 	w("%s exec a -- %s\n", rfm, setAddr(tunMACA, tunAddrA))
 	w("%s exec b -- %s\n", rfm, setAddr(tunMACB, tunAddrB))
 	w("%s exec a -- ip -br addr\n", rfm)
@@ -231,16 +244,6 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 
 	if p.qemu {
 		w("echo '== QEMU guests'\n")
-		for _, g := range []struct {
-			name      string
-			cid       int
-			mac, addr string
-		}{{"qa", qemuCIDA, qemuMACA, qemuAddrA}, {"qb", qemuCIDB, qemuMACB, qemuAddrB}} {
-			w("%s -exec vsock:%d -wait 600s -- true || { echo '== %s: no agent; its console'; tail -n 25 /tmp/%s.console; }\n", rfnet, g.cid, g.name, g.name)
-			w("%s -exec vsock:%d -- timeout 180 systemctl is-system-running --wait\n", rfnet, g.cid)
-			w("%s -exec vsock:%d -- %s\n", rfnet, g.cid, setAddr(g.mac, g.addr))
-		}
-		w("echo \"QEMU guests running $(( $(date +%%s) - tq )) s after their start\"\n")
 		w("%s -exec vsock:%d -- ip -br addr\n", rfnet, qemuCIDA)
 		w("echo \"%s row=%s vhost_net_fds=$(ls -l /proc/$qa/fd /proc/$qb/fd 2>/dev/null | grep -c vhost-net)\"\n", sample.InfoPrefix, RowQEMUVhost)
 		w("%s || fail qemu-vhost\n", p.rfnetCmd(paths, RowQEMUVhost, strings.Split(qemuAddrB, "/")[0], fmt.Sprintf("vsock:%d", qemuCIDB), fmt.Sprintf("vsock:%d", qemuCIDA)))
