@@ -227,7 +227,10 @@ func fill(rep *report.Report) {
 	if rep.Nested {
 		rep.Notes = append(rep.Notes, "everything ran inside the nested L1 guest (QEMU TCG with emulated AMD-V, every instruction of the "+
 			"guests and of L1 emulated in software, 3 vCPUs on a shared host): absolute numbers are far below real hardware's; "+
-			"the rows share the same layer and run, so their ratios are what to read")
+			"the guest rows share the same layer and run, so their ratios are what to read",
+			"nested, the host row runs in L1 itself while every guest row runs in L2 (a guest of L1's emulated KVM, "+
+				"where each exit to the VMM goes through L1's emulated AMD-V), so rfloop/host compares two layers and "+
+				"says nothing of real hardware; rftun/qemu-vhost and uplink/slirp compare guests of the same layer")
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -142,6 +143,14 @@ func num(v float64, prec int) string {
 	return fmt.Sprintf("%.*f", prec, v)
 }
 
+// ratio renders a ratio with three significant digits ("-" for none).
+func ratio(v float64) string {
+	if v == 0 || math.IsNaN(v) {
+		return "-"
+	}
+	return strconv.FormatFloat(v, 'g', 3, 64)
+}
+
 // WriteTable writes the report's table.
 func WriteTable(w io.Writer, r *Report) error {
 	fmt.Fprintf(w, "bench/net: %d repetition(s) of %d s per test; %s\n", r.Runs, r.Seconds, r.Guest)
@@ -182,11 +191,11 @@ func WriteTable(w io.Writer, r *Report) error {
 		if len(extra) > 0 {
 			note = " (" + strings.Join(extra, ", ") + ")"
 		}
-		fmt.Fprintf(w, "  %-18s throughput %sx, RTT p50 %sx%s\n", q.Name, num(q.Throughput, 2), num(q.RTTP50, 2), note)
+		fmt.Fprintf(w, "  %-18s throughput %sx, RTT p50 %sx%s\n", q.Name, ratio(q.Throughput), ratio(q.RTTP50), note)
 	}
 	for _, s := range r.Samples {
 		if !s.OK() {
-			fmt.Fprintf(w, "  failed: %s %s run %d: %s\n", s.Row, s.Test, s.Run, benchkit.ShortenError(s.Error))
+			fmt.Fprintf(w, "  failed: %s %s run %d: %s\n", s.Row, s.Test, s.Run, strings.ReplaceAll(benchkit.ShortenError(s.Error), "\n", "; "))
 		}
 	}
 	for _, n := range r.Notes {

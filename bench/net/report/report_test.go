@@ -65,7 +65,7 @@ func TestWriteTable(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := b.String()
-	for _, want := range []string{"Gbps med", "20.000", "rfloop/host", "throughput 0.80x", "goal >= 0.80x, paper 0.63x",
+	for _, want := range []string{"Gbps med", "20.000", "rfloop/host", "throughput 0.8x", "goal >= 0.80x, paper 0.63x",
 		"rftun: skipped: no bridge", "failed: rfloop rr run 1: sockperf: timed out", "host: loopback"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table lacks %q:\n%s", want, out)

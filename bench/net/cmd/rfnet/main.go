@@ -143,7 +143,7 @@ func oneTest(ctx context.Context, s *sample.Sample, addr string, cl runner, secs
 		out, err := cl.run(ctx, tool.StreamCommand(addr, secs))
 		st, perr := tool.ParseIperf3(out)
 		if perr != nil {
-			return errors.Join(perr, err)
+			return testError(err, perr)
 		}
 		s.Gbps, s.Retransmits = st.BitsPerSecond/1e9, max(st.Retransmits, 0)
 		return nil
@@ -151,10 +151,19 @@ func oneTest(ctx context.Context, s *sample.Sample, addr string, cl runner, secs
 	out, err := cl.run(ctx, tool.RRCommand(addr, secs))
 	rr, perr := tool.ParseSockperf(out)
 	if perr != nil {
-		return errors.Join(perr, err)
+		return testError(err, perr)
 	}
 	s.P50US, s.P99US, s.AvgUS = rr.P50US, rr.P99US, rr.AvgUS
 	return nil
+}
+
+// testError is a failed test's error on one line: the command's failure
+// (the cause) first, then what its report lacked.
+func testError(runErr, parseErr error) error {
+	if runErr == nil {
+		return parseErr
+	}
+	return fmt.Errorf("%w; %v", runErr, parseErr)
 }
 
 // clip cuts a command's output for an error message.
