@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"rainforest/internal/kvmhost"
-	"rainforest/internal/qemubundle"
 	"rainforest/rfm/share"
 	"rainforest/rfm/supervisor"
 )
@@ -134,17 +132,9 @@ func virtiofsdFiles(ctx context.Context, t *testing.T) []kvmhost.File {
 		}
 		t.Skip(err)
 	}
-	out, err := exec.CommandContext(ctx, "ldd", bin.Path).Output()
-	if err != nil {
-		t.Fatalf("ldd %s: %v", bin.Path, err)
-	}
-	libs, err := qemubundle.ParseLdd(string(out))
+	files, err := kvmhost.DynamicFiles(ctx, bin.Path)
 	if err != nil {
 		t.Fatal(err)
-	}
-	files := []kvmhost.File{{Host: bin.Path, L1: bin.Path}}
-	for _, l := range libs {
-		files = append(files, kvmhost.File{Host: l, L1: l})
 	}
 	return files
 }
