@@ -139,7 +139,8 @@ type jsonOutput struct {
 
 // Parse reads the output of one fio job run with --output-format=json:
 // text before the JSON (fio's warnings) is skipped. The job's direction
-// is the one that did I/O (write when both did).
+// is the one that did I/O (write when both did); text after the JSON
+// is skipped too.
 func Parse(out []byte) (Result, error) {
 	if len(out) > maxOutput {
 		return Result{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadOutput, len(out), maxOutput)
@@ -148,8 +149,8 @@ func Parse(out []byte) (Result, error) {
 	if i < 0 {
 		return Result{}, fmt.Errorf("%w: no JSON", ErrBadOutput)
 	}
-	var o jsonOutput
-	if err := json.Unmarshal(out[i:], &o); err != nil {
+	var o jsonOutput // (fio's messages after the JSON, on stderr, are left)
+	if err := json.NewDecoder(bytes.NewReader(out[i:])).Decode(&o); err != nil {
 		return Result{}, fmt.Errorf("%w: %v", ErrBadOutput, err)
 	}
 	if len(o.Jobs) != 1 {

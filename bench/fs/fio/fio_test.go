@@ -23,7 +23,7 @@ func TestParseSamples(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := Parse(append([]byte("fio: some warning\n"), data...))
+		r, err := Parse(append(append([]byte("fio: some warning\n"), data...), "fio: after\n"...))
 		if err != nil {
 			t.Fatalf("%s: %v", c.file, err)
 		}
