@@ -273,7 +273,8 @@ func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage) 
 			"iodepth 1, time-based; the writes end with fsync (end_fsync=1), counted in their time",
 		"metadata workloads: fio's filecreate, filestat and filedelete engines, one I/O per file: files/s = total I/Os / runtime",
 		"spread% = (max - min) / median over the repetitions; p99 is over repetitions (nearest rank); "+
-			"fio clat p99 is fio's per-I/O completion latency, median over repetitions")
+			"clat mean/p99 are fio's per-I/O completion latency (metadata: the create, stat or unlink call alone), median over repetitions; "+
+			"files/s also counts fio's own work per file, which dominates under TCG")
 	if ws.Nested {
 		rep.Notes = append(rep.Notes, "everything runs in one nested L1 guest (QEMU TCG, every guest instruction emulated): "+
 			"absolute numbers are not real hardware's; the rows share the same layer and cores")
