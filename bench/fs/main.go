@@ -68,6 +68,7 @@ type options struct {
 	fioTimeout time.Duration
 	timeout    time.Duration
 	verbose    bool
+	systemd    bool
 }
 
 func main() {
@@ -81,6 +82,7 @@ func main() {
 	flag.StringVar(&o.qemu, "qemu", "qemu-system-x86_64", "the QEMU binary measured (and, nested, the one running L1)")
 	flag.DurationVar(&o.fioTimeout, "fio-timeout", 10*time.Minute, "bound on one fio run")
 	flag.DurationVar(&o.timeout, "timeout", 0, "bound on the whole session (default: from -n and the workloads)")
+	flag.BoolVar(&o.systemd, "systemd", true, "boot the subOS's Debian disk with systemd (false: fio from the disk in a chroot under the initramfs, as in the QEMU guest)")
 	flag.BoolVar(&o.verbose, "v", false, "stream the whole session's output (L1 and guest consoles) to stderr")
 	flag.Parse()
 	systems, err := parseSystems(o.systems)
@@ -135,7 +137,7 @@ func run(ctx context.Context, o options, systems map[string]bool, log io.Writer)
 	if fioBin, err = filepath.EvalSymlinks(fioBin); err != nil {
 		return nil, err
 	}
-	p := &plan{runs: o.Runs, settings: o.fio, systems: systems, virtiofsd: vfsd, fioTimeout: int(o.fioTimeout / time.Second)}
+	p := &plan{runs: o.Runs, settings: o.fio, systems: systems, virtiofsd: vfsd, fioTimeout: int(o.fioTimeout / time.Second), systemd: o.systemd}
 	rep := newReport(o, p, ws, deb)
 
 	files := []kvmhost.File{
@@ -259,6 +261,13 @@ func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage) 
 			"mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=mmap",
 		report.VirtioBlk: "the rfm subOS's root disk (ext4 on virtio-blk, the Debian disk), directory /root/fsb",
 		report.Host:      "fio directly where the guests run (nested: in L1, on its initramfs root file system)",
+	}
+	if !p.systemd {
+		desc[report.RFfuse] = fmt.Sprintf("rfm create fs --cores 1 --memory %dM --disk DEBIAN --share DIR:%s (-systemd=false: "+
+			"no root=, the subOS stays in its initramfs, which mounts the share at /shares/%s and the Debian disk at /mnt); "+
+			"fio from the Debian disk in a chroot (rfm exec fs -- chroot /mnt fio ...), the share bound at /mnt/%s: "+
+			"the same guest userspace as the QEMU guest's", guestMemoryMiB, shareTag, shareTag, shareTag)
+		desc[report.VirtioBlk] = "the subOS's Debian disk (ext4 on virtio-blk, remounted read-write), directory /root/fsb in the chroot"
 	}
 	for sys := range p.systems {
 		rep.Systems[sys] = desc[sys]

@@ -45,6 +45,10 @@ type plan struct {
 	virtiofsd share.Binary
 	// fioTimeout bounds one fio run, seconds.
 	fioTimeout int
+	// systemd boots the subOS's Debian disk (root=/dev/vda, systemd);
+	// otherwise the subOS stays in its initramfs and runs fio from the
+	// disk in a chroot, as the QEMU guest does.
+	systemd bool
 }
 
 // fioArgs is one workload's fio command line in dir.
@@ -106,15 +110,24 @@ func (p *plan) virtiofsdArgv() string {
 	return `"$VIRTIOFSD" ` + shquote.Join(p.virtiofsd.SocketArgs("/tmp/fsb/qv.sock", "/tmp/fsb/qv", false, share.SandboxChroot))
 }
 
+// chrootSetup renders the commands that make the Debian disk, mounted
+// read-only at $R by the initramfs (no root=), a chroot for fio: read-write,
+// with /proc, /sys, /dev and /tmp, and the share (at /shares/fsb) bound
+// at /mnt/fsb in it.
+func chrootSetup() string {
+	return "mount -o remount,rw $R && mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && " +
+		"mount -t devtmpfs dev $R/dev && mount -t tmpfs tmp $R/tmp && mkdir -p $R/mnt/" + shareTag +
+		" && mount -o bind /shares/" + shareTag + " $R/mnt/" + shareTag
+}
+
 // guestScript is run by the QEMU guest's initramfs (rf.cmd): fio from the
 // Debian disk in a chroot, on the virtio-fs share and on 9p.
 func (p *plan) guestScript() string {
 	var b strings.Builder
 	b.WriteString("set -u\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n")
 	fmt.Fprintf(&b, "T=/shares/%s/_tools\nFSRESULT=$T/fsresult\nOUTJSON=/tmp/fio.json\nR=%s\n", shareTag, guestRoot)
-	b.WriteString("mount -o remount,rw $R && mount -t proc proc $R/proc && mount -t sysfs sysfs $R/sys && " +
-		"mount -t devtmpfs dev $R/dev && mount -t tmpfs tmp $R/tmp || echo \"" + skipPrefix + " " + report.QEMUVirtiofsd + " the Debian disk could not be set up\"\n")
-	b.WriteString("mkdir -p $R/mnt/fsb $R/srv/fsb9p /tmp\nmount -o bind /shares/" + shareTag + " $R/mnt/fsb\n")
+	b.WriteString(chrootSetup() + " || echo \"" + skipPrefix + " " + report.QEMUVirtiofsd + " the Debian disk could not be set up\"\n")
+	b.WriteString("mkdir -p $R/srv/fsb9p /tmp\n")
 	b.WriteString("x() { chroot $R \"$@\"; }\nFIOBIN=fio\n")
 	b.WriteString(p.benchFunction())
 	pairs := []string{}
@@ -157,12 +170,23 @@ func (p *plan) script() string {
 		b.WriteString("echo '== rfm'\n")
 		b.WriteString("\"$RFM\" serve --housekeeping 0 >/tmp/fsb/serve.log 2>&1 & serve=$!\n")
 		b.WriteString("i=0; while ! \"$RFM\" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done\n")
-		fmt.Fprintf(&b, "if \"$RFM\" create fs --cores 1 --memory %dM --disk \"$DEBIAN\" --append root=/dev/vda --share /tmp/fsb/rf:%s; then\n", guestMemoryMiB, shareTag)
-		b.WriteString("\ti=0; while ! \"$RFM\" inspect fs -o json | grep -q '\"state\": \"healthy\"' && [ $i -lt 600 ]; do sleep 1; i=$((i+1)); done\n")
-		b.WriteString("\t\"$RFM\" exec fs -- systemctl is-system-running --wait >/dev/null 2>&1\n")
-		b.WriteString("\tx() { \"$RFM\" exec fs -- \"$@\"; }\n\tFIOBIN=fio\n")
-		// The Debian system does not mount the share itself.
-		b.WriteString("\tx sh -c 'mkdir -p /mnt/" + shareTag + " && mount -t virtiofs " + shareTag + " /mnt/" + shareTag + "'\n")
+		root := " --append root=/dev/vda"
+		if !p.systemd {
+			root = ""
+		}
+		fmt.Fprintf(&b, "t0=$(date +%%s)\nif \"$RFM\" create fs --cores 1 --memory %dM --disk \"$DEBIAN\"%s --share /tmp/fsb/rf:%s; then\n", guestMemoryMiB, root, shareTag)
+		b.WriteString("\ti=0; while ! \"$RFM\" inspect fs -o json | grep -q '\"state\": \"healthy\"' && [ $i -lt 900 ]; do sleep 1; i=$((i+1)); done\n")
+		b.WriteString("\techo \"" + infoPrefix + " subOS agent healthy after $(( $(date +%s) - t0 )) s: $(\"$RFM\" ps | tail -n 1 | tr -s ' ')\"\n")
+		if p.systemd {
+			b.WriteString("\ttimeout 600 \"$RFM\" exec fs -- systemctl is-system-running --wait >/dev/null 2>&1\n")
+			b.WriteString("\techo \"" + infoPrefix + " subOS systemd settled after $(( $(date +%s) - t0 )) s\"\n")
+			b.WriteString("\tx() { \"$RFM\" exec fs -- \"$@\"; }\n\tFIOBIN=fio\n")
+			// The Debian system does not mount the share itself.
+			b.WriteString("\tx sh -c 'mkdir -p /mnt/" + shareTag + " && mount -t virtiofs " + shareTag + " /mnt/" + shareTag + "'\n")
+		} else {
+			b.WriteString("\t\"$RFM\" exec fs -- sh -c " + shquote.Quote("R="+guestRoot+"; "+chrootSetup()) + "\n")
+			b.WriteString("\tx() { \"$RFM\" exec fs -- sh -c 'exec chroot " + guestRoot + " \"$@\"' x \"$@\"; }\n\tFIOBIN=fio\n")
+		}
 		b.WriteString("\techo \"" + infoPrefix + " subOS kernel=$(x uname -r) cpus=$(x nproc) fio=$(x fio --version) share=$(x grep virtiofs /proc/mounts | cut -d' ' -f1-3)\"\n")
 		b.WriteString("\tfor p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = virtiofsd ] && vcpus=$(sed -n 's/^Cpus_allowed_list:\\s*//p' $p/status); done\n")
 		b.WriteString("\techo \"" + infoPrefix + " rfm virtiofsd cpus=${vcpus:-?}\"\n")

@@ -16,7 +16,7 @@ func testPlan(systems ...string) *plan {
 		m[s] = true
 	}
 	return &plan{runs: 2, settings: fio.Settings{FileMiB: 8, RuntimeSec: 1, Files: 100}, systems: m,
-		virtiofsd: share.Binary{Path: "/usr/lib/qemu/virtiofsd"}, fioTimeout: 60}
+		virtiofsd: share.Binary{Path: "/usr/lib/qemu/virtiofsd"}, fioTimeout: 60, systemd: true}
 }
 
 // shellCheck parses script with sh -n.
@@ -60,6 +60,24 @@ func TestScripts(t *testing.T) {
 	}
 	if !strings.Contains(qemuCmdline(), `rf.cmd="sh /shares/fsb/_tools/guest.sh"`) || !strings.Contains(qemuCmdline(), "rf.shares=fsb") {
 		t.Errorf("cmdline %s", qemuCmdline())
+	}
+}
+
+func TestScriptChroot(t *testing.T) {
+	p := testPlan(report.RFfuse, report.VirtioBlk)
+	p.systemd = false
+	l1 := p.script()
+	shellCheck(t, "L1 script", l1)
+	for _, want := range []string{
+		`"$RFM" create fs --cores 1 --memory 512M --disk "$DEBIAN" --share /tmp/fsb/rf:fsb;`,
+		"mount -o bind /shares/fsb $R/mnt/fsb", `exec chroot /mnt "$@"`,
+	} {
+		if !strings.Contains(l1, want) {
+			t.Errorf("L1 script lacks %q:\n%s", want, l1)
+		}
+	}
+	if strings.Contains(l1, "root=/dev/vda") || strings.Contains(l1, "systemctl") {
+		t.Errorf("no systemd asked, but:\n%s", l1)
 	}
 }
 
