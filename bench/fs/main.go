@@ -200,6 +200,10 @@ func run(ctx context.Context, o options, systems map[string]bool, log io.Writer)
 	}
 	res, err := h.Run(ctx, script)
 	got, perrs := collect.Results()
+	got, dropped := report.Dedupe(got)
+	if dropped > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d sample(s) measured again (a guest crashed and rebooted, running its script again): the later kept", dropped))
+	}
 	rep.Samples = got
 	for _, e := range perrs {
 		rep.Notes = append(rep.Notes, "unparsed result line: "+e.Error())

@@ -97,7 +97,7 @@ func (p *plan) qemuArgv() string {
 	mem := strconv.Itoa(guestMemoryMiB) + "M"
 	argv := []string{"-M", "pc,memory-backend=mem", "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", mem,
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
-		"-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-append", qemuCmdline(),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-append", qemuCmdline(),
 		"-chardev", "socket,id=vfs,path=/tmp/fsb/qv.sock", "-device", "vhost-user-fs-pci,chardev=vfs,tag=" + shareTag,
 		"-fsdev", "local,id=p9,path=/tmp/fsb/q9,security_model=passthrough", "-device", "virtio-9p-pci,fsdev=p9,mount_tag=" + p9Tag}
 	return `taskset -c ` + strconv.Itoa(guestCore) + ` "$QEMU" -L "$QEMU_DATA" -kernel "$L2/vmlinux" -initrd "$L2/initramfs.cpio.gz" ` +

@@ -121,6 +121,22 @@ func ParseLine(line string) (Sample, bool, error) {
 	return s, true, nil
 }
 
+// Dedupe keeps the last sample of each system, workload and run (a guest
+// that crashed and rebooted ran its script again) and says how many were
+// dropped.
+func Dedupe(samples []Sample) (kept []Sample, dropped int) {
+	last := map[[3]string]int{}
+	for i, s := range samples {
+		last[[3]string{s.System, s.Workload, strconv.Itoa(s.Run)}] = i
+	}
+	for i, s := range samples {
+		if last[[3]string{s.System, s.Workload, strconv.Itoa(s.Run)}] == i {
+			kept = append(kept, s)
+		}
+	}
+	return kept, len(samples) - len(kept)
+}
+
 // Metric is what a workload's table reports: bytes per second for the
 // sequential workloads, IOPS for the random ones, files per second for
 // the metadata ones.

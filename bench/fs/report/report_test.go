@@ -101,3 +101,11 @@ func TestWriteTable(t *testing.T) {
 		}
 	}
 }
+
+func TestDedupe(t *testing.T) {
+	in := []Sample{{System: "a", Workload: "w", Run: 1, IOPS: 1}, {System: "a", Workload: "w", Run: 2, IOPS: 2}, {System: "a", Workload: "w", Run: 1, IOPS: 3}}
+	got, dropped := Dedupe(in)
+	if dropped != 1 || len(got) != 2 || got[0].IOPS != 2 || got[1].IOPS != 3 {
+		t.Errorf("%v %d", got, dropped)
+	}
+}
