@@ -38,6 +38,7 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/virtio/mem"
+	"rainforest/vmm/virtio/net/vhostnet"
 	"rainforest/vmm/vm"
 )
 
@@ -113,6 +114,9 @@ type Machine struct {
 	sci     *platform.SCI
 	slots   *slots
 	memdev  *mem.Device // the hotplug memory's model, or nil
+	// vhostNets are the nets given vhost-net, by id (NetVhost).
+	vhostNetsMu sync.Mutex
+	vhostNets   map[string]*vhostnet.Device
 
 	started atomic.Bool // Run began: devices come and go by hotplug
 

@@ -18,6 +18,7 @@ import (
 
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/jail"
+	"rainforest/vmm/vhost"
 	"rainforest/vmm/ram"
 )
 
@@ -314,4 +315,26 @@ func statusField(t *testing.T, pid int, field string) string {
 		}
 	}
 	return ""
+}
+
+// A net on vhost-net makes its ioctls after the filter is in place (when
+// the guest's driver starts the device): they are all allowed, with the
+// TAP's header size.
+func TestVhostNetIoctlsAllowed(t *testing.T) {
+	for _, name := range []string{"VHOST_SET_OWNER", "VHOST_GET_FEATURES", "VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE",
+		"VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE", "VHOST_GET_VRING_BASE", "VHOST_SET_VRING_ADDR",
+		"VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL", "VHOST_NET_SET_BACKEND", "TUNSETVNETHDRSZ", "TUNSETOFFLOAD"} {
+		if IoctlRequests[name] == 0 {
+			t.Errorf("%s is not allowed", name)
+		}
+	}
+	allowed := map[uint64]bool{}
+	for _, r := range sortedRequests() {
+		allowed[r] = true
+	}
+	for name, req := range vhost.IoctlRequests {
+		if !allowed[req] {
+			t.Errorf("%s (%#x) is not in the filter", name, req)
+		}
+	}
 }
