@@ -284,6 +284,7 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create api --cpus 2 --class latency-critical
   rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G
   rfm create web --cpus 1 --net bridge=br0
+  rfm create web --cpus 1 --net bridge=br0,vhost=off
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
   rfm create router --cpus 1 --net tap=rf-router0
   rfm create web --cpus 1 --net user --publish 8080:80
@@ -402,7 +403,7 @@ whole first: every problem is listed and nothing is reserved.`,
 }
 
 // nicSyntax is --net's syntax.
-const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]"
+const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; a TAP NIC with [,vhost=auto|on|off]"
 
 // parseNIC parses --net: a TAP in a bridge (made when create is given,
 // with the host's address on it), or a TAP on its own.
@@ -429,6 +430,8 @@ func parseNIC(v string) (supervisor.NIC, error) {
 			n.Publish = append(n.Publish, val)
 		case p == "host-loopback":
 			n.HostLoopback = true
+		case k == "vhost" && (val == supervisor.VhostAuto || val == supervisor.VhostOn || val == supervisor.VhostOff):
+			n.Vhost = val
 		default:
 			return n, usageErrorf("--net %q: unknown or empty option %q (%s)", v, p, nicSyntax)
 		}
@@ -438,6 +441,9 @@ func parseNIC(v string) (supervisor.NIC, error) {
 	}
 	if n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != "") {
 		return n, usageErrorf("--net %q: create and address are for a bridge", v)
+	}
+	if n.User && n.Vhost != "" {
+		return n, usageErrorf("--net %q: vhost is for a NIC on a TAP", v)
 	}
 	return n, nil
 }

@@ -36,7 +36,9 @@
 //	    cmdline_append: "rf.cat=/hello.txt"
 //	    nets:              # NICs: virtio-net on a TAP the supervisor makes
 //	      - network: lan   # a network below; or bridge: br0 (the user's),
-//	                       # or tap: rf-web0 alone; mac: and id: optional
+//	                       # or tap: rf-web0 alone; mac: and id: optional;
+//	                       # vhost: auto (default), on or off (in-kernel
+//	                       # vhost-net data path)
 //	      - user: true     # or the rootless uplink (NAT, DHCP, DNS)
 //	    ports: ["8080:80"] # guest ports published through the uplink
 //	  - name: api
@@ -130,6 +132,9 @@ type NIC struct {
 	User         bool
 	Publish      []string
 	HostLoopback bool
+	// Vhost is "auto" (or ""), "on" or "off": whether the TAP NIC's
+	// frames go through the host kernel's vhost-net.
+	Vhost string
 }
 
 // Supervisor holds the supervisor's own resources.
