@@ -17,13 +17,18 @@ import (
 // process in its cgroup, the way the paper accounts split-driver back
 // ends to the subOS they serve. The VMM's vCPU threads run the guest; its
 // other threads are its device back ends (virtio-net's frames, virtio-blk
-// I/O, vsock) and its control; other processes in the cgroup are back
+// I/O, vsock; the kernel's vhost-net worker, a thread of the VMM) and its
+// control; other processes in the cgroup are back
 // ends of their own, such as virtiofsd.
 type HostUsage struct {
 	// VCPUSeconds is the CPU time of the VMM's vCPU threads.
 	VCPUSeconds float64 `json:"vcpu_seconds"`
 	// BackendSeconds is that of the VMM's other threads.
 	BackendSeconds float64 `json:"backend_seconds"`
+	// VhostSeconds is the part of BackendSeconds spent by the kernel's
+	// vhost-net workers for the VMM's NICs: on Linux 6.4 and later each
+	// is a thread of the VMM named vhost-PID, in the subOS's cgroup.
+	VhostSeconds float64 `json:"vhost_seconds,omitempty"`
 	// OtherSeconds is that of the other processes in the cgroup.
 	OtherSeconds float64 `json:"other_seconds"`
 	// Processes are the processes in the cgroup.
@@ -92,9 +97,13 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			if err != nil {
 				continue
 			}
-			if strings.HasPrefix(ts.Comm, "vcpu") {
+			switch {
+			case strings.HasPrefix(ts.Comm, "vcpu"):
 				u.VCPUSeconds += seconds(ts)
-			} else {
+			case strings.HasPrefix(ts.Comm, "vhost-"):
+				u.VhostSeconds += seconds(ts)
+				u.BackendSeconds += seconds(ts)
+			default:
 				u.BackendSeconds += seconds(ts)
 			}
 		}

@@ -23,6 +23,7 @@ func TestHostUsage(t *testing.T) {
 		"500/task/501/stat": {Data: []byte(statLine(501, "vcpu0", 200, 50))},
 		"500/task/502/stat": {Data: []byte(statLine(502, "vcpu1", 50, 0))},
 		"500/task/503/stat": {Data: []byte(statLine(503, "rfm", 40, 40))},
+		"500/task/504/stat": {Data: []byte(statLine(504, "vhost-500", 20, 30))}, // the kernel's vhost-net worker
 		"700/stat":          {Data: []byte(statLine(700, "virtiofsd", 30, 20))},
 		// 999 is gone.
 	}
@@ -30,8 +31,8 @@ func TestHostUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if u.VCPUSeconds != 3 || u.BackendSeconds != 1 || u.OtherSeconds != 0.5 {
-		t.Errorf("usage %+v, want vCPUs 3s, back ends 1s, others 0.5s", u)
+	if u.VCPUSeconds != 3 || u.BackendSeconds != 1.5 || u.VhostSeconds != 0.5 || u.OtherSeconds != 0.5 {
+		t.Errorf("usage %+v, want vCPUs 3s, back ends 1.5s of which vhost 0.5s, others 0.5s", u)
 	}
 	if len(u.Processes) != 2 || u.Processes[0].PID != 500 || u.Processes[1].Comm != "virtiofsd" || u.Processes[1].CPUSeconds != 0.5 {
 		t.Errorf("processes %+v", u.Processes)

@@ -18,8 +18,8 @@ import (
 
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/jail"
-	"rainforest/vmm/vhost"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/vhost"
 )
 
 // The policy assembles into a BPF program, and every name is a system
