@@ -26,8 +26,9 @@ type HostUsage struct {
 	// BackendSeconds is that of the VMM's other threads.
 	BackendSeconds float64 `json:"backend_seconds"`
 	// VhostSeconds is the part of BackendSeconds spent by the kernel's
-	// vhost-net workers for the VMM's NICs: on Linux 6.4 and later each
-	// is a thread of the VMM named vhost-PID, in the subOS's cgroup.
+	// vhost-net workers for the VMM's NICs, named vhost-PID (PID the
+	// VMM's): on Linux 6.4 and later threads of the VMM, before kernel
+	// threads the kernel puts in the VMM's cgroups.
 	VhostSeconds float64 `json:"vhost_seconds,omitempty"`
 	// OtherSeconds is that of the other processes in the cgroup.
 	OtherSeconds float64 `json:"other_seconds"`
@@ -68,6 +69,7 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 	}
 	slices.Sort(pids)
 	u := &HostUsage{Processes: []HostProcess{}}
+	vhostWorker := "vhost-" + strconv.Itoa(vmmPID)
 	seconds := func(st procstat.TaskStat) float64 { return float64(st.UTime+st.STime) / procstat.UserHZ }
 	for _, pid := range pids {
 		b, err := fs.ReadFile(proc, strconv.Itoa(pid)+"/stat")
@@ -79,6 +81,13 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			continue
 		}
 		u.Processes = append(u.Processes, HostProcess{PID: pid, Comm: st.Comm, CPUSeconds: seconds(st)})
+		if pid != vmmPID && st.Comm == vhostWorker {
+			// Before Linux 6.4 the VMM's vhost-net worker is a kernel
+			// thread of its own, put in the VMM's cgroup.
+			u.VhostSeconds += seconds(st)
+			u.BackendSeconds += seconds(st)
+			continue
+		}
 		if pid != vmmPID {
 			u.OtherSeconds += seconds(st)
 			continue
@@ -100,7 +109,7 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			switch {
 			case strings.HasPrefix(ts.Comm, "vcpu"):
 				u.VCPUSeconds += seconds(ts)
-			case strings.HasPrefix(ts.Comm, "vhost-"):
+			case ts.Comm == vhostWorker:
 				u.VhostSeconds += seconds(ts)
 				u.BackendSeconds += seconds(ts)
 			default:
