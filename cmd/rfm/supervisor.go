@@ -448,6 +448,19 @@ func parseNIC(v string) (supervisor.NIC, error) {
 	return n, nil
 }
 
+// nicsTable lists a running subOS's NICs on TAPs and who moves their
+// frames (rfm inspect -o table): vhost "on" is the host kernel's
+// vhost-net; nothing without such NICs.
+func nicsTable(w io.Writer, i supervisor.Info) {
+	if len(i.Nets) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nNIC\tTAP\tVHOST")
+	for _, n := range i.Nets {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.ID, n.TAP, n.Vhost)
+	}
+}
+
 // parseSegment parses --segment NAME[,size=SIZE][,ro].
 func parseSegment(v string) (supervisor.SegmentGrant, error) {
 	parts := strings.Split(v, ",")
@@ -662,6 +675,7 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 			}
 			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) {
 				psTable(w, []supervisor.Info{info})
+				nicsTable(w, info)
 				sharesTable(w, info)
 			})
 		},
