@@ -144,12 +144,21 @@ var IoctlRequests = withVhost(map[string]uint64{
 	"TUNSETOFFLOAD": unix.TUNSETOFFLOAD, "TUNSETVNETHDRSZ": unix.TUNSETVNETHDRSZ,
 })
 
-// withVhost adds the vhost-net ioctls (vmm/vhost) to reqs: a net's queues
-// go to the host kernel when its driver starts the device, after the
-// filter is in place.
+// vhostRuntimeIoctls are the vhost-net ioctls (vmm/vhost) a net makes
+// after the filter is in place: its queues go to the host kernel when its
+// driver starts the device and come back on reset
+// (vmm/virtio/net/vhostnet). VHOST_SET_OWNER and VHOST_GET_FEATURES are
+// made when the machine is built, before the filter, and stay out.
+var vhostRuntimeIoctls = []string{
+	"VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE", "VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE",
+	"VHOST_GET_VRING_BASE", "VHOST_SET_VRING_ADDR", "VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL",
+	"VHOST_NET_SET_BACKEND",
+}
+
+// withVhost adds vhostRuntimeIoctls to reqs.
 func withVhost(reqs map[string]uint64) map[string]uint64 {
-	for name, req := range vhost.IoctlRequests {
-		reqs[name] = req
+	for _, name := range vhostRuntimeIoctls {
+		reqs[name] = vhost.IoctlRequests[name]
 	}
 	return reqs
 }

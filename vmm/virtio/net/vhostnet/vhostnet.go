@@ -115,6 +115,8 @@ var _ virtio.ExternalQueues = (*Device)(nil)
 
 // activation is one DRIVER_OK's state.
 type activation struct {
+	irq      virtio.Interrupts
+	features uint64
 	kernel   bool               // the kernel serves the queues
 	kicks    []*eventfd.EventFD // by queue
 	started  []uint32           // rings given kick and call
@@ -210,7 +212,7 @@ func (d *Device) Activate(va virtio.Activation) error {
 // startKernel hands the queues to the kernel; on error it has taken back
 // what it gave.
 func (d *Device) startKernel(va virtio.Activation) (*activation, error) {
-	a := &activation{kernel: true, kicks: make([]*eventfd.EventFD, d.NumQueues())}
+	a := &activation{irq: va.IRQ, features: va.Features, kernel: true, kicks: make([]*eventfd.EventFD, d.NumQueues())}
 	calls := make([]*eventfd.EventFD, d.NumQueues())
 	for q := range d.NumQueues() {
 		if q >= len(va.Queues) || va.Queues[q] == nil {
@@ -408,6 +410,18 @@ func (d *Device) resetLocked() {
 		return
 	}
 	d.stopUser(a)
+}
+
+// SetLinkUp sets the link status the guest reads (STATUS) and tells a
+// running driver, whoever serves the queues.
+func (d *Device) SetLinkUp(up bool) {
+	d.Device.SetLinkUp(up) // tells the driver while the userspace device is active
+	d.mu.Lock()
+	a := d.act
+	d.mu.Unlock()
+	if a != nil && a.kernel && a.features&vnet.FeatureStatus != 0 {
+		_ = a.irq.ConfigChanged() // nothing better to do when delivery fails
+	}
 }
 
 // Quiesce stops the device touching guest memory and interrupts: Reset.

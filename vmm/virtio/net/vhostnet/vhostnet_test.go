@@ -183,7 +183,7 @@ type rig struct {
 }
 
 const driverFeatures = virtio.FeatureVersion1 | virtio.FeatureEventIdx | vnet.FeatureMrgRxbuf | vnet.FeatureMAC |
-	vnet.FeatureCsum | vnet.FeatureGuestCsum
+	vnet.FeatureCsum | vnet.FeatureGuestCsum | vnet.FeatureStatus
 
 func newRig(t *testing.T, failOn string, msix bool) *rig {
 	t.Helper()
@@ -257,6 +257,11 @@ func TestHandOverAndTakeBack(t *testing.T) {
 	}
 	if !slices.Equal(r.tap.configured, []uint64{driverFeatures}) || !slices.Equal(r.tap.hdr, []int{vnet.HeaderLen}) {
 		t.Fatalf("TAP configured %#x, header sizes %v", r.tap.configured, r.tap.hdr)
+	}
+	// The driver hears of link changes while the kernel serves.
+	r.dev.SetLinkUp(false)
+	if n := r.va.IRQ.(*vt.IRQ).ConfigCount(); n != 1 {
+		t.Errorf("%d configuration interrupts for a link change, want 1", n)
 	}
 	// A notification reaching the VMM goes to the kernel's kick.
 	r.dev.QueueNotify(vnet.TxQueue)
