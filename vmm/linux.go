@@ -528,9 +528,12 @@ func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int
 // a loop member (n.Loop), the loop backend on files.Loop, its network's
 // lanes and doorbells; otherwise its TAP, files.Tap when given (a
 // descriptor attached to the interface), else the interface n.Tap opened
-// by name. The machine takes charge of files. The device drops frames the
-// guest sends from another MAC unless n.AnySourceMAC; its counters (and
-// a loop backend's) are logged when it goes.
+// by name. With files.Vhost (an open /dev/vhost-net) a TAP net's queues
+// are served by the host kernel while it can, the VMM's device being the
+// fallback (vmm/virtio/net/vhostnet; NetVhost says which serves). The
+// machine takes charge of files. The VMM's device drops frames the guest
+// sends from another MAC unless n.AnySourceMAC (vhost-net does not); its
+// counters (and a loop backend's) are logged when it goes.
 func (m *Machine) AddNet(n config.Net, files NetFiles) (int, error) {
 	vhostFile := files.Vhost
 	files.Vhost = nil
