@@ -23,10 +23,14 @@ healthy a; healthy b
 echo "RF-BRIDGE-PORTS $(ls /sys/class/net/rfbr0/brif | tr '\n' ' ')"
 echo "RF-INSPECT-A $("$RFM" inspect a -o json | tr -d '\n')"
 echo "RF-INSPECT-B $("$RFM" inspect b -o json | tr -d '\n')"
-# The kernel's vhost worker of a's VMM, named vhost-PID: a thread of the
-# VMM on Linux 6.4+, a kernel thread before (put in the VMM's cgroups).
+# The kernel's vhost workers of a's VMM, named vhost-TID after the VMM
+# thread that took the device: threads of the VMM on Linux 6.4+, kernel
+# threads before (put in the VMM's cgroups).
 pid=$("$RFM" inspect a -o json | tr -d ' \n' | grep -o '"pid":[0-9]*' | head -n 1 | cut -d: -f2)
-for t in /proc/*/task/*; do [ "$(cat $t/comm 2>/dev/null)" = "vhost-$pid" ] && echo "RF-VHOST-THREAD vhost-$pid $(cat $t/cgroup | tr '\n' ' ')"; done
+for t in /proc/*/task/*; do
+	c=$(cat $t/comm 2>/dev/null)
+	case "$c" in vhost-[0-9]*) [ -d "/proc/$pid/task/${c#vhost-}" ] && echo "RF-VHOST-THREAD $c $(cat $t/cgroup | tr '\n' ' ')";; esac
+done
 echo "RF-VMM-CGROUP $(cat /proc/$pid/cgroup | tr '\n' ' ')"
 echo "== ping"
 "$RFM" exec a -- ip addr show

@@ -26,9 +26,10 @@ type HostUsage struct {
 	// BackendSeconds is that of the VMM's other threads.
 	BackendSeconds float64 `json:"backend_seconds"`
 	// VhostSeconds is the part of BackendSeconds spent by the kernel's
-	// vhost-net workers for the VMM's NICs, named vhost-PID (PID the
-	// VMM's): on Linux 6.4 and later threads of the VMM, before kernel
-	// threads the kernel puts in the VMM's cgroups.
+	// vhost-net workers for the VMM's NICs, named vhost-TID (TID the VMM
+	// thread that took the device): on Linux 6.4 and later threads of
+	// the VMM, before kernel threads the kernel puts in the VMM's
+	// cgroups.
 	VhostSeconds float64 `json:"vhost_seconds,omitempty"`
 	// OtherSeconds is that of the other processes in the cgroup.
 	OtherSeconds float64 `json:"other_seconds"`
@@ -69,7 +70,6 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 	}
 	slices.Sort(pids)
 	u := &HostUsage{Processes: []HostProcess{}}
-	vhostWorker := "vhost-" + strconv.Itoa(vmmPID)
 	seconds := func(st procstat.TaskStat) float64 { return float64(st.UTime+st.STime) / procstat.UserHZ }
 	for _, pid := range pids {
 		b, err := fs.ReadFile(proc, strconv.Itoa(pid)+"/stat")
@@ -81,7 +81,7 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			continue
 		}
 		u.Processes = append(u.Processes, HostProcess{PID: pid, Comm: st.Comm, CPUSeconds: seconds(st)})
-		if pid != vmmPID && st.Comm == vhostWorker {
+		if pid != vmmPID && isVhostWorker(st.Comm) {
 			// Before Linux 6.4 the VMM's vhost-net worker is a kernel
 			// thread of its own, put in the VMM's cgroup.
 			u.VhostSeconds += seconds(st)
@@ -109,7 +109,7 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			switch {
 			case strings.HasPrefix(ts.Comm, "vcpu"):
 				u.VCPUSeconds += seconds(ts)
-			case ts.Comm == vhostWorker:
+			case isVhostWorker(ts.Comm):
 				u.VhostSeconds += seconds(ts)
 				u.BackendSeconds += seconds(ts)
 			default:
@@ -118,4 +118,17 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 		}
 	}
 	return u, nil
+}
+
+// isVhostWorker says whether a task of a subOS's cgroup is the kernel's
+// vhost worker for its VMM: named vhost-TID, TID the VMM thread that took
+// the device (nothing else in the cgroup is named so: the guest names no
+// host task).
+func isVhostWorker(comm string) bool {
+	n, ok := strings.CutPrefix(comm, "vhost-")
+	if !ok || n == "" {
+		return false
+	}
+	_, err := strconv.Atoi(n)
+	return err == nil
 }

@@ -23,9 +23,9 @@ func TestHostUsage(t *testing.T) {
 		"500/task/501/stat": {Data: []byte(statLine(501, "vcpu0", 200, 50))},
 		"500/task/502/stat": {Data: []byte(statLine(502, "vcpu1", 50, 0))},
 		"500/task/503/stat": {Data: []byte(statLine(503, "rfm", 40, 40))},
-		"500/task/504/stat": {Data: []byte(statLine(504, "vhost-500", 20, 30))}, // the kernel's vhost-net worker
+		"500/task/504/stat": {Data: []byte(statLine(504, "vhost-503", 20, 30))}, // the kernel's vhost-net worker (Linux 6.4+), named after the thread that took the device
 		"700/stat":          {Data: []byte(statLine(700, "virtiofsd", 30, 20))},
-		"800/stat":          {Data: []byte(statLine(800, "vhost-500", 100, 0))}, // its worker before Linux 6.4
+		"800/stat":          {Data: []byte(statLine(800, "vhost-501", 100, 0))}, // its worker before Linux 6.4, a kernel thread
 		// 999 is gone.
 	}
 	u, err := hostUsage(proc, dir, 500)
