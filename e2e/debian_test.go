@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,10 +28,15 @@ export RF_IMAGES="$L2"
 "$RFM" serve --housekeeping 0 >>/tmp/serve.log 2>&1 & echo $! > /tmp/serve.pid
 i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
 x() { "$RFM" exec deb -- "$@"; }
+export HOME=/root; mkdir -p /root
+ssh-keygen -q -t ed25519 -N "" -C "" -f /root/k
 echo "== create"
 t0=$(date +%s)
-"$RFM" create deb --cores 1 --memory 512M --disk "$DEBIAN" --append "root=/dev/vda"; echo "RF-STATUS $?"
-i=0; while ! "$RFM" inspect deb -o json | grep -q '"state": "healthy"' && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done
+"$RFM" create deb --cores 1 --memory 512M --disk "$DEBIAN" --append "root=/dev/vda" --net user,publish=2222:22 --net loop=dl,members=deb+deb2 --ssh-key /root/k.pub; echo "RF-STATUS $?"
+"$RFM" create deb2 --cores 2 --memory 512M --disk "$DEBIAN2" --append "root=/dev/vda" --net loop=dl; echo "RF-STATUS-2 $?"
+for n in deb deb2; do
+	i=0; while ! "$RFM" inspect $n -o json | grep -q '"state": "healthy"' && [ $i -lt 400 ]; do sleep 1; i=$((i+1)); done
+done
 echo "RF-AGENT-HEALTHY-AFTER-S $(( $(date +%s) - t0 ))"
 echo "== running"
 x systemctl is-system-running --wait; echo "RF-EXEC-STATUS $?"
@@ -53,6 +62,17 @@ ssh-keygen -q -t ed25519 -N "" -f /tmp/k && mkdir -p -m 700 /root/.ssh && cat /t
 o="-o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 ssh $o -i /tmp/k root@127.0.0.1 echo RF-SSH-KEY-OK
 ssh $o -o PubkeyAuthentication=no root@127.0.0.1 true; echo "RF-SSH-NO-KEY-STATUS $?"' 2>&1
+echo "== loop"
+"$RFM" exec deb2 -- systemctl is-system-running --wait
+x ip -br addr
+"$RFM" exec deb2 -- ip -br addr
+x ping -c 3 -W 5 10.99.0.3; echo "RF-PING $?"
+"$RFM" exec deb2 -- iperf3 -s -D -1; sleep 1
+echo "RF-IPERF $(x iperf3 -c 10.99.0.3 -t 5 -J | tr -d ' \n')"
+echo "== rfm-ssh"
+"$RFM" ssh --print -i /root/k deb -- -o BatchMode=yes true
+"$RFM" ssh -i /root/k deb -- -o BatchMode=yes echo RF-RFM-SSH-OK; echo "RF-RFM-SSH-STATUS $?"
+cat /root/.cache/rfm/ssh/deb.known_hosts
 echo "== diagnostics"
 x sh -c 'systemd-analyze blame | head -n 12; systemd-analyze critical-chain --no-pager | head -n 20
 echo "console: $(cat /sys/class/tty/console/active)"; ls /run/systemd/generator/getty.target.wants/
@@ -60,7 +80,7 @@ systemctl status --no-pager -n 10 serial-getty@ttyS0.service dev-ttyS0.device' 2
 echo "== console"
 "$RFM" logs deb | grep -a -E "RF-SWITCH-ROOT|RF-ROOT-FAILED|login:" | head -n 5
 echo "== destroy"
-"$RFM" destroy deb; echo "RF-STATUS $?"
+"$RFM" destroy deb deb2; echo "RF-STATUS $?"
 kill $(cat /tmp/serve.pid); wait $(cat /tmp/serve.pid) 2>/dev/null
 echo "== serve-log"
 tail -n 30 /tmp/serve.log
@@ -83,9 +103,10 @@ func TestDebianImage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
-	h := newTestHost(ctx, t, 2) // one housekeeping core, one for the subOS
-	s := h.Script(debianScript, 20*time.Minute)
-	s.Disks = []kvmhost.Disk{{Var: "DEBIAN", Host: deb.Disk}}
+	h := newTestHost(ctx, t, 4) // one housekeeping core, three for the subOSes
+	s := h.Script(debianScript, 25*time.Minute)
+	s.Disks = []kvmhost.Disk{{Var: "DEBIAN", Host: deb.Disk}, {Var: "DEBIAN2", Host: deb.Disk}}
+	s.Files = append(s.Files, sshClientFiles(ctx, t)...)
 	start := time.Now()
 	res, err := h.KVM.Run(ctx, s)
 	if err != nil {
@@ -93,7 +114,7 @@ func TestDebianImage(t *testing.T) {
 	}
 	t.Logf("session took %v", time.Since(start).Round(time.Second))
 	secs := Sections(res.Output)
-	if Field(secs["create"], "RF-STATUS") != "0" {
+	if Field(secs["create"], "RF-STATUS") != "0" || Field(secs["create"], "RF-STATUS-2") != "0" {
 		t.Fatalf("create failed:\n%s\nserve log:\n%s", secs["create"], secs["serve-log"])
 	}
 	t.Logf("agent healthy %s s and systemd done %s s after rfm create (nested)",
@@ -134,10 +155,54 @@ func TestDebianImage(t *testing.T) {
 	if st, _ := strconv.Atoi(Field(ssh, "RF-SSH-NO-KEY-STATUS")); st == 0 {
 		t.Errorf("root logged in over SSH without a key:\n%s", ssh)
 	}
+	// RFloop between the two Debian subOSes: ping and iperf3, with no
+	// change in the guests but the address the supervisor gave.
+	lp := secs["loop"]
+	if Field(lp, "RF-PING") != "0" {
+		t.Errorf("deb does not ping deb2 over the loop network:\n%s", lp)
+	}
+	var ip struct {
+		End struct {
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal([]byte(Field(lp, "RF-IPERF")), &ip); err != nil || ip.End.SumReceived.BitsPerSecond <= 0 {
+		t.Errorf("iperf3 over the loop network (%v):\n%s", err, lp)
+	} else {
+		t.Logf("iperf3 deb -> deb2 over RFloop (nested, emulated): %.1f Mbit/s", ip.End.SumReceived.BitsPerSecond/1e6)
+	}
+	// rfm ssh: through the published port, with the key given at create
+	// and the host key pinned through the agent.
+	rs := secs["rfm-ssh"]
+	if !strings.Contains(rs, "RF-RFM-SSH-OK") || Field(rs, "RF-RFM-SSH-STATUS") != "0" || !strings.Contains(rs, "StrictHostKeyChecking=yes") ||
+		!strings.Contains(rs, "[127.0.0.1]:2222 ssh-ed25519 ") {
+		t.Errorf("rfm ssh deb did not log in with the key given at create and the pinned host key:\n%s", rs)
+	}
 	if c := secs["console"]; !strings.Contains(c, images.RootSwitchMarker+" /dev/vda") || !strings.Contains(c, "login:") {
 		t.Errorf("the console shows no switch to the disk and no login prompt:\n%s", c)
 	}
 	if Field(secs["destroy"], "RF-STATUS") != "0" {
 		t.Errorf("destroy failed:\n%s", secs["destroy"])
 	}
+}
+
+// sshClientFiles are the host's ssh and ssh-keygen with their libraries,
+// and a passwd file naming root (OpenSSH looks the user up), for the
+// nested L1 guest.
+func sshClientFiles(ctx context.Context, t *testing.T) []kvmhost.File {
+	var bins []string
+	for _, b := range []string{"ssh", "ssh-keygen"} {
+		p, err := exec.LookPath(b)
+		if err != nil {
+			t.Fatalf("the e2e tests need the OpenSSH client (scripts/setup.sh installs it): %v", err)
+		}
+		bins = append(bins, p)
+	}
+	passwd := filepath.Join(t.TempDir(), "passwd")
+	if err := os.WriteFile(passwd, []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return append(hostProgramFiles(ctx, t, bins...), kvmhost.File{Host: passwd, L1: "/etc/passwd"})
 }

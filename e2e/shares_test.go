@@ -132,9 +132,25 @@ func virtiofsdFiles(ctx context.Context, t *testing.T) []kvmhost.File {
 		}
 		t.Skip(err)
 	}
-	files, err := kvmhost.DynamicFiles(ctx, bin.Path)
-	if err != nil {
-		t.Fatal(err)
+	return hostProgramFiles(ctx, t, bin.Path)
+}
+
+// hostProgramFiles are the host's programs at paths and their libraries,
+// placed at the same paths in the nested L1 guest.
+func hostProgramFiles(ctx context.Context, t *testing.T, paths ...string) []kvmhost.File {
+	var files []kvmhost.File
+	seen := map[string]bool{}
+	for _, p := range paths {
+		fs, err := kvmhost.DynamicFiles(ctx, p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range fs {
+			if !seen[f.L1] {
+				seen[f.L1] = true
+				files = append(files, f)
+			}
+		}
 	}
 	return files
 }

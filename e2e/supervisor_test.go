@@ -58,7 +58,7 @@ echo "RF-FREE-AFTER $(cat $hp/free_hugepages)"
 echo "== vmm-logs"
 tail -n 20 /run/rainforest/*.log /tmp/serve.log
 echo "== run"
-timeout 300 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt'; echo "RF-STATUS $?"
+timeout 400 "$RFM" run --nested never --append 'rf.poweroff=1 rf.cat=/hello.txt rf.cmd="ping -c 1 -w 150 10.99.0.3 >/dev/null && ping -c 1 -w 150 10.99.0.2 >/dev/null; echo RF-LOOP-PING $?; sleep 20"'; echo "RF-STATUS $?"
 echo "== run-interrupt"
 : > /tmp/run2.out # exists before the loop below reads it (the job's redirection may come later)
 "$RFM" run --nested never > /tmp/run2.out 2>&1 &
@@ -163,5 +163,10 @@ func TestSupervisor(t *testing.T) {
 	run := secs["run"]
 	if Field(run, "RF-STATUS") != "0" || strings.Count(run, "hello from virtio-blk") != 2 {
 		t.Errorf("rfm run with the default layout did not boot two subOSes to their disks and exit 0:\n%s", run)
+	}
+	// The default layout's loop network: each subOS pings the other
+	// (subos-a is 10.99.0.2, subos-b 10.99.0.3).
+	if n := strings.Count(run, "RF-LOOP-PING 0"); n != 2 {
+		t.Errorf("the default layout's subOSes did not reach each other over their loop network (%d of 2):\n%s", n, run)
 	}
 }

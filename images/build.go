@@ -23,6 +23,7 @@
 //	                  then print "RF-CMD-EXIT <status>"
 //	rf.poweroff=1     power off after rf.cmd instead of starting a shell
 //	rf.agent=0        do not start /usr/bin/rf-agent
+//	rf.addr=MAC=A/N,.. give the NIC of each MAC address A/N (loop networks)
 //	rf.ip=A/N[,GW]    give the first NIC address A/N (and a default
 //	                  route through GW), and set it up
 //	rf.shares=T1,T2   mount the virtio-fs shares tagged T1, T2 at /mnt/T1,
@@ -610,6 +611,20 @@ if [ -n "$ip_conf" ]; then
 		echo "RF-IP-FAILED ${nic:-no NIC}"
 	fi
 fi
+# rf.addr=MAC=ADDR/LEN[,...] (the supervisor sets it for loop network
+# NICs): the NIC of that MAC gets that address.
+for pair in $(param rf.addr | tr , ' '); do
+	mac=${pair%%=*}
+	nic=""
+	for d in /sys/class/net/*; do
+		[ "$(cat "$d/address" 2>/dev/null)" = "$mac" ] && nic=${d##*/}
+	done
+	if [ -n "$nic" ] && ip link set "$nic" up && ip addr add "${pair#*=}" dev "$nic"; then
+		echo "RF-ADDR $nic ${pair#*=}"
+	else
+		echo "RF-ADDR-FAILED $mac"
+	fi
+done
 if [ -b /dev/vda ]; then
 	mount -o ro /dev/vda /mnt || echo "RF-MOUNT-FAILED /dev/vda"
 fi

@@ -32,6 +32,10 @@ const (
 	debianAgentUnit = "rf-agent.service"
 	// debianHostKeysUnit generates the SSH host key at first boot.
 	debianHostKeysUnit = "rf-ssh-host-keys.service"
+	// debianCmdlineUnit applies what the supervisor puts on the kernel
+	// command line (rf.addr=, rf.ssh_key=) before the network and sshd
+	// start.
+	debianCmdlineUnit = "rf-cmdline.service"
 	// debianHostKey is the one SSH host key (ed25519: quick to make, even
 	// under nested emulation, unlike RSA).
 	debianHostKey = "/etc/ssh/ssh_host_ed25519_key"
@@ -114,6 +118,22 @@ ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C "" -f ` + debianHostKey + `
 [Install]
 WantedBy=ssh.service
 `},
+		{Path: "/etc/systemd/system/" + debianCmdlineUnit, Mode: 0o644, Data: `[Unit]
+Description=RainForest subOS settings from the kernel command line (rf.addr=, rf.ssh_key=)
+DefaultDependencies=no
+After=local-fs.target
+Before=systemd-networkd.service ssh.service network-pre.target
+Wants=network-pre.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=` + DebianToolsDir + `/rf-cmdline
+
+[Install]
+WantedBy=sysinit.target
+`},
+		{Path: DebianToolsDir + "/rf-cmdline", Mode: 0o755, Data: debianCmdlineScript},
 		{Path: "/etc/systemd/system/" + debianAgentUnit, Mode: 0o644, Data: `[Unit]
 Description=RainForest agent (rfm exec, rfm stats, health) on vsock port 1024
 StartLimitIntervalSec=0
@@ -136,6 +156,40 @@ WantedBy=multi-user.target
 	return files
 }
 
+// debianCmdlineScript applies the supervisor's settings on the kernel
+// command line: rf.addr=MAC=ADDR/LEN[,...] (loop network NICs: a static
+// address for the NIC of that MAC, as a networkd file that sorts before
+// the DHCP one) and rf.ssh_key=TYPE:BASE64[,...] (keys root may log in
+// with, added to its authorized_keys).
+const debianCmdlineScript = `#!/bin/sh
+# RainForest subOS: settings the supervisor put on the kernel command line.
+# (RF_CMDLINE and RF_ROOT are for tests.)
+set -u
+root=${RF_ROOT:-}
+param() {
+	for w in $(cat "${RF_CMDLINE:-/proc/cmdline}"); do
+		case "$w" in "$1="*) echo "${w#*=}"; return ;; esac
+	done
+}
+mkdir -p "$root/run/systemd/network"
+i=0
+for pair in $(param rf.addr | tr , ' '); do
+	mac=${pair%%=*}
+	addr=${pair#*=}
+	printf '[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s\nDHCP=no\n' "$mac" "$addr" >"$root/run/systemd/network/10-rf-addr-$i.network"
+	echo "rf-cmdline: $mac gets $addr"
+	i=$((i + 1))
+done
+for key in $(param rf.ssh_key | tr , ' '); do
+	line="${key%%:*} ${key#*:}"
+	keys=$root/root/.ssh/authorized_keys
+	mkdir -p -m 700 "$root/root/.ssh"
+	grep -qxF "$line" "$keys" 2>/dev/null || echo "$line" >>"$keys"
+	chmod 600 "$keys"
+	echo "rf-cmdline: a key for root (${key%%:*})"
+done
+`
+
 // debianSetupScript is the sh script BuildDebian runs chrooted in the
 // root file system after writing debianFiles: module index of the kernel
 // release, the services enabled, what must not run, and no SSH host key
@@ -144,7 +198,7 @@ func debianSetupScript(release string) string {
 	return `set -e
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 depmod -a ` + shquote.Quote(release) + `
-systemctl enable systemd-networkd.service systemd-network-generator.service ` + debianAgentUnit + ` ` + debianHostKeysUnit + `
+systemctl enable systemd-networkd.service systemd-network-generator.service ` + debianAgentUnit + ` ` + debianHostKeysUnit + ` ` + debianCmdlineUnit + `
 # First boot must not stop at prompts for a locale, a time zone or a
 # root password on the console.
 systemctl mask systemd-firstboot.service

@@ -112,6 +112,8 @@ func TestDebianFiles(t *testing.T) {
 			"KbdInteractiveAuthentication no\n", "HostKey " + debianHostKey + "\n"},
 		"/etc/systemd/system/rf-agent.service": {"ExecStart=" + DebianToolsDir + "/rf-agent\n", "Restart=always\n",
 			"StartLimitIntervalSec=0\n", "WantedBy=multi-user.target\n"},
+		"/etc/systemd/system/rf-cmdline.service": {"Before=systemd-networkd.service ssh.service network-pre.target\n",
+			"ExecStart=" + DebianToolsDir + "/rf-cmdline\n", "WantedBy=sysinit.target\n"},
 		"/etc/systemd/system/rf-ssh-host-keys.service": {"Before=ssh.service\n", "ConditionPathExists=!" + debianHostKey + "\n",
 			"ssh-keygen -q -t ed25519 -N \"\" -C \"\" -f " + debianHostKey + "\n", "WantedBy=ssh.service\n"},
 	} {
@@ -149,7 +151,7 @@ func TestDebianFiles(t *testing.T) {
 func TestDebianSetupScript(t *testing.T) {
 	s := debianSetupScript("6.1.0-57-cloud-amd64")
 	for _, w := range []string{"set -e\n", "depmod -a 6.1.0-57-cloud-amd64\n",
-		"systemctl enable systemd-networkd.service systemd-network-generator.service rf-agent.service rf-ssh-host-keys.service\n",
+		"systemctl enable systemd-networkd.service systemd-network-generator.service rf-agent.service rf-ssh-host-keys.service rf-cmdline.service\n",
 		"systemctl mask systemd-firstboot.service\n", "systemctl disable apt-daily.timer apt-daily-upgrade.timer\n",
 		"rm -f /etc/ssh/ssh_host_*\n"} {
 		if !strings.Contains(s, w) {
@@ -211,5 +213,34 @@ func TestWriteSystemFiles(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(outside, "x")); err == nil {
 		t.Error("a file appeared outside the tree")
+	}
+}
+
+// TestDebianCmdlineScript runs the script on a command line of its own:
+// loop NIC addresses become networkd files by MAC, keys go into root's
+// authorized_keys once however often it runs.
+func TestDebianCmdlineScript(t *testing.T) {
+	dir := t.TempDir()
+	script, cmdline := filepath.Join(dir, "rf-cmdline"), filepath.Join(dir, "cmdline")
+	if err := os.WriteFile(script, []byte(debianCmdlineScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(cmdline, []byte("console=hvc0 rf.addr=02:aa:bb:cc:00:00=10.99.0.2/24,02:aa:bb:cc:00:01=10.98.0.3/24 rf.ssh_key=ssh-ed25519:AAAAC3Nz quiet\n"), 0o644)
+	root := filepath.Join(dir, "root")
+	for range 2 {
+		cmd := exec.Command("sh", script)
+		cmd.Env = append(os.Environ(), "RF_CMDLINE="+cmdline, "RF_ROOT="+root)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %s", err, out)
+		}
+	}
+	for f, want := range map[string]string{
+		"run/systemd/network/10-rf-addr-0.network": "[Match]\nMACAddress=02:aa:bb:cc:00:00\n\n[Network]\nAddress=10.99.0.2/24\nDHCP=no\n",
+		"run/systemd/network/10-rf-addr-1.network": "[Match]\nMACAddress=02:aa:bb:cc:00:01\n\n[Network]\nAddress=10.98.0.3/24\nDHCP=no\n",
+		"root/.ssh/authorized_keys":                "ssh-ed25519 AAAAC3Nz\n",
+	} {
+		if b, err := os.ReadFile(filepath.Join(root, f)); err != nil || string(b) != want {
+			t.Errorf("%s = %q (%v), want %q", f, b, err, want)
+		}
 	}
 }

@@ -38,6 +38,7 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/virtio/mem"
+	"rainforest/vmm/virtio/net/vhostnet"
 	"rainforest/vmm/vm"
 )
 
@@ -113,6 +114,12 @@ type Machine struct {
 	sci     *platform.SCI
 	slots   *slots
 	memdev  *mem.Device // the hotplug memory's model, or nil
+	// netCounters are the nets' counter readers (func() map[string]uint64)
+	// by id, while their devices are plugged.
+	netCounters sync.Map
+	// vhostNets are the nets given vhost-net, by id (NetVhost).
+	vhostNetsMu sync.Mutex
+	vhostNets   map[string]*vhostnet.Device
 
 	started atomic.Bool // Run began: devices come and go by hotplug
 

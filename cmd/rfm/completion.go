@@ -24,7 +24,7 @@ const completionTimeout = 2 * time.Second
 func addCompletions(root *cobra.Command, g *globalFlags) {
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats", "resize", "autoscale", "share":
+		case "inspect", "logs", "console", "attach", "grant", "message", "exec", "stats", "resize", "autoscale", "share", "ssh":
 			c.ValidArgsFunction = g.completeArgs(false, nil)
 		case "destroy", "lend", "return":
 			c.ValidArgsFunction = g.completeArgs(true, nil)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -297,9 +299,16 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 	fmt.Fprintf(w, "PROCESSES\t%d\n", st.Processes)
 	if h := st.Host; h != nil {
 		// What the host charges the subOS: its cgroup's CPU time.
-		fmt.Fprintf(w, "HOST CPU\tvCPUs %.2fs, VMM back ends %.2fs, other back ends %.2fs\n", h.VCPUSeconds, h.BackendSeconds, h.OtherSeconds)
+		vhost := ""
+		if h.VhostSeconds > 0 {
+			vhost = fmt.Sprintf(" (vhost %.2fs)", h.VhostSeconds)
+		}
+		fmt.Fprintf(w, "HOST CPU\tvCPUs %.2fs, VMM back ends %.2fs%s, other back ends %.2fs\n", h.VCPUSeconds, h.BackendSeconds, vhost, h.OtherSeconds)
 		for _, p := range h.Processes {
 			fmt.Fprintf(w, "  %d\t%s %.2fs\n", p.PID, untrusted.EscapeTerminal([]byte(p.Comm)), p.CPUSeconds)
+		}
+		for _, n := range h.NICs {
+			fmt.Fprintf(w, "NIC %s\t%s\n", n.ID, counterLine(n.Counters))
 		}
 	}
 	shareLines(w, st)
@@ -310,3 +319,16 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 
 // jsonLine writes v as one line of JSON.
 func jsonLine(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
+
+// counterLine lists counters as name=value, sorted by name ("none" for
+// none).
+func counterLine(c map[string]uint64) string {
+	if len(c) == 0 {
+		return "none"
+	}
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(c)) {
+		parts = append(parts, k+"="+strconv.FormatUint(c[k], 10))
+	}
+	return strings.Join(parts, " ")
+}

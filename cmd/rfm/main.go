@@ -91,7 +91,7 @@ Exit status:
 		destroyCommand(g), psCommand(g), inspectCommand(g), logsCommand(g), eventsCommand(g), checkCommand(g),
 		messageCommand(g), boardCommand(g), attachCommand(g), detachCommand(g), grantCommand(g), revokeCommand(g),
 		versionCommand(g), infoCommand(g), execCommand(g), statsCommand(g), resizeCommand(g), autoscaleCommand(g), lendCommand(g),
-		returnCommand(g), loansCommand(g), uplinkCommand(), shareCommand(g), unshareCommand(g), genManCommand(root))
+		returnCommand(g), loansCommand(g), uplinkCommand(), shareCommand(g), unshareCommand(g), sshCommand(g), genManCommand(root))
 	addVersionFlag(root, g)
 	addCompletions(root, g)
 	// cobra's own commands get examples too.

@@ -151,7 +151,11 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 	defer tails.stop()
 	sizes := l.SegmentSizes()
 	for _, so := range l.SubOSes {
-		spec := specFromLayout(so, appendArgs, sizes)
+		spec, err := specFromLayout(so, appendArgs, sizes)
+		if err != nil {
+			destroyAll()
+			return err
+		}
 		info, err := sup.Create(ctx, spec)
 		if err != nil {
 			destroyAll()
@@ -181,13 +185,13 @@ func runLayout(ctx context.Context, g *globalFlags, f *supervisorFlags, imagesDi
 
 // specFromLayout converts a layout's subOS; sizes gives every segment's size
 // (any grant may be the first to reach the supervisor).
-func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64) supervisor.Spec {
+func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64) (supervisor.Spec, error) {
 	spec := supervisor.Spec{Name: so.Name, CPUs: so.CPUs, Cores: so.Cores, MaxCPUs: so.MaxCPUs, Memory: so.Memory, MaxMemory: so.MaxMemory, PageSize: so.PageSize,
 		Kernel: so.Kernel, Initrd: so.Initrd, CmdlineAppend: strings.TrimSpace(so.CmdlineAppend + " " + appendArgs), Devices: so.Devices}
 	spec.Class = so.Class
 	for _, n := range so.Nets {
 		spec.Nets = append(spec.Nets, supervisor.NIC{ID: n.ID, Bridge: n.Bridge, CreateBridge: n.CreateBridge, BridgeAddress: n.BridgeAddress, TAP: n.TAP, MAC: n.MAC,
-			User: n.User, Publish: n.Publish, HostLoopback: n.HostLoopback})
+			User: n.User, Publish: n.Publish, HostLoopback: n.HostLoopback, Vhost: n.Vhost, Loop: n.Loop, LoopMembers: n.LoopMembers, LoopSubnet: n.LoopSubnet})
 	}
 	if a := so.Autoscale; a != nil {
 		spec.Autoscale = &supervisor.AutoscaleSpec{Lower: supervisor.Duration(a.Lower), Upper: supervisor.Duration(a.Upper),
@@ -204,7 +208,18 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 		spec.Segments = append(spec.Segments, supervisor.SegmentGrant{Name: g.Name, Size: sizes[g.Name], ReadOnly: g.ReadOnly})
 	}
 	spec.Shares = append(spec.Shares, so.Shares...)
-	return spec
+	for _, f := range so.SSHKeys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return spec, fmt.Errorf("subos %s: ssh_keys: %w", so.Name, err)
+		}
+		keys, err := supervisor.ParseSSHKeys(string(b))
+		if err != nil {
+			return spec, fmt.Errorf("subos %s: ssh_keys: %s: %w", so.Name, f, err)
+		}
+		spec.SSHKeys = append(spec.SSHKeys, keys...)
+	}
+	return spec, nil
 }
 
 func problemsError(probs []layout.Problem) error {

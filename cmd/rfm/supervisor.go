@@ -228,7 +228,7 @@ func serveMetrics(ctx context.Context, ln net.Listener, s *supervisor.Supervisor
 func createCommand(g *globalFlags) *cobra.Command {
 	var spec supervisor.Spec
 	var memory, maxMemory, pageSize, cores, logSize, logRate, image string
-	var disks, segments, nets, publish, shares []string
+	var disks, segments, nets, publish, shares, sshKeys []string
 	var node int
 	cmd := &cobra.Command{
 		Use:   "create NAME",
@@ -266,6 +266,16 @@ What it is given:
                      the subOS's cgroup; the image mounts it at /mnt/TAG. ro:
                      read-only, enforced on the host; root: allow sharing /;
                      repeatable
+  --net user[,...] | bridge=NAME[,...] | tap=NAME | loop=NAME[,members=A+B...]
+                     a NIC: the rootless uplink (NAT, DHCP, DNS), a TAP in
+                     a bridge, a TAP alone, or a loop network between
+                     subOSes (RFloop, shared memory; its first member names
+                     them all, each gets 10.99.0.2, .3, ... in that order);
+                     repeatable
+  --publish [ADDR:]HOSTPORT:GUESTPORT[/udp]
+                     a guest port on the host through the uplink
+  --ssh-key FILE     public keys (a .pub or authorized_keys file) root may
+                     log in with, for images with sshd (rfm ssh); repeatable
   --device PCI       PCI passthrough: not supported yet, refused
 Its console (rfm logs, rfm console):
   --console-log-size SIZE
@@ -284,10 +294,13 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create api --cpus 2 --class latency-critical
   rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G
   rfm create web --cpus 1 --net bridge=br0
+  rfm create web --cpus 1 --net bridge=br0,vhost=off
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
   rfm create router --cpus 1 --net tap=rf-router0
+  rfm create a --cpus 1 --net loop=lan0,members=a+b
+  rfm create b --cpus 1 --net loop=lan0
   rfm create web --cpus 1 --net user --publish 8080:80
-  rfm create deb1 --cpus 1 --memory 1G --image debian --net user --publish 2222:22
+  rfm create deb1 --cpus 1 --memory 1G --image debian --ssh-key ~/.ssh/id_ed25519.pub --publish 2222:22
   rfm create dev --cpus 1 --share /srv/src:src --share /srv/docs:docs,ro`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -358,6 +371,17 @@ whole first: every problem is listed and nothing is reserved.`,
 				}
 				spec.Segments = append(spec.Segments, grant)
 			}
+			for _, f := range sshKeys {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return usageErrorf("--ssh-key: %w", err)
+				}
+				keys, err := supervisor.ParseSSHKeys(string(b))
+				if err != nil {
+					return usageErrorf("--ssh-key %s: %w", f, err)
+				}
+				spec.SSHKeys = append(spec.SSHKeys, keys...)
+			}
 			spec.Kernel, spec.Initrd = abs(spec.Kernel), abs(spec.Initrd)
 			switch image {
 			case "", "initramfs":
@@ -394,6 +418,7 @@ whole first: every problem is listed and nothing is reserved.`,
 	fl.StringArrayVar(&nets, "net", nil, "network interface "+nicSyntax+"; repeatable")
 	fl.StringArrayVarP(&publish, "publish", "p", nil, "publish a guest port on the host through the uplink, [ADDR:]HOSTPORT:GUESTPORT[/udp] (adds a --net user NIC when there is none); repeatable")
 	fl.StringArrayVar(&shares, "share", nil, shareFlagHelp)
+	fl.StringArrayVar(&sshKeys, "ssh-key", nil, "public key file (.pub or authorized_keys) root may log in with over SSH; repeatable")
 	fl.StringVar(&logSize, "console-log-size", "", "cap of the console log, e.g. 256K (default 1M)")
 	fl.StringVar(&logRate, "console-rate", "", "console output kept per second, e.g. 16K (default 64K)")
 	fixedValues(cmd, "page-size", "2M\t2 MiB hugepages", "1G\t1 GiB hugepages")
@@ -402,7 +427,7 @@ whole first: every problem is listed and nothing is reserved.`,
 }
 
 // nicSyntax is --net's syntax.
-const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]"
+const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; a TAP NIC with [,vhost=auto|on|off]; or loop=NAME[,members=A+B...][,subnet=CIDR][,id=ID]"
 
 // parseNIC parses --net: a TAP in a bridge (made when create is given,
 // with the host's address on it), or a TAP on its own.
@@ -429,17 +454,44 @@ func parseNIC(v string) (supervisor.NIC, error) {
 			n.Publish = append(n.Publish, val)
 		case p == "host-loopback":
 			n.HostLoopback = true
+		case k == "loop" && hasVal && val != "":
+			n.Loop = val
+		case k == "members" && hasVal && val != "":
+			n.LoopMembers = strings.Split(val, "+")
+		case k == "subnet" && hasVal && val != "":
+			n.LoopSubnet = val
+		case k == "vhost" && (val == supervisor.VhostAuto || val == supervisor.VhostOn || val == supervisor.VhostOff):
+			n.Vhost = val
 		default:
 			return n, usageErrorf("--net %q: unknown or empty option %q (%s)", v, p, nicSyntax)
 		}
 	}
-	if n.Bridge == "" && n.TAP == "" && !n.User {
-		return n, usageErrorf("--net %q: give user, bridge=NAME or tap=NAME (%s)", v, nicSyntax)
+	if n.Bridge == "" && n.TAP == "" && !n.User && n.Loop == "" {
+		return n, usageErrorf("--net %q: give user, bridge=NAME, tap=NAME or loop=NAME (%s)", v, nicSyntax)
+	}
+	if n.Loop == "" && (len(n.LoopMembers) > 0 || n.LoopSubnet != "") {
+		return n, usageErrorf("--net %q: members and subnet are for a loop network (loop=NAME)", v)
 	}
 	if n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != "") {
 		return n, usageErrorf("--net %q: create and address are for a bridge", v)
 	}
+	if n.User && n.Vhost != "" {
+		return n, usageErrorf("--net %q: vhost is for a NIC on a TAP", v)
+	}
 	return n, nil
+}
+
+// nicsTable lists a running subOS's NICs on TAPs and who moves their
+// frames (rfm inspect -o table): vhost "on" is the host kernel's
+// vhost-net; nothing without such NICs.
+func nicsTable(w io.Writer, i supervisor.Info) {
+	if len(i.Nets) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nNIC\tTAP\tVHOST")
+	for _, n := range i.Nets {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.ID, n.TAP, n.Vhost)
+	}
 }
 
 // parseSegment parses --segment NAME[,size=SIZE][,ro].
@@ -656,6 +708,7 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 			}
 			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) {
 				psTable(w, []supervisor.Info{info})
+				nicsTable(w, info)
 				sharesTable(w, info)
 			})
 		},

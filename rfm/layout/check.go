@@ -352,6 +352,9 @@ func (ck *checker) subOS(i int) {
 	if s.Initrd != ck.l.Defaults.Initrd {
 		ck.file(i, s.Name, "initrd", s.Initrd, false)
 	}
+	for j, k := range s.SSHKeys {
+		ck.file(i, s.Name, fmt.Sprintf("ssh_keys[%d]", j), k, false)
+	}
 	segs := map[string]int{}
 	for j, g := range s.Segments {
 		field := fmt.Sprintf("segments[%d]", j)
@@ -524,6 +527,18 @@ func (ck *checker) crossSubOS() {
 				}
 			} else {
 				disks[key] = diskUse{i, d.ReadOnly}
+			}
+		}
+	}
+	ck.loopNetworks()
+}
+
+// loopNetworks checks that every loop network has two members at least.
+func (ck *checker) loopNetworks() {
+	for i, s := range ck.l.SubOSes {
+		for j, n := range s.Nets {
+			if n.Loop != "" && len(n.LoopMembers) < 2 {
+				ck.add(i, s.Name, fmt.Sprintf("nets[%d]", j), "loop network %q has one member (%s): a loop network needs at least two", n.Loop, s.Name)
 			}
 		}
 	}

@@ -36,8 +36,11 @@ const DefaultHotplugMemory = 512 << 20
 //
 // Each subOS gets min(DefaultMaxMemory, MemTotal/8) of 2M pages (at least
 // one page), can grow by DefaultHotplugMemory while it runs, has a NIC on
-// the rootless uplink (outbound network, no host setup), boots images/vmlinux with images/initramfs.cpio.gz, and has
-// images/disk.img read-only, where images is imagesDir.
+// the rootless uplink (outbound network, no host setup) and, with two
+// subOSes, a second on the loop network DefaultLoopNetwork between them
+// (RFloop, the supervisor's default subnet), boots images/vmlinux with
+// images/initramfs.cpio.gz, and has images/disk.img read-only, where
+// images is imagesDir.
 func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 	l := &Layout{Defaults: Defaults{
 		Kernel:   filepath.Join(imagesDir, images.VmlinuxName),
@@ -78,7 +81,14 @@ func Default(inv *partitioner.Inventory, imagesDir string) *Layout {
 			Initrd:    l.Defaults.Initrd,
 			Disks:     []Disk{{Path: filepath.Join(imagesDir, images.DiskName), ReadOnly: true}},
 			Segments:  []Segment{{Name: DefaultSegment, Size: DefaultSegmentSize}},
+			Nets:      []NIC{{User: true}},
 		})
+	}
+	if len(l.SubOSes) == 2 {
+		for i := range l.SubOSes {
+			l.SubOSes[i].Nets = append(l.SubOSes[i].Nets, NIC{Loop: DefaultLoopNetwork})
+		}
+		l.fillLoopMembers()
 	}
 	return l
 }

@@ -2,6 +2,7 @@ package layout
 
 import (
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -54,6 +55,13 @@ func TestDefault(t *testing.T) {
 				if s.Kernel != filepath.Join(dir, "vmlinux") || s.Initrd != filepath.Join(dir, "initramfs.cpio.gz") ||
 					!slices.Equal(s.Disks, []Disk{{Path: filepath.Join(dir, "disk.img"), ReadOnly: true}}) {
 					t.Errorf("subOS %d images: %+v", i, s)
+				}
+				want := []NIC{{User: true}}
+				if len(tc.cores) == 2 {
+					want = append(want, NIC{Loop: DefaultLoopNetwork, LoopMembers: []string{DefaultSubOSA, DefaultSubOSB}})
+				}
+				if !reflect.DeepEqual(s.Nets, want) {
+					t.Errorf("subOS %d NICs %+v, want %+v", i, s.Nets, want)
 				}
 			}
 			led, err := ledger.New(tc.inv, l.Supervisor.Cores)

@@ -34,11 +34,18 @@
 //	    shares: [{path: /srv/data, tag: data}, {path: /srv/docs, tag: docs, readonly: true}]
 //	    devices: ["0000:00:1f.2"] # refused until PCI passthrough exists
 //	    cmdline_append: "rf.cat=/hello.txt"
+//	    ssh_keys: [~/.ssh/id_ed25519.pub]  # public key files root may log in
+//	                       # with (images with sshd; relative to this file)
 //	    nets:              # NICs: virtio-net on a TAP the supervisor makes
 //	      - network: lan   # a network below; or bridge: br0 (the user's),
-//	                       # or tap: rf-web0 alone; mac: and id: optional
+//	                       # or tap: rf-web0 alone; mac: and id: optional;
+//	                       # vhost: auto (default), on or off (in-kernel
+//	                       # vhost-net data path)
 //	      - user: true     # or the rootless uplink (NAT, DHCP, DNS)
+//	      - network: backplane  # or a loop network below
 //	    ports: ["8080:80"] # guest ports published through the uplink
+//	    loop: true         # a NIC on the loop network "loop" of every
+//	                       # subOS that says so (RFloop, 10.99.0.0/24)
 //	  - name: api
 //	    cpus: 2
 //	    memory: 512M
@@ -55,6 +62,10 @@
 //	  - name: lan          # a bridge (bridge: NAME, default the name)
 //	    create: true       # made by the supervisor, removed with its last
 //	    address: 10.77.0.1/24   # subOS; the host's address on it
+//	  - name: backplane    # a loop network (RFloop): subOS to subOS through
+//	    loop: true         # shared memory; its members are the subOSes
+//	    subnet: 10.98.0.0/24    # with a NIC on it (two at least), member
+//	                       # k at address k+2, held to it
 //
 // Sizes and cpulist strings follow internal/units: whole numbers of bytes
 // with an optional unit K, M, G or T, optionally followed by B or iB, all
@@ -106,12 +117,24 @@ type Layout struct {
 // Network is a named network of the layout: a bridge (Bridge, or the
 // network's name), made by the supervisor when Create is set (with the
 // host's Address on it, CIDR, optional) and removed with its last subOS.
+//
+// With Loop set it is a loop network instead (RFloop: subOS to subOS
+// through shared memory, no bridge): its members are the subOSes with a
+// NIC on it, in file order (Parse fills in each NIC's LoopMembers), at
+// least two; Subnet is its IPv4 subnet (the supervisor's default when
+// empty), member k getting address k+2.
 type Network struct {
 	Name    string
 	Bridge  string
 	Create  bool
 	Address string
+	Loop    bool
+	Subnet  string
 }
+
+// DefaultLoopNetwork is the loop network of the subOSes that say
+// loop: true (and of the default layout's subOSes).
+const DefaultLoopNetwork = "loop"
 
 // NIC is a network interface of a subOS: a TAP in a bridge (Network's,
 // resolved by Parse into Bridge, CreateBridge and BridgeAddress; or
@@ -130,6 +153,16 @@ type NIC struct {
 	User         bool
 	Publish      []string
 	HostLoopback bool
+	// Loop is the loop network the NIC is on (a network of the layout
+	// with loop: true, or DefaultLoopNetwork for a subOS's loop: true);
+	// LoopMembers are its members and LoopSubnet its subnet, filled in
+	// by Parse.
+	Loop        string
+	LoopMembers []string
+	LoopSubnet  string
+	// Vhost is "auto" (or ""), "on" or "off": whether the TAP NIC's
+	// frames go through the host kernel's vhost-net.
+	Vhost string
 }
 
 // Supervisor holds the supervisor's own resources.
@@ -176,6 +209,9 @@ type SubOS struct {
 	// not exist yet: Check vets the addresses, and the supervisor's checker
 	// (supervisor.Admission, used by rfm check and rfm run) refuses them.
 	Devices []string
+	// SSHKeys are files of public keys (.pub, authorized_keys) root may
+	// log in with over SSH (images with sshd: the Debian one).
+	SSHKeys []string
 	// CmdlineAppend is appended to the guest kernel command line.
 	CmdlineAppend string
 	// Segments are shared-memory segments this subOS is granted (the
@@ -283,6 +319,9 @@ func (l *Layout) ResolvePaths(dir string) {
 				}
 				s.Shares[j].Path = p
 			}
+		}
+		for j := range s.SSHKeys {
+			s.SSHKeys[j] = rebase(s.SSHKeys[j])
 		}
 	}
 }

@@ -384,11 +384,20 @@ func (p *parser) layout(doc *yaml.Node) *Layout {
 					{"bridge", func(v *yaml.Node, path string) { p.str(v, path, &nw.Bridge) }},
 					{"create", func(v *yaml.Node, path string) { p.boolean(v, path, &nw.Create) }},
 					{"address", func(v *yaml.Node, path string) { p.str(v, path, &nw.Address) }},
+					{"loop", func(v *yaml.Node, path string) { p.boolean(v, path, &nw.Loop) }},
+					{"subnet", func(v *yaml.Node, path string) { p.str(v, path, &nw.Subnet) }},
 				})
-				if nw.Name == "" {
+				switch {
+				case nw.Name == "":
 					p.errorf(item, ip, "a network needs a name")
+				case nw.Loop && (nw.Bridge != "" || nw.Create || nw.Address != ""):
+					p.errorf(item, ip, "a loop network has no bridge, create or address (subnet: gives its addresses)")
+				case !nw.Loop && nw.Subnet != "":
+					p.errorf(item, ip, "subnet is for a loop network (loop: true)")
+				case nw.Name == DefaultLoopNetwork && !nw.Loop:
+					p.errorf(item, ip, "network %q is the loop network of loop: true; name a bridge network otherwise", nw.Name)
 				}
-				if nw.Bridge == "" {
+				if nw.Bridge == "" && !nw.Loop {
 					nw.Bridge = nw.Name
 				}
 				l.Networks = append(l.Networks, nw)
@@ -409,7 +418,28 @@ func (p *parser) layout(doc *yaml.Node) *Layout {
 	for _, sub := range subs {
 		l.SubOSes = append(l.SubOSes, p.subOS(sub.n, sub.path, l.Defaults, l.Networks))
 	}
+	l.fillLoopMembers()
 	return l
+}
+
+// fillLoopMembers gives every loop NIC its network's members: the
+// subOSes with a NIC on it, in file order.
+func (l *Layout) fillLoopMembers() {
+	members := map[string][]string{}
+	for _, so := range l.SubOSes {
+		for _, n := range so.Nets {
+			if n.Loop != "" && !slices.Contains(members[n.Loop], so.Name) {
+				members[n.Loop] = append(members[n.Loop], so.Name)
+			}
+		}
+	}
+	for i := range l.SubOSes {
+		for j := range l.SubOSes[i].Nets {
+			if n := &l.SubOSes[i].Nets[j]; n.Loop != "" {
+				n.LoopMembers = slices.Clone(members[n.Loop])
+			}
+		}
+	}
 }
 
 func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network) SubOS {
@@ -472,6 +502,7 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 			})
 		}},
 		{"cmdline_append", func(v *yaml.Node, path string) { p.str(v, path, &s.CmdlineAppend) }},
+		{"ssh_keys", func(v *yaml.Node, path string) { p.strings(v, path, &s.SSHKeys) }},
 		{"class", func(v *yaml.Node, path string) {
 			var c string
 			p.str(v, path, &c)
@@ -509,25 +540,49 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 					{"user", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.User) }},
 					{"host_loopback", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.HostLoopback) }},
 					{"publish", func(v *yaml.Node, path string) { p.strings(v, path, &nic.Publish) }},
+					{"vhost", func(v *yaml.Node, path string) {
+						p.str(v, path, &nic.Vhost)
+						switch nic.Vhost {
+						case "auto", "on", "off":
+						default:
+							p.errorf(v, path, "%q: want auto, on or off", nic.Vhost)
+						}
+					}},
 				})
 				switch {
 				case nic.Network != "" && nic.Bridge != "":
 					p.errorf(item, ip, "give network or bridge, not both")
 				case nic.Network != "":
-					found := false
-					for _, nw := range networks {
-						if nw.Name == nic.Network {
-							nic.Bridge, nic.CreateBridge, nic.BridgeAddress, found = nw.Bridge, nw.Create, nw.Address, true
-						}
-					}
-					if !found {
+					i := slices.IndexFunc(networks, func(nw Network) bool { return nw.Name == nic.Network })
+					switch {
+					case i < 0:
 						p.errorf(item, ip, "network %q is not in the layout's networks", nic.Network)
+					case networks[i].Loop:
+						if nic.TAP != "" || nic.MAC != "" || nic.User {
+							p.errorf(item, ip, "a NIC on loop network %q takes the tap, mac and address the network gives it", nic.Network)
+						}
+						nic.Loop, nic.LoopSubnet = nic.Network, networks[i].Subnet
+					default:
+						nw := networks[i]
+						nic.Bridge, nic.CreateBridge, nic.BridgeAddress = nw.Bridge, nw.Create, nw.Address
 					}
 				case nic.Bridge == "" && nic.TAP == "" && !nic.User:
 					p.errorf(item, ip, "give network, bridge, tap or user")
 				}
 				s.Nets = append(s.Nets, nic)
 			})
+		}},
+		{"loop", func(v *yaml.Node, path string) {
+			var on bool
+			p.boolean(v, path, &on)
+			if on {
+				i := slices.IndexFunc(networks, func(nw Network) bool { return nw.Name == DefaultLoopNetwork })
+				var subnet string
+				if i >= 0 {
+					subnet = networks[i].Subnet
+				}
+				s.Nets = append(s.Nets, NIC{Loop: DefaultLoopNetwork, LoopSubnet: subnet})
+			}
 		}},
 		{"ports", func(v *yaml.Node, path string) {
 			var ports []string

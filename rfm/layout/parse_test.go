@@ -132,7 +132,7 @@ subos:
 	}
 	for _, want := range []string{
 		`line 3: supervisor: unknown field "threads" (known: cores)`,
-		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, class, autoscale, nets, ports, segments, shares)`,
+		`line 6: subos[0]: unknown field "cpu" (known: name, cpus, cores, max_cpus, node, memory, max_memory, page_size, kernel, initrd, disks, devices, cmdline_append, ssh_keys, class, autoscale, nets, loop, ports, segments, shares)`,
 		`line 8: subos[0].disks[0]: unknown field "read_only" (known: id, path, readonly, direct, iops, iops_burst, bandwidth, bandwidth_burst)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
@@ -261,7 +261,7 @@ subos:
 - name: web
   cpus: 1
   memory: 64M
-  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07"}, {tap: rf-x}]
+  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07", vhost: off}, {tap: rf-x, vhost: on}]
 - name: api
   cpus: 1
   memory: 64M
@@ -271,7 +271,7 @@ subos:
 		t.Fatal(err)
 	}
 	want := []NIC{{Network: "lan", Bridge: "lan", CreateBridge: true, BridgeAddress: "10.77.0.1/24"},
-		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07"}, {TAP: "rf-x"}}
+		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07", Vhost: "off"}, {TAP: "rf-x", Vhost: "on"}}
 	if got := l.SubOSes[0].Nets; !reflect.DeepEqual(got, want) {
 		t.Errorf("nets %+v, want %+v", got, want)
 	}
@@ -283,6 +283,54 @@ subos:
 		"subos:\n- name: web\n  nets: [{}]\n",
 		"networks:\n- name: lan\nsubos:\n- name: web\n  nets: [{network: lan, bridge: br0}]\n",
 		"networks:\n- bridge: br0\n",
+		"subos:\n- name: web\n  nets: [{tap: rf-x, vhost: yes}]\n",
+	} {
+		if _, err := Parse(strings.NewReader(bad), 0); err == nil {
+			t.Errorf("Parse accepted:\n%s", bad)
+		}
+	}
+}
+
+// TestParseLoopNets: loop: true puts a subOS on the loop network "loop",
+// a network with loop: true is a named one; each NIC gets its network's
+// members in file order; a loop network of one member is a problem of
+// Check; bridge settings on a loop network are refused.
+func TestParseLoopNets(t *testing.T) {
+	l, err := Parse(strings.NewReader(`networks:
+- name: back
+  loop: true
+  subnet: 10.98.0.0/24
+subos:
+- {name: a, cpus: 1, memory: 64M, loop: true, nets: [{network: back}]}
+- {name: b, cpus: 1, memory: 64M, loop: true}
+- {name: c, cpus: 1, memory: 64M, nets: [{network: back}]}
+`), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := NIC{Network: "back", Loop: "back", LoopMembers: []string{"a", "c"}, LoopSubnet: "10.98.0.0/24"}
+	loop := NIC{Loop: DefaultLoopNetwork, LoopMembers: []string{"a", "b"}}
+	// In the order of the file.
+	for i, want := range [][]NIC{{loop, back}, {loop}, {back}} {
+		if got := l.SubOSes[i].Nets; !reflect.DeepEqual(got, want) {
+			t.Errorf("subOS %s: nets %+v, want %+v", l.SubOSes[i].Name, got, want)
+		}
+	}
+
+	one, err := Parse(strings.NewReader("subos:\n- {name: a, cpus: 1, memory: 64M, loop: true}\n- {name: b, cpus: 1, memory: 64M}\n"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs := problemStrings(one.Check(fixture(4, 1, 1, 8<<30), nil))
+	if !slices.ContainsFunc(probs, func(p string) bool { return strings.Contains(p, `loop network "loop" has one member (a)`) }) {
+		t.Errorf("a loop network of one member: problems %q", probs)
+	}
+
+	for _, bad := range []string{
+		"networks:\n- {name: back, loop: true, create: true}\n",
+		"networks:\n- {name: lan, subnet: 10.0.0.0/24}\n",
+		"networks:\n- {name: loop}\n",
+		"networks:\n- {name: back, loop: true}\nsubos:\n- name: web\n  nets: [{network: back, mac: \"02:00:00:00:00:07\"}]\n",
 	} {
 		if _, err := Parse(strings.NewReader(bad), 0); err == nil {
 			t.Errorf("Parse accepted:\n%s", bad)

@@ -24,6 +24,7 @@ import (
 
 	"rainforest/internal/agentproto"
 	"rainforest/internal/buildinfo"
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 	"rainforest/vmm/virtio/vsock"
 )
@@ -384,6 +385,7 @@ func (s *Supervisor) AgentStats(name string) (AgentStats, error) {
 	if cg != "" {
 		if u, err := hostUsage(os.DirFS("/proc"), cg, pid); err == nil {
 			u.Backends = backends
+			u.NICs = s.nicCounters(so)
 			out.Host = u
 		}
 	}
@@ -446,3 +448,29 @@ func (s *Supervisor) Exec(ctx context.Context, name string, req agentproto.Exec)
 // NewExecStream is an ExecStream over c, a connection to an agent past
 // its Exec request (tests build them over pipes).
 func NewExecStream(c net.Conn) *ExecStream { return &ExecStream{Conn: agentproto.NewConn(c), c: c} }
+
+// nicCounters asks so's VMM for its NICs' counters (none when it does
+// not answer within a second).
+func (s *Supervisor) nicCounters(so *subOS) []NICCounters {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	devs, err := vmmctl.Devices(ctx, s.vmm(so))
+	if err != nil {
+		return nil
+	}
+	var out []NICCounters
+	for _, d := range devs {
+		if d.Kind == "net" {
+			out = append(out, NICCounters{ID: d.ID, Counters: nonNilCounters(d.Counters)})
+		}
+	}
+	return out
+}
+
+// nonNilCounters is c, or an empty map for nil (JSON {} rather than null).
+func nonNilCounters(c map[string]uint64) map[string]uint64 {
+	if c == nil {
+		return map[string]uint64{}
+	}
+	return c
+}

@@ -4,9 +4,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -14,7 +16,9 @@ import (
 
 	"rainforest/ledger"
 	"rainforest/net/uplink"
+	"rainforest/rfm/loopnet"
 	"rainforest/rfm/netdev"
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 )
 
@@ -54,6 +58,40 @@ type NIC struct {
 	User         bool     `json:"user,omitempty"`
 	Publish      []string `json:"publish,omitempty"`
 	HostLoopback bool     `json:"host_loopback,omitempty"`
+	// Loop puts the NIC on loop network Loop (RFloop, see loops.go)
+	// instead: LoopMembers are the network's members in order (this
+	// subOS among them; a later member may leave them out), LoopSubnet
+	// its IPv4 subnet (DefaultLoopSubnet when unset). Member k's MAC and
+	// address (k+2 in the subnet) are fixed by the network.
+	Loop        string   `json:"loop,omitempty"`
+	LoopMembers []string `json:"loop_members,omitempty"`
+	LoopSubnet  string   `json:"loop_subnet,omitempty"`
+	// Vhost says whether the TAP NIC's data path is in the host kernel
+	// (vhost-net): "auto" (the default, ""): when /dev/vhost-net opens;
+	// "on": required, the subOS is refused without it; "off": the VMM
+	// moves the frames itself. The VMM falls back to its own data path
+	// when vhost-net fails at run time (NICInfo.Vhost says which serves).
+	Vhost string `json:"vhost,omitempty"`
+}
+
+// Vhost modes of a NIC.
+const (
+	VhostAuto = "auto"
+	VhostOn   = "on"
+	VhostOff  = "off"
+)
+
+// NICInfo is a NIC of a running subOS and who moves its frames (rfm
+// inspect).
+type NICInfo struct {
+	ID  string `json:"id"`
+	TAP string `json:"tap,omitempty"`
+	// Vhost is who serves the NIC's queues, as its VMM reports: "on"
+	// (the host kernel's vhost-net), "ready" (vhost-net, once the
+	// guest's driver starts the device), "fallback" (the VMM, after
+	// vhost-net failed), "off" (the VMM), or "unknown" (the VMM did not
+	// say).
+	Vhost string `json:"vhost"`
 }
 
 // Network makes the host side of NICs (rfm/netdev in production).
@@ -74,6 +112,9 @@ type Network interface {
 	// OpenTAP creates TAP name, puts it in bridge (when not "") and sets
 	// it up; it returns its descriptor.
 	OpenTAP(name, bridge string) (*os.File, error)
+	// OpenVhostNet opens the host's vhost-net device (/dev/vhost-net);
+	// an error says why there is none.
+	OpenVhostNet() (*os.File, error)
 }
 
 // nicIDPattern is what a NIC's id may be (the VMM's device id rule).
@@ -88,8 +129,11 @@ func withNICDefaults(spec Spec) []NIC {
 		if n.ID == "" {
 			n.ID = "net" + strconv.Itoa(i)
 		}
-		if n.TAP == "" && !n.User {
+		if n.TAP == "" && !n.User && n.Loop == "" {
 			n.TAP = defaultTAPName(spec.Name, i)
+		}
+		if k := slices.Index(n.LoopMembers, spec.Name); n.MAC == "" && n.Loop != "" && k >= 0 {
+			n.MAC = loopnet.MemberMAC(n.Loop, k)
 		}
 		if n.MAC == "" {
 			n.MAC = netdev.MAC(spec.Name, i).String()
@@ -113,8 +157,9 @@ func defaultTAPName(name string, i int) string {
 // nicProblems lists what is wrong with spec's NICs, on their own and
 // beside others (the NICs of the subOSes that exist): ids, TAP names and
 // MACs unique, TAP names free on the host, bridges there unless they are
-// to be made, addresses well-formed.
+// to be made, addresses well-formed, loop networks whole (loopProblems).
 func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
+	spec = s.withLoopMembers(spec)
 	var probs []ledger.Problem
 	add := func(i int, field, format string, args ...any) {
 		probs = append(probs, ledger.Problem{Field: fmt.Sprintf("nets[%d].%s", i, field), Message: fmt.Sprintf(format, args...)})
@@ -126,7 +171,7 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 	for _, o := range others {
 		taken["tap "+o.TAP], taken["mac "+o.MAC] = "another subOS", "another subOS"
 	}
-	ids := map[string]bool{}
+	ids, loops := map[string]bool{}, map[string]bool{}
 	for i, n := range withNICDefaults(spec) {
 		switch {
 		case !nicIDPattern.MatchString(n.ID):
@@ -135,6 +180,13 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			add(i, "id", "%q names two NICs", n.ID)
 		}
 		ids[n.ID] = true
+		if n.Loop != "" {
+			probs = append(probs, s.loopProblems(spec.Name, i, spec.Nets[i])...)
+			if loops[n.Loop] {
+				add(i, "loop", "two NICs on loop network %q", n.Loop)
+			}
+			loops[n.Loop] = true
+		}
 		mac, err := netdev.ParseMAC(n.MAC)
 		if err != nil {
 			add(i, "mac", "%v", err)
@@ -143,9 +195,15 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 		} else {
 			taken["mac "+mac.String()] = "an earlier NIC of this subOS"
 		}
+		if n.Loop != "" {
+			continue
+		}
 		if n.User {
 			if n.Bridge != "" || n.TAP != "" {
 				add(i, "user", "a NIC is on the uplink (user), in a bridge or on a TAP: give one")
+			}
+			if n.Vhost == VhostOn {
+				add(i, "vhost", "vhost-net is for a NIC on a TAP, not on the uplink (user)")
 			}
 			for _, msg := range publishProblems(n) {
 				add(i, "publish", "%s", msg)
@@ -154,6 +212,19 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 		}
 		if len(n.Publish) > 0 || n.HostLoopback {
 			add(i, "publish", "publish and host_loopback are for a NIC on the uplink (user)")
+		}
+		switch n.Vhost {
+		case "", VhostAuto, VhostOff:
+		case VhostOn:
+			if s.cfg.Network != nil {
+				if f, err := s.cfg.Network.OpenVhostNet(); err != nil {
+					add(i, "vhost", "vhost on, but this host has no usable /dev/vhost-net (%v): load vhost_net, or give vhost auto or off", err)
+				} else {
+					f.Close()
+				}
+			}
+		default:
+			add(i, "vhost", "%q: want auto, on or off", n.Vhost)
 		}
 		if err := netdev.CheckName(n.TAP); err != nil {
 			add(i, "tap", "%v", err)
@@ -184,7 +255,7 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 	}
 	needTAPs, needUplinks := false, false
 	for _, n := range spec.Nets {
-		needTAPs, needUplinks = needTAPs || !n.User, needUplinks || n.User
+		needTAPs, needUplinks = needTAPs || !n.User && n.Loop == "", needUplinks || n.User
 	}
 	if needTAPs && s.cfg.Network == nil {
 		probs = append(probs, ledger.Problem{Field: "nets", Message: "this supervisor makes no network devices (no network back end configured)"})
@@ -216,6 +287,7 @@ func (s *Supervisor) allNICs(except string) []NIC {
 func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []config.Net, files map[string]*os.File, uplinks []UplinkProcess, undo func(), err error) {
 	files = map[string]*os.File{}
 	var made []string
+	var undoLoops []func()
 	undo = func() {
 		for _, f := range files {
 			f.Close()
@@ -226,6 +298,9 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 		for _, br := range made {
 			s.removeBridgeWhenEmpty(br, spec.Name, nil)
 		}
+		for _, u := range undoLoops {
+			u()
+		}
 	}
 	defer func() {
 		if err != nil {
@@ -233,6 +308,16 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 		}
 	}()
 	for _, n := range withNICDefaults(spec) {
+		if n.Loop != "" {
+			net, lf, undoLoop, err := s.openLoop(spec.Name, n)
+			if err != nil {
+				return nil, nil, nil, undo, err
+			}
+			undoLoops = append(undoLoops, undoLoop)
+			maps.Copy(files, lf)
+			nets = append(nets, net)
+			continue
+		}
 		if n.User {
 			f, p, err := s.startUplink(n, join)
 			if err != nil {
@@ -257,6 +342,17 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 			return nil, nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
 		}
 		files[config.NetFile(n.ID)] = f
+		if n.Vhost != VhostOff {
+			vf, err := s.cfg.Network.OpenVhostNet()
+			switch {
+			case err == nil:
+				files[config.VhostNetFile(n.ID)] = vf
+			case n.Vhost == VhostOn:
+				return nil, nil, nil, undo, fmt.Errorf("%w: nets %s: vhost on: %w", ErrInvalid, n.ID, err)
+			default:
+				s.log.Info("no vhost-net; the VMM moves the NIC's frames itself", "subos", spec.Name, "nic", n.ID, "err", err)
+			}
+		}
 		nets = append(nets, config.Net{ID: n.ID, MAC: n.MAC, Tap: n.TAP})
 	}
 	return nets, files, uplinks, undo, nil
@@ -299,8 +395,10 @@ func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
 
 // releaseNICs removes the bridges so's NICs are in that the supervisor
 // made (whichever subOS asked for them) and no other subOS uses, once its
-// VMM is gone (its TAPs go with it).
+// VMM is gone (its TAPs go with it), and closes the loop networks it was
+// the last member of.
 func (s *Supervisor) releaseNICs(so *subOS) {
+	s.releaseLoops(so)
 	if s.cfg.Network == nil {
 		return
 	}
@@ -327,6 +425,34 @@ func firstMAC(spec Spec) [6]byte {
 		if mac, err := netdev.ParseMAC(nics[0].MAC); err == nil {
 			copy(out[:], mac)
 		}
+	}
+	return out
+}
+
+// nicInfo lists so's TAP NICs and who serves their queues, as its VMM
+// reports in devices (nil: it did not answer).
+func nicInfo(spec Spec, devs []vmmctl.Device, asked bool) []NICInfo {
+	reported := map[string]string{}
+	for _, d := range devs {
+		if d.Kind == "net" {
+			reported[d.ID] = d.Vhost
+		}
+	}
+	var out []NICInfo
+	for _, n := range withNICDefaults(spec) {
+		if n.User {
+			continue
+		}
+		ni := NICInfo{ID: n.ID, TAP: n.TAP, Vhost: "unknown"}
+		if asked {
+			switch v := reported[n.ID]; v {
+			case "":
+				ni.Vhost = VhostOff
+			case "on", "ready", "fallback", "off":
+				ni.Vhost = v
+			}
+		}
+		out = append(out, ni)
 	}
 	return out
 }

@@ -334,3 +334,30 @@ func stopProcess(p Process, grace time.Duration) {
 	_ = p.Signal(syscall.SIGKILL)
 	<-p.Done()
 }
+
+// trimLog keeps the log at path (a back end's, written by a process that
+// holds it open with O_APPEND) under max bytes: past that it keeps the
+// last lines of its last max/2 bytes, after a line saying so. Lines a
+// writer appends while it trims may be lost; the log's size is what
+// matters (a guest can make a back end log).
+func trimLog(path string, max int64) error {
+	st, err := os.Stat(path)
+	if err != nil || st.Size() <= max {
+		return err
+	}
+	tail, err := untrusted.ReadTail(path, max/2)
+	if err != nil {
+		return err
+	}
+	if i := bytes.IndexByte(tail, '\n'); i >= 0 {
+		tail = tail[i+1:]
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC|os.O_APPEND, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	head := fmt.Sprintf("[rfm: the log passed %d bytes; earlier lines dropped]\n", max)
+	_, err = f.Write(append([]byte(head), tail...))
+	return err
+}

@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -120,5 +121,30 @@ func TestExecLauncherExitStatus(t *testing.T) {
 	<-p.Done()
 	if got, want := exitDetail(p, log), `VMM exited (exit status 3); last console line: "last \x1b[2J line"`; got != want {
 		t.Errorf("detail %s, want %s", got, want)
+	}
+}
+
+func TestTrimLog(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "v.log")
+	var b strings.Builder
+	for i := range 200 {
+		fmt.Fprintf(&b, "line %03d of a chatty back end\n", i)
+	}
+	os.WriteFile(path, []byte(b.String()), 0o600)
+	if err := trimLog(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(path); st.Size() != int64(b.Len()) {
+		t.Fatalf("a log under the cap was changed: %d bytes", st.Size())
+	}
+	if err := trimLog(path, 1024); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := os.ReadFile(path)
+	if len(got) > 1024 || !strings.HasPrefix(string(got), "[rfm: the log passed 1024 bytes") || !strings.HasSuffix(string(got), "line 199 of a chatty back end\n") {
+		t.Errorf("trimmed log (%d bytes):\n%s", len(got), got)
+	}
+	if l := strings.Split(string(got), "\n")[1]; !strings.HasPrefix(l, "line ") {
+		t.Errorf("the kept part starts inside a line: %q", l)
 	}
 }

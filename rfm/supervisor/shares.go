@@ -349,7 +349,15 @@ func (s *Supervisor) removeShareDir(name string) {
 	}
 }
 
-// watchBackend reports b's virtiofsd ending while so runs.
+// A virtiofsd's log (which a guest can make it write) is kept under
+// maxBackendLog bytes, looked at every backendLogCheck.
+const (
+	maxBackendLog   = 1 << 20
+	backendLogCheck = 10 * time.Second
+)
+
+// watchBackend reports b's virtiofsd ending while so runs, and keeps its
+// log bounded meanwhile.
 func (s *Supervisor) watchBackend(so *subOS, b *backend) {
 	if b.proc == nil {
 		return
@@ -361,12 +369,22 @@ func (s *Supervisor) watchBackend(so *subOS, b *backend) {
 	s.wg.Add(1)
 	go func() { // owner: the supervisor (Close), the subOS (stopped) or the share (release)
 		defer s.wg.Done()
-		select {
-		case <-b.proc.Done():
-		case <-so.stopped:
-			return
-		case <-b.done:
-			return
+		trim := time.NewTicker(backendLogCheck)
+		defer trim.Stop()
+	wait:
+		for {
+			select {
+			case <-b.proc.Done():
+				break wait
+			case <-so.stopped:
+				return
+			case <-b.done:
+				return
+			case <-trim.C:
+				if err := trimLog(b.log, maxBackendLog); err != nil && !errors.Is(err, os.ErrNotExist) {
+					s.log.Warn("trim back end log", "subos", so.info.Name, "share", b.spec.ID, "err", err)
+				}
+			}
 		}
 		t := time.NewTimer(s.backendGrace)
 		defer t.Stop()

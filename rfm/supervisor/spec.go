@@ -36,6 +36,9 @@ type Spec struct {
 	// its own as its first disk (id "root"), booted with root=/dev/vda;
 	// the copy goes with the subOS.
 	Image string `json:"image,omitempty"`
+	// SSHKeys are public keys ("TYPE BASE64") root may log in with over
+	// SSH (an image with sshd, such as the Debian one; see sshkeys.go).
+	SSHKeys []string `json:"ssh_keys,omitempty"`
 	// Devices are PCI addresses to pass through. Passthrough does not
 	// exist yet: Check and Create refuse a spec with any (RequestProblems).
 	Devices []string `json:"devices,omitempty"`
@@ -122,4 +125,7 @@ type Info struct {
 	AutoscaleLast *autoscale.Decision `json:"autoscale_last,omitempty"`
 	// Shares are its shares and the state of their virtiofsd.
 	Shares []ShareInfo `json:"shares,omitempty"`
+	// Nets are its NICs on TAPs and who moves their frames (vhost-net
+	// or the VMM), for a running subOS.
+	Nets []NICInfo `json:"nets,omitempty"`
 }

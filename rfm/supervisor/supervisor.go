@@ -127,6 +127,9 @@ type Supervisor struct {
 	restoreIRQ func() error   // undoes the last IRQ steering; under opMu
 	wg         sync.WaitGroup // watchers
 	share      sharing        // regions; under opMu
+	// loops are the loop networks the supervisor holds, by name (under
+	// mu; made and closed under opMu; see loops.go).
+	loops map[string]*loopNet
 
 	// crashPoint, set by tests only, is called at each step of an
 	// operation (see at).
@@ -225,7 +228,7 @@ func New(cfg Config) (*Supervisor, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{},
+	s := &Supervisor{cfg: cfg, log: cfg.Logger, ledger: l, store: st, subos: map[string]*subOS{}, loops: map[string]*loopNet{},
 		makeView: share.ReadOnlyView, removeView: share.RemoveView, backendGrace: backendExitGrace}
 	if err := s.readopt(); err != nil {
 		st.Close()
@@ -500,7 +503,7 @@ func maxMemoryProblems(spec Spec) []ledger.Problem {
 func (s *Supervisor) Check(spec Spec) []ledger.Problem {
 	probs := append(append(append(checkFiles(spec), segmentProblems(spec.Segments)...), maxCPUsProblems(spec)...), autoscaleProblems(spec)...)
 	probs = append(append(probs, maxMemoryProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...)
-	probs = append(probs, s.shareProblems("shares", spec.Shares)...)
+	probs = append(append(probs, s.shareProblems("shares", spec.Shares)...), sshKeyProblems(spec)...)
 	return append(probs, Admission{s.ledger}.Check(spec.Request())...)
 }
 
@@ -560,7 +563,8 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	if probs := append(append(append(append(checkFiles(spec), consoleProblems(spec)...), maxCPUsProblems(spec)...), maxMemoryProblems(spec)...), RequestProblems(spec.Request())...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
-	if probs := append(autoscaleProblems(spec), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
+	spec = s.withLoopMembers(spec) // the created spec names its loop networks' members
+	if probs := append(append(autoscaleProblems(spec), sshKeyProblems(spec)...), s.nicProblems(spec, s.allNICs(spec.Name))...); len(probs) > 0 {
 		return Info{}, &ProblemsError{Problems: probs}
 	}
 	spec.Shares = share.WithIDs(spec.Shares)
@@ -655,8 +659,10 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, closeNICs)
 	doc.Nets = nets
-	if arg := uplinkCmdline(spec); arg != "" {
-		doc.Append = strings.TrimSpace(doc.Append + " " + arg)
+	for _, arg := range []string{uplinkCmdline(spec), loopCmdline(spec), sshKeysCmdline(spec)} {
+		if arg != "" {
+			doc.Append = strings.TrimSpace(doc.Append + " " + arg)
+		}
 	}
 	// Shares: a virtiofsd each, in the subOS's cgroup; their sockets go
 	// to the VMM beside the TAPs.
@@ -853,17 +859,51 @@ func (s *Supervisor) List() []Info {
 
 // Get returns one subOS.
 func (s *Supervisor) Get(name string) (Info, error) {
+	info, vmm, ask, err := s.getLocked(name)
+	if err != nil || !ask {
+		return info, err
+	}
+	// Who serves the NICs is the VMM's to say (it falls back from
+	// vhost-net on its own); asked outside the lock, briefly.
+	ctx, cancel := context.WithTimeout(context.Background(), nicQueryTimeout)
+	defer cancel()
+	devs, qerr := vmmctl.Devices(ctx, vmm)
+	info.Nets = nicInfo(info.Spec, devs, qerr == nil)
+	return info, nil
+}
+
+// getLocked is Get's view under the lock, and the VMM to ask about the
+// NICs when ask.
+func (s *Supervisor) getLocked(name string) (info Info, vmm vmmctl.VMM, ask bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	so, ok := s.subos[name]
 	if !ok {
 		if e, gone := s.exits[name]; gone {
 			// Gone on its own: how it ended stays visible.
-			return Info{Name: name, State: StateExited, LastExit: &e}, nil
+			return Info{Name: name, State: StateExited, LastExit: &e}, vmm, false, nil
 		}
-		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+		return Info{}, vmm, false, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return s.withAutoscale(s.withLoans(withShares(so, withAgent(so)))), nil
+	info = s.withAutoscale(s.withLoans(withShares(so, withAgent(so))))
+	if info.State != StateRunning || so.proc == nil || !hasTAPNIC(info.Spec) {
+		return info, vmm, false, nil
+	}
+	return info, s.vmm(so), true, nil
+}
+
+// nicQueryTimeout bounds how long Get waits for a VMM to list its
+// devices.
+const nicQueryTimeout = 2 * time.Second
+
+// hasTAPNIC says whether spec has a NIC on a TAP.
+func hasTAPNIC(spec Spec) bool {
+	for _, n := range spec.Nets {
+		if !n.User {
+			return true
+		}
+	}
+	return false
 }
 
 // withAutoscale fills in the autoscaler's last decision on info's subOS.

@@ -486,3 +486,26 @@ func (d *Device) runBackend() {
 		d.log.Warn("virtio-net: backend stopped; no more frames reach the guest", "err", err)
 	}
 }
+
+// Counters are s as named counters (snake_case, for reports): only the
+// ones that are not zero, and the totals tx_dropped and rx_dropped.
+func (s Stats) Counters() map[string]uint64 {
+	return nonZero(map[string]uint64{
+		"tx_packets": s.TxPackets, "tx_bytes": s.TxBytes, "rx_packets": s.RxPackets, "rx_bytes": s.RxBytes,
+		"tx_short": s.TxShort, "tx_oversize": s.TxOversize, "tx_bad_header": s.TxBadHeader,
+		"tx_spoofed_mac": s.TxSpoofed, "tx_backend_refused": s.TxBackendErr,
+		"rx_not_ready": s.RxNotReady, "rx_bad_frame": s.RxBadFrame, "rx_bad_header": s.RxBadHeader,
+		"rx_no_buffers": s.RxNoBuffers, "malformed": s.Malformed,
+		"tx_dropped": s.TxDropped(), "rx_dropped": s.RxDropped(),
+	})
+}
+
+// nonZero drops m's zero counters.
+func nonZero(m map[string]uint64) map[string]uint64 {
+	for k, v := range m {
+		if v == 0 {
+			delete(m, k)
+		}
+	}
+	return m
+}

@@ -474,3 +474,25 @@ func (b *Backend) Close() error {
 	})
 	return b.closeErr
 }
+
+// Counters are s as named counters (snake_case, for reports, prefixed
+// loop_ beside the device's own): only the ones that are not zero, and
+// the totals loop_tx_dropped and loop_rx_dropped.
+func (s Stats) Counters() map[string]uint64 {
+	m := map[string]uint64{
+		"tx_frames": s.TxFrames, "tx_bytes": s.TxBytes, "rx_frames": s.RxFrames, "rx_bytes": s.RxBytes,
+		"tx_bad_size": s.TxBadSize, "tx_spoofed_mac": s.TxSpoofedMAC, "tx_spoofed_ip": s.TxSpoofedIP,
+		"tx_blocked": s.TxBlocked, "tx_unknown_dest": s.TxUnknownDest, "tx_ring_full": s.TxRingFull,
+		"tx_ring_corrupt": s.TxRingCorrupt, "doorbells": s.Doorbells,
+		"rx_spoofed": s.RxSpoofed, "rx_misdirected": s.RxMisdirected, "rx_bad_record": s.RxBadRecord,
+		"rx_refused": s.RxRefused, "rx_checksummed": s.RxChecksummed, "rings_broken": s.RingsBroken,
+		"tx_dropped": s.TxDropped(), "rx_dropped": s.RxDropped(),
+	}
+	out := map[string]uint64{}
+	for k, v := range m {
+		if v != 0 {
+			out["loop_"+k] = v
+		}
+	}
+	return out
+}
