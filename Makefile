@@ -65,7 +65,7 @@ unit:
 e2e: setup image image-debian
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -v -timeout 60m ./e2e/...
 
-bench: setup image
+bench: setup image image-debian
 	./scripts/setup.sh lxc
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
@@ -74,6 +74,7 @@ bench: setup image
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/fs
 
 # Every fuzz target in the repository, one after another, FUZZTIME each
 # (scripts/fuzz.sh: summary table; non-zero exit on a crash, the crasher

@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"rainforest/internal/kvmhost"
-	"rainforest/internal/qemubundle"
 	"rainforest/rfm/share"
 	"rainforest/rfm/supervisor"
 )
@@ -143,18 +141,14 @@ func hostProgramFiles(ctx context.Context, t *testing.T, paths ...string) []kvmh
 	var files []kvmhost.File
 	seen := map[string]bool{}
 	for _, p := range paths {
-		out, err := exec.CommandContext(ctx, "ldd", p).Output()
-		if err != nil {
-			t.Fatalf("ldd %s: %v", p, err)
-		}
-		libs, err := qemubundle.ParseLdd(string(out))
+		fs, err := kvmhost.DynamicFiles(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range append([]string{p}, libs...) {
-			if !seen[f] {
-				seen[f] = true
-				files = append(files, kvmhost.File{Host: f, L1: f})
+		for _, f := range fs {
+			if !seen[f.L1] {
+				seen[f.L1] = true
+				files = append(files, f)
 			}
 		}
 	}
