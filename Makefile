@@ -74,6 +74,7 @@ bench: setup image image-debian
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/rfcom
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/fs
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/net
 
 # Every fuzz target in the repository, one after another, FUZZTIME each

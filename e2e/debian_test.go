@@ -29,6 +29,7 @@ export RF_IMAGES="$L2"
 i=0; while ! "$RFM" ps >/dev/null 2>&1 && [ $i -lt 100 ]; do sleep 0.2; i=$((i+1)); done
 x() { "$RFM" exec deb -- "$@"; }
 export HOME=/root; mkdir -p /root
+ip link set lo up # rfm ssh reaches the published port on 127.0.0.1
 ssh-keygen -q -t ed25519 -N "" -C "" -f /root/k
 echo "== create"
 t0=$(date +%s)

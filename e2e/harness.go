@@ -171,3 +171,14 @@ func Field(out, key string) string {
 	}
 	return m[1]
 }
+
+// Fields returns every value after "KEY " on the lines of out, in order
+// (the exit statuses of a section's refused commands, say).
+func Fields(out, key string) []string {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + ` +(.*?)\s*$`)
+	var vals []string
+	for _, m := range re.FindAllStringSubmatch(out, -1) {
+		vals = append(vals, m[1])
+	}
+	return vals
+}

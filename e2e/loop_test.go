@@ -117,12 +117,7 @@ func TestLoop(t *testing.T) {
 		t.Errorf("b received %d spoofed frames: %v", b["loop_rx_spoofed"], b)
 	}
 	ref := secs["refused"]
-	var codes []string
-	for _, l := range strings.Split(ref, "\n") {
-		if v, ok := strings.CutPrefix(l, "RF-STATUS "); ok {
-			codes = append(codes, strings.TrimSpace(v))
-		}
-	}
+	codes := Fields(ref, "RF-STATUS")
 	if strings.Join(codes, " ") != "1 1 1" || !strings.Contains(ref, "needs at least two") || !strings.Contains(ref, "exists with members a+b") ||
 		!strings.Contains(ref, "does not exist yet") {
 		t.Errorf("refused creates (one member, another member set, no members) exited %v, want 1 1 1 saying why:\n%s", codes, ref)

@@ -4,14 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"rainforest/internal/kvmhost"
-	"rainforest/internal/qemubundle"
 	"rainforest/rfm/share"
 	"rainforest/rfm/supervisor"
 )
@@ -75,7 +73,9 @@ echo "RF-PASSWD-HOST $(md5sum < /etc/passwd 2>/dev/null | cut -c1-32)"
 echo "RF-PASSWD-GUEST $("$RFM" exec a -- sh -c 'md5sum < /mnt/rw/passwd-link | cut -c1-32' 2>/dev/null)"
 echo "== hot"
 "$RFM" share a --share $root/hot:hot; echo "RF-STATUS $?"
-"$RFM" exec a -- sh -c 'mkdir -p /mnt/hot; i=0; while ! mount -t virtiofs hot /mnt/hot 2>/dev/null && [ $i -lt 40 ]; do sleep 0.5; i=$((i+1)); done; cat /mnt/hot/hot.txt'; echo "RF-HOT-READ $?"
+# The supervisor has the agent mount it at /mnt/hot.
+"$RFM" exec a -- sh -c 'i=0; while ! grep -q " /mnt/hot virtiofs " /proc/mounts && [ $i -lt 120 ]; do sleep 0.5; i=$((i+1)); done; cat /mnt/hot/hot.txt'; echo "RF-HOT-READ $?"
+"$RFM" events | grep -a "share-mount" | tail -n 1
 "$RFM" share a --share $root/hot:hot 2>&1; echo "RF-STATUS-AGAIN $?"
 echo "== cgroup"
 cg=/sys/fs/cgroup/rainforest/a
@@ -90,8 +90,8 @@ sleep 3
 "$RFM" stats a -o json | tr -d ' \n' | sed -n 's/.*"host":\(.*\)}$/RF-HOST-USAGE \1/p'; echo
 echo "RF-GUEST-SHARES $("$RFM" stats a -o json | tr -d ' \n' | grep -o '"shares":\[[^]]*\]')"
 echo "== unshare"
-"$RFM" exec a -- umount /mnt/hot; echo "RF-UMOUNT $?"
 "$RFM" unshare a hot; echo "RF-STATUS $?"
+echo "RF-HOT-MOUNTED-AFTER $("$RFM" exec a -- grep -c ' /mnt/hot ' /proc/mounts)"
 echo "RF-SHARES $("$RFM" inspect a -o json | tr -d ' \n' | grep -o '"tag":"[a-z]*"' | sort -u | tr '\n' ' ')"
 echo "== readopt"
 before=$(pids a | tr '\n' ' ')
@@ -143,18 +143,14 @@ func hostProgramFiles(ctx context.Context, t *testing.T, paths ...string) []kvmh
 	var files []kvmhost.File
 	seen := map[string]bool{}
 	for _, p := range paths {
-		out, err := exec.CommandContext(ctx, "ldd", p).Output()
-		if err != nil {
-			t.Fatalf("ldd %s: %v", p, err)
-		}
-		libs, err := qemubundle.ParseLdd(string(out))
+		fs, err := kvmhost.DynamicFiles(ctx, p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, f := range append([]string{p}, libs...) {
-			if !seen[f] {
-				seen[f] = true
-				files = append(files, kvmhost.File{Host: f, L1: f})
+		for _, f := range fs {
+			if !seen[f.L1] {
+				seen[f.L1] = true
+				files = append(files, f)
 			}
 		}
 	}
@@ -235,11 +231,14 @@ func TestShares(t *testing.T) {
 		if Field(hot, "RF-STATUS") != "0" || Field(hot, "RF-HOT-READ") != "0" || !strings.Contains(hot, "hot data") {
 			t.Errorf("the hot-added share was not read by the guest:\n%s", hot)
 		}
+		if !strings.Contains(hot, "share-mount ") || !strings.Contains(hot, "mounted in the guest") {
+			t.Errorf("no share-mount event for the hot-added share:\n%s", hot)
+		}
 		if Field(hot, "RF-STATUS-AGAIN") != "4" || !strings.Contains(hot, `tag "hot" already`) {
 			t.Errorf("a second share of the same tag was not refused:\n%s", hot)
 		}
 		u := secs["unshare"]
-		if Field(u, "RF-STATUS") != "0" || strings.Contains(Field(u, "RF-SHARES"), "hot") {
+		if Field(u, "RF-STATUS") != "0" || strings.Contains(Field(u, "RF-SHARES"), "hot") || Field(u, "RF-HOT-MOUNTED-AFTER") != "0" {
 			t.Errorf("unshare failed or the share stays:\n%s", u)
 		}
 	})

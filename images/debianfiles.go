@@ -119,7 +119,7 @@ ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -C "" -f ` + debianHostKey + `
 WantedBy=ssh.service
 `},
 		{Path: "/etc/systemd/system/" + debianCmdlineUnit, Mode: 0o644, Data: `[Unit]
-Description=RainForest subOS settings from the kernel command line (rf.addr=, rf.ssh_key=)
+Description=RainForest subOS settings from the kernel command line (rf.addr=, rf.ssh_key=, rf.shares=)
 DefaultDependencies=no
 After=local-fs.target
 Before=systemd-networkd.service ssh.service network-pre.target
@@ -159,8 +159,9 @@ WantedBy=multi-user.target
 // debianCmdlineScript applies the supervisor's settings on the kernel
 // command line: rf.addr=MAC=ADDR/LEN[,...] (loop network NICs: a static
 // address for the NIC of that MAC, as a networkd file that sorts before
-// the DHCP one) and rf.ssh_key=TYPE:BASE64[,...] (keys root may log in
-// with, added to its authorized_keys).
+// the DHCP one), rf.ssh_key=TYPE:BASE64[,...] (keys root may log in
+// with, added to its authorized_keys) and rf.shares=TAG[,...] (virtio-fs
+// shares, mounted at /mnt/TAG).
 const debianCmdlineScript = `#!/bin/sh
 # RainForest subOS: settings the supervisor put on the kernel command line.
 # (RF_CMDLINE and RF_ROOT are for tests.)
@@ -179,6 +180,15 @@ for pair in $(param rf.addr | tr , ' '); do
 	printf '[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s\nDHCP=no\n' "$mac" "$addr" >"$root/run/systemd/network/10-rf-addr-$i.network"
 	echo "rf-cmdline: $mac gets $addr"
 	i=$((i + 1))
+done
+# rf.shares=TAG[,TAG...] (the supervisor sets it): each virtio-fs share
+# is mounted at /mnt/TAG.
+for tag in $(param rf.shares | tr , ' '); do
+	mkdir -p "$root/mnt/$tag"
+	if [ -z "$root" ]; then
+		modprobe virtiofs 2>/dev/null
+		mount -t virtiofs "$tag" "/mnt/$tag" && echo "rf-cmdline: share $tag at /mnt/$tag" || echo "rf-cmdline: share $tag not mounted"
+	fi
 done
 for key in $(param rf.ssh_key | tr , ' '); do
 	line="${key%%:*} ${key#*:}"

@@ -225,7 +225,7 @@ func TestDebianCmdlineScript(t *testing.T) {
 	if err := os.WriteFile(script, []byte(debianCmdlineScript), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(cmdline, []byte("console=hvc0 rf.addr=02:aa:bb:cc:00:00=10.99.0.2/24,02:aa:bb:cc:00:01=10.98.0.3/24 rf.ssh_key=ssh-ed25519:AAAAC3Nz quiet\n"), 0o644)
+	os.WriteFile(cmdline, []byte("console=hvc0 rf.addr=02:aa:bb:cc:00:00=10.99.0.2/24,02:aa:bb:cc:00:01=10.98.0.3/24 rf.ssh_key=ssh-ed25519:AAAAC3Nz rf.shares=data,docs quiet\n"), 0o644)
 	root := filepath.Join(dir, "root")
 	for range 2 {
 		cmd := exec.Command("sh", script)
@@ -241,6 +241,11 @@ func TestDebianCmdlineScript(t *testing.T) {
 	} {
 		if b, err := os.ReadFile(filepath.Join(root, f)); err != nil || string(b) != want {
 			t.Errorf("%s = %q (%v), want %q", f, b, err, want)
+		}
+	}
+	for _, d := range []string{"mnt/data", "mnt/docs"} {
+		if st, err := os.Stat(filepath.Join(root, d)); err != nil || !st.IsDir() {
+			t.Errorf("no mount point %s: %v", d, err)
 		}
 	}
 }

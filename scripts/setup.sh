@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # QEMU's own virtiofsd (/usr/lib/qemu/virtiofsd, in qemu-system-common,
 # which qemu-system-x86 pulls in) serves instead. mmdebstrap (with gpg and
 # the archive keys) builds the Debian system image; openssh-client is what
-# rfm ssh runs (and the end-to-end tests copy into the nested layer).
-pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs cpio lz4 ca-certificates mmdebstrap gpg debian-archive-keyring openssh-client "$@")
+# rfm ssh runs (and the end-to-end tests copy into the nested layer); fio is
+# bench/fs's host row (copied into the nested L1 guest with its libraries).
+pkgs=(qemu-system-x86 qemu-system-common busybox-static e2fsprogs cpio lz4 ca-certificates mmdebstrap gpg debian-archive-keyring openssh-client fio "$@")
 if apt-cache policy virtiofsd 2>/dev/null | grep 'Candidate: [0-9]' >/dev/null; then
 	pkgs+=(virtiofsd)
 fi

@@ -28,6 +28,7 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/serial"
+	"rainforest/vmm/vhost"
 	"rainforest/vmm/vhostuser"
 	"rainforest/vmm/virtio"
 	"rainforest/vmm/virtio/blk"
@@ -37,6 +38,7 @@ import (
 	"rainforest/vmm/virtio/net/framesock"
 	"rainforest/vmm/virtio/net/loop"
 	"rainforest/vmm/virtio/net/tap"
+	"rainforest/vmm/virtio/net/vhostnet"
 	"rainforest/vmm/virtio/vsock"
 )
 
@@ -111,14 +113,20 @@ type LinuxConfig struct {
 // (nil: the VMM opens the TAP by name), or, for a loop member, its
 // network's lanes and doorbells.
 type NetFiles struct {
-	Tap  *os.File
-	Loop loop.Files
+	Tap *os.File
+	// Vhost, for a TAP net, is an open /dev/vhost-net: the kernel serves
+	// the net's queues while it can (vmm/virtio/net/vhostnet).
+	Vhost *os.File
+	Loop  loop.Files
 }
 
 // Close closes every descriptor.
 func (f NetFiles) Close() {
 	if f.Tap != nil {
 		f.Tap.Close()
+	}
+	if f.Vhost != nil {
+		f.Vhost.Close()
 	}
 	f.Loop.Close()
 }
@@ -521,13 +529,32 @@ func (m *Machine) AddShare(ctx context.Context, s config.Share, f *os.File) (int
 // a loop member (n.Loop), the loop backend on files.Loop, its network's
 // lanes and doorbells; otherwise its TAP, files.Tap when given (a
 // descriptor attached to the interface), else the interface n.Tap opened
-// by name. The machine takes charge of files. The device drops frames the
-// guest sends from another MAC unless n.AnySourceMAC; its counters (and
-// a loop backend's) are logged when it goes.
+// by name. With files.Vhost (an open /dev/vhost-net) a TAP net's queues
+// are served by the host kernel while it can, the VMM's device being the
+// fallback (vmm/virtio/net/vhostnet; NetVhost says which serves). The
+// machine takes charge of files. The VMM's device drops frames the guest
+// sends from another MAC unless n.AnySourceMAC (vhost-net does not); its
+// counters (and a loop backend's) are logged when it goes.
 func (m *Machine) AddNet(n config.Net, files NetFiles) (int, error) {
+	vhostFile := files.Vhost
+	files.Vhost = nil
 	dev, backend, err := netDevice(n, files, m.log)
 	if err != nil {
+		if vhostFile != nil {
+			vhostFile.Close()
+		}
 		return 0, err
+	}
+	var model virtio.DeviceModel = dev
+	closeModel := dev.Close
+	if vhostFile != nil {
+		vd, err := vhostNetDevice(n, dev, backend, vhostFile, m.log)
+		if err != nil {
+			dev.Close()
+			return 0, err
+		}
+		model, closeModel = vd, vd.Close
+		m.setVhostNet(n.ID, vd)
 	}
 	counters := func() map[string]uint64 {
 		c := dev.Stats().Counters()
@@ -537,13 +564,15 @@ func (m *Machine) AddNet(n config.Net, files NetFiles) (int, error) {
 		return c
 	}
 	m.netCounters.Store(n.ID, counters)
-	slot, err := m.AddVirtio(n.ID, dev, closerFunc(func() error {
-		err := dev.Close()
+	slot, err := m.AddVirtio(n.ID, model, closerFunc(func() error {
+		m.setVhostNet(n.ID, nil)
+		err := closeModel()
 		m.netCounters.Delete(n.ID)
 		m.log.Info("net closed", "net", n.ID, "counters", counters())
 		return err
 	}))
 	if err != nil {
+		m.setVhostNet(n.ID, nil)
 		m.netCounters.Delete(n.ID)
 	}
 	return slot, err
@@ -610,6 +639,49 @@ func netDevice(n config.Net, files NetFiles, log *slog.Logger) (*virtionet.Devic
 		return nil, nil, fmt.Errorf("net %s: %w", n.ID, err)
 	}
 	return dev, backend, nil
+}
+
+// vhostNetDevice puts dev's queues on vhost-net (the descriptor f, which
+// it takes charge of) with dev as the fallback; dev's backend must be a
+// TAP.
+func vhostNetDevice(n config.Net, dev *virtionet.Device, backend virtionet.Backend, f *os.File, log *slog.Logger) (*vhostnet.Device, error) {
+	t, ok := backend.(*tap.Tap)
+	if !ok {
+		f.Close()
+		return nil, fmt.Errorf("net %s: vhost-net is for a TAP net only", n.ID)
+	}
+	k, err := vhost.Adopt(f)
+	if err != nil {
+		return nil, fmt.Errorf("net %s: %w", n.ID, err)
+	}
+	return vhostnet.New(dev, t, k, log.With("net", n.ID)), nil
+}
+
+// setVhostNet records (or, nil, forgets) the vhost-net device of net id.
+func (m *Machine) setVhostNet(id string, d *vhostnet.Device) {
+	m.vhostNetsMu.Lock()
+	defer m.vhostNetsMu.Unlock()
+	if d == nil {
+		delete(m.vhostNets, id)
+		return
+	}
+	if m.vhostNets == nil {
+		m.vhostNets = map[string]*vhostnet.Device{}
+	}
+	m.vhostNets[id] = d
+}
+
+// NetVhost says who serves net id's queues when it was given vhost-net
+// (vhostnet.State: "ready", "on", "fallback", "off"); "" for a net
+// without vhost-net, or no such net.
+func (m *Machine) NetVhost(id string) string {
+	m.vhostNetsMu.Lock()
+	d := m.vhostNets[id]
+	m.vhostNetsMu.Unlock()
+	if d == nil {
+		return ""
+	}
+	return string(d.State())
 }
 
 // closerFunc is a function as an io.Closer.

@@ -38,6 +38,7 @@ import (
 	"rainforest/vmm/platform"
 	"rainforest/vmm/ram"
 	"rainforest/vmm/virtio/mem"
+	"rainforest/vmm/virtio/net/vhostnet"
 	"rainforest/vmm/vm"
 )
 
@@ -116,6 +117,9 @@ type Machine struct {
 	// netCounters are the nets' counter readers (func() map[string]uint64)
 	// by id, while their devices are plugged.
 	netCounters sync.Map
+	// vhostNets are the nets given vhost-net, by id (NetVhost).
+	vhostNetsMu sync.Mutex
+	vhostNets   map[string]*vhostnet.Device
 
 	started atomic.Bool // Run began: devices come and go by hotplug
 

@@ -100,3 +100,46 @@ func TestLoopNetDevice(t *testing.T) {
 		}
 	}
 }
+
+// TestVhostNetDevice: a TAP net given a descriptor that is not vhost-net
+// (this host has none) is served by the VMM (state off), and still
+// closes cleanly; vhost-net for a net that is not on a TAP is refused,
+// its descriptor closed.
+func TestVhostNetDevice(t *testing.T) {
+	log := slog.New(slog.DiscardHandler)
+	notVhost := func() *os.File {
+		f, err := os.Open(os.DevNull)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	f := notVhost()
+	if _, err := vhostNetDevice(config.Net{ID: "net0"}, nil, nil, f, log); err == nil {
+		t.Error("vhost-net accepted for a net without a TAP")
+	}
+	if err := f.Close(); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("descriptor left open: %v", err)
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a TAP interface (CI runs as root)")
+	}
+	if _, err := os.Stat(tap.Device); err != nil {
+		t.Skipf("no %s", tap.Device)
+	}
+	n := config.Net{ID: "net0", MAC: "52:54:00:00:00:02", Tap: "rfvmmtest1"}
+	dev, backend, err := netDevice(n, NetFiles{}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vd, err := vhostNetDevice(n, dev, backend, notVhost(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := vd.State(); s != "off" {
+		t.Errorf("state %q on /dev/null, want off", s)
+	}
+	if err := vd.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -9,7 +9,7 @@
 //	rfloop      two rfm subOSes on an RFloop network (--net loop=...,
 //	            shared memory between the subOSes)
 //	rftun       the same two subOSes on a TAP bridge (--net bridge=...;
-//	            rfm inspect says whether vhost-net carried it)
+//	            vhost=auto: rfm inspect says whether vhost-net carried it)
 //	qemu-vhost  two QEMU guests, virtio-net with vhost-net, on a bridge
 //	uplink      a subOS's rootless uplink (--net user, gVisor netstack)
 //	            to iperf3 and sockperf on the host
@@ -26,7 +26,7 @@
 // host's KVM cannot run Linux guests, inside one nested L1 guest (QEMU
 // TCG, 3 vCPUs: core 0 for the supervisor and the host's ends, the guests
 // on cores 1 and 2), with the host's iperf3 and sockperf copied in
-// (internal/hostfiles). The measurer, bench/net/cmd/rfnet, drives the
+// (kvmhost.DynamicFiles). The measurer, bench/net/cmd/rfnet, drives the
 // tools in the subOSes through rfm exec and in the QEMU guests through
 // the same agent over vhost-vsock. Results are parsed as they arrive, so
 // a session that dies still prints and saves what it measured, marked
@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -49,7 +50,6 @@ import (
 	"rainforest/bench/net/report"
 	"rainforest/bench/net/sample"
 	"rainforest/images"
-	"rainforest/internal/hostfiles"
 	"rainforest/internal/kvmhost"
 )
 
@@ -85,7 +85,7 @@ func rowDescriptions() []report.Row {
 	return []report.Row{
 		{Name: RowHost, What: "the host's own loopback (iperf3/sockperf client and server on the host the guests run on)"},
 		{Name: RowRFloop, What: "subOS a -> subOS b on an RFloop network (rfm create --net loop=lan0,members=a+b)"},
-		{Name: RowRFtun, What: "subOS a -> subOS b, TAPs on a bridge (rfm create --net bridge=rfbr0; the VMM's virtio-net, or vhost-net where rfm inspect says so)"},
+		{Name: RowRFtun, What: "subOS a -> subOS b, TAPs on a bridge (rfm create --net bridge=rfbr0, vhost=auto: the kernel's vhost-net where /dev/vhost-net opens, else the VMM's virtio-net; rfm inspect says which)"},
 		{Name: RowQEMUVhost, What: "QEMU guest a -> QEMU guest b, virtio-net-pci with vhost=on, TAPs on a bridge"},
 		{Name: RowUplink, What: "subOS a -> the host's loopback through its rootless uplink (--net user,host-loopback: gVisor netstack NAT, 10.0.2.2)"},
 		{Name: RowSlirp, What: "QEMU guest a -> the host's loopback through QEMU's user networking (-netdev user: slirp, 10.0.2.2)"},
@@ -111,9 +111,9 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	if err != nil {
 		return nil, fmt.Errorf("the Debian image (make image-debian): %w", err)
 	}
-	tools, err := hostfiles.Programs(ctx, "iperf3", "sockperf")
+	tools, err := toolFiles(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("the host's iperf3 and sockperf (scripts/setup.sh iperf3 sockperf): %w", err)
+		return nil, err
 	}
 	img := ws.Image
 	rep := &report.Report{
@@ -198,6 +198,24 @@ func run(ctx context.Context, o options, log io.Writer) (*report.Report, error) 
 	return rep, nil
 }
 
+// toolFiles are the host's iperf3 and sockperf with their libraries, for
+// the host's end in L1 (kvmhost.DynamicFiles).
+func toolFiles(ctx context.Context) ([]kvmhost.File, error) {
+	var files []kvmhost.File
+	for _, name := range []string{"iperf3", "sockperf"} {
+		bin, err := exec.LookPath(name)
+		if err != nil {
+			return nil, fmt.Errorf("the host's %s (scripts/setup.sh iperf3 sockperf): %w", name, err)
+		}
+		f, err := kvmhost.DynamicFiles(ctx, bin)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, f...)
+	}
+	return files, nil
+}
+
 // addInfo records an info line: a skip, or facts.
 func addInfo(rep *report.Report, in sample.Info) {
 	for _, f := range in.Fields {
@@ -217,7 +235,7 @@ func fill(rep *report.Report) {
 	rep.Summaries = report.Summarize(rep.Samples, Rows()...)
 	rep.Ratios = report.Ratios(rep.Summaries, wantRatios())
 	if vh := rep.Info[RowRFtun]["vhost"]; vh != "" {
-		rep.Notes = append(rep.Notes, "rftun: rfm inspect says "+vh)
+		rep.Notes = append(rep.Notes, "rftun: rfm inspect a says of its TAP NIC: "+vh)
 	}
 	rep.Notes = append(rep.Notes,
 		"stream: iperf3 -c SERVER -t SECS -J (one TCP stream, client sends); Gbps is the receiver's (sum_received)",

@@ -235,7 +235,9 @@ func (p *sessionPlan) script(paths sessionPaths) string {
 	w("%s exec a -- %s\n", rfm, setAddr(tunMACA, tunAddrA))
 	w("%s exec b -- %s\n", rfm, setAddr(tunMACB, tunAddrB))
 	w("%s exec a -- ip -br addr\n", rfm)
-	w("vh=$(%s inspect a -o json | tr -d ' \\n' | grep -o '\"vhost[^,}]*' | head -n 1 | tr -d '\"')\n", rfm)
+	// rfm inspect's nets (NICInfo: id, tap, vhost) say who serves each
+	// TAP NIC: on (vhost-net), ready, fallback, off (the VMM).
+	w("vh=$(%s inspect a -o json | tr -d ' \\n' | grep -o '\"tap\":\"[^\"]*\",\"vhost\":\"[a-z]*\"' | tr -d '\"' | tr '\\n' ' ')\n", rfm)
 	b.WriteString(info(RowRFtun, "vhost", `"\"${vh:-not reported by rfm inspect}\""`))
 	w("if [ $loop = 1 ]; then %s || fail rfloop; fi\n", p.rfnetCmd(paths, RowRFloop, loopAddrB, "rfm:b", "rfm:a"))
 	w("%s || fail rftun\n", p.rfnetCmd(paths, RowRFtun, strings.Split(tunAddrB, "/")[0], "rfm:b", "rfm:a"))

@@ -299,7 +299,11 @@ func statsTable(w io.Writer, st supervisor.AgentStats, watch bool) {
 	fmt.Fprintf(w, "PROCESSES\t%d\n", st.Processes)
 	if h := st.Host; h != nil {
 		// What the host charges the subOS: its cgroup's CPU time.
-		fmt.Fprintf(w, "HOST CPU\tvCPUs %.2fs, VMM back ends %.2fs, other back ends %.2fs\n", h.VCPUSeconds, h.BackendSeconds, h.OtherSeconds)
+		vhost := ""
+		if h.VhostSeconds > 0 {
+			vhost = fmt.Sprintf(" (vhost %.2fs)", h.VhostSeconds)
+		}
+		fmt.Fprintf(w, "HOST CPU\tvCPUs %.2fs, VMM back ends %.2fs%s, other back ends %.2fs\n", h.VCPUSeconds, h.BackendSeconds, vhost, h.OtherSeconds)
 		for _, p := range h.Processes {
 			fmt.Fprintf(w, "  %d\t%s %.2fs\n", p.PID, untrusted.EscapeTerminal([]byte(p.Comm)), p.CPUSeconds)
 		}

@@ -294,6 +294,7 @@ whole first: every problem is listed and nothing is reserved.`,
   rfm create api --cpus 2 --class latency-critical
   rfm create elastic --cpus 1 --max-cpus 3 --memory 512M --max-memory 1G
   rfm create web --cpus 1 --net bridge=br0
+  rfm create web --cpus 1 --net bridge=br0,vhost=off
   rfm create lab --cpus 1 --net bridge=rfbr0,create,address=10.77.0.1/24
   rfm create router --cpus 1 --net tap=rf-router0
   rfm create a --cpus 1 --net loop=lan0,members=a+b
@@ -426,7 +427,7 @@ whole first: every problem is listed and nothing is reserved.`,
 }
 
 // nicSyntax is --net's syntax.
-const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; or loop=NAME[,members=A+B...][,subnet=CIDR][,id=ID]"
+const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; a TAP NIC with [,vhost=auto|on|off]; or loop=NAME[,members=A+B...][,subnet=CIDR][,id=ID]"
 
 // parseNIC parses --net: a TAP in a bridge (made when create is given,
 // with the host's address on it), or a TAP on its own.
@@ -459,6 +460,8 @@ func parseNIC(v string) (supervisor.NIC, error) {
 			n.LoopMembers = strings.Split(val, "+")
 		case k == "subnet" && hasVal && val != "":
 			n.LoopSubnet = val
+		case k == "vhost" && (val == supervisor.VhostAuto || val == supervisor.VhostOn || val == supervisor.VhostOff):
+			n.Vhost = val
 		default:
 			return n, usageErrorf("--net %q: unknown or empty option %q (%s)", v, p, nicSyntax)
 		}
@@ -472,7 +475,23 @@ func parseNIC(v string) (supervisor.NIC, error) {
 	if n.Bridge == "" && (n.CreateBridge || n.BridgeAddress != "") {
 		return n, usageErrorf("--net %q: create and address are for a bridge", v)
 	}
+	if n.User && n.Vhost != "" {
+		return n, usageErrorf("--net %q: vhost is for a NIC on a TAP", v)
+	}
 	return n, nil
+}
+
+// nicsTable lists a running subOS's NICs on TAPs and who moves their
+// frames (rfm inspect -o table): vhost "on" is the host kernel's
+// vhost-net; nothing without such NICs.
+func nicsTable(w io.Writer, i supervisor.Info) {
+	if len(i.Nets) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nNIC\tTAP\tVHOST")
+	for _, n := range i.Nets {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.ID, n.TAP, n.Vhost)
+	}
 }
 
 // parseSegment parses --segment NAME[,size=SIZE][,ro].
@@ -689,6 +708,7 @@ func inspectCommand(g *globalFlags) *cobra.Command {
 			}
 			return g.print(cmd.OutOrStdout(), infoJSON(info), func(w io.Writer) {
 				psTable(w, []supervisor.Info{info})
+				nicsTable(w, info)
 				sharesTable(w, info)
 			})
 		},

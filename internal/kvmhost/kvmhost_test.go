@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -231,5 +232,34 @@ func TestBadDisks(t *testing.T) {
 		if _, err := h.Run(context.Background(), Script{Text: "true", Disks: disks}); !errors.Is(err, ErrBadScript) {
 			t.Errorf("disks %d %+v: err = %v", len(disks), disks[0], err)
 		}
+	}
+}
+
+func TestDynamicFiles(t *testing.T) {
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip(err)
+	}
+	if _, err := exec.LookPath("ldd"); err != nil {
+		t.Skip(err)
+	}
+	real, err := filepath.EvalSymlinks(sh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := DynamicFiles(context.Background(), real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 2 || files[0].Host != real || files[0].L1 != real {
+		t.Fatalf("files %v", files)
+	}
+	for _, f := range files[1:] {
+		if f.Host != f.L1 || !filepath.IsAbs(f.L1) {
+			t.Errorf("library %v", f)
+		}
+	}
+	if _, err := DynamicFiles(context.Background(), filepath.Join(t.TempDir(), "absent")); err == nil {
+		t.Error("no error for a missing program")
 	}
 }

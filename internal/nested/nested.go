@@ -86,9 +86,9 @@ func L1Failed(err error) bool {
 	return errors.Is(err, ErrNoExitMarker) || errors.Is(err, ErrSilent) || errors.Is(err, ErrTimeout)
 }
 
-// L1Modules are the modules /init loads to get /dev/kvm, and TAP devices
-// and bridges for subOS NICs, and vhost-net for QEMU guests' NICs
-// (dependencies are resolved from the kernel's module info).
+// L1Modules are the modules /init loads to get /dev/kvm, and TAP devices,
+// bridges and vhost-net (/dev/vhost-net) for subOS NICs (dependencies are
+// resolved from the kernel's module info).
 func L1Modules() []string {
 	return []string{"irqbypass", "kvm", "kvm_amd", "tun", "bridge", "vhost_net"}
 }

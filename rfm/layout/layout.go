@@ -38,7 +38,9 @@
 //	                       # with (images with sshd; relative to this file)
 //	    nets:              # NICs: virtio-net on a TAP the supervisor makes
 //	      - network: lan   # a network below; or bridge: br0 (the user's),
-//	                       # or tap: rf-web0 alone; mac: and id: optional
+//	                       # or tap: rf-web0 alone; mac: and id: optional;
+//	                       # vhost: auto (default), on or off (in-kernel
+//	                       # vhost-net data path)
 //	      - user: true     # or the rootless uplink (NAT, DHCP, DNS)
 //	      - network: backplane  # or a loop network below
 //	    ports: ["8080:80"] # guest ports published through the uplink
@@ -158,6 +160,9 @@ type NIC struct {
 	Loop        string
 	LoopMembers []string
 	LoopSubnet  string
+	// Vhost is "auto" (or ""), "on" or "off": whether the TAP NIC's
+	// frames go through the host kernel's vhost-net.
+	Vhost string
 }
 
 // Supervisor holds the supervisor's own resources.

@@ -540,6 +540,14 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 					{"user", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.User) }},
 					{"host_loopback", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.HostLoopback) }},
 					{"publish", func(v *yaml.Node, path string) { p.strings(v, path, &nic.Publish) }},
+					{"vhost", func(v *yaml.Node, path string) {
+						p.str(v, path, &nic.Vhost)
+						switch nic.Vhost {
+						case "auto", "on", "off":
+						default:
+							p.errorf(v, path, "%q: want auto, on or off", nic.Vhost)
+						}
+					}},
 				})
 				switch {
 				case nic.Network != "" && nic.Bridge != "":

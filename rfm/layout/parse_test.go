@@ -261,7 +261,7 @@ subos:
 - name: web
   cpus: 1
   memory: 64M
-  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07"}, {tap: rf-x}]
+  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07", vhost: off}, {tap: rf-x, vhost: on}]
 - name: api
   cpus: 1
   memory: 64M
@@ -271,7 +271,7 @@ subos:
 		t.Fatal(err)
 	}
 	want := []NIC{{Network: "lan", Bridge: "lan", CreateBridge: true, BridgeAddress: "10.77.0.1/24"},
-		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07"}, {TAP: "rf-x"}}
+		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07", Vhost: "off"}, {TAP: "rf-x", Vhost: "on"}}
 	if got := l.SubOSes[0].Nets; !reflect.DeepEqual(got, want) {
 		t.Errorf("nets %+v, want %+v", got, want)
 	}
@@ -283,6 +283,7 @@ subos:
 		"subos:\n- name: web\n  nets: [{}]\n",
 		"networks:\n- name: lan\nsubos:\n- name: web\n  nets: [{network: lan, bridge: br0}]\n",
 		"networks:\n- bridge: br0\n",
+		"subos:\n- name: web\n  nets: [{tap: rf-x, vhost: yes}]\n",
 	} {
 		if _, err := Parse(strings.NewReader(bad), 0); err == nil {
 			t.Errorf("Parse accepted:\n%s", bad)

@@ -302,3 +302,9 @@ func (Host) OpenTAP(name, bridge string) (*os.File, error) {
 	}
 	return t.File, nil
 }
+
+// OpenVhostNet implements supervisor.Network: the host's
+// /dev/vhost-net, read-write (its holder sets it up for one NIC).
+func (Host) OpenVhostNet() (*os.File, error) {
+	return os.OpenFile("/dev/vhost-net", os.O_RDWR, 0) // os opens with O_CLOEXEC
+}

@@ -171,6 +171,12 @@ func TestArgs(t *testing.T) {
 	if got := strings.Join(r.Args(4, "/srv", true, SandboxNamespace), " "); got != "--fd=4 --shared-dir=/srv --sandbox=namespace --cache=auto --thread-pool-size=0 --readonly" {
 		t.Errorf("Rust virtiofsd: %s", got)
 	}
+	if got := strings.Join(c.SocketArgs("/run/v.sock", "/srv", false, SandboxChroot), " "); got != "-f --socket-path=/run/v.sock -o source=/srv -o sandbox=chroot -o cache=auto --thread-pool-size=0" {
+		t.Errorf("C virtiofsd on a socket: %s", got)
+	}
+	if got := strings.Join(r.SocketArgs("/run/v.sock", "/srv", false, SandboxChroot), " "); got != "--socket-path=/run/v.sock --shared-dir=/srv --sandbox=chroot --cache=auto --thread-pool-size=0" {
+		t.Errorf("Rust virtiofsd on a socket: %s", got)
+	}
 }
 
 func TestSocket(t *testing.T) {

@@ -61,6 +61,19 @@ func Find(ctx context.Context, paths ...string) (Binary, error) {
 	return Binary{}, fmt.Errorf("%w: looked for %s (install Debian's virtiofsd package, or qemu-system-common)", ErrNoVirtiofsd, strings.Join(paths, ", "))
 }
 
+// SocketArgs is Args for a virtiofsd that creates and listens on the
+// vhost-user socket at path itself (--socket-path) rather than on a
+// descriptor: for a VMM other than rfm's, such as QEMU in bench/fs.
+func (b Binary) SocketArgs(path, source string, readOnly bool, sandbox Sandbox) []string {
+	args := b.Args(0, source, readOnly, sandbox)
+	for i, a := range args {
+		if a == "--fd=0" {
+			args[i] = "--socket-path=" + path
+		}
+	}
+	return args
+}
+
 // Sandbox is how virtiofsd confines itself to the shared directory.
 type Sandbox string
 

@@ -24,6 +24,7 @@ import (
 
 	"rainforest/internal/agentproto"
 	"rainforest/internal/buildinfo"
+	"rainforest/internal/untrusted"
 	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 	"rainforest/vmm/virtio/vsock"
@@ -474,3 +475,42 @@ func nonNilCounters(c map[string]uint64) map[string]uint64 {
 	}
 	return c
 }
+
+// runInGuest runs argv in subOS name through its agent and waits for it
+// to exit: nil for status 0, else an error with the start of its output
+// (quoted: the guest wrote it).
+func (s *Supervisor) runInGuest(ctx context.Context, name string, argv []string) error {
+	ex, err := s.Exec(ctx, name, agentproto.Exec{Argv: argv})
+	if err != nil {
+		return err
+	}
+	defer ex.Close()
+	stop := context.AfterFunc(ctx, func() { ex.Close() })
+	defer stop()
+	var out []byte
+	for {
+		m, err := ex.Recv()
+		if errors.Is(err, agentproto.ErrUnknownType) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("subOS %s: %s: the agent went away before its exit status: %w", name, argv[0], err)
+		}
+		switch m := m.(type) {
+		case *agentproto.Data:
+			if room := guestOutputKept - len(out); room > 0 {
+				out = append(out, m.Bytes[:min(len(m.Bytes), room)]...)
+			}
+		case *agentproto.Exit:
+			if m.Code == 0 && m.Signal == 0 {
+				return nil
+			}
+			return fmt.Errorf("subOS %s: %s exited %d (signal %d): %s", name, argv[0], m.Code, m.Signal, untrusted.Quote(out, guestOutputKept))
+		case *agentproto.Error:
+			return fmt.Errorf("subOS %s: the agent refused %s: %s", name, argv[0], untrusted.Quote([]byte(m.Message), guestOutputKept))
+		}
+	}
+}
+
+// guestOutputKept bounds what runInGuest keeps of a command's output.
+const guestOutputKept = 512

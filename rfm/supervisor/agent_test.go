@@ -255,6 +255,15 @@ func TestSupervisorAgent(t *testing.T) {
 	if _, err := s.Exec(ctx, "nope", agentproto.Exec{Argv: []string{"true"}}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("exec in no subOS: %v", err)
 	}
+	// runInGuest (the supervisor's own commands, such as mounting a
+	// hot-added share): the status, and the output quoted on failure.
+	if err := s.runInGuest(ctx, "a", []string{"true"}); err != nil {
+		t.Errorf("runInGuest true: %v", err)
+	}
+	if err := s.runInGuest(ctx, "a", []string{"sh", "-c", "printf 'no\\033[2J'; exit 2"}); err == nil || !strings.Contains(err.Error(), "exited 2") ||
+		!strings.Contains(err.Error(), `no\x1b[2J`) {
+		t.Errorf("runInGuest of a failing command: %v", err)
+	}
 	if err := s.Destroy(ctx, "a"); err != nil {
 		t.Fatal(err)
 	}

@@ -17,13 +17,20 @@ import (
 // process in its cgroup, the way the paper accounts split-driver back
 // ends to the subOS they serve. The VMM's vCPU threads run the guest; its
 // other threads are its device back ends (virtio-net's frames, virtio-blk
-// I/O, vsock) and its control; other processes in the cgroup are back
+// I/O, vsock; the kernel's vhost-net worker, a thread of the VMM) and its
+// control; other processes in the cgroup are back
 // ends of their own, such as virtiofsd.
 type HostUsage struct {
 	// VCPUSeconds is the CPU time of the VMM's vCPU threads.
 	VCPUSeconds float64 `json:"vcpu_seconds"`
 	// BackendSeconds is that of the VMM's other threads.
 	BackendSeconds float64 `json:"backend_seconds"`
+	// VhostSeconds is the part of BackendSeconds spent by the kernel's
+	// vhost-net workers for the VMM's NICs, named vhost-TID (TID the VMM
+	// thread that took the device): on Linux 6.4 and later threads of
+	// the VMM, before kernel threads the kernel puts in the VMM's
+	// cgroups.
+	VhostSeconds float64 `json:"vhost_seconds,omitempty"`
 	// OtherSeconds is that of the other processes in the cgroup.
 	OtherSeconds float64 `json:"other_seconds"`
 	// Processes are the processes in the cgroup.
@@ -84,6 +91,13 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			continue
 		}
 		u.Processes = append(u.Processes, HostProcess{PID: pid, Comm: st.Comm, CPUSeconds: seconds(st)})
+		if pid != vmmPID && isVhostWorker(st.Comm) {
+			// Before Linux 6.4 the VMM's vhost-net worker is a kernel
+			// thread of its own, put in the VMM's cgroup.
+			u.VhostSeconds += seconds(st)
+			u.BackendSeconds += seconds(st)
+			continue
+		}
 		if pid != vmmPID {
 			u.OtherSeconds += seconds(st)
 			continue
@@ -102,12 +116,29 @@ func hostUsage(proc fs.FS, dir string, vmmPID int) (*HostUsage, error) {
 			if err != nil {
 				continue
 			}
-			if strings.HasPrefix(ts.Comm, "vcpu") {
+			switch {
+			case strings.HasPrefix(ts.Comm, "vcpu"):
 				u.VCPUSeconds += seconds(ts)
-			} else {
+			case isVhostWorker(ts.Comm):
+				u.VhostSeconds += seconds(ts)
+				u.BackendSeconds += seconds(ts)
+			default:
 				u.BackendSeconds += seconds(ts)
 			}
 		}
 	}
 	return u, nil
+}
+
+// isVhostWorker says whether a task of a subOS's cgroup is the kernel's
+// vhost worker for its VMM: named vhost-TID, TID the VMM thread that took
+// the device (nothing else in the cgroup is named so: the guest names no
+// host task).
+func isVhostWorker(comm string) bool {
+	n, ok := strings.CutPrefix(comm, "vhost-")
+	if !ok || n == "" {
+		return false
+	}
+	_, err := strconv.Atoi(n)
+	return err == nil
 }

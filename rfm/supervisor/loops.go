@@ -129,8 +129,8 @@ func (s *Supervisor) loopProblems(name string, i int, n NIC) []ledger.Problem {
 	add := func(field, format string, args ...any) {
 		probs = append(probs, ledger.Problem{Field: fmt.Sprintf("nets[%d].%s", i, field), Message: fmt.Sprintf(format, args...)})
 	}
-	if n.Bridge != "" || n.TAP != "" || n.User || len(n.Publish) > 0 || n.HostLoopback || n.CreateBridge || n.BridgeAddress != "" {
-		add("loop", "a NIC on loop network %q is on that network only: no bridge, tap or uplink settings", n.Loop)
+	if n.Bridge != "" || n.TAP != "" || n.User || len(n.Publish) > 0 || n.HostLoopback || n.CreateBridge || n.BridgeAddress != "" || n.Vhost == VhostOn {
+		add("loop", "a NIC on loop network %q is on that network only: no bridge, tap, vhost or uplink settings", n.Loop)
 	}
 	if n.MAC != "" {
 		add("mac", "a loop network's members have the MACs the network gives them: leave mac out")

@@ -18,6 +18,7 @@ import (
 	"rainforest/net/uplink"
 	"rainforest/rfm/loopnet"
 	"rainforest/rfm/netdev"
+	"rainforest/rfm/vmmctl"
 	"rainforest/vmm/config"
 )
 
@@ -65,6 +66,32 @@ type NIC struct {
 	Loop        string   `json:"loop,omitempty"`
 	LoopMembers []string `json:"loop_members,omitempty"`
 	LoopSubnet  string   `json:"loop_subnet,omitempty"`
+	// Vhost says whether the TAP NIC's data path is in the host kernel
+	// (vhost-net): "auto" (the default, ""): when /dev/vhost-net opens;
+	// "on": required, the subOS is refused without it; "off": the VMM
+	// moves the frames itself. The VMM falls back to its own data path
+	// when vhost-net fails at run time (NICInfo.Vhost says which serves).
+	Vhost string `json:"vhost,omitempty"`
+}
+
+// Vhost modes of a NIC.
+const (
+	VhostAuto = "auto"
+	VhostOn   = "on"
+	VhostOff  = "off"
+)
+
+// NICInfo is a NIC of a running subOS and who moves its frames (rfm
+// inspect).
+type NICInfo struct {
+	ID  string `json:"id"`
+	TAP string `json:"tap,omitempty"`
+	// Vhost is who serves the NIC's queues, as its VMM reports: "on"
+	// (the host kernel's vhost-net), "ready" (vhost-net, once the
+	// guest's driver starts the device), "fallback" (the VMM, after
+	// vhost-net failed), "off" (the VMM), or "unknown" (the VMM did not
+	// say).
+	Vhost string `json:"vhost"`
 }
 
 // Network makes the host side of NICs (rfm/netdev in production).
@@ -85,6 +112,9 @@ type Network interface {
 	// OpenTAP creates TAP name, puts it in bridge (when not "") and sets
 	// it up; it returns its descriptor.
 	OpenTAP(name, bridge string) (*os.File, error)
+	// OpenVhostNet opens the host's vhost-net device (/dev/vhost-net);
+	// an error says why there is none.
+	OpenVhostNet() (*os.File, error)
 }
 
 // nicIDPattern is what a NIC's id may be (the VMM's device id rule).
@@ -172,6 +202,9 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			if n.Bridge != "" || n.TAP != "" {
 				add(i, "user", "a NIC is on the uplink (user), in a bridge or on a TAP: give one")
 			}
+			if n.Vhost == VhostOn {
+				add(i, "vhost", "vhost-net is for a NIC on a TAP, not on the uplink (user)")
+			}
 			for _, msg := range publishProblems(n) {
 				add(i, "publish", "%s", msg)
 			}
@@ -179,6 +212,19 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 		}
 		if len(n.Publish) > 0 || n.HostLoopback {
 			add(i, "publish", "publish and host_loopback are for a NIC on the uplink (user)")
+		}
+		switch n.Vhost {
+		case "", VhostAuto, VhostOff:
+		case VhostOn:
+			if s.cfg.Network != nil {
+				if f, err := s.cfg.Network.OpenVhostNet(); err != nil {
+					add(i, "vhost", "vhost on, but this host has no usable /dev/vhost-net (%v): load vhost_net, or give vhost auto or off", err)
+				} else {
+					f.Close()
+				}
+			}
+		default:
+			add(i, "vhost", "%q: want auto, on or off", n.Vhost)
 		}
 		if err := netdev.CheckName(n.TAP); err != nil {
 			add(i, "tap", "%v", err)
@@ -296,6 +342,17 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 			return nil, nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
 		}
 		files[config.NetFile(n.ID)] = f
+		if n.Vhost != VhostOff {
+			vf, err := s.cfg.Network.OpenVhostNet()
+			switch {
+			case err == nil:
+				files[config.VhostNetFile(n.ID)] = vf
+			case n.Vhost == VhostOn:
+				return nil, nil, nil, undo, fmt.Errorf("%w: nets %s: vhost on: %w", ErrInvalid, n.ID, err)
+			default:
+				s.log.Info("no vhost-net; the VMM moves the NIC's frames itself", "subos", spec.Name, "nic", n.ID, "err", err)
+			}
+		}
 		nets = append(nets, config.Net{ID: n.ID, MAC: n.MAC, Tap: n.TAP})
 	}
 	return nets, files, uplinks, undo, nil
@@ -368,6 +425,34 @@ func firstMAC(spec Spec) [6]byte {
 		if mac, err := netdev.ParseMAC(nics[0].MAC); err == nil {
 			copy(out[:], mac)
 		}
+	}
+	return out
+}
+
+// nicInfo lists so's TAP NICs and who serves their queues, as its VMM
+// reports in devices (nil: it did not answer).
+func nicInfo(spec Spec, devs []vmmctl.Device, asked bool) []NICInfo {
+	reported := map[string]string{}
+	for _, d := range devs {
+		if d.Kind == "net" {
+			reported[d.ID] = d.Vhost
+		}
+	}
+	var out []NICInfo
+	for _, n := range withNICDefaults(spec) {
+		if n.User {
+			continue
+		}
+		ni := NICInfo{ID: n.ID, TAP: n.TAP, Vhost: "unknown"}
+		if asked {
+			switch v := reported[n.ID]; v {
+			case "":
+				ni.Vhost = VhostOff
+			case "on", "ready", "fallback", "off":
+				ni.Vhost = v
+			}
+		}
+		out = append(out, ni)
 	}
 	return out
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"rainforest/rfm/netdev"
+	"rainforest/rfm/vmmctl"
 )
 
 // fakeNetwork plays the host's network: bridges and TAPs by name. A TAP's
@@ -22,6 +23,7 @@ type fakeNetwork struct {
 	taps    map[string]string // TAP -> bridge
 	files   map[string]*os.File
 	failTAP string // OpenTAP of this name fails
+	noVhost bool   // the host has no /dev/vhost-net
 }
 
 func newFakeNetwork(bridges ...string) *fakeNetwork {
@@ -96,6 +98,15 @@ func (n *fakeNetwork) OpenTAP(name, bridge string) (*os.File, error) {
 	r.Close()
 	n.taps[name], n.files[name] = bridge, w
 	return w, nil
+}
+
+func (n *fakeNetwork) OpenVhostNet() (*os.File, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.noVhost {
+		return nil, fmt.Errorf("open /dev/vhost-net: %w", os.ErrNotExist)
+	}
+	return os.Open(os.DevNull)
 }
 
 // gone removes TAPs as the kernel does once their VMM's descriptors are
@@ -319,5 +330,79 @@ func TestUplinkNIC(t *testing.T) {
 	case <-ups.procs[0].done:
 	default:
 		t.Error("destroy left the uplink running")
+	}
+}
+
+func TestNICVhost(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	nw := newFakeNetwork("br0")
+	s := newTestSupervisorNet(t, t.TempDir(), act, l, nw)
+	defer s.Close()
+	ctx := context.Background()
+	spec := testSpec(t, "web", 1)
+	spec.Nets = []NIC{{Bridge: "br0"}, {Bridge: "br0", Vhost: VhostOff}, {Bridge: "br0", Vhost: VhostOn}}
+	info, err := s.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := l.proc(info.PID).doc
+	for id, want := range map[string]bool{"net0": true, "net1": false, "net2": true} {
+		if _, ok := doc.Files["vhost-net/"+id]; ok != want {
+			t.Errorf("descriptor vhost-net/%s given: %v, want %v (%v)", id, ok, want, doc.Files)
+		}
+	}
+
+	// Without /dev/vhost-net: auto goes without, on is refused by check
+	// and create, and nothing is left behind.
+	nw.noVhost = true
+	auto := testSpec(t, "db", 1)
+	auto.Nets = []NIC{{Bridge: "br0"}}
+	if probs := s.Check(auto); len(probs) != 0 {
+		t.Errorf("check of vhost auto without the device: %v", probs)
+	}
+	on := testSpec(t, "api", 1)
+	on.Nets = []NIC{{Bridge: "lanx", CreateBridge: true, Vhost: VhostOn}}
+	probs := s.Check(on)
+	if len(probs) != 1 || probs[0].Field != "nets[0].vhost" || !strings.Contains(probs[0].Message, "/dev/vhost-net") {
+		t.Errorf("check of vhost on without the device: %v", probs)
+	}
+	if _, err := s.Create(ctx, on); err == nil || !strings.Contains(err.Error(), "/dev/vhost-net") {
+		t.Errorf("create with vhost on without the device: %v", err)
+	}
+	if bridges, taps := nw.state(); slices.Contains(bridges, "lanx") || len(taps) != 3 {
+		t.Errorf("a refused vhost on left bridges %v taps %v", bridges, taps)
+	}
+	info, err = s.Create(ctx, auto)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := l.proc(info.PID).doc.Files["vhost-net/net0"]; ok {
+		t.Error("vhost-net descriptor given without the device")
+	}
+
+	bad := testSpec(t, "x", 1)
+	bad.Nets = []NIC{{Bridge: "br0", Vhost: "yes"}, {User: true, Vhost: VhostOn}}
+	probs = s.Check(bad)
+	fields := []string{}
+	for _, p := range probs {
+		fields = append(fields, p.Field)
+	}
+	if !slices.Contains(fields, "nets[0].vhost") || !slices.Contains(fields, "nets[1].vhost") {
+		t.Errorf("check of bad vhost values: %v", probs)
+	}
+}
+
+func TestNICInfo(t *testing.T) {
+	spec := Spec{Name: "web", Nets: []NIC{{Bridge: "br0"}, {User: true}, {Bridge: "br0", ID: "lan"}}}
+	got := nicInfo(spec, []vmmctl.Device{{ID: "net0", Kind: "net", Vhost: "on"}, {ID: "lan", Kind: "net"}}, true)
+	if len(got) != 2 || got[0].Vhost != "on" || got[0].TAP != "rf-web0" || got[1].ID != "lan" || got[1].Vhost != "off" {
+		t.Errorf("nicInfo: %+v", got)
+	}
+	got = nicInfo(spec, []vmmctl.Device{{ID: "net0", Kind: "net", Vhost: "\x1b[31m"}}, true)
+	if got[0].Vhost != "unknown" {
+		t.Errorf("an unknown report passed: %+v", got)
+	}
+	if got = nicInfo(spec, nil, false); got[0].Vhost != "unknown" {
+		t.Errorf("no answer: %+v", got)
 	}
 }

@@ -603,7 +603,59 @@ func (s *Supervisor) AddShare(ctx context.Context, name string, sp ShareSpec) (_
 	s.update(so, func(i *Info) { i.Spec.Shares = append(append([]ShareSpec(nil), i.Spec.Shares...), sp) })
 	s.watchBackend(so, b)
 	s.event(s.who(ctx), "share-add", name, time.Since(start), fmt.Sprintf("share %s %s slot %d virtiofsd pid %d", sp.ID, sp, dev.Slot, b.proc.PID()))
+	s.mountInGuest(so, sp)
 	return sp, nil
+}
+
+// shareMountTimeout bounds how long the guest has to see a hot-added
+// share and mount it.
+const shareMountTimeout = time.Minute
+
+// guestMountScript mounts the virtio-fs share tagged $1 where the images
+// mount their boot-time shares (/mnt/TAG, or /shares/TAG when /mnt is
+// read-only), retrying while the guest's driver takes the new device;
+// one already mounted is left as it is.
+const guestMountScript = `tag=$1; d=/mnt/$tag
+mkdir -p "$d" 2>/dev/null || { d=/shares/$tag; mkdir -p "$d"; }
+grep -q " $d virtiofs " /proc/mounts && exit 0
+modprobe virtiofs 2>/dev/null
+i=0; until mount -t virtiofs "$tag" "$d"; do i=$((i+1)); [ $i -ge 60 ] && exit 1; sleep 0.5; done
+echo "$d"`
+
+// guestUnmountScript unmounts the virtio-fs share tagged $1 wherever it
+// is mounted, so that the guest lets its device go.
+const guestUnmountScript = `awk -v t="$1" '$1 == t && $3 == "virtiofs" {print $2}' /proc/mounts | while read -r d; do umount "$d"; done`
+
+// mountInGuest has so's agent mount the share sp, hot-added, in the
+// background: the outcome is an event (share-mount or
+// share-mount-failed). A subOS without an agent mounts it itself.
+func (s *Supervisor) mountInGuest(so *subOS, sp ShareSpec) {
+	name := so.info.Name
+	s.wg.Add(1)
+	go func() { // owner: the supervisor (Close closes so.stopped), bounded by shareMountTimeout
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.Background(), shareMountTimeout)
+		defer cancel()
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() { // owner: this goroutine (stop)
+			select {
+			case <-so.stopped:
+				cancel()
+			case <-stop:
+			}
+		}()
+		start := time.Now()
+		err := s.runInGuest(ctx, name, []string{"sh", "-c", guestMountScript, "rf-mount", sp.Tag})
+		switch {
+		case errors.Is(err, ErrNoAgent):
+			s.log.Info("share not mounted by the supervisor: no agent", "subos", name, "tag", sp.Tag)
+		case err != nil:
+			s.event(s.cfg.Who, "share-mount-failed", name, time.Since(start), fmt.Sprintf("share %s tag %s: %v", sp.ID, sp.Tag, err))
+		default:
+			s.event(s.cfg.Who, "share-mount", name, time.Since(start), fmt.Sprintf("share %s tag %s mounted in the guest", sp.ID, sp.Tag))
+		}
+	}()
 }
 
 // RemoveShare asks a running subOS's guest to release a share (by tag or
@@ -644,6 +696,13 @@ func (s *Supervisor) RemoveShare(ctx context.Context, name, tag string, timeout 
 	if err := s.intend(so, intent{Op: opShareRemove, Share: change}); err != nil {
 		return err
 	}
+	// The guest lets a mounted share go only once it is unmounted: ask
+	// its agent first (best effort; without one, the guest's user must).
+	uctx, cancel := context.WithTimeout(ctx, min(timeout, 10*time.Second))
+	if err := s.runInGuest(uctx, name, []string{"sh", "-c", guestUnmountScript, "rf-umount", sp.Tag}); err != nil && !errors.Is(err, ErrNoAgent) {
+		s.log.Warn("unmount share in guest", "subos", name, "tag", sp.Tag, "err", err)
+	}
+	cancel()
 	s.at("unshare:vmm")
 	detail, err := s.removeDevice(ctx, so, sp.ID, timeout, "share-remove", fmt.Sprintf("share %s %s", sp.ID, sp), start)
 	if err != nil {

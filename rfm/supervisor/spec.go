@@ -125,4 +125,7 @@ type Info struct {
 	AutoscaleLast *autoscale.Decision `json:"autoscale_last,omitempty"`
 	// Shares are its shares and the state of their virtiofsd.
 	Shares []ShareInfo `json:"shares,omitempty"`
+	// Nets are its NICs on TAPs and who moves their frames (vhost-net
+	// or the VMM), for a running subOS.
+	Nets []NICInfo `json:"nets,omitempty"`
 }

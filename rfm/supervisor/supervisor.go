@@ -859,17 +859,51 @@ func (s *Supervisor) List() []Info {
 
 // Get returns one subOS.
 func (s *Supervisor) Get(name string) (Info, error) {
+	info, vmm, ask, err := s.getLocked(name)
+	if err != nil || !ask {
+		return info, err
+	}
+	// Who serves the NICs is the VMM's to say (it falls back from
+	// vhost-net on its own); asked outside the lock, briefly.
+	ctx, cancel := context.WithTimeout(context.Background(), nicQueryTimeout)
+	defer cancel()
+	devs, qerr := vmmctl.Devices(ctx, vmm)
+	info.Nets = nicInfo(info.Spec, devs, qerr == nil)
+	return info, nil
+}
+
+// getLocked is Get's view under the lock, and the VMM to ask about the
+// NICs when ask.
+func (s *Supervisor) getLocked(name string) (info Info, vmm vmmctl.VMM, ask bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	so, ok := s.subos[name]
 	if !ok {
 		if e, gone := s.exits[name]; gone {
 			// Gone on its own: how it ended stays visible.
-			return Info{Name: name, State: StateExited, LastExit: &e}, nil
+			return Info{Name: name, State: StateExited, LastExit: &e}, vmm, false, nil
 		}
-		return Info{}, fmt.Errorf("%w: %q", ErrNotFound, name)
+		return Info{}, vmm, false, fmt.Errorf("%w: %q", ErrNotFound, name)
 	}
-	return s.withAutoscale(s.withLoans(withShares(so, withAgent(so)))), nil
+	info = s.withAutoscale(s.withLoans(withShares(so, withAgent(so))))
+	if info.State != StateRunning || so.proc == nil || !hasTAPNIC(info.Spec) {
+		return info, vmm, false, nil
+	}
+	return info, s.vmm(so), true, nil
+}
+
+// nicQueryTimeout bounds how long Get waits for a VMM to list its
+// devices.
+const nicQueryTimeout = 2 * time.Second
+
+// hasTAPNIC says whether spec has a NIC on a TAP.
+func hasTAPNIC(spec Spec) bool {
+	for _, n := range spec.Nets {
+		if !n.User {
+			return true
+		}
+	}
+	return false
 }
 
 // withAutoscale fills in the autoscaler's last decision on info's subOS.

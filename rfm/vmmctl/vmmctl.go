@@ -137,6 +137,12 @@ type Device struct {
 	// Stats.Counters; a loop member's backend's prefixed loop_), the
 	// zero ones left out.
 	Counters map[string]uint64 `json:"counters,omitempty"`
+	// Vhost, for a net given vhost-net, says who serves its queues:
+	// "on" (the host kernel), "ready" (the kernel will, once the guest's
+	// driver starts the device), "fallback" (the VMM, after vhost-net
+	// failed) or "off" (the VMM: vhost-net was unusable); empty for a
+	// net the VMM serves without vhost-net.
+	Vhost string `json:"vhost,omitempty"`
 }
 
 // VCPUPin is where one vCPU's thread runs: the host core it is pinned

@@ -170,6 +170,11 @@ const (
 	// FileNetPrefix + a net's ID: /dev/net/tun attached to its TAP
 	// interface (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR).
 	FileNetPrefix = "net/"
+	// FileVhostNetPrefix + a net's ID: an open /dev/vhost-net, which
+	// the VMM uses to put the TAP net's data path in the host kernel
+	// (vmm/virtio/net/vhostnet), falling back to its own when vhost
+	// fails. A TAP net only.
+	FileVhostNetPrefix = "vhost-net/"
 	// FileLoopPrefix + a loop net's ID + "/lane/<i>" and "/bell/<i>":
 	// member i's lane (its region's memfd; read-write for this member,
 	// read-only for the others) and doorbell (an eventfd), for every
@@ -179,7 +184,7 @@ const (
 
 // MaxFiles bounds the named descriptors: room for two loop networks of
 // the most members besides the rest.
-const MaxFiles = 8 + MaxDisks + MaxShares + MaxNets + 2*2*loop.MaxMembers
+const MaxFiles = 8 + MaxDisks + MaxShares + 2*MaxNets + 2*2*loop.MaxMembers
 
 // ShareFile is the name of share id's descriptor.
 func ShareFile(id string) string { return FileSharePrefix + id }
@@ -189,6 +194,9 @@ func DiskFile(id string) string { return FileDiskPrefix + id }
 
 // NetFile is the name of net id's descriptor.
 func NetFile(id string) string { return FileNetPrefix + id }
+
+// VhostNetFile is the name of net id's vhost-net descriptor.
+func VhostNetFile(id string) string { return FileVhostNetPrefix + id }
 
 // LoopLaneFile is the name of the descriptor of member i's lane for loop
 // net id.
@@ -827,6 +835,9 @@ func (d *Document) validateNets(diskIDs map[string]bool) (map[string]bool, error
 		}
 		macs[mac] = true
 		_, given := d.Files[NetFile(n.ID)]
+		if _, vhost := d.Files[VhostNetFile(n.ID)]; vhost && (n.Loop != nil || n.Backend == NetBackendSocket) {
+			return nil, &FieldError{Field: "files", Msg: fmt.Sprintf("files: %q: vhost-net is for a TAP net only", VhostNetFile(n.ID))}
+		}
 		if n.Loop != nil {
 			if err := d.checkLoopNet(i, n); err != nil {
 				return nil, err
@@ -926,6 +937,8 @@ func (d *Document) validateFiles(diskIDs, netIDs, shareIDs map[string]bool) erro
 			} else if id, ok := strings.CutPrefix(name, FileSharePrefix); ok {
 				known = shareIDs[id]
 			} else if id, ok := strings.CutPrefix(name, FileNetPrefix); ok {
+				known = netIDs[id]
+			} else if id, ok := strings.CutPrefix(name, FileVhostNetPrefix); ok {
 				known = netIDs[id]
 			} else {
 				known = d.loopFile(name)

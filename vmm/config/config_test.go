@@ -422,6 +422,14 @@ func TestNets(t *testing.T) {
 			t.Errorf("%s: %v, want nets: %q", c.want, err, c.want)
 		}
 	}
+	// A TAP net may have a vhost-net descriptor too.
+	vhostFiles := strings.Replace(with(`[{"mac": "52:54:00:12:34:56"}]`), `"version": 1,`, `"version": 1, "files": {"net/net0": 0, "vhost-net/net0": 1},`, 1)
+	if _, err := Decode(strings.NewReader(vhostFiles)); err != nil {
+		t.Errorf("vhost-net descriptor: %v", err)
+	}
+	if _, err := Decode(strings.NewReader(strings.Replace(good, `"version": 1,`, `"version": 1, "files": {"vhost-net/net0": 0},`, 1))); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "vhost-net/net0"`) {
+		t.Errorf("vhost-net/net0 without nets: %v", err)
+	}
 	// A descriptor for a net the document does not have is unknown.
 	if _, err := Decode(strings.NewReader(files(good))); err == nil || !strings.Contains(err.Error(), `unknown descriptor name "net/net0"`) {
 		t.Errorf("net/net0 without nets: %v", err)
@@ -522,6 +530,7 @@ func TestLoopNets(t *testing.T) {
 		{"nets[0].tap", "a loop member has no TAP", func(d *Document, n *Net) { n.Tap = "t0" }},
 		{"nets[0].tap", "a loop member has no TAP", func(d *Document, n *Net) { d.Files[NetFile("lan")] = len(d.Files) }},
 		{"nets[0].any_source_mac", "own MAC only", func(d *Document, n *Net) { n.AnySourceMAC = true }},
+		{"files", "vhost-net is for a TAP net only", func(d *Document, n *Net) { d.Files[VhostNetFile("lan")] = len(d.Files) }},
 		{"files", `no descriptor "loop/lan/bell/2"`, func(d *Document, n *Net) {
 			delete(d.Files, LoopBellFile("lan", 2))
 			d.Files[LoopLaneFile("lan", 2)] = len(d.Files) - 1

@@ -225,13 +225,14 @@ func linuxConfig(doc *config.Document, o Options, log *slog.Logger) (vmm.LinuxCo
 	for _, n := range cfg.Nets {
 		var nf vmm.NetFiles
 		nf.Tap = take(config.NetFile(n.ID))
+		nf.Vhost = take(config.VhostNetFile(n.ID))
 		if n.Loop != nil {
 			for k := range n.Loop.Members {
 				nf.Loop.Lanes = append(nf.Loop.Lanes, take(config.LoopLaneFile(n.ID, k)))
 				nf.Loop.Bells = append(nf.Loop.Bells, take(config.LoopBellFile(n.ID, k)))
 			}
 		}
-		if nf.Tap != nil || n.Loop != nil {
+		if nf.Tap != nil || nf.Vhost != nil || n.Loop != nil {
 			if cfg.NetFiles == nil {
 				cfg.NetFiles = map[string]vmm.NetFiles{}
 			}
@@ -546,6 +547,7 @@ func (s *subOS) Devices() []vmmctl.Device {
 		d.Slot = slot
 		if d.Kind == "net" {
 			d.Counters, _ = s.l.NetCounters(id)
+			d.Vhost = s.l.NetVhost(id)
 		}
 		out = append(out, d)
 	}

@@ -18,8 +18,10 @@
 // and ioctl. ioctl is allowed only for the request
 // numbers the VMM makes: the KVM system, VM and vCPU ioctls it uses, the
 // block-device queries of a hot-added disk, TCGETS/TCSETS of a stdio
-// console, and TUNSETOFFLOAD (a virtio-net driver starting its device sets
-// its TAP's offloads, vmm/virtio/net/tap); prctl only for PR_SET_NAME (vCPU threads name themselves).
+// console, TUNSETOFFLOAD (a virtio-net driver starting its device sets
+// its TAP's offloads, vmm/virtio/net/tap), and for a net on vhost-net
+// TUNSETVNETHDRSZ and the vhost ioctls (vmm/vhost: the queues go to the
+// kernel when the driver starts the device, and come back on reset); prctl only for PR_SET_NAME (vCPU threads name themselves).
 // Opening files fails with EACCES instead of trapping: after the jail
 // there is nothing to open (disks hot-added to a jailed VMM come as
 // descriptors), but the disk model probes the image's file system
@@ -64,6 +66,8 @@ import (
 	libseccomp "github.com/elastic/go-seccomp-bpf"
 	"github.com/elastic/go-seccomp-bpf/arch"
 	"golang.org/x/sys/unix"
+
+	"rainforest/vmm/vhost"
 )
 
 // ErrUnsupported means the kernel or the architecture has no seccomp
@@ -123,7 +127,7 @@ const (
 
 // IoctlRequests are the ioctl requests allowed, by name (the names are
 // for the test and for reading; the filter matches numbers).
-var IoctlRequests = map[string]uint64{
+var IoctlRequests = withVhost(map[string]uint64{
 	"KVM_GET_API_VERSION": kvmGetAPIVersion, "KVM_CREATE_VM": kvmCreateVM, "KVM_CHECK_EXTENSION": kvmCheckExtension,
 	"KVM_GET_VCPU_MMAP_SIZE": kvmGetVCPUMmapSize, "KVM_GET_SUPPORTED_CPUID": kvmGetSupportedCPUID,
 	"KVM_CREATE_VCPU": kvmCreateVCPU, "KVM_SET_USER_MEMORY_REGION": kvmSetUserMemoryRegion,
@@ -137,7 +141,26 @@ var IoctlRequests = map[string]uint64{
 	"BLKROGET": unix.BLKROGET, "BLKGETSIZE64": unix.BLKGETSIZE64, "BLKSSZGET": unix.BLKSSZGET,
 	"BLKDISCARD": unix.BLKDISCARD, "BLKZEROOUT": unix.BLKZEROOUT,
 	"TCGETS": unix.TCGETS, "TCSETS": unix.TCSETS,
-	"TUNSETOFFLOAD": unix.TUNSETOFFLOAD,
+	"TUNSETOFFLOAD": unix.TUNSETOFFLOAD, "TUNSETVNETHDRSZ": unix.TUNSETVNETHDRSZ,
+})
+
+// vhostRuntimeIoctls are the vhost-net ioctls (vmm/vhost) a net makes
+// after the filter is in place: its queues go to the host kernel when its
+// driver starts the device and come back on reset
+// (vmm/virtio/net/vhostnet). VHOST_SET_OWNER and VHOST_GET_FEATURES are
+// made when the machine is built, before the filter, and stay out.
+var vhostRuntimeIoctls = []string{
+	"VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE", "VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE",
+	"VHOST_GET_VRING_BASE", "VHOST_SET_VRING_ADDR", "VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL",
+	"VHOST_NET_SET_BACKEND",
+}
+
+// withVhost adds vhostRuntimeIoctls to reqs.
+func withVhost(reqs map[string]uint64) map[string]uint64 {
+	for _, name := range vhostRuntimeIoctls {
+		reqs[name] = vhost.IoctlRequests[name]
+	}
+	return reqs
 }
 
 // openAction makes opening a file fail with EACCES.

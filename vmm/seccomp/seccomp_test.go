@@ -19,6 +19,7 @@ import (
 	"rainforest/vmm/consolelog"
 	"rainforest/vmm/jail"
 	"rainforest/vmm/ram"
+	"rainforest/vmm/vhost"
 )
 
 // The policy assembles into a BPF program, and every name is a system
@@ -314,4 +315,29 @@ func statusField(t *testing.T, pid int, field string) string {
 		}
 	}
 	return ""
+}
+
+// A net on vhost-net hands its queues over after the filter is in place
+// (when the guest's driver starts the device): those ioctls are allowed,
+// with the TAP's header size; those made before the filter are not.
+func TestVhostNetIoctlsAllowed(t *testing.T) {
+	for _, name := range []string{"VHOST_SET_FEATURES", "VHOST_SET_MEM_TABLE",
+		"VHOST_SET_VRING_NUM", "VHOST_SET_VRING_BASE", "VHOST_GET_VRING_BASE", "VHOST_SET_VRING_ADDR",
+		"VHOST_SET_VRING_KICK", "VHOST_SET_VRING_CALL", "VHOST_NET_SET_BACKEND", "TUNSETVNETHDRSZ", "TUNSETOFFLOAD"} {
+		if IoctlRequests[name] == 0 {
+			t.Errorf("%s is not allowed", name)
+		}
+	}
+	allowed := map[uint64]bool{}
+	for _, r := range sortedRequests() {
+		allowed[r] = true
+	}
+	for name, req := range vhost.IoctlRequests {
+		// Owner and features are taken when the machine is built,
+		// before the filter; the error eventfd is not used.
+		before := name == "VHOST_SET_OWNER" || name == "VHOST_GET_FEATURES" || name == "VHOST_SET_VRING_ERR"
+		if allowed[req] == before {
+			t.Errorf("%s (%#x) allowed: %v, want %v", name, req, allowed[req], !before)
+		}
+	}
 }

@@ -352,28 +352,24 @@ func (d *Device) start(a *activation, va virtio.Activation) error {
 
 func (d *Device) startQueue(ctx context.Context, a *activation, va virtio.Activation, q int, queue *virtio.Queue) error {
 	qc := queue.Config()
-	n := uint64(qc.Size)
-	desc, err1 := va.Mem.Slice(qc.Desc, 16*n)
-	avail, err2 := va.Mem.Slice(qc.Driver, 6+2*n)
-	used, err3 := va.Mem.Slice(qc.Device, 6+8*n)
-	if err := errors.Join(err1, err2, err3); err != nil {
+	idx := uint32(q)
+	addr, err := RingAddr(va.Mem, idx, qc)
+	if err != nil {
 		return err // NewQueue checked them
 	}
-	idx := uint32(q)
 	if err := d.conn.SetVringNum(ctx, idx, uint32(qc.Size)); err != nil {
 		return err
 	}
 	if err := d.conn.SetVringBase(ctx, idx, 0); err != nil {
 		return err
 	}
-	if err := d.conn.SetVringAddr(ctx, VringAddr{Index: idx, Desc: hostAddr(desc), Used: hostAddr(used), Avail: hostAddr(avail)}); err != nil {
+	if err := d.conn.SetVringAddr(ctx, addr); err != nil {
 		return err
 	}
 	var call, kick *eventfd.EventFD
 	if va.Doorbells != nil {
 		call, kick = va.Doorbells.Call(q), va.Doorbells.Kick(q)
 	}
-	var err error
 	if call == nil {
 		if call, err = a.newEventFD(); err != nil {
 			return err
@@ -475,17 +471,47 @@ func (d *Device) Reset() {
 // region, at its host address, with the file it maps (the caller keeps
 // the files open while it uses them). Every region must have a file.
 func MemoryTable(mem *guestmem.Memory) ([]MemoryRegion, []*os.File, error) {
-	var regions []MemoryRegion
+	regions, err := HostMemoryTable(mem)
+	if err != nil {
+		return nil, nil, err
+	}
 	var files []*os.File
-	for _, r := range mem.Regions() {
+	for i, r := range mem.Regions() {
 		if r.File == nil {
 			return nil, nil, fmt.Errorf("vhost-user: guest memory at %#x has no file to share", r.GPA)
 		}
-		regions = append(regions, MemoryRegion{GPA: r.GPA, Size: uint64(len(r.Data)), UserAddr: hostAddr(r.Data), MmapOffset: r.Offset})
+		regions[i].MmapOffset = r.Offset
 		files = append(files, r.File)
 	}
-	if len(regions) == 0 || len(regions) > MaxMemoryRegions {
-		return nil, nil, fmt.Errorf("vhost-user: %d guest memory regions, at most %d", len(regions), MaxMemoryRegions)
-	}
 	return regions, files, nil
+}
+
+// HostMemoryTable returns the memory table of mem for a back end in this
+// process's address space (the kernel's vhost): a region per guest memory
+// region, at its host address, MmapOffset 0. Hotplug memory is in it
+// whole; its unplugged blocks are inaccessible to the back end as to the
+// VMM.
+func HostMemoryTable(mem *guestmem.Memory) ([]MemoryRegion, error) {
+	var regions []MemoryRegion
+	for _, r := range mem.Regions() {
+		regions = append(regions, MemoryRegion{GPA: r.GPA, Size: uint64(len(r.Data)), UserAddr: hostAddr(r.Data)})
+	}
+	if len(regions) == 0 || len(regions) > MaxMemoryRegions {
+		return nil, fmt.Errorf("vhost: %d guest memory regions, at most %d", len(regions), MaxMemoryRegions)
+	}
+	return regions, nil
+}
+
+// RingAddr returns the addresses of virtqueue qc's rings in this process
+// as ring index's SET_VRING_ADDR (vhost-user) or VHOST_SET_VRING_ADDR
+// (the kernel's vhost) payload; the rings must lie in mem.
+func RingAddr(mem *guestmem.Memory, index uint32, qc virtio.QueueConfig) (VringAddr, error) {
+	n := uint64(qc.Size)
+	desc, err1 := mem.Slice(qc.Desc, 16*n)
+	avail, err2 := mem.Slice(qc.Driver, 6+2*n)
+	used, err3 := mem.Slice(qc.Device, 6+8*n)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return VringAddr{}, err
+	}
+	return VringAddr{Index: index, Desc: hostAddr(desc), Used: hostAddr(used), Avail: hostAddr(avail)}, nil
 }

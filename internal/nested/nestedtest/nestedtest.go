@@ -25,8 +25,8 @@ func WriteFile(t testing.TB, p, content string, perm os.FileMode) string {
 }
 
 // L1Image returns an Image whose modules directory has a modules.dep and
-// fake module files for kvm-amd, virtio_pci and virtio_blk and their
-// dependencies, and a busybox that is not executable.
+// fake module files for kvm-amd, tun, bridge, vhost_net, virtio_pci and
+// virtio_blk and their dependencies, and a busybox that is not executable.
 func L1Image(t testing.TB) *images.Image {
 	t.Helper()
 	dir := t.TempDir()
@@ -37,6 +37,10 @@ func L1Image(t testing.TB) *images.Image {
 			"kernel/arch/x86/kvm/kvm-amd.ko: kernel/arch/x86/kvm/kvm.ko kernel/drivers/crypto/ccp/ccp.ko kernel/virt/lib/irqbypass.ko\n"+
 			"kernel/drivers/crypto/ccp/ccp.ko:\n"+
 			"kernel/drivers/net/tun.ko:\n"+
+			"kernel/drivers/net/tap.ko:\n"+
+			"kernel/drivers/vhost/vhost_iotlb.ko:\n"+
+			"kernel/drivers/vhost/vhost.ko: kernel/drivers/vhost/vhost_iotlb.ko\n"+
+			"kernel/drivers/vhost/vhost_net.ko: kernel/drivers/vhost/vhost.ko kernel/drivers/net/tap.ko kernel/drivers/net/tun.ko\n"+
 			"kernel/net/llc/llc.ko:\n"+
 			"kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n"+
 			"kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n"+
@@ -45,7 +49,8 @@ func L1Image(t testing.TB) *images.Image {
 			"kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"+
 			"kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n", 0o644)
 	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko",
-		"kernel/drivers/net/tun.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko",
+		"kernel/drivers/net/tun.ko", "kernel/drivers/net/tap.ko", "kernel/drivers/vhost/vhost_iotlb.ko", "kernel/drivers/vhost/vhost.ko",
+		"kernel/drivers/vhost/vhost_net.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko",
 		"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko"} {
 		WriteFile(t, filepath.Join(mods, m), "module "+m, 0o644)
 	}

@@ -22,9 +22,10 @@
 // device). The descriptor is non-blocking and in the Go runtime's poller;
 // Run stops when its context ends (a read deadline wakes it).
 //
-// A later vhost-net backend moves the rings into the kernel instead: it
-// needs the queues' addresses and eventfds, not frames, and so is a
-// different interface beside net.Backend, not an implementation of it.
+// vhost-net (vmm/virtio/net/vhostnet) moves the rings into the kernel
+// instead: it needs the queues' addresses and eventfds, not frames, and
+// attaches them to the interface's descriptor (Control); the Tap stays the
+// userspace fallback.
 package tap
 
 import (
@@ -240,3 +241,18 @@ func (t *Tap) Run(ctx context.Context, port vnet.Port) error {
 
 // Close implements net.Backend.
 func (t *Tap) Close() error { return t.f.Close() }
+
+// SetHeaderSize sets the header size before every frame
+// (TUNSETVNETHDRSZ): vhost-net sets the 12 bytes of virtio 1 again when it
+// takes the interface over.
+func (t *Tap) SetHeaderSize(n int) error {
+	var err error
+	if cerr := t.rc.Control(func(fd uintptr) { err = setVnetHdrSize(int(fd), n) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// Control runs f with the interface's descriptor (vhost-net attaches its
+// rings to it); f must not keep it.
+func (t *Tap) Control(f func(fd uintptr)) error { return t.rc.Control(f) }
