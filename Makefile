@@ -66,7 +66,7 @@ e2e: setup image image-debian
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) test -count=1 -v -timeout 60m ./e2e/...
 
 bench: setup image image-debian
-	./scripts/setup.sh lxc
+	./scripts/setup.sh lxc iperf3 sockperf
 	./scripts/hugepages.sh 600
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/boot
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/lifecycle
@@ -75,6 +75,7 @@ bench: setup image image-debian
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hotplug
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/hardening
 	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/fs
+	RF_IMAGES=$(CURDIR)/$(IMAGES) $(GO) run ./bench/net
 
 # Every fuzz target in the repository, one after another, FUZZTIME each
 # (scripts/fuzz.sh: summary table; non-zero exit on a crash, the crasher

@@ -84,7 +84,7 @@ func DebianPackages() []string {
 	return []string{
 		"systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus", "kmod",
 		"iproute2", "iputils-ping", "netbase", "openssh-server",
-		"iperf3", "fio", "procps", "e2fsprogs", "less",
+		"iperf3", "sockperf", "fio", "procps", "e2fsprogs", "less",
 	}
 }
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Extra packages may be named as arguments (make bench adds lxc, its baseline).
+# Extra packages may be named as arguments (make bench adds lxc, its baseline,
+# and iperf3 and sockperf, which bench/net runs on the host's end).
 # The virtio-fs back end: Debian's virtiofsd package (/usr/libexec/virtiofsd)
 # where the release has it (13 and later, bookworm-backports); on Debian 12
 # QEMU's own virtiofsd (/usr/lib/qemu/virtiofsd, in qemu-system-common,
