@@ -202,6 +202,10 @@ func TestGuardKernel(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+		if c, err := nftables.New(); err == nil {
+			kept, err := hasChain(c, guardChainName(tap.Name))
+			t.Logf("the kernel kept the chain of a TAP that went: %v (%v)", kept, err)
+		}
 		if err := UnguardTAP(tap.Name); err != nil {
 			t.Errorf("unguard after the TAP went: %v", err)
 		}
