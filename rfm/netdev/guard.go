@@ -8,11 +8,11 @@ package netdev
 // MAC and, with an address lock, IPv4 and ARP frames that claim another
 // address.
 //
-// The rules are nftables rules made through github.com/google/nftables:
-// it speaks nftables' netlink protocol itself (no `nft` binary on the
-// host, no text to escape), is kept up by Google and used by gVisor,
-// Tailscale and kube-proxy's nftables mode; nothing else in Go does
-// nftables netlink-natively.
+// The rules are nftables rules made through github.com/google/nftables,
+// picked because it speaks nftables' netlink protocol itself (no `nft`
+// binary on the host, no rule text to build and escape), and is well
+// kept (Google's, used by Tailscale among others), where the other Go
+// choices run the nft binary.
 //
 // The chains live in the kernel, so they keep working across a
 // supervisor restart; the kernel drops a TAP's hook when the TAP goes
@@ -44,8 +44,7 @@ const (
 )
 
 // guardPriority puts a guard's chain before every other on the ingress
-// hook (the lowest priority nftables takes short of the reserved
-// NF_IP_PRI_FIRST).
+// hook: one above the lowest priority there is (NF_IP_PRI_FIRST).
 const guardPriority = nftables.ChainPriority(-1<<31 + 1)
 
 // Ethernet types and header offsets the rules match.
