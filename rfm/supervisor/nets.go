@@ -31,6 +31,15 @@ import (
 // descriptor of it is open, so it goes with the VMM whatever happens to
 // the supervisor. The VMM's backend threads that move the frames run in
 // the subOS's cgroup, with its vCPUs.
+//
+// The host kernel's vhost-net moves a NIC's frames past its VMM (and
+// past the VMM's anti-spoofing checks), so every TAP gets a source guard
+// on the host as well (Network.GuardTAP: an nftables chain on the TAP's
+// ingress, made right after the TAP, removed with the subOS): frames
+// from another MAC than the NIC's, and with NIC.IP from another IPv4
+// address, are dropped and counted (rfm stats: host_tx_spoofed_mac,
+// host_tx_spoofed_ip). The chains live in the kernel, so a restarted
+// supervisor finds them working.
 
 // NIC is a network interface of a subOS.
 type NIC struct {
@@ -450,9 +459,9 @@ func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
 }
 
 // releaseNICs removes the source guards of so's TAPs and the bridges
-// so's NICs are in that the supervisor made (whichever subOS asked for them) and no other subOS uses, once its
-// VMM is gone (its TAPs go with it), and closes the loop networks it was
-// the last member of.
+// so's NICs are in that the supervisor made (whichever subOS asked for
+// them) and no other subOS uses, once its VMM is gone (its TAPs go with
+// it), and closes the loop networks it was the last member of.
 func (s *Supervisor) releaseNICs(so *subOS) {
 	s.releaseLoops(so)
 	if s.cfg.Network == nil {
