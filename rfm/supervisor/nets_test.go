@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"rainforest/rfm/netdev"
 	"rainforest/rfm/vmmctl"
@@ -544,5 +545,43 @@ func TestIPCmdline(t *testing.T) {
 	spec.CmdlineAppend = "rf.addr=x"
 	if got := loopCmdline(spec); got != "" {
 		t.Errorf("loopCmdline with the command line's own rf.addr = %q", got)
+	}
+}
+
+// A restarted supervisor leaves the guards of the subOSes it adopts as
+// they are (they live in the kernel), and removes those of the subOSes
+// it reclaims.
+func TestNICGuardRestart(t *testing.T) {
+	dir := t.TempDir()
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	nw := newFakeNetwork("br0")
+	s := newTestSupervisorNet(t, dir, act, l, nw)
+	ctx := context.Background()
+	var pids []int
+	for _, name := range []string{"a", "b"} {
+		spec := testSpec(t, name, 1)
+		spec.Nets = []NIC{{Bridge: "br0"}}
+		info, err := s.Create(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, info.PID)
+	}
+	s.Close()
+	l.procs[pids[1]].exit()
+	nw.gone("rf-b0")
+	s2 := newTestSupervisorNet(t, dir, act, l, nw)
+	defer s2.Close()
+	if g := nw.guardState(); len(g) != 1 || g["rf-a0"] == "" {
+		t.Errorf("guards after the restart: %v, want a's only", g)
+	}
+	l.procs[pids[0]].exit()
+	nw.gone("rf-a0")
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s2.List()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if g := nw.guardState(); len(g) != 0 {
+		t.Errorf("guards after a's VMM exited: %v", g)
 	}
 }
