@@ -9,16 +9,19 @@ import (
 )
 
 // networkScript gives two subOSes a NIC each on a bridge the supervisor
-// makes (with the L1 host's address on it): each guest reaches the L1
-// host and the other guest, their NICs on vhost-net (its worker thread
-// in the subOS's cgroup); a NIC on a bridge that does not exist, a TAP
+// makes (with the L1 host's address on it; b's address locked, ip=, and
+// given to it by the supervisor): each guest reaches the L1 host and the
+// other guest, their NICs on vhost-net (its worker thread in the
+// subOS's cgroup); a guest that changes its MAC, or sends from another
+// address than its locked one, reaches no one, and rfm stats counts the
+// frames the host dropped; a NIC on a bridge that does not exist, a TAP
 // name that is taken and a MAC that is another subOS's are refused with
 // nothing made; destroying the subOSes removes their TAPs and the bridge.
 const networkScript = shellLib + `
 rfm_serve
 echo "== create"
 "$RFM" create a --cores 1 --memory 128M --net bridge=rfbr0,create,address=10.77.0.1/24 --append "rf.ip=10.77.0.2/24"; echo "RF-STATUS-A $?"
-"$RFM" create b --cores 2 --memory 128M --net bridge=rfbr0 --append "rf.ip=10.77.0.3/24"; echo "RF-STATUS-B $?"
+"$RFM" create b --cores 2 --memory 128M --net bridge=rfbr0,ip=10.77.0.3/24; echo "RF-STATUS-B $?"
 healthy a; healthy b
 echo "RF-BRIDGE-PORTS $(ls /sys/class/net/rfbr0/brif | tr '\n' ' ')"
 echo "RF-INSPECT-A $("$RFM" inspect a -o json | tr -d '\n')"
@@ -38,6 +41,14 @@ echo "== ping"
 "$RFM" exec a -- ping -c 3 -W 5 10.77.0.3; echo "RF-PING-PEER $?"
 ping -c 2 -W 5 10.77.0.3; echo "RF-PING-FROM-HOST $?"
 "$RFM" stats a | sed -n 's/^HOST CPU[[:space:]]*/RF-HOSTCPU /p'
+echo "== spoof"
+maca=$("$RFM" inspect a -o json | tr -d ' \n' | sed -n 's/.*"mac":"\([0-9a-f:]*\)".*/\1/p')
+"$RFM" exec a -- sh -c 'ip link set eth0 down; ip link set eth0 address 02:00:00:00:00:99; ip link set eth0 up; ping -c 3 -W 2 10.77.0.3'; echo "RF-PING-SPOOFED-MAC $?"
+"$RFM" exec a -- sh -c "ip link set eth0 down; ip link set eth0 address $maca; ip link set eth0 up"
+"$RFM" exec a -- ping -c 3 -W 5 10.77.0.3; echo "RF-PING-RESTORED $?"
+"$RFM" exec b -- sh -c 'ip addr add 10.77.0.9/24 dev eth0; ping -c 3 -W 2 -I 10.77.0.9 10.77.0.1; r=$?; ip addr del 10.77.0.9/24 dev eth0; exit $r'; echo "RF-PING-SPOOFED-IP $?"
+echo "RF-STATS-A $("$RFM" stats a -o json | tr -d '\n')"
+echo "RF-STATS-B $("$RFM" stats b -o json | tr -d '\n')"
 echo "== refused"
 "$RFM" create c --cores 3 --memory 64M --net bridge=nosuchbr 2>&1; echo "RF-STATUS $?"
 "$RFM" create c --cores 3 --memory 64M --net tap=rf-a0 2>&1; echo "RF-STATUS $?"
@@ -104,6 +115,27 @@ func TestNetwork(t *testing.T) {
 	// its vhost-net worker among them.
 	if hc := Field(p, "RF-HOSTCPU"); !strings.Contains(hc, "VMM back ends") || !strings.Contains(hc, "(vhost ") {
 		t.Errorf("rfm stats a shows no host CPU line with the vhost worker's time: %q\n%s", hc, p)
+	}
+	// A guest sending from another MAC (or, with ip, another address)
+	// reaches no one though vhost-net bypasses its VMM: the host's guard
+	// at the TAP drops and counts the frames.
+	sp := secs["spoof"]
+	if Field(sp, "RF-PING-SPOOFED-MAC") == "0" || Field(sp, "RF-PING-SPOOFED-IP") == "0" || Field(sp, "RF-PING-RESTORED") != "0" {
+		t.Errorf("spoofed pings got through, or the restored NIC does not work:\n%s", sp)
+	}
+	for name, counter := range map[string]string{"A": "host_tx_spoofed_mac", "B": "host_tx_spoofed_ip"} {
+		var st struct {
+			Host struct {
+				NICs []struct {
+					ID       string
+					Counters map[string]uint64
+				}
+			}
+		}
+		raw := Field(sp, "RF-STATS-"+name)
+		if err := json.Unmarshal([]byte(raw), &st); err != nil || len(st.Host.NICs) == 0 || st.Host.NICs[0].Counters[counter] == 0 {
+			t.Errorf("rfm stats %s shows no %s (%v): %s", strings.ToLower(name), counter, err, raw)
+		}
 	}
 	ref := secs["refused"]
 	var codes []string

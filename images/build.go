@@ -23,7 +23,7 @@
 //	                  then print "RF-CMD-EXIT <status>"
 //	rf.poweroff=1     power off after rf.cmd instead of starting a shell
 //	rf.agent=0        do not start /usr/bin/rf-agent
-//	rf.addr=MAC=A/N,.. give the NIC of each MAC address A/N (loop networks)
+//	rf.addr=MAC=A/N,.. give the NIC of each MAC address A/N (loop networks, nets[].ip)
 //	rf.ip=A/N[,GW]    give the first NIC address A/N (and a default
 //	                  route through GW), and set it up
 //	rf.shares=T1,T2   mount the virtio-fs shares tagged T1, T2 at /mnt/T1,
@@ -612,7 +612,7 @@ if [ -n "$ip_conf" ]; then
 	fi
 fi
 # rf.addr=MAC=ADDR/LEN[,...] (the supervisor sets it for loop network
-# NICs): the NIC of that MAC gets that address.
+# NICs and TAP NICs with an ip): the NIC of that MAC gets that address.
 for pair in $(param rf.addr | tr , ' '); do
 	mac=${pair%%=*}
 	nic=""

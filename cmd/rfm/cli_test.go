@@ -425,6 +425,9 @@ func TestCLI(t *testing.T) {
 		{name: "create with uplink", args: []string{"create", "db", "--memory", "64M", "--net", "user,host-loopback", "--publish", "8080:80"}, status: 0, stdout: "db"},
 		{name: "create net vhost off", args: []string{"create", "db", "--memory", "64M", "--net", "bridge=br0,vhost=off"}, status: 0, stdout: "db"},
 		{name: "create net bad vhost", args: []string{"create", "db", "--net", "bridge=br0,vhost=maybe"}, status: 2, stderr: "unknown or empty option"},
+		{name: "create net ip", args: []string{"create", "db", "--memory", "64M", "--net", "bridge=br0,ip=10.77.0.2/24"}, status: 0, stdout: "db"},
+		{name: "create net bad ip", args: []string{"create", "db", "--net", "bridge=br0,ip=10.77.0.2"}, status: 2, stderr: "want an IPv4 address with its prefix length"},
+		{name: "create uplink with ip", args: []string{"create", "db", "--net", "user,ip=10.0.2.9/24"}, status: 2, stderr: "ip is for a NIC on a TAP"},
 		{name: "create uplink with vhost", args: []string{"create", "db", "--net", "user,vhost=on"}, status: 2, stderr: "vhost is for a NIC on a TAP"},
 		{name: "create bad net", args: []string{"create", "db", "--net", "bridge=br0,colour=red"}, status: 2, stderr: "unknown or empty option"},
 		{name: "create net without bridge or tap", args: []string{"create", "db", "--net", "mac=02:00:00:00:00:01"}, status: 2, stderr: "give user, bridge=NAME, tap=NAME or loop=NAME"},
@@ -784,4 +787,16 @@ func (o otherBuild) WriteHeader(code int) {
 func (o otherBuild) Write(b []byte) (int, error) {
 	o.Header().Set(api.VersionHeader, "v9.9.9+0123456789ab")
 	return o.ResponseWriter.Write(b)
+}
+
+func TestParseNICIP(t *testing.T) {
+	n, err := parseNIC("bridge=br0,ip=10.77.0.2/24")
+	if err != nil || n.Bridge != "br0" || n.IP != "10.77.0.2/24" {
+		t.Errorf("parseNIC with ip: %+v, %v", n, err)
+	}
+	for _, bad := range []string{"bridge=br0,ip=", "bridge=br0,ip=fd00::2/64", "loop=l,ip=10.99.0.2/24"} {
+		if _, err := parseNIC(bad); err == nil {
+			t.Errorf("parseNIC(%q) accepted", bad)
+		}
+	}
 }

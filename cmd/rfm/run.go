@@ -191,7 +191,7 @@ func specFromLayout(so layout.SubOS, appendArgs string, sizes map[string]uint64)
 	spec.Class = so.Class
 	for _, n := range so.Nets {
 		spec.Nets = append(spec.Nets, supervisor.NIC{ID: n.ID, Bridge: n.Bridge, CreateBridge: n.CreateBridge, BridgeAddress: n.BridgeAddress, TAP: n.TAP, MAC: n.MAC,
-			User: n.User, Publish: n.Publish, HostLoopback: n.HostLoopback, Vhost: n.Vhost, Loop: n.Loop, LoopMembers: n.LoopMembers, LoopSubnet: n.LoopSubnet})
+			User: n.User, Publish: n.Publish, HostLoopback: n.HostLoopback, Vhost: n.Vhost, IP: n.IP, Loop: n.Loop, LoopMembers: n.LoopMembers, LoopSubnet: n.LoopSubnet})
 	}
 	if a := so.Autoscale; a != nil {
 		spec.Autoscale = &supervisor.AutoscaleSpec{Lower: supervisor.Duration(a.Lower), Upper: supervisor.Duration(a.Upper),

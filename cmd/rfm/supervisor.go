@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -427,7 +428,7 @@ whole first: every problem is listed and nothing is reserved.`,
 }
 
 // nicSyntax is --net's syntax.
-const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; a TAP NIC with [,vhost=auto|on|off]; or loop=NAME[,members=A+B...][,subnet=CIDR][,id=ID]"
+const nicSyntax = "user[,publish=[ADDR:]HOSTPORT:GUESTPORT[/udp]]...[,host-loopback] or bridge=NAME[,create][,address=CIDR][,tap=NAME] or tap=NAME, each with [,mac=MAC][,id=ID]; a TAP NIC with [,vhost=auto|on|off][,ip=CIDR]; or loop=NAME[,members=A+B...][,subnet=CIDR][,id=ID]"
 
 // parseNIC parses --net: a TAP in a bridge (made when create is given,
 // with the host's address on it), or a TAP on its own.
@@ -460,6 +461,8 @@ func parseNIC(v string) (supervisor.NIC, error) {
 			n.LoopMembers = strings.Split(val, "+")
 		case k == "subnet" && hasVal && val != "":
 			n.LoopSubnet = val
+		case k == "ip" && hasVal && val != "":
+			n.IP = val
 		case k == "vhost" && (val == supervisor.VhostAuto || val == supervisor.VhostOn || val == supervisor.VhostOff):
 			n.Vhost = val
 		default:
@@ -477,6 +480,12 @@ func parseNIC(v string) (supervisor.NIC, error) {
 	}
 	if n.User && n.Vhost != "" {
 		return n, usageErrorf("--net %q: vhost is for a NIC on a TAP", v)
+	}
+	if n.IP != "" && (n.User || n.Loop != "") {
+		return n, usageErrorf("--net %q: ip is for a NIC on a TAP", v)
+	}
+	if a, err := netip.ParsePrefix(n.IP); n.IP != "" && (err != nil || !a.Addr().Is4()) {
+		return n, usageErrorf("--net %q: ip %q: want an IPv4 address with its prefix length, such as 10.77.0.2/24", v, n.IP)
 	}
 	return n, nil
 }

@@ -87,10 +87,12 @@ func L1Failed(err error) bool {
 }
 
 // L1Modules are the modules /init loads to get /dev/kvm, and TAP devices,
-// bridges and vhost-net (/dev/vhost-net) for subOS NICs (dependencies are
-// resolved from the kernel's module info).
+// bridges, vhost-net (/dev/vhost-net) and nftables (the TAPs' source
+// guards: its netdev family, payload, meta and counter expressions are
+// in nf_tables itself) for subOS NICs (dependencies are resolved from the
+// kernel's module info).
 func L1Modules() []string {
-	return []string{"irqbypass", "kvm", "kvm_amd", "tun", "bridge", "vhost_net"}
+	return []string{"irqbypass", "kvm", "kvm_amd", "tun", "bridge", "vhost_net", "nf_tables"}
 }
 
 // Config describes one L1 run.

@@ -163,6 +163,9 @@ type NIC struct {
 	// Vhost is "auto" (or ""), "on" or "off": whether the TAP NIC's
 	// frames go through the host kernel's vhost-net.
 	Vhost string
+	// IP locks the TAP NIC to an IPv4 address (CIDR), given to the
+	// guest on its command line.
+	IP string
 }
 
 // Supervisor holds the supervisor's own resources.

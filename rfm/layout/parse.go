@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -540,6 +541,12 @@ func (p *parser) subOS(n *yaml.Node, path string, d Defaults, networks []Network
 					{"user", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.User) }},
 					{"host_loopback", func(v *yaml.Node, path string) { p.boolean(v, path, &nic.HostLoopback) }},
 					{"publish", func(v *yaml.Node, path string) { p.strings(v, path, &nic.Publish) }},
+					{"ip", func(v *yaml.Node, path string) {
+						p.str(v, path, &nic.IP)
+						if a, err := netip.ParsePrefix(nic.IP); err != nil || !a.Addr().Is4() {
+							p.errorf(v, path, "%q: want an IPv4 address with its prefix length, such as 10.77.0.2/24", nic.IP)
+						}
+					}},
 					{"vhost", func(v *yaml.Node, path string) {
 						p.str(v, path, &nic.Vhost)
 						switch nic.Vhost {

@@ -261,7 +261,7 @@ subos:
 - name: web
   cpus: 1
   memory: 64M
-  nets: [{network: lan}, {network: up, mac: "02:00:00:00:00:07", vhost: off}, {tap: rf-x, vhost: on}]
+  nets: [{network: lan, ip: 10.77.0.2/24}, {network: up, mac: "02:00:00:00:00:07", vhost: off}, {tap: rf-x, vhost: on}]
 - name: api
   cpus: 1
   memory: 64M
@@ -270,7 +270,7 @@ subos:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []NIC{{Network: "lan", Bridge: "lan", CreateBridge: true, BridgeAddress: "10.77.0.1/24"},
+	want := []NIC{{Network: "lan", Bridge: "lan", CreateBridge: true, BridgeAddress: "10.77.0.1/24", IP: "10.77.0.2/24"},
 		{Network: "up", Bridge: "br0", MAC: "02:00:00:00:00:07", Vhost: "off"}, {TAP: "rf-x", Vhost: "on"}}
 	if got := l.SubOSes[0].Nets; !reflect.DeepEqual(got, want) {
 		t.Errorf("nets %+v, want %+v", got, want)
@@ -284,6 +284,8 @@ subos:
 		"networks:\n- name: lan\nsubos:\n- name: web\n  nets: [{network: lan, bridge: br0}]\n",
 		"networks:\n- bridge: br0\n",
 		"subos:\n- name: web\n  nets: [{tap: rf-x, vhost: yes}]\n",
+		"subos:\n- name: web\n  nets: [{tap: rf-x, ip: 10.77.0.2}]\n",
+		"subos:\n- name: web\n  nets: [{tap: rf-x, ip: fd00::2/64}]\n",
 	} {
 		if _, err := Parse(strings.NewReader(bad), 0); err == nil {
 			t.Errorf("Parse accepted:\n%s", bad)

@@ -6,7 +6,9 @@
 // netdev makes it or says exactly why not.
 //
 // It speaks netlink through github.com/vishvananda/netlink (the library
-// Docker's libnetwork and the CNI plugins use), never `ip` commands.
+// Docker's libnetwork and the CNI plugins use), never `ip` commands, and
+// nftables' netlink through github.com/google/nftables for the TAPs'
+// source guards (guard.go), never `nft`.
 package netdev
 
 import (

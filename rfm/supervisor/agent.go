@@ -18,6 +18,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -451,18 +452,42 @@ func (s *Supervisor) Exec(ctx context.Context, name string, req agentproto.Exec)
 func NewExecStream(c net.Conn) *ExecStream { return &ExecStream{Conn: agentproto.NewConn(c), c: c} }
 
 // nicCounters asks so's VMM for its NICs' counters (none when it does
-// not answer within a second).
+// not answer within a second) and adds those of its TAPs' source guards
+// on the host (host_tx_spoofed_mac, host_tx_spoofed_ip; the zero ones
+// left out).
 func (s *Supervisor) nicCounters(so *subOS) []NICCounters {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	devs, err := vmmctl.Devices(ctx, s.vmm(so))
-	if err != nil {
-		return nil
-	}
+	devs, _ := vmmctl.Devices(ctx, s.vmm(so))
 	var out []NICCounters
 	for _, d := range devs {
 		if d.Kind == "net" {
 			out = append(out, NICCounters{ID: d.ID, Counters: nonNilCounters(d.Counters)})
+		}
+	}
+	if s.cfg.Network == nil {
+		return out
+	}
+	s.mu.Lock()
+	spec := so.info.Spec
+	s.mu.Unlock()
+	for _, n := range withNICDefaults(spec) {
+		if n.User || n.Loop != "" {
+			continue
+		}
+		host, err := s.cfg.Network.GuardCounters(n.TAP)
+		if err != nil {
+			continue
+		}
+		i := slices.IndexFunc(out, func(c NICCounters) bool { return c.ID == n.ID })
+		if i < 0 {
+			out = append(out, NICCounters{ID: n.ID, Counters: map[string]uint64{}})
+			i = len(out) - 1
+		}
+		for k, v := range host {
+			if v > 0 {
+				out[i].Counters[k] = v
+			}
 		}
 	}
 	return out

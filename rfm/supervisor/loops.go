@@ -10,6 +10,7 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/ledger"
 	"rainforest/rfm/loopnet"
+	"rainforest/rfm/netdev"
 	"rainforest/vmm/config"
 	"rainforest/vmm/virtio/net/loop"
 )
@@ -237,8 +238,9 @@ func (s *Supervisor) releaseLoops(so *subOS) {
 }
 
 // loopCmdline is what the guest's command line gets for spec's loop NICs
-// (members filled in): rf.addr=MAC=ADDR/LEN[,MAC=ADDR/LEN...], each loop
-// NIC's address by its MAC, unless the command line sets rf.addr itself.
+// (members filled in) and its TAP NICs with an address lock (NIC.IP):
+// rf.addr=MAC=ADDR/LEN[,MAC=ADDR/LEN...], each such NIC's address by its
+// MAC, unless the command line sets rf.addr itself.
 func loopCmdline(spec Spec) string {
 	if strings.Contains(spec.CmdlineAppend, "rf.addr=") {
 		return ""
@@ -246,6 +248,10 @@ func loopCmdline(spec Spec) string {
 	var addrs []string
 	for _, n := range withNICDefaults(spec) {
 		if n.Loop == "" {
+			mac, err := netdev.ParseMAC(n.MAC)
+			if a := nicAddr(n); a.IsValid() && !n.User && err == nil {
+				addrs = append(addrs, mac.String()+"="+a.String())
+			}
 			continue
 		}
 		k := slices.Index(n.LoopMembers, spec.Name)

@@ -31,6 +31,15 @@ import (
 // descriptor of it is open, so it goes with the VMM whatever happens to
 // the supervisor. The VMM's backend threads that move the frames run in
 // the subOS's cgroup, with its vCPUs.
+//
+// The host kernel's vhost-net moves a NIC's frames past its VMM (and
+// past the VMM's anti-spoofing checks), so every TAP gets a source guard
+// on the host as well (Network.GuardTAP: an nftables chain on the TAP's
+// ingress, made right after the TAP, removed with the subOS): frames
+// from another MAC than the NIC's, and with NIC.IP from another IPv4
+// address, are dropped and counted (rfm stats: host_tx_spoofed_mac,
+// host_tx_spoofed_ip). The chains live in the kernel, so a restarted
+// supervisor finds them working.
 
 // NIC is a network interface of a subOS.
 type NIC struct {
@@ -72,6 +81,13 @@ type NIC struct {
 	// moves the frames itself. The VMM falls back to its own data path
 	// when vhost-net fails at run time (NICInfo.Vhost says which serves).
 	Vhost string `json:"vhost,omitempty"`
+	// IP locks the TAP NIC to one IPv4 address (CIDR, such as
+	// 10.77.0.2/24): the host drops (and counts) the IPv4 frames the
+	// guest sends from another source (0.0.0.0 passes, for DHCP) and
+	// the ARP frames that claim another sender address or MAC, and the
+	// guest is told the address on its command line (rf.addr=, see
+	// loopCmdline). Without it only the source MAC is held.
+	IP string `json:"ip,omitempty"`
 }
 
 // Vhost modes of a NIC.
@@ -115,6 +131,27 @@ type Network interface {
 	// OpenVhostNet opens the host's vhost-net device (/dev/vhost-net);
 	// an error says why there is none.
 	OpenVhostNet() (*os.File, error)
+	// GuardTAP installs the source guard of TAP tap (netdev's nftables
+	// chain on its ingress): what its guest sends from another source
+	// MAC than mac, and with ip valid from another IPv4 address (IPv4
+	// and ARP), is dropped and counted. It replaces a guard tap has.
+	GuardTAP(tap, mac string, ip netip.Addr) error
+	// UnguardTAP removes TAP tap's guard; none (the kernel removed it
+	// with the TAP) is not an error.
+	UnguardTAP(tap string) error
+	// GuardCounters returns TAP tap's guard counters by name
+	// (host_tx_spoofed_mac, host_tx_spoofed_ip).
+	GuardCounters(tap string) (map[string]uint64, error)
+}
+
+// nicAddr is a TAP NIC's locked address (its IP, parsed; the zero
+// prefix when it has none or it does not parse).
+func nicAddr(n NIC) netip.Prefix {
+	p, err := netip.ParsePrefix(n.IP)
+	if n.IP == "" || err != nil || !p.Addr().Is4() {
+		return netip.Prefix{}
+	}
+	return p
 }
 
 // nicIDPattern is what a NIC's id may be (the VMM's device id rule).
@@ -167,9 +204,12 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 	if len(spec.Nets) > config.MaxNets {
 		return []ledger.Problem{{Field: "nets", Message: fmt.Sprintf("%d NICs, at most %d", len(spec.Nets), config.MaxNets)}}
 	}
-	taken := map[string]string{} // TAP or MAC -> what holds it
+	taken := map[string]string{} // TAP, MAC or locked address -> what holds it
 	for _, o := range others {
 		taken["tap "+o.TAP], taken["mac "+o.MAC] = "another subOS", "another subOS"
+		if a := nicAddr(o); a.IsValid() {
+			taken["ip "+a.Addr().String()] = "another subOS"
+		}
 	}
 	ids, loops := map[string]bool{}, map[string]bool{}
 	for i, n := range withNICDefaults(spec) {
@@ -194,6 +234,9 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 			add(i, "mac", "%s is %s's already: two NICs cannot share a MAC", mac, who)
 		} else {
 			taken["mac "+mac.String()] = "an earlier NIC of this subOS"
+		}
+		if n.IP != "" && (n.Loop != "" || n.User) {
+			add(i, "ip", "ip is for a NIC on a TAP (a loop network gives its members their addresses; the uplink leases one)")
 		}
 		if n.Loop != "" {
 			continue
@@ -247,6 +290,19 @@ func (s *Supervisor) nicProblems(spec Spec, others []NIC) []ledger.Problem {
 				}
 			}
 		}
+		if n.IP != "" && !n.User {
+			p, err := netip.ParsePrefix(n.IP)
+			switch {
+			case err != nil || !p.Addr().Is4() || p.Bits() == 0:
+				add(i, "ip", "%q: want an IPv4 address with its prefix length, such as 10.77.0.2/24", n.IP)
+			case p.Addr().IsUnspecified() || p.Addr().IsMulticast() || p.Addr() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+				add(i, "ip", "%s is not an address a NIC can have", p.Addr())
+			case taken["ip "+p.Addr().String()] != "":
+				add(i, "ip", "%s is %s's already: two NICs cannot share an address", p.Addr(), taken["ip "+p.Addr().String()])
+			default:
+				taken["ip "+p.Addr().String()] = "an earlier NIC of this subOS"
+			}
+		}
 		if n.BridgeAddress != "" {
 			if _, err := netip.ParsePrefix(n.BridgeAddress); err != nil {
 				add(i, "bridge_address", "%q: want an address with its prefix length, such as 10.77.0.1/24", n.BridgeAddress)
@@ -286,9 +342,14 @@ func (s *Supervisor) allNICs(except string) []NIC {
 // after a launch the descriptors are the VMM's.
 func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []config.Net, files map[string]*os.File, uplinks []UplinkProcess, undo func(), err error) {
 	files = map[string]*os.File{}
-	var made []string
+	var made, guarded []string
 	var undoLoops []func()
 	undo = func() {
+		for _, t := range guarded {
+			if err := s.cfg.Network.UnguardTAP(t); err != nil {
+				s.log.Warn("remove TAP guard", "subos", spec.Name, "tap", t, "err", err)
+			}
+		}
 		for _, f := range files {
 			f.Close()
 		}
@@ -342,6 +403,10 @@ func (s *Supervisor) openNICs(spec Spec, join func(pid int) error) (nets []confi
 			return nil, nil, nil, undo, fmt.Errorf("nets %s: %w", n.ID, err)
 		}
 		files[config.NetFile(n.ID)] = f
+		if err := s.cfg.Network.GuardTAP(n.TAP, n.MAC, nicAddr(n).Addr()); err != nil {
+			return nil, nil, nil, undo, fmt.Errorf("nets %s: source guard: %w", n.ID, err)
+		}
+		guarded = append(guarded, n.TAP)
 		if n.Vhost != VhostOff {
 			vf, err := s.cfg.Network.OpenVhostNet()
 			switch {
@@ -393,16 +458,23 @@ func (s *Supervisor) removeBridgeWhenEmpty(br, except string, taps []string) {
 	}
 }
 
-// releaseNICs removes the bridges so's NICs are in that the supervisor
-// made (whichever subOS asked for them) and no other subOS uses, once its
-// VMM is gone (its TAPs go with it), and closes the loop networks it was
-// the last member of.
+// releaseNICs removes the source guards of so's TAPs and the bridges
+// so's NICs are in that the supervisor made (whichever subOS asked for
+// them) and no other subOS uses, once its VMM is gone (its TAPs go with
+// it), and closes the loop networks it was the last member of.
 func (s *Supervisor) releaseNICs(so *subOS) {
 	s.releaseLoops(so)
 	if s.cfg.Network == nil {
 		return
 	}
 	nics := withNICDefaults(so.info.Spec)
+	for _, n := range nics {
+		if n.TAP != "" && !n.User && n.Loop == "" {
+			if err := s.cfg.Network.UnguardTAP(n.TAP); err != nil {
+				s.log.Warn("remove TAP guard", "subos", so.info.Name, "tap", n.TAP, "err", err)
+			}
+		}
+	}
 	done := map[string]bool{}
 	for _, n := range nics {
 		if n.Bridge != "" && !done[n.Bridge] && s.cfg.Network.Made(n.Bridge) {

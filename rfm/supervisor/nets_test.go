@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"rainforest/rfm/netdev"
 	"rainforest/rfm/vmmctl"
@@ -24,10 +27,16 @@ type fakeNetwork struct {
 	files   map[string]*os.File
 	failTAP string // OpenTAP of this name fails
 	noVhost bool   // the host has no /dev/vhost-net
+	// guards are the TAPs' source guards (TAP -> "MAC IP"), failGuard
+	// a TAP whose guard cannot be installed, guardCounts the counters
+	// GuardCounters returns.
+	guards      map[string]string
+	failGuard   string
+	guardCounts map[string]map[string]uint64
 }
 
 func newFakeNetwork(bridges ...string) *fakeNetwork {
-	n := &fakeNetwork{bridges: map[string]bool{}, taps: map[string]string{}, files: map[string]*os.File{}}
+	n := &fakeNetwork{bridges: map[string]bool{}, taps: map[string]string{}, files: map[string]*os.File{}, guards: map[string]string{}}
 	for _, b := range bridges {
 		n.bridges[b] = false
 	}
@@ -107,6 +116,41 @@ func (n *fakeNetwork) OpenVhostNet() (*os.File, error) {
 		return nil, fmt.Errorf("open /dev/vhost-net: %w", os.ErrNotExist)
 	}
 	return os.Open(os.DevNull)
+}
+
+func (n *fakeNetwork) GuardTAP(tap, mac string, ip netip.Addr) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if tap == n.failGuard {
+		return errors.New("fake: no nftables for you")
+	}
+	if _, ok := n.taps[tap]; !ok {
+		return fmt.Errorf("fake: guard of TAP %s, which does not exist", tap)
+	}
+	n.guards[tap] = mac + " " + ip.String()
+	return nil
+}
+
+func (n *fakeNetwork) UnguardTAP(tap string) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.guards, tap)
+	return nil
+}
+
+func (n *fakeNetwork) GuardCounters(tap string) (map[string]uint64, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.guards[tap]; !ok {
+		return nil, fmt.Errorf("%w: %s", netdev.ErrNoGuard, tap)
+	}
+	return maps.Clone(n.guardCounts[tap]), nil
+}
+
+func (n *fakeNetwork) guardState() map[string]string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return maps.Clone(n.guards)
 }
 
 // gone removes TAPs as the kernel does once their VMM's descriptors are
@@ -404,5 +448,140 @@ func TestNICInfo(t *testing.T) {
 	}
 	if got = nicInfo(spec, nil, false); got[0].Vhost != "unknown" {
 		t.Errorf("no answer: %+v", got)
+	}
+}
+
+func TestNICGuard(t *testing.T) {
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	nw := newFakeNetwork("br0")
+	s := newTestSupervisorNet(t, t.TempDir(), act, l, nw)
+	defer s.Close()
+	ctx := context.Background()
+	spec := testSpec(t, "web", 1)
+	spec.Nets = []NIC{{Bridge: "br0", IP: "10.77.0.2/24", MAC: "02:AA:00:00:00:01"}, {Bridge: "br0"}, {User: true}}
+	s.cfg.Uplinks = &fakeUplinks{}
+	info, err := s.Create(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mac1 := netdev.MAC("web", 1).String()
+	if got, want := nw.guardState(), map[string]string{"rf-web0": "02:AA:00:00:00:01 10.77.0.2", "rf-web1": mac1 + " invalid IP"}; !maps.Equal(got, want) {
+		t.Errorf("guards %v, want %v", got, want)
+	}
+	if doc := l.proc(info.PID).doc; !strings.Contains(doc.Append, "rf.addr=02:aa:00:00:00:01=10.77.0.2/24") || strings.Count(doc.Append, "rf.addr=") != 1 {
+		t.Errorf("the guest's command line %q does not give it its address", doc.Append)
+	}
+
+	// The host's counters join the NIC's, the zero ones left out.
+	nw.mu.Lock()
+	nw.guardCounts = map[string]map[string]uint64{"rf-web0": {netdev.CounterSpoofedMAC: 3, netdev.CounterSpoofedIP: 0}}
+	nw.mu.Unlock()
+	s.mu.Lock()
+	so := s.subos["web"]
+	s.mu.Unlock()
+	got := s.nicCounters(so)
+	if len(got) != 2 || got[0].ID != "net0" || !maps.Equal(got[0].Counters, map[string]uint64{netdev.CounterSpoofedMAC: 3}) || got[1].ID != "net1" || len(got[1].Counters) != 0 {
+		t.Errorf("NIC counters %+v", got)
+	}
+
+	// Refusals, by check and create.
+	for _, c := range []struct {
+		nic  NIC
+		says string
+	}{
+		{NIC{Bridge: "br0", IP: "10.77.0.3"}, "prefix length"},
+		{NIC{Bridge: "br0", IP: "fd00::3/64"}, "IPv4"},
+		{NIC{Bridge: "br0", IP: "0.0.0.0/24"}, "not an address"},
+		{NIC{Bridge: "br0", IP: "10.77.0.2/24"}, "two NICs cannot share an address"},
+		{NIC{User: true, IP: "10.0.2.15/24"}, "ip is for a NIC on a TAP"},
+	} {
+		bad := testSpec(t, "db", 1)
+		bad.Nets = []NIC{c.nic}
+		if probs := s.Check(bad); len(probs) == 0 || !strings.Contains(fmt.Sprint(probs), c.says) {
+			t.Errorf("check of %+v: %v, want %q", c.nic, probs, c.says)
+		}
+		if _, err := s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), c.says) {
+			t.Errorf("create with %+v: %v, want %q", c.nic, err, c.says)
+		}
+	}
+	twice := testSpec(t, "db", 1)
+	twice.Nets = []NIC{{Bridge: "br0", IP: "10.77.0.5/24"}, {Bridge: "br0", IP: "10.77.0.5/24"}}
+	if probs := s.Check(twice); !strings.Contains(fmt.Sprint(probs), "two NICs cannot share an address") {
+		t.Errorf("check of two NICs with one address: %v", probs)
+	}
+
+	// A guard that cannot be installed undoes the create: no guard, no
+	// subOS (the fake's TAPs outlive their descriptors, so the bridge
+	// part is TestNICs's).
+	nw.failGuard = "rf-db1"
+	bad := testSpec(t, "db", 1)
+	bad.Nets = []NIC{{Bridge: "br0"}, {Bridge: "br0"}}
+	if _, err := s.Create(ctx, bad); err == nil || !strings.Contains(err.Error(), "source guard") {
+		t.Errorf("create with a failing guard: %v", err)
+	}
+	nw.gone("rf-db0", "rf-db1")
+	if _, ok := nw.guardState()["rf-db0"]; ok {
+		t.Error("the guard of a failed create is left")
+	}
+	if _, err := s.Get("db"); err == nil {
+		t.Error("a failed create left its subOS")
+	}
+
+	// Destroy removes the guards.
+	nw.gone("rf-web0", "rf-web1")
+	if err := s.Destroy(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	if g := nw.guardState(); len(g) != 0 {
+		t.Errorf("guards left after destroy: %v", g)
+	}
+}
+
+func TestIPCmdline(t *testing.T) {
+	spec := Spec{Name: "web", Nets: []NIC{{Bridge: "br0", IP: "10.77.0.2/24"}, {User: true, IP: "10.0.2.9/24"}, {Bridge: "br0", IP: "bad"}}}
+	if got, want := loopCmdline(spec), "rf.addr="+netdev.MAC("web", 0).String()+"=10.77.0.2/24"; got != want {
+		t.Errorf("loopCmdline = %q, want %q", got, want)
+	}
+	spec.CmdlineAppend = "rf.addr=x"
+	if got := loopCmdline(spec); got != "" {
+		t.Errorf("loopCmdline with the command line's own rf.addr = %q", got)
+	}
+}
+
+// A restarted supervisor leaves the guards of the subOSes it adopts as
+// they are (they live in the kernel), and removes those of the subOSes
+// it reclaims.
+func TestNICGuardRestart(t *testing.T) {
+	dir := t.TempDir()
+	act, l := &fakeActuator{}, &fakeLauncher{}
+	nw := newFakeNetwork("br0")
+	s := newTestSupervisorNet(t, dir, act, l, nw)
+	ctx := context.Background()
+	var pids []int
+	for _, name := range []string{"a", "b"} {
+		spec := testSpec(t, name, 1)
+		spec.Nets = []NIC{{Bridge: "br0"}}
+		info, err := s.Create(ctx, spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids = append(pids, info.PID)
+	}
+	s.Close()
+	l.procs[pids[1]].exit()
+	nw.gone("rf-b0")
+	s2 := newTestSupervisorNet(t, dir, act, l, nw)
+	defer s2.Close()
+	if g := nw.guardState(); len(g) != 1 || g["rf-a0"] == "" {
+		t.Errorf("guards after the restart: %v, want a's only", g)
+	}
+	l.procs[pids[0]].exit()
+	nw.gone("rf-a0")
+	deadline := time.Now().Add(5 * time.Second)
+	for len(s2.List()) != 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if g := nw.guardState(); len(g) != 0 {
+		t.Errorf("guards after a's VMM exited: %v", g)
 	}
 }

@@ -25,7 +25,7 @@ func WriteFile(t testing.TB, p, content string, perm os.FileMode) string {
 }
 
 // L1Image returns an Image whose modules directory has a modules.dep and
-// fake module files for kvm-amd, tun, bridge, vhost_net, virtio_pci and
+// fake module files for kvm-amd, tun, bridge, vhost_net, nf_tables, virtio_pci and
 // virtio_blk and their dependencies, and a busybox that is not executable.
 func L1Image(t testing.TB) *images.Image {
 	t.Helper()
@@ -44,6 +44,9 @@ func L1Image(t testing.TB) *images.Image {
 			"kernel/net/llc/llc.ko:\n"+
 			"kernel/net/802/stp.ko: kernel/net/llc/llc.ko\n"+
 			"kernel/net/bridge/bridge.ko: kernel/net/802/stp.ko kernel/net/llc/llc.ko\n"+
+			"kernel/lib/libcrc32c.ko:\n"+
+			"kernel/net/netfilter/nfnetlink.ko:\n"+
+			"kernel/net/netfilter/nf_tables.ko: kernel/net/netfilter/nfnetlink.ko kernel/lib/libcrc32c.ko\n"+
 			"kernel/drivers/virtio/virtio.ko:\n"+
 			"kernel/drivers/virtio/virtio_ring.ko:\n"+
 			"kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_ring.ko kernel/drivers/virtio/virtio.ko\n"+
@@ -51,6 +54,7 @@ func L1Image(t testing.TB) *images.Image {
 	for _, m := range []string{"kernel/virt/lib/irqbypass.ko", "kernel/arch/x86/kvm/kvm.ko", "kernel/arch/x86/kvm/kvm-amd.ko", "kernel/drivers/crypto/ccp/ccp.ko",
 		"kernel/drivers/net/tun.ko", "kernel/drivers/net/tap.ko", "kernel/drivers/vhost/vhost_iotlb.ko", "kernel/drivers/vhost/vhost.ko",
 		"kernel/drivers/vhost/vhost_net.ko", "kernel/net/llc/llc.ko", "kernel/net/802/stp.ko", "kernel/net/bridge/bridge.ko",
+		"kernel/lib/libcrc32c.ko", "kernel/net/netfilter/nfnetlink.ko", "kernel/net/netfilter/nf_tables.ko",
 		"kernel/drivers/virtio/virtio.ko", "kernel/drivers/virtio/virtio_ring.ko", "kernel/drivers/virtio/virtio_pci.ko", "kernel/drivers/block/virtio_blk.ko"} {
 		WriteFile(t, filepath.Join(mods, m), "module "+m, 0o644)
 	}
