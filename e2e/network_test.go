@@ -138,12 +138,7 @@ func TestNetwork(t *testing.T) {
 		}
 	}
 	ref := secs["refused"]
-	var codes []string
-	for _, l := range strings.Split(ref, "\n") {
-		if v, ok := strings.CutPrefix(l, "RF-STATUS "); ok {
-			codes = append(codes, strings.TrimSpace(v))
-		}
-	}
+	codes := Fields(ref, "RF-STATUS")
 	if strings.Join(codes, " ") != "1 1 1" || !strings.Contains(ref, "no such bridge") || !strings.Contains(ref, `TAP "rf-a0"`) || !strings.Contains(ref, "cannot share a MAC") {
 		t.Errorf("refused creates (a missing bridge, a taken TAP, a taken MAC) exited %v, want 1 1 1 saying why:\n%s", codes, ref)
 	}
