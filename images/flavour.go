@@ -46,10 +46,11 @@ func NinePModules() []string {
 
 // FlavourModules returns the modules the initramfs of BuildFlavour loads
 // by default: DefaultModules, then DefaultRootModules (the generic kernel
-// has ext4 as a module, and /init mounts /dev/vda without root= too),
-// then extra.
+// has ext4 as a module, and /init mounts /dev/vda without root= too) and
+// crc32c_generic (ext4's metadata checksums ask the crypto API for crc32c,
+// a module there too, which the initramfs cannot modprobe), then extra.
 func FlavourModules(extra ...string) []string {
-	return append(append(DefaultModules(), DefaultRootModules()...), extra...)
+	return append(append(append(DefaultModules(), DefaultRootModules()...), "crc32c_generic"), extra...)
 }
 
 // BuildFlavour builds the L2 image with flavour's kernel of the same

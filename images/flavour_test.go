@@ -69,7 +69,7 @@ func TestFlavourModules(t *testing.T) {
 	if !slices.Equal(got[:len(def)], def) {
 		t.Errorf("FlavourModules does not start with DefaultModules: %v", got)
 	}
-	for _, m := range append(DefaultRootModules(), NinePModules()...) {
+	for _, m := range append(append(DefaultRootModules(), "crc32c_generic"), NinePModules()...) {
 		if !slices.Contains(got[len(def):], m) {
 			t.Errorf("FlavourModules lacks %s: %v", m, got)
 		}
