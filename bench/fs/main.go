@@ -29,8 +29,9 @@
 // this host's, copied into L1 with their libraries). The systems take
 // turns: the host runs, then the subOS (rffuse and virtio-blk alternating
 // run after run), then the QEMU guest (all qemu-virtiofsd runs, then
-// qemu-9p's in its second boot). Result lines are parsed as they arrive, so a session that
-// dies keeps what it measured (the report is marked partial).
+// qemu-9p's in its second boot). Result lines are parsed as they arrive,
+// so a session that dies keeps what it measured (the report is marked
+// partial).
 package main
 
 import (
