@@ -10,6 +10,11 @@
 // mmdebstrap, which the same kernel and initramfs boot with root= (see
 // "Switching to a root disk" below and debiandisk.go).
 //
+// BuildFlavour builds the same image with another Debian flavour of the
+// same kernel version (FlavourGeneric: the generic kernel, which has the
+// 9p modules the cloud kernel lacks), booted as a bzImage; its package is
+// downloaded only when a caller asks for it.
+//
 // The package also provides the deterministic newc cpio writer (Archive)
 // and the kernel module resolver (ModuleIndex) that other image builders,
 // such as the nested test layer, reuse.
@@ -194,6 +199,17 @@ type Options struct {
 	// KernelPackage is the kernel package or meta-package (default
 	// DefaultKernelPackage).
 	KernelPackage string
+	// KernelPackageVersion, when set, pins the version of KernelPackage,
+	// which must then be a concrete package (no meta-package followed):
+	// BuildFlavour asks for the same version as the base image's kernel.
+	KernelPackageVersion string
+	// NoVmlinux skips the PVH vmlinux (Image.Kernel is empty): for a
+	// kernel booted as a bzImage only, such as Debian's generic flavour,
+	// whose XZ-compressed bzImage extractVmlinux cannot cut open.
+	NoVmlinux bool
+	// CacheDir holds the downloaded and unpacked packages (default
+	// <OutDir>/cache).
+	CacheDir string
 	// BusyboxPackage is the static busybox package (default
 	// DefaultBusyboxPackage).
 	BusyboxPackage string
@@ -212,7 +228,8 @@ type Options struct {
 
 // Image is a built L2 image.
 type Image struct {
-	// Kernel is the uncompressed ELF vmlinux with the PVH entry note.
+	// Kernel is the uncompressed ELF vmlinux with the PVH entry note
+	// (empty with Options.NoVmlinux).
 	Kernel string
 	// BzImage is the Debian /boot/vmlinuz-* (LZ4 bzImage).
 	BzImage string
@@ -243,6 +260,7 @@ type stamp struct {
 	Format         int      `json:"format"`
 	KernelPackage  string   `json:"kernel_package"`
 	KernelVersion  string   `json:"kernel_package_version"`
+	NoVmlinux      bool     `json:"no_vmlinux,omitempty"`
 	Release        string   `json:"release"`
 	BusyboxPackage string   `json:"busybox_package"`
 	BusyboxVersion string   `json:"busybox_version"`
@@ -284,9 +302,19 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
-	deb := &debTools{log: log, cacheDir: filepath.Join(out, cacheDirName)}
+	cacheDir := opts.CacheDir
+	if cacheDir == "" {
+		cacheDir = filepath.Join(out, cacheDirName)
+	}
+	deb := &debTools{log: log, cacheDir: cacheDir}
 
-	kroot, kpkg, kver, err := deb.fetch(ctx, opts.KernelPackage, true)
+	var kroot, kpkg, kver string
+	if opts.KernelPackageVersion != "" {
+		kpkg, kver = opts.KernelPackage, opts.KernelPackageVersion
+		kroot, err = deb.fetchVersion(ctx, kpkg, kver)
+	} else {
+		kroot, kpkg, kver, err = deb.fetch(ctx, opts.KernelPackage, true)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -327,7 +355,7 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 		diskKind = "ext2"
 	}
 	st := stamp{
-		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, Release: release,
+		Format: stampFormat, KernelPackage: kpkg, KernelVersion: kver, NoVmlinux: opts.NoVmlinux, Release: release,
 		BusyboxPackage: bpkg, BusyboxVersion: bver, Modules: mods, RootModules: rootMods,
 		Tools: toolSums, DiskKind: diskKind, InitSHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(l2Init(mods, rootMods)))),
 	}
@@ -348,6 +376,9 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err != nil {
 		return nil, fmt.Errorf("images: %w", err)
 	}
+	if opts.NoVmlinux {
+		img.Kernel = ""
+	}
 	stampPath := filepath.Join(out, stampName)
 	if !opts.Force && upToDate(stampPath, stampData, img) {
 		fmt.Fprintf(log, "images: %s is up to date (%s %s)\n", out, kpkg, kver)
@@ -363,12 +394,14 @@ func Build(ctx context.Context, opts Options) (*Image, error) {
 	if err := writeFileAtomic(img.BzImage, bz, 0o644); err != nil {
 		return nil, err
 	}
-	vmlinux, err := extractVmlinux(bz)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeFileAtomic(img.Kernel, vmlinux, 0o644); err != nil {
-		return nil, err
+	if !opts.NoVmlinux {
+		vmlinux, err := extractVmlinux(bz)
+		if err != nil {
+			return nil, err
+		}
+		if err := writeFileAtomic(img.Kernel, vmlinux, 0o644); err != nil {
+			return nil, err
+		}
 	}
 
 	fmt.Fprintf(log, "images: initramfs with %d modules\n", len(mods)+len(rootMods))
@@ -464,6 +497,9 @@ func upToDate(stampPath string, want []byte, img *Image) bool {
 		return false
 	}
 	for _, p := range []string{img.Kernel, img.BzImage, img.Initramfs, img.Disk} {
+		if p == "" {
+			continue
+		}
 		if _, err := os.Stat(p); err != nil {
 			return false
 		}

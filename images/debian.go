@@ -186,13 +186,30 @@ func (d *debTools) fetch(ctx context.Context, name string, follow bool) (root, p
 	if err != nil {
 		return "", "", "", err
 	}
-	deb, err := d.download(ctx, pkg, ver)
+	root, err = d.fetchVersion(ctx, pkg, ver)
 	if err != nil {
 		return "", "", "", err
 	}
-	root = filepath.Join(d.cacheDir, pkg+"_"+strings.ReplaceAll(ver, ":", "%3a"))
-	if err := d.unpack(ctx, deb, root); err != nil {
-		return "", "", "", err
-	}
 	return root, pkg, ver, nil
+}
+
+// fetchVersion downloads (once, into the cache) and unpacks version ver
+// of the concrete package pkg and returns the unpacked root. apt-get
+// download checks the .deb against the archive's signed index, as for
+// any candidate.
+func (d *debTools) fetchVersion(ctx context.Context, pkg, ver string) (string, error) {
+	deb, err := d.download(ctx, pkg, ver)
+	if err != nil {
+		if uerr := d.aptUpdate(ctx); uerr != nil {
+			return "", fmt.Errorf("%w (after: %v)", uerr, err)
+		}
+		if deb, err = d.download(ctx, pkg, ver); err != nil {
+			return "", err
+		}
+	}
+	root := filepath.Join(d.cacheDir, pkg+"_"+strings.ReplaceAll(ver, ":", "%3a"))
+	if err := d.unpack(ctx, deb, root); err != nil {
+		return "", err
+	}
+	return root, nil
 }

@@ -9,7 +9,11 @@
 //   - qemu-virtiofsd: a QEMU guest with the same virtiofsd, run with the
 //     same options (vhost-user-fs-pci, guest RAM in a shared memfd),
 //     booting the same kernel, initramfs and Debian disk;
-//   - qemu-9p: QEMU's virtio-9p, in the same QEMU guest;
+//   - qemu-9p: QEMU's virtio-9p, in the same QEMU guest booted again,
+//     but with Debian's generic kernel of the same version (the cloud
+//     flavour has no 9p; images.BuildFlavour fetches it, when this row
+//     is measured, into the images cache) and an initramfs that also
+//     loads ext4 and the 9p modules;
 //   - virtio-blk: a directory on the subOS's own root disk (ext4 on
 //     virtio-blk);
 //   - host: fio where the guests run, on the directory the shares serve
@@ -24,9 +28,10 @@
 // bench/lifecycle does: the host row is then L1 (fio and virtiofsd are
 // this host's, copied into L1 with their libraries). The systems take
 // turns: the host runs, then the subOS (rffuse and virtio-blk alternating
-// run after run), then the QEMU guest (qemu-virtiofsd and qemu-9p
-// alternating). Result lines are parsed as they arrive, so a session that
-// dies keeps what it measured (the report is marked partial).
+// run after run), then the QEMU guest (all qemu-virtiofsd runs, then
+// qemu-9p's in its second boot). Result lines are parsed as they arrive,
+// so a session that dies keeps what it measured (the report is marked
+// partial).
 package main
 
 import (
@@ -137,19 +142,51 @@ func run(ctx context.Context, o options, systems map[string]bool, log io.Writer)
 	if fioBin, err = filepath.EvalSymlinks(fioBin); err != nil {
 		return nil, err
 	}
+	// The cloud kernel has no 9p: qemu-9p boots Debian's generic kernel
+	// of the same version, fetched (once, into the images cache) here.
+	var generic *images.Image
+	var genericErr error
+	if systems[report.QEMU9p] {
+		generic, genericErr = images.BuildFlavour(ctx, ws.Image, images.FlavourGeneric,
+			images.Options{Modules: images.FlavourModules(images.NinePModules()...), Log: log})
+		if genericErr != nil {
+			if ctx.Err() != nil {
+				return nil, genericErr
+			}
+			fmt.Fprintf(log, "bench/fs: %s skipped: %v\n", report.QEMU9p, genericErr)
+			delete(systems, report.QEMU9p)
+		}
+	}
 	p := &plan{runs: o.Runs, settings: o.fio, systems: systems, virtiofsd: vfsd, fioTimeout: int(o.fioTimeout / time.Second), systemd: o.systemd}
-	rep := newReport(o, p, ws, deb)
+	rep := newReport(o, p, ws, deb, generic)
+	if genericErr != nil {
+		rep.Skipped[report.QEMU9p] = "Debian's generic kernel (9p) could not be built: " + genericErr.Error()
+	}
 
 	files := []kvmhost.File{
 		{Var: "RFM", Host: ws.Binaries[0], L1: "/bin/rfm"},
 		{Var: "FSRESULT", Host: ws.Binaries[1], L1: "/bin/fsresult"},
 		{Var: "L2", Host: filepath.Dir(ws.Image.Kernel), L1: "/l2", Names: []string{filepath.Base(ws.Image.Kernel), filepath.Base(ws.Image.Initramfs)}},
 	}
-	guestSh := filepath.Join(ws.Dir, "guest.sh")
-	if err := os.WriteFile(guestSh, []byte(p.guestScript()), 0o644); err != nil {
+	if generic != nil {
+		files = append(files, kvmhost.File{Var: "L2G", Host: filepath.Dir(generic.BzImage), L1: "/l2g",
+			Names: []string{filepath.Base(generic.BzImage), filepath.Base(generic.Initramfs)}})
+	}
+	guests := filepath.Join(ws.Dir, "guests")
+	if err := os.MkdirAll(guests, 0o755); err != nil {
 		return nil, err
 	}
-	files = append(files, kvmhost.File{Var: "GUESTSH", Host: guestSh, L1: "/bin/fs-guest.sh"})
+	var guestNames []string
+	for _, g := range p.qemuGuests() {
+		name := guestScriptName(g.system)
+		if err := os.WriteFile(filepath.Join(guests, name), []byte(p.guestScript(g.system)), 0o644); err != nil {
+			return nil, err
+		}
+		guestNames = append(guestNames, name)
+	}
+	if len(guestNames) > 0 {
+		files = append(files, kvmhost.File{Var: "GUESTS", Host: guests, L1: "/guests", Names: guestNames})
+	}
 	for _, dyn := range []struct{ v, bin string }{{"FIO", fioBin}, {"VIRTIOFSD", vfsd.Path}} {
 		fs, err := kvmhost.DynamicFiles(ctx, dyn.bin)
 		if err != nil {
@@ -247,7 +284,8 @@ func progress(log io.Writer, s report.Sample, n int) {
 }
 
 // newReport describes the run.
-func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage) *report.Report {
+// generic is the qemu-9p guest's kernel image (nil: not measured).
+func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage, generic *images.Image) *report.Report {
 	rep := &report.Report{Date: time.Now().UTC().Format(time.RFC3339), Runs: o.Runs, Nested: ws.Nested, HostReason: ws.Why,
 		Guest: fmt.Sprintf("1 core (L1 core %d), %d MiB; kernel %s with RainForest's initramfs and the Debian disk %s",
 			guestCore, guestMemoryMiB, ws.Image.KernelVersion, filepath.Base(deb.Disk)),
@@ -259,10 +297,11 @@ func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage) 
 		report.RFfuse: fmt.Sprintf("rfm create fs --cores 1 --memory %dM --disk DEBIAN --append root=/dev/vda --share DIR:%s "+
 			"(the Debian image booted with systemd, as --image debian does but without copying the disk); in the guest "+
 			"mount -t virtiofs %s /mnt/%s; fio from the Debian disk through rfm exec", guestMemoryMiB, shareTag, shareTag, shareTag),
-		report.QEMUVirtiofsd: p.virtiofsdArgv() + "; " + p.qemuArgv() + "; the guest does not switch to the disk's systemd: its " +
+		report.QEMUVirtiofsd: p.virtiofsdArgv() + "; " + p.qemuArgv(qemuGuest{report.QEMUVirtiofsd, "$L2/vmlinux", "$L2/initramfs.cpio.gz"}) +
+			"; the guest does not switch to the disk's systemd: its " +
 			"initramfs mounts the share, then the guest script runs fio from the Debian disk in a chroot",
-		report.QEMU9p: "the same QEMU guest: -fsdev local,security_model=passthrough + virtio-9p-pci; " +
-			"mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=mmap",
+		report.QEMU9p: "the same QEMU guest command line (-fsdev local,security_model=passthrough + virtio-9p-pci) booted a second time " +
+			"with Debian's generic kernel instead (see notes); mount -t 9p -o " + p9Mount + "; fio from the Debian disk in a chroot",
 		report.VirtioBlk: "the rfm subOS's root disk (ext4 on virtio-blk, the Debian disk), directory /root/fsb",
 		report.Host:      "fio directly where the guests run (nested: in L1, on its initramfs root file system)",
 	}
@@ -288,6 +327,13 @@ func newReport(o options, p *plan, ws *benchkit.Setup, deb *images.DebianImage) 
 		"spread% = (max - min) / median over the repetitions; p99 is over repetitions (nearest rank); "+
 			"clat mean/p99 are fio's per-I/O completion latency (metadata: the create, stat or unlink call alone), median over repetitions; "+
 			"files/s also counts fio's own work per file, which dominates under TCG")
+	if generic != nil {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("qemu-9p runs Debian's generic kernel %s (%s %s: the same version and ABI as the cloud kernel %s "+
+			"of the other rows, another configuration) because the cloud flavour is built without 9p (CONFIG_NET_9P); "+
+			"its initramfs (same /init) loads the same virtio modules plus ext4, 9pnet, 9pnet_virtio, 9p and their dependencies; "+
+			"the two QEMU rows are separate boots, all qemu-virtiofsd runs first",
+			generic.KernelVersion, generic.KernelPackage, generic.KernelPackageVersion, ws.Image.KernelVersion))
+	}
 	if ws.Nested {
 		rep.Notes = append(rep.Notes, "everything runs in one nested L1 guest (QEMU TCG, every guest instruction emulated): "+
 			"absolute numbers are not real hardware's; the rows share the same layer and cores")

@@ -51,6 +51,31 @@ type plan struct {
 	systemd bool
 }
 
+// qemuGuest is one boot of the QEMU guest, measuring one system.
+type qemuGuest struct {
+	system string
+	// kernel and initrd are the guest's, as the L1 script names them.
+	kernel, initrd string
+}
+
+// guestScriptName is the name of the guest script of system (in the
+// share's _tools directory).
+func guestScriptName(system string) string { return "guest-" + system + ".sh" }
+
+// qemuGuests are the QEMU boots, in order: the virtio-fs row with the
+// image's (cloud) kernel; the 9p row with Debian's generic kernel of the
+// same version ($L2G), since the cloud flavour has no 9p.
+func (p *plan) qemuGuests() []qemuGuest {
+	var out []qemuGuest
+	if p.systems[report.QEMUVirtiofsd] {
+		out = append(out, qemuGuest{report.QEMUVirtiofsd, "$L2/vmlinux", "$L2/initramfs.cpio.gz"})
+	}
+	if p.systems[report.QEMU9p] {
+		out = append(out, qemuGuest{report.QEMU9p, "$L2G/bzImage", "$L2G/initramfs.cpio.gz"})
+	}
+	return out
+}
+
 // fioArgs is one workload's fio command line in dir.
 func fioArgs(w fio.Workload, dir string) []string {
 	return append(append([]string{"FIOBIN", "--directory=" + dir + "/" + w.Subdir}, w.Args...), "--output-format=json")
@@ -86,21 +111,24 @@ func (p *plan) runsLoop(pairs ...string) string {
 
 // qemuCmdline is the QEMU guest's kernel command line: rfm's defaults,
 // the virtio-fs share mounted by the initramfs (at /shares/fsb: the
-// Debian disk is on /mnt), and the guest script run from it, then off.
-func qemuCmdline() string {
+// Debian disk is on /mnt), and system's guest script run from it, then
+// off.
+func qemuCmdline(system string) string {
 	return vmm.DefaultCmdline("rf.agent=0", "rf.poweroff=1", "rf.shares="+shareTag,
-		`rf.cmd="sh /shares/`+shareTag+`/_tools/guest.sh"`)
+		`rf.cmd="sh /shares/`+shareTag+`/_tools/`+guestScriptName(system)+`"`)
 }
 
-// qemuArgv is QEMU's command line in L1 ($-variables are the script's).
-func (p *plan) qemuArgv() string {
+// qemuArgv is QEMU's command line in L1 for guest g ($-variables are the
+// script's). Both guests have both devices: the virtio-fs share carries
+// the guest script and fsresult to the 9p guest too.
+func (p *plan) qemuArgv(g qemuGuest) string {
 	mem := strconv.Itoa(guestMemoryMiB) + "M"
 	argv := []string{"-M", "pc,memory-backend=mem", "-enable-kvm", "-cpu", "host", "-smp", "1", "-m", mem,
 		"-object", "memory-backend-memfd,id=mem,size=" + mem + ",share=on",
-		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-append", qemuCmdline(),
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-serial", "stdio", "-append", qemuCmdline(g.system),
 		"-chardev", "socket,id=vfs,path=/tmp/fsb/qv.sock", "-device", "vhost-user-fs-pci,chardev=vfs,tag=" + shareTag,
 		"-fsdev", "local,id=p9,path=/tmp/fsb/q9,security_model=passthrough", "-device", "virtio-9p-pci,fsdev=p9,mount_tag=" + p9Tag}
-	return `taskset -c ` + strconv.Itoa(guestCore) + ` "$QEMU" -L "$QEMU_DATA" -kernel "$L2/vmlinux" -initrd "$L2/initramfs.cpio.gz" ` +
+	return `taskset -c ` + strconv.Itoa(guestCore) + ` "$QEMU" -L "$QEMU_DATA" -kernel "` + g.kernel + `" -initrd "` + g.initrd + `" ` +
 		`-drive "file=$DEBIANQ,format=raw,if=virtio" ` + shquote.Join(argv)
 }
 
@@ -120,36 +148,40 @@ func chrootSetup() string {
 		" && mount -o bind /shares/" + shareTag + " $R/mnt/" + shareTag
 }
 
-// guestScript is run by the QEMU guest's initramfs (rf.cmd): fio from the
-// Debian disk in a chroot, on the virtio-fs share and on 9p.
-func (p *plan) guestScript() string {
+// p9Mount is the guest's 9p mount options.
+const p9Mount = "trans=virtio,version=9p2000.L,msize=524288,cache=mmap"
+
+// guestScript is run by the initramfs of the QEMU guest measuring system
+// (rf.cmd): fio from the Debian disk in a chroot, on the virtio-fs share
+// (qemu-virtiofsd) or on 9p (qemu-9p: its initramfs has loaded the 9p
+// modules of its kernel).
+func (p *plan) guestScript(system string) string {
 	var b strings.Builder
 	b.WriteString("set -u\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n")
 	fmt.Fprintf(&b, "T=/shares/%s/_tools\nFSRESULT=$T/fsresult\nOUTJSON=/tmp/fio.json\nR=%s\n", shareTag, guestRoot)
-	b.WriteString(chrootSetup() + " || echo \"" + skipPrefix + " " + report.QEMUVirtiofsd + " the Debian disk could not be set up\"\n")
-	b.WriteString("mkdir -p $R/srv/fsb9p /tmp\n")
+	b.WriteString(chrootSetup() + " || echo \"" + skipPrefix + " " + system + " the Debian disk could not be set up\"\n")
+	b.WriteString("mkdir -p /tmp\n")
 	b.WriteString("x() { chroot $R \"$@\"; }\nFIOBIN=fio\n")
 	b.WriteString(p.benchFunction())
-	pairs := []string{}
-	if p.systems[report.QEMUVirtiofsd] {
-		pairs = append(pairs, report.QEMUVirtiofsd+":/mnt/fsb/run")
-	}
-	if p.systems[report.QEMU9p] {
-		b.WriteString("if x modprobe 9pnet_virtio 2>/tmp/9p.err && x modprobe 9p 2>>/tmp/9p.err && mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=mmap " +
-			p9Tag + " $R/srv/fsb9p 2>>/tmp/9p.err; then p9=" + report.QEMU9p + ":/srv/fsb9p/run; else p9=; echo \"" + skipPrefix + " " + report.QEMU9p +
+	pair := system + ":/mnt/fsb/run"
+	if system == report.QEMU9p {
+		b.WriteString("mkdir -p $R/srv/fsb9p\n")
+		b.WriteString("if mount -t 9p -o " + p9Mount + " " + p9Tag + " $R/srv/fsb9p 2>/tmp/9p.err; then p9=" + report.QEMU9p +
+			":/srv/fsb9p/run; else p9=; echo \"" + skipPrefix + " " + report.QEMU9p +
 			" the guest cannot mount 9p (kernel $(uname -r)): $(tr '\\n' ' ' </tmp/9p.err | cut -c1-300)\"; fi\n")
-		pairs = append(pairs, "$p9")
+		pair = "$p9"
 	}
-	b.WriteString("echo \"" + infoPrefix + " qemu guest kernel=$(uname -r) cpus=$(nproc) fio=$(x fio --version)\"\n")
-	b.WriteString(p.runsLoop(pairs...))
+	b.WriteString("echo \"" + infoPrefix + " qemu guest (" + system + ") kernel=$(uname -r) cpus=$(nproc) fio=$(x fio --version)\"\n")
+	b.WriteString(p.runsLoop(pair))
 	b.WriteString("sync\n")
 	return b.String()
 }
 
 // script renders the L1 script. Its variables: $RFM, $FSRESULT, $FIO,
-// $VIRTIOFSD, $L2 (kernel, initramfs), $DEBIAN and $DEBIANQ (the Debian
-// disk, one for the subOS, one for the QEMU guest), $QEMU, $QEMU_DATA,
-// $GUESTSH (guestScript).
+// $VIRTIOFSD, $L2 (kernel, initramfs), $L2G (the generic kernel's bzImage
+// and initramfs, for qemu-9p), $DEBIAN and $DEBIANQ (the Debian disk, one
+// for the subOS, one for the QEMU guests), $QEMU, $QEMU_DATA, $GUESTS (a
+// directory with each QEMU system's guestScript, named guestScriptName).
 func (p *plan) script() string {
 	var b strings.Builder
 	b.WriteString("set -u\ngrep -q ' /sys/fs/cgroup ' /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup\n")
@@ -198,14 +230,17 @@ func (p *plan) script() string {
 		}
 		b.WriteString("fi\nkill $serve; wait $serve\n")
 	}
-	if p.systems[report.QEMUVirtiofsd] || p.systems[report.QEMU9p] {
+	if guests := p.qemuGuests(); len(guests) > 0 {
 		b.WriteString("echo '== qemu'\n")
-		b.WriteString("cp \"$FSRESULT\" /tmp/fsb/qv/_tools/fsresult && cp \"$GUESTSH\" /tmp/fsb/qv/_tools/guest.sh\n")
-		b.WriteString("taskset -c \"${vcpus:-" + strconv.Itoa(guestCore) + "}\" " + p.virtiofsdArgv() + " >/tmp/fsb/virtiofsd.log 2>&1 & vfsd=$!\n")
-		b.WriteString("i=0; while [ ! -S /tmp/fsb/qv.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n")
-		fmt.Fprintf(&b, "{ timeout %d %s </dev/null; echo \"%s qemu exit $?\"; } 2>&1 | tr -d '\\r'\n",
-			p.qemuTimeout(), p.qemuArgv(), infoPrefix)
-		b.WriteString("kill $vfsd 2>/dev/null; wait $vfsd; tail -n 5 /tmp/fsb/virtiofsd.log\n")
+		b.WriteString("cp \"$FSRESULT\" /tmp/fsb/qv/_tools/fsresult && cp \"$GUESTS\"/guest-*.sh /tmp/fsb/qv/_tools/\n")
+		for _, g := range guests {
+			b.WriteString("rm -f /tmp/fsb/qv.sock\n")
+			b.WriteString("taskset -c \"${vcpus:-" + strconv.Itoa(guestCore) + "}\" " + p.virtiofsdArgv() + " >/tmp/fsb/virtiofsd.log 2>&1 & vfsd=$!\n")
+			b.WriteString("i=0; while [ ! -S /tmp/fsb/qv.sock ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n")
+			fmt.Fprintf(&b, "{ timeout %d %s </dev/null; echo \"%s qemu (%s) exit $?\"; } 2>&1 | tr -d '\\r'\n",
+				p.qemuTimeout(), p.qemuArgv(g), infoPrefix, g.system)
+			b.WriteString("kill $vfsd 2>/dev/null; wait $vfsd; tail -n 5 /tmp/fsb/virtiofsd.log\n")
+		}
 	}
 	return b.String()
 }

@@ -35,9 +35,10 @@ func shellCheck(t *testing.T, name, script string) {
 
 func TestScripts(t *testing.T) {
 	p := testPlan(report.Systems()...)
-	l1, guest := p.script(), p.guestScript()
+	l1, guest, guest9p := p.script(), p.guestScript(report.QEMUVirtiofsd), p.guestScript(report.QEMU9p)
 	shellCheck(t, "L1 script", l1)
 	shellCheck(t, "guest script", guest)
+	shellCheck(t, "9p guest script", guest9p)
 	for _, want := range []string{
 		`"$RFM" create fs --cores 1 --memory 512M --disk "$DEBIAN" --append root=/dev/vda --share /tmp/fsb/rf:fsb`,
 		"mount -t virtiofs fsb /mnt/fsb",
@@ -48,18 +49,42 @@ func TestScripts(t *testing.T) {
 		`x timeout 60 "$FIOBIN" "--directory=$2/meta" --name=create --ioengine=filecreate --nrfiles=100`,
 		`'--filename_format=f.$filenum'`,
 		`-workload seqwrite -run "$3" -status $?`,
+		`cp "$GUESTS"/guest-*.sh /tmp/fsb/qv/_tools/`,
+		`-kernel "$L2/vmlinux" -initrd "$L2/initramfs.cpio.gz"`, `-kernel "$L2G/bzImage" -initrd "$L2G/initramfs.cpio.gz"`,
 	} {
 		if !strings.Contains(l1, want) {
 			t.Errorf("L1 script lacks %q:\n%s", want, l1)
 		}
 	}
-	for _, want := range []string{"chroot $R", "modprobe 9p", "for sd in qemu-virtiofsd:/mnt/fsb/run $p9;", report.QEMU9p + ":/srv/fsb9p/run"} {
+	// The virtio-fs guest boots first, then the 9p one.
+	if i, j := strings.Index(l1, "$L2/vmlinux"), strings.Index(l1, "$L2G/bzImage"); i < 0 || j < i {
+		t.Errorf("QEMU boots out of order:\n%s", l1)
+	}
+	if n := strings.Count(l1, "rm -f /tmp/fsb/qv.sock"); n != 2 {
+		t.Errorf("%d virtiofsd starts, want one per QEMU boot:\n%s", n, l1)
+	}
+	for _, want := range []string{"chroot $R", "for sd in qemu-virtiofsd:/mnt/fsb/run;"} {
 		if !strings.Contains(guest, want) {
 			t.Errorf("guest script lacks %q:\n%s", want, guest)
 		}
 	}
-	if !strings.Contains(qemuCmdline(), `rf.cmd="sh /shares/fsb/_tools/guest.sh"`) || !strings.Contains(qemuCmdline(), "rf.shares=fsb") {
-		t.Errorf("cmdline %s", qemuCmdline())
+	if strings.Contains(guest, "9p") {
+		t.Errorf("virtio-fs guest script mentions 9p:\n%s", guest)
+	}
+	for _, want := range []string{"chroot $R", "mount -t 9p -o trans=virtio,version=9p2000.L,msize=524288,cache=mmap fsb9p $R/srv/fsb9p",
+		"p9=" + report.QEMU9p + ":/srv/fsb9p/run", "for sd in $p9;", "RF-FS-SKIP " + report.QEMU9p} {
+		if !strings.Contains(guest9p, want) {
+			t.Errorf("9p guest script lacks %q:\n%s", want, guest9p)
+		}
+	}
+	if strings.Contains(guest9p, report.QEMUVirtiofsd) {
+		t.Errorf("9p guest script measures virtio-fs:\n%s", guest9p)
+	}
+	for _, sys := range []string{report.QEMUVirtiofsd, report.QEMU9p} {
+		c := qemuCmdline(sys)
+		if !strings.Contains(c, `rf.cmd="sh /shares/fsb/_tools/guest-`+sys+`.sh"`) || !strings.Contains(c, "rf.shares=fsb") {
+			t.Errorf("cmdline %s", c)
+		}
 	}
 }
 
@@ -89,8 +114,12 @@ func TestScriptsSomeSystems(t *testing.T) {
 		t.Errorf("host only, but:\n%s", l1)
 	}
 	p = testPlan(report.QEMUVirtiofsd)
-	if g := p.guestScript(); strings.Contains(g, "modprobe 9p") {
-		t.Errorf("no 9p asked, but:\n%s", g)
+	if l1 := p.script(); strings.Contains(l1, "$L2G") || len(p.qemuGuests()) != 1 {
+		t.Errorf("no 9p asked, but:\n%s", l1)
+	}
+	p = testPlan(report.QEMU9p)
+	if l1 := p.script(); strings.Contains(l1, "$L2/vmlinux") || !strings.Contains(l1, "$L2G/bzImage") || !strings.Contains(l1, `"$VIRTIOFSD"`) {
+		t.Errorf("9p only (virtiofsd still carries the tools), but:\n%s", l1)
 	}
 }
 
