@@ -179,7 +179,7 @@ func GuardTAP(tap string, mac net.HardwareAddr, ip netip.Addr) error {
 			UserData: userdata.AppendString(nil, userdata.TypeComment, r.Counter)})
 	}
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("guard %s: install chain %s in netdev table %s: %w", tap, name, GuardTable, err)
+		return fmt.Errorf("guard %s: install chain %s in netdev table %s (the host kernel needs nftables: modprobe nf_tables): %w", tap, name, GuardTable, err)
 	}
 	return nil
 }
