@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -183,17 +184,11 @@ func (s *Supervisor) DetachDisk(ctx context.Context, name, disk string, timeout 
 	if err != nil {
 		return err
 	}
-	var d Disk
-	found := false
-	for _, x := range so.info.Spec.Disks {
-		if x.ID == disk || x.Path == disk {
-			d, found = x, true
-			break
-		}
-	}
-	if !found {
+	k := slices.IndexFunc(so.info.Spec.Disks, func(x Disk) bool { return x.ID == disk || x.Path == disk })
+	if k < 0 {
 		return fmt.Errorf("%w: %q has no disk %q", ErrNoDevice, name, disk)
 	}
+	d := so.info.Spec.Disks[k]
 	if err := s.intend(so, intent{Op: opDetach, Disk: &d}); err != nil {
 		return err
 	}
@@ -205,13 +200,7 @@ func (s *Supervisor) DetachDisk(ctx context.Context, name, disk string, timeout 
 	}
 	s.at("detach:record")
 	s.update(so, func(i *Info) {
-		var keep []Disk
-		for _, x := range i.Spec.Disks {
-			if x.ID != d.ID {
-				keep = append(keep, x)
-			}
-		}
-		i.Spec.Disks = keep
+		i.Spec.Disks = slices.DeleteFunc(slices.Clone(i.Spec.Disks), func(x Disk) bool { return x.ID == d.ID })
 	})
 	s.event(s.who(ctx), "detach", name, time.Since(start), detail)
 	return nil

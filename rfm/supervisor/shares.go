@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -674,17 +675,11 @@ func (s *Supervisor) RemoveShare(ctx context.Context, name, tag string, timeout 
 	if err != nil {
 		return err
 	}
-	var sp ShareSpec
-	found := false
-	for _, x := range so.info.Spec.Shares {
-		if x.Tag == tag || x.ID == tag {
-			sp, found = x, true
-			break
-		}
-	}
-	if !found {
+	k := slices.IndexFunc(so.info.Spec.Shares, func(x ShareSpec) bool { return x.Tag == tag || x.ID == tag })
+	if k < 0 {
 		return fmt.Errorf("%w: %q has no share %q", ErrNoDevice, name, tag)
 	}
+	sp := so.info.Spec.Shares[k]
 	s.mu.Lock()
 	b := so.backends[sp.ID]
 	s.mu.Unlock()
@@ -718,13 +713,7 @@ func (s *Supervisor) RemoveShare(ctx context.Context, name, tag string, timeout 
 	delete(so.backends, sp.ID)
 	s.mu.Unlock()
 	s.update(so, func(i *Info) {
-		var keep []ShareSpec
-		for _, x := range i.Spec.Shares {
-			if x.ID != sp.ID {
-				keep = append(keep, x)
-			}
-		}
-		i.Spec.Shares = keep
+		i.Spec.Shares = slices.DeleteFunc(slices.Clone(i.Spec.Shares), func(x ShareSpec) bool { return x.ID == sp.ID })
 	})
 	s.event(s.who(ctx), "share-remove", name, time.Since(start), detail)
 	return nil
