@@ -10,7 +10,6 @@ import (
 	"rainforest/ficm/board"
 	"rainforest/ledger"
 	"rainforest/rfm/loopnet"
-	"rainforest/rfm/netdev"
 	"rainforest/vmm/config"
 	"rainforest/vmm/virtio/net/loop"
 )
@@ -31,7 +30,7 @@ import (
 // members' order) has the MAC loopnet.MemberMAC(network, k) and the IPv4
 // address k+2 of the network's subnet (LoopSubnet, DefaultLoopSubnet when
 // unset), which the guest is told on its command line (rf.addr=, see
-// loopCmdline; the images configure the NIC with that MAC).
+// addrCmdline; the images configure the NIC with that MAC).
 //
 // A restarted supervisor does not get the lanes back: the members that
 // run keep their network (the VMMs hold the lanes), but a member cannot
@@ -237,32 +236,13 @@ func (s *Supervisor) releaseLoops(so *subOS) {
 	}
 }
 
-// loopCmdline is what the guest's command line gets for spec's loop NICs
-// (members filled in) and its TAP NICs with an address lock (NIC.IP):
-// rf.addr=MAC=ADDR/LEN[,MAC=ADDR/LEN...], each such NIC's address by its
-// MAC, unless the command line sets rf.addr itself.
-func loopCmdline(spec Spec) string {
-	if strings.Contains(spec.CmdlineAppend, "rf.addr=") {
-		return ""
+// loopAddr is subOS name's address on the loop network of its NIC n
+// (members filled in): host k+2 of the subnet for member k.
+func loopAddr(name string, n NIC) (netip.Prefix, bool) {
+	k := slices.Index(n.LoopMembers, name)
+	p, err := netip.ParsePrefix(loopSubnet(n))
+	if k < 0 || err != nil {
+		return netip.Prefix{}, false
 	}
-	var addrs []string
-	for _, n := range withNICDefaults(spec) {
-		if n.Loop == "" {
-			mac, err := netdev.ParseMAC(n.MAC)
-			if a := nicAddr(n); a.IsValid() && !n.User && err == nil {
-				addrs = append(addrs, mac.String()+"="+a.String())
-			}
-			continue
-		}
-		k := slices.Index(n.LoopMembers, spec.Name)
-		p, err := netip.ParsePrefix(loopSubnet(n))
-		if k < 0 || err != nil {
-			continue
-		}
-		addrs = append(addrs, n.MAC+"="+loopMemberAddr(p, k).String())
-	}
-	if len(addrs) == 0 {
-		return ""
-	}
-	return "rf.addr=" + strings.Join(addrs, ",")
+	return loopMemberAddr(p, k), true
 }

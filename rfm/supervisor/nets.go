@@ -86,7 +86,7 @@ type NIC struct {
 	// guest sends from another source (0.0.0.0 passes, for DHCP) and
 	// the ARP frames that claim another sender address or MAC, and the
 	// guest is told the address on its command line (rf.addr=, see
-	// loopCmdline). Without it only the source MAC is held.
+	// addrCmdline). Without it only the source MAC is held.
 	IP string `json:"ip,omitempty"`
 }
 
@@ -152,6 +152,40 @@ func nicAddr(n NIC) netip.Prefix {
 		return netip.Prefix{}
 	}
 	return p
+}
+
+// guestAddr is the address subOS name's NIC n (defaults filled in) is
+// held to and given: a loop member's, or a TAP NIC's address lock.
+func guestAddr(name string, n NIC) (netip.Prefix, bool) {
+	switch {
+	case n.Loop != "":
+		return loopAddr(name, n)
+	case n.User:
+		return netip.Prefix{}, false
+	}
+	a := nicAddr(n)
+	return a, a.IsValid()
+}
+
+// addrCmdline is what the guest's command line gets for spec's NICs with
+// an address (guestAddr; loop members filled in):
+// rf.addr=MAC=ADDR/LEN[,MAC=ADDR/LEN...], which the images apply to the
+// NIC of each MAC; nothing when the command line sets rf.addr itself.
+func addrCmdline(spec Spec) string {
+	if strings.Contains(spec.CmdlineAppend, "rf.addr=") {
+		return ""
+	}
+	var addrs []string
+	for _, n := range withNICDefaults(spec) {
+		mac, err := netdev.ParseMAC(n.MAC)
+		if a, ok := guestAddr(spec.Name, n); ok && err == nil {
+			addrs = append(addrs, mac.String()+"="+a.String())
+		}
+	}
+	if len(addrs) == 0 {
+		return ""
+	}
+	return "rf.addr=" + strings.Join(addrs, ",")
 }
 
 // nicIDPattern is what a NIC's id may be (the VMM's device id rule).

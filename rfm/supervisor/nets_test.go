@@ -539,12 +539,12 @@ func TestNICGuard(t *testing.T) {
 
 func TestIPCmdline(t *testing.T) {
 	spec := Spec{Name: "web", Nets: []NIC{{Bridge: "br0", IP: "10.77.0.2/24"}, {User: true, IP: "10.0.2.9/24"}, {Bridge: "br0", IP: "bad"}}}
-	if got, want := loopCmdline(spec), "rf.addr="+netdev.MAC("web", 0).String()+"=10.77.0.2/24"; got != want {
-		t.Errorf("loopCmdline = %q, want %q", got, want)
+	if got, want := addrCmdline(spec), "rf.addr="+netdev.MAC("web", 0).String()+"=10.77.0.2/24"; got != want {
+		t.Errorf("addrCmdline = %q, want %q", got, want)
 	}
 	spec.CmdlineAppend = "rf.addr=x"
-	if got := loopCmdline(spec); got != "" {
-		t.Errorf("loopCmdline with the command line's own rf.addr = %q", got)
+	if got := addrCmdline(spec); got != "" {
+		t.Errorf("addrCmdline with the command line's own rf.addr = %q", got)
 	}
 }
 

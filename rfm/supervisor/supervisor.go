@@ -659,7 +659,7 @@ func (s *Supervisor) Create(ctx context.Context, spec Spec) (info Info, err erro
 	}
 	undo = append(undo, closeNICs)
 	doc.Nets = nets
-	for _, arg := range []string{uplinkCmdline(spec), loopCmdline(spec), sshKeysCmdline(spec)} {
+	for _, arg := range []string{uplinkCmdline(spec), addrCmdline(spec), sshKeysCmdline(spec)} {
 		if arg != "" {
 			doc.Append = strings.TrimSpace(doc.Append + " " + arg)
 		}
