@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -29,10 +28,6 @@ const sshHostKeyPath = "/etc/ssh/ssh_host_ed25519_key.pub"
 
 // guestOutputLimit bounds what rfm ssh reads of a guest command's output.
 const guestOutputLimit = 64 << 10
-
-// sshKeyLine is a public key as the guest may report it: a key type and
-// its base64 blob (anything after, a comment, is dropped).
-var sshKeyLine = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+={0,3}$`)
 
 func sshCommand(g *globalFlags) *cobra.Command {
 	var user, identity, address string
@@ -226,12 +221,9 @@ func pinHostKey(name, host string, port int, run func(argv ...string) ([]byte, e
 	}
 	path := filepath.Join(dir, name+".known_hosts")
 	out, err := run("cat", sshHostKeyPath)
-	line := strings.TrimSpace(string(out))
-	if f := strings.Fields(line); err == nil && len(f) >= 2 {
-		line = f[0] + " " + f[1]
-	}
-	if err == nil && !sshKeyLine.MatchString(line) {
-		err = fmt.Errorf("%s is not a public key", sshHostKeyPath)
+	var line string
+	if err == nil {
+		line, err = supervisor.PublicKey(strings.TrimSpace(string(out)))
 	}
 	if err != nil {
 		os.Remove(path)

@@ -17,9 +17,24 @@ import (
 // MaxSSHKeys bounds a subOS's SSH keys (the command line is 4 KiB).
 const MaxSSHKeys = 4
 
-// sshKeyPattern is a public key the guest is given: a type and its
-// base64 blob.
-var sshKeyPattern = regexp.MustCompile(`^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]{16,700}={0,3}$`)
+// publicKeyPattern is an OpenSSH public key: a type and its base64 blob.
+var publicKeyPattern = regexp.MustCompile(`^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]{16,}={0,3}$`)
+
+// maxPublicKey bounds a public key line (an 8192-bit RSA key is about
+// 1.4 KB).
+const maxPublicKey = 2048
+
+// PublicKey reads one OpenSSH public key from line (as a .pub file or
+// known_hosts entry holds it, options aside): "TYPE BASE64", its comment
+// dropped. It is the one check of keys, from a user or from a guest
+// (rfm ssh pins a guest's host key with it).
+func PublicKey(line string) (string, error) {
+	f := strings.Fields(line)
+	if len(line) > maxPublicKey || len(f) < 2 || !publicKeyPattern.MatchString(f[0]+" "+f[1]) {
+		return "", fmt.Errorf("%w: %.40q is not a public key (TYPE BASE64, type ssh-ed25519, ecdsa-sha2-* or ssh-rsa)", ErrInvalid, line)
+	}
+	return f[0] + " " + f[1], nil
+}
 
 // ParseSSHKeys reads public keys, one per line, as an authorized_keys or
 // .pub file holds them (blank lines and # comments skipped, each key's
@@ -32,12 +47,11 @@ func ParseSSHKeys(text string) ([]string, error) {
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		f := strings.Fields(line)
-		key := f[0]
-		if len(f) > 1 {
-			key += " " + f[1]
+		key, err := PublicKey(line)
+		if err == nil {
+			err = checkSSHKey(key)
 		}
-		if err := checkSSHKey(key); err != nil {
+		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n+1, err)
 		}
 		keys = append(keys, key)
@@ -53,7 +67,7 @@ func checkSSHKey(key string) error {
 	if strings.HasPrefix(key, "ssh-rsa ") {
 		return fmt.Errorf("%w: an RSA key is too long for the guest's command line: use an ed25519 or ECDSA key (ssh-keygen -t ed25519)", ErrInvalid)
 	}
-	if !sshKeyPattern.MatchString(key) {
+	if k, err := PublicKey(key); err != nil || k != key {
 		return fmt.Errorf("%w: %.40q is not a public key (TYPE BASE64, type ssh-ed25519 or ecdsa-sha2-*)", ErrInvalid, key)
 	}
 	return nil

@@ -49,3 +49,19 @@ func TestSSHKeysCmdline(t *testing.T) {
 		t.Error("check passed a bad key")
 	}
 }
+
+// TestPublicKey: the one key check, for a user's keys and a guest's host
+// key (RSA allowed there), comments dropped, guest garbage refused.
+func TestPublicKey(t *testing.T) {
+	if k, err := PublicKey(testKey + " root@deb\n"); err != nil || k != testKey {
+		t.Errorf("PublicKey = %q, %v", k, err)
+	}
+	if _, err := PublicKey("ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ"); err != nil {
+		t.Errorf("an RSA host key: %v", err)
+	}
+	for _, bad := range []string{"", "\x1b]0;pwned\x07", "ssh-ed25519 AAAA", "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "ssh-ed25519 " + strings.Repeat("A", 3000)} {
+		if _, err := PublicKey(bad); err == nil {
+			t.Errorf("PublicKey(%.30q) accepted", bad)
+		}
+	}
+}
